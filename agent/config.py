@@ -1,0 +1,324 @@
+"""Typed configuration: one TOML file plus environment overrides.
+
+* File: ``--config PATH``, else ``$ROOMSYNC_CONFIG``, else
+  ``$CONFIGURATION_DIRECTORY/agent.toml`` (systemd's ``ConfigurationDirectory=``), else
+  ``/etc/roomsync/agent.toml``. A missing *default* file means built-in defaults; a missing
+  file that was asked for by name is an error.
+* Environment: ``ROOMSYNC_<SECTION>__<KEY>`` overrides one key, ``__`` separating levels
+  (``ROOMSYNC_ROOM__ID=oslo-4-12``, ``ROOMSYNC_SOURCES__USB__ENABLED=false``). Values are
+  text, converted by the field's type; lists and tables are written as JSON.
+
+Every problem is reported as ``<file or variable>: <key.path>: <what is expected>``, all at
+once, never as a traceback. ``config/agent.example.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/roomsync/agent.toml")
+ENV_PREFIX = "ROOMSYNC_"
+#: Variables with the prefix that are not key overrides.
+_ENV_NOT_KEYS = frozenset({"ROOMSYNC_CONFIG"})
+
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=_PRINTABLE.pattern)]
+
+
+class ConfigError(Exception):
+    """Invalid configuration. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoomConfig(_Section):
+    """The room this host stands in: every unit on its USB belongs there."""
+
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+    name: Text | None = None
+    group: Text | None = None
+    location: Text | None = None
+    seat_count: Annotated[int, Field(ge=0, le=10_000)] | None = None
+
+
+class UsbSourceConfig(_Section):
+    enabled: bool = True
+    sysfs_root: Path = Path("/sys")
+    all_usb: bool = False
+    libusb_strings: bool = True
+
+
+DEFAULT_MDNS_TYPES = ("_logitech-sync._tcp.local.", "_https._tcp.local.", "_http._tcp.local.")
+
+
+class MdnsSourceConfig(_Section):
+    enabled: bool = False
+    service_types: list[Annotated[str, Field(pattern=r"^_[A-Za-z0-9-]+\._(tcp|udp)\.local\.$")]] = (
+        Field(default_factory=lambda: list(DEFAULT_MDNS_TYPES)))
+    interfaces: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default_factory=list)
+    timeout: Annotated[float, Field(gt=0, le=300)] = 3.0
+
+
+class SnmpV3Config(_Section):
+    user: Text
+    auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512"] = "SHA256"
+    auth_key_file: Path
+    priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
+    priv_key_file: Path
+
+
+class SnmpSourceConfig(_Section):
+    enabled: bool = False
+    targets: list[Text] = Field(default_factory=list)
+    port: Annotated[int, Field(ge=1, le=65535)] = 161
+    version: Literal["2c", "3"] = "2c"
+    community: SecretStr = SecretStr("public")
+    v3: SnmpV3Config | None = None
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 128
+    max_pps: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _v3_needs_credentials(self) -> SnmpSourceConfig:
+        if self.version == "3" and self.v3 is None:
+            raise ValueError("version = \"3\" needs a [sources.snmp.v3] table")
+        return self
+
+
+class SshHostConfig(_Section):
+    host: Text
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: Text
+    key_file: Path | None = None
+    os: Literal["linux", "windows"] = "linux"
+    sysfs_root: str = "/sys"
+    room: Text | None = None
+
+
+class SshSourceConfig(_Section):
+    enabled: bool = False
+    known_hosts: Path | None = None
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    hosts: list[SshHostConfig] = Field(default_factory=list)
+
+
+class SourcesConfig(_Section):
+    usb: UsbSourceConfig = UsbSourceConfig()
+    mdns: MdnsSourceConfig = MdnsSourceConfig()
+    snmp: SnmpSourceConfig = SnmpSourceConfig()
+    ssh: SshSourceConfig = SshSourceConfig()
+
+
+class PortalConfig(_Section):
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    #: Only an explicit ``false`` turns TLS verification off.
+    verify_tls: bool = True
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class ApiConfig(_Section):
+    listen: str = "127.0.0.1:8765"
+    token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if len(value) == len("unix:"):
+                raise ValueError("unix: needs a socket path")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:8765) or unix:/path/to.sock")
+        return value
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class AgentConfig(_Section):
+    """The whole configuration file."""
+
+    room: RoomConfig | None = None
+    state_dir: Path | None = None
+    log: LogConfig = LogConfig()
+    sources: SourcesConfig = SourcesConfig()
+    portal: PortalConfig = PortalConfig()
+    api: ApiConfig = ApiConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated configuration and where it came from."""
+
+    config: AgentConfig
+    path: Path | None          # the file read, None for built-in defaults
+    requested: Path            # the file looked for
+    env_overrides: tuple[str, ...] = ()
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("ROOMSYNC_CONFIG"):
+        return Path(env["ROOMSYNC_CONFIG"])
+    if env.get("CONFIGURATION_DIRECTORY"):
+        # systemd may list several directories separated by ':'; ours is the first.
+        return Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "agent.toml"
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, merge and validate the configuration. Raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get("ROOMSYNC_CONFIG"))
+    requested = Path(path) if path is not None else default_config_path(env)
+    where = str(requested)
+    data: dict[str, Any] = {}
+    used: Path | None = None
+    try:
+        with open(requested, "rb") as fh:
+            data = tomllib.load(fh)
+        used = requested
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError([f"{where}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{where}: is a directory, expected a TOML file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{where}: permission denied (run as a user who may read it)"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{where}: TOML syntax error: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
+
+    env_sources: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
+            continue
+        keys = tuple(k.lower() for k in name[len(ENV_PREFIX):].split("__"))
+        if not all(keys):
+            problems.append(f"environment {name}: empty key between '__' separators")
+            continue
+        try:
+            _set_path(data, keys, _env_value(env[name]))
+        except ValueError as exc:
+            problems.append(f"environment {name}: {exc}")
+            continue
+        env_sources[keys] = name
+    if problems:
+        raise ConfigError(problems)
+
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, where if used else "built-in defaults", env_sources)) from None
+    return LoadedConfig(config, used, requested, tuple(env_sources.values()))
+
+
+def _env_value(text: str) -> Any:
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"looks like JSON but is not valid: {exc.msg}") from None
+    return text
+
+
+def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{'.'.join(keys[:i + 1])} is not a table in the file")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(exc: ValidationError, where: str,
+              env_sources: Mapping[tuple[str, ...], str]) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        origin = where
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in env_sources:
+                origin = f"environment {env_sources[loc[:n]]}"
+                break
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (see config/agent.example.toml for the keys there are)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) \
+            else f" (got {_mask(key, got)!r})"
+        lines.append(f"{origin}: {key}: {message}{shown}")
+    return lines
+
+
+_SECRET_KEY = re.compile(r"(community|password|secret|token(?!_file)|passphrase)", re.I)
+
+
+def _mask(key: str, value: Any) -> Any:
+    return "********" if _SECRET_KEY.search(key) else value
+
+
+def effective_config(config: AgentConfig) -> dict[str, Any]:
+    """The configuration as plain data with every secret masked (for check-config)."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def resolve_state_dir(config: AgentConfig, override: str | os.PathLike[str] | None = None,
+                      environ: Mapping[str, str] | None = None) -> Path:
+    """Where the agent keeps its state: ``--state-dir``, the config's ``state_dir``,
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), then ``/var/lib/roomsync`` under
+    systemd or ``$XDG_STATE_HOME/roomsync`` (``~/.local/state/roomsync``) for a user."""
+    env = os.environ if environ is None else environ
+    if override is not None:
+        return Path(override)
+    if config.state_dir is not None:
+        return config.state_dir
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("INVOCATION_ID"):
+        return Path("/var/lib/roomsync")
+    xdg = env.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path(env.get("HOME", "~")).expanduser() / ".local" / "state"
+    return base / "roomsync"

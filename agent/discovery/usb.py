@@ -1,0 +1,410 @@
+"""USB discovery: read the devices on this host's USB buses from sysfs.
+
+``<root>/bus/usb/devices/*`` holds one entry per USB device (``1-1.2``, ``usb1``) and one per
+interface (``1-1.2:1.0``, skipped). Each device entry has attribute files ``idVendor``,
+``idProduct``, ``bcdDevice``, ``busnum``, ``devnum`` and, when the device has them,
+``manufacturer``, ``product`` and ``serial``. The sysfs root is a parameter so that support
+engineers can read a tree captured at a site (``roomsync scan --sysfs-root PATH``) and tests
+can build trees in a temporary directory.
+
+When sysfs lacks a string that the device descriptor says exists (index ≠ 0), the string is
+read through libusb (pyusb), where libusb is installed and permissions allow. Only standard
+GET_DESCRIPTOR requests are sent: reading a string never changes a device.
+
+This module finds endpoints; turning them into observations is
+:mod:`agent.collectors.usb_descriptor`'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.catalog import LOGITECH_VID, Catalog, Product, UsbMatch
+from agent.collectors.usb_descriptor import observe_units
+from agent.discovery import ScanContext, SourceResult
+from agent.model import HealthIssue, ScanError, Severity
+from agent.sanitize import CleanText, clean_serial, clean_text
+
+#: sysfs attribute files are small; never read more than this from one.
+MAX_ATTRIBUTE_BYTES = 4096
+_DEVICE_NAME = re.compile(r"^(?:usb(?P<root>\d+)|(?P<bus>\d+)-(?P<ports>\d+(?:\.\d+)*))$")
+STRING_FIELDS = ("manufacturer", "product", "serial")
+# Offsets of iManufacturer, iProduct, iSerialNumber in the 18-byte device descriptor.
+_STRING_INDEX_OFFSETS = {"manufacturer": 14, "product": 15, "serial": 16}
+
+
+class UsbDiscoveryError(Exception):
+    """The sysfs tree cannot be read at all (as opposed to one bad device entry)."""
+
+
+@dataclass(slots=True)
+class UsbRecord:
+    """One USB device as sysfs (and perhaps libusb) describe it."""
+
+    name: str
+    path: Path
+    vendor_id: int
+    product_id: int
+    bcd_device: int | None = None
+    busnum: int | None = None
+    devnum: int | None = None
+    manufacturer: str | None = None
+    product: str | None = None
+    serial: str | None = None
+    #: String descriptor indexes from the device descriptor (0 = the device has none).
+    string_indexes: dict[str, int] = field(default_factory=dict)
+    #: Where each string came from: ``sysfs`` or ``libusb``.
+    string_sources: dict[str, str] = field(default_factory=dict)
+    #: Repairs made to each string (``not-utf8``, ``placeholder``…); see agent.sanitize.
+    string_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    issues: list[HealthIssue] = field(default_factory=list)
+
+    @property
+    def is_root_hub(self) -> bool:
+        return self.name.startswith("usb")
+
+    @property
+    def bus(self) -> int | None:
+        m = _DEVICE_NAME.match(self.name)
+        if not m:
+            return self.busnum
+        return int(m.group("root") or m.group("bus"))
+
+    @property
+    def port_chain(self) -> tuple[int, ...]:
+        """Ports from the root hub down (``1-1.4.2`` → ``(1, 4, 2)``); ``()`` for a root hub."""
+        m = _DEVICE_NAME.match(self.name)
+        if not m or not m.group("ports"):
+            return ()
+        return tuple(int(p) for p in m.group("ports").split("."))
+
+    @property
+    def release(self) -> str | None:
+        """bcdDevice as text: 0x0020 → ``0.20``; 0x1205 → ``12.05``."""
+        if self.bcd_device is None:
+            return None
+        return f"{self.bcd_device >> 8:x}.{self.bcd_device & 0xFF:02x}"
+
+    def set_string(self, name: str, raw: bytes | str | None, source: str) -> None:
+        cleaned: CleanText = clean_serial(raw) if name == "serial" else clean_text(raw)
+        setattr(self, name, cleaned.value)
+        self.string_sources[name] = source
+        problems = tuple(p for p in cleaned.problems if p != "missing")
+        if problems:
+            self.string_problems[name] = problems
+        else:
+            self.string_problems.pop(name, None)
+
+
+@dataclass(slots=True)
+class UsbDiscovery:
+    """What one pass over sysfs found."""
+
+    root: Path
+    bus_visible: bool
+    records: list[UsbRecord] = field(default_factory=list)
+    #: Entries that could not be used at all, as ``(entry name, message)``.
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    message: str | None = None
+
+
+def _read_attr(path: Path, name: str, issues: list[HealthIssue]) -> bytes | None:
+    try:
+        with open(path / name, "rb") as fh:
+            return fh.read(MAX_ATTRIBUTE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        issues.append(HealthIssue(
+            "usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})",
+            Severity.INFO))
+        return None
+
+
+def _parse_hex(raw: bytes | None, width: int = 4) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip(b"\x00\n\r\t ").decode("ascii", errors="replace")
+    if not text or len(text) > width or not re.fullmatch(r"[0-9a-fA-F]+", text):
+        return None
+    return int(text, 16)
+
+
+def _parse_dec(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    text = raw.strip(b"\x00\n\r\t ").decode("ascii", errors="replace")
+    return int(text) if text.isdigit() and len(text) <= 6 else None
+
+
+def read_device(path: Path, name: str) -> UsbRecord:
+    """Read one sysfs device entry. Raises :class:`ValueError` when its ids are unusable."""
+    issues: list[HealthIssue] = []
+    vid = _parse_hex(_read_attr(path, "idVendor", issues))
+    pid = _parse_hex(_read_attr(path, "idProduct", issues))
+    if vid is None or pid is None:
+        raise ValueError("idVendor/idProduct missing or not 4 hex digits")
+    record = UsbRecord(
+        name=name,
+        path=path,
+        vendor_id=vid,
+        product_id=pid,
+        bcd_device=_parse_hex(_read_attr(path, "bcdDevice", issues)),
+        busnum=_parse_dec(_read_attr(path, "busnum", issues)),
+        devnum=_parse_dec(_read_attr(path, "devnum", issues)),
+        issues=issues,
+    )
+    descriptors = _read_attr(path, "descriptors", issues)
+    if descriptors is not None and len(descriptors) >= 18 and descriptors[1] == 0x01:
+        record.string_indexes = {k: descriptors[o] for k, o in _STRING_INDEX_OFFSETS.items()}
+    for string_name in STRING_FIELDS:
+        raw = _read_attr(path, string_name, issues)
+        if raw is not None:
+            record.set_string(string_name, raw, "sysfs")
+    return record
+
+
+def read_sysfs(root: str | os.PathLike[str] = "/sys") -> UsbDiscovery:
+    """Enumerate USB devices under ``<root>/bus/usb/devices``.
+
+    Raises :class:`UsbDiscoveryError` only when ``root`` itself does not exist or is not a
+    directory; a host with no USB bus gives ``bus_visible=False`` and a message.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise UsbDiscoveryError(f"sysfs root {root_path} does not exist or is not a directory")
+    devices_dir = root_path / "bus" / "usb" / "devices"
+    try:
+        entries = sorted(os.scandir(devices_dir), key=lambda e: _sort_key(e.name))
+    except FileNotFoundError:
+        return UsbDiscovery(root_path, False, message=f"no USB bus is visible ({devices_dir} is absent)")
+    except OSError as exc:
+        raise UsbDiscoveryError(f"cannot list {devices_dir}: {exc.strerror or exc}") from exc
+    result = UsbDiscovery(root_path, True)
+    for entry in entries:
+        if ":" in entry.name:  # an interface (1-1.2:1.0), not a device
+            continue
+        if not _DEVICE_NAME.match(entry.name):
+            result.errors.append((entry.name, "not a USB device entry name; skipped"))
+            continue
+        try:
+            result.records.append(read_device(Path(entry.path), entry.name))
+        except ValueError as exc:
+            result.errors.append((entry.name, str(exc)))
+        except OSError as exc:
+            result.errors.append((entry.name, f"cannot read: {exc.strerror or exc}"))
+    if not result.records and not result.errors:
+        result.message = "no USB devices found"
+    return result
+
+
+def _sort_key(name: str) -> tuple[Any, ...]:
+    m = _DEVICE_NAME.match(name.split(":", 1)[0])
+    if not m:
+        return (2, name)
+    if m.group("root"):
+        return (0, int(m.group("root")), ())
+    return (1, int(m.group("bus")), tuple(int(p) for p in m.group("ports").split(".")))
+
+
+# --------------------------------------------------------------------------- libusb
+
+
+def missing_strings(record: UsbRecord) -> list[str]:
+    """Strings the device descriptor announces but sysfs did not give us."""
+    return [
+        name for name in STRING_FIELDS
+        if record.string_indexes.get(name) and name not in record.string_sources
+    ]
+
+
+def enrich_with_libusb(records: list[UsbRecord]) -> None:
+    """Read strings that sysfs lacks through libusb, where possible.
+
+    Failures (no libusb, no permission, a device that stalls) become informational issues
+    on the record; they never stop the scan.
+    """
+    wanted = [r for r in records if missing_strings(r) and r.busnum is not None and r.devnum is not None]
+    if not wanted:
+        return
+    try:
+        import usb.core
+        import usb.util
+    except ImportError:  # pragma: no cover - pyusb is a dependency
+        return
+    try:
+        found = {(d.bus, d.address): d for d in usb.core.find(find_all=True)}
+    except usb.core.NoBackendError:
+        for r in wanted:
+            r.issues.append(HealthIssue(
+                "usb-strings-unavailable",
+                "libusb is not installed; strings missing from sysfs were not read",
+                Severity.INFO))
+        return
+    except usb.core.USBError as exc:
+        for r in wanted:
+            r.issues.append(HealthIssue("usb-strings-unavailable", f"libusb: {exc}", Severity.INFO))
+        return
+    for record in wanted:
+        dev = found.get((record.busnum, record.devnum))
+        if dev is None or (dev.idVendor, dev.idProduct) != (record.vendor_id, record.product_id):
+            record.issues.append(HealthIssue(
+                "usb-strings-unavailable",
+                f"libusb does not see bus {record.busnum} device {record.devnum}", Severity.INFO))
+            continue
+        try:
+            for name in missing_strings(record):
+                text = usb.util.get_string(dev, record.string_indexes[name])
+                record.set_string(name, text, "libusb")
+        except (usb.core.USBError, ValueError, NotImplementedError) as exc:
+            record.issues.append(HealthIssue(
+                "usb-strings-unavailable", f"libusb could not read strings: {exc}", Severity.INFO))
+        finally:
+            try:
+                usb.util.dispose_resources(dev)
+            except usb.core.USBError:
+                pass
+
+
+# --------------------------------------------------------------------------- units
+
+
+@dataclass(slots=True)
+class UsbUnit:
+    """One physical unit: the USB function that stands for it, plus further functions of
+    the same unit (a Rally Bar's internal hubs, HID and audio functions; a Tap's presence
+    sensor and touch screen) folded into it."""
+
+    main: UsbRecord
+    match: UsbMatch | None
+    product: Product | None
+    functions: list[tuple[UsbRecord, UsbMatch]] = field(default_factory=list)
+    notes: list[HealthIssue] = field(default_factory=list)
+
+    @property
+    def is_logitech(self) -> bool:
+        return self.main.vendor_id == LOGITECH_VID or self.product is not None
+
+    @property
+    def records(self) -> list[UsbRecord]:
+        return [self.main, *(r for r, _ in self.functions)]
+
+
+def group_units(records: list[UsbRecord], catalog: Catalog) -> list[UsbUnit]:
+    """Group USB functions into physical units using the catalog's roles.
+
+    A non-main function is folded into the main function of one of its products that sits
+    nearest to it in the USB topology (longest common port chain; a unit's internal hub sits
+    above its functions, and a USB 3 unit shows up on two buses at the same port). When the
+    topology cannot decide and exactly one such main unit is on the host, it is folded there;
+    otherwise the function is reported as a unit of its own with a note, never dropped.
+    """
+    units: list[UsbUnit] = []
+    pending: list[tuple[UsbRecord, UsbMatch]] = []
+    for record in records:
+        match = catalog.match_usb(record.vendor_id, record.product_id)
+        if match is not None and not match.is_main:
+            pending.append((record, match))
+            continue
+        product = match.product if match else None
+        if product is None and record.vendor_id == LOGITECH_VID:
+            product = catalog.match_usb_product_string(record.product)
+        units.append(UsbUnit(record, match, product))
+
+    for record, match in pending:
+        names = {p.name for p in match.products}
+        candidates = [u for u in units if u.product is not None and u.product.name in names
+                      and u.match is not None and u.match.is_main]
+        target = _nearest(record, candidates)
+        if target is not None:
+            target.functions.append((record, match))
+            continue
+        if match.usb_id.only_with_main:
+            # Another vendor's chip that is only a Tap part when a Tap is there.
+            units.append(UsbUnit(record, None, None))
+            continue
+        unit = UsbUnit(record, match, match.product)
+        if match.ambiguous:
+            others = ", ".join(p.name for p in match.products)
+            unit.notes.append(HealthIssue(
+                "usb-function-without-main",
+                f"{match.role} function {record.vendor_id:04x}:{record.product_id:04x} belongs to "
+                f"one of: {others}; its main function is not visible", Severity.WARNING))
+        else:
+            unit.notes.append(HealthIssue(
+                "usb-function-without-main",
+                f"only the {match.role} function of this {match.product.name} is visible",
+                Severity.WARNING))
+        units.append(unit)
+    return units
+
+
+def _nearest(record: UsbRecord, candidates: list[UsbUnit]) -> UsbUnit | None:
+    if not candidates:
+        return None
+    chain = record.port_chain
+    scored = [(_common_prefix(chain, u.main.port_chain), u) for u in candidates]
+    best = max(score for score, _ in scored)
+    winners = [u for score, u in scored if score == best]
+    if best >= 1 and len(winners) == 1:
+        return winners[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    return None
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- source
+
+
+class UsbSource:
+    """The devices on this host's USB buses (or on a captured sysfs tree)."""
+
+    name = "usb"
+
+    def __init__(self, sysfs_root: str | os.PathLike[str] = "/sys", *, all_usb: bool = False,
+                 libusb_strings: bool = True) -> None:
+        self.sysfs_root = Path(sysfs_root)
+        self.all_usb = all_usb
+        self.libusb_strings = libusb_strings
+
+    @classmethod
+    def from_config(cls, settings: Any) -> UsbSource:
+        return cls(settings.sysfs_root, all_usb=settings.all_usb,
+                   libusb_strings=settings.libusb_strings)
+
+    async def run(self, ctx: ScanContext) -> SourceResult:
+        # sysfs reads are fast local file reads; libusb string reads may block on a slow
+        # device, so the whole pass runs in a worker thread.
+        return await asyncio.to_thread(self.scan, ctx)
+
+    def scan(self, ctx: ScanContext) -> SourceResult:
+        result = SourceResult()
+        try:
+            found = read_sysfs(self.sysfs_root)
+        except UsbDiscoveryError as exc:
+            result.errors.append(ScanError(self.name, str(self.sysfs_root), str(exc)))
+            return result
+        if found.message:
+            result.messages.append(found.message)
+        for entry, message in found.errors:
+            result.errors.append(ScanError(self.name, entry, message))
+        if self.libusb_strings:
+            enrich_with_libusb(found.records)
+        units = group_units(found.records, ctx.catalog)
+        result.observations = observe_units(units, ctx.catalog, ctx.now, all_usb=self.all_usb,
+                                            source=self.name)
+        return result

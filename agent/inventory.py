@@ -1,0 +1,29 @@
+"""Turning observations into devices placed in rooms.
+
+Today: one device per observation, USB units of this host placed in the configured room
+(every unit on a room PC's or Pi's own USB stands in that room). Merging observations of one
+unit seen through several channels, room maps for LAN devices and systems with primary
+units build on this (issue [4/7]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from agent.model import Device, Observation, Room, Transport
+
+#: Sources whose USB observations are of this host's own buses.
+LOCAL_USB_SOURCES = frozenset({"usb"})
+
+
+def room_for(obs: Observation, local_room: Room | None) -> str | None:
+    if local_room is not None and obs.transport is Transport.USB and obs.source in LOCAL_USB_SOURCES:
+        return local_room.id
+    return None
+
+
+def devices_from_observations(observations: Iterable[Observation],
+                              local_room: Room | None) -> list[Device]:
+    devices = [Device.from_observation(o, room=room_for(o, local_room)) for o in observations]
+    devices.sort(key=lambda d: (d.room or "", d.transport, d.address))
+    return devices

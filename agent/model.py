@@ -1,0 +1,277 @@
+"""The domain types every layer of roomsync shares.
+
+This module imports nothing else of the project (design.md: arrows point down, and
+``model`` is the bottom). The types are plain dataclasses: validation happens at the
+edges (configuration, wire formats), not here.
+
+Vocabulary
+----------
+* An **observation** is what one collector saw of one endpoint at one moment: facts plus
+  where they came from (``serial_source``) and how sure they are (``serial_label_grade``).
+* A **device** is one physical unit as the inventory knows it, built from observations.
+* A **room** is a place that holds devices (Sync calls it a *place*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Transport(StrEnum):
+    """How the agent reached a device."""
+
+    USB = "usb"
+    MDNS = "mdns"
+    SNMP = "snmp"
+    SSH = "ssh"
+    CONFIG = "config"
+
+
+class SerialSource(StrEnum):
+    """Where a serial number was read (design.md). Operators quote serials on warranty
+    forms, so the agent always says which channel a serial came from."""
+
+    USB_DESCRIPTOR = "usb-descriptor"
+    SYNC_INTERFACE = "sync-interface"
+    SNMP_ENTITY = "snmp-entity"
+    SSH_DMI = "ssh-dmi"
+    MDNS_TXT = "mdns-txt"
+    CONFIG = "config"
+
+
+class Severity(StrEnum):
+    """Severity of one health issue, ordered from harmless to broken."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+class HealthState(StrEnum):
+    """Overall health of a device. Maps onto Sync's ``healthStatus``
+    (NoIssues / Warning / Error); ``unknown`` when nothing could be read."""
+
+    OK = "ok"
+    WARNING = "warning"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthIssue:
+    """One thing worth telling an operator about a device.
+
+    ``code`` is a stable machine-readable word (``peripheral-missing``,
+    ``serial-placeholder``…); ``message`` is for people.
+    """
+
+    code: str
+    message: str
+    severity: Severity = Severity.WARNING
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "severity": str(self.severity), "message": self.message}
+
+
+def health_state(issues: list[HealthIssue] | tuple[HealthIssue, ...]) -> HealthState:
+    """The overall state implied by a list of issues (informational notes do not degrade)."""
+    worst = max((i.severity.rank for i in issues), default=0)
+    if worst >= Severity.ERROR.rank:
+        return HealthState.ERROR
+    if worst >= Severity.WARNING.rank:
+        return HealthState.WARNING
+    return HealthState.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A meeting room (Sync: a place of type Room)."""
+
+    id: str
+    name: str | None = None
+    group: str | None = None
+    location: str | None = None
+    seat_count: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "group": self.group,
+            "location": self.location,
+            "seat_count": self.seat_count,
+        }
+
+
+@dataclass(slots=True)
+class Observation:
+    """What one collector saw of one endpoint at one moment.
+
+    ``product`` is the catalog product name when the collector could identify it
+    (``None`` otherwise); ``attributes`` keeps the raw facts (descriptor strings, bus
+    numbers, TXT records…) so nothing read is thrown away.
+    """
+
+    source: str
+    transport: Transport
+    address: str
+    observed_at: datetime
+    product: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    serial_source: SerialSource | None = None
+    serial_label_grade: bool = False
+    firmware: str | None = None
+    firmware_source: str | None = None
+    components: dict[str, str] = field(default_factory=dict)
+    vendor_id: int | None = None
+    product_id: int | None = None
+    vendor: str | None = None
+    state: str | None = None
+    health: list[HealthIssue] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    children: list[Observation] = field(default_factory=list)
+
+    def note(self, code: str, message: str, severity: Severity = Severity.WARNING) -> None:
+        """Attach a health issue, once per code and message."""
+        issue = HealthIssue(code, message, severity)
+        if issue not in self.health:
+            self.health.append(issue)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanError:
+    """A failure confined to one source or target; the rest of the scan went on."""
+
+    source: str
+    target: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source": self.source, "target": self.target, "message": self.message}
+
+
+def transport_identity(transport: Transport | str, address: str,
+                       vendor_id: int | None = None, product_id: int | None = None) -> str:
+    """Identity of a unit that has no label-grade serial: where it was seen."""
+    ident = f"{transport}:{address}"
+    if vendor_id is not None and product_id is not None:
+        ident += f":{vendor_id:04x}:{product_id:04x}"
+    return ident
+
+
+@dataclass(slots=True)
+class Device:
+    """One physical unit as the inventory knows it."""
+
+    product: str
+    transport: Transport
+    address: str
+    first_seen: datetime
+    last_seen: datetime
+    model: str | None = None
+    serial: str | None = None
+    serial_source: SerialSource | None = None
+    serial_label_grade: bool = False
+    firmware: str | None = None
+    firmware_source: str | None = None
+    components: dict[str, str] = field(default_factory=dict)
+    vendor_id: int | None = None
+    product_id: int | None = None
+    vendor: str | None = None
+    room: str | None = None
+    state: str | None = None
+    health_issues: list[HealthIssue] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    children: list[Device] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def health(self) -> HealthState:
+        return health_state(self.health_issues)
+
+    @property
+    def identity(self) -> str:
+        """Stable key: catalog product + label-grade serial, else where it was seen.
+
+        The second form is weaker (a unit moved to another port gets a new key), and
+        :attr:`identity_kind` says which one applies.
+        """
+        if self.serial and self.serial_label_grade:
+            return f"serial:{self.product}:{self.serial}"
+        return transport_identity(self.transport, self.address, self.vendor_id, self.product_id)
+
+    @property
+    def identity_kind(self) -> str:
+        return "serial" if self.serial and self.serial_label_grade else "transport"
+
+    @classmethod
+    def from_observation(cls, obs: Observation, *, room: str | None = None,
+                         unknown_product: str = "Unknown device") -> Device:
+        return cls(
+            product=obs.product or unknown_product,
+            transport=obs.transport,
+            address=obs.address,
+            first_seen=obs.observed_at,
+            last_seen=obs.observed_at,
+            model=obs.model,
+            serial=obs.serial,
+            serial_source=obs.serial_source,
+            serial_label_grade=obs.serial_label_grade,
+            firmware=obs.firmware,
+            firmware_source=obs.firmware_source,
+            components=dict(obs.components),
+            vendor_id=obs.vendor_id,
+            product_id=obs.product_id,
+            vendor=obs.vendor,
+            room=room,
+            state=obs.state,
+            health_issues=list(obs.health),
+            attributes=dict(obs.attributes),
+            children=[cls.from_observation(c, room=room, unknown_product=unknown_product)
+                      for c in obs.children],
+            sources=[obs.source],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``roomsync scan --json`` and later the API."""
+        return {
+            "product": self.product,
+            "model": self.model,
+            "serial": self.serial,
+            "serial_source": str(self.serial_source) if self.serial_source else None,
+            "serial_label_grade": self.serial_label_grade,
+            "firmware": self.firmware,
+            "firmware_source": self.firmware_source,
+            "components": dict(self.components),
+            "transport": str(self.transport),
+            "address": self.address,
+            "vendor_id": _hex_id(self.vendor_id),
+            "product_id": _hex_id(self.product_id),
+            "vendor": self.vendor,
+            "room": self.room,
+            "identity": self.identity,
+            "identity_kind": self.identity_kind,
+            "state": self.state,
+            "health": str(self.health),
+            "health_issues": [i.to_dict() for i in self.health_issues],
+            "first_seen": self.first_seen.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "sources": list(self.sources),
+            "attributes": dict(self.attributes),
+            "children": [c.to_dict() for c in self.children],
+        }
+
+
+def _hex_id(value: int | None) -> str | None:
+    return None if value is None else f"{value:04x}"
