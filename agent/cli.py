@@ -99,10 +99,8 @@ def _load(args: argparse.Namespace) -> Any:
     except ConfigError as exc:
         raise UsageError("invalid configuration:\n  " + "\n  ".join(exc.problems)) from None
     cfg = loaded.config
-    if args.verbose:
-        level = "debug" if args.verbose > 1 else "info"
-    else:
-        level = "warning"  # a one-shot command prints its result, not its progress
+    # A one-shot command prints its result, not its progress, unless asked (-v, -vv).
+    level = {0: "warning", 1: "info"}.get(args.verbose, "debug")
     configure(level, args.log_format or cfg.log.format)
     return loaded
 

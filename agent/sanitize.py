@@ -93,9 +93,7 @@ def is_placeholder_serial(value: str | None) -> bool:
     if v.casefold() in _PLACEHOLDER_SERIALS:
         return True
     # 0000000000, FFFFFFFF, ......: one character repeated is never a real serial.
-    if len(v) >= 3 and _REPEATED_CHAR.match(v):
-        return True
-    return False
+    return bool(len(v) >= 3 and _REPEATED_CHAR.match(v))
 
 
 def clean_serial(raw: bytes | str | None, *, max_len: int = 64) -> CleanText:
