@@ -165,6 +165,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     report = scan_once(sources, load_catalog(), now, room, timeout=args.timeout)
     report.errors[:0] = unavailable
+    if not wanted:
+        report.messages.append("no source is enabled in the configuration (see [sources.*]); "
+                               "--usb scans this host's USB anyway")
 
     if args.json:
         _print_json({

@@ -52,6 +52,14 @@ def test_scan_json_in_a_subprocess_logs_json_to_stderr(tmp_path: Path) -> None:
     assert done["source"] == "usb" and done["success"] is True and done["observations"] == 1
 
 
+def test_no_enabled_source_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[sources.usb]\nenabled = false\n")
+    result = run(sys.executable, "-m", "agent", "scan", "--config", str(config))
+    assert result.returncode == 0
+    assert "no source is enabled" in result.stdout
+
+
 def test_enabled_source_this_version_lacks_is_an_error_not_silence(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(f'[sources.usb]\nsysfs_root = "{tmp_path}"\n[sources.snmp]\nenabled = true\n')

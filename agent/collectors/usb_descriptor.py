@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agent.discovery.usb import UsbRecord, UsbUnit
 
 _PROBLEM_TEXT = {
-    "not-utf8": "is not valid UTF-8 (undecodable bytes replaced)",
+    "not-utf8": "is not valid text in its encoding (undecodable bytes replaced)",
     "nul-padded": "had NUL padding inside it (cut at the first NUL)",
     "control-chars": "held control characters (removed)",
     "too-long": "was absurdly long (cut)",

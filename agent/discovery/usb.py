@@ -252,7 +252,7 @@ def missing_strings(record: UsbRecord) -> list[str]:
     """Strings the device descriptor announces but sysfs did not give us."""
     return [
         name for name in STRING_FIELDS
-        if record.string_indexes.get(name)
+        if record.string_indexes.get(name) and name not in record.string_sources
     ]
 
 
