@@ -19,3 +19,11 @@ def test_ruff_is_clean() -> None:
     result = subprocess.run([ruff, "check", "agent", "tests", "bench"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_on_the_package() -> None:
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent)) or shutil.which("mypy")
+    if mypy is None:
+        pytest.skip("mypy is not installed (it comes with the test extra: scripts/bootstrap)")
+    result = subprocess.run([mypy, "agent"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
