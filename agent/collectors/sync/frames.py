@@ -115,6 +115,7 @@ def declared_size(data: bytes, *, max_payload: int = MAX_PAYLOAD) -> int:
     if len(data) < HEADER_SIZE:
         raise FrameError(f"truncated frame: {len(data)} bytes, a header needs {HEADER_SIZE}")
     command, length, _seq = HEADER.unpack_from(data)
+    length = int(length)
     if command not in _COMMANDS:
         raise FrameError(f"unknown command {command_label(command)} in frame header")
     if length > max_payload:
