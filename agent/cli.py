@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="read a captured sysfs tree instead of /sys (implies USB)")
     scan.add_argument("--all-usb", action="store_true",
                       help="also list USB devices that are not Logitech's")
+    scan.add_argument("--replay", metavar="CAPTURE.json", action="append",
+                      help="scan a device simulated from a recorded USB session (fwupd "
+                           "emulation JSON) instead of live sources; repeatable")
     scan.add_argument("--no-libusb", action="store_true",
                       help="do not open devices through libusb for strings sysfs lacks")
     scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
@@ -145,7 +148,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if overrides:
         usb_settings = usb_settings.model_copy(update=overrides)
 
-    if args.usb or args.sysfs_root is not None:
+    if args.replay:
+        wanted = []
+    elif args.usb or args.sysfs_root is not None:
         wanted = ["usb"]
     else:
         wanted = [name for name in ("usb", "mdns", "snmp", "ssh")
@@ -161,11 +166,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
         settings = usb_settings if name == "usb" else getattr(cfg.sources, name)
         sources.append(source_class(name).from_config(settings))
 
+    for capture in args.replay or ():
+        if not os.path.isfile(capture):
+            raise UsageError(f"--replay {capture}: no such file")
+        from agent.discovery.usb_replay import ReplayUsbSource
+
+        sources.append(ReplayUsbSource(capture, sync_deadline=usb_settings.sync_deadline))
+
     room = Room(**cfg.room.model_dump()) if cfg.room else None
     now = datetime.now(UTC)
     report = scan_once(sources, load_catalog(), now, room, timeout=args.timeout)
     report.errors[:0] = unavailable
-    if not wanted:
+    if not sources and not unavailable:
         report.messages.append("no source is enabled in the configuration (see [sources.*]); "
                                "--usb scans this host's USB anyway")
 

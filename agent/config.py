@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from agent.sanitize import MASK, is_secret_key
+
 DEFAULT_CONFIG_PATH = Path("/etc/roomsync/agent.toml")
 ENV_PREFIX = "ROOMSYNC_"
 #: Variables with the prefix that are not key overrides.
@@ -70,6 +72,8 @@ class UsbSourceConfig(_Section):
     sysfs_root: Path = Path("/sys")
     all_usb: bool = False
     libusb_strings: bool = True
+    sync_interface: bool = True
+    sync_deadline: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
 DEFAULT_MDNS_TYPES = ("_logitech-sync._tcp.local.", "_https._tcp.local.", "_http._tcp.local.")
@@ -293,11 +297,8 @@ def _describe(exc: ValidationError, where: str,
     return lines
 
 
-_SECRET_KEY = re.compile(r"(community|password|secret|token(?!_file)|passphrase)", re.I)
-
-
 def _mask(key: str, value: Any) -> Any:
-    return "********" if _SECRET_KEY.search(key) else value
+    return MASK if is_secret_key(key) else value
 
 
 def effective_config(config: AgentConfig) -> dict[str, Any]:

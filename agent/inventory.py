@@ -12,8 +12,9 @@ from collections.abc import Iterable
 
 from agent.model import Device, Observation, Room, Transport
 
-#: Sources whose USB observations are of this host's own buses.
-LOCAL_USB_SOURCES = frozenset({"usb"})
+#: Sources whose USB observations are of this host's own buses (a replayed recording stands
+#: for a device on the buses of the host it was recorded on: run it with that host's config).
+LOCAL_USB_SOURCES = frozenset({"usb", "replay"})
 
 
 def room_for(obs: Observation, local_room: Room | None) -> str | None:

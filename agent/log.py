@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEYS = re.compile(
-    r"(password|passwd|passphrase|secret|token(?!_file)|community|authorization|auth_key(?!_file)"
-    r"|priv_key(?!_file)|api_key|private_key(?!_file))",
-    re.IGNORECASE,
-)
-MASK = "********"
+from agent.sanitize import MASK, is_secret_key
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -36,7 +31,7 @@ def mask_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) ->
 
 
 def _masked(key: str, value: Any) -> Any:
-    if key != "event" and _SECRET_KEYS.search(key) and value not in (None, ""):
+    if key != "event" and is_secret_key(key) and value not in (None, ""):
         return MASK
     if isinstance(value, Mapping):
         return {k: _masked(str(k), v) for k, v in value.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 #: USB string descriptors hold at most 126 UTF-16 code units; DMI strings are similar.
 DEFAULT_MAX_LEN = 128
@@ -25,6 +26,22 @@ _PLACEHOLDER_SERIALS = frozenset(
     )
 )
 _REPEATED_CHAR = re.compile(r"^(.)\1*$")
+
+
+#: Names of settings, log keys and device fields whose values are secrets (a ``*_file`` key
+#: holds a path, which is not).
+_SECRET_KEY = re.compile(
+    r"(password|passwd|passphrase|secret|token(?!_file)|community|authorization"
+    r"|auth_key(?!_file)|priv_key(?!_file)|api_key|private_key(?!_file)|credential)",
+    re.IGNORECASE,
+)
+MASK = "********"
+
+
+@lru_cache(maxsize=4096)  # device JSON repeats the same few hundred keys on every parse
+def is_secret_key(name: str) -> bool:
+    """True when a value stored under ``name`` must never be shown or logged."""
+    return _SECRET_KEY.search(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +93,7 @@ def clean_text(raw: bytes | str | None, *, max_len: int = DEFAULT_MAX_LEN) -> Cl
     cleaned = "".join(kept)
     cleaned = " ".join(cleaned.split())
     if len(cleaned) > max_len:
-        cleaned = cleaned[:max_len]
+        cleaned = cleaned[:max_len].rstrip()
         problems.append("too-long")
     if not cleaned:
         return CleanText(None, (*problems, "empty"))

@@ -10,7 +10,7 @@ import pytest
 
 from agent.catalog import UNKNOWN_LOGITECH, load_catalog
 from agent.cli import main
-from agent.collectors.usb_descriptor import observe_units
+from agent.collectors.usb_descriptor import observe_unit
 from agent.discovery import ScanContext
 from agent.discovery.usb import (
     UsbDiscoveryError,
@@ -223,8 +223,9 @@ def test_missing_root_and_missing_bus(tmp_path: Path) -> None:
 def test_grouping_is_independent_of_entry_order(tmp_path: Path) -> None:
     rally_bar(tmp_path)
     records = read_sysfs(tmp_path).records
-    forward = observe_units(group_units(records, load_catalog()), load_catalog(), NOW)
-    backward = observe_units(group_units(records[::-1], load_catalog()), load_catalog(), NOW)
+    catalog = load_catalog()
+    forward = [observe_unit(u, catalog, NOW) for u in group_units(records, catalog)]
+    backward = [observe_unit(u, catalog, NOW) for u in group_units(records[::-1], catalog)]
     assert [o.serial for o in forward] == [o.serial for o in backward] == ["2313FD1N08Z3"]
     assert len(forward[0].attributes["functions"]) == len(backward[0].attributes["functions"]) == 4
 

@@ -112,13 +112,3 @@ def _report_string_problems(obs: Observation, record: UsbRecord) -> None:
             severity = Severity.WARNING if name == "serial" else Severity.INFO
             obs.note(f"usb-string-{problem}",
                      f"{record.name}: USB {name} string {text}", severity)
-
-
-def observe_units(units: list[UsbUnit], catalog: Catalog, now: datetime, *, all_usb: bool = False,
-                  source: str = "usb", address_prefix: str = "") -> list[Observation]:
-    """Observations for every Logitech unit (every unit with ``all_usb``)."""
-    return [
-        observe_unit(u, catalog, now, source=source, address_prefix=address_prefix)
-        for u in units if all_usb or u.is_logitech
-    ]
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.catalog import LOGITECH_VID, Catalog, Product, UsbMatch
-from agent.collectors.usb_descriptor import observe_units
+from agent.collectors.sync.usb_unit import TransportOpener, pyusb_transport, read_unit
+from agent.collectors.usb_descriptor import observe_unit
 from agent.discovery import ScanContext, SourceResult
 from agent.model import HealthIssue, ScanError, Severity
 from agent.sanitize import CleanText, clean_serial, clean_text
 
+LIVE_SYSFS = Path("/sys")
 #: sysfs attribute files are small; never read more than this from one.
 MAX_ATTRIBUTE_BYTES = 4096
 _DEVICE_NAME = re.compile(r"^(?:usb(?P<root>\d+)|(?P<bus>\d+)-(?P<ports>\d+(?:\.\d+)*))$")
@@ -430,30 +433,54 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 
 class UsbSource:
-    """The devices on this host's USB buses (or on a captured sysfs tree)."""
+    """The devices on this host's USB buses (or on a captured sysfs tree).
+
+    For units whose catalog product speaks the Sync Agent interface (CollabOS bars), the
+    interface is read too (read-only: GetDeviceInfo), one overall deadline per device; when
+    it is busy or absent the descriptor facts stand, with a health note.
+    """
 
     name = "usb"
 
     def __init__(self, sysfs_root: str | os.PathLike[str] = "/sys", *, all_usb: bool = False,
-                 libusb_strings: bool = True) -> None:
+                 libusb_strings: bool = True, sync_interface: bool = True,
+                 sync_deadline: float = 10.0) -> None:
         self.sysfs_root = Path(sysfs_root)
         self.all_usb = all_usb
-        self.libusb_strings = libusb_strings
+        # A captured tree (--sysfs-root) describes another host's devices: the bus and
+        # device numbers in it must never be opened on this host's live USB.
+        self.live = self.sysfs_root == LIVE_SYSFS
+        self.libusb_strings = libusb_strings and self.live
+        self.sync_interface = sync_interface and self.live
+        self.sync_deadline = sync_deadline
 
     @classmethod
     def from_config(cls, settings: Any) -> UsbSource:
         return cls(settings.sysfs_root, all_usb=settings.all_usb,
-                   libusb_strings=settings.libusb_strings)
+                   libusb_strings=settings.libusb_strings,
+                   sync_interface=settings.sync_interface, sync_deadline=settings.sync_deadline)
 
     async def run(self, ctx: ScanContext) -> SourceResult:
-        # sysfs reads are fast local file reads; libusb string reads may block on a slow
-        # device, so the whole pass runs in a worker thread.
+        # sysfs reads are fast local file reads; libusb reads may block on a slow device
+        # (bounded by their timeouts and the Sync deadline), so the pass runs in a thread.
         return await asyncio.to_thread(self.scan, ctx)
+
+    def discover(self) -> UsbDiscovery:
+        """The USB records to look at. Raises :class:`UsbDiscoveryError`."""
+        found = read_sysfs(self.sysfs_root)
+        if self.libusb_strings:
+            enrich_with_libusb(found.records)
+        return found
+
+    def sync_opener(self, record: UsbRecord) -> TransportOpener:
+        """How to open the Sync transport of ``record``'s device."""
+        return functools.partial(pyusb_transport, record.busnum, record.devnum,
+                                 record.vendor_id, record.product_id)
 
     def scan(self, ctx: ScanContext) -> SourceResult:
         result = SourceResult()
         try:
-            found = read_sysfs(self.sysfs_root)
+            found = self.discover()
         except UsbDiscoveryError as exc:
             result.errors.append(ScanError(self.name, str(self.sysfs_root), str(exc)))
             return result
@@ -461,9 +488,15 @@ class UsbSource:
             result.messages.append(found.message)
         for entry, message in found.errors:
             result.errors.append(ScanError(self.name, entry, message))
-        if self.libusb_strings:
-            enrich_with_libusb(found.records)
-        units = group_units(found.records, ctx.catalog)
-        result.observations = observe_units(units, ctx.catalog, ctx.now, all_usb=self.all_usb,
-                                            source=self.name)
+        for unit in group_units(found.records, ctx.catalog):
+            if not (self.all_usb or unit.is_logitech):
+                continue
+            obs = observe_unit(unit, ctx.catalog, ctx.now, source=self.name)
+            if (self.sync_interface and unit.product is not None and unit.product.sync_interface
+                    and unit.match is not None and unit.match.is_main):
+                obs, error = read_unit(obs, self.sync_opener(unit.main), catalog=ctx.catalog,
+                                       now=ctx.now, deadline=self.sync_deadline)
+                if error is not None:
+                    result.errors.append(ScanError(self.name, obs.address, error))
+            result.observations.append(obs)
         return result

@@ -36,7 +36,7 @@ from typing import Any
 from agent.catalog import UNKNOWN_LOGITECH, Catalog, load_catalog
 from agent.collectors.sync.errors import DeviceInfoError
 from agent.model import Observation, SerialSource, Severity, Transport
-from agent.sanitize import clean_serial, clean_text
+from agent.sanitize import MASK, clean_serial, clean_text, is_secret_key
 
 NAME = "sync-interface"
 FIRMWARE_SOURCE = "sync-interface"
@@ -215,10 +215,13 @@ def _plain(value: Any) -> Any:
     """
     kind = type(value)
     if kind is dict:
-        out = {}
+        out: dict[str, Any] = {}
         for k, v in value.items():
             key = _key(k)
             if key is None:
+                continue
+            if is_secret_key(key) and v not in (None, ""):
+                out[key] = MASK  # a device's settings may carry credentials: never keep them
                 continue
             t = type(v)
             if t is str:

@@ -1,0 +1,70 @@
+"""A USB device simulated from a recorded session (fwupd emulation JSON).
+
+``roomsync scan --replay CAPTURE.json``: support engineers reproduce a site's scan from a
+capture. The device's descriptors and strings come from the recording; its Sync-interface
+answers come from the recorded transfers, matched to the request the agent sends
+(:class:`~agent.collectors.sync.replay.ReplayTransport`). Everything downstream — catalog,
+grouping, the descriptor collector, the Sync collector — is the same code a live scan runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.collectors.sync.client import SyncTransport
+from agent.collectors.sync.errors import SyncError
+from agent.collectors.sync.replay import Recording, ReplayTransport, load_recording
+from agent.collectors.sync.usb_unit import TransportOpener
+from agent.discovery.usb import UsbDiscovery, UsbDiscoveryError, UsbRecord, UsbSource
+
+
+class ReplayUsbSource(UsbSource):
+    """One recorded USB device, served as if it were on this host's bus."""
+
+    name = "replay"
+
+    def __init__(self, capture: str | os.PathLike[str], *, sync_deadline: float = 10.0) -> None:
+        super().__init__(all_usb=True, libusb_strings=False, sync_deadline=sync_deadline)
+        self.capture = Path(capture)
+        self.live = False  # nothing on this host's USB is touched
+        self.sync_interface = True  # answered by the recording
+        self._recording: Recording | None = None
+
+    def recording(self) -> Recording:
+        if self._recording is None:
+            try:
+                self._recording = load_recording(self.capture)
+            except (SyncError, OSError) as exc:
+                raise UsbDiscoveryError(f"{self.capture}: {exc}") from exc
+        return self._recording
+
+    def discover(self) -> UsbDiscovery:
+        device = self.recording().device
+        record = UsbRecord(
+            name=device.platform_id or "replay-1",
+            path=self.capture,
+            vendor_id=device.vendor_id,
+            product_id=device.product_id,
+            bcd_device=device.bcd_device,
+            busnum=device.busnum,
+            devnum=device.devnum,
+            string_indexes=dict(device.string_indexes),
+        )
+        for name, value in device.strings.items():
+            record.set_string(name, value, "recording")
+        for name, problems in device.string_problems.items():
+            record.string_problems[name] = (*record.string_problems.get(name, ()), *problems)
+        return UsbDiscovery(self.capture, True, [record],
+                            message=f"replaying {self.capture.name} (recorded device, not live USB)")
+
+    def sync_opener(self, record: UsbRecord) -> TransportOpener:
+        recording = self.recording()
+
+        @contextlib.contextmanager
+        def open_replay() -> Iterator[SyncTransport]:
+            yield ReplayTransport(recording)
+
+        return open_replay
