@@ -42,6 +42,7 @@ from agent.collectors.sync.replay import (
     parse_recording,
 )
 from tests.shared import shared_file
+from tests.usbfake import EP_BULK, EP_INTERRUPT, Endpoint, FakeUsbDevice, Interface, UsbmonCapture
 
 FIXTURE = ("fixtures", "usb-captures", "logi-rally-bar-setup.json")
 OUT_EP, IN_EP, READ_SIZE = 0x02, 0x84, 8192
@@ -162,3 +163,42 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# ----------------------------------------------------------------------------- umockdev
+
+
+def fake_bar(recording: Recording, remap: dict[int, int] | None = None) -> FakeUsbDevice:
+    """A USB device with the recording's ids and interfaces (alternate 0), endpoints
+    optionally re-addressed."""
+    remap = remap or {}
+    interfaces = tuple(
+        Interface(i.number, i.cls, i.subclass, i.protocol, tuple(
+            Endpoint(remap.get(e.address, e.address), EP_BULK if i.cls == 0xFF else EP_INTERRUPT,
+                     1024) for e in i.endpoints))
+        for i in recording.device.interfaces if i.alternate == 0)
+    d = recording.device
+    return FakeUsbDevice(d.vendor_id, d.product_id, bcd_device=d.bcd_device, busnum=2, devnum=20,
+                         ports="1.1", interfaces=interfaces, strings=dict(d.strings))
+
+
+def recorded_bulk(recording: Recording, out_ep: int, in_ep: int,
+                  seq_offset: int = 0) -> UsbmonCapture:
+    """The recorded GetDeviceInfo exchange (events 36–43) as usbmon bulk records.
+
+    ``seq_offset`` renumbers the host's sequence ids (and the device's acks of them): the
+    recorded host used 11…14, the agent starts a fresh session at 1.
+    """
+    capture = UsbmonCapture(busnum=2, devnum=20)
+    exchange = recording.exchanges[-1]
+    for op in (exchange.request_frame, *exchange.ops):
+        data = op.data
+        if seq_offset and len(data) >= 12:
+            frame = decode_frame(data)
+            if frame.sequence_id:
+                data = encode_frame(frame.command, frame.sequence_id + seq_offset, frame.payload)
+        if op.kind == "write":
+            capture.bulk_out(out_ep, data)
+        elif op.kind == "read":
+            capture.bulk_in(in_ep, 8192, data)
+    return capture

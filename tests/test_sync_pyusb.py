@@ -25,9 +25,8 @@ from agent.collectors.sync.interfaces import (
     SyncEndpoints,
     select_sync_interface,
 )
-from agent.collectors.sync.replay import Recording
-from tests.sync_captures import BAR_SERIAL, Capture
-from tests.usbfake import EP_BULK, EP_INTERRUPT, Endpoint, FakeUsbDevice, Interface, UsbmonCapture
+from tests.sync_captures import BAR_SERIAL, Capture, fake_bar, recorded_bulk
+from tests.usbfake import FakeUsbDevice, UsbmonCapture
 
 REPO = Path(__file__).resolve().parents[1]
 BULK, INTR = 0x02, 0x03
@@ -90,32 +89,6 @@ except SyncError as exc:
     out = {"error": type(exc).__name__, "message": str(exc)}
 print(json.dumps(out))
 """
-
-
-def fake_bar(recording: Recording, remap: dict[int, int] | None = None) -> FakeUsbDevice:
-    """A USB device with the recording's ids and interfaces (alternate 0), endpoints
-    optionally re-addressed."""
-    remap = remap or {}
-    interfaces = tuple(
-        Interface(i.number, i.cls, i.subclass, i.protocol, tuple(
-            Endpoint(remap.get(e.address, e.address), EP_BULK if i.cls == 0xFF else EP_INTERRUPT,
-                     1024) for e in i.endpoints))
-        for i in recording.device.interfaces if i.alternate == 0)
-    d = recording.device
-    return FakeUsbDevice(d.vendor_id, d.product_id, bcd_device=d.bcd_device, busnum=2, devnum=20,
-                         ports="1.1", interfaces=interfaces, strings=dict(d.strings))
-
-
-def recorded_bulk(recording: Recording, out_ep: int, in_ep: int) -> UsbmonCapture:
-    """The recorded GetDeviceInfo exchange (events 36–43) as usbmon bulk records."""
-    capture = UsbmonCapture(busnum=2, devnum=20)
-    exchange = recording.exchanges[-1]
-    for op in (exchange.request_frame, *exchange.ops):
-        if op.kind == "write":
-            capture.bulk_out(out_ep, op.data)
-        elif op.kind == "read":
-            capture.bulk_in(in_ep, 8192, op.data)
-    return capture
 
 
 def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
