@@ -201,26 +201,36 @@ def _print_scan_table(report: Any) -> None:
     for message in report.messages:
         print(message)
     if report.devices:
-        rows = []
+        rows: list[list[str]] = []
         weak_serial = False
-        for d in report.devices:
+
+        def add_row(d: Any, depth: int) -> None:
+            nonlocal weak_serial
             serial = d.serial or "-"
             if d.serial and not d.serial_label_grade:
                 serial += "*"
                 weak_serial = True
+            usb_id = f"{d.vendor_id:04x}:{d.product_id:04x}" if d.vendor_id is not None else "-"
             rows.append([
-                d.product, d.model or "-", serial, d.firmware or "-", str(d.transport), d.address,
-                f"{d.vendor_id:04x}:{d.product_id:04x}" if d.vendor_id is not None else "-",
-                d.room or "-", str(d.health),
+                "  " * depth + ("└ " if depth else "") + d.product, d.model or "-", serial,
+                d.firmware or "-", str(d.transport) if not depth else "",
+                d.address if not depth else "", usb_id if not depth else "",
+                (d.room or "-") if not depth else "", str(d.health),
             ])
+            for child in d.children:  # a bar's Sight, mic pods, remote
+                add_row(child, depth + 1)
+
+        for d in report.devices:
+            add_row(d, 0)
         print(_table(["PRODUCT", "MODEL", "SERIAL", "FIRMWARE", "TRANSPORT", "ADDRESS", "USB ID",
                       "ROOM", "HEALTH"], rows))
         if weak_serial:
             print("* serial is not label-grade (e.g. the USB chip's serial): check the label")
         for d in report.devices:
-            for issue in d.health_issues:
-                if str(issue.severity) != "info":
-                    print(f"{d.product} at {d.address}: {issue.message}")
+            for unit in (d, *d.children):
+                for issue in unit.health_issues:
+                    if str(issue.severity) != "info":
+                        print(f"{unit.product} at {d.address}: {issue.message}")
     elif not report.errors:
         print("no devices found")
     for err in report.errors:

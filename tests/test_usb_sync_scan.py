@@ -180,3 +180,13 @@ def test_a_captured_tree_never_opens_live_devices(tmp_path: Path) -> None:
     observations, errors = run(source)
     bar = next(o for o in observations if o.product == "Rally Bar")
     assert errors == [] and bar.health == []
+
+
+def test_table_lists_a_bars_devices_and_peripherals(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "--replay", str(shared_file(*FIXTURE))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bar_line = next(i for i, line in enumerate(lines) if line.startswith("Rally Bar "))
+    assert BAR_SERIAL in lines[bar_line] and "1.9.556" in lines[bar_line]
+    children = lines[bar_line + 1:bar_line + 4]
+    assert any("└ Sight" in line and SIGHT_SERIAL in line for line in children)
+    assert any("└ Rally Mic Pod" in line and "2.1.3" in line for line in children)
