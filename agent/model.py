@@ -14,7 +14,7 @@ Vocabulary
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -113,20 +113,12 @@ class Room:
         }
 
 
-@dataclass(slots=True)
-class Observation:
-    """What one collector saw of one endpoint at one moment.
+@dataclass(slots=True, kw_only=True)
+class UnitFacts:
+    """What is known of one unit's identity and state: the facts an observation reports and
+    a device carries. ``attributes`` keeps the raw facts (descriptor strings, bus numbers,
+    TXT records…) so nothing read is thrown away."""
 
-    ``product`` is the catalog product name when the collector could identify it
-    (``None`` otherwise); ``attributes`` keeps the raw facts (descriptor strings, bus
-    numbers, TXT records…) so nothing read is thrown away.
-    """
-
-    source: str
-    transport: Transport
-    address: str
-    observed_at: datetime
-    product: str | None = None
     model: str | None = None
     serial: str | None = None
     serial_source: SerialSource | None = None
@@ -138,8 +130,34 @@ class Observation:
     product_id: int | None = None
     vendor: str | None = None
     state: str | None = None
-    health: list[HealthIssue] = field(default_factory=list)
     attributes: dict[str, Any] = field(default_factory=dict)
+
+
+_FACT_FIELDS = tuple(f.name for f in fields(UnitFacts))
+
+
+def copy_facts(unit: UnitFacts) -> dict[str, Any]:
+    """The facts of ``unit`` as keyword arguments, with fresh containers."""
+    facts = {name: getattr(unit, name) for name in _FACT_FIELDS}
+    facts["components"] = dict(unit.components)
+    facts["attributes"] = dict(unit.attributes)
+    return facts
+
+
+@dataclass(slots=True, kw_only=True)
+class Observation(UnitFacts):
+    """What one collector saw of one endpoint at one moment.
+
+    ``product`` is the catalog product name when the collector could identify it
+    (``None`` otherwise).
+    """
+
+    source: str
+    transport: Transport
+    address: str
+    observed_at: datetime
+    product: str | None = None
+    health: list[HealthIssue] = field(default_factory=list)
     children: list[Observation] = field(default_factory=list)
 
     def note(self, code: str, message: str, severity: Severity = Severity.WARNING) -> None:
@@ -170,8 +188,8 @@ def transport_identity(transport: Transport | str, address: str,
     return ident
 
 
-@dataclass(slots=True)
-class Device:
+@dataclass(slots=True, kw_only=True)
+class Device(UnitFacts):
     """One physical unit as the inventory knows it."""
 
     product: str
@@ -179,20 +197,8 @@ class Device:
     address: str
     first_seen: datetime
     last_seen: datetime
-    model: str | None = None
-    serial: str | None = None
-    serial_source: SerialSource | None = None
-    serial_label_grade: bool = False
-    firmware: str | None = None
-    firmware_source: str | None = None
-    components: dict[str, str] = field(default_factory=dict)
-    vendor_id: int | None = None
-    product_id: int | None = None
-    vendor: str | None = None
     room: str | None = None
-    state: str | None = None
     health_issues: list[HealthIssue] = field(default_factory=list)
-    attributes: dict[str, Any] = field(default_factory=dict)
     children: list[Device] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
@@ -219,25 +225,14 @@ class Device:
     def from_observation(cls, obs: Observation, *, room: str | None = None,
                          unknown_product: str = "Unknown device") -> Device:
         return cls(
+            **copy_facts(obs),
             product=obs.product or unknown_product,
             transport=obs.transport,
             address=obs.address,
             first_seen=obs.observed_at,
             last_seen=obs.observed_at,
-            model=obs.model,
-            serial=obs.serial,
-            serial_source=obs.serial_source,
-            serial_label_grade=obs.serial_label_grade,
-            firmware=obs.firmware,
-            firmware_source=obs.firmware_source,
-            components=dict(obs.components),
-            vendor_id=obs.vendor_id,
-            product_id=obs.product_id,
-            vendor=obs.vendor,
             room=room,
-            state=obs.state,
             health_issues=list(obs.health),
-            attributes=dict(obs.attributes),
             children=[cls.from_observation(c, room=room, unknown_product=unknown_product)
                       for c in obs.children],
             sources=[obs.source],

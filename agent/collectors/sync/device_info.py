@@ -267,7 +267,8 @@ class _Context:
         self.source = source
 
     def _new(self, address: str) -> Observation:
-        return Observation(self.source, Transport.USB, address, self.now)
+        return Observation(source=self.source, transport=Transport.USB, address=address,
+                           observed_at=self.now)
 
     def _field(self, obs: Observation, raw: dict[str, Any], key: str, where: str) -> str | None:
         value, problems = _text(raw.get(key))
