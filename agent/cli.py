@@ -148,10 +148,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if overrides:
         usb_settings = usb_settings.model_copy(update=overrides)
 
-    if args.replay:
-        wanted = []
-    elif args.usb or args.sysfs_root is not None:
+    if args.usb or args.sysfs_root is not None:
         wanted = ["usb"]
+    elif args.replay:
+        wanted = []  # a replay stands alone unless --usb / --sysfs-root is asked for too
     else:
         wanted = [name for name in ("usb", "mdns", "snmp", "ssh")
                   if getattr(cfg.sources, name).enabled]

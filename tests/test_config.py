@@ -149,7 +149,7 @@ def test_state_dir_resolution() -> None:
     systemd = {"STATE_DIRECTORY": "/var/lib/roomsync"}
     assert resolve_state_dir(cfg, environ=systemd) == Path("/var/lib/roomsync")
     assert resolve_state_dir(cfg, environ={"INVOCATION_ID": "abc"}) == Path("/var/lib/roomsync")
-    assert resolve_state_dir(cfg, environ={"HOME": "/home/ada"}) == Path("/home/ada/.local/state/roomsync")
+    assert resolve_state_dir(cfg, environ={"HOME": "/srv/ada"}) == Path("/srv/ada/.local/state/roomsync")
     assert resolve_state_dir(cfg, environ={"XDG_STATE_HOME": "/s"}) == Path("/s/roomsync")
 
 
