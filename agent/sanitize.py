@@ -51,6 +51,20 @@ class CleanText:
     value: str | None
     problems: tuple[str, ...] = ()
 
+    @property
+    def trustworthy(self) -> bool:
+        """False after a repair that may have changed the text itself (a serial so repaired
+        can no longer be trusted as the one printed on the label)."""
+        return trustworthy(self.problems)
+
+
+#: Repairs after which the text may differ from what the device meant to say.
+_ALTERING_REPAIRS = frozenset({"not-utf8", "too-long", "control-chars", "nul-padded"})
+
+
+def trustworthy(problems: tuple[str, ...] | list[str]) -> bool:
+    return _ALTERING_REPAIRS.isdisjoint(problems)
+
 
 def clean_text(raw: bytes | str | None, *, max_len: int = DEFAULT_MAX_LEN) -> CleanText:
     """Decode and tidy one device string.

@@ -10,9 +10,7 @@ from the recorded host's is never answered).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +25,8 @@ from agent.collectors.sync.interfaces import (
 )
 from tests.sync_captures import BAR_SERIAL, Capture, fake_bar, recorded_bulk
 from tests.usbfake import FakeUsbDevice, UsbmonCapture
+from tests.usbfake import run_under_umockdev as run_umockdev
 
-REPO = Path(__file__).resolve().parents[1]
 BULK, INTR = 0x02, 0x03
 
 
@@ -95,14 +93,8 @@ def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCap
                        first_seq: int, deadline: float = 5.0) -> dict:
     script = tmp_path / "read_bar.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    dev_file = device.write_umockdev(tmp_path / "bar.umockdev")
-    pcap = capture.write(tmp_path / "bulk.pcap")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMSYNC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap}",
-         "--", sys.executable, str(script), str(first_seq), str(deadline)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+    proc = run_umockdev(tmp_path, device, capture, sys.executable, str(script),
+                        str(first_seq), str(deadline))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

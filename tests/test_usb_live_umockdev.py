@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,29 +16,21 @@ from typing import Any
 import pytest
 
 from tests.sync_captures import BAR_SERIAL, SIGHT_SERIAL, Capture, fake_bar, recorded_bulk
-from tests.usbfake import FakeUsbDevice, UsbmonCapture
+from tests.usbfake import FakeUsbDevice, UsbmonCapture, run_under_umockdev
 
 pytestmark = [
     pytest.mark.umockdev,
     pytest.mark.skipif(shutil.which("umockdev-run") is None,
                        reason="umockdev-run is not installed (Debian package umockdev)"),
 ]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def scan(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
          *extra: str) -> tuple[int, dict[str, Any]]:
-    dev_file = device.write_umockdev(tmp_path / "bar.umockdev")
-    pcap = capture.write(tmp_path / "bulk.pcap")
     config = tmp_path / "agent.toml"
     config.write_text('[room]\nid = "lon-2-07"\n[sources.usb]\nsync_deadline = 3.0\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMSYNC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap}",
-         "--", sys.executable, "-m", "agent", "scan", "--usb", "--json", "--config", str(config),
-         *extra],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-m", "agent", "scan",
+                              "--usb", "--json", "--config", str(config), *extra)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 

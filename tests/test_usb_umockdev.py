@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.usbfake import EP_BULK, Endpoint, FakeUsbDevice, Interface, UsbmonCapture, string_reads
+from tests.usbfake import (
+    EP_BULK,
+    Endpoint,
+    FakeUsbDevice,
+    Interface,
+    UsbmonCapture,
+    run_under_umockdev,
+    string_reads,
+)
 
 pytestmark = [
     pytest.mark.umockdev,
@@ -31,7 +37,6 @@ pytestmark = [
 
 LOGI = 0x046D
 RALLY_BAR = 0x089B
-REPO = Path(__file__).resolve().parent.parent
 
 
 def serial_for(request: pytest.FixtureRequest) -> str:
@@ -52,16 +57,10 @@ def rally_bar(serial: str | bytes | None, **kw: Any) -> FakeUsbDevice:
 def scan_under_umockdev(tmp_path: Path, device: FakeUsbDevice,
                         capture: UsbmonCapture) -> dict[str, Any]:
     """Run ``python -m agent scan --usb --json`` with ``device`` as the only USB device."""
-    dev_file = device.write_umockdev(tmp_path / "device.umockdev")
-    pcap_file = capture.write(tmp_path / "strings.pcap")
     config = tmp_path / "agent.toml"
     config.write_text("", encoding="utf-8")  # built-in defaults, whatever /etc holds
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMSYNC_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap_file}",
-         "--", sys.executable, "-m", "agent", "scan", "--usb", "--json", "--config", str(config)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30, check=False)
+    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-m", "agent", "scan",
+                              "--usb", "--json", "--config", str(config), timeout=30)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     report = json.loads(proc.stdout)
     assert report["errors"] == []
@@ -235,10 +234,7 @@ def test_usbfake_bulk_records_replay_through_libusb(tmp_path: Path) -> None:
                .bulk_out(0x02, b"\x07\xcc\x01").bulk_in(0x84, 512, b"\x01\xff\x01answer")
                .bulk_out(0x02, b"\x07\xcc\x02")  # no reply recorded
                .bulk_out(0x02, b"\x07\xcc\x03").bulk_in(0x84, 512, b"third"))
-    proc = subprocess.run(
-        ["umockdev-run", "--device", str(device.write_umockdev(tmp_path / "d.umockdev")),
-         "--pcap", f"{device.sysfs_path}={capture.write(tmp_path / 'bulk.pcap')}", "--",
-         sys.executable, "-c", _BULK_CLIENT, "07cc01", "07cc02", "07cc03"],
-        capture_output=True, text=True, timeout=30, check=False)
+    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-c", _BULK_CLIENT,
+                              "07cc01", "07cc02", "07cc03", timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [(b"\x01\xff\x01answer").hex(), "timeout", b"third".hex()]

@@ -21,7 +21,9 @@ Nothing here talks to hardware; the files are built in a test's ``tmp_path``.
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,3 +326,21 @@ def string_reads(device: FakeUsbDevice, names: list[str] | tuple[str, ...], *,
         capture.get_descriptor(DESC_STRING, index, langid, PYUSB_STRING_WLENGTH,
                                string_descriptor(device.strings[name]))
     return capture
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
+                       *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` under ``umockdev-run`` with ``device`` as the only USB device, answering
+    from ``capture``; the repo is importable and ROOMSYNC_* settings of the caller are not
+    inherited."""
+    dev_file = device.write_umockdev(tmp_path / "device.umockdev")
+    pcap = capture.write(tmp_path / "capture.pcap")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMSYNC_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap}",
+         "--", *argv],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout, check=False)

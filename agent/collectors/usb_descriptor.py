@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from agent.catalog import LOGITECH_VID, UNKNOWN_DEVICE, UNKNOWN_LOGITECH, Catalog
 from agent.model import Observation, SerialSource, Severity, Transport
+from agent.sanitize import trustworthy
 
 NAME = "usb-descriptor"
 
@@ -28,8 +29,6 @@ _PROBLEM_TEXT = {
     "empty": "is empty",
     "placeholder": "is a placeholder, not a real serial",
 }
-# Repairs after which a serial can no longer be trusted as the one on the label.
-_UNTRUSTED = frozenset({"not-utf8", "too-long", "control-chars", "nul-padded"})
 
 
 def observe_unit(unit: UsbUnit, catalog: Catalog, now: datetime, *,
@@ -71,7 +70,7 @@ def observe_unit(unit: UsbUnit, catalog: Catalog, now: datetime, *,
     if serial_record is not None:
         obs.serial = serial_record.serial
         obs.serial_source = SerialSource.USB_DESCRIPTOR
-        trusted = not (_UNTRUSTED & set(serial_record.string_problems.get("serial", ())))
+        trusted = trustworthy(serial_record.string_problems.get("serial", ()))
         obs.serial_label_grade = bool(product and product.usb_serial_label_grade and trusted)
         if serial_record is not main:
             obs.attributes["serial_from"] = serial_record.name

@@ -33,7 +33,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from agent.catalog import UNKNOWN_LOGITECH, Catalog, load_catalog
+from agent.catalog import LOGITECH_VID, UNKNOWN_LOGITECH, Catalog, load_catalog
 from agent.collectors.sync.errors import DeviceInfoError
 from agent.model import Observation, SerialSource, Severity, Transport
 from agent.sanitize import MASK, clean_serial, clean_text, is_secret_key
@@ -66,10 +66,7 @@ _UPDATE_ISSUES = {
 COMPONENT_KEYS = ("manifest", "osv", "av", "vv", "ptv", "zfv", "hkv")
 _CONSUMED = frozenset({"model", "serial", "sw", "peripherals", *COMPONENT_KEYS})
 _GROUP_LABELS = {"micPod": "Mic Pod", "camera": "camera", "remote": "remote"}
-# Repairs after which a serial can no longer be trusted as the one on the label.
-_UNTRUSTED = frozenset({"not-utf8", "too-long", "control-chars", "nul-padded"})
 _HEX_ID = re.compile(r"^0x[0-9a-fA-F]{1,4}$")
-_LOGITECH_VID = 0x046D
 
 
 def parse_device_info(document: str | bytes, *, address: str, now: datetime,
@@ -292,7 +289,7 @@ class _Context:
             obs.vendor = "Logitech"
         else:
             obs.product = UNKNOWN_LOGITECH
-            obs.vendor = "Logitech" if vid in (None, _LOGITECH_VID) else None
+            obs.vendor = "Logitech" if vid in (None, LOGITECH_VID) else None
             obs.note("unknown-product", f"CollabOS model {model or '(none)'} "
                      f"({name or 'no name'}) is not in the catalog", Severity.INFO)
         obs.model = model or (product.model if product else None)
@@ -318,7 +315,7 @@ class _Context:
                          f"{where}.serial {_PROBLEMS.get(problem, problem)}", Severity.WARNING)
             if cleaned.value is not None:
                 obs.serial_source = SerialSource.SYNC_INTERFACE
-                obs.serial_label_grade = not (_UNTRUSTED & set(cleaned.problems))
+                obs.serial_label_grade = cleaned.trustworthy
         elif value is not None:
             obs.note("sync-data-malformed", f"{where}.serial is not text", Severity.INFO)
         if obs.serial is None and key_device:
@@ -400,7 +397,7 @@ class _Context:
         obs.product = product.name if product else name
         obs.model = product.model if product else None
         vid = _hex_id(entry.get("vid"))
-        obs.vendor = "Logitech" if vid == _LOGITECH_VID else None
+        obs.vendor = "Logitech" if vid == LOGITECH_VID else None
         obs.firmware = self._field(obs, entry, "sw", where)
         if obs.firmware:
             obs.firmware_source = FIRMWARE_SOURCE
