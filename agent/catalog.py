@@ -6,7 +6,11 @@ Lookups a collector needs:
   id plays in the unit (``main``, or a further function such as an internal hub);
 * :meth:`Catalog.match_usb_product_string` — products with no known USB id, by the
   descriptor's product string;
-* :meth:`Catalog.by_collabos_model` / :meth:`Catalog.by_model_number` — model codes.
+* :meth:`Catalog.by_collabos_model` / :meth:`Catalog.by_model_number` — model codes;
+* :meth:`Catalog.match_host_name` and :meth:`Catalog.match_lan` — units found on the LAN
+  (mDNS host names and TXT values, SNMP sysObjectID / sysDescr / ENTITY-MIB rows);
+* :meth:`Catalog.vendor_for` — the vendor of something the catalog does not know, so an
+  unknown SNMP responder is still reported with a vendor.
 
 An id that is Logitech's but unknown to the catalog is never dropped: collectors report it
 as :data:`UNKNOWN_LOGITECH` with its ids.
@@ -67,6 +71,12 @@ class Product:
     usb_serial_label_grade: bool = False
     usb: tuple[UsbId, ...] = ()
     usb_product_strings: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
+    #: LAN host names (mDNS host, SNMP sysName), matched from the start, case-insensitive.
+    host_names: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
+    #: Patterns on LAN descriptions (sysDescr, ENTITY-MIB model/name, mDNS TXT values).
+    lan_descriptions: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
+    #: SNMP sysObjectID prefixes (dotted, no leading dot).
+    snmp_object_ids: tuple[str, ...] = ()
 
     @property
     def model(self) -> str | None:
@@ -102,12 +112,48 @@ class UsbMatch:
         return len(self.products) > 1
 
 
+@dataclass(frozen=True, slots=True)
+class Vendor:
+    """A maker the agent can name from an SNMP enterprise number or a description."""
+
+    name: str
+    enterprises: tuple[int, ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
+    #: Its products are in this catalog (product names in a description identify them).
+    catalog_vendor: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MdnsKeys:
+    """Which TXT record keys carry a model, a serial or a firmware version (U: hints)."""
+
+    model: tuple[str, ...] = ()
+    serial: tuple[str, ...] = ()
+    firmware: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LanMatch:
+    """A LAN endpoint identified: the product and which fact identified it."""
+
+    product: Product
+    how: str
+
+
+#: Dotted prefix of SNMP enterprise object ids (sysObjectID 1.3.6.1.4.1.<number>…).
+ENTERPRISES_PREFIX = "1.3.6.1.4.1."
+
+
 class Catalog:
     """The loaded product catalog. Use :func:`load_catalog` to get the shipped one."""
 
-    def __init__(self, products: list[Product], default_warranty_years: int) -> None:
+    def __init__(self, products: list[Product], default_warranty_years: int,
+                 vendors: list[Vendor] | None = None, mdns_keys: MdnsKeys | None = None) -> None:
         self.products: dict[str, Product] = {}
         self.default_warranty_years = default_warranty_years
+        self.vendors: list[Vendor] = list(vendors or ())
+        self.mdns_keys = mdns_keys or MdnsKeys()
+        self._enterprises = {n: v for v in self.vendors for n in v.enterprises}
         self._usb: dict[tuple[int, int], UsbMatch] = {}
         self._collabos: dict[str, Product] = {}
         self._model_numbers: dict[str, list[Product]] = {}
@@ -166,6 +212,99 @@ class Catalog:
         p = self.get(name)
         return p.standard_warranty_years if p else self.default_warranty_years
 
+    # ------------------------------------------------------------------ LAN
+
+    def match_host_name(self, host: str | None) -> Product | None:
+        """The product whose host-name pattern matches ``host`` (``RallyBar-1L5V32.local.``)."""
+        if not host:
+            return None
+        name = host.rstrip(".")
+        if name.lower().endswith(".local"):
+            name = name[:-len(".local")]
+        for p in self.products.values():
+            if any(rx.match(name) for rx in p.host_names):
+                return p
+        return None
+
+    def vendor_for(self, object_id: str | None = None,
+                   texts: tuple[str | None, ...] | list[str | None] = ()) -> Vendor | None:
+        """The vendor named by an SNMP enterprise object id, else by a description."""
+        number = enterprise_number(object_id)
+        if number is not None and number in self._enterprises:
+            return self._enterprises[number]
+        for text in texts:
+            if not text:
+                continue
+            for v in self.vendors:
+                if any(rx.search(text) for rx in v.patterns):
+                    return v
+        return None
+
+    def match_lan(self, *, object_id: str | None = None, model: str | None = None,
+                  texts: tuple[str | None, ...] | list[str | None] = (),
+                  host_name: str | None = None, vendor: Vendor | None = None) -> LanMatch | None:
+        """Identify a LAN endpoint from what it said about itself, most specific first:
+
+        1. an SNMP sysObjectID under a product's ``snmp_object_ids``;
+        2. a reported model code or number (``VR0019``, ``V-R0010``);
+        3. a product's ``lan_descriptions`` pattern in any of ``texts``;
+        4. a host name pattern (``RallyBar-…``);
+        5. when the vendor is one whose products the catalog holds, the longest product
+           name found as whole words in ``texts`` ("Logitech Rally Bar Mini" → Rally Bar Mini).
+        """
+        oid = (object_id or "").lstrip(".")
+        if oid:
+            for p in self.products.values():
+                if any(oid == prefix or oid.startswith(prefix + ".") for prefix in p.snmp_object_ids):
+                    return LanMatch(p, "snmp-object-id")
+        if model:
+            found = self.by_collabos_model(model) or next(iter(self.by_model_number(model)), None)
+            if found is None:
+                found = self._by_name_exact(model)
+            if found is not None:
+                return LanMatch(found, "model")
+        present = [t for t in texts if t]
+        for p in self.products.values():
+            if any(rx.search(t) for rx in p.lan_descriptions for t in present):
+                return LanMatch(p, "description")
+        by_host = self.match_host_name(host_name)
+        if by_host is not None:
+            return LanMatch(by_host, "host-name")
+        if vendor is not None and vendor.catalog_vendor:
+            named = self._longest_name_in(present + ([model] if model else []))
+            if named is not None:
+                return LanMatch(named, "product-name")
+        return None
+
+    def _by_name_exact(self, text: str) -> Product | None:
+        wanted = " ".join(text.split()).casefold()
+        return next((p for p in self.products.values() if p.name.casefold() == wanted), None)
+
+    def _longest_name_in(self, texts: list[str]) -> Product | None:
+        best: Product | None = None
+        for p in self.products.values():
+            rx = _name_pattern(p.name)
+            if any(rx.search(t) for t in texts) and (best is None or len(p.name) > len(best.name)):
+                best = p
+        return best
+
+
+@cache
+def _name_pattern(name: str) -> re.Pattern[str]:
+    words = r"\s+".join(re.escape(w) for w in name.split())
+    return re.compile(rf"(?<![\w-]){words}(?![\w-])", re.IGNORECASE)
+
+
+def enterprise_number(object_id: str | None) -> int | None:
+    """The IANA enterprise number in an SNMP object id under 1.3.6.1.4.1, else ``None``."""
+    if not object_id:
+        return None
+    oid = object_id.lstrip(".")
+    if not oid.startswith(ENTERPRISES_PREFIX):
+        return None
+    head = oid[len(ENTERPRISES_PREFIX):].split(".", 1)[0]
+    return int(head) if head.isdigit() and len(head) <= 10 else None
+
 
 def _norm_model(number: str) -> str:
     return re.sub(r"[^0-9A-Z]", "", number.upper())
@@ -176,18 +315,66 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
     default_years = data.get("default_standard_warranty_years", 2)
     if not isinstance(default_years, int) or default_years < 0:
         raise CatalogError("default_standard_warranty_years must be a whole number ≥ 0")
+    unknown = set(data) - {"default_standard_warranty_years", "product", "vendor", "mdns"}
+    if unknown:
+        raise CatalogError(f"unknown top-level keys {sorted(unknown)}")
     products = []
     for i, raw in enumerate(data.get("product", [])):
         where = f"product[{i}] ({raw.get('name', '?')})"
         products.append(_parse_product(raw, where, default_years))
-    return Catalog(products, default_years)
+    vendors = [_parse_vendor(raw, f"vendor[{i}] ({raw.get('name', '?')})")
+               for i, raw in enumerate(data.get("vendor", []))]
+    return Catalog(products, default_years, vendors, _parse_mdns(data.get("mdns", {})))
+
+
+def _patterns(raw: dict[str, Any], key: str, where: str, *,
+              anchored: bool = False) -> tuple[re.Pattern[str], ...]:
+    values = raw.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise CatalogError(f"{where}: {key} must be a list of strings")
+    out = []
+    for text in values:
+        try:
+            out.append(re.compile(("^" + text) if anchored and not text.startswith("^") else text,
+                                  re.IGNORECASE))
+        except re.error as exc:
+            raise CatalogError(f"{where}: bad {key} pattern {text!r}: {exc}") from exc
+    return tuple(out)
+
+
+def _parse_vendor(raw: dict[str, Any], where: str) -> Vendor:
+    unknown = set(raw) - {"name", "enterprises", "patterns", "catalog_vendor"}
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{where}: name is required")
+    numbers = raw.get("enterprises", [])
+    if not isinstance(numbers, list) or not all(isinstance(n, int) and n >= 0 for n in numbers):
+        raise CatalogError(f"{where}: enterprises must be a list of whole numbers")
+    return Vendor(name, tuple(numbers), _patterns(raw, "patterns", where),
+                  bool(raw.get("catalog_vendor", False)))
+
+
+def _parse_mdns(raw: dict[str, Any]) -> MdnsKeys:
+    unknown = set(raw) - {"txt_model_keys", "txt_serial_keys", "txt_firmware_keys"}
+    if unknown:
+        raise CatalogError(f"mdns: unknown keys {sorted(unknown)}")
+    keys = {}
+    for key in ("txt_model_keys", "txt_serial_keys", "txt_firmware_keys"):
+        values = raw.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise CatalogError(f"mdns: {key} must be a list of strings")
+        keys[key] = tuple(v.lower() for v in values)
+    return MdnsKeys(keys["txt_model_keys"], keys["txt_serial_keys"], keys["txt_firmware_keys"])
 
 
 _BOOL_KEYS = ("primary_unit", "key_device", "select_supported", "reseller_supported",
               "extension_eligible", "sync_interface", "usb_serial_label_grade")
 _PRODUCT_KEYS = frozenset({
     "name", "family", "kind", "model_numbers", "collabos_models", "standard_warranty_years",
-    "warranty_source", "usb", "usb_product_strings", *_BOOL_KEYS,
+    "warranty_source", "usb", "usb_product_strings", "host_names", "lan_descriptions",
+    "snmp_object_ids", *_BOOL_KEYS,
 })
 
 
@@ -214,12 +401,10 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
             raise CatalogError(f"{where}: usb[{j}] needs pid (and vid) between 0 and 0xFFFF")
         usb.append(UsbId(vid, pid, role, bool(u.get("sure", False)),
                          tuple(u.get("shared_with", ())), bool(u.get("only_with_main", False))))
-    patterns = []
-    for text in raw.get("usb_product_strings", []):
-        try:
-            patterns.append(re.compile(text, re.IGNORECASE))
-        except re.error as exc:
-            raise CatalogError(f"{where}: bad usb_product_strings pattern {text!r}: {exc}") from exc
+    oids = raw.get("snmp_object_ids", [])
+    if not isinstance(oids, list) or not all(
+            isinstance(o, str) and re.fullmatch(r"\.?\d+(\.\d+)+", o) for o in oids):
+        raise CatalogError(f"{where}: snmp_object_ids must be dotted numeric object ids")
     years = raw.get("standard_warranty_years", default_years)
     if not isinstance(years, int) or years < 0:
         raise CatalogError(f"{where}: standard_warranty_years must be a whole number ≥ 0")
@@ -233,7 +418,10 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         warranty_source=raw.get("warranty_source",
                                 "default" if "standard_warranty_years" not in raw else "catalog"),
         usb=tuple(usb),
-        usb_product_strings=tuple(patterns),
+        usb_product_strings=_patterns(raw, "usb_product_strings", where),
+        host_names=_patterns(raw, "host_names", where, anchored=True),
+        lan_descriptions=_patterns(raw, "lan_descriptions", where),
+        snmp_object_ids=tuple(o.lstrip(".") for o in oids),
         **{k: raw.get(k, False) for k in _BOOL_KEYS},
     )
 

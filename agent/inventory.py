@@ -18,6 +18,8 @@ LOCAL_USB_SOURCES = frozenset({"usb", "replay"})
 
 
 def room_for(obs: Observation, local_room: Room | None) -> str | None:
+    if obs.room:
+        return obs.room
     if local_room is not None and obs.transport is Transport.USB and obs.source in LOCAL_USB_SOURCES:
         return local_room.id
     return None

@@ -157,6 +157,9 @@ class Observation(UnitFacts):
     address: str
     observed_at: datetime
     product: str | None = None
+    #: The room the source knows the unit stands in (a configured SSH host's ``room``);
+    #: ``None`` leaves placement to the inventory (the local room, the room map).
+    room: str | None = None
     health: list[HealthIssue] = field(default_factory=list)
     children: list[Observation] = field(default_factory=list)
 
