@@ -93,6 +93,7 @@ class SnmpV3Config(_Section):
     auth_key_file: Path
     priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
     priv_key_file: Path
+    context_name: Text = ""
 
 
 class SnmpSourceConfig(_Section):
@@ -101,16 +102,26 @@ class SnmpSourceConfig(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 161
     version: Literal["2c", "3"] = "2c"
     community: SecretStr = SecretStr("public")
+    community_file: Path | None = None
     v3: SnmpV3Config | None = None
     timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
-    concurrency: Annotated[int, Field(ge=1, le=4096)] = 128
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 256
     max_pps: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _v3_needs_credentials(self) -> SnmpSourceConfig:
         if self.version == "3" and self.v3 is None:
             raise ValueError("version = \"3\" needs a [sources.snmp.v3] table")
+        return self
+
+    @model_validator(mode="after")
+    def _targets_are_usable(self) -> SnmpSourceConfig:
+        from agent.discovery.targets import check_targets
+
+        problems = check_targets(self.targets, self.port)
+        if problems:
+            raise ValueError("targets: " + "; ".join(problems))
         return self
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.model import Device, Observation, Room, Transport
+from agent.catalog import Catalog
+from agent.model import OTHER, Device, Observation, Room, Transport
 
 #: Sources whose USB observations are of this host's own buses (a replayed recording stands
 #: for a device on the buses of the host it was recorded on: run it with that host's config).
@@ -26,7 +27,17 @@ def room_for(obs: Observation, local_room: Room | None) -> str | None:
 
 
 def devices_from_observations(observations: Iterable[Observation],
-                              local_room: Room | None) -> list[Device]:
+                              local_room: Room | None, catalog: Catalog | None = None) -> list[Device]:
     devices = [Device.from_observation(o, room=room_for(o, local_room)) for o in observations]
+    if catalog is not None:
+        for device in devices:
+            _categorise(device, catalog)
     devices.sort(key=lambda d: (d.room or "", d.transport, d.address))
     return devices
+
+
+def _categorise(device: Device, catalog: Catalog) -> None:
+    product = catalog.get(device.product)
+    device.category = product.family if product is not None else OTHER
+    for child in device.children:
+        _categorise(child, catalog)

@@ -182,6 +182,10 @@ class ScanError:
         return {"source": self.source, "target": self.target, "message": self.message}
 
 
+#: The category of a unit the catalog does not know.
+OTHER = "other"
+
+
 def transport_identity(transport: Transport | str, address: str,
                        vendor_id: int | None = None, product_id: int | None = None) -> str:
     """Identity of a unit that has no label-grade serial: where it was seen."""
@@ -204,6 +208,9 @@ class Device(UnitFacts):
     health_issues: list[HealthIssue] = field(default_factory=list)
     children: list[Device] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    #: The catalog family of the product (``collabos-bar``, ``room-pc``…), or ``other`` for
+    #: a unit the catalog does not know (an unknown SNMP responder, a printer on mDNS).
+    category: str = OTHER
 
     @property
     def health(self) -> HealthState:
@@ -245,6 +252,7 @@ class Device(UnitFacts):
         """The JSON form used by ``roomsync scan --json`` and later the API."""
         return {
             "product": self.product,
+            "category": self.category,
             "model": self.model,
             "serial": self.serial,
             "serial_source": str(self.serial_source) if self.serial_source else None,

@@ -66,7 +66,7 @@ async def run_scan(sources: Sequence[Source], ctx: ScanContext,
         observations.extend(run.result.observations)
         report.errors.extend(run.result.errors)
         report.messages.extend(f"{run.name}: {m}" for m in run.result.messages)
-    report.devices = devices_from_observations(observations, ctx.room)
+    report.devices = devices_from_observations(observations, ctx.room, ctx.catalog)
     return report
 
 

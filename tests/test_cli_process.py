@@ -62,8 +62,8 @@ def test_no_enabled_source_says_so(tmp_path: Path) -> None:
 
 def test_enabled_source_this_version_lacks_is_an_error_not_silence(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(f'[sources.usb]\nsysfs_root = "{tmp_path}"\n[sources.snmp]\nenabled = true\n')
+    config.write_text(f'[sources.usb]\nsysfs_root = "{tmp_path}"\n[sources.mdns]\nenabled = true\n')
     result = run(sys.executable, "-m", "agent", "scan", "--json", "--config", str(config))
     assert result.returncode == 1
     errors = json.loads(result.stdout)["errors"]
-    assert errors[0]["source"] == "snmp" and "does not have it yet" in errors[0]["message"]
+    assert errors[0]["source"] == "mdns" and "does not have it yet" in errors[0]["message"]
