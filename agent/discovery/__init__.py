@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 SOURCES: dict[str, str] = {
     "usb": "agent.discovery.usb:UsbSource",
     "snmp": "agent.discovery.snmp:SnmpSource",
+    "ssh": "agent.discovery.ssh:SshSource",
 }
 
 

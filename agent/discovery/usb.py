@@ -22,6 +22,7 @@ import contextlib
 import functools
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -153,9 +154,13 @@ class _AttributeDir:
             os.close(fd)
 
     def _unreadable(self, name: str, exc: OSError) -> None:
-        self.issues.append(HealthIssue(
-            "usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})",
-            Severity.INFO))
+        self.issues.append(attribute_unreadable(name, exc))
+
+
+def attribute_unreadable(name: str, exc: OSError) -> HealthIssue:
+    """The note for an attribute file that exists but cannot be read."""
+    return HealthIssue("usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})",
+                       Severity.INFO)
 
 
 def _parse_hex(raw: bytes | None, width: int = 4) -> int | None:
@@ -174,35 +179,52 @@ def _parse_dec(raw: bytes | None) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 6 else None
 
 
+#: Reads one attribute file of a device entry by name: its bytes (at most
+#: :data:`MAX_ATTRIBUTE_BYTES`), or ``None`` when the file is absent or unreadable (the reader
+#: records why on the issue list it was given).
+AttributeReader = Callable[[str], bytes | None]
+
+
+def parse_device(name: str, path: Path, read: AttributeReader,
+                 issues: list[HealthIssue]) -> UsbRecord:
+    """Build the record of one device entry from its attribute files, whatever reads them
+    (this host's sysfs through openat, or a room PC's sysfs over SFTP).
+
+    Raises :class:`ValueError` when its ids are unusable.
+    """
+    vid = _parse_hex(read("idVendor"))
+    pid = _parse_hex(read("idProduct"))
+    if vid is None or pid is None:
+        raise ValueError("idVendor/idProduct missing or not 4 hex digits")
+    record = UsbRecord(
+        name=name,
+        path=path,
+        vendor_id=vid,
+        product_id=pid,
+        bcd_device=_parse_hex(read("bcdDevice")),
+        busnum=_parse_dec(read("busnum")),
+        devnum=_parse_dec(read("devnum")),
+        issues=issues,
+    )
+    descriptors = read("descriptors")
+    if descriptors is not None and len(descriptors) >= 18 and descriptors[1] == 0x01:
+        record.string_indexes = {k: descriptors[o] for k, o in _STRING_INDEX_OFFSETS.items()}
+    for string_name in STRING_FIELDS:
+        raw = read(string_name)
+        if raw is not None:
+            record.set_string(string_name, raw, "sysfs")
+    return record
+
+
 def read_device(path: str | os.PathLike[str], name: str) -> UsbRecord:
-    """Read one sysfs device entry. Raises :class:`ValueError` when its ids are unusable."""
+    """Read one sysfs device entry of this host. Raises :class:`ValueError` when its ids are
+    unusable, :class:`OSError` when the entry cannot be opened."""
     issues: list[HealthIssue] = []
     attrs = _AttributeDir(os.fspath(path), issues)
     try:
-        vid = _parse_hex(attrs.read("idVendor"))
-        pid = _parse_hex(attrs.read("idProduct"))
-        if vid is None or pid is None:
-            raise ValueError("idVendor/idProduct missing or not 4 hex digits")
-        record = UsbRecord(
-            name=name,
-            path=Path(path),
-            vendor_id=vid,
-            product_id=pid,
-            bcd_device=_parse_hex(attrs.read("bcdDevice")),
-            busnum=_parse_dec(attrs.read("busnum")),
-            devnum=_parse_dec(attrs.read("devnum")),
-            issues=issues,
-        )
-        descriptors = attrs.read("descriptors")
-        if descriptors is not None and len(descriptors) >= 18 and descriptors[1] == 0x01:
-            record.string_indexes = {k: descriptors[o] for k, o in _STRING_INDEX_OFFSETS.items()}
-        for string_name in STRING_FIELDS:
-            raw = attrs.read(string_name)
-            if raw is not None:
-                record.set_string(string_name, raw, "sysfs")
+        return parse_device(name, Path(path), attrs.read, issues)
     finally:
         attrs.close()
-    return record
 
 
 def read_sysfs(root: str | os.PathLike[str] = "/sys") -> UsbDiscovery:
@@ -216,24 +238,35 @@ def read_sysfs(root: str | os.PathLike[str] = "/sys") -> UsbDiscovery:
         raise UsbDiscoveryError(f"sysfs root {root_path} does not exist or is not a directory")
     devices_dir = root_path / "bus" / "usb" / "devices"
     try:
-        entries = sorted(os.scandir(devices_dir), key=lambda e: _sort_key(e.name))
+        with os.scandir(devices_dir) as it:
+            paths = {entry.name: entry.path for entry in it}
     except FileNotFoundError:
         return UsbDiscovery(root_path, False, message=f"no USB bus is visible ({devices_dir} is absent)")
     except OSError as exc:
         raise UsbDiscoveryError(f"cannot list {devices_dir}: {exc.strerror or exc}") from exc
-    result = UsbDiscovery(root_path, True)
-    for entry in entries:
-        if ":" in entry.name:  # an interface (1-1.2:1.0), not a device
+    return read_entries(root_path, paths, lambda name: read_device(paths[name], name))
+
+
+def read_entries(root: Path, names: Iterable[str], read_entry: Callable[[str], UsbRecord]) -> UsbDiscovery:
+    """Read the device entries among the names listed in a ``bus/usb/devices`` directory, in
+    topology order, with ``read_entry(name)`` (e.g. :func:`read_device`, or a reader of a room
+    PC's sysfs over SFTP). Interface entries are skipped; an entry whose name is not a
+    device's, or that ``read_entry`` rejects (:class:`ValueError`, :class:`OSError`), becomes
+    one error and the rest is read.
+    """
+    result = UsbDiscovery(root, True)
+    for name in sorted(names, key=_sort_key):
+        if ":" in name:  # an interface (1-1.2:1.0), not a device
             continue
-        if not _DEVICE_NAME.match(entry.name):
-            result.errors.append((entry.name, "not a USB device entry name; skipped"))
+        if not _DEVICE_NAME.match(name):
+            result.errors.append((name, "not a USB device entry name; skipped"))
             continue
         try:
-            result.records.append(read_device(entry.path, entry.name))
+            result.records.append(read_entry(name))
         except ValueError as exc:
-            result.errors.append((entry.name, str(exc)))
+            result.errors.append((name, str(exc)))
         except OSError as exc:
-            result.errors.append((entry.name, f"cannot read: {exc.strerror or exc}"))
+            result.errors.append((name, f"cannot read: {exc.strerror or exc}"))
     if not result.records and not result.errors:
         result.message = "no USB devices found"
     return result
