@@ -39,7 +39,9 @@ def snmpd(tmp_path_factory: pytest.TempPathFactory):
     rows[7][2] = "camera module"
     rows[9][2] = "3.4.5"
     with Snmpd(tmp_path_factory.mktemp("snmpd"), sys_descr="Logitech CollabOS device",
-               sys_name="RallyBar-1L5V32", entity=rows, v3_user="roomsync") as agent:
+               sys_name="RallyBar-1L5V32", entity=rows, v3_user="roomsync",
+               extra_config=['createUser sha512user SHA-512 "authpass-512" AES "privpass-512"',
+                             "rouser sha512user priv"]) as agent:
         yield agent
 
 
@@ -123,6 +125,37 @@ def test_v3_auth_priv(snmpd):
     result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], creds, timeout=1))
     assert result.errors == []
     assert [o.serial for o in result.observations] == ["2313FD1N08Z2"]
+
+
+def test_v3_sha2_auth(snmpd):
+    creds = V3Credentials("sha512user", auth_key="authpass-512", priv_key="privpass-512",
+                          auth_protocol="SHA512", priv_protocol="AES")
+    result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], creds, timeout=1))
+    assert result.errors == []
+    assert [o.serial for o in result.observations] == ["2313FD1N08Z2"]
+    wrong = run(SnmpSource([f"127.0.0.1:{snmpd.port}"],
+                           V3Credentials("sha512user", auth_key="authpass-512", priv_key="privpass-512",
+                                         auth_protocol="SHA256"), timeout=0.5))
+    assert "wrong auth key or auth protocol" in wrong.errors[0].message
+
+
+def test_v3_keys_from_files_through_the_configuration(snmpd, tmp_path):
+    from agent.config import SnmpSourceConfig
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "snmp-auth").write_text("authpass-123\n")
+    (creds / "snmp-priv").write_text("privpass-456\n")
+    settings = SnmpSourceConfig.model_validate({
+        "enabled": True, "targets": [f"127.0.0.1:{snmpd.port}"], "version": "3", "timeout": 1,
+        "v3": {"user": "roomsync", "auth_protocol": "SHA", "auth_key_file": "snmp-auth",
+               "priv_key_file": "snmp-priv"}})
+    source = SnmpSource.from_config(settings, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert "authpass" not in repr(source.credentials)
+    assert [o.serial for o in run(source).observations] == ["2313FD1N08Z2"]
+    missing = SnmpSource.from_config(settings, environ={})
+    [error] = run(missing).errors
+    assert "SNMPv3 auth key file snmp-auth does not exist" in error.message
 
 
 @pytest.mark.parametrize("auth, priv, user, words", [
