@@ -1,0 +1,561 @@
+"""Coverage: which warranty, SELECT and reseller layers cover a unit, and until when.
+
+A pure function of (unit, its entitlement record, the catalog, today): nothing here reads the
+clock, a file or the network (design.md). Every layer names the rule ids of ``domain.md`` it
+rests on, so an operator can check a verdict by hand against the seeds.
+
+Date arithmetic
+---------------
+* D + N years is the same month and day N years later, or 28 February when D is 29 February
+  and that year has none (:func:`add_years`); "+ 30 days" and "+ 60 days" are calendar days.
+* A period of N years from day D covers D through D + N years − 1 day (:func:`period_end`).
+  ``until`` and ``covered_until`` are always the *last covered day*.
+
+Layers (only valid layers are listed; why a layer is missing is in ``flags``)
+-----------------------------------------------------------------------------
+* ``standard`` (W1): from ``purchase_date`` for the catalog's standard length
+  (``catalog.warranty_years(product)``; an unknown product gets the catalog default).
+* ``extended`` (W2–W6): runs on from the day after the standard ends to ``purchase_date`` +
+  (standard + ``extension_years``) years − 1 day (W2: counted from the original purchase, §8).
+  It is valid only when every condition holds; each failing one adds a flag:
+
+  - ``extension-ineligible-product``: the catalog knows the product and it is not in schedule A
+    (``extension_eligible``) (W1/W2). An unknown product is not judged;
+  - ``extension-bought-late``: bought more than 30 days after purchase (W3). Day 30 is in time;
+  - ``extension-purchase-date-unknown``: ``extension_purchased`` is blank, so W3 cannot be shown
+    (W3: "flagged, not silently honoured");
+  - ``extension-ineligible-customer``: a consumer (W4);
+  - ``extension-ineligible-country``: the country is not US, GB, EU or EFTA, *or is blank* (W5);
+  - ``extension-ineligible-date``: bought on or before 2020-03-06 (W6: "after 6 March 2020").
+
+* ``select`` (S4, S5, S7, S8): service start = the earlier of ``select_activation_date`` and
+  ``select_order_date`` + 60 days (S4); the term runs ``select_term_years`` from the start (S5)
+  but product replacement ends when the unit turns 5 (``purchase_date`` + 5 years − 1 day, S7):
+  the layer ends at the earlier of the two, flagged ``select-age-cap`` when the age limit is
+  strictly earlier. The unit must be under a valid standard, extended or replacement layer on
+  ``select_registered`` (or on the service start when that is blank), else ``select-gap`` and
+  no SELECT layer (S8: SELECT cannot cure a gap). A replacement layer counts because a
+  replacement carries "the rest of the original warranty" (W8). A reseller contract does not:
+  it is not a Logitech warranty. Further flags: ``select-incomplete`` (SELECT data without a
+  start date or a term), ``select-unsupported-product`` (the catalog knows the product and it is
+  outside SELECT's support scope, seed 003 / S2).
+* ``reseller`` (H1): from ``purchase_date`` through ``reseller_until``. Flags:
+  ``reseller-incomplete`` (a contract without ``reseller_until``), ``reseller-unsupported-product``
+  (the catalog knows the product and it is outside the HEZO+ scope, seed 004).
+* ``replacement`` (W8, S11): a record with ``replaced_serial`` inherits the replaced unit's
+  ``covered_until``, or ``replacement_date`` + 30 days − 1 day, whichever is later. Chains
+  (A replaced by B replaced by C) are followed without recursion; the replaced units are
+  evaluated as the same product as the unit asked about (a replacement is "the same product or
+  one of equivalent value", §6). Flags: ``replaced-unit-unknown`` (no record for the replaced
+  serial: the 30 days alone), ``replaced-unit-coverage-unknown`` (its record gives no coverage,
+  e.g. no purchase date: the 30 days alone), ``replacement-cycle`` (the chain loops: the link
+  that closes the loop counts as unknown), ``replacement-incomplete`` (no ``replacement_date``).
+
+Extended, SELECT and reseller layers need the unit's own ``purchase_date``; a record without one
+gets ``unknown-purchase-date`` unless it is a replacement that inherits coverage and carries
+nothing else that needed the date. A unit with no record at all gets ``no-entitlement-record``
+and ``unknown-purchase-date``.
+
+Status
+------
+``covered_until`` is the latest ``until`` of the valid layers. ``unknown`` when there is none and
+no purchase date; ``out_of_warranty`` when today is after ``covered_until`` (or nothing ever
+covered the unit); ``expiring_soon`` when ``covered_until`` − today < ``expiring_days`` (90 by
+default; covered_until == today is expiring_soon); else ``in_warranty``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from enum import StrEnum
+from typing import Any
+
+from agent.catalog import Catalog, Product
+from agent.entitlements import Customer, EntitlementRecord
+
+__all__ = [
+    "EXTENSION_COUNTRIES",
+    "URGENCY",
+    "Flag",
+    "Layer",
+    "LayerKind",
+    "Status",
+    "Verdict",
+    "add_days",
+    "add_years",
+    "evaluate",
+    "evaluate_all",
+    "period_end",
+    "urgency_key",
+]
+
+DEFAULT_EXPIRING_DAYS = 90
+#: W6: the B2B extension applies to products bought *after* this day.
+EXTENSION_CUTOFF = date(2020, 3, 6)
+#: W3: the extension must be bought with the product or within this many days of its purchase.
+EXTENSION_PURCHASE_DAYS = 30
+#: S4: without an assignment or activation, the service starts this many days after the order.
+SELECT_ORDER_START_DAYS = 60
+#: S7: SELECT product replacement only while the unit is less than this many years old.
+SELECT_AGE_LIMIT_YEARS = 5
+#: W8, S11: a replaced unit or deployed spare is warranted for at least this many days.
+REPLACEMENT_MIN_DAYS = 30
+
+_EU = "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE"
+_EFTA = "IS LI NO CH"
+#: W5: schedule A countries: USA, EU + EFTA, United Kingdom.
+EXTENSION_COUNTRIES = frozenset(["US", "GB", *_EU.split(), *_EFTA.split()])
+
+_ONE_DAY = timedelta(days=1)
+
+
+class Status(StrEnum):
+    """A unit's coverage on the day asked about."""
+
+    OUT_OF_WARRANTY = "out_of_warranty"
+    EXPIRING_SOON = "expiring_soon"
+    UNKNOWN = "unknown"
+    IN_WARRANTY = "in_warranty"
+
+
+#: Most urgent first: what an operator must act on before what can wait.
+URGENCY: tuple[Status, ...] = (Status.OUT_OF_WARRANTY, Status.EXPIRING_SOON, Status.UNKNOWN,
+                               Status.IN_WARRANTY)
+_URGENCY_RANK = {status: rank for rank, status in enumerate(URGENCY)}
+
+
+class LayerKind(StrEnum):
+    """Sources of coverage, in the order verdicts list them."""
+
+    STANDARD = "standard"
+    EXTENDED = "extended"
+    SELECT = "select"
+    RESELLER = "reseller"
+    REPLACEMENT = "replacement"
+
+
+class Flag(StrEnum):
+    """Why a layer is missing or shorter than asked, or why the verdict is uncertain."""
+
+    NO_ENTITLEMENT_RECORD = "no-entitlement-record"
+    UNKNOWN_PURCHASE_DATE = "unknown-purchase-date"
+    EXTENSION_BOUGHT_LATE = "extension-bought-late"
+    EXTENSION_PURCHASE_DATE_UNKNOWN = "extension-purchase-date-unknown"
+    EXTENSION_INELIGIBLE_CUSTOMER = "extension-ineligible-customer"
+    EXTENSION_INELIGIBLE_COUNTRY = "extension-ineligible-country"
+    EXTENSION_INELIGIBLE_DATE = "extension-ineligible-date"
+    EXTENSION_INELIGIBLE_PRODUCT = "extension-ineligible-product"
+    SELECT_AGE_CAP = "select-age-cap"
+    SELECT_GAP = "select-gap"
+    SELECT_INCOMPLETE = "select-incomplete"
+    SELECT_UNSUPPORTED_PRODUCT = "select-unsupported-product"
+    RESELLER_INCOMPLETE = "reseller-incomplete"
+    RESELLER_UNSUPPORTED_PRODUCT = "reseller-unsupported-product"
+    REPLACED_UNIT_UNKNOWN = "replaced-unit-unknown"
+    REPLACED_UNIT_COVERAGE_UNKNOWN = "replaced-unit-coverage-unknown"
+    REPLACEMENT_CYCLE = "replacement-cycle"
+    REPLACEMENT_INCOMPLETE = "replacement-incomplete"
+
+
+_RULES: dict[LayerKind, tuple[str, ...]] = {
+    LayerKind.STANDARD: ("W1",),
+    LayerKind.EXTENDED: ("W2", "W3", "W4", "W5", "W6"),
+    LayerKind.SELECT: ("S4", "S5", "S7", "S8"),
+    LayerKind.RESELLER: ("H1",),
+    LayerKind.REPLACEMENT: ("W8", "S11"),
+}
+_LABELS: dict[LayerKind, tuple[str, str]] = {  # what the reason line calls it, its main rule
+    LayerKind.STANDARD: ("standard warranty", "W1"),
+    LayerKind.EXTENDED: ("extended warranty", "W2"),
+    LayerKind.SELECT: ("SELECT product replacement", "S5"),
+    LayerKind.RESELLER: ("reseller service contract", "H1"),
+    LayerKind.REPLACEMENT: ("replacement unit warranty", "W8"),
+}
+_KIND_ORDER = {kind: order for order, kind in enumerate(LayerKind)}
+#: S8: layers that count as "valid coverage" when a unit is registered to a SELECT room.
+_S8_COVERAGE = frozenset({LayerKind.STANDARD, LayerKind.EXTENDED, LayerKind.REPLACEMENT})
+
+
+# --- date arithmetic ---------------------------------------------------------------------
+
+def add_years(day: date, years: int) -> date:
+    """The same month and day ``years`` later; 28 February for 29 February in a common year.
+    Saturates at ``date.max``."""
+    year = day.year + years
+    if year > date.max.year:
+        return date.max
+    try:
+        return day.replace(year=year)
+    except ValueError:  # 29 February in a year without one
+        return date(year, 2, 28)
+
+
+def add_days(day: date, days: int) -> date:
+    """Calendar days later (earlier when negative); saturates at the ends of ``date``."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
+def period_end(start: date, years: int) -> date:
+    """The last day of a period of ``years`` years starting on ``start``."""
+    end = add_years(start, years)
+    return end if end == date.max else end - _ONE_DAY
+
+
+# --- the verdict -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One valid source of coverage: ``start`` (JSON ``from``) through ``until``, both covered."""
+
+    kind: LayerKind
+    start: date
+    until: date
+    rules: tuple[str, ...]
+
+    def covers(self, day: date) -> bool:
+        return self.start <= day <= self.until
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "from": self.start.isoformat(),
+                "until": self.until.isoformat(), "rules": list(self.rules)}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The coverage of one unit on one day."""
+
+    serial: str | None
+    product: str | None
+    status: Status
+    covered_until: date | None
+    layers: tuple[Layer, ...]
+    flags: tuple[str, ...]  # sorted Flag values
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "product": self.product,
+            "status": str(self.status),
+            "covered_until": self.covered_until.isoformat() if self.covered_until else None,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "flags": list(self.flags),
+        }
+
+
+def urgency_key(verdict: Verdict) -> tuple[int, date, str]:
+    """Sort key, most urgent first: by :data:`URGENCY`, then ``covered_until`` ascending
+    (unknown last), then serial."""
+    return (_URGENCY_RANK[verdict.status], verdict.covered_until or date.max, verdict.serial or "")
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Assessment:
+    """Layers and flags found so far for one record, with one note per flag for people."""
+
+    layers: list[Layer] = field(default_factory=list)
+    flags: set[Flag] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    #: The layer that ends last (on a tie, the first in LayerKind order): it sets covered_until.
+    deciding: Layer | None = None
+
+    def flag(self, flag: Flag, note: str) -> None:
+        if flag not in self.flags:
+            self.flags.add(flag)
+            self.notes.append(note)
+
+    def add(self, kind: LayerKind, start: date, until: date) -> Layer | None:
+        if until < start:
+            return None
+        layer = Layer(kind, start, until, _RULES[kind])
+        self.layers.append(layer)
+        best = self.deciding
+        if best is None or until > best.until or (until == best.until
+                                                  and _KIND_ORDER[kind] < _KIND_ORDER[best.kind]):
+            self.deciding = layer
+        return layer
+
+    @property
+    def covered_until(self) -> date | None:
+        return self.deciding.until if self.deciding else None
+
+    def ordered_layers(self) -> tuple[Layer, ...]:
+        if len(self.layers) < 2:
+            return tuple(self.layers)
+        return tuple(sorted(self.layers, key=lambda layer: _KIND_ORDER[layer.kind]))
+
+    def sorted_flags(self) -> tuple[str, ...]:
+        return tuple(sorted(map(str, self.flags))) if self.flags else ()
+
+
+def _standard(bought: date, years: int, asm: _Assessment) -> None:
+    # W1: the standard warranty runs from the original purchase date for the catalog's length.
+    asm.add(LayerKind.STANDARD, bought, period_end(bought, years))
+
+
+def _extension(record: EntitlementRecord, bought: date, standard_years: int, product: Product | None,
+               asm: _Assessment) -> None:
+    extra = record.extension_years
+    if not extra:
+        return
+    ok = True
+    if product is not None and not product.extension_eligible:
+        # W1/W2: the extension covers the products of schedule A only.
+        asm.flag(Flag.EXTENSION_INELIGIBLE_PRODUCT, f"{product.name} is not in the extended warranty's "
+                                                   "schedule A (W2)")
+        ok = False
+    if record.extension_purchased is None:
+        # W3: in time cannot be shown, so the extension is flagged, not silently honoured.
+        asm.flag(Flag.EXTENSION_PURCHASE_DATE_UNKNOWN, "extension purchase date unknown (W3)")
+        ok = False
+    elif record.extension_purchased > add_days(bought, EXTENSION_PURCHASE_DAYS):
+        # W3: bought with the product or within 30 days of its purchase; day 31 is late.
+        late = (record.extension_purchased - bought).days
+        asm.flag(Flag.EXTENSION_BOUGHT_LATE, f"extension bought {late} days after purchase (W3)")
+        ok = False
+    if record.customer is not Customer.BUSINESS:
+        # W4: business end customers only.
+        asm.flag(Flag.EXTENSION_INELIGIBLE_CUSTOMER, "extension not valid for a consumer (W4)")
+        ok = False
+    if record.country not in EXTENSION_COUNTRIES:
+        # W5: USA, EU + EFTA, United Kingdom; a blank country cannot be shown eligible.
+        where = f"in {record.country}" if record.country else "without a known country"
+        asm.flag(Flag.EXTENSION_INELIGIBLE_COUNTRY, f"extension not valid {where} (W5)")
+        ok = False
+    if bought <= EXTENSION_CUTOFF:
+        # W6: products bought after 6 March 2020.
+        asm.flag(Flag.EXTENSION_INELIGIBLE_DATE, f"extension not valid for a purchase on or before "
+                                                f"{EXTENSION_CUTOFF.isoformat()} (W6)")
+        ok = False
+    if ok:
+        # W2: "+1 year" gives 3 years in total, counted from the original purchase date (§8),
+        # continuing the standard terms after the standard period (§6).
+        asm.add(LayerKind.EXTENDED, add_years(bought, standard_years),
+                period_end(bought, standard_years + extra))
+
+
+def _reseller(record: EntitlementRecord, bought: date, product: Product | None,
+              asm: _Assessment) -> None:
+    if record.reseller_until is None:
+        if record.reseller_contract:
+            asm.flag(Flag.RESELLER_INCOMPLETE, "reseller contract without an end date: ignored (H1)")
+        return
+    if product is not None and not product.reseller_supported:
+        asm.flag(Flag.RESELLER_UNSUPPORTED_PRODUCT, f"{product.name} is outside the reseller "
+                                                   "service's scope (H1)")
+        return
+    # H1: the reseller contract is an extended warranty for the whole service term.
+    asm.add(LayerKind.RESELLER, bought, record.reseller_until)
+
+
+def _has_select(record: EntitlementRecord) -> bool:
+    return bool(record.select_contract or record.select_order_date or record.select_activation_date
+                or record.select_term_years or record.select_registered)
+
+
+def _select(record: EntitlementRecord, bought: date, product: Product | None, asm: _Assessment) -> None:
+    # S4: the earliest of the first assignment / activation and 60 days after the order.
+    starts = [d for d in (record.select_activation_date,
+                          record.select_order_date and add_days(record.select_order_date,
+                                                                SELECT_ORDER_START_DAYS)) if d]
+    if not starts or not record.select_term_years:
+        missing = "a start date" if not starts else "a term"
+        asm.flag(Flag.SELECT_INCOMPLETE, f"SELECT contract without {missing}: ignored (S4, S5)")
+        return
+    if product is not None and not product.select_supported:
+        asm.flag(Flag.SELECT_UNSUPPORTED_PRODUCT, f"{product.name} is not a SELECT-supported product (S2)")
+        return
+    start = min(starts)
+    registered = record.select_registered or start
+    if not any(layer.covers(registered) for layer in asm.layers if layer.kind in _S8_COVERAGE):
+        # S8: the unit must be under valid coverage when registered; SELECT cannot cure a gap.
+        asm.flag(Flag.SELECT_GAP, f"not under warranty when registered to SELECT on "
+                                  f"{registered.isoformat()}: SELECT cannot cure a gap (S8)")
+        return
+    term_end = period_end(start, record.select_term_years)  # S5: the term as bought, never extended
+    age_limit = period_end(bought, SELECT_AGE_LIMIT_YEARS)  # S7: replacement only while under 5
+    if age_limit < term_end:
+        asm.flag(Flag.SELECT_AGE_CAP, f"SELECT replacement ends when the unit turns "
+                                      f"{SELECT_AGE_LIMIT_YEARS} on {age_limit.isoformat()} (S7)")
+    asm.add(LayerKind.SELECT, start, min(term_end, age_limit))
+
+
+@dataclass(frozen=True, slots=True)
+class _Inherited:
+    """What a replacement inherits from the unit it replaced (W8, S11)."""
+
+    until: date | None
+    flag: Flag | None = None
+    replaced: str = ""
+
+
+_NO_INHERITANCE = _Inherited(None)
+
+
+def _replacement(record: EntitlementRecord, inherited: _Inherited, asm: _Assessment) -> None:
+    if record.replaced_serial is None:
+        return
+    if record.replacement_date is None:
+        asm.flag(Flag.REPLACEMENT_INCOMPLETE, "replacement without a replacement date: ignored (W8)")
+        return
+    if inherited.flag is Flag.REPLACED_UNIT_UNKNOWN:
+        asm.flag(inherited.flag, f"replaced unit {inherited.replaced} has no record: "
+                                 f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)")
+    elif inherited.flag is Flag.REPLACED_UNIT_COVERAGE_UNKNOWN:
+        asm.flag(inherited.flag, f"replaced unit {inherited.replaced} has no known coverage: "
+                                 f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)")
+    elif inherited.flag is Flag.REPLACEMENT_CYCLE:
+        asm.flag(inherited.flag, f"the replacement chain loops back to {inherited.replaced} (W8)")
+    # W8, S11: the rest of the original warranty or 30 days, whichever is longer.
+    until = add_days(record.replacement_date, REPLACEMENT_MIN_DAYS - 1)
+    if inherited.until is not None and inherited.until > until:
+        until = inherited.until
+    asm.add(LayerKind.REPLACEMENT, record.replacement_date, until)
+
+
+def _assess(record: EntitlementRecord, product: Product | None, standard_years: int,
+            inherited: _Inherited) -> _Assessment:
+    """Every layer of one record, given what it inherits as a replacement."""
+    asm = _Assessment()
+    bought = record.purchase_date
+    if bought is not None:
+        _standard(bought, standard_years, asm)
+        _extension(record, bought, standard_years, product, asm)
+        _reseller(record, bought, product, asm)
+    _replacement(record, inherited, asm)  # before SELECT: it counts as coverage for S8
+    if bought is not None:
+        if _has_select(record):
+            _select(record, bought, product, asm)
+    elif not asm.layers or record.extension_years or record.reseller_until or _has_select(record):
+        asm.flag(Flag.UNKNOWN_PURCHASE_DATE, "no purchase date in the entitlement record")
+    return asm
+
+
+class _Evaluator:
+    """Evaluates units against one set of records; remembers replaced units' coverage so
+    that chains are resolved once per run."""
+
+    def __init__(self, records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date,
+                 expiring_days: int) -> None:
+        if expiring_days < 0:
+            raise ValueError("expiring_days must be 0 or more")
+        self.records = records
+        self.catalog = catalog
+        self.today = today
+        self.expiring_days = expiring_days
+        self._until: dict[tuple[str, str | None], date | None] = {}
+        self._products: dict[str | None, tuple[Product | None, int]] = {}
+
+    def _product(self, name: str | None) -> tuple[Product | None, int]:
+        """The catalog entry (``None`` when unknown) and its standard warranty length (W1)."""
+        found = self._products.get(name)
+        if found is None:
+            found = self._products[name] = (self.catalog.get(name), self.catalog.warranty_years(name))
+        return found
+
+    def verdict(self, serial: str | None, product_name: str | None,
+                record: EntitlementRecord | None) -> Verdict:
+        if record is None:
+            return self._no_record(serial, product_name)
+        product, years = self._product(product_name)
+        inherited = self._inherited(record, product_name, product, years)
+        asm = _assess(record, product, years, inherited)
+        covered_until = asm.covered_until
+        if inherited.flag is not Flag.REPLACEMENT_CYCLE:
+            self._until[(record.serial, product_name)] = covered_until
+        status = self._status(covered_until, record.purchase_date is not None)
+        return Verdict(serial, product_name, status, covered_until, asm.ordered_layers(), asm.sorted_flags(),
+                       _reason(status, asm))
+
+    def _no_record(self, serial: str | None, product_name: str | None) -> Verdict:
+        flags = (str(Flag.NO_ENTITLEMENT_RECORD), str(Flag.UNKNOWN_PURCHASE_DATE))
+        return Verdict(serial, product_name, Status.UNKNOWN, None, (), tuple(sorted(flags)),
+                       "coverage unknown; no entitlement record for this serial")
+
+    def _status(self, covered_until: date | None, has_purchase_date: bool) -> Status:
+        if covered_until is None:
+            return Status.OUT_OF_WARRANTY if has_purchase_date else Status.UNKNOWN
+        if self.today > covered_until:
+            return Status.OUT_OF_WARRANTY
+        if (covered_until - self.today).days < self.expiring_days:
+            return Status.EXPIRING_SOON
+        return Status.IN_WARRANTY
+
+    def _inherited(self, record: EntitlementRecord, product_name: str | None, product: Product | None,
+                   years: int) -> _Inherited:
+        """The replaced unit's ``covered_until`` (W8, S11), following the chain iteratively."""
+        replaced = record.replaced_serial
+        if replaced is None:
+            return _NO_INHERITANCE
+        chain: list[EntitlementRecord] = []  # replaced units, nearest first
+        seen = {record.serial}
+        current, end_until, flag = record, None, None
+        while current.replaced_serial is not None:
+            key = current.replaced_serial
+            if (key, product_name) in self._until:
+                end_until = self._until[(key, product_name)]
+                break
+            if key in seen:
+                flag = Flag.REPLACEMENT_CYCLE
+                replaced = key
+                break
+            previous = self.records.get(key)
+            if previous is None:
+                if current is record:
+                    flag = Flag.REPLACED_UNIT_UNKNOWN
+                break
+            seen.add(key)
+            chain.append(previous)
+            current = previous
+        for link in reversed(chain):  # the far end first: each link inherits from the next
+            link_until = _assess(link, product, years, _Inherited(end_until)).covered_until
+            if flag is None:
+                self._until[(link.serial, product_name)] = link_until
+            end_until = link_until
+        if end_until is None and flag is None:
+            flag = Flag.REPLACED_UNIT_COVERAGE_UNKNOWN
+        return _Inherited(end_until, flag, replaced)
+
+
+def _reason(status: Status, asm: _Assessment) -> str:
+    """One human line: the layer that decides ``covered_until``, then why others are missing."""
+    deciding = asm.deciding
+    if deciding is None:
+        head = "coverage unknown" if status is Status.UNKNOWN else "no coverage"
+    else:
+        label, rule = _LABELS[deciding.kind]
+        if deciding.kind is LayerKind.SELECT and Flag.SELECT_AGE_CAP in asm.flags:
+            rule = "S7"  # the 5-year age limit, not the term, ends it
+        verb = "ended" if status is Status.OUT_OF_WARRANTY else "until"
+        head = f"{label} {verb} {deciding.until.isoformat()} ({rule})"
+    return "; ".join([head, *asm.notes]) if asm.notes else head
+
+
+def evaluate(serial: str | None, product: str | None, record: EntitlementRecord | None,
+             records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date, *,
+             expiring_days: int = DEFAULT_EXPIRING_DAYS) -> Verdict:
+    """The coverage verdict of one unit on ``today``.
+
+    ``record`` is the unit's entitlement record (``None`` when the import has none: status
+    ``unknown``, flags ``no-entitlement-record`` and ``unknown-purchase-date``); ``records`` is
+    the whole import, used to follow replacements (W8, S11).
+    """
+    return _Evaluator(records, catalog, today, expiring_days).verdict(serial, product, record)
+
+
+def evaluate_all(units: Iterable[tuple[str | None, str | None]],
+                 records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date, *,
+                 expiring_days: int = DEFAULT_EXPIRING_DAYS) -> list[Verdict]:
+    """Verdicts for many ``(serial, product)`` units, in the order given; each unit's record is
+    ``records.get(serial)``. Replacement chains are resolved once for the whole run."""
+    evaluator = _Evaluator(records, catalog, today, expiring_days)
+    get = records.get
+    return [evaluator.verdict(serial, product, get(serial) if serial else None)
+            for serial, product in units]

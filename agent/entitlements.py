@@ -1,0 +1,532 @@
+"""Entitlement records: the purchase and contract facts that coverage needs, imported from CSV.
+
+A device never reports its purchase date or its contracts (domain.md, "What this means for the
+agent"), so the operator imports them. This module reads that file; :mod:`agent.coverage` turns
+a record into a verdict.
+
+The file format (for operators)
+-------------------------------
+A CSV file with a header row naming the columns. Column order is free and every column except
+``serial`` is optional; a blank cell means "not known". ``config/entitlements.example.csv``
+is a worked example.
+
+=========================  ====================================================================
+column                     meaning
+=========================  ====================================================================
+serial                     the unit's serial as printed on its label (required). For a product
+                           made of several components, the primary unit's serial (P1).
+purchase_date              original purchase date, ``YYYY-MM-DD`` (W1, W2, S7, H1)
+country                    where it was bought: ISO 3166 alpha-2 code (``NO``, ``GB``, ``US``) (W5)
+customer                   ``business`` (the default when blank) or ``consumer`` (W4)
+extension_years            years of B2B extended warranty bought on top of the standard (W2)
+extension_purchased        the day the extension was bought, ``YYYY-MM-DD`` (W3)
+select_contract            Logitech SELECT contract id (free text) (S1)
+select_order_date          the day Logitech created the SELECT service order (S4)
+select_activation_date     first licence assignment / enterprise-plan activation (S4)
+select_term_years          the SELECT term bought, in years (S5)
+select_registered          the day the unit was registered to its SELECT room (S8)
+reseller_contract          reseller (HEZO+) service contract number (free text) (H1, P3)
+reseller_until             last day of the reseller service term, ``YYYY-MM-DD`` (H1)
+replaced_serial            for a replacement or deployed spare: the serial of the unit it
+                           replaced (W8, S11)
+replacement_date           the day it replaced that unit, ``YYYY-MM-DD`` (W8, S11)
+=========================  ====================================================================
+
+Rules the import enforces, so that every later verdict rests on clean data:
+
+* Dates are ``YYYY-MM-DD`` with a year from 1980 to 2199; numbers are whole numbers from 0 to 99.
+* ``country`` is two letters, upper-cased on import, and must be an assigned ISO 3166 code
+  (``UK`` is refused with a hint to use ``GB``).
+* Serials: white space anywhere in the cell is removed and letters are upper-cased, so
+  ``" 2313 fd1n08z2"`` is the serial ``2313FD1N08Z2``. Two rows whose serials are equal after
+  this are duplicates. Placeholders (``N/A``, ``0000000``…) are refused. Lookups through
+  :class:`Entitlements` normalise the asked serial the same way.
+* ``select_contract`` and ``reseller_contract`` are kept as text, with control characters
+  removed; at most 128 characters.
+* ``replaced_serial`` and ``replacement_date`` go together; a unit cannot replace itself;
+  ``reseller_until`` cannot be before ``purchase_date``.
+* Column names are matched case-insensitively, spaces and hyphens read as ``_``
+  (``Purchase Date`` is ``purchase_date``). An unknown or repeated column is refused.
+* Every row has as many cells as the header (extra *empty* cells at the end of a row are
+  ignored: spreadsheets write them). Blank lines and rows of empty cells are skipped. Lines
+  starting with ``#`` *before* the header are comments (after it, a ``#`` is data).
+
+Spreadsheet habits are accepted: UTF-8 with or without a byte-order mark, ``;`` or ``,`` as the
+delimiter (whichever the header line uses more), CRLF or LF line ends, quoted cells. The file
+must be UTF-8 ("CSV UTF-8" in Excel's *Save as*) and at most 50 MB.
+
+A file with any problem is refused as a whole: nothing is imported, and every problem is listed
+as ``FILE:LINE: COLUMN: what is wrong`` (``FILE:LINE: what is wrong`` when a problem concerns a
+whole row, ``FILE: what is wrong`` for the whole file). Line numbers are physical lines of the
+file, the header being line 1 (unless comment or blank lines precede it). The CLI exits with
+status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from agent.sanitize import clean_text, is_placeholder_serial
+
+__all__ = [
+    "COLUMNS",
+    "MAX_FILE_BYTES",
+    "Customer",
+    "EntitlementRecord",
+    "Entitlements",
+    "EntitlementsError",
+    "load_entitlements",
+    "normalize_serial",
+    "parse_entitlements",
+]
+
+#: Largest file the import reads (a clear error beyond it, never a partial import).
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_NUMBER = 99
+MIN_YEAR, MAX_YEAR = 1980, 2199
+MAX_TEXT_LEN = 128
+MAX_SERIAL_LEN = 64
+#: Encoding problems are usually a whole file in the wrong encoding: list this many lines.
+MAX_ENCODING_PROBLEMS = 20
+
+_T = TypeVar("_T")
+
+COLUMNS: tuple[str, ...] = (
+    "serial", "purchase_date", "country", "customer", "extension_years", "extension_purchased",
+    "select_contract", "select_order_date", "select_activation_date", "select_term_years",
+    "select_registered", "reseller_contract", "reseller_until", "replaced_serial",
+    "replacement_date",
+)
+
+# ISO 3166-1 alpha-2: the 249 assigned codes.
+_ISO_CODES = """
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS
+BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE
+EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM
+HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC
+LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA
+NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW
+SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
+TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+"""
+ISO_COUNTRIES = frozenset(_ISO_CODES.split())
+# Codes people write that ISO does not assign (or reserves) for a country it does.
+_COUNTRY_HINTS = {"UK": "GB", "EL": "GR", "EN": "GB"}
+
+
+class Customer(StrEnum):
+    """Who bought the unit (W4: the B2B extension is for business end customers only)."""
+
+    BUSINESS = "business"
+    CONSUMER = "consumer"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntitlementRecord:
+    """One imported row: what is known of one unit's purchase and contracts.
+
+    ``None`` means the cell was blank. ``line`` is the physical line the row started on (for
+    messages); it takes no part in equality.
+    """
+
+    serial: str
+    purchase_date: date | None = None
+    country: str | None = None
+    customer: Customer = Customer.BUSINESS
+    extension_years: int | None = None
+    extension_purchased: date | None = None
+    select_contract: str | None = None
+    select_order_date: date | None = None
+    select_activation_date: date | None = None
+    select_term_years: int | None = None
+    select_registered: date | None = None
+    reseller_contract: str | None = None
+    reseller_until: date | None = None
+    replaced_serial: str | None = None
+    replacement_date: date | None = None
+    line: int | None = field(default=None, compare=False)
+
+
+class EntitlementsError(ValueError):
+    """The file was refused. ``problems`` lists every problem found, one line each
+    (``file:line: column: what is wrong``); ``str()`` joins them with newlines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+def normalize_serial(serial: str) -> str:
+    """The form serials are stored and compared in: no white space, upper case."""
+    return "".join(serial.split()).upper()
+
+
+class Entitlements(Mapping[str, EntitlementRecord]):
+    """Imported records keyed by normalised serial. Lookups normalise the asked serial
+    (``ents[" abc1"]`` finds ``ABC1``)."""
+
+    __slots__ = ("_records", "source")
+
+    def __init__(self, records: Mapping[str, EntitlementRecord] | None = None, *,
+                 source: str = "<memory>") -> None:
+        self._records: dict[str, EntitlementRecord] = {}
+        self.source = source
+        for key, record in (records or {}).items():
+            self._records[normalize_serial(key)] = record
+
+    @classmethod
+    def of(cls, records: Iterable[EntitlementRecord], *, source: str = "<memory>") -> Entitlements:
+        """Records built in code (the portal, tests); a repeated serial is an error."""
+        by_serial: dict[str, EntitlementRecord] = {}
+        problems = []
+        for record in records:
+            key = normalize_serial(record.serial)
+            if key in by_serial:
+                problems.append(f"{source}: serial: {key!r} is listed twice")
+            by_serial[key] = record
+        if problems:
+            raise EntitlementsError(problems)
+        return cls._normalised(by_serial, source)
+
+    @classmethod
+    def _normalised(cls, records: dict[str, EntitlementRecord], source: str) -> Entitlements:
+        """Records already keyed by :func:`normalize_serial` (the import's own result)."""
+        made = cls(source=source)
+        made._records = records
+        return made
+
+    def __getitem__(self, serial: str) -> EntitlementRecord:
+        record = self._records.get(serial)
+        if record is None:
+            return self._records[normalize_serial(serial)]
+        return record
+
+    @overload
+    def get(self, serial: str, /) -> EntitlementRecord | None: ...
+    @overload
+    def get(self, serial: str, /, default: EntitlementRecord | _T) -> EntitlementRecord | _T: ...
+
+    def get(self, serial: str, /, default: object = None) -> object:
+        # Mapping.get without a KeyError per miss: units with no record are common.
+        record = self._records.get(serial)
+        if record is None:
+            return self._records.get(normalize_serial(serial), default)
+        return record
+
+    def __contains__(self, serial: object) -> bool:
+        return isinstance(serial, str) and (serial in self._records
+                                            or normalize_serial(serial) in self._records)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"Entitlements({len(self)} records from {self.source})"
+
+
+def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
+    """Read and check an entitlements CSV file; raise :class:`EntitlementsError` (every
+    problem listed, nothing imported) when anything in it is wrong."""
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise EntitlementsError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from exc
+    return parse_entitlements(data, name, max_bytes=max_bytes)
+
+
+def parse_entitlements(data: str | bytes, name: str = "<file>", *,
+                       max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
+    """Check and import entitlements CSV content (bytes as read from a file, or text).
+    ``name`` is used in messages."""
+    if len(data) > max_bytes:
+        raise EntitlementsError([
+            f"{name}: the file is larger than the {_size(max_bytes)} limit: split it into smaller files"
+        ])
+    text = _decode(data, name) if isinstance(data, bytes) else data
+    if text.startswith("\ufeff"):  # the byte-order mark spreadsheets write
+        text = text[1:]
+    return _Import(name).run(text)
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise EntitlementsError([f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): "
+                                 "save it as 'CSV UTF-8' instead"])
+    problems = []
+    bad_lines = 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_lines += 1
+            if bad_lines <= MAX_ENCODING_PROBLEMS:
+                problems.append(f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
+                                f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'")
+    if bad_lines > MAX_ENCODING_PROBLEMS:
+        problems.append(f"{name}: {bad_lines - MAX_ENCODING_PROBLEMS} more lines are not UTF-8")
+    raise EntitlementsError(problems)
+
+
+class _Bad(ValueError):
+    """One cell's value is wrong; the message says how (without file, line or column)."""
+
+
+# --- cell parsers: each takes the stripped, non-empty cell text ---------------------------
+
+def _parse_date(text: str) -> date:
+    if len(text) != 10 or text[4] != "-" or text[7] != "-":
+        raise _Bad(f"{text!r} is not a date in the form YYYY-MM-DD")
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise _Bad(f"{text!r} is not a real date (YYYY-MM-DD)") from None
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise _Bad(f"{text!r} is out of range (years {MIN_YEAR}-{MAX_YEAR})")
+    return day
+
+
+def _parse_count(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        value = int(text)
+        if value > MAX_NUMBER:
+            raise _Bad(f"{text!r} is too large (at most {MAX_NUMBER})")
+        return value
+    if text.startswith("-") and text[1:].isascii() and text[1:].replace(".", "", 1).isdigit():
+        raise _Bad(f"{text!r} is negative (expected a whole number of 0 or more)")
+    raise _Bad(f"{text!r} is not a whole number")
+
+
+def _parse_country(text: str) -> str:
+    code = text.upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise _Bad(f"{text!r} is not a two-letter ISO 3166 country code (e.g. NO, GB, US)")
+    if code not in ISO_COUNTRIES:
+        hint = _COUNTRY_HINTS.get(code)
+        raise _Bad(f"{text!r} is not an ISO 3166 country code" + (f" (use {hint})" if hint else ""))
+    return code
+
+
+_CUSTOMERS = {c.value: c for c in Customer}
+
+
+def _parse_customer(text: str) -> Customer:
+    customer = _CUSTOMERS.get(text.lower())
+    if customer is None:
+        raise _Bad(f"{text!r} is not 'business' or 'consumer'")
+    return customer
+
+
+def _parse_text(text: str) -> str:
+    if not text.isprintable():
+        cleaned = clean_text(text, max_len=len(text)).value
+        if cleaned is None:
+            raise _Bad("holds only control characters")
+        text = cleaned
+    if len(text) > MAX_TEXT_LEN:
+        raise _Bad(f"is longer than {MAX_TEXT_LEN} characters")
+    return text
+
+
+def _parse_serial(text: str) -> str:
+    serial = normalize_serial(text)
+    if not serial.isprintable():
+        raise _Bad(f"{text!r} holds control characters")
+    if len(serial) > MAX_SERIAL_LEN:
+        raise _Bad(f"is longer than {MAX_SERIAL_LEN} characters")
+    if is_placeholder_serial(serial):
+        raise _Bad(f"{text!r} is a placeholder, not a serial")
+    return serial
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "serial": _parse_serial,
+    "purchase_date": _parse_date,
+    "country": _parse_country,
+    "customer": _parse_customer,
+    "extension_years": _parse_count,
+    "extension_purchased": _parse_date,
+    "select_contract": _parse_text,
+    "select_order_date": _parse_date,
+    "select_activation_date": _parse_date,
+    "select_term_years": _parse_count,
+    "select_registered": _parse_date,
+    "reseller_contract": _parse_text,
+    "reseller_until": _parse_date,
+    "replaced_serial": _parse_serial,
+    "replacement_date": _parse_date,
+}
+assert set(_PARSERS) == set(COLUMNS)
+
+
+def _normalize_column(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+class _Import:
+    """One import run: collects every problem, builds records only while there are none."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[str] = []
+
+    def problem(self, line: int, column: str | None, what: str) -> None:
+        where = f"{self.name}:{line}: {column}: " if column else f"{self.name}:{line}: "
+        self.problems.append(where + what)
+
+    def run(self, text: str) -> Entitlements:
+        lines = iter(io.StringIO(text, newline=""))  # physical lines, line ends kept
+        header_line = 0
+        for first in lines:
+            header_line += 1
+            if first.strip() and not first.startswith("#"):
+                break
+        else:
+            raise EntitlementsError([f"{self.name}:1: the file is empty: it needs a header row naming "
+                                     "the columns (e.g. serial,purchase_date)"])
+        delimiter = ";" if first.count(";") > first.count(",") else ","
+        reader = csv.reader(_chain_first(first, lines), delimiter=delimiter, strict=True)
+
+        def numbered() -> Iterator[tuple[int, list[str]]]:
+            consumed = 0  # lines the reader has taken so far: a row starts on the next one
+            for cells in reader:
+                yield header_line + consumed, cells
+                consumed = reader.line_num
+
+        rows = numbered()
+        records: dict[str, EntitlementRecord] = {}
+        try:
+            columns = self.header(next(rows)[1], header_line)
+            records = self.rows(rows, columns, delimiter)
+        except csv.Error as exc:
+            self.problem(header_line + reader.line_num - 1, None,
+                         f"the row cannot be read as CSV ({exc}): nothing after it was read")
+        if self.problems:
+            raise EntitlementsError(self.problems)
+        return Entitlements._normalised(records, self.name)
+
+    def header(self, cells: list[str], line: int) -> list[str | None]:
+        """Column names by position (``None`` for a column that is not imported)."""
+        names = [_normalize_column(c) for c in cells]
+        while names and not names[-1]:
+            names.pop()  # a trailing delimiter: spreadsheets write empty columns at the end
+        if not any(n in _PARSERS for n in names):
+            shown = ",".join(cells)[:80]
+            raise EntitlementsError([f"{self.name}:{line}: no header row: the first line must name "
+                                     f"the columns (e.g. serial,purchase_date), found {shown!r}"])
+        columns: list[str | None] = []
+        seen: dict[str, int] = {}
+        for position, name in enumerate(names, start=1):
+            if not name:
+                self.problem(line, f"column {position}", "has no name")
+            elif name not in _PARSERS:
+                self.problem(line, name, "unknown column" + _suggestion(name))
+            elif name in seen:
+                self.problem(line, name, f"appears twice (columns {seen[name]} and {position})")
+            else:
+                seen[name] = position
+                columns.append(name)
+                continue
+            columns.append(None)
+        if "serial" not in seen:
+            self.problem(line, "serial", "the column is missing: every row needs the unit's serial")
+        return columns
+
+    def rows(self, rows: Iterator[tuple[int, list[str]]], columns: list[str | None],
+             delimiter: str) -> dict[str, EntitlementRecord]:
+        fields = [(i, name, _PARSERS[name]) for i, name in enumerate(columns) if name is not None]
+        serial_index = columns.index("serial") if "serial" in columns else None
+        width = len(columns)
+        records: dict[str, EntitlementRecord] = {}
+        first_line: dict[str, int] = {}
+        for line, cells in rows:
+            if len(cells) != width:
+                if not "".join(cells).strip():
+                    continue  # a blank line, or a row of empty cells
+                if len(cells) > width and not "".join(cells[width:]).strip():
+                    cells = cells[:width]  # spreadsheets pad rows with empty cells
+                else:
+                    self.problem(line, None, f"the row has {len(cells)} cells but the header has "
+                                             f"{width} (the delimiter is {delimiter!r})")
+                    continue
+            elif not "".join(cells).strip():
+                continue
+            values: dict[str, Any] = {}
+            ok = True
+            for index, name, parse in fields:
+                text = cells[index]
+                if text and (text := text.strip()):
+                    try:
+                        values[name] = parse(text)
+                    except _Bad as exc:
+                        self.problem(line, name, str(exc))
+                        ok = False
+            ok = self.row_rules(values, line) and ok
+            serial = values.get("serial")
+            if serial is None:
+                if serial_index is not None and not cells[serial_index].strip():
+                    self.problem(line, "serial", "is empty: every row needs the unit's serial")
+                continue
+            if serial in first_line:
+                self.problem(line, "serial", f"{serial!r} is a duplicate: already on line "
+                                             f"{first_line[serial]}")
+                continue
+            first_line[serial] = line
+            if ok and not self.problems:
+                records[serial] = EntitlementRecord(line=line, **values)
+        return records
+
+    def row_rules(self, values: dict[str, Any], line: int) -> bool:
+        """Checks across the cells of one row. True when they pass."""
+        ok = True
+        replaced, replaced_on = values.get("replaced_serial"), values.get("replacement_date")
+        if replaced is not None and replaced == values.get("serial"):
+            self.problem(line, "replaced_serial", "is the row's own serial: a unit cannot replace itself")
+            ok = False
+        if replaced is not None and replaced_on is None:
+            self.problem(line, "replacement_date", "is required when replaced_serial is given (W8)")
+            ok = False
+        if replaced_on is not None and replaced is None:
+            self.problem(line, "replaced_serial", "is required when replacement_date is given (W8)")
+            ok = False
+        until, bought = values.get("reseller_until"), values.get("purchase_date")
+        if until is not None and bought is not None and until < bought:
+            self.problem(line, "reseller_until", f"{until.isoformat()} is before purchase_date "
+                                                 f"{bought.isoformat()} (H1)")
+            ok = False
+        return ok
+
+
+def _suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.75)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (known columns: {', '.join(COLUMNS)})"
+
+
+def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
