@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="do not open devices through libusb for strings sysfs lacks")
     scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
                       help="give up on a source after S seconds (default 120)")
+    scan.add_argument("--state-dir", metavar="DIR",
+                      help="where the inventory is stored (default: config state_dir, "
+                           "$STATE_DIRECTORY, else ~/.local/state/roomsync)")
+    scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
     scan.add_argument("--all", action="store_true",
                       help="also list LAN responders the catalog does not know ('other')")
     lan = scan.add_argument_group(
@@ -338,6 +342,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not sources and not unavailable:
         report.messages.append("no source is enabled in the configuration (see [sources.*]); "
                                "--usb scans this host's USB anyway")
+    elif not args.no_store:
+        _store_scan(args, cfg, report, room, now)
 
     if args.json:
         _print_json({
@@ -353,6 +359,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         _print_scan_table(report, show_other=args.all)
     return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, room: Any, now: Any) -> None:
+    """Keep what the scan found; a store failure is one error, the results still print."""
+    from agent.config import resolve_state_dir
+    from agent.model import ScanError
+    from agent.store import Store, StoreError
+
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    try:
+        with Store.open(state_dir) as store:
+            store.record_scan(report.devices, [room] if room else [], now, len(report.errors))
+    except StoreError as exc:
+        report.errors.append(ScanError("store", str(state_dir), str(exc)))
 
 
 def _is_hidden_other(device: Any) -> bool:

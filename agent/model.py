@@ -279,5 +279,39 @@ class Device(UnitFacts):
         }
 
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Device:
+        """The inverse of :meth:`to_dict` (the store keeps devices in that form)."""
+        return cls(
+            product=data["product"],
+            category=data.get("category") or OTHER,
+            model=data.get("model"),
+            serial=data.get("serial"),
+            serial_source=SerialSource(data["serial_source"]) if data.get("serial_source") else None,
+            serial_label_grade=bool(data.get("serial_label_grade")),
+            firmware=data.get("firmware"),
+            firmware_source=data.get("firmware_source"),
+            components=dict(data.get("components") or {}),
+            vendor_id=_parse_hex_id(data.get("vendor_id")),
+            product_id=_parse_hex_id(data.get("product_id")),
+            vendor=data.get("vendor"),
+            state=data.get("state"),
+            attributes=dict(data.get("attributes") or {}),
+            transport=Transport(data["transport"]),
+            address=data["address"],
+            first_seen=datetime.fromisoformat(data["first_seen"]),
+            last_seen=datetime.fromisoformat(data["last_seen"]),
+            room=data.get("room"),
+            health_issues=[HealthIssue(i["code"], i["message"], Severity(i["severity"]))
+                           for i in data.get("health_issues") or ()],
+            children=[cls.from_dict(c) for c in data.get("children") or ()],
+            sources=list(data.get("sources") or ()),
+        )
+
+
 def _hex_id(value: int | None) -> str | None:
     return None if value is None else f"{value:04x}"
+
+
+def _parse_hex_id(value: str | None) -> int | None:
+    return None if value is None else int(value, 16)
