@@ -195,9 +195,14 @@ def _mdns_settings(args: argparse.Namespace, cfg: Any) -> Any:
     settings = cfg.sources.mdns
     overrides: dict[str, Any] = {}
     if args.mdns_type:
+        from agent.discovery.mdns import normalize_service_type
+
         types = list(settings.service_types)
-        for t in args.mdns_type:
-            t = t if t.endswith(".local.") else t.rstrip(".") + ".local."
+        for text in args.mdns_type:
+            try:
+                t = normalize_service_type(text)
+            except ValueError as exc:
+                raise UsageError(f"--mdns-type {text}: {exc}") from None
             if t not in types:
                 types.append(t)
         overrides["service_types"] = types
@@ -299,24 +304,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from agent.catalog import load_catalog
-    from agent.discovery import SOURCES, source_class
-    from agent.model import Room, ScanError
+    from agent.discovery import source_class
+    from agent.model import Room
     from agent.scan import scan_once
 
     settings_for = {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
                     "ssh": _ssh_settings}
     usb_settings = _usb_settings(args, cfg)
     sources = []
-    unavailable: list[ScanError] = []
     progress: list[_SweepProgress] = []
     wanted = _wanted_sources(args, cfg)
     settings = {name: settings_for[name](args, cfg) for name in wanted}  # usage errors first
     for name in wanted:
-        if name not in SOURCES:
-            unavailable.append(ScanError(name, "*", f"source {name!r} is enabled in the "
-                                         f"configuration but this version of roomsync "
-                                         f"({__version__}) does not have it yet"))
-            continue
         source = source_class(name).from_config(settings[name])
         if name == "snmp":
             bar = _SweepProgress("SNMP sweep")
@@ -338,8 +337,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     finally:
         for bar in progress:
             bar.finish()
-    report.errors[:0] = unavailable
-    if not sources and not unavailable:
+    if not sources:
         report.messages.append("no source is enabled in the configuration (see [sources.*]); "
                                "--usb scans this host's USB anyway")
     elif not args.no_store:

@@ -76,7 +76,10 @@ class UsbSourceConfig(_Section):
     sync_deadline: Annotated[float, Field(gt=0, le=120)] = 10.0
 
 
-DEFAULT_MDNS_TYPES = ("_logitech-sync._tcp.local.", "_https._tcp.local.", "_http._tcp.local.")
+#: CollabOS devices serve their "Local Network Access" page over HTTPS (protocols.md, V); no
+#: public source names their mDNS service types (U), so the defaults are the web types and the
+#: catalog's host-name patterns (RallyBar-…) do the identifying. --mdns-type adds more.
+DEFAULT_MDNS_TYPES = ("_https._tcp.local.", "_http._tcp.local.")
 
 
 class MdnsSourceConfig(_Section):

@@ -36,6 +36,9 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 MASK = "********"
+#: Zero-width (non-)joiners are format characters that text needs: emoji sequences (👨‍👩‍👧),
+#: Persian and Indic scripts. Kept; every other format character is dropped.
+_JOINERS = frozenset("\u200c\u200d")
 
 
 @lru_cache(maxsize=4096)  # device JSON repeats the same few hundred keys on every parse
@@ -96,7 +99,7 @@ def clean_text(raw: bytes | str | None, *, max_len: int = DEFAULT_MAX_LEN) -> Cl
     dropped = False
     for ch in stripped:
         category = unicodedata.category(ch)
-        if category[0] == "C":  # control, format, surrogate, private use, unassigned
+        if category[0] == "C" and ch not in _JOINERS:  # control, format, surrogate, private use…
             dropped = True
         elif category[0] == "Z":  # any kind of space or line separator
             kept.append(" ")

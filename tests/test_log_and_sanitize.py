@@ -54,6 +54,14 @@ def test_clean_text_always_printable_and_bounded(raw: bytes | str, max_len: int)
         assert not any(unicodedata.category(c)[0] == "C" for c in result.value)
 
 
+def test_joiners_are_kept_other_format_characters_dropped() -> None:
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    assert clean_text(f"Room {family}").value == f"Room {family}"
+    assert clean_text("می\u200cخواهم").value == "می\u200cخواهم"  # Persian ZWNJ
+    dropped = clean_text("ab\u200bcd\u202e")  # zero-width space, right-to-left override
+    assert dropped.value == "abcd" and "control-chars" in dropped.problems
+
+
 def test_placeholders() -> None:
     for value in ("0000000000", "FFFFFFFF", "To be filled by O.E.M.", "Default string", "", None):
         assert is_placeholder_serial(value), value

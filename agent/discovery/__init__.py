@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 #: Every source the agent has, by name. Adding a source is one module and one line here.
 SOURCES: dict[str, str] = {
     "usb": "agent.discovery.usb:UsbSource",
+    "mdns": "agent.discovery.mdns:MdnsSource",
     "snmp": "agent.discovery.snmp:SnmpSource",
     "ssh": "agent.discovery.ssh:SshSource",
 }
