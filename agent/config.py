@@ -185,6 +185,18 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class SelectConfig(_Section):
+    """Logitech SELECT facts the entitlement records do not carry (domain.md S1, S3)."""
+
+    #: The enterprise plan's tier, when the customer has one (S3): rooms it serves.
+    enterprise_tier: Literal["100", "250", "500", "1000", "2000", "5000", "SLX"] | None = None
+
+    @field_validator("enterprise_tier", mode="before")
+    @classmethod
+    def _tier_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class AgentConfig(_Section):
     """The whole configuration file."""
 
@@ -194,6 +206,7 @@ class AgentConfig(_Section):
     sources: SourcesConfig = SourcesConfig()
     portal: PortalConfig = PortalConfig()
     api: ApiConfig = ApiConfig()
+    select: SelectConfig = SelectConfig()
 
 
 @dataclass(frozen=True, slots=True)
