@@ -10,7 +10,11 @@ Lookups a collector needs:
 * :meth:`Catalog.match_host_name` and :meth:`Catalog.match_lan` — units found on the LAN
   (mDNS host names and TXT values, SNMP sysObjectID / sysDescr / ENTITY-MIB rows);
 * :meth:`Catalog.vendor_for` — the vendor of something the catalog does not know, so an
-  unknown SNMP responder is still reported with a vendor.
+  unknown SNMP responder is still reported with a vendor;
+* :attr:`Catalog.systems` / :meth:`Catalog.system` / :meth:`Catalog.systems_with` — the kinds
+  of system a room's units are grouped into (``[[system]]``: a Rally system, a Tap bundle, a
+  CollabOS bar with its peripherals), with the role whose unit is the primary unit (P1) and
+  the role whose serial support tickets quote (P2). :mod:`agent.systems` does the grouping.
 
 An id that is Logitech's but unknown to the catalog is never dropped: collectors report it
 as :data:`UNKNOWN_LOGITECH` with its ids.
@@ -35,6 +39,11 @@ FAMILIES = frozenset({
     "speakerphone", "whiteboard-camera", "system", "peripheral", "room-pc",
 })
 USB_ROLES = frozenset({"main", "hub", "hid", "audio", "video", "function"})
+#: How much a system needs a role: ``required`` (no system without it), ``expected`` (the
+#: system is formed but flagged incomplete without it), ``optional``.
+SYSTEM_NEEDS = ("required", "expected", "optional")
+#: A rule id of domain.md (``P1``, ``S8``) or a named list (``S-list``).
+_RULE_ID = re.compile(r"^[A-Z][A-Za-z0-9]*(-[A-Za-z0-9]+)*$")
 
 
 class CatalogError(ValueError):
@@ -140,6 +149,44 @@ class LanMatch:
     how: str
 
 
+@dataclass(frozen=True, slots=True)
+class SystemRole:
+    """One role in a kind of system: which products fill it, how much the system needs it,
+    and how many units it takes (``max``; ``None`` = no limit)."""
+
+    role: str
+    products: tuple[str, ...]
+    need: str = "optional"
+    max: int | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.need == "required"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """A kind of system (``[[system]]`` in the catalog): units of one room that form one
+    product or bundle. ``primary`` names the role whose unit is the primary unit (P1);
+    ``ticket`` the role whose serial support tickets quote (P2 for a Tap bundle). Each
+    decision cites its rule ids (``primary_rules``, ``ticket_rules``)."""
+
+    name: str
+    roles: tuple[SystemRole, ...]
+    primary: str
+    ticket: str
+    primary_rules: tuple[str, ...]
+    ticket_rules: tuple[str, ...]
+    description: str = ""
+
+    def role(self, name: str) -> SystemRole:
+        return next(r for r in self.roles if r.role == name)
+
+    def role_of(self, product: str | None) -> SystemRole | None:
+        """The role ``product`` fills in this kind of system, if any."""
+        return next((r for r in self.roles if product in r.products), None)
+
+
 #: Dotted prefix of SNMP enterprise object ids (sysObjectID 1.3.6.1.4.1.<number>…).
 ENTERPRISES_PREFIX = "1.3.6.1.4.1."
 
@@ -148,7 +195,8 @@ class Catalog:
     """The loaded product catalog. Use :func:`load_catalog` to get the shipped one."""
 
     def __init__(self, products: list[Product], default_warranty_years: int,
-                 vendors: list[Vendor] | None = None, mdns_keys: MdnsKeys | None = None) -> None:
+                 vendors: list[Vendor] | None = None, mdns_keys: MdnsKeys | None = None,
+                 systems: list[SystemSpec] | None = None) -> None:
         self.products: dict[str, Product] = {}
         self.default_warranty_years = default_warranty_years
         self.vendors: list[Vendor] = list(vendors or ())
@@ -179,6 +227,36 @@ class Catalog:
                 self._collabos[code.upper()] = p
             for number in p.model_numbers:
                 self._model_numbers.setdefault(_norm_model(number), []).append(p)
+        #: Kinds of system, in the order units are grouped into them (first match first).
+        self.systems: tuple[SystemSpec, ...] = tuple(systems or ())
+        self._systems: dict[str, SystemSpec] = {}
+        for spec in self.systems:
+            self._check_system(spec)
+            self._systems[spec.name] = spec
+
+    def _check_system(self, spec: SystemSpec) -> None:
+        """Cross-checks of a ``[[system]]`` entry against the products (data errors)."""
+        where = f"system {spec.name!r}"
+        if spec.name in self._systems:
+            raise CatalogError(f"{where} is listed twice")
+        for role in spec.roles:
+            for name in role.products:
+                if name not in self.products:
+                    raise CatalogError(f"{where}: role {role.role!r} names unknown product {name!r}")
+        # P1: a system registers its primary unit's serial, and a ticket quotes a unit's own
+        # serial (P2): both roles must hold units the catalog marks as primary units.
+        for what, role_name in (("primary", spec.primary), ("ticket", spec.ticket)):
+            for name in spec.role(role_name).products:
+                if not self.products[name].primary_unit:
+                    raise CatalogError(f"{where}: {what} role {role_name!r} holds {name!r}, which "
+                                       "is not a primary unit (primary_unit = false)")
+
+    def system(self, name: str) -> SystemSpec:
+        return self._systems[name]
+
+    def systems_with(self, product: str | None) -> list[SystemSpec]:
+        """The kinds of system ``product`` can be part of, in grouping order."""
+        return [s for s in self.systems if s.role_of(product) is not None]
 
     def product(self, name: str) -> Product:
         return self.products[name]
@@ -315,7 +393,7 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
     default_years = data.get("default_standard_warranty_years", 2)
     if not isinstance(default_years, int) or default_years < 0:
         raise CatalogError("default_standard_warranty_years must be a whole number ≥ 0")
-    unknown = set(data) - {"default_standard_warranty_years", "product", "vendor", "mdns"}
+    unknown = set(data) - {"default_standard_warranty_years", "product", "vendor", "mdns", "system"}
     if unknown:
         raise CatalogError(f"unknown top-level keys {sorted(unknown)}")
     products = []
@@ -324,7 +402,9 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
         products.append(_parse_product(raw, where, default_years))
     vendors = [_parse_vendor(raw, f"vendor[{i}] ({raw.get('name', '?')})")
                for i, raw in enumerate(data.get("vendor", []))]
-    return Catalog(products, default_years, vendors, _parse_mdns(data.get("mdns", {})))
+    systems = [_parse_system(raw, f"system[{i}] ({raw.get('name', '?')})")
+               for i, raw in enumerate(data.get("system", []))]
+    return Catalog(products, default_years, vendors, _parse_mdns(data.get("mdns", {})), systems)
 
 
 def _patterns(raw: dict[str, Any], key: str, where: str, *,
@@ -367,6 +447,84 @@ def _parse_mdns(raw: dict[str, Any]) -> MdnsKeys:
             raise CatalogError(f"mdns: {key} must be a list of strings")
         keys[key] = tuple(v.lower() for v in values)
     return MdnsKeys(keys["txt_model_keys"], keys["txt_serial_keys"], keys["txt_firmware_keys"])
+
+
+_SYSTEM_KEYS = frozenset({"name", "description", "members", "primary", "ticket",
+                          "primary_rules", "ticket_rules"})
+_MEMBER_KEYS = frozenset({"role", "products", "need", "max"})
+
+
+def _rule_ids(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    values = raw.get(key)
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, str) and _RULE_ID.match(v) for v in values)):
+        raise CatalogError(f"{where}: {key} must be a non-empty list of rule ids (\"P1\", \"S-list\")")
+    return tuple(values)
+
+
+def _parse_member(raw: Any, where: str) -> SystemRole:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: must be a table {{ role = …, products = […] }}")
+    unknown = set(raw) - _MEMBER_KEYS
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+    role = raw.get("role")
+    if not isinstance(role, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", role):
+        raise CatalogError(f"{where}: role must be a lower-case word (\"camera\", \"room-pc\")")
+    products = raw.get("products")
+    if (not isinstance(products, list) or not products
+            or not all(isinstance(p, str) and p for p in products)):
+        raise CatalogError(f"{where}: products must be a non-empty list of product names")
+    need = raw.get("need", "optional")
+    if need not in SYSTEM_NEEDS:
+        raise CatalogError(f"{where}: need {need!r} is not one of {list(SYSTEM_NEEDS)}")
+    limit = raw.get("max")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise CatalogError(f"{where}: max must be a whole number ≥ 1 (leave it out for no limit)")
+    return SystemRole(role, tuple(products), need, limit)
+
+
+def _parse_system(raw: dict[str, Any], where: str) -> SystemSpec:
+    unknown = set(raw) - _SYSTEM_KEYS
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{where}: name is required")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise CatalogError(f"{where}: description must be a string")
+    members = raw.get("members")
+    if not isinstance(members, list) or not members:
+        raise CatalogError(f"{where}: members must be a non-empty list of roles")
+    roles = tuple(_parse_member(m, f"{where}: members[{j}]") for j, m in enumerate(members))
+    seen_roles: set[str] = set()
+    seen_products: dict[str, str] = {}
+    for r in roles:
+        if r.role in seen_roles:
+            raise CatalogError(f"{where}: role {r.role!r} is listed twice")
+        seen_roles.add(r.role)
+        for product in r.products:
+            if product in seen_products:
+                raise CatalogError(f"{where}: product {product!r} is in roles {seen_products[product]!r} "
+                                   f"and {r.role!r}: a product fills one role of a system")
+            seen_products[product] = r.role
+    if not any(r.required for r in roles):
+        raise CatalogError(f"{where}: at least one role must have need = \"required\"")
+    picked = {}
+    for key in ("primary", "ticket"):
+        role_name = raw.get(key)
+        role = next((r for r in roles if r.role == role_name), None)
+        if role is None:
+            raise CatalogError(f"{where}: {key} must name one of the roles {sorted(seen_roles)}")
+        if not role.required or role.max != 1:
+            raise CatalogError(f"{where}: {key} role {role_name!r} must have need = \"required\" "
+                               "and max = 1 (one unit stands for the system)")
+        picked[key] = role.role
+    return SystemSpec(name=name, roles=roles, primary=picked["primary"], ticket=picked["ticket"],
+                      primary_rules=_rule_ids(raw, "primary_rules", where),
+                      ticket_rules=_rule_ids(raw, "ticket_rules", where),
+                      description=description)
 
 
 _BOOL_KEYS = ("primary_unit", "key_device", "select_supported", "reseller_supported",

@@ -74,7 +74,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from agent.sanitize import clean_text, is_placeholder_serial
+from agent.sanitize import clean_text, is_placeholder_serial, normalize_serial
 
 __all__ = [
     "COLUMNS",
@@ -165,11 +165,6 @@ class EntitlementsError(ValueError):
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
-
-
-def normalize_serial(serial: str) -> str:
-    """The form serials are stored and compared in: no white space, upper case."""
-    return "".join(serial.split()).upper()
 
 
 class Entitlements(Mapping[str, EntitlementRecord]):

@@ -136,3 +136,9 @@ def clean_serial(raw: bytes | str | None, *, max_len: int = 64) -> CleanText:
     if cleaned.value is not None and is_placeholder_serial(cleaned.value):
         return CleanText(None, (*cleaned.problems, "placeholder"))
     return cleaned
+
+
+def normalize_serial(serial: str) -> str:
+    """The form serials are compared in (entitlement records, room maps, inventory): no
+    white space, upper case."""
+    return "".join(serial.split()).upper()

@@ -1,0 +1,674 @@
+"""The room map: which room a unit found on the LAN stands in.
+
+Units on this host's own USB belong to the configured room, and units a source already knows
+the room of (a configured SSH host's ``room``) keep it: the map never overrides an explicit
+room (:mod:`agent.inventory`). Everything else — SNMP responders, mDNS hosts, room PCs read over
+SSH without a ``room`` — is placed by this map, or listed as *unassigned*, never dropped.
+
+The file format (for operators)
+-------------------------------
+A CSV file with a header row naming the columns; ``config/rooms.example.csv`` is a worked
+example. Column order is free; ``match``, ``value`` and ``room`` are required.
+
+============  =================================================================================
+column        meaning
+============  =================================================================================
+match         what ``value`` is: ``serial``, ``host``, ``address`` or ``cidr``
+value         the serial, host name, IP address or CIDR range to match
+room          the room id the matching units stand in: letters, digits and ``. _ : / -``,
+              starting with a letter or digit, at most 64 characters (as ``[room] id`` in
+              the agent's configuration)
+room_name     optional: the room's name, shown to people
+group         optional: the room's group (Sync's "group", e.g. ``Oslo HQ / 4th floor``)
+location      optional: where the room is (``Oslo, Norway``)
+seat_count    optional: a whole number from 0 to 10000
+============  =================================================================================
+
+What each kind of ``match`` compares:
+
+* ``serial``: the unit's serial as the agent reads it (``roomsync scan`` shows it). White space
+  is removed and letters upper-cased on both sides, so ``2313 fd1n08z2`` matches
+  ``2313FD1N08Z2``. Placeholders (``N/A``, ``00000000``…) are refused.
+* ``host``: a host name the unit gives (mDNS host, SNMP sysName, a room PC's host name) or the
+  host part of its address (``room-pc-12`` in ``room-pc-12:2222``). Case-insensitive; a
+  trailing dot and a ``.local`` suffix are ignored. A value without a dot also matches the
+  first label of a longer name (``room-pc-12`` matches ``room-pc-12.oslo.example.com``); a
+  value with dots must match the whole name. Units on a room PC's USB
+  (``room-pc-12/usb/1-1.2``) match through the PC's host.
+* ``address``: one IPv4 or IPv6 address, without a port; matches the unit's address whatever
+  port it was reached on (``10.1.2.3:1161``, ``[2001:db8::5]:22``) and the addresses an mDNS
+  host announced.
+* ``cidr``: a range such as ``10.1.2.0/24`` or ``2001:db8:4::/64`` (host bits must be zero).
+
+A row with ``match`` and ``value`` both blank places nothing: it only describes its room (name,
+group, location, seat count). A room's details may be given on any of its rows; where several
+rows give the same detail they must agree. Every room the file names is listed, with its
+devices or as found empty.
+
+When several rows match one unit, the most specific wins, and only then the earlier line:
+
+    serial  >  host  >  address  >  the narrowest cidr
+
+(a whole host name beats a first-label match). Two rows with the same ``match`` and ``value``
+are refused, whether or not they name the same room.
+
+The file is read the way the entitlements import reads its own: UTF-8 with or without a
+byte-order mark, ``,`` or ``;`` as the delimiter (whichever the header line uses more), CRLF or
+LF line ends, quoted cells (a cell cannot span lines). Column names are matched
+case-insensitively, spaces and hyphens read as ``_``; an unknown or repeated column is
+refused. Blank lines are skipped; a line whose first non-blank character is ``#`` is a comment,
+anywhere in the file (quote a first cell that starts with ``#``). At most 10 MB.
+
+A file with any problem is refused as a whole: nothing is placed by it, and every problem is
+listed as ``FILE:LINE: COLUMN: what is wrong`` (``FILE:LINE: what is wrong`` for a whole row,
+``FILE: what is wrong`` for the whole file) in :class:`RoomMapError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from agent.model import Device, Room, Transport
+from agent.sanitize import is_placeholder_serial, normalize_serial
+
+__all__ = [
+    "COLUMNS",
+    "HOST_NAME_ATTRIBUTES",
+    "MAX_FILE_BYTES",
+    "MatchKind",
+    "Placement",
+    "RoomMap",
+    "RoomMapError",
+    "RoomRule",
+    "load_room_map",
+    "normalize_host",
+    "normalize_serial",
+    "parse_room_map",
+    "place",
+    "rule",
+    "split_address",
+]
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_TEXT_LEN = 200          # as the configuration's text values
+MAX_SEATS = 10_000
+MAX_SERIAL_LEN = 64
+#: A file in the wrong encoding is wrong on every line: list this many.
+MAX_ENCODING_PROBLEMS = 20
+
+#: Device attributes that hold a host name: mDNS ``host``, a room PC's ``hostname``, SNMP
+#: ``sys_name`` (the collectors' keys).
+HOST_NAME_ATTRIBUTES = ("host", "hostname", "sys_name")
+#: Device attributes that hold a list of addresses (an mDNS host's announced addresses).
+ADDRESS_LIST_ATTRIBUTES = ("addresses",)
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+MAX_ROOM_ID_LEN = 64
+#: Control characters, refused in text cells (the configuration's text values refuse them too).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+#: A host name: dot-separated labels (no overlapping repeats: linear time on any input).
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+MAX_HOST_LEN = 253
+
+
+class MatchKind(StrEnum):
+    """What a rule's value is, in order of precedence (most specific first)."""
+
+    SERIAL = "serial"
+    HOST = "host"
+    ADDRESS = "address"
+    CIDR = "cidr"
+
+COLUMNS: tuple[str, ...] = ("match", "value", "room", "room_name", "group", "location", "seat_count")
+_REQUIRED = ("match", "value", "room")
+_MATCH_HINTS = {"ip": "address", "ip_address": "address", "addr": "address", "hostname": "host",
+                "host_name": "host", "name": "host", "subnet": "cidr", "network": "cidr",
+                "range": "cidr", "sn": "serial", "serial_number": "serial"}
+
+
+class RoomMapError(ValueError):
+    """The room map was refused. ``problems`` lists every problem, one line each
+    (``file:line: column: what is wrong``); ``str()`` joins them with newlines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRule:
+    """One row that places units: ``value`` in its normalised form (see the module text).
+    ``line`` and ``source`` say where it came from; they take no part in equality."""
+
+    match: MatchKind
+    value: str
+    room: str
+    line: int | None = field(default=None, compare=False)
+    source: str = field(default="<memory>", compare=False)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.match} {self.value} → {self.room}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Why a unit was placed: the rule that won and the fact of the unit it matched
+    (``serial``, ``attributes.sys_name``, ``address``, ``attributes.addresses``)."""
+
+    room: str
+    rule: RoomRule
+    fact: str
+
+
+class _Bad(ValueError):
+    """One cell is wrong; the message says how (without file, line or column)."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+def normalize_host(text: str) -> str:
+    """Host names are compared lower-cased, without a trailing dot or ``.local`` suffix."""
+    return text.strip().rstrip(".").lower().removesuffix(".local")
+
+
+def _ip(text: str) -> IpAddress | None:
+    """``text`` as an IP address (an IPv6 zone is dropped, an IPv4-mapped IPv6 address is its
+    IPv4 address), else ``None``."""
+    try:
+        found = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
+
+
+def _network(net: IpNetwork) -> IpNetwork:
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def split_address(address: str) -> tuple[str | None, IpAddress | None]:
+    """The host part of a device address as ``(host name, None)`` or ``(None, ip)``.
+
+    ``10.1.2.3``, ``10.1.2.3:1161``, ``[::1]:22``, ``::1``, ``room-pc-12:2222`` and
+    ``room-pc-12/usb/1-1.2`` (a unit on that PC's USB) are understood; anything else gives
+    ``(None, None)``.
+    """
+    text = address.strip().split("/", 1)[0]
+    if text.startswith("["):
+        inside, _, _rest = text[1:].partition("]")
+        return None, _ip(inside)
+    found = _ip(text)
+    if found is not None:
+        return None, found
+    if text.count(":") == 1:
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None, None
+        found = _ip(text)
+        if found is not None:
+            return None, found
+    name = normalize_host(text)
+    return (name, None) if _is_host(name) else (None, None)
+
+
+def _is_host(name: str) -> bool:
+    return len(name) <= MAX_HOST_LEN and _HOST.match(name) is not None
+
+
+def _parse_serial(text: str) -> str:
+    serial = normalize_serial(text)
+    if not serial.isprintable():
+        raise _Bad(f"{text!r} holds control characters")
+    if len(serial) > MAX_SERIAL_LEN:
+        raise _Bad(f"is longer than {MAX_SERIAL_LEN} characters")
+    if is_placeholder_serial(serial):
+        raise _Bad(f"{text!r} is a placeholder, not a serial")
+    return serial
+
+
+def _parse_host(text: str) -> str:
+    if _ip(text.strip("[]")) is not None:
+        raise _Bad(f"{text!r} is an IP address: use match 'address'")
+    if "/" in text or ":" in text:
+        raise _Bad(f"{text!r} is not a host name (write the name alone, without port or path)")
+    name = normalize_host(text)
+    if _DOTTED_NUMBERS.match(name):
+        raise _Bad(f"{text!r} is not a host name, nor an IP address")
+    if len(name) > MAX_HOST_LEN:
+        raise _Bad(f"is longer than {MAX_HOST_LEN} characters")
+    if not _HOST.match(name):
+        raise _Bad(f"{text!r} is not a host name (letters, digits, '-', '_' and dots)")
+    return name
+
+
+def _parse_address(text: str) -> str:
+    if "/" in text:
+        raise _Bad(f"{text!r} is a range: use match 'cidr'")
+    found = _ip(text)
+    if found is None:
+        host, ip = split_address(text)
+        if ip is not None:
+            raise _Bad(f"{text!r} has a port: write the address alone ({ip})")
+        if host is not None and not _DOTTED_NUMBERS.match(host):
+            raise _Bad(f"{text!r} is not an IP address: use match 'host' for a host name")
+        raise _Bad(f"{text!r} is not an IPv4 or IPv6 address")
+    return str(found)
+
+
+def _parse_cidr(text: str) -> str:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            loose = ipaddress.ip_network(text, strict=False)
+            raise _Bad(f"{text!r} has host bits set: did you mean {loose}?") from None
+        raise _Bad(f"{text!r} is not a CIDR range (e.g. 10.1.2.0/24, 2001:db8::/64)") from None
+    return str(_network(net))
+
+
+_VALUE_PARSERS = {
+    MatchKind.SERIAL: _parse_serial,
+    MatchKind.HOST: _parse_host,
+    MatchKind.ADDRESS: _parse_address,
+    MatchKind.CIDR: _parse_cidr,
+}
+
+
+def _parse_kind(text: str) -> MatchKind:
+    word = text.strip().lower()
+    try:
+        return MatchKind(word)
+    except ValueError:
+        hint = _MATCH_HINTS.get(word.replace(" ", "_").replace("-", "_"))
+        kinds = ", ".join(k.value for k in MatchKind)
+        raise _Bad(f"{text!r} is not one of {kinds}" + (f" (use {hint})" if hint else "")) from None
+
+
+def _parse_room_id(text: str) -> str:
+    if len(text) > MAX_ROOM_ID_LEN:
+        raise _Bad(f"is longer than {MAX_ROOM_ID_LEN} characters")
+    if not ROOM_ID.match(text):
+        raise _Bad(f"{text!r} is not a room id: letters, digits and . _ : / -, starting with a "
+                   "letter or digit")
+    return text
+
+
+def _parse_text(text: str) -> str:
+    if _CONTROL.search(text):
+        raise _Bad("holds control characters")
+    if len(text) > MAX_TEXT_LEN:
+        raise _Bad(f"is longer than {MAX_TEXT_LEN} characters")
+    return text
+
+
+def _parse_seats(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise _Bad(f"{text!r} is not a whole number of 0 or more")
+    seats = int(text)
+    if seats > MAX_SEATS:
+        raise _Bad(f"{text!r} is too large (at most {MAX_SEATS})")
+    return seats
+
+
+def rule(match: MatchKind | str, value: str, room: str) -> RoomRule:
+    """A rule built in code (tests, the portal), checked and normalised as a file row is.
+    Raises :class:`RoomMapError`."""
+    try:
+        kind = _parse_kind(str(match))
+        return RoomRule(kind, _VALUE_PARSERS[kind](value.strip()), _parse_room_id(room.strip()))
+    except _Bad as exc:
+        raise RoomMapError([f"<memory>: {match} {value!r}: {exc}"]) from None
+
+
+# --------------------------------------------------------------------------- the map
+
+
+class RoomMap:
+    """Rules that place units in rooms, and what the file says about each room.
+
+    ``rooms`` holds every room the map names (with its details where given). Build one with
+    :func:`load_room_map` / :func:`parse_room_map`, or from :func:`rule` objects in code (they
+    carry checked, normalised values). Two rules with one ``match`` and value are refused
+    (:class:`RoomMapError`).
+    """
+
+    __slots__ = ("_by_address", "_by_host", "_by_serial", "_cidrs", "rooms", "rules", "source")
+
+    def __init__(self, rules: Iterable[RoomRule] = (), rooms: Iterable[Room] = (), *,
+                 source: str = "<memory>") -> None:
+        self.source = source
+        self.rules: tuple[RoomRule, ...] = tuple(rules)
+        self.rooms: dict[str, Room] = {r.id: r for r in rooms}
+        self._by_serial: dict[str, RoomRule] = {}
+        self._by_host: dict[str, RoomRule] = {}
+        self._by_address: dict[IpAddress, RoomRule] = {}
+        cidrs: dict[IpNetwork, RoomRule] = {}
+        problems = []
+        for r in self.rules:
+            self.rooms.setdefault(r.room, Room(r.room))
+            index: dict[Any, RoomRule]
+            key: Any
+            if r.match is MatchKind.CIDR:
+                index, key = cidrs, _network(ipaddress.ip_network(r.value))
+            elif r.match is MatchKind.SERIAL:
+                index, key = self._by_serial, normalize_serial(r.value)
+            elif r.match is MatchKind.HOST:
+                index, key = self._by_host, normalize_host(r.value)
+            else:
+                index, key = self._by_address, _ip(r.value)
+            if key in index:
+                problems.append(_duplicate(r, index[key]))
+            index.setdefault(key, r)
+        if problems:
+            raise RoomMapError(problems)
+        # Narrowest first; equal prefixes cannot both hold one address unless equal (refused).
+        self._cidrs: tuple[tuple[IpNetwork, RoomRule], ...] = tuple(
+            sorted(cidrs.items(), key=lambda item: -item[0].prefixlen))
+
+    def __repr__(self) -> str:
+        return f"RoomMap({len(self.rules)} rules, {len(self.rooms)} rooms from {self.source})"
+
+    def match(self, device: Device) -> Placement | None:
+        """The placement the map gives ``device`` (whatever room it already has), or ``None``.
+        Precedence: serial > host > address > the narrowest cidr; then the earliest line."""
+        return (self._match_serial(device) or self._match_host(device)
+                or self._match_address(device))
+
+    def _match_serial(self, device: Device) -> Placement | None:
+        if not device.serial:
+            return None
+        found = self._by_serial.get(normalize_serial(device.serial))
+        return Placement(found.room, found, "serial") if found else None
+
+    def _match_host(self, device: Device) -> Placement | None:
+        best: tuple[tuple[int, int], Placement] | None = None
+        for fact, name in _host_names(device):
+            candidates = [(0, self._by_host.get(name))]
+            if "." in name:  # a rule without a dot matches the first label (module text)
+                candidates.append((1, self._by_host.get(name.split(".", 1)[0])))
+            for quality, found in candidates:
+                if found is None:
+                    continue
+                key = (quality, _line(found))
+                if best is None or key < best[0]:
+                    best = (key, Placement(found.room, found, fact))
+        return best[1] if best else None
+
+    def _match_address(self, device: Device) -> Placement | None:
+        ips = _addresses(device)
+        exact = [(_line(r), Placement(r.room, r, fact))
+                 for fact, ip in ips if (r := self._by_address.get(ip)) is not None]
+        if exact:
+            return min(exact, key=lambda item: item[0])[1]
+        best: tuple[tuple[int, int], Placement] | None = None
+        for fact, ip in ips:
+            for net, r in self._cidrs:
+                if ip.version == net.version and ip in net:
+                    key = (-net.prefixlen, _line(r))
+                    if best is None or key < best[0]:
+                        best = (key, Placement(r.room, r, fact))
+                    break  # the narrowest range holding this address
+        return best[1] if best else None
+
+
+def _duplicate(r: RoomRule, first: RoomRule) -> str:
+    where = f"line {first.line}" if first.line is not None else first.where
+    same = "the same room" if first.room == r.room else f"room {first.room}"
+    return f"{r.where}: value: {r.match} {r.value} is already mapped on {where} ({same})"
+
+
+def _line(r: RoomRule) -> int:
+    return r.line if r.line is not None else 0
+
+
+def _host_names(device: Device) -> Iterator[tuple[str, str]]:
+    """``(fact, normalised host name)`` for every host name the device gives."""
+    for key in HOST_NAME_ATTRIBUTES:
+        value = device.attributes.get(key)
+        if isinstance(value, str) and value.strip():
+            yield f"attributes.{key}", normalize_host(value)
+    if device.transport is not Transport.USB:  # a USB address is a port path, not a host
+        host, _ = split_address(device.address)
+        if host is not None:
+            yield "address", host
+
+
+def _addresses(device: Device) -> list[tuple[str, IpAddress]]:
+    """``(fact, address)`` for every IP address the device was reached on or announced."""
+    found: list[tuple[str, IpAddress]] = []
+    if device.transport is not Transport.USB:
+        _, ip = split_address(device.address)
+        if ip is not None:
+            found.append(("address", ip))
+    for key in ADDRESS_LIST_ATTRIBUTES:
+        values = device.attributes.get(key)
+        if isinstance(values, list | tuple):
+            for value in values:
+                ip = _ip(value) if isinstance(value, str) else None
+                if ip is not None:
+                    found.append((f"attributes.{key}", ip))
+    return found
+
+
+def place(device: Device, room_map: RoomMap) -> str | None:
+    """The room id the map gives ``device``, or ``None``. Pure; it ignores ``device.room``
+    (the inventory keeps an explicit room and asks the map only for units without one)."""
+    found = room_map.match(device)
+    return found.room if found else None
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
+    """Read and check a room-map CSV file; raise :class:`RoomMapError` (every problem listed,
+    nothing placed) when anything in it is wrong."""
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise RoomMapError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from exc
+    return parse_room_map(data, name, max_bytes=max_bytes)
+
+
+def parse_room_map(data: str | bytes, name: str = "<file>", *,
+                   max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
+    """Check and read room-map CSV content (bytes as read from a file, or text); ``name`` is
+    used in messages."""
+    if len(data) > max_bytes:
+        raise RoomMapError([f"{name}: the file is larger than {max_bytes // (1024 * 1024)} MB"
+                            if max_bytes >= 1024 * 1024 else
+                            f"{name}: the file is larger than {max_bytes} bytes"])
+    text = _decode(data, name) if isinstance(data, bytes) else data
+    return _Reader(name).run(text.removeprefix("\ufeff"))
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RoomMapError([f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): save it as "
+                            "'CSV UTF-8' instead"])
+    problems = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
+                            f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'")
+    if len(problems) > MAX_ENCODING_PROBLEMS:
+        rest = len(problems) - MAX_ENCODING_PROBLEMS
+        problems = [*problems[:MAX_ENCODING_PROBLEMS], f"{name}: {rest} more lines are not UTF-8"]
+    raise RoomMapError(problems)
+
+
+def _normalize_column(text: str) -> str:
+    return text.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _rows(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for every line that is neither blank nor a comment."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, line
+
+
+_DETAILS = ("room_name", "group", "location", "seat_count")
+
+
+class _Reader:
+    """One read of a file: collects every problem; the map is built only when there is none."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[str] = []
+        self.delimiter = ","
+
+    def problem(self, line: int, column: str | None, what: str) -> None:
+        self.problems.append(f"{self.name}:{line}: {column}: {what}" if column
+                             else f"{self.name}:{line}: {what}")
+
+    def cells(self, line: int, text: str) -> list[str] | None:
+        try:
+            return next(csv.reader([text], delimiter=self.delimiter, strict=True))
+        except csv.Error as exc:
+            self.problem(line, None, f"the row cannot be read as CSV ({exc}); a quoted cell "
+                                     "cannot span lines")
+            return None
+
+    def run(self, text: str) -> RoomMap:
+        lines = _rows(text)
+        first = next(lines, None)
+        if first is None:
+            raise RoomMapError([f"{self.name}:1: the file is empty: it needs a header row naming "
+                                "the columns (match,value,room)"])
+        header_line, header_text = first
+        self.delimiter = ";" if header_text.count(";") > header_text.count(",") else ","
+        columns = self.header(header_line, self.cells(header_line, header_text) or [])
+        rules: list[RoomRule] = []
+        details: dict[str, dict[str, tuple[Any, int]]] = {}
+        if not self.problems:
+            for line, row in lines:
+                cells = self.cells(line, row)
+                if cells is not None:
+                    self.row(line, cells, columns, rules, details)
+        if not self.problems:
+            try:
+                return RoomMap(rules, _rooms(details), source=self.name)
+            except RoomMapError as exc:
+                self.problems.extend(exc.problems)
+        raise RoomMapError(self.problems)
+
+    def header(self, line: int, cells: list[str]) -> list[str | None]:
+        names = [_normalize_column(c) for c in cells]
+        while names and not names[-1]:
+            names.pop()  # spreadsheets write empty columns at the end
+        if not any(n in COLUMNS for n in names):
+            shown = self.delimiter.join(cells)[:80]
+            raise RoomMapError([f"{self.name}:{line}: no header row: the first line must name the "
+                                f"columns (match,value,room), found {shown!r}"])
+        columns: list[str | None] = []
+        seen: dict[str, int] = {}
+        for position, column in enumerate(names, start=1):
+            if not column:
+                self.problem(line, f"column {position}", "has no name")
+            elif column not in COLUMNS:
+                close = difflib.get_close_matches(column, COLUMNS, n=1, cutoff=0.7)
+                hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(COLUMNS)})"
+                self.problem(line, column, "unknown column" + hint)
+            elif column in seen:
+                self.problem(line, column, f"appears twice (columns {seen[column]} and {position})")
+            else:
+                seen[column] = position
+            columns.append(column if column in COLUMNS and seen.get(column) == position else None)
+        for column in _REQUIRED:
+            if column not in seen:
+                self.problem(line, column, "the column is missing (required: match, value, room)")
+        return columns
+
+    def row(self, line: int, cells: list[str], columns: list[str | None], rules: list[RoomRule],
+            details: dict[str, dict[str, tuple[Any, int]]]) -> None:
+        width = len(columns)
+        if len(cells) > width and not "".join(cells[width:]).strip():
+            cells = cells[:width]  # spreadsheets pad rows with empty cells
+        if not "".join(cells).strip():
+            return  # a row of empty cells
+        if len(cells) != width:
+            self.problem(line, None, f"the row has {len(cells)} cells but the header has {width} "
+                                     f"(the delimiter is {self.delimiter!r})")
+            return
+        raw = {c: cells[i].strip() for i, c in enumerate(columns) if c is not None}
+        room = self.cell(line, "room", raw, _parse_room_id)
+        if not raw["room"]:
+            self.problem(line, "room", "is empty: every row names a room")
+        kind = self.cell(line, "match", raw, _parse_kind)
+        if raw["match"] and not raw["value"]:
+            self.problem(line, "value", f"is empty: give the {raw['match']} to match")
+        elif raw["value"] and not raw["match"]:
+            self.problem(line, "match", "is empty: say what value is (serial, host, address or cidr)")
+        value = self.cell(line, "value", raw, _VALUE_PARSERS[kind]) if kind is not None else None
+        parsers = {"room_name": _parse_text, "group": _parse_text, "location": _parse_text,
+                   "seat_count": _parse_seats}
+        given = {c: v for c in _DETAILS if (v := self.cell(line, c, raw, parsers[c])) is not None}
+        if room is None:
+            return
+        if not raw["match"] and not raw["value"] and not given:
+            self.problem(line, None, "the row places nothing and describes nothing: give match and "
+                                     "value, or the room's details")
+        if kind is not None and value is not None:
+            rules.append(RoomRule(kind, value, room, line, self.name))
+        known = details.setdefault(room, {})
+        for column, detail in given.items():
+            if column in known and known[column][0] != detail:
+                earlier, first_line = known[column]
+                self.problem(line, column, f"{detail!r} differs from {earlier!r} given for room "
+                                           f"{room} on line {first_line}")
+            known.setdefault(column, (detail, line))
+
+    def cell(self, line: int, column: str, raw: dict[str, str], parse: Any) -> Any:
+        text = raw.get(column, "")
+        if not text:
+            return None
+        try:
+            return parse(text)
+        except _Bad as exc:
+            self.problem(line, column, str(exc))
+            return None
+
+
+def _rooms(details: dict[str, dict[str, tuple[Any, int]]]) -> list[Room]:
+    def get(known: dict[str, tuple[Any, int]], column: str) -> Any:
+        return known[column][0] if column in known else None
+
+    return [Room(room, name=get(d, "room_name"), group=get(d, "group"),
+                 location=get(d, "location"), seat_count=get(d, "seat_count"))
+            for room, d in details.items()]
