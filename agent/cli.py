@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="where the inventory is stored (default: config state_dir, "
                            "$STATE_DIRECTORY, else ~/.local/state/roomsync)")
     scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
+    scan.add_argument("--room-map", metavar="FILE",
+                      help="CSV placing LAN devices in rooms (default: the configuration's room_map)")
     scan.add_argument("--all", action="store_true",
                       help="also list LAN responders the catalog does not know ('other')")
     lan = scan.add_argument_group(
@@ -87,6 +89,36 @@ def _parser() -> argparse.ArgumentParser:
     lan.add_argument("--ssh-key", metavar="FILE", help="private key for --ssh hosts")
     lan.add_argument("--known-hosts", metavar="FILE", help="known_hosts file for SSH host keys")
     scan.set_defaults(func=cmd_scan)
+
+    coverage = sub.add_parser(
+        "coverage", parents=[common],
+        help="warranty, extended warranty, SELECT and reseller coverage of every unit",
+        description="Evaluate the coverage of every serial in the entitlements file and every "
+                    "unit in the agent's state (what the scans stored), with the rule ids of "
+                    "domain.md behind each verdict. Most urgent first.")
+    coverage.add_argument("--entitlements", metavar="FILE", required=True,
+                          help="purchase and contract records (CSV; config/entitlements.example.csv)")
+    coverage.add_argument("--today", metavar="YYYY-MM-DD", help="evaluate as of this day (default: today)")
+    coverage.add_argument("--expiring-days", type=int, default=90, metavar="N",
+                          help="'expiring_soon' when coverage ends within N days (default 90)")
+    coverage.add_argument("--summary", action="store_true",
+                          help="site summary: rooms, units, counts per status, SELECT spares and "
+                               "service manager (S10, S11), enterprise tier (S3)")
+    coverage.add_argument("--json", action="store_true", help="print JSON")
+    coverage.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
+    coverage.add_argument("--room-map", metavar="FILE", help="CSV placing LAN devices in rooms")
+    coverage.set_defaults(func=cmd_coverage)
+
+    export = sub.add_parser(
+        "export", parents=[common], help="write the inventory for other systems",
+        description="Write the stored inventory in a format other systems read. "
+                    "service-portal-csv: one row per key device per room, for customers who "
+                    "upload rooms to Logitech's Service Portal by hand (S14).")
+    export.add_argument("--format", required=True, choices=("service-portal-csv",))
+    export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    export.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
+    export.add_argument("--room-map", metavar="FILE", help="CSV with room names and locations")
+    export.set_defaults(func=cmd_export)
 
     check = sub.add_parser(
         "check-config", parents=[common],
@@ -149,6 +181,40 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def _room_map(args: argparse.Namespace, cfg: Any) -> Any:
+    """The room map named by --room-map or the configuration; None when there is none."""
+    path = getattr(args, "room_map", None) or cfg.room_map
+    if path is None:
+        return None
+    from agent.roommap import RoomMapError, load_room_map
+
+    try:
+        return load_room_map(path)
+    except RoomMapError as exc:
+        raise UsageError("room map refused:\n  " + "\n  ".join(exc.problems)) from None
+
+
+def _stored_inventory(args: argparse.Namespace, cfg: Any) -> tuple[list[Any], list[Any], Any]:
+    """(devices, rooms, state_dir) from the store; empty when nothing was stored yet."""
+    from agent.config import resolve_state_dir
+    from agent.store import DB_NAME, Store, StoreError
+
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    if not (state_dir / DB_NAME).exists():
+        return [], [], state_dir
+    try:
+        with Store.open(state_dir) as store:
+            return store.devices(), store.rooms(), state_dir
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _config_room(cfg: Any) -> Any:
+    from agent.model import Room
+
+    return Room(**cfg.room.model_dump()) if cfg.room else None
 
 
 # --------------------------------------------------------------------------- scan
@@ -331,17 +397,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
         sources.append(ReplayUsbSource(capture, sync_deadline=usb_settings.sync_deadline))
 
     room = Room(**cfg.room.model_dump()) if cfg.room else None
+    room_map = _room_map(args, cfg)
     now = datetime.now(UTC)
+    catalog = load_catalog()
     try:
-        report = scan_once(sources, load_catalog(), now, room, timeout=args.timeout)
+        report = scan_once(sources, catalog, now, room, timeout=args.timeout, room_map=room_map)
     finally:
         for bar in progress:
             bar.finish()
     if not sources:
         report.messages.append("no source is enabled in the configuration (see [sources.*]); "
                                "--usb scans this host's USB anyway")
-    elif not args.no_store:
-        _store_scan(args, cfg, report, room, now)
+    from agent.inventory import known_rooms, summarize_rooms
+
+    rooms = known_rooms(room, room_map)
+    summary = summarize_rooms(report.devices, catalog, rooms)
+    if sources and not args.no_store:
+        _store_scan(args, cfg, report, rooms, now)
 
     if args.json:
         _print_json({
@@ -349,6 +421,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
             "agent": {"version": __version__, "hostname": os.uname().nodename},
             "room": room.to_dict() if room else None,
             "devices": [d.to_dict() for d in report.devices],
+            "rooms": [r.to_dict() for r in summary.rooms],
+            "unassigned": [d.identity for d in summary.unassigned],
             "errors": [e.to_dict() for e in report.errors],
             "messages": report.messages,
             "sources": [{"name": r.name, "seconds": round(r.seconds, 6), "success": r.success}
@@ -356,10 +430,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
         })
     else:
         _print_scan_table(report, show_other=args.all)
+        _print_room_lines(summary)
     return EXIT_FAILED if report.errors else EXIT_OK
 
 
-def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, room: Any, now: Any) -> None:
+def _print_room_lines(summary: Any) -> None:
+    """One line per room that holds something: its primary unit and the serial to quote."""
+    lines = []
+    for r in summary.rooms:
+        if not r.devices:
+            continue
+        line = (f"room {r.room_id}: primary unit {r.primary_product or '-'} {r.primary_unit or '-'}, "
+                f"ticket serial {r.ticket_serial or '-'}")
+        if r.flags:
+            line += f" [{', '.join(r.flags)}]"
+        lines.append(line)
+    if lines:
+        print()
+        print("\n".join(lines))
+
+
+def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now: Any) -> None:
     """Keep what the scan found; a store failure is one error, the results still print."""
     from agent.config import resolve_state_dir
     from agent.model import ScanError
@@ -368,7 +459,7 @@ def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, room: Any, now:
     state_dir = resolve_state_dir(cfg, args.state_dir)
     try:
         with Store.open(state_dir) as store:
-            store.record_scan(report.devices, [room] if room else [], now, len(report.errors))
+            store.record_scan(report.devices, rooms, now, len(report.errors))
     except StoreError as exc:
         report.errors.append(ScanError("store", str(state_dir), str(exc)))
 
@@ -431,6 +522,160 @@ def _print_scan_table(report: Any, *, show_other: bool = False) -> None:
               "(not Logitech room hardware): --all lists them")
     for err in report.errors:
         print(f"error: {err.source}: {err.target}: {err.message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def _parse_day(text: str | None, flag: str) -> Any:
+    from datetime import date
+
+    if text is None:
+        return date.today()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: expected a date as YYYY-MM-DD") from None
+
+
+def _coverage_units(devices: list[Any], entitlements: Any) -> list[tuple[str, str | None, str | None]]:
+    """(serial, product, room) of every unit in the state (children too) with a serial, then
+    every serial of the entitlements file the state does not hold; each serial once."""
+    from agent.sanitize import normalize_serial
+
+    units: dict[str, tuple[str, str | None, str | None]] = {}
+
+    def add(device: Any) -> None:
+        if device.serial:
+            key = normalize_serial(device.serial)
+            units.setdefault(key, (device.serial, device.product, device.room))
+        for child in device.children:
+            add(child)
+
+    for device in devices:
+        add(device)
+    for key, record in entitlements.items():
+        units.setdefault(key, (record.serial, None, None))
+    return list(units.values())
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    from agent.catalog import load_catalog
+    from agent.coverage import evaluate_all, urgency_key
+    from agent.entitlements import EntitlementsError, load_entitlements
+    from agent.inventory import known_rooms, summarize_rooms
+
+    today = _parse_day(args.today, "--today")
+    if args.expiring_days < 0:
+        raise UsageError("--expiring-days must be 0 or more")
+    try:
+        entitlements = load_entitlements(args.entitlements)
+    except EntitlementsError as exc:
+        raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
+    except OSError as exc:
+        raise UsageError(f"--entitlements {args.entitlements}: {exc.strerror or exc}") from None
+    devices, stored_rooms, _state_dir = _stored_inventory(args, cfg)
+    room_map = _room_map(args, cfg)
+    catalog = load_catalog()
+    rooms = {r.id: r for r in stored_rooms}
+    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), room_map)})
+    report = summarize_rooms(devices, catalog, rooms.values())
+    tickets = {r.room_id: r.ticket_serial for r in report.rooms}
+    units = _coverage_units(devices, entitlements)
+    verdicts = evaluate_all([(serial, product) for serial, product, _ in units], entitlements, catalog,
+                            today, expiring_days=args.expiring_days)
+    rows = sorted(zip(verdicts, units, strict=True), key=lambda pair: urgency_key(pair[0]))
+    if args.summary:
+        return _print_site_summary(args, cfg, rows, report, today)
+    if args.json:
+        _print_json([{**v.to_dict(), "room": room, "ticket_serial": tickets.get(room) if room else None,
+                      "reason": v.reason} for v, (_serial, _product, room) in rows])
+        return EXIT_OK
+    if not rows:
+        print("no units: the entitlements file is empty and no scan has been stored yet")
+        return EXIT_OK
+    print(_table(["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"], [
+        [str(v.status), v.covered_until.isoformat() if v.covered_until else "-", v.serial or "-",
+         product or "-", room or "-", v.reason]
+        for v, (_serial, product, room) in rows]))
+    return EXIT_OK
+
+
+def _print_site_summary(args: argparse.Namespace, cfg: Any, rows: list[Any], report: Any,
+                        today: Any) -> int:
+    from agent.site import summarize
+
+    site = summarize([(v, room) for v, (_s, _p, room) in rows], [r.room_id for r in report.rooms], today,
+                     enterprise_tier=cfg.select.enterprise_tier)
+    rooms = [{"room": r.room_id, "primary_unit": r.primary_unit, "ticket_serial": r.ticket_serial,
+              "flags": list(r.flags)} for r in report.rooms]
+    if args.json:
+        _print_json({**site.to_dict(), "today": today.isoformat(), "room_summaries": rooms,
+                     "unassigned": len(report.unassigned)})
+        return EXIT_OK
+    print(f"as of {today.isoformat()}: {site.rooms} room(s), {site.units} unit(s)")
+    print("  " + ", ".join(f"{status} {count}" for status, count in site.by_status.items()))
+    for note in site.notes:
+        print(f"  {note}")
+    if site.flags:
+        print(f"  flags: {', '.join(site.flags)}")
+    if report.unassigned:
+        print(f"  {len(report.unassigned)} unit(s) in no room (a room map places LAN devices)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- export
+
+#: The Service Portal CSV's columns (S14), in order.
+SERVICE_PORTAL_COLUMNS = ("room_id", "room_name", "location", "product", "model", "serial", "firmware")
+
+
+def _csv_cell(value: Any) -> str:
+    """A cell safe to open in a spreadsheet: text a spreadsheet would run as a formula
+    (=, +, -, @, tab, CR at the start) is prefixed with a quote."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    import csv
+
+    from agent.catalog import load_catalog
+    from agent.inventory import known_rooms, summarize_rooms
+
+    devices, stored_rooms, state_dir = _stored_inventory(args, cfg)
+    rooms = {r.id: r for r in stored_rooms}
+    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
+    report = summarize_rooms(devices, load_catalog(), rooms.values())
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(SERVICE_PORTAL_COLUMNS)
+        count = 0
+        for summary in report.rooms:
+            room = report.directory.get(summary.room_id)
+            for key in summary.key_devices:
+                writer.writerow([_csv_cell(v) for v in (
+                    summary.room_id, room.name if room else None, room.location if room else None,
+                    key.product, key.model, key.serial, key.firmware)])
+                count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if not devices:
+        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first",
+              file=sys.stderr)
+    skipped = len(report.unassigned)
+    if skipped:
+        print(f"roomsync: {skipped} unit(s) in no room are not exported (a room map places LAN "
+              "devices)", file=sys.stderr)
+    if args.output:
+        print(f"wrote {count} key device row(s) to {args.output}", file=sys.stderr)
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- check-config

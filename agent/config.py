@@ -201,6 +201,8 @@ class AgentConfig(_Section):
     """The whole configuration file."""
 
     room: RoomConfig | None = None
+    #: CSV placing LAN devices in rooms (config/rooms.example.csv documents the format).
+    room_map: Path | None = None
     state_dir: Path | None = None
     log: LogConfig = LogConfig()
     sources: SourcesConfig = SourcesConfig()

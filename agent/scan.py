@@ -16,6 +16,7 @@ from datetime import datetime
 from agent.catalog import Catalog
 from agent.discovery import ScanContext, Source, SourceResult
 from agent.inventory import devices_from_observations
+from agent.roommap import RoomMap
 from agent.log import get_logger
 from agent.model import Device, Room, ScanError
 
@@ -58,7 +59,7 @@ async def execute(source: Source, ctx: ScanContext, timeout: float | None = None
 
 
 async def run_scan(sources: Sequence[Source], ctx: ScanContext,
-                   timeout: float | None = None) -> ScanReport:
+                   timeout: float | None = None, room_map: RoomMap | None = None) -> ScanReport:
     runs = await asyncio.gather(*(execute(s, ctx, timeout) for s in sources))
     report = ScanReport(runs=list(runs))
     observations = []
@@ -66,10 +67,10 @@ async def run_scan(sources: Sequence[Source], ctx: ScanContext,
         observations.extend(run.result.observations)
         report.errors.extend(run.result.errors)
         report.messages.extend(f"{run.name}: {m}" for m in run.result.messages)
-    report.devices = devices_from_observations(observations, ctx.room, ctx.catalog)
+    report.devices = devices_from_observations(observations, ctx.room, ctx.catalog, room_map)
     return report
 
 
 def scan_once(sources: Sequence[Source], catalog: Catalog, now: datetime, room: Room | None = None,
-              timeout: float | None = None) -> ScanReport:
-    return asyncio.run(run_scan(sources, ScanContext(catalog, now, room), timeout))
+              timeout: float | None = None, room_map: RoomMap | None = None) -> ScanReport:
+    return asyncio.run(run_scan(sources, ScanContext(catalog, now, room), timeout, room_map))
