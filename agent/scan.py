@@ -16,9 +16,9 @@ from datetime import datetime
 from agent.catalog import Catalog
 from agent.discovery import ScanContext, Source, SourceResult
 from agent.inventory import devices_from_observations
-from agent.roommap import RoomMap
 from agent.log import get_logger
 from agent.model import Device, Room, ScanError
+from agent.roommap import RoomMap
 
 log = get_logger("agent.scan")
 
