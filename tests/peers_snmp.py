@@ -195,7 +195,8 @@ class SnmpSim:
 
     workdir: Path
     devices: list[SimDevice]
-    port: int = 1161
+    #: 0: a port free on the first device's address, so parallel runs do not collide.
+    port: int = 0
     community: str = "public"
     v3_user: str | None = None
     v3_auth: str = "authpass-123"
@@ -207,6 +208,7 @@ class SnmpSim:
         if not exe.exists():
             pytest.skip("snmpsim is not installed in this environment (pip install -e '.[test]')")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_udp_port(self.devices[0].address)
         args: list[str] = []
         for n, dev in enumerate(self.devices):
             data = self.workdir / f"data{n}"
