@@ -74,7 +74,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from agent.sanitize import clean_text, is_placeholder_serial, normalize_serial
+from agent.csvtext import CellError as _Bad
+from agent.csvtext import CsvFileError, delimiter_of, file_text, normalize_column, read_file, serial_cell
+from agent.sanitize import clean_text, normalize_serial
 
 __all__ = [
     "COLUMNS",
@@ -94,8 +96,6 @@ MAX_NUMBER = 99
 MIN_YEAR, MAX_YEAR = 1980, 2199
 MAX_TEXT_LEN = 128
 MAX_SERIAL_LEN = 64
-#: Encoding problems are usually a whole file in the wrong encoding: list this many lines.
-MAX_ENCODING_PROBLEMS = 20
 
 _T = TypeVar("_T")
 
@@ -155,16 +155,9 @@ class EntitlementRecord:
     line: int | None = field(default=None, compare=False)
 
 
-class EntitlementsError(ValueError):
+class EntitlementsError(CsvFileError):
     """The file was refused. ``problems`` lists every problem found, one line each
     (``file:line: column: what is wrong``); ``str()`` joins them with newlines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-    def __str__(self) -> str:
-        return "\n".join(self.problems)
 
 
 class Entitlements(Mapping[str, EntitlementRecord]):
@@ -236,58 +229,15 @@ class Entitlements(Mapping[str, EntitlementRecord]):
 def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
     """Read and check an entitlements CSV file; raise :class:`EntitlementsError` (every
     problem listed, nothing imported) when anything in it is wrong."""
-    name = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise EntitlementsError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from exc
-    return parse_entitlements(data, name, max_bytes=max_bytes)
+    return parse_entitlements(read_file(path, max_bytes, EntitlementsError), str(path),
+                              max_bytes=max_bytes)
 
 
 def parse_entitlements(data: str | bytes, name: str = "<file>", *,
                        max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
     """Check and import entitlements CSV content (bytes as read from a file, or text).
     ``name`` is used in messages."""
-    if len(data) > max_bytes:
-        raise EntitlementsError([
-            f"{name}: the file is larger than the {_size(max_bytes)} limit: split it into smaller files"
-        ])
-    text = _decode(data, name) if isinstance(data, bytes) else data
-    if text.startswith("\ufeff"):  # the byte-order mark spreadsheets write
-        text = text[1:]
-    return _Import(name).run(text)
-
-
-def _size(n: int) -> str:
-    return f"{n // (1024 * 1024)} MB" if n >= 1024 * 1024 else f"{n} bytes"
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise EntitlementsError([f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): "
-                                 "save it as 'CSV UTF-8' instead"])
-    problems = []
-    bad_lines = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad_lines += 1
-            if bad_lines <= MAX_ENCODING_PROBLEMS:
-                problems.append(f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
-                                f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'")
-    if bad_lines > MAX_ENCODING_PROBLEMS:
-        problems.append(f"{name}: {bad_lines - MAX_ENCODING_PROBLEMS} more lines are not UTF-8")
-    raise EntitlementsError(problems)
-
-
-class _Bad(ValueError):
-    """One cell's value is wrong; the message says how (without file, line or column)."""
+    return _Import(name).run(file_text(data, name, max_bytes, EntitlementsError))
 
 
 # --- cell parsers: each takes the stripped, non-empty cell text ---------------------------
@@ -347,14 +297,7 @@ def _parse_text(text: str) -> str:
 
 
 def _parse_serial(text: str) -> str:
-    serial = normalize_serial(text)
-    if not serial.isprintable():
-        raise _Bad(f"{text!r} holds control characters")
-    if len(serial) > MAX_SERIAL_LEN:
-        raise _Bad(f"is longer than {MAX_SERIAL_LEN} characters")
-    if is_placeholder_serial(serial):
-        raise _Bad(f"{text!r} is a placeholder, not a serial")
-    return serial
+    return serial_cell(text, MAX_SERIAL_LEN)
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -375,10 +318,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "replacement_date": _parse_date,
 }
 assert set(_PARSERS) == set(COLUMNS)
-
-
-def _normalize_column(name: str) -> str:
-    return name.strip().lower().replace(" ", "_").replace("-", "_")
 
 
 class _Import:
@@ -402,7 +341,7 @@ class _Import:
         else:
             raise EntitlementsError([f"{self.name}:1: the file is empty: it needs a header row naming "
                                      "the columns (e.g. serial,purchase_date)"])
-        delimiter = ";" if first.count(";") > first.count(",") else ","
+        delimiter = delimiter_of(first)
         reader = csv.reader(_chain_first(first, lines), delimiter=delimiter, strict=True)
 
         def numbered() -> Iterator[tuple[int, list[str]]]:
@@ -425,7 +364,7 @@ class _Import:
 
     def header(self, cells: list[str], line: int) -> list[str | None]:
         """Column names by position (``None`` for a column that is not imported)."""
-        names = [_normalize_column(c) for c in cells]
+        names = [normalize_column(c) for c in cells]
         while names and not names[-1]:
             names.pop()  # a trailing delimiter: spreadsheets write empty columns at the end
         if not any(n in _PARSERS for n in names):

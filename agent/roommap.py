@@ -76,8 +76,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from agent.csvtext import CellError as _Bad
+from agent.csvtext import CsvFileError, delimiter_of, file_text, normalize_column, read_file, serial_cell
 from agent.model import Device, Room, Transport
-from agent.sanitize import is_placeholder_serial, normalize_serial
+from agent.sanitize import normalize_serial
 
 __all__ = [
     "COLUMNS",
@@ -101,8 +103,6 @@ MAX_FILE_BYTES = 10 * 1024 * 1024
 MAX_TEXT_LEN = 200          # as the configuration's text values
 MAX_SEATS = 10_000
 MAX_SERIAL_LEN = 64
-#: A file in the wrong encoding is wrong on every line: list this many.
-MAX_ENCODING_PROBLEMS = 20
 
 #: Device attributes that hold a host name: mDNS ``host``, a room PC's ``hostname``, SNMP
 #: ``sys_name`` (the collectors' keys).
@@ -138,16 +138,9 @@ _MATCH_HINTS = {"ip": "address", "ip_address": "address", "addr": "address", "ho
                 "range": "cidr", "sn": "serial", "serial_number": "serial"}
 
 
-class RoomMapError(ValueError):
+class RoomMapError(CsvFileError):
     """The room map was refused. ``problems`` lists every problem, one line each
     (``file:line: column: what is wrong``); ``str()`` joins them with newlines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-    def __str__(self) -> str:
-        return "\n".join(self.problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +170,6 @@ class Placement:
     room: str
     rule: RoomRule
     fact: str
-
-
-class _Bad(ValueError):
-    """One cell is wrong; the message says how (without file, line or column)."""
 
 
 # --------------------------------------------------------------------------- values
@@ -241,14 +230,7 @@ def _is_host(name: str) -> bool:
 
 
 def _parse_serial(text: str) -> str:
-    serial = normalize_serial(text)
-    if not serial.isprintable():
-        raise _Bad(f"{text!r} holds control characters")
-    if len(serial) > MAX_SERIAL_LEN:
-        raise _Bad(f"is longer than {MAX_SERIAL_LEN} characters")
-    if is_placeholder_serial(serial):
-        raise _Bad(f"{text!r} is a placeholder, not a serial")
-    return serial
+    return serial_cell(text, MAX_SERIAL_LEN)
 
 
 def _parse_host(text: str) -> str:
@@ -488,50 +470,14 @@ def place(device: Device, room_map: RoomMap) -> str | None:
 def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Read and check a room-map CSV file; raise :class:`RoomMapError` (every problem listed,
     nothing placed) when anything in it is wrong."""
-    name = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise RoomMapError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from exc
-    return parse_room_map(data, name, max_bytes=max_bytes)
+    return parse_room_map(read_file(path, max_bytes, RoomMapError), str(path), max_bytes=max_bytes)
 
 
 def parse_room_map(data: str | bytes, name: str = "<file>", *,
                    max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Check and read room-map CSV content (bytes as read from a file, or text); ``name`` is
     used in messages."""
-    if len(data) > max_bytes:
-        raise RoomMapError([f"{name}: the file is larger than {max_bytes // (1024 * 1024)} MB"
-                            if max_bytes >= 1024 * 1024 else
-                            f"{name}: the file is larger than {max_bytes} bytes"])
-    text = _decode(data, name) if isinstance(data, bytes) else data
-    return _Reader(name).run(text.removeprefix("\ufeff"))
-
-
-def _decode(data: bytes, name: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise RoomMapError([f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): save it as "
-                            "'CSV UTF-8' instead"])
-    problems = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
-                            f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'")
-    if len(problems) > MAX_ENCODING_PROBLEMS:
-        rest = len(problems) - MAX_ENCODING_PROBLEMS
-        problems = [*problems[:MAX_ENCODING_PROBLEMS], f"{name}: {rest} more lines are not UTF-8"]
-    raise RoomMapError(problems)
-
-
-def _normalize_column(text: str) -> str:
-    return text.strip().lower().replace(" ", "_").replace("-", "_")
+    return _Reader(name).run(file_text(data, name, max_bytes, RoomMapError))
 
 
 def _rows(text: str) -> Iterator[tuple[int, str]]:
@@ -572,7 +518,7 @@ class _Reader:
             raise RoomMapError([f"{self.name}:1: the file is empty: it needs a header row naming "
                                 "the columns (match,value,room)"])
         header_line, header_text = first
-        self.delimiter = ";" if header_text.count(";") > header_text.count(",") else ","
+        self.delimiter = delimiter_of(header_text)
         columns = self.header(header_line, self.cells(header_line, header_text) or [])
         rules: list[RoomRule] = []
         details: dict[str, dict[str, tuple[Any, int]]] = {}
@@ -589,7 +535,7 @@ class _Reader:
         raise RoomMapError(self.problems)
 
     def header(self, line: int, cells: list[str]) -> list[str | None]:
-        names = [_normalize_column(c) for c in cells]
+        names = [normalize_column(c) for c in cells]
         while names and not names[-1]:
             names.pop()  # spreadsheets write empty columns at the end
         if not any(n in COLUMNS for n in names):

@@ -193,7 +193,7 @@ def test_encoding_problems() -> None:
 
 
 def test_size_limit_and_unreadable_file(tmp_path: Path) -> None:
-    with pytest.raises(RoomMapError, match=r"^big.csv: the file is larger than 20 bytes$"):
+    with pytest.raises(RoomMapError, match=r"^big.csv: the file is larger than the 20 bytes limit: split it"):
         parse_room_map(HEADER + "serial,S1,r1\n", "big.csv", max_bytes=20)
     missing = tmp_path / "nope.csv"
     with pytest.raises(RoomMapError, match=rf"^{missing}: cannot read the file: No such file"):
