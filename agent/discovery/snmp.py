@@ -28,7 +28,6 @@ from typing import Any
 from agent.collectors.snmp.client import (
     Credentials,
     Oid,
-    SnmpAuthError,
     SnmpClient,
     SnmpError,
     SnmpTimeout,
@@ -194,11 +193,7 @@ class SnmpSweep:
             if not target.swept:
                 self._error(target, str(exc))
             return
-        except SnmpAuthError as exc:
-            self.result.stats.responders += 1
-            self._error(target, str(exc))
-            return
-        except SnmpError as exc:
+        except SnmpError as exc:  # it answered, but not usefully (v3 refused us, an error-status…)
             self.result.stats.responders += 1
             self._error(target, str(exc))
             return
