@@ -1,14 +1,35 @@
 """The local store: SQLite in the state directory (``roomsync.db``).
 
-Today it keeps the current inventory — every device the agent has seen, with when it was
-first and last seen — and the rooms, so that commands such as ``roomsync coverage`` work from
-what the last scans found. Observation history, change events and the outbox build on it
-(issue [5/7]) through forward migrations.
+It keeps the current inventory (every unit present, with when it was first and last seen,
+and what each source last said of it), the units that left it, the rooms, the change events
+of every scan (:mod:`agent.events`) and a bounded history of what each scan saw, so that
+``roomsync inventory``, ``roomsync events`` and ``roomsync coverage`` work from what the
+scans found.
 
 Durability: WAL journal with ``synchronous=FULL`` (a Raspberry Pi's SD card loses power
-without warning); every scan is one transaction, so a kill -9 leaves the previous inventory
-or the new one, never half of each. Failures (locked, corrupt, full disk, unreadable) raise
-:class:`StoreError` with an operator's message.
+without warning); every scan is one transaction — inventory, sightings, events, history and
+the scan's row together — so a kill -9 leaves the previous state or the new one, never
+events without their inventory or the reverse. Failures (locked, corrupt, full disk,
+unreadable) raise :class:`StoreError` with an operator's message; a refused scan leaves the
+previous state intact, and the next one stores normally once the cause is gone.
+
+Schema (forward migrations, ``PRAGMA user_version``; a migration is never edited, a change
+is a new entry of :data:`MIGRATIONS`):
+
+* v1 ``devices`` (one row per identity, ``data`` = ``Device.to_dict()``), ``rooms``, ``scans``.
+* v2 ``devices.removed_at``: a removed unit leaves the inventory (:meth:`Store.devices`) but
+  its row stays, readable with ``devices(removed=True)``; seen again, it is added back with
+  its first ``first_seen``. ``scans.sources``: the sources the scan ran (the diff's scope).
+  ``sightings``: per unit, source and address, what that source last reported and how many
+  of its runs in a row missed the unit (:class:`agent.events.Sighting`). A unit stored by v1
+  has none; its sightings are taken from its stored device until a scan rewrites them.
+  ``events``: ``seq`` (AUTOINCREMENT: increasing, never reused, a delivery cursor), the
+  event's UUID, its scan and time (UTC), type, identity, serial, room and ``data`` =
+  ``ChangeEvent.to_dict()``. ``history``: every device each scan reported, pruned by
+  :class:`Retention`.
+
+Events are not pruned: the outbox (a later migration, with delivery) decides when a
+delivered event may go.
 """
 
 from __future__ import annotations
@@ -16,17 +37,32 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from agent.events import (
+    DEFAULT_REMOVE_AFTER,
+    ChangeEvent,
+    ScanDiff,
+    Sighting,
+    Tracked,
+    diff_scan,
+    new_event_id,
+    sources_of,
+)
 from agent.model import Device, Room
 
 DB_NAME = "roomsync.db"
 BUSY_TIMEOUT_S = 5.0
+#: The most events :meth:`Store.events` returns unless told otherwise.
+DEFAULT_EVENT_LIMIT = 1000
 
 #: Forward migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
+#: Statements are split on ";": none may contain one elsewhere.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE devices (
@@ -50,6 +86,39 @@ MIGRATIONS: tuple[str, ...] = (
         errors      INTEGER NOT NULL
     );
     """,
+    """
+    ALTER TABLE devices ADD COLUMN removed_at TEXT;   -- NULL while the unit is in the inventory
+    ALTER TABLE scans ADD COLUMN sources TEXT;        -- JSON list: the sources the scan ran
+    CREATE TABLE sightings (
+        identity TEXT NOT NULL,
+        source   TEXT NOT NULL,
+        address  TEXT NOT NULL,
+        room     TEXT,
+        missed   INTEGER NOT NULL,
+        data     TEXT NOT NULL,                       -- Sighting.to_dict() as JSON
+        PRIMARY KEY (identity, source, address)
+    );
+    CREATE TABLE events (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        id       TEXT NOT NULL UNIQUE,                -- UUID
+        scan_id  INTEGER NOT NULL REFERENCES scans(id),
+        at       TEXT NOT NULL,                       -- UTC, fixed width: sorts as text
+        type     TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        serial   TEXT,
+        room     TEXT,
+        data     TEXT NOT NULL                        -- ChangeEvent.to_dict() as JSON
+    );
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_identity ON events(identity);
+    CREATE TABLE history (
+        scan_id  INTEGER NOT NULL REFERENCES scans(id),
+        identity TEXT NOT NULL,
+        data     TEXT NOT NULL                        -- Device.to_dict() as JSON, as the scan saw it
+    );
+    CREATE INDEX history_scan ON history(scan_id);
+    CREATE INDEX history_identity ON history(identity, scan_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -58,14 +127,42 @@ class StoreError(Exception):
     """The store cannot be used; the message says why and what to do."""
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much observation history to keep: a scan's history goes when it is older than
+    ``history_days`` or not among the newest ``history_scans`` scans (``None``: no limit of
+    that kind). At the defaults a daemon scanning 50 units every 5 minutes keeps about
+    10,000 rows (a few MB)."""
+
+    history_days: float | None = 30.0
+    history_scans: int | None = 200
+
+    def __post_init__(self) -> None:
+        for name in ("history_days", "history_scans"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative, not {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """A stored scan: its id and the events it produced (in order)."""
+
+    scan_id: int
+    events: tuple[ChangeEvent, ...]
+
+
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return StoreError(f"state database {path} is locked by another process; try again "
                           "when it is done")
-    if "disk is full" in text or "disk i/o" in text:
-        return StoreError(f"state database {path}: the disk is full or failing ({exc}); "
-                          "nothing was lost, the previous state is intact")
+    if "disk is full" in text:
+        return StoreError(f"state database {path}: the disk is full ({exc}); nothing was lost, "
+                          "the previous state is intact; free space and the next scan is stored")
+    if "disk i/o" in text:
+        return StoreError(f"state database {path}: the disk is failing ({exc}); nothing was lost, "
+                          "the previous state is intact; check the disk")
     if "not a database" in text or "malformed" in text:
         return StoreError(f"state database {path} is corrupt ({exc}); move it aside and the "
                           "next scan starts a fresh one")
@@ -73,6 +170,25 @@ def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
         return StoreError(f"state database {path} cannot be written ({exc}); check the state "
                           "directory's owner and permissions")
     return StoreError(f"state database {path}: {exc}")
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> StoreError:
+    return StoreError(f"state database {path} is corrupt (a {what} row cannot be read: "
+                      f"{type(exc).__name__}: {exc}); move it aside and the next scan starts a fresh one")
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC (a naive time is taken to be UTC already)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    """A time as fixed-width UTC text, so that text order is time order."""
+    return _utc(moment).isoformat(timespec="microseconds")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 class Store:
@@ -83,11 +199,18 @@ class Store:
         self.busy_timeout = busy_timeout
         try:
             self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _explain(exc, path) from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as exc:
+            self._db.close()
             raise _explain(exc, path) from None
+        except StoreError:
+            self._db.close()
+            raise
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_S) -> Store:
@@ -110,17 +233,29 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole, or rolled back whole on any error."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
+            raise _explain(exc, self.path) from None
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (a full disk does that): then there is nothing
+        # to undo, and the original error is the one to report.
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
             raise _explain(exc, self.path) from None
 
     def _migrate(self) -> None:
@@ -139,51 +274,169 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        return int(self._read("PRAGMA user_version")[0][0])
 
-    # ------------------------------------------------------------------ inventory
+    # ------------------------------------------------------------------ writing a scan
 
     def record_scan(self, devices: Iterable[Device], rooms: Iterable[Room], finished_at: datetime,
-                    errors: int = 0) -> int:
-        """Merge one scan's devices into the inventory (first_seen kept for known units)
-        and record the scan. One transaction. Returns the scan's id."""
-        found = list(devices)
-        with self._transaction() as db:
-            for device in found:
-                row = db.execute("SELECT first_seen FROM devices WHERE identity = ?",
-                                 (device.identity,)).fetchone()
-                if row is not None:
-                    device.first_seen = min(device.first_seen, datetime.fromisoformat(row[0]))
-                data = json.dumps(device.to_dict(), ensure_ascii=False, sort_keys=True)
-                db.execute(
-                    "INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(identity) DO UPDATE SET room = excluded.room, "
-                    "product = excluded.product, serial = excluded.serial, "
-                    "last_seen = excluded.last_seen, data = excluded.data",
-                    (device.identity, device.room, device.product, device.serial,
-                     device.first_seen.isoformat(), device.last_seen.isoformat(), data))
-            for room in rooms:
-                db.execute("INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
-                           "SET data = excluded.data", (room.id, json.dumps(room.to_dict(), sort_keys=True)))
-            cursor = db.execute("INSERT INTO scans (finished_at, devices, errors) VALUES (?, ?, ?)",
-                                (finished_at.isoformat(), len(found), errors))
-            return int(cursor.lastrowid or 0)
+                    errors: int = 0, *, sources_run: Collection[str] | None = None,
+                    remove_after: int = DEFAULT_REMOVE_AFTER, retention: Retention | None = None,
+                    new_id: Callable[[], str] = new_event_id) -> ScanRecord:
+        """Store one scan and the change events it produced, in one transaction.
 
-    def devices(self) -> list[Device]:
-        """Every device in the inventory, by room then identity."""
+        ``sources_run`` names the sources that ran to completion (the scope of
+        :func:`agent.events.diff_scan`: only their units can be missed); ``None`` takes the
+        sources that reported something. A unit is removed after ``remove_after`` runs in a
+        row of every source that saw it missed it. ``retention`` bounds the history
+        (:class:`Retention`'s defaults when ``None``).
+        """
+        found = list(devices)
+        scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
+        with self._transaction() as db:
+            previous = self._inventory(db)
+            diff = diff_scan(previous, found, finished_at, scope=scope, remove_after=remove_after,
+                             new_id=new_id)
+            scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
+            self._write_inventory(db, previous, diff, finished_at)
+            self._write_rooms(db, rooms)
+            self._write_events(db, scan_id, diff.events)
+            self._write_history(db, scan_id, found)
+            self._prune_history(db, retention or Retention(), finished_at)
+        return ScanRecord(scan_id, diff.events)
+
+    @staticmethod
+    def _insert_scan(db: sqlite3.Connection, finished_at: datetime, devices: int, errors: int,
+                     scope: Sequence[str]) -> int:
+        cursor = db.execute("INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, ?, ?, ?)",
+                            (finished_at.isoformat(), devices, errors, _json(list(scope))))
+        return int(cursor.lastrowid or 0)
+
+    def _write_inventory(self, db: sqlite3.Connection, previous: Mapping[str, Tracked], diff: ScanDiff,
+                         now: datetime) -> None:
+        for identity, unit in diff.inventory.items():
+            if previous.get(identity) == unit:
+                continue  # no source of this scan saw it, nothing about it changed
+            if identity not in previous:
+                self._keep_first_seen(db, identity, unit.device)
+            self._upsert_device(db, identity, unit.device)
+            self._replace_sightings(db, identity, unit.sightings)
+        for identity in diff.removed:
+            db.execute("UPDATE devices SET removed_at = ? WHERE identity = ?", (_stamp(now), identity))
+            db.execute("DELETE FROM sightings WHERE identity = ?", (identity,))
+
+    @staticmethod
+    def _keep_first_seen(db: sqlite3.Connection, identity: str, device: Device) -> None:
+        """A unit back after its removal keeps the day it was first seen."""
+        row = db.execute("SELECT first_seen FROM devices WHERE identity = ?", (identity,)).fetchone()
+        if row is not None:
+            device.first_seen = min(device.first_seen, datetime.fromisoformat(row[0]),
+                                    key=lambda moment: _utc(moment))
+
+    @staticmethod
+    def _upsert_device(db: sqlite3.Connection, identity: str, device: Device) -> None:
+        db.execute(
+            "INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data, removed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(identity) DO UPDATE SET room = excluded.room, "
+            "product = excluded.product, serial = excluded.serial, first_seen = excluded.first_seen, "
+            "last_seen = excluded.last_seen, data = excluded.data, removed_at = NULL",
+            (identity, device.room, device.product, device.serial, device.first_seen.isoformat(),
+             device.last_seen.isoformat(), _json(device.to_dict())))
+
+    @staticmethod
+    def _replace_sightings(db: sqlite3.Connection, identity: str, sightings: Iterable[Sighting]) -> None:
+        db.execute("DELETE FROM sightings WHERE identity = ?", (identity,))
+        db.executemany(
+            "INSERT INTO sightings (identity, source, address, room, missed, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [(identity, s.source, s.address, s.room, s.missed, _json(s.to_dict())) for s in sightings])
+
+    @staticmethod
+    def _write_rooms(db: sqlite3.Connection, rooms: Iterable[Room]) -> None:
+        for room in rooms:
+            db.execute("INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
+                       "SET data = excluded.data", (room.id, _json(room.to_dict())))
+
+    @staticmethod
+    def _write_events(db: sqlite3.Connection, scan_id: int, events: Iterable[ChangeEvent]) -> None:
+        db.executemany(
+            "INSERT INTO events (id, scan_id, at, type, identity, serial, room, data) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(e.id, scan_id, _stamp(e.at), str(e.type), e.identity, e.serial, e.room, _json(e.to_dict()))
+             for e in events])
+
+    @staticmethod
+    def _write_history(db: sqlite3.Connection, scan_id: int, devices: Iterable[Device]) -> None:
+        db.executemany("INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)",
+                       [(scan_id, d.identity, _json(d.to_dict())) for d in devices])
+
+    @staticmethod
+    def _prune_history(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
+        """Drop the history of scans older than ``history_days`` before ``now`` or beyond the
+        newest ``history_scans`` (times compared as times, whatever their offsets)."""
+        rows = db.execute("SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id "
+                          "FROM history) ORDER BY id DESC").fetchall()
+        cutoff = (_utc(now) - timedelta(days=retention.history_days)
+                  if retention.history_days is not None else None)
+        doomed = [(scan_id,) for index, (scan_id, finished_at) in enumerate(rows)
+                  if (retention.history_scans is not None and index >= retention.history_scans)
+                  or (cutoff is not None and _utc(datetime.fromisoformat(finished_at)) < cutoff)]
+        db.executemany("DELETE FROM history WHERE scan_id = ?", doomed)
+
+    # ------------------------------------------------------------------ reading
+
+    def _inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
+        """Every unit present, with its sightings (taken from the device for a unit stored
+        before sightings were)."""
+        sightings: dict[str, list[Sighting]] = {}
+        for identity, data in db.execute("SELECT identity, data FROM sightings ORDER BY identity, "
+                                         "source, address"):
+            sightings.setdefault(identity, []).append(self._decode(Sighting.from_dict, data, "sighting"))
+        inventory = {}
+        for identity, data in db.execute("SELECT identity, data FROM devices WHERE removed_at IS NULL"):
+            device = self._decode(Device.from_dict, data, "device")
+            inventory[identity] = (Tracked(device, tuple(sightings[identity])) if identity in sightings
+                                   else Tracked.of(device))
+        return inventory
+
+    def _decode(self, build: Callable[[Any], Any], data: str, what: str) -> Any:
         try:
-            rows = self._db.execute("SELECT data FROM devices ORDER BY room, identity").fetchall()
+            return build(json.loads(data))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _unreadable(self.path, what, exc) from None
+
+    def tracked(self) -> dict[str, Tracked]:
+        """Every unit in the inventory with its sightings (missed counts), by identity."""
+        try:
+            return self._inventory(self._db)
         except sqlite3.Error as exc:
             raise _explain(exc, self.path) from None
-        return [Device.from_dict(json.loads(r[0])) for r in rows]
+
+    def devices(self, *, removed: bool = False) -> list[Device]:
+        """Every device in the inventory, by room then identity; with ``removed``, instead
+        the units that left it, as they were last seen."""
+        condition = "IS NOT NULL" if removed else "IS NULL"
+        rows = self._read(f"SELECT data FROM devices WHERE removed_at {condition} ORDER BY room, identity")
+        return [self._decode(Device.from_dict, r[0], "device") for r in rows]
 
     def rooms(self) -> list[Room]:
-        try:
-            rows = self._db.execute("SELECT data FROM rooms ORDER BY id").fetchall()
-        except sqlite3.Error as exc:
-            raise _explain(exc, self.path) from None
-        return [Room(**json.loads(r[0])) for r in rows]
+        rows = self._read("SELECT data FROM rooms ORDER BY id")
+        return [self._decode(lambda d: Room(**d), r[0], "room") for r in rows]
 
     def last_scan(self) -> datetime | None:
-        row = self._db.execute("SELECT finished_at FROM scans ORDER BY id DESC LIMIT 1").fetchone()
-        return datetime.fromisoformat(row[0]) if row else None
+        rows = self._read("SELECT finished_at FROM scans ORDER BY id DESC LIMIT 1")
+        return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    def events(self, since: datetime | None = None, *, limit: int | None = DEFAULT_EVENT_LIMIT
+               ) -> list[ChangeEvent]:
+        """Change events at or after ``since`` (all when ``None``), oldest first: the newest
+        ``limit`` of them (``None``: every one)."""
+        where, params = ("WHERE at >= ?", [_stamp(since)]) if since is not None else ("", [])
+        rows = self._read(f"SELECT data FROM events {where} ORDER BY seq DESC LIMIT ?",
+                          [*params, -1 if limit is None else limit])
+        return [self._decode(ChangeEvent.from_dict, r[0], "event") for r in reversed(rows)]
+
+    def history(self, identity: str | None = None) -> list[tuple[int, Device]]:
+        """The devices each scan still in the history reported, as (scan id, device), oldest
+        first; only ``identity``'s when given."""
+        where, params = ("WHERE identity = ?", [identity]) if identity is not None else ("", [])
+        rows = self._read(f"SELECT scan_id, data FROM history {where} ORDER BY scan_id, rowid", params)
+        return [(int(r[0]), self._decode(Device.from_dict, r[1], "history")) for r in rows]
