@@ -90,6 +90,29 @@ def _parser() -> argparse.ArgumentParser:
     lan.add_argument("--known-hosts", metavar="FILE", help="known_hosts file for SSH host keys")
     scan.set_defaults(func=cmd_scan)
 
+    inventory = sub.add_parser(
+        "inventory", parents=[common], help="print the stored inventory (what the scans found)",
+        description="Print every unit in the agent's state: what the scans stored, with rooms, "
+                    "primary units and ticket serials. Reads the store; scans nothing.")
+    inventory.add_argument("--json", action="store_true", help="print JSON")
+    inventory.add_argument("--removed", action="store_true",
+                           help="list the units that left the inventory instead")
+    inventory.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
+    inventory.add_argument("--all", action="store_true", help="also list units the catalog does not know")
+    inventory.set_defaults(func=cmd_inventory)
+
+    events = sub.add_parser(
+        "events", parents=[common], help="print the change events of past scans",
+        description="Print the change events the scans produced (device.added, device.removed, "
+                    "device.moved, firmware.changed, health.changed, serial.conflict), oldest first.")
+    events.add_argument("--since", metavar="TIME",
+                        help="only events at or after TIME (YYYY-MM-DD or RFC 3339; UTC if no offset)")
+    events.add_argument("--limit", type=int, default=1000, metavar="N",
+                        help="at most the newest N events (default 1000; 0 = all)")
+    events.add_argument("--json", action="store_true", help="print JSON")
+    events.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
+    events.set_defaults(func=cmd_events)
+
     coverage = sub.add_parser(
         "coverage", parents=[common],
         help="warranty, extended warranty, SELECT and reseller coverage of every unit",
@@ -196,17 +219,16 @@ def _room_map(args: argparse.Namespace, cfg: Any) -> Any:
         raise UsageError("room map refused:\n  " + "\n  ".join(exc.problems)) from None
 
 
-def _stored_inventory(args: argparse.Namespace, cfg: Any) -> tuple[list[Any], list[Any], Any]:
-    """(devices, rooms, state_dir) from the store; empty when nothing was stored yet."""
-    from agent.config import resolve_state_dir
-    from agent.store import DB_NAME, Store, StoreError
+def _stored_inventory(args: argparse.Namespace, cfg: Any) -> tuple[list[Any], list[Any]]:
+    """(devices, rooms) from the store; empty, with a message, when nothing was stored yet."""
+    from agent.store import StoreError
 
-    state_dir = resolve_state_dir(cfg, args.state_dir)
-    if not (state_dir / DB_NAME).exists():
-        return [], [], state_dir
+    store = _open_store(args, cfg)
+    if store is None:
+        return [], []
     try:
-        with Store.open(state_dir) as store:
-            return store.devices(), store.rooms(), state_dir
+        with store:
+            return store.devices(), store.rooms()
     except StoreError as exc:
         raise UsageError(str(exc)) from None
 
@@ -412,8 +434,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     rooms = known_rooms(room, room_map)
     summary = summarize_rooms(report.devices, catalog, rooms)
-    if sources and not args.no_store:
-        _store_scan(args, cfg, report, rooms, now)
+    events = _store_scan(args, cfg, report, rooms, now) if sources and not args.no_store else []
 
     if args.json:
         _print_json({
@@ -423,6 +444,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             "devices": [d.to_dict() for d in report.devices],
             "rooms": [r.to_dict() for r in summary.rooms],
             "unassigned": [d.identity for d in summary.unassigned],
+            "events": [e.to_dict() for e in events],
             "errors": [e.to_dict() for e in report.errors],
             "messages": report.messages,
             "sources": [{"name": r.name, "seconds": round(r.seconds, 6), "success": r.success}
@@ -431,7 +453,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
     else:
         _print_scan_table(report, show_other=args.all)
         _print_room_lines(summary)
+        if events:
+            print()
+            _print_events(events)
     return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _event_change(event: Any) -> str:
+    """What changed, in a few words: ``room a → b``, ``firmware 1.9 → 1.10``…"""
+    before, after = event.before or {}, event.after or {}
+    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    if str(event.type) in ("device.added", "device.removed") or not keys:
+        return ""
+    return "; ".join(f"{k} {before.get(k) if before.get(k) is not None else '-'} → "
+                     f"{after.get(k) if after.get(k) is not None else '-'}" for k in keys[:3])
+
+
+def _print_events(events: list[Any]) -> None:
+    print(_table(["AT", "EVENT", "PRODUCT", "SERIAL", "ROOM", "CHANGE"], [
+        [e.at.isoformat(timespec="seconds"), str(e.type), e.product or "-", e.serial or "-",
+         e.room or "-", _event_change(e)] for e in events]))
 
 
 def _print_room_lines(summary: Any) -> None:
@@ -450,18 +491,27 @@ def _print_room_lines(summary: Any) -> None:
         print("\n".join(lines))
 
 
-def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now: Any) -> None:
-    """Keep what the scan found; a store failure is one error, the results still print."""
+def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now: Any) -> list[Any]:
+    """Keep what the scan found and return the change events it produced; a store failure is
+    one error, and the results still print."""
     from agent.config import resolve_state_dir
     from agent.model import ScanError
-    from agent.store import Store, StoreError
+    from agent.store import Retention, Store, StoreError
 
     state_dir = resolve_state_dir(cfg, args.state_dir)
+    settings = cfg.store
     try:
         with Store.open(state_dir) as store:
-            store.record_scan(report.devices, rooms, now, len(report.errors))
+            record = store.record_scan(
+                report.devices, rooms, now, len(report.errors),
+                # Only sources that ran to the end can tell that a unit is gone.
+                sources_run={r.name for r in report.runs if r.success},
+                remove_after=settings.remove_after_missed_scans,
+                retention=Retention(settings.history_days, settings.history_scans))
+            return list(record.events)
     except StoreError as exc:
         report.errors.append(ScanError("store", str(state_dir), str(exc)))
+        return []
 
 
 def _is_hidden_other(device: Any) -> bool:
@@ -524,6 +574,101 @@ def _print_scan_table(report: Any, *, show_other: bool = False) -> None:
         print(f"error: {err.source}: {err.target}: {err.message}", file=sys.stderr)
 
 
+# --------------------------------------------------------------------------- inventory, events
+
+
+def _open_store(args: argparse.Namespace, cfg: Any) -> Any:
+    """The store, or None when no scan was stored yet (a message says so)."""
+    from agent.config import resolve_state_dir
+    from agent.store import DB_NAME, Store, StoreError
+
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    if not (state_dir / DB_NAME).exists():
+        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first",
+              file=sys.stderr)
+        return None
+    try:
+        return Store.open(state_dir)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    from agent.catalog import load_catalog
+    from agent.inventory import known_rooms, summarize_rooms
+    from agent.scan import ScanReport
+    from agent.store import StoreError
+
+    store = _open_store(args, cfg)
+    devices: list[Any] = []
+    stored_rooms: list[Any] = []
+    last_scan = None
+    if store is not None:
+        try:
+            with store:
+                devices = store.devices(removed=args.removed)
+                stored_rooms = store.rooms()
+                last_scan = store.last_scan()
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
+    rooms = {r.id: r for r in stored_rooms}
+    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
+    summary = summarize_rooms(devices, load_catalog(), rooms.values())
+    if args.json:
+        _print_json({
+            "last_scan": last_scan.isoformat() if last_scan else None,
+            "removed": args.removed,
+            "devices": [d.to_dict() for d in devices],
+            "rooms": [r.to_dict() for r in summary.rooms],
+            "unassigned": [d.identity for d in summary.unassigned],
+        })
+        return EXIT_OK
+    if last_scan is not None:
+        print(f"last scan {last_scan.isoformat(timespec='seconds')}"
+              + (": units that left the inventory" if args.removed else ""))
+    _print_scan_table(ScanReport(devices=devices), show_other=args.all)
+    if not args.removed:
+        _print_room_lines(summary)
+    return EXIT_OK
+
+
+def _parse_time(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text}: expected YYYY-MM-DD or an RFC 3339 time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    from agent.store import StoreError
+
+    since = _parse_time(args.since) if args.since else None
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    store = _open_store(args, cfg)
+    found: list[Any] = []
+    if store is not None:
+        try:
+            with store:
+                found = store.events(since, limit=args.limit or None)
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json([e.to_dict() for e in found])
+    elif found:
+        _print_events(found)
+    elif store is not None:
+        print("no events" + (f" since {since.isoformat()}" if since else ""))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- coverage
 
 
@@ -576,7 +721,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
         raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
     except OSError as exc:
         raise UsageError(f"--entitlements {args.entitlements}: {exc.strerror or exc}") from None
-    devices, stored_rooms, _state_dir = _stored_inventory(args, cfg)
+    devices, stored_rooms = _stored_inventory(args, cfg)
     room_map = _room_map(args, cfg)
     catalog = load_catalog()
     rooms = {r.id: r for r in stored_rooms}
@@ -647,7 +792,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from agent.catalog import load_catalog
     from agent.inventory import known_rooms, summarize_rooms
 
-    devices, stored_rooms, state_dir = _stored_inventory(args, cfg)
+    devices, stored_rooms = _stored_inventory(args, cfg)
     rooms = {r.id: r for r in stored_rooms}
     rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
     report = summarize_rooms(devices, load_catalog(), rooms.values())
@@ -666,9 +811,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    if not devices:
-        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first",
-              file=sys.stderr)
     skipped = len(report.unassigned)
     if skipped:
         print(f"roomsync: {skipped} unit(s) in no room are not exported (a room map places LAN "

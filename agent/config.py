@@ -185,6 +185,18 @@ class LogConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class StoreConfig(_Section):
+    """The local store (SQLite in the state directory)."""
+
+    #: A unit is reported removed after this many runs in a row of the source that found it
+    #: without seeing it, so a flaky cable does not flap.
+    remove_after_missed_scans: Annotated[int, Field(ge=1, le=1000)] = 3
+    #: Observation history kept: scans younger than this many days…
+    history_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
+    #: …and at most this many of the newest scans.
+    history_scans: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+
+
 class SelectConfig(_Section):
     """Logitech SELECT facts the entitlement records do not carry (domain.md S1, S3)."""
 
@@ -209,6 +221,7 @@ class AgentConfig(_Section):
     portal: PortalConfig = PortalConfig()
     api: ApiConfig = ApiConfig()
     select: SelectConfig = SelectConfig()
+    store: StoreConfig = StoreConfig()
 
 
 @dataclass(frozen=True, slots=True)
