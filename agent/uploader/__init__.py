@@ -1,5 +1,10 @@
-"""Outbox delivery, the portal protocol and CSV export.
+"""The portal push.
 
-Not built yet: the portal push arrives with issue [5/7] and the Service-Portal CSV export
-with [4/7]. Nothing in the agent imports this package until then.
+* :mod:`agent.uploader.protocol` — the wire protocol (``roomsync.inventory.v1``,
+  ``roomsync.events.v1``): pydantic models, builders from the inventory, serialisation and
+  the JSON Schemas embedded in ``docs/portal-api.md``.
+
+Still to come with issue [5/7]: the durable outbox and its delivery (retries, backoff,
+``Retry-After``, parking), and ``roomsync push``. The Service-Portal CSV export lives in the
+CLI (``roomsync export --format service-portal-csv``).
 """

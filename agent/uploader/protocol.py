@@ -1,0 +1,536 @@
+"""The portal protocol: what the agent sends to ``POST {portal}/v1/inventory`` and
+``POST {portal}/v1/events``, as pydantic models, with the builders that make messages from
+the inventory and the JSON Schemas that ``docs/portal-api.md`` embeds.
+
+Pure: nothing here reads the clock, a file or the network (except :func:`main`, the small
+command that rewrites the document's schema blocks). Delivery (headers, retries, the outbox)
+is elsewhere; ``docs/portal-api.md`` is the contract both sides keep.
+
+The models forbid unknown fields and are strict (``"5"`` is not a sequence number), so a
+portal that validates with them — the test stand-in does — catches a malformed message. Read
+wire data with :func:`parse_message` or ``Model.model_validate_json`` (strict validation of a
+Python ``dict`` wants Python types: ``datetime``, enums, ``UUID``).
+
+Decisions (also in ``docs/portal-api.md``)
+------------------------------------------
+* **status** (Sync's ``Offline``/``Online``/``InUse``) and **health** (``NoIssues``/
+  ``Warning``/``Error``/``Unknown``) describe the *latest scan*. A unit the latest scan did not
+  see is ``Offline`` with health ``Unknown``: what it last reported is stale. A unit it saw is
+  its reported state mapped to Sync's words (:data:`SYNC_STATUS`: ``in-use`` → ``InUse``,
+  ``offline`` → ``Offline``, ``online``/``idle``/``audio-only``/``enumerating`` → ``Online``),
+  else ``Online``; its health is :attr:`Device.health` mapped by :data:`SYNC_HEALTH`. "Seen by
+  the latest scan" is ``last_seen >= last_scan``; a caller whose sources run on different
+  schedules passes its own ``seen`` rule instead.
+* **places** are the rooms of the report in its order (by room id); a place's **devices** are
+  the room's units in the order of :attr:`RoomSummary.devices` (systems first, then standalone
+  units), each followed by the units read through it (``parent`` = that unit's identity).
+  **unassigned** lists units placed in no room the same way.
+* **coverage** is ``null`` when no verdict is known for the unit (coverage not evaluated, or
+  no serial); verdicts are looked up by serial in the form entitlements use
+  (:func:`agent.sanitize.normalize_serial`).
+* Every time is sent in UTC (``…Z``); a naive time is taken to be UTC already.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from agent.coverage import Status, Verdict
+from agent.events import EventType  # the store's words are the wire's words
+from agent.inventory import RoomsReport
+from agent.model import Device, HealthIssue, HealthState, SerialSource, Severity, Transport
+from agent.sanitize import normalize_serial
+from agent.systems import units
+
+__all__ = [
+    "ENDPOINTS",
+    "JSON_SCHEMA_DIALECT",
+    "MAX_EVENTS_PER_MESSAGE",
+    "MODELS",
+    "SCHEMA_EVENTS",
+    "SCHEMA_INVENTORY",
+    "SYNC_HEALTH",
+    "SYNC_STATUS",
+    "AgentInfo",
+    "CoverageOut",
+    "DeviceOut",
+    "EventOut",
+    "EventType",
+    "EventsMessage",
+    "HealthIssueOut",
+    "InventoryMessage",
+    "Message",
+    "PeripheralCount",
+    "Place",
+    "change_event_out",
+    "device_out",
+    "event_out",
+    "events_message",
+    "gzip_body",
+    "health_out",
+    "inventory_message",
+    "json_schemas",
+    "parse_message",
+    "render_schema_blocks",
+    "schema_blocks",
+    "serialize",
+    "status_out",
+]
+
+SCHEMA_INVENTORY: Final = "roomsync.inventory.v1"
+SCHEMA_EVENTS: Final = "roomsync.events.v1"
+#: The most events one ``roomsync.events.v1`` message may carry; the outbox batches by it.
+MAX_EVENTS_PER_MESSAGE = 1000
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+SyncStatus = Literal["Online", "Offline", "InUse"]
+SyncHealth = Literal["NoIssues", "Warning", "Error", "Unknown"]
+
+#: A unit's reported state (``Device.state``, the words of the Sync interface's ``status``)
+#: to Sync's device status. A state not listed (``unknown``, none) counts as ``Online`` for a
+#: unit the latest scan saw.
+SYNC_STATUS: Mapping[str, SyncStatus] = {
+    "online": "Online",
+    "idle": "Online",
+    "audio-only": "Online",
+    "enumerating": "Online",
+    "in-use": "InUse",
+    "offline": "Offline",
+}
+#: A unit's health to Sync's ``healthStatus`` (plus ``Unknown``, which Sync lacks).
+SYNC_HEALTH: Mapping[HealthState, SyncHealth] = {
+    HealthState.OK: "NoIssues",
+    HealthState.WARNING: "Warning",
+    HealthState.ERROR: "Error",
+    HealthState.UNKNOWN: "Unknown",
+}
+#: Attributes that carry a unit's host name, by source (mDNS, SSH room PC, SNMP sysName).
+_HOST_NAME_ATTRIBUTES = ("host", "hostname", "sys_name")
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Wire(BaseModel):
+    """A part of a message on the wire: no unknown fields, no coercion, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AgentInfo(_Wire):
+    """Which agent sent the message."""
+
+    id: str = Field(min_length=1, max_length=200, description="The agent's stable id.")
+    version: str = Field(min_length=1, max_length=100, description="roomsync's version.")
+    hostname: str = Field(min_length=1, max_length=253, description="The agent host's name.")
+
+
+class CoverageOut(_Wire):
+    """A unit's warranty / service coverage on the day it was evaluated (Sync: warranty)."""
+
+    status: Status
+    covered_until: date | None = Field(description="The last covered day, if any.")
+    flags: list[str] = Field(description="Why a layer is missing or uncertain (sorted).")
+
+
+class HealthIssueOut(_Wire):
+    """One thing worth telling an operator about a unit."""
+
+    code: str = Field(description="Stable machine-readable word, e.g. peripheral-missing.")
+    severity: Severity
+    message: str = Field(description="For people.")
+
+
+class PeripheralCount(_Wire):
+    """How many peripherals of one kind a unit expects and has (Sync: peripherals.*.count)."""
+
+    expected: int = Field(ge=0)
+    actual: int = Field(ge=0)
+
+
+class DeviceOut(_Wire):
+    """One unit: the facts Sync shows per device, and where each serial came from."""
+
+    identity: str = Field(description="Stable key: product + label-grade serial, else where seen.")
+    identity_kind: Literal["serial", "transport"]
+    parent: str | None = Field(description="Identity of the unit this one was read through.")
+    serial: str | None
+    serial_source: SerialSource | None
+    serial_label_grade: bool = Field(description="True when the serial is the one on the label.")
+    product: str
+    category: str = Field(description="Catalog family (collabos-bar, room-pc…), or other.")
+    model: str | None
+    vendor: str | None
+    firmware: str | None
+    components: dict[str, str] = Field(description="Component firmware versions by component.")
+    transport: Transport
+    address: str = Field(description="Where the agent reached it: USB port path, IP[:port], host.")
+    host_name: str | None = Field(description="Host name when a source reported one.")
+    status: SyncStatus = Field(description="Sync's device status, as of the latest scan.")
+    state: str | None = Field(description="The state the unit itself reported, when it did.")
+    health: SyncHealth = Field(description="Sync's healthStatus, as of the latest scan.")
+    health_issues: list[HealthIssueOut]
+    peripherals: dict[str, PeripheralCount] = Field(description="Expected and actual peripherals.")
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    coverage: CoverageOut | None = Field(description="null when no verdict is known.")
+
+
+class Place(_Wire):
+    """A room (Sync: a place of type Room) and its units."""
+
+    id: str = Field(min_length=1)
+    name: str | None
+    group: str | None
+    location: str | None
+    seat_count: int | None = Field(ge=0)
+    primary_unit: str | None = Field(description="Label-grade serial of the primary unit (P1).")
+    primary_product: str | None
+    ticket_serial: str | None = Field(description="Label-grade serial support tickets quote (P2).")
+    ticket_product: str | None
+    flags: list[str] = Field(description="Room flags (key-device-unregistered…), sorted.")
+    devices: list[DeviceOut]
+
+
+class InventoryMessage(_Wire):
+    """``POST /v1/inventory``: the whole inventory, one snapshot."""
+
+    schema_: Literal["roomsync.inventory.v1"] = Field(alias="schema")
+    agent: AgentInfo
+    sequence: int = Field(ge=1, description="Per agent, increasing; a higher one supersedes.")
+    generated_at: AwareDatetime
+    places: list[Place]
+    unassigned: list[DeviceOut] = Field(description="Units placed in no room.")
+
+
+class EventOut(_Wire):
+    """One change of the inventory."""
+
+    id: UUID = Field(description="Unique per event; the portal de-duplicates by it.")
+    type: EventType
+    time: AwareDatetime
+    identity: str = Field(description="The unit's identity (see DeviceOut.identity).")
+    product: str
+    serial: str | None
+    room: str | None = Field(description="The unit's room after the change (before, if removed).")
+    before: dict[str, Any] | None = Field(description="The changed facts before; null if none.")
+    after: dict[str, Any] | None = Field(description="The changed facts after; null if none.")
+
+
+class EventsMessage(_Wire):
+    """``POST /v1/events``: changes, oldest first."""
+
+    schema_: Literal["roomsync.events.v1"] = Field(alias="schema")
+    agent: AgentInfo
+    sequence: int = Field(ge=1, description="Per agent, increasing, shared with inventory.")
+    generated_at: AwareDatetime
+    events: list[EventOut] = Field(min_length=1, max_length=MAX_EVENTS_PER_MESSAGE)
+
+
+Message = InventoryMessage | EventsMessage
+#: Each schema name to its message model.
+MODELS: Mapping[str, type[InventoryMessage] | type[EventsMessage]] = {
+    SCHEMA_INVENTORY: InventoryMessage,
+    SCHEMA_EVENTS: EventsMessage,
+}
+#: Each schema name to the path it is posted to, under the portal's base URL.
+ENDPOINTS: Mapping[str, str] = {
+    SCHEMA_INVENTORY: "/v1/inventory",
+    SCHEMA_EVENTS: "/v1/events",
+}
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive time is taken to be UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def status_out(device: Device, seen: bool) -> SyncStatus:
+    """Sync's status of ``device``: ``Offline`` unless the latest scan ``seen`` it; then its
+    reported state mapped by :data:`SYNC_STATUS`, ``Online`` when it reported none."""
+    if not seen:
+        return "Offline"
+    return SYNC_STATUS.get(device.state or "", "Online")
+
+
+def health_out(device: Device, seen: bool) -> SyncHealth:
+    """Sync's health of ``device``: ``Unknown`` unless the latest scan ``seen`` it."""
+    return SYNC_HEALTH[device.health] if seen else "Unknown"
+
+
+def coverage_out(verdict: Verdict) -> CoverageOut:
+    """The wire form of one coverage verdict."""
+    return CoverageOut(status=verdict.status, covered_until=verdict.covered_until,
+                       flags=sorted(verdict.flags))
+
+
+def _issue_out(issue: HealthIssue) -> HealthIssueOut:
+    return HealthIssueOut(code=issue.code, severity=issue.severity, message=issue.message)
+
+
+def _host_name(device: Device) -> str | None:
+    """The first host name a source put in the unit's attributes, without a trailing dot."""
+    for key in _HOST_NAME_ATTRIBUTES:
+        value = device.attributes.get(key)
+        if isinstance(value, str) and value.strip(". "):
+            return value.strip().rstrip(".")
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _peripherals(device: Device) -> dict[str, PeripheralCount]:
+    """``attributes["peripheral_counts"]`` (the Sync interface's counts); malformed entries
+    (a hand-edited store) are left out rather than refused."""
+    raw = device.attributes.get("peripheral_counts")
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for group, count in raw.items():
+        if not isinstance(group, str) or not isinstance(count, dict):
+            continue
+        expected, actual = _count(count.get("expected")), _count(count.get("actual"))
+        if expected is not None and actual is not None:
+            out[group] = PeripheralCount(expected=expected, actual=actual)
+    return out
+
+
+def device_out(device: Device, verdict: Verdict | None = None, *, last_scan: datetime | None = None,
+               parent: str | None = None, seen: bool | None = None) -> DeviceOut:
+    """The wire form of one unit (its children are not included: list them on their own
+    with ``parent`` set). ``last_scan`` is when the latest scan ran: a unit last seen before
+    it is ``Offline`` with health ``Unknown``; ``None`` counts the unit as seen. ``seen``,
+    when given, decides instead of ``last_scan``."""
+    if seen is None:
+        seen = last_scan is None or _utc(device.last_seen) >= _utc(last_scan)
+    return DeviceOut(
+        identity=device.identity,
+        identity_kind="serial" if device.identity_kind == "serial" else "transport",
+        parent=parent,
+        serial=device.serial,
+        serial_source=device.serial_source,
+        serial_label_grade=device.serial_label_grade,
+        product=device.product,
+        category=device.category,
+        model=device.model,
+        vendor=device.vendor,
+        firmware=device.firmware,
+        components=dict(device.components),
+        transport=device.transport,
+        address=device.address,
+        host_name=_host_name(device),
+        status=status_out(device, seen),
+        state=device.state,
+        health=health_out(device, seen),
+        health_issues=[_issue_out(i) for i in device.health_issues],
+        peripherals=_peripherals(device),
+        first_seen=_utc(device.first_seen),
+        last_seen=_utc(device.last_seen),
+        coverage=coverage_out(verdict) if verdict is not None else None,
+    )
+
+
+def _with_parents(flat: Sequence[Device]) -> list[tuple[Device, str | None]]:
+    """Each unit of a flattened list (parents before children) with its parent's identity."""
+    parents: dict[int, str] = {}
+    for device in flat:
+        for child in device.children:
+            parents[id(child)] = device.identity
+    return [(d, parents.get(id(d))) for d in flat]
+
+
+class _Verdicts:
+    """Verdicts looked up by serial in the normalised form entitlements use."""
+
+    def __init__(self, verdicts: Mapping[str, Verdict] | None) -> None:
+        self._by_serial = {normalize_serial(k): v for k, v in (verdicts or {}).items()}
+
+    def of(self, device: Device) -> Verdict | None:
+        return self._by_serial.get(normalize_serial(device.serial)) if device.serial else None
+
+
+def _devices_out(flat: Sequence[Device], verdicts: _Verdicts, last_scan: datetime | None,
+                 seen: Callable[[Device], bool] | None) -> list[DeviceOut]:
+    return [device_out(d, verdicts.of(d), last_scan=last_scan, parent=parent,
+                       seen=seen(d) if seen is not None else None)
+            for d, parent in _with_parents(flat)]
+
+
+def _latest_seen(report: RoomsReport) -> datetime | None:
+    """When the latest scan ran, as far as the report tells: the latest ``last_seen`` of any
+    unit (a scan stamps everything it finds with one time)."""
+    flat = [d for r in report.rooms for d in r.devices] + list(units(report.unassigned))
+    return max((_utc(d.last_seen) for d in flat), default=None)
+
+
+def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, report: RoomsReport,
+                      verdicts: Mapping[str, Verdict] | None = None, *,
+                      last_scan: datetime | None = None,
+                      seen: Callable[[Device], bool] | None = None) -> InventoryMessage:
+    """A ``roomsync.inventory.v1`` message: every room summary of ``report`` as a place,
+    and its unassigned units. ``verdicts`` are keyed by serial. ``last_scan`` is when the
+    latest scan ran (the store's ``last_scan()``); by default the latest ``last_seen`` in the
+    report. ``seen`` replaces that rule where one time does not fit (sources on different
+    schedules: a unit counts as seen while its sources' latest runs reported it)."""
+    index = _Verdicts(verdicts)
+    scan = last_scan if last_scan is not None else _latest_seen(report)
+    places = []
+    for summary in report.rooms:
+        room = report.room(summary.room_id)
+        places.append(Place(
+            id=summary.room_id, name=room.name, group=room.group, location=room.location,
+            seat_count=room.seat_count, primary_unit=summary.primary_unit,
+            primary_product=summary.primary_product, ticket_serial=summary.ticket_serial,
+            ticket_product=summary.ticket_product, flags=sorted(summary.flags),
+            devices=_devices_out(summary.devices, index, scan, seen),
+        ))
+    return InventoryMessage(
+        schema=SCHEMA_INVENTORY, agent=agent, sequence=sequence, generated_at=_utc(generated_at),
+        places=places, unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
+    )
+
+
+def change_event_out(*, id: UUID | str, type: str, time: datetime, identity: str, product: str,
+                     serial: str | None, room: str | None, before: Mapping[str, Any] | None,
+                     after: Mapping[str, Any] | None) -> EventOut:
+    """One event from the fields a store keeps: ``id`` may be a UUID's text and ``type`` any
+    string (or string enum) with one of :class:`EventType`'s words. Raises :class:`ValueError`
+    for an id that is no UUID or an unknown type."""
+    return EventOut(
+        id=id if isinstance(id, UUID) else UUID(id), type=EventType(type), time=_utc(time),
+        identity=identity, product=product, serial=serial, room=room,
+        before=dict(before) if before is not None else None,
+        after=dict(after) if after is not None else None,
+    )
+
+
+def event_out(kind: EventType, time: datetime, device: Device, *,
+              before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
+              room: str | None = None, event_id: UUID | str | None = None) -> EventOut:
+    """One event about ``device``. ``room`` defaults to the device's room; ``event_id``
+    should be the id the store gave the event (a fresh random one when ``None``)."""
+    return change_event_out(
+        id=event_id if event_id is not None else uuid4(), type=kind, time=time,
+        identity=device.identity, product=device.product, serial=device.serial,
+        room=room if room is not None else device.room, before=before, after=after,
+    )
+
+
+def events_message(agent: AgentInfo, sequence: int, generated_at: datetime,
+                   events: Iterable[EventOut]) -> EventsMessage:
+    """A ``roomsync.events.v1`` message carrying ``events`` in the order given (the store's
+    order, oldest first): 1 to :data:`MAX_EVENTS_PER_MESSAGE` of them."""
+    return EventsMessage(schema=SCHEMA_EVENTS, agent=agent, sequence=sequence,
+                         generated_at=_utc(generated_at), events=list(events))
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def serialize(message: Message) -> bytes:
+    """The message as compact UTF-8 JSON, field names as on the wire."""
+    return message.model_dump_json(by_alias=True).encode("utf-8")
+
+
+def gzip_body(data: bytes) -> bytes:
+    """``data`` gzip-compressed, one member, with no time stamp: the same message always
+    compresses to the same bytes (a retry sends exactly what the first attempt sent)."""
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def parse_message(data: bytes | str) -> Message:
+    """A message from its JSON (as a portal reads it): the model is chosen by ``schema``.
+    Raises :class:`pydantic.ValidationError` or :class:`ValueError`."""
+    doc = json.loads(data)
+    name = doc.get("schema") if isinstance(doc, dict) else None
+    model = MODELS.get(name) if isinstance(name, str) else None
+    if model is None:
+        raise ValueError(f"unknown schema {name!r}: expected one of {', '.join(MODELS)}")
+    return model.model_validate_json(data)
+
+
+# --------------------------------------------------------------------------- schemas and the document
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema (draft 2020-12) of each message, by schema name."""
+    return {name: {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema(by_alias=True)}
+            for name, model in MODELS.items()}
+
+
+_BLOCK = re.compile(r"(?P<open><!-- schema:(?P<name>[\w.-]+) -->\n)```json\n(?P<body>.*?)\n?```\n"
+                    r"(?P<close><!-- /schema:(?P=name) -->)", re.S)
+
+
+def _render(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False)
+
+
+def schema_blocks(text: str) -> dict[str, str]:
+    """The schema blocks of a document (between ``<!-- schema:NAME -->`` and
+    ``<!-- /schema:NAME -->``), by name, as the JSON text they hold."""
+    return {m["name"]: m["body"] for m in _BLOCK.finditer(text)}
+
+
+def render_schema_blocks(text: str) -> str:
+    """``text`` with every schema block holding the current schema. Raises
+    :class:`ValueError` when a schema has no block or a block names no schema."""
+    schemas = json_schemas()
+    found = schema_blocks(text)
+    missing = sorted(set(schemas) - set(found))
+    unknown = sorted(set(found) - set(schemas))
+    if missing or unknown:
+        raise ValueError(f"schema blocks: missing {missing or 'none'}, unknown {unknown or 'none'}")
+    return _BLOCK.sub(lambda m: f"{m['open']}```json\n{_render(schemas[m['name']])}\n```\n{m['close']}",
+                      text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.uploader.protocol --write-docs docs/portal-api.md`` rewrites the
+    document's schema blocks; ``--check-docs`` exits 1 when they are stale; ``--print NAME``
+    prints one schema."""
+    parser = argparse.ArgumentParser(prog="python -m agent.uploader.protocol", description=main.__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write-docs", metavar="DOC", type=Path)
+    group.add_argument("--check-docs", metavar="DOC", type=Path)
+    group.add_argument("--print", metavar="NAME", choices=sorted(MODELS), dest="print_name")
+    args = parser.parse_args(argv)
+    if args.print_name:
+        print(_render(json_schemas()[args.print_name]))
+        return 0
+    path: Path = args.write_docs or args.check_docs
+    try:
+        text = path.read_text(encoding="utf-8")
+        fresh = render_schema_blocks(text)
+    except (OSError, ValueError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    if args.check_docs:
+        if fresh != text:
+            print(f"{path}: schema blocks are stale; run python -m agent.uploader.protocol "
+                  f"--write-docs {path}", file=sys.stderr)
+            return 1
+        return 0
+    if fresh != text:
+        path.write_text(fresh, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

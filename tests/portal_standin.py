@@ -1,0 +1,690 @@
+"""A stand-in for the licensing portal: a real aiohttp server on 127.0.0.1 that keeps the
+portal's side of ``docs/portal-api.md``, for tests of delivery and of the whole agent.
+
+It runs in a background thread with its own event loop, so a synchronous test, an async
+test and an agent in a subprocess can all talk to it::
+
+    with PortalStandIn("s3cret") as portal:          # or portal.start() / portal.stop()
+        post_to(portal.url + "/v1/inventory", ...)
+        assert portal.wait_for(lambda p: len(p.inventory) == 1)
+
+``stop()`` then ``start()`` again serves on the same port with the same records (the portal
+was down and is back).
+
+What it checks, in this order (the first failure answers): an injected fault; the bearer
+token (401); ``Content-Type: application/json`` and ``Content-Encoding: gzip`` (415); an
+``Idempotency-Key`` (400); the gzip body (400, 413 past :data:`MAX_JSON_BYTES`); the JSON
+against the pydantic models of :mod:`agent.uploader.protocol` (400). A new message is
+recorded and answered 202; a repeated ``Idempotency-Key`` with the same body 200 and not
+recorded again; with another body 422. Events are kept once per event id.
+
+Faults (:meth:`PortalStandIn.inject`, consumed one per request, first injected first):
+
+* an HTTP status ``400``–``599`` (``"500"``, ``"503"``, ``"429"``, ``"401"``, ``"400"``…):
+  answered with that status and nothing recorded; ``503`` and ``429`` carry ``Retry-After``
+  (``retry_after`` seconds, 1 by default; ``None`` leaves it out, any string is sent as is);
+* ``"slow"``: the request is handled normally (a valid message *is* recorded), then the reply
+  is trickled one byte every ``interval`` seconds: a client whose read timeout is shorter
+  gives up although the portal holds the message — its retry must come back 200;
+* ``"reset"``: the connection is reset (RST) without a reply; nothing recorded;
+* ``"reset-after-accept"``: handled normally, then reset instead of replying (the lost
+  acknowledgement).
+
+Records (copies, safe to read from any thread): ``inventory`` and ``messages`` (accepted, in
+order), ``latest_inventory`` (highest sequence), ``events`` (once per id), ``requests`` (every
+request with its fault and status, ``Authorization`` redacted), ``pending_faults``;
+``wait_for(condition, timeout)`` blocks until a condition on the stand-in holds; ``clear()``.
+
+TLS: :class:`CertAuthority` makes a test CA and certificates at test time; ``PortalStandIn(
+token, tls=ca.server_tls())`` serves HTTPS that verifies with ``ca.path``;
+:func:`self_signed_tls`, ``ca.server_tls(hosts=("portal.invalid",))`` and
+``ca.server_tls(expired=True)`` serve certificates that do not verify. ``client_ca=`` makes the
+server require a client certificate (mTLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import itertools
+import json
+import socket
+import ssl
+import struct
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import ValidationError
+
+from agent.uploader.protocol import (
+    ENDPOINTS,
+    SCHEMA_EVENTS,
+    SCHEMA_INVENTORY,
+    EventOut,
+    EventsMessage,
+    InventoryMessage,
+    Message,
+)
+
+__all__ = [
+    "DEFAULT_HOSTS",
+    "FAULTS",
+    "MAX_JSON_BYTES",
+    "Accepted",
+    "CertAuthority",
+    "PortalStandIn",
+    "RecordedRequest",
+    "TlsFiles",
+    "client_context",
+    "self_signed_tls",
+]
+
+#: The names a server certificate is made for by default: what the stand-in listens on.
+DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+#: Largest body accepted, compressed (aiohttp's limit) and decompressed (a gzip bomb stops here).
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: The fault names besides HTTP status codes.
+SLOW, RESET, RESET_AFTER_ACCEPT = "slow", "reset", "reset-after-accept"
+FAULTS = (SLOW, RESET, RESET_AFTER_ACCEPT)
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+_REDACTED = "<redacted>"
+
+
+# --------------------------------------------------------------------------- TLS material
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A server's certificate and key (PEM files), the CA certificate a client trusts to
+    verify it, and — for mTLS — the CA whose client certificates the server requires."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_ca: Path | None = None
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=self.client_ca)
+        return context
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return path
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _leaf(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+          signer: ec.EllipticCurvePrivateKey, *, hosts: Sequence[str], client: bool,
+          expired: bool) -> x509.Certificate:
+    """An end-entity certificate for ``hosts`` (server) or a client, signed by ``signer``."""
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(days=30), now - timedelta(days=1)) if expired else \
+        (now - timedelta(minutes=5), now + timedelta(days=2))
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+                              critical=False))
+    if hosts:
+        builder = builder.add_extension(_san(hosts), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+class CertAuthority:
+    """A certificate authority made at test time (EC P-256: milliseconds), writing its
+    certificate to ``path`` and what it issues beside it in ``directory``."""
+
+    _serial = itertools.count(1)
+
+    def __init__(self, directory: Path, name: str = "roomsync test CA") -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = _name(name)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        public = self._key.public_key()
+        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
+                     .public_key(public).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                  key_encipherment=False, data_encipherment=False,
+                                                  key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                                  encipher_only=False, decipher_only=False), critical=True)
+                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+                     .sign(self._key, hashes.SHA256()))
+        self.path = _write_cert(self._file("ca.pem"), self.cert)
+
+    def _file(self, suffix: str) -> Path:
+        return self.directory / f"ca{id(self):x}-{next(self._serial)}-{suffix}"
+
+    def issue(self, common_name: str, *, hosts: Sequence[str] = (), client: bool = False,
+              expired: bool = False) -> tuple[Path, Path]:
+        """A certificate (and its key) for a server named ``hosts`` or, with ``client``, a
+        client; ``expired`` makes one whose validity ended yesterday."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _leaf(_name(common_name), key, self.name, self._key, hosts=hosts, client=client,
+                     expired=expired)
+        return _write_cert(self._file("cert.pem"), cert), _write_key(self._file("key.pem"), key)
+
+    def server_tls(self, hosts: Sequence[str] = DEFAULT_HOSTS, *, expired: bool = False,
+                   client_ca: CertAuthority | None = None) -> TlsFiles:
+        """Server files for the stand-in; with ``client_ca`` the server demands a client
+        certificate issued by it."""
+        cert, key = self.issue(hosts[0] if hosts else "portal", hosts=hosts, expired=expired)
+        return TlsFiles(cert, key, self.path, client_ca.path if client_ca is not None else None)
+
+    def client_cert(self, common_name: str = "roomsync-agent") -> tuple[Path, Path]:
+        """A client certificate and key for mTLS."""
+        return self.issue(common_name, client=True)
+
+
+def self_signed_tls(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS) -> TlsFiles:
+    """A self-signed server certificate for ``hosts``: right names, no CA a client trusts
+    (``ca`` is the certificate itself)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("self-signed portal")
+    cert = _leaf(name, key, name, key, hosts=hosts, client=False, expired=False)
+    stem = f"self-signed-{id(key):x}"
+    cert_path = _write_cert(directory / f"{stem}-cert.pem", cert)
+    return TlsFiles(cert_path, _write_key(directory / f"{stem}-key.pem", key), cert_path)
+
+
+def client_context(ca: Path | None = None, *, cert: Path | None = None,
+                   key: Path | None = None) -> ssl.SSLContext:
+    """A verifying client context: trusting ``ca`` (else the system's CAs), with a client
+    certificate when given."""
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as the stand-in saw it. ``headers`` never hold a credential: the
+    ``Authorization`` value is replaced by its scheme and ``<redacted>``. ``status`` is
+    ``None`` when the connection was reset instead of answered."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    idempotency_key: str | None
+    body_bytes: int
+    fault: str | None
+    status: int | None
+    client_cert: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message the stand-in recorded (once per ``Idempotency-Key``)."""
+
+    idempotency_key: str
+    message: Message
+
+    @property
+    def schema(self) -> str:
+        return self.message.schema_
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    name: str
+    retry_after: str | None
+    interval: float
+    path: str | None
+
+
+@dataclass(slots=True)
+class _Records:
+    accepted: list[Accepted] = field(default_factory=list)
+    events: dict[str, EventOut] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> body digest
+    requests: list[RecordedRequest] = field(default_factory=list)
+    loop_errors: list[str] = field(default_factory=list)
+
+
+def _problem(status: int, detail: str, headers: Mapping[str, str] | None = None,
+             **extra: Any) -> web.Response:
+    """An RFC 9457 problem reply."""
+    body = {"type": "about:blank", "title": _reason(status), "status": status, "detail": detail, **extra}
+    return web.Response(status=status, body=json.dumps(body).encode(), headers=headers,
+                        content_type="application/problem+json")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _ok(http_status: int, /, **body: Any) -> web.Response:
+    return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """One gzip member, at most ``limit`` bytes once decompressed."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _BodyError(400, f"the body is not gzip: {exc}") from None
+    if len(data) > limit:
+        raise _BodyError(413, f"the body decompresses to more than {limit} bytes")
+    if not inflater.eof:
+        raise _BodyError(400, "the gzip body is truncated")
+    if inflater.unused_data:
+        raise _BodyError(400, "data after the gzip member")
+    return data
+
+
+def _redact(headers: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for name, value in headers.items():
+        if name.lower() == "authorization":
+            scheme = value.split(None, 1)[0] if value.strip() else ""
+            value = f"{scheme} {_REDACTED}".strip()
+        out[name] = value
+    return out
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _client_cert_name(request: web.Request) -> str | None:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+# --------------------------------------------------------------------------- the stand-in
+
+
+class PortalStandIn:
+    """The portal's side of ``docs/portal-api.md`` on 127.0.0.1, a free port, in a thread."""
+
+    def __init__(self, token: str, *, tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
+        if not token:
+            raise ValueError("the stand-in needs a token")
+        self._token = token.encode()
+        self._tls = tls
+        self._host = host
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._records = _Records()
+        self._faults: deque[_Fault] = deque()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._port: int | None = None
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"PortalStandIn(url={self._url_or_none()!r})"
+
+    # ------------------------------------------------------------------ life cycle
+
+    def __enter__(self) -> PortalStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> PortalStandIn:
+        """Listen on a free port — after :meth:`stop`, on the same port again (the portal
+        was down and is back); returns once the server accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("the stand-in is already running")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port or 0))
+        except OSError:
+            sock.close()
+            raise
+        self._port = sock.getsockname()[1]
+        self._error = None
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, args=(sock, ready), name="portal-standin",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if self._error is not None or not ready.is_set():
+            self.stop()
+            raise RuntimeError(f"the portal stand-in did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (replies still trickling are cut off). Records stay readable."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        self._thread = None
+
+    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._loop_error)
+        try:
+            runner = loop.run_until_complete(self._setup(sock))
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+            sock.close()
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _setup(self, sock: socket.socket) -> web.AppRunner:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        for schema, path in ENDPOINTS.items():
+            app.router.add_post(path, self._handler(schema))
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, auto_decompress=False,
+                               shutdown_timeout=0.2)
+        await runner.setup()
+        context = self._tls.server_context() if self._tls is not None else None
+        await web.SockSite(runner, sock, ssl_context=context).start()
+        return runner
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Failed handshakes and the like: kept for the test to see, not printed."""
+        exc = context.get("exception")
+        with self._lock:
+            self._records.loop_errors.append(f"{context.get('message')}: {exc!r}")
+
+    @property
+    def url(self) -> str:
+        """The portal's base URL (``http://127.0.0.1:PORT`` or ``https://…``)."""
+        url = self._url_or_none()
+        if url is None:
+            raise RuntimeError("the stand-in is not started")
+        return url
+
+    def _url_or_none(self) -> str | None:
+        if self._port is None:
+            return None
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the stand-in is not started")
+        return self._port
+
+    # ------------------------------------------------------------------ faults
+
+    def inject(self, fault: str | int, times: int = 1, *, retry_after: int | float | str | None = 1,
+               interval: float = 0.25, path: str | None = None) -> None:
+        """Answer the next ``times`` requests (to ``path`` only, when given) with ``fault``:
+        an HTTP status 400–599, ``"slow"``, ``"reset"`` or ``"reset-after-accept"``.
+        ``retry_after`` is sent with 503 and 429; ``interval`` is the slow reply's pace."""
+        name = str(fault)
+        if name not in FAULTS and not (name.isdigit() and 400 <= int(name) <= 599):
+            raise ValueError(f"unknown fault {fault!r}: an HTTP status 400-599 or one of {', '.join(FAULTS)}")
+        if times < 1:
+            raise ValueError("times must be 1 or more")
+        after = None if retry_after is None else (retry_after if isinstance(retry_after, str)
+                                                  else f"{retry_after:g}")
+        with self._lock:
+            self._faults.extend(_Fault(name, after, interval, path) for _ in range(times))
+
+    @property
+    def pending_faults(self) -> list[str]:
+        """Faults injected and not yet used, in order."""
+        with self._lock:
+            return [f.name for f in self._faults]
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.path is None or fault.path == path:
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def messages(self) -> list[Accepted]:
+        """Every message recorded, in the order accepted."""
+        with self._lock:
+            return list(self._records.accepted)
+
+    @property
+    def inventory(self) -> list[InventoryMessage]:
+        """The inventory messages recorded, in the order accepted."""
+        return [a.message for a in self.messages if isinstance(a.message, InventoryMessage)]
+
+    @property
+    def latest_inventory(self) -> InventoryMessage | None:
+        """The snapshot a portal shows: the recorded one with the highest sequence."""
+        return max(self.inventory, key=lambda m: m.sequence, default=None)
+
+    @property
+    def events(self) -> list[EventOut]:
+        """Every event recorded, once per event id, in the order first accepted."""
+        with self._lock:
+            return list(self._records.events.values())
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request answered or reset, in the order finished (credentials redacted)."""
+        with self._lock:
+            return list(self._records.requests)
+
+    @property
+    def loop_errors(self) -> list[str]:
+        """Errors outside a request (a TLS handshake a client refused…)."""
+        with self._lock:
+            return list(self._records.loop_errors)
+
+    def clear(self) -> None:
+        """Forget every record, key and pending fault."""
+        with self._lock:
+            self._records = _Records()
+            self._faults.clear()
+
+    def wait_for(self, condition: Callable[[PortalStandIn], bool], timeout: float = 5.0) -> bool:
+        """Block until ``condition(self)`` holds (checked after each request); ``False`` when
+        ``timeout`` seconds pass first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: condition(self), timeout)
+
+    def _log(self, request: web.Request, fault: _Fault | None, status: int | None, size: int) -> None:
+        entry = RecordedRequest(
+            method=request.method, path=request.path, headers=_redact(request.headers),
+            idempotency_key=request.headers.get("Idempotency-Key"), body_bytes=size,
+            fault=fault.name if fault else None, status=status, client_cert=_client_cert_name(request))
+        with self._changed:
+            self._records.requests.append(entry)
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ requests
+
+    def _handler(self, schema: str) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self._handle(request, schema)
+        return handle
+
+    async def _handle(self, request: web.Request, schema: str) -> web.StreamResponse:
+        body = await request.read()
+        fault = self._take_fault(request.path)
+        if fault is not None and fault.name == RESET:
+            return self._reset(request, fault, len(body))
+        reply = self._fault_reply(fault) or self._process(request.headers, body, schema)
+        if fault is not None and fault.name == RESET_AFTER_ACCEPT:
+            return self._reset(request, fault, len(body))
+        if fault is not None and fault.name == SLOW:
+            self._log(request, fault, reply.status, len(body))
+            return await _trickle(request, reply, fault.interval)
+        self._log(request, fault, reply.status, len(body))
+        return reply
+
+    def _reset(self, request: web.Request, fault: _Fault, size: int) -> web.StreamResponse:
+        """Reset the connection (RST, not FIN) and answer nothing."""
+        self._log(request, fault, None, size)
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        return web.Response(status=204)  # never sent: the transport is gone
+
+    @staticmethod
+    def _fault_reply(fault: _Fault | None) -> web.Response | None:
+        if fault is None or not fault.name.isdigit():
+            return None
+        status = int(fault.name)
+        headers = {}
+        if status in _RETRY_AFTER_STATUSES and fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="roomsync-portal", error="invalid_token"'
+        return _problem(status, f"injected fault {status}", headers)
+
+    def _authorized(self, value: str | None) -> bool:
+        scheme, _, credentials = (value or "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    def _process(self, headers: Mapping[str, str], body: bytes, schema: str) -> web.Response:
+        """What the portal answers a request that met no fault; records a new message."""
+        if not self._authorized(headers.get("Authorization")):
+            return _problem(401, "missing or wrong bearer token",
+                            {"WWW-Authenticate": 'Bearer realm="roomsync-portal", error="invalid_token"'})
+        if _media_type(headers.get("Content-Type")) != "application/json":
+            return _problem(415, "Content-Type must be application/json")
+        if (headers.get("Content-Encoding") or "").strip().lower() != "gzip":
+            return _problem(415, "Content-Encoding must be gzip")
+        key = headers.get("Idempotency-Key")
+        if not key or len(key) > 255 or not set(key) <= _KEY_CHARS:
+            return _problem(400, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+        try:
+            data = _gunzip(body, MAX_JSON_BYTES)
+            message = _parse(data, schema)
+        except _BodyError as exc:
+            return _problem(exc.status, str(exc))
+        except ValidationError as exc:
+            return _problem(400, f"the message does not match {schema}",
+                            errors=exc.errors(include_url=False, include_input=False, include_context=False))
+        return self._record(key, hashlib.sha256(data).hexdigest(), message)
+
+    def _record(self, key: str, digest: str, message: Message) -> web.Response:
+        with self._changed:
+            known = self._records.keys.get(key)
+            if known is not None:
+                if known != digest:
+                    return _problem(422, "Idempotency-Key reused with another body")
+                return _ok(200, status="duplicate", idempotency_key=key)
+            self._records.keys[key] = digest
+            self._records.accepted.append(Accepted(key, message))
+            new = 0
+            if isinstance(message, EventsMessage):
+                for event in message.events:
+                    if str(event.id) not in self._records.events:
+                        self._records.events[str(event.id)] = event
+                        new += 1
+            self._changed.notify_all()
+        extra = {"events": new} if isinstance(message, EventsMessage) else {}
+        return _ok(202, status="accepted", idempotency_key=key, **extra)
+
+
+def _parse(data: bytes, schema: str) -> Message:
+    """The message ``data`` holds, validated by the model of ``schema`` (strict, no extras)."""
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise _BodyError(400, f"the body is not JSON: {exc}") from None
+    if schema == SCHEMA_INVENTORY:
+        return InventoryMessage.model_validate_json(data)
+    assert schema == SCHEMA_EVENTS
+    return EventsMessage.model_validate_json(data)
+
+
+async def _trickle(request: web.Request, reply: web.Response, interval: float) -> web.StreamResponse:
+    """Send ``reply``'s status and headers at once, then its body one byte per ``interval``."""
+    body = bytes(reply.body) if isinstance(reply.body, bytes | bytearray) else b""
+    stream = web.StreamResponse(status=reply.status, headers={
+        k: v for k, v in reply.headers.items() if k.lower() != "content-length"})
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    try:
+        for i in range(len(body)):
+            await asyncio.sleep(interval)
+            await stream.write(body[i:i + 1])
+        await stream.write_eof()
+    except ConnectionError:  # the client gave up: what the fault is for
+        pass
+    return stream
