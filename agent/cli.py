@@ -38,10 +38,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="log progress to stderr (-vv for debug)")
     common.add_argument("--log-format", choices=("auto", "json", "console"),
                         help="log format (default: from config, else auto)")
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", metavar="DIR",
+                       help="the agent's state directory (default: config state_dir, "
+                            "$STATE_DIRECTORY, else ~/.local/state/roomsync)")
+    rooms = argparse.ArgumentParser(add_help=False)
+    rooms.add_argument("--room-map", metavar="FILE",
+                       help="CSV placing LAN devices in rooms, with room names and locations "
+                            "(default: the configuration's room_map)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     scan = sub.add_parser(
-        "scan", parents=[common], help="run the enabled sources once and print the devices found",
+        "scan", parents=[common, state, rooms],
+        help="run the enabled sources once and print the devices found",
         description="Run the enabled sources once and print the devices found. With no "
                     "configuration file, scans this host's USB.")
     scan.add_argument("--json", action="store_true", help="print JSON: {devices: [...], errors: [...]}")
@@ -57,12 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="do not open devices through libusb for strings sysfs lacks")
     scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
                       help="give up on a source after S seconds (default 120)")
-    scan.add_argument("--state-dir", metavar="DIR",
-                      help="where the inventory is stored (default: config state_dir, "
-                           "$STATE_DIRECTORY, else ~/.local/state/roomsync)")
     scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
-    scan.add_argument("--room-map", metavar="FILE",
-                      help="CSV placing LAN devices in rooms (default: the configuration's room_map)")
     scan.add_argument("--all", action="store_true",
                       help="also list LAN responders the catalog does not know ('other')")
     lan = scan.add_argument_group(
@@ -91,18 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=cmd_scan)
 
     inventory = sub.add_parser(
-        "inventory", parents=[common], help="print the stored inventory (what the scans found)",
+        "inventory", parents=[common, state, rooms], help="print the stored inventory (what the scans found)",
         description="Print every unit in the agent's state: what the scans stored, with rooms, "
                     "primary units and ticket serials. Reads the store; scans nothing.")
     inventory.add_argument("--json", action="store_true", help="print JSON")
     inventory.add_argument("--removed", action="store_true",
                            help="list the units that left the inventory instead")
-    inventory.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
     inventory.add_argument("--all", action="store_true", help="also list units the catalog does not know")
     inventory.set_defaults(func=cmd_inventory)
 
     events = sub.add_parser(
-        "events", parents=[common], help="print the change events of past scans",
+        "events", parents=[common, state], help="print the change events of past scans",
         description="Print the change events the scans produced (device.added, device.removed, "
                     "device.moved, firmware.changed, health.changed, serial.conflict), oldest first.")
     events.add_argument("--since", metavar="TIME",
@@ -110,11 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=1000, metavar="N",
                         help="at most the newest N events (default 1000; 0 = all)")
     events.add_argument("--json", action="store_true", help="print JSON")
-    events.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
     events.set_defaults(func=cmd_events)
 
     coverage = sub.add_parser(
-        "coverage", parents=[common],
+        "coverage", parents=[common, state, rooms],
         help="warranty, extended warranty, SELECT and reseller coverage of every unit",
         description="Evaluate the coverage of every serial in the entitlements file and every "
                     "unit in the agent's state (what the scans stored), with the rule ids of "
@@ -128,19 +130,15 @@ def _parser() -> argparse.ArgumentParser:
                           help="site summary: rooms, units, counts per status, SELECT spares and "
                                "service manager (S10, S11), enterprise tier (S3)")
     coverage.add_argument("--json", action="store_true", help="print JSON")
-    coverage.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
-    coverage.add_argument("--room-map", metavar="FILE", help="CSV placing LAN devices in rooms")
     coverage.set_defaults(func=cmd_coverage)
 
     export = sub.add_parser(
-        "export", parents=[common], help="write the inventory for other systems",
+        "export", parents=[common, state, rooms], help="write the inventory for other systems",
         description="Write the stored inventory in a format other systems read. "
                     "service-portal-csv: one row per key device per room, for customers who "
                     "upload rooms to Logitech's Service Portal by hand (S14).")
     export.add_argument("--format", required=True, choices=("service-portal-csv",))
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
-    export.add_argument("--state-dir", metavar="DIR", help="the agent's state directory")
-    export.add_argument("--room-map", metavar="FILE", help="CSV with room names and locations")
     export.set_defaults(func=cmd_export)
 
     check = sub.add_parser(
@@ -208,7 +206,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _room_map(args: argparse.Namespace, cfg: Any) -> Any:
     """The room map named by --room-map or the configuration; None when there is none."""
-    path = getattr(args, "room_map", None) or cfg.room_map
+    path = args.room_map or cfg.room_map
     if path is None:
         return None
     from agent.roommap import RoomMapError, load_room_map

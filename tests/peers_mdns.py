@@ -194,14 +194,10 @@ class Publisher:
             self.proc = None
 
     def _kill(self) -> str:
+        from tests.processes import stop_process  # here: this file also runs as the publisher script
+
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         stderr = self.proc.stderr.read() if self.proc.stderr else ""
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
@@ -341,15 +337,9 @@ class AvahiPublisher:
         raise PublisherError(f"avahi-daemon did not publish its services: {log}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        from tests.processes import stop_process
+
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> AvahiPublisher:

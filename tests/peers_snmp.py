@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stop_process
 
 SNMPD = "/usr/sbin/snmpd"
 SNMPGET = shutil.which("snmpget") or "/usr/bin/snmpget"
@@ -59,17 +60,6 @@ def _mibless_env() -> dict[str, str]:
     env["MIBS"] = ""
     env["MIBDIRS"] = "/nonexistent"
     return env
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _wait_until(check: object, what: str, proc: subprocess.Popen[bytes], log: Path,
@@ -149,12 +139,12 @@ class Snmpd:
             _wait_until(lambda: answers(self.host, self.port, community=self.community),
                         "snmpd", self.proc, self.log)
         except BaseException:
-            _stop(self.proc)
+            stop_process(self.proc)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 @dataclass
@@ -232,12 +222,12 @@ class SnmpSim:
                 _wait_until(lambda d=dev: answers(d.address, self.port, community=self.community),  # type: ignore[misc]
                             "snmpsim", self.proc, self.log, deadline=60.0)
         except BaseException:
-            _stop(self.proc)
+            stop_process(self.proc)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def entity_rows(serial: str, model: str, manufacturer: str = "Logitech", *, name: str = "chassis",

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
+
 SSHD = Path("/usr/sbin/sshd")
 SKIP_REASON = "openssh-server is not installed (Debian package openssh-server; run scripts/bootstrap)"
 LOOPBACK = "127.0.0.1"
@@ -124,13 +126,7 @@ class Sshd:
 
     def stop(self) -> None:
         """Stop the daemon by its PID (unshare and sh exec into sshd: one process)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 def start_sshd(workdir: Path) -> Sshd:

@@ -168,7 +168,9 @@ class SnmpSweep:
                 w.cancel()
         stats.seconds = time.monotonic() - started
         stats.requests = self.client.requests_sent
-        self.result.observations.sort(key=lambda o: _sort_key(o.address))
+        # Responders answer in any order; report them in the order the targets were given.
+        order = {t.address: i for i, t in enumerate(self.targets)}
+        self.result.observations.sort(key=lambda o: order.get(o.address, len(order)))
         return self.result
 
     async def _worker(self, queue: Iterator[Target]) -> None:
@@ -221,15 +223,6 @@ class SnmpSweep:
 
     def _error(self, target: Target, message: str) -> None:
         self.result.errors.append(ScanError(self.source, target.address, message))
-
-
-def _sort_key(address: str) -> tuple[int, Any, str]:
-    host = address.rsplit(":", 1)[0].strip("[]") if address.count(":") == 1 or "]" in address else address
-    try:
-        ip = ipaddress.ip_address(host)
-        return (ip.version, int(ip), address)
-    except ValueError:
-        return (9, 0, address)
 
 
 def credentials_from_config(settings: Any, environ: Mapping[str, str] | None = None) -> Credentials:
