@@ -121,23 +121,62 @@ def _parser() -> argparse.ArgumentParser:
         description="Evaluate the coverage of every serial in the entitlements file and every "
                     "unit in the agent's state (what the scans stored), with the rule ids of "
                     "domain.md behind each verdict. Most urgent first.")
-    coverage.add_argument("--entitlements", metavar="FILE", required=True,
-                          help="purchase and contract records (CSV; config/entitlements.example.csv)")
+    coverage.add_argument("--entitlements", metavar="FILE",
+                          help="purchase and contract records (CSV; config/entitlements.example.csv; "
+                               "default: [coverage] entitlements)")
     coverage.add_argument("--today", metavar="YYYY-MM-DD", help="evaluate as of this day (default: today)")
-    coverage.add_argument("--expiring-days", type=int, default=90, metavar="N",
-                          help="'expiring_soon' when coverage ends within N days (default 90)")
+    coverage.add_argument("--expiring-days", type=int, metavar="N",
+                          help="'expiring_soon' when coverage ends within N days (default: "
+                               "[coverage] expiring_days, 90)")
     coverage.add_argument("--summary", action="store_true",
                           help="site summary: rooms, units, counts per status, SELECT spares and "
                                "service manager (S10, S11), enterprise tier (S3)")
     coverage.add_argument("--json", action="store_true", help="print JSON")
     coverage.set_defaults(func=cmd_coverage)
 
+    portal = argparse.ArgumentParser(add_help=False)
+    portal.add_argument("--portal-url", metavar="URL", help="the portal's base URL (default: [portal] url)")
+    portal.add_argument("--token-file", metavar="FILE",
+                        help="file (or systemd credential name) holding the bearer token "
+                             "(default: [portal] token_file)")
+    portal.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify the portal with")
+    portal.add_argument("--client-cert", metavar="FILE", help="client certificate (mTLS); with --client-key")
+    portal.add_argument("--client-key", metavar="FILE", help="the client certificate's key")
+
+    push = sub.add_parser(
+        "push", parents=[common, state, rooms, portal],
+        help="deliver the outbox (snapshots and change events) to the portal",
+        description="Deliver everything the outbox holds to the licensing portal, oldest first, "
+                    "retrying transient failures (network, 408, 429, 5xx) with backoff until "
+                    "the deadline. Exit 0 only when the outbox is empty afterwards. The daemon "
+                    "(roomsync run) delivers continuously; push is the one-shot form.")
+    push.add_argument("--once", action="store_true",
+                      help="deliver what is pending and exit (what push always does; the flag "
+                           "is accepted for scripts that spell it out)")
+    push.add_argument("--deadline", type=float, default=60.0, metavar="S",
+                      help="stop retrying after S seconds (default 60)")
+    push.add_argument("--retry-parked", action="store_true",
+                      help="first put parked messages (refused with a 4xx) back in the queue")
+    push.add_argument("--json", action="store_true", help="print the result as JSON")
+    push.set_defaults(func=cmd_push)
+
+    outbox = sub.add_parser(
+        "outbox", parents=[common, state],
+        help="show what waits for the portal (queued, parked, dropped) and the portal's state",
+        description="Show the outbox: queued and parked messages, events not yet queued, what "
+                    "the bound dropped, and what the last delivery attempts said of the portal.")
+    outbox.add_argument("--json", action="store_true", help="print JSON")
+    outbox.set_defaults(func=cmd_outbox)
+
     export = sub.add_parser(
         "export", parents=[common, state, rooms], help="write the inventory for other systems",
         description="Write the stored inventory in a format other systems read. "
                     "service-portal-csv: one row per key device per room, for customers who "
-                    "upload rooms to Logitech's Service Portal by hand (S14).")
-    export.add_argument("--format", required=True, choices=("service-portal-csv",))
+                    "upload rooms to Logitech's Service Portal by hand (S14). json: the "
+                    "snapshot roomsync push would send now.")
+    export.add_argument("--format", required=True, choices=("service-portal-csv", "json"),
+                        help="service-portal-csv, or json: the inventory snapshot roomsync push "
+                             "would send now (roomsync.inventory.v1, docs/portal-api.md)")
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     export.set_defaults(func=cmd_export)
 
@@ -505,7 +544,14 @@ def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now
                 # Only sources that ran to the end can tell that a unit is gone.
                 sources_run={r.name for r in report.runs if r.success},
                 remove_after=settings.remove_after_missed_scans,
-                retention=Retention(settings.history_days, settings.history_scans))
+                retention=Retention(settings.history_days, settings.history_scans, settings.events_days))
+            try:
+                context = _snapshot_context(args, cfg)
+            except UsageError as exc:
+                report.errors.append(ScanError("outbox", str(state_dir), f"{exc}; no snapshot queued "
+                                               "(the change events are)"))
+            else:
+                _queue_snapshot(_outbox(store, cfg), store, context, now)
             return list(record.events)
     except StoreError as exc:
         report.errors.append(ScanError("store", str(state_dir), str(exc)))
@@ -711,14 +757,19 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     from agent.inventory import known_rooms, summarize_rooms
 
     today = _parse_day(args.today, "--today")
+    if args.expiring_days is None:
+        args.expiring_days = cfg.coverage.expiring_days
     if args.expiring_days < 0:
         raise UsageError("--expiring-days must be 0 or more")
+    path = args.entitlements or cfg.coverage.entitlements
+    if path is None:
+        raise UsageError("no entitlements file: pass --entitlements FILE or set [coverage] entitlements")
     try:
-        entitlements = load_entitlements(args.entitlements)
+        entitlements = load_entitlements(path)
     except EntitlementsError as exc:
         raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
     except OSError as exc:
-        raise UsageError(f"--entitlements {args.entitlements}: {exc.strerror or exc}") from None
+        raise UsageError(f"--entitlements {path}: {exc.strerror or exc}") from None
     devices, stored_rooms = _stored_inventory(args, cfg)
     room_map = _room_map(args, cfg)
     catalog = load_catalog()
@@ -790,6 +841,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from agent.catalog import load_catalog
     from agent.inventory import known_rooms, summarize_rooms
 
+    if args.format == "json":
+        return _export_snapshot(args, cfg)
     devices, stored_rooms = _stored_inventory(args, cfg)
     rooms = {r.id: r for r in stored_rooms}
     rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
@@ -815,6 +868,193 @@ def cmd_export(args: argparse.Namespace) -> int:
               "devices)", file=sys.stderr)
     if args.output:
         print(f"wrote {count} key device row(s) to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_output(args: argparse.Namespace, text: str) -> None:
+    if not args.output:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise UsageError(f"--output {args.output}: {exc.strerror or exc}") from None
+
+
+def _export_snapshot(args: argparse.Namespace, cfg: Any) -> int:
+    from datetime import UTC, datetime
+
+    from agent.store import StoreError
+    from agent.uploader.snapshot import build_snapshot
+
+    context = _snapshot_context(args, cfg)
+    store = _open_store(args, cfg)
+    if store is None:
+        return EXIT_FAILED
+    try:
+        with store:
+            outbox = _outbox(store, cfg)
+            message = build_snapshot(store, context, outbox.agent, outbox.next_sequence(),
+                                     datetime.now(UTC), outbox.dropped_events())
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    _write_output(args, message.model_dump_json(by_alias=True, indent=2) + "\n")
+    if args.output:
+        print(f"wrote the snapshot ({sum(len(p.devices) for p in message.places)} placed and "
+              f"{len(message.unassigned)} unassigned unit(s)) to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- portal: outbox, push
+
+
+def _snapshot_context(args: argparse.Namespace, cfg: Any) -> Any:
+    """What a snapshot needs besides the store: catalog, configured rooms, entitlements."""
+    from agent.catalog import load_catalog
+    from agent.entitlements import EntitlementsError, load_entitlements
+    from agent.inventory import known_rooms
+    from agent.uploader.snapshot import SnapshotContext
+
+    entitlements = None
+    path = cfg.coverage.entitlements
+    if path is not None:
+        try:
+            entitlements = load_entitlements(path)
+        except EntitlementsError as exc:
+            problems = "\n  ".join(exc.problems)
+            raise UsageError(f"[coverage] entitlements {path} refused:\n  {problems}") from None
+        except OSError as exc:
+            raise UsageError(f"[coverage] entitlements {path}: {exc.strerror or exc}") from None
+    return SnapshotContext(load_catalog(), tuple(known_rooms(_config_room(cfg), _room_map(args, cfg))),
+                           entitlements, cfg.coverage.expiring_days)
+
+
+def _outbox(store: Any, cfg: Any) -> Any:
+    from datetime import timedelta
+
+    from agent.uploader.outbox import Outbox
+
+    return Outbox(store, agent_id=cfg.agent_id, version=__version__, hostname=os.uname().nodename,
+                  max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
+                  snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
+
+
+def _queue_snapshot(outbox: Any, store: Any, context: Any, now: Any, *, force: bool = False) -> bool:
+    from agent.uploader.snapshot import build_snapshot
+
+    return bool(outbox.queue_snapshot(
+        lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
+        now, force=force))
+
+
+def _portal_settings(args: argparse.Namespace, cfg: Any) -> Any:
+    from agent.uploader.delivery import PortalError, PortalSettings
+
+    overrides = {key: value for key, value in (
+        ("url", args.portal_url), ("token_file", args.token_file), ("ca_file", args.ca_file),
+        ("client_cert", args.client_cert), ("client_key", args.client_key)) if value is not None}
+    portal = _revalidate(cfg.portal, overrides, "--portal-url/--token-file/--ca-file/--client-cert")
+    try:
+        return PortalSettings.from_config(portal)
+    except PortalError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    import asyncio
+    import time
+    from datetime import UTC, datetime
+
+    from agent.store import StoreError
+    from agent.uploader.delivery import Delivery, PortalError
+
+    if args.deadline < 0:
+        raise UsageError("--deadline must be 0 or more")
+    settings = _portal_settings(args, cfg)
+    context = _snapshot_context(args, cfg)
+    store = _open_store(args, cfg)
+    if store is None:
+        return EXIT_OK  # nothing was ever stored: nothing to deliver
+    deadline = time.monotonic() + args.deadline
+    with store:
+        try:
+            outbox = _outbox(store, cfg)
+            if args.retry_parked:
+                outbox.unpark()
+            now = datetime.now(UTC)
+            if outbox.snapshot_due(now):
+                _queue_snapshot(outbox, store, context, now)
+            delivery = Delivery(
+                outbox, settings, user_agent=f"roomsync/{__version__}",
+                snapshot=lambda: _queue_snapshot(outbox, store, context, datetime.now(UTC), force=True))
+            result = asyncio.run(delivery.run(deadline=deadline))
+            stats = outbox.stats()
+        except PortalError as exc:
+            raise UsageError(str(exc)) from None
+        except StoreError as exc:
+            print(f"roomsync: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        _print_json({"result": result.stopped_because, "delivered": result.delivered,
+                     "events_delivered": result.events_delivered, "parked": result.parked,
+                     "retries": result.retries, "last_problem": result.last_problem,
+                     "outbox": stats.to_dict()})
+    else:
+        print(f"delivered {result.delivered} message(s) ({result.events_delivered} event(s)) to "
+              f"{settings.host}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}")
+        _print_outbox_summary(stats, result.stopped_because, result.last_problem)
+    return EXIT_OK if stats.empty else EXIT_FAILED
+
+
+def _print_outbox_summary(stats: Any, stopped: str | None = None, problem: str | None = None) -> None:
+    reasons = {"paused": "delivery paused", "deadline": "gave up at the deadline",
+               "error": "the store failed", "stopped": "stopped"}
+    if stats.empty:
+        print("outbox empty")
+    else:
+        print(f"outbox: {stats.pending} pending, {stats.parked} parked, {stats.events_waiting} event(s) "
+              f"not yet queued ({stats.bytes} bytes)")
+    if stopped in reasons:
+        print(f"{reasons[stopped]}: {problem}" if problem else reasons[stopped])
+    if stats.parked:
+        print("parked messages were refused by the portal (4xx); roomsync outbox shows why, "
+              "roomsync push --retry-parked sends them again")
+    if stats.dropped_events:
+        print(f"the outbox bound dropped {stats.dropped_events} event(s) in {stats.dropped_messages} "
+              "message(s) ([portal] outbox_max_mb)")
+    portal = stats.portal
+    if portal.state not in ("ok", "unknown"):
+        print(f"portal {portal.state}" + (f": {portal.reason}" if portal.reason else ""))
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    from agent.store import StoreError
+
+    store = _open_store(args, cfg)
+    if store is None:
+        return EXIT_OK
+    try:
+        with store:
+            outbox = _outbox(store, cfg)
+            stats, messages = outbox.stats(), outbox.messages()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json({**stats.to_dict(), "agent_id": outbox.agent.id,
+                     "messages": [m.to_dict() for m in messages]})
+        return EXIT_OK
+    print(f"agent id {outbox.agent.id}")
+    _print_outbox_summary(stats)
+    if messages:
+        print()
+        print(_table(["SEQ", "KIND", "EVENTS", "BYTES", "STATE", "ATTEMPTS", "QUEUED", "LAST ERROR"], [
+            [str(m.sequence), m.kind, str(m.events), str(m.size), m.state, str(m.attempts),
+             m.created_at.isoformat(timespec="seconds"), m.last_error or "-"] for m in messages]))
     return EXIT_OK
 
 

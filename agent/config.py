@@ -152,15 +152,60 @@ class SourcesConfig(_Section):
     ssh: SshSourceConfig = SshSourceConfig()
 
 
+def _loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class PortalConfig(_Section):
-    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    """The licensing portal the inventory is pushed to (docs/portal-api.md)."""
+
+    #: Base URL; ``https://`` (``http://`` only to a loopback address, for tests).
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$")] | None = None
+    #: The bearer token: a file, or a systemd credential name (``$CREDENTIALS_DIRECTORY``).
     token_file: Path | None = None
+    #: A CA bundle (PEM) to verify the portal with instead of the system's trust store.
+    #: TLS is always verified: there is no setting that turns verification off.
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    #: Only an explicit ``false`` turns TLS verification off.
-    verify_tls: bool = True
+    #: Seconds one request may take, connect to last byte of the reply.
     timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    #: The longest wait between retries, seconds (exponential backoff with full jitter).
+    backoff_cap: Annotated[float, Field(ge=1, le=86400)] = 900.0
+    #: A full snapshot is queued at least this often, changed or not.
+    snapshot_interval_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 24.0
+    #: The outbox's bound; past it the oldest queued events are dropped (and counted).
+    outbox_max_mb: Annotated[float, Field(ge=1, le=100_000)] = 64.0
+
+    @field_validator("url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.username or parts.password:
+            raise ValueError("no credentials in the URL: the token goes in token_file")
+        if parts.scheme == "http" and not _loopback_host(host):
+            raise ValueError("http:// is accepted only for a loopback address; use https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> PortalConfig:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together (mTLS)")
+        return self
 
 
 class ApiConfig(_Section):
@@ -195,6 +240,18 @@ class StoreConfig(_Section):
     history_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
     #: …and at most this many of the newest scans.
     history_scans: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    #: Change events are kept this many days (once the outbox has taken them).
+    events_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
+
+
+class CoverageConfig(_Section):
+    """Where coverage comes from for the portal snapshot and ``roomsync coverage``."""
+
+    #: Purchase and contract records (CSV; config/entitlements.example.csv). Without it the
+    #: snapshot sends ``coverage: null``.
+    entitlements: Path | None = None
+    #: ``expiring_soon`` when coverage ends within this many days.
+    expiring_days: Annotated[int, Field(ge=0, le=3650)] = 90
 
 
 class SelectConfig(_Section):
@@ -212,6 +269,8 @@ class SelectConfig(_Section):
 class AgentConfig(_Section):
     """The whole configuration file."""
 
+    #: This agent's id towards the portal; by default a UUID made once and kept in the store.
+    agent_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None = None
     room: RoomConfig | None = None
     #: CSV placing LAN devices in rooms (config/rooms.example.csv documents the format).
     room_map: Path | None = None
@@ -222,6 +281,7 @@ class AgentConfig(_Section):
     api: ApiConfig = ApiConfig()
     select: SelectConfig = SelectConfig()
     store: StoreConfig = StoreConfig()
+    coverage: CoverageConfig = CoverageConfig()
 
 
 @dataclass(frozen=True, slots=True)

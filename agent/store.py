@@ -28,8 +28,14 @@ is a new entry of :data:`MIGRATIONS`):
   ``ChangeEvent.to_dict()``. ``history``: every device each scan reported, pruned by
   :class:`Retention`.
 
-Events are not pruned: the outbox (a later migration, with delivery) decides when a
-delivered event may go.
+* v3 ``meta``: small facts kept across runs (the agent id, the last message sequence, the
+  outbox's event cursor and counters, the portal's state), one JSON value per key.
+  ``outbox``: the messages waiting for the portal (:mod:`agent.uploader.outbox`), in queue
+  order, each with its ``Idempotency-Key``, sequence and the exact gzip body every attempt
+  sends.
+
+Events are pruned by :class:`Retention` (``events_days``) only once the outbox has taken them
+(``events.seq`` at or below its cursor) and no queued message still refers to them.
 """
 
 from __future__ import annotations
@@ -119,6 +125,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX history_scan ON history(scan_id);
     CREATE INDEX history_identity ON history(identity, scan_id);
     """,
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL                           -- JSON
+    );
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order
+        kind         TEXT NOT NULL,                   -- inventory | events
+        key          TEXT NOT NULL UNIQUE,            -- Idempotency-Key
+        sequence     INTEGER NOT NULL UNIQUE,
+        created_at   TEXT NOT NULL,                   -- UTC, fixed width
+        body         BLOB NOT NULL,                   -- gzip of the JSON: what every attempt sends
+        size         INTEGER NOT NULL,                -- length of body
+        events       INTEGER NOT NULL,                -- events carried (0 for a snapshot)
+        first_event  INTEGER,                         -- events.seq range carried
+        last_event   INTEGER,
+        state        TEXT NOT NULL,                   -- pending | parked
+        attempts     INTEGER NOT NULL DEFAULT 0,      -- counted before each send
+        last_attempt TEXT,
+        last_status  INTEGER,
+        last_error   TEXT
+    );
+    CREATE INDEX outbox_state ON outbox(state, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -131,14 +161,17 @@ class StoreError(Exception):
 class Retention:
     """How much observation history to keep: a scan's history goes when it is older than
     ``history_days`` or not among the newest ``history_scans`` scans (``None``: no limit of
-    that kind). At the defaults a daemon scanning 50 units every 5 minutes keeps about
+    that kind); a change event when older than ``events_days`` and already taken by the
+    outbox. At the defaults a daemon scanning 50 units every 5 minutes keeps about
     10,000 rows (a few MB)."""
 
     history_days: float | None = 30.0
     history_scans: int | None = 200
+    #: Change events older than this many days go, once the outbox has taken them.
+    events_days: float | None = 365.0
 
     def __post_init__(self) -> None:
-        for name in ("history_days", "history_scans"):
+        for name in ("history_days", "history_scans", "events_days"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, not {value}")
@@ -232,8 +265,10 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed whole, or rolled back whole on any error."""
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed whole, or rolled back whole
+        on any error; an SQLite failure becomes :class:`StoreError`. For the modules that
+        keep their own tables here (the outbox)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -252,6 +287,10 @@ class Store:
             with suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one query outside a write transaction; failures become :class:`StoreError`."""
+        return self._read(sql, params)
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, params).fetchall()
@@ -264,7 +303,7 @@ class Store:
             raise StoreError(f"state database {self.path} has schema {version}, newer than this "
                              f"roomsync understands ({SCHEMA_VERSION}); upgrade roomsync")
         for target in range(version, SCHEMA_VERSION):
-            with self._transaction() as db:
+            with self.transaction() as db:
                 # One statement at a time: executescript() would commit the transaction
                 # first, and a migration must apply whole or not at all.
                 for statement in MIGRATIONS[target].split(";"):
@@ -292,7 +331,7 @@ class Store:
         """
         found = list(devices)
         scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
-        with self._transaction() as db:
+        with self.transaction() as db:
             previous = self._inventory(db)
             diff = diff_scan(previous, found, finished_at, scope=scope, remove_after=remove_after,
                              new_id=new_id)
@@ -302,6 +341,7 @@ class Store:
             self._write_events(db, scan_id, diff.events)
             self._write_history(db, scan_id, found)
             self._prune_history(db, retention or Retention(), finished_at)
+            self._prune_events(db, retention or Retention(), finished_at)
         return ScanRecord(scan_id, diff.events)
 
     @staticmethod
@@ -381,6 +421,19 @@ class Store:
                   or (cutoff is not None and _utc(datetime.fromisoformat(finished_at)) < cutoff)]
         db.executemany("DELETE FROM history WHERE scan_id = ?", doomed)
 
+    @staticmethod
+    def _prune_events(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
+        """Drop events older than ``events_days`` that the outbox has taken (at or below its
+        cursor) and that no queued message still carries."""
+        if retention.events_days is None:
+            return
+        row = db.execute("SELECT value FROM meta WHERE key = 'events_cursor'").fetchone()
+        cursor = int(json.loads(row[0])) if row else 0
+        held = db.execute("SELECT MIN(first_event) FROM outbox WHERE events > 0").fetchone()[0]
+        limit = min(cursor, int(held) - 1) if held is not None else cursor
+        cutoff = _stamp(_utc(now) - timedelta(days=retention.events_days))
+        db.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (limit, cutoff))
+
     # ------------------------------------------------------------------ reading
 
     def _inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
@@ -424,6 +477,20 @@ class Store:
     def last_scan(self) -> datetime | None:
         rows = self._read("SELECT finished_at FROM scans ORDER BY id DESC LIMIT 1")
         return datetime.fromisoformat(rows[0][0]) if rows else None
+
+    def latest_runs(self, lookback: int = 1000) -> dict[str, datetime]:
+        """When each source last ran to the end (the newest stored scan that ran it, among the
+        newest ``lookback`` scans)."""
+        runs: dict[str, datetime] = {}
+        for finished_at, sources in self._read("SELECT finished_at, sources FROM scans ORDER BY id DESC "
+                                               "LIMIT ?", [lookback]):
+            try:
+                names = json.loads(sources) if sources else []
+            except ValueError:
+                names = []
+            for name in names if isinstance(names, list) else []:
+                runs.setdefault(str(name), datetime.fromisoformat(finished_at))
+        return runs
 
     def events(self, since: datetime | None = None, *, limit: int | None = DEFAULT_EVENT_LIMIT
                ) -> list[ChangeEvent]:

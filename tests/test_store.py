@@ -173,11 +173,11 @@ def write_v1_database(state_dir: Path, device: Device, finished_at: datetime) ->
     db.close()
 
 
-def test_a_v1_database_migrates_to_v2_and_keeps_its_data(tmp_path: Path):
+def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path):
     original = bar(T0)
     write_v1_database(tmp_path, original, T0)
     with Store.open(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert [d.to_dict() for d in store.devices()] == [original.to_dict()]
         assert store.rooms() == [Room("oslo-4-12", "Fjord")]
         assert store.last_scan() == T0
@@ -191,7 +191,7 @@ def test_a_v1_database_migrates_to_v2_and_keeps_its_data(tmp_path: Path):
             record = store.record_scan([], [], T0 + timedelta(hours=hour), sources_run={"usb"})
         assert [e.type for e in record.events] == [EventType.DEVICE_REMOVED]
     with Store.open(tmp_path) as store:
-        assert store.schema_version == 2 and store.devices() == []
+        assert store.schema_version == 3 and store.devices() == []
 
 
 def test_a_migration_that_fails_leaves_the_previous_schema(tmp_path: Path):

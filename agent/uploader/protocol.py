@@ -212,6 +212,9 @@ class InventoryMessage(_Wire):
     generated_at: AwareDatetime
     places: list[Place]
     unassigned: list[DeviceOut] = Field(description="Units placed in no room.")
+    dropped_events: int = Field(default=0, ge=0, description=(
+        "Events the agent's bounded outbox dropped, ever; when it grows, events were lost and "
+        "this snapshot is the truth."))
 
 
 class EventOut(_Wire):
@@ -382,7 +385,8 @@ def _latest_seen(report: RoomsReport) -> datetime | None:
 def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, report: RoomsReport,
                       verdicts: Mapping[str, Verdict] | None = None, *,
                       last_scan: datetime | None = None,
-                      seen: Callable[[Device], bool] | None = None) -> InventoryMessage:
+                      seen: Callable[[Device], bool] | None = None,
+                      dropped_events: int = 0) -> InventoryMessage:
     """A ``roomsync.inventory.v1`` message: every room summary of ``report`` as a place,
     and its unassigned units. ``verdicts`` are keyed by serial. ``last_scan`` is when the
     latest scan ran (the store's ``last_scan()``); by default the latest ``last_seen`` in the
@@ -403,6 +407,7 @@ def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, r
     return InventoryMessage(
         schema=SCHEMA_INVENTORY, agent=agent, sequence=sequence, generated_at=_utc(generated_at),
         places=places, unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
+        dropped_events=dropped_events,
     )
 
 

@@ -1,0 +1,379 @@
+"""Delivery: the outbox's messages to the portal, one at a time, in queue order.
+
+What a reply means and how long to wait are the contract of ``docs/portal-api.md``
+("Replies and what the agent does", "Backoff"); :func:`classify` and :func:`backoff_delay`
+are that contract as code, and :class:`Delivery` applies it:
+
+* 2xx: delivered, removed from the outbox, the portal is ``ok``.
+* 408, 429, 5xx, an unknown status, a network or TLS failure, a time-out: the head is retried
+  after ``min(cap, max(Retry-After, uniform(0, min(cap, 1 s × 2^(n−1)))))``, the portal is
+  ``retrying``.
+* 401, 403, any 3xx (never followed): delivery pauses — :meth:`Delivery.run` returns — and
+  the portal is ``unhealthy``. Nothing is dropped; the next run re-reads the token.
+* Any other 4xx: the message is parked (kept, visible, retried only after ``unpark``) and the
+  queue goes on.
+
+After the queue drains following a failure (an outage), a fresh snapshot is queued through
+the ``snapshot`` callback and delivered too.
+
+Secrets: the token is read from its file (or systemd credential) at the start of every run,
+sent only in the ``Authorization`` header, and never logged or put in an error; logs carry the
+portal's host, the status, the ``Idempotency-Key`` and the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from agent.log import get_logger
+from agent.secretfile import SecretFileError, read_secret
+from agent.store import StoreError
+from agent.uploader.outbox import Outbox, QueuedMessage
+from agent.uploader.protocol import ENDPOINTS
+
+__all__ = [
+    "BACKOFF_BASE_S",
+    "DEFAULT_BACKOFF_CAP_S",
+    "Attempt",
+    "Delivery",
+    "Outcome",
+    "PortalError",
+    "PortalSettings",
+    "RunResult",
+    "backoff_delay",
+    "classify",
+    "retry_after_seconds",
+    "ssl_context",
+]
+
+BACKOFF_BASE_S = 1.0
+DEFAULT_BACKOFF_CAP_S = 900.0
+#: The most of a reply body kept with a failed or parked message.
+MAX_DETAIL_CHARS = 300
+
+log = get_logger("roomsync.uploader")
+
+
+class PortalError(Exception):
+    """The portal settings cannot be used (no URL, token file unreadable, bad CA or client
+    certificate): delivery cannot start. The message never holds a secret."""
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    PAUSE = "pause"
+    PARK = "park"
+
+
+def classify(status: int) -> Outcome:
+    """What a reply status means for the message (docs/portal-api.md)."""
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if status in (401, 403) or 300 <= status < 400:
+        return Outcome.PAUSE
+    if status in (408, 429) or 500 <= status < 600:
+        return Outcome.RETRY
+    if 400 <= status < 500:
+        return Outcome.PARK
+    return Outcome.RETRY  # 1xx, >= 600: not a verdict on the message
+
+
+def retry_after_seconds(value: str | None, reply_date: str | None = None,
+                        now: datetime | None = None) -> float:
+    """``Retry-After`` in seconds: delta-seconds, or an HTTP-date taken relative to the
+    reply's ``Date`` (else ``now``); 0 when absent, unreadable or in the past."""
+    if not value:
+        return 0.0
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+        base = parsedate_to_datetime(reply_date) if reply_date else (now or datetime.now(UTC))
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None or base.tzinfo is None:
+        return 0.0
+    return max(0.0, (when - base).total_seconds())
+
+
+def backoff_delay(failures: int, cap: float, retry_after: float = 0.0,
+                  rng: Callable[[], float] = random.random, base: float = BACKOFF_BASE_S) -> float:
+    """The wait before retry ``failures`` (1 for the first retry): exponential backoff with
+    full jitter, never sooner than ``retry_after``, never longer than ``cap``."""
+    if failures < 1:
+        raise ValueError("failures counts from 1")
+    ceiling = min(cap, base * 2.0 ** min(failures - 1, 60))
+    return min(cap, max(retry_after, rng() * ceiling))
+
+
+@dataclass(frozen=True, slots=True)
+class PortalSettings:
+    """Where and how to deliver (the ``[portal]`` section, or ``roomsync push`` flags)."""
+
+    url: str
+    token_file: Path
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    timeout: float = 30.0
+    backoff_cap: float = DEFAULT_BACKOFF_CAP_S
+
+    @classmethod
+    def from_config(cls, portal: Any) -> PortalSettings:
+        if not portal.url:
+            raise PortalError("no portal URL: set [portal] url or pass --portal-url")
+        if portal.token_file is None:
+            raise PortalError("no portal token: set [portal] token_file or pass --token-file")
+        return cls(portal.url, portal.token_file, portal.ca_file, portal.client_cert, portal.client_key,
+                   portal.timeout, portal.backoff_cap)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+def ssl_context(settings: PortalSettings) -> ssl.SSLContext | None:
+    """The TLS context for an ``https://`` portal (``None`` for loopback ``http://``): the
+    system's trust store or ``ca_file``, host name checked, the client certificate when set.
+    Verification is never turned off."""
+    if urlsplit(settings.url).scheme != "https":
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise PortalError(f"portal CA file {settings.ca_file}: {_reason(exc)}") from None
+    if settings.client_cert is not None:
+        try:
+            context.load_cert_chain(str(settings.client_cert),
+                                    str(settings.client_key) if settings.client_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise PortalError(f"client certificate {settings.client_cert}: {_reason(exc)}") from None
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _token(settings: PortalSettings) -> str:
+    try:
+        token = read_secret(settings.token_file, "portal token")
+    except SecretFileError as exc:
+        raise PortalError(str(exc)) from None
+    if not all(0x21 <= ord(c) <= 0x7E for c in token):
+        raise PortalError(f"portal token file {settings.token_file} holds characters a bearer token "
+                          "cannot carry (spaces, control or non-ASCII characters)")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of sending one message once."""
+
+    outcome: Outcome
+    status: int | None
+    detail: str
+    retry_after: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What one :meth:`Delivery.run` did and why it stopped: ``empty`` (nothing left to
+    send), ``paused`` (401/403/3xx), ``deadline``, ``stopped`` (asked to), or ``error``
+    (the store failed)."""
+
+    stopped_because: str = "empty"
+    delivered: int = 0
+    events_delivered: int = 0
+    parked: int = 0
+    retries: int = 0
+    last_problem: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class Delivery:
+    """Delivers an :class:`Outbox` to a portal. ``snapshot`` queues a fresh snapshot (it is
+    called after an outage drains). ``rng``, ``clock``, ``sleep`` and ``now`` are for tests."""
+
+    def __init__(self, outbox: Outbox, settings: PortalSettings, *, user_agent: str = "roomsync",
+                 snapshot: Callable[[], Any] | None = None, rng: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.user_agent = user_agent
+        self.snapshot = snapshot
+        self.rng = rng
+        self.clock = clock
+        self.sleep = sleep
+        self.now = now
+        self._ssl = ssl_context(settings)  # a bad CA or client certificate fails here, early
+
+    async def run(self, *, deadline: float | None = None, stop: asyncio.Event | None = None) -> RunResult:
+        """Send the queue until it is empty, delivery pauses, ``deadline`` (a ``clock()``
+        value) would pass before the next retry, or ``stop`` is set."""
+        token = _token(self.settings)
+        result = RunResult()
+        failures = 0
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
+                                         trust_env=False) as session:
+            while True:
+                if stop is not None and stop.is_set():
+                    result.stopped_because = "stopped"
+                    return result
+                try:
+                    self.outbox.take_events(self.now())
+                    head = self.outbox.head()
+                    if head is None:
+                        if self.snapshot is not None and self.outbox.take_outage():
+                            self.snapshot()
+                            continue
+                        return result
+                    if not self.outbox.begin_attempt(head, self.now()):
+                        continue
+                except StoreError as exc:
+                    result.stopped_because, result.last_problem = "error", str(exc)
+                    return result
+                attempt = await self._send(session, token, head)
+                result.attempts.append(attempt)
+                try:
+                    stop_now = self._settle(head, attempt, result)
+                except StoreError as exc:
+                    result.stopped_because, result.last_problem = "error", str(exc)
+                    return result
+                if stop_now:
+                    return result
+                if attempt.outcome is Outcome.RETRY:
+                    failures += 1
+                    result.retries += 1
+                    delay = backoff_delay(failures, self.settings.backoff_cap, attempt.retry_after, self.rng)
+                    if deadline is not None and self.clock() + delay > deadline:
+                        result.stopped_because = "deadline"
+                        return result
+                    if await self._wait(delay, stop):
+                        result.stopped_because = "stopped"
+                        return result
+                elif attempt.outcome is Outcome.DELIVERED:
+                    failures = 0
+
+    async def _wait(self, delay: float, stop: asyncio.Event | None) -> bool:
+        """Sleep ``delay`` seconds; True when ``stop`` was set meanwhile."""
+        if stop is None:
+            await self.sleep(delay)
+            return False
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
+    def _settle(self, head: QueuedMessage, attempt: Attempt, result: RunResult) -> bool:
+        """Record the attempt's outcome in the outbox; True when the run must stop (paused)."""
+        fields = {"portal": self.settings.host, "key": head.key, "sequence": head.sequence,
+                  "kind": head.kind, "status": attempt.status, "attempt": head.attempts + 1}
+        now = self.now()
+        if attempt.outcome is Outcome.DELIVERED:
+            self.outbox.delivered(head, now, attempt.status or 200)
+            result.delivered += 1
+            result.events_delivered += head.events
+            log.debug("portal accepted message", **fields)
+            return False
+        result.last_problem = attempt.detail
+        if attempt.outcome is Outcome.PARK:
+            self.outbox.park(head, attempt.status or 0, attempt.detail)
+            result.parked += 1
+            log.warning("portal refused message; parked", detail=attempt.detail, **fields)
+            return False
+        self.outbox.failed(head, attempt.status, attempt.detail)
+        self.outbox.note_outage()
+        if attempt.outcome is Outcome.PAUSE:
+            self.outbox.set_portal_state("unhealthy", attempt.detail, now)
+            log.error("portal delivery paused", detail=attempt.detail, **fields)
+            result.stopped_because = "paused"
+            return True
+        self.outbox.set_portal_state("retrying", attempt.detail, now)
+        log.warning("portal delivery failed; will retry", detail=attempt.detail, **fields)
+        return False
+
+    async def _send(self, session: aiohttp.ClientSession, token: str, message: QueuedMessage) -> Attempt:
+        url = self.settings.url + ENDPOINTS[message.schema]
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": message.key,
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "Accept": "application/json",
+            "User-Agent": self.user_agent,
+        }
+        started = self.clock()
+        try:
+            async with session.post(url, data=message.body, headers=headers, allow_redirects=False,
+                                    compress=None) as reply:
+                body = await reply.text(errors="replace")
+                status = reply.status
+                outcome = classify(status)
+                detail = self._detail(status, reply.reason, body, reply.headers.get("Location"))
+                after = retry_after_seconds(reply.headers.get("Retry-After"), reply.headers.get("Date"),
+                                            self.now()) if outcome is Outcome.RETRY else 0.0
+                return Attempt(outcome, status, detail, after, self.clock() - started)
+        except aiohttp.ClientSSLError as exc:
+            detail = f"TLS to {self.settings.host} failed: {_reason(getattr(exc, 'os_error', exc))}"
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = f"cannot reach {self.settings.host}: {type(exc).__name__}: {_short(str(exc))}"
+        except TimeoutError:
+            detail = f"{self.settings.host} did not answer within {self.settings.timeout:g} s"
+        return Attempt(Outcome.RETRY, None, detail, 0.0, self.clock() - started)
+
+    @staticmethod
+    def _detail(status: int, reason: str | None, body: str, location: str | None) -> str:
+        text = f"HTTP {status} {reason or ''}".rstrip()
+        if 300 <= status < 400:
+            where = f" to {_short(location)}" if location else ""
+            return f"{text}: the portal URL redirects{where}; fix the configuration"
+        if status in (401, 403):
+            return f"{text}: the portal refused the token; check token_file"
+        problem = _problem_detail(body)
+        return f"{text}: {problem}" if problem else text
+
+
+def _problem_detail(body: str) -> str:
+    """The ``detail`` (else ``title``) of an RFC 9457 problem body, else the body's start."""
+    import json
+
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return _short(body)
+    if isinstance(doc, dict):
+        for key in ("detail", "title", "error", "message"):
+            if isinstance(doc.get(key), str):
+                return _short(doc[key])
+    return _short(body)
+
+
+def _short(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_DETAIL_CHARS else flat[:MAX_DETAIL_CHARS - 1] + "…"

@@ -1,0 +1,459 @@
+"""The durable outbox: what waits for the portal, in the store (``outbox`` and ``meta``).
+
+A message is written here — built, serialised and gzip-compressed, with its
+``Idempotency-Key`` and ``sequence`` — before anything is sent, and leaves only when the
+portal accepted it (:meth:`Outbox.delivered`). Every attempt sends the stored bytes, so a
+retry after a crash or a kill -9 is the same message under the same key: delivery is at
+least once, and the portal de-duplicates (docs/portal-api.md).
+
+The queue
+---------
+* **Events** come from the store's ``events`` table. :meth:`Outbox.take_events` turns the
+  events past the cursor (``meta.events_cursor``) into ``roomsync.events.v1`` messages of up
+  to :data:`~agent.uploader.protocol.MAX_EVENTS_PER_MESSAGE` events, oldest first, moving the
+  cursor in the same transaction. Events that arrive while the newest queued events message
+  was never attempted join it (it is rebuilt under a fresh key and sequence — nobody saw the
+  old ones), so an outage of many small scans is delivered in few large messages.
+* **Snapshots**: :meth:`Outbox.queue_snapshot` takes the events first (so a snapshot follows
+  the events that led to it), then replaces any pending snapshot — only the newest is worth
+  sending — with the new one at the tail. It skips a snapshot whose content (everything but
+  ``sequence``, ``generated_at`` and ``last_seen``) equals the last one queued, unless that
+  one is older than the snapshot interval or ``force`` is given.
+* **Order**: the head is the oldest pending message. Sequences are given in queue order and
+  never reused (``meta.sequence``). Attempts are counted durably *before* each send.
+* **Parked** messages (a 4xx that retrying cannot fix) stay, with their status and reply,
+  until :meth:`Outbox.unpark` puts them back at the head of the queue.
+
+Bound
+-----
+The queued bodies may take at most ``max_bytes`` (``[portal] outbox_max_mb``). Past it the
+oldest *events* messages — pending or parked — are dropped, whole, oldest first, and counted
+(``dropped_events``, ``dropped_messages``, also sent to the portal in every snapshot as
+``dropped_events``). The pending snapshot is never dropped: it is the state, and the next one
+replaces it; a portal that sees ``dropped_events`` grow knows to trust the snapshot over its
+event log.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from agent.store import Store, StoreError
+from agent.uploader.protocol import (
+    MAX_EVENTS_PER_MESSAGE,
+    SCHEMA_EVENTS,
+    SCHEMA_INVENTORY,
+    AgentInfo,
+    EventOut,
+    InventoryMessage,
+    change_event_out,
+    events_message,
+    gzip_body,
+    serialize,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_SNAPSHOT_INTERVAL",
+    "Outbox",
+    "OutboxStats",
+    "PortalState",
+    "QueuedMessage",
+    "SnapshotBuilder",
+]
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_SNAPSHOT_INTERVAL = timedelta(hours=24)
+
+Kind = Literal["inventory", "events"]
+KIND_OF_SCHEMA: dict[str, Kind] = {SCHEMA_INVENTORY: "inventory", SCHEMA_EVENTS: "events"}
+SCHEMA_OF_KIND = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
+
+#: Builds a snapshot: (sequence, generated_at, dropped_events) → the message.
+SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage]
+
+_COLUMNS = ("id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
+            "attempts, last_attempt, last_status, last_error")
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return _utc(moment).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """One message in the outbox (``body`` only when asked for)."""
+
+    id: int
+    kind: Kind
+    key: str
+    sequence: int
+    created_at: datetime
+    size: int
+    events: int
+    first_event: int | None
+    last_event: int | None
+    state: Literal["pending", "parked"]
+    attempts: int
+    last_attempt: datetime | None
+    last_status: int | None
+    last_error: str | None
+    body: bytes = b""
+
+    @property
+    def schema(self) -> str:
+        return SCHEMA_OF_KIND[self.kind]
+
+    @classmethod
+    def _of(cls, row: tuple[Any, ...], body: bytes = b"") -> QueuedMessage:
+        (id_, kind, key, sequence, created, size, events, first, last, state, attempts, last_attempt,
+         last_status, last_error) = row
+        return cls(int(id_), kind, key, int(sequence), datetime.fromisoformat(created), int(size),
+                   int(events), first, last, state, int(attempts),
+                   datetime.fromisoformat(last_attempt) if last_attempt else None, last_status,
+                   last_error, body)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "idempotency_key": self.key, "sequence": self.sequence,
+            "created_at": self.created_at.isoformat(), "bytes": self.size, "events": self.events,
+            "state": self.state, "attempts": self.attempts,
+            "last_attempt": self.last_attempt.isoformat() if self.last_attempt else None,
+            "last_status": self.last_status, "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PortalState:
+    """What the last delivery attempts said of the portal: ``unknown`` (never tried),
+    ``ok`` (the last attempt was accepted), ``retrying`` (transient failures: network, 5xx,
+    429…), ``unhealthy`` (delivery paused: the token was refused, or the URL redirects)."""
+
+    state: Literal["unknown", "ok", "retrying", "unhealthy"] = "unknown"
+    reason: str | None = None
+    since: datetime | None = None
+    last_success: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason,
+                "since": self.since.isoformat() if self.since else None,
+                "last_success": self.last_success.isoformat() if self.last_success else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PortalState:
+        def when(key: str) -> datetime | None:
+            return datetime.fromisoformat(data[key]) if data.get(key) else None
+
+        return cls(data.get("state", "unknown"), data.get("reason"), when("since"), when("last_success"))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """The outbox at a glance (``roomsync outbox``, the status API, metrics)."""
+
+    pending: int
+    parked: int
+    bytes: int
+    events_queued: int
+    events_waiting: int          # in the store, not yet taken into a message
+    oldest: datetime | None
+    dropped_events: int
+    dropped_messages: int
+    last_snapshot: datetime | None
+    portal: PortalState
+
+    @property
+    def empty(self) -> bool:
+        return self.pending == 0 and self.parked == 0 and self.events_waiting == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending, "parked": self.parked, "bytes": self.bytes,
+            "events_queued": self.events_queued, "events_waiting": self.events_waiting,
+            "oldest": self.oldest.isoformat() if self.oldest else None,
+            "dropped_events": self.dropped_events, "dropped_messages": self.dropped_messages,
+            "last_snapshot": self.last_snapshot.isoformat() if self.last_snapshot else None,
+            "portal": self.portal.to_dict(), "empty": self.empty,
+        }
+
+
+def _get(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return json.loads(row[0]) if row else default
+
+
+def _put(db: sqlite3.Connection, key: str, value: Any) -> None:
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+               "value = excluded.value", (key, json.dumps(value, sort_keys=True)))
+
+
+def _next_sequence(db: sqlite3.Connection) -> int:
+    sequence = int(_get(db, "sequence", 0)) + 1
+    _put(db, "sequence", sequence)
+    return sequence
+
+
+def content_digest(message: InventoryMessage) -> str:
+    """A digest of what a snapshot says, leaving out what changes on every scan without
+    anything changing (``sequence``, ``generated_at``, every ``last_seen``)."""
+    data = message.model_dump(mode="json", by_alias=True, exclude={"sequence", "generated_at"})
+    for place in data["places"]:
+        for device in place["devices"]:
+            device.pop("last_seen", None)
+    for device in data["unassigned"]:
+        device.pop("last_seen", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class Outbox:
+    """The outbox of one open :class:`~agent.store.Store`. Every method is one transaction;
+    failures are :class:`~agent.store.StoreError`."""
+
+    def __init__(self, store: Store, *, agent_id: str | None = None, version: str = "0",
+                 hostname: str = "localhost", max_bytes: int = DEFAULT_MAX_BYTES,
+                 snapshot_interval: timedelta = DEFAULT_SNAPSHOT_INTERVAL) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        self.store = store
+        self.max_bytes = max_bytes
+        self.snapshot_interval = snapshot_interval
+        self.agent = AgentInfo(id=agent_id or self._stored_agent_id(), version=version,
+                               hostname=hostname[:253] or "localhost")
+
+    def _stored_agent_id(self) -> str:
+        with self.store.transaction() as db:
+            value = _get(db, "agent_id")
+            if not value:
+                value = str(uuid.uuid4())
+                _put(db, "agent_id", value)
+        return str(value)
+
+    # ------------------------------------------------------------------ queueing
+
+    def take_events(self, now: datetime) -> int:
+        """Queue the events past the cursor (see the module's docstring); returns how many."""
+        with self.store.transaction() as db:
+            return self._take_events(db, now)
+
+    def _take_events(self, db: sqlite3.Connection, now: datetime) -> int:
+        cursor = int(_get(db, "events_cursor", 0))
+        rows = db.execute("SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (cursor,)).fetchall()
+        if not rows:
+            return 0
+        fresh = [(int(seq), self._event(data)) for seq, data in rows]
+        tail = db.execute(f"SELECT {_COLUMNS}, body FROM outbox ORDER BY id DESC LIMIT 1").fetchone()
+        carried: list[tuple[int, EventOut]] = []
+        if tail is not None:
+            last = QueuedMessage._of(tail[:-1])
+            if (last.kind == "events" and last.state == "pending" and last.attempts == 0
+                    and last.events < MAX_EVENTS_PER_MESSAGE and last.first_event is not None):
+                carried = self._events_of(tail[-1], last.first_event)
+                db.execute("DELETE FROM outbox WHERE id = ?", (last.id,))
+        batch = carried + fresh
+        for start in range(0, len(batch), MAX_EVENTS_PER_MESSAGE):
+            chunk = batch[start:start + MAX_EVENTS_PER_MESSAGE]
+            sequence = _next_sequence(db)
+            message = events_message(self.agent, sequence, now, [e for _, e in chunk])
+            self._insert(db, "events", sequence, now, gzip_body(serialize(message)), len(chunk),
+                         chunk[0][0], chunk[-1][0])
+        _put(db, "events_cursor", fresh[-1][0])
+        self._enforce_bound(db)
+        return len(fresh)
+
+    def _event(self, data: str) -> EventOut:
+        try:
+            raw = json.loads(data)
+            return change_event_out(id=raw["id"], type=raw["type"], time=datetime.fromisoformat(raw["at"]),
+                                    identity=raw["identity"], product=raw["product"],
+                                    serial=raw.get("serial"), room=raw.get("room"),
+                                    before=raw.get("before"), after=raw.get("after"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"state database {self.store.path} is corrupt (an event row cannot be "
+                             f"read: {type(exc).__name__}: {exc}); move it aside") from None
+
+    @staticmethod
+    def _events_of(body: bytes, first: int) -> list[tuple[int, EventOut]]:
+        """The events of a queued events message, each numbered ``first`` (the message's
+        lowest store seq: all the rebuilt message's ``first_event`` needs to keep the store
+        from pruning events a queued message still carries)."""
+        doc = json.loads(gzip.decompress(body))
+        return [(first, EventOut.model_validate_json(json.dumps(e))) for e in doc["events"]]
+
+    def queue_snapshot(self, build: SnapshotBuilder, now: datetime, *, force: bool = False) -> bool:
+        """Take the events, then queue the snapshot ``build`` makes in place of any pending
+        one — unless it says what the last queued one said and that one is younger than the
+        snapshot interval (``force`` queues it anyway). Returns whether one was queued."""
+        with self.store.transaction() as db:
+            self._take_events(db, now)
+            dropped = int(_get(db, "dropped_events", 0))
+            sequence = int(_get(db, "sequence", 0)) + 1
+            message = build(sequence, now, dropped)
+            digest = content_digest(message)
+            last = _get(db, "last_snapshot")
+            if not force and last and last.get("digest") == digest:
+                queued_at = datetime.fromisoformat(last["at"])
+                if _utc(now) - queued_at < self.snapshot_interval:
+                    return False
+            _put(db, "sequence", sequence)
+            db.execute("DELETE FROM outbox WHERE kind = 'inventory' AND state = 'pending'")
+            self._insert(db, "inventory", sequence, now, gzip_body(serialize(message)), 0, None, None)
+            _put(db, "last_snapshot", {"at": _stamp(now), "digest": digest, "sequence": sequence})
+            self._enforce_bound(db)
+        return True
+
+    def snapshot_due(self, now: datetime) -> bool:
+        """Whether the snapshot interval has passed since the last snapshot was queued (or
+        none ever was)."""
+        last = self._meta("last_snapshot")
+        return not last or _utc(now) - datetime.fromisoformat(last["at"]) >= self.snapshot_interval
+
+    def _insert(self, db: sqlite3.Connection, kind: Kind, sequence: int, now: datetime, body: bytes,
+                events: int, first: int | None, last: int | None) -> None:
+        db.execute("INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, first_event, "
+                   "last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                   (kind, str(uuid.uuid4()), sequence, _stamp(now), body, len(body), events, first, last))
+
+    def _enforce_bound(self, db: sqlite3.Connection) -> None:
+        total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+        if total <= self.max_bytes:
+            return
+        dropped_events = dropped_messages = 0
+        for id_, size, events in db.execute(
+                "SELECT id, size, events FROM outbox WHERE kind = 'events' ORDER BY id").fetchall():
+            if total <= self.max_bytes:
+                break
+            db.execute("DELETE FROM outbox WHERE id = ?", (id_,))
+            total -= int(size)
+            dropped_events += int(events)
+            dropped_messages += 1
+        if dropped_messages:
+            _put(db, "dropped_events", int(_get(db, "dropped_events", 0)) + dropped_events)
+            _put(db, "dropped_messages", int(_get(db, "dropped_messages", 0)) + dropped_messages)
+
+    # ------------------------------------------------------------------ delivering
+
+    def head(self) -> QueuedMessage | None:
+        """The oldest pending message, with its body; ``None`` when nothing is pending."""
+        rows = self.store.read(f"SELECT {_COLUMNS}, body FROM outbox WHERE state = 'pending' "
+                               "ORDER BY id LIMIT 1")
+        return QueuedMessage._of(rows[0][:-1], bytes(rows[0][-1])) if rows else None
+
+    def begin_attempt(self, message: QueuedMessage, now: datetime) -> bool:
+        """Count an attempt of ``message`` before it is sent; False when it is no longer
+        queued (delivered, dropped or replaced meanwhile)."""
+        with self.store.transaction() as db:
+            cursor = db.execute("UPDATE outbox SET attempts = attempts + 1, last_attempt = ? "
+                                "WHERE id = ? AND state = 'pending'", (_stamp(now), message.id))
+            return cursor.rowcount == 1
+
+    def delivered(self, message: QueuedMessage, now: datetime, status: int) -> None:
+        """The portal accepted ``message``: it leaves the outbox, and the portal is ``ok``."""
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE id = ?", (message.id,))
+            self._set_portal(db, "ok", f"HTTP {status}", now, success=True)
+
+    def failed(self, message: QueuedMessage, status: int | None, error: str) -> None:
+        """Note why the last attempt of ``message`` failed (it stays where it is)."""
+        with self.store.transaction() as db:
+            db.execute("UPDATE outbox SET last_status = ?, last_error = ? WHERE id = ?",
+                       (status, error[:500], message.id))
+
+    def park(self, message: QueuedMessage, status: int, error: str) -> None:
+        """Set ``message`` aside: kept and visible, retried only after :meth:`unpark`."""
+        with self.store.transaction() as db:
+            db.execute("UPDATE outbox SET state = 'parked', last_status = ?, last_error = ? WHERE id = ?",
+                       (status, error[:500], message.id))
+
+    def unpark(self, ids: Iterable[int] | None = None) -> int:
+        """Put parked messages (all, or those of ``ids``) back in the queue where they stood —
+        ahead of anything queued after them; returns how many."""
+        with self.store.transaction() as db:
+            if ids is None:
+                cursor = db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'parked'")
+                return int(cursor.rowcount)
+            count = 0
+            for id_ in ids:
+                count += db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'parked' "
+                                    "AND id = ?", (id_,)).rowcount
+            return count
+
+    def set_portal_state(self, state: str, reason: str | None, now: datetime) -> None:
+        """Record what the last attempt said of the portal (``since`` moves only when the
+        state changes)."""
+        with self.store.transaction() as db:
+            self._set_portal(db, state, reason, now)
+
+    @staticmethod
+    def _set_portal(db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *,
+                    success: bool = False) -> None:
+        previous = PortalState.from_dict(_get(db, "portal", {}))
+        since = previous.since if previous.state == state and previous.since else _utc(now)
+        current = PortalState(state, reason, since,  # type: ignore[arg-type]
+                              _utc(now) if success else previous.last_success)
+        _put(db, "portal", current.to_dict())
+
+    def note_outage(self) -> None:
+        """A delivery attempt failed for a reason not the message's: when the queue next
+        drains, a fresh snapshot is due (:meth:`take_outage`)."""
+        with self.store.transaction() as db:
+            _put(db, "outage", True)
+
+    def take_outage(self) -> bool:
+        """Whether an outage was noted since the last call; clears the note."""
+        with self.store.transaction() as db:
+            outage = bool(_get(db, "outage", False))
+            if outage:
+                _put(db, "outage", False)
+            return outage
+
+    # ------------------------------------------------------------------ reading
+
+    def _meta(self, key: str, default: Any = None) -> Any:
+        rows = self.store.read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def messages(self, *, with_body: bool = False) -> list[QueuedMessage]:
+        """Every queued message, in queue order (parked ones where they stand)."""
+        body = ", body" if with_body else ""
+        rows = self.store.read(f"SELECT {_COLUMNS}{body} FROM outbox ORDER BY id")
+        return [QueuedMessage._of(r[:-1], bytes(r[-1])) if with_body else QueuedMessage._of(r)
+                for r in rows]
+
+    def portal_state(self) -> PortalState:
+        return PortalState.from_dict(self._meta("portal", {}))
+
+    def stats(self) -> OutboxStats:
+        pending, parked, size, events, oldest = self.store.read(
+            "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'parked'), 0), "
+            "COALESCE(SUM(size), 0), COALESCE(SUM(events), 0), MIN(created_at) FROM outbox")[0]
+        cursor = int(self._meta("events_cursor", 0))
+        waiting = int(self.store.read("SELECT COUNT(*) FROM events WHERE seq > ?", (cursor,))[0][0])
+        last = self._meta("last_snapshot")
+        return OutboxStats(
+            pending=int(pending), parked=int(parked), bytes=int(size), events_queued=int(events),
+            events_waiting=waiting, oldest=datetime.fromisoformat(oldest) if oldest else None,
+            dropped_events=int(self._meta("dropped_events", 0)),
+            dropped_messages=int(self._meta("dropped_messages", 0)),
+            last_snapshot=datetime.fromisoformat(last["at"]) if last else None,
+            portal=self.portal_state())
+
+    def next_sequence(self) -> int:
+        """The sequence the next queued message will carry (nothing is reserved)."""
+        return int(self._meta("sequence", 0)) + 1
+
+    def dropped_events(self) -> int:
+        return int(self._meta("dropped_events", 0))
+
+
