@@ -48,28 +48,15 @@ def _parser() -> argparse.ArgumentParser:
                             "(default: the configuration's room_map)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    scan = sub.add_parser(
-        "scan", parents=[common, state, rooms],
-        help="run the enabled sources once and print the devices found",
-        description="Run the enabled sources once and print the devices found. With no "
-                    "configuration file, scans this host's USB.")
-    scan.add_argument("--json", action="store_true", help="print JSON: {devices: [...], errors: [...]}")
-    scan.add_argument("--usb", action="store_true", help="only the USB source")
-    scan.add_argument("--sysfs-root", metavar="PATH",
-                      help="read a captured sysfs tree instead of /sys (implies USB)")
-    scan.add_argument("--all-usb", action="store_true",
-                      help="also list USB devices that are not Logitech's")
-    scan.add_argument("--replay", metavar="CAPTURE.json", action="append",
-                      help="scan a device simulated from a recorded USB session (fwupd "
-                           "emulation JSON) instead of live sources; repeatable")
-    scan.add_argument("--no-libusb", action="store_true",
-                      help="do not open devices through libusb for strings sysfs lacks")
-    scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                      help="give up on a source after S seconds (default 120)")
-    scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
-    scan.add_argument("--all", action="store_true",
-                      help="also list LAN responders the catalog does not know ('other')")
-    lan = scan.add_argument_group(
+    sources = argparse.ArgumentParser(add_help=False)
+    sources.add_argument("--usb", action="store_true", help="only the USB source")
+    sources.add_argument("--sysfs-root", metavar="PATH",
+                         help="read a captured sysfs tree instead of /sys (implies USB)")
+    sources.add_argument("--all-usb", action="store_true",
+                         help="also list USB devices that are not Logitech's")
+    sources.add_argument("--no-libusb", action="store_true",
+                         help="do not open devices through libusb for strings sysfs lacks")
+    lan = sources.add_argument_group(
         "LAN sources", "Any of these runs exactly the sources named on the command line "
         "(with --usb, USB too) instead of the ones enabled in the configuration; the other "
         "settings come from the configuration.")
@@ -92,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="read a room PC over SSH (host key verified); repeatable")
     lan.add_argument("--ssh-key", metavar="FILE", help="private key for --ssh hosts")
     lan.add_argument("--known-hosts", metavar="FILE", help="known_hosts file for SSH host keys")
+
+    scan = sub.add_parser(
+        "scan", parents=[common, state, rooms, sources],
+        help="run the enabled sources once and print the devices found",
+        description="Run the enabled sources once and print the devices found. With no "
+                    "configuration file, scans this host's USB.")
+    scan.add_argument("--json", action="store_true", help="print JSON: {devices: [...], errors: [...]}")
+    scan.add_argument("--replay", metavar="CAPTURE.json", action="append",
+                      help="scan a device simulated from a recorded USB session (fwupd "
+                           "emulation JSON) instead of live sources; repeatable")
+    scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                      help="give up on a source after S seconds (default 120)")
+    scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
+    scan.add_argument("--all", action="store_true",
+                      help="also list LAN responders the catalog does not know ('other')")
     scan.set_defaults(func=cmd_scan)
 
     inventory = sub.add_parser(
@@ -159,6 +161,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="first put parked messages (refused with a 4xx) back in the queue")
     push.add_argument("--json", action="store_true", help="print the result as JSON")
     push.set_defaults(func=cmd_push)
+
+    run = sub.add_parser(
+        "run", parents=[common, state, rooms, sources, portal],
+        help="run the agent as a daemon (systemd service): scan on schedules, push, serve the API",
+        description="Run the agent until stopped: each source on its own schedule (USB also on "
+                    "hot-plug), the store, delivery to the portal when one is configured, and "
+                    "the local API (/healthz, /readyz, /v1/status, /v1/inventory, /v1/rooms, "
+                    "/v1/coverage, /v1/events, /metrics). systemd notify protocol; SIGTERM stops, "
+                    "SIGHUP reloads the configuration.")
+    run.add_argument("--listen", metavar="ADDR:PORT",
+                     help="the API's address (default: [api] listen, 127.0.0.1:8765; unix:/path)")
+    run.set_defaults(func=cmd_run)
+
+    health = sub.add_parser(
+        "health", parents=[common],
+        help="ask the running daemon how it is (a monitoring check)",
+        description="Ask the running daemon's API for its status. Exit 0 healthy, 1 degraded "
+                    "(one line per problem), 2 down or unreachable.")
+    health.add_argument("--url", metavar="URL",
+                        help="the API's base URL (default: from [api] listen, http://127.0.0.1:8765; "
+                             "unix:/path for a socket)")
+    health.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)")
+    health.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
+    health.set_defaults(func=cmd_health)
 
     outbox = sub.add_parser(
         "outbox", parents=[common, state],
@@ -1056,6 +1082,163 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             [str(m.sequence), m.kind, str(m.events), str(m.size), m.state, str(m.attempts),
              m.created_at.isoformat(timespec="seconds"), m.last_error or "-"] for m in messages]))
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------- run, health
+
+
+def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
+    """The daemon's settings: the configuration with the command line's overrides."""
+    from datetime import timedelta
+    from pathlib import Path
+
+    from agent.catalog import load_catalog
+    from agent.config import resolve_state_dir
+    from agent.daemon import DaemonSettings, SourcePlan
+    from agent.discovery import source_class
+    from agent.store import Retention
+
+    settings_for = {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
+                    "ssh": _ssh_settings}
+    named = _wanted_sources(args, cfg) if _sources_named(args) else [
+        name for name in ("usb", "mdns", "snmp", "ssh")
+        if getattr(cfg.sources, name).enabled or (name == "mdns" and cfg.sources.mdns.enabled is None)]
+    plans = []
+    sysfs_root = None
+    hotplug_poll = cfg.sources.usb.hotplug_poll
+    for name in named:
+        settings = settings_for[name](args, cfg)
+        interval = float(settings.interval)
+        timeout = min(max(interval * 0.9, 30.0), 600.0)
+        plans.append(SourcePlan(name, source_class(name).from_config(settings), interval, timeout))
+        if name == "usb":
+            sysfs_root = Path(settings.sysfs_root)
+    portal = None
+    if args.portal_url or cfg.portal.url:
+        portal = _portal_settings(args, cfg)
+    listen = args.listen or cfg.api.listen
+    from agent.config import ApiConfig
+
+    _revalidate(ApiConfig(), {"listen": listen}, "--listen")
+    store = cfg.store
+    return DaemonSettings(
+        plans=tuple(plans), state_dir=resolve_state_dir(cfg, args.state_dir), catalog=load_catalog(),
+        room=_config_room(cfg), room_map=_room_map(args, cfg), snapshot=_snapshot_context(args, cfg),
+        portal=portal, listen=listen, api_token_file=cfg.api.token_file, agent_id=cfg.agent_id,
+        sysfs_root=sysfs_root, hotplug_poll=hotplug_poll, remove_after=store.remove_after_missed_scans,
+        retention=Retention(store.history_days, store.history_scans, store.events_days),
+        outbox_max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
+        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
+
+
+def _sources_named(args: argparse.Namespace) -> bool:
+    return bool(args.usb or args.sysfs_root is not None or args.mdns or args.mdns_type
+                or args.mdns_interface or args.mdns_timeout or args.snmp or args.ssh)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_config
+    from agent.log import configure
+
+    loaded = _load(args)
+    cfg = loaded.config
+    # A daemon logs its progress at the configured level (-v raises it).
+    level = {0: cfg.log.level, 1: "info"}.get(args.verbose, "debug")
+    configure(level, args.log_format or cfg.log.format)
+    settings = _daemon_settings(args, cfg)
+
+    def reload() -> Any:
+        try:
+            fresh = load_config(args.config)
+        except ConfigError as exc:
+            raise UsageError("invalid configuration: " + "; ".join(exc.problems)) from None
+        return _daemon_settings(args, fresh.config)
+
+    import asyncio
+    import faulthandler
+
+    from agent.daemon import Daemon
+
+    faulthandler.enable()  # a watchdog abort (SIGABRT) leaves every thread's stack in the journal
+    return asyncio.run(Daemon(settings, reload=reload).serve())
+
+
+def _health_url(args: argparse.Namespace, cfg: Any) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    listen = cfg.api.listen
+    if listen.startswith("unix:"):
+        return listen
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    cfg = loaded.config
+    import asyncio
+
+    from agent.secretfile import SecretFileError, read_secret
+
+    url = _health_url(args, cfg)
+    token = None
+    if cfg.api.token_file is not None:
+        try:
+            token = read_secret(cfg.api.token_file, "API token")
+        except SecretFileError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        status = asyncio.run(_fetch_status(url, token, args.timeout))
+    except _Unreachable as exc:
+        if args.json:
+            _print_json({"status": "down", "problems": [str(exc)]})
+        else:
+            print(f"down: {exc}")
+        return EXIT_USAGE
+    problems = list(status.get("problems") or [])
+    verdict = "degraded" if problems else "healthy"
+    if args.json:
+        _print_json({"status": verdict, **status})
+    else:
+        words = {True: "ok", False: "failed", None: "pending"}
+        sources = ", ".join(f"{s['name']} {words.get(s.get('last_success'), '?')}"
+                            for s in status.get("sources", []))
+        print(f"{verdict}: roomsync {status.get('version')}, up {status.get('uptime', 0):.0f} s"
+              + (f"; {sources}" if sources else ""))
+        for problem in problems:
+            print(f"  {problem}")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+class _Unreachable(Exception):
+    pass
+
+
+async def _fetch_status(url: str, token: str | None, timeout: float) -> Any:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    connector: Any = None
+    base = url
+    if url.startswith("unix:"):
+        connector = aiohttp.UnixConnector(path=url[len("unix:"):])
+        base = "http://localhost"
+    try:
+        async with (aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout),
+                                          trust_env=False) as session,
+                    session.get(base + "/v1/status", headers=headers, allow_redirects=False) as reply):
+            if reply.status == 401:
+                raise _Unreachable(f"{url} refused the API token ([api] token_file)")
+            if reply.status != 200:
+                raise _Unreachable(f"{url}/v1/status answered HTTP {reply.status}")
+            data = await reply.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        raise _Unreachable(f"cannot reach the daemon at {url}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Unreachable(f"{url}/v1/status answered something that is not a status")
+    return data
 
 
 # --------------------------------------------------------------------------- check-config

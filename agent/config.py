@@ -67,6 +67,10 @@ class RoomConfig(_Section):
     seat_count: Annotated[int, Field(ge=0, le=10_000)] | None = None
 
 
+#: Seconds between runs of a source in the daemon (``roomsync run``).
+Interval = Annotated[float, Field(ge=1, le=7 * 86400)]
+
+
 class UsbSourceConfig(_Section):
     enabled: bool = True
     sysfs_root: Path = Path("/sys")
@@ -74,6 +78,11 @@ class UsbSourceConfig(_Section):
     libusb_strings: bool = True
     sync_interface: bool = True
     sync_deadline: Annotated[float, Field(gt=0, le=120)] = 10.0
+    #: Daemon: a full USB pass this often, besides the passes hot-plugging triggers.
+    interval: Interval = 300.0
+    #: Daemon: how often the USB device list is looked at for hot-plugging (a cheap
+    #: directory listing); a change triggers a pass at once.
+    hotplug_poll: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
 
 #: CollabOS devices serve their "Local Network Access" page over HTTPS (protocols.md, V); no
@@ -83,7 +92,10 @@ DEFAULT_MDNS_TYPES = ("_https._tcp.local.", "_http._tcp.local.")
 
 
 class MdnsSourceConfig(_Section):
-    enabled: bool = False
+    #: Unset: on for the daemon (``roomsync run``), off for one-shot scans unless ``--mdns``.
+    enabled: bool | None = None
+    #: Daemon: a browse of ``timeout`` seconds this often.
+    interval: Interval = 60.0
     service_types: list[Annotated[str, Field(pattern=r"^_[A-Za-z0-9-]+\._(tcp|udp)\.local\.$")]] = (
         Field(default_factory=lambda: list(DEFAULT_MDNS_TYPES)))
     interfaces: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default_factory=list)
@@ -111,6 +123,8 @@ class SnmpSourceConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     concurrency: Annotated[int, Field(ge=1, le=4096)] = 256
     max_pps: Annotated[int, Field(ge=0)] = 0
+    #: Daemon: a sweep this often.
+    interval: Interval = 900.0
 
     @model_validator(mode="after")
     def _v3_needs_credentials(self) -> SnmpSourceConfig:
@@ -143,6 +157,8 @@ class SshSourceConfig(_Section):
     known_hosts: Path | None = None
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     hosts: list[SshHostConfig] = Field(default_factory=list)
+    #: Daemon: the hosts are read this often.
+    interval: Interval = 3600.0
 
 
 class SourcesConfig(_Section):

@@ -28,7 +28,7 @@ from agent.store import Store
 from agent.systems import units
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_message
 
-__all__ = ["SnapshotContext", "build_snapshot", "verdicts_for"]
+__all__ = ["SnapshotContext", "build_snapshot", "seen_by_latest_runs", "verdicts_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +66,17 @@ def build_snapshot(store: Store, context: SnapshotContext, agent: AgentInfo, seq
     rooms.update({r.id: r for r in context.rooms})
     report = summarize_rooms(devices, context.catalog, rooms.values())
     runs = store.latest_runs()
-
-    def seen(device: Device) -> bool:
-        last_seen = _utc(device.last_seen)
-        return any(name in runs and last_seen >= _utc(runs[name]) for name in sources_of(device))
-
     today = context.today or _utc(now).date()
     return inventory_message(agent, sequence, now, report, verdicts_for(devices, context, today),
-                             seen=seen, dropped_events=dropped_events)
+                             seen=lambda device: seen_by_latest_runs(device, runs),
+                             dropped_events=dropped_events)
+
+
+def seen_by_latest_runs(device: Device, runs: Mapping[str, datetime]) -> bool:
+    """Whether some source that reports ``device`` saw it in that source's latest run
+    (``runs``: ``Store.latest_runs()``)."""
+    last_seen = _utc(device.last_seen)
+    return any(name in runs and last_seen >= _utc(runs[name]) for name in sources_of(device))
 
 
 def _utc(moment: datetime) -> datetime:

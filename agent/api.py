@@ -1,0 +1,332 @@
+"""The local API of the daemon (aiohttp): health for systemd and monitoring, the inventory
+for scripts, Prometheus metrics.
+
+=====================  =====================================================================
+``GET /healthz``       alive (200 while the event loop answers)
+``GET /readyz``        200 once the first run of every source is stored and the store is
+                       writable; else 503 with ``problems``
+``GET /v1/status``     per source: last run, duration, success, last error; outbox depth;
+                       portal state; version; uptime; ``problems``
+``GET /v1/inventory``  the stored inventory (as ``roomsync inventory --json``)
+``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
+``GET /v1/coverage``   coverage verdicts of every unit with a serial (``[coverage]``)
+``GET /v1/events``     change events, ``?since=`` (RFC 3339 or a date) and ``?limit=``
+``GET /metrics``       Prometheus text format
+=====================  =====================================================================
+
+Listening: ``HOST:PORT`` (default ``127.0.0.1:8765``) or ``unix:/path``. On an address that is
+not loopback every request needs ``Authorization: Bearer <token>`` (``[api] token_file``) and
+the daemon refuses to start without one; a configured token is required on loopback too.
+Requests carry no body (at most 1 KiB is read); anything else is 404/405 with a JSON error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from agent import __version__
+from agent.log import get_logger
+from agent.secretfile import SecretFileError, read_secret
+from agent.store import StoreError
+
+if TYPE_CHECKING:
+    from agent.daemon import Daemon
+
+__all__ = ["ApiServer", "ApiStartError", "DaemonCollector", "is_loopback_listen"]
+
+log = get_logger("roomsync.api")
+
+MAX_REQUEST_BYTES = 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiStartError(Exception):
+    """The API cannot listen; ``usage`` when the configuration is the cause (exit 2)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """Whether ``listen`` (``HOST:PORT`` or ``unix:/path``) is reachable from this host only."""
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n",
+                        status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+class ApiServer:
+    """The API of one :class:`~agent.daemon.Daemon`."""
+
+    def __init__(self, daemon: Daemon, listen: str, token_file: Path | None) -> None:
+        self.daemon = daemon
+        self.listen = listen
+        self.token_file = token_file
+        self._token: bytes | None = None
+        self._runner: web.AppRunner | None = None
+        self.where = listen
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(daemon))
+
+    async def start(self) -> None:
+        if self.token_file is not None:
+            try:
+                self._token = read_secret(self.token_file, "API token").encode()
+            except SecretFileError as exc:
+                raise ApiStartError(str(exc), usage=True) from None
+        elif not is_loopback_listen(self.listen):
+            raise ApiStartError(f"[api] listen = {self.listen!r} is reachable from the network: set "
+                                "[api] token_file (a bearer token) or listen on 127.0.0.1", usage=True)
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
+        routes = {
+            "/healthz": self.healthz, "/readyz": self.readyz, "/v1/status": self.status,
+            "/v1/inventory": self.inventory, "/v1/rooms": self.rooms, "/v1/coverage": self.coverage,
+            "/v1/events": self.events, "/metrics": self.metrics,
+        }
+        for path, handler in routes.items():
+            app.router.add_get(path, handler)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        try:
+            if self.listen.startswith("unix:"):
+                path = self.listen[len("unix:"):]
+                site: web.BaseSite = web.UnixSite(self._runner, path)
+            else:
+                host, _, port = self.listen.rpartition(":")
+                site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ApiStartError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        self.where = self._bound(site)
+
+    @staticmethod
+    def _bound(site: web.BaseSite) -> str:
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        for sock in sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                host = f"[{name[0]}]" if ":" in name[0] else name[0]
+                return f"{host}:{name[1]}"
+            return f"unix:{name}"
+        return site.name
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._token is not None:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                response = _error(401, "a bearer token is required ([api] token_file)")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="roomsync"'
+                return response
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return _error(exc.status, exc.reason)
+        except StoreError as exc:
+            return _error(503, str(exc))
+
+    # ------------------------------------------------------------------ handlers
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "alive", "version": __version__, "uptime": round(self.daemon.uptime(), 3)})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = self.daemon.ready_problems()
+        return _json({"ready": not problems, "problems": problems}, 503 if problems else 200)
+
+    async def status(self, request: web.Request) -> web.Response:
+        d = self.daemon
+        outbox = None
+        if d.outbox is not None:
+            try:
+                outbox = d.outbox.stats().to_dict()
+            except StoreError as exc:
+                outbox = {"error": str(exc)}
+        return _json({
+            "version": __version__,
+            "started_at": d.started_at.isoformat(),
+            "uptime": round(d.uptime(), 3),
+            "ready": not d.ready_problems(),
+            "problems": d.problems(),
+            "state_dir": str(d.settings.state_dir),
+            "sources": [s.to_dict() for s in d.sources.values()],
+            "outbox": outbox,
+            "portal": {"configured": d.settings.portal is not None,
+                       "host": d.settings.portal.host if d.settings.portal else None,
+                       "state": (outbox or {}).get("portal", {}).get("state", "unknown"),
+                       "problem": d.delivery_problem, "push_failures": d.push_failures},
+        })
+
+    def _store(self) -> Any:
+        if self.daemon.store is None:
+            raise StoreError(f"the store is not available: {self.daemon.store_error}")
+        return self.daemon.store
+
+    def _summary(self) -> tuple[list[Any], Any]:
+        from agent.inventory import summarize_rooms
+
+        store = self._store()
+        devices = store.devices()
+        rooms = {r.id: r for r in store.rooms()}
+        rooms.update({r.id: r for r in self.daemon.settings.rooms})
+        return devices, summarize_rooms(devices, self.daemon.settings.catalog, rooms.values())
+
+    async def inventory(self, request: web.Request) -> web.Response:
+        devices, summary = self._summary()
+        last = self._store().last_scan()
+        return _json({"last_scan": last.isoformat() if last else None,
+                      "devices": [d.to_dict() for d in devices],
+                      "rooms": [r.to_dict() for r in summary.rooms],
+                      "unassigned": [d.identity for d in summary.unassigned]})
+
+    async def rooms(self, request: web.Request) -> web.Response:
+        _devices, summary = self._summary()
+        return _json([r.to_dict() for r in summary.rooms])
+
+    async def coverage(self, request: web.Request) -> web.Response:
+        from agent.uploader.snapshot import verdicts_for
+
+        context = self.daemon.settings.snapshot
+        devices = self._store().devices()
+        if context is None or context.entitlements is None:
+            return _json({"evaluated": False, "reason": "no [coverage] entitlements file configured",
+                          "verdicts": []})
+        today = context.today or datetime.now(UTC).date()
+        verdicts = verdicts_for(devices, context, today)
+        return _json({"evaluated": True, "today": today.isoformat(),
+                      "verdicts": [v.to_dict() for v in verdicts.values()]})
+
+    async def events(self, request: web.Request) -> web.Response:
+        since = None
+        text = request.query.get("since")
+        if text:
+            try:
+                since = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+            except ValueError:
+                return _error(400, f"since={text!r}: expected YYYY-MM-DD or an RFC 3339 time")
+            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        limit_text = request.query.get("limit", "1000")
+        if not limit_text.isdigit() or int(limit_text) > 100_000:
+            return _error(400, f"limit={limit_text!r}: expected 0 to 100000 (0 = all)")
+        found = self._store().events(since, limit=int(limit_text) or None)
+        return _json([e.to_dict() for e in found])
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+class DaemonCollector(Collector):
+    """Prometheus metrics read from the daemon at scrape time."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Any]:
+        d = self.daemon
+        yield InfoMetricFamily("roomsync_build", "roomsync's version", value={"version": __version__})
+        duration = GaugeMetricFamily("roomsync_source_duration_seconds", "Duration of the last run",
+                                     labels=["source"])
+        success = GaugeMetricFamily("roomsync_source_success", "1 when the last run succeeded",
+                                    labels=["source"])
+        last = GaugeMetricFamily("roomsync_source_last_run_timestamp_seconds", "When the last run started",
+                                 labels=["source"])
+        runs = CounterMetricFamily("roomsync_source_runs", "Runs of each source", labels=["source"])
+        failures = CounterMetricFamily("roomsync_source_failures", "Failed runs of each source",
+                                       labels=["source"])
+        for name, s in sorted(d.sources.items()):
+            if s.last_duration is not None:
+                duration.add_metric([name], s.last_duration)
+            if s.last_success is not None:
+                success.add_metric([name], 1.0 if s.last_success else 0.0)
+            if s.last_run is not None:
+                last.add_metric([name], s.last_run.timestamp())
+            runs.add_metric([name], s.runs)
+            failures.add_metric([name], s.failures)
+        yield from (duration, success, last, runs, failures)
+        yield GaugeMetricFamily("roomsync_up", "1 while the daemon runs", value=1.0)
+        yield GaugeMetricFamily("roomsync_ready", "1 when ready", value=0.0 if d.ready_problems() else 1.0)
+        yield from self._store_metrics()
+        yield CounterMetricFamily("roomsync_push_failures", "Failed delivery attempts", value=d.push_failures)
+
+    def _store_metrics(self) -> Iterator[Any]:
+        d = self.daemon
+        if d.store is None or d.outbox is None:
+            return
+        try:
+            devices = d.store.devices()
+            stats = d.outbox.stats()
+        except StoreError:
+            return
+        from agent.uploader.protocol import status_out
+        from agent.uploader.snapshot import seen_by_latest_runs
+
+        runs = d.store.latest_runs()
+        counts: dict[tuple[str, str], int] = {}
+        for device in devices:
+            key = (device.product, status_out(device, seen_by_latest_runs(device, runs)))
+            counts[key] = counts.get(key, 0) + 1
+        family = GaugeMetricFamily("roomsync_devices", "Units in the inventory", labels=["product", "status"])
+        for (product, status), count in sorted(counts.items()):
+            family.add_metric([product, status], count)
+        yield family
+        coverage = GaugeMetricFamily("roomsync_coverage_units", "Units per coverage status",
+                                     labels=["status"])
+        context = d.settings.snapshot
+        if context is not None and context.entitlements is not None:
+            from agent.uploader.snapshot import verdicts_for
+
+            by_status: dict[str, int] = {}
+            for verdict in verdicts_for(devices, context, datetime.now(UTC).date()).values():
+                by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
+            for status, count in sorted(by_status.items()):
+                coverage.add_metric([status], count)
+        yield coverage
+        depth = GaugeMetricFamily("roomsync_outbox_messages", "Messages in the outbox", labels=["state"])
+        depth.add_metric(["pending"], stats.pending)
+        depth.add_metric(["parked"], stats.parked)
+        yield depth
+        yield GaugeMetricFamily("roomsync_outbox_bytes", "Bytes queued in the outbox", value=stats.bytes)
+        yield GaugeMetricFamily("roomsync_outbox_events_waiting", "Events not yet taken into a message",
+                                value=stats.events_waiting)
+        yield CounterMetricFamily("roomsync_outbox_dropped_events", "Events the outbox bound dropped",
+                                  value=stats.dropped_events)
+        portal = GaugeMetricFamily("roomsync_portal_state", "1 for the portal's current state",
+                                   labels=["state"])
+        for state in ("unknown", "ok", "retrying", "unhealthy"):
+            portal.add_metric([state], 1.0 if stats.portal.state == state else 0.0)
+        yield portal

@@ -1,0 +1,530 @@
+"""The daemon behind ``roomsync run``: sources on their own schedules, the store, the
+outbox's delivery, the local API and systemd's notify protocol, on one asyncio loop.
+
+Shape
+-----
+* **One task per source** (:class:`SourcePlan`): run it (``agent.scan.execute``: timed, its
+  own time-out, any failure an error of that source only), store what it found
+  (``Store.record_scan`` scoped to that source, so units other sources report are never
+  "missed"), queue the change events and — when it says something new, or the daily one is
+  due — a snapshot, and wake the delivery. Then wait for the interval or a trigger.
+* **USB hot-plug**: a cheap poll of the sysfs device list (names and device numbers) every
+  ``hotplug_poll`` seconds; a change triggers the USB source at once. It needs no netlink
+  socket and works on a captured sysfs tree as on ``/sys``.
+* **mDNS** is browsed for ``timeout`` seconds every ``interval`` (default 60 s), not held
+  open: a bar that appears is seen within a minute, and nothing lingers between browses.
+* **Delivery** (when a portal is configured): :class:`agent.uploader.delivery.Delivery` until
+  the outbox is empty; paused by a 401/403 until the token file changes, the backoff cap
+  passes, or a reload.
+* **Supervisor**: ``WATCHDOG=1`` at half ``WATCHDOG_USEC`` only while every task is alive and
+  the loop turns; ``STATUS=`` one line; the daily snapshot check.
+
+The store may be unusable (read-only directory, full disk, corrupt file): the daemon still
+starts, answers ``/readyz`` with 503 and the reason, and tries to open it again each minute.
+``READY=1`` is sent once the API listens and the store has been tried, so that systemd does
+not restart a daemon in a loop for a cause a restart cannot fix; ``STATUS=`` says what is
+wrong.
+
+Signals: SIGTERM/SIGINT stop (``STOPPING=1``; the current store write — a synchronous
+transaction — always finishes; exit 0 well within 10 s). SIGHUP reloads the configuration
+through the ``reload`` callable; an invalid one is logged and the old one kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.catalog import Catalog
+from agent.discovery import ScanContext, Source
+from agent.inventory import known_rooms
+from agent.log import get_logger
+from agent.model import Room
+from agent.roommap import RoomMap
+from agent.scan import run_scan
+from agent.sdnotify import Notifier, watchdog_interval
+from agent.store import Retention, Store, StoreError
+from agent.uploader.delivery import Delivery, PortalError, PortalSettings
+from agent.uploader.outbox import Outbox
+from agent.uploader.snapshot import SnapshotContext, build_snapshot
+
+__all__ = ["Daemon", "DaemonSettings", "SourcePlan", "SourceStatus"]
+
+log = get_logger("roomsync.daemon")
+
+#: How long to wait before trying to open an unusable store again.
+STORE_RETRY_S = 60.0
+#: How often delivery looks at the outbox when nothing woke it.
+DELIVERY_IDLE_S = 60.0
+#: Shutdown budget for tasks to finish after SIGTERM.
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """One source and its schedule."""
+
+    name: str
+    source: Source
+    interval: float
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """Everything the daemon runs on, made from the configuration and the command line
+    (``agent.cli`` builds it; a reload builds a new one)."""
+
+    plans: tuple[SourcePlan, ...]
+    state_dir: Path
+    catalog: Catalog
+    room: Room | None = None
+    room_map: RoomMap | None = None
+    snapshot: SnapshotContext | None = None
+    portal: PortalSettings | None = None
+    listen: str = "127.0.0.1:8765"
+    api_token_file: Path | None = None
+    agent_id: str | None = None
+    #: The USB sysfs tree to watch for hot-plugging (``None``: USB is not scheduled).
+    sysfs_root: Path | None = None
+    hotplug_poll: float = 1.0
+    remove_after: int = 3
+    retention: Retention = field(default_factory=Retention)
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    snapshot_interval: timedelta = timedelta(hours=24)
+
+    @property
+    def rooms(self) -> list[Room]:
+        return known_rooms(self.room, self.room_map)
+
+
+@dataclass(slots=True)
+class SourceStatus:
+    """What the status API says of one source."""
+
+    name: str
+    interval: float
+    runs: int = 0
+    failures: int = 0
+    last_run: datetime | None = None
+    last_duration: float | None = None
+    last_success: bool | None = None
+    last_error: str | None = None
+    errors: int = 0
+    devices: int = 0
+    running: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "interval": self.interval, "runs": self.runs, "failures": self.failures,
+            "last_run": self.last_run.isoformat() if self.last_run else None,
+            "last_duration": round(self.last_duration, 6) if self.last_duration is not None else None,
+            "last_success": self.last_success, "last_error": self.last_error, "errors": self.errors,
+            "devices": self.devices, "running": self.running,
+        }
+
+
+def _usb_fingerprint(sysfs_root: Path) -> frozenset[tuple[str, str]]:
+    """The USB devices present: (sysfs name, device number). A replug at the same port
+    changes the device number. Interfaces (``1-1:1.0``) are skipped."""
+    base = sysfs_root / "bus" / "usb" / "devices"
+    found = set()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return frozenset()
+    for name in names:
+        if ":" in name:
+            continue
+        try:
+            with open(base / name / "devnum", encoding="ascii", errors="replace") as fh:
+                devnum = fh.read(16).strip()
+        except OSError:
+            devnum = ""
+        found.add((name, devnum))
+    return frozenset(found)
+
+
+class Daemon:
+    """One running agent. :meth:`serve` runs it until a stop signal; returns the exit
+    status."""
+
+    def __init__(self, settings: DaemonSettings, *,
+                 reload: Callable[[], DaemonSettings] | None = None,
+                 notifier: Notifier | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.reload_settings = reload
+        self.notifier = notifier or Notifier(environ)
+        self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)
+        self.store: Store | None = None
+        self.outbox: Outbox | None = None
+        self.store_error: str | None = "not opened yet"
+        self.sources: dict[str, SourceStatus] = {}
+        self.push_failures = 0
+        self.delivery_problem: str | None = None
+        self.first_scan_done = False
+        self._stop = asyncio.Event()
+        self._restart_delivery = asyncio.Event()
+        self._wake_delivery = asyncio.Event()
+        self._triggers: dict[str, asyncio.Event] = {}
+        self._source_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat = time.monotonic()
+        self._api: Any = None
+        self._reloads = 0
+        self._store_tried = time.monotonic()
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                                (signal.SIGHUP, self._on_hup)):
+            loop.add_signal_handler(signum, handler)
+        self._open_store()
+        from agent.api import ApiServer, ApiStartError
+
+        self._api = ApiServer(self, self.settings.listen, self.settings.api_token_file)
+        try:
+            await self._api.start()
+        except ApiStartError as exc:
+            log.error("api.start.failed", error=str(exc))
+            self._close_store()
+            return 2 if exc.usage else 1
+        self._start_sources()
+        self._tasks.append(asyncio.create_task(self._delivery_loop(), name="delivery"))
+        self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
+        if self.settings.sysfs_root is not None and "usb" in self._source_tasks:
+            self._tasks.append(asyncio.create_task(self._watch_usb(self.settings.sysfs_root), name="hotplug"))
+        self.notifier.ready(self.status_line())
+        log.info("daemon.ready", listen=self._api.where, state_dir=str(self.settings.state_dir),
+                 sources=[p.name for p in self.settings.plans], portal=self._portal_host())
+        await self._stop.wait()
+        self.notifier.stopping("stopping")
+        log.info("daemon.stopping")
+        await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._restart_delivery.set()
+
+    async def _shutdown(self) -> None:
+        tasks = [*self._source_tasks.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_GRACE_S)
+        if self._api is not None:
+            await self._api.stop()
+        self._close_store()
+
+    def _on_hup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the configuration; keep the old one when the new one is invalid."""
+        if self.reload_settings is None:
+            log.warning("daemon.reload.unsupported")
+            return False
+        self.notifier.reloading("reloading configuration")
+        try:
+            fresh = self.reload_settings()
+        except Exception as exc:  # a bad file must never stop the daemon
+            log.error("daemon.reload.refused", error=str(exc))
+            self.notifier.ready(self.status_line())
+            return False
+        if fresh.listen != self.settings.listen or fresh.state_dir != self.settings.state_dir:
+            log.warning("daemon.reload.restart_needed",
+                        detail="listen and state_dir take effect at the next start")
+            fresh = _keep(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir,
+                          api_token_file=self.settings.api_token_file)
+        old_tasks = list(self._source_tasks.values())
+        for task in old_tasks:
+            task.cancel()
+        await asyncio.gather(*old_tasks, return_exceptions=True)
+        self.settings = fresh
+        self._reloads += 1
+        if self.store is not None:
+            self.outbox = self._make_outbox(self.store)
+        self._start_sources()
+        self._restart_delivery.set()
+        self._wake_delivery.set()
+        log.info("daemon.reloaded", sources=[p.name for p in fresh.plans], portal=self._portal_host())
+        self.notifier.ready(self.status_line())
+        return True
+
+    # ------------------------------------------------------------------ store
+
+    def _make_outbox(self, store: Store) -> Outbox:
+        return Outbox(store, agent_id=self.settings.agent_id, version=__version__,
+                      hostname=os.uname().nodename, max_bytes=self.settings.outbox_max_bytes,
+                      snapshot_interval=self.settings.snapshot_interval)
+
+    def _open_store(self) -> bool:
+        try:
+            store = Store.open(self.settings.state_dir)
+        except StoreError as exc:
+            self.store_error = str(exc)
+            log.error("store.unavailable", error=str(exc))
+            return False
+        try:
+            self.outbox = self._make_outbox(store)
+        except StoreError as exc:
+            store.close()
+            self.store_error = str(exc)
+            log.error("store.unavailable", error=str(exc))
+            return False
+        self.store, self.store_error = store, None
+        return True
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = self.outbox = None
+
+    # ------------------------------------------------------------------ sources
+
+    def _start_sources(self) -> None:
+        self._source_tasks = {}
+        previous = self.sources
+        self.sources = {}
+        for plan in self.settings.plans:
+            status = previous.get(plan.name) or SourceStatus(plan.name, plan.interval)
+            status.interval, status.running = plan.interval, False
+            self.sources[plan.name] = status
+            self._triggers[plan.name] = asyncio.Event()
+            self._source_tasks[plan.name] = asyncio.create_task(self._source_loop(plan),
+                                                                name=f"source:{plan.name}")
+
+    def trigger(self, name: str) -> bool:
+        """Run source ``name`` now (hot-plug, or an operator's request)."""
+        event = self._triggers.get(name)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def _source_loop(self, plan: SourcePlan) -> None:
+        trigger = self._triggers[plan.name]
+        while not self._stop.is_set():
+            trigger.clear()
+            await self.run_source(plan)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(trigger.wait(), plan.interval)
+
+    async def run_source(self, plan: SourcePlan) -> None:
+        """One run of one source, stored; never raises (but for cancellation)."""
+        status = self.sources[plan.name]
+        status.running = True
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        try:
+            ctx = ScanContext(self.settings.catalog, now, self.settings.room)
+            report = await run_scan([plan.source], ctx, plan.timeout, self.settings.room_map)
+        finally:
+            status.running = False
+        run = report.runs[0]
+        status.runs += 1
+        status.last_run, status.last_duration = now, time.perf_counter() - started
+        status.last_success = run.success
+        status.errors = len(report.errors)
+        status.devices = len(report.devices)
+        status.last_error = report.errors[0].message if report.errors else None
+        if not run.success:
+            status.failures += 1
+        self._store_run(plan.name, report, now, run.success)
+        if all(s.runs for s in self.sources.values()):
+            self.first_scan_done = True
+
+    def _store_run(self, name: str, report: Any, now: datetime, success: bool) -> None:
+        if self.store is None and not self._open_store():
+            return
+        assert self.store is not None and self.outbox is not None
+        try:
+            record = self.store.record_scan(
+                report.devices, self.settings.rooms, now, len(report.errors),
+                sources_run={name} if success else set(), remove_after=self.settings.remove_after,
+                retention=self.settings.retention)
+            queued = self._queue_snapshot(now)
+        except StoreError as exc:
+            self.store_error = str(exc)
+            log.error("store.write.failed", source=name, error=str(exc))
+            return
+        self.store_error = None
+        if record.events or queued:
+            self._wake_delivery.set()
+        for event in record.events:
+            log.info("inventory.event", type=str(event.type), product=event.product, serial=event.serial,
+                     room=event.room)
+
+    def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
+        if self.outbox is None or self.store is None or self.settings.snapshot is None:
+            return False
+        store, outbox, context = self.store, self.outbox, self.settings.snapshot
+        return outbox.queue_snapshot(
+            lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
+            now, force=force)
+
+    async def _watch_usb(self, sysfs_root: Path) -> None:
+        seen = _usb_fingerprint(sysfs_root)
+        while not self._stop.is_set():
+            await asyncio.sleep(self.settings.hotplug_poll)
+            now = _usb_fingerprint(sysfs_root)
+            if now != seen:
+                seen = now
+                log.info("usb.hotplug")
+                self.trigger("usb")
+
+    # ------------------------------------------------------------------ delivery
+
+    def _portal_host(self) -> str | None:
+        return self.settings.portal.host if self.settings.portal else None
+
+    async def _delivery_loop(self) -> None:
+        while not self._stop.is_set():
+            self._restart_delivery.clear()
+            portal = self.settings.portal
+            paused = False
+            if portal is not None and self.outbox is not None:
+                paused = await self._deliver(portal, self.outbox)
+            wait = portal.backoff_cap if paused and portal else DELIVERY_IDLE_S
+            await self._wait_for_work(wait, watch=portal.token_file if paused and portal else None)
+
+    async def _deliver(self, portal: PortalSettings, outbox: Outbox) -> bool:
+        """Deliver until empty; True when delivery paused (token refused, bad settings)."""
+        try:
+            now = datetime.now(UTC)
+            if outbox.snapshot_due(now):
+                self._queue_snapshot(now)
+            delivery = Delivery(outbox, portal, user_agent=f"roomsync/{__version__}",
+                                snapshot=lambda: self._queue_snapshot(datetime.now(UTC), force=True))
+            result = await delivery.run(stop=self._restart_delivery)
+        except PortalError as exc:
+            self.delivery_problem = str(exc)
+            self.push_failures += 1
+            log.error("portal.settings.unusable", error=str(exc))
+            with contextlib.suppress(StoreError):
+                outbox.set_portal_state("unhealthy", str(exc), datetime.now(UTC))
+            return True
+        except StoreError as exc:
+            self.store_error = str(exc)
+            return False
+        self.push_failures += sum(1 for a in result.attempts if a.outcome != "delivered")
+        self.delivery_problem = result.last_problem if result.stopped_because != "empty" else None
+        return result.stopped_because == "paused"
+
+    async def _wait_for_work(self, seconds: float, watch: Path | None) -> None:
+        """Until woken (new work, reload, stop), ``seconds`` pass, or ``watch`` changes."""
+        stamp = _mtime(watch)
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and not self._restart_delivery.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if watch is None and self._wake_delivery.is_set():
+                self._wake_delivery.clear()
+                return
+            # Paused: look at the token file each second; else sleep until woken.
+            event = self._wake_delivery if watch is None else self._restart_delivery
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, 1.0) if watch is not None else remaining)
+            if watch is not None and _mtime(watch) != stamp:
+                log.info("portal.token.changed")
+                return
+
+    # ------------------------------------------------------------------ supervision
+
+    async def _supervise(self) -> None:
+        interval = watchdog_interval()
+        tick = min(interval, 5.0) if interval else 5.0
+        last_status = ""
+        while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
+            if self.store is None and time.monotonic() - self._store_tried >= STORE_RETRY_S:
+                self._store_tried = time.monotonic()
+                self._open_store()
+            if interval and self.healthy_tasks():
+                self.notifier.watchdog()
+            line = self.status_line()
+            if line != last_status:
+                self.notifier.status(line)
+                last_status = line
+            await asyncio.sleep(tick)
+
+    def healthy_tasks(self) -> bool:
+        """Every task alive (a source loop, the delivery or the watcher that ended has failed
+        past its own isolation)."""
+        return all(not t.done() for t in [*self._source_tasks.values(), *self._tasks])
+
+    # ------------------------------------------------------------------ what the API reads
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def ready_problems(self) -> list[str]:
+        problems = []
+        if self.store_error:
+            problems.append(f"store: {self.store_error}")
+        waiting = sorted(name for name, s in self.sources.items() if not s.runs)
+        if waiting:
+            problems.append(f"first scan not done: {', '.join(waiting)}")
+        return problems
+
+    def problems(self) -> list[str]:
+        """Everything degraded, one line each (``roomsync health``)."""
+        found = self.ready_problems()
+        for name, status in sorted(self.sources.items()):
+            if status.last_success is False:
+                found.append(f"source {name}: last run failed: {status.last_error or 'see the log'}")
+        if self.outbox is not None:
+            try:
+                stats = self.outbox.stats()
+            except StoreError as exc:
+                found.append(f"outbox: {exc}")
+            else:
+                if stats.portal.state in ("unhealthy", "retrying") and self.settings.portal is not None:
+                    found.append(f"portal {stats.portal.state}: {stats.portal.reason or 'see the log'}")
+                if stats.parked:
+                    found.append(f"outbox: {stats.parked} message(s) parked (refused by the portal)")
+        if self.delivery_problem and self.settings.portal is not None and not any(
+                f.startswith("portal ") for f in found):
+            found.append(f"portal: {self.delivery_problem}")
+        if not self.healthy_tasks():
+            found.append("a daemon task ended unexpectedly (see the log)")
+        return found
+
+    def status_line(self) -> str:
+        devices = sum(s.devices for s in self.sources.values())
+        problems = self.problems()
+        text = f"{devices} device(s) from {len(self.sources)} source(s)"
+        return f"{text}; {problems[0]}" if problems else f"{text}; ok"
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    from agent.secretfile import resolve_secret_path
+
+    try:
+        return resolve_secret_path(path).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _keep(settings: DaemonSettings, **fields: Any) -> DaemonSettings:
+    from dataclasses import replace
+
+    return replace(settings, **fields)
+
