@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,10 +122,31 @@ class ApiServer:
                 host, _, port = self.listen.rpartition(":")
                 site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
             await site.start()
+            if self.listen.startswith("unix:"):
+                # The service's UMask (0077) would leave the socket to its user alone; its
+                # group (roomsync) may ask for health too.
+                os.chmod(self.listen[len("unix:"):], 0o660)
         except OSError as exc:
             await self._runner.cleanup()
             raise ApiStartError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
         self.where = self._bound(site)
+
+    def reload_token(self, token_file: Path | None) -> bool:
+        """Take a new ``[api] token_file`` (on SIGHUP). False, keeping the old token, when it
+        cannot be read or when dropping it would leave a non-loopback API open."""
+        if token_file is None:
+            if not is_loopback_listen(self.listen):
+                log.error("api.token.kept", reason="listening beyond loopback needs a token")
+                return False
+            self._token, self.token_file = None, None
+            return True
+        try:
+            self._token = read_secret(token_file, "API token").encode()
+        except SecretFileError as exc:
+            log.error("api.token.kept", reason=str(exc))
+            return False
+        self.token_file = token_file
+        return True
 
     @staticmethod
     def _bound(site: web.BaseSite) -> str:

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"roomsync {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE",
-                        help="configuration file (default: $ROOMSYNC_CONFIG or /etc/roomsync/agent.toml)")
+                        help="configuration file (default: $ROOMSYNC_CONFIG, else "
+                             "$CONFIGURATION_DIRECTORY/agent.toml under systemd, else "
+                             "/etc/roomsync/agent.toml)")
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress to stderr (-vv for debug)")
     common.add_argument("--log-format", choices=("auto", "json", "console"),
@@ -41,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     state = argparse.ArgumentParser(add_help=False)
     state.add_argument("--state-dir", metavar="DIR",
                        help="the agent's state directory (default: config state_dir, "
-                            "$STATE_DIRECTORY, else ~/.local/state/roomsync)")
+                            "$STATE_DIRECTORY, /var/lib/roomsync under systemd, else "
+                            "~/.local/state/roomsync: pass --state-dir /var/lib/roomsync to read "
+                            "the service's store by hand)")
     rooms = argparse.ArgumentParser(add_help=False)
     rooms.add_argument("--room-map", metavar="FILE",
                        help="CSV placing LAN devices in rooms, with room names and locations "
@@ -1146,21 +1150,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     level = {0: cfg.log.level, 1: "info"}.get(args.verbose, "debug")
     configure(level, args.log_format or cfg.log.format)
     settings = _daemon_settings(args, cfg)
+    from agent.api import is_loopback_listen
+
+    if settings.api_token_file is None and not is_loopback_listen(settings.listen):
+        # Refused before anything is opened or bound (the API checks again when it starts).
+        raise UsageError(f"--listen/[api] listen {settings.listen} is reachable from the network: "
+                         "set [api] token_file (a bearer token) or listen on 127.0.0.1")
 
     def reload() -> Any:
         try:
             fresh = load_config(args.config)
         except ConfigError as exc:
             raise UsageError("invalid configuration: " + "; ".join(exc.problems)) from None
-        return _daemon_settings(args, fresh.config)
+        settings = _daemon_settings(args, fresh.config)
+        log = fresh.config.log
+        configure({0: log.level, 1: "info"}.get(args.verbose, "debug"), args.log_format or log.format)
+        return settings
 
-    import asyncio
     import faulthandler
 
-    from agent.daemon import Daemon
+    from agent.daemon import Daemon, run_until_stopped
 
     faulthandler.enable()  # a watchdog abort (SIGABRT) leaves every thread's stack in the journal
-    return asyncio.run(Daemon(settings, reload=reload).serve())
+    return run_until_stopped(Daemon(settings, reload=reload))
 
 
 def _health_url(args: argparse.Namespace, cfg: Any) -> str:

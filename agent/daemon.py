@@ -36,8 +36,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,7 +60,7 @@ from agent.uploader.delivery import Delivery, PortalError, PortalSettings
 from agent.uploader.outbox import Outbox
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
 
-__all__ = ["Daemon", "DaemonSettings", "SourcePlan", "SourceStatus"]
+__all__ = ["Daemon", "DaemonSettings", "SourcePlan", "SourceStatus", "run_until_stopped"]
 
 log = get_logger("roomsync.daemon")
 
@@ -67,6 +70,10 @@ STORE_RETRY_S = 60.0
 DELIVERY_IDLE_S = 60.0
 #: Shutdown budget for tasks to finish after SIGTERM.
 STOP_GRACE_S = 5.0
+#: After the loop has stopped, how long a source's worker thread that is still busy (an SSH
+#: connect waiting out its ``connect_timeout``, a libusb read) is waited for before the
+#: process exits without it.
+THREAD_GRACE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +190,8 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self._api: Any = None
         self._reloads = 0
+        self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._store_tried = time.monotonic()
 
     # ------------------------------------------------------------------ life cycle
@@ -205,8 +214,7 @@ class Daemon:
         self._start_sources()
         self._tasks.append(asyncio.create_task(self._delivery_loop(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
-        if self.settings.sysfs_root is not None and "usb" in self._source_tasks:
-            self._tasks.append(asyncio.create_task(self._watch_usb(self.settings.sysfs_root), name="hotplug"))
+        self._tasks.append(asyncio.create_task(self._watch_usb(), name="hotplug"))
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=self._api.where, state_dir=str(self.settings.state_dir),
                  sources=[p.name for p in self.settings.plans], portal=self._portal_host())
@@ -231,10 +239,20 @@ class Daemon:
         self._close_store()
 
     def _on_hup(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     async def reload(self) -> bool:
-        """Re-read the configuration; keep the old one when the new one is invalid."""
+        """Re-read the configuration; keep the old one when the new one is invalid. Reloads
+        run one at a time (two quick SIGHUPs must not both start the sources)."""
+        async with self._reload_lock:
+            if self._stop.is_set():
+                return False
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self.reload_settings is None:
             log.warning("daemon.reload.unsupported")
             return False
@@ -248,8 +266,9 @@ class Daemon:
         if fresh.listen != self.settings.listen or fresh.state_dir != self.settings.state_dir:
             log.warning("daemon.reload.restart_needed",
                         detail="listen and state_dir take effect at the next start")
-            fresh = _keep(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir,
-                          api_token_file=self.settings.api_token_file)
+            fresh = _keep(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir)
+        if self._api is not None and not self._api.reload_token(fresh.api_token_file):
+            fresh = _keep(fresh, api_token_file=self.settings.api_token_file)
         old_tasks = list(self._source_tasks.values())
         for task in old_tasks:
             task.cancel()
@@ -377,11 +396,24 @@ class Daemon:
             lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
             now, force=force)
 
-    async def _watch_usb(self, sysfs_root: Path) -> None:
-        seen = _usb_fingerprint(sysfs_root)
+    def _hotplug_root(self) -> Path | None:
+        """The sysfs tree to watch: the USB source's, while USB is scheduled."""
+        return self.settings.sysfs_root if "usb" in self._source_tasks else None
+
+    async def _watch_usb(self) -> None:
+        # Reads the settings on every turn, so a reload that changes the tree, the poll or
+        # whether USB runs at all takes effect without restarting the watcher. A new tree
+        # that differs from the old one triggers a run too: a device plugged in between the
+        # reload's own run and this look is not missed.
+        root = self._hotplug_root()
+        seen = _usb_fingerprint(root) if root is not None else frozenset()
         while not self._stop.is_set():
             await asyncio.sleep(self.settings.hotplug_poll)
-            now = _usb_fingerprint(sysfs_root)
+            root = self._hotplug_root()
+            if root is None:
+                seen = frozenset()
+                continue
+            now = _usb_fingerprint(root)
             if now != seen:
                 seen = now
                 log.info("usb.hotplug")
@@ -488,6 +520,11 @@ class Daemon:
         for name, status in sorted(self.sources.items()):
             if status.last_success is False:
                 found.append(f"source {name}: last run failed: {status.last_error or 'see the log'}")
+            elif status.errors:
+                # The run finished, but a target of it (an SSH host, an SNMP address, the
+                # sysfs tree) could not be read: what `roomsync scan` exits 1 for.
+                found.append(f"source {name}: {status.errors} error(s) in the last run: "
+                             f"{status.last_error or 'see the log'}")
         if self.outbox is not None:
             try:
                 stats = self.outbox.stats()
@@ -528,3 +565,42 @@ def _keep(settings: DaemonSettings, **fields: Any) -> DaemonSettings:
 
     return replace(settings, **fields)
 
+
+
+def run_until_stopped(daemon: Daemon) -> int:
+    """Run ``daemon.serve()`` on a new event loop and return its exit status.
+
+    Like :func:`asyncio.run`, but the default executor's threads are not waited for without
+    end: a source blocked in a worker thread (an SSH connect waiting out a long
+    ``connect_timeout``, a libusb read) must not hold the exit past the stop budget (SIGTERM:
+    exit within 10 s). By the time the loop has stopped the store is closed, so threads still
+    busy after :data:`THREAD_GRACE_S` are abandoned (``os._exit``) and logged.
+    """
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(thread_name_prefix="roomsync-worker")
+    loop.set_default_executor(executor)
+    asyncio.set_event_loop(loop)
+    try:
+        status = loop.run_until_complete(daemon.serve())
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        asyncio.set_event_loop(None)
+        executor.shutdown(wait=False, cancel_futures=True)
+        loop.close()
+    deadline = time.monotonic() + THREAD_GRACE_S
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+    busy = [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if busy:
+        log.warning("daemon.exit.threads_abandoned", threads=busy,
+                    detail="a source was still blocked; exiting without waiting for it")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

@@ -365,10 +365,14 @@ def _load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
 
 
 def load_private_key(path: Path | None) -> paramiko.PKey:
-    """The host's private key. Raises :class:`SshHostError`; never says what the file holds."""
+    """The host's private key (a relative name is looked up in ``$CREDENTIALS_DIRECTORY``
+    first, as every secret file). Raises :class:`SshHostError`; never says what the file holds."""
     if path is None:
         raise SshHostError("no key file is configured for this host (key_file or --ssh-key); "
                            "roomsync logs in with a key only")
+    from agent.secretfile import resolve_secret_path
+
+    path = resolve_secret_path(path)
     try:
         return paramiko.PKey.from_path(path)
     except FileNotFoundError:
