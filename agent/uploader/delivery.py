@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agent.log import get_logger
+from agent.sanitize import MASK
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 from agent.uploader.outbox import Outbox, QueuedMessage
@@ -167,6 +168,9 @@ def ssl_context(settings: PortalSettings) -> ssl.SSLContext | None:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        # Why it did not verify: expired, host name mismatch, self-signed, unknown issuer.
+        return f"certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:
@@ -248,8 +252,9 @@ class Delivery:
                     self.outbox.take_events(self.now())
                     head = self.outbox.head()
                     if head is None:
-                        if self.snapshot is not None and self.outbox.take_outage():
-                            self.snapshot()
+                        if self.snapshot is not None and self.outbox.outage_noted():
+                            self.snapshot()  # the note is cleared only once it is queued
+                            self.outbox.take_outage()
                             continue
                         return result
                     if not self.outbox.begin_attempt(head, self.now()):
@@ -276,7 +281,7 @@ class Delivery:
                     if await self._wait(delay, stop):
                         result.stopped_because = "stopped"
                         return result
-                elif attempt.outcome is Outcome.DELIVERED:
+                else:  # delivered or parked: the next head's retries count from 1 again
                     failures = 0
 
     async def _wait(self, delay: float, stop: asyncio.Event | None) -> bool:
@@ -335,43 +340,49 @@ class Delivery:
                 body = await reply.text(errors="replace")
                 status = reply.status
                 outcome = classify(status)
-                detail = self._detail(status, reply.reason, body, reply.headers.get("Location"))
+                detail = self._detail(status, reply.reason, body, reply.headers.get("Location"), token)
                 after = retry_after_seconds(reply.headers.get("Retry-After"), reply.headers.get("Date"),
                                             self.now()) if outcome is Outcome.RETRY else 0.0
                 return Attempt(outcome, status, detail, after, self.clock() - started)
         except aiohttp.ClientSSLError as exc:
             detail = f"TLS to {self.settings.host} failed: {_reason(getattr(exc, 'os_error', exc))}"
+        except TimeoutError:  # before OSError, which it is a kind of
+            detail = f"{self.settings.host} did not answer within {self.settings.timeout:g} s"
         except (aiohttp.ClientError, OSError) as exc:
             detail = f"cannot reach {self.settings.host}: {type(exc).__name__}: {_short(str(exc))}"
-        except TimeoutError:
-            detail = f"{self.settings.host} did not answer within {self.settings.timeout:g} s"
         return Attempt(Outcome.RETRY, None, detail, 0.0, self.clock() - started)
 
     @staticmethod
-    def _detail(status: int, reason: str | None, body: str, location: str | None) -> str:
+    def _detail(status: int, reason: str | None, body: str, location: str | None, secret: str) -> str:
+        """What the reply said, for the log and the outbox; the token masked should the
+        portal repeat it (an error page echoing the request's headers)."""
         text = f"HTTP {status} {reason or ''}".rstrip()
         if 300 <= status < 400:
-            where = f" to {_short(location)}" if location else ""
+            where = f" to {_short(location.replace(secret, MASK))}" if location else ""
             return f"{text}: the portal URL redirects{where}; fix the configuration"
         if status in (401, 403):
             return f"{text}: the portal refused the token; check token_file"
-        problem = _problem_detail(body)
+        problem = _problem_detail(body, secret)
         return f"{text}: {problem}" if problem else text
 
 
-def _problem_detail(body: str) -> str:
-    """The ``detail`` (else ``title``) of an RFC 9457 problem body, else the body's start."""
+def _problem_detail(body: str, secret: str = "") -> str:
+    """The ``detail`` (else ``title``) of an RFC 9457 problem body, else the body's start;
+    ``secret`` masked (before shortening, which could leave a part of it)."""
     import json
+
+    def short(text: str) -> str:
+        return _short(text.replace(secret, MASK) if secret else text)
 
     try:
         doc = json.loads(body)
     except ValueError:
-        return _short(body)
+        return short(body)
     if isinstance(doc, dict):
         for key in ("detail", "title", "error", "message"):
             if isinstance(doc.get(key), str):
-                return _short(doc[key])
-    return _short(body)
+                return short(doc[key])
+    return short(body)
 
 
 def _short(text: str) -> str:

@@ -14,9 +14,10 @@ The queue
   cursor in the same transaction. Events that arrive while the newest queued events message
   was never attempted join it (it is rebuilt under a fresh key and sequence — nobody saw the
   old ones), so an outage of many small scans is delivered in few large messages.
-* **Snapshots**: :meth:`Outbox.queue_snapshot` takes the events first (so a snapshot follows
-  the events that led to it), then replaces any pending snapshot — only the newest is worth
-  sending — with the new one at the tail. It skips a snapshot whose content (everything but
+* **Snapshots**: :meth:`Outbox.queue_snapshot` drops any pending snapshot — only the newest
+  is worth sending — then takes the events (they can join the newest events message, which
+  the pending snapshot no longer follows), then queues the new one at the tail, after the
+  events that led to it. It skips a snapshot whose content (everything but
   ``sequence``, ``generated_at`` and ``last_seen``) equals the last one queued, unless that
   one is older than the snapshot interval or ``force`` is given.
 * **Order**: the head is the oldest pending message. Sequences are given in queue order and
@@ -296,6 +297,11 @@ class Outbox:
         one — unless it says what the last queued one said and that one is younger than the
         snapshot interval (``force`` queues it anyway). Returns whether one was queued."""
         with self.store.transaction() as db:
+            # The pending snapshot leaves before the events are taken, so that they can join
+            # the newest events message (never sent) rather than start one behind the
+            # snapshot: an outage of many scans stays a few messages.
+            db.execute("SAVEPOINT replace_snapshot")
+            db.execute("DELETE FROM outbox WHERE kind = 'inventory' AND state = 'pending'")
             self._take_events(db, now)
             dropped = int(_get(db, "dropped_events", 0))
             sequence = int(_get(db, "sequence", 0)) + 1
@@ -305,9 +311,13 @@ class Outbox:
             if not force and last and last.get("digest") == digest:
                 queued_at = datetime.fromisoformat(last["at"])
                 if _utc(now) - queued_at < self.snapshot_interval:
+                    # Nothing new to say: the pending snapshot stays, the events queue behind it.
+                    db.execute("ROLLBACK TO replace_snapshot")
+                    db.execute("RELEASE replace_snapshot")
+                    self._take_events(db, now)
                     return False
+            db.execute("RELEASE replace_snapshot")
             _put(db, "sequence", sequence)
-            db.execute("DELETE FROM outbox WHERE kind = 'inventory' AND state = 'pending'")
             self._insert(db, "inventory", sequence, now, gzip_body(serialize(message)), 0, None, None)
             _put(db, "last_snapshot", {"at": _stamp(now), "digest": digest, "sequence": sequence})
             self._enforce_bound(db)
@@ -409,6 +419,10 @@ class Outbox:
         drains, a fresh snapshot is due (:meth:`take_outage`)."""
         with self.store.transaction() as db:
             _put(db, "outage", True)
+
+    def outage_noted(self) -> bool:
+        """Whether an outage was noted and no snapshot has followed it yet."""
+        return bool(self._meta("outage", False))
 
     def take_outage(self) -> bool:
         """Whether an outage was noted since the last call; clears the note."""
