@@ -68,6 +68,11 @@ log = get_logger("roomsync.daemon")
 STORE_RETRY_S = 60.0
 #: How often delivery looks at the outbox when nothing woke it.
 DELIVERY_IDLE_S = 60.0
+#: Sources whose errors are mostly about what other hosts announce (an mDNS instance that
+#: left before it was resolved), not about what the configuration names: routine on a LAN,
+#: so they make the daemon degraded only when the run found nothing at all (the interfaces
+#: unusable). They are always in /v1/status and the log.
+ADVISORY_ERRORS = frozenset({"mdns"})
 #: Shutdown budget for tasks to finish after SIGTERM.
 STOP_GRACE_S = 5.0
 #: After the loop has stopped, how long a source's worker thread that is still busy (an SSH
@@ -201,20 +206,21 @@ class Daemon:
         for signum, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                 (signal.SIGHUP, self._on_hup)):
             loop.add_signal_handler(signum, handler)
-        self._open_store()
-        from agent.api import ApiServer, ApiStartError
+        async with self._reload_lock:  # a SIGHUP during the start waits for it to finish
+            self._open_store()
+            from agent.api import ApiServer, ApiStartError
 
-        self._api = ApiServer(self, self.settings.listen, self.settings.api_token_file)
-        try:
-            await self._api.start()
-        except ApiStartError as exc:
-            log.error("api.start.failed", error=str(exc))
-            self._close_store()
-            return 2 if exc.usage else 1
-        self._start_sources()
-        self._tasks.append(asyncio.create_task(self._delivery_loop(), name="delivery"))
-        self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
-        self._tasks.append(asyncio.create_task(self._watch_usb(), name="hotplug"))
+            self._api = ApiServer(self, self.settings.listen, self.settings.api_token_file)
+            try:
+                await self._api.start()
+            except ApiStartError as exc:
+                log.error("api.start.failed", error=str(exc))
+                self._close_store()
+                return 2 if exc.usage else 1
+            self._start_sources()
+            self._tasks.append(asyncio.create_task(self._delivery_loop(), name="delivery"))
+            self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
+            self._tasks.append(asyncio.create_task(self._watch_usb(), name="hotplug"))
         self.notifier.ready(self.status_line())
         log.info("daemon.ready", listen=self._api.where, state_dir=str(self.settings.state_dir),
                  sources=[p.name for p in self.settings.plans], portal=self._portal_host())
@@ -520,7 +526,7 @@ class Daemon:
         for name, status in sorted(self.sources.items()):
             if status.last_success is False:
                 found.append(f"source {name}: last run failed: {status.last_error or 'see the log'}")
-            elif status.errors:
+            elif status.errors and (name not in ADVISORY_ERRORS or not status.devices):
                 # The run finished, but a target of it (an SSH host, an SNMP address, the
                 # sysfs tree) could not be read: what `roomsync scan` exits 1 for.
                 found.append(f"source {name}: {status.errors} error(s) in the last run: "
@@ -564,7 +570,6 @@ def _keep(settings: DaemonSettings, **fields: Any) -> DaemonSettings:
     from dataclasses import replace
 
     return replace(settings, **fields)
-
 
 
 def run_until_stopped(daemon: Daemon) -> int:
