@@ -1214,9 +1214,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"status": verdict, **status})
     else:
-        words = {True: "ok", False: "failed", None: "pending"}
-        sources = ", ".join(f"{s['name']} {words.get(s.get('last_success'), '?')}"
-                            for s in status.get("sources", []))
+        def word(source: dict[str, Any]) -> str:
+            if source.get("last_success") is None:
+                return "pending"
+            if source.get("last_success") is False:
+                return "failed"
+            return f"{source.get('errors')} error(s)" if source.get("errors") else "ok"
+
+        sources = ", ".join(f"{s['name']} {word(s)}" for s in status.get("sources", []))
         print(f"{verdict}: roomsync {status.get('version')}, up {status.get('uptime', 0):.0f} s"
               + (f"; {sources}" if sources else ""))
         for problem in problems:

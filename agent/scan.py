@@ -44,7 +44,7 @@ async def execute(source: Source, ctx: ScanContext, timeout: float | None = None
     started = time.perf_counter()
     try:
         result = await asyncio.wait_for(source.run(ctx), timeout)
-        success = True
+        success = result.complete
     except TimeoutError:
         result = SourceResult(errors=[ScanError(source.name, "*", f"timed out after {timeout:g} s")])
         success = False

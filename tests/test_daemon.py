@@ -512,7 +512,8 @@ def test_unusable_store_is_not_ready_until_it_can_be_opened(own: Own) -> None:
 def test_sysfs_tree_vanishing_degrades_usb_and_its_return_is_seen(own: Own) -> None:
     sysfs = own.dir / "sys"
     add_device(sysfs, "1-1", LOGITECH, RALLY_BAR, serial=USB_SERIAL, devnum=2)
-    d = start_own(own, usb_section(sysfs, poll=0.2), MDNS_OFF)
+    # One missed run would remove a unit: a run that could not look must not count as one.
+    d = start_own(own, usb_section(sysfs, poll=0.2), MDNS_OFF, "[store]\nremove_after_missed_scans = 1\n")
     assert d.wait_until(lambda: d.get("/readyz").status == 200, 10.0)
     runs = d.source("usb")["runs"]
     gone = own.dir / "sys.gone"
@@ -520,13 +521,16 @@ def test_sysfs_tree_vanishing_degrades_usb_and_its_return_is_seen(own: Own) -> N
     assert d.wait_until(lambda: d.source("usb")["runs"] > runs, 5.0)  # the hot-plug watcher noticed
     usb = d.source("usb")
     assert usb["errors"] == 1 and "does not exist" in usb["last_error"], usb
+    # A source that could not look at all did not run: its units are not "missed".
+    assert usb["last_success"] is False and usb["failures"] == 1, usb
     result = health("--config", str(d.config))
     assert result.returncode == 1, result.stdout
-    assert "  source usb: 1 error(s) in the last run" in result.stdout, result.stdout
+    assert "  source usb: last run failed: sysfs root" in result.stdout, result.stdout
     assert d.proc.poll() is None and d.get("/healthz").status == 200
     gone.rename(sysfs)
     assert d.wait_until(lambda: d.source("usb")["errors"] == 0, 5.0)
     assert health("--config", str(d.config)).returncode == 0
+    assert not [e for e in d.get("/v1/events").json() if e["type"] == "device.removed"]
 
 
 def test_api_port_in_use_exits_1_without_ready(own: Own) -> None:

@@ -45,6 +45,9 @@ class SourceResult:
     errors: list[ScanError] = field(default_factory=list)
     #: Plain facts for the operator ("no USB bus is visible").
     messages: list[str] = field(default_factory=list)
+    #: False when the source could not look at all (its sysfs tree is gone…): the run does
+    #: not count, so nothing it found before is taken to be missing.
+    complete: bool = True
 
 
 class Source(Protocol):

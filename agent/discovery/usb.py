@@ -516,6 +516,7 @@ class UsbSource:
             found = self.discover()
         except UsbDiscoveryError as exc:
             result.errors.append(ScanError(self.name, str(self.sysfs_root), str(exc)))
+            result.complete = False
             return result
         if found.message:
             result.messages.append(found.message)
