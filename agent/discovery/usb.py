@@ -26,11 +26,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.catalog import LOGITECH_VID, Catalog, Product, UsbMatch
-from agent.collectors.sync.usb_unit import TransportOpener, pyusb_transport, read_unit
 from agent.collectors.usb_descriptor import observe_unit
+
+if TYPE_CHECKING:
+    # The Sync interface's code (and protobuf) is imported when a bar is read, not before:
+    # a daemon watching hosts without CollabOS bars never loads it.
+    from agent.collectors.sync.usb_unit import TransportOpener
 from agent.discovery import ScanContext, SourceResult
 from agent.model import HealthIssue, ScanError, Severity
 from agent.sanitize import CleanText, clean_serial, clean_text
@@ -507,6 +511,8 @@ class UsbSource:
 
     def sync_opener(self, record: UsbRecord) -> TransportOpener:
         """How to open the Sync transport of ``record``'s device."""
+        from agent.collectors.sync.usb_unit import pyusb_transport
+
         return functools.partial(pyusb_transport, record.busnum, record.devnum,
                                  record.vendor_id, record.product_id)
 
@@ -528,6 +534,8 @@ class UsbSource:
             obs = observe_unit(unit, ctx.catalog, ctx.now, source=self.name)
             if (self.sync_interface and unit.product is not None and unit.product.sync_interface
                     and unit.match is not None and unit.match.is_main):
+                from agent.collectors.sync.usb_unit import read_unit
+
                 obs, error = read_unit(obs, self.sync_opener(unit.main), catalog=ctx.catalog,
                                        now=ctx.now, deadline=self.sync_deadline)
                 if error is not None:
