@@ -50,9 +50,23 @@ def use_json(fmt: str, stream: TextIO, environ: Mapping[str, str] | None = None)
     return not (isatty and isatty())
 
 
+class _Stderr:
+    """``sys.stderr`` as it is when a line is written, not when logging was set up (it may
+    be replaced meanwhile: a test harness's capture, a daemonising wrapper)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. Logs go to stderr; stdout is for command output."""
-    out = stream or sys.stderr
+    out: Any = stream or _Stderr()
     json_lines = use_json(fmt, out)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -79,6 +79,7 @@ from agent.uploader.protocol import (
     InventoryMessage,
     Message,
 )
+from agent.uploader.snapshot import paused_gc
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -663,14 +664,16 @@ class PortalStandIn:
 
 def _parse(data: bytes, schema: str) -> Message:
     """The message ``data`` holds, validated by the model of ``schema`` (strict, no extras)."""
+    model = InventoryMessage if schema == SCHEMA_INVENTORY else EventsMessage
+    assert schema in (SCHEMA_INVENTORY, SCHEMA_EVENTS)
     try:
-        json.loads(data)
-    except ValueError as exc:
-        raise _BodyError(400, f"the body is not JSON: {exc}") from None
-    if schema == SCHEMA_INVENTORY:
-        return InventoryMessage.model_validate_json(data)
-    assert schema == SCHEMA_EVENTS
-    return EventsMessage.model_validate_json(data)
+        with paused_gc():  # a big snapshot is a burst of acyclic objects (see paused_gc)
+            return model.model_validate_json(data)  # one parse: pydantic-core reads the JSON
+    except ValidationError as exc:
+        invalid = [e for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
+        if invalid:
+            raise _BodyError(400, f"the body is not JSON: {invalid[0]['msg']}") from None
+        raise
 
 
 async def _trickle(request: web.Request, reply: web.Response, interval: float) -> web.StreamResponse:

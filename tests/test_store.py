@@ -556,3 +556,35 @@ def test_kill_9_at_any_moment_leaves_the_old_state_or_the_new(tmp_path: Path):
             with Store.open(state) as store:
                 assert _comparable(store) == _comparable(reference)
     assert done >= 20  # every run stored at least one scan before its kill
+
+
+def test_the_inventory_cache_matches_the_database_and_sees_other_writers(tmp_path: Path):
+    """Store keeps the decoded inventory between calls; what it returns must be what a fresh
+    connection decodes, after its own scans (which refresh the cache) and after another
+    process's (which change PRAGMA data_version)."""
+    rng = random.Random(7)
+
+    def unit(n: int, seen: datetime) -> Device:
+        return Device(product="Scribe", transport=Transport.USB, address=f"3-{n}", first_seen=seen,
+                      last_seen=seen, room=rng.choice([None, "a", "b", "ä"]), serial=f"S{n:04d}",
+                      serial_label_grade=True, serial_source=SerialSource.USB_DESCRIPTOR,
+                      firmware=rng.choice(["1.0", "1.1"]), sources=["usb"])
+
+    def fresh(path: Path) -> list[dict]:
+        with Store.open(path) as other:
+            other._cache = None
+            return [d.to_dict() for d in other.devices()]
+
+    with Store.open(tmp_path) as store, Store.open(tmp_path) as elsewhere:
+        for step in range(6):
+            at = T0 + timedelta(hours=step)
+            found = [unit(n, at) for n in rng.sample(range(12), 8)]
+            store.record_scan(found, [], at, sources_run={"usb"}, remove_after=1)
+            assert [d.to_dict() for d in store.devices()] == fresh(tmp_path)
+            # Another writer (here a second connection) changes the inventory…
+            later = at + timedelta(minutes=30)
+            elsewhere.record_scan([unit(100 + step, later)], [], later, sources_run={"usb"},
+                                  remove_after=1)
+            # …and this store's next read sees it.
+            assert [d.to_dict() for d in store.devices()] == fresh(tmp_path)
+            assert any(d.serial == f"S{100 + step:04d}" for d in store.devices())

@@ -40,6 +40,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
@@ -206,16 +207,21 @@ def _next_sequence(db: sqlite3.Connection) -> int:
     return sequence
 
 
+#: What changes on every scan without anything changing: the message's ``sequence`` and
+#: ``generated_at`` and every unit's ``last_seen``, as pydantic writes them (compact JSON). A
+#: JSON string cannot hold an unescaped quote, so these patterns only ever match keys.
+_VOLATILE = re.compile(rb'"sequence":\d+,|"generated_at":"[^"]*",|"last_seen":"[^"]*"')
+
+
+def body_digest(body: bytes) -> str:
+    """The content digest of a serialised snapshot (:func:`content_digest`)."""
+    return hashlib.sha256(_VOLATILE.sub(b"", body)).hexdigest()
+
+
 def content_digest(message: InventoryMessage) -> str:
     """A digest of what a snapshot says, leaving out what changes on every scan without
     anything changing (``sequence``, ``generated_at``, every ``last_seen``)."""
-    data = message.model_dump(mode="json", by_alias=True, exclude={"sequence", "generated_at"})
-    for place in data["places"]:
-        for device in place["devices"]:
-            device.pop("last_seen", None)
-    for device in data["unassigned"]:
-        device.pop("last_seen", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return body_digest(serialize(message))
 
 
 class Outbox:
@@ -306,7 +312,8 @@ class Outbox:
             dropped = int(_get(db, "dropped_events", 0))
             sequence = int(_get(db, "sequence", 0)) + 1
             message = build(sequence, now, dropped)
-            digest = content_digest(message)
+            raw = serialize(message)
+            digest = body_digest(raw)
             last = _get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:
                 queued_at = datetime.fromisoformat(last["at"])
@@ -318,7 +325,7 @@ class Outbox:
                     return False
             db.execute("RELEASE replace_snapshot")
             _put(db, "sequence", sequence)
-            self._insert(db, "inventory", sequence, now, gzip_body(serialize(message)), 0, None, None)
+            self._insert(db, "inventory", sequence, now, gzip_body(raw), 0, None, None)
             _put(db, "last_snapshot", {"at": _stamp(now), "digest": digest, "sequence": sequence})
             self._enforce_bound(db)
         return True
