@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -94,6 +94,8 @@ class ApiServer:
         self.where = listen
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds… (Linux /proc).
+        ProcessCollector(registry=self.registry)
 
     async def start(self) -> None:
         if self.token_file is not None:
@@ -287,6 +289,8 @@ class DaemonCollector(Collector):
                                     labels=["source"])
         last = GaugeMetricFamily("roomsync_source_last_run_timestamp_seconds", "When the last run started",
                                  labels=["source"])
+        errors = GaugeMetricFamily("roomsync_source_errors", "Errors of the last run (targets that "
+                                   "failed: an SSH host, a silent SNMP address…)", labels=["source"])
         runs = CounterMetricFamily("roomsync_source_runs", "Runs of each source", labels=["source"])
         failures = CounterMetricFamily("roomsync_source_failures", "Failed runs of each source",
                                        labels=["source"])
@@ -297,9 +301,11 @@ class DaemonCollector(Collector):
                 success.add_metric([name], 1.0 if s.last_success else 0.0)
             if s.last_run is not None:
                 last.add_metric([name], s.last_run.timestamp())
+            if s.last_run is not None:
+                errors.add_metric([name], s.errors)
             runs.add_metric([name], s.runs)
             failures.add_metric([name], s.failures)
-        yield from (duration, success, last, runs, failures)
+        yield from (duration, success, last, errors, runs, failures)
         yield GaugeMetricFamily("roomsync_up", "1 while the daemon runs", value=1.0)
         yield GaugeMetricFamily("roomsync_ready", "1 when ready", value=0.0 if d.ready_problems() else 1.0)
         yield from self._store_metrics()

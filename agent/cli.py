@@ -176,6 +176,11 @@ def _parser() -> argparse.ArgumentParser:
                     "SIGHUP reloads the configuration.")
     run.add_argument("--listen", metavar="ADDR:PORT",
                      help="the API's address (default: [api] listen, 127.0.0.1:8765; unix:/path)")
+    run.add_argument("--replay", metavar="CAPTURE.json", action="append",
+                     help="also run a device simulated from a recorded USB session (fwupd "
+                          "emulation JSON) as a unit on this host's USB, in [room], every "
+                          "[sources.usb] interval, beside the configured sources (source "
+                          "'replay'; nothing on live USB is touched); repeatable")
     run.set_defaults(func=cmd_run)
 
     health = sub.add_parser(
@@ -1117,6 +1122,17 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
         plans.append(SourcePlan(name, source_class(name).from_config(settings), interval, timeout))
         if name == "usb":
             sysfs_root = Path(settings.sysfs_root)
+    replays = getattr(args, "replay", None) or []
+    if replays:
+        from agent.discovery.usb_replay import ReplaySources
+
+        for capture in replays:
+            if not os.path.isfile(capture):
+                raise UsageError(f"--replay {capture}: no such file")
+        usb = _usb_settings(args, cfg)
+        interval = float(usb.interval)
+        plans.append(SourcePlan("replay", ReplaySources(replays, sync_deadline=usb.sync_deadline),
+                                interval, min(max(interval * 0.9, 30.0), 600.0)))
     portal = None
     if args.portal_url or cfg.portal.url:
         portal = _portal_settings(args, cfg)

@@ -108,7 +108,8 @@ class SnmpV3Config(_Section):
     auth_key_file: Path
     priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
     priv_key_file: Path
-    context_name: Text = ""
+    #: The SNMPv3 context; empty for the default context.
+    context_name: Annotated[str, Field(max_length=200, pattern=_PRINTABLE.pattern)] = ""
 
 
 class SnmpSourceConfig(_Section):
@@ -236,7 +237,8 @@ class ApiConfig(_Section):
                 raise ValueError("unix: needs a socket path")
             return value
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) \
+                or not 0 < int(port) < 65536:
             raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:8765) or unix:/path/to.sock")
         return value
 
@@ -344,6 +346,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         raise ConfigError([f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{where}: TOML syntax error: {exc}"]) from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, deep nesting
+        raise ConfigError([f"{where}: not a usable TOML document: {_brief(exc)}"]) from None
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
 
@@ -379,7 +383,16 @@ def _env_value(text: str) -> Any:
             return json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise ValueError(f"looks like JSON but is not valid: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # thousands of digits, deep nesting
+            raise ValueError(f"looks like JSON but is not usable: {_brief(exc)}") from None
     return text
+
+
+def _brief(exc: BaseException) -> str:
+    """The first sentence of a parser's complaint (Python's own run on)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(";", 1)[0]
 
 
 def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:

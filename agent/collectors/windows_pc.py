@@ -120,6 +120,9 @@ def _decode(raw: bytes) -> dict[str, Any]:
         raise WindowsOutputError(
             f"the inventory output is not valid JSON ({exc.msg} at line {exc.lineno} "
             f"column {exc.colno})") from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, deep nesting
+        raise WindowsOutputError("the inventory output is not JSON the inventory command "
+                                 "writes (a huge number or deep nesting)") from None
     if not isinstance(data, dict) or data.get(SCHEMA_KEY) != 1:
         raise WindowsOutputError(f"the output is not the roomsync inventory (no \"{SCHEMA_KEY}\": 1)")
     return data

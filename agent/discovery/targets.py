@@ -57,7 +57,7 @@ def _split_port(spec: str, default_port: int) -> tuple[str, int]:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 1 <= int(text) <= 65535:
         raise ValueError(f"port {text!r} is not a number between 1 and 65535")
     return int(text)
 

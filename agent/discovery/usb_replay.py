@@ -18,6 +18,7 @@ from agent.collectors.sync.client import SyncTransport
 from agent.collectors.sync.errors import SyncError
 from agent.collectors.sync.replay import Recording, ReplayTransport, load_recording
 from agent.collectors.sync.usb_unit import TransportOpener
+from agent.discovery import ScanContext, SourceResult
 from agent.discovery.usb import UsbDiscovery, UsbDiscoveryError, UsbRecord, UsbSource
 
 
@@ -68,3 +69,24 @@ class ReplayUsbSource(UsbSource):
             yield ReplayTransport(recording)
 
         return open_replay
+
+
+class ReplaySources:
+    """Several recorded devices as one source named ``replay``: what ``roomsync run
+    --replay CAPTURE`` (repeatable) schedules, so that the daemon's store sees one source
+    whose units stand on this host's USB (:data:`agent.inventory.LOCAL_USB_SOURCES`)."""
+
+    name = ReplayUsbSource.name
+
+    def __init__(self, captures: list[str | os.PathLike[str]], *, sync_deadline: float = 10.0) -> None:
+        self.sources = [ReplayUsbSource(c, sync_deadline=sync_deadline) for c in captures]
+
+    async def run(self, ctx: ScanContext) -> SourceResult:
+        merged = SourceResult()
+        for source in self.sources:
+            result = await source.run(ctx)
+            merged.observations.extend(result.observations)
+            merged.errors.extend(result.errors)
+            merged.messages.extend(result.messages)
+            merged.complete = merged.complete and result.complete
+        return merged

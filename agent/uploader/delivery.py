@@ -64,6 +64,10 @@ BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_CAP_S = 900.0
 #: The most of a reply body kept with a failed or parked message.
 MAX_DETAIL_CHARS = 300
+#: The most of a reply body read at all.
+MAX_REPLY_BYTES = 64 * 1024
+#: A longer ``Retry-After`` is read as this (any wait is capped by ``backoff_cap`` anyway).
+MAX_RETRY_AFTER_S = 1e9
 
 log = get_logger("roomsync.uploader")
 
@@ -100,12 +104,12 @@ def retry_after_seconds(value: str | None, reply_date: str | None = None,
     if not value:
         return 0.0
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if text.isascii() and text.isdigit():  # delta-seconds: ASCII digits, any number of them
+        return min(float(text), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(text)
         base = parsedate_to_datetime(reply_date) if reply_date else (now or datetime.now(UTC))
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return 0.0
     if when.tzinfo is None or base.tzinfo is None:
         return 0.0
@@ -337,7 +341,7 @@ class Delivery:
         try:
             async with session.post(url, data=message.body, headers=headers, allow_redirects=False,
                                     compress=None) as reply:
-                body = await reply.text(errors="replace")
+                body = _text(await _read_capped(reply, MAX_REPLY_BYTES), reply)
                 status = reply.status
                 outcome = classify(status)
                 detail = self._detail(status, reply.reason, body, reply.headers.get("Location"), token)
@@ -356,7 +360,8 @@ class Delivery:
     def _detail(status: int, reason: str | None, body: str, location: str | None, secret: str) -> str:
         """What the reply said, for the log and the outbox; the token masked should the
         portal repeat it (an error page echoing the request's headers)."""
-        text = f"HTTP {status} {reason or ''}".rstrip()
+        shown = _short(reason.replace(secret, MASK) if secret else reason) if reason else ""
+        text = f"HTTP {status} {shown}".rstrip()
         if 300 <= status < 400:
             where = f" to {_short(location.replace(secret, MASK))}" if location else ""
             return f"{text}: the portal URL redirects{where}; fix the configuration"
@@ -376,13 +381,37 @@ def _problem_detail(body: str, secret: str = "") -> str:
 
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return short(body)
     if isinstance(doc, dict):
         for key in ("detail", "title", "error", "message"):
             if isinstance(doc.get(key), str):
                 return short(doc[key])
     return short(body)
+
+
+async def _read_capped(reply: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the reply body: only its start is ever shown, and a portal
+    (or something posing as one) must not make the agent hold a huge body."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await reply.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _text(body: bytes, reply: aiohttp.ClientResponse) -> str:
+    """The reply body as text in the charset it names, else UTF-8; undecodable bytes
+    replaced. A charset Python cannot decode text with (``base64``, ``rot13``, ``idna``…)
+    is not an error: the body is only shown."""
+    try:
+        return body.decode(reply.get_encoding(), errors="replace")
+    except (LookupError, ValueError, RuntimeError):
+        return body.decode("utf-8", errors="replace")
 
 
 def _short(text: str) -> str:

@@ -462,7 +462,10 @@ def gzip_body(data: bytes) -> bytes:
 def parse_message(data: bytes | str) -> Message:
     """A message from its JSON (as a portal reads it): the model is chosen by ``schema``.
     Raises :class:`pydantic.ValidationError` or :class:`ValueError`."""
-    doc = json.loads(data)
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        raise ValueError("the message is nested too deeply to be JSON a portal reads") from None
     name = doc.get("schema") if isinstance(doc, dict) else None
     model = MODELS.get(name) if isinstance(name, str) else None
     if model is None:

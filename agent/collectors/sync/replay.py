@@ -201,16 +201,25 @@ def _int(raw: dict[str, Any], key: str, where: str, default: int = 0) -> int:
     return value
 
 
+def _list(value: Any, what: str) -> list[Any]:
+    """A JSON list that may be left out (``None`` or absent is empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReplayError(f"{what} is not a list")
+    return value
+
+
 def _interfaces(raw: dict[str, Any], where: str) -> tuple[InterfaceInfo, ...]:
     found = []
-    for n, intf in enumerate(raw.get("UsbInterfaces") or []):
+    for n, intf in enumerate(_list(raw.get("UsbInterfaces"), f"{where}: UsbInterfaces")):
         w = f"{where} UsbInterfaces[{n}]"
         if not isinstance(intf, dict):
             raise ReplayError(f"{w}: not an object")
         endpoints = tuple(
             EndpointInfo(_int(ep, "EndpointAddress", w),
                          ep["Attributes"] if isinstance(ep.get("Attributes"), int) else None)
-            for ep in intf.get("UsbEndpoints") or [] if isinstance(ep, dict))
+            for ep in _list(intf.get("UsbEndpoints"), f"{w}: UsbEndpoints") if isinstance(ep, dict))
         found.append(InterfaceInfo(_int(intf, "InterfaceNumber", w),
                                    _int(intf, "AlternateSetting", w),
                                    _int(intf, "InterfaceClass", w),

@@ -1,0 +1,1 @@
+"""End-to-end tests: a whole site on loopback, ``roomsync run`` against real peers."""

@@ -1,0 +1,425 @@
+"""The customer site of the end-to-end test: three rooms, the units in them, the operator's
+files (entitlements CSV, room map, agent.toml) and what the portal must end up showing.
+
+Rooms (ids as in the room map):
+
+* **room A** (``e2e-a``, the agent's own ``[room]``): a Rally Bar read over its Sync interface
+  from the recorded session in ``../shared/fixtures`` (``roomsync run --replay``), and, on the
+  agent host's USB (a fake sysfs tree), a Tap and a Brio — the Brio is the unit unplugged.
+* **room B** (``e2e-b``, the SSH host's ``room``): a Linux room PC reached over SSH (real
+  sshd) whose USB — its sysfs served over SFTP — holds a Rally system (Rally Camera, display
+  hub, table hub); a Tap IP answering SNMP ENTITY-MIB (snmpsim), placed by the room map
+  (host row, its sysName); a Tap Scheduler seen over mDNS, placed here by a serial row.
+* **room C** (``e2e-c``): a MeetUp and a Rally Bar Mini announced over mDNS, placed by host
+  rows. The Tap Scheduler is moved here by editing the room map (S9).
+
+Expectations are written down from the rules, not taken from the agent: where each unit
+stands (inventory placement order: an SSH host's room, this host's USB in ``[room]``, then
+the room map), which system each room forms and its primary unit and ticket serial (P1, P2,
+catalog ``[[system]]``), and each unit's coverage from the entitlement rows (domain.md W*, S*,
+H1) — dates computed here with this module's own date arithmetic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from tests.peers_mdns import RUN_TOKEN, Service
+from tests.peers_snmp import SimDevice, entity_rows
+
+LOGITECH = 0x046D
+TOKEN = f"{RUN_TOKEN}E"  # this session's token; other tests on loopback use other suffixes
+
+ROOM_A, ROOM_B, ROOM_C = "e2e-a", "e2e-b", "e2e-c"
+ROOM_NAMES = {ROOM_A: "Fjord", ROOM_B: "Skagerrak", ROOM_C: "Nordkapp"}
+LOCATION = "Oslo HQ / 4th floor"
+
+# --------------------------------------------------------------------------- units
+
+#: The recorded Rally Bar and its Sight (read over the Sync interface: label-grade).
+RALLY_BAR, SIGHT = "2313FD1N08Z2", "2325LZ51XY58"
+TAP_USB, BRIO = "2407TP0011A3", "2A1B3C4D"
+ROOM_PC, RALLY_CAMERA, DISPLAY_HUB, TABLE_HUB = "NUC7B2K4M1", "2211RC0042B7", "2002DH0003C1", "2103TH0004D2"
+TAP_IP, TAP_IP_REPLACED = "2308TI0005E3", "2201TI0001Z9"
+#: mDNS is shared by every test run on this machine: these serials carry the session token so
+#: that two runs never announce the same unit.
+MEETUP, BAR_MINI, SCHEDULER = f"2405MU{TOKEN}", f"2209RM{TOKEN}", f"2311TS{TOKEN}"
+
+#: Host names the LAN units announce (mDNS SRV target, SNMP sysName).
+MEETUP_HOST = f"conf-cam-{TOKEN.lower()}"
+BAR_MINI_HOST = f"RallyBarMini-{TOKEN}"
+SCHEDULER_HOST = f"TapScheduler-{TOKEN}"
+TAP_IP_HOST = f"TapIP-{TOKEN}"
+
+#: USB ports on the agent host's fake sysfs tree (room A) and on the room PC's (room B).
+TAP_PORT, BRIO_PORT = "1-2", "1-3"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit the final view must show: where it stands and what the agent can know of it."""
+
+    product: str
+    serial: str | None
+    room: str
+    transport: str
+    #: The serial is the label's (Sync interface, DMI, ENTITY-MIB, a TXT serial of an
+    #: identified product); USB descriptor serials of these products are not (catalog).
+    label_grade: bool
+    #: The product of the unit it was read through (a bar's Sight), if any.
+    parent: str | None = None
+    #: Sync's status at the portal: Online for a unit the latest run of its source saw,
+    #: unless the unit reports another state itself.
+    status: str = "Online"
+
+
+def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
+    """Every unit of the site after the Brio was unplugged and the Tap Scheduler moved."""
+    return [
+        Unit("Rally Bar", RALLY_BAR, ROOM_A, "usb", True),
+        Unit("Sight", SIGHT, ROOM_A, "usb", True, parent="Rally Bar"),
+        Unit("Rally Mic Pod", None, ROOM_A, "usb", False, parent="Rally Bar"),
+        # The recorded bar reports its remote with status 0: Offline (its own word).
+        Unit("Remote Controller", None, ROOM_A, "usb", False, parent="Rally Bar", status="Offline"),
+        Unit("Tap", TAP_USB, ROOM_A, "usb", False),
+        Unit("Room PC", ROOM_PC, ROOM_B, "ssh", True),
+        Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False),
+        Unit("Rally Display Hub", DISPLAY_HUB, ROOM_B, "ssh", False),
+        Unit("Rally Table Hub", TABLE_HUB, ROOM_B, "ssh", False),
+        Unit("Tap IP", TAP_IP, ROOM_B, "snmp", True),
+        Unit("MeetUp", MEETUP, ROOM_C, "mdns", True),
+        Unit("Rally Bar Mini", BAR_MINI, ROOM_C, "mdns", True),
+        Unit("Tap Scheduler", SCHEDULER, scheduler_room, "mdns", True),
+    ]
+
+
+def initial_units() -> list[Unit]:
+    """Before the unplug and the move: the Brio in room A, the Tap Scheduler in room B."""
+    return [*final_units(ROOM_B), Unit("Brio", BRIO, ROOM_A, "usb", False)]
+
+
+@dataclass(frozen=True)
+class RoomView:
+    """What a place at the portal says of its room (P1, P2 and the room flags)."""
+
+    primary_unit: str | None
+    primary_product: str | None
+    ticket_serial: str | None
+    ticket_product: str | None
+    flags: tuple[str, ...]
+
+
+#: Derived from catalog.toml's [[system]] list and agent/systems.py's rules:
+#: * A: the Rally Bar, its Sight and mic pod and the Tap form one "CollabOS bar": the bar is
+#:   the primary unit and the serial tickets quote (P1); the Tap's USB serial is not the
+#:   label's, so a key device is unregistered (S-list).
+#: * B: Tap IP + Rally Camera (+ hubs, room PC) form a "Tap bundle (Rally)": the Rally Camera
+#:   is the primary unit (P1) but its USB serial is not label-grade, so no primary serial is
+#:   given and the room says so; tickets quote the Tap's serial (P2), never the camera's or
+#:   the PC's.
+#: * C: the Rally Bar Mini forms a "CollabOS bar" and the MeetUp a "MeetUp" system: two
+#:   systems, so the first (catalog order: the bar) names the primary unit and the room is
+#:   flagged ambiguous (P1). The Tap Scheduler is in no system and changes nothing.
+ROOM_VIEWS = {
+    ROOM_A: RoomView(RALLY_BAR, "Rally Bar", RALLY_BAR, "Rally Bar", ("key-device-unregistered",)),
+    ROOM_B: RoomView(None, "Rally Camera", TAP_IP, "Tap IP",
+                     ("key-device-unregistered", "primary-unit-serial-unknown")),
+    ROOM_C: RoomView(BAR_MINI, "Rally Bar Mini", BAR_MINI, "Rally Bar Mini", ("primary-unit-ambiguous",)),
+}
+
+# --------------------------------------------------------------------------- coverage
+
+EXPIRING_DAYS = 90  # [coverage] expiring_days default
+STANDARD_YEARS = 2  # W1: every product here has the 2-year standard warranty (domain.md, catalog)
+#: The rule ids each kind of layer rests on.
+LAYER_RULES = {
+    "standard": ["W1"],
+    "extended": ["W2", "W3", "W4", "W5", "W6"],
+    "select": ["S4", "S5", "S7", "S8"],
+    "reseller": ["H1"],
+    "replacement": ["W8", "S11"],
+}
+
+
+def add_years(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return date(day.year + years, 2, 28)
+
+
+def period_end(start: date, years: int) -> date:
+    """The last day of a period of ``years`` years from ``start`` (both days covered)."""
+    return add_years(start, years) - timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One unit's verdict, worked out by hand from its row."""
+
+    covered_until: date | None
+    layers: tuple[tuple[str, date, date], ...] = ()
+    flags: tuple[str, ...] = ()
+    has_purchase_date: bool = True
+
+    def status(self, today: date) -> str:
+        if self.covered_until is None:
+            return "out_of_warranty" if self.has_purchase_date else "unknown"
+        if today > self.covered_until:
+            return "out_of_warranty"
+        if (self.covered_until - today).days < EXPIRING_DAYS:
+            return "expiring_soon"
+        return "in_warranty"
+
+    def layer_dicts(self) -> list[dict[str, object]]:
+        return [{"kind": kind, "from": start.isoformat(), "until": until.isoformat(),
+                 "rules": LAYER_RULES[kind]} for kind, start, until in self.layers]
+
+
+@dataclass
+class Entitlements:
+    rows: list[dict[str, str]] = field(default_factory=list)
+    expected: dict[str, Expected] = field(default_factory=dict)
+    #: Which rule (or status) each row is there to show, for messages.
+    shows: dict[str, str] = field(default_factory=dict)
+
+    def add(self, serial: str, shows: str, expected: Expected | None, **cells: date | str | int) -> None:
+        self.rows.append({"serial": serial, **{k: v.isoformat() if isinstance(v, date) else str(v)
+                                               for k, v in cells.items()}})
+        if expected is not None:
+            self.expected[serial] = expected
+        self.shows[serial] = shows
+
+    def csv_text(self) -> str:
+        columns = ["serial", "purchase_date", "country", "customer", "extension_years",
+                   "extension_purchased", "select_contract", "select_order_date",
+                   "select_activation_date", "select_term_years", "select_registered",
+                   "reseller_contract", "reseller_until", "replaced_serial", "replacement_date"]
+        out = io.StringIO()
+        out.write("# roomsync end-to-end site: one row per coverage rule (tests/e2e/site_spec.py)\n")
+        writer = csv.DictWriter(out, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+
+def entitlements(today: date) -> Entitlements:
+    """Rows relative to ``today``, so every verdict holds whatever day the test runs."""
+    def ago(days: int) -> date:
+        return today - timedelta(days=days)
+
+    e = Entitlements()
+
+    # S4 (service starts at activation, before order + 60 days), S5 (the term as bought),
+    # S8 (registered while the standard warranty runs), S7 not binding (under 5 years).
+    bought, activated = ago(400), ago(390)
+    select_end = period_end(activated, 3)
+    assert select_end < period_end(bought, 5)
+    e.add(RALLY_BAR, "SELECT from activation (S4, S5, S8)",
+          Expected(select_end, (("standard", bought, period_end(bought, STANDARD_YEARS)),
+                                ("select", activated, select_end))),
+          purchase_date=bought, country="NO", customer="business", select_contract="SEL-E2E-1",
+          select_order_date=bought, select_activation_date=activated, select_term_years=3,
+          select_registered=activated)
+
+    # S4 (no activation: 60 days after the order), S7 (the 5-year age limit ends the term
+    # early: select-age-cap), S8 (registered on the service start, under the standard).
+    bought = ago(1300)
+    start = bought + timedelta(days=60)
+    age_limit, term_end = period_end(bought, 5), period_end(start, 5)
+    assert age_limit < term_end and start <= period_end(bought, STANDARD_YEARS)
+    e.add(SIGHT, "SELECT from order + 60 days, capped at 5 years of age (S4, S7)",
+          Expected(age_limit, (("standard", bought, period_end(bought, STANDARD_YEARS)),
+                               ("select", start, age_limit)), ("select-age-cap",)),
+          purchase_date=bought, country="SE", select_contract="SEL-E2E-2", select_order_date=bought,
+          select_term_years=5)
+
+    # W1 + W3: the extension was bought on day 31, flagged and not honoured.
+    bought = ago(200)
+    e.add(TAP_USB, "extension bought late (W3)",
+          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
+                   ("extension-bought-late",)),
+          purchase_date=bought, country="GB", customer="business", extension_years=1,
+          extension_purchased=bought + timedelta(days=31))
+
+    # W2: +1 year bought on day 30 (in time, W3), business (W4), Germany (W5), after 2020 (W6).
+    bought = ago(800)
+    e.add(RALLY_CAMERA, "extended warranty (W2-W6)",
+          Expected(period_end(bought, 3), (("standard", bought, period_end(bought, STANDARD_YEARS)),
+                                           ("extended", add_years(bought, 2), period_end(bought, 3)))),
+          purchase_date=bought, country="DE", customer="business", extension_years=1,
+          extension_purchased=bought + timedelta(days=30))
+
+    # W6 (bought before 7 March 2020) and a product outside schedule A: out of warranty.
+    bought = date(2020, 1, 15)
+    e.add(DISPLAY_HUB, "extension refused: purchase date (W6) and product; out of warranty",
+          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
+                   ("extension-ineligible-date", "extension-ineligible-product")),
+          purchase_date=bought, country="US", extension_years=1, extension_purchased=bought)
+
+    # H1: a reseller (HEZO+) contract ending in 40 days decides coverage: expiring soon.
+    bought = ago(900)
+    until = today + timedelta(days=40)
+    assert period_end(bought, STANDARD_YEARS) < until
+    e.add(TABLE_HUB, "reseller contract (H1), expiring soon",
+          Expected(until, (("standard", bought, period_end(bought, STANDARD_YEARS)),
+                           ("reseller", bought, until))),
+          purchase_date=bought, country="GB", reseller_contract="HEZO-E2E-1", reseller_until=until)
+
+    # W8, S11: a replacement (no purchase date of its own) inherits the rest of the replaced
+    # unit's warranty when that is longer than 30 days from the replacement.
+    old_bought, replaced_on = ago(600), ago(10)
+    inherited = period_end(old_bought, STANDARD_YEARS)
+    assert inherited > replaced_on + timedelta(days=29)
+    e.add(TAP_IP_REPLACED, "the unit the Tap IP replaced", None, purchase_date=old_bought, country="NL")
+    e.add(TAP_IP, "replacement inherits the replaced unit's warranty (W8, S11)",
+          Expected(inherited, (("replacement", replaced_on, inherited),), has_purchase_date=False),
+          replaced_serial=TAP_IP_REPLACED, replacement_date=replaced_on)
+
+    # W4 (a consumer) and W5 (China): the extension is refused twice over.
+    bought = ago(100)
+    e.add(MEETUP, "extension refused: consumer (W4), country (W5)",
+          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
+                   ("extension-ineligible-country", "extension-ineligible-customer")),
+          purchase_date=bought, country="CN", customer="consumer", extension_years=1,
+          extension_purchased=bought)
+
+    # S8: registered to SELECT after the standard warranty ended: SELECT cannot cure the gap.
+    bought, registered = ago(1000), ago(200)
+    assert period_end(bought, STANDARD_YEARS) < registered
+    e.add(BAR_MINI, "SELECT gap (S8); out of warranty",
+          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
+                   ("select-gap",)),
+          purchase_date=bought, country="FR", select_contract="SEL-E2E-3", select_order_date=registered,
+          select_activation_date=registered, select_term_years=3, select_registered=registered)
+
+    # S2 (seed 003 scope): a Tap Scheduler is not SELECT-supported: the contract is not a layer.
+    bought = ago(300)
+    e.add(SCHEDULER, "SELECT for an unsupported product (S2)",
+          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
+                   ("select-unsupported-product",)),
+          purchase_date=bought, country="US", select_contract="SEL-E2E-4", select_activation_date=bought,
+          select_term_years=1)
+
+    # No row for the room PC: coverage unknown.
+    e.expected[ROOM_PC] = Expected(None, (), ("no-entitlement-record", "unknown-purchase-date"),
+                                   has_purchase_date=False)
+    e.shows[ROOM_PC] = "no entitlement record: unknown"
+    return e
+
+
+# --------------------------------------------------------------------------- LAN peers
+
+
+def mdns_services() -> list[Service]:
+    """Room C's MeetUp (identified by its TXT model number) and Rally Bar Mini (by its host
+    name), and the Tap Scheduler, all with TXT serials."""
+    return [
+        Service("_https._tcp.local.", f"Room camera {TOKEN}", f"{MEETUP_HOST}.local.", 443,
+                {"model": "V-R0007", "sn": MEETUP, "fw": "1.0.244"}),
+        Service("_https._tcp.local.", f"Room bar {TOKEN}", f"{BAR_MINI_HOST}.local.", 443,
+                {"sn": BAR_MINI, "fw": "1.10.221"}),
+        Service("_https._tcp.local.", f"Door panel {TOKEN}", f"{SCHEDULER_HOST}.local.", 443,
+                {"sn": SCHEDULER, "fw": "1.4.12"}),
+    ]
+
+
+def snmp_device() -> SimDevice:
+    """Room B's Tap IP answering ENTITY-MIB."""
+    return SimDevice.make("127.0.0.1", sys_descr="Logitech Tap IP", sys_name=TAP_IP_HOST,
+                          entity=entity_rows(TAP_IP, "Tap IP", firmware="1.4.12"))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def room_map_text(scheduler_room: str) -> str:
+    rows = [["match", "value", "room", "room_name", "group", "location", "seat_count"]]
+    rows += [["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"]
+             for room in (ROOM_A, ROOM_B, ROOM_C)]
+    rows += [
+        ["host", TAP_IP_HOST, ROOM_B, "", "", "", ""],
+        ["host", MEETUP_HOST, ROOM_C, "", "", "", ""],
+        ["host", BAR_MINI_HOST, ROOM_C, "", "", "", ""],
+        ["serial", SCHEDULER, scheduler_room, "", "", "", ""],
+    ]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(text, encoding="utf-8")
+    fresh.replace(path)
+
+
+def toml_str(value: object) -> str:
+    return json.dumps(str(value))
+
+
+def agent_toml(paths: Mapping[str, Path], *, listen: str, portal_url: str, snmp_port: int,
+               snmp_community: str, ssh_port: int) -> str:
+    """agent.toml of the site agent: short intervals, every peer on loopback."""
+    p = {k: toml_str(v) for k, v in paths.items()}
+    return f"""\
+state_dir = {p['state']}
+room_map = {p['room_map']}
+
+[room]
+id = "{ROOM_A}"
+
+[sources.usb]
+sysfs_root = {p['sysfs']}
+libusb_strings = false
+sync_interface = false
+sync_deadline = 5.0
+interval = 2
+hotplug_poll = 0.5
+
+[sources.mdns]
+interfaces = ["127.0.0.1"]
+timeout = 1.5
+interval = 3
+
+[sources.snmp]
+enabled = true
+targets = ["127.0.0.1:{snmp_port}"]
+community = {toml_str(snmp_community)}
+timeout = 1.0
+retries = 1
+interval = 3
+
+[sources.ssh]
+enabled = true
+known_hosts = {p['known_hosts']}
+connect_timeout = 5
+interval = 3
+
+[[sources.ssh.hosts]]
+host = "127.0.0.1"
+port = {ssh_port}
+user = "root"
+key_file = {p['ssh_key']}
+sysfs_root = {p['pc_sysfs']}
+room = "{ROOM_B}"
+
+[portal]
+url = {toml_str(portal_url)}
+token_file = {p['portal_token']}
+
+[api]
+listen = {toml_str(listen)}
+
+[store]
+remove_after_missed_scans = 2
+
+[coverage]
+entitlements = {p['entitlements']}
+"""
