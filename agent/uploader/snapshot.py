@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 from agent.catalog import Catalog
 from agent.coverage import DEFAULT_EXPIRING_DAYS, Verdict, evaluate_all
@@ -45,6 +46,17 @@ class SnapshotContext:
     expiring_days: int = DEFAULT_EXPIRING_DAYS
     #: The day coverage is evaluated on; the snapshot's own day (UTC) when ``None``.
     today: date | None = field(default=None)
+    #: Verdicts already worked out, for one day: a verdict depends only on the unit's serial
+    #: and product, the records, the catalog and the day, all fixed for this context.
+    _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def verdict_memo(self, today: date) -> dict[tuple[str, str | None], Verdict]:
+        """The verdicts worked out for ``today`` (a new day starts an empty memo)."""
+        if self._memo.get("day") != today:
+            self._memo.clear()
+            self._memo.update(day=today, verdicts={})
+        verdicts: dict[tuple[str, str | None], Verdict] = self._memo["verdicts"]
+        return verdicts
 
 
 def verdicts_for(devices: Iterable[Device], context: SnapshotContext, today: date) -> dict[str, Verdict]:
@@ -55,9 +67,14 @@ def verdicts_for(devices: Iterable[Device], context: SnapshotContext, today: dat
     for device in units(devices):
         if device.serial:
             serials.setdefault(normalize_serial(device.serial), (device.serial, device.product))
-    found = evaluate_all(list(serials.values()), context.entitlements, context.catalog, today,
-                         expiring_days=context.expiring_days)
-    return {serial: verdict for (serial, _), verdict in zip(serials.values(), found, strict=True)}
+    memo = context.verdict_memo(today)
+    missing = [(key, unit) for key, unit in serials.items() if (key, unit[1]) not in memo]
+    if missing:
+        found = evaluate_all([unit for _, unit in missing], context.entitlements, context.catalog, today,
+                             expiring_days=context.expiring_days)
+        for (key, unit), verdict in zip(missing, found, strict=True):
+            memo[(key, unit[1])] = verdict
+    return {key: memo[(key, unit[1])] for key, unit in serials.items()}
 
 
 @contextmanager
