@@ -23,7 +23,6 @@ Requests carry no body (at most 1 KiB is read); anything else is 404/405 with a 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -64,13 +63,9 @@ def is_loopback_listen(listen: str) -> bool:
     """Whether ``listen`` (``HOST:PORT`` or ``unix:/path``) is reachable from this host only."""
     if listen.startswith("unix:"):
         return True
-    host = listen.rpartition(":")[0].strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from agent.config import is_loopback_host
+
+    return is_loopback_host(listen.rpartition(":")[0])
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -221,13 +216,12 @@ class ApiServer:
         return self.daemon.store
 
     def _summary(self) -> tuple[list[Any], Any]:
-        from agent.inventory import summarize_rooms
+        from agent.inventory import merge_rooms, summarize_rooms
 
         store = self._store()
         devices = store.devices()
-        rooms = {r.id: r for r in store.rooms()}
-        rooms.update({r.id: r for r in self.daemon.settings.rooms})
-        return devices, summarize_rooms(devices, self.daemon.settings.catalog, rooms.values())
+        rooms = merge_rooms(store.rooms(), self.daemon.settings.rooms)
+        return devices, summarize_rooms(devices, self.daemon.settings.catalog, rooms)
 
     async def inventory(self, request: web.Request) -> web.Response:
         devices, summary = self._summary()

@@ -291,6 +291,21 @@ def _room_map(args: argparse.Namespace, cfg: Any) -> Any:
         raise UsageError("room map refused:\n  " + "\n  ".join(exc.problems)) from None
 
 
+def _configured_rooms(args: argparse.Namespace, cfg: Any) -> list[Any]:
+    """The rooms the configuration and the room map name."""
+    from agent.inventory import known_rooms
+
+    return known_rooms(_config_room(cfg), _room_map(args, cfg))
+
+
+def _rooms_report(args: argparse.Namespace, cfg: Any, devices: list[Any], stored_rooms: list[Any]) -> Any:
+    """The stored devices summarised by room: the stored rooms and the configured ones."""
+    from agent.catalog import load_catalog
+    from agent.inventory import merge_rooms, summarize_rooms
+
+    return summarize_rooms(devices, load_catalog(), merge_rooms(stored_rooms, _configured_rooms(args, cfg)))
+
+
 def _stored_inventory(args: argparse.Namespace, cfg: Any) -> tuple[list[Any], list[Any]]:
     """(devices, rooms) from the store; empty, with a message, when nothing was stored yet."""
     from agent.store import StoreError
@@ -411,14 +426,25 @@ def _ssh_settings(args: argparse.Namespace, cfg: Any) -> Any:
     return _revalidate(settings, overrides, "--ssh options")
 
 
-def _wanted_sources(args: argparse.Namespace, cfg: Any) -> list[str]:
-    """The command line names sources: exactly those. Else the configuration's."""
-    named = {
-        "usb": args.usb or args.sysfs_root is not None,
+def _source_settings(name: str, args: argparse.Namespace, cfg: Any) -> Any:
+    """Source ``name``'s settings: the configuration's, with the command line's flags."""
+    return {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
+            "ssh": _ssh_settings}[name](args, cfg)
+
+
+def _named_sources(args: argparse.Namespace) -> dict[str, bool]:
+    """Which sources the command line's source flags name."""
+    return {
+        "usb": bool(args.usb or args.sysfs_root is not None),
         "mdns": bool(args.mdns or args.mdns_type or args.mdns_interface or args.mdns_timeout),
         "snmp": bool(args.snmp),
         "ssh": bool(args.ssh),
     }
+
+
+def _wanted_sources(args: argparse.Namespace, cfg: Any) -> list[str]:
+    """The command line names sources: exactly those. Else the configuration's."""
+    named = _named_sources(args)
     if any(named.values()):
         return [name for name, on in named.items() if on]
     if args.replay:
@@ -468,13 +494,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from agent.model import Room
     from agent.scan import scan_once
 
-    settings_for = {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
-                    "ssh": _ssh_settings}
     usb_settings = _usb_settings(args, cfg)
     sources = []
     progress: list[_SweepProgress] = []
     wanted = _wanted_sources(args, cfg)
-    settings = {name: settings_for[name](args, cfg) for name in wanted}  # usage errors first
+    settings = {name: _source_settings(name, args, cfg) for name in wanted}  # usage errors first
     for name in wanted:
         source = source_class(name).from_config(settings[name])
         if name == "snmp":
@@ -581,12 +605,14 @@ def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now
                 remove_after=settings.remove_after_missed_scans,
                 retention=Retention(settings.history_days, settings.history_scans, settings.events_days))
             try:
-                context = _snapshot_context(args, cfg)
+                context = _snapshot_context(cfg, rooms)
             except UsageError as exc:
                 report.errors.append(ScanError("outbox", str(state_dir), f"{exc}; no snapshot queued "
                                                "(the change events are)"))
             else:
-                _queue_snapshot(_outbox(store, cfg), store, context, now)
+                from agent.uploader.snapshot import queue_snapshot
+
+                queue_snapshot(_outbox(store, cfg), store, context, now)
             return list(record.events)
     except StoreError as exc:
         report.errors.append(ScanError("store", str(state_dir), str(exc)))
@@ -675,8 +701,6 @@ def _open_store(args: argparse.Namespace, cfg: Any) -> Any:
 def cmd_inventory(args: argparse.Namespace) -> int:
     loaded = _load(args)
     cfg = loaded.config
-    from agent.catalog import load_catalog
-    from agent.inventory import known_rooms, summarize_rooms
     from agent.scan import ScanReport
     from agent.store import StoreError
 
@@ -692,9 +716,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
                 last_scan = store.last_scan()
         except StoreError as exc:
             raise UsageError(str(exc)) from None
-    rooms = {r.id: r for r in stored_rooms}
-    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
-    summary = summarize_rooms(devices, load_catalog(), rooms.values())
+    summary = _rooms_report(args, cfg, devices, stored_rooms)
     if args.json:
         _print_json({
             "last_scan": last_scan.isoformat() if last_scan else None,
@@ -789,7 +811,6 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     from agent.catalog import load_catalog
     from agent.coverage import evaluate_all, urgency_key
     from agent.entitlements import EntitlementsError, load_entitlements
-    from agent.inventory import known_rooms, summarize_rooms
 
     today = _parse_day(args.today, "--today")
     if args.expiring_days is None:
@@ -806,11 +827,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--entitlements {path}: {exc.strerror or exc}") from None
     devices, stored_rooms = _stored_inventory(args, cfg)
-    room_map = _room_map(args, cfg)
     catalog = load_catalog()
-    rooms = {r.id: r for r in stored_rooms}
-    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), room_map)})
-    report = summarize_rooms(devices, catalog, rooms.values())
+    report = _rooms_report(args, cfg, devices, stored_rooms)
     tickets = {r.room_id: r.ticket_serial for r in report.rooms}
     units = _coverage_units(devices, entitlements)
     verdicts = evaluate_all([(serial, product) for serial, product, _ in units], entitlements, catalog,
@@ -873,15 +891,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = loaded.config
     import csv
 
-    from agent.catalog import load_catalog
-    from agent.inventory import known_rooms, summarize_rooms
-
     if args.format == "json":
         return _export_snapshot(args, cfg)
     devices, stored_rooms = _stored_inventory(args, cfg)
-    rooms = {r.id: r for r in stored_rooms}
-    rooms.update({r.id: r for r in known_rooms(_config_room(cfg), _room_map(args, cfg))})
-    report = summarize_rooms(devices, load_catalog(), rooms.values())
+    report = _rooms_report(args, cfg, devices, stored_rooms)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(out, lineterminator="\r\n")
@@ -923,7 +936,7 @@ def _export_snapshot(args: argparse.Namespace, cfg: Any) -> int:
     from agent.store import StoreError
     from agent.uploader.snapshot import build_snapshot
 
-    context = _snapshot_context(args, cfg)
+    context = _snapshot_context(cfg, _configured_rooms(args, cfg))
     store = _open_store(args, cfg)
     if store is None:
         return EXIT_FAILED
@@ -944,11 +957,11 @@ def _export_snapshot(args: argparse.Namespace, cfg: Any) -> int:
 # --------------------------------------------------------------------------- portal: outbox, push
 
 
-def _snapshot_context(args: argparse.Namespace, cfg: Any) -> Any:
-    """What a snapshot needs besides the store: catalog, configured rooms, entitlements."""
+def _snapshot_context(cfg: Any, rooms: Any) -> Any:
+    """What a snapshot needs besides the store: catalog, the configured ``rooms``,
+    entitlements."""
     from agent.catalog import load_catalog
     from agent.entitlements import EntitlementsError, load_entitlements
-    from agent.inventory import known_rooms
     from agent.uploader.snapshot import SnapshotContext
 
     entitlements = None
@@ -961,8 +974,7 @@ def _snapshot_context(args: argparse.Namespace, cfg: Any) -> Any:
             raise UsageError(f"[coverage] entitlements {path} refused:\n  {problems}") from None
         except OSError as exc:
             raise UsageError(f"[coverage] entitlements {path}: {exc.strerror or exc}") from None
-    return SnapshotContext(load_catalog(), tuple(known_rooms(_config_room(cfg), _room_map(args, cfg))),
-                           entitlements, cfg.coverage.expiring_days)
+    return SnapshotContext(load_catalog(), tuple(rooms), entitlements, cfg.coverage.expiring_days)
 
 
 def _outbox(store: Any, cfg: Any) -> Any:
@@ -973,14 +985,6 @@ def _outbox(store: Any, cfg: Any) -> Any:
     return Outbox(store, agent_id=cfg.agent_id, version=__version__, hostname=os.uname().nodename,
                   max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
                   snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
-
-
-def _queue_snapshot(outbox: Any, store: Any, context: Any, now: Any, *, force: bool = False) -> bool:
-    from agent.uploader.snapshot import build_snapshot
-
-    return bool(outbox.queue_snapshot(
-        lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
-        now, force=force))
 
 
 def _portal_settings(args: argparse.Namespace, cfg: Any) -> Any:
@@ -1005,11 +1009,12 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     from agent.store import StoreError
     from agent.uploader.delivery import Delivery, PortalError
+    from agent.uploader.snapshot import queue_snapshot
 
     if args.deadline < 0:
         raise UsageError("--deadline must be 0 or more")
     settings = _portal_settings(args, cfg)
-    context = _snapshot_context(args, cfg)
+    context = _snapshot_context(cfg, _configured_rooms(args, cfg))
     store = _open_store(args, cfg)
     if store is None:
         return EXIT_OK  # nothing was ever stored: nothing to deliver
@@ -1021,10 +1026,10 @@ def cmd_push(args: argparse.Namespace) -> int:
                 outbox.unpark()
             now = datetime.now(UTC)
             if outbox.snapshot_due(now):
-                _queue_snapshot(outbox, store, context, now)
+                queue_snapshot(outbox, store, context, now)
             delivery = Delivery(
                 outbox, settings, user_agent=f"roomsync/{__version__}",
-                snapshot=lambda: _queue_snapshot(outbox, store, context, datetime.now(UTC), force=True))
+                snapshot=lambda: queue_snapshot(outbox, store, context, datetime.now(UTC), force=True))
             result = asyncio.run(delivery.run(deadline=deadline))
             stats = outbox.stats()
         except PortalError as exc:
@@ -1105,18 +1110,17 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
     from agent.config import resolve_state_dir
     from agent.daemon import DaemonSettings, SourcePlan
     from agent.discovery import source_class
+    from agent.inventory import known_rooms
     from agent.store import Retention
 
-    settings_for = {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
-                    "ssh": _ssh_settings}
-    named = _wanted_sources(args, cfg) if _sources_named(args) else [
+    named = _wanted_sources(args, cfg) if any(_named_sources(args).values()) else [
         name for name in ("usb", "mdns", "snmp", "ssh")
         if getattr(cfg.sources, name).enabled or (name == "mdns" and cfg.sources.mdns.enabled is None)]
     plans = []
     sysfs_root = None
     hotplug_poll = cfg.sources.usb.hotplug_poll
     for name in named:
-        settings = settings_for[name](args, cfg)
+        settings = _source_settings(name, args, cfg)
         interval = float(settings.interval)
         timeout = min(max(interval * 0.9, 30.0), 600.0)
         plans.append(SourcePlan(name, source_class(name).from_config(settings), interval, timeout))
@@ -1141,19 +1145,15 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
 
     _revalidate(ApiConfig(), {"listen": listen}, "--listen")
     store = cfg.store
+    room, room_map = _config_room(cfg), _room_map(args, cfg)
     return DaemonSettings(
         plans=tuple(plans), state_dir=resolve_state_dir(cfg, args.state_dir), catalog=load_catalog(),
-        room=_config_room(cfg), room_map=_room_map(args, cfg), snapshot=_snapshot_context(args, cfg),
+        room=room, room_map=room_map, snapshot=_snapshot_context(cfg, known_rooms(room, room_map)),
         portal=portal, listen=listen, api_token_file=cfg.api.token_file, agent_id=cfg.agent_id,
         sysfs_root=sysfs_root, hotplug_poll=hotplug_poll, remove_after=store.remove_after_missed_scans,
         retention=Retention(store.history_days, store.history_scans, store.events_days),
         outbox_max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
         snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
-
-
-def _sources_named(args: argparse.Namespace) -> bool:
-    return bool(args.usb or args.sysfs_root is not None or args.mdns or args.mdns_type
-                or args.mdns_interface or args.mdns_timeout or args.snmp or args.ssh)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -169,7 +169,8 @@ class SourcesConfig(_Section):
     ssh: SshSourceConfig = SshSourceConfig()
 
 
-def _loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name, an address, ``[v6]``) names this host only."""
     if host.lower() == "localhost":
         return True
     try:
@@ -214,7 +215,7 @@ class PortalConfig(_Section):
             raise ValueError(f"not a URL: {exc}") from None
         if parts.username or parts.password:
             raise ValueError("no credentials in the URL: the token goes in token_file")
-        if parts.scheme == "http" and not _loopback_host(host):
+        if parts.scheme == "http" and not is_loopback_host(host):
             raise ValueError("http:// is accepted only for a loopback address; use https://")
         return value.rstrip("/")
 

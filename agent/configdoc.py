@@ -58,6 +58,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from agent.config import _PRINTABLE, AgentConfig
+from agent.docsync import sync_document
 
 __all__ = ["BEGIN", "END", "EXAMPLE", "FALLBACK", "Key", "Section", "describe_type", "generate",
            "key_paths", "main", "read_example", "render", "sections"]
@@ -550,21 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(generate())
         return 0
     path: Path = args.write or args.check
-    try:
-        text = path.read_text(encoding="utf-8")
-        fresh = render(text)
-    except (OSError, ValueError) as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 2
-    if args.check:
-        if fresh != text:
-            print(f"{path}: the configuration reference is stale; run python -m agent.configdoc "
-                  f"--write {path}", file=sys.stderr)
-            return 1
-        return 0
-    if fresh != text:
-        path.write_text(fresh, encoding="utf-8")
-    return 0
+    return sync_document(path, render, check=bool(args.check),
+                         stale=f"the configuration reference is stale; run python -m agent.configdoc "
+                               f"--write {path}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from agent.sdnotify import Notifier, watchdog_interval
 from agent.store import Retention, Store, StoreError
 from agent.uploader.delivery import Delivery, PortalError, PortalSettings
 from agent.uploader.outbox import Outbox
-from agent.uploader.snapshot import SnapshotContext, build_snapshot
+from agent.uploader.snapshot import SnapshotContext, queue_snapshot
 
 __all__ = ["Daemon", "DaemonSettings", "SourcePlan", "SourceStatus", "run_until_stopped"]
 
@@ -272,9 +272,9 @@ class Daemon:
         if fresh.listen != self.settings.listen or fresh.state_dir != self.settings.state_dir:
             log.warning("daemon.reload.restart_needed",
                         detail="listen and state_dir take effect at the next start")
-            fresh = _keep(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir)
+            fresh = replace(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir)
         if self._api is not None and not self._api.reload_token(fresh.api_token_file):
-            fresh = _keep(fresh, api_token_file=self.settings.api_token_file)
+            fresh = replace(fresh, api_token_file=self.settings.api_token_file)
         old_tasks = list(self._source_tasks.values())
         for task in old_tasks:
             task.cancel()
@@ -397,10 +397,7 @@ class Daemon:
     def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
         if self.outbox is None or self.store is None or self.settings.snapshot is None:
             return False
-        store, outbox, context = self.store, self.outbox, self.settings.snapshot
-        return outbox.queue_snapshot(
-            lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
-            now, force=force)
+        return queue_snapshot(self.outbox, self.store, self.settings.snapshot, now, force=force)
 
     def _hotplug_root(self) -> Path | None:
         """The sysfs tree to watch: the USB source's, while USB is scheduled."""
@@ -564,12 +561,6 @@ def _mtime(path: Path | None) -> float | None:
         return resolve_secret_path(path).stat().st_mtime
     except OSError:
         return None
-
-
-def _keep(settings: DaemonSettings, **fields: Any) -> DaemonSettings:
-    from dataclasses import replace
-
-    return replace(settings, **fields)
 
 
 def run_until_stopped(daemon: Daemon) -> int:

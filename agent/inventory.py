@@ -127,6 +127,14 @@ def known_rooms(local_room: Room | None, room_map: RoomMap | None) -> list[Room]
     return list(found.values())
 
 
+def merge_rooms(stored: Iterable[Room], configured: Iterable[Room]) -> list[Room]:
+    """The rooms a report lists: those the store knows, overlaid by those the configuration
+    and the room map name now (their details win)."""
+    rooms = {r.id: r for r in stored}
+    rooms.update({r.id: r for r in configured})
+    return list(rooms.values())
+
+
 def summarize_rooms(devices: Iterable[Device], catalog: Catalog,
                     rooms: Iterable[Room] = ()) -> RoomsReport:
     """Group placed devices by room and summarise each room (systems, primary unit, ticket

@@ -46,7 +46,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from agent.events import (
     new_event_id,
     sources_of,
 )
-from agent.model import Device, Room
+from agent.model import Device, Room, as_utc
 
 DB_NAME = "roomsync.db"
 BUSY_TIMEOUT_S = 5.0
@@ -210,14 +210,12 @@ def _unreadable(path: Path, what: str, exc: Exception) -> StoreError:
                       f"{type(exc).__name__}: {exc}); move it aside and the next scan starts a fresh one")
 
 
-def _utc(moment: datetime) -> datetime:
-    """``moment`` in UTC (a naive time is taken to be UTC already)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> str:
-    """A time as fixed-width UTC text, so that text order is time order."""
-    return _utc(moment).isoformat(timespec="microseconds")
+def utc_text(moment: datetime) -> str:
+    """A time as fixed-width UTC text, so that text order is time order (how the store and
+    the outbox keep times)."""
+    return as_utc(moment).isoformat(timespec="microseconds")
 
 
 def _json(value: Any) -> str:
@@ -377,7 +375,7 @@ class Store:
             self._upsert_device(db, identity, unit.device)
             self._replace_sightings(db, identity, unit.sightings)
         for identity in diff.removed:
-            db.execute("UPDATE devices SET removed_at = ? WHERE identity = ?", (_stamp(now), identity))
+            db.execute("UPDATE devices SET removed_at = ? WHERE identity = ?", (utc_text(now), identity))
             db.execute("DELETE FROM sightings WHERE identity = ?", (identity,))
 
     @staticmethod
@@ -386,7 +384,7 @@ class Store:
         row = db.execute("SELECT first_seen FROM devices WHERE identity = ?", (identity,)).fetchone()
         if row is not None:
             device.first_seen = min(device.first_seen, datetime.fromisoformat(row[0]),
-                                    key=lambda moment: _utc(moment))
+                                    key=lambda moment: as_utc(moment))
 
     @staticmethod
     def _upsert_device(db: sqlite3.Connection, identity: str, device: Device) -> None:
@@ -416,7 +414,7 @@ class Store:
         db.executemany(
             "INSERT INTO events (id, scan_id, at, type, identity, serial, room, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e.id, scan_id, _stamp(e.at), str(e.type), e.identity, e.serial, e.room, _json(e.to_dict()))
+            [(e.id, scan_id, utc_text(e.at), str(e.type), e.identity, e.serial, e.room, _json(e.to_dict()))
              for e in events])
 
     @staticmethod
@@ -430,11 +428,11 @@ class Store:
         newest ``history_scans`` (times compared as times, whatever their offsets)."""
         rows = db.execute("SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id "
                           "FROM history) ORDER BY id DESC").fetchall()
-        cutoff = (_utc(now) - timedelta(days=retention.history_days)
+        cutoff = (as_utc(now) - timedelta(days=retention.history_days)
                   if retention.history_days is not None else None)
         doomed = [(scan_id,) for index, (scan_id, finished_at) in enumerate(rows)
                   if (retention.history_scans is not None and index >= retention.history_scans)
-                  or (cutoff is not None and _utc(datetime.fromisoformat(finished_at)) < cutoff)]
+                  or (cutoff is not None and as_utc(datetime.fromisoformat(finished_at)) < cutoff)]
         db.executemany("DELETE FROM history WHERE scan_id = ?", doomed)
 
     @staticmethod
@@ -447,7 +445,7 @@ class Store:
         cursor = int(json.loads(row[0])) if row else 0
         held = db.execute("SELECT MIN(first_event) FROM outbox WHERE events > 0").fetchone()[0]
         limit = min(cursor, int(held) - 1) if held is not None else cursor
-        cutoff = _stamp(_utc(now) - timedelta(days=retention.events_days))
+        cutoff = utc_text(as_utc(now) - timedelta(days=retention.events_days))
         db.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (limit, cutoff))
 
     # ------------------------------------------------------------------ reading
@@ -532,7 +530,7 @@ class Store:
                ) -> list[ChangeEvent]:
         """Change events at or after ``since`` (all when ``None``), oldest first: the newest
         ``limit`` of them (``None``: every one)."""
-        where, params = ("WHERE at >= ?", [_stamp(since)]) if since is not None else ("", [])
+        where, params = ("WHERE at >= ?", [utc_text(since)]) if since is not None else ("", [])
         rows = self._read(f"SELECT data FROM events {where} ORDER BY seq DESC LIMIT ?",
                           [*params, -1 if limit is None else limit])
         return [self._decode(ChangeEvent.from_dict, r[0], "event") for r in reversed(rows)]

@@ -8,11 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,6 +30,7 @@ from agent.uploader.protocol import (
 )
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
 from tests.portal_standin import PortalStandIn
+from tests.small_disk import run_on_small_disk
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
@@ -595,16 +592,7 @@ print(json.dumps(out))
 
 def test_a_full_disk_refuses_the_snapshot_keeps_the_queue_and_recovers(tmp_path: Path):
     """On a real 4 MB tmpfs, mounted in a private mount namespace (needs root)."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) to mount a small tmpfs in a private mount namespace")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    result = subprocess.run(["unshare", "-m", sys.executable, "-c", FULL_DISK_SCRIPT, str(mount)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO)
-    if result.returncode != 0 and "unshare failed" in result.stderr:
-        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_on_small_disk(tmp_path, FULL_DISK_SCRIPT)
     assert out["fill"] == "No space left on device"
     assert isinstance(out["full"], str), out
     assert "the disk is full" in out["full"] and "nothing was lost" in out["full"]

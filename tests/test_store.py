@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,6 +20,7 @@ import pytest
 from agent.events import EventType
 from agent.model import Device, HealthIssue, Room, SerialSource, Severity, Transport
 from agent.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Retention, Store, StoreError
+from tests.small_disk import run_on_small_disk
 from tests.sysfs import add_device
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -436,16 +435,7 @@ print(json.dumps(out))
 
 def test_a_full_disk_refuses_the_scan_keeps_the_state_and_recovers(tmp_path: Path):
     """On a real 4 MB tmpfs, mounted in a private mount namespace (needs root)."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) to mount a small tmpfs in a private mount namespace")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    result = subprocess.run(["unshare", "-m", sys.executable, "-c", FULL_DISK_SCRIPT, str(mount)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO)
-    if result.returncode != 0 and "unshare failed" in result.stderr:
-        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_on_small_disk(tmp_path, FULL_DISK_SCRIPT)
     assert out["fill"] == "No space left on device"
     message = out["full"]
     assert message is not None

@@ -45,10 +45,11 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from agent.store import Store, StoreError
+from agent.model import as_utc
+from agent.store import Store, StoreError, utc_text
 from agent.uploader.protocol import (
     MAX_EVENTS_PER_MESSAGE,
     SCHEMA_EVENTS,
@@ -86,12 +87,8 @@ _COLUMNS = ("id, kind, key, sequence, created_at, size, events, first_event, las
             "attempts, last_attempt, last_status, last_error")
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> str:
-    return _utc(moment).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +314,7 @@ class Outbox:
             last = _get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:
                 queued_at = datetime.fromisoformat(last["at"])
-                if _utc(now) - queued_at < self.snapshot_interval:
+                if as_utc(now) - queued_at < self.snapshot_interval:
                     # Nothing new to say: the pending snapshot stays, the events queue behind it.
                     db.execute("ROLLBACK TO replace_snapshot")
                     db.execute("RELEASE replace_snapshot")
@@ -326,7 +323,7 @@ class Outbox:
             db.execute("RELEASE replace_snapshot")
             _put(db, "sequence", sequence)
             self._insert(db, "inventory", sequence, now, gzip_body(raw), 0, None, None)
-            _put(db, "last_snapshot", {"at": _stamp(now), "digest": digest, "sequence": sequence})
+            _put(db, "last_snapshot", {"at": utc_text(now), "digest": digest, "sequence": sequence})
             self._enforce_bound(db)
         return True
 
@@ -334,13 +331,13 @@ class Outbox:
         """Whether the snapshot interval has passed since the last snapshot was queued (or
         none ever was)."""
         last = self._meta("last_snapshot")
-        return not last or _utc(now) - datetime.fromisoformat(last["at"]) >= self.snapshot_interval
+        return not last or as_utc(now) - datetime.fromisoformat(last["at"]) >= self.snapshot_interval
 
     def _insert(self, db: sqlite3.Connection, kind: Kind, sequence: int, now: datetime, body: bytes,
                 events: int, first: int | None, last: int | None) -> None:
         db.execute("INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, first_event, "
                    "last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                   (kind, str(uuid.uuid4()), sequence, _stamp(now), body, len(body), events, first, last))
+                   (kind, str(uuid.uuid4()), sequence, utc_text(now), body, len(body), events, first, last))
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
         total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
@@ -372,7 +369,7 @@ class Outbox:
         queued (delivered, dropped or replaced meanwhile)."""
         with self.store.transaction() as db:
             cursor = db.execute("UPDATE outbox SET attempts = attempts + 1, last_attempt = ? "
-                                "WHERE id = ? AND state = 'pending'", (_stamp(now), message.id))
+                                "WHERE id = ? AND state = 'pending'", (utc_text(now), message.id))
             return cursor.rowcount == 1
 
     def delivered(self, message: QueuedMessage, now: datetime, status: int) -> None:
@@ -416,9 +413,9 @@ class Outbox:
     def _set_portal(db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *,
                     success: bool = False) -> None:
         previous = PortalState.from_dict(_get(db, "portal", {}))
-        since = previous.since if previous.state == state and previous.since else _utc(now)
+        since = previous.since if previous.state == state and previous.since else as_utc(now)
         current = PortalState(state, reason, since,  # type: ignore[arg-type]
-                              _utc(now) if success else previous.last_success)
+                              as_utc(now) if success else previous.last_success)
         _put(db, "portal", current.to_dict())
 
     def note_outage(self) -> None:

@@ -37,9 +37,8 @@ import argparse
 import gzip
 import json
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 from uuid import UUID, uuid4
@@ -49,7 +48,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from agent.coverage import Status, Verdict
 from agent.events import EventType  # the store's words are the wire's words
 from agent.inventory import RoomsReport
-from agent.model import Device, HealthIssue, HealthState, SerialSource, Severity, Transport
+from agent.model import Device, HealthIssue, HealthState, SerialSource, Severity, Transport, as_utc
 from agent.sanitize import normalize_serial
 from agent.systems import units
 
@@ -257,9 +256,6 @@ ENDPOINTS: Mapping[str, str] = {
 # --------------------------------------------------------------------------- builders
 
 
-def _utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; a naive time is taken to be UTC already."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def status_out(device: Device, seen: bool) -> SyncStatus:
@@ -321,7 +317,7 @@ def device_out(device: Device, verdict: Verdict | None = None, *, last_scan: dat
     it is ``Offline`` with health ``Unknown``; ``None`` counts the unit as seen. ``seen``,
     when given, decides instead of ``last_scan``."""
     if seen is None:
-        seen = last_scan is None or _utc(device.last_seen) >= _utc(last_scan)
+        seen = last_scan is None or as_utc(device.last_seen) >= as_utc(last_scan)
     return DeviceOut(
         identity=device.identity,
         identity_kind="serial" if device.identity_kind == "serial" else "transport",
@@ -343,8 +339,8 @@ def device_out(device: Device, verdict: Verdict | None = None, *, last_scan: dat
         health=health_out(device, seen),
         health_issues=[_issue_out(i) for i in device.health_issues],
         peripherals=_peripherals(device),
-        first_seen=_utc(device.first_seen),
-        last_seen=_utc(device.last_seen),
+        first_seen=as_utc(device.first_seen),
+        last_seen=as_utc(device.last_seen),
         coverage=coverage_out(verdict) if verdict is not None else None,
     )
 
@@ -379,7 +375,7 @@ def _latest_seen(report: RoomsReport) -> datetime | None:
     """When the latest scan ran, as far as the report tells: the latest ``last_seen`` of any
     unit (a scan stamps everything it finds with one time)."""
     flat = [d for r in report.rooms for d in r.devices] + list(units(report.unassigned))
-    return max((_utc(d.last_seen) for d in flat), default=None)
+    return max((as_utc(d.last_seen) for d in flat), default=None)
 
 
 def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, report: RoomsReport,
@@ -405,7 +401,7 @@ def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, r
             devices=_devices_out(summary.devices, index, scan, seen),
         ))
     return InventoryMessage(
-        schema=SCHEMA_INVENTORY, agent=agent, sequence=sequence, generated_at=_utc(generated_at),
+        schema=SCHEMA_INVENTORY, agent=agent, sequence=sequence, generated_at=as_utc(generated_at),
         places=places, unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
         dropped_events=dropped_events,
     )
@@ -418,7 +414,7 @@ def change_event_out(*, id: UUID | str, type: str, time: datetime, identity: str
     string (or string enum) with one of :class:`EventType`'s words. Raises :class:`ValueError`
     for an id that is no UUID or an unknown type."""
     return EventOut(
-        id=id if isinstance(id, UUID) else UUID(id), type=EventType(type), time=_utc(time),
+        id=id if isinstance(id, UUID) else UUID(id), type=EventType(type), time=as_utc(time),
         identity=identity, product=product, serial=serial, room=room,
         before=dict(before) if before is not None else None,
         after=dict(after) if after is not None else None,
@@ -442,7 +438,7 @@ def events_message(agent: AgentInfo, sequence: int, generated_at: datetime,
     """A ``roomsync.events.v1`` message carrying ``events`` in the order given (the store's
     order, oldest first): 1 to :data:`MAX_EVENTS_PER_MESSAGE` of them."""
     return EventsMessage(schema=SCHEMA_EVENTS, agent=agent, sequence=sequence,
-                         generated_at=_utc(generated_at), events=list(events))
+                         generated_at=as_utc(generated_at), events=list(events))
 
 
 # --------------------------------------------------------------------------- bytes
@@ -522,22 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_name:
         print(_render(json_schemas()[args.print_name]))
         return 0
+    from agent.docsync import sync_document
+
     path: Path = args.write_docs or args.check_docs
-    try:
-        text = path.read_text(encoding="utf-8")
-        fresh = render_schema_blocks(text)
-    except (OSError, ValueError) as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 2
-    if args.check_docs:
-        if fresh != text:
-            print(f"{path}: schema blocks are stale; run python -m agent.uploader.protocol "
-                  f"--write-docs {path}", file=sys.stderr)
-            return 1
-        return 0
-    if fresh != text:
-        path.write_text(fresh, encoding="utf-8")
-    return 0
+    return sync_document(path, render_schema_blocks, check=bool(args.check_docs),
+                         stale=f"schema blocks are stale; run python -m agent.uploader.protocol "
+                               f"--write-docs {path}")
 
 
 if __name__ == "__main__":

@@ -17,21 +17,23 @@ import gc
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from agent.catalog import Catalog
 from agent.coverage import DEFAULT_EXPIRING_DAYS, Verdict, evaluate_all
 from agent.entitlements import EntitlementRecord
 from agent.events import sources_of
-from agent.inventory import summarize_rooms
-from agent.model import Device, Room
+from agent.inventory import merge_rooms, summarize_rooms
+from agent.model import Device, Room, as_utc
 from agent.sanitize import normalize_serial
 from agent.store import Store
 from agent.systems import units
+from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_message
 
-__all__ = ["SnapshotContext", "build_snapshot", "seen_by_latest_runs", "verdicts_for"]
+__all__ = ["SnapshotContext", "build_snapshot", "paused_gc", "queue_snapshot", "seen_by_latest_runs",
+           "verdicts_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,26 +104,27 @@ def build_snapshot(store: Store, context: SnapshotContext, agent: AgentInfo, seq
 def _build(store: Store, context: SnapshotContext, agent: AgentInfo, sequence: int, now: datetime,
            dropped_events: int) -> InventoryMessage:
     devices = store.devices()
-    rooms = {r.id: r for r in store.rooms()}
-    rooms.update({r.id: r for r in context.rooms})
-    report = summarize_rooms(devices, context.catalog, rooms.values())
-    runs = {name: _utc(at) for name, at in store.latest_runs().items()}
-    today = context.today or _utc(now).date()
+    report = summarize_rooms(devices, context.catalog, merge_rooms(store.rooms(), context.rooms))
+    runs = {name: as_utc(at) for name, at in store.latest_runs().items()}
+    today = context.today or as_utc(now).date()
     return inventory_message(agent, sequence, now, report, verdicts_for(devices, context, today),
                              seen=lambda device: seen_by_latest_runs(device, runs),
                              dropped_events=dropped_events)
 
 
+def queue_snapshot(outbox: Outbox, store: Store, context: SnapshotContext, now: datetime, *,
+                   force: bool = False) -> bool:
+    """Queue the snapshot of what ``store`` holds now in ``outbox`` (see
+    :meth:`Outbox.queue_snapshot` for when it is skipped); returns whether one was queued."""
+    return outbox.queue_snapshot(
+        lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
+        now, force=force)
+
+
 def seen_by_latest_runs(device: Device, runs: Mapping[str, datetime]) -> bool:
     """Whether some source that reports ``device`` saw it in that source's latest run
     (``runs``: ``Store.latest_runs()``)."""
-    last_seen = _utc(device.last_seen)
-    for name in device.sources or sources_of(device):
-        at = runs.get(name)
-        if at is not None and last_seen >= (at if at.tzinfo is UTC else _utc(at)):
-            return True
-    return False
+    last_seen = as_utc(device.last_seen)
+    return any(name in runs and last_seen >= as_utc(runs[name]) for name in sources_of(device))
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -76,6 +76,7 @@ from tests.fuzz import (
     strings_in,
 )
 from tests.shared import shared_file
+from tests.sync_captures import FakeClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 U32 = st.integers(0, 0xFFFF_FFFF)
@@ -344,17 +345,6 @@ def test_gate_lets_through_only_the_read_only_exchange(data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- the client
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 _ACTIONS = ["deliver"] * 8 + ["mutate", "drop", "timeout", "junk", "inject", "repeat", "swap"]

@@ -1,0 +1,33 @@
+"""A real full disk for store tests: a script run in a private mount namespace
+(``unshare -m``, root only), where it mounts a small tmpfs at the directory it is given
+(``sys.argv[1]``) and prints its findings as one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_on_small_disk(tmp_path: Path, script: str) -> dict[str, Any]:
+    """Run ``script`` with a fresh mount point as its argument; skip where a mount namespace
+    cannot be made (not root, no unshare). Returns what it printed, decoded."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs in a private mount namespace")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(["unshare", "-m", sys.executable, "-c", script, str(mount)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    if result.returncode != 0 and "unshare failed" in result.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
