@@ -69,8 +69,11 @@ def is_loopback_listen(listen: str) -> bool:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n",
-                        status=status, content_type="application/json")
+    return web.Response(
+        text=json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n",
+        status=status,
+        content_type="application/json",
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -99,13 +102,21 @@ class ApiServer:
             except SecretFileError as exc:
                 raise ApiStartError(str(exc), usage=True) from None
         elif not is_loopback_listen(self.listen):
-            raise ApiStartError(f"[api] listen = {self.listen!r} is reachable from the network: set "
-                                "[api] token_file (a bearer token) or listen on 127.0.0.1", usage=True)
+            raise ApiStartError(
+                f"[api] listen = {self.listen!r} is reachable from the network: set "
+                "[api] token_file (a bearer token) or listen on 127.0.0.1",
+                usage=True,
+            )
         app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
         routes = {
-            "/healthz": self.healthz, "/readyz": self.readyz, "/v1/status": self.status,
-            "/v1/inventory": self.inventory, "/v1/rooms": self.rooms, "/v1/coverage": self.coverage,
-            "/v1/events": self.events, "/metrics": self.metrics,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/v1/status": self.status,
+            "/v1/inventory": self.inventory,
+            "/v1/rooms": self.rooms,
+            "/v1/coverage": self.coverage,
+            "/v1/events": self.events,
+            "/metrics": self.metrics,
         }
         for path, handler in routes.items():
             app.router.add_get(path, handler)
@@ -113,7 +124,7 @@ class ApiServer:
         await self._runner.setup()
         try:
             if self.listen.startswith("unix:"):
-                path = self.listen[len("unix:"):]
+                path = self.listen[len("unix:") :]
                 site: web.BaseSite = web.UnixSite(self._runner, path)
             else:
                 host, _, port = self.listen.rpartition(":")
@@ -122,7 +133,7 @@ class ApiServer:
             if self.listen.startswith("unix:"):
                 # The service's UMask (0077) would leave the socket to its user alone; its
                 # group (roomsync) may ask for health too.
-                os.chmod(self.listen[len("unix:"):], 0o660)
+                os.chmod(self.listen[len("unix:") :], 0o660)
         except OSError as exc:
             await self._runner.cleanup()
             raise ApiStartError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
@@ -195,20 +206,25 @@ class ApiServer:
                 outbox = d.outbox.stats().to_dict()
             except StoreError as exc:
                 outbox = {"error": str(exc)}
-        return _json({
-            "version": __version__,
-            "started_at": d.started_at.isoformat(),
-            "uptime": round(d.uptime(), 3),
-            "ready": not d.ready_problems(),
-            "problems": d.problems(),
-            "state_dir": str(d.settings.state_dir),
-            "sources": [s.to_dict() for s in d.sources.values()],
-            "outbox": outbox,
-            "portal": {"configured": d.settings.portal is not None,
-                       "host": d.settings.portal.host if d.settings.portal else None,
-                       "state": (outbox or {}).get("portal", {}).get("state", "unknown"),
-                       "problem": d.delivery_problem, "push_failures": d.push_failures},
-        })
+        return _json(
+            {
+                "version": __version__,
+                "started_at": d.started_at.isoformat(),
+                "uptime": round(d.uptime(), 3),
+                "ready": not d.ready_problems(),
+                "problems": d.problems(),
+                "state_dir": str(d.settings.state_dir),
+                "sources": [s.to_dict() for s in d.sources.values()],
+                "outbox": outbox,
+                "portal": {
+                    "configured": d.settings.portal is not None,
+                    "host": d.settings.portal.host if d.settings.portal else None,
+                    "state": (outbox or {}).get("portal", {}).get("state", "unknown"),
+                    "problem": d.delivery_problem,
+                    "push_failures": d.push_failures,
+                },
+            }
+        )
 
     def _store(self) -> Any:
         if self.daemon.store is None:
@@ -226,10 +242,14 @@ class ApiServer:
     async def inventory(self, request: web.Request) -> web.Response:
         devices, summary = self._summary()
         last = self._store().last_scan()
-        return _json({"last_scan": last.isoformat() if last else None,
-                      "devices": [d.to_dict() for d in devices],
-                      "rooms": [r.to_dict() for r in summary.rooms],
-                      "unassigned": [d.identity for d in summary.unassigned]})
+        return _json(
+            {
+                "last_scan": last.isoformat() if last else None,
+                "devices": [d.to_dict() for d in devices],
+                "rooms": [r.to_dict() for r in summary.rooms],
+                "unassigned": [d.identity for d in summary.unassigned],
+            }
+        )
 
     async def rooms(self, request: web.Request) -> web.Response:
         _devices, summary = self._summary()
@@ -241,12 +261,18 @@ class ApiServer:
         context = self.daemon.settings.snapshot
         devices = self._store().devices()
         if context is None or context.entitlements is None:
-            return _json({"evaluated": False, "reason": "no [coverage] entitlements file configured",
-                          "verdicts": []})
+            return _json(
+                {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
+            )
         today = context.today or datetime.now(UTC).date()
         verdicts = verdicts_for(devices, context, today)
-        return _json({"evaluated": True, "today": today.isoformat(),
-                      "verdicts": [v.to_dict() for v in verdicts.values()]})
+        return _json(
+            {
+                "evaluated": True,
+                "today": today.isoformat(),
+                "verdicts": [v.to_dict() for v in verdicts.values()],
+            }
+        )
 
     async def events(self, request: web.Request) -> web.Response:
         since = None
@@ -277,17 +303,24 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Any]:
         d = self.daemon
         yield InfoMetricFamily("roomsync_build", "roomsync's version", value={"version": __version__})
-        duration = GaugeMetricFamily("roomsync_source_duration_seconds", "Duration of the last run",
-                                     labels=["source"])
-        success = GaugeMetricFamily("roomsync_source_success", "1 when the last run succeeded",
-                                    labels=["source"])
-        last = GaugeMetricFamily("roomsync_source_last_run_timestamp_seconds", "When the last run started",
-                                 labels=["source"])
-        errors = GaugeMetricFamily("roomsync_source_errors", "Errors of the last run (targets that "
-                                   "failed: an SSH host, a silent SNMP address…)", labels=["source"])
+        duration = GaugeMetricFamily(
+            "roomsync_source_duration_seconds", "Duration of the last run", labels=["source"]
+        )
+        success = GaugeMetricFamily(
+            "roomsync_source_success", "1 when the last run succeeded", labels=["source"]
+        )
+        last = GaugeMetricFamily(
+            "roomsync_source_last_run_timestamp_seconds", "When the last run started", labels=["source"]
+        )
+        errors = GaugeMetricFamily(
+            "roomsync_source_errors",
+            "Errors of the last run (targets that failed: an SSH host, a silent SNMP address…)",
+            labels=["source"],
+        )
         runs = CounterMetricFamily("roomsync_source_runs", "Runs of each source", labels=["source"])
-        failures = CounterMetricFamily("roomsync_source_failures", "Failed runs of each source",
-                                       labels=["source"])
+        failures = CounterMetricFamily(
+            "roomsync_source_failures", "Failed runs of each source", labels=["source"]
+        )
         for name, s in sorted(d.sources.items()):
             if s.last_duration is not None:
                 duration.add_metric([name], s.last_duration)
@@ -326,8 +359,9 @@ class DaemonCollector(Collector):
         for (product, status), count in sorted(counts.items()):
             family.add_metric([product, status], count)
         yield family
-        coverage = GaugeMetricFamily("roomsync_coverage_units", "Units per coverage status",
-                                     labels=["status"])
+        coverage = GaugeMetricFamily(
+            "roomsync_coverage_units", "Units per coverage status", labels=["status"]
+        )
         context = d.settings.snapshot
         if context is not None and context.entitlements is not None:
             from agent.uploader.snapshot import verdicts_for
@@ -343,12 +377,17 @@ class DaemonCollector(Collector):
         depth.add_metric(["parked"], stats.parked)
         yield depth
         yield GaugeMetricFamily("roomsync_outbox_bytes", "Bytes queued in the outbox", value=stats.bytes)
-        yield GaugeMetricFamily("roomsync_outbox_events_waiting", "Events not yet taken into a message",
-                                value=stats.events_waiting)
-        yield CounterMetricFamily("roomsync_outbox_dropped_events", "Events the outbox bound dropped",
-                                  value=stats.dropped_events)
-        portal = GaugeMetricFamily("roomsync_portal_state", "1 for the portal's current state",
-                                   labels=["state"])
+        yield GaugeMetricFamily(
+            "roomsync_outbox_events_waiting",
+            "Events not yet taken into a message",
+            value=stats.events_waiting,
+        )
+        yield CounterMetricFamily(
+            "roomsync_outbox_dropped_events", "Events the outbox bound dropped", value=stats.dropped_events
+        )
+        portal = GaugeMetricFamily(
+            "roomsync_portal_state", "1 for the portal's current state", labels=["state"]
+        )
         for state in ("unknown", "ok", "retrying", "unhealthy"):
             portal.add_metric([state], 1.0 if stats.portal.state == state else 0.0)
         yield portal

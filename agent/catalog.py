@@ -34,10 +34,21 @@ LOGITECH_VID = 0x046D
 UNKNOWN_LOGITECH = "Unknown Logitech device"
 UNKNOWN_DEVICE = "Unknown device"
 
-FAMILIES = frozenset({
-    "collabos-bar", "collabos-peripheral", "rally-system", "controller", "camera", "webcam",
-    "speakerphone", "whiteboard-camera", "system", "peripheral", "room-pc",
-})
+FAMILIES = frozenset(
+    {
+        "collabos-bar",
+        "collabos-peripheral",
+        "rally-system",
+        "controller",
+        "camera",
+        "webcam",
+        "speakerphone",
+        "whiteboard-camera",
+        "system",
+        "peripheral",
+        "room-pc",
+    }
+)
 USB_ROLES = frozenset({"main", "hub", "hid", "audio", "video", "function"})
 #: How much a system needs a role: ``required`` (no system without it), ``expected`` (the
 #: system is formed but flagged incomplete without it), ``optional``.
@@ -194,9 +205,14 @@ ENTERPRISES_PREFIX = "1.3.6.1.4.1."
 class Catalog:
     """The loaded product catalog. Use :func:`load_catalog` to get the shipped one."""
 
-    def __init__(self, products: list[Product], default_warranty_years: int,
-                 vendors: list[Vendor] | None = None, mdns_keys: MdnsKeys | None = None,
-                 systems: list[SystemSpec] | None = None) -> None:
+    def __init__(
+        self,
+        products: list[Product],
+        default_warranty_years: int,
+        vendors: list[Vendor] | None = None,
+        mdns_keys: MdnsKeys | None = None,
+        systems: list[SystemSpec] | None = None,
+    ) -> None:
         self.products: dict[str, Product] = {}
         self.default_warranty_years = default_warranty_years
         self.vendors: list[Vendor] = list(vendors or ())
@@ -248,8 +264,10 @@ class Catalog:
         for what, role_name in (("primary", spec.primary), ("ticket", spec.ticket)):
             for name in spec.role(role_name).products:
                 if not self.products[name].primary_unit:
-                    raise CatalogError(f"{where}: {what} role {role_name!r} holds {name!r}, which "
-                                       "is not a primary unit (primary_unit = false)")
+                    raise CatalogError(
+                        f"{where}: {what} role {role_name!r} holds {name!r}, which "
+                        "is not a primary unit (primary_unit = false)"
+                    )
 
     def system(self, name: str) -> SystemSpec:
         return self._systems[name]
@@ -298,14 +316,15 @@ class Catalog:
             return None
         name = host.rstrip(".")
         if name.lower().endswith(".local"):
-            name = name[:-len(".local")]
+            name = name[: -len(".local")]
         for p in self.products.values():
             if any(rx.match(name) for rx in p.host_names):
                 return p
         return None
 
-    def vendor_for(self, object_id: str | None = None,
-                   texts: tuple[str | None, ...] | list[str | None] = ()) -> Vendor | None:
+    def vendor_for(
+        self, object_id: str | None = None, texts: tuple[str | None, ...] | list[str | None] = ()
+    ) -> Vendor | None:
         """The vendor named by an SNMP enterprise object id, else by a description."""
         number = enterprise_number(object_id)
         if number is not None and number in self._enterprises:
@@ -318,9 +337,15 @@ class Catalog:
                     return v
         return None
 
-    def match_lan(self, *, object_id: str | None = None, model: str | None = None,
-                  texts: tuple[str | None, ...] | list[str | None] = (),
-                  host_name: str | None = None, vendor: Vendor | None = None) -> LanMatch | None:
+    def match_lan(
+        self,
+        *,
+        object_id: str | None = None,
+        model: str | None = None,
+        texts: tuple[str | None, ...] | list[str | None] = (),
+        host_name: str | None = None,
+        vendor: Vendor | None = None,
+    ) -> LanMatch | None:
         """Identify a LAN endpoint from what it said about itself, most specific first:
 
         1. an SNMP sysObjectID under a product's ``snmp_object_ids``;
@@ -380,7 +405,7 @@ def enterprise_number(object_id: str | None) -> int | None:
     oid = object_id.lstrip(".")
     if not oid.startswith(ENTERPRISES_PREFIX):
         return None
-    head = oid[len(ENTERPRISES_PREFIX):].split(".", 1)[0]
+    head = oid[len(ENTERPRISES_PREFIX) :].split(".", 1)[0]
     return int(head) if head.isdigit() and len(head) <= 10 else None
 
 
@@ -400,23 +425,29 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
     for i, raw in enumerate(data.get("product", [])):
         where = f"product[{i}] ({raw.get('name', '?')})"
         products.append(_parse_product(raw, where, default_years))
-    vendors = [_parse_vendor(raw, f"vendor[{i}] ({raw.get('name', '?')})")
-               for i, raw in enumerate(data.get("vendor", []))]
-    systems = [_parse_system(raw, f"system[{i}] ({raw.get('name', '?')})")
-               for i, raw in enumerate(data.get("system", []))]
+    vendors = [
+        _parse_vendor(raw, f"vendor[{i}] ({raw.get('name', '?')})")
+        for i, raw in enumerate(data.get("vendor", []))
+    ]
+    systems = [
+        _parse_system(raw, f"system[{i}] ({raw.get('name', '?')})")
+        for i, raw in enumerate(data.get("system", []))
+    ]
     return Catalog(products, default_years, vendors, _parse_mdns(data.get("mdns", {})), systems)
 
 
-def _patterns(raw: dict[str, Any], key: str, where: str, *,
-              anchored: bool = False) -> tuple[re.Pattern[str], ...]:
+def _patterns(
+    raw: dict[str, Any], key: str, where: str, *, anchored: bool = False
+) -> tuple[re.Pattern[str], ...]:
     values = raw.get(key, [])
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise CatalogError(f"{where}: {key} must be a list of strings")
     out = []
     for text in values:
         try:
-            out.append(re.compile(("^" + text) if anchored and not text.startswith("^") else text,
-                                  re.IGNORECASE))
+            out.append(
+                re.compile(("^" + text) if anchored and not text.startswith("^") else text, re.IGNORECASE)
+            )
         except re.error as exc:
             raise CatalogError(f"{where}: bad {key} pattern {text!r}: {exc}") from exc
     return tuple(out)
@@ -432,8 +463,9 @@ def _parse_vendor(raw: dict[str, Any], where: str) -> Vendor:
     numbers = raw.get("enterprises", [])
     if not isinstance(numbers, list) or not all(isinstance(n, int) and n >= 0 for n in numbers):
         raise CatalogError(f"{where}: enterprises must be a list of whole numbers")
-    return Vendor(name, tuple(numbers), _patterns(raw, "patterns", where),
-                  bool(raw.get("catalog_vendor", False)))
+    return Vendor(
+        name, tuple(numbers), _patterns(raw, "patterns", where), bool(raw.get("catalog_vendor", False))
+    )
 
 
 def _parse_mdns(raw: dict[str, Any]) -> MdnsKeys:
@@ -449,16 +481,20 @@ def _parse_mdns(raw: dict[str, Any]) -> MdnsKeys:
     return MdnsKeys(keys["txt_model_keys"], keys["txt_serial_keys"], keys["txt_firmware_keys"])
 
 
-_SYSTEM_KEYS = frozenset({"name", "description", "members", "primary", "ticket",
-                          "primary_rules", "ticket_rules"})
+_SYSTEM_KEYS = frozenset(
+    {"name", "description", "members", "primary", "ticket", "primary_rules", "ticket_rules"}
+)
 _MEMBER_KEYS = frozenset({"role", "products", "need", "max"})
 
 
 def _rule_ids(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     values = raw.get(key)
-    if (not isinstance(values, list) or not values
-            or not all(isinstance(v, str) and _RULE_ID.match(v) for v in values)):
-        raise CatalogError(f"{where}: {key} must be a non-empty list of rule ids (\"P1\", \"S-list\")")
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, str) and _RULE_ID.match(v) for v in values)
+    ):
+        raise CatalogError(f'{where}: {key} must be a non-empty list of rule ids ("P1", "S-list")')
     return tuple(values)
 
 
@@ -470,10 +506,9 @@ def _parse_member(raw: Any, where: str) -> SystemRole:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
     role = raw.get("role")
     if not isinstance(role, str) or not re.fullmatch(r"[a-z][a-z0-9-]*", role):
-        raise CatalogError(f"{where}: role must be a lower-case word (\"camera\", \"room-pc\")")
+        raise CatalogError(f'{where}: role must be a lower-case word ("camera", "room-pc")')
     products = raw.get("products")
-    if (not isinstance(products, list) or not products
-            or not all(isinstance(p, str) and p for p in products)):
+    if not isinstance(products, list) or not products or not all(isinstance(p, str) and p for p in products):
         raise CatalogError(f"{where}: products must be a non-empty list of product names")
     need = raw.get("need", "optional")
     if need not in SYSTEM_NEEDS:
@@ -506,11 +541,13 @@ def _parse_system(raw: dict[str, Any], where: str) -> SystemSpec:
         seen_roles.add(r.role)
         for product in r.products:
             if product in seen_products:
-                raise CatalogError(f"{where}: product {product!r} is in roles {seen_products[product]!r} "
-                                   f"and {r.role!r}: a product fills one role of a system")
+                raise CatalogError(
+                    f"{where}: product {product!r} is in roles {seen_products[product]!r} "
+                    f"and {r.role!r}: a product fills one role of a system"
+                )
             seen_products[product] = r.role
     if not any(r.required for r in roles):
-        raise CatalogError(f"{where}: at least one role must have need = \"required\"")
+        raise CatalogError(f'{where}: at least one role must have need = "required"')
     picked = {}
     for key in ("primary", "ticket"):
         role_name = raw.get(key)
@@ -518,22 +555,48 @@ def _parse_system(raw: dict[str, Any], where: str) -> SystemSpec:
         if role is None:
             raise CatalogError(f"{where}: {key} must name one of the roles {sorted(seen_roles)}")
         if not role.required or role.max != 1:
-            raise CatalogError(f"{where}: {key} role {role_name!r} must have need = \"required\" "
-                               "and max = 1 (one unit stands for the system)")
+            raise CatalogError(
+                f'{where}: {key} role {role_name!r} must have need = "required" '
+                "and max = 1 (one unit stands for the system)"
+            )
         picked[key] = role.role
-    return SystemSpec(name=name, roles=roles, primary=picked["primary"], ticket=picked["ticket"],
-                      primary_rules=_rule_ids(raw, "primary_rules", where),
-                      ticket_rules=_rule_ids(raw, "ticket_rules", where),
-                      description=description)
+    return SystemSpec(
+        name=name,
+        roles=roles,
+        primary=picked["primary"],
+        ticket=picked["ticket"],
+        primary_rules=_rule_ids(raw, "primary_rules", where),
+        ticket_rules=_rule_ids(raw, "ticket_rules", where),
+        description=description,
+    )
 
 
-_BOOL_KEYS = ("primary_unit", "key_device", "select_supported", "reseller_supported",
-              "extension_eligible", "sync_interface", "usb_serial_label_grade")
-_PRODUCT_KEYS = frozenset({
-    "name", "family", "kind", "model_numbers", "collabos_models", "standard_warranty_years",
-    "warranty_source", "usb", "usb_product_strings", "host_names", "lan_descriptions",
-    "snmp_object_ids", *_BOOL_KEYS,
-})
+_BOOL_KEYS = (
+    "primary_unit",
+    "key_device",
+    "select_supported",
+    "reseller_supported",
+    "extension_eligible",
+    "sync_interface",
+    "usb_serial_label_grade",
+)
+_PRODUCT_KEYS = frozenset(
+    {
+        "name",
+        "family",
+        "kind",
+        "model_numbers",
+        "collabos_models",
+        "standard_warranty_years",
+        "warranty_source",
+        "usb",
+        "usb_product_strings",
+        "host_names",
+        "lan_descriptions",
+        "snmp_object_ids",
+        *_BOOL_KEYS,
+    }
+)
 
 
 def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Product:
@@ -557,11 +620,20 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         vid, pid = u.get("vid", LOGITECH_VID), u.get("pid")
         if not isinstance(pid, int) or not 0 <= pid <= 0xFFFF or not 0 <= vid <= 0xFFFF:
             raise CatalogError(f"{where}: usb[{j}] needs pid (and vid) between 0 and 0xFFFF")
-        usb.append(UsbId(vid, pid, role, bool(u.get("sure", False)),
-                         tuple(u.get("shared_with", ())), bool(u.get("only_with_main", False))))
+        usb.append(
+            UsbId(
+                vid,
+                pid,
+                role,
+                bool(u.get("sure", False)),
+                tuple(u.get("shared_with", ())),
+                bool(u.get("only_with_main", False)),
+            )
+        )
     oids = raw.get("snmp_object_ids", [])
     if not isinstance(oids, list) or not all(
-            isinstance(o, str) and re.fullmatch(r"\.?\d+(\.\d+)+", o) for o in oids):
+        isinstance(o, str) and re.fullmatch(r"\.?\d+(\.\d+)+", o) for o in oids
+    ):
         raise CatalogError(f"{where}: snmp_object_ids must be dotted numeric object ids")
     years = raw.get("standard_warranty_years", default_years)
     if not isinstance(years, int) or years < 0:
@@ -573,8 +645,9 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         model_numbers=tuple(raw.get("model_numbers", ())),
         collabos_models=tuple(raw.get("collabos_models", ())),
         standard_warranty_years=years,
-        warranty_source=raw.get("warranty_source",
-                                "default" if "standard_warranty_years" not in raw else "catalog"),
+        warranty_source=raw.get(
+            "warranty_source", "default" if "standard_warranty_years" not in raw else "catalog"
+        ),
         usb=tuple(usb),
         usb_product_strings=_patterns(raw, "usb_product_strings", where),
         host_names=_patterns(raw, "host_names", where, anchored=True),

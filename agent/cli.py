@@ -32,194 +32,305 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"roomsync {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE",
-                        help="configuration file (default: $ROOMSYNC_CONFIG, else "
-                             "$CONFIGURATION_DIRECTORY/agent.toml under systemd, else "
-                             "/etc/roomsync/agent.toml)")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log progress to stderr (-vv for debug)")
-    common.add_argument("--log-format", choices=("auto", "json", "console"),
-                        help="log format (default: from config, else auto)")
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: $ROOMSYNC_CONFIG, else "
+        "$CONFIGURATION_DIRECTORY/agent.toml under systemd, else "
+        "/etc/roomsync/agent.toml)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log progress to stderr (-vv for debug)"
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        help="log format (default: from config, else auto)",
+    )
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument("--state-dir", metavar="DIR",
-                       help="the agent's state directory (default: config state_dir, "
-                            "$STATE_DIRECTORY, /var/lib/roomsync under systemd, else "
-                            "~/.local/state/roomsync: pass --state-dir /var/lib/roomsync to read "
-                            "the service's store by hand)")
+    state.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the agent's state directory (default: config state_dir, "
+        "$STATE_DIRECTORY, /var/lib/roomsync under systemd, else "
+        "~/.local/state/roomsync: pass --state-dir /var/lib/roomsync to read "
+        "the service's store by hand)",
+    )
     rooms = argparse.ArgumentParser(add_help=False)
-    rooms.add_argument("--room-map", metavar="FILE",
-                       help="CSV placing LAN devices in rooms, with room names and locations "
-                            "(default: the configuration's room_map)")
+    rooms.add_argument(
+        "--room-map",
+        metavar="FILE",
+        help="CSV placing LAN devices in rooms, with room names and locations "
+        "(default: the configuration's room_map)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sources = argparse.ArgumentParser(add_help=False)
     sources.add_argument("--usb", action="store_true", help="only the USB source")
-    sources.add_argument("--sysfs-root", metavar="PATH",
-                         help="read a captured sysfs tree instead of /sys (implies USB)")
-    sources.add_argument("--all-usb", action="store_true",
-                         help="also list USB devices that are not Logitech's")
-    sources.add_argument("--no-libusb", action="store_true",
-                         help="do not open devices through libusb for strings sysfs lacks")
+    sources.add_argument(
+        "--sysfs-root", metavar="PATH", help="read a captured sysfs tree instead of /sys (implies USB)"
+    )
+    sources.add_argument(
+        "--all-usb", action="store_true", help="also list USB devices that are not Logitech's"
+    )
+    sources.add_argument(
+        "--no-libusb", action="store_true", help="do not open devices through libusb for strings sysfs lacks"
+    )
     lan = sources.add_argument_group(
-        "LAN sources", "Any of these runs exactly the sources named on the command line "
+        "LAN sources",
+        "Any of these runs exactly the sources named on the command line "
         "(with --usb, USB too) instead of the ones enabled in the configuration; the other "
-        "settings come from the configuration.")
-    lan.add_argument("--snmp", metavar="TARGET", action="append",
-                     help="sweep an address, HOST:PORT or CIDR range with SNMP; repeatable")
+        "settings come from the configuration.",
+    )
+    lan.add_argument(
+        "--snmp",
+        metavar="TARGET",
+        action="append",
+        help="sweep an address, HOST:PORT or CIDR range with SNMP; repeatable",
+    )
     lan.add_argument("--snmp-port", type=int, metavar="PORT", help="port of targets that name none")
-    lan.add_argument("--community", metavar="NAME",
-                     help="SNMPv2c community (visible in the process list: for tests; use "
-                          "community_file in the configuration in production)")
+    lan.add_argument(
+        "--community",
+        metavar="NAME",
+        help="SNMPv2c community (visible in the process list: for tests; use "
+        "community_file in the configuration in production)",
+    )
     lan.add_argument("--snmp-timeout", type=float, metavar="S", help="seconds per SNMP request")
     lan.add_argument("--snmp-retries", type=int, metavar="N", help="SNMP retries per request")
     lan.add_argument("--concurrency", type=int, metavar="N", help="SNMP requests in flight")
     lan.add_argument("--mdns", action="store_true", help="browse mDNS (DNS-SD) services")
-    lan.add_argument("--mdns-type", metavar="TYPE", action="append",
-                     help="also browse this service type (e.g. _ipp._tcp.local.); repeatable")
-    lan.add_argument("--mdns-interface", metavar="ADDR", action="append",
-                     help="browse only on the interface with this address; repeatable")
+    lan.add_argument(
+        "--mdns-type",
+        metavar="TYPE",
+        action="append",
+        help="also browse this service type (e.g. _ipp._tcp.local.); repeatable",
+    )
+    lan.add_argument(
+        "--mdns-interface",
+        metavar="ADDR",
+        action="append",
+        help="browse only on the interface with this address; repeatable",
+    )
     lan.add_argument("--mdns-timeout", type=float, metavar="S", help="seconds to browse")
-    lan.add_argument("--ssh", metavar="USER@HOST[:PORT]", action="append",
-                     help="read a room PC over SSH (host key verified); repeatable")
+    lan.add_argument(
+        "--ssh",
+        metavar="USER@HOST[:PORT]",
+        action="append",
+        help="read a room PC over SSH (host key verified); repeatable",
+    )
     lan.add_argument("--ssh-key", metavar="FILE", help="private key for --ssh hosts")
     lan.add_argument("--known-hosts", metavar="FILE", help="known_hosts file for SSH host keys")
 
     scan = sub.add_parser(
-        "scan", parents=[common, state, rooms, sources],
+        "scan",
+        parents=[common, state, rooms, sources],
         help="run the enabled sources once and print the devices found",
         description="Run the enabled sources once and print the devices found. With no "
-                    "configuration file, scans this host's USB.")
+        "configuration file, scans this host's USB.",
+    )
     scan.add_argument("--json", action="store_true", help="print JSON: {devices: [...], errors: [...]}")
-    scan.add_argument("--replay", metavar="CAPTURE.json", action="append",
-                      help="scan a device simulated from a recorded USB session (fwupd "
-                           "emulation JSON) instead of live sources; repeatable")
-    scan.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                      help="give up on a source after S seconds (default 120)")
+    scan.add_argument(
+        "--replay",
+        metavar="CAPTURE.json",
+        action="append",
+        help="scan a device simulated from a recorded USB session (fwupd "
+        "emulation JSON) instead of live sources; repeatable",
+    )
+    scan.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="give up on a source after S seconds (default 120)",
+    )
     scan.add_argument("--no-store", action="store_true", help="do not store what the scan found")
-    scan.add_argument("--all", action="store_true",
-                      help="also list LAN responders the catalog does not know ('other')")
+    scan.add_argument(
+        "--all", action="store_true", help="also list LAN responders the catalog does not know ('other')"
+    )
     scan.set_defaults(func=cmd_scan)
 
     inventory = sub.add_parser(
-        "inventory", parents=[common, state, rooms], help="print the stored inventory (what the scans found)",
+        "inventory",
+        parents=[common, state, rooms],
+        help="print the stored inventory (what the scans found)",
         description="Print every unit in the agent's state: what the scans stored, with rooms, "
-                    "primary units and ticket serials. Reads the store; scans nothing.")
+        "primary units and ticket serials. Reads the store; scans nothing.",
+    )
     inventory.add_argument("--json", action="store_true", help="print JSON")
-    inventory.add_argument("--removed", action="store_true",
-                           help="list the units that left the inventory instead")
+    inventory.add_argument(
+        "--removed", action="store_true", help="list the units that left the inventory instead"
+    )
     inventory.add_argument("--all", action="store_true", help="also list units the catalog does not know")
     inventory.set_defaults(func=cmd_inventory)
 
     events = sub.add_parser(
-        "events", parents=[common, state], help="print the change events of past scans",
+        "events",
+        parents=[common, state],
+        help="print the change events of past scans",
         description="Print the change events the scans produced (device.added, device.removed, "
-                    "device.moved, firmware.changed, health.changed, serial.conflict), oldest first.")
-    events.add_argument("--since", metavar="TIME",
-                        help="only events at or after TIME (YYYY-MM-DD or RFC 3339; UTC if no offset)")
-    events.add_argument("--limit", type=int, default=1000, metavar="N",
-                        help="at most the newest N events (default 1000; 0 = all)")
+        "device.moved, firmware.changed, health.changed, serial.conflict), oldest first.",
+    )
+    events.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only events at or after TIME (YYYY-MM-DD or RFC 3339; UTC if no offset)",
+    )
+    events.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="at most the newest N events (default 1000; 0 = all)",
+    )
     events.add_argument("--json", action="store_true", help="print JSON")
     events.set_defaults(func=cmd_events)
 
     coverage = sub.add_parser(
-        "coverage", parents=[common, state, rooms],
+        "coverage",
+        parents=[common, state, rooms],
         help="warranty, extended warranty, SELECT and reseller coverage of every unit",
         description="Evaluate the coverage of every serial in the entitlements file and every "
-                    "unit in the agent's state (what the scans stored), with the rule ids of "
-                    "domain.md behind each verdict. Most urgent first.")
-    coverage.add_argument("--entitlements", metavar="FILE",
-                          help="purchase and contract records (CSV; config/entitlements.example.csv; "
-                               "default: [coverage] entitlements)")
+        "unit in the agent's state (what the scans stored), with the rule ids of "
+        "domain.md behind each verdict. Most urgent first.",
+    )
+    coverage.add_argument(
+        "--entitlements",
+        metavar="FILE",
+        help="purchase and contract records (CSV; config/entitlements.example.csv; "
+        "default: [coverage] entitlements)",
+    )
     coverage.add_argument("--today", metavar="YYYY-MM-DD", help="evaluate as of this day (default: today)")
-    coverage.add_argument("--expiring-days", type=int, metavar="N",
-                          help="'expiring_soon' when coverage ends within N days (default: "
-                               "[coverage] expiring_days, 90)")
-    coverage.add_argument("--summary", action="store_true",
-                          help="site summary: rooms, units, counts per status, SELECT spares and "
-                               "service manager (S10, S11), enterprise tier (S3)")
+    coverage.add_argument(
+        "--expiring-days",
+        type=int,
+        metavar="N",
+        help="'expiring_soon' when coverage ends within N days (default: [coverage] expiring_days, 90)",
+    )
+    coverage.add_argument(
+        "--summary",
+        action="store_true",
+        help="site summary: rooms, units, counts per status, SELECT spares and "
+        "service manager (S10, S11), enterprise tier (S3)",
+    )
     coverage.add_argument("--json", action="store_true", help="print JSON")
     coverage.set_defaults(func=cmd_coverage)
 
     portal = argparse.ArgumentParser(add_help=False)
     portal.add_argument("--portal-url", metavar="URL", help="the portal's base URL (default: [portal] url)")
-    portal.add_argument("--token-file", metavar="FILE",
-                        help="file (or systemd credential name) holding the bearer token "
-                             "(default: [portal] token_file)")
+    portal.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file (or systemd credential name) holding the bearer token (default: [portal] token_file)",
+    )
     portal.add_argument("--ca-file", metavar="FILE", help="CA bundle to verify the portal with")
     portal.add_argument("--client-cert", metavar="FILE", help="client certificate (mTLS); with --client-key")
     portal.add_argument("--client-key", metavar="FILE", help="the client certificate's key")
 
     push = sub.add_parser(
-        "push", parents=[common, state, rooms, portal],
+        "push",
+        parents=[common, state, rooms, portal],
         help="deliver the outbox (snapshots and change events) to the portal",
         description="Deliver everything the outbox holds to the licensing portal, oldest first, "
-                    "retrying transient failures (network, 408, 429, 5xx) with backoff until "
-                    "the deadline. Exit 0 only when the outbox is empty afterwards. The daemon "
-                    "(roomsync run) delivers continuously; push is the one-shot form.")
-    push.add_argument("--once", action="store_true",
-                      help="deliver what is pending and exit (what push always does; the flag "
-                           "is accepted for scripts that spell it out)")
-    push.add_argument("--deadline", type=float, default=60.0, metavar="S",
-                      help="stop retrying after S seconds (default 60)")
-    push.add_argument("--retry-parked", action="store_true",
-                      help="first put parked messages (refused with a 4xx) back in the queue")
+        "retrying transient failures (network, 408, 429, 5xx) with backoff until "
+        "the deadline. Exit 0 only when the outbox is empty afterwards. The daemon "
+        "(roomsync run) delivers continuously; push is the one-shot form.",
+    )
+    push.add_argument(
+        "--once",
+        action="store_true",
+        help="deliver what is pending and exit (what push always does; the flag "
+        "is accepted for scripts that spell it out)",
+    )
+    push.add_argument(
+        "--deadline", type=float, default=60.0, metavar="S", help="stop retrying after S seconds (default 60)"
+    )
+    push.add_argument(
+        "--retry-parked",
+        action="store_true",
+        help="first put parked messages (refused with a 4xx) back in the queue",
+    )
     push.add_argument("--json", action="store_true", help="print the result as JSON")
     push.set_defaults(func=cmd_push)
 
     run = sub.add_parser(
-        "run", parents=[common, state, rooms, sources, portal],
+        "run",
+        parents=[common, state, rooms, sources, portal],
         help="run the agent as a daemon (systemd service): scan on schedules, push, serve the API",
         description="Run the agent until stopped: each source on its own schedule (USB also on "
-                    "hot-plug), the store, delivery to the portal when one is configured, and "
-                    "the local API (/healthz, /readyz, /v1/status, /v1/inventory, /v1/rooms, "
-                    "/v1/coverage, /v1/events, /metrics). systemd notify protocol; SIGTERM stops, "
-                    "SIGHUP reloads the configuration.")
-    run.add_argument("--listen", metavar="ADDR:PORT",
-                     help="the API's address (default: [api] listen, 127.0.0.1:8765; unix:/path)")
-    run.add_argument("--replay", metavar="CAPTURE.json", action="append",
-                     help="also run a device simulated from a recorded USB session (fwupd "
-                          "emulation JSON) as a unit on this host's USB, in [room], every "
-                          "[sources.usb] interval, beside the configured sources (source "
-                          "'replay'; nothing on live USB is touched); repeatable")
+        "hot-plug), the store, delivery to the portal when one is configured, and "
+        "the local API (/healthz, /readyz, /v1/status, /v1/inventory, /v1/rooms, "
+        "/v1/coverage, /v1/events, /metrics). systemd notify protocol; SIGTERM stops, "
+        "SIGHUP reloads the configuration.",
+    )
+    run.add_argument(
+        "--listen",
+        metavar="ADDR:PORT",
+        help="the API's address (default: [api] listen, 127.0.0.1:8765; unix:/path)",
+    )
+    run.add_argument(
+        "--replay",
+        metavar="CAPTURE.json",
+        action="append",
+        help="also run a device simulated from a recorded USB session (fwupd "
+        "emulation JSON) as a unit on this host's USB, in [room], every "
+        "[sources.usb] interval, beside the configured sources (source "
+        "'replay'; nothing on live USB is touched); repeatable",
+    )
     run.set_defaults(func=cmd_run)
 
     health = sub.add_parser(
-        "health", parents=[common],
+        "health",
+        parents=[common],
         help="ask the running daemon how it is (a monitoring check)",
         description="Ask the running daemon's API for its status. Exit 0 healthy, 1 degraded "
-                    "(one line per problem), 2 down or unreachable.")
-    health.add_argument("--url", metavar="URL",
-                        help="the API's base URL (default: from [api] listen, http://127.0.0.1:8765; "
-                             "unix:/path for a socket)")
+        "(one line per problem), 2 down or unreachable.",
+    )
+    health.add_argument(
+        "--url",
+        metavar="URL",
+        help="the API's base URL (default: from [api] listen, http://127.0.0.1:8765; "
+        "unix:/path for a socket)",
+    )
     health.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)")
     health.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
     health.set_defaults(func=cmd_health)
 
     outbox = sub.add_parser(
-        "outbox", parents=[common, state],
+        "outbox",
+        parents=[common, state],
         help="show what waits for the portal (queued, parked, dropped) and the portal's state",
         description="Show the outbox: queued and parked messages, events not yet queued, what "
-                    "the bound dropped, and what the last delivery attempts said of the portal.")
+        "the bound dropped, and what the last delivery attempts said of the portal.",
+    )
     outbox.add_argument("--json", action="store_true", help="print JSON")
     outbox.set_defaults(func=cmd_outbox)
 
     export = sub.add_parser(
-        "export", parents=[common, state, rooms], help="write the inventory for other systems",
+        "export",
+        parents=[common, state, rooms],
+        help="write the inventory for other systems",
         description="Write the stored inventory in a format other systems read. "
-                    "service-portal-csv: one row per key device per room, for customers who "
-                    "upload rooms to Logitech's Service Portal by hand (S14). json: the "
-                    "snapshot roomsync push would send now.")
-    export.add_argument("--format", required=True, choices=("service-portal-csv", "json"),
-                        help="service-portal-csv, or json: the inventory snapshot roomsync push "
-                             "would send now (roomsync.inventory.v1, docs/portal-api.md)")
+        "service-portal-csv: one row per key device per room, for customers who "
+        "upload rooms to Logitech's Service Portal by hand (S14). json: the "
+        "snapshot roomsync push would send now.",
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("service-portal-csv", "json"),
+        help="service-portal-csv, or json: the inventory snapshot roomsync push "
+        "would send now (roomsync.inventory.v1, docs/portal-api.md)",
+    )
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     export.set_defaults(func=cmd_export)
 
     check = sub.add_parser(
-        "check-config", parents=[common],
+        "check-config",
+        parents=[common],
         help="validate the configuration and print it with secrets masked",
         description="Validate the configuration (file and ROOMSYNC_* environment) and print "
-                    "the effective configuration with secrets masked.")
+        "the effective configuration with secrets masked.",
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     check.set_defaults(func=cmd_check_config)
     return parser
@@ -357,8 +468,13 @@ def _usb_settings(args: argparse.Namespace, cfg: Any) -> Any:
 
 def _snmp_settings(args: argparse.Namespace, cfg: Any) -> Any:
     overrides: dict[str, Any] = {}
-    for flag, key in (("snmp", "targets"), ("snmp_port", "port"), ("snmp_timeout", "timeout"),
-                      ("snmp_retries", "retries"), ("concurrency", "concurrency")):
+    for flag, key in (
+        ("snmp", "targets"),
+        ("snmp_port", "port"),
+        ("snmp_timeout", "timeout"),
+        ("snmp_retries", "retries"),
+        ("concurrency", "concurrency"),
+    ):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.community is not None:
@@ -428,8 +544,9 @@ def _ssh_settings(args: argparse.Namespace, cfg: Any) -> Any:
 
 def _source_settings(name: str, args: argparse.Namespace, cfg: Any) -> Any:
     """Source ``name``'s settings: the configuration's, with the command line's flags."""
-    return {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings,
-            "ssh": _ssh_settings}[name](args, cfg)
+    return {"usb": _usb_settings, "snmp": _snmp_settings, "mdns": _mdns_settings, "ssh": _ssh_settings}[name](
+        args, cfg
+    )
 
 
 def _named_sources(args: argparse.Namespace) -> dict[str, bool]:
@@ -524,8 +641,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for bar in progress:
             bar.finish()
     if not sources:
-        report.messages.append("no source is enabled in the configuration (see [sources.*]); "
-                               "--usb scans this host's USB anyway")
+        report.messages.append(
+            "no source is enabled in the configuration (see [sources.*]); --usb scans this host's USB anyway"
+        )
     from agent.inventory import known_rooms, summarize_rooms
 
     rooms = known_rooms(room, room_map)
@@ -533,19 +651,23 @@ def cmd_scan(args: argparse.Namespace) -> int:
     events = _store_scan(args, cfg, report, rooms, now) if sources and not args.no_store else []
 
     if args.json:
-        _print_json({
-            "generated_at": now.isoformat(),
-            "agent": {"version": __version__, "hostname": os.uname().nodename},
-            "room": room.to_dict() if room else None,
-            "devices": [d.to_dict() for d in report.devices],
-            "rooms": [r.to_dict() for r in summary.rooms],
-            "unassigned": [d.identity for d in summary.unassigned],
-            "events": [e.to_dict() for e in events],
-            "errors": [e.to_dict() for e in report.errors],
-            "messages": report.messages,
-            "sources": [{"name": r.name, "seconds": round(r.seconds, 6), "success": r.success}
-                        for r in report.runs],
-        })
+        _print_json(
+            {
+                "generated_at": now.isoformat(),
+                "agent": {"version": __version__, "hostname": os.uname().nodename},
+                "room": room.to_dict() if room else None,
+                "devices": [d.to_dict() for d in report.devices],
+                "rooms": [r.to_dict() for r in summary.rooms],
+                "unassigned": [d.identity for d in summary.unassigned],
+                "events": [e.to_dict() for e in events],
+                "errors": [e.to_dict() for e in report.errors],
+                "messages": report.messages,
+                "sources": [
+                    {"name": r.name, "seconds": round(r.seconds, 6), "success": r.success}
+                    for r in report.runs
+                ],
+            }
+        )
     else:
         _print_scan_table(report, show_other=args.all)
         _print_room_lines(summary)
@@ -561,14 +683,30 @@ def _event_change(event: Any) -> str:
     keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if str(event.type) in ("device.added", "device.removed") or not keys:
         return ""
-    return "; ".join(f"{k} {before.get(k) if before.get(k) is not None else '-'} → "
-                     f"{after.get(k) if after.get(k) is not None else '-'}" for k in keys[:3])
+    return "; ".join(
+        f"{k} {before.get(k) if before.get(k) is not None else '-'} → "
+        f"{after.get(k) if after.get(k) is not None else '-'}"
+        for k in keys[:3]
+    )
 
 
 def _print_events(events: list[Any]) -> None:
-    print(_table(["AT", "EVENT", "PRODUCT", "SERIAL", "ROOM", "CHANGE"], [
-        [e.at.isoformat(timespec="seconds"), str(e.type), e.product or "-", e.serial or "-",
-         e.room or "-", _event_change(e)] for e in events]))
+    print(
+        _table(
+            ["AT", "EVENT", "PRODUCT", "SERIAL", "ROOM", "CHANGE"],
+            [
+                [
+                    e.at.isoformat(timespec="seconds"),
+                    str(e.type),
+                    e.product or "-",
+                    e.serial or "-",
+                    e.room or "-",
+                    _event_change(e),
+                ]
+                for e in events
+            ],
+        )
+    )
 
 
 def _print_room_lines(summary: Any) -> None:
@@ -577,8 +715,10 @@ def _print_room_lines(summary: Any) -> None:
     for r in summary.rooms:
         if not r.devices:
             continue
-        line = (f"room {r.room_id}: primary unit {r.primary_product or '-'} {r.primary_unit or '-'}, "
-                f"ticket serial {r.ticket_serial or '-'}")
+        line = (
+            f"room {r.room_id}: primary unit {r.primary_product or '-'} {r.primary_unit or '-'}, "
+            f"ticket serial {r.ticket_serial or '-'}"
+        )
         if r.flags:
             line += f" [{', '.join(r.flags)}]"
         lines.append(line)
@@ -599,16 +739,21 @@ def _store_scan(args: argparse.Namespace, cfg: Any, report: Any, rooms: Any, now
     try:
         with Store.open(state_dir) as store:
             record = store.record_scan(
-                report.devices, rooms, now, len(report.errors),
+                report.devices,
+                rooms,
+                now,
+                len(report.errors),
                 # Only sources that ran to the end can tell that a unit is gone.
                 sources_run={r.name for r in report.runs if r.success},
                 remove_after=settings.remove_after_missed_scans,
-                retention=Retention(settings.history_days, settings.history_scans, settings.events_days))
+                retention=Retention(settings.history_days, settings.history_scans, settings.events_days),
+            )
             try:
                 context = _snapshot_context(cfg, rooms)
             except UsageError as exc:
-                report.errors.append(ScanError("outbox", str(state_dir), f"{exc}; no snapshot queued "
-                                               "(the change events are)"))
+                report.errors.append(
+                    ScanError("outbox", str(state_dir), f"{exc}; no snapshot queued (the change events are)")
+                )
             else:
                 from agent.uploader.snapshot import queue_snapshot
 
@@ -650,19 +795,40 @@ def _print_scan_table(report: Any, *, show_other: bool = False) -> None:
                 serial += "*"
                 weak_serial = True
             usb_id = f"{d.vendor_id:04x}:{d.product_id:04x}" if d.vendor_id is not None else "-"
-            rows.append([
-                "  " * depth + ("└ " if depth else "") + _product_label(d), d.model or "-", serial,
-                d.firmware or "-", str(d.transport) if not depth else "",
-                d.address if not depth else "", usb_id if not depth else "",
-                (d.room or "-") if not depth else "", str(d.health),
-            ])
+            rows.append(
+                [
+                    "  " * depth + ("└ " if depth else "") + _product_label(d),
+                    d.model or "-",
+                    serial,
+                    d.firmware or "-",
+                    str(d.transport) if not depth else "",
+                    d.address if not depth else "",
+                    usb_id if not depth else "",
+                    (d.room or "-") if not depth else "",
+                    str(d.health),
+                ]
+            )
             for child in d.children:  # a bar's Sight, mic pods, remote
                 add_row(child, depth + 1)
 
         for d in devices:
             add_row(d, 0)
-        print(_table(["PRODUCT", "MODEL", "SERIAL", "FIRMWARE", "TRANSPORT", "ADDRESS", "USB ID",
-                      "ROOM", "HEALTH"], rows))
+        print(
+            _table(
+                [
+                    "PRODUCT",
+                    "MODEL",
+                    "SERIAL",
+                    "FIRMWARE",
+                    "TRANSPORT",
+                    "ADDRESS",
+                    "USB ID",
+                    "ROOM",
+                    "HEALTH",
+                ],
+                rows,
+            )
+        )
         if weak_serial:
             print("* serial is not label-grade (e.g. the USB chip's serial): check the label")
         for d in devices:
@@ -673,8 +839,10 @@ def _print_scan_table(report: Any, *, show_other: bool = False) -> None:
     elif not report.errors and not hidden:
         print("no devices found")
     if hidden:
-        print(f"{hidden} other responder{'s' if hidden != 1 else ''} the catalog does not know "
-              "(not Logitech room hardware): --all lists them")
+        print(
+            f"{hidden} other responder{'s' if hidden != 1 else ''} the catalog does not know "
+            "(not Logitech room hardware): --all lists them"
+        )
     for err in report.errors:
         print(f"error: {err.source}: {err.target}: {err.message}", file=sys.stderr)
 
@@ -689,8 +857,7 @@ def _open_store(args: argparse.Namespace, cfg: Any) -> Any:
 
     state_dir = resolve_state_dir(cfg, args.state_dir)
     if not (state_dir / DB_NAME).exists():
-        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first",
-              file=sys.stderr)
+        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first", file=sys.stderr)
         return None
     try:
         return Store.open(state_dir)
@@ -718,17 +885,21 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     summary = _rooms_report(args, cfg, devices, stored_rooms)
     if args.json:
-        _print_json({
-            "last_scan": last_scan.isoformat() if last_scan else None,
-            "removed": args.removed,
-            "devices": [d.to_dict() for d in devices],
-            "rooms": [r.to_dict() for r in summary.rooms],
-            "unassigned": [d.identity for d in summary.unassigned],
-        })
+        _print_json(
+            {
+                "last_scan": last_scan.isoformat() if last_scan else None,
+                "removed": args.removed,
+                "devices": [d.to_dict() for d in devices],
+                "rooms": [r.to_dict() for r in summary.rooms],
+                "unassigned": [d.identity for d in summary.unassigned],
+            }
+        )
         return EXIT_OK
     if last_scan is not None:
-        print(f"last scan {last_scan.isoformat(timespec='seconds')}"
-              + (": units that left the inventory" if args.removed else ""))
+        print(
+            f"last scan {last_scan.isoformat(timespec='seconds')}"
+            + (": units that left the inventory" if args.removed else "")
+        )
     _print_scan_table(ScanReport(devices=devices), show_other=args.all)
     if not args.removed:
         _print_room_lines(summary)
@@ -831,36 +1002,78 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     report = _rooms_report(args, cfg, devices, stored_rooms)
     tickets = {r.room_id: r.ticket_serial for r in report.rooms}
     units = _coverage_units(devices, entitlements)
-    verdicts = evaluate_all([(serial, product) for serial, product, _ in units], entitlements, catalog,
-                            today, expiring_days=args.expiring_days)
+    verdicts = evaluate_all(
+        [(serial, product) for serial, product, _ in units],
+        entitlements,
+        catalog,
+        today,
+        expiring_days=args.expiring_days,
+    )
     rows = sorted(zip(verdicts, units, strict=True), key=lambda pair: urgency_key(pair[0]))
     if args.summary:
         return _print_site_summary(args, cfg, rows, report, today)
     if args.json:
-        _print_json([{**v.to_dict(), "room": room, "ticket_serial": tickets.get(room) if room else None,
-                      "reason": v.reason} for v, (_serial, _product, room) in rows])
+        _print_json(
+            [
+                {
+                    **v.to_dict(),
+                    "room": room,
+                    "ticket_serial": tickets.get(room) if room else None,
+                    "reason": v.reason,
+                }
+                for v, (_serial, _product, room) in rows
+            ]
+        )
         return EXIT_OK
     if not rows:
         print("no units: the entitlements file is empty and no scan has been stored yet")
         return EXIT_OK
-    print(_table(["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"], [
-        [str(v.status), v.covered_until.isoformat() if v.covered_until else "-", v.serial or "-",
-         product or "-", room or "-", v.reason]
-        for v, (_serial, product, room) in rows]))
+    print(
+        _table(
+            ["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"],
+            [
+                [
+                    str(v.status),
+                    v.covered_until.isoformat() if v.covered_until else "-",
+                    v.serial or "-",
+                    product or "-",
+                    room or "-",
+                    v.reason,
+                ]
+                for v, (_serial, product, room) in rows
+            ],
+        )
+    )
     return EXIT_OK
 
 
-def _print_site_summary(args: argparse.Namespace, cfg: Any, rows: list[Any], report: Any,
-                        today: Any) -> int:
+def _print_site_summary(args: argparse.Namespace, cfg: Any, rows: list[Any], report: Any, today: Any) -> int:
     from agent.site import summarize
 
-    site = summarize([(v, room) for v, (_s, _p, room) in rows], [r.room_id for r in report.rooms], today,
-                     enterprise_tier=cfg.select.enterprise_tier)
-    rooms = [{"room": r.room_id, "primary_unit": r.primary_unit, "ticket_serial": r.ticket_serial,
-              "flags": list(r.flags)} for r in report.rooms]
+    site = summarize(
+        [(v, room) for v, (_s, _p, room) in rows],
+        [r.room_id for r in report.rooms],
+        today,
+        enterprise_tier=cfg.select.enterprise_tier,
+    )
+    rooms = [
+        {
+            "room": r.room_id,
+            "primary_unit": r.primary_unit,
+            "ticket_serial": r.ticket_serial,
+            "flags": list(r.flags),
+        }
+        for r in report.rooms
+    ]
     if args.json:
-        _print_json({**site.to_dict(), "today": today.isoformat(), "room_summaries": rooms,
-                     "unassigned": len(report.unassigned)})
+        _print_json(
+            {
+                **site.to_dict(),
+                "today": today.isoformat(),
+                "room_summaries": rooms,
+                "unassigned": len(report.unassigned),
+            }
+        )
         return EXIT_OK
     print(f"as of {today.isoformat()}: {site.rooms} room(s), {site.units} unit(s)")
     print("  " + ", ".join(f"{status} {count}" for status, count in site.by_status.items()))
@@ -903,17 +1116,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         for summary in report.rooms:
             room = report.directory.get(summary.room_id)
             for key in summary.key_devices:
-                writer.writerow([_csv_cell(v) for v in (
-                    summary.room_id, room.name if room else None, room.location if room else None,
-                    key.product, key.model, key.serial, key.firmware)])
+                writer.writerow(
+                    [
+                        _csv_cell(v)
+                        for v in (
+                            summary.room_id,
+                            room.name if room else None,
+                            room.location if room else None,
+                            key.product,
+                            key.model,
+                            key.serial,
+                            key.firmware,
+                        )
+                    ]
+                )
                 count += 1
     finally:
         if out is not sys.stdout:
             out.close()
     skipped = len(report.unassigned)
     if skipped:
-        print(f"roomsync: {skipped} unit(s) in no room are not exported (a room map places LAN "
-              "devices)", file=sys.stderr)
+        print(
+            f"roomsync: {skipped} unit(s) in no room are not exported (a room map places LAN devices)",
+            file=sys.stderr,
+        )
     if args.output:
         print(f"wrote {count} key device row(s) to {args.output}", file=sys.stderr)
     return EXIT_OK
@@ -943,14 +1169,23 @@ def _export_snapshot(args: argparse.Namespace, cfg: Any) -> int:
     try:
         with store:
             outbox = _outbox(store, cfg)
-            message = build_snapshot(store, context, outbox.agent, outbox.next_sequence(),
-                                     datetime.now(UTC), outbox.dropped_events())
+            message = build_snapshot(
+                store,
+                context,
+                outbox.agent,
+                outbox.next_sequence(),
+                datetime.now(UTC),
+                outbox.dropped_events(),
+            )
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     _write_output(args, message.model_dump_json(by_alias=True, indent=2) + "\n")
     if args.output:
-        print(f"wrote the snapshot ({sum(len(p.devices) for p in message.places)} placed and "
-              f"{len(message.unassigned)} unassigned unit(s)) to {args.output}", file=sys.stderr)
+        print(
+            f"wrote the snapshot ({sum(len(p.devices) for p in message.places)} placed and "
+            f"{len(message.unassigned)} unassigned unit(s)) to {args.output}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -982,17 +1217,30 @@ def _outbox(store: Any, cfg: Any) -> Any:
 
     from agent.uploader.outbox import Outbox
 
-    return Outbox(store, agent_id=cfg.agent_id, version=__version__, hostname=os.uname().nodename,
-                  max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
-                  snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
+    return Outbox(
+        store,
+        agent_id=cfg.agent_id,
+        version=__version__,
+        hostname=os.uname().nodename,
+        max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
+        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
+    )
 
 
 def _portal_settings(args: argparse.Namespace, cfg: Any) -> Any:
     from agent.uploader.delivery import PortalError, PortalSettings
 
-    overrides = {key: value for key, value in (
-        ("url", args.portal_url), ("token_file", args.token_file), ("ca_file", args.ca_file),
-        ("client_cert", args.client_cert), ("client_key", args.client_key)) if value is not None}
+    overrides = {
+        key: value
+        for key, value in (
+            ("url", args.portal_url),
+            ("token_file", args.token_file),
+            ("ca_file", args.ca_file),
+            ("client_cert", args.client_cert),
+            ("client_key", args.client_key),
+        )
+        if value is not None
+    }
     portal = _revalidate(cfg.portal, overrides, "--portal-url/--token-file/--ca-file/--client-cert")
     try:
         return PortalSettings.from_config(portal)
@@ -1028,8 +1276,11 @@ def cmd_push(args: argparse.Namespace) -> int:
             if outbox.snapshot_due(now):
                 queue_snapshot(outbox, store, context, now)
             delivery = Delivery(
-                outbox, settings, user_agent=f"roomsync/{__version__}",
-                snapshot=lambda: queue_snapshot(outbox, store, context, datetime.now(UTC), force=True))
+                outbox,
+                settings,
+                user_agent=f"roomsync/{__version__}",
+                snapshot=lambda: queue_snapshot(outbox, store, context, datetime.now(UTC), force=True),
+            )
             result = asyncio.run(delivery.run(deadline=deadline))
             stats = outbox.stats()
         except PortalError as exc:
@@ -1038,33 +1289,52 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"roomsync: {exc}", file=sys.stderr)
             return EXIT_FAILED
     if args.json:
-        _print_json({"result": result.stopped_because, "delivered": result.delivered,
-                     "events_delivered": result.events_delivered, "parked": result.parked,
-                     "retries": result.retries, "last_problem": result.last_problem,
-                     "outbox": stats.to_dict()})
+        _print_json(
+            {
+                "result": result.stopped_because,
+                "delivered": result.delivered,
+                "events_delivered": result.events_delivered,
+                "parked": result.parked,
+                "retries": result.retries,
+                "last_problem": result.last_problem,
+                "outbox": stats.to_dict(),
+            }
+        )
     else:
-        print(f"delivered {result.delivered} message(s) ({result.events_delivered} event(s)) to "
-              f"{settings.host}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}")
+        print(
+            f"delivered {result.delivered} message(s) ({result.events_delivered} event(s)) to "
+            f"{settings.host}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}"
+        )
         _print_outbox_summary(stats, result.stopped_because, result.last_problem)
     return EXIT_OK if stats.empty else EXIT_FAILED
 
 
 def _print_outbox_summary(stats: Any, stopped: str | None = None, problem: str | None = None) -> None:
-    reasons = {"paused": "delivery paused", "deadline": "gave up at the deadline",
-               "error": "the store failed", "stopped": "stopped"}
+    reasons = {
+        "paused": "delivery paused",
+        "deadline": "gave up at the deadline",
+        "error": "the store failed",
+        "stopped": "stopped",
+    }
     if stats.empty:
         print("outbox empty")
     else:
-        print(f"outbox: {stats.pending} pending, {stats.parked} parked, {stats.events_waiting} event(s) "
-              f"not yet queued ({stats.bytes} bytes)")
+        print(
+            f"outbox: {stats.pending} pending, {stats.parked} parked, {stats.events_waiting} event(s) "
+            f"not yet queued ({stats.bytes} bytes)"
+        )
     if stopped in reasons:
         print(f"{reasons[stopped]}: {problem}" if problem else reasons[stopped])
     if stats.parked:
-        print("parked messages were refused by the portal (4xx); roomsync outbox shows why, "
-              "roomsync push --retry-parked sends them again")
+        print(
+            "parked messages were refused by the portal (4xx); roomsync outbox shows why, "
+            "roomsync push --retry-parked sends them again"
+        )
     if stats.dropped_events:
-        print(f"the outbox bound dropped {stats.dropped_events} event(s) in {stats.dropped_messages} "
-              "message(s) ([portal] outbox_max_mb)")
+        print(
+            f"the outbox bound dropped {stats.dropped_events} event(s) in {stats.dropped_messages} "
+            "message(s) ([portal] outbox_max_mb)"
+        )
     portal = stats.portal
     if portal.state not in ("ok", "unknown"):
         print(f"portal {portal.state}" + (f": {portal.reason}" if portal.reason else ""))
@@ -1085,16 +1355,32 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        _print_json({**stats.to_dict(), "agent_id": outbox.agent.id,
-                     "messages": [m.to_dict() for m in messages]})
+        _print_json(
+            {**stats.to_dict(), "agent_id": outbox.agent.id, "messages": [m.to_dict() for m in messages]}
+        )
         return EXIT_OK
     print(f"agent id {outbox.agent.id}")
     _print_outbox_summary(stats)
     if messages:
         print()
-        print(_table(["SEQ", "KIND", "EVENTS", "BYTES", "STATE", "ATTEMPTS", "QUEUED", "LAST ERROR"], [
-            [str(m.sequence), m.kind, str(m.events), str(m.size), m.state, str(m.attempts),
-             m.created_at.isoformat(timespec="seconds"), m.last_error or "-"] for m in messages]))
+        print(
+            _table(
+                ["SEQ", "KIND", "EVENTS", "BYTES", "STATE", "ATTEMPTS", "QUEUED", "LAST ERROR"],
+                [
+                    [
+                        str(m.sequence),
+                        m.kind,
+                        str(m.events),
+                        str(m.size),
+                        m.state,
+                        str(m.attempts),
+                        m.created_at.isoformat(timespec="seconds"),
+                        m.last_error or "-",
+                    ]
+                    for m in messages
+                ],
+            )
+        )
     return EXIT_OK
 
 
@@ -1113,9 +1399,15 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
     from agent.inventory import known_rooms
     from agent.store import Retention
 
-    named = _wanted_sources(args, cfg) if any(_named_sources(args).values()) else [
-        name for name in ("usb", "mdns", "snmp", "ssh")
-        if getattr(cfg.sources, name).enabled or (name == "mdns" and cfg.sources.mdns.enabled is None)]
+    named = (
+        _wanted_sources(args, cfg)
+        if any(_named_sources(args).values())
+        else [
+            name
+            for name in ("usb", "mdns", "snmp", "ssh")
+            if getattr(cfg.sources, name).enabled or (name == "mdns" and cfg.sources.mdns.enabled is None)
+        ]
+    )
     plans = []
     sysfs_root = None
     hotplug_poll = cfg.sources.usb.hotplug_poll
@@ -1135,8 +1427,14 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
                 raise UsageError(f"--replay {capture}: no such file")
         usb = _usb_settings(args, cfg)
         interval = float(usb.interval)
-        plans.append(SourcePlan("replay", ReplaySources(replays, sync_deadline=usb.sync_deadline),
-                                interval, min(max(interval * 0.9, 30.0), 600.0)))
+        plans.append(
+            SourcePlan(
+                "replay",
+                ReplaySources(replays, sync_deadline=usb.sync_deadline),
+                interval,
+                min(max(interval * 0.9, 30.0), 600.0),
+            )
+        )
     portal = None
     if args.portal_url or cfg.portal.url:
         portal = _portal_settings(args, cfg)
@@ -1147,13 +1445,23 @@ def _daemon_settings(args: argparse.Namespace, cfg: Any) -> Any:
     store = cfg.store
     room, room_map = _config_room(cfg), _room_map(args, cfg)
     return DaemonSettings(
-        plans=tuple(plans), state_dir=resolve_state_dir(cfg, args.state_dir), catalog=load_catalog(),
-        room=room, room_map=room_map, snapshot=_snapshot_context(cfg, known_rooms(room, room_map)),
-        portal=portal, listen=listen, api_token_file=cfg.api.token_file, agent_id=cfg.agent_id,
-        sysfs_root=sysfs_root, hotplug_poll=hotplug_poll, remove_after=store.remove_after_missed_scans,
+        plans=tuple(plans),
+        state_dir=resolve_state_dir(cfg, args.state_dir),
+        catalog=load_catalog(),
+        room=room,
+        room_map=room_map,
+        snapshot=_snapshot_context(cfg, known_rooms(room, room_map)),
+        portal=portal,
+        listen=listen,
+        api_token_file=cfg.api.token_file,
+        agent_id=cfg.agent_id,
+        sysfs_root=sysfs_root,
+        hotplug_poll=hotplug_poll,
+        remove_after=store.remove_after_missed_scans,
         retention=Retention(store.history_days, store.history_scans, store.events_days),
         outbox_max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
-        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours))
+        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -1170,8 +1478,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if settings.api_token_file is None and not is_loopback_listen(settings.listen):
         # Refused before anything is opened or bound (the API checks again when it starts).
-        raise UsageError(f"--listen/[api] listen {settings.listen} is reachable from the network: "
-                         "set [api] token_file (a bearer token) or listen on 127.0.0.1")
+        raise UsageError(
+            f"--listen/[api] listen {settings.listen} is reachable from the network: "
+            "set [api] token_file (a bearer token) or listen on 127.0.0.1"
+        )
 
     def reload() -> Any:
         try:
@@ -1230,6 +1540,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"status": verdict, **status})
     else:
+
         def word(source: dict[str, Any]) -> str:
             if source.get("last_success") is None:
                 return "pending"
@@ -1238,8 +1549,10 @@ def cmd_health(args: argparse.Namespace) -> int:
             return f"{source.get('errors')} error(s)" if source.get("errors") else "ok"
 
         sources = ", ".join(f"{s['name']} {word(s)}" for s in status.get("sources", []))
-        print(f"{verdict}: roomsync {status.get('version')}, up {status.get('uptime', 0):.0f} s"
-              + (f"; {sources}" if sources else ""))
+        print(
+            f"{verdict}: roomsync {status.get('version')}, up {status.get('uptime', 0):.0f} s"
+            + (f"; {sources}" if sources else "")
+        )
         for problem in problems:
             print(f"  {problem}")
     return EXIT_FAILED if problems else EXIT_OK
@@ -1256,12 +1569,15 @@ async def _fetch_status(url: str, token: str | None, timeout: float) -> Any:
     connector: Any = None
     base = url
     if url.startswith("unix:"):
-        connector = aiohttp.UnixConnector(path=url[len("unix:"):])
+        connector = aiohttp.UnixConnector(path=url[len("unix:") :])
         base = "http://localhost"
     try:
-        async with (aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout),
-                                          trust_env=False) as session,
-                    session.get(base + "/v1/status", headers=headers, allow_redirects=False) as reply):
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), trust_env=False
+            ) as session,
+            session.get(base + "/v1/status", headers=headers, allow_redirects=False) as reply,
+        ):
             if reply.status == 401:
                 raise _Unreachable(f"{url} refused the API token ([api] token_file)")
             if reply.status != 200:
@@ -1283,11 +1599,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     data = effective_config(loaded.config)
     if args.json:
-        _print_json({
-            "file": str(loaded.path) if loaded.path else None,
-            "env_overrides": list(loaded.env_overrides),
-            "config": data,
-        })
+        _print_json(
+            {
+                "file": str(loaded.path) if loaded.path else None,
+                "env_overrides": list(loaded.env_overrides),
+                "config": data,
+            }
+        )
         return EXIT_OK
     import tomli_w
 

@@ -96,8 +96,9 @@ class MdnsSourceConfig(_Section):
     enabled: bool | None = None
     #: Daemon: a browse of ``timeout`` seconds this often.
     interval: Interval = 60.0
-    service_types: list[Annotated[str, Field(pattern=r"^_[A-Za-z0-9-]+\._(tcp|udp)\.local\.$")]] = (
-        Field(default_factory=lambda: list(DEFAULT_MDNS_TYPES)))
+    service_types: list[Annotated[str, Field(pattern=r"^_[A-Za-z0-9-]+\._(tcp|udp)\.local\.$")]] = Field(
+        default_factory=lambda: list(DEFAULT_MDNS_TYPES)
+    )
     interfaces: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default_factory=list)
     timeout: Annotated[float, Field(gt=0, le=300)] = 3.0
 
@@ -130,7 +131,7 @@ class SnmpSourceConfig(_Section):
     @model_validator(mode="after")
     def _v3_needs_credentials(self) -> SnmpSourceConfig:
         if self.version == "3" and self.v3 is None:
-            raise ValueError("version = \"3\" needs a [sources.snmp.v3] table")
+            raise ValueError('version = "3" needs a [sources.snmp.v3] table')
         return self
 
     @model_validator(mode="after")
@@ -238,8 +239,12 @@ class ApiConfig(_Section):
                 raise ValueError("unix: needs a socket path")
             return value
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) \
-                or not 0 < int(port) < 65536:
+        if (
+            not sep
+            or not host
+            or not (port.isascii() and port.isdigit() and len(port) <= 5)
+            or not 0 < int(port) < 65536
+        ):
             raise ValueError("expected HOST:PORT (e.g. 127.0.0.1:8765) or unix:/path/to.sock")
         return value
 
@@ -308,8 +313,8 @@ class LoadedConfig:
     """A validated configuration and where it came from."""
 
     config: AgentConfig
-    path: Path | None          # the file read, None for built-in defaults
-    requested: Path            # the file looked for
+    path: Path | None  # the file read, None for built-in defaults
+    requested: Path  # the file looked for
     env_overrides: tuple[str, ...] = ()
 
 
@@ -323,8 +328,9 @@ def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *,
-                environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
     """Read, merge and validate the configuration. Raises :class:`ConfigError`."""
     env = os.environ if environ is None else environ
     explicit = path is not None or bool(env.get("ROOMSYNC_CONFIG"))
@@ -357,7 +363,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
             continue
-        keys = tuple(k.lower() for k in name[len(ENV_PREFIX):].split("__"))
+        keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split("__"))
         if not all(keys):
             problems.append(f"environment {name}: empty key between '__' separators")
             continue
@@ -401,13 +407,12 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
     for i, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ValueError(f"{'.'.join(keys[:i + 1])} is not a table in the file")
+            raise ValueError(f"{'.'.join(keys[: i + 1])} is not a table in the file")
         node = child
     node[keys[-1]] = value
 
 
-def _describe(exc: ValidationError, where: str,
-              env_sources: Mapping[tuple[str, ...], str]) -> list[str]:
+def _describe(exc: ValidationError, where: str, env_sources: Mapping[tuple[str, ...], str]) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(str(p) for p in err["loc"])
@@ -423,8 +428,11 @@ def _describe(exc: ValidationError, where: str,
         elif err["type"] == "missing":
             message = "required key is missing"
         got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) \
+        shown = (
+            ""
+            if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
             else f" (got {_mask(key, got)!r})"
+        )
         lines.append(f"{origin}: {key}: {message}{shown}")
     return lines
 
@@ -438,8 +446,11 @@ def effective_config(config: AgentConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude_none=True)
 
 
-def resolve_state_dir(config: AgentConfig, override: str | os.PathLike[str] | None = None,
-                      environ: Mapping[str, str] | None = None) -> Path:
+def resolve_state_dir(
+    config: AgentConfig,
+    override: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
     """Where the agent keeps its state: ``--state-dir``, the config's ``state_dir``,
     ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``), then ``/var/lib/roomsync`` under
     systemd or ``$XDG_STATE_HOME/roomsync`` (``~/.local/state/roomsync``) for a user."""

@@ -60,8 +60,21 @@ from pydantic_core import PydanticUndefined
 from agent.config import _PRINTABLE, AgentConfig
 from agent.docsync import sync_document
 
-__all__ = ["BEGIN", "END", "EXAMPLE", "FALLBACK", "Key", "Section", "describe_type", "generate",
-           "key_paths", "main", "read_example", "render", "sections"]
+__all__ = [
+    "BEGIN",
+    "END",
+    "EXAMPLE",
+    "FALLBACK",
+    "Key",
+    "Section",
+    "describe_type",
+    "generate",
+    "key_paths",
+    "main",
+    "read_example",
+    "render",
+    "sections",
+]
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "agent.example.toml"
 BEGIN = "<!-- generated:configuration -->"
@@ -76,9 +89,9 @@ FALLBACK: dict[str, str] = {
     "room.location": "where the room is, shown to people",
     "room.seat_count": "seats in the room",
     "sources.snmp.enabled": "sweep `targets` (the daemon, and `roomsync scan` when no source is named "
-                            "on its command line)",
+    "on its command line)",
     "sources.snmp.version": "`2c` (community) or `3` (USM with authentication and privacy; needs "
-                            "`[sources.snmp.v3]`)",
+    "`[sources.snmp.v3]`)",
     "sources.snmp.retries": "how many times an unanswered request is sent again",
     "sources.snmp.v3.user": "the USM user name",
     "sources.snmp.v3.auth_protocol": "the USM authentication protocol",
@@ -86,18 +99,17 @@ FALLBACK: dict[str, str] = {
     "sources.snmp.v3.priv_protocol": "the USM privacy (encryption) protocol",
     "sources.snmp.v3.priv_key_file": "file holding the privacy key (one line)",
     "sources.ssh.enabled": "read the `[[sources.ssh.hosts]]` (the daemon, and `roomsync scan` when no "
-                           "source is named on its command line)",
-    "sources.ssh.connect_timeout": "seconds allowed for each of connect, SSH handshake, log-in and "
-                                   "each read",
+    "source is named on its command line)",
+    "sources.ssh.connect_timeout": "seconds allowed for each of connect, SSH handshake, log-in and each read",
     "sources.ssh.hosts[].host": "the PC's host name or address; `known_hosts` must hold its key "
-                                "under this very name (`[host]:port` for a port other than 22)",
+    "under this very name (`[host]:port` for a port other than 22)",
     "sources.ssh.hosts[].port": "the PC's SSH port",
     "sources.ssh.hosts[].user": "the account to log in as (by key only: no password, no SSH agent)",
     "sources.ssh.hosts[].key_file": "the private key to log in with (no passphrase); a relative name "
-                                    "is looked up in `$CREDENTIALS_DIRECTORY` first; required in "
-                                    "practice: a host without one is an error",
+    "is looked up in `$CREDENTIALS_DIRECTORY` first; required in "
+    "practice: a host without one is an error",
     "sources.ssh.hosts[].os": "`linux`: files read over SFTP, no command run; `windows`: one fixed "
-                              "PowerShell command (docs/ssh-room-pcs.md)",
+    "PowerShell command (docs/ssh-room-pcs.md)",
     "portal.client_key": "the private key of `client_cert` (mTLS)",
 }
 
@@ -169,8 +181,11 @@ def _section_model(annotation: Any) -> tuple[type[BaseModel] | None, bool, bool]
 
 
 def _number(value: Any) -> str:
-    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) >= 1000 \
+    return (
+        str(int(value))
+        if isinstance(value, float) and value.is_integer() and abs(value) >= 1000
         else str(value)
+    )
 
 
 def _limits(constraints: Sequence[Any]) -> list[str]:
@@ -201,9 +216,16 @@ def _limits(constraints: Sequence[Any]) -> list[str]:
     return found
 
 
-_SIMPLE = {bool: "boolean", int: "integer", float: "number", str: "text", Path: "path",
-           SecretStr: "secret text", ipaddress.IPv4Address: "IPv4 address",
-           ipaddress.IPv6Address: "IPv6 address"}
+_SIMPLE = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "text",
+    Path: "path",
+    SecretStr: "secret text",
+    ipaddress.IPv4Address: "IPv4 address",
+    ipaddress.IPv6Address: "IPv6 address",
+}
 
 
 def describe_type(annotation: Any, constraints: Sequence[Any] = ()) -> str:
@@ -315,7 +337,7 @@ def _split_value(rest: str) -> tuple[str, str] | None:
             tomllib.loads(f"k = {value}")
         except tomllib.TOMLDecodeError:
             continue
-        return value, rest[cut + 1:].strip() if cut < len(rest) else ""
+        return value, rest[cut + 1 :].strip() if cut < len(rest) else ""
     return None
 
 
@@ -326,8 +348,8 @@ def read_example(text: str, known: dict[tuple[str, ...], set[str]]) -> Example:
     example = Example()
     table: tuple[str, ...] = ()
     paragraph: list[str] = []
-    last: ExampleKey | None = None       # the key whose comment may continue on the next line
-    trailer = False                      # the paragraph began right under a key
+    last: ExampleKey | None = None  # the key whose comment may continue on the next line
+    trailer = False  # the paragraph began right under a key
 
     def end_paragraph() -> None:
         nonlocal paragraph, trailer
@@ -378,8 +400,9 @@ def read_example(text: str, known: dict[tuple[str, ...], set[str]]) -> Example:
 # --------------------------------------------------------------------------- the reference
 
 
-def _tables(model: type[BaseModel],
-            path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], type[BaseModel]]]:
+def _tables(
+    model: type[BaseModel], path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], type[BaseModel]]]:
     yield path, model
     for name, info in model.model_fields.items():
         sub, _optional, _array = _section_model(info.annotation)
@@ -439,19 +462,25 @@ def key_paths(model: type[BaseModel] = AgentConfig, prefix: str = "") -> Iterato
             yield from key_paths(sub, f"{prefix}{name}{'[]' if array else ''}.")
 
 
-def sections(model: type[BaseModel] = AgentConfig, example_text: str | None = None,
-             fallback: dict[str, str] | None = None) -> list[Section]:
+def sections(
+    model: type[BaseModel] = AgentConfig,
+    example_text: str | None = None,
+    fallback: dict[str, str] | None = None,
+) -> list[Section]:
     """Every table of ``model`` (the top level first, then depth-first in field order), each
     with its keys. ``fallback`` (default :data:`FALLBACK`) gives the meaning of keys that
     neither the model's source nor the example explains."""
-    known = {path: {n for n, i in m.model_fields.items() if _section_model(i.annotation)[0] is None}
-             for path, m in _tables(model)}
+    known = {
+        path: {n for n, i in m.model_fields.items() if _section_model(i.annotation)[0] is None}
+        for path, m in _tables(model)
+    }
     example = read_example(example_text, known) if example_text is not None else Example()
     extra = FALLBACK if fallback is None else fallback
     found: list[Section] = []
 
-    def visit(current: type[BaseModel], path: tuple[str, ...], prefix: str, optional: bool,
-              array: bool) -> None:
+    def visit(
+        current: type[BaseModel], path: tuple[str, ...], prefix: str, optional: bool, array: bool
+    ) -> None:
         texts = [_docstring(current) or example.tables.get(path, ""), *example.notes.get(path, [])]
         section = Section(path, _clean(" ".join(_sentence(t) for t in texts if t)), optional, array)
         found.append(section)
@@ -460,22 +489,38 @@ def sections(model: type[BaseModel] = AgentConfig, example_text: str | None = No
         for name, info in current.model_fields.items():
             sub, sub_optional, sub_array = _section_model(info.annotation)
             if sub is not None:
-                later.append((sub, (*path, name), f"{prefix}{name}{'[]' if sub_array else ''}.",
-                              sub_optional, sub_array))
+                later.append(
+                    (
+                        sub,
+                        (*path, name),
+                        f"{prefix}{name}{'[]' if sub_array else ''}.",
+                        sub_optional,
+                        sub_array,
+                    )
+                )
                 continue
             dotted = prefix + name
             seen = example.keys.get((*path, name))
             said = ""
             if seen is not None:
-                said = seen.comment if seen.comment and not _only_choices(seen.comment, info.annotation) \
+                said = (
+                    seen.comment
+                    if seen.comment and not _only_choices(seen.comment, info.annotation)
                     else seen.above
+                )
             meaning = info.description or comments.get(name) or said or extra.get(dotted, "")
             value, required = _default(info)
             default = "**required**" if required else "unset" if value is None else f"`{toml_value(value)}`"
             if seen is not None and (required or not _same_value(seen.value, value)):
                 default += f"; e.g. `{seen.value}`"
-            section.keys.append(Key(dotted, describe_type(info.annotation, info.metadata), default,
-                                    _sentence(_clean(meaning)) if meaning else ""))
+            section.keys.append(
+                Key(
+                    dotted,
+                    describe_type(info.annotation, info.metadata),
+                    default,
+                    _sentence(_clean(meaning)) if meaning else "",
+                )
+            )
         for args in later:
             visit(*args)
 
@@ -523,8 +568,9 @@ def generate(model: type[BaseModel] = AgentConfig, example: Path | None = EXAMPL
         out.append("| Key | Type and limits | Default | Meaning |")
         out.append("|---|---|---|---|")
         for key in section.keys:
-            out.append(f"| `{_cell(key.dotted)}` | {_cell(key.type)} | {_cell(key.default)} | "
-                       f"{_cell(key.meaning)} |")
+            out.append(
+                f"| `{_cell(key.dotted)}` | {_cell(key.type)} | {_cell(key.default)} | {_cell(key.meaning)} |"
+            )
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -551,9 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(generate())
         return 0
     path: Path = args.write or args.check
-    return sync_document(path, render, check=bool(args.check),
-                         stale=f"the configuration reference is stale; run python -m agent.configdoc "
-                               f"--write {path}")
+    return sync_document(
+        path,
+        render,
+        check=bool(args.check),
+        stale=f"the configuration reference is stale; run python -m agent.configdoc --write {path}",
+    )
 
 
 if __name__ == "__main__":

@@ -121,8 +121,12 @@ class Status(StrEnum):
 
 
 #: Most urgent first: what an operator must act on before what can wait.
-URGENCY: tuple[Status, ...] = (Status.OUT_OF_WARRANTY, Status.EXPIRING_SOON, Status.UNKNOWN,
-                               Status.IN_WARRANTY)
+URGENCY: tuple[Status, ...] = (
+    Status.OUT_OF_WARRANTY,
+    Status.EXPIRING_SOON,
+    Status.UNKNOWN,
+    Status.IN_WARRANTY,
+)
 _URGENCY_RANK = {status: rank for rank, status in enumerate(URGENCY)}
 
 
@@ -180,6 +184,7 @@ _S8_COVERAGE = frozenset({LayerKind.STANDARD, LayerKind.EXTENDED, LayerKind.REPL
 
 # --- date arithmetic ---------------------------------------------------------------------
 
+
 def add_years(day: date, years: int) -> date:
     """The same month and day ``years`` later; 28 February for 29 February in a common year.
     Saturates at ``date.max``."""
@@ -208,6 +213,7 @@ def period_end(start: date, years: int) -> date:
 
 # --- the verdict -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Layer:
     """One valid source of coverage: ``start`` (JSON ``from``) through ``until``, both covered."""
@@ -221,8 +227,12 @@ class Layer:
         return self.start <= day <= self.until
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": str(self.kind), "from": self.start.isoformat(),
-                "until": self.until.isoformat(), "rules": list(self.rules)}
+        return {
+            "kind": str(self.kind),
+            "from": self.start.isoformat(),
+            "until": self.until.isoformat(),
+            "rules": list(self.rules),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +266,7 @@ def urgency_key(verdict: Verdict) -> tuple[int, date, str]:
 
 # --- evaluation --------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class _Assessment:
     """Layers and flags found so far for one record, with one note per flag for people."""
@@ -277,8 +288,11 @@ class _Assessment:
         layer = Layer(kind, start, until, _RULES[kind])
         self.layers.append(layer)
         best = self.deciding
-        if best is None or until > best.until or (until == best.until
-                                                  and _KIND_ORDER[kind] < _KIND_ORDER[best.kind]):
+        if (
+            best is None
+            or until > best.until
+            or (until == best.until and _KIND_ORDER[kind] < _KIND_ORDER[best.kind])
+        ):
             self.deciding = layer
         return layer
 
@@ -300,16 +314,19 @@ def _standard(bought: date, years: int, asm: _Assessment) -> None:
     asm.add(LayerKind.STANDARD, bought, period_end(bought, years))
 
 
-def _extension(record: EntitlementRecord, bought: date, standard_years: int, product: Product | None,
-               asm: _Assessment) -> None:
+def _extension(
+    record: EntitlementRecord, bought: date, standard_years: int, product: Product | None, asm: _Assessment
+) -> None:
     extra = record.extension_years
     if not extra:
         return
     ok = True
     if product is not None and not product.extension_eligible:
         # W1/W2: the extension covers the products of schedule A only.
-        asm.flag(Flag.EXTENSION_INELIGIBLE_PRODUCT, f"{product.name} is not in the extended warranty's "
-                                                   "schedule A (W2)")
+        asm.flag(
+            Flag.EXTENSION_INELIGIBLE_PRODUCT,
+            f"{product.name} is not in the extended warranty's schedule A (W2)",
+        )
         ok = False
     if record.extension_purchased is None:
         # W3: in time cannot be shown, so the extension is flagged, not silently honoured.
@@ -331,40 +348,53 @@ def _extension(record: EntitlementRecord, bought: date, standard_years: int, pro
         ok = False
     if bought <= EXTENSION_CUTOFF:
         # W6: products bought after 6 March 2020.
-        asm.flag(Flag.EXTENSION_INELIGIBLE_DATE, f"extension not valid for a purchase on or before "
-                                                f"{EXTENSION_CUTOFF.isoformat()} (W6)")
+        asm.flag(
+            Flag.EXTENSION_INELIGIBLE_DATE,
+            f"extension not valid for a purchase on or before {EXTENSION_CUTOFF.isoformat()} (W6)",
+        )
         ok = False
     if ok:
         # W2: "+1 year" gives 3 years in total, counted from the original purchase date (§8),
         # continuing the standard terms after the standard period (§6).
-        asm.add(LayerKind.EXTENDED, add_years(bought, standard_years),
-                period_end(bought, standard_years + extra))
+        asm.add(
+            LayerKind.EXTENDED, add_years(bought, standard_years), period_end(bought, standard_years + extra)
+        )
 
 
-def _reseller(record: EntitlementRecord, bought: date, product: Product | None,
-              asm: _Assessment) -> None:
+def _reseller(record: EntitlementRecord, bought: date, product: Product | None, asm: _Assessment) -> None:
     if record.reseller_until is None:
         if record.reseller_contract:
             asm.flag(Flag.RESELLER_INCOMPLETE, "reseller contract without an end date: ignored (H1)")
         return
     if product is not None and not product.reseller_supported:
-        asm.flag(Flag.RESELLER_UNSUPPORTED_PRODUCT, f"{product.name} is outside the reseller "
-                                                   "service's scope (H1)")
+        asm.flag(
+            Flag.RESELLER_UNSUPPORTED_PRODUCT, f"{product.name} is outside the reseller service's scope (H1)"
+        )
         return
     # H1: the reseller contract is an extended warranty for the whole service term.
     asm.add(LayerKind.RESELLER, bought, record.reseller_until)
 
 
 def _has_select(record: EntitlementRecord) -> bool:
-    return bool(record.select_contract or record.select_order_date or record.select_activation_date
-                or record.select_term_years or record.select_registered)
+    return bool(
+        record.select_contract
+        or record.select_order_date
+        or record.select_activation_date
+        or record.select_term_years
+        or record.select_registered
+    )
 
 
 def _select(record: EntitlementRecord, bought: date, product: Product | None, asm: _Assessment) -> None:
     # S4: the earliest of the first assignment / activation and 60 days after the order.
-    starts = [d for d in (record.select_activation_date,
-                          record.select_order_date and add_days(record.select_order_date,
-                                                                SELECT_ORDER_START_DAYS)) if d]
+    starts = [
+        d
+        for d in (
+            record.select_activation_date,
+            record.select_order_date and add_days(record.select_order_date, SELECT_ORDER_START_DAYS),
+        )
+        if d
+    ]
     if not starts or not record.select_term_years:
         missing = "a start date" if not starts else "a term"
         asm.flag(Flag.SELECT_INCOMPLETE, f"SELECT contract without {missing}: ignored (S4, S5)")
@@ -376,14 +406,20 @@ def _select(record: EntitlementRecord, bought: date, product: Product | None, as
     registered = record.select_registered or start
     if not any(layer.covers(registered) for layer in asm.layers if layer.kind in _S8_COVERAGE):
         # S8: the unit must be under valid coverage when registered; SELECT cannot cure a gap.
-        asm.flag(Flag.SELECT_GAP, f"not under warranty when registered to SELECT on "
-                                  f"{registered.isoformat()}: SELECT cannot cure a gap (S8)")
+        asm.flag(
+            Flag.SELECT_GAP,
+            f"not under warranty when registered to SELECT on "
+            f"{registered.isoformat()}: SELECT cannot cure a gap (S8)",
+        )
         return
     term_end = period_end(start, record.select_term_years)  # S5: the term as bought, never extended
     age_limit = period_end(bought, SELECT_AGE_LIMIT_YEARS)  # S7: replacement only while under 5
     if age_limit < term_end:
-        asm.flag(Flag.SELECT_AGE_CAP, f"SELECT replacement ends when the unit turns "
-                                      f"{SELECT_AGE_LIMIT_YEARS} on {age_limit.isoformat()} (S7)")
+        asm.flag(
+            Flag.SELECT_AGE_CAP,
+            f"SELECT replacement ends when the unit turns "
+            f"{SELECT_AGE_LIMIT_YEARS} on {age_limit.isoformat()} (S7)",
+        )
     asm.add(LayerKind.SELECT, start, min(term_end, age_limit))
 
 
@@ -406,11 +442,17 @@ def _replacement(record: EntitlementRecord, inherited: _Inherited, asm: _Assessm
         asm.flag(Flag.REPLACEMENT_INCOMPLETE, "replacement without a replacement date: ignored (W8)")
         return
     if inherited.flag is Flag.REPLACED_UNIT_UNKNOWN:
-        asm.flag(inherited.flag, f"replaced unit {inherited.replaced} has no record: "
-                                 f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)")
+        asm.flag(
+            inherited.flag,
+            f"replaced unit {inherited.replaced} has no record: "
+            f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)",
+        )
     elif inherited.flag is Flag.REPLACED_UNIT_COVERAGE_UNKNOWN:
-        asm.flag(inherited.flag, f"replaced unit {inherited.replaced} has no known coverage: "
-                                 f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)")
+        asm.flag(
+            inherited.flag,
+            f"replaced unit {inherited.replaced} has no known coverage: "
+            f"{REPLACEMENT_MIN_DAYS} days from the replacement (W8)",
+        )
     elif inherited.flag is Flag.REPLACEMENT_CYCLE:
         asm.flag(inherited.flag, f"the replacement chain loops back to {inherited.replaced} (W8)")
     # W8, S11: the rest of the original warranty or 30 days, whichever is longer.
@@ -420,8 +462,9 @@ def _replacement(record: EntitlementRecord, inherited: _Inherited, asm: _Assessm
     asm.add(LayerKind.REPLACEMENT, record.replacement_date, until)
 
 
-def _assess(record: EntitlementRecord, product: Product | None, standard_years: int,
-            inherited: _Inherited) -> _Assessment:
+def _assess(
+    record: EntitlementRecord, product: Product | None, standard_years: int, inherited: _Inherited
+) -> _Assessment:
     """Every layer of one record, given what it inherits as a replacement."""
     asm = _Assessment()
     bought = record.purchase_date
@@ -442,8 +485,9 @@ class _Evaluator:
     """Evaluates units against one set of records; remembers replaced units' coverage so
     that chains are resolved once per run."""
 
-    def __init__(self, records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date,
-                 expiring_days: int) -> None:
+    def __init__(
+        self, records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date, expiring_days: int
+    ) -> None:
         if expiring_days < 0:
             raise ValueError("expiring_days must be 0 or more")
         self.records = records
@@ -460,8 +504,9 @@ class _Evaluator:
             found = self._products[name] = (self.catalog.get(name), self.catalog.warranty_years(name))
         return found
 
-    def verdict(self, serial: str | None, product_name: str | None,
-                record: EntitlementRecord | None) -> Verdict:
+    def verdict(
+        self, serial: str | None, product_name: str | None, record: EntitlementRecord | None
+    ) -> Verdict:
         if record is None:
             return self._no_record(serial, product_name)
         product, years = self._product(product_name)
@@ -471,13 +516,27 @@ class _Evaluator:
         if inherited.flag is not Flag.REPLACEMENT_CYCLE:
             self._until[(record.serial, product_name)] = covered_until
         status = self._status(covered_until, record.purchase_date is not None)
-        return Verdict(serial, product_name, status, covered_until, asm.ordered_layers(), asm.sorted_flags(),
-                       _reason(status, asm))
+        return Verdict(
+            serial,
+            product_name,
+            status,
+            covered_until,
+            asm.ordered_layers(),
+            asm.sorted_flags(),
+            _reason(status, asm),
+        )
 
     def _no_record(self, serial: str | None, product_name: str | None) -> Verdict:
         flags = (str(Flag.NO_ENTITLEMENT_RECORD), str(Flag.UNKNOWN_PURCHASE_DATE))
-        return Verdict(serial, product_name, Status.UNKNOWN, None, (), tuple(sorted(flags)),
-                       "coverage unknown; no entitlement record for this serial")
+        return Verdict(
+            serial,
+            product_name,
+            Status.UNKNOWN,
+            None,
+            (),
+            tuple(sorted(flags)),
+            "coverage unknown; no entitlement record for this serial",
+        )
 
     def _status(self, covered_until: date | None, has_purchase_date: bool) -> Status:
         if covered_until is None:
@@ -488,8 +547,9 @@ class _Evaluator:
             return Status.EXPIRING_SOON
         return Status.IN_WARRANTY
 
-    def _inherited(self, record: EntitlementRecord, product_name: str | None, product: Product | None,
-                   years: int) -> _Inherited:
+    def _inherited(
+        self, record: EntitlementRecord, product_name: str | None, product: Product | None, years: int
+    ) -> _Inherited:
         """The replaced unit's ``covered_until`` (W8, S11), following the chain iteratively."""
         replaced = record.replaced_serial
         if replaced is None:
@@ -538,9 +598,16 @@ def _reason(status: Status, asm: _Assessment) -> str:
     return "; ".join([head, *asm.notes]) if asm.notes else head
 
 
-def evaluate(serial: str | None, product: str | None, record: EntitlementRecord | None,
-             records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date, *,
-             expiring_days: int = DEFAULT_EXPIRING_DAYS) -> Verdict:
+def evaluate(
+    serial: str | None,
+    product: str | None,
+    record: EntitlementRecord | None,
+    records: Mapping[str, EntitlementRecord],
+    catalog: Catalog,
+    today: date,
+    *,
+    expiring_days: int = DEFAULT_EXPIRING_DAYS,
+) -> Verdict:
     """The coverage verdict of one unit on ``today``.
 
     ``record`` is the unit's entitlement record (``None`` when the import has none: status
@@ -550,12 +617,16 @@ def evaluate(serial: str | None, product: str | None, record: EntitlementRecord 
     return _Evaluator(records, catalog, today, expiring_days).verdict(serial, product, record)
 
 
-def evaluate_all(units: Iterable[tuple[str | None, str | None]],
-                 records: Mapping[str, EntitlementRecord], catalog: Catalog, today: date, *,
-                 expiring_days: int = DEFAULT_EXPIRING_DAYS) -> list[Verdict]:
+def evaluate_all(
+    units: Iterable[tuple[str | None, str | None]],
+    records: Mapping[str, EntitlementRecord],
+    catalog: Catalog,
+    today: date,
+    *,
+    expiring_days: int = DEFAULT_EXPIRING_DAYS,
+) -> list[Verdict]:
     """Verdicts for many ``(serial, product)`` units, in the order given; each unit's record is
     ``records.get(serial)``. Replacement chains are resolved once for the whole run."""
     evaluator = _Evaluator(records, catalog, today, expiring_days)
     get = records.get
-    return [evaluator.verdict(serial, product, get(serial) if serial else None)
-            for serial, product in units]
+    return [evaluator.verdict(serial, product, get(serial) if serial else None) for serial, product in units]

@@ -50,12 +50,12 @@ def read_file(path: str | Path, max_bytes: int, error: type[CsvFileError] = CsvF
         raise error([f"{path}: cannot read the file: {exc.strerror or exc}"]) from exc
 
 
-def file_text(data: str | bytes, name: str, max_bytes: int,
-              error: type[CsvFileError] = CsvFileError) -> str:
+def file_text(data: str | bytes, name: str, max_bytes: int, error: type[CsvFileError] = CsvFileError) -> str:
     """Check the size, decode UTF-8 (every undecodable line named) and drop a byte-order mark."""
     if len(data) > max_bytes:
-        raise error([f"{name}: the file is larger than the {_size(max_bytes)} limit: split it "
-                     "into smaller files"])
+        raise error(
+            [f"{name}: the file is larger than the {_size(max_bytes)} limit: split it into smaller files"]
+        )
     text = _decode(data, name, error) if isinstance(data, bytes) else data
     return text.removeprefix("\ufeff")
 
@@ -80,8 +80,9 @@ def _decode(data: bytes, name: str, error: type[CsvFileError]) -> str:
     except UnicodeDecodeError:
         pass
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise error([f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): save it as "
-                     "'CSV UTF-8' instead"])
+        raise error(
+            [f"{name}:1: the file is UTF-16 (Excel's 'Unicode Text'): save it as 'CSV UTF-8' instead"]
+        )
     problems = []
     bad_lines = 0
     for number, raw in enumerate(data.split(b"\n"), start=1):
@@ -90,8 +91,10 @@ def _decode(data: bytes, name: str, error: type[CsvFileError]) -> str:
         except UnicodeDecodeError as exc:
             bad_lines += 1
             if bad_lines <= MAX_ENCODING_PROBLEMS:
-                problems.append(f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
-                                f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'")
+                problems.append(
+                    f"{name}:{number}: byte 0x{raw[exc.start]:02X} at character "
+                    f"{exc.start + 1} is not UTF-8: save the file as 'CSV UTF-8'"
+                )
     if bad_lines > MAX_ENCODING_PROBLEMS:
         problems.append(f"{name}: {bad_lines - MAX_ENCODING_PROBLEMS} more lines are not UTF-8")
     raise error(problems)

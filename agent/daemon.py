@@ -137,11 +137,17 @@ class SourceStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "interval": self.interval, "runs": self.runs, "failures": self.failures,
+            "name": self.name,
+            "interval": self.interval,
+            "runs": self.runs,
+            "failures": self.failures,
             "last_run": self.last_run.isoformat() if self.last_run else None,
             "last_duration": round(self.last_duration, 6) if self.last_duration is not None else None,
-            "last_success": self.last_success, "last_error": self.last_error, "errors": self.errors,
-            "devices": self.devices, "running": self.running,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "errors": self.errors,
+            "devices": self.devices,
+            "running": self.running,
         }
 
 
@@ -170,10 +176,14 @@ class Daemon:
     """One running agent. :meth:`serve` runs it until a stop signal; returns the exit
     status."""
 
-    def __init__(self, settings: DaemonSettings, *,
-                 reload: Callable[[], DaemonSettings] | None = None,
-                 notifier: Notifier | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        reload: Callable[[], DaemonSettings] | None = None,
+        notifier: Notifier | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.reload_settings = reload
         self.notifier = notifier or Notifier(environ)
@@ -203,8 +213,11 @@ class Daemon:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        for signum, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                                (signal.SIGHUP, self._on_hup)):
+        for signum, handler in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self._on_hup),
+        ):
             loop.add_signal_handler(signum, handler)
         async with self._reload_lock:  # a SIGHUP during the start waits for it to finish
             self._open_store()
@@ -222,8 +235,13 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
             self._tasks.append(asyncio.create_task(self._watch_usb(), name="hotplug"))
         self.notifier.ready(self.status_line())
-        log.info("daemon.ready", listen=self._api.where, state_dir=str(self.settings.state_dir),
-                 sources=[p.name for p in self.settings.plans], portal=self._portal_host())
+        log.info(
+            "daemon.ready",
+            listen=self._api.where,
+            state_dir=str(self.settings.state_dir),
+            sources=[p.name for p in self.settings.plans],
+            portal=self._portal_host(),
+        )
         await self._stop.wait()
         self.notifier.stopping("stopping")
         log.info("daemon.stopping")
@@ -270,8 +288,9 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return False
         if fresh.listen != self.settings.listen or fresh.state_dir != self.settings.state_dir:
-            log.warning("daemon.reload.restart_needed",
-                        detail="listen and state_dir take effect at the next start")
+            log.warning(
+                "daemon.reload.restart_needed", detail="listen and state_dir take effect at the next start"
+            )
             fresh = replace(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir)
         if self._api is not None and not self._api.reload_token(fresh.api_token_file):
             fresh = replace(fresh, api_token_file=self.settings.api_token_file)
@@ -293,9 +312,14 @@ class Daemon:
     # ------------------------------------------------------------------ store
 
     def _make_outbox(self, store: Store) -> Outbox:
-        return Outbox(store, agent_id=self.settings.agent_id, version=__version__,
-                      hostname=os.uname().nodename, max_bytes=self.settings.outbox_max_bytes,
-                      snapshot_interval=self.settings.snapshot_interval)
+        return Outbox(
+            store,
+            agent_id=self.settings.agent_id,
+            version=__version__,
+            hostname=os.uname().nodename,
+            max_bytes=self.settings.outbox_max_bytes,
+            snapshot_interval=self.settings.snapshot_interval,
+        )
 
     def _open_store(self) -> bool:
         try:
@@ -330,8 +354,9 @@ class Daemon:
             status.interval, status.running = plan.interval, False
             self.sources[plan.name] = status
             self._triggers[plan.name] = asyncio.Event()
-            self._source_tasks[plan.name] = asyncio.create_task(self._source_loop(plan),
-                                                                name=f"source:{plan.name}")
+            self._source_tasks[plan.name] = asyncio.create_task(
+                self._source_loop(plan), name=f"source:{plan.name}"
+            )
 
     def trigger(self, name: str) -> bool:
         """Run source ``name`` now (hot-plug, or an operator's request)."""
@@ -379,9 +404,14 @@ class Daemon:
         assert self.store is not None and self.outbox is not None
         try:
             record = self.store.record_scan(
-                report.devices, self.settings.rooms, now, len(report.errors),
-                sources_run={name} if success else set(), remove_after=self.settings.remove_after,
-                retention=self.settings.retention)
+                report.devices,
+                self.settings.rooms,
+                now,
+                len(report.errors),
+                sources_run={name} if success else set(),
+                remove_after=self.settings.remove_after,
+                retention=self.settings.retention,
+            )
             queued = self._queue_snapshot(now)
         except StoreError as exc:
             self.store_error = str(exc)
@@ -391,8 +421,13 @@ class Daemon:
         if record.events or queued:
             self._wake_delivery.set()
         for event in record.events:
-            log.info("inventory.event", type=str(event.type), product=event.product, serial=event.serial,
-                     room=event.room)
+            log.info(
+                "inventory.event",
+                type=str(event.type),
+                product=event.product,
+                serial=event.serial,
+                room=event.room,
+            )
 
     def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
         if self.outbox is None or self.store is None or self.settings.snapshot is None:
@@ -443,8 +478,12 @@ class Daemon:
             now = datetime.now(UTC)
             if outbox.snapshot_due(now):
                 self._queue_snapshot(now)
-            delivery = Delivery(outbox, portal, user_agent=f"roomsync/{__version__}",
-                                snapshot=lambda: self._queue_snapshot(datetime.now(UTC), force=True))
+            delivery = Delivery(
+                outbox,
+                portal,
+                user_agent=f"roomsync/{__version__}",
+                snapshot=lambda: self._queue_snapshot(datetime.now(UTC), force=True),
+            )
             result = await delivery.run(stop=self._restart_delivery)
         except PortalError as exc:
             self.delivery_problem = str(exc)
@@ -526,8 +565,10 @@ class Daemon:
             elif status.errors and (name not in ADVISORY_ERRORS or not status.devices):
                 # The run finished, but a target of it (an SSH host, an SNMP address, the
                 # sysfs tree) could not be read: what `roomsync scan` exits 1 for.
-                found.append(f"source {name}: {status.errors} error(s) in the last run: "
-                             f"{status.last_error or 'see the log'}")
+                found.append(
+                    f"source {name}: {status.errors} error(s) in the last run: "
+                    f"{status.last_error or 'see the log'}"
+                )
         if self.outbox is not None:
             try:
                 stats = self.outbox.stats()
@@ -538,8 +579,11 @@ class Daemon:
                     found.append(f"portal {stats.portal.state}: {stats.portal.reason or 'see the log'}")
                 if stats.parked:
                     found.append(f"outbox: {stats.parked} message(s) parked (refused by the portal)")
-        if self.delivery_problem and self.settings.portal is not None and not any(
-                f.startswith("portal ") for f in found):
+        if (
+            self.delivery_problem
+            and self.settings.portal is not None
+            and not any(f.startswith("portal ") for f in found)
+        ):
             found.append(f"portal: {self.delivery_problem}")
         if not self.healthy_tasks():
             found.append("a daemon task ended unexpectedly (see the log)")
@@ -591,11 +635,17 @@ def run_until_stopped(daemon: Daemon) -> int:
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join(max(deadline - time.monotonic(), 0.0))
-    busy = [t.name for t in threading.enumerate()
-            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    busy = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if busy:
-        log.warning("daemon.exit.threads_abandoned", threads=busy,
-                    detail="a source was still blocked; exiting without waiting for it")
+        log.warning(
+            "daemon.exit.threads_abandoned",
+            threads=busy,
+            detail="a source was still blocked; exiting without waiting for it",
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -100,9 +100,20 @@ MAX_SERIAL_LEN = 64
 _T = TypeVar("_T")
 
 COLUMNS: tuple[str, ...] = (
-    "serial", "purchase_date", "country", "customer", "extension_years", "extension_purchased",
-    "select_contract", "select_order_date", "select_activation_date", "select_term_years",
-    "select_registered", "reseller_contract", "reseller_until", "replaced_serial",
+    "serial",
+    "purchase_date",
+    "country",
+    "customer",
+    "extension_years",
+    "extension_purchased",
+    "select_contract",
+    "select_order_date",
+    "select_activation_date",
+    "select_term_years",
+    "select_registered",
+    "reseller_contract",
+    "reseller_until",
+    "replaced_serial",
     "replacement_date",
 )
 
@@ -166,8 +177,9 @@ class Entitlements(Mapping[str, EntitlementRecord]):
 
     __slots__ = ("_records", "source")
 
-    def __init__(self, records: Mapping[str, EntitlementRecord] | None = None, *,
-                 source: str = "<memory>") -> None:
+    def __init__(
+        self, records: Mapping[str, EntitlementRecord] | None = None, *, source: str = "<memory>"
+    ) -> None:
         self._records: dict[str, EntitlementRecord] = {}
         self.source = source
         for key, record in (records or {}).items():
@@ -213,8 +225,9 @@ class Entitlements(Mapping[str, EntitlementRecord]):
         return record
 
     def __contains__(self, serial: object) -> bool:
-        return isinstance(serial, str) and (serial in self._records
-                                            or normalize_serial(serial) in self._records)
+        return isinstance(serial, str) and (
+            serial in self._records or normalize_serial(serial) in self._records
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
@@ -229,18 +242,19 @@ class Entitlements(Mapping[str, EntitlementRecord]):
 def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
     """Read and check an entitlements CSV file; raise :class:`EntitlementsError` (every
     problem listed, nothing imported) when anything in it is wrong."""
-    return parse_entitlements(read_file(path, max_bytes, EntitlementsError), str(path),
-                              max_bytes=max_bytes)
+    return parse_entitlements(read_file(path, max_bytes, EntitlementsError), str(path), max_bytes=max_bytes)
 
 
-def parse_entitlements(data: str | bytes, name: str = "<file>", *,
-                       max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
+def parse_entitlements(
+    data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES
+) -> Entitlements:
     """Check and import entitlements CSV content (bytes as read from a file, or text).
     ``name`` is used in messages."""
     return _Import(name).run(file_text(data, name, max_bytes, EntitlementsError))
 
 
 # --- cell parsers: each takes the stripped, non-empty cell text ---------------------------
+
 
 def _parse_date(text: str) -> date:
     if len(text) != 10 or text[4] != "-" or text[7] != "-":
@@ -339,8 +353,12 @@ class _Import:
             if first.strip() and not first.startswith("#"):
                 break
         else:
-            raise EntitlementsError([f"{self.name}:1: the file is empty: it needs a header row naming "
-                                     "the columns (e.g. serial,purchase_date)"])
+            raise EntitlementsError(
+                [
+                    f"{self.name}:1: the file is empty: it needs a header row naming "
+                    "the columns (e.g. serial,purchase_date)"
+                ]
+            )
         delimiter = delimiter_of(first)
         reader = csv.reader(_chain_first(first, lines), delimiter=delimiter, strict=True)
 
@@ -356,8 +374,11 @@ class _Import:
             columns = self.header(next(rows)[1], header_line)
             records = self.rows(rows, columns, delimiter)
         except csv.Error as exc:
-            self.problem(header_line + reader.line_num - 1, None,
-                         f"the row cannot be read as CSV ({exc}): nothing after it was read")
+            self.problem(
+                header_line + reader.line_num - 1,
+                None,
+                f"the row cannot be read as CSV ({exc}): nothing after it was read",
+            )
         if self.problems:
             raise EntitlementsError(self.problems)
         return Entitlements._normalised(records, self.name)
@@ -369,8 +390,12 @@ class _Import:
             names.pop()  # a trailing delimiter: spreadsheets write empty columns at the end
         if not any(n in _PARSERS for n in names):
             shown = ",".join(cells)[:80]
-            raise EntitlementsError([f"{self.name}:{line}: no header row: the first line must name "
-                                     f"the columns (e.g. serial,purchase_date), found {shown!r}"])
+            raise EntitlementsError(
+                [
+                    f"{self.name}:{line}: no header row: the first line must name "
+                    f"the columns (e.g. serial,purchase_date), found {shown!r}"
+                ]
+            )
         columns: list[str | None] = []
         seen: dict[str, int] = {}
         for position, name in enumerate(names, start=1):
@@ -389,8 +414,9 @@ class _Import:
             self.problem(line, "serial", "the column is missing: every row needs the unit's serial")
         return columns
 
-    def rows(self, rows: Iterator[tuple[int, list[str]]], columns: list[str | None],
-             delimiter: str) -> dict[str, EntitlementRecord]:
+    def rows(
+        self, rows: Iterator[tuple[int, list[str]]], columns: list[str | None], delimiter: str
+    ) -> dict[str, EntitlementRecord]:
         fields = [(i, name, _PARSERS[name]) for i, name in enumerate(columns) if name is not None]
         serial_index = columns.index("serial") if "serial" in columns else None
         width = len(columns)
@@ -403,8 +429,12 @@ class _Import:
                 if len(cells) > width and not "".join(cells[width:]).strip():
                     cells = cells[:width]  # spreadsheets pad rows with empty cells
                 else:
-                    self.problem(line, None, f"the row has {len(cells)} cells but the header has "
-                                             f"{width} (the delimiter is {delimiter!r})")
+                    self.problem(
+                        line,
+                        None,
+                        f"the row has {len(cells)} cells but the header has "
+                        f"{width} (the delimiter is {delimiter!r})",
+                    )
                     continue
             elif not "".join(cells).strip():
                 continue
@@ -425,8 +455,9 @@ class _Import:
                     self.problem(line, "serial", "is empty: every row needs the unit's serial")
                 continue
             if serial in first_line:
-                self.problem(line, "serial", f"{serial!r} is a duplicate: already on line "
-                                             f"{first_line[serial]}")
+                self.problem(
+                    line, "serial", f"{serial!r} is a duplicate: already on line {first_line[serial]}"
+                )
                 continue
             first_line[serial] = line
             if ok and not self.problems:
@@ -448,8 +479,11 @@ class _Import:
             ok = False
         until, bought = values.get("reseller_until"), values.get("purchase_date")
         if until is not None and bought is not None and until < bought:
-            self.problem(line, "reseller_until", f"{until.isoformat()} is before purchase_date "
-                                                 f"{bought.isoformat()} (H1)")
+            self.problem(
+                line,
+                "reseller_until",
+                f"{until.isoformat()} is before purchase_date {bought.isoformat()} (H1)",
+            )
             ok = False
         return ok
 

@@ -178,10 +178,18 @@ def sources_of(device: Device) -> list[str]:
 def sightings_of(device: Device) -> tuple[Sighting, ...]:
     """What each source that reported ``device`` in this scan saw of it."""
     return tuple(
-        Sighting(source=source, address=device.address, room=device.room, firmware=device.firmware,
-                 components=dict(device.components), health=str(device.health),
-                 issues=tuple(sorted({i.code for i in device.health_issues})), seen_at=device.last_seen)
-        for source in sources_of(device))
+        Sighting(
+            source=source,
+            address=device.address,
+            room=device.room,
+            firmware=device.firmware,
+            components=dict(device.components),
+            health=str(device.health),
+            issues=tuple(sorted({i.code for i in device.health_issues})),
+            seen_at=device.last_seen,
+        )
+        for source in sources_of(device)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +220,15 @@ class ScanDiff:
     removed: dict[str, Tracked]
 
 
-def diff_scan(previous: Mapping[str, Tracked], current: Sequence[Device], now: datetime, *,
-              scope: Collection[str] | None = None, remove_after: int = DEFAULT_REMOVE_AFTER,
-              new_id: Callable[[], str] = new_event_id) -> ScanDiff:
+def diff_scan(
+    previous: Mapping[str, Tracked],
+    current: Sequence[Device],
+    now: datetime,
+    *,
+    scope: Collection[str] | None = None,
+    remove_after: int = DEFAULT_REMOVE_AFTER,
+    new_id: Callable[[], str] = new_event_id,
+) -> ScanDiff:
     """Compare one scan's devices with the inventory before it (see the module's rules).
 
     ``previous`` is every unit in the inventory (removed ones excluded), by identity;
@@ -236,8 +250,16 @@ def diff_scan(previous: Mapping[str, Tracked], current: Sequence[Device], now: d
         sightings = _advance(before.sightings if before else (), seen, ran, remove_after)
         if before is not None and not sightings:
             removed[identity] = replace(before, sightings=())
-            events.append(_event(EventType.DEVICE_REMOVED, now, new_id, before.device,
-                                 before=_summary(before.device), after=None))
+            events.append(
+                _event(
+                    EventType.DEVICE_REMOVED,
+                    now,
+                    new_id,
+                    before.device,
+                    before=_summary(before.device),
+                    after=None,
+                )
+            )
             continue
         after = _next_state(before, seen, sightings)
         inventory[identity] = after
@@ -256,8 +278,9 @@ def _by_identity(devices: Iterable[Device]) -> dict[str, list[Device]]:
     return found
 
 
-def _advance(before: Iterable[Sighting], seen: Sequence[Device], ran: frozenset[str],
-             remove_after: int) -> tuple[Sighting, ...]:
+def _advance(
+    before: Iterable[Sighting], seen: Sequence[Device], ran: frozenset[str], remove_after: int
+) -> tuple[Sighting, ...]:
     """The unit's sightings after the scan: what it reported now, the rest of what the
     sources that ran did not see counted as missed (dropped at ``remove_after``), and the
     sightings of sources that did not run left alone."""
@@ -309,8 +332,7 @@ def _next_state(before: Tracked | None, seen: Sequence[Device], sightings: tuple
 
 
 def _fullness(device: Device) -> tuple[bool, int, int, int]:
-    return (device.firmware is not None, len(device.components), len(device.children),
-            len(device.attributes))
+    return (device.firmware is not None, len(device.components), len(device.children), len(device.attributes))
 
 
 def _placed(device: Device, room: str | None) -> Device:
@@ -330,23 +352,40 @@ def _set_room(device: Device, room: str | None) -> None:
 # --------------------------------------------------------------------------- events of one unit
 
 
-def _unit_events(before: Tracked | None, after: Tracked, seen: Sequence[Device], now: datetime,
-                 new_id: Callable[[], str]) -> list[ChangeEvent]:
+def _unit_events(
+    before: Tracked | None, after: Tracked, seen: Sequence[Device], now: datetime, new_id: Callable[[], str]
+) -> list[ChangeEvent]:
     if before is None:
-        return [_event(EventType.DEVICE_ADDED, now, new_id, after.device, before=None,
-                       after=_summary(after.device))]
+        return [
+            _event(
+                EventType.DEVICE_ADDED, now, new_id, after.device, before=None, after=_summary(after.device)
+            )
+        ]
     events = []
     if after.device.room != before.device.room:
         # S9: moves between rooms are kept, every one of them.
-        events.append(_event(EventType.DEVICE_MOVED, now, new_id, after.device,
-                             before={"room": before.device.room}, after={"room": after.device.room}))
+        events.append(
+            _event(
+                EventType.DEVICE_MOVED,
+                now,
+                new_id,
+                after.device,
+                before={"room": before.device.room},
+                after={"room": after.device.room},
+            )
+        )
     if seen:
         events.extend(_reading_events(before.sightings, after.sightings, after.device, now, new_id))
     return events
 
 
-def _reading_events(before: Sequence[Sighting], after: Sequence[Sighting], device: Device, now: datetime,
-                    new_id: Callable[[], str]) -> list[ChangeEvent]:
+def _reading_events(
+    before: Sequence[Sighting],
+    after: Sequence[Sighting],
+    device: Device,
+    now: datetime,
+    new_id: Callable[[], str],
+) -> list[ChangeEvent]:
     """At most one ``firmware.changed`` and one ``health.changed`` per unit and scan: the
     first source (by name) whose reading changed."""
     firmware: ChangeEvent | None = None
@@ -356,11 +395,18 @@ def _reading_events(before: Sequence[Sighting], after: Sequence[Sighting], devic
         if old is None or old == now_read:
             continue
         if firmware is None and _firmware_changed(old, now_read):
-            firmware = _event(EventType.FIRMWARE_CHANGED, now, new_id, device,
-                              before=_versions(old), after=_versions(now_read))
+            firmware = _event(
+                EventType.FIRMWARE_CHANGED,
+                now,
+                new_id,
+                device,
+                before=_versions(old),
+                after=_versions(now_read),
+            )
         if health is None and old.health != now_read.health:
-            health = _event(EventType.HEALTH_CHANGED, now, new_id, device,
-                            before=_health(old), after=_health(now_read))
+            health = _event(
+                EventType.HEALTH_CHANGED, now, new_id, device, before=_health(old), after=_health(now_read)
+            )
     return [e for e in (firmware, health) if e is not None]
 
 
@@ -381,8 +427,7 @@ def _firmware_changed(old: Sighting, new: Sighting) -> bool:
 
 
 def _versions(sighting: Sighting) -> dict[str, Any]:
-    return {"firmware": sighting.firmware, "components": dict(sighting.components),
-            "source": sighting.source}
+    return {"firmware": sighting.firmware, "components": dict(sighting.components), "source": sighting.source}
 
 
 def _health(sighting: Sighting) -> dict[str, Any]:
@@ -402,10 +447,26 @@ def _summary(device: Device) -> dict[str, Any]:
     }
 
 
-def _event(kind: EventType, now: datetime, new_id: Callable[[], str], device: Device, *,
-           before: dict[str, Any] | None, after: dict[str, Any] | None) -> ChangeEvent:
-    return ChangeEvent(id=new_id(), type=kind, at=now, identity=device.identity, product=device.product,
-                       serial=device.serial, room=device.room, before=before, after=after)
+def _event(
+    kind: EventType,
+    now: datetime,
+    new_id: Callable[[], str],
+    device: Device,
+    *,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> ChangeEvent:
+    return ChangeEvent(
+        id=new_id(),
+        type=kind,
+        at=now,
+        identity=device.identity,
+        product=device.product,
+        serial=device.serial,
+        room=device.room,
+        before=before,
+        after=after,
+    )
 
 
 # --------------------------------------------------------------------------- serial conflicts
@@ -425,8 +486,13 @@ class Claim:
         return (self.identity, self.product, self.room or "", self.source, self.address)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"identity": self.identity, "product": self.product, "room": self.room,
-                "source": self.source, "address": self.address}
+        return {
+            "identity": self.identity,
+            "product": self.product,
+            "room": self.room,
+            "source": self.source,
+            "address": self.address,
+        }
 
 
 def serial_conflicts(inventory: Mapping[str, Tracked]) -> dict[str, list[Claim]]:
@@ -440,7 +506,8 @@ def serial_conflicts(inventory: Mapping[str, Tracked]) -> dict[str, list[Claim]]
         for s in unit.sightings:
             if s.standing:
                 claims.setdefault(normalize_serial(device.serial), []).append(
-                    Claim(identity, device.product, s.room, s.source, s.address))
+                    Claim(identity, device.product, s.room, s.source, s.address)
+                )
     return {serial: sorted(found, key=Claim.sort_key) for serial, found in claims.items() if _disagree(found)}
 
 
@@ -454,8 +521,12 @@ def _signature(claims: Sequence[Claim]) -> frozenset[tuple[str, str | None]]:
     return frozenset((c.product, c.room) for c in claims)
 
 
-def _conflict_events(previous: Mapping[str, Tracked], inventory: Mapping[str, Tracked], now: datetime,
-                     new_id: Callable[[], str]) -> list[ChangeEvent]:
+def _conflict_events(
+    previous: Mapping[str, Tracked],
+    inventory: Mapping[str, Tracked],
+    now: datetime,
+    new_id: Callable[[], str],
+) -> list[ChangeEvent]:
     """A ``serial.conflict`` for each conflict that appeared, or whose claims changed."""
     before = serial_conflicts(previous)
     events = []
@@ -465,9 +536,17 @@ def _conflict_events(previous: Mapping[str, Tracked], inventory: Mapping[str, Tr
             continue
         first = inventory[claims[0].identity].device
         rooms = {c.room for c in claims}
-        events.append(ChangeEvent(
-            id=new_id(), type=EventType.SERIAL_CONFLICT, at=now, identity=first.identity,
-            product=first.product, serial=first.serial, room=rooms.pop() if len(rooms) == 1 else None,
-            before={"claims": [c.to_dict() for c in earlier]} if earlier is not None else None,
-            after={"claims": [c.to_dict() for c in claims]}))
+        events.append(
+            ChangeEvent(
+                id=new_id(),
+                type=EventType.SERIAL_CONFLICT,
+                at=now,
+                identity=first.identity,
+                product=first.product,
+                serial=first.serial,
+                room=rooms.pop() if len(rooms) == 1 else None,
+                before={"claims": [c.to_dict() for c in earlier]} if earlier is not None else None,
+                after={"claims": [c.to_dict() for c in claims]},
+            )
+        )
     return events

@@ -40,9 +40,12 @@ def room_for(obs: Observation, local_room: Room | None) -> str | None:
     return None
 
 
-def devices_from_observations(observations: Iterable[Observation], local_room: Room | None,
-                              catalog: Catalog | None = None,
-                              room_map: RoomMap | None = None) -> list[Device]:
+def devices_from_observations(
+    observations: Iterable[Observation],
+    local_room: Room | None,
+    catalog: Catalog | None = None,
+    room_map: RoomMap | None = None,
+) -> list[Device]:
     devices = [Device.from_observation(o, room=room_for(o, local_room)) for o in observations]
     if room_map is not None:
         for device, room in zip(devices, map_rooms(devices, room_map), strict=True):
@@ -117,12 +120,16 @@ def known_rooms(local_room: Room | None, room_map: RoomMap | None) -> list[Room]
     found: dict[str, Room] = dict(room_map.rooms) if room_map is not None else {}
     if local_room is not None:
         mapped = found.get(local_room.id)
-        found[local_room.id] = local_room if mapped is None else replace(
-            local_room,
-            name=local_room.name if local_room.name is not None else mapped.name,
-            group=local_room.group if local_room.group is not None else mapped.group,
-            location=local_room.location if local_room.location is not None else mapped.location,
-            seat_count=local_room.seat_count if local_room.seat_count is not None else mapped.seat_count,
+        found[local_room.id] = (
+            local_room
+            if mapped is None
+            else replace(
+                local_room,
+                name=local_room.name if local_room.name is not None else mapped.name,
+                group=local_room.group if local_room.group is not None else mapped.group,
+                location=local_room.location if local_room.location is not None else mapped.location,
+                seat_count=local_room.seat_count if local_room.seat_count is not None else mapped.seat_count,
+            )
         )
     return list(found.values())
 
@@ -135,8 +142,7 @@ def merge_rooms(stored: Iterable[Room], configured: Iterable[Room]) -> list[Room
     return list(rooms.values())
 
 
-def summarize_rooms(devices: Iterable[Device], catalog: Catalog,
-                    rooms: Iterable[Room] = ()) -> RoomsReport:
+def summarize_rooms(devices: Iterable[Device], catalog: Catalog, rooms: Iterable[Room] = ()) -> RoomsReport:
     """Group placed devices by room and summarise each room (systems, primary unit, ticket
     serial, key devices, flags). Every room in ``rooms`` is listed, found empty or not; a
     device with no room is listed under ``unassigned``."""

@@ -192,8 +192,9 @@ class ScanError:
 OTHER = "other"
 
 
-def transport_identity(transport: Transport | str, address: str,
-                       vendor_id: int | None = None, product_id: int | None = None) -> str:
+def transport_identity(
+    transport: Transport | str, address: str, vendor_id: int | None = None, product_id: int | None = None
+) -> str:
     """Identity of a unit that has no label-grade serial: where it was seen."""
     ident = f"{transport}:{address}"
     if vendor_id is not None and product_id is not None:
@@ -238,8 +239,9 @@ class Device(UnitFacts):
         return "serial" if self.serial and self.serial_label_grade else "transport"
 
     @classmethod
-    def from_observation(cls, obs: Observation, *, room: str | None = None,
-                         unknown_product: str = "Unknown device") -> Device:
+    def from_observation(
+        cls, obs: Observation, *, room: str | None = None, unknown_product: str = "Unknown device"
+    ) -> Device:
         return cls(
             **copy_facts(obs),
             product=obs.product or unknown_product,
@@ -249,8 +251,9 @@ class Device(UnitFacts):
             last_seen=obs.observed_at,
             room=room,
             health_issues=list(obs.health),
-            children=[cls.from_observation(c, room=room, unknown_product=unknown_product)
-                      for c in obs.children],
+            children=[
+                cls.from_observation(c, room=room, unknown_product=unknown_product) for c in obs.children
+            ],
             sources=[obs.source],
         )
 
@@ -284,7 +287,6 @@ class Device(UnitFacts):
             "children": [c.to_dict() for c in self.children],
         }
 
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Device:
         """The inverse of :meth:`to_dict` (the store keeps devices in that form)."""
@@ -308,8 +310,10 @@ class Device(UnitFacts):
             first_seen=datetime.fromisoformat(data["first_seen"]),
             last_seen=datetime.fromisoformat(data["last_seen"]),
             room=data.get("room"),
-            health_issues=[HealthIssue(i["code"], i["message"], Severity(i["severity"]))
-                           for i in data.get("health_issues") or ()],
+            health_issues=[
+                HealthIssue(i["code"], i["message"], Severity(i["severity"]))
+                for i in data.get("health_issues") or ()
+            ],
             children=[cls.from_dict(c) for c in data.get("children") or ()],
             sources=list(data.get("sources") or ()),
         )

@@ -100,7 +100,7 @@ __all__ = [
 ]
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
-MAX_TEXT_LEN = 200          # as the configuration's text values
+MAX_TEXT_LEN = 200  # as the configuration's text values
 MAX_SEATS = 10_000
 MAX_SERIAL_LEN = 64
 
@@ -131,11 +131,22 @@ class MatchKind(StrEnum):
     ADDRESS = "address"
     CIDR = "cidr"
 
+
 COLUMNS: tuple[str, ...] = ("match", "value", "room", "room_name", "group", "location", "seat_count")
 _REQUIRED = ("match", "value", "room")
-_MATCH_HINTS = {"ip": "address", "ip_address": "address", "addr": "address", "hostname": "host",
-                "host_name": "host", "name": "host", "subnet": "cidr", "network": "cidr",
-                "range": "cidr", "sn": "serial", "serial_number": "serial"}
+_MATCH_HINTS = {
+    "ip": "address",
+    "ip_address": "address",
+    "addr": "address",
+    "hostname": "host",
+    "host_name": "host",
+    "name": "host",
+    "subnet": "cidr",
+    "network": "cidr",
+    "range": "cidr",
+    "sn": "serial",
+    "serial_number": "serial",
+}
 
 
 class RoomMapError(CsvFileError):
@@ -295,8 +306,9 @@ def _parse_room_id(text: str) -> str:
     if len(text) > MAX_ROOM_ID_LEN:
         raise _Bad(f"is longer than {MAX_ROOM_ID_LEN} characters")
     if not ROOM_ID.match(text):
-        raise _Bad(f"{text!r} is not a room id: letters, digits and . _ : / -, starting with a "
-                   "letter or digit")
+        raise _Bad(
+            f"{text!r} is not a room id: letters, digits and . _ : / -, starting with a letter or digit"
+        )
     return text
 
 
@@ -341,8 +353,9 @@ class RoomMap:
 
     __slots__ = ("_by_address", "_by_host", "_by_serial", "_cidrs", "rooms", "rules", "source")
 
-    def __init__(self, rules: Iterable[RoomRule] = (), rooms: Iterable[Room] = (), *,
-                 source: str = "<memory>") -> None:
+    def __init__(
+        self, rules: Iterable[RoomRule] = (), rooms: Iterable[Room] = (), *, source: str = "<memory>"
+    ) -> None:
         self.source = source
         self.rules: tuple[RoomRule, ...] = tuple(rules)
         self.rooms: dict[str, Room] = {r.id: r for r in rooms}
@@ -370,7 +383,8 @@ class RoomMap:
             raise RoomMapError(problems)
         # Narrowest first; equal prefixes cannot both hold one address unless equal (refused).
         self._cidrs: tuple[tuple[IpNetwork, RoomRule], ...] = tuple(
-            sorted(cidrs.items(), key=lambda item: -item[0].prefixlen))
+            sorted(cidrs.items(), key=lambda item: -item[0].prefixlen)
+        )
 
     def __repr__(self) -> str:
         return f"RoomMap({len(self.rules)} rules, {len(self.rooms)} rooms from {self.source})"
@@ -378,8 +392,7 @@ class RoomMap:
     def match(self, device: Device) -> Placement | None:
         """The placement the map gives ``device`` (whatever room it already has), or ``None``.
         Precedence: serial > host > address > the narrowest cidr; then the earliest line."""
-        return (self._match_serial(device) or self._match_host(device)
-                or self._match_address(device))
+        return self._match_serial(device) or self._match_host(device) or self._match_address(device)
 
     def _match_serial(self, device: Device) -> Placement | None:
         if not device.serial:
@@ -403,8 +416,11 @@ class RoomMap:
 
     def _match_address(self, device: Device) -> Placement | None:
         ips = _addresses(device)
-        exact = [(_line(r), Placement(r.room, r, fact))
-                 for fact, ip in ips if (r := self._by_address.get(ip)) is not None]
+        exact = [
+            (_line(r), Placement(r.room, r, fact))
+            for fact, ip in ips
+            if (r := self._by_address.get(ip)) is not None
+        ]
         if exact:
             return min(exact, key=lambda item: item[0])[1]
         best: tuple[tuple[int, int], Placement] | None = None
@@ -473,8 +489,7 @@ def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomM
     return parse_room_map(read_file(path, max_bytes, RoomMapError), str(path), max_bytes=max_bytes)
 
 
-def parse_room_map(data: str | bytes, name: str = "<file>", *,
-                   max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
+def parse_room_map(data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Check and read room-map CSV content (bytes as read from a file, or text); ``name`` is
     used in messages."""
     return _Reader(name).run(file_text(data, name, max_bytes, RoomMapError))
@@ -500,23 +515,29 @@ class _Reader:
         self.delimiter = ","
 
     def problem(self, line: int, column: str | None, what: str) -> None:
-        self.problems.append(f"{self.name}:{line}: {column}: {what}" if column
-                             else f"{self.name}:{line}: {what}")
+        self.problems.append(
+            f"{self.name}:{line}: {column}: {what}" if column else f"{self.name}:{line}: {what}"
+        )
 
     def cells(self, line: int, text: str) -> list[str] | None:
         try:
             return next(csv.reader([text], delimiter=self.delimiter, strict=True))
         except csv.Error as exc:
-            self.problem(line, None, f"the row cannot be read as CSV ({exc}); a quoted cell "
-                                     "cannot span lines")
+            self.problem(
+                line, None, f"the row cannot be read as CSV ({exc}); a quoted cell cannot span lines"
+            )
             return None
 
     def run(self, text: str) -> RoomMap:
         lines = _rows(text)
         first = next(lines, None)
         if first is None:
-            raise RoomMapError([f"{self.name}:1: the file is empty: it needs a header row naming "
-                                "the columns (match,value,room)"])
+            raise RoomMapError(
+                [
+                    f"{self.name}:1: the file is empty: it needs a header row naming "
+                    "the columns (match,value,room)"
+                ]
+            )
         header_line, header_text = first
         self.delimiter = delimiter_of(header_text)
         columns = self.header(header_line, self.cells(header_line, header_text) or [])
@@ -540,8 +561,12 @@ class _Reader:
             names.pop()  # spreadsheets write empty columns at the end
         if not any(n in COLUMNS for n in names):
             shown = self.delimiter.join(cells)[:80]
-            raise RoomMapError([f"{self.name}:{line}: no header row: the first line must name the "
-                                f"columns (match,value,room), found {shown!r}"])
+            raise RoomMapError(
+                [
+                    f"{self.name}:{line}: no header row: the first line must name the "
+                    f"columns (match,value,room), found {shown!r}"
+                ]
+            )
         columns: list[str | None] = []
         seen: dict[str, int] = {}
         for position, column in enumerate(names, start=1):
@@ -561,16 +586,26 @@ class _Reader:
                 self.problem(line, column, "the column is missing (required: match, value, room)")
         return columns
 
-    def row(self, line: int, cells: list[str], columns: list[str | None], rules: list[RoomRule],
-            details: dict[str, dict[str, tuple[Any, int]]]) -> None:
+    def row(
+        self,
+        line: int,
+        cells: list[str],
+        columns: list[str | None],
+        rules: list[RoomRule],
+        details: dict[str, dict[str, tuple[Any, int]]],
+    ) -> None:
         width = len(columns)
         if len(cells) > width and not "".join(cells[width:]).strip():
             cells = cells[:width]  # spreadsheets pad rows with empty cells
         if not "".join(cells).strip():
             return  # a row of empty cells
         if len(cells) != width:
-            self.problem(line, None, f"the row has {len(cells)} cells but the header has {width} "
-                                     f"(the delimiter is {self.delimiter!r})")
+            self.problem(
+                line,
+                None,
+                f"the row has {len(cells)} cells but the header has {width} "
+                f"(the delimiter is {self.delimiter!r})",
+            )
             return
         raw = {c: cells[i].strip() for i, c in enumerate(columns) if c is not None}
         room = self.cell(line, "room", raw, _parse_room_id)
@@ -582,22 +617,32 @@ class _Reader:
         elif raw["value"] and not raw["match"]:
             self.problem(line, "match", "is empty: say what value is (serial, host, address or cidr)")
         value = self.cell(line, "value", raw, _VALUE_PARSERS[kind]) if kind is not None else None
-        parsers = {"room_name": _parse_text, "group": _parse_text, "location": _parse_text,
-                   "seat_count": _parse_seats}
+        parsers = {
+            "room_name": _parse_text,
+            "group": _parse_text,
+            "location": _parse_text,
+            "seat_count": _parse_seats,
+        }
         given = {c: v for c in _DETAILS if (v := self.cell(line, c, raw, parsers[c])) is not None}
         if room is None:
             return
         if not raw["match"] and not raw["value"] and not given:
-            self.problem(line, None, "the row places nothing and describes nothing: give match and "
-                                     "value, or the room's details")
+            self.problem(
+                line,
+                None,
+                "the row places nothing and describes nothing: give match and value, or the room's details",
+            )
         if kind is not None and value is not None:
             rules.append(RoomRule(kind, value, room, line, self.name))
         known = details.setdefault(room, {})
         for column, detail in given.items():
             if column in known and known[column][0] != detail:
                 earlier, first_line = known[column]
-                self.problem(line, column, f"{detail!r} differs from {earlier!r} given for room "
-                                           f"{room} on line {first_line}")
+                self.problem(
+                    line,
+                    column,
+                    f"{detail!r} differs from {earlier!r} given for room {room} on line {first_line}",
+                )
             known.setdefault(column, (detail, line))
 
     def cell(self, line: int, column: str, raw: dict[str, str], parse: Any) -> Any:
@@ -615,6 +660,13 @@ def _rooms(details: dict[str, dict[str, tuple[Any, int]]]) -> list[Room]:
     def get(known: dict[str, tuple[Any, int]], column: str) -> Any:
         return known[column][0] if column in known else None
 
-    return [Room(room, name=get(d, "room_name"), group=get(d, "group"),
-                 location=get(d, "location"), seat_count=get(d, "seat_count"))
-            for room, d in details.items()]
+    return [
+        Room(
+            room,
+            name=get(d, "room_name"),
+            group=get(d, "group"),
+            location=get(d, "location"),
+            seat_count=get(d, "seat_count"),
+        )
+        for room, d in details.items()
+    ]

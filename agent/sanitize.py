@@ -19,10 +19,30 @@ DEFAULT_MAX_LEN = 128
 _PLACEHOLDER_SERIALS = frozenset(
     s.casefold()
     for s in (
-        "To be filled by O.E.M.", "To Be Filled By O.E.M.", "Default string", "System Serial Number",
-        "Chassis Serial Number", "Not Specified", "Not Applicable", "None", "Null", "N/A", "NA",
-        "Unknown", "Invalid", "Serial", "SerialNumber", "123456789", "1234567890", "0123456789",
-        "ABCDEF", "XXXXXXXX", "Base Board Serial Number", "OEM", "O.E.M.", "Type2 - Board Serial Number",
+        "To be filled by O.E.M.",
+        "To Be Filled By O.E.M.",
+        "Default string",
+        "System Serial Number",
+        "Chassis Serial Number",
+        "Not Specified",
+        "Not Applicable",
+        "None",
+        "Null",
+        "N/A",
+        "NA",
+        "Unknown",
+        "Invalid",
+        "Serial",
+        "SerialNumber",
+        "123456789",
+        "1234567890",
+        "0123456789",
+        "ABCDEF",
+        "XXXXXXXX",
+        "Base Board Serial Number",
+        "OEM",
+        "O.E.M.",
+        "Type2 - Board Serial Number",
     )
 )
 _REPEATED_CHAR = re.compile(r"^(.)\1*$")

@@ -53,13 +53,20 @@ async def execute(source: Source, ctx: ScanContext, timeout: float | None = None
         result = SourceResult(errors=[ScanError(source.name, "*", f"{type(exc).__name__}: {exc}")])
         success = False
     seconds = time.perf_counter() - started
-    log.info("source.run.done", source=source.name, seconds=round(seconds, 4), success=success,
-             observations=len(result.observations), errors=len(result.errors))
+    log.info(
+        "source.run.done",
+        source=source.name,
+        seconds=round(seconds, 4),
+        success=success,
+        observations=len(result.observations),
+        errors=len(result.errors),
+    )
     return SourceRun(source.name, seconds, success, result)
 
 
-async def run_scan(sources: Sequence[Source], ctx: ScanContext,
-                   timeout: float | None = None, room_map: RoomMap | None = None) -> ScanReport:
+async def run_scan(
+    sources: Sequence[Source], ctx: ScanContext, timeout: float | None = None, room_map: RoomMap | None = None
+) -> ScanReport:
     runs = await asyncio.gather(*(execute(s, ctx, timeout) for s in sources))
     report = ScanReport(runs=list(runs))
     observations = []
@@ -71,6 +78,12 @@ async def run_scan(sources: Sequence[Source], ctx: ScanContext,
     return report
 
 
-def scan_once(sources: Sequence[Source], catalog: Catalog, now: datetime, room: Room | None = None,
-              timeout: float | None = None, room_map: RoomMap | None = None) -> ScanReport:
+def scan_once(
+    sources: Sequence[Source],
+    catalog: Catalog,
+    now: datetime,
+    room: Room | None = None,
+    timeout: float | None = None,
+    room_map: RoomMap | None = None,
+) -> ScanReport:
     return asyncio.run(run_scan(sources, ScanContext(catalog, now, room), timeout, room_map))

@@ -60,8 +60,7 @@ def status_line(text: str, limit: int = STATUS_MAX_CHARS) -> str:
     return cleaned
 
 
-def watchdog_interval(environ: Mapping[str, str] | None = None,
-                      pid: int | None = None) -> float | None:
+def watchdog_interval(environ: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
     """Seconds between ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC``, as ``sd_notify(3)``
     advises. None when the watchdog is off: ``$WATCHDOG_USEC`` unset, not a positive integer,
     or ``$WATCHDOG_PID`` set to another process (the variables were inherited from a parent)."""

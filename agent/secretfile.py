@@ -20,8 +20,7 @@ class SecretFileError(Exception):
     never its content."""
 
 
-def resolve_secret_path(path: str | os.PathLike[str],
-                        environ: Mapping[str, str] | None = None) -> Path:
+def resolve_secret_path(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Path:
     """``path`` itself when absolute; else under ``$CREDENTIALS_DIRECTORY`` when that holds
     it (systemd credentials), else relative to the working directory."""
     env = os.environ if environ is None else environ
@@ -32,8 +31,9 @@ def resolve_secret_path(path: str | os.PathLike[str],
     return p
 
 
-def read_secret(path: str | os.PathLike[str], what: str = "secret",
-                environ: Mapping[str, str] | None = None) -> str:
+def read_secret(
+    path: str | os.PathLike[str], what: str = "secret", environ: Mapping[str, str] | None = None
+) -> str:
     """The secret in ``path``: its text without the trailing newline. Raises
     :class:`SecretFileError`."""
     p = resolve_secret_path(path, environ)

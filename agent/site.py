@@ -15,11 +15,17 @@ from typing import Any
 from agent.coverage import URGENCY, LayerKind, Verdict
 
 #: S3: enterprise plan tiers and the number of rooms each serves (SLX: no cap given).
-TIER_ROOMS: Mapping[str, int | None] = {"100": 100, "250": 250, "500": 500, "1000": 1000,
-                                         "2000": 2000, "5000": 5000, "SLX": None}
+TIER_ROOMS: Mapping[str, int | None] = {
+    "100": 100,
+    "250": 250,
+    "500": 500,
+    "1000": 1000,
+    "2000": 2000,
+    "5000": 5000,
+    "SLX": None,
+}
 #: S11: on-site spares an enterprise plan gives.
-TIER_SPARES: Mapping[str, int] = {"100": 1, "250": 2, "500": 3, "1000": 5, "2000": 10, "5000": 15,
-                                  "SLX": 20}
+TIER_SPARES: Mapping[str, int] = {"100": 1, "250": 2, "500": 3, "1000": 5, "2000": 10, "5000": 15, "SLX": 20}
 #: S11: room licences give one spare per this many licensed rooms.
 ROOMS_PER_SPARE = 50
 #: S10: a dedicated service manager from this many active SELECT room licences.
@@ -43,11 +49,17 @@ class SiteSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rooms": self.rooms, "units": self.units, "by_status": dict(self.by_status),
-            "select_rooms_active": self.select_rooms_active, "spares_due": self.spares_due,
+            "rooms": self.rooms,
+            "units": self.units,
+            "by_status": dict(self.by_status),
+            "select_rooms_active": self.select_rooms_active,
+            "spares_due": self.spares_due,
             "dedicated_service_manager": self.dedicated_service_manager,
-            "enterprise_tier": self.enterprise_tier, "tier_rooms": self.tier_rooms,
-            "flags": list(self.flags), "rules": list(self.rules), "notes": list(self.notes),
+            "enterprise_tier": self.enterprise_tier,
+            "tier_rooms": self.tier_rooms,
+            "flags": list(self.flags),
+            "rules": list(self.rules),
+            "notes": list(self.notes),
         }
 
 
@@ -56,8 +68,13 @@ def has_active_select(verdict: Verdict, today: date) -> bool:
     return any(layer.kind is LayerKind.SELECT and layer.covers(today) for layer in verdict.layers)
 
 
-def summarize(units: Iterable[tuple[Verdict, str | None]], rooms: Iterable[str], today: date, *,
-              enterprise_tier: str | None = None) -> SiteSummary:
+def summarize(
+    units: Iterable[tuple[Verdict, str | None]],
+    rooms: Iterable[str],
+    today: date,
+    *,
+    enterprise_tier: str | None = None,
+) -> SiteSummary:
     """``units`` pairs each verdict with the unit's room (``None``: unassigned); ``rooms``
     are every room the site knows (a room may hold no evaluated unit)."""
     pairs = list(units)
@@ -74,8 +91,10 @@ def summarize(units: Iterable[tuple[Verdict, str | None]], rooms: Iterable[str],
         spares = TIER_SPARES[enterprise_tier]  # S11: enterprise plans by tier
         dsm = True  # S10: an enterprise plan
         rules += ["S3", "S10"]
-        notes.append(f"enterprise plan {enterprise_tier}: {spares} on-site spare(s) (S11), "
-                     "dedicated service manager (S10)")
+        notes.append(
+            f"enterprise plan {enterprise_tier}: {spares} on-site spare(s) (S11), "
+            "dedicated service manager (S10)"
+        )
         if tier_rooms is not None and active > tier_rooms:
             flags.append(TIER_EXCEEDED)  # S3: plans do not stack; the customer must upgrade
             notes.append(f"{active} rooms served exceed the {enterprise_tier}-room tier (S3)")
@@ -83,12 +102,21 @@ def summarize(units: Iterable[tuple[Verdict, str | None]], rooms: Iterable[str],
         spares = active // ROOMS_PER_SPARE  # S11: counted from rooms with an active licence
         dsm = active >= DSM_ROOMS  # S10
         rules.append("S10")
-        notes.append(f"{active} room(s) with an active SELECT licence: {spares} on-site spare(s) "
-                     f"(1 per {ROOMS_PER_SPARE}, S11); dedicated service manager "
-                     f"{'yes' if dsm else f'from {DSM_ROOMS} rooms'} (S10)")
+        notes.append(
+            f"{active} room(s) with an active SELECT licence: {spares} on-site spare(s) "
+            f"(1 per {ROOMS_PER_SPARE}, S11); dedicated service manager "
+            f"{'yes' if dsm else f'from {DSM_ROOMS} rooms'} (S10)"
+        )
     return SiteSummary(
-        rooms=len(all_rooms), units=len(pairs),
+        rooms=len(all_rooms),
+        units=len(pairs),
         by_status={str(status): by_status.get(str(status), 0) for status in URGENCY},
-        select_rooms_active=active, spares_due=spares, dedicated_service_manager=dsm,
-        enterprise_tier=enterprise_tier, tier_rooms=tier_rooms, flags=tuple(sorted(flags)),
-        rules=tuple(sorted(rules)), notes=tuple(notes))
+        select_rooms_active=active,
+        spares_due=spares,
+        dedicated_service_manager=dsm,
+        enterprise_tier=enterprise_tier,
+        tier_rooms=tier_rooms,
+        flags=tuple(sorted(flags)),
+        rules=tuple(sorted(rules)),
+        notes=tuple(notes),
+    )

@@ -188,28 +188,34 @@ class ScanRecord:
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
-        return StoreError(f"state database {path} is locked by another process; try again "
-                          "when it is done")
+        return StoreError(f"state database {path} is locked by another process; try again when it is done")
     if "disk is full" in text:
-        return StoreError(f"state database {path}: the disk is full ({exc}); nothing was lost, "
-                          "the previous state is intact; free space and the next scan is stored")
+        return StoreError(
+            f"state database {path}: the disk is full ({exc}); nothing was lost, "
+            "the previous state is intact; free space and the next scan is stored"
+        )
     if "disk i/o" in text:
-        return StoreError(f"state database {path}: the disk is failing ({exc}); nothing was lost, "
-                          "the previous state is intact; check the disk")
+        return StoreError(
+            f"state database {path}: the disk is failing ({exc}); nothing was lost, "
+            "the previous state is intact; check the disk"
+        )
     if "not a database" in text or "malformed" in text:
-        return StoreError(f"state database {path} is corrupt ({exc}); move it aside and the "
-                          "next scan starts a fresh one")
+        return StoreError(
+            f"state database {path} is corrupt ({exc}); move it aside and the next scan starts a fresh one"
+        )
     if "readonly" in text or "unable to open" in text:
-        return StoreError(f"state database {path} cannot be written ({exc}); check the state "
-                          "directory's owner and permissions")
+        return StoreError(
+            f"state database {path} cannot be written ({exc}); check the state "
+            "directory's owner and permissions"
+        )
     return StoreError(f"state database {path}: {exc}")
 
 
 def _unreadable(path: Path, what: str, exc: Exception) -> StoreError:
-    return StoreError(f"state database {path} is corrupt (a {what} row cannot be read: "
-                      f"{type(exc).__name__}: {exc}); move it aside and the next scan starts a fresh one")
-
-
+    return StoreError(
+        f"state database {path} is corrupt (a {what} row cannot be read: "
+        f"{type(exc).__name__}: {exc}); move it aside and the next scan starts a fresh one"
+    )
 
 
 def utc_text(moment: datetime) -> str:
@@ -253,8 +259,9 @@ class Store:
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the state directory {directory}: "
-                             f"{exc.strerror or exc}") from None
+            raise StoreError(
+                f"cannot create the state directory {directory}: {exc.strerror or exc}"
+            ) from None
         return cls(directory / DB_NAME, busy_timeout=busy_timeout)
 
     def __enter__(self) -> Store:
@@ -302,8 +309,10 @@ class Store:
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise StoreError(f"state database {self.path} has schema {version}, newer than this "
-                             f"roomsync understands ({SCHEMA_VERSION}); upgrade roomsync")
+            raise StoreError(
+                f"state database {self.path} has schema {version}, newer than this "
+                f"roomsync understands ({SCHEMA_VERSION}); upgrade roomsync"
+            )
         for target in range(version, SCHEMA_VERSION):
             with self.transaction() as db:
                 # One statement at a time: executescript() would commit the transaction
@@ -319,10 +328,18 @@ class Store:
 
     # ------------------------------------------------------------------ writing a scan
 
-    def record_scan(self, devices: Iterable[Device], rooms: Iterable[Room], finished_at: datetime,
-                    errors: int = 0, *, sources_run: Collection[str] | None = None,
-                    remove_after: int = DEFAULT_REMOVE_AFTER, retention: Retention | None = None,
-                    new_id: Callable[[], str] = new_event_id) -> ScanRecord:
+    def record_scan(
+        self,
+        devices: Iterable[Device],
+        rooms: Iterable[Room],
+        finished_at: datetime,
+        errors: int = 0,
+        *,
+        sources_run: Collection[str] | None = None,
+        remove_after: int = DEFAULT_REMOVE_AFTER,
+        retention: Retention | None = None,
+        new_id: Callable[[], str] = new_event_id,
+    ) -> ScanRecord:
         """Store one scan and the change events it produced, in one transaction.
 
         ``sources_run`` names the sources that ran to completion (the scope of
@@ -334,21 +351,31 @@ class Store:
         found = list(devices)
         scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
         try:
-            record, inventory = self._record_scan(found, rooms, finished_at, errors, scope, remove_after,
-                                                  retention, new_id)
+            record, inventory = self._record_scan(
+                found, rooms, finished_at, errors, scope, remove_after, retention, new_id
+            )
         except BaseException:
             self._cache = None
             raise
         self._cache = (self._data_version(self._db), inventory)
         return record
 
-    def _record_scan(self, found: list[Device], rooms: Iterable[Room], finished_at: datetime, errors: int,
-                     scope: Sequence[str], remove_after: int, retention: Retention | None,
-                     new_id: Callable[[], str]) -> tuple[ScanRecord, dict[str, Tracked]]:
+    def _record_scan(
+        self,
+        found: list[Device],
+        rooms: Iterable[Room],
+        finished_at: datetime,
+        errors: int,
+        scope: Sequence[str],
+        remove_after: int,
+        retention: Retention | None,
+        new_id: Callable[[], str],
+    ) -> tuple[ScanRecord, dict[str, Tracked]]:
         with self.transaction() as db:
             previous = self._inventory(db)
-            diff = diff_scan(previous, found, finished_at, scope=scope, remove_after=remove_after,
-                             new_id=new_id)
+            diff = diff_scan(
+                previous, found, finished_at, scope=scope, remove_after=remove_after, new_id=new_id
+            )
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
             self._write_inventory(db, previous, diff, finished_at)
             self._write_rooms(db, rooms)
@@ -359,14 +386,18 @@ class Store:
         return ScanRecord(scan_id, diff.events), dict(diff.inventory)
 
     @staticmethod
-    def _insert_scan(db: sqlite3.Connection, finished_at: datetime, devices: int, errors: int,
-                     scope: Sequence[str]) -> int:
-        cursor = db.execute("INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, ?, ?, ?)",
-                            (finished_at.isoformat(), devices, errors, _json(list(scope))))
+    def _insert_scan(
+        db: sqlite3.Connection, finished_at: datetime, devices: int, errors: int, scope: Sequence[str]
+    ) -> int:
+        cursor = db.execute(
+            "INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, ?, ?, ?)",
+            (finished_at.isoformat(), devices, errors, _json(list(scope))),
+        )
         return int(cursor.lastrowid or 0)
 
-    def _write_inventory(self, db: sqlite3.Connection, previous: Mapping[str, Tracked], diff: ScanDiff,
-                         now: datetime) -> None:
+    def _write_inventory(
+        self, db: sqlite3.Connection, previous: Mapping[str, Tracked], diff: ScanDiff, now: datetime
+    ) -> None:
         for identity, unit in diff.inventory.items():
             if previous.get(identity) == unit:
                 continue  # no source of this scan saw it, nothing about it changed
@@ -383,8 +414,9 @@ class Store:
         """A unit back after its removal keeps the day it was first seen."""
         row = db.execute("SELECT first_seen FROM devices WHERE identity = ?", (identity,)).fetchone()
         if row is not None:
-            device.first_seen = min(device.first_seen, datetime.fromisoformat(row[0]),
-                                    key=lambda moment: as_utc(moment))
+            device.first_seen = min(
+                device.first_seen, datetime.fromisoformat(row[0]), key=lambda moment: as_utc(moment)
+            )
 
     @staticmethod
     def _upsert_device(db: sqlite3.Connection, identity: str, device: Device) -> None:
@@ -393,46 +425,71 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT(identity) DO UPDATE SET room = excluded.room, "
             "product = excluded.product, serial = excluded.serial, first_seen = excluded.first_seen, "
             "last_seen = excluded.last_seen, data = excluded.data, removed_at = NULL",
-            (identity, device.room, device.product, device.serial, device.first_seen.isoformat(),
-             device.last_seen.isoformat(), _json(device.to_dict())))
+            (
+                identity,
+                device.room,
+                device.product,
+                device.serial,
+                device.first_seen.isoformat(),
+                device.last_seen.isoformat(),
+                _json(device.to_dict()),
+            ),
+        )
 
     @staticmethod
     def _replace_sightings(db: sqlite3.Connection, identity: str, sightings: Iterable[Sighting]) -> None:
         db.execute("DELETE FROM sightings WHERE identity = ?", (identity,))
         db.executemany(
             "INSERT INTO sightings (identity, source, address, room, missed, data) VALUES (?, ?, ?, ?, ?, ?)",
-            [(identity, s.source, s.address, s.room, s.missed, _json(s.to_dict())) for s in sightings])
+            [(identity, s.source, s.address, s.room, s.missed, _json(s.to_dict())) for s in sightings],
+        )
 
     @staticmethod
     def _write_rooms(db: sqlite3.Connection, rooms: Iterable[Room]) -> None:
         for room in rooms:
-            db.execute("INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
-                       "SET data = excluded.data", (room.id, _json(room.to_dict())))
+            db.execute(
+                "INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET data = excluded.data",
+                (room.id, _json(room.to_dict())),
+            )
 
     @staticmethod
     def _write_events(db: sqlite3.Connection, scan_id: int, events: Iterable[ChangeEvent]) -> None:
         db.executemany(
             "INSERT INTO events (id, scan_id, at, type, identity, serial, room, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(e.id, scan_id, utc_text(e.at), str(e.type), e.identity, e.serial, e.room, _json(e.to_dict()))
-             for e in events])
+            [
+                (e.id, scan_id, utc_text(e.at), str(e.type), e.identity, e.serial, e.room, _json(e.to_dict()))
+                for e in events
+            ],
+        )
 
     @staticmethod
     def _write_history(db: sqlite3.Connection, scan_id: int, devices: Iterable[Device]) -> None:
-        db.executemany("INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)",
-                       [(scan_id, d.identity, _json(d.to_dict())) for d in devices])
+        db.executemany(
+            "INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)",
+            [(scan_id, d.identity, _json(d.to_dict())) for d in devices],
+        )
 
     @staticmethod
     def _prune_history(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
         """Drop the history of scans older than ``history_days`` before ``now`` or beyond the
         newest ``history_scans`` (times compared as times, whatever their offsets)."""
-        rows = db.execute("SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id "
-                          "FROM history) ORDER BY id DESC").fetchall()
-        cutoff = (as_utc(now) - timedelta(days=retention.history_days)
-                  if retention.history_days is not None else None)
-        doomed = [(scan_id,) for index, (scan_id, finished_at) in enumerate(rows)
-                  if (retention.history_scans is not None and index >= retention.history_scans)
-                  or (cutoff is not None and as_utc(datetime.fromisoformat(finished_at)) < cutoff)]
+        rows = db.execute(
+            "SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id "
+            "FROM history) ORDER BY id DESC"
+        ).fetchall()
+        cutoff = (
+            as_utc(now) - timedelta(days=retention.history_days)
+            if retention.history_days is not None
+            else None
+        )
+        doomed = [
+            (scan_id,)
+            for index, (scan_id, finished_at) in enumerate(rows)
+            if (retention.history_scans is not None and index >= retention.history_scans)
+            or (cutoff is not None and as_utc(datetime.fromisoformat(finished_at)) < cutoff)
+        ]
         db.executemany("DELETE FROM history WHERE scan_id = ?", doomed)
 
     @staticmethod
@@ -467,14 +524,16 @@ class Store:
 
     def _decode_inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
         sightings: dict[str, list[Sighting]] = {}
-        for identity, data in db.execute("SELECT identity, data FROM sightings ORDER BY identity, "
-                                         "source, address"):
+        for identity, data in db.execute(
+            "SELECT identity, data FROM sightings ORDER BY identity, source, address"
+        ):
             sightings.setdefault(identity, []).append(self._decode(Sighting.from_dict, data, "sighting"))
         inventory = {}
         for identity, data in db.execute("SELECT identity, data FROM devices WHERE removed_at IS NULL"):
             device = self._decode(Device.from_dict, data, "device")
-            inventory[identity] = (Tracked(device, tuple(sightings[identity])) if identity in sightings
-                                   else Tracked.of(device))
+            inventory[identity] = (
+                Tracked(device, tuple(sightings[identity])) if identity in sightings else Tracked.of(device)
+            )
         return inventory
 
     def _decode(self, build: Callable[[Any], Any], data: str, what: str) -> Any:
@@ -497,9 +556,10 @@ class Store:
         if not removed:
             # SQLite's order: no room first, then rooms and identities as UTF-8 bytes (the
             # order of code points, as Python compares text).
-            units = sorted(self.tracked().items(),
-                           key=lambda item: (item[1].device.room is not None, item[1].device.room or "",
-                                             item[0]))
+            units = sorted(
+                self.tracked().items(),
+                key=lambda item: (item[1].device.room is not None, item[1].device.room or "", item[0]),
+            )
             return [unit.device for _, unit in units]
         rows = self._read("SELECT data FROM devices WHERE removed_at IS NOT NULL ORDER BY room, identity")
         return [self._decode(Device.from_dict, r[0], "device") for r in rows]
@@ -516,8 +576,9 @@ class Store:
         """When each source last ran to the end (the newest stored scan that ran it, among the
         newest ``lookback`` scans)."""
         runs: dict[str, datetime] = {}
-        for finished_at, sources in self._read("SELECT finished_at, sources FROM scans ORDER BY id DESC "
-                                               "LIMIT ?", [lookback]):
+        for finished_at, sources in self._read(
+            "SELECT finished_at, sources FROM scans ORDER BY id DESC LIMIT ?", [lookback]
+        ):
             try:
                 names = json.loads(sources) if sources else []
             except ValueError:
@@ -526,13 +587,16 @@ class Store:
                 runs.setdefault(str(name), datetime.fromisoformat(finished_at))
         return runs
 
-    def events(self, since: datetime | None = None, *, limit: int | None = DEFAULT_EVENT_LIMIT
-               ) -> list[ChangeEvent]:
+    def events(
+        self, since: datetime | None = None, *, limit: int | None = DEFAULT_EVENT_LIMIT
+    ) -> list[ChangeEvent]:
         """Change events at or after ``since`` (all when ``None``), oldest first: the newest
         ``limit`` of them (``None``: every one)."""
         where, params = ("WHERE at >= ?", [utc_text(since)]) if since is not None else ("", [])
-        rows = self._read(f"SELECT data FROM events {where} ORDER BY seq DESC LIMIT ?",
-                          [*params, -1 if limit is None else limit])
+        rows = self._read(
+            f"SELECT data FROM events {where} ORDER BY seq DESC LIMIT ?",
+            [*params, -1 if limit is None else limit],
+        )
         return [self._decode(ChangeEvent.from_dict, r[0], "event") for r in reversed(rows)]
 
     def history(self, identity: str | None = None) -> list[tuple[int, Device]]:

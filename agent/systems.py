@@ -103,9 +103,14 @@ class SystemMember:
     attached_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "identity": self.device.identity, "product": self.device.product,
-                "serial": self.device.serial, "serial_label_grade": self.device.serial_label_grade,
-                "attached_to": self.attached_to}
+        return {
+            "role": self.role,
+            "identity": self.device.identity,
+            "product": self.device.product,
+            "serial": self.device.serial,
+            "serial_label_grade": self.device.serial_label_grade,
+            "attached_to": self.attached_to,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +141,16 @@ class System:
         return [m.device for m in self.members]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "primary": self.primary.identity, "ticket": self.ticket.identity,
-                "primary_serial": self.primary_serial, "ticket_serial": self.ticket_serial,
-                "members": [m.to_dict() for m in self.members], "missing": list(self.missing),
-                "rules": [r.to_dict() for r in self.rules]}
+        return {
+            "name": self.name,
+            "primary": self.primary.identity,
+            "ticket": self.ticket.identity,
+            "primary_serial": self.primary_serial,
+            "ticket_serial": self.ticket_serial,
+            "members": [m.to_dict() for m in self.members],
+            "missing": list(self.missing),
+            "rules": [r.to_dict() for r in self.rules],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +171,15 @@ class KeyDevice:
         return self.serial is not None and self.label_grade
 
     def to_dict(self) -> dict[str, Any]:
-        return {"identity": self.identity, "product": self.product, "model": self.model,
-                "serial": self.serial, "label_grade": self.label_grade, "firmware": self.firmware,
-                "system": self.system}
+        return {
+            "identity": self.identity,
+            "product": self.product,
+            "model": self.model,
+            "serial": self.serial,
+            "label_grade": self.label_grade,
+            "firmware": self.firmware,
+            "system": self.system,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +208,18 @@ class RoomSummary:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"room": self.room_id, "primary_unit": self.primary_unit,
-                "primary_product": self.primary_product, "ticket_serial": self.ticket_serial,
-                "ticket_product": self.ticket_product,
-                "systems": [s.to_dict() for s in self.systems],
-                "standalone": [d.identity for d in self.standalone],
-                "key_devices": [k.to_dict() for k in self.key_devices],
-                "flags": list(self.flags), "rules": [r.to_dict() for r in self.rules]}
+        return {
+            "room": self.room_id,
+            "primary_unit": self.primary_unit,
+            "primary_product": self.primary_product,
+            "ticket_serial": self.ticket_serial,
+            "ticket_product": self.ticket_product,
+            "systems": [s.to_dict() for s in self.systems],
+            "standalone": [d.identity for d in self.standalone],
+            "key_devices": [k.to_dict() for k in self.key_devices],
+            "flags": list(self.flags),
+            "rules": [r.to_dict() for r in self.rules],
+        }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -270,12 +292,19 @@ def _take(spec: SystemSpec, pool: list[Device]) -> tuple[System, list[Device]] |
                 chosen[role.role].append(device)
                 taken.add(id(device))
                 counts.update(_roles_of(spec, [device]))
-    members = tuple(m for role in spec.roles for d in chosen[role.role]
-                    for m in _members(spec, role.role, d))
+    members = tuple(m for role in spec.roles for d in chosen[role.role] for m in _members(spec, role.role, d))
     missing = tuple(r.role for r in spec.roles if r.need == "expected" and not counts[r.role])
     primary, ticket = chosen[spec.primary][0], chosen[spec.ticket][0]
-    system = System(spec.name, members, primary, ticket, missing, spec.primary_rules,
-                    spec.ticket_rules, _system_notes(spec, members, primary, ticket, missing))
+    system = System(
+        spec.name,
+        members,
+        primary,
+        ticket,
+        missing,
+        spec.primary_rules,
+        spec.ticket_rules,
+        _system_notes(spec, members, primary, ticket, missing),
+    )
     return system, [d for d in pool if id(d) not in taken]
 
 
@@ -300,22 +329,31 @@ def _attached(device: Device) -> Iterator[tuple[Device, Device]]:
         yield from _attached(child)
 
 
-def _system_notes(spec: SystemSpec, members: tuple[SystemMember, ...], primary: Device,
-                  ticket: Device, missing: tuple[str, ...]) -> tuple[RuleNote, ...]:
-    notes = [RuleNote(spec.primary_rules,
-                      f"{spec.name}: the primary unit is the {_unit_text(primary)}")]
+def _system_notes(
+    spec: SystemSpec,
+    members: tuple[SystemMember, ...],
+    primary: Device,
+    ticket: Device,
+    missing: tuple[str, ...],
+) -> tuple[RuleNote, ...]:
+    notes = [RuleNote(spec.primary_rules, f"{spec.name}: the primary unit is the {_unit_text(primary)}")]
     text = f"{spec.name}: support tickets quote the {ticket.product}'s serial"
-    others = _unique(m.device.product for m in members
-                     if m.device is not ticket and m.device.product != ticket.product)
+    others = _unique(
+        m.device.product for m in members if m.device is not ticket and m.device.product != ticket.product
+    )
     if ticket is not primary and others:
         text += f", not the {', '.join(others)}'s"
     notes.append(RuleNote(spec.ticket_rules, text))
     for role in missing:
         products = " or ".join(spec.role(role).products)
-        notes.append(RuleNote(_unique(spec.primary_rules + spec.ticket_rules),
-                              f"{spec.name}: no {products} found among the room's units "
-                              f"(role {role}; when the agent runs on that unit it does not list "
-                              "itself)"))
+        notes.append(
+            RuleNote(
+                _unique(spec.primary_rules + spec.ticket_rules),
+                f"{spec.name}: no {products} found among the room's units "
+                f"(role {role}; when the agent runs on that unit it does not list "
+                "itself)",
+            )
+        )
     return tuple(notes)
 
 
@@ -334,71 +372,108 @@ def summarize_room(room_id: str, devices: Iterable[Device], catalog: Catalog) ->
     first = systems[0] if systems else None
     if primary is not None and label_serial(primary) is None:
         flags.add("primary-unit-serial-unknown")
-        notes.append(RuleNote(first.primary_rules if first else _STANDALONE_RULES,
-                              f"the primary unit {_unit_text(primary)} has no label-grade serial: "
-                              "read it from its label"))
+        notes.append(
+            RuleNote(
+                first.primary_rules if first else _STANDALONE_RULES,
+                f"the primary unit {_unit_text(primary)} has no label-grade serial: read it from its label",
+            )
+        )
     if ticket is not None and label_serial(ticket) is None:
         flags.add("ticket-serial-unknown")
-        notes.append(RuleNote(first.ticket_rules if first else _STANDALONE_RULES,
-                              f"the unit tickets quote, {_unit_text(ticket)}, has no label-grade "
-                              "serial: read it from its label; no other unit's serial stands in"))
+        notes.append(
+            RuleNote(
+                first.ticket_rules if first else _STANDALONE_RULES,
+                f"the unit tickets quote, {_unit_text(ticket)}, has no label-grade "
+                "serial: read it from its label; no other unit's serial stands in",
+            )
+        )
     if any(s.missing for s in systems):
         flags.add("system-incomplete")
     keys = _key_devices(systems, standalone, catalog, notes, flags)
     return RoomSummary(
-        room_id=room_id, systems=tuple(systems), standalone=tuple(standalone),
+        room_id=room_id,
+        systems=tuple(systems),
+        standalone=tuple(standalone),
         primary_unit=label_serial(primary) if primary else None,
         primary_product=primary.product if primary else None,
         ticket_serial=label_serial(ticket) if ticket else None,
         ticket_product=ticket.product if ticket else None,
-        key_devices=keys, flags=tuple(sorted(flags)),
+        key_devices=keys,
+        flags=tuple(sorted(flags)),
         rules=tuple(n for s in systems for n in s.rules) + tuple(notes),
     )
 
 
-def _room_units(systems: Sequence[System], standalone: Sequence[Device], catalog: Catalog,
-                notes: list[RuleNote], flags: set[str]) -> tuple[Device | None, Device | None]:
+def _room_units(
+    systems: Sequence[System],
+    standalone: Sequence[Device],
+    catalog: Catalog,
+    notes: list[RuleNote],
+    flags: set[str],
+) -> tuple[Device | None, Device | None]:
     """The room's primary unit and the unit its tickets quote (P1, P2)."""
     if systems:
         first = systems[0]
-        notes.append(RuleNote(first.primary_rules, f"the room's primary unit is the "
-                                                  f"{_unit_text(first.primary)} of its {first.name}"))
+        notes.append(
+            RuleNote(
+                first.primary_rules,
+                f"the room's primary unit is the {_unit_text(first.primary)} of its {first.name}",
+            )
+        )
         if len(systems) > 1:
             flags.add("primary-unit-ambiguous")
             names = ", ".join(s.name for s in systems)
-            notes.append(RuleNote(first.primary_rules, f"the room holds {len(systems)} systems "
-                                                      f"({names}): the first gives the room's "
-                                                      "primary unit and ticket serial; check the "
-                                                      "room map"))
+            notes.append(
+                RuleNote(
+                    first.primary_rules,
+                    f"the room holds {len(systems)} systems "
+                    f"({names}): the first gives the room's "
+                    "primary unit and ticket serial; check the "
+                    "room map",
+                )
+            )
         return first.primary, first.ticket
     candidates = _standalone_primaries(standalone, catalog)
     if not candidates:
         if standalone:
             flags.add("no-primary-unit")
-            notes.append(RuleNote(_STANDALONE_RULES, "no unit of the room is a primary unit: "
-                                                     "nothing to register or quote"))
+            notes.append(
+                RuleNote(
+                    _STANDALONE_RULES, "no unit of the room is a primary unit: nothing to register or quote"
+                )
+            )
         return None, None
     chosen = candidates[0]
     tier = catalog.products[chosen.product].key_device
     if sum(1 for d in candidates if catalog.products[d.product].key_device == tier) > 1:
         flags.add("primary-unit-ambiguous")
-    notes.append(RuleNote(_STANDALONE_RULES, f"no system in the room: the {_unit_text(chosen)} "
-                                             "stands on its own and is its own primary unit; "
-                                             "tickets quote it"))
+    notes.append(
+        RuleNote(
+            _STANDALONE_RULES,
+            f"no system in the room: the {_unit_text(chosen)} "
+            "stands on its own and is its own primary unit; "
+            "tickets quote it",
+        )
+    )
     return chosen, chosen
 
 
 def _standalone_primaries(standalone: Sequence[Device], catalog: Catalog) -> list[Device]:
     """Standalone primary units (children included), key devices first, then catalog order."""
     rank = {name: i for i, name in enumerate(catalog.products)}
-    found = [d for d in units(standalone)
-             if (p := catalog.get(d.product)) is not None and p.primary_unit]
-    return sorted(found, key=lambda d: (not catalog.products[d.product].key_device,
-                                        rank[d.product], _order(d)))
+    found = [d for d in units(standalone) if (p := catalog.get(d.product)) is not None and p.primary_unit]
+    return sorted(
+        found, key=lambda d: (not catalog.products[d.product].key_device, rank[d.product], _order(d))
+    )
 
 
-def _key_devices(systems: Sequence[System], standalone: Sequence[Device], catalog: Catalog,
-                 notes: list[RuleNote], flags: set[str]) -> tuple[KeyDevice, ...]:
+def _key_devices(
+    systems: Sequence[System],
+    standalone: Sequence[Device],
+    catalog: Catalog,
+    notes: list[RuleNote],
+    flags: set[str],
+) -> tuple[KeyDevice, ...]:
     placed: list[tuple[Device, str | None]] = [(m.device, s.name) for s in systems for m in s.members]
     placed.extend((d, None) for d in units(standalone))
     keys = []
@@ -406,15 +481,28 @@ def _key_devices(systems: Sequence[System], standalone: Sequence[Device], catalo
         product = catalog.get(device.product)
         if product is None or not product.key_device:
             continue
-        key = KeyDevice(device.identity, device.product, device.model, device.serial,
-                        bool(device.serial and device.serial_label_grade), device.firmware, system)
+        key = KeyDevice(
+            device.identity,
+            device.product,
+            device.model,
+            device.serial,
+            bool(device.serial and device.serial_label_grade),
+            device.firmware,
+            system,
+        )
         keys.append(key)
         if key.registrable:
-            notes.append(RuleNote((KEY_DEVICE_RULE,), f"key device {_unit_text(device)}: "
-                                                      "register it to the room"))
+            notes.append(
+                RuleNote((KEY_DEVICE_RULE,), f"key device {_unit_text(device)}: register it to the room")
+            )
         else:
             flags.add("key-device-unregistered")
-            notes.append(RuleNote((KEY_DEVICE_RULE,), f"key device {_unit_text(device)} at "
-                                                      f"{device.address}: read the serial from its "
-                                                      "label and register it to the room"))
+            notes.append(
+                RuleNote(
+                    (KEY_DEVICE_RULE,),
+                    f"key device {_unit_text(device)} at "
+                    f"{device.address}: read the serial from its "
+                    "label and register it to the room",
+                )
+            )
     return tuple(keys)

@@ -37,8 +37,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=True)
         baseline.append((time.perf_counter() - t0) * 1000)
     print(f"roomsync --help ({' '.join(cmd)}), {args.runs} runs")
-    print(f"  median {statistics.median(times):.1f} ms   min {min(times):.1f} ms   "
-          f"max {max(times):.1f} ms   (target <= 300 ms)")
+    print(
+        f"  median {statistics.median(times):.1f} ms   min {min(times):.1f} ms   "
+        f"max {max(times):.1f} ms   (target <= 300 ms)"
+    )
     print(f"  bare interpreter start: median {statistics.median(baseline):.1f} ms")
 
 

@@ -96,8 +96,9 @@ def main() -> None:
     catalog = load_catalog()
     rng = random.Random(7)
     # The inventory: 98 % of the units have a record, 2 % were found without one.
-    units = [(row["serial"] if i % 50 else f"NOREC{i:06d}", rng.choice(PRODUCTS))
-             for i, row in enumerate(rows)]
+    units = [
+        (row["serial"] if i % 50 else f"NOREC{i:06d}", rng.choice(PRODUCTS)) for i, row in enumerate(rows)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "entitlements.csv"
         write_csv(rows, path)
@@ -116,12 +117,18 @@ def main() -> None:
         statuses[v.status] = statuses.get(v.status, 0) + 1
         for layer in v.layers:
             layers[layer.kind] = layers.get(layer.kind, 0) + 1
-    print(f"coverage bench: {len(records):,} records ({size_mb:.1f} MB CSV, ';' + BOM + CRLF), "
-          f"{len(units):,} units, median of {args.runs} runs")
-    print(f"  CSV import       median {import_s * 1000:7.1f} ms   min {min(import_runs) * 1000:7.1f}   "
-          f"max {max(import_runs) * 1000:7.1f}   (target ≤ 1000 ms)")
-    print(f"  evaluate_all     median {cover_s * 1000:7.1f} ms   min {min(cover_runs) * 1000:7.1f}   "
-          f"max {max(cover_runs) * 1000:7.1f}   (target ≤ 1000 ms)")
+    print(
+        f"coverage bench: {len(records):,} records ({size_mb:.1f} MB CSV, ';' + BOM + CRLF), "
+        f"{len(units):,} units, median of {args.runs} runs"
+    )
+    print(
+        f"  CSV import       median {import_s * 1000:7.1f} ms   min {min(import_runs) * 1000:7.1f}   "
+        f"max {max(import_runs) * 1000:7.1f}   (target ≤ 1000 ms)"
+    )
+    print(
+        f"  evaluate_all     median {cover_s * 1000:7.1f} ms   min {min(cover_runs) * 1000:7.1f}   "
+        f"max {max(cover_runs) * 1000:7.1f}   (target ≤ 1000 ms)"
+    )
     print(f"  urgency sort     median {sort_s * 1000:7.1f} ms")
     print("  statuses: " + ", ".join(f"{k} {n:,}" for k, n in sorted(statuses.items())))
     print("  layers:   " + ", ".join(f"{k} {n:,}" for k, n in sorted(layers.items())))

@@ -59,30 +59,41 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def build_sysfs(root: Path, n: int = 10) -> None:
     for i in range(n):
         pid = UNITS[i % len(UNITS)]
-        add_device(root, f"1-{i + 1}", 0x046D, pid, serial=f"2300BN{i:06d}", product=f"Logi unit {i}",
-                   manufacturer="Logitech", devnum=i + 2)
+        add_device(
+            root,
+            f"1-{i + 1}",
+            0x046D,
+            pid,
+            serial=f"2300BN{i:06d}",
+            product=f"Logi unit {i}",
+            manufacturer="Logitech",
+            devnum=i + 2,
+        )
 
 
 def write_config(work: Path, portal_url: str, port: int, *, mdns: bool) -> Path:
     token = work / "portal-token"
     token.write_text(TOKEN + "\n")
-    mdns_section = ('[sources.mdns]\ninterfaces = ["127.0.0.1"]\n' if mdns
-                    else "[sources.mdns]\nenabled = false\n")
+    mdns_section = (
+        '[sources.mdns]\ninterfaces = ["127.0.0.1"]\n' if mdns else "[sources.mdns]\nenabled = false\n"
+    )
     config = work / "agent.toml"
     config.write_text(
-        f"state_dir = {toml_str(work / 'state')}\n[room]\nid = \"bench-room\"\n"
+        f'state_dir = {toml_str(work / "state")}\n[room]\nid = "bench-room"\n'
         f"[sources.usb]\nsysfs_root = {toml_str(work / 'sys')}\nlibusb_strings = false\n"
         f"sync_interface = false\n{mdns_section}"
         f"[portal]\nurl = {toml_str(portal_url)}\ntoken_file = {toml_str(token)}\n"
-        f"[api]\nlisten = \"{LOOPBACK}:{port}\"\n")
+        f'[api]\nlisten = "{LOOPBACK}:{port}"\n'
+    )
     return config
 
 
 def start(work: Path, portal: PortalStandIn, notify: NotifySocket, *, mdns: bool) -> RunningDaemon:
     port = free_tcp_port()
     config = write_config(work, portal.url, port, mdns=mdns)
-    return start_daemon(config, notify, work / "daemon.log", url=f"http://{LOOPBACK}:{port}",
-                        watchdog_usec=WATCHDOG_USEC)
+    return start_daemon(
+        config, notify, work / "daemon.log", url=f"http://{LOOPBACK}:{port}", watchdog_usec=WATCHDOG_USEC
+    )
 
 
 def cpu_ticks(pid: int) -> int:
@@ -116,10 +127,14 @@ def bench_starts(base: Path, portal: PortalStandIn, n: int, *, mdns: bool) -> No
             finally:
                 daemon.stop()
     print(f"start to READY=1: {n} starts, 10 devices, mDNS {'on 127.0.0.1' if mdns else 'off'}")
-    print(f"  median {statistics.median(ready):.3f} s   min {min(ready):.3f} s   max {max(ready):.3f} s"
-          "   (target <= 1.5 s)")
-    print(f"  SIGTERM to exit 0: median {statistics.median(stops):.3f} s   max {max(stops):.3f} s"
-          "   (budget 10 s)")
+    print(
+        f"  median {statistics.median(ready):.3f} s   min {min(ready):.3f} s   max {max(ready):.3f} s"
+        "   (target <= 1.5 s)"
+    )
+    print(
+        f"  SIGTERM to exit 0: median {statistics.median(stops):.3f} s   max {max(stops):.3f} s"
+        "   (budget 10 s)"
+    )
 
 
 def bench_hotplug(base: Path, portal: PortalStandIn, plugs: int, *, mdns: bool) -> None:
@@ -138,16 +153,25 @@ def bench_hotplug(base: Path, portal: PortalStandIn, plugs: int, *, mdns: bool) 
                 time.sleep(rng.uniform(0.3, 1.3))  # a random phase of the 1 s hot-plug poll
                 serial = f"2400HP{i:06d}"
                 t0 = time.monotonic()
-                add_device(work / "sys", f"2-{i + 1}", 0x046D, 0x08E2, serial=serial, product="Logi Scribe",
-                           devnum=i + 40)
+                add_device(
+                    work / "sys",
+                    f"2-{i + 1}",
+                    0x046D,
+                    0x08E2,
+                    serial=serial,
+                    product="Logi Scribe",
+                    devnum=i + 40,
+                )
                 if not portal.wait_for(lambda p, s=serial: any(e.serial == s for e in p.events), 10.0):
                     raise RuntimeError(f"{serial} did not reach the portal within 10 s")
                 latencies.append(time.monotonic() - t0)
         finally:
             daemon.stop()
     print(f"hot-plug to portal: {plugs} plugs (hot-plug poll 1 s, the default)")
-    print(f"  median {statistics.median(latencies):.3f} s   min {min(latencies):.3f} s   "
-          f"max {max(latencies):.3f} s   (target <= 2 s)")
+    print(
+        f"  median {statistics.median(latencies):.3f} s   min {min(latencies):.3f} s   "
+        f"max {max(latencies):.3f} s   (target <= 2 s)"
+    )
 
 
 def bench_idle(base: Path, portal: PortalStandIn, idle: float, cpu_window: float, *, mdns: bool) -> None:
@@ -184,13 +208,17 @@ def bench_idle(base: Path, portal: PortalStandIn, idle: float, cpu_window: float
         finally:
             daemon.stop()
     browse = "on 127.0.0.1 every 60 s" if mdns else "off"
-    print(f"idle: {idle:.0f} s with {devices} USB devices, mDNS {browse}, portal configured, "
-          f"WATCHDOG_USEC={WATCHDOG_USEC} ({pings} pings)")
+    print(
+        f"idle: {idle:.0f} s with {devices} USB devices, mDNS {browse}, portal configured, "
+        f"WATCHDOG_USEC={WATCHDOG_USEC} ({pings} pings)"
+    )
     print(f"  RSS after {idle:.0f} s: {rss / 1024:.1f} MB (VmHWM {hwm / 1024:.1f} MB)   (target <= 60 MB)")
     if samples:
         print("  RSS per minute: " + ", ".join(f"{t:.0f} s {kb / 1024:.1f} MB" for t, kb in samples))
-    print(f"  CPU over the last {cpu_t1 - cpu_t0:.0f} s: {cpu:.3f} %   ({ticks1 - ticks0} ticks of "
-          f"1/{CLK_TCK} s)   (target <= 1 %)")
+    print(
+        f"  CPU over the last {cpu_t1 - cpu_t0:.0f} s: {cpu:.3f} %   ({ticks1 - ticks0} ticks of "
+        f"1/{CLK_TCK} s)   (target <= 1 %)"
+    )
 
 
 def main() -> None:

@@ -65,15 +65,19 @@ def _key(nodeid: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=2000, help="examples per test (default 2000)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="hypothesis seed (default: a random one, printed)")
-    parser.add_argument("-k", dest="keyword", default=None,
-                        help="only tests matching this pytest -k expression")
-    parser.add_argument("--timeout", type=int, default=3600,
-                        help="pytest-timeout per test, seconds (default 3600)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="hypothesis seed (default: a random one, printed)"
+    )
+    parser.add_argument(
+        "-k", dest="keyword", default=None, help="only tests matching this pytest -k expression"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=3600, help="pytest-timeout per test, seconds (default 3600)"
+    )
     parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing test")
     args = parser.parse_args(argv)
     if args.examples < 1:
@@ -83,8 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[EXAMPLES_ENV] = str(args.examples)
     import pytest  # after the variable is set: tests/fuzz reads it when collected
 
-    pytest_args = [str(ROOT / "tests" / "fuzz"), "--rootdir", str(ROOT), "-q", "-p", "no:cacheprovider",
-                   f"--timeout={args.timeout}", f"--hypothesis-seed={seed}"]
+    pytest_args = [
+        str(ROOT / "tests" / "fuzz"),
+        "--rootdir",
+        str(ROOT),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--timeout={args.timeout}",
+        f"--hypothesis-seed={seed}",
+    ]
     if args.keyword:
         pytest_args += ["-k", args.keyword]
     if args.exitfirst:
@@ -114,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'area':<12} {'examples':>9} {'seconds':>8}")
     for name, (count, seconds) in sorted(areas.items()):
         print(f"{name:<12} {int(count):>9} {seconds:>8.1f}")
-    print(f"{'total':<12} {sum(int(a[0]) for a in areas.values()):>9} {wall:>8.1f}  "
-          f"(wall clock, seed {seed}, exit status {status})")
+    print(
+        f"{'total':<12} {sum(int(a[0]) for a in areas.values()):>9} {wall:>8.1f}  "
+        f"(wall clock, seed {seed}, exit status {status})"
+    )
     return status
 
 

@@ -35,8 +35,9 @@ from bench.portal_push import PORTAL, T0, TOKEN, make_inventory
 
 
 def start_portal(repo: Path) -> tuple[subprocess.Popen[str], str]:
-    portal = subprocess.Popen([sys.executable, "-c", PORTAL], cwd=repo, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    portal = subprocess.Popen(
+        [sys.executable, "-c", PORTAL], cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert portal.stdout is not None
     url = portal.stdout.readline().strip()
     if not url.startswith("http://"):
@@ -54,8 +55,9 @@ def main() -> None:
     units = args.events // 2
     devices, rooms = make_inventory(catalog, units, max(1, units // 10))
     later = T0 + timedelta(minutes=5)
-    upgraded = [replace(d, firmware=f"{d.firmware}.1", first_seen=d.first_seen, last_seen=later)
-                for d in devices]
+    upgraded = [
+        replace(d, firmware=f"{d.firmware}.1", first_seen=d.first_seen, last_seen=later) for d in devices
+    ]
     repo = Path(__file__).resolve().parents[1]
     portal, url = start_portal(repo)
     rates, take_s, post_s, sizes, raw_counts, messages = [], [], [], [], [], 0
@@ -90,16 +92,24 @@ def main() -> None:
         portal.stdin.close()
         recorded = portal.stdout.readline().split()
         portal.wait(10)
-    print(f"outbox throughput bench: {args.events:,} events ({units:,} added, {units:,} firmware "
-          f"changes), {args.runs} runs, stand-in answered {recorded[1]} requests")
-    print(f"  events/s        median {statistics.median(rates):8,.0f}   min {min(rates):8,.0f}   "
-          f"max {max(rates):8,.0f}   (target >= 2,000)")
-    print(f"  take_events     median {statistics.median(take_s) * 1000:7.1f} ms  (batch, serialise, "
-          "gzip, store)")
+    print(
+        f"outbox throughput bench: {args.events:,} events ({units:,} added, {units:,} firmware "
+        f"changes), {args.runs} runs, stand-in answered {recorded[1]} requests"
+    )
+    print(
+        f"  events/s        median {statistics.median(rates):8,.0f}   min {min(rates):8,.0f}   "
+        f"max {max(rates):8,.0f}   (target >= 2,000)"
+    )
+    print(
+        f"  take_events     median {statistics.median(take_s) * 1000:7.1f} ms  (batch, serialise, "
+        "gzip, store)"
+    )
     print(f"  Delivery.run    median {statistics.median(post_s) * 1000:7.1f} ms  ({messages} POSTs)")
-    print(f"  messages sent   {messages} per run, {statistics.median(raw_counts):.0f} events each "
-          f"(median); gzip body median {statistics.median(sizes) / 1e3:.1f} kB, "
-          f"max {max(sizes) / 1e3:.1f} kB")
+    print(
+        f"  messages sent   {messages} per run, {statistics.median(raw_counts):.0f} events each "
+        f"(median); gzip body median {statistics.median(sizes) / 1e3:.1f} kB, "
+        f"max {max(sizes) / 1e3:.1f} kB"
+    )
 
 
 if __name__ == "__main__":

@@ -77,14 +77,20 @@ ROOM_UNITS = [
 ]
 
 
-def make_inventory(catalog: Catalog, devices: int, rooms: int, seed: int = 5000
-                   ) -> tuple[list[Device], list[Room]]:
+def make_inventory(
+    catalog: Catalog, devices: int, rooms: int, seed: int = 5000
+) -> tuple[list[Device], list[Room]]:
     rng = random.Random(seed)
-    places = [Room(id=f"{SITES[r % len(SITES)]}-{r // 40 + 1}-{r % 40 + 1:02d}",
-                   name=f"{SITES[r % len(SITES)].title()} {r // 40 + 1}.{r % 40 + 1:02d}",
-                   group=SITES[r % len(SITES)], location=f"{SITES[r % len(SITES)].title()} office, "
-                   f"floor {r // 40 + 1}", seat_count=rng.choice([4, 6, 8, 10, 12, 16]))
-              for r in range(rooms)]
+    places = [
+        Room(
+            id=f"{SITES[r % len(SITES)]}-{r // 40 + 1}-{r % 40 + 1:02d}",
+            name=f"{SITES[r % len(SITES)].title()} {r // 40 + 1}.{r % 40 + 1:02d}",
+            group=SITES[r % len(SITES)],
+            location=f"{SITES[r % len(SITES)].title()} office, floor {r // 40 + 1}",
+            seat_count=rng.choice([4, 6, 8, 10, 12, 16]),
+        )
+        for r in range(rooms)
+    ]
     out = []
     for i in range(devices):
         room = places[i % rooms]
@@ -93,27 +99,51 @@ def make_inventory(catalog: Catalog, devices: int, rooms: int, seed: int = 5000
             product = "Rally Bar Mini"
         entry = catalog.product(product)
         host = i % rooms
-        address = {Transport.SNMP: f"10.{host // 250}.{host % 250}.{10 + i % 7}",
-                   Transport.MDNS: f"10.{host // 250}.{host % 250}.{40 + i % 50}:443",
-                   Transport.USB: f"1-{1 + i % 8}.{1 + i % 4}"}[transport]
+        address = {
+            Transport.SNMP: f"10.{host // 250}.{host % 250}.{10 + i % 7}",
+            Transport.MDNS: f"10.{host // 250}.{host % 250}.{40 + i % 50}:443",
+            Transport.USB: f"1-{1 + i % 8}.{1 + i % 4}",
+        }[transport]
         issues = []
         if rng.random() < 0.03:
-            issues.append(HealthIssue("peripheral-missing", "a peripheral the room expects is not "
-                                      "connected", Severity.WARNING))
-        out.append(Device(
-            product=product, transport=transport, address=address, first_seen=T0 - timedelta(days=400),
-            last_seen=T0, room=room.id, sources=[source], category=entry.family,
-            model=entry.model, serial=serial_of(i), serial_label_grade=True,
-            serial_source=SerialSource.USB_DESCRIPTOR if transport is Transport.USB else None,
-            firmware=f"1.{rng.randrange(8, 14)}.{rng.randrange(0, 400)}",
-            firmware_source=source,
-            components=({"camera": f"2.{rng.randrange(0, 9)}.{rng.randrange(0, 90)}",
-                         "audio": f"3.{rng.randrange(0, 9)}", "zigbee": "1.0.17"}
-                        if entry.family == "collabos-bar" else {}),
-            vendor_id=0x046D if pid else None, product_id=pid, vendor="Logitech",
-            state=rng.choice(["online", "in-use", "idle"]) if transport is not Transport.USB else None,
-            attributes={"usb_release": "1.00"} if transport is Transport.USB else {"sysName": f"rb-{i}"},
-            health_issues=issues))
+            issues.append(
+                HealthIssue(
+                    "peripheral-missing", "a peripheral the room expects is not connected", Severity.WARNING
+                )
+            )
+        out.append(
+            Device(
+                product=product,
+                transport=transport,
+                address=address,
+                first_seen=T0 - timedelta(days=400),
+                last_seen=T0,
+                room=room.id,
+                sources=[source],
+                category=entry.family,
+                model=entry.model,
+                serial=serial_of(i),
+                serial_label_grade=True,
+                serial_source=SerialSource.USB_DESCRIPTOR if transport is Transport.USB else None,
+                firmware=f"1.{rng.randrange(8, 14)}.{rng.randrange(0, 400)}",
+                firmware_source=source,
+                components=(
+                    {
+                        "camera": f"2.{rng.randrange(0, 9)}.{rng.randrange(0, 90)}",
+                        "audio": f"3.{rng.randrange(0, 9)}",
+                        "zigbee": "1.0.17",
+                    }
+                    if entry.family == "collabos-bar"
+                    else {}
+                ),
+                vendor_id=0x046D if pid else None,
+                product_id=pid,
+                vendor="Logitech",
+                state=rng.choice(["online", "in-use", "idle"]) if transport is not Transport.USB else None,
+                attributes={"usb_release": "1.00"} if transport is Transport.USB else {"sysName": f"rb-{i}"},
+                health_issues=issues,
+            )
+        )
     return out, places
 
 
@@ -130,8 +160,9 @@ def portal_parse(body: bytes) -> InventoryMessage:
 
 def line(name: str, values: list[float], note: str = "") -> str:
     ms = [v * 1000 for v in values]
-    return (f"  {name:<28} median {statistics.median(ms):7.1f} ms   min {min(ms):7.1f}   "
-            f"max {max(ms):7.1f}{note}")
+    return (
+        f"  {name:<28} median {statistics.median(ms):7.1f} ms   min {min(ms):7.1f}   max {max(ms):7.1f}{note}"
+    )
 
 
 def main() -> None:
@@ -145,8 +176,9 @@ def main() -> None:
     catalog = load_catalog()
     devices, rooms = make_inventory(catalog, args.devices, args.rooms)
     repo = Path(__file__).resolve().parents[1]
-    portal = subprocess.Popen([sys.executable, "-c", PORTAL], cwd=repo, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    portal = subprocess.Popen(
+        [sys.executable, "-c", PORTAL], cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert portal.stdin is not None and portal.stdout is not None
     url = portal.stdout.readline().strip()
     if not url.startswith("http://"):
@@ -170,8 +202,9 @@ def main() -> None:
         build_s: list[float] = []
 
         def build(sequence: int, at: datetime, dropped: int) -> InventoryMessage:
-            seconds, message = timed(lambda: build_snapshot(store, context, outbox.agent, sequence, at,
-                                                            dropped))
+            seconds, message = timed(
+                lambda: build_snapshot(store, context, outbox.agent, sequence, at, dropped)
+            )
             build_s.append(seconds)
             assert isinstance(message, InventoryMessage)
             built[:] = [message]  # the last one only: the agent holds no more
@@ -210,8 +243,10 @@ def main() -> None:
     data = serialize(message)
     gz_s = [timed(lambda: gzip.compress(data, 6, mtime=0))[0] for _ in range(5)]
     digest_s = [timed(lambda: content_digest(message))[0] for _ in range(5)]
-    print(f"portal push bench: {units:,} units in {len(message.places)} rooms ({covered:,} with a "
-          f"coverage verdict), {args.runs} runs after a warm-up")
+    print(
+        f"portal push bench: {units:,} units in {len(message.places)} rooms ({covered:,} with a "
+        f"coverage verdict), {args.runs} runs after a warm-up"
+    )
     print(f"  body: {raw / 1e6:.2f} MB JSON, {packed / 1e3:.0f} kB gzip ({raw / packed:.1f}x)")
     print(line("total (queue + POST)", totals, "   (target <= 300 ms)"))
     print(line("queue_snapshot", queues))

@@ -43,9 +43,14 @@ TIMEOUT = 1.0
 def devices() -> list[SimDevice]:
     out = []
     for i in range(1, 21):
-        out.append(SimDevice.make(f"127.0.2.{i * 12}", sys_descr="Logitech Rally Bar",
-                                  sys_name=f"RallyBar-{i:06d}",
-                                  entity=entity_rows(f"2313FD{i:06d}", "VR0019", firmware=f"1.9.{i}")))
+        out.append(
+            SimDevice.make(
+                f"127.0.2.{i * 12}",
+                sys_descr="Logitech Rally Bar",
+                sys_name=f"RallyBar-{i:06d}",
+                entity=entity_rows(f"2313FD{i:06d}", "VR0019", firmware=f"1.9.{i}"),
+            )
+        )
     return out
 
 
@@ -64,8 +69,15 @@ def sweep_once(target: str, *, concurrency: int, max_pps: float) -> dict[str, ob
     from agent.discovery import ScanContext
     from agent.discovery.snmp import SnmpSource
 
-    source = SnmpSource([target], V2cCredentials("public"), port=PORT, timeout=TIMEOUT, retries=0,
-                        concurrency=concurrency, max_pps=max_pps)
+    source = SnmpSource(
+        [target],
+        V2cCredentials("public"),
+        port=PORT,
+        timeout=TIMEOUT,
+        retries=0,
+        concurrency=concurrency,
+        max_pps=max_pps,
+    )
     ctx = ScanContext(load_catalog(), datetime.now(UTC))
     before = rss_kib()
     started = time.perf_counter()
@@ -73,18 +85,27 @@ def sweep_once(target: str, *, concurrency: int, max_pps: float) -> dict[str, ob
     elapsed = time.perf_counter() - started
     identified = sum(1 for o in result.observations if o.serial and o.product == "Rally Bar")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": elapsed, "responders": len(result.observations), "identified": identified,
-            "errors": len(result.errors), "rss_before_kib": before, "rss_peak_kib": peak,
-            "requests": source.last_stats.requests if source.last_stats else None}
+    return {
+        "seconds": elapsed,
+        "responders": len(result.observations),
+        "identified": identified,
+        "errors": len(result.errors),
+        "rss_before_kib": before,
+        "rss_peak_kib": peak,
+        "requests": source.last_stats.requests if source.last_stats else None,
+    }
 
 
 def child_sweep(target: str, concurrency: int, max_pps: float) -> dict[str, object]:
     """Run :func:`sweep_once` in a fresh interpreter, so peak RSS belongs to that sweep."""
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "from bench.snmp_sweep import sweep_once; "
-            f"print(json.dumps(sweep_once({target!r}, concurrency={concurrency}, max_pps={max_pps!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         timeout=300)
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        "from bench.snmp_sweep import sweep_once; "
+        f"print(json.dumps(sweep_once({target!r}, concurrency={concurrency}, max_pps={max_pps!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -110,14 +131,28 @@ def onesixtyone(workdir: Path) -> str:
 def fusioninventory(workdir: Path) -> str:
     exe = shutil.which("fusioninventory-netdiscovery")
     if exe is None:
-        return ("FusionInventory netdiscovery: not installed "
-                "(apt-get install fusioninventory-agent-task-network)")
-    seconds, out = time_command([exe, "--first", "127.0.2.1", "--last", "127.0.2.254",
-                                 "--community", "public", "--port", str(PORT), "--timeout", "1",
-                                 "--threads", "20"])
+        return (
+            "FusionInventory netdiscovery: not installed (apt-get install fusioninventory-agent-task-network)"
+        )
+    seconds, out = time_command(
+        [
+            exe,
+            "--first",
+            "127.0.2.1",
+            "--last",
+            "127.0.2.254",
+            "--community",
+            "public",
+            "--port",
+            str(PORT),
+            "--timeout",
+            "1",
+            "--threads",
+            "20",
+        ]
+    )
     found = out.count("<AUTHSNMP>")  # devices that answered SNMP (others are ping/NetBIOS hits)
-    return (f"FusionInventory netdiscovery (20 threads, timeout 1): {seconds:.2f} s, "
-            f"{found} SNMP devices")
+    return f"FusionInventory netdiscovery (20 threads, timeout 1): {seconds:.2f} s, {found} SNMP devices"
 
 
 def main() -> None:
@@ -130,9 +165,11 @@ def main() -> None:
         seconds = [float(r["seconds"]) for r in runs]  # type: ignore[arg-type]
         median = statistics.median(seconds)
         last = runs[-1]
-        print(f"roomsync /24: median {median:.3f} s over {args.runs} runs "
-              f"(min {min(seconds):.3f}, max {max(seconds):.3f}); responders {last['responders']}, "
-              f"identified with ENTITY-MIB serial {last['identified']}; target ≤ {TIMEOUT + 0.5:.1f} s")
+        print(
+            f"roomsync /24: median {median:.3f} s over {args.runs} runs "
+            f"(min {min(seconds):.3f}, max {max(seconds):.3f}); responders {last['responders']}, "
+            f"identified with ENTITY-MIB serial {last['identified']}; target ≤ {TIMEOUT + 0.5:.1f} s"
+        )
         ref = onesixtyone(Path(tmp))
         print(ref)
         if ": " in ref and " s," in ref:
@@ -145,9 +182,11 @@ def main() -> None:
             print(f"  ratio FusionInventory / roomsync: {fi_s / median:.1f}x")
         big = child_sweep("127.0.0.0/20", 2048, 2000)
         growth_mb = (int(big["rss_peak_kib"]) - int(big["rss_before_kib"])) / 1024  # type: ignore[call-overload]
-        print(f"roomsync /20 (4,094 addresses, 2,000 packets/s cap): {float(big['seconds']):.2f} s "  # type: ignore[arg-type]
-              f"(pacing alone needs {4094 / 2000:.2f} s + one timeout), responders {big['responders']}, "
-              f"peak RSS growth {growth_mb:.1f} MB (target ≤ 30 MB)")
+        print(
+            f"roomsync /20 (4,094 addresses, 2,000 packets/s cap): {float(big['seconds']):.2f} s "  # type: ignore[arg-type]
+            f"(pacing alone needs {4094 / 2000:.2f} s + one timeout), responders {big['responders']}, "
+            f"peak RSS growth {growth_mb:.1f} MB (target ≤ 30 MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,13 @@ from agent.collectors.sync.device_info import parse_device_info
 from agent.collectors.sync.frames import Command, decode_frame
 from agent.collectors.sync.replay import load_recording
 
-FIXTURE = (Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "usb-captures"
-           / "logi-rally-bar-setup.json")
+FIXTURE = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "fixtures"
+    / "usb-captures"
+    / "logi-rally-bar-setup.json"
+)
 
 
 def answer_transfer() -> bytes:
@@ -44,8 +49,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10_000)
     args = ap.parse_args()
     if not FIXTURE.is_file():
-        print(f"sync parse: skipped, {FIXTURE} is absent (the shared fixtures are expected in "
-              f"../shared beside the repository)")
+        print(
+            f"sync parse: skipped, {FIXTURE} is absent (the shared fixtures are expected in "
+            f"../shared beside the repository)"
+        )
         return
     data = answer_transfer()
     catalog = load_catalog()
@@ -66,10 +73,11 @@ def main() -> None:
             once()
         per_device_us.append((time.perf_counter() - t0) / per_batch * 1e6)
     total = batches * per_batch
-    print(f"sync parse: {len(data)}-byte GetDeviceInfo transfer -> bar + 3 children, "
-          f"{total} runs")
-    print(f"  median {statistics.median(per_device_us):.1f} µs/device   "
-          f"min {min(per_device_us):.1f}   max {max(per_device_us):.1f}   (target ≤ 200 µs)")
+    print(f"sync parse: {len(data)}-byte GetDeviceInfo transfer -> bar + 3 children, {total} runs")
+    print(
+        f"  median {statistics.median(per_device_us):.1f} µs/device   "
+        f"min {min(per_device_us):.1f}   max {max(per_device_us):.1f}   (target ≤ 200 µs)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,17 +25,35 @@ from agent.discovery.usb import UsbSource
 from tests.sysfs import add_device
 
 # A mix like a floor of rooms: bars with their functions, cameras, taps, other devices.
-MIX = [(0x046D, 0x089B), (0x046D, 0x08A4), (0x046D, 0x089A), (0x046D, 0x0898), (0x046D, 0x085E),
-       (0x046D, 0x0866), (0x046D, 0x0876), (0x046D, 0x0872), (0x0BDA, 0x8153), (0x1D6B, 0x0002)]
+MIX = [
+    (0x046D, 0x089B),
+    (0x046D, 0x08A4),
+    (0x046D, 0x089A),
+    (0x046D, 0x0898),
+    (0x046D, 0x085E),
+    (0x046D, 0x0866),
+    (0x046D, 0x0876),
+    (0x046D, 0x0872),
+    (0x0BDA, 0x8153),
+    (0x1D6B, 0x0002),
+]
 
 
 def build(root: Path, n: int) -> None:
     for i in range(n):
         vid, pid = MIX[i % len(MIX)]
         bus, port, sub = 1 + i // 100, 1 + (i // 10) % 10, 1 + i % 10
-        add_device(root, f"{bus}-{port}.{sub}", vid, pid, bcd=0x0100 + i % 50,
-                   serial=f"{2300 + i:04d}FD1N{i:04X}", product=f"Device {i}",
-                   manufacturer="Logitech" if vid == 0x046D else "Other", devnum=i % 127 + 1)
+        add_device(
+            root,
+            f"{bus}-{port}.{sub}",
+            vid,
+            pid,
+            bcd=0x0100 + i % 50,
+            serial=f"{2300 + i:04d}FD1N{i:04X}",
+            product=f"Device {i}",
+            manufacturer="Logitech" if vid == 0x046D else "Other",
+            devnum=i % 127 + 1,
+        )
 
 
 def main() -> None:
@@ -55,10 +73,11 @@ def main() -> None:
             t0 = time.perf_counter()
             result = source.scan(ctx)
             times.append((time.perf_counter() - t0) * 1000)
-    print(f"usb enumerate: {args.devices} sysfs devices -> {len(found.observations)} units, "
-          f"{args.runs} runs")
-    print(f"  median {statistics.median(times):.2f} ms   min {min(times):.2f} ms   "
-          f"max {max(times):.2f} ms   (target <= 20 ms)")
+    print(f"usb enumerate: {args.devices} sysfs devices -> {len(found.observations)} units, {args.runs} runs")
+    print(
+        f"  median {statistics.median(times):.2f} ms   min {min(times):.2f} ms   "
+        f"max {max(times):.2f} ms   (target <= 20 ms)"
+    )
     assert len(result.observations) == len(found.observations)
 
 

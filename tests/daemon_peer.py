@@ -136,8 +136,14 @@ class Reply:
         return self.body.decode("utf-8", "replace")
 
 
-def http(url: str, *, method: str = "GET", token: str | None = None, data: bytes | None = None,
-         timeout: float = 10.0) -> Reply:
+def http(
+    url: str,
+    *,
+    method: str = "GET",
+    token: str | None = None,
+    data: bytes | None = None,
+    timeout: float = 10.0,
+) -> Reply:
     request = urllib.request.Request(url, method=method, data=data)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
@@ -221,8 +227,11 @@ class RunningDaemon:
 def daemon_env(notify: NotifySocket | None, watchdog_usec: int | None = 1_000_000) -> dict[str, str]:
     """The environment systemd gives a ``Type=notify`` service, minus this machine's
     ``ROOMSYNC_*`` overrides and proxies."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ROOMSYNC_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ROOMSYNC_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     env.pop("WATCHDOG_PID", None)
@@ -233,17 +242,36 @@ def daemon_env(notify: NotifySocket | None, watchdog_usec: int | None = 1_000_00
     return env
 
 
-def launch(config: Path, notify: NotifySocket | None, log: Path, *, args: Sequence[str] = (),
-           watchdog_usec: int | None = 1_000_000) -> subprocess.Popen[bytes]:
+def launch(
+    config: Path,
+    notify: NotifySocket | None,
+    log: Path,
+    *,
+    args: Sequence[str] = (),
+    watchdog_usec: int | None = 1_000_000,
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), *args],
-                                cwd=REPO, env=daemon_env(notify, watchdog_usec), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config), *args],
+            cwd=REPO,
+            env=daemon_env(notify, watchdog_usec),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
-def start_daemon(config: Path, notify: NotifySocket, log: Path, *, url: str, args: Sequence[str] = (),
-                 watchdog_usec: int | None = 1_000_000, ready_timeout: float = 20.0,
-                 token: str | None = None) -> RunningDaemon:
+def start_daemon(
+    config: Path,
+    notify: NotifySocket,
+    log: Path,
+    *,
+    url: str,
+    args: Sequence[str] = (),
+    watchdog_usec: int | None = 1_000_000,
+    ready_timeout: float = 20.0,
+    token: str | None = None,
+) -> RunningDaemon:
     """Start the daemon and wait for ``READY=1``; raises (after stopping it) when it exits or
     does not get ready."""
     since = time.monotonic()
@@ -258,5 +286,6 @@ def start_daemon(config: Path, notify: NotifySocket, log: Path, *, url: str, arg
         if proc.poll() is not None:
             raise RuntimeError(f"roomsync run exited with {proc.returncode}: {daemon.log_text()[-3000:]}")
     daemon.stop()
-    raise RuntimeError(f"roomsync run sent no READY=1 within {ready_timeout:g} s: "
-                       f"{daemon.log_text()[-3000:]}")
+    raise RuntimeError(
+        f"roomsync run sent no READY=1 within {ready_timeout:g} s: {daemon.log_text()[-3000:]}"
+    )

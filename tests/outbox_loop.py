@@ -63,15 +63,15 @@ REMOVE_AFTER = 2
 #: (sysfs port, product id, serial prefix): units without a Sync interface report their
 #: firmware as bcdDevice, so changing it is a firmware.changed.
 SLOTS = (
-    ("1-1", 0x08E2, "2301SC"),   # Scribe
-    ("1-2", 0x0866, "1843MU"),   # MeetUp
-    ("1-3", 0x085F, "1911PZ"),   # PTZ Pro 2
-    ("1-4", 0x085E, "2004BR"),   # Brio
-    ("1-5", 0x0885, "2120DH"),   # Rally Display Hub
-    ("1-6", 0x087A, "2219SI"),   # Sight
+    ("1-1", 0x08E2, "2301SC"),  # Scribe
+    ("1-2", 0x0866, "1843MU"),  # MeetUp
+    ("1-3", 0x085F, "1911PZ"),  # PTZ Pro 2
+    ("1-4", 0x085E, "2004BR"),  # Brio
+    ("1-5", 0x0885, "2120DH"),  # Rally Display Hub
+    ("1-6", 0x087A, "2219SI"),  # Sight
 )
-BAR = ("2-1", 0x089B, "2313FD1N08Z2")    # Rally Bar: always there
-MINI = ("2-2", 0x08D3, "2402FDMINI01")   # Rally Bar Mini: sometimes claims the bar's serial
+BAR = ("2-1", 0x089B, "2313FD1N08Z2")  # Rally Bar: always there
+MINI = ("2-2", 0x08D3, "2402FDMINI01")  # Rally Bar Mini: sometimes claims the bar's serial
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +86,10 @@ def tree_state(i: int) -> list[Unit]:
     """The USB units of iteration ``i``'s tree (a pure function of ``i``)."""
     units = [Unit(BAR[0], BAR[1], BAR[2], 0x0100)]
     for s, (port, pid, prefix) in enumerate(SLOTS):
-        if (i + 7 * s) % 11 in (0, 1):          # gone two scans in a row: removed, then back
+        if (i + 7 * s) % 11 in (0, 1):  # gone two scans in a row: removed, then back
             continue
-        revision = (i + 13 * s) // 29 % 2        # a new serial now and then (not label-grade)
-        bcd = 0x0100 + (i + 3 * s) // 5 % 4      # firmware moves every 5 iterations
+        revision = (i + 13 * s) // 29 % 2  # a new serial now and then (not label-grade)
+        bcd = 0x0100 + (i + 3 * s) // 5 % 4  # firmware moves every 5 iterations
         units.append(Unit(port, pid, f"{prefix}{revision:02d}{s:04d}", bcd))
     if i % 4 != 3:
         serial = BAR[2] if (i // 13) % 3 == 0 else MINI[2]
@@ -125,8 +125,16 @@ def write_tree(root: Path, i: int) -> Path:
             (entry / _UNIT_FILE).unlink()
         except FileNotFoundError:
             pass
-        add_device(tree, port, 0x046D, unit.pid, bcd=unit.bcd, serial=unit.serial,
-                   manufacturer="Logitech", devnum=n + 2)
+        add_device(
+            tree,
+            port,
+            0x046D,
+            unit.pid,
+            bcd=unit.bcd,
+            serial=unit.serial,
+            manufacturer="Logitech",
+            devnum=n + 2,
+        )
         _atomic_write(entry / _UNIT_FILE, repr(unit))
     return tree
 
@@ -139,8 +147,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_config(root: Path, i: int) -> Path:
     path = root / "agent.toml"
-    _atomic_write(path, f'state_dir = "{root / "state"}"\n[room]\nid = "{room_of(i)}"\n'
-                        f"[store]\nremove_after_missed_scans = {REMOVE_AFTER}\n")
+    _atomic_write(
+        path,
+        f'state_dir = "{root / "state"}"\n[room]\nid = "{room_of(i)}"\n'
+        f"[store]\nremove_after_missed_scans = {REMOVE_AFTER}\n",
+    )
     return path
 
 
@@ -172,27 +183,36 @@ class _Phases:
 #: The steps marked inside the agent (before, and ``-done`` after): (owner, method, phase).
 #: The POST's phase names the message's kind: ``post-events``, ``post-inventory``.
 STEPS = (
-    ("agent.store:Store", "record_scan", "store-scan"),       # the scan, its events: one transaction
+    ("agent.store:Store", "record_scan", "store-scan"),  # the scan, its events: one transaction
     ("agent.uploader.outbox:Outbox", "queue_snapshot", "queue-snapshot"),
     ("agent.uploader.outbox:Outbox", "begin_attempt", "count-attempt"),
-    ("agent.uploader.delivery:Delivery", "_send", "post"),   # the POST, until the reply is read
+    ("agent.uploader.delivery:Delivery", "_send", "post"),  # the POST, until the reply is read
     ("agent.uploader.outbox:Outbox", "delivered", "mark-delivered"),
 )
 #: Every point a directed kill stops the loop at: each step's edges, and the loop's own.
-KILL_POINTS = ("scan", *(f"{phase}{kind}{edge}" for _, _, phase in STEPS
-                         for kind in (("-events", "-inventory") if phase == "post" else ("",))
-                         for edge in ("", "-done")),
-               "next", "push")
+KILL_POINTS = (
+    "scan",
+    *(
+        f"{phase}{kind}{edge}"
+        for _, _, phase in STEPS
+        for kind in (("-events", "-inventory") if phase == "post" else ("",))
+        for edge in ("", "-done")
+    ),
+    "next",
+    "push",
+)
 
 
 def _marked(phases: _Phases, original: Callable[..., Any], phase: str) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(original):  # Delivery._send(self, session, token, message)
+
         async def marked_async(*args: Any, **kwargs: Any) -> Any:
             name = f"{phase}-{args[3].kind}"
             phases.mark(name)
             result = await original(*args, **kwargs)
             phases.mark(f"{name}-done")
             return result
+
         return wraps(original)(marked_async)
 
     def marked(*args: Any, **kwargs: Any) -> Any:
@@ -200,6 +220,7 @@ def _marked(phases: _Phases, original: Callable[..., Any], phase: str) -> Callab
         result = original(*args, **kwargs)
         phases.mark(f"{phase}-done")
         return result
+
     return wraps(original)(marked)
 
 
@@ -233,8 +254,20 @@ def iterate(root: Path, url: str, phases: _Phases, deadline: float) -> None:
     phases.mark("next")
     _atomic_write(root / "iteration", str(i + 1))
     phases.mark("push")
-    code = _cli(["push", "--once", "--config", str(config), "--portal-url", url,
-                 "--token-file", str(root / "token"), "--deadline", str(deadline)])
+    code = _cli(
+        [
+            "push",
+            "--once",
+            "--config",
+            str(config),
+            "--portal-url",
+            url,
+            "--token-file",
+            str(root / "token"),
+            "--deadline",
+            str(deadline),
+        ]
+    )
     if code != 0:
         raise SystemExit(f"outbox_loop: roomsync push exited {code} in iteration {i}")
     phases.mark("done")
@@ -280,10 +313,10 @@ class CrashRun:
     """What :func:`run_crash` did."""
 
     seed: int
-    kills: int = 0                                              # random kills
+    kills: int = 0  # random kills
     delays: list[float] = field(default_factory=list)
-    phases: Counter[str] = field(default_factory=Counter)       # where the random kills landed
-    directed: dict[str, str] = field(default_factory=dict)      # kill point -> where it died
+    phases: Counter[str] = field(default_factory=Counter)  # where the random kills landed
+    directed: dict[str, str] = field(default_factory=dict)  # kill point -> where it died
     iterations: int = 0
     seconds: float = 0.0
 
@@ -302,8 +335,13 @@ def _start(root: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     repo = Path(__file__).resolve().parents[1]
     stderr = (root / "loop.stderr").open("a")
     try:
-        return subprocess.Popen([sys.executable, "-m", "tests.outbox_loop", str(root), "--portal-url", url,
-                                 *extra], cwd=repo, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.outbox_loop", str(root), "--portal-url", url, *extra],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     finally:
         stderr.close()
 
@@ -328,8 +366,16 @@ def _ready(root: Path, proc: subprocess.Popen[str]) -> None:
         raise _loop_failed(root, proc, "before it was ready")
 
 
-def run_crash(root: Path, url: str, *, kills: int, seed: int, max_delay: float = 0.3,
-              directed: bool = True, log: Callable[[str], None] = lambda _: None) -> CrashRun:
+def run_crash(
+    root: Path,
+    url: str,
+    *,
+    kills: int,
+    seed: int,
+    max_delay: float = 0.3,
+    directed: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> CrashRun:
     """Start the loop in ``root`` and SIGKILL it ``kills`` times, each after a random
     (``seed``) delay in [0, ``max_delay``) s from when it is ready; with ``directed``, then
     once at each of :data:`KILL_POINTS` (the loop kills itself there); then run one clean
@@ -388,18 +434,18 @@ def run_crash(root: Path, url: str, *, kills: int, seed: int, max_delay: float =
 class Tally:
     """The portal stand-in's records against the store's: the figures of a crash run."""
 
-    stored: list[tuple[str, str]]            # (event id, identity) in the store's order
-    types: Counter[str]                      # the stored events by type
-    at_portal: list[tuple[str, str]]         # the stand-in's, once per id, in the order accepted
-    carried: Counter[str]                    # event id -> accepted messages (distinct keys) carrying it
+    stored: list[tuple[str, str]]  # (event id, identity) in the store's order
+    types: Counter[str]  # the stored events by type
+    at_portal: list[tuple[str, str]]  # the stand-in's, once per id, in the order accepted
+    carried: Counter[str]  # event id -> accepted messages (distinct keys) carrying it
     requests: int
-    redelivered: int                         # a key the stand-in already held (answered 200)
-    refused: int                             # any other non-2xx, or reset
+    redelivered: int  # a key the stand-in already held (answered 200)
+    refused: int  # any other non-2xx, or reset
     messages: int
-    sequences: list[int]                     # of every message accepted, in order
-    snapshots: list[int]                     # of the snapshots accepted, in order
-    last_snapshot: dict[str, Any] | None     # what the outbox last queued (meta.last_snapshot)
-    pending: int                             # outbox messages and events left
+    sequences: list[int]  # of every message accepted, in order
+    snapshots: list[int]  # of the snapshots accepted, in order
+    last_snapshot: dict[str, Any] | None  # what the outbox last queued (meta.last_snapshot)
+    pending: int  # outbox messages and events left
     dropped_events: int
 
     @property

@@ -63,9 +63,9 @@ def _as_bytes(value: bytes | str) -> bytes:
 class Service:
     """One service a zeroconf publisher registers."""
 
-    service_type: str          # "_https._tcp.local."
-    instance: str              # the instance label, any script
-    server: str                # "RallyBar-1L5V32.local."
+    service_type: str  # "_https._tcp.local."
+    instance: str  # the instance label, any script
+    server: str  # "RallyBar-1L5V32.local."
     port: int
     properties: Mapping[bytes | str, bytes | str | None] = field(default_factory=dict)
     addresses: tuple[str, ...] = (LOOPBACK,)
@@ -76,10 +76,15 @@ class Service:
 
     def to_spec(self) -> dict[str, Any]:
         return {
-            "type": self.service_type, "name": self.name, "server": self.server, "port": self.port,
+            "type": self.service_type,
+            "name": self.name,
+            "server": self.server,
+            "port": self.port,
             "addresses": list(self.addresses),
-            "properties": [[_as_bytes(k).hex(), None if v is None else _as_bytes(v).hex()]
-                           for k, v in self.properties.items()],
+            "properties": [
+                [_as_bytes(k).hex(), None if v is None else _as_bytes(v).hex()]
+                for k, v in self.properties.items()
+            ],
         }
 
 
@@ -127,12 +132,14 @@ def phantom(service_type: str, instance: str) -> RawAnnouncement:
     what a browser sees of a service that left the network before it was resolved."""
     owner = encode_name(split_name(service_type))
     target = encode_name([instance.encode("utf-8"), *split_name(service_type)])
-    return RawAnnouncement(response([record(owner, _TYPE_PTR, target)]),
-                           response([record(owner, _TYPE_PTR, target, ttl=0)]))
+    return RawAnnouncement(
+        response([record(owner, _TYPE_PTR, target)]), response([record(owner, _TYPE_PTR, target, ttl=0)])
+    )
 
 
-def full_service(service_type: str, instance: bytes, host: str, address: str, port: int,
-                 txt: Sequence[bytes]) -> RawAnnouncement:
+def full_service(
+    service_type: str, instance: bytes, host: str, address: str, port: int, txt: Sequence[bytes]
+) -> RawAnnouncement:
     """PTR + SRV + TXT + A in one response, with the instance label given as raw bytes."""
     type_labels = split_name(service_type)
     owner = encode_name(type_labels)
@@ -158,8 +165,14 @@ class PublisherError(RuntimeError):
 class Publisher:
     """A publisher process; use as a context manager (or :meth:`start` / :meth:`stop`)."""
 
-    def __init__(self, services: Sequence[Service] = (), raw: Sequence[RawAnnouncement] = (), *,
-                 workdir: Path, ready_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        services: Sequence[Service] = (),
+        raw: Sequence[RawAnnouncement] = (),
+        *,
+        workdir: Path,
+        ready_timeout: float = 20.0,
+    ) -> None:
         self.spec = {"services": [s.to_spec() for s in services], "raw": [r.to_spec() for r in raw]}
         self.workdir = workdir
         self.ready_timeout = ready_timeout
@@ -173,7 +186,11 @@ class Publisher:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), str(spec_file)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = _read_line(self.proc, self.ready_timeout)
         if line.strip() != "READY":
@@ -229,8 +246,7 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 def avahi_unavailable() -> str | None:
     """Why avahi-daemon cannot be a publisher on this machine, or ``None`` when it can."""
     if _avahi_daemon() is None:
-        return ("avahi-daemon is not installed (Debian package avahi-daemon, "
-                "installed by scripts/bootstrap)")
+        return "avahi-daemon is not installed (Debian package avahi-daemon, installed by scripts/bootstrap)"
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
     if os.geteuid() != 0:
@@ -248,7 +264,7 @@ class AvahiService:
     ``value-format="binary-hex"``."""
 
     instance: str
-    service_type: str          # "_https._tcp" (avahi's form, without .local.)
+    service_type: str  # "_https._tcp" (avahi's form, without .local.)
     port: int
     txt: Mapping[str, str | bytes] = field(default_factory=dict)
 
@@ -256,30 +272,34 @@ class AvahiService:
         records = []
         for key, value in self.txt.items():
             if isinstance(value, bytes):
-                records.append(f'    <txt-record value-format="binary-hex">{escape(key)}={value.hex()}'
-                               f"</txt-record>")
+                records.append(
+                    f'    <txt-record value-format="binary-hex">{escape(key)}={value.hex()}</txt-record>'
+                )
             else:
                 records.append(f"    <txt-record>{escape(key)}={escape(value)}</txt-record>")
-        return "\n".join([
-            "<?xml version=\"1.0\" standalone='no'?>",
-            '<!DOCTYPE service-group SYSTEM "avahi-service.dtd">',
-            "<service-group>",
-            f"  <name>{escape(self.instance)}</name>",
-            '  <service protocol="ipv4">',
-            f"    <type>{escape(self.service_type)}</type>",
-            f"    <port>{self.port}</port>",
-            *records,
-            "  </service>",
-            "</service-group>",
-            "",
-        ])
+        return "\n".join(
+            [
+                "<?xml version=\"1.0\" standalone='no'?>",
+                '<!DOCTYPE service-group SYSTEM "avahi-service.dtd">',
+                "<service-group>",
+                f"  <name>{escape(self.instance)}</name>",
+                '  <service protocol="ipv4">',
+                f"    <type>{escape(self.service_type)}</type>",
+                f"    <port>{self.port}</port>",
+                *records,
+                "  </service>",
+                "</service-group>",
+                "",
+            ]
+        )
 
 
 class AvahiPublisher:
     """avahi-daemon publishing ``services`` for host ``host_name`` on ``lo`` only."""
 
-    def __init__(self, host_name: str, services: Sequence[AvahiService], *, workdir: Path,
-                 ready_timeout: float = 20.0) -> None:
+    def __init__(
+        self, host_name: str, services: Sequence[AvahiService], *, workdir: Path, ready_timeout: float = 20.0
+    ) -> None:
         self.host_name = host_name
         self.services = list(services)
         self.workdir = workdir
@@ -293,14 +313,20 @@ class AvahiPublisher:
         if reason:
             raise PublisherError(reason)
         conf, run_dir, services_dir = self._write_files()
-        script = (f"mount --bind {shlex.quote(str(run_dir))} /run && "
-                  f"mount --bind {shlex.quote(str(services_dir))} /etc/avahi/services && "
-                  f"exec {shlex.quote(str(_avahi_daemon()))} -f {shlex.quote(str(conf))} "
-                  f"--no-drop-root --no-chroot --no-rlimits")
+        script = (
+            f"mount --bind {shlex.quote(str(run_dir))} /run && "
+            f"mount --bind {shlex.quote(str(services_dir))} /etc/avahi/services && "
+            f"exec {shlex.quote(str(_avahi_daemon()))} -f {shlex.quote(str(conf))} "
+            f"--no-drop-root --no-chroot --no-rlimits"
+        )
         started = time.perf_counter()
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self._wait_until_established()
         self.startup_seconds = time.perf_counter() - started
         return self
@@ -312,13 +338,29 @@ class AvahiPublisher:
         for index, service in enumerate(self.services):
             (services_dir / f"service-{index}.service").write_text(service.to_xml(), encoding="utf-8")
         conf = self.workdir / "avahi-daemon.conf"
-        conf.write_text("\n".join([
-            "[server]", f"host-name={self.host_name}", "domain-name=local", "use-ipv4=yes",
-            "use-ipv6=no", "allow-interfaces=lo", "enable-dbus=no", "disallow-other-stacks=no",
-            "[wide-area]", "enable-wide-area=no",
-            "[publish]", "publish-addresses=yes", "publish-hinfo=no", "publish-workstation=no",
-            "publish-domain=no", "publish-aaaa-on-ipv4=no", "",
-        ]))
+        conf.write_text(
+            "\n".join(
+                [
+                    "[server]",
+                    f"host-name={self.host_name}",
+                    "domain-name=local",
+                    "use-ipv4=yes",
+                    "use-ipv6=no",
+                    "allow-interfaces=lo",
+                    "enable-dbus=no",
+                    "disallow-other-stacks=no",
+                    "[wide-area]",
+                    "enable-wide-area=no",
+                    "[publish]",
+                    "publish-addresses=yes",
+                    "publish-hinfo=no",
+                    "publish-workstation=no",
+                    "publish-domain=no",
+                    "publish-aaaa-on-ipv4=no",
+                    "",
+                ]
+            )
+        )
         return conf, run_dir, services_dir
 
     def _wait_until_established(self) -> None:
@@ -357,15 +399,26 @@ async def _serve(spec: dict[str, Any]) -> None:
     from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
     aiozc = AsyncZeroconf(interfaces=[LOOPBACK], ip_version=IPVersion.V4Only)
-    infos = [AsyncServiceInfo(
-        s["type"], s["name"], port=s["port"], server=s["server"], parsed_addresses=s["addresses"],
-        properties={bytes.fromhex(k): None if v is None else bytes.fromhex(v) for k, v in s["properties"]},
-    ) for s in spec["services"]]
+    infos = [
+        AsyncServiceInfo(
+            s["type"],
+            s["name"],
+            port=s["port"],
+            server=s["server"],
+            parsed_addresses=s["addresses"],
+            properties={
+                bytes.fromhex(k): None if v is None else bytes.fromhex(v) for k, v in s["properties"]
+            },
+        )
+        for s in spec["services"]
+    ]
     # Register concurrently: each name is probed for ~1.5 s before it is announced.
     announced = await asyncio.gather(*(aiozc.async_register_service(i) for i in infos))
     await asyncio.gather(*announced)
-    raw = [(bytes.fromhex(r["packet"]), bytes.fromhex(r["goodbye"]) if r["goodbye"] else None)
-           for r in spec["raw"]]
+    raw = [
+        (bytes.fromhex(r["packet"]), bytes.fromhex(r["goodbye"]) if r["goodbye"] else None)
+        for r in spec["raw"]
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -388,8 +441,9 @@ def _on_stdin(goodbye: asyncio.Event) -> None:
         asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
 
 
-async def _announce(sock: socket.socket, raw: list[tuple[bytes, bytes | None]], stop: asyncio.Event,
-                    goodbye: asyncio.Event) -> None:
+async def _announce(
+    sock: socket.socket, raw: list[tuple[bytes, bytes | None]], stop: asyncio.Event, goodbye: asyncio.Event
+) -> None:
     said_goodbye = False
     while not stop.is_set():
         if goodbye.is_set() and not said_goodbye:

@@ -48,9 +48,24 @@ def oid_key(oid: str) -> tuple[int, ...]:
 def answers(host: str, port: int, *, community: str = "public", timeout: float = 0.3) -> bool:
     """True when an SNMPv2c GET of sysName gets any answer (net-snmp's own client)."""
     proc = subprocess.run(
-        [SNMPGET, "-v2c", "-c", community, "-t", str(timeout), "-r", "0", "-On",
-         f"udp:{host}:{port}", SYS_NAME],
-        capture_output=True, text=True, env=_mibless_env(), check=False)
+        [
+            SNMPGET,
+            "-v2c",
+            "-c",
+            community,
+            "-t",
+            str(timeout),
+            "-r",
+            "0",
+            "-On",
+            f"udp:{host}:{port}",
+            SYS_NAME,
+        ],
+        capture_output=True,
+        text=True,
+        env=_mibless_env(),
+        check=False,
+    )
     return proc.returncode == 0
 
 
@@ -62,8 +77,9 @@ def _mibless_env() -> dict[str, str]:
     return env
 
 
-def _wait_until(check: object, what: str, proc: subprocess.Popen[bytes], log: Path,
-                deadline: float = 15.0) -> None:
+def _wait_until(
+    check: object, what: str, proc: subprocess.Popen[bytes], log: Path, deadline: float = 15.0
+) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -114,8 +130,10 @@ class Snmpd:
             f"sysName {self.sys_name}",
         ]
         if self.v3_user:
-            lines += [f'createUser {self.v3_user} {self.v3_auth_proto} "{self.v3_auth}" AES "{self.v3_priv}"',
-                      f"rouser {self.v3_user} priv"]
+            lines += [
+                f'createUser {self.v3_user} {self.v3_auth_proto} "{self.v3_auth}" AES "{self.v3_priv}"',
+                f"rouser {self.v3_user} priv",
+            ]
         for column in sorted(self.entity):
             for index, value in sorted(self.entity[column].items()):
                 if column == 5:  # entPhysicalClass is an INTEGER
@@ -132,12 +150,26 @@ class Snmpd:
         env = dict(os.environ, MIBS="", MIBDIRS=str(mibdir))
         self.log = self.workdir / "snmpd.log"
         self.proc = subprocess.Popen(
-            [SNMPD, "-f", "-Lf", str(self.log), "-C", "-c", str(conf),
-             "-p", str(self.workdir / "snmpd.pid"), f"--persistentDir={persist}"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                SNMPD,
+                "-f",
+                "-Lf",
+                str(self.log),
+                "-C",
+                "-c",
+                str(conf),
+                "-p",
+                str(self.workdir / "snmpd.pid"),
+                f"--persistentDir={persist}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            _wait_until(lambda: answers(self.host, self.port, community=self.community),
-                        "snmpd", self.proc, self.log)
+            _wait_until(
+                lambda: answers(self.host, self.port, community=self.community), "snmpd", self.proc, self.log
+            )
         except BaseException:
             stop_process(self.proc)
             raise
@@ -155,9 +187,16 @@ class SimDevice:
     records: dict[str, tuple[str, str]]
 
     @classmethod
-    def make(cls, address: str, *, sys_descr: str, sys_object_id: str = "1.3.6.1.4.1.8072.3.2.10",
-             sys_name: str = "", entity: Mapping[int, Mapping[int, str]] | None = None,
-             raw: Mapping[str, tuple[str, str]] | None = None) -> SimDevice:
+    def make(
+        cls,
+        address: str,
+        *,
+        sys_descr: str,
+        sys_object_id: str = "1.3.6.1.4.1.8072.3.2.10",
+        sys_name: str = "",
+        entity: Mapping[int, Mapping[int, str]] | None = None,
+        raw: Mapping[str, tuple[str, str]] | None = None,
+    ) -> SimDevice:
         records: dict[str, tuple[str, str]] = {
             SYS_DESCR: ("4", sys_descr),
             SYS_OBJECT_ID: ("6", sys_object_id),
@@ -204,23 +243,44 @@ class SnmpSim:
             data = self.workdir / f"data{n}"
             data.mkdir(exist_ok=True)
             (data / f"{self.community}.snmprec").write_text(dev.snmprec())
-            args += ["--v3-engine-id=auto", f"--data-dir={data}",
-                     f"--agent-udpv4-endpoint={dev.address}:{self.port}"]
+            args += [
+                "--v3-engine-id=auto",
+                f"--data-dir={data}",
+                f"--agent-udpv4-endpoint={dev.address}:{self.port}",
+            ]
             if self.v3_user:
-                args += [f"--v3-user={self.v3_user}", f"--v3-auth-key={self.v3_auth}",
-                         "--v3-auth-proto=SHA", f"--v3-priv-key={self.v3_priv}", "--v3-priv-proto=AES"]
+                args += [
+                    f"--v3-user={self.v3_user}",
+                    f"--v3-auth-key={self.v3_auth}",
+                    "--v3-auth-proto=SHA",
+                    f"--v3-priv-key={self.v3_priv}",
+                    "--v3-priv-proto=AES",
+                ]
         argfile = self.workdir / "args"
         argfile.write_text("\n".join(args) + "\n")
         self.log = self.workdir / "snmpsim.log"
         env = dict(os.environ, SNMPSIM_ALLOW_ROOT="true")
         self.proc = subprocess.Popen(
-            [str(exe), f"--args-from-file={argfile}", f"--cache-dir={self.workdir / 'cache'}",
-             f"--logging-method=file:{self.log}", "--log-level=error"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(exe),
+                f"--args-from-file={argfile}",
+                f"--cache-dir={self.workdir / 'cache'}",
+                f"--logging-method=file:{self.log}",
+                "--log-level=error",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for dev in (self.devices[0], self.devices[-1]):
-                _wait_until(lambda d=dev: answers(d.address, self.port, community=self.community),  # type: ignore[misc]
-                            "snmpsim", self.proc, self.log, deadline=60.0)
+                _wait_until(
+                    lambda d=dev: answers(d.address, self.port, community=self.community),  # type: ignore[misc]
+                    "snmpsim",
+                    self.proc,
+                    self.log,
+                    deadline=60.0,
+                )
         except BaseException:
             stop_process(self.proc)
             raise
@@ -230,12 +290,24 @@ class SnmpSim:
         stop_process(self.proc)
 
 
-def entity_rows(serial: str, model: str, manufacturer: str = "Logitech", *, name: str = "chassis",
-                firmware: str = "", software: str = "", hardware: str = "",
-                descr: str = "") -> dict[int, dict[int, str]]:
+def entity_rows(
+    serial: str,
+    model: str,
+    manufacturer: str = "Logitech",
+    *,
+    name: str = "chassis",
+    firmware: str = "",
+    software: str = "",
+    hardware: str = "",
+    descr: str = "",
+) -> dict[int, dict[int, str]]:
     """ENTITY-MIB columns for one chassis entity at index 1."""
     rows: dict[int, dict[int, str]] = {
-        5: {1: "3"}, 7: {1: name}, 11: {1: serial}, 12: {1: manufacturer}, 13: {1: model},
+        5: {1: "3"},
+        7: {1: name},
+        11: {1: serial},
+        12: {1: manufacturer},
+        13: {1: model},
     }
     for column, value in ((2, descr), (8, hardware), (9, firmware), (10, software)):
         if value:

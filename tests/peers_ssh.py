@@ -56,16 +56,21 @@ def require_sshd() -> None:
 
 def keygen(path: Path, *, passphrase: str = "") -> Path:
     """A new Ed25519 key pair at ``path`` / ``path.pub``; returns the private key's path."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "roomsync-test",
-                    "-f", str(path)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-C", "roomsync-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     return path
 
 
 def fingerprint_of(public_key: Path) -> str:
     """``SHA256:…`` as OpenSSH's own ``ssh-keygen -l`` prints it."""
     # "256 SHA256:abc… comment (ED25519)"
-    return subprocess.run(["ssh-keygen", "-l", "-f", str(public_key)], check=True,
-                          capture_output=True, text=True, timeout=30).stdout.split()[1]
+    return subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(public_key)], check=True, capture_output=True, text=True, timeout=30
+    ).stdout.split()[1]
 
 
 def free_port() -> int:
@@ -83,8 +88,13 @@ def known_hosts_line(port: int, public_key: Path) -> str:
 
 def keyscan(port: int) -> str:
     """What an operator adds to known_hosts: ``ssh-keyscan -H`` (hashed host names)."""
-    return subprocess.run(["ssh-keyscan", "-H", "-p", str(port), LOOPBACK], check=True,
-                          capture_output=True, text=True, timeout=30).stdout
+    return subprocess.run(
+        ["ssh-keyscan", "-H", "-p", str(port), LOOPBACK],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
 
 
 def write_known_hosts(path: Path, *lines: str) -> Path:
@@ -160,9 +170,23 @@ Match LocalPort {windows_port}
     log_path = workdir / "sshd.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", _RUN_SSHD, "sh",
-             str(rundir), str(config), str(SSHD)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                _RUN_SSHD,
+                "sh",
+                str(rundir),
+                str(config),
+                str(SSHD),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
     sshd = Sshd(workdir, port, windows_port, host_key, client_key, process, log_path)
     sshd.windows_reply(b"{}")
     _wait_listening(sshd)

@@ -144,8 +144,11 @@ def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     path.chmod(0o600)
     return path
 
@@ -155,22 +158,39 @@ def _write_cert(path: Path, cert: x509.Certificate) -> Path:
     return path
 
 
-def _leaf(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-          signer: ec.EllipticCurvePrivateKey, *, hosts: Sequence[str], client: bool,
-          expired: bool) -> x509.Certificate:
+def _leaf(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    *,
+    hosts: Sequence[str],
+    client: bool,
+    expired: bool,
+) -> x509.Certificate:
     """An end-entity certificate for ``hosts`` (server) or a client, signed by ``signer``."""
     now = datetime.now(UTC)
-    start, end = (now - timedelta(days=30), now - timedelta(days=1)) if expired else \
-        (now - timedelta(minutes=5), now + timedelta(days=2))
+    start, end = (
+        (now - timedelta(days=30), now - timedelta(days=1))
+        if expired
+        else (now - timedelta(minutes=5), now + timedelta(days=2))
+    )
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+    )
     if hosts:
         builder = builder.add_extension(_san(hosts), critical=False)
     return builder.sign(signer, hashes.SHA256())
@@ -189,32 +209,55 @@ class CertAuthority:
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         public = self._key.public_key()
-        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
-                     .public_key(public).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                                  key_encipherment=False, data_encipherment=False,
-                                                  key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                  encipher_only=False, decipher_only=False), critical=True)
-                     .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-                     .sign(self._key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
         self.path = _write_cert(self._file("ca.pem"), self.cert)
 
     def _file(self, suffix: str) -> Path:
         return self.directory / f"ca{id(self):x}-{next(self._serial)}-{suffix}"
 
-    def issue(self, common_name: str, *, hosts: Sequence[str] = (), client: bool = False,
-              expired: bool = False) -> tuple[Path, Path]:
+    def issue(
+        self, common_name: str, *, hosts: Sequence[str] = (), client: bool = False, expired: bool = False
+    ) -> tuple[Path, Path]:
         """A certificate (and its key) for a server named ``hosts`` or, with ``client``, a
         client; ``expired`` makes one whose validity ended yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _leaf(_name(common_name), key, self.name, self._key, hosts=hosts, client=client,
-                     expired=expired)
+        cert = _leaf(
+            _name(common_name), key, self.name, self._key, hosts=hosts, client=client, expired=expired
+        )
         return _write_cert(self._file("cert.pem"), cert), _write_key(self._file("key.pem"), key)
 
-    def server_tls(self, hosts: Sequence[str] = DEFAULT_HOSTS, *, expired: bool = False,
-                   client_ca: CertAuthority | None = None) -> TlsFiles:
+    def server_tls(
+        self,
+        hosts: Sequence[str] = DEFAULT_HOSTS,
+        *,
+        expired: bool = False,
+        client_ca: CertAuthority | None = None,
+    ) -> TlsFiles:
         """Server files for the stand-in; with ``client_ca`` the server demands a client
         certificate issued by it."""
         cert, key = self.issue(hosts[0] if hosts else "portal", hosts=hosts, expired=expired)
@@ -237,8 +280,9 @@ def self_signed_tls(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS) -> Tl
     return TlsFiles(cert_path, _write_key(directory / f"{stem}-key.pem", key), cert_path)
 
 
-def client_context(ca: Path | None = None, *, cert: Path | None = None,
-                   key: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    ca: Path | None = None, *, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
     """A verifying client context: trusting ``ca`` (else the system's CAs), with a client
     certificate when given."""
     context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
@@ -295,12 +339,17 @@ class _Records:
     loop_errors: list[str] = field(default_factory=list)
 
 
-def _problem(status: int, detail: str, headers: Mapping[str, str] | None = None,
-             **extra: Any) -> web.Response:
+def _problem(
+    status: int, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
     """An RFC 9457 problem reply."""
     body = {"type": "about:blank", "title": _reason(status), "status": status, "detail": detail, **extra}
-    return web.Response(status=status, body=json.dumps(body).encode(), headers=headers,
-                        content_type="application/problem+json")
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        headers=headers,
+        content_type="application/problem+json",
+    )
 
 
 def _reason(status: int) -> str:
@@ -408,8 +457,9 @@ class PortalStandIn:
         self._error = None
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, args=(sock, ready), name="portal-standin",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(sock, ready), name="portal-standin", daemon=True
+        )
         self._thread.start()
         ready.wait(10)
         if self._error is not None or not ready.is_set():
@@ -452,8 +502,9 @@ class PortalStandIn:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         for schema, path in ENDPOINTS.items():
             app.router.add_post(path, self._handler(schema))
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, auto_decompress=False,
-                               shutdown_timeout=0.2)
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, auto_decompress=False, shutdown_timeout=0.2
+        )
         await runner.setup()
         context = self._tls.server_context() if self._tls is not None else None
         await web.SockSite(runner, sock, ssl_context=context).start()
@@ -486,8 +537,15 @@ class PortalStandIn:
 
     # ------------------------------------------------------------------ faults
 
-    def inject(self, fault: str | int, times: int = 1, *, retry_after: int | float | str | None = 1,
-               interval: float = 0.25, path: str | None = None) -> None:
+    def inject(
+        self,
+        fault: str | int,
+        times: int = 1,
+        *,
+        retry_after: int | float | str | None = 1,
+        interval: float = 0.25,
+        path: str | None = None,
+    ) -> None:
         """Answer the next ``times`` requests (to ``path`` only, when given) with ``fault``:
         an HTTP status 400–599, ``"slow"``, ``"reset"`` or ``"reset-after-accept"``.
         ``retry_after`` is sent with 503 and 429; ``interval`` is the slow reply's pace."""
@@ -496,8 +554,11 @@ class PortalStandIn:
             raise ValueError(f"unknown fault {fault!r}: an HTTP status 400-599 or one of {', '.join(FAULTS)}")
         if times < 1:
             raise ValueError("times must be 1 or more")
-        after = None if retry_after is None else (retry_after if isinstance(retry_after, str)
-                                                  else f"{retry_after:g}")
+        after = (
+            None
+            if retry_after is None
+            else (retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
+        )
         with self._lock:
             self._faults.extend(_Fault(name, after, interval, path) for _ in range(times))
 
@@ -565,9 +626,15 @@ class PortalStandIn:
 
     def _log(self, request: web.Request, fault: _Fault | None, status: int | None, size: int) -> None:
         entry = RecordedRequest(
-            method=request.method, path=request.path, headers=_redact(request.headers),
-            idempotency_key=request.headers.get("Idempotency-Key"), body_bytes=size,
-            fault=fault.name if fault else None, status=status, client_cert=_client_cert_name(request))
+            method=request.method,
+            path=request.path,
+            headers=_redact(request.headers),
+            idempotency_key=request.headers.get("Idempotency-Key"),
+            body_bytes=size,
+            fault=fault.name if fault else None,
+            status=status,
+            client_cert=_client_cert_name(request),
+        )
         with self._changed:
             self._records.requests.append(entry)
             self._changed.notify_all()
@@ -577,6 +644,7 @@ class PortalStandIn:
     def _handler(self, schema: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._handle(request, schema)
+
         return handle
 
     async def _handle(self, request: web.Request, schema: str) -> web.StreamResponse:
@@ -623,8 +691,11 @@ class PortalStandIn:
     def _process(self, headers: Mapping[str, str], body: bytes, schema: str) -> web.Response:
         """What the portal answers a request that met no fault; records a new message."""
         if not self._authorized(headers.get("Authorization")):
-            return _problem(401, "missing or wrong bearer token",
-                            {"WWW-Authenticate": 'Bearer realm="roomsync-portal", error="invalid_token"'})
+            return _problem(
+                401,
+                "missing or wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="roomsync-portal", error="invalid_token"'},
+            )
         if _media_type(headers.get("Content-Type")) != "application/json":
             return _problem(415, "Content-Type must be application/json")
         if (headers.get("Content-Encoding") or "").strip().lower() != "gzip":
@@ -638,8 +709,11 @@ class PortalStandIn:
         except _BodyError as exc:
             return _problem(exc.status, str(exc))
         except ValidationError as exc:
-            return _problem(400, f"the message does not match {schema}",
-                            errors=exc.errors(include_url=False, include_input=False, include_context=False))
+            return _problem(
+                400,
+                f"the message does not match {schema}",
+                errors=exc.errors(include_url=False, include_input=False, include_context=False),
+            )
         return self._record(key, hashlib.sha256(data).hexdigest(), message)
 
     def _record(self, key: str, digest: str, message: Message) -> web.Response:
@@ -679,14 +753,15 @@ def _parse(data: bytes, schema: str) -> Message:
 async def _trickle(request: web.Request, reply: web.Response, interval: float) -> web.StreamResponse:
     """Send ``reply``'s status and headers at once, then its body one byte per ``interval``."""
     body = bytes(reply.body) if isinstance(reply.body, bytes | bytearray) else b""
-    stream = web.StreamResponse(status=reply.status, headers={
-        k: v for k, v in reply.headers.items() if k.lower() != "content-length"})
+    stream = web.StreamResponse(
+        status=reply.status, headers={k: v for k, v in reply.headers.items() if k.lower() != "content-length"}
+    )
     stream.content_length = len(body)
     await stream.prepare(request)
     try:
         for i in range(len(body)):
             await asyncio.sleep(interval)
-            await stream.write(body[i:i + 1])
+            await stream.write(body[i : i + 1])
         await stream.write_eof()
     except ConnectionError:  # the client gave up: what the fault is for
         pass

@@ -17,6 +17,8 @@ CAPTURES = SHARED / "fixtures" / "usb-captures"
 def shared_file(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.is_file():
-        pytest.skip(f"{path} is absent: the shared documents and fixtures are expected in "
-                    f"../shared beside the repository checkout")
+        pytest.skip(
+            f"{path} is absent: the shared documents and fixtures are expected in "
+            f"../shared beside the repository checkout"
+        )
     return path

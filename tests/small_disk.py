@@ -24,8 +24,13 @@ def run_on_small_disk(tmp_path: Path, script: str) -> dict[str, Any]:
         pytest.skip("needs root and unshare(1) to mount a small tmpfs in a private mount namespace")
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    result = subprocess.run(["unshare", "-m", sys.executable, "-c", script, str(mount)],
-                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(
+        ["unshare", "-m", sys.executable, "-c", script, str(mount)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     if result.returncode != 0 and "unshare failed" in result.stderr:
         pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr

@@ -45,8 +45,14 @@ def backwards(oid: Oid, rep: int) -> tuple[Oid, Any]:
 
 
 class RogueAgent:
-    def __init__(self, *, community: bytes = b"public", responder: Responder = endless,
-                 delay: float = 0.0, system: dict[Oid, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        community: bytes = b"public",
+        responder: Responder = endless,
+        delay: float = 0.0,
+        system: dict[Oid, Any] | None = None,
+    ) -> None:
         self.community = community
         self.responder = responder
         self.delay = delay

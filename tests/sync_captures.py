@@ -111,9 +111,9 @@ class Capture:
     def set_device_info(self, document: dict[str, Any] | str) -> Capture:
         text = document if isinstance(document, str) else json.dumps(document)
         old = proto.decode_usb_msg(decode_frame(self.data(GDI_RESPONSE)).payload)
-        payload = proto.encode_device_message(header_id=old.header_id,
-                                              timestamp=old.header_timestamp,
-                                              device_info_json=text)
+        payload = proto.encode_device_message(
+            header_id=old.header_id, timestamp=old.header_timestamp, device_info_json=text
+        )
         self.events[GDI_RESPONSE] = read_event(encode_frame(Command.BUFFER_READ, 0, payload))
         return self
 
@@ -131,8 +131,7 @@ class Capture:
 def kong_event_block(text: str = '{"type":3,"payload":{}}', seq: int = 1000) -> list[dict]:
     """What an unsolicited Kong event looks like on the wire, host acks included:
     device BufferRead, host Ack 0xCC06, device UninitBuffer (8 bytes), host Ack 0xCC08."""
-    message = proto.encode_device_message(header_id="evt", timestamp="1",
-                                          kong_event_json=text)
+    message = proto.encode_device_message(header_id="evt", timestamp="1", kong_event_json=text)
     return [
         read_event(encode_frame(Command.BUFFER_READ, 0, message)),
         write_event(encode_frame(Command.ACK, seq, host_ack_payload(Command.BUFFER_READ))),
@@ -148,8 +147,7 @@ def device_ack(seq: int, command: Command) -> dict[str, Any]:
 def unanswered_gdi(capture: Capture) -> list[dict[str, Any]]:
     """The recorded GetDeviceInfo request acknowledged by the device, but no answer: the
     pattern of the recorded first TransitionToDeviceMode attempt (events 15–19)."""
-    return [copy.deepcopy(capture.events[i])
-            for i in (GDI_WRITE, GDI_ACK, GDI_UNINIT, GDI_UNINIT_ACK)]
+    return [copy.deepcopy(capture.events[i]) for i in (GDI_WRITE, GDI_ACK, GDI_UNINIT, GDI_UNINIT_ACK)]
 
 
 class FakeClock:
@@ -173,17 +171,33 @@ def fake_bar(recording: Recording, remap: dict[int, int] | None = None) -> FakeU
     optionally re-addressed."""
     remap = remap or {}
     interfaces = tuple(
-        Interface(i.number, i.cls, i.subclass, i.protocol, tuple(
-            Endpoint(remap.get(e.address, e.address), EP_BULK if i.cls == 0xFF else EP_INTERRUPT,
-                     1024) for e in i.endpoints))
-        for i in recording.device.interfaces if i.alternate == 0)
+        Interface(
+            i.number,
+            i.cls,
+            i.subclass,
+            i.protocol,
+            tuple(
+                Endpoint(remap.get(e.address, e.address), EP_BULK if i.cls == 0xFF else EP_INTERRUPT, 1024)
+                for e in i.endpoints
+            ),
+        )
+        for i in recording.device.interfaces
+        if i.alternate == 0
+    )
     d = recording.device
-    return FakeUsbDevice(d.vendor_id, d.product_id, bcd_device=d.bcd_device, busnum=2, devnum=20,
-                         ports="1.1", interfaces=interfaces, strings=dict(d.strings))
+    return FakeUsbDevice(
+        d.vendor_id,
+        d.product_id,
+        bcd_device=d.bcd_device,
+        busnum=2,
+        devnum=20,
+        ports="1.1",
+        interfaces=interfaces,
+        strings=dict(d.strings),
+    )
 
 
-def recorded_bulk(recording: Recording, out_ep: int, in_ep: int,
-                  seq_offset: int = 0) -> UsbmonCapture:
+def recorded_bulk(recording: Recording, out_ep: int, in_ep: int, seq_offset: int = 0) -> UsbmonCapture:
     """The recorded GetDeviceInfo exchange (events 36–43) as usbmon bulk records.
 
     ``seq_offset`` renumbers the host's sequence ids (and the device's acks of them): the

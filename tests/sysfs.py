@@ -11,21 +11,51 @@ from pathlib import Path
 _DEFAULT_STRINGS = ("manufacturer", "product", "serial")
 
 
-def device_descriptor(vid: int, pid: int, bcd: int = 0x0100, *, i_manufacturer: int = 1,
-                      i_product: int = 2, i_serial: int = 3) -> bytes:
+def device_descriptor(
+    vid: int, pid: int, bcd: int = 0x0100, *, i_manufacturer: int = 1, i_product: int = 2, i_serial: int = 3
+) -> bytes:
     """An 18-byte USB device descriptor (what sysfs' ``descriptors`` file starts with)."""
-    return bytes([
-        18, 1, 0x00, 0x02, 0xEF, 0x02, 0x01, 64,
-        vid & 0xFF, vid >> 8, pid & 0xFF, pid >> 8, bcd & 0xFF, bcd >> 8,
-        i_manufacturer, i_product, i_serial, 1,
-    ])
+    return bytes(
+        [
+            18,
+            1,
+            0x00,
+            0x02,
+            0xEF,
+            0x02,
+            0x01,
+            64,
+            vid & 0xFF,
+            vid >> 8,
+            pid & 0xFF,
+            pid >> 8,
+            bcd & 0xFF,
+            bcd >> 8,
+            i_manufacturer,
+            i_product,
+            i_serial,
+            1,
+        ]
+    )
 
 
-def add_device(root: Path, name: str, vid: int, pid: int, *, bcd: int | None = 0x0100,
-               serial: bytes | str | None = None, product: bytes | str | None = None,
-               manufacturer: bytes | str | None = None, busnum: int | None = None,
-               devnum: int | None = None, descriptors: bytes | None = None,
-               symlink: bool = False, interfaces: int = 1, raw: dict[str, bytes] | None = None) -> Path:
+def add_device(
+    root: Path,
+    name: str,
+    vid: int,
+    pid: int,
+    *,
+    bcd: int | None = 0x0100,
+    serial: bytes | str | None = None,
+    product: bytes | str | None = None,
+    manufacturer: bytes | str | None = None,
+    busnum: int | None = None,
+    devnum: int | None = None,
+    descriptors: bytes | None = None,
+    symlink: bool = False,
+    interfaces: int = 1,
+    raw: dict[str, bytes] | None = None,
+) -> Path:
     """Create one device entry; strings are written as given (bytes verbatim, str + newline)."""
     devices = root / "bus" / "usb" / "devices"
     devices.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,14 @@ def test_protocols_table_was_parsed() -> None:
 
 def _rows_for_collection() -> list:
     if not (SHARED / "protocols.md").is_file():
-        return [pytest.param(("", []), marks=pytest.mark.skip(
-            reason=f"{SHARED / 'protocols.md'} is absent (../shared beside the checkout)"))]
+        return [
+            pytest.param(
+                ("", []),
+                marks=pytest.mark.skip(
+                    reason=f"{SHARED / 'protocols.md'} is absent (../shared beside the checkout)"
+                ),
+            )
+        ]
     return [pytest.param(row, id=row[0]) for row in protocols_usb_table()]
 
 
@@ -75,12 +81,15 @@ def test_collabos_model_codes() -> None:
     assert catalog.by_collabos_model("VX9999") is None
 
 
-@pytest.mark.parametrize(("number", "products"), [
-    ("V-R0010", {"Rally Camera", "Rally", "Rally Plus"}),
-    ("V-R0007", {"MeetUp"}),
-    ("V-U0053", {"Tap"}),
-    ("VU0053", {"Tap"}),
-])
+@pytest.mark.parametrize(
+    ("number", "products"),
+    [
+        ("V-R0010", {"Rally Camera", "Rally", "Rally Plus"}),
+        ("V-R0007", {"MeetUp"}),
+        ("V-U0053", {"Tap"}),
+        ("VU0053", {"Tap"}),
+    ],
+)
 def test_model_numbers_from_domain(number: str, products: set[str]) -> None:
     text = shared_file("domain.md").read_text(encoding="utf-8")
     assert number.replace("VU", "V-U") in text
@@ -105,8 +114,17 @@ def test_primary_units_and_warranty_follow_domain_md() -> None:
     for name in ("Rally Bar", "Rally Bar Mini", "Rally Bar Huddle", "Sight", "Scribe", "RoomMate"):
         assert c.product(name).select_supported, name
     assert not c.product("Brio").select_supported
-    for name in ("MeetUp", "Rally", "Rally Plus", "Rally Camera", "Rally Bar", "Rally Bar Mini",
-                 "Tap", "Tap IP", "Swytch"):
+    for name in (
+        "MeetUp",
+        "Rally",
+        "Rally Plus",
+        "Rally Camera",
+        "Rally Bar",
+        "Rally Bar Mini",
+        "Tap",
+        "Tap IP",
+        "Swytch",
+    ):
         assert c.product(name).reseller_supported, name
     assert c.warranty_years("Brio") == c.warranty_years("no such product") == 2
 
@@ -118,8 +136,14 @@ def test_catalog_rejects_malformed_data() -> None:
     with pytest.raises(CatalogError, match="unknown keys"):
         parse_catalog({"product": [{**base, "colour": "red"}]})
     with pytest.raises(CatalogError, match="listed under both"):
-        parse_catalog({"product": [{**base, "usb": [{"pid": 1}]},
-                                   {"name": "Y", "family": "camera", "usb": [{"pid": 1}]}]})
+        parse_catalog(
+            {
+                "product": [
+                    {**base, "usb": [{"pid": 1}]},
+                    {"name": "Y", "family": "camera", "usb": [{"pid": 1}]},
+                ]
+            }
+        )
     with pytest.raises(CatalogError, match="pid"):
         parse_catalog({"product": [{**base, "usb": [{"pid": 0x10000}]}]})
     with pytest.raises(CatalogError, match="listed twice"):

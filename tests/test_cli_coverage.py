@@ -25,8 +25,9 @@ serial,purchase_date,country,customer,extension_years,extension_purchased,replac
 
 
 def roomsync(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
 @pytest.fixture
@@ -37,7 +38,8 @@ def site(tmp_path: Path) -> Path:
     add_device(sysfs, "2-2", 0x046D, 0x08E2, serial="2301SC0005E2", product="Logi Scribe")
     (tmp_path / "agent.toml").write_text(
         f'state_dir = "{tmp_path / "state"}"\n'
-        '[room]\nid = "oslo-4-12"\nname = "=Fjord"\nlocation = "Oslo, Norway"\n')
+        '[room]\nid = "oslo-4-12"\nname = "=Fjord"\nlocation = "Oslo, Norway"\n'
+    )
     (tmp_path / "entitlements.csv").write_text(ENTITLEMENTS)
     result = roomsync("scan", "--config", str(tmp_path / "agent.toml"), "--sysfs-root", str(sysfs))
     assert result.returncode == 0, result.stderr
@@ -45,8 +47,14 @@ def site(tmp_path: Path) -> Path:
 
 
 def coverage(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return roomsync("coverage", "--config", str(site / "agent.toml"), "--entitlements",
-                    str(site / "entitlements.csv"), *args)
+    return roomsync(
+        "coverage",
+        "--config",
+        str(site / "agent.toml"),
+        "--entitlements",
+        str(site / "entitlements.csv"),
+        *args,
+    )
 
 
 def test_coverage_json_every_unit_most_urgent_first(site: Path):
@@ -55,12 +63,21 @@ def test_coverage_json_every_unit_most_urgent_first(site: Path):
     rows = json.loads(result.stdout)
     assert [r["serial"] for r in rows] == ["2301SC0005E2", "2104TP0007B3", "2313FD1N08Z2"]
     scribe, tap, bar = rows
-    assert set(bar) >= {"serial", "product", "room", "status", "covered_until", "layers", "flags",
-                        "ticket_serial"}
+    assert set(bar) >= {
+        "serial",
+        "product",
+        "room",
+        "status",
+        "covered_until",
+        "layers",
+        "flags",
+        "ticket_serial",
+    }
     assert (bar["status"], bar["covered_until"], bar["room"]) == ("in_warranty", "2027-02-28", "oslo-4-12")
     # A Rally Bar is not in schedule A of the extended warranty: the extension adds nothing.
     assert [(x["kind"], x["from"], x["until"], x["rules"]) for x in bar["layers"]] == [
-        ("standard", "2025-03-01", "2027-02-28", ["W1"])]
+        ("standard", "2025-03-01", "2027-02-28", ["W1"])
+    ]
     assert bar["flags"] == ["extension-ineligible-product"]
     assert bar["ticket_serial"] == "2313FD1N08Z2" and bar["product"] == "Rally Bar"
     assert (scribe["status"], scribe["covered_until"]) == ("out_of_warranty", "2025-01-15")
@@ -88,8 +105,7 @@ def test_a_unit_without_a_record_is_unknown(site: Path):
 
 
 def test_bad_entitlements_refused_whole_exit_2(site: Path):
-    (site / "entitlements.csv").write_text(
-        "serial,purchase_date,colour\nA1,2025-02-30,\nA1,2025-01-01,\n")
+    (site / "entitlements.csv").write_text("serial,purchase_date,colour\nA1,2025-02-30,\nA1,2025-01-01,\n")
     result = coverage(site, "--json")
     assert result.returncode == 2 and result.stdout == ""
     assert "entitlements.csv:1: colour:" in result.stderr
@@ -105,7 +121,7 @@ def test_bad_options_exit_2(site: Path, args: list[str]):
 
 def test_summary_with_enterprise_tier(site: Path):
     config = site / "agent.toml"
-    config.write_text(config.read_text() + '\n[select]\nenterprise_tier = 100\n')
+    config.write_text(config.read_text() + "\n[select]\nenterprise_tier = 100\n")
     result = coverage(site, "--today", "2026-11-21", "--summary", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
@@ -118,8 +134,9 @@ def test_summary_with_enterprise_tier(site: Path):
 
 def test_service_portal_csv(site: Path):
     out = site / "rooms.csv"
-    result = roomsync("export", "--config", str(site / "agent.toml"), "--format", "service-portal-csv",
-                      "-o", str(out))
+    result = roomsync(
+        "export", "--config", str(site / "agent.toml"), "--format", "service-portal-csv", "-o", str(out)
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert rows[0] == ["room_id", "room_name", "location", "product", "model", "serial", "firmware"]
@@ -141,12 +158,24 @@ def test_export_without_a_stored_scan_says_so(tmp_path: Path):
 def test_scan_places_lan_units_by_the_room_map(tmp_path: Path):
     system = {**SYSTEM, (1, 3, 6, 1, 2, 1, 1, 5, 0): v2c.OctetString(b"RallyBar-1L5V32")}
     room_map = tmp_path / "rooms.csv"
-    room_map.write_text("match;value;room;room_name\r\nhost;RallyBar-1L5V32;oslo-4-14;Skagerrak\r\n"
-                        ";;oslo-4-20;Empty room\r\n", encoding="utf-8-sig")
-    with RogueAgent(responder=no_table, system=system) as agent, \
-            RogueAgent(responder=no_table) as stranger:
-        result = roomsync("scan", "--snmp", f"127.0.0.1:{agent.port}", "--snmp", f"127.0.0.1:{stranger.port}",
-                          "--room-map", str(room_map), "--json", "--all", "--no-store")
+    room_map.write_text(
+        "match;value;room;room_name\r\nhost;RallyBar-1L5V32;oslo-4-14;Skagerrak\r\n"
+        ";;oslo-4-20;Empty room\r\n",
+        encoding="utf-8-sig",
+    )
+    with RogueAgent(responder=no_table, system=system) as agent, RogueAgent(responder=no_table) as stranger:
+        result = roomsync(
+            "scan",
+            "--snmp",
+            f"127.0.0.1:{agent.port}",
+            "--snmp",
+            f"127.0.0.1:{stranger.port}",
+            "--room-map",
+            str(room_map),
+            "--json",
+            "--all",
+            "--no-store",
+        )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     placed = {d["attributes"]["sys_name"]: d["room"] for d in out["devices"]}

@@ -21,8 +21,10 @@ PRINTER_HOST = f"printer-{T}.local."
 
 @pytest.fixture(scope="module")
 def publisher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
-    services = [Service("_https._tcp.local.", f"Rally Bar {T}", BAR_HOST, 443),
-                Service("_ipp._tcp.local.", f"Printer {T}", PRINTER_HOST, 631, {"ty": "HP LaserJet"})]
+    services = [
+        Service("_https._tcp.local.", f"Rally Bar {T}", BAR_HOST, 443),
+        Service("_ipp._tcp.local.", f"Printer {T}", PRINTER_HOST, 631, {"ty": "HP LaserJet"}),
+    ]
     with Publisher(services, workdir=tmp_path_factory.mktemp("mdns-cli")) as peer:
         yield peer
 
@@ -30,9 +32,26 @@ def publisher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Publisher]:
 def scan(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "agent.toml"
     config.write_text("[sources.usb]\nenabled = false\n")
-    return subprocess.run([sys.executable, "-m", "agent", "scan", "--config", str(config), "--no-store",
-                           "--mdns-interface", "127.0.0.1", "--mdns-timeout", "2", *args],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "scan",
+            "--config",
+            str(config),
+            "--no-store",
+            "--mdns-interface",
+            "127.0.0.1",
+            "--mdns-timeout",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
 
 
 def mine(out: dict) -> dict[str, dict]:

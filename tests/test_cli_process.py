@@ -14,8 +14,7 @@ BIN = Path(sys.executable).parent
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 def test_console_script_and_module_agree() -> None:
@@ -42,8 +41,17 @@ def test_usage_errors_exit_2() -> None:
 
 def test_scan_json_in_a_subprocess_logs_json_to_stderr(tmp_path: Path) -> None:
     add_device(tmp_path, "1-2", 0x046D, 0x08E2, serial="ABCDEF123456", product="Logi Scribe")
-    result = run(sys.executable, "-m", "agent", "scan", "--json", "-v", "--sysfs-root",
-                 str(tmp_path), env={"ROOMSYNC_CONFIG": "", "CONFIGURATION_DIRECTORY": str(tmp_path)})
+    result = run(
+        sys.executable,
+        "-m",
+        "agent",
+        "scan",
+        "--json",
+        "-v",
+        "--sysfs-root",
+        str(tmp_path),
+        env={"ROOMSYNC_CONFIG": "", "CONFIGURATION_DIRECTORY": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     [device] = json.loads(result.stdout)["devices"]
     assert (device["product"], device["serial"]) == ("Scribe", "ABCDEF123456")

@@ -23,15 +23,28 @@ SERIALS = ["2301SC0005E2", "2313FD1N08Z2"]
 
 
 def roomsync(site: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(site / "agent.toml")],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(site / "agent.toml")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def push(site: Path, portal: PortalStandIn | str, *args: str, token_file: Path | None = None
-         ) -> subprocess.CompletedProcess[str]:
+def push(
+    site: Path, portal: PortalStandIn | str, *args: str, token_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     url = portal if isinstance(portal, str) else portal.url
-    return roomsync(site, "push", "--once", "--portal-url", url, "--token-file",
-                    str(token_file or site / "portal.token"), *args)
+    return roomsync(
+        site,
+        "push",
+        "--once",
+        "--portal-url",
+        url,
+        "--token-file",
+        str(token_file or site / "portal.token"),
+        *args,
+    )
 
 
 def outbox(site: Path) -> dict[str, Any]:
@@ -47,7 +60,8 @@ def site(tmp_path: Path) -> Path:
     add_device(tmp_path / "sys", "2-2", 0x046D, 0x08E2, serial="2301SC0005E2", product="Logi Scribe")
     (tmp_path / "agent.toml").write_text(
         f'state_dir = "{tmp_path / "state"}"\n[room]\nid = "oslo-4-12"\nname = "Fjord"\n'
-        "[portal]\ntimeout = 5\nbackoff_cap = 1\n")
+        "[portal]\ntimeout = 5\nbackoff_cap = 1\n"
+    )
     (tmp_path / "portal.token").write_text(TOKEN + "\n")
     scanned = roomsync(tmp_path, "scan", "--sysfs-root", str(tmp_path / "sys"), "--json")
     assert scanned.returncode == 0, scanned.stderr
@@ -81,7 +95,8 @@ def test_push_delivers_the_stored_scan_and_export_is_what_it_sends(site: Path, p
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
     assert "delivered 2 message(s) (2 event(s))" in pushed.stdout and "outbox empty" in pushed.stdout
     assert sorted((str(e.type), e.serial) for e in portal.events) == [
-        ("device.added", serial) for serial in SERIALS]
+        ("device.added", serial) for serial in SERIALS
+    ]
     latest = portal.latest_inventory
     assert latest is not None
     assert sorted(d.serial or "" for p in latest.places for d in p.devices) == SERIALS
@@ -164,6 +179,7 @@ def test_a_parked_message_is_shown_and_resent_with_retry_parked(site: Path, port
     retried = push(site, portal, "--retry-parked")
     assert retried.returncode == 0, retried.stdout
     assert [r.idempotency_key for r in portal.requests if r.path == "/v1/events"] == [
-        parked["idempotency_key"]] * 2
+        parked["idempotency_key"]
+    ] * 2
     assert sorted(e.serial or "" for e in portal.events) == SERIALS
     assert outbox(site)["empty"] is True

@@ -28,16 +28,22 @@ def empty_config(tmp_path_factory: pytest.TempPathFactory):
 
 
 def scan(*args: str, stderr: int | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", "scan", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE if stderr is None else stderr,
-                          text=True, timeout=60, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "scan", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr is None else stderr,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
 
 
 @pytest.fixture(scope="module")
 def snmpd(tmp_path_factory: pytest.TempPathFactory):
     rows = entity_rows("2325LZ51XY58", "VR0019", firmware="1.9.556")
-    with Snmpd(tmp_path_factory.mktemp("snmpd"), sys_descr="Logitech Rally Bar", entity=rows,
-               community="site-secret") as agent:
+    with Snmpd(
+        tmp_path_factory.mktemp("snmpd"), sys_descr="Logitech Rally Bar", entity=rows, community="site-secret"
+    ) as agent:
         yield agent
 
 
@@ -46,8 +52,11 @@ def test_snmp_json(snmpd):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     [device] = out["devices"]
-    assert (device["product"], device["category"], device["serial"]) == ("Rally Bar", "collabos-bar",
-                                                                        "2325LZ51XY58")
+    assert (device["product"], device["category"], device["serial"]) == (
+        "Rally Bar",
+        "collabos-bar",
+        "2325LZ51XY58",
+    )
     assert (device["transport"], device["serial_source"]) == ("snmp", "snmp-entity")
     assert [s["name"] for s in out["sources"]] == ["snmp"]  # --snmp runs SNMP alone
     assert "site-secret" not in result.stdout + result.stderr
@@ -60,12 +69,15 @@ def test_wrong_community_exits_1_with_one_line(snmpd):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--snmp", "10.0.0.0/8"], "at most 65536"),
-    (["--snmp", "not a host"], "neither an address"),
-    (["--snmp", "127.0.0.1", "--concurrency", "0"], "concurrency"),
-    (["--ssh", "no-user-here"], "USER@HOST"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--snmp", "10.0.0.0/8"], "at most 65536"),
+        (["--snmp", "not a host"], "neither an address"),
+        (["--snmp", "127.0.0.1", "--concurrency", "0"], "concurrency"),
+        (["--ssh", "no-user-here"], "USER@HOST"),
+    ],
+)
 def test_bad_lan_options_exit_2(args, words):
     result = scan(*args)
     assert result.returncode == 2

@@ -29,8 +29,16 @@ def site() -> Iterator[tuple[Sshd, Path, Path]]:
         dmi = world_dir(root / "class" / "dmi" / "id")
         (dmi / "product_serial").write_bytes(b"G6JY00A1\n")
         (dmi / "bios_version").write_bytes(b"TNTGL357.0064\n")
-        add_device(root, "2-1.1", LOGI, 0x089B, serial="2313FD1N08Z2", product="Logi Rally Bar",
-                   manufacturer="Logitech", symlink=True)
+        add_device(
+            root,
+            "2-1.1",
+            LOGI,
+            0x089B,
+            serial="2313FD1N08Z2",
+            product="Logi Rally Bar",
+            manufacturer="Logitech",
+            symlink=True,
+        )
         for path in root.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
         known = write_known_hosts(world / "known_hosts", keyscan(sshd.port))
@@ -41,8 +49,13 @@ def site() -> Iterator[tuple[Sshd, Path, Path]]:
 
 
 def scan(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", "scan", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "scan", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
 
 
 def test_configured_room_pc_with_key_and_known_hosts_from_the_command_line(site, tmp_path: Path):
@@ -75,14 +88,24 @@ room = "oslo-4-12"
 
 def test_ssh_flag_with_an_unknown_host_key_is_one_error_line(site, tmp_path: Path):
     sshd, _root, _known = site
-    other = write_known_hosts(tmp_path / "known_hosts",
-                              f"[127.0.0.1]:{sshd.port} " + keygen(tmp_path / "k").with_suffix(".pub")
-                              .read_text().split()[0] + " "
-                              + keygen(tmp_path / "k2").with_suffix(".pub").read_text().split()[1])
+    other = write_known_hosts(
+        tmp_path / "known_hosts",
+        f"[127.0.0.1]:{sshd.port} "
+        + keygen(tmp_path / "k").with_suffix(".pub").read_text().split()[0]
+        + " "
+        + keygen(tmp_path / "k2").with_suffix(".pub").read_text().split()[1],
+    )
     config = tmp_path / "agent.toml"
     config.write_text("")
-    result = scan(config, "--ssh", f"root@127.0.0.1:{sshd.port}", "--ssh-key", str(sshd.client_key),
-                  "--known-hosts", str(other))
+    result = scan(
+        config,
+        "--ssh",
+        f"root@127.0.0.1:{sshd.port}",
+        "--ssh-key",
+        str(sshd.client_key),
+        "--known-hosts",
+        str(other),
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ssh:")]
     assert len(lines) == 1 and "does not match" in lines[0], result.stderr

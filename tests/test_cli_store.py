@@ -15,8 +15,12 @@ from tests.sysfs import add_device
 
 
 def roomsync(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(site / "agent.toml")],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(site / "agent.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -25,7 +29,8 @@ def site(tmp_path: Path) -> Path:
     add_device(tmp_path / "sys", "2-2", 0x046D, 0x08E2, serial="2301SC0005E2", product="Logi Scribe")
     (tmp_path / "agent.toml").write_text(
         f'state_dir = "{tmp_path / "state"}"\n[room]\nid = "oslo-4-12"\n'
-        "[store]\nremove_after_missed_scans = 2\n")
+        "[store]\nremove_after_missed_scans = 2\n"
+    )
     return tmp_path
 
 
@@ -36,7 +41,9 @@ def scan(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_scan_reports_the_events_it_stored(site: Path):
     first = json.loads(scan(site, "--json").stdout)
     assert sorted((e["type"], e["serial"]) for e in first["events"]) == [
-        ("device.added", "2301SC0005E2"), ("device.added", "2313FD1N08Z2")]
+        ("device.added", "2301SC0005E2"),
+        ("device.added", "2313FD1N08Z2"),
+    ]
     assert json.loads(scan(site, "--json").stdout)["events"] == []  # nothing changed
     shutil.rmtree(site / "sys" / "bus" / "usb" / "devices" / "2-2")
     assert json.loads(scan(site, "--json").stdout)["events"] == []  # one missed run: not yet

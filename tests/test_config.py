@@ -46,6 +46,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
                 yield from keys(ann, prefix + name + ".")
 
     from agent.config import AgentConfig
+
     for dotted in keys(AgentConfig):
         leaf = dotted.rsplit(".", 1)[-1]
         assert leaf in text, f"{dotted} is not documented in {EXAMPLE.name}"
@@ -66,7 +67,9 @@ def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_errors_name_file_key_path_and_expectation(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [room]
 id = "bad id with spaces"
 seat_count = -3
@@ -77,7 +80,8 @@ enabeld = true
 [sources.snmp]
 port = 70000
 timeout = "soon"
-""")
+""",
+    )
     lines = problems(path)
     text = "\n".join(lines)
     assert all(line.startswith(f"{path}: ") for line in lines)
@@ -95,11 +99,14 @@ def test_missing_required_key_and_cross_field_rule(tmp_path: Path) -> None:
     assert 'sources.snmp: Value error, version = "3" needs a [sources.snmp.v3] table' in text
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("[room\nid = 1", "TOML syntax error"),
-    ("room = 5\n", "room: Input should be a valid dictionary"),
-    (b"\xff\xfe[room]", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[room\nid = 1", "TOML syntax error"),
+        ("room = 5\n", "room: Input should be a valid dictionary"),
+        (b"\xff\xfe[room]", "not UTF-8"),
+    ],
+)
 def test_malformed_files(tmp_path: Path, content: str | bytes, expected: str) -> None:
     path = tmp_path / "agent.toml"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -117,20 +124,27 @@ def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
 
 def test_environment_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, '[room]\nid = "a"\n')
-    loaded = load_config(path, environ={
-        "ROOMSYNC_ROOM__NAME": "Fjord",
-        "ROOMSYNC_ROOM__SEAT_COUNT": "12",
-        "ROOMSYNC_SOURCES__USB__ENABLED": "false",
-        "ROOMSYNC_SOURCES__SNMP__TARGETS": '["10.0.0.0/24", "printer:1161"]',
-        "ROOMSYNC_CONFIG": "ignored when a path is given",
-        "OTHER": "x",
-    })
+    loaded = load_config(
+        path,
+        environ={
+            "ROOMSYNC_ROOM__NAME": "Fjord",
+            "ROOMSYNC_ROOM__SEAT_COUNT": "12",
+            "ROOMSYNC_SOURCES__USB__ENABLED": "false",
+            "ROOMSYNC_SOURCES__SNMP__TARGETS": '["10.0.0.0/24", "printer:1161"]',
+            "ROOMSYNC_CONFIG": "ignored when a path is given",
+            "OTHER": "x",
+        },
+    )
     cfg = loaded.config
     assert (cfg.room.id, cfg.room.name, cfg.room.seat_count) == ("a", "Fjord", 12)
     assert cfg.sources.usb.enabled is False
     assert cfg.sources.snmp.targets == ["10.0.0.0/24", "printer:1161"]
-    assert set(loaded.env_overrides) == {"ROOMSYNC_ROOM__NAME", "ROOMSYNC_ROOM__SEAT_COUNT",
-                                         "ROOMSYNC_SOURCES__USB__ENABLED", "ROOMSYNC_SOURCES__SNMP__TARGETS"}
+    assert set(loaded.env_overrides) == {
+        "ROOMSYNC_ROOM__NAME",
+        "ROOMSYNC_ROOM__SEAT_COUNT",
+        "ROOMSYNC_SOURCES__USB__ENABLED",
+        "ROOMSYNC_SOURCES__SNMP__TARGETS",
+    }
 
 
 def test_environment_errors_name_the_variable(tmp_path: Path) -> None:
@@ -166,9 +180,10 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert data["file"] == str(path)
 
 
-def test_check_config_invalid_exits_2_without_traceback(tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, "[room]\nid = 5\n[sources.snmp]\ncommunity = \"leakme\"\nport = \"x\"\n")
+def test_check_config_invalid_exits_2_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, '[room]\nid = 5\n[sources.snmp]\ncommunity = "leakme"\nport = "x"\n')
     assert main(["check-config", "--config", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""

@@ -29,8 +29,11 @@ def every_key(model: type[BaseModel], prefix: str = "") -> list[str]:
             annotation = args[0]  # X | None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             found += every_key(annotation, f"{prefix}{name}.")
-        elif getattr(annotation, "__origin__", None) is list and isinstance(annotation.__args__[0], type) \
-                and issubclass(annotation.__args__[0], BaseModel):
+        elif (
+            getattr(annotation, "__origin__", None) is list
+            and isinstance(annotation.__args__[0], type)
+            and issubclass(annotation.__args__[0], BaseModel)
+        ):
             found += every_key(annotation.__args__[0], f"{prefix}{name}[].")
         else:
             found.append(prefix + name)
@@ -56,7 +59,8 @@ def rows(text: str) -> dict[str, list[str]]:
 def test_the_document_is_fresh() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert configdoc.main(["--check", str(DOC)]) == 0, (
-        "docs/configuration.md is stale: run python -m agent.configdoc --write docs/configuration.md")
+        "docs/configuration.md is stale: run python -m agent.configdoc --write docs/configuration.md"
+    )
     assert configdoc.render(text) == text
 
 
@@ -105,8 +109,9 @@ def test_a_model_change_makes_the_document_stale(changed: type[AgentConfig]) -> 
         assert '| `state_dir` | path | `"/srv/roomsync"`; e.g. `"/var/lib/roomsync"` |' in fresh
 
 
-def test_check_fails_on_a_stale_copy_and_write_repairs_it(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_fails_on_a_stale_copy_and_write_repairs_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = DOC.read_text(encoding="utf-8")
     stale = tmp_path / "configuration.md"
     stale.write_text(text.replace("| `300.0` |", "| `30.0` |", 1), encoding="utf-8")
@@ -117,11 +122,14 @@ def test_check_fails_on_a_stale_copy_and_write_repairs_it(tmp_path: Path,
     assert configdoc.main(["--check", str(stale)]) == 0
 
 
-@pytest.mark.parametrize("edit", [
-    lambda t: t.replace(configdoc.END, ""),
-    lambda t: t.replace(configdoc.BEGIN, ""),
-    lambda t: t + "\n" + configdoc.BEGIN + "\n" + configdoc.END + "\n",
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace(configdoc.END, ""),
+        lambda t: t.replace(configdoc.BEGIN, ""),
+        lambda t: t + "\n" + configdoc.BEGIN + "\n" + configdoc.END + "\n",
+    ],
+)
 def test_missing_or_repeated_markers_are_errors(tmp_path: Path, edit: Any) -> None:
     broken = tmp_path / "doc.md"
     broken.write_text(edit(DOC.read_text(encoding="utf-8")), encoding="utf-8")
@@ -135,8 +143,9 @@ def test_every_fallback_meaning_is_for_a_real_key_and_still_needed() -> None:
     keys = set(every_key(AgentConfig))
     assert set(configdoc.FALLBACK) <= keys
     example = configdoc.EXAMPLE.read_text(encoding="utf-8")
-    without = {k.dotted: k.meaning for s in configdoc.sections(AgentConfig, example, fallback={})
-               for k in s.keys}
+    without = {
+        k.dotted: k.meaning for s in configdoc.sections(AgentConfig, example, fallback={}) for k in s.keys
+    }
     stale = [k for k in configdoc.FALLBACK if without[k]]
     assert stale == [], f"documented elsewhere now: delete {stale} from agent/configdoc.py FALLBACK"
 
@@ -158,8 +167,11 @@ listing = 5
 
 [other]
 """
-    known = {(): {"first"}, ("table",): {"plain", "hashed", "commented", "listing", "after"},
-             ("other",): set()}
+    known = {
+        (): {"first"},
+        ("table",): {"plain", "hashed", "commented", "listing", "after"},
+        ("other",): set(),
+    }
     example = configdoc.read_example(text, known)
     first = example.keys[("first",)]
     assert (first.value, first.comment, first.above) == ('"x"', "", "A paragraph about the first key.")
@@ -169,6 +181,7 @@ listing = 5
     assert example.keys[("table", "listing")].comment == ""
     assert example.tables[("table",)] == "what the table is"
     assert ("table", "not") not in example.keys and ("table", "unknown") not in example.keys
-    assert example.keys[("table", "after")].above == ('Prose that says not = "a key" An unknown = "key" '
-                                                      'in prose is ignored.')
+    assert example.keys[("table", "after")].above == (
+        'Prose that says not = "a key" An unknown = "key" in prose is ignored.'
+    )
     assert example.notes[("table",)] == ["A note under the table's last key."]

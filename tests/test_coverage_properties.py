@@ -27,8 +27,12 @@ SERIALS = [f"S{i}" for i in range(6)]
 PRODUCTS = ["Tap", "Rally Bar", "Rally Bar Huddle", "PTZ Pro 2", "Three Year Cam", "Not In Catalog", None]
 dates = st.dates(min_value=date(2015, 1, 1), max_value=date(2035, 12, 31))
 # Purchase dates near the rules' boundaries are drawn far more often than chance would.
-purchase_dates = st.one_of(dates, st.sampled_from([date(2020, 2, 29), date(2020, 3, 6), date(2020, 3, 7),
-                                                  date(2024, 2, 29), date(2021, 2, 28)]))
+purchase_dates = st.one_of(
+    dates,
+    st.sampled_from(
+        [date(2020, 2, 29), date(2020, 3, 6), date(2020, 3, 7), date(2024, 2, 29), date(2021, 2, 28)]
+    ),
+)
 maybe = st.none
 
 
@@ -75,20 +79,23 @@ common = settings(max_examples=200, deadline=None)
 
 @common
 @given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates, more=st.integers(1, 5))
-def test_more_extension_years_never_shorten_coverage(records: Entitlements, product: str | None, today: date,
-                                                     more: int) -> None:
+def test_more_extension_years_never_shorten_coverage(
+    records: Entitlements, product: str | None, today: date, more: int
+) -> None:
     record = next(iter(records.values()))
     longer = replace(record, extension_years=(record.extension_years or 0) + more)
     before = judge(record, records, product, today).covered_until
-    after = judge(longer, Entitlements.of([longer, *(r for r in records.values() if r is not record)]),
-                  product, today).covered_until
+    after = judge(
+        longer, Entitlements.of([longer, *(r for r in records.values() if r is not record)]), product, today
+    ).covered_until
     assert before is None or (after is not None and after >= before)
 
 
 @common
 @given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates)
-def test_select_never_reaches_the_fifth_birthday(records: Entitlements, product: str | None,
-                                                 today: date) -> None:
+def test_select_never_reaches_the_fifth_birthday(
+    records: Entitlements, product: str | None, today: date
+) -> None:
     for record in records.values():
         for layer in judge(record, records, product, today).layers:
             if layer.kind is LayerKind.SELECT:
@@ -98,8 +105,9 @@ def test_select_never_reaches_the_fifth_birthday(records: Entitlements, product:
 
 @common
 @given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates)
-def test_a_replacement_is_covered_for_at_least_30_days(records: Entitlements, product: str | None,
-                                                       today: date) -> None:
+def test_a_replacement_is_covered_for_at_least_30_days(
+    records: Entitlements, product: str | None, today: date
+) -> None:
     for record in records.values():
         verdict = judge(record, records, product, today)
         if record.replacement_date is not None:
@@ -110,8 +118,9 @@ def test_a_replacement_is_covered_for_at_least_30_days(records: Entitlements, pr
 
 @common
 @given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates)
-def test_coverage_is_never_shorter_than_the_standard_warranty(records: Entitlements, product: str | None,
-                                                              today: date) -> None:
+def test_coverage_is_never_shorter_than_the_standard_warranty(
+    records: Entitlements, product: str | None, today: date
+) -> None:
     for record in records.values():
         verdict = judge(record, records, product, today)
         standard = [layer for layer in verdict.layers if layer.kind is LayerKind.STANDARD]
@@ -159,10 +168,10 @@ def test_verdicts_are_well_formed(records: Entitlements, product: str | None, to
 
 
 @common
-@given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates,
-       order=st.permutations(SERIALS))
-def test_evaluate_all_agrees_with_evaluate(records: Entitlements, product: str | None, today: date,
-                                           order: list[str]) -> None:
+@given(records=record_sets(), product=st.sampled_from(PRODUCTS), today=dates, order=st.permutations(SERIALS))
+def test_evaluate_all_agrees_with_evaluate(
+    records: Entitlements, product: str | None, today: date, order: list[str]
+) -> None:
     units = [(serial, product) for serial in order]
     together = evaluate_all(units, records, CATALOG, today)
     one_by_one = [evaluate(s, product, records.get(s), records, CATALOG, today) for s in order]

@@ -61,8 +61,10 @@ STOP_BUDGET_S = 10.0
 
 
 def usb_section(sysfs: Path, *, poll: float = 1.0, interval: float = 300.0) -> str:
-    return (f"[sources.usb]\nsysfs_root = {toml_str(sysfs)}\nlibusb_strings = false\n"
-            f"sync_interface = false\nhotplug_poll = {poll}\ninterval = {interval}\n")
+    return (
+        f"[sources.usb]\nsysfs_root = {toml_str(sysfs)}\nlibusb_strings = false\n"
+        f"sync_interface = false\nhotplug_poll = {poll}\ninterval = {interval}\n"
+    )
 
 
 MDNS_OFF = "[sources.mdns]\nenabled = false\n"
@@ -82,8 +84,13 @@ def write_config(path: Path, *sections: str, state_dir: Path, room: str | None =
 
 
 def health(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", "health", *args], capture_output=True, text=True,
-                          timeout=60, env=daemon_env(None))
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "health", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(None),
+    )
 
 
 def added(events: list[dict], serial: str) -> bool:
@@ -115,9 +122,15 @@ def own(tmp_path: Path) -> Iterator[Own]:
         notify.close()
 
 
-def start_own(own: Own, *sections: str, room: str | None = None, args: tuple[str, ...] = (),
-              listen: str | None = None, token: str | None = None,
-              state_dir: Path | None = None) -> RunningDaemon:
+def start_own(
+    own: Own,
+    *sections: str,
+    room: str | None = None,
+    args: tuple[str, ...] = (),
+    listen: str | None = None,
+    token: str | None = None,
+    state_dir: Path | None = None,
+) -> RunningDaemon:
     """A daemon of the test's own: USB on ``own.dir/sys`` unless ``sections`` name sources."""
     port = free_tcp_port()
     listen = listen or f"{LOOPBACK}:{port}"
@@ -125,8 +138,13 @@ def start_own(own: Own, *sections: str, room: str | None = None, args: tuple[str
     token_file = own.dir / "api-token" if token else None
     if token_file is not None:
         token_file.write_text(f"{token}\n")
-    config = write_config(own.dir / "agent.toml", *sections, api_section(listen, token_file),
-                          state_dir=state_dir or own.dir / "state", room=room)
+    config = write_config(
+        own.dir / "agent.toml",
+        *sections,
+        api_section(listen, token_file),
+        state_dir=state_dir or own.dir / "state",
+        room=room,
+    )
     own.daemon = start_daemon(config, own.notify, own.dir / "daemon.log", url=url, args=args, token=token)
     return own.daemon
 
@@ -155,20 +173,28 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     token_file.write_text(PORTAL_TOKEN + "\n")
     services = [Service("_https._tcp.local.", f"Rally Bar {RUN_TOKEN}D", MDNS_HOST, 443)]
     notify = NotifySocket.make()
-    with (Snmpd(work / "snmpd", sys_descr="Logitech Rally Bar", community=COMMUNITY,
-                entity=entity_rows(SNMP_SERIAL, "VR0019", firmware="1.9.556")) as snmpd,
-          Publisher(services, workdir=work) as _publisher,
-          PortalStandIn(PORTAL_TOKEN) as portal):
+    with (
+        Snmpd(
+            work / "snmpd",
+            sys_descr="Logitech Rally Bar",
+            community=COMMUNITY,
+            entity=entity_rows(SNMP_SERIAL, "VR0019", firmware="1.9.556"),
+        ) as snmpd,
+        Publisher(services, workdir=work) as _publisher,
+        PortalStandIn(PORTAL_TOKEN) as portal,
+    ):
         port = free_tcp_port()
         config = write_config(
             work / "agent.toml",
             usb_section(sysfs),  # the default hot-plug poll: 1 s
-            "[sources.mdns]\ninterfaces = [\"127.0.0.1\"]\ntimeout = 1.5\ninterval = 5\n",
-            f"[sources.snmp]\nenabled = true\ntargets = [\"127.0.0.1:{snmpd.port}\"]\n"
+            '[sources.mdns]\ninterfaces = ["127.0.0.1"]\ntimeout = 1.5\ninterval = 5\n',
+            f'[sources.snmp]\nenabled = true\ntargets = ["127.0.0.1:{snmpd.port}"]\n'
             f"community = {toml_str(COMMUNITY)}\ntimeout = 0.5\ninterval = 5\n",
             f"[portal]\nurl = {toml_str(portal.url)}\ntoken_file = {toml_str(token_file)}\n",
             api_section(f"{LOOPBACK}:{port}"),
-            state_dir=work / "state", room="oslo-4-12")
+            state_dir=work / "state",
+            room="oslo-4-12",
+        )
         daemon = start_daemon(config, notify, work / "daemon.log", url=f"http://{LOOPBACK}:{port}")
         try:
             yield Site(work, sysfs, token_file, portal, snmpd, daemon)
@@ -210,8 +236,9 @@ def test_ready_watchdog_and_every_source_on_its_peer(site: Site, site_daemon: Ru
     rooms = d.get("/v1/rooms").json()
     assert "oslo-4-12" in {r["room"] for r in rooms}
     # systemctl status shows one line saying all is well.
-    assert d.wait_until(lambda: any(line.startswith("STATUS=") and line.endswith("; ok")
-                                    for _, line in d.notify.lines()), 5.0)
+    assert d.wait_until(
+        lambda: any(line.startswith("STATUS=") and line.endswith("; ok") for _, line in d.notify.lines()), 5.0
+    )
 
 
 def test_hotplug_reaches_the_portal_within_3_s(site: Site, site_daemon: RunningDaemon) -> None:
@@ -223,8 +250,10 @@ def test_hotplug_reaches_the_portal_within_3_s(site: Site, site_daemon: RunningD
     arrived = site.portal.wait_for(lambda p: portal_has(p, serial), HOTPLUG_BUDGET_S)
     latency = time.monotonic() - t0
     print(f"\nhot-plug to portal: {latency:.3f} s (budget {HOTPLUG_BUDGET_S:g} s)")
-    assert arrived, (f"device.added for {serial} not at the portal within {HOTPLUG_BUDGET_S:g} s",
-                     d.log_text()[-2000:])
+    assert arrived, (
+        f"device.added for {serial} not at the portal within {HOTPLUG_BUDGET_S:g} s",
+        d.log_text()[-2000:],
+    )
     [event] = [e for e in site.portal.events if e.serial == serial]
     assert (event.product, event.room) == ("Scribe", "oslo-4-12")
     events = d.get("/v1/events").json()
@@ -240,9 +269,17 @@ def test_metrics_parse_as_prometheus_text(site: Site, site_daemon: RunningDaemon
     reply = d.get("/metrics")
     assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(reply.text)}
-    for name in ("roomsync_source_success", "roomsync_source_duration_seconds", "roomsync_devices",
-                 "roomsync_outbox_messages", "roomsync_portal_state", "roomsync_push_failures",
-                 "roomsync_coverage_units", "roomsync_up", "roomsync_ready"):
+    for name in (
+        "roomsync_source_success",
+        "roomsync_source_duration_seconds",
+        "roomsync_devices",
+        "roomsync_outbox_messages",
+        "roomsync_portal_state",
+        "roomsync_push_failures",
+        "roomsync_coverage_units",
+        "roomsync_up",
+        "roomsync_ready",
+    ):
         assert name in families, sorted(families)
 
     def value(family: str, **labels: str) -> float:
@@ -275,18 +312,22 @@ def test_health_exit_0_when_healthy_and_json(site: Site, site_daemon: RunningDae
     assert {s["name"] for s in data["sources"]} == {"usb", "snmp", "mdns"}
 
 
-@pytest.mark.parametrize("method, path, status", [
-    ("POST", "/healthz", 405),
-    ("DELETE", "/v1/status", 405),
-    ("GET", "/nope", 404),
-    ("GET", "/v1/events?since=garbage", 400),
-    ("GET", "/v1/events?limit=abc", 400),
-    ("GET", "/v1/events?limit=-1", 400),
-    ("GET", "/v1/events?limit=100001", 400),
-    ("GET", "/v1/events?since=2024-01-01&limit=5", 200),
-])
-def test_api_answers_bad_requests_with_json_errors(site_daemon: RunningDaemon, method: str, path: str,
-                                                   status: int) -> None:
+@pytest.mark.parametrize(
+    "method, path, status",
+    [
+        ("POST", "/healthz", 405),
+        ("DELETE", "/v1/status", 405),
+        ("GET", "/nope", 404),
+        ("GET", "/v1/events?since=garbage", 400),
+        ("GET", "/v1/events?limit=abc", 400),
+        ("GET", "/v1/events?limit=-1", 400),
+        ("GET", "/v1/events?limit=100001", 400),
+        ("GET", "/v1/events?since=2024-01-01&limit=5", 200),
+    ],
+)
+def test_api_answers_bad_requests_with_json_errors(
+    site_daemon: RunningDaemon, method: str, path: str, status: int
+) -> None:
     reply = site_daemon.get(path, method=method, data=b"x" * 4096 if method == "POST" else None)
     assert reply.status == status, reply.text
     if status != 200:
@@ -324,8 +365,10 @@ def test_garbage_and_oversized_requests_do_not_kill_the_daemon(site_daemon: Runn
     assert _status_of(tls_hello) in (None, 400)
     big_header = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
     assert _status_of(big_header) in (400, 431), big_header[:200]
-    many_headers = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
-                        + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n")
+    many_headers = _raw(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"\r\n",
+    )
     assert _status_of(many_headers) in (400, 431), many_headers[:200]
     long_url = _raw(port, b"GET /" + b"a" * 50_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert _status_of(long_url) in (400, 414), long_url[:200]
@@ -342,8 +385,10 @@ def test_200_concurrent_clients_are_all_answered(site_daemon: RunningDaemon) -> 
 
     async def hammer() -> list[int]:
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with aiohttp.ClientSession(connector=connector, trust_env=False,
-                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, trust_env=False, timeout=aiohttp.ClientTimeout(total=30)
+        ) as session:
+
             async def one(i: int) -> int:
                 async with session.get(site_daemon.url + paths[i % len(paths)]) as reply:
                     await reply.read()
@@ -358,21 +403,24 @@ def test_200_concurrent_clients_are_all_answered(site_daemon: RunningDaemon) -> 
     assert site_daemon.get("/healthz").status == 200
 
 
-def test_portal_401_degrades_health_until_the_token_file_changes(site: Site,
-                                                                 site_daemon: RunningDaemon) -> None:
+def test_portal_401_degrades_health_until_the_token_file_changes(
+    site: Site, site_daemon: RunningDaemon
+) -> None:
     d, portal = site_daemon, site.portal
     assert d.wait_until(lambda: d.get("/readyz").status == 200 and not d.status()["problems"], 20.0)
     portal.inject(401)
     serial = "2222BR10AAA1"
     add_device(site.sysfs, "2-3", LOGITECH, BRIO, serial=serial, product="Logi Brio", devnum=9)
     unhealthy = d.wait_until(
-        lambda: [p for p in d.status()["problems"] if p.startswith("portal unhealthy")], 10.0)
+        lambda: [p for p in d.status()["problems"] if p.startswith("portal unhealthy")], 10.0
+    )
     assert unhealthy, d.status()
     result = health("--config", str(d.config))
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.startswith("degraded:")
-    assert any(line.strip().startswith("portal unhealthy") and "401" in line
-               for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        line.strip().startswith("portal unhealthy") and "401" in line for line in result.stdout.splitlines()
+    ), result.stdout
     assert json.loads(health("--config", str(d.config), "--json").stdout)["status"] == "degraded"
     time.sleep(1.5)  # paused: the event waits, and the portal is not asked again
     assert not portal_has(portal, serial)
@@ -385,8 +433,9 @@ def test_portal_401_degrades_health_until_the_token_file_changes(site: Site,
     assert health("--config", str(d.config)).returncode == 0
 
 
-def test_sigterm_exits_0_and_sends_stopping_then_health_says_down(site: Site,
-                                                                   site_daemon: RunningDaemon) -> None:
+def test_sigterm_exits_0_and_sends_stopping_then_health_says_down(
+    site: Site, site_daemon: RunningDaemon
+) -> None:
     d = site_daemon
     sent = time.monotonic()
     code, took = d.terminate(timeout=STOP_BUDGET_S + 5)
@@ -404,12 +453,15 @@ def test_sigterm_exits_0_and_sends_stopping_then_health_says_down(site: Site,
 # --------------------------------------------------------------------------- start-up faults
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[sources.usb]\ninterval = 0.5\n", "sources.usb.interval"),
-    ("[sources.usb\n", "TOML syntax error"),
-    ("[api]\nlisten = \"no-port\"\n", "api.listen"),
-    ("[sources]\nbluetooth = {}\n", "sources.bluetooth"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[sources.usb]\ninterval = 0.5\n", "sources.usb.interval"),
+        ("[sources.usb\n", "TOML syntax error"),
+        ('[api]\nlisten = "no-port"\n', "api.listen"),
+        ("[sources]\nbluetooth = {}\n", "sources.bluetooth"),
+    ],
+)
 def test_invalid_config_at_start_exits_2_with_a_clear_message(own: Own, text: str, words: str) -> None:
     config = own.dir / "agent.toml"
     config.write_text(text)
@@ -428,8 +480,9 @@ def test_invalid_config_at_start_exits_2_with_a_clear_message(own: Own, text: st
 
 def test_network_listen_without_a_token_is_refused(own: Own) -> None:
     add_device(own.dir / "sys", "1-1", LOGITECH, RALLY_BAR, serial=USB_SERIAL)
-    config = write_config(own.dir / "agent.toml", usb_section(own.dir / "sys"), MDNS_OFF,
-                          state_dir=own.dir / "state")
+    config = write_config(
+        own.dir / "agent.toml", usb_section(own.dir / "sys"), MDNS_OFF, state_dir=own.dir / "state"
+    )
     log = own.dir / "daemon.log"
     # Refused before anything binds: nothing listens on 0.0.0.0 here.
     proc = launch(config, own.notify, log, args=("--listen", f"0.0.0.0:{free_tcp_port()}"))
@@ -539,8 +592,13 @@ def test_api_port_in_use_exits_1_without_ready(own: Own) -> None:
         taken.bind((LOOPBACK, 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        config = write_config(own.dir / "agent.toml", usb_section(own.dir / "sys"), MDNS_OFF,
-                              api_section(f"{LOOPBACK}:{port}"), state_dir=own.dir / "state")
+        config = write_config(
+            own.dir / "agent.toml",
+            usb_section(own.dir / "sys"),
+            MDNS_OFF,
+            api_section(f"{LOOPBACK}:{port}"),
+            state_dir=own.dir / "state",
+        )
         log = own.dir / "daemon.log"
         code = launch(config, own.notify, log).wait(30)
     assert code == 1, log.read_text()
@@ -596,10 +654,12 @@ def ssh_section(own: Own, port: int, connect_timeout: float) -> str:
         keygen(key)
     known = own.dir / "known_hosts"
     known.write_text("")
-    return (f"[sources.ssh]\nenabled = true\nknown_hosts = {toml_str(known)}\n"
-            f"connect_timeout = {connect_timeout}\ninterval = 60\n"
-            f"[[sources.ssh.hosts]]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"roomsync\"\n"
-            f"key_file = {toml_str(key)}\n")
+    return (
+        f"[sources.ssh]\nenabled = true\nknown_hosts = {toml_str(known)}\n"
+        f"connect_timeout = {connect_timeout}\ninterval = 60\n"
+        f'[[sources.ssh.hosts]]\nhost = "127.0.0.1"\nport = {port}\nuser = "roomsync"\n'
+        f"key_file = {toml_str(key)}\n"
+    )
 
 
 def test_a_hanging_source_times_out_while_watchdog_and_hotplug_carry_on(own: Own) -> None:
@@ -629,8 +689,10 @@ def test_a_hanging_source_times_out_while_watchdog_and_hotplug_carry_on(own: Own
     assert d.wait_until(lambda: d.get("/readyz").status == 200, 5.0)
     result = health("--config", str(d.config))
     assert result.returncode == 1, result.stdout
-    assert any(line.strip().startswith("source ssh:") and "no SSH handshake" in line
-               for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        line.strip().startswith("source ssh:") and "no SSH handshake" in line
+        for line in result.stdout.splitlines()
+    ), result.stdout
 
 
 def test_sigterm_while_a_source_hangs_still_exits_0_within_10_s(own: Own) -> None:
@@ -667,8 +729,11 @@ def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(own: Own) -> Non
         assert own.notify.wait_for("READY=1", 5.0, since=reloading) is not None
 
     # A valid change: another room, another tree, another interval.
-    d.config.write_text(text.replace("oslo-4-12", "oslo-4-14").replace(str(first), str(second))
-                        .replace("interval = 300.0", "interval = 120"))
+    d.config.write_text(
+        text.replace("oslo-4-12", "oslo-4-14")
+        .replace(str(first), str(second))
+        .replace("interval = 300.0", "interval = 120")
+    )
     hup()
     assert d.wait_until(lambda: d.source("usb")["interval"] == 120.0, 5.0)
     assert d.wait_until(lambda: added(d.get("/v1/events").json(), "2301SC0005E5"), 5.0)

@@ -51,9 +51,19 @@ CONTEXT = SnapshotContext(load_catalog(), (Room("oslo-4-12", "Fjord"),))
 
 
 def unit(i: int, at: datetime, firmware: str = "1.0") -> Device:
-    return Device(product="Rally Bar", transport=Transport.USB, address=f"1-{i}", first_seen=at,
-                  last_seen=at, room="oslo-4-12", serial=f"S{i:05d}", serial_label_grade=True,
-                  firmware=firmware, sources=["usb"], category="collabos-bar")
+    return Device(
+        product="Rally Bar",
+        transport=Transport.USB,
+        address=f"1-{i}",
+        first_seen=at,
+        last_seen=at,
+        room="oslo-4-12",
+        serial=f"S{i:05d}",
+        serial_label_grade=True,
+        firmware=firmware,
+        sources=["usb"],
+        category="collabos-bar",
+    )
 
 
 class VirtualTime:
@@ -89,13 +99,25 @@ class Agent:
         self.snapshots.append(datetime.now(UTC))
         return self.outbox.queue_snapshot(self.build, datetime.now(UTC), force=True)
 
-    def delivery(self, url: str, *, vt: VirtualTime | None = None, rng: Callable[[], float] = lambda: 0.5,
-                 snapshot: bool = False, **settings: Any) -> Delivery:
+    def delivery(
+        self,
+        url: str,
+        *,
+        vt: VirtualTime | None = None,
+        rng: Callable[[], float] = lambda: 0.5,
+        snapshot: bool = False,
+        **settings: Any,
+    ) -> Delivery:
         options: dict[str, Any] = {"timeout": 3.0, "backoff_cap": 0.2, **settings}
         timing: dict[str, Any] = {"clock": vt.clock, "sleep": vt.sleep} if vt is not None else {}
-        return Delivery(self.outbox, PortalSettings(url, self.token_file, **options),
-                        user_agent="roomsync/test", rng=rng,
-                        snapshot=self.queue_fresh_snapshot if snapshot else None, **timing)
+        return Delivery(
+            self.outbox,
+            PortalSettings(url, self.token_file, **options),
+            user_agent="roomsync/test",
+            rng=rng,
+            snapshot=self.queue_fresh_snapshot if snapshot else None,
+            **timing,
+        )
 
     def keys(self) -> list[str]:
         return [m.key for m in self.outbox.messages()]
@@ -142,8 +164,13 @@ def assert_delivered_once(portal: PortalStandIn, agent: Agent, keys: list[str]) 
 async def test_delivers_the_queue_in_order_with_the_contract_headers(portal: PortalStandIn, agent: Agent):
     queued = agent.outbox.messages(with_body=True)
     result = await agent.delivery(portal.url, snapshot=True).run()
-    assert (result.stopped_because, result.delivered, result.events_delivered, result.retries,
-            result.parked) == ("empty", 2, 2, 0, 0)
+    assert (
+        result.stopped_because,
+        result.delivered,
+        result.events_delivered,
+        result.retries,
+        result.parked,
+    ) == ("empty", 2, 2, 0, 0)
     assert [a.outcome for a in result.attempts] == [Outcome.DELIVERED] * 2
     assert [(r.path, r.status) for r in portal.requests] == [(EVENTS, 202), (INVENTORY, 202)]
     assert [r.idempotency_key for r in portal.requests] == [m.key for m in queued]
@@ -157,7 +184,9 @@ async def test_delivers_the_queue_in_order_with_the_contract_headers(portal: Por
     assert [str(e.id) for e in portal.events] == [e.id for e in agent.store.events()]
     latest = portal.latest_inventory
     assert latest is not None and sorted(d.serial or "" for p in latest.places for d in p.devices) == [
-        "S00001", "S00002"]
+        "S00001",
+        "S00002",
+    ]
     assert agent.outbox.stats().empty
     state = agent.outbox.portal_state()
     assert state.state == "ok" and state.last_success is not None
@@ -174,27 +203,35 @@ async def test_an_empty_outbox_sends_nothing(portal: PortalStandIn, agent: Agent
 # --------------------------------------------------------------------------- retried replies
 
 
-@pytest.mark.parametrize(("status", "retry_after", "cap", "delays"), [
-    (500, None, 100.0, [0.5, 1.0]),          # full jitter: rng() × min(cap, 1 s × 2^(n−1))
-    (502, None, 100.0, [0.5, 1.0]),
-    (503, 7, 100.0, [7.0, 7.0]),             # never sooner than Retry-After
-    (503, 7, 2.0, [2.0, 2.0]),               # …and never longer than the cap
-    (503, None, 100.0, [0.5, 1.0]),
-    (429, 3, 100.0, [3.0, 3.0]),
-    (429, "soon", 100.0, [0.5, 1.0]),        # unreadable Retry-After: 0
-    (408, None, 100.0, [0.5, 1.0]),
-    (599, None, 1.0, [0.5, 0.5]),            # the cap bounds the ceiling too
-])
+@pytest.mark.parametrize(
+    ("status", "retry_after", "cap", "delays"),
+    [
+        (500, None, 100.0, [0.5, 1.0]),  # full jitter: rng() × min(cap, 1 s × 2^(n−1))
+        (502, None, 100.0, [0.5, 1.0]),
+        (503, 7, 100.0, [7.0, 7.0]),  # never sooner than Retry-After
+        (503, 7, 2.0, [2.0, 2.0]),  # …and never longer than the cap
+        (503, None, 100.0, [0.5, 1.0]),
+        (429, 3, 100.0, [3.0, 3.0]),
+        (429, "soon", 100.0, [0.5, 1.0]),  # unreadable Retry-After: 0
+        (408, None, 100.0, [0.5, 1.0]),
+        (599, None, 1.0, [0.5, 0.5]),  # the cap bounds the ceiling too
+    ],
+)
 async def test_a_retried_status_holds_the_queue_and_keeps_the_key(
-        portal: PortalStandIn, agent: Agent, status: int, retry_after: Any, cap: float, delays: list[float]):
+    portal: PortalStandIn, agent: Agent, status: int, retry_after: Any, cap: float, delays: list[float]
+):
     keys = agent.keys()
     portal.inject(status, times=2, retry_after=retry_after, path=EVENTS)
     vt = VirtualTime()
     result = await agent.delivery(portal.url, vt=vt, backoff_cap=cap).run(deadline=vt.now + 60)
     assert vt.delays == delays
     assert (result.stopped_because, result.delivered, result.retries, result.parked) == ("empty", 2, 2, 0)
-    assert [a.outcome for a in result.attempts] == [Outcome.RETRY, Outcome.RETRY, Outcome.DELIVERED,
-                                                    Outcome.DELIVERED]
+    assert [a.outcome for a in result.attempts] == [
+        Outcome.RETRY,
+        Outcome.RETRY,
+        Outcome.DELIVERED,
+        Outcome.DELIVERED,
+    ]
     assert [a.status for a in result.attempts[:2]] == [status, status]
     assert f"HTTP {status}" in result.attempts[0].detail
     events = to(portal, EVENTS)
@@ -317,8 +354,9 @@ async def redirecting() -> Any:
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
-async def test_a_redirect_is_never_followed_and_pauses(portal: PortalStandIn, agent: Agent, redirecting: Any,
-                                                       status: int):
+async def test_a_redirect_is_never_followed_and_pauses(
+    portal: PortalStandIn, agent: Agent, redirecting: Any, status: int
+):
     url = await redirecting(status, portal.url)  # the target would accept the message
     result = await agent.delivery(url).run()
     assert (result.stopped_because, result.delivered) == ("paused", 0)
@@ -335,8 +373,9 @@ async def test_a_redirect_is_never_followed_and_pauses(portal: PortalStandIn, ag
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
-async def test_a_refused_message_is_parked_and_the_queue_goes_on(portal: PortalStandIn, agent: Agent,
-                                                                status: int):
+async def test_a_refused_message_is_parked_and_the_queue_goes_on(
+    portal: PortalStandIn, agent: Agent, status: int
+):
     events_key, snapshot_key = agent.keys()
     portal.inject(status, path=EVENTS)
     result = await agent.delivery(portal.url, snapshot=True).run()
@@ -365,7 +404,8 @@ async def test_a_refused_message_is_parked_and_the_queue_goes_on(portal: PortalS
 
 
 async def test_a_slow_reply_times_out_and_the_retry_is_answered_for_the_same_key(
-        portal: PortalStandIn, agent: Agent):
+    portal: PortalStandIn, agent: Agent
+):
     keys = agent.keys()
     portal.inject("slow", interval=0.3, path=EVENTS)
     vt = VirtualTime()
@@ -377,13 +417,16 @@ async def test_a_slow_reply_times_out_and_the_retry_is_answered_for_the_same_key
     assert (first.outcome, first.status) == (Outcome.RETRY, None)
     assert first.detail == f"{portal.url.removeprefix('http://')} did not answer within 0.5 s"
     assert [(r.idempotency_key, r.status, r.fault) for r in to(portal, EVENTS)] == [
-        (keys[0], 202, "slow"), (keys[0], 200, None)]  # the portal held it; the repeat is a 2xx
+        (keys[0], 202, "slow"),
+        (keys[0], 200, None),
+    ]  # the portal held it; the repeat is a 2xx
     assert_delivered_once(portal, agent, keys)
 
 
 @pytest.mark.parametrize(("fault", "second"), [("reset", 202), ("reset-after-accept", 200)])
 async def test_a_reset_connection_is_retried_and_the_message_arrives_once(
-        portal: PortalStandIn, agent: Agent, fault: str, second: int):
+    portal: PortalStandIn, agent: Agent, fault: str, second: int
+):
     keys = agent.keys()
     portal.inject(fault, path=EVENTS)
     vt = VirtualTime()
@@ -424,14 +467,19 @@ async def test_tls_verified_with_a_custom_ca(agent: Agent, ca: CertAuthority):
         assert_delivered_once(portal, agent, keys)
 
 
-@pytest.mark.parametrize(("make", "why"), [
-    (lambda ca, tmp: self_signed_tls(tmp / "self"), "self-signed"),
-    (lambda ca, tmp: ca.server_tls(hosts=("portal.invalid",)), "mismatch"),
-    (lambda ca, tmp: ca.server_tls(expired=True), "expired"),
-    (lambda ca, tmp: CertAuthority(tmp / "other").server_tls(), "issuer"),  # a CA nobody trusts
-], ids=["self-signed", "wrong-host", "expired", "unknown-ca"])
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda ca, tmp: self_signed_tls(tmp / "self"), "self-signed"),
+        (lambda ca, tmp: ca.server_tls(hosts=("portal.invalid",)), "mismatch"),
+        (lambda ca, tmp: ca.server_tls(expired=True), "expired"),
+        (lambda ca, tmp: CertAuthority(tmp / "other").server_tls(), "issuer"),  # a CA nobody trusts
+    ],
+    ids=["self-signed", "wrong-host", "expired", "unknown-ca"],
+)
 async def test_a_certificate_that_does_not_verify_is_retried_never_sent(
-        agent: Agent, ca: CertAuthority, tmp_path: Path, make: Any, why: str):
+    agent: Agent, ca: CertAuthority, tmp_path: Path, make: Any, why: str
+):
     tls: TlsFiles = make(ca, tmp_path)
     with PortalStandIn(TOKEN, tls=tls) as portal:
         vt = VirtualTime()
@@ -480,8 +528,9 @@ def test_bad_tls_files_fail_before_anything_is_sent(agent: Agent, ca: CertAuthor
     with pytest.raises(PortalError, match="portal CA file"):
         agent.delivery(url, ca_file=garbage)
     with pytest.raises(PortalError, match="client certificate"):
-        agent.delivery(url, ca_file=ca.path, client_cert=tmp_path / "nope.pem",
-                       client_key=tmp_path / "nope.key")
+        agent.delivery(
+            url, ca_file=ca.path, client_cert=tmp_path / "nope.pem", client_key=tmp_path / "nope.key"
+        )
     cert, _ = ca.client_cert()
     _, other_key = ca.client_cert("someone-else")
     with pytest.raises(PortalError, match="client certificate"):
@@ -491,8 +540,9 @@ def test_bad_tls_files_fail_before_anything_is_sent(agent: Agent, ca: CertAuthor
 # --------------------------------------------------------------------------- the token
 
 
-async def test_token_file_problems_stop_the_run_before_any_request(portal: PortalStandIn, agent: Agent,
-                                                                   tmp_path: Path):
+async def test_token_file_problems_stop_the_run_before_any_request(
+    portal: PortalStandIn, agent: Agent, tmp_path: Path
+):
     missing = tmp_path / "no-such.token"
     with pytest.raises(PortalError, match=r"portal token file .*no-such\.token does not exist"):
         await Delivery(agent.outbox, PortalSettings(portal.url, missing)).run()
@@ -513,14 +563,20 @@ def log_stream() -> Iterator[io.StringIO]:
 
 def assert_no_token(result: RunResult, agent: Agent, log: str, *more: str) -> None:
     """Neither the token nor a piece of it (a shortened detail could cut it)."""
-    texts = [log, repr(result), *more, repr(agent.outbox.stats().to_dict()),
-             *(m.last_error or "" for m in agent.outbox.messages())]
+    texts = [
+        log,
+        repr(result),
+        *more,
+        repr(agent.outbox.stats().to_dict()),
+        *(m.last_error or "" for m in agent.outbox.messages()),
+    ]
     for text in texts:
         assert TOKEN not in text and TOKEN[4:14] not in text
 
 
 async def test_the_token_never_reaches_the_log_the_result_or_the_outbox(
-        portal: PortalStandIn, agent: Agent, log_stream: io.StringIO, capsys: pytest.CaptureFixture[str]):
+    portal: PortalStandIn, agent: Agent, log_stream: io.StringIO, capsys: pytest.CaptureFixture[str]
+):
     for fault in (503, "reset", 500):
         portal.inject(fault, path=EVENTS)
     portal.inject(400, path=INVENTORY)
@@ -532,9 +588,12 @@ async def test_the_token_never_reaches_the_log_the_result_or_the_outbox(
     assert second.stopped_because == "empty"
     log = log_stream.getvalue()
     lines = [json.loads(line) for line in log.splitlines()]
-    assert {line["event"] for line in lines} >= {"portal delivery failed; will retry",
-                                                 "portal refused message; parked", "portal delivery paused",
-                                                 "portal accepted message"}
+    assert {line["event"] for line in lines} >= {
+        "portal delivery failed; will retry",
+        "portal refused message; parked",
+        "portal delivery paused",
+        "portal accepted message",
+    }
     assert all("key" in line and "portal" in line for line in lines)  # what logs may carry
     captured = capsys.readouterr()
     assert_no_token(first, agent, log, captured.out, captured.err)
@@ -542,7 +601,8 @@ async def test_the_token_never_reaches_the_log_the_result_or_the_outbox(
 
 
 async def test_a_portal_that_echoes_the_token_does_not_get_it_logged_or_stored(
-        agent: Agent, log_stream: io.StringIO):
+    agent: Agent, log_stream: io.StringIO
+):
     """A portal's error page may repeat the request's headers; the agent keeps the reply's
     detail with the message and in the log, never the token in it."""
     replies = iter([(503, "try later"), (500, None), (422, "rejected")])
@@ -553,8 +613,9 @@ async def test_a_portal_that_echoes_the_token_does_not_get_it_logged_or_stored(
         status, word = next(replies)
         sent = request.headers.get("Authorization")
         if word is None:  # a plain error page, the token where shortening would cut it
-            return web.Response(status=status, text="x" * 248 + f" headers: Authorization: {sent}",
-                                content_type="text/html")
+            return web.Response(
+                status=status, text="x" * 248 + f" headers: Authorization: {sent}", content_type="text/html"
+            )
         detail = f"{word}; you sent Authorization: {sent}"
         return web.json_response({"title": "Nope", "status": status, "detail": detail}, status=status)
 
@@ -623,8 +684,11 @@ async def test_a_fresh_snapshot_once_the_queue_drains_after_an_outage(portal: Po
     result = await agent.delivery(portal.url, vt=vt, snapshot=True).run()
     assert (result.stopped_because, result.delivered) == ("empty", 3)
     assert len(agent.snapshots) == 1
-    assert [m.schema for m in portal.messages] == ["roomsync.events.v1", "roomsync.inventory.v1",
-                                                   "roomsync.inventory.v1"]
+    assert [m.schema for m in portal.messages] == [
+        "roomsync.events.v1",
+        "roomsync.inventory.v1",
+        "roomsync.inventory.v1",
+    ]
     assert [m.idempotency_key for m in portal.messages][:2] == keys
     latest = portal.latest_inventory
     assert latest is not None and latest.sequence == max(m.message.sequence for m in portal.messages)
@@ -637,8 +701,9 @@ async def test_a_fresh_snapshot_once_the_queue_drains_after_an_outage(portal: Po
 # --------------------------------------------------------------------------- the store fails
 
 
-async def test_a_locked_store_ends_the_run_with_an_error_and_nothing_sent(portal: PortalStandIn,
-                                                                          agent: Agent):
+async def test_a_locked_store_ends_the_run_with_an_error_and_nothing_sent(
+    portal: PortalStandIn, agent: Agent
+):
     holder = sqlite3.connect(agent.store.path.parent / DB_NAME, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
@@ -656,17 +721,41 @@ async def test_a_locked_store_ends_the_run_with_an_error_and_nothing_sent(portal
 # --------------------------------------------------------------------------- the contract as functions
 
 
-@pytest.mark.parametrize(("status", "outcome"), [
-    (200, Outcome.DELIVERED), (201, Outcome.DELIVERED), (202, Outcome.DELIVERED), (204, Outcome.DELIVERED),
-    (299, Outcome.DELIVERED),
-    (301, Outcome.PAUSE), (302, Outcome.PAUSE), (307, Outcome.PAUSE), (308, Outcome.PAUSE),
-    (401, Outcome.PAUSE), (403, Outcome.PAUSE),
-    (400, Outcome.PARK), (404, Outcome.PARK), (405, Outcome.PARK), (409, Outcome.PARK), (413, Outcome.PARK),
-    (415, Outcome.PARK), (422, Outcome.PARK), (499, Outcome.PARK),
-    (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY), (502, Outcome.RETRY),
-    (503, Outcome.RETRY), (504, Outcome.RETRY), (599, Outcome.RETRY),
-    (100, Outcome.RETRY), (199, Outcome.RETRY), (600, Outcome.RETRY), (999, Outcome.RETRY),
-])
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.DELIVERED),
+        (201, Outcome.DELIVERED),
+        (202, Outcome.DELIVERED),
+        (204, Outcome.DELIVERED),
+        (299, Outcome.DELIVERED),
+        (301, Outcome.PAUSE),
+        (302, Outcome.PAUSE),
+        (307, Outcome.PAUSE),
+        (308, Outcome.PAUSE),
+        (401, Outcome.PAUSE),
+        (403, Outcome.PAUSE),
+        (400, Outcome.PARK),
+        (404, Outcome.PARK),
+        (405, Outcome.PARK),
+        (409, Outcome.PARK),
+        (413, Outcome.PARK),
+        (415, Outcome.PARK),
+        (422, Outcome.PARK),
+        (499, Outcome.PARK),
+        (408, Outcome.RETRY),
+        (429, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (502, Outcome.RETRY),
+        (503, Outcome.RETRY),
+        (504, Outcome.RETRY),
+        (599, Outcome.RETRY),
+        (100, Outcome.RETRY),
+        (199, Outcome.RETRY),
+        (600, Outcome.RETRY),
+        (999, Outcome.RETRY),
+    ],
+)
 def test_classify(status: int, outcome: Outcome):
     assert classify(status) is outcome
 
@@ -674,28 +763,35 @@ def test_classify(status: int, outcome: Outcome):
 NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("value", "date", "seconds"), [
-    ("120", None, 120.0),
-    (" 5 ", None, 5.0),
-    ("0", None, 0.0),
-    ("Wed, 21 Oct 2015 07:28:30 GMT", "Wed, 21 Oct 2015 07:28:00 GMT", 30.0),
-    ("Wed, 21 Oct 2015 07:29:00 GMT", "Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # the reply's Date…
-    ("Wed, 21 Oct 2015 07:28:45 GMT", None, 45.0),                           # …else now
-    ("Wed, 21 Oct 2015 07:27:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # past
-    ("Wed, 21 Oct 2015 07:27:00 GMT", None, 0.0),
-    ("soon", None, 0.0),
-    ("-5", None, 0.0),
-    ("1.5", None, 0.0),
-    ("", None, 0.0),
-    (None, None, 0.0),
-    ("Wed, 21 Oct 2015 07:28:30 GMT", "garbage", 0.0),
-])
+@pytest.mark.parametrize(
+    ("value", "date", "seconds"),
+    [
+        ("120", None, 120.0),
+        (" 5 ", None, 5.0),
+        ("0", None, 0.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", "Wed, 21 Oct 2015 07:28:00 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:29:00 GMT", "Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # the reply's Date…
+        ("Wed, 21 Oct 2015 07:28:45 GMT", None, 45.0),  # …else now
+        ("Wed, 21 Oct 2015 07:27:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # past
+        ("Wed, 21 Oct 2015 07:27:00 GMT", None, 0.0),
+        ("soon", None, 0.0),
+        ("-5", None, 0.0),
+        ("1.5", None, 0.0),
+        ("", None, 0.0),
+        (None, None, 0.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", "garbage", 0.0),
+    ],
+)
 def test_retry_after_seconds(value: str | None, date: str | None, seconds: float):
     assert retry_after_seconds(value, date, NOW) == seconds
 
 
-@given(failures=st.integers(1, 200), cap=st.floats(0, 1e6), retry_after=st.floats(0, 1e7),
-       draw=st.floats(0, 1, exclude_max=True))
+@given(
+    failures=st.integers(1, 200),
+    cap=st.floats(0, 1e6),
+    retry_after=st.floats(0, 1e7),
+    draw=st.floats(0, 1, exclude_max=True),
+)
 def test_backoff_delay_properties(failures: int, cap: float, retry_after: float, draw: float):
     delay = backoff_delay(failures, cap, retry_after, lambda: draw)
     assert 0 <= delay <= cap

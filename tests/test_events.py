@@ -30,17 +30,38 @@ MISSING = HealthIssue("peripheral-missing", "mic pod missing", Severity.WARNING)
 BROKEN = HealthIssue("camera-error", "camera does not answer", Severity.ERROR)
 
 
-def unit(serial: str | None = "2313FD1N08Z2", *, product: str = "Rally Bar", source: str = "usb",
-         room: str | None = "oslo-4-12", firmware: str | None = "1.9.556", address: str | None = None,
-         issues: Sequence[HealthIssue] = (), components: dict[str, str] | None = None,
-         label: bool = True, at: datetime = T0) -> Device:
+def unit(
+    serial: str | None = "2313FD1N08Z2",
+    *,
+    product: str = "Rally Bar",
+    source: str = "usb",
+    room: str | None = "oslo-4-12",
+    firmware: str | None = "1.9.556",
+    address: str | None = None,
+    issues: Sequence[HealthIssue] = (),
+    components: dict[str, str] | None = None,
+    label: bool = True,
+    at: datetime = T0,
+) -> Device:
     """A unit as one source reports it (the transport follows the source's name)."""
     transport = Transport(source) if source in set(Transport) else Transport.USB
-    return Device(product=product, transport=transport, address=address or f"{source}-addr", first_seen=at,
-                  last_seen=at, room=room, serial=serial, serial_label_grade=label and serial is not None,
-                  serial_source=SerialSource.SYNC_INTERFACE if serial else None, firmware=firmware,
-                  components=dict(components or {}), health_issues=list(issues), sources=[source],
-                  vendor_id=0x046D, product_id=0x089B)
+    return Device(
+        product=product,
+        transport=transport,
+        address=address or f"{source}-addr",
+        first_seen=at,
+        last_seen=at,
+        room=room,
+        serial=serial,
+        serial_label_grade=label and serial is not None,
+        serial_source=SerialSource.SYNC_INTERFACE if serial else None,
+        firmware=firmware,
+        components=dict(components or {}),
+        health_issues=list(issues),
+        sources=[source],
+        vendor_id=0x046D,
+        product_id=0x089B,
+    )
 
 
 def counter() -> Callable[[], str]:
@@ -59,9 +80,14 @@ class Run:
 
     def scan(self, devices: Iterable[Device], scope: Iterable[str] | None = None) -> list[ChangeEvent]:
         self.scans += 1
-        diff = diff_scan(self.state, list(devices), T0 + timedelta(minutes=self.scans),
-                         scope=None if scope is None else set(scope), remove_after=self.remove_after,
-                         new_id=self.new_id)
+        diff = diff_scan(
+            self.state,
+            list(devices),
+            T0 + timedelta(minutes=self.scans),
+            scope=None if scope is None else set(scope),
+            remove_after=self.remove_after,
+            new_id=self.new_id,
+        )
         assert not diff.inventory.keys() & diff.removed.keys()
         self.state = diff.inventory
         return list(diff.events)
@@ -80,11 +106,23 @@ BAR = unit().identity
 def test_added_carries_the_units_summary_and_nothing_before():
     [event] = Run().scan([unit()])
     assert (event.type, event.identity, event.product, event.serial, event.room) == (
-        ADDED, BAR, "Rally Bar", "2313FD1N08Z2", "oslo-4-12")
+        ADDED,
+        BAR,
+        "Rally Bar",
+        "2313FD1N08Z2",
+        "oslo-4-12",
+    )
     assert event.before is None
-    assert event.after == {"product": "Rally Bar", "room": "oslo-4-12", "firmware": "1.9.556", "health": "ok",
-                           "transport": "usb", "address": "usb-addr", "sources": ["usb"],
-                           "last_seen": T0.isoformat()}
+    assert event.after == {
+        "product": "Rally Bar",
+        "room": "oslo-4-12",
+        "firmware": "1.9.556",
+        "health": "ok",
+        "transport": "usb",
+        "address": "usb-addr",
+        "sources": ["usb"],
+        "last_seen": T0.isoformat(),
+    }
     assert event.at == T0 + timedelta(minutes=1) and event.id == "ev-1"
 
 
@@ -100,8 +138,9 @@ REMOVAL_CASES = [
 
 
 @pytest.mark.parametrize(("remove_after", "scopes", "removed_at"), REMOVAL_CASES)
-def test_removed_only_after_n_missed_runs_of_its_source(remove_after: int, scopes: list[set[str] | None],
-                                                         removed_at: int | None):
+def test_removed_only_after_n_missed_runs_of_its_source(
+    remove_after: int, scopes: list[set[str] | None], removed_at: int | None
+):
     run = Run(remove_after=remove_after)
     run.scan([unit()])
     removals = [i for i, scope in enumerate(scopes) for e in run.scan([], scope) if e.type is REMOVED]
@@ -150,22 +189,45 @@ MOVE_CASES = [
     pytest.param([unit(room="a")], [unit(room="b")], None, ("a", "b"), id="same-source-new-room"),
     pytest.param([unit(room=None)], [unit(room="b")], None, (None, "b"), id="placed"),
     pytest.param([unit(room="a")], [unit(room=None)], None, ("a", None), id="unplaced"),
-    pytest.param([unit(source="snmp", address="10.0.0.1", room="a")],
-                 [unit(source="snmp", address="10.0.0.9", room="b")], None, ("a", "b"),
-                 id="new-address-of-the-same-source"),
-    pytest.param([unit(source="usb", room="a")], [unit(source="snmp", room="b")], {"usb", "snmp"},
-                 ("a", "b"), id="unplugged-here-seen-there"),
-    pytest.param([unit(source="usb", room="a")], [unit(source="snmp", room="b")], {"snmp"}, None,
-                 id="other-channel-disagrees-is-a-conflict-not-a-move"),
-    pytest.param([unit(source="usb", room="a")], [unit(source="snmp", room=None)], {"snmp"}, None,
-                 id="a-source-that-cannot-place-does-not-unplace"),
+    pytest.param(
+        [unit(source="snmp", address="10.0.0.1", room="a")],
+        [unit(source="snmp", address="10.0.0.9", room="b")],
+        None,
+        ("a", "b"),
+        id="new-address-of-the-same-source",
+    ),
+    pytest.param(
+        [unit(source="usb", room="a")],
+        [unit(source="snmp", room="b")],
+        {"usb", "snmp"},
+        ("a", "b"),
+        id="unplugged-here-seen-there",
+    ),
+    pytest.param(
+        [unit(source="usb", room="a")],
+        [unit(source="snmp", room="b")],
+        {"snmp"},
+        None,
+        id="other-channel-disagrees-is-a-conflict-not-a-move",
+    ),
+    pytest.param(
+        [unit(source="usb", room="a")],
+        [unit(source="snmp", room=None)],
+        {"snmp"},
+        None,
+        id="a-source-that-cannot-place-does-not-unplace",
+    ),
     pytest.param([unit(room="a")], [], {"usb"}, None, id="missed-once-stays"),
 ]
 
 
 @pytest.mark.parametrize(("first", "second", "scope", "expected"), MOVE_CASES)
-def test_moved_when_the_room_changes_s9(first: list[Device], second: list[Device], scope: set[str] | None,
-                                        expected: tuple[str | None, str | None] | None):
+def test_moved_when_the_room_changes_s9(
+    first: list[Device],
+    second: list[Device],
+    scope: set[str] | None,
+    expected: tuple[str | None, str | None] | None,
+):
     run = Run()
     run.scan(first)
     moves = [e for e in run.scan(second, scope) if e.type is MOVED]
@@ -190,26 +252,42 @@ def test_a_unit_placed_by_another_sighting_takes_its_children_along():
 
 
 FIRMWARE_CASES = [
-    pytest.param(unit(firmware="1.9.556"), unit(firmware="1.10.0"),
-                 ({"firmware": "1.9.556", "components": {}, "source": "usb"},
-                  {"firmware": "1.10.0", "components": {}, "source": "usb"}), id="unit"),
-    pytest.param(unit(components={"audio": "2.3", "video": "1.1"}),
-                 unit(components={"audio": "2.4", "video": "1.1"}),
-                 ({"firmware": "1.9.556", "components": {"audio": "2.3", "video": "1.1"}, "source": "usb"},
-                  {"firmware": "1.9.556", "components": {"audio": "2.4", "video": "1.1"}, "source": "usb"}),
-                 id="component"),
+    pytest.param(
+        unit(firmware="1.9.556"),
+        unit(firmware="1.10.0"),
+        (
+            {"firmware": "1.9.556", "components": {}, "source": "usb"},
+            {"firmware": "1.10.0", "components": {}, "source": "usb"},
+        ),
+        id="unit",
+    ),
+    pytest.param(
+        unit(components={"audio": "2.3", "video": "1.1"}),
+        unit(components={"audio": "2.4", "video": "1.1"}),
+        (
+            {"firmware": "1.9.556", "components": {"audio": "2.3", "video": "1.1"}, "source": "usb"},
+            {"firmware": "1.9.556", "components": {"audio": "2.4", "video": "1.1"}, "source": "usb"},
+        ),
+        id="component",
+    ),
     pytest.param(unit(firmware="1.9.556"), unit(firmware=None), None, id="unknown-now-is-no-change"),
     pytest.param(unit(firmware=None), unit(firmware="1.9.556"), None, id="known-now-is-no-change"),
-    pytest.param(unit(components={"audio": "2.3"}), unit(components={"video": "1.1"}), None,
-                 id="other-components-read"),
-    pytest.param(unit(source="usb", firmware="1.9.556"), unit(source="snmp", firmware="CollabOS 1.9.556"),
-                 None, id="another-channel-writes-it-differently"),
+    pytest.param(
+        unit(components={"audio": "2.3"}), unit(components={"video": "1.1"}), None, id="other-components-read"
+    ),
+    pytest.param(
+        unit(source="usb", firmware="1.9.556"),
+        unit(source="snmp", firmware="CollabOS 1.9.556"),
+        None,
+        id="another-channel-writes-it-differently",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("first", "second", "expected"), FIRMWARE_CASES)
-def test_firmware_changed_compares_a_source_with_itself(first: Device, second: Device,
-                                                         expected: tuple[dict, dict] | None):
+def test_firmware_changed_compares_a_source_with_itself(
+    first: Device, second: Device, expected: tuple[dict, dict] | None
+):
     run = Run()
     run.scan([first])
     events = run.scan([second])
@@ -219,9 +297,12 @@ def test_firmware_changed_compares_a_source_with_itself(first: Device, second: D
 
 HEALTH_CASES = [
     pytest.param([], [MISSING], ("ok", [], "warning", ["peripheral-missing"]), id="ok-to-warning"),
-    pytest.param([MISSING], [BROKEN, MISSING],
-                 ("warning", ["peripheral-missing"], "error", ["camera-error", "peripheral-missing"]),
-                 id="warning-to-error"),
+    pytest.param(
+        [MISSING],
+        [BROKEN, MISSING],
+        ("warning", ["peripheral-missing"], "error", ["camera-error", "peripheral-missing"]),
+        id="warning-to-error",
+    ),
     pytest.param([BROKEN], [], ("error", ["camera-error"], "ok", []), id="error-to-ok"),
     pytest.param([MISSING], [HealthIssue("remote-missing", "remote missing")], None, id="same-state"),
     pytest.param([HealthIssue("note", "fyi", Severity.INFO)], [], None, id="info-is-ok"),
@@ -229,16 +310,23 @@ HEALTH_CASES = [
 
 
 @pytest.mark.parametrize(("first", "second", "expected"), HEALTH_CASES)
-def test_health_changed_on_a_new_state(first: list[HealthIssue], second: list[HealthIssue],
-                                       expected: tuple[str, list[str], str, list[str]] | None):
+def test_health_changed_on_a_new_state(
+    first: list[HealthIssue],
+    second: list[HealthIssue],
+    expected: tuple[str, list[str], str, list[str]] | None,
+):
     run = Run()
     run.scan([unit(issues=first)])
     changed = [(e.before, e.after) for e in run.scan([unit(issues=second)]) if e.type is HEALTH]
     if expected is None:
         assert changed == []
     else:
-        assert changed == [({"health": expected[0], "issues": expected[1], "source": "usb"},
-                             {"health": expected[2], "issues": expected[3], "source": "usb"})]
+        assert changed == [
+            (
+                {"health": expected[0], "issues": expected[1], "source": "usb"},
+                {"health": expected[2], "issues": expected[3], "source": "usb"},
+            )
+        ]
 
 
 def test_health_judged_by_another_channel_does_not_flap():
@@ -250,25 +338,61 @@ def test_health_judged_by_another_channel_does_not_flap():
 
 
 CONFLICT_CASES = [
-    pytest.param([unit(source="usb", room="a"), unit(source="snmp", room="b")],
-                 {("Rally Bar", "a"), ("Rally Bar", "b")}, None, id="two-rooms-one-scan"),
-    pytest.param([unit(source="usb"), unit(source="snmp", product="Rally Bar Mini")],
-                 {("Rally Bar", "oslo-4-12"), ("Rally Bar Mini", "oslo-4-12")}, None, id="two-products"),
-    pytest.param([unit(source="ssh", address="pc-1/usb/1-1", room="a"),
-                  unit(source="ssh", address="pc-2/usb/1-1", room="b")],
-                 {("Rally Bar", "a"), ("Rally Bar", "b")}, None, id="one-source-two-rooms"),
-    pytest.param([unit(source="usb", room="a"), unit(source="snmp", room=None)], None, None,
-                 id="unplaced-is-no-claim"),
-    pytest.param([unit(source="usb", room="a"), unit(source="snmp", room="a", address="10.0.0.1"),
-                  unit(source="snmp", room="a", address="fe80::1")], None, None, id="agreeing-channels"),
-    pytest.param([unit(None, source="usb", room="a", address="1-1"), unit(None, source="usb", room="b",
-                                                                       address="1-2")],
-                 None, None, id="no-serial"),
-    pytest.param([unit(source="usb", room="a", label=False), unit(source="snmp", room="b", label=False)],
-                 None, None, id="not-label-grade"),
-    pytest.param([unit("abc 123", source="usb", room="a"), unit("ABC123", source="snmp", product="Tap",
-                                                                 room="a")],
-                 {("Rally Bar", "a"), ("Tap", "a")}, None, id="serials-compared-normalised"),
+    pytest.param(
+        [unit(source="usb", room="a"), unit(source="snmp", room="b")],
+        {("Rally Bar", "a"), ("Rally Bar", "b")},
+        None,
+        id="two-rooms-one-scan",
+    ),
+    pytest.param(
+        [unit(source="usb"), unit(source="snmp", product="Rally Bar Mini")],
+        {("Rally Bar", "oslo-4-12"), ("Rally Bar Mini", "oslo-4-12")},
+        None,
+        id="two-products",
+    ),
+    pytest.param(
+        [
+            unit(source="ssh", address="pc-1/usb/1-1", room="a"),
+            unit(source="ssh", address="pc-2/usb/1-1", room="b"),
+        ],
+        {("Rally Bar", "a"), ("Rally Bar", "b")},
+        None,
+        id="one-source-two-rooms",
+    ),
+    pytest.param(
+        [unit(source="usb", room="a"), unit(source="snmp", room=None)], None, None, id="unplaced-is-no-claim"
+    ),
+    pytest.param(
+        [
+            unit(source="usb", room="a"),
+            unit(source="snmp", room="a", address="10.0.0.1"),
+            unit(source="snmp", room="a", address="fe80::1"),
+        ],
+        None,
+        None,
+        id="agreeing-channels",
+    ),
+    pytest.param(
+        [
+            unit(None, source="usb", room="a", address="1-1"),
+            unit(None, source="usb", room="b", address="1-2"),
+        ],
+        None,
+        None,
+        id="no-serial",
+    ),
+    pytest.param(
+        [unit(source="usb", room="a", label=False), unit(source="snmp", room="b", label=False)],
+        None,
+        None,
+        id="not-label-grade",
+    ),
+    pytest.param(
+        [unit("abc 123", source="usb", room="a"), unit("ABC123", source="snmp", product="Tap", room="a")],
+        {("Rally Bar", "a"), ("Tap", "a")},
+        None,
+        id="serials-compared-normalised",
+    ),
 ]
 
 
@@ -343,12 +467,26 @@ def test_first_seen_is_kept_and_last_seen_follows():
 def test_events_come_in_a_stable_order():
     run = Run(remove_after=1)
     run.scan([unit("A1", room="a"), unit("B2", room="a", issues=[MISSING]), unit("C3")])
-    events = run.scan([unit("A1", room="b", firmware="2.0"), unit("B2", room="a"), unit("D4"),
-                       unit("E5", source="snmp"), unit("E5", source="usb", product="Tap", room="x")],
-                      {"usb", "snmp"})
+    events = run.scan(
+        [
+            unit("A1", room="b", firmware="2.0"),
+            unit("B2", room="a"),
+            unit("D4"),
+            unit("E5", source="snmp"),
+            unit("E5", source="usb", product="Tap", room="x"),
+        ],
+        {"usb", "snmp"},
+    )
     assert [(e.type, e.serial) for e in events] == [
-        (MOVED, "A1"), (FIRMWARE, "A1"), (HEALTH, "B2"), (REMOVED, "C3"), (ADDED, "D4"), (ADDED, "E5"),
-        (ADDED, "E5"), (CONFLICT, "E5")]
+        (MOVED, "A1"),
+        (FIRMWARE, "A1"),
+        (HEALTH, "B2"),
+        (REMOVED, "C3"),
+        (ADDED, "D4"),
+        (ADDED, "E5"),
+        (ADDED, "E5"),
+        (CONFLICT, "E5"),
+    ]
     assert [e.id for e in events] == [f"ev-{n}" for n in range(4, 12)]
 
 
@@ -388,13 +526,17 @@ SOURCES = ("usb", "snmp", "mdns")
 def devices(draw: st.DrawFn, sources: Sequence[str] = SOURCES) -> Device:
     label = draw(st.booleans())
     source = draw(st.sampled_from(sources))
-    return unit(draw(st.sampled_from(["A1", "B2", "C3", "D4"])) if label or draw(st.booleans()) else None,
-                product=draw(st.sampled_from(["Rally Bar", "Tap"])), source=source,
-                room=draw(st.sampled_from([None, "r1", "r2"])),
-                firmware=draw(st.sampled_from([None, "1.0", "1.1"])),
-                address=f"{source}-{draw(st.integers(1, 3))}",
-                issues=draw(st.sampled_from([[], [MISSING], [BROKEN]])),
-                components=draw(st.sampled_from([{}, {"audio": "2.3"}, {"audio": "2.4"}])), label=label)
+    return unit(
+        draw(st.sampled_from(["A1", "B2", "C3", "D4"])) if label or draw(st.booleans()) else None,
+        product=draw(st.sampled_from(["Rally Bar", "Tap"])),
+        source=source,
+        room=draw(st.sampled_from([None, "r1", "r2"])),
+        firmware=draw(st.sampled_from([None, "1.0", "1.1"])),
+        address=f"{source}-{draw(st.integers(1, 3))}",
+        issues=draw(st.sampled_from([[], [MISSING], [BROKEN]])),
+        components=draw(st.sampled_from([{}, {"audio": "2.3"}, {"audio": "2.4"}])),
+        label=label,
+    )
 
 
 scans = st.lists(devices(), max_size=6)
@@ -413,8 +555,9 @@ def test_a_scan_against_itself_yields_no_events(found: list[Device], scope: set[
 
 @settings(max_examples=150, deadline=None)
 @given(first=scans, second=scans, scope=scopes, n=st.integers(1, 3))
-def test_repeating_a_scan_reaches_a_fixpoint(first: list[Device], second: list[Device],
-                                            scope: set[str] | None, n: int):
+def test_repeating_a_scan_reaches_a_fixpoint(
+    first: list[Device], second: list[Device], scope: set[str] | None, n: int
+):
     """Repeated, a scan only lets the sightings it misses expire (removals, and moves where
     an expired sighting was what placed a unit); after remove_after repeats nothing changes."""
     run = Run(remove_after=n)
@@ -464,9 +607,11 @@ def test_removal_follows_n_consecutive_misses(presence: list[bool], n: int):
 
 
 @settings(max_examples=150, deadline=None)
-@given(usb=st.lists(devices(["usb"]), max_size=5), lan=st.lists(st.lists(devices(["snmp"]), max_size=5),
-                                                                min_size=1, max_size=5),
-       n=st.integers(1, 3))
+@given(
+    usb=st.lists(devices(["usb"]), max_size=5),
+    lan=st.lists(st.lists(devices(["snmp"]), max_size=5), min_size=1, max_size=5),
+    n=st.integers(1, 3),
+)
 def test_scans_scoped_to_snmp_never_touch_usb_units(usb: list[Device], lan: list[list[Device]], n: int):
     """A unit only USB ever reported gets no event and keeps its state, whatever SNMP-only
     scans find (a unit both report is SNMP's business too)."""

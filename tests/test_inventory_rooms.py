@@ -40,13 +40,29 @@ ROOM_MAP = parse_room_map(
 )
 
 
-def obs(product: str | None = "Rally Bar", *, source: str = "snmp", transport: Transport = Transport.SNMP,
-        address: str | None = None, serial: str | None = None, room: str | None = None,
-        children: list[Observation] | None = None, **attributes: Any) -> Observation:
-    return Observation(source=source, transport=transport, address=address or f"192.0.2.{next(_n)}",
-                       observed_at=NOW, product=product, serial=serial,
-                       serial_label_grade=serial is not None, room=room,
-                       children=children or [], attributes=attributes)
+def obs(
+    product: str | None = "Rally Bar",
+    *,
+    source: str = "snmp",
+    transport: Transport = Transport.SNMP,
+    address: str | None = None,
+    serial: str | None = None,
+    room: str | None = None,
+    children: list[Observation] | None = None,
+    **attributes: Any,
+) -> Observation:
+    return Observation(
+        source=source,
+        transport=transport,
+        address=address or f"192.0.2.{next(_n)}",
+        observed_at=NOW,
+        product=product,
+        serial=serial,
+        serial_label_grade=serial is not None,
+        room=room,
+        children=children or [],
+        attributes=attributes,
+    )
 
 
 def usb(product: str, serial: str | None = None, **kw: Any) -> Observation:
@@ -67,23 +83,39 @@ def test_local_usb_units_stay_in_the_configured_room_whatever_the_map_says() -> 
 
 
 def test_an_explicit_room_from_the_source_is_never_overridden() -> None:
-    pc = obs("Room PC", source="ssh", transport=Transport.SSH, address="room-pc-4-16", serial="NUC0016",
-             room="oslo-4-20", hostname="room-pc-4-16")
+    pc = obs(
+        "Room PC",
+        source="ssh",
+        transport=Transport.SSH,
+        address="room-pc-4-16",
+        serial="NUC0016",
+        room="oslo-4-20",
+        hostname="room-pc-4-16",
+    )
     devices = devices_from_observations([pc], None, CATALOG, ROOM_MAP)
     assert by_product(devices) == {"Room PC": "oslo-4-20"}
 
 
 def test_lan_units_are_placed_by_the_map_and_the_rest_is_unassigned() -> None:
     observations = [
-        obs("Rally Bar", address="10.20.4.9:161"),                                     # cidr
-        obs("Rally Bar Mini", transport=Transport.MDNS, source="mdns",
-            address="10.9.9.9", host="RallyBar-1L5V32.local."),                        # host
-        obs("Scribe", address="10.20.4.10", serial="2301SC0005E2"),                    # serial > cidr
-        obs(None, address="172.16.0.1"),                                               # not mapped
+        obs("Rally Bar", address="10.20.4.9:161"),  # cidr
+        obs(
+            "Rally Bar Mini",
+            transport=Transport.MDNS,
+            source="mdns",
+            address="10.9.9.9",
+            host="RallyBar-1L5V32.local.",
+        ),  # host
+        obs("Scribe", address="10.20.4.10", serial="2301SC0005E2"),  # serial > cidr
+        obs(None, address="172.16.0.1"),  # not mapped
     ]
     devices = devices_from_observations(observations, LOCAL, CATALOG, ROOM_MAP)
-    assert by_product(devices) == {"Rally Bar": "oslo-4-open", "Rally Bar Mini": "oslo-4-14",
-                                   "Scribe": "oslo-4-14", "Unknown device": None}
+    assert by_product(devices) == {
+        "Rally Bar": "oslo-4-open",
+        "Rally Bar Mini": "oslo-4-14",
+        "Scribe": "oslo-4-14",
+        "Unknown device": None,
+    }
     assert [d.category for d in devices if d.room is None] == ["other"]
 
 
@@ -95,9 +127,15 @@ def test_without_a_map_lan_units_are_unassigned_as_before() -> None:
 def test_usb_units_without_a_configured_room_are_placed_by_serial_only() -> None:
     # a USB address is a port path: even one that reads like a mapped host or address is ignored
     devices = devices_from_observations(
-        [usb("Scribe", "2301SC0005E2"),
-         obs("Brio", source="usb", transport=Transport.USB, address="room-pc-4-16"),
-         obs("MeetUp", source="usb", transport=Transport.USB, address="10.20.4.5")], None, CATALOG, ROOM_MAP)
+        [
+            usb("Scribe", "2301SC0005E2"),
+            obs("Brio", source="usb", transport=Transport.USB, address="room-pc-4-16"),
+            obs("MeetUp", source="usb", transport=Transport.USB, address="10.20.4.5"),
+        ],
+        None,
+        CATALOG,
+        ROOM_MAP,
+    )
     assert by_product(devices) == {"Scribe": "oslo-4-14", "Brio": None, "MeetUp": None}
 
 
@@ -110,36 +148,59 @@ def test_children_follow_their_parent_into_the_mapped_room() -> None:
 
 def _pc_and_units(pc_serial: str | None, *, address: str = "room-pc-x") -> list[Observation]:
     def attached(product: str, serial: str | None = None) -> Observation:
-        return obs(product, source="ssh", transport=Transport.SSH, address=f"{address}/usb/1-{next(_n)}",
-                   serial=serial, attached_to=address)
-    pc = obs("Room PC", source="ssh", transport=Transport.SSH, address=address, serial=pc_serial,
-             hostname=address)
-    return [pc, attached("Tap", "TAP0001"), attached("Rally Camera", "2301SC0005E2"),
-            attached("Rally Table Hub")]
+        return obs(
+            product,
+            source="ssh",
+            transport=Transport.SSH,
+            address=f"{address}/usb/1-{next(_n)}",
+            serial=serial,
+            attached_to=address,
+        )
+
+    pc = obs(
+        "Room PC", source="ssh", transport=Transport.SSH, address=address, serial=pc_serial, hostname=address
+    )
+    return [
+        pc,
+        attached("Tap", "TAP0001"),
+        attached("Rally Camera", "2301SC0005E2"),
+        attached("Rally Table Hub"),
+    ]
 
 
 def test_units_on_a_room_pc_follow_where_the_map_puts_the_pc() -> None:
     # the PC is placed by its serial; the Tap and the hub go with it; the camera's own serial
     # row (oslo-4-14) is more specific than the PC's placement
     devices = devices_from_observations(_pc_and_units("NUC0016"), None, CATALOG, ROOM_MAP)
-    assert by_product(devices) == {"Room PC": "oslo-4-18", "Tap": "oslo-4-18", "Rally Table Hub": "oslo-4-18",
-                                   "Rally Camera": "oslo-4-14"}
+    assert by_product(devices) == {
+        "Room PC": "oslo-4-18",
+        "Tap": "oslo-4-18",
+        "Rally Table Hub": "oslo-4-18",
+        "Rally Camera": "oslo-4-14",
+    }
 
 
 def test_units_on_a_room_pc_placed_by_host_name() -> None:
-    devices = devices_from_observations(_pc_and_units(None, address="room-pc-4-16:2222"), None, CATALOG,
-                                        ROOM_MAP)
+    devices = devices_from_observations(
+        _pc_and_units(None, address="room-pc-4-16:2222"), None, CATALOG, ROOM_MAP
+    )
     assert by_product(devices)["Tap"] == by_product(devices)["Room PC"] == "oslo-4-16"
 
 
 def test_units_on_an_unplaced_pc_match_on_their_own_or_stay_unassigned() -> None:
     devices = devices_from_observations(_pc_and_units(None, address="pc-nowhere"), None, CATALOG, ROOM_MAP)
-    assert by_product(devices) == {"Room PC": None, "Tap": None, "Rally Table Hub": None,
-                                   "Rally Camera": "oslo-4-14"}
+    assert by_product(devices) == {
+        "Room PC": None,
+        "Tap": None,
+        "Rally Table Hub": None,
+        "Rally Camera": "oslo-4-14",
+    }
     # the PC's own observation failed: its units still match the map through its host name
     units_only = _pc_and_units(None, address="room-pc-4-16")[1:]
     assert set(by_product(devices_from_observations(units_only, None, CATALOG, ROOM_MAP)).values()) == {
-        "oslo-4-16", "oslo-4-14"}
+        "oslo-4-16",
+        "oslo-4-14",
+    }
 
 
 def test_map_rooms_is_pure() -> None:
@@ -158,8 +219,9 @@ def test_scan_keeps_calling_with_three_arguments() -> None:
 
 
 def test_known_rooms_merge_configuration_and_map() -> None:
-    room_map = parse_room_map("match,value,room,room_name,location,seat_count\n"
-                              ",,oslo-4-12,Map name,Oslo,8\nhost,pc,other,,,\n")
+    room_map = parse_room_map(
+        "match,value,room,room_name,location,seat_count\n,,oslo-4-12,Map name,Oslo,8\nhost,pc,other,,,\n"
+    )
     rooms = {r.id: r for r in known_rooms(LOCAL, room_map)}
     assert rooms["oslo-4-12"] == Room("oslo-4-12", name="Fjord", location="Oslo", seat_count=8)
     assert rooms["other"] == Room("other")
@@ -168,15 +230,21 @@ def test_known_rooms_merge_configuration_and_map() -> None:
 
 def test_every_room_is_summarised_and_unplaced_units_are_listed() -> None:
     observations = [
-        usb("Rally Camera", "2210RC0001A1"), usb("Tap", "2104TP0007B3"), usb("Rally Table Hub"),
+        usb("Rally Camera", "2210RC0001A1"),
+        usb("Tap", "2104TP0007B3"),
+        usb("Rally Table Hub"),
         obs("Rally Bar", address="10.20.4.9", serial="BAR0001"),
-        obs(None, address="172.16.0.1"), obs("Rally Bar", address="172.16.0.2"),
+        obs(None, address="172.16.0.1"),
+        obs("Rally Bar", address="172.16.0.2"),
     ]
     devices = devices_from_observations(observations, LOCAL, CATALOG, ROOM_MAP)
     report = summarize_rooms(devices, CATALOG, known_rooms(LOCAL, ROOM_MAP))
     summaries = {s.room_id: s for s in report.rooms}
-    assert list(summaries) == sorted(summaries) == ["bergen-2-03", "oslo-4-12", "oslo-4-14", "oslo-4-16",
-                                                    "oslo-4-18", "oslo-4-99", "oslo-4-open"]
+    assert (
+        list(summaries)
+        == sorted(summaries)
+        == ["bergen-2-03", "oslo-4-12", "oslo-4-14", "oslo-4-16", "oslo-4-18", "oslo-4-99", "oslo-4-open"]
+    )
     local = summaries["oslo-4-12"]
     assert [s.name for s in local.systems] == ["Tap bundle (Rally)"]
     assert (local.primary_unit, local.ticket_serial) == ("2210RC0001A1", "2104TP0007B3")
@@ -204,15 +272,26 @@ def observations(draw: Any) -> Observation:
     if kind == "usb":
         return usb(product or "Brio", serial, children=kids)
     transport = Transport.MDNS if kind == "mdns" else Transport.SNMP
-    return obs(product, source=kind, transport=transport, address=address, serial=serial,
-               room="fixed" if kind == "explicit" else None, children=kids)
+    return obs(
+        product,
+        source=kind,
+        transport=transport,
+        address=address,
+        serial=serial,
+        room="fixed" if kind == "explicit" else None,
+        children=kids,
+    )
 
 
 @settings(max_examples=150, deadline=None)
-@given(found=st.lists(observations(), max_size=12), local=st.sampled_from([None, LOCAL]),
-       room_map=st.sampled_from([None, ROOM_MAP, RoomMap()]))
-def test_no_unit_is_ever_dropped(found: list[Observation], local: Room | None,
-                                 room_map: RoomMap | None) -> None:
+@given(
+    found=st.lists(observations(), max_size=12),
+    local=st.sampled_from([None, LOCAL]),
+    room_map=st.sampled_from([None, ROOM_MAP, RoomMap()]),
+)
+def test_no_unit_is_ever_dropped(
+    found: list[Observation], local: Room | None, room_map: RoomMap | None
+) -> None:
     devices = devices_from_observations(found, local, CATALOG, room_map)
     assert len(devices) == len(found)
     explicit = sum(1 for o in found if o.room == "fixed")

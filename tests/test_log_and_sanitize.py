@@ -16,9 +16,15 @@ from agent.sanitize import clean_serial, clean_text, is_placeholder_serial
 def test_json_lines_with_stable_keys_and_masked_secrets() -> None:
     stream = io.StringIO()
     configure("info", "json", stream)
-    get_logger().info("snmp.sweep.done", hosts=254, responders=20, community="public",
-                      token="abc123", token_file="/etc/roomsync/portal.token",
-                      headers={"Authorization": "Bearer abc123"})
+    get_logger().info(
+        "snmp.sweep.done",
+        hosts=254,
+        responders=20,
+        community="public",
+        token="abc123",
+        token_file="/etc/roomsync/portal.token",
+        headers={"Authorization": "Bearer abc123"},
+    )
     get_logger().debug("hidden.at.info")
     [line] = stream.getvalue().splitlines()
     event = json.loads(line)
@@ -55,7 +61,7 @@ def test_clean_text_always_printable_and_bounded(raw: bytes | str, max_len: int)
 
 
 def test_joiners_are_kept_other_format_characters_dropped() -> None:
-    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert clean_text(f"Room {family}").value == f"Room {family}"
     assert clean_text("می\u200cخواهم").value == "می\u200cخواهم"  # Persian ZWNJ
     dropped = clean_text("ab\u200bcd\u202e")  # zero-width space, right-to-left override

@@ -58,27 +58,50 @@ BAR_HOST = f"RallyBar-{T}.local."
 SYNCED_HOST = f"room-{T}.local."
 PRINTER_HOST = f"printer-{T}.local."
 ODD_HOST = f"odd-{T}.local."
-SCRIPT_NAMES = {f"会议室 {T}": f"huiyishi-{T}.local.",
-                f"Переговорная {T}": f"peregovornaya-{T}.local.",
-                f"🎥 Huddle ☕ {T}": f"huddle-{T}.local."}
+SCRIPT_NAMES = {
+    f"会议室 {T}": f"huiyishi-{T}.local.",
+    f"Переговорная {T}": f"peregovornaya-{T}.local.",
+    f"🎥 Huddle ☕ {T}": f"huddle-{T}.local.",
+}
 GONE, GONE_TOO = f"Gone {T}", f"Gone too {T}"
 
 SERVICES = [
     Service(HTTPS, f"Rally Bar {T}", BAR_HOST, 443),
     Service(HTTP, f"Rally Bar {T}", BAR_HOST, 80),
-    Service(HTTPS, f"Board room {T}", SYNCED_HOST, 8443,
-            {"model": "VR0019", "serial": "2313FD1N08Z2", "fw": "1.9.556"}),
-    Service(IPP, f"Office printer {T}", PRINTER_HOST, 631,
-            {"ty": "HP LaserJet 400 M401dn", "rp": "ipp/print", "txtvers": "1"}),
-    Service(HTTP, f"Odd device {T}", ODD_HOST, 8080,
-            {"blob": bytes(range(256))[:200], "long": "z" * 250, "password": "hunter2", "flag": None}),
+    Service(
+        HTTPS,
+        f"Board room {T}",
+        SYNCED_HOST,
+        8443,
+        {"model": "VR0019", "serial": "2313FD1N08Z2", "fw": "1.9.556"},
+    ),
+    Service(
+        IPP,
+        f"Office printer {T}",
+        PRINTER_HOST,
+        631,
+        {"ty": "HP LaserJet 400 M401dn", "rp": "ipp/print", "txtvers": "1"},
+    ),
+    Service(
+        HTTP,
+        f"Odd device {T}",
+        ODD_HOST,
+        8080,
+        {"blob": bytes(range(256))[:200], "long": "z" * 250, "password": "hunter2", "flag": None},
+    ),
     *(Service(HTTP, instance, host, 80) for instance, host in SCRIPT_NAMES.items()),
 ]
 RAW = [
     phantom(HTTPS, GONE),
     phantom(HTTP, GONE_TOO),
-    full_service(HTTPS, b"Broken \xff\xfe " + T.encode(), f"broken-{T}.local.", "127.0.0.1", 9443,
-                 [b"fw=2.0", b"note=caf\xe9"]),
+    full_service(
+        HTTPS,
+        b"Broken \xff\xfe " + T.encode(),
+        f"broken-{T}.local.",
+        "127.0.0.1",
+        9443,
+        [b"fw=2.0", b"note=caf\xe9"],
+    ),
 ]
 
 
@@ -130,7 +153,9 @@ def test_a_collabos_host_is_one_rally_bar_observation(full_run: Run) -> None:
     assert bar.attributes["addresses"] == ["127.0.0.1"]
     # _http._tcp and _https._tcp of the same host are one unit.
     assert sorted((s["service_type"], s["port"]) for s in bar.attributes["services"]) == [
-        (HTTP, 80), (HTTPS, 443)]
+        (HTTP, 80),
+        (HTTPS, 443),
+    ]
     assert bar.serial is None and bar.health == []
 
 
@@ -181,12 +206,20 @@ def test_an_instance_name_that_is_not_utf8_is_repaired_and_noted(full_run: Run) 
 
 def test_a_service_gone_before_its_resolve_is_one_error_and_the_scan_goes_on(full_run: Run) -> None:
     mine = [e for e in full_run.result.errors if T in e.target]
-    assert sorted((e.source, e.target) for e in mine) == [("mdns", f"{GONE}.{HTTPS}"),
-                                                          ("mdns", f"{GONE_TOO}.{HTTP}")]
+    assert sorted((e.source, e.target) for e in mine) == [
+        ("mdns", f"{GONE}.{HTTPS}"),
+        ("mdns", f"{GONE_TOO}.{HTTP}"),
+    ]
     assert all("did not answer the resolve" in e.message for e in mine)
     # Every other host of the publisher was observed.
-    assert full_run.hosts() == {BAR_HOST, SYNCED_HOST, PRINTER_HOST, ODD_HOST, f"broken-{T}.local.",
-                                *SCRIPT_NAMES.values()}
+    assert full_run.hosts() == {
+        BAR_HOST,
+        SYNCED_HOST,
+        PRINTER_HOST,
+        ODD_HOST,
+        f"broken-{T}.local.",
+        *SCRIPT_NAMES.values(),
+    }
 
 
 def test_the_run_respects_its_timeout(full_run: Run) -> None:
@@ -198,9 +231,11 @@ def test_the_run_respects_its_timeout(full_run: Run) -> None:
 def side_runs(publisher: Publisher) -> dict[str, Run]:
     """Three scans at once (three zeroconf instances in one process): the default types only;
     one resolve slot; at most three instances."""
-    sources = {"default-types": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT),
-               "one-slot": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT, concurrency=1),
-               "three": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT, max_instances=3)}
+    sources = {
+        "default-types": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT),
+        "one-slot": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT, concurrency=1),
+        "three": MdnsSource(BASE_TYPES, LOOPBACK, TIMEOUT, max_instances=3),
+    }
 
     async def together() -> list[SourceResult]:
         ctx = ScanContext(load_catalog(), NOW)
@@ -234,13 +269,15 @@ def test_instances_beyond_the_limit_are_counted_not_resolved(side_runs: dict[str
 
 def test_a_cancelled_run_closes_zeroconf(publisher: Publisher) -> None:
     """The scan pipeline cancels a source at its own deadline: no task or socket is left."""
+
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
     async def cancelled() -> list[asyncio.Task[object]]:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(MdnsSource(BASE_TYPES, LOOPBACK, 5.0).run(
-                ScanContext(load_catalog(), NOW)), 0.5)
+            await asyncio.wait_for(
+                MdnsSource(BASE_TYPES, LOOPBACK, 5.0).run(ScanContext(load_catalog(), NOW)), 0.5
+            )
         await asyncio.sleep(0.05)
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
@@ -271,10 +308,12 @@ def test_devices_from_mdns_observations_serialise_to_json(side_runs: dict[str, R
 def test_a_goodbye_during_the_resolve_is_one_error(tmp_path: Path) -> None:
     gone = f"Leaving {T}"
     with Publisher(raw=[phantom(HTTPS, gone)], workdir=tmp_path) as peer:
+
         async def scan_and_withdraw() -> SourceResult:
-            task = asyncio.create_task(MdnsSource([HTTPS], LOOPBACK, 1.5).run(
-                ScanContext(load_catalog(), NOW)))
-            await asyncio.sleep(0.5)   # the PTR is seen (every 0.2 s), its resolve is pending
+            task = asyncio.create_task(
+                MdnsSource([HTTPS], LOOPBACK, 1.5).run(ScanContext(load_catalog(), NOW))
+            )
+            await asyncio.sleep(0.5)  # the PTR is seen (every 0.2 s), its resolve is pending
             peer.goodbye()
             return await task
 
@@ -282,7 +321,8 @@ def test_a_goodbye_during_the_resolve_is_one_error(tmp_path: Path) -> None:
     # (The module's publisher is up too: its gone service is an error line of its own.)
     mine = [e for e in result.errors if gone in e.target]
     assert [(e.target, e.message) for e in mine] == [
-        (f"{gone}.{HTTPS}", "withdrawn (mDNS goodbye) before it could be resolved")]
+        (f"{gone}.{HTTPS}", "withdrawn (mDNS goodbye) before it could be resolved")
+    ]
     assert not [o for o in result.observations if gone in str(o.attributes.get("instance"))]
 
 
@@ -294,7 +334,7 @@ def test_nothing_found_is_an_empty_result_with_a_message() -> None:
     assert 1.0 <= run.seconds < 1.0 + SLACK
 
 
-@pytest.mark.parametrize("interface", ["198.51.100.7", "fd00::99"])   # addresses this host lacks
+@pytest.mark.parametrize("interface", ["198.51.100.7", "fd00::99"])  # addresses this host lacks
 def test_an_unusable_interface_is_one_error(interface: str) -> None:
     started = time.perf_counter()
     run = scan(MdnsSource([HTTPS], [interface], 1.0))
@@ -307,6 +347,7 @@ def test_an_unusable_interface_is_one_error(interface: str) -> None:
 def test_a_host_that_breaks_the_collector_is_one_error() -> None:
     """Defence in depth: a collector failure on one host (here: catalog data that breaks on
     one host name) is an error line for that host; the other host is still observed."""
+
     class BrokenForOneHost(Catalog):
         def match_host_name(self, host: str | None) -> Any:
             if host and host.startswith("bad"):
@@ -314,23 +355,28 @@ def test_a_host_that_breaks_the_collector_is_one_error() -> None:
             return super().match_host_name(host)
 
     shipped = load_catalog()
-    catalog = BrokenForOneHost(list(shipped.products.values()), shipped.default_warranty_years,
-                               shipped.vendors, shipped.mdns_keys)
-    services = [ResolvedService(HTTPS, f"a.{HTTPS}", "bad-1.local.", ("192.0.2.1",), 443),
-                ResolvedService(HTTPS, f"b.{HTTPS}", BAR_HOST, ("192.0.2.2",), 443)]
+    catalog = BrokenForOneHost(
+        list(shipped.products.values()), shipped.default_warranty_years, shipped.vendors, shipped.mdns_keys
+    )
+    services = [
+        ResolvedService(HTTPS, f"a.{HTTPS}", "bad-1.local.", ("192.0.2.1",), 443),
+        ResolvedService(HTTPS, f"b.{HTTPS}", BAR_HOST, ("192.0.2.2",), 443),
+    ]
     errors: list[ScanError] = []
     observations = MdnsSource([HTTPS])._observe(services, ScanContext(catalog, NOW), errors)
     assert [o.product for o in observations] == ["Rally Bar"]
     assert [(e.source, e.target, e.message) for e in errors] == [
-        ("mdns", "bad-1.local.", "cannot read its data: ValueError")]
+        ("mdns", "bad-1.local.", "cannot read its data: ValueError")
+    ]
 
 
 # --------------------------------------------------------------------------- construction
 
 
 def test_service_types_are_normalised_and_deduplicated() -> None:
-    source = MdnsSource(["_https._tcp", "_https._tcp.local", "_HTTP._tcp.local.", "_https._tcp.local.",
-                         "_http._tcp"], None, 2)
+    source = MdnsSource(
+        ["_https._tcp", "_https._tcp.local", "_HTTP._tcp.local.", "_https._tcp.local.", "_http._tcp"], None, 2
+    )
     assert source.service_types == ["_https._tcp.local.", "_HTTP._tcp.local."]
     assert source.interfaces is None and source.where == "all IPv4 interfaces"
 
@@ -372,8 +418,9 @@ def seconds_to_find(instance_name: str, service_type: str) -> float | None:
             if name == instance_name:
                 found.set()
 
-        browser = AsyncServiceBrowser(aiozc.zeroconf, [service_type], handlers=[on_change],
-                                      question_type=DNSQuestionType.QM)
+        browser = AsyncServiceBrowser(
+            aiozc.zeroconf, [service_type], handlers=[on_change], question_type=DNSQuestionType.QM
+        )
         try:
             await asyncio.wait_for(found.wait(), TIMEOUT)
             return time.perf_counter() - started
@@ -389,8 +436,10 @@ def seconds_to_find(instance_name: str, service_type: str) -> float | None:
 def test_how_fast_a_name_is_found_across_processes(publisher: Publisher) -> None:
     """Measures discovery across the two processes (printed with -s)."""
     seconds = seconds_to_find(f"Rally Bar {T}.{HTTPS}", HTTPS)
-    print(f"zeroconf publisher ready after {publisher.startup_seconds:.2f} s; "
-          f"a browser in this process saw its bar after {seconds} s")
+    print(
+        f"zeroconf publisher ready after {publisher.startup_seconds:.2f} s; "
+        f"a browser in this process saw its bar after {seconds} s"
+    )
     assert seconds is not None
 
 
@@ -398,8 +447,12 @@ def test_how_fast_a_name_is_found_across_processes(publisher: Publisher) -> None
 
 AVAHI_HOST = f"RallyBarMini-{T}"
 AVAHI_SERVICES = [
-    AvahiService(f"会议室 Mini {T}", "_https._tcp", 443,
-                 {"fw": "1.9.556", "sn": "2313FD1N08Z2", "blob": b"\x00\xffbinary"}),
+    AvahiService(
+        f"会议室 Mini {T}",
+        "_https._tcp",
+        443,
+        {"fw": "1.9.556", "sn": "2313FD1N08Z2", "blob": b"\x00\xffbinary"},
+    ),
     AvahiService(f"Mini {T}", "_http._tcp", 80),
 ]
 
@@ -428,13 +481,15 @@ def test_avahi_published_bar_is_one_identified_observation(avahi: AvahiPublisher
     assert unit.product == "Rally Bar Mini" and unit.attributes["identified_by"] == "host-name"
     assert unit.address == "127.0.0.1"
     assert sorted((s["service_type"], s["port"]) for s in unit.attributes["services"]) == [
-        (HTTP, 80), (HTTPS, 443)]
+        (HTTP, 80),
+        (HTTPS, 443),
+    ]
     https = next(s for s in unit.attributes["services"] if s["service_type"] == HTTPS)
     assert https["instance"] == f"会议室 Mini {T}"
     assert https["txt"]["blob"] == "<binary 8 bytes: 00ff62696e617279>"
     assert unit.serial == "2313FD1N08Z2" and unit.serial_label_grade is True
     assert unit.firmware == "1.9.556" and unit.firmware_source == "mdns-txt"
-    assert [i.code for i in unit.health] == ["mdns-data"], unit.health   # the binary TXT value
+    assert [i.code for i in unit.health] == ["mdns-data"], unit.health  # the binary TXT value
     assert TIMEOUT <= run.seconds < TIMEOUT + SLACK
 
 

@@ -38,9 +38,19 @@ CONTEXT = SnapshotContext(load_catalog(), (Room("oslo-4-12", "Fjord"),))
 
 
 def unit(i: int, at: datetime, *, firmware: str = "1.0", room: str | None = "oslo-4-12") -> Device:
-    return Device(product="Rally Bar", transport=Transport.USB, address=f"1-{i}", first_seen=at,
-                  last_seen=at, room=room, serial=f"S{i:05d}", serial_label_grade=True, firmware=firmware,
-                  sources=["usb"], category="collabos-bar")
+    return Device(
+        product="Rally Bar",
+        transport=Transport.USB,
+        address=f"1-{i}",
+        first_seen=at,
+        last_seen=at,
+        room=room,
+        serial=f"S{i:05d}",
+        serial_label_grade=True,
+        firmware=firmware,
+        sources=["usb"],
+        category="collabos-bar",
+    )
 
 
 def scan(store: Store, devices: list[Device], at: datetime, retention: Retention | None = None) -> int:
@@ -83,7 +93,10 @@ def test_events_become_messages_of_at_most_1000_oldest_first(store: Store):
     assert outbox.take_events(T0) == 2500
     messages = outbox.messages(with_body=True)
     assert [(m.kind, m.events, m.state, m.attempts) for m in messages] == [
-        ("events", 1000, "pending", 0), ("events", 1000, "pending", 0), ("events", 500, "pending", 0)]
+        ("events", 1000, "pending", 0),
+        ("events", 1000, "pending", 0),
+        ("events", 500, "pending", 0),
+    ]
     assert [m.sequence for m in messages] == [1, 2, 3]
     assert [decode(m).sequence for m in messages] == [1, 2, 3]
     assert len({m.key for m in messages}) == 3
@@ -117,7 +130,10 @@ def test_events_join_the_tail_message_only_while_it_was_never_attempted(store: S
     assert merged.events == 3 and merged.key != first.key and merged.sequence > first.sequence
     assert merged.first_event == first.first_event
     assert [e.type for e in decode(merged).events] == [  # type: ignore[union-attr]
-        EventType.DEVICE_ADDED, EventType.DEVICE_ADDED, EventType.FIRMWARE_CHANGED]
+        EventType.DEVICE_ADDED,
+        EventType.DEVICE_ADDED,
+        EventType.FIRMWARE_CHANGED,
+    ]
 
     assert outbox.begin_attempt(merged, t1)  # someone may have received it now: sealed
     t2 = T0 + timedelta(minutes=10)
@@ -231,8 +247,12 @@ def test_a_parked_snapshot_is_kept_beside_the_newer_one(store: Store):
     scan(store, [unit(1, t2, firmware="3.0")], t2)
     assert outbox.queue_snapshot(build, t2)
     kinds = [(m.kind, m.state, m.events, m.key == snapshot.key) for m in outbox.messages()]
-    assert kinds == [("events", "pending", 1, False), ("inventory", "parked", 0, True),
-                     ("events", "pending", 2, False), ("inventory", "pending", 0, False)]
+    assert kinds == [
+        ("events", "pending", 1, False),
+        ("inventory", "parked", 0, True),
+        ("events", "pending", 2, False),
+        ("inventory", "pending", 0, False),
+    ]
     parked = outbox.messages()[1]
     assert (parked.last_status, parked.last_error) == (422, "HTTP 422: refused")
     head = outbox.head()
@@ -316,7 +336,10 @@ def test_unpark_puts_parked_messages_back_where_they_stood(store: Store):
     head = outbox.head()
     assert head is not None and head.key == m2.key
     assert [(m.state, m.last_status) for m in outbox.messages()] == [
-        ("parked", 400), ("pending", None), ("parked", 409)]
+        ("parked", 400),
+        ("pending", None),
+        ("parked", 409),
+    ]
     assert outbox.stats().parked == 2
     assert outbox.unpark([snapshot.id, 12345]) == 1
     assert outbox.unpark() == 1
@@ -368,7 +391,10 @@ def test_agent_id_and_sequence_survive_a_restart(tmp_path: Path):
         assert decode(message).agent.id == agent_id
         named = Outbox(store, agent_id="site-oslo-pi-01", hostname="oslo-pi-01", version="9.9")
         assert (named.agent.id, named.agent.hostname, named.agent.version) == (
-            "site-oslo-pi-01", "oslo-pi-01", "9.9")
+            "site-oslo-pi-01",
+            "oslo-pi-01",
+            "9.9",
+        )
         assert named.next_sequence() == 3
     with Store.open(tmp_path) as store:
         assert Outbox(store).agent.id == agent_id  # a configured id does not overwrite the stored one
@@ -385,28 +411,65 @@ def write_v2_database(state_dir: Path, events: list[ChangeEvent]) -> None:
                 db.execute(statement)
     db.execute("PRAGMA user_version = 2")
     device = unit(1, T0)
-    db.execute("INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (device.identity, device.room, device.product, device.serial, T0.isoformat(),
-                T0.isoformat(), json.dumps(device.to_dict(), sort_keys=True)))
-    db.execute("INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, 1, 0, ?)",
-               (T0.isoformat(), '["usb"]'))
+    db.execute(
+        "INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            device.identity,
+            device.room,
+            device.product,
+            device.serial,
+            T0.isoformat(),
+            T0.isoformat(),
+            json.dumps(device.to_dict(), sort_keys=True),
+        ),
+    )
+    db.execute(
+        "INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, 1, 0, ?)",
+        (T0.isoformat(), '["usb"]'),
+    )
     for event in events:
-        db.execute("INSERT INTO events (id, scan_id, at, type, identity, serial, room, data) "
-                   "VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
-                   (event.id, event.at.isoformat(timespec="microseconds"), str(event.type), event.identity,
-                    event.serial, event.room, json.dumps(event.to_dict(), sort_keys=True)))
+        db.execute(
+            "INSERT INTO events (id, scan_id, at, type, identity, serial, room, data) "
+            "VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.at.isoformat(timespec="microseconds"),
+                str(event.type),
+                event.identity,
+                event.serial,
+                event.room,
+                json.dumps(event.to_dict(), sort_keys=True),
+            ),
+        )
     db.close()
 
 
 def test_a_v2_database_migrates_and_its_events_are_delivered(tmp_path: Path):
     device = unit(1, T0)
     events = [
-        ChangeEvent("0b7e1f5c-0000-4000-8000-000000000001", EventType.DEVICE_ADDED, T0, device.identity,
-                    device.product, device.serial, device.room, None, {"room": "oslo-4-12"}),
-        ChangeEvent("0b7e1f5c-0000-4000-8000-000000000002", EventType.FIRMWARE_CHANGED,
-                    T0 + timedelta(minutes=1), device.identity, device.product, device.serial, device.room,
-                    {"firmware": "0.9"}, {"firmware": "1.0"}),
+        ChangeEvent(
+            "0b7e1f5c-0000-4000-8000-000000000001",
+            EventType.DEVICE_ADDED,
+            T0,
+            device.identity,
+            device.product,
+            device.serial,
+            device.room,
+            None,
+            {"room": "oslo-4-12"},
+        ),
+        ChangeEvent(
+            "0b7e1f5c-0000-4000-8000-000000000002",
+            EventType.FIRMWARE_CHANGED,
+            T0 + timedelta(minutes=1),
+            device.identity,
+            device.product,
+            device.serial,
+            device.room,
+            {"firmware": "0.9"},
+            {"firmware": "1.0"},
+        ),
     ]
     write_v2_database(tmp_path, events)
     token = tmp_path / "token"
@@ -436,13 +499,18 @@ def test_events_pruning_keeps_what_a_queued_message_still_carries(store: Store):
     scan(store, [unit(1, t1, firmware="2.0"), unit(2, t1)], t1, keep_one_day)
     # Old and taken, but a queued message (held, never delivered) still carries them.
     assert [e.type for e in store.events(limit=None)] == [
-        EventType.DEVICE_ADDED, EventType.DEVICE_ADDED, EventType.FIRMWARE_CHANGED]
+        EventType.DEVICE_ADDED,
+        EventType.DEVICE_ADDED,
+        EventType.FIRMWARE_CHANGED,
+    ]
     outbox.delivered(held, t1, 202)
     t2 = T0 + timedelta(days=6)
     scan(store, [unit(1, t2, firmware="3.0"), unit(2, t2)], t2, keep_one_day)
     # The delivered ones go; the t1 event is old but not taken yet: it stays.
     assert [(e.type, e.at) for e in store.events(limit=None)] == [
-        (EventType.FIRMWARE_CHANGED, t1), (EventType.FIRMWARE_CHANGED, t2)]
+        (EventType.FIRMWARE_CHANGED, t1),
+        (EventType.FIRMWARE_CHANGED, t2),
+    ]
     outbox.take_events(t2)
     [message] = outbox.messages(with_body=True)
     assert len(event_ids(message)) == 2
@@ -513,8 +581,11 @@ def test_a_full_database_refuses_the_snapshot_keeps_the_queue_and_recovers(store
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")
     try:
-        with pytest.raises(StoreError, match=r"the disk is full .*nothing was lost, the previous state is "
-                                             r"intact; free space"):
+        with pytest.raises(
+            StoreError,
+            match=r"the disk is full .*nothing was lost, the previous state is "
+            r"intact; free space",
+        ):
             outbox.queue_snapshot(build, t1)
         assert snapshot_state(outbox) == before
         assert outbox.next_sequence() == sequence

@@ -83,14 +83,20 @@ def test_kill_9_at_random_points_loses_nothing(tmp_path: Path, portal: PortalSta
     figures = tally(root / "state", portal)
     where = f"(seed {seed}; the loop's phases: {dict(run.phases)})"
 
-    print(f"kills survived: {run.kills} random + {len(run.directed)} directed, in {run.iterations} "
-          f"iterations ({run.seconds:.1f} s); the random ones landed in: {dict(sorted(run.phases.items()))}")
+    print(
+        f"kills survived: {run.kills} random + {len(run.directed)} directed, in {run.iterations} "
+        f"iterations ({run.seconds:.1f} s); the random ones landed in: {dict(sorted(run.phases.items()))}"
+    )
     print(f"events stored: {len(figures.stored)} {dict(sorted(figures.types.items()))}")
-    print(f"events at the portal: {len(figures.at_portal)}; lost: {len(figures.lost)}; "
-          f"in two messages: {len(figures.carried_twice)}")
-    print(f"requests: {figures.requests}; messages accepted: {figures.messages}; "
-          f"re-deliveries (answered 200, de-duplicated by key): {figures.redelivered}; "
-          f"refused or reset: {figures.refused}; snapshots accepted: {len(figures.snapshots)}")
+    print(
+        f"events at the portal: {len(figures.at_portal)}; lost: {len(figures.lost)}; "
+        f"in two messages: {len(figures.carried_twice)}"
+    )
+    print(
+        f"requests: {figures.requests}; messages accepted: {figures.messages}; "
+        f"re-deliveries (answered 200, de-duplicated by key): {figures.redelivered}; "
+        f"refused or reset: {figures.refused}; snapshots accepted: {len(figures.snapshots)}"
+    )
 
     assert run.kills == KILLS
     assert run.directed == {point: point for point in KILL_POINTS}, where
@@ -99,8 +105,13 @@ def test_kill_9_at_random_points_loses_nothing(tmp_path: Path, portal: PortalSta
     # iteration 40 every rule has fired; 50 kills run well over that).
     assert len(figures.stored) >= run.iterations, where
     if run.iterations > 40:
-        assert set(figures.types) == {"device.added", "device.removed", "device.moved",
-                                      "firmware.changed", "serial.conflict"}, where
+        assert set(figures.types) == {
+            "device.added",
+            "device.removed",
+            "device.moved",
+            "firmware.changed",
+            "serial.conflict",
+        }, where
     # The outbox drained: nothing pending, nothing parked, nothing dropped.
     assert figures.pending == 0 and figures.dropped_events == 0, where
     # Every stored event arrived, exactly once, in the store's order.
@@ -131,7 +142,8 @@ def test_kill_9_at_random_points_loses_nothing(tmp_path: Path, portal: PortalSta
     assert figures.sequences == sorted(set(figures.sequences)), where
     # ... and it says what the store holds, which holds what the last tree held.
     units: set[tuple[str, str | None, str | None, str | None]] = {
-        (d.identity, d.serial, d.firmware, place.id) for place in latest.places for d in place.devices}
+        (d.identity, d.serial, d.firmware, place.id) for place in latest.places for d in place.devices
+    }
     units |= {(d.identity, d.serial, d.firmware, None) for d in latest.unassigned}
     inventory = {(d.identity, d.serial, d.firmware, d.room) for d in devices}
     assert units == inventory, where

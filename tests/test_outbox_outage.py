@@ -46,8 +46,18 @@ def scan(root: Path, k: int) -> int:
 
 
 def push(root: Path, url: str, deadline: float) -> int:
-    return roomsync("push", "--once", "--config", str(root / "agent.toml"), "--portal-url", url,
-                    "--token-file", str(root / "token"), "--deadline", str(deadline))
+    return roomsync(
+        "push",
+        "--once",
+        "--config",
+        str(root / "agent.toml"),
+        "--portal-url",
+        url,
+        "--token-file",
+        str(root / "token"),
+        "--deadline",
+        str(deadline),
+    )
 
 
 def by_identity(events: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -57,8 +67,9 @@ def by_identity(events: list[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def test_an_hour_of_scans_while_the_portal_is_down_arrives_when_it_is_back(tmp_path: Path,
-                                                                            portal: PortalStandIn):
+def test_an_hour_of_scans_while_the_portal_is_down_arrives_when_it_is_back(
+    tmp_path: Path, portal: PortalStandIn
+):
     root = tmp_path
     (root / "token").write_text(TOKEN + "\n")
     state = root / "state"
@@ -88,15 +99,18 @@ def test_an_hour_of_scans_while_the_portal_is_down_arrives_when_it_is_back(tmp_p
             portal_state = outbox.portal_state()
         # The outbox grows, batched: the head (attempted once per push), one events message
         # every later scan joins, and only the newest snapshot.
-        assert [m.kind for m in queued] == (["events", "inventory"] if k == 1 else
-                                            ["events", "events", "inventory"]), k
+        assert [m.kind for m in queued] == (
+            ["events", "inventory"] if k == 1 else ["events", "events", "inventory"]
+        ), k
         assert queued[0].attempts == k and all(m.attempts == 0 for m in queued[1:]), k
         assert stats.events_queued == stored - stored_before and stats.events_waiting == 0
         assert portal_state.state == "retrying" and "cannot reach" in (portal_state.reason or "")
     assert len(portal.messages) == before  # nothing got through
     outage_bytes = stats.bytes
-    print(f"\noutage: {SCANS} scans, {stored - stored_before} events, queued in {len(queued)} "
-          f"messages ({outage_bytes} bytes)")
+    print(
+        f"\noutage: {SCANS} scans, {stored - stored_before} events, queued in {len(queued)} "
+        f"messages ({outage_bytes} bytes)"
+    )
 
     portal.start()  # back, on the same port
     assert portal.url == url
@@ -123,8 +137,10 @@ def test_an_hour_of_scans_while_the_portal_is_down_arrives_when_it_is_back(tmp_p
     kinds = [type(a.message).__name__ for a in after]
     assert kinds == ["EventsMessage", "EventsMessage", "InventoryMessage", "InventoryMessage"], kinds
     assert len(after) < SCANS
-    assert sum(len(a.message.events) for a in after if isinstance(a.message, EventsMessage)) \
+    assert (
+        sum(len(a.message.events) for a in after if isinstance(a.message, EventsMessage))
         == len(events) - stored_before
+    )
     pending, fresh = (a.message for a in after[2:])
     assert isinstance(pending, InventoryMessage) and isinstance(fresh, InventoryMessage)
     assert portal.latest_inventory == fresh
@@ -134,8 +150,11 @@ def test_an_hour_of_scans_while_the_portal_is_down_arrives_when_it_is_back(tmp_p
     assert fresh.sequence == json.loads(rows[0][0])["sequence"]
     with Store.open(state) as store:
         inventory = {(d.identity, d.firmware, d.room) for d in store.devices()}
-    assert {(d.identity, d.firmware, p.id) for p in fresh.places for d in p.devices} | \
-        {(d.identity, d.firmware, None) for d in fresh.unassigned} == inventory
+    assert {(d.identity, d.firmware, p.id) for p in fresh.places for d in p.devices} | {
+        (d.identity, d.firmware, None) for d in fresh.unassigned
+    } == inventory
     assert sum(1 for r in portal.requests if r.status == 200) == 0  # nothing was sent twice
-    print(f"after the outage: {len(after)} messages ({kinds.count('EventsMessage')} of events, "
-          f"then the pending snapshot and a fresh one), {len(events) - stored_before} events")
+    print(
+        f"after the outage: {len(after)} messages ({kinds.count('EventsMessage')} of events, "
+        f"then the pending snapshot and a fresh one), {len(events) - stored_before} events"
+    )

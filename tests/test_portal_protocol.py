@@ -62,16 +62,36 @@ AGENT = AgentInfo(id="site-oslo-pi-01", version="0.1.0", hostname="oslo-pi-01")
 _ports = itertools.count(1)
 
 
-def unit(product: str, serial: str | None = None, *, label: bool = True, room: str | None = "oslo-4-12",
-         seen: datetime = NOW, children: list[Device] | None = None, **facts: Any) -> Device:
-    return Device(product=product, transport=facts.pop("transport", Transport.USB),
-                  address=facts.pop("address", f"1-{next(_ports)}"), first_seen=EARLIER, last_seen=seen,
-                  serial=serial, serial_label_grade=label and serial is not None, room=room,
-                  children=children or [], **facts)
+def unit(
+    product: str,
+    serial: str | None = None,
+    *,
+    label: bool = True,
+    room: str | None = "oslo-4-12",
+    seen: datetime = NOW,
+    children: list[Device] | None = None,
+    **facts: Any,
+) -> Device:
+    return Device(
+        product=product,
+        transport=facts.pop("transport", Transport.USB),
+        address=facts.pop("address", f"1-{next(_ports)}"),
+        first_seen=EARLIER,
+        last_seen=seen,
+        serial=serial,
+        serial_label_grade=label and serial is not None,
+        room=room,
+        children=children or [],
+        **facts,
+    )
 
 
-def verdict(serial: str, status: Status = Status.IN_WARRANTY, until: date | None = date(2026, 6, 30),
-            flags: tuple[str, ...] = ()) -> Verdict:
+def verdict(
+    serial: str,
+    status: Status = Status.IN_WARRANTY,
+    until: date | None = date(2026, 6, 30),
+    flags: tuple[str, ...] = (),
+) -> Verdict:
     return Verdict(serial, None, status, until, (), flags, "reason")
 
 
@@ -86,8 +106,13 @@ def wire(message: InventoryMessage | EventsMessage) -> dict[str, Any]:
 _ANNOTATIONS = frozenset({"title", "description", "default", "$schema", "$defs", "examples"})
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _TYPES: Mapping[str, Any] = {
-    "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-    "integer": int, "number": (int, float),
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+    "integer": int,
+    "number": (int, float),
 }
 
 
@@ -137,16 +162,18 @@ def _type(value: Any, rule: str | list[str], _s: Any, _r: Any, at: str) -> list[
 def _properties(value: Any, rule: Mapping[str, Any], _s: Any, root: Mapping[str, Any], at: str) -> list[str]:
     if not isinstance(value, dict):
         return []
-    return [e for k, sub in rule.items() if k in value
-            for e in schema_errors(value[k], sub, root, f"{at}.{k}")]
+    return [
+        e for k, sub in rule.items() if k in value for e in schema_errors(value[k], sub, root, f"{at}.{k}")
+    ]
 
 
 def _required(value: Any, rule: list[str], _s: Any, _r: Any, at: str) -> list[str]:
     return [f"{at}: {k} missing" for k in rule if isinstance(value, dict) and k not in value]
 
 
-def _additional(value: Any, rule: bool | Mapping[str, Any], schema: Mapping[str, Any],
-                root: Mapping[str, Any], at: str) -> list[str]:
+def _additional(
+    value: Any, rule: bool | Mapping[str, Any], schema: Mapping[str, Any], root: Mapping[str, Any], at: str
+) -> list[str]:
     if not isinstance(value, dict):
         return []
     extra = [k for k in value if k not in schema.get("properties", {})]
@@ -163,14 +190,16 @@ def _items(value: Any, rule: Mapping[str, Any], _s: Any, root: Mapping[str, Any]
     return [e for i, item in enumerate(value) for e in schema_errors(item, rule, root, f"{at}[{i}]")]
 
 
-def _any_of(value: Any, rule: list[Mapping[str, Any]], _s: Any, root: Mapping[str, Any],
-            at: str) -> list[str]:
+def _any_of(
+    value: Any, rule: list[Mapping[str, Any]], _s: Any, root: Mapping[str, Any], at: str
+) -> list[str]:
     return [] if any(not schema_errors(value, sub, root, at) for sub in rule) else [f"{at}: matches no anyOf"]
 
 
 def _bound(name: str, ok: Any) -> Any:
     def check(value: Any, rule: Any, _s: Any, _r: Any, at: str) -> list[str]:
         return [] if ok(value, rule) else [f"{at}: {name} {rule}"]
+
     return check
 
 
@@ -179,8 +208,13 @@ def _sized(kind: type, measure: Any, ok: Any) -> Any:
 
 
 _KEYWORDS: Mapping[str, Any] = {
-    "$ref": _ref, "type": _type, "properties": _properties, "required": _required,
-    "additionalProperties": _additional, "items": _items, "anyOf": _any_of,
+    "$ref": _ref,
+    "type": _type,
+    "properties": _properties,
+    "required": _required,
+    "additionalProperties": _additional,
+    "items": _items,
+    "anyOf": _any_of,
     "enum": _bound("enum", lambda v, r: v in r),
     "const": _bound("const", lambda v, r: v == r),
     "minimum": _bound("minimum", lambda v, r: not _is_type(v, "number") or v >= r),
@@ -199,9 +233,15 @@ def validate(doc: Any, name: str, schemas: Mapping[str, Any] | None = None) -> l
 
 
 def test_the_evaluator_itself_refuses_what_it_should() -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1},
-                                               "t": {"type": "string", "format": "date-time"}},
-              "required": ["n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1},
+            "t": {"type": "string", "format": "date-time"},
+        },
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     assert schema_errors({"n": 1, "t": "2025-01-01T00:00:00Z"}, schema, schema) == []
     assert schema_errors({"n": 0}, schema, schema) == ["$.n: minimum 1"]
     assert schema_errors({"n": True}, schema, schema) == ["$.n: not integer"]
@@ -219,8 +259,14 @@ def test_schema_names_and_endpoints() -> None:
     assert (SCHEMA_INVENTORY, SCHEMA_EVENTS) == ("roomsync.inventory.v1", "roomsync.events.v1")
     assert dict(ENDPOINTS) == {SCHEMA_INVENTORY: "/v1/inventory", SCHEMA_EVENTS: "/v1/events"}
     assert InventoryMessage.model_fields["schema_"].alias == "schema"
-    assert set(EventType) == {"device.added", "device.removed", "device.moved", "firmware.changed",
-                              "health.changed", "serial.conflict"}
+    assert set(EventType) == {
+        "device.added",
+        "device.removed",
+        "device.moved",
+        "firmware.changed",
+        "health.changed",
+        "serial.conflict",
+    }
 
 
 def _one_room_message() -> InventoryMessage:
@@ -228,22 +274,26 @@ def _one_room_message() -> InventoryMessage:
     return inventory_message(AGENT, 1, NOW, report)
 
 
-@pytest.mark.parametrize(("where", "change", "problem"), [
-    ((), {"extra": 1}, "extra_forbidden"),
-    (("places", 0), {"colour": "red"}, "extra_forbidden"),
-    (("places", 0, "devices", 0), {"warranty": None}, "extra_forbidden"),
-    ((), {"sequence": "5"}, "int_type"),
-    ((), {"sequence": 0}, "greater_than_equal"),
-    ((), {"schema": SCHEMA_EVENTS}, "literal_error"),
-    ((), {"generated_at": "2025-03-04T09:30:00"}, "timezone_aware"),
-    (("places", 0, "devices", 0), {"status": "Idle"}, "literal_error"),
-    (("places", 0, "devices", 0), {"health": "ok"}, "literal_error"),
-    (("places", 0, "devices", 0), {"transport": "bluetooth"}, "enum"),
-    (("places", 0, "devices", 0), {"serial_label_grade": "yes"}, "bool_type"),
-    (("agent",), {"id": ""}, "string_too_short"),
-])
-def test_the_models_refuse_malformed_messages(where: tuple[Any, ...], change: dict[str, Any],
-                                              problem: str) -> None:
+@pytest.mark.parametrize(
+    ("where", "change", "problem"),
+    [
+        ((), {"extra": 1}, "extra_forbidden"),
+        (("places", 0), {"colour": "red"}, "extra_forbidden"),
+        (("places", 0, "devices", 0), {"warranty": None}, "extra_forbidden"),
+        ((), {"sequence": "5"}, "int_type"),
+        ((), {"sequence": 0}, "greater_than_equal"),
+        ((), {"schema": SCHEMA_EVENTS}, "literal_error"),
+        ((), {"generated_at": "2025-03-04T09:30:00"}, "timezone_aware"),
+        (("places", 0, "devices", 0), {"status": "Idle"}, "literal_error"),
+        (("places", 0, "devices", 0), {"health": "ok"}, "literal_error"),
+        (("places", 0, "devices", 0), {"transport": "bluetooth"}, "enum"),
+        (("places", 0, "devices", 0), {"serial_label_grade": "yes"}, "bool_type"),
+        (("agent",), {"id": ""}, "string_too_short"),
+    ],
+)
+def test_the_models_refuse_malformed_messages(
+    where: tuple[Any, ...], change: dict[str, Any], problem: str
+) -> None:
     doc = wire(_one_room_message())
     target = doc
     for step in where:
@@ -273,27 +323,55 @@ def test_models_are_immutable() -> None:
 
 
 def test_device_out_carries_every_fact_sync_shows() -> None:
-    bar = unit("Rally Bar", "2313FD1N08Z2", model="VR0019", serial_source=SerialSource.SYNC_INTERFACE,
-               firmware="1.9.556", components={"manifest": "10.12.556"}, vendor="Logitech",
-               category="collabos-bar", state="in-use",
-               health_issues=[HealthIssue("peripheral-missing", "1 of 2 mic pods missing")],
-               attributes={"peripheral_counts": {"micPod": {"expected": 2, "actual": 1}},
-                           "host": "RallyBar-1L5V32.local."})
-    out = device_out(bar, verdict("2313FD1N08Z2", flags=("select-gap", "no-entitlement-record")),
-                     last_scan=NOW)
+    bar = unit(
+        "Rally Bar",
+        "2313FD1N08Z2",
+        model="VR0019",
+        serial_source=SerialSource.SYNC_INTERFACE,
+        firmware="1.9.556",
+        components={"manifest": "10.12.556"},
+        vendor="Logitech",
+        category="collabos-bar",
+        state="in-use",
+        health_issues=[HealthIssue("peripheral-missing", "1 of 2 mic pods missing")],
+        attributes={
+            "peripheral_counts": {"micPod": {"expected": 2, "actual": 1}},
+            "host": "RallyBar-1L5V32.local.",
+        },
+    )
+    out = device_out(
+        bar, verdict("2313FD1N08Z2", flags=("select-gap", "no-entitlement-record")), last_scan=NOW
+    )
     assert wire_device(out) == {
-        "identity": "serial:Rally Bar:2313FD1N08Z2", "identity_kind": "serial", "parent": None,
-        "serial": "2313FD1N08Z2", "serial_source": "sync-interface", "serial_label_grade": True,
-        "product": "Rally Bar", "category": "collabos-bar", "model": "VR0019", "vendor": "Logitech",
-        "firmware": "1.9.556", "components": {"manifest": "10.12.556"}, "transport": "usb",
-        "address": bar.address, "host_name": "RallyBar-1L5V32.local", "status": "InUse", "state": "in-use",
+        "identity": "serial:Rally Bar:2313FD1N08Z2",
+        "identity_kind": "serial",
+        "parent": None,
+        "serial": "2313FD1N08Z2",
+        "serial_source": "sync-interface",
+        "serial_label_grade": True,
+        "product": "Rally Bar",
+        "category": "collabos-bar",
+        "model": "VR0019",
+        "vendor": "Logitech",
+        "firmware": "1.9.556",
+        "components": {"manifest": "10.12.556"},
+        "transport": "usb",
+        "address": bar.address,
+        "host_name": "RallyBar-1L5V32.local",
+        "status": "InUse",
+        "state": "in-use",
         "health": "Warning",
-        "health_issues": [{"code": "peripheral-missing", "severity": "warning",
-                           "message": "1 of 2 mic pods missing"}],
+        "health_issues": [
+            {"code": "peripheral-missing", "severity": "warning", "message": "1 of 2 mic pods missing"}
+        ],
         "peripherals": {"micPod": {"expected": 2, "actual": 1}},
-        "first_seen": "2025-02-20T09:30:00Z", "last_seen": "2025-03-04T09:30:00Z",
-        "coverage": {"status": "in_warranty", "covered_until": "2026-06-30",
-                     "flags": ["no-entitlement-record", "select-gap"]},
+        "first_seen": "2025-02-20T09:30:00Z",
+        "last_seen": "2025-03-04T09:30:00Z",
+        "coverage": {
+            "status": "in_warranty",
+            "covered_until": "2026-06-30",
+            "flags": ["no-entitlement-record", "select-gap"],
+        },
     }
 
 
@@ -315,8 +393,12 @@ def test_every_state_the_sync_interface_reports_has_a_decision() -> None:
 
 
 def test_a_unit_the_latest_scan_did_not_see_is_offline_with_unknown_health() -> None:
-    stale = unit("Rally Bar", state="in-use", seen=NOW - timedelta(hours=1),
-                 health_issues=[HealthIssue("x", "broken", Severity.ERROR)])
+    stale = unit(
+        "Rally Bar",
+        state="in-use",
+        seen=NOW - timedelta(hours=1),
+        health_issues=[HealthIssue("x", "broken", Severity.ERROR)],
+    )
     out = device_out(stale, last_scan=NOW)
     assert (out.status, out.health, out.state) == ("Offline", "Unknown", "in-use")
     assert [i.code for i in out.health_issues] == ["x"]  # the last facts are still sent
@@ -324,12 +406,15 @@ def test_a_unit_the_latest_scan_did_not_see_is_offline_with_unknown_health() -> 
     assert device_out(stale).status == "InUse"
 
 
-@pytest.mark.parametrize(("issues", "health"), [
-    ([], "NoIssues"),
-    ([HealthIssue("note", "fyi", Severity.INFO)], "NoIssues"),
-    ([HealthIssue("a", "a"), HealthIssue("note", "fyi", Severity.INFO)], "Warning"),
-    ([HealthIssue("a", "a"), HealthIssue("b", "b", Severity.ERROR)], "Error"),
-])
+@pytest.mark.parametrize(
+    ("issues", "health"),
+    [
+        ([], "NoIssues"),
+        ([HealthIssue("note", "fyi", Severity.INFO)], "NoIssues"),
+        ([HealthIssue("a", "a"), HealthIssue("note", "fyi", Severity.INFO)], "Warning"),
+        ([HealthIssue("a", "a"), HealthIssue("b", "b", Severity.ERROR)], "Error"),
+    ],
+)
 def test_health_is_sync_words(issues: list[HealthIssue], health: str) -> None:
     assert device_out(unit("Brio", health_issues=issues), last_scan=NOW).health == health
 
@@ -345,26 +430,38 @@ def test_times_are_sent_in_utc_and_naive_times_taken_as_utc() -> None:
     device.first_seen = datetime(2025, 3, 1, 8, 0)  # naive (an old store row)
     out = wire_device(device_out(device, last_scan=datetime(2025, 3, 4, 9, 30)))
     assert (out["first_seen"], out["last_seen"], out["status"]) == (
-        "2025-03-01T08:00:00Z", "2025-03-04T09:30:00Z", "Online")
+        "2025-03-01T08:00:00Z",
+        "2025-03-04T09:30:00Z",
+        "Online",
+    )
 
 
-@pytest.mark.parametrize("counts", [
-    "3", {"micPod": 2}, {"micPod": {"expected": -1, "actual": 0}},
-    {"micPod": {"expected": True, "actual": 1}}, {"micPod": {"expected": 1}},
-    {"micPod": {"expected": "1", "actual": "1"}},
-])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        "3",
+        {"micPod": 2},
+        {"micPod": {"expected": -1, "actual": 0}},
+        {"micPod": {"expected": True, "actual": 1}},
+        {"micPod": {"expected": 1}},
+        {"micPod": {"expected": "1", "actual": "1"}},
+    ],
+)
 def test_malformed_peripheral_counts_are_left_out(counts: Any) -> None:
     device = unit("Rally Bar", attributes={"peripheral_counts": counts})
     assert device_out(device).peripherals == {}
 
 
-@pytest.mark.parametrize(("attributes", "host"), [
-    ({"hostname": "room-pc-4-16"}, "room-pc-4-16"),
-    ({"sys_name": "RallyBar-1L5V32", "host": "bar.local."}, "bar.local"),
-    ({"host": 7}, None),
-    ({"host": "."}, None),
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("attributes", "host"),
+    [
+        ({"hostname": "room-pc-4-16"}, "room-pc-4-16"),
+        ({"sys_name": "RallyBar-1L5V32", "host": "bar.local."}, "bar.local"),
+        ({"host": 7}, None),
+        ({"host": "."}, None),
+        ({}, None),
+    ],
+)
 def test_host_name(attributes: dict[str, Any], host: str | None) -> None:
     assert device_out(unit("Rally Bar", attributes=attributes)).host_name == host
 
@@ -383,25 +480,52 @@ def _site() -> tuple[list[Device], Device, Device]:
 
 def test_inventory_lists_every_room_its_units_and_the_unassigned() -> None:
     devices, bar, sight = _site()
-    rooms = [Room("oslo-4-12", name="Fjord", group="Oslo HQ", location="4th floor", seat_count=8),
-             Room("oslo-4-14", name="Empty")]
+    rooms = [
+        Room("oslo-4-12", name="Fjord", group="Oslo HQ", location="4th floor", seat_count=8),
+        Room("oslo-4-14", name="Empty"),
+    ]
     report = summarize_rooms(devices, CATALOG, rooms)
-    verdicts = {" 2313fd1n08z2 ": verdict("2313FD1N08Z2"),  # looked up the way entitlements key serials
-                "476C95B2": verdict("476C95B2", Status.OUT_OF_WARRANTY, date(2020, 1, 1))}
+    verdicts = {
+        " 2313fd1n08z2 ": verdict("2313FD1N08Z2"),  # looked up the way entitlements key serials
+        "476C95B2": verdict("476C95B2", Status.OUT_OF_WARRANTY, date(2020, 1, 1)),
+    }
     message = inventory_message(AGENT, 7, NOW.astimezone(timezone(timedelta(hours=2))), report, verdicts)
     doc = wire(message)
-    assert (doc["schema"], doc["sequence"], doc["generated_at"]) == (SCHEMA_INVENTORY, 7,
-                                                                      "2025-03-04T09:30:00Z")
+    assert (doc["schema"], doc["sequence"], doc["generated_at"]) == (
+        SCHEMA_INVENTORY,
+        7,
+        "2025-03-04T09:30:00Z",
+    )
     assert doc["agent"] == {"id": "site-oslo-pi-01", "version": "0.1.0", "hostname": "oslo-pi-01"}
     assert [p["id"] for p in doc["places"]] == ["bergen-2-03", "oslo-4-12", "oslo-4-14"]
     bergen, oslo, empty = doc["places"]
-    assert {k: oslo[k] for k in ("name", "group", "location", "seat_count", "primary_unit", "primary_product",
-                                 "ticket_serial", "ticket_product")} == {
-        "name": "Fjord", "group": "Oslo HQ", "location": "4th floor", "seat_count": 8,
-        "primary_unit": "2313FD1N08Z2", "primary_product": "Rally Bar",
-        "ticket_serial": "2313FD1N08Z2", "ticket_product": "Rally Bar"}
+    assert {
+        k: oslo[k]
+        for k in (
+            "name",
+            "group",
+            "location",
+            "seat_count",
+            "primary_unit",
+            "primary_product",
+            "ticket_serial",
+            "ticket_product",
+        )
+    } == {
+        "name": "Fjord",
+        "group": "Oslo HQ",
+        "location": "4th floor",
+        "seat_count": 8,
+        "primary_unit": "2313FD1N08Z2",
+        "primary_product": "Rally Bar",
+        "ticket_serial": "2313FD1N08Z2",
+        "ticket_product": "Rally Bar",
+    }
     assert [(d["product"], d["parent"]) for d in oslo["devices"]] == [
-        ("Rally Bar", None), ("Sight", bar.identity), ("Rally Mic Pod", bar.identity)]
+        ("Rally Bar", None),
+        ("Sight", bar.identity),
+        ("Rally Mic Pod", bar.identity),
+    ]
     assert oslo["devices"][0]["coverage"]["status"] == "in_warranty"
     assert oslo["devices"][1]["coverage"] is None and oslo["devices"][1]["identity"] == sight.identity
     assert (empty["name"], empty["devices"], empty["flags"]) == ("Empty", [], ["no-devices-found"])
@@ -409,7 +533,10 @@ def test_inventory_lists_every_room_its_units_and_the_unassigned() -> None:
     (webcam,) = bergen["devices"]
     assert bergen["primary_unit"] is None and "primary-unit-serial-unknown" in bergen["flags"]
     assert (webcam["serial"], webcam["serial_label_grade"], webcam["coverage"]["status"]) == (
-        "476C95B2", False, "out_of_warranty")
+        "476C95B2",
+        False,
+        "out_of_warranty",
+    )
     # the latest scan is the latest last_seen: the webcam seen two days earlier is Offline
     assert (webcam["status"], webcam["health"]) == ("Offline", "Unknown")
     assert [(d["product"], d["status"]) for d in doc["unassigned"]] == [("Rally Bar Mini", "Online")]
@@ -418,12 +545,15 @@ def test_inventory_lists_every_room_its_units_and_the_unassigned() -> None:
 
 def test_unassigned_units_are_listed_with_the_units_read_through_them() -> None:
     sight = unit("Sight", "2325LZ51XY58", room=None)
-    lan = unit("Rally Bar", "2313FD1N08Z2", room=None, transport=Transport.SNMP, address="10.0.0.7",
-               children=[sight])
+    lan = unit(
+        "Rally Bar", "2313FD1N08Z2", room=None, transport=Transport.SNMP, address="10.0.0.7", children=[sight]
+    )
     doc = wire(inventory_message(AGENT, 1, NOW, summarize_rooms([lan], CATALOG)))
     assert doc["places"] == []
-    assert [(d["product"], d["parent"]) for d in doc["unassigned"]] == [("Rally Bar", None),
-                                                                        ("Sight", lan.identity)]
+    assert [(d["product"], d["parent"]) for d in doc["unassigned"]] == [
+        ("Rally Bar", None),
+        ("Sight", lan.identity),
+    ]
 
 
 def test_explicit_last_scan_and_no_verdicts() -> None:
@@ -431,7 +561,8 @@ def test_explicit_last_scan_and_no_verdicts() -> None:
     report = summarize_rooms(devices, CATALOG)
     later = inventory_message(AGENT, 1, NOW, report, last_scan=NOW + timedelta(minutes=5))
     statuses = {d.product: d.status for p in later.places for d in p.devices} | {
-        d.product: d.status for d in later.unassigned}
+        d.product: d.status for d in later.unassigned
+    }
     assert set(statuses.values()) == {"Offline"}
     assert all(d.coverage is None for p in later.places for d in p.devices)
 
@@ -440,13 +571,23 @@ def test_a_seen_rule_replaces_the_latest_scan() -> None:
     devices, _bar, _sight = _site()
     report = summarize_rooms(devices, CATALOG)
     # e.g. sources on their own schedules: USB units are current, the others are not
-    message = inventory_message(AGENT, 1, NOW, report, last_scan=NOW + timedelta(days=9),
-                                seen=lambda d: d.transport is Transport.USB and d.product != "Brio")
+    message = inventory_message(
+        AGENT,
+        1,
+        NOW,
+        report,
+        last_scan=NOW + timedelta(days=9),
+        seen=lambda d: d.transport is Transport.USB and d.product != "Brio",
+    )
     statuses = {d.product: (d.status, d.health) for p in message.places for d in p.devices}
     statuses |= {d.product: (d.status, d.health) for d in message.unassigned}
-    assert statuses == {"Rally Bar": ("Online", "NoIssues"), "Sight": ("Online", "NoIssues"),
-                        "Rally Mic Pod": ("Online", "NoIssues"), "Brio": ("Offline", "Unknown"),
-                        "Rally Bar Mini": ("Offline", "Unknown")}
+    assert statuses == {
+        "Rally Bar": ("Online", "NoIssues"),
+        "Sight": ("Online", "NoIssues"),
+        "Rally Mic Pod": ("Online", "NoIssues"),
+        "Brio": ("Offline", "Unknown"),
+        "Rally Bar Mini": ("Offline", "Unknown"),
+    }
     assert device_out(devices[0], last_scan=NOW + timedelta(days=1), seen=True).status == "Online"
 
 
@@ -470,8 +611,12 @@ def test_the_recorded_rally_bar_end_to_end() -> None:
     by_product = {d["product"]: d for d in place["devices"]}
     assert set(by_product) == {"Rally Bar", "Sight", "Rally Mic Pod", "Remote Controller"}
     main = by_product["Rally Bar"]
-    assert (main["firmware"], main["state"], main["status"], main["health"]) == ("1.9.556", "idle", "Online",
-                                                                                   "NoIssues")
+    assert (main["firmware"], main["state"], main["status"], main["health"]) == (
+        "1.9.556",
+        "idle",
+        "Online",
+        "NoIssues",
+    )
     one = {"expected": 1, "actual": 1}
     assert main["peripherals"] == {"camera": one, "micPod": one, "remote": one}
     assert main["coverage"]["covered_until"] == "2026-06-30"
@@ -486,17 +631,30 @@ def test_the_recorded_rally_bar_end_to_end() -> None:
 
 def test_event_out_and_events_message() -> None:
     bar = unit("Rally Bar", "2313FD1N08Z2")
-    moved = event_out(EventType.DEVICE_MOVED, NOW, bar, before={"room": "oslo-4-14"},
-                      after={"room": bar.room}, event_id=uuid.UUID(int=1))
+    moved = event_out(
+        EventType.DEVICE_MOVED,
+        NOW,
+        bar,
+        before={"room": "oslo-4-14"},
+        after={"room": bar.room},
+        event_id=uuid.UUID(int=1),
+    )
     added = event_out(EventType.DEVICE_ADDED, NOW, bar, after=wire_device(device_out(bar)))
     message = events_message(AGENT, 8, NOW, [moved, added])
     doc = wire(message)
     assert doc["schema"] == SCHEMA_EVENTS and doc["sequence"] == 8
     first, second = doc["events"]
-    assert first == {"id": "00000000-0000-0000-0000-000000000001", "type": "device.moved",
-                     "time": "2025-03-04T09:30:00Z", "identity": bar.identity, "product": "Rally Bar",
-                     "serial": "2313FD1N08Z2", "room": "oslo-4-12", "before": {"room": "oslo-4-14"},
-                     "after": {"room": "oslo-4-12"}}
+    assert first == {
+        "id": "00000000-0000-0000-0000-000000000001",
+        "type": "device.moved",
+        "time": "2025-03-04T09:30:00Z",
+        "identity": bar.identity,
+        "product": "Rally Bar",
+        "serial": "2313FD1N08Z2",
+        "room": "oslo-4-12",
+        "before": {"room": "oslo-4-14"},
+        "after": {"room": "oslo-4-12"},
+    }
     assert second["type"] == "device.added" and second["before"] is None
     assert uuid.UUID(second["id"]).version == 4
     assert validate(doc, SCHEMA_EVENTS) == []
@@ -510,13 +668,24 @@ def test_an_event_from_the_stores_text_id_and_its_own_enum_of_the_same_words() -
         EXPLODED = "device.exploded"
 
     def change(event_id: str, kind: str) -> EventOut:
-        return change_event_out(id=event_id, type=kind, time=datetime(2025, 3, 4, 10, 30), identity="i",
-                                product="Brio", serial=None, room="r", before={"room": None},
-                                after={"room": "r"})
+        return change_event_out(
+            id=event_id,
+            type=kind,
+            time=datetime(2025, 3, 4, 10, 30),
+            identity="i",
+            product="Brio",
+            serial=None,
+            room="r",
+            before={"room": None},
+            after={"room": "r"},
+        )
 
     event = change("0f8e5a4e-3c2b-4d7a-9a51-6f0c2d9b1e77", StoreEventType.MOVED)
-    assert (event.id.int >> 64, event.type, event.time) == (0x0F8E5A4E3C2B4D7A, EventType.DEVICE_MOVED,
-                                                            datetime(2025, 3, 4, 10, 30, tzinfo=UTC))
+    assert (event.id.int >> 64, event.type, event.time) == (
+        0x0F8E5A4E3C2B4D7A,
+        EventType.DEVICE_MOVED,
+        datetime(2025, 3, 4, 10, 30, tzinfo=UTC),
+    )
     with pytest.raises(ValueError):
         change("42", StoreEventType.MOVED)
     with pytest.raises(ValueError):
@@ -533,8 +702,10 @@ def test_an_events_message_holds_one_to_the_maximum() -> None:
     assert len(events_message(AGENT, 1, NOW, many[:-1]).events) == MAX_EVENTS_PER_MESSAGE
 
 
-@pytest.mark.parametrize(("field", "value"), [("id", "not-a-uuid"), ("type", "device.exploded"),
-                                              ("time", "yesterday"), ("before", [1])])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("id", "not-a-uuid"), ("type", "device.exploded"), ("time", "yesterday"), ("before", [1])],
+)
 def test_malformed_events_are_refused(field: str, value: Any) -> None:
     doc = wire(events_message(AGENT, 1, NOW, [event_out(EventType.DEVICE_ADDED, NOW, unit("Brio"))]))
     doc["events"][0][field] = value
@@ -547,8 +718,9 @@ def test_malformed_events_are_refused(field: str, value: Any) -> None:
 
 
 def test_serialize_is_compact_utf8_json_and_round_trips() -> None:
-    report = summarize_rooms([unit("Brio", room="trondheim")], CATALOG,
-                             [Room("trondheim", name="Møterom Ærø 🙂")])
+    report = summarize_rooms(
+        [unit("Brio", room="trondheim")], CATALOG, [Room("trondheim", name="Møterom Ærø 🙂")]
+    )
     message = inventory_message(AGENT, 2, NOW, report)
     data = serialize(message)
     assert "Møterom Ærø 🙂".encode() in data  # UTF-8, not \u escapes
@@ -578,30 +750,45 @@ def test_parse_message_chooses_the_model_by_schema() -> None:
 
 _text = st.text(st.characters(codec="utf-8"), max_size=12)
 _zones = [UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
-_times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                      timezones=st.sampled_from(_zones))
+_times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from(_zones)
+)
 _issues = st.lists(st.builds(HealthIssue, _text, _text, st.sampled_from(list(Severity))), max_size=3)
 
 
 @st.composite
 def devices(draw: st.DrawFn) -> Device:
     serial = draw(st.none() | _text.filter(bool))
-    return Device(product=draw(_text), transport=draw(st.sampled_from(list(Transport))), address=draw(_text),
-                  first_seen=draw(_times), last_seen=draw(_times), serial=serial,
-                  serial_source=draw(st.none() | st.sampled_from(list(SerialSource))),
-                  serial_label_grade=draw(st.booleans()), firmware=draw(st.none() | _text),
-                  components=draw(st.dictionaries(_text, _text, max_size=2)), model=draw(st.none() | _text),
-                  state=draw(st.none() | st.sampled_from([*DEVICE_STATES.values(), "x"])),
-                  health_issues=draw(_issues), room=draw(st.none() | _text.filter(bool)),
-                  attributes=draw(st.dictionaries(st.sampled_from(["host", "peripheral_counts", "x"]),
-                                                  st.none() | _text | st.integers(), max_size=2)))
+    return Device(
+        product=draw(_text),
+        transport=draw(st.sampled_from(list(Transport))),
+        address=draw(_text),
+        first_seen=draw(_times),
+        last_seen=draw(_times),
+        serial=serial,
+        serial_source=draw(st.none() | st.sampled_from(list(SerialSource))),
+        serial_label_grade=draw(st.booleans()),
+        firmware=draw(st.none() | _text),
+        components=draw(st.dictionaries(_text, _text, max_size=2)),
+        model=draw(st.none() | _text),
+        state=draw(st.none() | st.sampled_from([*DEVICE_STATES.values(), "x"])),
+        health_issues=draw(_issues),
+        room=draw(st.none() | _text.filter(bool)),
+        attributes=draw(
+            st.dictionaries(
+                st.sampled_from(["host", "peripheral_counts", "x"]),
+                st.none() | _text | st.integers(),
+                max_size=2,
+            )
+        ),
+    )
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(devices(), max_size=6), st.none() | _times, st.integers(1, 2**53))
-def test_any_inventory_the_builder_makes_fits_the_published_schema(found: list[Device],
-                                                                  last_scan: datetime | None,
-                                                                  sequence: int) -> None:
+def test_any_inventory_the_builder_makes_fits_the_published_schema(
+    found: list[Device], last_scan: datetime | None, sequence: int
+) -> None:
     report = summarize_rooms(found, CATALOG)
     message = inventory_message(AGENT, sequence, NOW, report, last_scan=last_scan)
     data = serialize(message)
@@ -618,9 +805,12 @@ def disagreements(text: str, schemas: Mapping[str, Any]) -> list[str]:
     blocks = {name: json.loads(body) for name, body in schema_blocks(text).items()}
     problems = [f"{name}: no block in the document" for name in schemas if name not in blocks]
     problems += [f"{name}: block names no schema" for name in blocks if name not in schemas]
-    problems += [f"{name}: block differs from the model; run python -m agent.uploader.protocol "
-                 f"--write-docs docs/portal-api.md" for name in schemas if name in blocks
-                 and blocks[name] != schemas[name]]
+    problems += [
+        f"{name}: block differs from the model; run python -m agent.uploader.protocol "
+        f"--write-docs docs/portal-api.md"
+        for name in schemas
+        if name in blocks and blocks[name] != schemas[name]
+    ]
     return problems
 
 
@@ -640,13 +830,14 @@ class _RetypedInventory(InventoryMessage):
 
 
 @pytest.mark.parametrize("changed", [_ChangedInventory, _RetypedInventory])
-def test_a_model_change_without_regenerating_the_document_fails(monkeypatch: pytest.MonkeyPatch,
-                                                                changed: type[InventoryMessage],
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_model_change_without_regenerating_the_document_fails(
+    monkeypatch: pytest.MonkeyPatch, changed: type[InventoryMessage], capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(protocol, "MODELS", {**protocol.MODELS, SCHEMA_INVENTORY: changed})
     assert disagreements(DOC.read_text(encoding="utf-8"), json_schemas()) == [
         "roomsync.inventory.v1: block differs from the model; run python -m agent.uploader.protocol "
-        "--write-docs docs/portal-api.md"]
+        "--write-docs docs/portal-api.md"
+    ]
     assert protocol.main(["--check-docs", str(DOC)]) == 1
     assert "stale" in capsys.readouterr().err
 
@@ -654,19 +845,24 @@ def test_a_model_change_without_regenerating_the_document_fails(monkeypatch: pyt
 def test_write_docs_regenerates_a_stale_copy(tmp_path: Path) -> None:
     text = DOC.read_text(encoding="utf-8")
     stale = tmp_path / "portal-api.md"
-    stale.write_text(text.replace('"additionalProperties": false', '"additionalProperties": true', 1),
-                     encoding="utf-8")
+    stale.write_text(
+        text.replace('"additionalProperties": false', '"additionalProperties": true', 1), encoding="utf-8"
+    )
     assert protocol.main(["--check-docs", str(stale)]) == 1
     assert protocol.main(["--write-docs", str(stale)]) == 0
     assert stale.read_text(encoding="utf-8") == text
     assert render_schema_blocks(text) == text  # regenerating is idempotent
 
 
-@pytest.mark.parametrize("edit", [
-    lambda t: t.replace("<!-- schema:roomsync.events.v1 -->", "<!-- schema:roomsync.events.v0 -->")
-    .replace("<!-- /schema:roomsync.events.v1 -->", "<!-- /schema:roomsync.events.v0 -->"),
-    lambda t: t.replace("<!-- /schema:roomsync.events.v1 -->", ""),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace(
+            "<!-- schema:roomsync.events.v1 -->", "<!-- schema:roomsync.events.v0 -->"
+        ).replace("<!-- /schema:roomsync.events.v1 -->", "<!-- /schema:roomsync.events.v0 -->"),
+        lambda t: t.replace("<!-- /schema:roomsync.events.v1 -->", ""),
+    ],
+)
 def test_missing_or_unknown_blocks_are_errors(tmp_path: Path, edit: Any) -> None:
     broken = tmp_path / "doc.md"
     broken.write_text(edit(DOC.read_text(encoding="utf-8")), encoding="utf-8")
@@ -680,8 +876,11 @@ def test_print_one_schema(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _examples() -> dict[str, Any]:
-    found = re.findall(r"<!-- example:([\w.]+) -->\n```json\n(.*?)\n```\n<!-- /example:\1 -->",
-                       DOC.read_text(encoding="utf-8"), re.S)
+    found = re.findall(
+        r"<!-- example:([\w.]+) -->\n```json\n(.*?)\n```\n<!-- /example:\1 -->",
+        DOC.read_text(encoding="utf-8"),
+        re.S,
+    )
     return {name: json.loads(body) for name, body in found}
 
 

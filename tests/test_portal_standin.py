@@ -46,8 +46,16 @@ TOKEN = "s3cret-token-4f1d"
 NOW = datetime(2025, 3, 4, 9, 30, tzinfo=UTC)
 AGENT = AgentInfo(id="site-oslo-pi-01", version="0.1.0", hostname="oslo-pi-01")
 INVENTORY, EVENTS = "/v1/inventory", "/v1/events"
-BAR = Device(product="Rally Bar", transport=Transport.USB, address="2-1.1", first_seen=NOW, last_seen=NOW,
-             serial="2313FD1N08Z2", serial_label_grade=True, room="oslo-4-12")
+BAR = Device(
+    product="Rally Bar",
+    transport=Transport.USB,
+    address="2-1.1",
+    first_seen=NOW,
+    last_seen=NOW,
+    serial="2313FD1N08Z2",
+    serial_label_grade=True,
+    room="oslo-4-12",
+)
 
 
 def inventory(sequence: int = 1) -> InventoryMessage:
@@ -56,9 +64,22 @@ def inventory(sequence: int = 1) -> InventoryMessage:
 
 
 def events(*ids: int, sequence: int = 2) -> EventsMessage:
-    return events_message(AGENT, sequence, NOW, [
-        event_out(EventType.FIRMWARE_CHANGED, NOW, BAR, before={"firmware": "1.8"}, after={"firmware": "1.9"},
-                  event_id=uuid.UUID(int=i)) for i in ids])
+    return events_message(
+        AGENT,
+        sequence,
+        NOW,
+        [
+            event_out(
+                EventType.FIRMWARE_CHANGED,
+                NOW,
+                BAR,
+                before={"firmware": "1.8"},
+                after={"firmware": "1.9"},
+                event_id=uuid.UUID(int=i),
+            )
+            for i in ids
+        ],
+    )
 
 
 def headers(key: str | None = "key-1", token: str | None = TOKEN, **extra: str) -> dict[str, str]:
@@ -74,15 +95,22 @@ def body(message: InventoryMessage | EventsMessage | None = None) -> bytes:
     return gzip_body(serialize(message if message is not None else inventory()))
 
 
-async def post(url: str, data: bytes | None = None, hdrs: dict[str, str] | None = None, *,
-               ssl_context: ssl.SSLContext | None = None,
-               timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, dict[str, str], dict[str, Any]]:
+async def post(
+    url: str,
+    data: bytes | None = None,
+    hdrs: dict[str, str] | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: aiohttp.ClientTimeout | None = None,
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     """One POST with aiohttp: status, headers and the JSON reply."""
     data = body() if data is None else data
     hdrs = headers() if hdrs is None else hdrs
     verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-    async with aiohttp.ClientSession(timeout=timeout or aiohttp.ClientTimeout(total=5)) as session, \
-            session.post(url, data=data, headers=hdrs, ssl=verify) as reply:
+    async with (
+        aiohttp.ClientSession(timeout=timeout or aiohttp.ClientTimeout(total=5)) as session,
+        session.post(url, data=data, headers=hdrs, ssl=verify) as reply,
+    ):
         return reply.status, dict(reply.headers), json.loads(await reply.read())
 
 
@@ -134,8 +162,10 @@ def test_restarted_on_the_same_port_with_its_records(portal: PortalStandIn) -> N
         post_sync(url + INVENTORY, body(), headers())
     portal.start()  # the portal is back
     assert portal.url == url
-    assert post_sync(url + INVENTORY, body(), headers()) == (200, {"status": "duplicate",
-                                                                   "idempotency_key": "key-1"})
+    assert post_sync(url + INVENTORY, body(), headers()) == (
+        200,
+        {"status": "duplicate", "idempotency_key": "key-1"},
+    )
     assert len(portal.inventory) == 1
 
 
@@ -146,7 +176,9 @@ def test_a_running_stand_in_cannot_be_started_twice(portal: PortalStandIn) -> No
 
 def test_usable_from_a_synchronous_test(portal: PortalStandIn) -> None:
     assert post_sync(portal.url + INVENTORY, body(), headers()) == (
-        202, {"status": "accepted", "idempotency_key": "key-1"})
+        202,
+        {"status": "accepted", "idempotency_key": "key-1"},
+    )
     assert portal.wait_for(lambda p: len(p.inventory) == 1, timeout=1)
     assert not portal.wait_for(lambda p: len(p.inventory) == 2, timeout=0.05)
 
@@ -162,9 +194,14 @@ def test_usable_by_an_agent_in_another_process(portal: PortalStandIn, tmp_path: 
         "r = urllib.request.Request(sys.argv[1], data=data, method='POST', headers={\n"
         "    'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json',\n"
         "    'Content-Encoding': 'gzip', 'Idempotency-Key': 'from-a-subprocess'})\n"
-        "print(urllib.request.urlopen(r, timeout=5).status)\n")
-    done = subprocess.run([sys.executable, "-c", script, portal.url + INVENTORY, str(tmp_path)],
-                          capture_output=True, text=True, timeout=30)
+        "print(urllib.request.urlopen(r, timeout=5).status)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, portal.url + INVENTORY, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.stdout.strip() == "202", done.stderr
     assert [a.idempotency_key for a in portal.messages] == ["from-a-subprocess"]
 
@@ -237,23 +274,31 @@ def _truncated() -> bytes:
     return body()[:-6]
 
 
-@pytest.mark.parametrize(("data", "hdrs", "status", "detail"), [
-    (serialize(inventory()), headers(), 400, "not gzip"),
-    (serialize(inventory()), {k: v for k, v in headers().items() if k != "Content-Encoding"}, 415, "gzip"),
-    (body(), headers(**{"Content-Encoding": "br"}), 415, "gzip"),
-    (body(), headers(**{"Content-Type": "text/plain"}), 415, "application/json"),
-    (_truncated(), headers(), 400, "truncated"),
-    (body() + b"junk", headers(), 400, "after the gzip member"),
-    (gzip.compress(b"{not json"), headers(), 400, "not JSON"),
-    (gzip.compress(b"[]"), headers(), 400, "does not match"),
-    (body(), headers(key=None), 400, "Idempotency-Key"),
-    (body(), headers(key="x" * 256), 400, "Idempotency-Key"),
-    (body(), headers(key="two words"), 400, "Idempotency-Key"),
-    (body(events(1)), headers(), 400, "does not match roomsync.inventory.v1"),
-])
-async def test_malformed_requests_are_refused_and_not_recorded(portal: PortalStandIn, data: bytes,
-                                                               hdrs: dict[str, str], status: int,
-                                                               detail: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "hdrs", "status", "detail"),
+    [
+        (serialize(inventory()), headers(), 400, "not gzip"),
+        (
+            serialize(inventory()),
+            {k: v for k, v in headers().items() if k != "Content-Encoding"},
+            415,
+            "gzip",
+        ),
+        (body(), headers(**{"Content-Encoding": "br"}), 415, "gzip"),
+        (body(), headers(**{"Content-Type": "text/plain"}), 415, "application/json"),
+        (_truncated(), headers(), 400, "truncated"),
+        (body() + b"junk", headers(), 400, "after the gzip member"),
+        (gzip.compress(b"{not json"), headers(), 400, "not JSON"),
+        (gzip.compress(b"[]"), headers(), 400, "does not match"),
+        (body(), headers(key=None), 400, "Idempotency-Key"),
+        (body(), headers(key="x" * 256), 400, "Idempotency-Key"),
+        (body(), headers(key="two words"), 400, "Idempotency-Key"),
+        (body(events(1)), headers(), 400, "does not match roomsync.inventory.v1"),
+    ],
+)
+async def test_malformed_requests_are_refused_and_not_recorded(
+    portal: PortalStandIn, data: bytes, hdrs: dict[str, str], status: int, detail: str
+) -> None:
     got, _, reply = await post(portal.url + INVENTORY, data, hdrs)
     assert (got, detail in reply["detail"]) == (status, True), reply
     assert portal.messages == [] and portal.requests[0].status == status
@@ -271,7 +316,9 @@ async def test_a_schema_violation_lists_the_errors(portal: PortalStandIn) -> Non
     status, _, reply = await post(portal.url + INVENTORY, gzip.compress(json.dumps(doc).encode()))
     assert status == 400
     assert {(tuple(e["loc"]), e["type"]) for e in reply["errors"]} == {
-        (("places", 0, "devices", 0, "warranty"), "extra_forbidden"), (("sequence",), "int_type")}
+        (("places", 0, "devices", 0, "warranty"), "extra_forbidden"),
+        (("sequence",), "int_type"),
+    }
 
 
 async def test_a_gzip_bomb_stops_at_the_limit(portal: PortalStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,8 +340,9 @@ async def test_other_paths_and_methods(portal: PortalStandIn) -> None:
 
 
 @pytest.mark.parametrize("fault", [500, "500", 401, 400, 403, 408, 502])
-async def test_a_status_fault_answers_once_and_records_nothing(portal: PortalStandIn,
-                                                               fault: int | str) -> None:
+async def test_a_status_fault_answers_once_and_records_nothing(
+    portal: PortalStandIn, fault: int | str
+) -> None:
     portal.inject(fault)
     assert portal.pending_faults == [str(fault)]
     status, hdrs, reply = await post(portal.url + INVENTORY)
@@ -304,12 +352,20 @@ async def test_a_status_fault_answers_once_and_records_nothing(portal: PortalSta
     assert (await post(portal.url + INVENTORY))[0] == 202  # the fault is used up
 
 
-@pytest.mark.parametrize(("fault", "retry_after", "header"), [
-    (503, 1, "1"), (503, 0, "0"), (429, 7, "7"), (429, 2.5, "2.5"),
-    (503, "Wed, 21 Oct 2037 07:28:00 GMT", "Wed, 21 Oct 2037 07:28:00 GMT"), (503, None, None),
-])
-async def test_503_and_429_carry_retry_after(portal: PortalStandIn, fault: int, retry_after: Any,
-                                             header: str | None) -> None:
+@pytest.mark.parametrize(
+    ("fault", "retry_after", "header"),
+    [
+        (503, 1, "1"),
+        (503, 0, "0"),
+        (429, 7, "7"),
+        (429, 2.5, "2.5"),
+        (503, "Wed, 21 Oct 2037 07:28:00 GMT", "Wed, 21 Oct 2037 07:28:00 GMT"),
+        (503, None, None),
+    ],
+)
+async def test_503_and_429_carry_retry_after(
+    portal: PortalStandIn, fault: int, retry_after: Any, header: str | None
+) -> None:
     portal.inject(fault, retry_after=retry_after)
     status, hdrs, _ = await post(portal.url + INVENTORY)
     assert (status, hdrs.get("Retry-After")) == (fault, header)
@@ -325,8 +381,9 @@ async def test_faults_are_used_in_order_and_can_target_one_path(portal: PortalSt
     assert (await post(portal.url + EVENTS, body(events(1)), headers("e")))[0] == 429
 
 
-@pytest.mark.parametrize(("fault", "kw"), [
-    ("timeout", {}), (200, {}), (302, {}), (600, {}), (500, {"times": 0})])
+@pytest.mark.parametrize(
+    ("fault", "kw"), [("timeout", {}), (200, {}), (302, {}), (600, {}), (500, {"times": 0})]
+)
 def test_unknown_faults_are_refused(portal: PortalStandIn, fault: Any, kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         portal.inject(fault, **kw)
@@ -356,8 +413,12 @@ async def test_a_patient_client_gets_the_whole_slow_reply(portal: PortalStandIn)
 async def test_a_slow_error_reply_is_slow_too(portal: PortalStandIn) -> None:
     portal.inject("slow", interval=0.3)
     with pytest.raises(asyncio.TimeoutError):
-        await post(portal.url + INVENTORY, body(), headers(token="wrong"),
-                   timeout=aiohttp.ClientTimeout(total=5, sock_read=0.1))
+        await post(
+            portal.url + INVENTORY,
+            body(),
+            headers(token="wrong"),
+            timeout=aiohttp.ClientTimeout(total=5, sock_read=0.1),
+        )
     assert portal.messages == [] and portal.requests[0].status == 401
 
 
@@ -404,8 +465,9 @@ async def test_tls_verifies_with_the_test_ca(ca: CertAuthority) -> None:
 
 def test_tls_from_urllib(ca: CertAuthority) -> None:
     with PortalStandIn(TOKEN, tls=ca.server_tls()) as portal:
-        request = urllib.request.Request(portal.url + INVENTORY, data=body(), headers=headers(),
-                                         method="POST")
+        request = urllib.request.Request(
+            portal.url + INVENTORY, data=body(), headers=headers(), method="POST"
+        )
         with urllib.request.urlopen(request, timeout=5, context=client_context(ca.path)) as reply:
             assert reply.status == 202
 
@@ -426,10 +488,15 @@ def _other_ca(ca: CertAuthority) -> TlsFiles:
     return CertAuthority(ca.directory / "other", "another CA").server_tls()
 
 
-@pytest.mark.parametrize(("make", "why"), [
-    (_self_signed, "self-signed certificate"), (_other_host, "IP address mismatch"),
-    (_expired, "certificate has expired"), (_other_ca, "unable to get local issuer certificate"),
-])
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (_self_signed, "self-signed certificate"),
+        (_other_host, "IP address mismatch"),
+        (_expired, "certificate has expired"),
+        (_other_ca, "unable to get local issuer certificate"),
+    ],
+)
 async def test_a_certificate_that_does_not_verify_is_refused(ca: CertAuthority, make: Any, why: str) -> None:
     with PortalStandIn(TOKEN, tls=make(ca)) as portal:
         with pytest.raises(aiohttp.ClientConnectorCertificateError) as caught:

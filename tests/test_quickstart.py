@@ -32,11 +32,15 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path) -> None:
     lines = quickstart_lines()
     assert lines[0].startswith("./scripts/bootstrap"), lines[0]
     script = "set -e\n" + "\n".join(lines[1:]) + "\n"
-    env = {**os.environ, "ROOMSYNC_STATE_DIR": str(tmp_path / "state"),
-           "ROOMSYNC_API__LISTEN": f"127.0.0.1:{free_port()}"}
+    env = {
+        **os.environ,
+        "ROOMSYNC_STATE_DIR": str(tmp_path / "state"),
+        "ROOMSYNC_API__LISTEN": f"127.0.0.1:{free_port()}",
+    }
     env.pop("ROOMSYNC_CONFIG", None)
-    done = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     out = done.stdout
     assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr[-3000:]}"
     # scan: the four units in the example room, and their events

@@ -44,7 +44,8 @@ def _recv(sock: socket.socket) -> bytes:
 
 
 def test_ready_status_watchdog_stopping_are_the_exact_datagrams(
-        path_socket: tuple[str, socket.socket]) -> None:
+    path_socket: tuple[str, socket.socket],
+) -> None:
     path, sock = path_socket
     with Notifier({"NOTIFY_SOCKET": path}) as notifier:
         assert notifier.enabled
@@ -106,8 +107,7 @@ def test_long_multiline_status_arrives_as_one_line(path_socket: tuple[str, socke
     notifier.close()
 
 
-def test_send_rejects_fields_that_would_break_the_protocol(
-        path_socket: tuple[str, socket.socket]) -> None:
+def test_send_rejects_fields_that_would_break_the_protocol(path_socket: tuple[str, socket.socket]) -> None:
     path, sock = path_socket
     notifier = Notifier({"NOTIFY_SOCKET": path})
     with pytest.raises(ValueError):
@@ -133,7 +133,8 @@ def test_no_usable_socket_is_a_no_op(value: str | None) -> None:
 
 
 def test_reads_the_process_environment_by_default(
-        path_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    path_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, sock = path_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     notifier = Notifier()
@@ -150,11 +151,11 @@ def test_vanished_socket_returns_false_without_raising(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": path})
     assert notifier.ready() is True
     sock.close()
-    assert notifier.watchdog() is False          # the file is there, nobody listens
+    assert notifier.watchdog() is False  # the file is there, nobody listens
     os.unlink(path)
-    assert notifier.watchdog() is False          # the file is gone
+    assert notifier.watchdog() is False  # the file is gone
     assert notifier.stopping("bye") is False
-    sock = _receiver(path)                       # systemd came back at the same path
+    sock = _receiver(path)  # systemd came back at the same path
     assert notifier.watchdog() is True
     assert _recv(sock) == b"WATCHDOG=1"
     sock.close()
@@ -171,7 +172,7 @@ def test_a_path_that_is_not_a_socket_returns_false(tmp_path: Path) -> None:
 
 def test_a_full_reader_queue_does_not_hang_the_sender(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
-    sock = _receiver(path)                       # never read: its queue fills up
+    sock = _receiver(path)  # never read: its queue fills up
     notifier = Notifier({"NOTIFY_SOCKET": path}, timeout=0.05)
     results: list[bool] = []
 
@@ -192,18 +193,21 @@ def test_a_full_reader_queue_does_not_hang_the_sender(tmp_path: Path) -> None:
     notifier.close()
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"WATCHDOG_USEC": "30000000"}, 15.0),
-    ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "4242"}, 0.5),
-    ({"WATCHDOG_USEC": "3"}, 1.5e-6),
-    ({}, None),
-    ({"WATCHDOG_USEC": ""}, None),
-    ({"WATCHDOG_USEC": "0"}, None),
-    ({"WATCHDOG_USEC": "-5"}, None),
-    ({"WATCHDOG_USEC": "soon"}, None),
-    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "4243"}, None),
-    ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"}, None),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"WATCHDOG_USEC": "30000000"}, 15.0),
+        ({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "4242"}, 0.5),
+        ({"WATCHDOG_USEC": "3"}, 1.5e-6),
+        ({}, None),
+        ({"WATCHDOG_USEC": ""}, None),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "-5"}, None),
+        ({"WATCHDOG_USEC": "soon"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "4243"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"}, None),
+    ],
+)
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert watchdog_interval(env, pid=4242) == expected
 

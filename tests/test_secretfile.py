@@ -23,13 +23,16 @@ def test_relative_name_is_looked_up_in_credentials_directory(tmp_path: Path):
     assert read_secret("snmp-auth", environ={"CREDENTIALS_DIRECTORY": str(creds)}) == "from-systemd"
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", "is empty"),
-    (b"\n\n", "is empty"),
-    (b"two\nlines\n", "more than one line"),
-    (b"\xff\xfe-binary", "not UTF-8"),
-    (b"x" * (MAX_SECRET_BYTES + 1), "larger than"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "is empty"),
+        (b"\n\n", "is empty"),
+        (b"two\nlines\n", "more than one line"),
+        (b"\xff\xfe-binary", "not UTF-8"),
+        (b"x" * (MAX_SECRET_BYTES + 1), "larger than"),
+    ],
+)
 def test_bad_secret_files_are_clear_errors_without_content(tmp_path: Path, content: bytes, words: str):
     f = tmp_path / "key"
     f.write_bytes(content)

@@ -41,8 +41,9 @@ def test_s11_a_room_with_two_select_units_counts_once():
     assert summarize(units, [], TODAY).select_rooms_active == 1
 
 
-@pytest.mark.parametrize("tier, spares", [("100", 1), ("250", 2), ("500", 3), ("1000", 5), ("2000", 10),
-                                          ("5000", 15), ("SLX", 20)])
+@pytest.mark.parametrize(
+    "tier, spares", [("100", 1), ("250", 2), ("500", 3), ("1000", 5), ("2000", 10), ("5000", 15), ("SLX", 20)]
+)
 def test_s11_enterprise_tiers(tier: str, spares: int):
     summary = site(3, tier=tier)
     assert summary.spares_due == spares and summary.dedicated_service_manager
@@ -53,8 +54,10 @@ def test_s10_dedicated_service_manager_from_50_rooms(rooms: int, dsm: bool):
     assert site(rooms).dedicated_service_manager is dsm
 
 
-@pytest.mark.parametrize("tier, rooms, exceeded", [
-    ("100", 100, False), ("100", 101, True), ("250", 251, True), ("SLX", 300, False)])
+@pytest.mark.parametrize(
+    "tier, rooms, exceeded",
+    [("100", 100, False), ("100", 101, True), ("250", 251, True), ("SLX", 300, False)],
+)
 def test_s3_tier_exceeded(tier: str, rooms: int, exceeded: bool):
     summary = site(rooms, tier=tier)
     assert (TIER_EXCEEDED in summary.flags) is exceeded
@@ -62,8 +65,11 @@ def test_s3_tier_exceeded(tier: str, rooms: int, exceeded: bool):
 
 
 def test_counts_per_status_and_unassigned_units():
-    units = [(verdict("A", status=Status.OUT_OF_WARRANTY), "r1"), (verdict("B", status=Status.UNKNOWN), None),
-             (verdict("C"), "r2")]
+    units = [
+        (verdict("A", status=Status.OUT_OF_WARRANTY), "r1"),
+        (verdict("B", status=Status.UNKNOWN), None),
+        (verdict("C"), "r2"),
+    ]
     summary = summarize(units, ["r3"], TODAY)
     assert summary.by_status == {"out_of_warranty": 1, "expiring_soon": 0, "unknown": 1, "in_warranty": 1}
     assert (summary.rooms, summary.units) == (3, 3)

@@ -20,16 +20,27 @@ def unit(serial: str, product: str) -> Device:
     from datetime import UTC, datetime
 
     seen = datetime(2025, 6, 1, tzinfo=UTC)
-    return Device(product=product, transport=Transport.USB, address=f"1-{serial[-2:]}", first_seen=seen,
-                  last_seen=seen, serial=serial, serial_label_grade=True,
-                  serial_source=SerialSource.USB_DESCRIPTOR)
+    return Device(
+        product=product,
+        transport=Transport.USB,
+        address=f"1-{serial[-2:]}",
+        first_seen=seen,
+        last_seen=seen,
+        serial=serial,
+        serial_label_grade=True,
+        serial_source=SerialSource.USB_DESCRIPTOR,
+    )
 
 
 def test_memoised_verdicts_equal_fresh_ones_and_a_new_day_is_evaluated_again() -> None:
     catalog = load_catalog()
     records = load_entitlements(REPO / "config" / "entitlements.example.csv")
-    devices = [unit("2313FD1N08Z2", "Rally Bar"), unit("2104TP0007B3", "Tap"),
-               unit("2206MU0042C9", "MeetUp"), unit("NOPE0001", "Scribe")]
+    devices = [
+        unit("2313FD1N08Z2", "Rally Bar"),
+        unit("2104TP0007B3", "Tap"),
+        unit("2206MU0042C9", "MeetUp"),
+        unit("NOPE0001", "Scribe"),
+    ]
     context = SnapshotContext(catalog, entitlements=records)
 
     def fresh(day: date) -> dict[str, dict]:

@@ -33,15 +33,29 @@ def run(source: SnmpSource):
 
 @pytest.fixture(scope="module")
 def snmpd(tmp_path_factory: pytest.TempPathFactory):
-    rows = entity_rows("2313FD1N08Z2", "VR0019", "Logitech", name="Rally Bar",
-                       firmware="1.9.556", hardware="rev B", software="CollabOS 1.9")
+    rows = entity_rows(
+        "2313FD1N08Z2",
+        "VR0019",
+        "Logitech",
+        name="Rally Bar",
+        firmware="1.9.556",
+        hardware="rev B",
+        software="CollabOS 1.9",
+    )
     rows[11][2] = "SUB-MODULE-1"
     rows[7][2] = "camera module"
     rows[9][2] = "3.4.5"
-    with Snmpd(tmp_path_factory.mktemp("snmpd"), sys_descr="Logitech CollabOS device",
-               sys_name="RallyBar-1L5V32", entity=rows, v3_user="roomsync",
-               extra_config=['createUser sha512user SHA-512 "authpass-512" AES "privpass-512"',
-                             "rouser sha512user priv"]) as agent:
+    with Snmpd(
+        tmp_path_factory.mktemp("snmpd"),
+        sys_descr="Logitech CollabOS device",
+        sys_name="RallyBar-1L5V32",
+        entity=rows,
+        v3_user="roomsync",
+        extra_config=[
+            'createUser sha512user SHA-512 "authpass-512" AES "privpass-512"',
+            "rouser sha512user priv",
+        ],
+    ) as agent:
         yield agent
 
 
@@ -51,14 +65,23 @@ def sim(tmp_path_factory: pytest.TempPathFactory):
     for i in range(1, 21):
         address = f"127.0.2.{i * 12}"
         if i % 4 == 0:  # a printer the catalog does not know
-            devices.append(SimDevice.make(address, sys_descr=f"Ubiquiti UniFi switch {i}",
-                                          sys_object_id="1.3.6.1.4.1.41112.1.6",
-                                          entity=entity_rows(f"UBNT{i:04d}", "US-8-60W", "Ubiquiti")))
+            devices.append(
+                SimDevice.make(
+                    address,
+                    sys_descr=f"Ubiquiti UniFi switch {i}",
+                    sys_object_id="1.3.6.1.4.1.41112.1.6",
+                    entity=entity_rows(f"UBNT{i:04d}", "US-8-60W", "Ubiquiti"),
+                )
+            )
         else:
-            devices.append(SimDevice.make(address, sys_descr="Logitech Rally Bar",
-                                          sys_name=f"RallyBar-{i:06d}",
-                                          entity=entity_rows(f"2313FD{i:06d}", "VR0019",
-                                                             firmware=f"1.9.{i}")))
+            devices.append(
+                SimDevice.make(
+                    address,
+                    sys_descr="Logitech Rally Bar",
+                    sys_name=f"RallyBar-{i:06d}",
+                    entity=entity_rows(f"2313FD{i:06d}", "VR0019", firmware=f"1.9.{i}"),
+                )
+            )
     # Binary and non-UTF-8 values: a serial with invalid UTF-8, a sysDescr that is binary.
     devices[0].records["1.3.6.1.2.1.47.1.1.1.1.11.1"] = ("4x", "32333133ff4644")
     devices[1].records["1.3.6.1.2.1.1.1.0"] = ("4x", "00010203fffe0a0b")
@@ -70,11 +93,18 @@ def sim(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_targets_forms_and_order():
-    targets = parse_targets(["10.0.0.5", "10.0.0.6:1161", "[::1]:1162", "::1",
-                             "10.0.1.0/30", "printer.example", "10.0.0.5"])
+    targets = parse_targets(
+        ["10.0.0.5", "10.0.0.6:1161", "[::1]:1162", "::1", "10.0.1.0/30", "printer.example", "10.0.0.5"]
+    )
     assert [(t.host, t.port, t.swept) for t in targets] == [
-        ("10.0.0.5", 161, False), ("10.0.0.6", 1161, False), ("::1", 1162, False), ("::1", 161, False),
-        ("10.0.1.1", 161, True), ("10.0.1.2", 161, True), ("printer.example", 161, False)]
+        ("10.0.0.5", 161, False),
+        ("10.0.0.6", 1161, False),
+        ("::1", 1162, False),
+        ("::1", 161, False),
+        ("10.0.1.1", 161, True),
+        ("10.0.1.2", 161, True),
+        ("printer.example", 161, False),
+    ]
     assert [t.address for t in targets[:3]] == ["10.0.0.5", "10.0.0.6:1161", "[::1]:1162"]
 
 
@@ -83,15 +113,18 @@ def test_targets_range_with_port_and_single_address_wins_over_range():
     assert [(t.host, t.swept) for t in targets] == [("127.0.2.1", False), ("127.0.2.2", True)]
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("10.0.0.0/8", "at most"),
-    ("10.0.0.1:0", "port"),
-    ("10.0.0.1:99999", "port"),
-    ("bad host!", "neither"),
-    ("", "empty"),
-    ("[::1", "]"),
-    ("10.0.0.300/24", "does not appear"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("10.0.0.0/8", "at most"),
+        ("10.0.0.1:0", "port"),
+        ("10.0.0.1:99999", "port"),
+        ("bad host!", "neither"),
+        ("", "empty"),
+        ("[::1", "]"),
+        ("10.0.0.300/24", "does not appear"),
+    ],
+)
 def test_bad_targets_are_refused_with_every_problem(spec, words):
     with pytest.raises(ValueError) as info:
         parse_targets([spec, "also bad!"])
@@ -120,22 +153,34 @@ def test_v2c_identity_from_entity_mib(snmpd):
 
 
 def test_v3_auth_priv(snmpd):
-    creds = V3Credentials("roomsync", auth_key="authpass-123", priv_key="privpass-456",
-                          auth_protocol="SHA", priv_protocol="AES")
+    creds = V3Credentials(
+        "roomsync", auth_key="authpass-123", priv_key="privpass-456", auth_protocol="SHA", priv_protocol="AES"
+    )
     result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], creds, timeout=1))
     assert result.errors == []
     assert [o.serial for o in result.observations] == ["2313FD1N08Z2"]
 
 
 def test_v3_sha2_auth(snmpd):
-    creds = V3Credentials("sha512user", auth_key="authpass-512", priv_key="privpass-512",
-                          auth_protocol="SHA512", priv_protocol="AES")
+    creds = V3Credentials(
+        "sha512user",
+        auth_key="authpass-512",
+        priv_key="privpass-512",
+        auth_protocol="SHA512",
+        priv_protocol="AES",
+    )
     result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], creds, timeout=1))
     assert result.errors == []
     assert [o.serial for o in result.observations] == ["2313FD1N08Z2"]
-    wrong = run(SnmpSource([f"127.0.0.1:{snmpd.port}"],
-                           V3Credentials("sha512user", auth_key="authpass-512", priv_key="privpass-512",
-                                         auth_protocol="SHA256"), timeout=0.5))
+    wrong = run(
+        SnmpSource(
+            [f"127.0.0.1:{snmpd.port}"],
+            V3Credentials(
+                "sha512user", auth_key="authpass-512", priv_key="privpass-512", auth_protocol="SHA256"
+            ),
+            timeout=0.5,
+        )
+    )
     assert "wrong auth key or auth protocol" in wrong.errors[0].message
 
 
@@ -146,10 +191,20 @@ def test_v3_keys_from_files_through_the_configuration(snmpd, tmp_path):
     creds.mkdir()
     (creds / "snmp-auth").write_text("authpass-123\n")
     (creds / "snmp-priv").write_text("privpass-456\n")
-    settings = SnmpSourceConfig.model_validate({
-        "enabled": True, "targets": [f"127.0.0.1:{snmpd.port}"], "version": "3", "timeout": 1,
-        "v3": {"user": "roomsync", "auth_protocol": "SHA", "auth_key_file": "snmp-auth",
-               "priv_key_file": "snmp-priv"}})
+    settings = SnmpSourceConfig.model_validate(
+        {
+            "enabled": True,
+            "targets": [f"127.0.0.1:{snmpd.port}"],
+            "version": "3",
+            "timeout": 1,
+            "v3": {
+                "user": "roomsync",
+                "auth_protocol": "SHA",
+                "auth_key_file": "snmp-auth",
+                "priv_key_file": "snmp-priv",
+            },
+        }
+    )
     source = SnmpSource.from_config(settings, environ={"CREDENTIALS_DIRECTORY": str(creds)})
     assert "authpass" not in repr(source.credentials)
     assert [o.serial for o in run(source).observations] == ["2313FD1N08Z2"]
@@ -158,11 +213,14 @@ def test_v3_keys_from_files_through_the_configuration(snmpd, tmp_path):
     assert "SNMPv3 auth key file snmp-auth does not exist" in error.message
 
 
-@pytest.mark.parametrize("auth, priv, user, words", [
-    ("wrong-auth-key", "privpass-456", "roomsync", "wrong auth key"),
-    ("authpass-123", "wrong-priv-key", "roomsync", "privacy key"),
-    ("authpass-123", "privpass-456", "nobody", "user is not known"),
-])
+@pytest.mark.parametrize(
+    "auth, priv, user, words",
+    [
+        ("wrong-auth-key", "privpass-456", "roomsync", "wrong auth key"),
+        ("authpass-123", "wrong-priv-key", "roomsync", "privacy key"),
+        ("authpass-123", "privpass-456", "nobody", "user is not known"),
+    ],
+)
 def test_v3_wrong_credentials_are_one_clear_error(snmpd, auth, priv, user, words):
     creds = V3Credentials(user, auth_key=auth, priv_key=priv, auth_protocol="SHA")
     result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], creds, timeout=0.5))
@@ -175,8 +233,7 @@ def test_v3_wrong_credentials_are_one_clear_error(snmpd, auth, priv, user, words
 
 def test_wrong_community_on_a_named_target_is_an_error(snmpd):
     started = time.monotonic()
-    result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], V2cCredentials("not-the-community"),
-                            timeout=0.5))
+    result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], V2cCredentials("not-the-community"), timeout=0.5))
     assert result.observations == []
     [error] = result.errors
     assert "wrong v2c community" in error.message and "not-the-community" not in error.message
@@ -193,8 +250,14 @@ def test_host_name_target_is_resolved(snmpd):
 
 def test_sweep_finds_every_responder_and_reports_others(sim):
     progress: list[tuple[int, int, int]] = []
-    source = SnmpSource(["127.0.2.0/24"], V2cCredentials("public"), port=sim.port, timeout=1,
-                        concurrency=256, progress=lambda *a: progress.append(a))
+    source = SnmpSource(
+        ["127.0.2.0/24"],
+        V2cCredentials("public"),
+        port=sim.port,
+        timeout=1,
+        concurrency=256,
+        progress=lambda *a: progress.append(a),
+    )
     started = time.monotonic()
     result = run(source)
     elapsed = time.monotonic() - started
@@ -229,8 +292,7 @@ def test_binary_and_non_utf8_values_are_repaired_and_noted(sim):
 
 
 def test_packets_per_second_cap_spreads_the_sweep(sim):
-    source = SnmpSource(["127.0.2.0/28"], V2cCredentials("public"), port=sim.port, timeout=0.3,
-                        max_pps=20)
+    source = SnmpSource(["127.0.2.0/28"], V2cCredentials("public"), port=sim.port, timeout=0.3, max_pps=20)
     started = time.monotonic()
     result = run(source)
     # 14 first transmissions at 20 per second cannot all leave in less than 13 intervals.
@@ -280,7 +342,12 @@ def test_slow_agent_within_timeout_is_read_and_beyond_it_is_an_error():
 
 def test_one_bad_target_does_not_stop_the_others(snmpd):
     with RogueAgent(responder=backwards) as agent:
-        result = run(SnmpSource([f"127.0.0.1:{snmpd.port}", f"127.0.0.1:{agent.port}", "127.0.0.9:9"],
-                                V2cCredentials("public"), timeout=0.5))
+        result = run(
+            SnmpSource(
+                [f"127.0.0.1:{snmpd.port}", f"127.0.0.1:{agent.port}", "127.0.0.9:9"],
+                V2cCredentials("public"),
+                timeout=0.5,
+            )
+        )
     assert sorted(o.attributes["sys_name"] for o in result.observations) == ["RallyBar-1L5V32", "rogue"]
     assert [e.target for e in result.errors] == ["127.0.0.9:9"]

@@ -89,8 +89,9 @@ def run(source: SshSource) -> SourceResult:
     return asyncio.run(source.run(ctx()))
 
 
-def linux_host(sshd: Sshd, root: Path, *, user: str = "root", key: Path | None = None,
-               port: int | None = None) -> SshHost:
+def linux_host(
+    sshd: Sshd, root: Path, *, user: str = "root", key: Path | None = None, port: int | None = None
+) -> SshHost:
     return SshHost(LOOPBACK, user, port or sshd.port, key or sshd.client_key, "linux", str(root), ROOM)
 
 
@@ -98,8 +99,9 @@ def windows_host(sshd: Sshd, room: str = ROOM) -> SshHost:
     return SshHost(LOOPBACK, "root", sshd.windows_port, sshd.client_key, "windows", room=room)
 
 
-def new_pc(world: Path, *, name: str | None = None, dmi: dict[str, bytes] | None = None,
-           rally_bar: bool = True) -> Path:
+def new_pc(
+    world: Path, *, name: str | None = None, dmi: dict[str, bytes] | None = None, rally_bar: bool = True
+) -> Path:
     """A fake room PC's sysfs: DMI files and a Rally Bar with its functions, plus a device
     that is not Logitech's."""
     root = world_dir(world / (name or f"pc{next(_names)}") / "sys")
@@ -109,8 +111,17 @@ def new_pc(world: Path, *, name: str | None = None, dmi: dict[str, bytes] | None
             (dmi_dir / attr).write_bytes(value)
     if rally_bar:
         add_device(root, "2-1", LOGI, 0x08A5, symlink=True)
-        add_device(root, "2-1.1", LOGI, 0x089B, bcd=0x0020, serial="2313FD1N08Z2",
-                   product="Logi Rally Bar", manufacturer="Logitech", symlink=True)
+        add_device(
+            root,
+            "2-1.1",
+            LOGI,
+            0x089B,
+            bcd=0x0020,
+            serial="2313FD1N08Z2",
+            product="Logi Rally Bar",
+            manufacturer="Logitech",
+            symlink=True,
+        )
         add_device(root, "1-1", LOGI, 0x08A4, symlink=True)
         add_device(root, "1-1.2", LOGI, 0x089A, product="Logi Rally Bar", symlink=True)
         add_device(root, "1-1.3", LOGI, 0x0898, symlink=True)
@@ -121,9 +132,12 @@ def new_pc(world: Path, *, name: str | None = None, dmi: dict[str, bytes] | None
 
 
 NUC_DMI = {
-    "product_serial": b"G6JY00A1\n", "board_serial": b"BTTN2140012A\n",
-    "sys_vendor": b"Intel(R) Client Systems\n", "product_name": b"NUC11TNHi5\n",
-    "bios_version": b"TNTGL357.0064.2022.0906.1405\n", "bios_date": b"09/06/2022\n",
+    "product_serial": b"G6JY00A1\n",
+    "board_serial": b"BTTN2140012A\n",
+    "sys_vendor": b"Intel(R) Client Systems\n",
+    "product_name": b"NUC11TNHi5\n",
+    "bios_version": b"TNTGL357.0064.2022.0906.1405\n",
+    "bios_date": b"09/06/2022\n",
 }
 
 
@@ -166,7 +180,11 @@ def test_linux_pc_and_its_rally_bar_are_read_over_sftp(sshd: Sshd, known_hosts: 
     assert bar.attributes["attached_to"] == address
     assert bar.attributes["usb_port"] == "2-1.1"
     assert sorted(f["address"] for f in bar.attributes["functions"]) == [
-        f"{address}/usb/1-1", f"{address}/usb/1-1.2", f"{address}/usb/1-1.3", f"{address}/usb/2-1"]
+        f"{address}/usb/1-1",
+        f"{address}/usb/1-1.2",
+        f"{address}/usb/1-1.3",
+        f"{address}/usb/2-1",
+    ]
     assert [i.code for i in bar.health] == ["firmware-not-read"]
 
     # The Linux path runs no remote command at all: one SFTP session, nothing else.
@@ -175,7 +193,8 @@ def test_linux_pc_and_its_rally_bar_are_read_over_sftp(sshd: Sshd, known_hosts: 
 
 
 def test_placeholder_system_serial_falls_back_to_the_board_serial(
-        sshd: Sshd, known_hosts: Path, world: Path) -> None:
+    sshd: Sshd, known_hosts: Path, world: Path
+) -> None:
     root = new_pc(world, dmi={**NUC_DMI, "product_serial": b"To be filled by O.E.M.\n"}, rally_bar=False)
     result = run(SshSource([linux_host(sshd, root)], known_hosts, connect_timeout=5))
     assert result.errors == []
@@ -184,12 +203,14 @@ def test_placeholder_system_serial_falls_back_to_the_board_serial(
     assert (pc.serial, pc.serial_label_grade) == ("BTTN2140012A", False)
     assert pc.attributes["serial_from"] == "board_serial"
     assert [i.code for i in pc.health] == ["serial-from-board"]
-    assert result.messages == [f"root@{LOOPBACK}:{sshd.port}: no USB bus is visible "
-                               f"({root}/bus/usb/devices is absent)"]
+    assert result.messages == [
+        f"root@{LOOPBACK}:{sshd.port}: no USB bus is visible ({root}/bus/usb/devices is absent)"
+    ]
 
 
 def test_a_pc_with_no_dmi_is_listed_without_serial_and_one_error(
-        sshd: Sshd, known_hosts: Path, world: Path) -> None:
+    sshd: Sshd, known_hosts: Path, world: Path
+) -> None:
     root = new_pc(world, dmi=None)
     result = run(SshSource([linux_host(sshd, root)], known_hosts, connect_timeout=5))
     units = by_product(result)
@@ -233,7 +254,8 @@ def test_config_strings_never_reach_a_shell(sshd: Sshd, known_hosts: Path, world
 
 
 def test_wrong_host_key_is_a_mismatch_error_and_nothing_is_read(
-        sshd: Sshd, world: Path, tmp_path: Path) -> None:
+    sshd: Sshd, world: Path, tmp_path: Path
+) -> None:
     impostor = keygen(tmp_path / "impostor").with_suffix(".pub")
     bad = write_known_hosts(tmp_path / "known_hosts", known_hosts_line(sshd.port, impostor))
     result = run(SshSource([linux_host(sshd, new_pc(world, dmi=NUC_DMI))], bad, connect_timeout=5))
@@ -243,18 +265,22 @@ def test_wrong_host_key_is_a_mismatch_error_and_nothing_is_read(
     expected, got = fingerprint_of(impostor), fingerprint_of(sshd.host_key.with_suffix(".pub"))
     assert error.message == (
         f"host key for [{LOOPBACK}]:{sshd.port} does not match {bad} (possible man-in-the-middle); "
-        f"expected ssh-ed25519 {expected} got ssh-ed25519 {got}")
+        f"expected ssh-ed25519 {expected} got ssh-ed25519 {got}"
+    )
 
 
 def test_host_missing_from_known_hosts_is_refused(sshd: Sshd, world: Path, tmp_path: Path) -> None:
-    other = write_known_hosts(tmp_path / "known_hosts",
-                              known_hosts_line(sshd.windows_port, sshd.host_key.with_suffix(".pub")))
+    other = write_known_hosts(
+        tmp_path / "known_hosts", known_hosts_line(sshd.windows_port, sshd.host_key.with_suffix(".pub"))
+    )
     result = run(SshSource([linux_host(sshd, new_pc(world, dmi=NUC_DMI))], other, connect_timeout=5))
     assert result.observations == []
     [error] = result.errors
     got = fingerprint_of(sshd.host_key.with_suffix(".pub"))
-    assert error.message.startswith(f"host key for [{LOOPBACK}]:{sshd.port} not in {other}; verify the "
-                                    f"fingerprint (ssh-ed25519 {got}) and add it with ssh-keyscan")
+    assert error.message.startswith(
+        f"host key for [{LOOPBACK}]:{sshd.port} not in {other}; verify the "
+        f"fingerprint (ssh-ed25519 {got}) and add it with ssh-keyscan"
+    )
     assert other.read_text().count("\n") == 1  # nothing was added to the file
 
 
@@ -286,27 +312,32 @@ def test_a_server_that_never_speaks_times_out(sshd: Sshd, known_hosts: Path, wor
         started = time.monotonic()
         [error] = run(SshSource([host], known_hosts, connect_timeout=0.3)).errors
         assert time.monotonic() - started < 3
-    assert error.message == (f"no SSH handshake within 0.3 s on port {port} (not an SSH server, "
-                             "or it is overloaded)")
+    assert error.message == (
+        f"no SSH handshake within 0.3 s on port {port} (not an SSH server, or it is overloaded)"
+    )
 
 
 def test_wrong_key_is_an_authentication_failure_that_shows_no_key(
-        sshd: Sshd, known_hosts: Path, world: Path, tmp_path: Path) -> None:
+    sshd: Sshd, known_hosts: Path, world: Path, tmp_path: Path
+) -> None:
     stranger = keygen(tmp_path / "stranger")
     host = linux_host(sshd, new_pc(world, rally_bar=False), key=stranger)
     with structlog.testing.capture_logs() as logs:
         result = run(SshSource([host], known_hosts, connect_timeout=5))
     assert result.observations == []
     [error] = result.errors
-    assert error.message == (f"authentication as root with key file {stranger} failed (is its public key "
-                             "in root's authorized_keys on the PC?)")
+    assert error.message == (
+        f"authentication as root with key file {stranger} failed (is its public key "
+        "in root's authorized_keys on the PC?)"
+    )
     secret = "".join(stranger.read_text().splitlines()[1:-1])
     assert secret[:40] not in repr(logs) and secret[:40] not in error.message
     assert any(e["event"] == "ssh.host.failed" and e["target"] == error.target for e in logs)
 
 
 def test_one_failing_host_does_not_stop_the_others(
-        sshd: Sshd, known_hosts: Path, world: Path, tmp_path: Path) -> None:
+    sshd: Sshd, known_hosts: Path, world: Path, tmp_path: Path
+) -> None:
     good = linux_host(sshd, new_pc(world, dmi=NUC_DMI))
     refused = linux_host(sshd, new_pc(world), port=free_port())
     stranger = linux_host(sshd, new_pc(world), key=keygen(tmp_path / "stranger"), user="root")
@@ -339,7 +370,8 @@ def test_hosts_are_read_concurrently_within_the_bound(sshd: Sshd, known_hosts: P
 
 
 def test_a_pc_that_takes_too_long_is_cut_off_at_the_host_deadline(
-        sshd: Sshd, known_hosts: Path, world: Path) -> None:
+    sshd: Sshd, known_hosts: Path, world: Path
+) -> None:
     host = linux_host(sshd, new_pc(world, dmi=NUC_DMI))
     result = run(SshSource([host], known_hosts, connect_timeout=5, host_deadline=0.001))
     assert result.observations == []
@@ -351,14 +383,16 @@ def test_a_pc_that_takes_too_long_is_cut_off_at_the_host_deadline(
 
 
 @pytest.mark.parametrize("case", ["missing", "encrypted", "garbage", "directory", "none"])
-def test_key_file_problems_are_named_without_contents(case: str, sshd: Sshd, known_hosts: Path,
-                                                      world: Path, tmp_path: Path) -> None:
+def test_key_file_problems_are_named_without_contents(
+    case: str, sshd: Sshd, known_hosts: Path, world: Path, tmp_path: Path
+) -> None:
     key: Path | None = tmp_path / "key"
     if case == "encrypted":
         keygen(tmp_path / "key", passphrase="correct horse battery staple")
     elif case == "garbage":
-        key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nTOPSECRETMATERIAL\n"
-                       "-----END OPENSSH PRIVATE KEY-----\n")
+        key.write_text(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nTOPSECRETMATERIAL\n-----END OPENSSH PRIVATE KEY-----\n"
+        )
     elif case == "directory":
         key.mkdir()
     elif case == "none":
@@ -394,23 +428,40 @@ def test_windows_pc_runs_exactly_the_constant_command(sshd: Sshd, known_hosts: P
     assert sshd.windows_commands()[before:] == [WINDOWS_COMMAND]
 
 
-@pytest.mark.parametrize(("stdout", "stderr", "status", "message"), [
-    (b"", b"#< CLIXML\r\n<Objs><S S=\"Error\">Get-CimInstance : Access denied_x000D__x000A_</S></Objs>", 1,
-     "the inventory command failed (exit status 1): Get-CimInstance : Access denied"),
-    (b"", b"'powershell.exe' is not recognized as an internal or external command,\r\n", 1,
-     "the inventory command failed (exit status 1): 'powershell.exe' is not recognized as an internal "
-     "or external command,"),
-    (b"{\"roomsync_inventory\": 1, \"bios\": [", b"", 0,
-     "the inventory output is not valid JSON (Expecting value at line 1 column 36)"),
-    (b"x" * (1024 * 1024 + 1), b"", 0, "the inventory command printed more than 1048576 bytes; not read"),
-])
-def test_windows_failures_are_one_error(sshd: Sshd, known_hosts: Path, stdout: bytes, stderr: bytes,
-                                        status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "status", "message"),
+    [
+        (
+            b"",
+            b'#< CLIXML\r\n<Objs><S S="Error">Get-CimInstance : Access denied_x000D__x000A_</S></Objs>',
+            1,
+            "the inventory command failed (exit status 1): Get-CimInstance : Access denied",
+        ),
+        (
+            b"",
+            b"'powershell.exe' is not recognized as an internal or external command,\r\n",
+            1,
+            "the inventory command failed (exit status 1): 'powershell.exe' is not recognized as an internal "
+            "or external command,",
+        ),
+        (
+            b'{"roomsync_inventory": 1, "bios": [',
+            b"",
+            0,
+            "the inventory output is not valid JSON (Expecting value at line 1 column 36)",
+        ),
+        (b"x" * (1024 * 1024 + 1), b"", 0, "the inventory command printed more than 1048576 bytes; not read"),
+    ],
+)
+def test_windows_failures_are_one_error(
+    sshd: Sshd, known_hosts: Path, stdout: bytes, stderr: bytes, status: int, message: str
+) -> None:
     sshd.windows_reply(stdout, stderr=stderr, status=status)
     result = run(SshSource([windows_host(sshd)], known_hosts, connect_timeout=5))
     assert result.observations == []
     assert [(e.target, e.message) for e in result.errors] == [
-        (f"root@{LOOPBACK}:{sshd.windows_port}", message)]
+        (f"root@{LOOPBACK}:{sshd.windows_port}", message)
+    ]
 
 
 # --------------------------------------------------------------------------- hosts, errors
@@ -419,11 +470,20 @@ def test_windows_failures_are_one_error(sshd: Sshd, known_hosts: Path, stdout: b
 def test_targets_from_the_command_line() -> None:
     host = SshHost.from_target("admin@room-pc-12", key_file="/etc/roomsync/id_ed25519", room=ROOM)
     assert (host.user, host.host, host.port, host.address, host.target) == (
-        "admin", "room-pc-12", 22, "room-pc-12", "admin@room-pc-12:22")
+        "admin",
+        "room-pc-12",
+        22,
+        "room-pc-12",
+        "admin@room-pc-12:22",
+    )
     assert host.key_file == Path("/etc/roomsync/id_ed25519")
     v6 = SshHost.from_target("root@[fe80::1]:2222")
-    assert (v6.host, v6.port, v6.address, v6.known_hosts_name) == ("fe80::1", 2222, "[fe80::1]:2222",
-                                                                    "[fe80::1]:2222")
+    assert (v6.host, v6.port, v6.address, v6.known_hosts_name) == (
+        "fe80::1",
+        2222,
+        "[fe80::1]:2222",
+        "[fe80::1]:2222",
+    )
     for bad in ("room-pc-12", "@pc", "root@", "root@pc:0", "root@pc:70000", "root@pc:x", "ro ot@pc"):
         with pytest.raises(ValueError):
             SshHost.from_target(bad)
@@ -432,15 +492,23 @@ def test_targets_from_the_command_line() -> None:
 def test_from_config_takes_the_configuration_section() -> None:
     from agent.config import SshSourceConfig
 
-    settings = SshSourceConfig.model_validate({
-        "enabled": True, "known_hosts": "/etc/roomsync/known_hosts", "connect_timeout": 3,
-        "hosts": [{"host": "10.0.0.5", "user": "inventory", "key_file": "/etc/roomsync/id", "room": ROOM},
-                  {"host": "pc-2", "port": 2222, "user": "admin", "os": "windows"}]})
+    settings = SshSourceConfig.model_validate(
+        {
+            "enabled": True,
+            "known_hosts": "/etc/roomsync/known_hosts",
+            "connect_timeout": 3,
+            "hosts": [
+                {"host": "10.0.0.5", "user": "inventory", "key_file": "/etc/roomsync/id", "room": ROOM},
+                {"host": "pc-2", "port": 2222, "user": "admin", "os": "windows"},
+            ],
+        }
+    )
     source = SshSource.from_config(settings)
     assert source.known_hosts == Path("/etc/roomsync/known_hosts") and source.connect_timeout == 3
     assert source.hosts == [
         SshHost("10.0.0.5", "inventory", 22, Path("/etc/roomsync/id"), "linux", "/sys", ROOM),
-        SshHost("pc-2", "admin", 2222, None, "windows", "/sys", None)]
+        SshHost("pc-2", "admin", 2222, None, "windows", "/sys", None),
+    ]
 
 
 def test_no_hosts_is_a_message_not_an_error() -> None:
@@ -451,14 +519,17 @@ def test_no_hosts_is_a_message_not_an_error() -> None:
 def test_an_unusable_host_entry_is_an_error_of_its_own_not_a_crash() -> None:
     from agent.config import SshHostConfig
 
-    entries = [SshHostConfig(host="room pc 12", user="admin"),
-               SshHostConfig(host="pc-2", user="admin", sysfs_root="relative/sys")]
+    entries = [
+        SshHostConfig(host="room pc 12", user="admin"),
+        SshHostConfig(host="pc-2", user="admin", sysfs_root="relative/sys"),
+    ]
     source = SshSource(entries, None)
     assert source.hosts == []
     result = run(source)
     assert [(e.target, e.message) for e in result.errors] == [
         ("admin@room pc 12:22", "SSH host 'room pc 12' is empty or holds spaces or control characters"),
-        ("admin@pc-2:22", "sysfs_root 'relative/sys' is not an absolute path")]
+        ("admin@pc-2:22", "sysfs_root 'relative/sys' is not an absolute path"),
+    ]
     assert result.messages == []
 
 
@@ -467,14 +538,18 @@ def test_name_resolution_and_unreachable_hosts_are_worded() -> None:
 
     host = SshHost("pc.invalid", "root", 22, None)
     gai = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    assert describe_failure(gai, host, None, 5) == \
-        "cannot resolve host name pc.invalid (Name or service not known)"
+    assert (
+        describe_failure(gai, host, None, 5)
+        == "cannot resolve host name pc.invalid (Name or service not known)"
+    )
     unreachable = NoValidConnectionsError({("10.0.0.9", 22): OSError(113, "No route to host")})
     assert describe_failure(unreachable, host, None, 5) == "cannot connect to port 22 (host unreachable)"
     assert describe_failure(TimeoutError(), host, None, 2.5) == "connection to port 22 timed out after 2.5 s"
     assert describe_failure(EOFError(), host, None, 5) == "the PC closed the connection"
-    assert describe_failure(ConnectionResetError(104, "Connection reset by peer"), host, None, 5) == \
-        "connection to port 22 failed: Connection reset by peer"
+    assert (
+        describe_failure(ConnectionResetError(104, "Connection reset by peer"), host, None, 5)
+        == "connection to port 22 failed: Connection reset by peer"
+    )
 
 
 def test_sshd_is_stopped_by_pid_at_the_end(sshd: Sshd) -> None:

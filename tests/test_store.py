@@ -28,15 +28,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bar(seen: datetime, *, room: str | None = "oslo-4-12", firmware: str = "1.9.556") -> Device:
-    sight = Device(product="Sight", transport=Transport.USB, address="2-1.1", first_seen=seen,
-                   last_seen=seen, serial="2325LZ51XY58", serial_label_grade=True,
-                   serial_source=SerialSource.SYNC_INTERFACE, category="collabos-peripheral")
-    return Device(product="Rally Bar", transport=Transport.USB, address="2-1.1", first_seen=seen,
-                  last_seen=seen, room=room, serial="2313FD1N08Z2", serial_label_grade=True,
-                  serial_source=SerialSource.SYNC_INTERFACE, firmware=firmware, vendor_id=0x046D,
-                  product_id=0x089B, category="collabos-bar", components={"audio": "2.3"},
-                  health_issues=[HealthIssue("peripheral-missing", "mic pod missing", Severity.WARNING)],
-                  children=[sight], sources=["usb"], attributes={"usb_release": "0020"})
+    sight = Device(
+        product="Sight",
+        transport=Transport.USB,
+        address="2-1.1",
+        first_seen=seen,
+        last_seen=seen,
+        serial="2325LZ51XY58",
+        serial_label_grade=True,
+        serial_source=SerialSource.SYNC_INTERFACE,
+        category="collabos-peripheral",
+    )
+    return Device(
+        product="Rally Bar",
+        transport=Transport.USB,
+        address="2-1.1",
+        first_seen=seen,
+        last_seen=seen,
+        room=room,
+        serial="2313FD1N08Z2",
+        serial_label_grade=True,
+        serial_source=SerialSource.SYNC_INTERFACE,
+        firmware=firmware,
+        vendor_id=0x046D,
+        product_id=0x089B,
+        category="collabos-bar",
+        components={"audio": "2.3"},
+        health_issues=[HealthIssue("peripheral-missing", "mic pod missing", Severity.WARNING)],
+        children=[sight],
+        sources=["usb"],
+        attributes={"usb_release": "0020"},
+    )
 
 
 def test_device_round_trip_through_the_store(tmp_path: Path):
@@ -108,13 +130,27 @@ def test_scan_stores_and_no_store_skips(tmp_path: Path):
     add_device(sysfs, "2-1.1", 0x046D, 0x089B, serial="2313FD1N08Z2", product="Logi Rally Bar")
     config = tmp_path / "agent.toml"
     config.write_text('[room]\nid = "oslo-4-12"\n')
-    base = [sys.executable, "-m", "agent", "scan", "--config", str(config), "--sysfs-root", str(sysfs),
-            "--json"]
-    skipped = subprocess.run([*base, "--state-dir", str(tmp_path / "none"), "--no-store"],
-                             capture_output=True, text=True, timeout=60)
+    base = [
+        sys.executable,
+        "-m",
+        "agent",
+        "scan",
+        "--config",
+        str(config),
+        "--sysfs-root",
+        str(sysfs),
+        "--json",
+    ]
+    skipped = subprocess.run(
+        [*base, "--state-dir", str(tmp_path / "none"), "--no-store"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert skipped.returncode == 0 and not (tmp_path / "none").exists()
-    stored = subprocess.run([*base, "--state-dir", str(tmp_path / "state")], capture_output=True,
-                            text=True, timeout=60)
+    stored = subprocess.run(
+        [*base, "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60
+    )
     assert stored.returncode == 0, stored.stderr
     with Store.open(tmp_path / "state") as store:
         [device] = store.devices()
@@ -127,9 +163,22 @@ def test_unwritable_state_is_one_error_and_the_scan_still_prints(tmp_path: Path)
     add_device(sysfs, "2-1.1", 0x046D, 0x089B, serial="2313FD1N08Z2", product="Logi Rally Bar")
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / DB_NAME).write_bytes(b"garbage" * 500)
-    result = subprocess.run([sys.executable, "-m", "agent", "scan", "--sysfs-root", str(sysfs), "--json",
-                             "--state-dir", str(tmp_path / "state")], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "scan",
+            "--sysfs-root",
+            str(sysfs),
+            "--json",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     out = json.loads(result.stdout)
     assert result.returncode == 1
     assert [d["serial"] for d in out["devices"]] == ["2313FD1N08Z2"]
@@ -144,11 +193,27 @@ def ids() -> Callable[[], str]:
     return lambda: f"00000000-0000-4000-8000-{next(numbers):012d}"
 
 
-def unit(serial: str, seen: datetime, *, room: str | None = "oslo-4-12", source: str = "usb",
-         firmware: str | None = "1.0") -> Device:
-    return Device(product="Rally Bar", transport=Transport(source), address=f"{source}-{serial}",
-                  first_seen=seen, last_seen=seen, room=room, serial=serial, serial_label_grade=True,
-                  firmware=firmware, sources=[source], category="collabos-bar")
+def unit(
+    serial: str,
+    seen: datetime,
+    *,
+    room: str | None = "oslo-4-12",
+    source: str = "usb",
+    firmware: str | None = "1.0",
+) -> Device:
+    return Device(
+        product="Rally Bar",
+        transport=Transport(source),
+        address=f"{source}-{serial}",
+        first_seen=seen,
+        last_seen=seen,
+        room=room,
+        serial=serial,
+        serial_label_grade=True,
+        firmware=firmware,
+        sources=[source],
+        category="collabos-bar",
+    )
 
 
 def write_v1_database(state_dir: Path, device: Device, finished_at: datetime) -> None:
@@ -161,14 +226,26 @@ def write_v1_database(state_dir: Path, device: Device, finished_at: datetime) ->
         if statement.strip():
             db.execute(statement)
     db.execute("PRAGMA user_version = 1")
-    db.execute("INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-               (device.identity, device.room, device.product, device.serial, device.first_seen.isoformat(),
-                device.last_seen.isoformat(), json.dumps(device.to_dict(), sort_keys=True)))
-    db.execute("INSERT INTO rooms (id, data) VALUES (?, ?)",
-               ("oslo-4-12", json.dumps(Room("oslo-4-12", "Fjord").to_dict())))
-    db.execute("INSERT INTO scans (finished_at, devices, errors) VALUES (?, 1, 0)",
-               (finished_at.isoformat(),))
+    db.execute(
+        "INSERT INTO devices (identity, room, product, serial, first_seen, last_seen, data) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            device.identity,
+            device.room,
+            device.product,
+            device.serial,
+            device.first_seen.isoformat(),
+            device.last_seen.isoformat(),
+            json.dumps(device.to_dict(), sort_keys=True),
+        ),
+    )
+    db.execute(
+        "INSERT INTO rooms (id, data) VALUES (?, ?)",
+        ("oslo-4-12", json.dumps(Room("oslo-4-12", "Fjord").to_dict())),
+    )
+    db.execute(
+        "INSERT INTO scans (finished_at, devices, errors) VALUES (?, 1, 0)", (finished_at.isoformat(),)
+    )
     db.close()
 
 
@@ -204,7 +281,14 @@ def test_a_migration_that_fails_leaves_the_previous_schema(tmp_path: Path):
     db = sqlite3.connect(tmp_path / DB_NAME)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     assert [r[1] for r in db.execute("PRAGMA table_info(devices)")] == [
-        "identity", "room", "product", "serial", "first_seen", "last_seen", "data"]
+        "identity",
+        "room",
+        "product",
+        "serial",
+        "first_seen",
+        "last_seen",
+        "data",
+    ]
     db.close()
 
 
@@ -218,13 +302,19 @@ def test_events_are_stored_with_the_scan_in_order(tmp_path: Path):
         [unit("A1", times[3], room="bergen-1"), unit("C3", times[3], source="snmp")],
     ]
     with Store.open(tmp_path) as store:
-        records = [store.record_scan(found, [], at, sources_run={"usb"}, remove_after=1, new_id=new_id)
-                   for found, at in zip(scans, times, strict=True)]
+        records = [
+            store.record_scan(found, [], at, sources_run={"usb"}, remove_after=1, new_id=new_id)
+            for found, at in zip(scans, times, strict=True)
+        ]
         produced = [e for r in records for e in r.events]
         assert [(e.type, e.serial) for e in produced] == [
-            (EventType.DEVICE_ADDED, "A1"), (EventType.DEVICE_ADDED, "B2"),
-            (EventType.DEVICE_MOVED, "A1"), (EventType.FIRMWARE_CHANGED, "B2"),
-            (EventType.DEVICE_REMOVED, "B2"), (EventType.DEVICE_ADDED, "C3")]
+            (EventType.DEVICE_ADDED, "A1"),
+            (EventType.DEVICE_ADDED, "B2"),
+            (EventType.DEVICE_MOVED, "A1"),
+            (EventType.FIRMWARE_CHANGED, "B2"),
+            (EventType.DEVICE_REMOVED, "B2"),
+            (EventType.DEVICE_ADDED, "C3"),
+        ]
         assert [r.scan_id for r in records] == [1, 2, 3, 4]
     with Store.open(tmp_path) as store:
         assert store.events() == produced
@@ -262,8 +352,9 @@ def test_a_scan_of_other_sources_leaves_usb_units_alone(tmp_path: Path):
     with Store.open(tmp_path) as store:
         store.record_scan([bar(T0)], [], T0, sources_run={"usb", "snmp"})
         for hour in range(1, 6):
-            assert store.record_scan([unit("C3", T0, source="snmp")], [], T0 + timedelta(hours=hour),
-                                     sources_run={"snmp"}).events[:1] != (EventType.DEVICE_REMOVED,)
+            assert store.record_scan(
+                [unit("C3", T0, source="snmp")], [], T0 + timedelta(hours=hour), sources_run={"snmp"}
+            ).events[:1] != (EventType.DEVICE_REMOVED,)
         assert store.tracked()[bar(T0).identity].missed == 0
         assert [e.type for e in store.events()] == [EventType.DEVICE_ADDED, EventType.DEVICE_ADDED]
 
@@ -274,8 +365,11 @@ def test_a_serial_conflict_is_stored_once_across_restarts(tmp_path: Path):
     for hour in (1, 2, 3):
         with Store.open(tmp_path) as store:
             at = T0 + timedelta(hours=hour)
-            found, scope = (([unit("A1", at, room="bergen-1", source="snmp")], {"snmp"}) if hour % 2
-                            else ([unit("A1", at)], {"usb"}))
+            found, scope = (
+                ([unit("A1", at, room="bergen-1", source="snmp")], {"snmp"})
+                if hour % 2
+                else ([unit("A1", at)], {"usb"})
+            )
             store.record_scan(found, [], at, sources_run=scope)
     with Store.open(tmp_path) as store:
         assert [e.type for e in store.events()] == [EventType.DEVICE_ADDED, EventType.SERIAL_CONFLICT]
@@ -290,7 +384,11 @@ def test_history_keeps_the_newest_scans(tmp_path: Path):
             store.record_scan([bar(at, firmware=f"1.{hour}"), unit("A1", at)], [], at, retention=keep)
         history = store.history()
         assert [(scan, d.serial, d.firmware) for scan, d in history] == [
-            (4, "2313FD1N08Z2", "1.3"), (4, "A1", "1.0"), (5, "2313FD1N08Z2", "1.4"), (5, "A1", "1.0")]
+            (4, "2313FD1N08Z2", "1.3"),
+            (4, "A1", "1.0"),
+            (5, "2313FD1N08Z2", "1.4"),
+            (5, "A1", "1.0"),
+        ]
         assert [scan for scan, _ in store.history(bar(T0).identity)] == [4, 5]
         assert len(store.events()) == 2 + 4  # events are not history: they stay
 
@@ -348,6 +446,7 @@ def test_an_unreadable_row_is_a_clear_error_and_refuses_the_scan(tmp_path: Path)
 def test_a_scan_that_fails_midway_leaves_nothing_of_itself(tmp_path: Path):
     """The scan's inventory rows are written before its events; an event that cannot be
     stored (here: an id already used) takes the whole scan back."""
+
     def everything(store: Store) -> tuple[object, ...]:
         return store.devices(), store.tracked(), store.events(), store.history(), store.last_scan()
 
@@ -356,8 +455,12 @@ def test_a_scan_that_fails_midway_leaves_nothing_of_itself(tmp_path: Path):
         before = everything(store)
         later = T0 + timedelta(hours=1)
         with pytest.raises(StoreError, match=r"UNIQUE constraint failed: events\.id"):
-            store.record_scan([bar(later, room="bergen-1"), unit("A1", later)], [Room("bergen-1")], later,
-                              new_id=lambda: "same-id")
+            store.record_scan(
+                [bar(later, room="bergen-1"), unit("A1", later)],
+                [Room("bergen-1")],
+                later,
+                new_id=lambda: "same-id",
+            )
         assert everything(store) == before
         assert store.rooms() == []
         assert len(store.record_scan([bar(later, room="bergen-1")], [], later).events) == 1
@@ -439,12 +542,16 @@ def test_a_full_disk_refuses_the_scan_keeps_the_state_and_recovers(tmp_path: Pat
     assert out["fill"] == "No space left on device"
     message = out["full"]
     assert message is not None
-    assert re.search(r"the disk is full .*nothing was lost, the previous state is intact; free space",
-                     message)
+    assert re.search(
+        r"the disk is full .*nothing was lost, the previous state is intact; free space", message
+    )
     before = {"devices": ["S00000"], "events": ["device.added"], "last_scan": T0.isoformat()}
     assert out["after_full_same_connection"] == out["after_full_new_connection"] == before
-    assert out["after_free"] == {"events": 399, "devices": 400,
-                                 "last_scan": (T0 + timedelta(hours=2)).isoformat()}
+    assert out["after_free"] == {
+        "events": 399,
+        "devices": 400,
+        "last_scan": (T0 + timedelta(hours=2)).isoformat(),
+    }
     assert out["integrity"] == "ok"
 
 
@@ -497,12 +604,12 @@ def _consistency(path: Path) -> int:
             "events": "SELECT count(*) FROM events WHERE scan_id NOT IN (SELECT id FROM scans)",
             "history": "SELECT count(*) FROM history WHERE scan_id NOT IN (SELECT id FROM scans)",
             "sightings": "SELECT count(*) FROM sightings WHERE identity NOT IN "
-                         "(SELECT identity FROM devices WHERE removed_at IS NULL)",
+            "(SELECT identity FROM devices WHERE removed_at IS NULL)",
             "units": "SELECT count(*) FROM devices WHERE removed_at IS NULL AND identity NOT IN "
-                     "(SELECT identity FROM sightings)",
+            "(SELECT identity FROM sightings)",
             "scans": "SELECT count(*) FROM scans s WHERE EXISTS (SELECT 1 FROM history h WHERE "
-                     "h.scan_id = s.id) AND s.devices != "
-                     "(SELECT count(*) FROM history h WHERE h.scan_id = s.id)",
+            "h.scan_id = s.id) AND s.devices != "
+            "(SELECT count(*) FROM history h WHERE h.scan_id = s.id)",
         }
         found = {name: db.execute(sql).fetchone()[0] for name, sql in orphans.items()}
         assert found == dict.fromkeys(orphans, 0)
@@ -512,10 +619,14 @@ def _consistency(path: Path) -> int:
 
 
 def _comparable(store: Store) -> tuple[object, ...]:
-    return ([d.to_dict() for d in store.devices()], [d.to_dict() for d in store.devices(removed=True)],
-            [{**e.to_dict(), "id": None} for e in store.events(limit=None)],
-            {i: t.sightings for i, t in store.tracked().items()},
-            [(scan, d.to_dict()) for scan, d in store.history()], store.last_scan())
+    return (
+        [d.to_dict() for d in store.devices()],
+        [d.to_dict() for d in store.devices(removed=True)],
+        [{**e.to_dict(), "id": None} for e in store.events(limit=None)],
+        {i: t.sightings for i, t in store.tracked().items()},
+        [(scan, d.to_dict()) for scan, d in store.history()],
+        store.last_scan(),
+    )
 
 
 def test_kill_9_at_any_moment_leaves_the_old_state_or_the_new(tmp_path: Path):
@@ -526,8 +637,13 @@ def test_kill_9_at_any_moment_leaves_the_old_state_or_the_new(tmp_path: Path):
     done = 0
     with Store.open(reference_dir) as reference:
         for _ in range(20):
-            worker = subprocess.Popen([sys.executable, "-c", CRASH_WORKER, str(state)], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            worker = subprocess.Popen(
+                [sys.executable, "-c", CRASH_WORKER, str(state)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             assert worker.stdout is not None and worker.stdout.readline() == "ready\n", worker.communicate()
             # Let it store a few scans first (however slow this machine is), then kill it at a
             # random moment of the next ones.
@@ -541,8 +657,9 @@ def test_kill_9_at_any_moment_leaves_the_old_state_or_the_new(tmp_path: Path):
             while done < scans:
                 done += 1
                 found, scope, at = crash_scan(done)
-                reference.record_scan(found, [], at, sources_run=scope, remove_after=2,
-                                      retention=Retention(None, 5))
+                reference.record_scan(
+                    found, [], at, sources_run=scope, remove_after=2, retention=Retention(None, 5)
+                )
             with Store.open(state) as store:
                 assert _comparable(store) == _comparable(reference)
     assert done >= 20  # every run stored at least one scan before its kill
@@ -555,10 +672,19 @@ def test_the_inventory_cache_matches_the_database_and_sees_other_writers(tmp_pat
     rng = random.Random(7)
 
     def unit(n: int, seen: datetime) -> Device:
-        return Device(product="Scribe", transport=Transport.USB, address=f"3-{n}", first_seen=seen,
-                      last_seen=seen, room=rng.choice([None, "a", "b", "ä"]), serial=f"S{n:04d}",
-                      serial_label_grade=True, serial_source=SerialSource.USB_DESCRIPTOR,
-                      firmware=rng.choice(["1.0", "1.1"]), sources=["usb"])
+        return Device(
+            product="Scribe",
+            transport=Transport.USB,
+            address=f"3-{n}",
+            first_seen=seen,
+            last_seen=seen,
+            room=rng.choice([None, "a", "b", "ä"]),
+            serial=f"S{n:04d}",
+            serial_label_grade=True,
+            serial_source=SerialSource.USB_DESCRIPTOR,
+            firmware=rng.choice(["1.0", "1.1"]),
+            sources=["usb"],
+        )
 
     def fresh(path: Path) -> list[dict]:
         with Store.open(path) as other:
@@ -573,8 +699,7 @@ def test_the_inventory_cache_matches_the_database_and_sees_other_writers(tmp_pat
             assert [d.to_dict() for d in store.devices()] == fresh(tmp_path)
             # Another writer (here a second connection) changes the inventory…
             later = at + timedelta(minutes=30)
-            elsewhere.record_scan([unit(100 + step, later)], [], later, sources_run={"usb"},
-                                  remove_after=1)
+            elsewhere.record_scan([unit(100 + step, later)], [], later, sources_run={"usb"}, remove_after=1)
             # …and this store's next read sees it.
             assert [d.to_dict() for d in store.devices()] == fresh(tmp_path)
             assert any(d.serial == f"S{100 + step:04d}" for d in store.devices())

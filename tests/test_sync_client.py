@@ -91,9 +91,14 @@ def test_client_reproduces_the_recorded_exchange_frame_for_frame() -> None:
     for i in range(36, 44):
         f = decode_frame(capture.data(i))
         host = i in (36, 38, 41, 43)
-        recorded.append(("host" if host else "device", f.command.label,
-                         f.sequence_id - 10 if (host or f.command is Command.ACK) else 0,
-                         f.payload))
+        recorded.append(
+            (
+                "host" if host else "device",
+                f.command.label,
+                f.sequence_id - 10 if (host or f.command is Command.ACK) else 0,
+                f.payload,
+            )
+        )
     client, transport, _ = run(capture)
     client.get_device_info()
     assert frames(transport) == recorded
@@ -117,8 +122,7 @@ def test_other_serials_come_through() -> None:
     document["payload"]["devices"][0]["serial"] = "2402AB1C23D4"
     capture.set_device_info(document)
     client, _, _ = run(capture)
-    assert json.loads(client.get_device_info().json_text)["payload"]["devices"][0]["serial"] \
-        == "2402AB1C23D4"
+    assert json.loads(client.get_device_info().json_text)["payload"]["devices"][0]["serial"] == "2402AB1C23D4"
 
 
 def test_a_response_split_over_several_transfers_is_reassembled() -> None:
@@ -153,8 +157,8 @@ def test_kong_event_after_the_response_is_closed_too() -> None:
     block = kong_event_block('{"type":3,"payload":{"devices":[]}}')
     # device: BufferRead(answer), BufferRead(event); host acks both; device closes both.
     capture.insert(GDI_RESPONSE + 1, [block[0]])
-    capture.insert(GDI_RESPONSE + 3, [block[1]])           # host Ack 0xCC06 for the event
-    capture.insert(GDI_RESPONSE + 5, block[2:])           # its UninitBuffer and the host's ack
+    capture.insert(GDI_RESPONSE + 3, [block[1]])  # host Ack 0xCC06 for the event
+    capture.insert(GDI_RESPONSE + 5, block[2:])  # its UninitBuffer and the host's ack
     client, transport, _ = run(capture)
     reply = client.get_device_info()
     assert (reply.unsolicited, reply.closed) == (1, True)
@@ -163,9 +167,14 @@ def test_kong_event_after_the_response_is_closed_too() -> None:
 
 def test_acks_for_other_sequence_ids_and_stray_frames_are_skipped() -> None:
     capture = Capture()
-    capture.insert(GDI_ACK, [device_ack(999, Command.BUFFER_WRITE),
-                             read_event(encode_frame(Command.NACK, 998)),
-                             read_event(encode_frame(Command.TIMEOUT, 997))])
+    capture.insert(
+        GDI_ACK,
+        [
+            device_ack(999, Command.BUFFER_WRITE),
+            read_event(encode_frame(Command.NACK, 998)),
+            read_event(encode_frame(Command.TIMEOUT, 997)),
+        ],
+    )
     client, _, _ = run(capture)
     assert client.get_device_info().unsolicited == 3
 
@@ -235,8 +244,14 @@ def test_a_dropped_request_is_sent_again_like_the_recorded_host_did() -> None:
     reply = client.get_device_info()
     assert (reply.attempts, reply.read_timeouts, reply.closed) == (2, 2, True)
     sent = [(c, s) for d, c, s, _ in frames(transport) if d == "host"]
-    assert sent == [("BufferWrite", 1), ("UninitBuffer", 2), ("BufferWrite", 3),
-                    ("UninitBuffer", 4), ("Ack", 5), ("Ack", 6)]
+    assert sent == [
+        ("BufferWrite", 1),
+        ("UninitBuffer", 2),
+        ("BufferWrite", 3),
+        ("UninitBuffer", 4),
+        ("Ack", 5),
+        ("Ack", 6),
+    ]
 
 
 def test_a_device_that_never_answers_fails_after_the_retries() -> None:
@@ -254,8 +269,7 @@ def test_a_device_that_never_answers_fails_within_the_deadline() -> None:
     capture.remove(GDI_WRITE, GDI_WRITE + 8)
     for _ in range(10):
         capture.events.extend(silent)
-    client, _, clock = run(capture, deadline=10.0, read_timeout=2.5, attempts=10,
-                           timeouts_before_resend=3)
+    client, _, clock = run(capture, deadline=10.0, read_timeout=2.5, attempts=10, timeouts_before_resend=3)
     start = clock.now
     with pytest.raises(SyncTimeout, match="deadline of 10 s passed") as err:
         client.get_device_info()
@@ -265,8 +279,7 @@ def test_a_device_that_never_answers_fails_within_the_deadline() -> None:
 
 def test_a_device_that_never_acknowledges_fails_within_the_deadline() -> None:
     capture = Capture().remove(GDI_ACK, GDI_ACK + 7)  # the BufferWrite goes unanswered
-    client, _, clock = run(capture, deadline=4.0, read_timeout=1.5, attempts=1,
-                           timeouts_before_resend=10)
+    client, _, clock = run(capture, deadline=4.0, read_timeout=1.5, attempts=1, timeouts_before_resend=10)
     start = clock.now
     with pytest.raises(SyncTimeout, match="waiting for the Ack of BufferWrite"):
         client.get_device_info()
@@ -295,10 +308,10 @@ def test_nack_of_our_request_is_a_protocol_error() -> None:
 def test_ack_of_the_wrong_command_is_a_protocol_error() -> None:
     capture = Capture()
     capture.events[GDI_ACK] = read_event(
-        encode_frame(Command.ACK, 11, device_ack_payload(Command.UNINIT_BUFFER)))
+        encode_frame(Command.ACK, 11, device_ack_payload(Command.UNINIT_BUFFER))
+    )
     client, _, _ = run(capture)
-    with pytest.raises(SyncProtocolError, match="acknowledged UninitBuffer for seq 1, "
-                                                "expected BufferWrite"):
+    with pytest.raises(SyncProtocolError, match="acknowledged UninitBuffer for seq 1, expected BufferWrite"):
         client.get_device_info()
 
 
@@ -307,8 +320,7 @@ def test_a_truncated_transfer_is_a_frame_error() -> None:
     data = capture.data(GDI_RESPONSE)
     capture.events[GDI_RESPONSE] = read_event(data[:500])
     client, _, _ = run(capture)
-    with pytest.raises(FrameError, match="header declares 3029 bytes, the transfer ended "
-                                         "after 500"):
+    with pytest.raises(FrameError, match="header declares 3029 bytes, the transfer ended after 500"):
         client.get_device_info()
 
 
@@ -323,8 +335,11 @@ def test_a_device_sending_buffer_write_is_a_protocol_error() -> None:
 def test_a_recording_without_a_get_device_info_answer_names_the_request() -> None:
     capture = Capture().remove(GDI_WRITE, GDI_WRITE + 8)
     client, _, _ = run(capture)
-    with pytest.raises(ReplayError, match=r"cannot answer a GetDeviceInfo request.*"
-                                          r"SetDeviceTime, TransitionToDeviceMode"):
+    with pytest.raises(
+        ReplayError,
+        match=r"cannot answer a GetDeviceInfo request.*"
+        r"SetDeviceTime, TransitionToDeviceMode",
+    ):
         client.get_device_info()
 
 
@@ -341,8 +356,7 @@ def test_client_options_are_checked() -> None:
 def _device_frame() -> st.SearchStrategy[bytes]:
     answer = proto.encode_device_message(header_id="h", device_info_json='{"payload":{}}')
     event = proto.encode_device_message(kong_event_json="{}")
-    payloads = st.sampled_from([b"", b"52231", b"52232", answer, event, b"\xff\x00"]) | \
-        st.binary(max_size=24)
+    payloads = st.sampled_from([b"", b"52231", b"52232", answer, event, b"\xff\x00"]) | st.binary(max_size=24)
     frames = st.builds(encode_frame, st.sampled_from(list(Command)), st.integers(0, 6), payloads)
     return frames | st.just(encode_short_uninit()) | st.binary(max_size=20)
 
@@ -369,8 +383,7 @@ ANSWER = '{"payload":{}}'
 WELL_BEHAVED = [
     encode_frame(Command.ACK, 1, b"52231"),
     encode_frame(Command.ACK, 2, b"52232"),
-    encode_frame(Command.BUFFER_READ, 0,
-                 proto.encode_device_message(header_id="h", device_info_json=ANSWER)),
+    encode_frame(Command.BUFFER_READ, 0, proto.encode_device_message(header_id="h", device_info_json=ANSWER)),
     encode_short_uninit(),
 ]
 
@@ -381,13 +394,12 @@ def test_fuzz_any_device_behaviour_ends_in_a_reply_or_a_sync_error(data: st.Data
     # The well-behaved answer with random frames, timeouts (None) and garbage inserted,
     # and some of its own transfers dropped.
     transfers: list[bytes | None] = [
-        t for t in WELL_BEHAVED if data.draw(st.integers(0, 9), label="drop") != 0]
+        t for t in WELL_BEHAVED if data.draw(st.integers(0, 9), label="drop") != 0
+    ]
     for _ in range(data.draw(st.integers(0, 12), label="noise")):
-        transfers.insert(data.draw(st.integers(0, len(transfers))),
-                         data.draw(_device_frame() | st.none()))
+        transfers.insert(data.draw(st.integers(0, len(transfers))), data.draw(_device_frame() | st.none()))
     clock = FakeClock()
-    client = SyncClient(ScriptedDevice(transfers, clock), clock=clock, deadline=10.0,
-                        max_unsolicited=20)
+    client = SyncClient(ScriptedDevice(transfers, clock), clock=clock, deadline=10.0, max_unsolicited=20)
     start = clock.now
     try:
         reply = client.get_device_info()

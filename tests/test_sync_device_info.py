@@ -54,22 +54,35 @@ def test_recorded_rally_bar_end_to_end() -> None:
     assert bar.serial == BAR_SERIAL
     assert bar.serial_source is SerialSource.SYNC_INTERFACE and bar.serial_label_grade
     assert (bar.firmware, bar.firmware_source) == ("1.9.556", "sync-interface")
-    assert bar.components == {"manifest": "10.12.556", "osv": "0.917.642", "av": "1.0.763",
-                              "ptv": "1.0.80", "zfv": "1.0.79", "hkv": "1.1.79"}
+    assert bar.components == {
+        "manifest": "10.12.556",
+        "osv": "0.917.642",
+        "av": "1.0.763",
+        "ptv": "1.0.80",
+        "zfv": "1.0.79",
+        "hkv": "1.1.79",
+    }
     assert bar.state == "idle"  # status 2
     assert bar.health == []
     assert (bar.source, bar.address, bar.observed_at) == ("sync-interface", "2-1.1", NOW)
     assert bar.attributes["update_status"] == "current"
     assert bar.attributes["peripheral_counts"] == {
-        "camera": {"expected": 1, "actual": 1}, "micPod": {"expected": 1, "actual": 1},
-        "remote": {"expected": 1, "actual": 1}}
-    assert bar.attributes["sync_exchange"] == {"attempts": 1, "read_timeouts": 0,
-                                               "unsolicited": 0, "closed": True}
+        "camera": {"expected": 1, "actual": 1},
+        "micPod": {"expected": 1, "actual": 1},
+        "remote": {"expected": 1, "actual": 1},
+    }
+    assert bar.attributes["sync_exchange"] == {
+        "attempts": 1,
+        "read_timeouts": 0,
+        "unsolicited": 0,
+        "closed": True,
+    }
     # unknown fields are kept
     assert bar.attributes["type"] == "HostedKong"
     assert bar.attributes["hw"] == "4.4"
-    assert bar.attributes["displays"] == [{"name": "Built-in Screen", "refreshRate": 60,
-                                           "resolution": "1920 x 1080"}]
+    assert bar.attributes["displays"] == [
+        {"name": "Built-in Screen", "refreshRate": 60, "resolution": "1920 x 1080"}
+    ]
 
     sight, mic_pod, remote = bar.children
     assert (sight.product, sight.model, sight.serial) == ("Sight", "VU0067", SIGHT_SERIAL)
@@ -80,12 +93,10 @@ def test_recorded_rally_bar_end_to_end() -> None:
     assert sight.attributes["peripheral"]["group"] == "camera"
     assert sight.attributes["peripheral"]["devId"] == "1004"
 
-    assert (mic_pod.product, mic_pod.firmware, mic_pod.state) == ("Rally Mic Pod", "2.1.3",
-                                                                 "online")
+    assert (mic_pod.product, mic_pod.firmware, mic_pod.state) == ("Rally Mic Pod", "2.1.3", "online")
     assert mic_pod.serial is None and mic_pod.vendor == "Logitech"
     assert mic_pod.attributes["uid"] == "33" and mic_pod.address == "2-1.1/micPod/33"
-    assert (remote.product, remote.firmware, remote.state) == ("Remote Controller", "2.5",
-                                                              "offline")
+    assert (remote.product, remote.firmware, remote.state) == ("Remote Controller", "2.5", "offline")
     assert remote.vendor is None  # vid 0x01DA
 
     device = Device.from_observation(bar)
@@ -111,8 +122,7 @@ def test_missing_mic_pod_is_a_health_issue_naming_it() -> None:
     doc = recorded_document()
     doc["payload"]["devices"][0]["peripherals"]["micPod"]["count"] = {"expected": 3, "actual": 1}
     obs = parse(doc)
-    assert issues(obs) == {"peripheral-missing":
-                           "2 of 3 expected Mic Pods missing: Sync reports 1 connected"}
+    assert issues(obs) == {"peripheral-missing": "2 of 3 expected Mic Pods missing: Sync reports 1 connected"}
     assert obs.health[0].severity is Severity.WARNING
 
 
@@ -125,9 +135,11 @@ def test_missing_sight_and_remote() -> None:
     bar["peripherals"]["tableHub"] = {"count": {"expected": 1, "actual": 0}}
     obs = parse(doc)
     messages = sorted(i.message for i in obs.health if i.code == "peripheral-missing")
-    assert messages == ["1 of 1 expected camera missing: Sync reports 0 connected",
-                        "1 of 1 expected remote missing: Sync reports 0 connected",
-                        "1 of 1 expected table hub missing: Sync reports 0 connected"]
+    assert messages == [
+        "1 of 1 expected camera missing: Sync reports 0 connected",
+        "1 of 1 expected remote missing: Sync reports 0 connected",
+        "1 of 1 expected table hub missing: Sync reports 0 connected",
+    ]
     assert [c.product for c in obs.children] == ["Rally Mic Pod", "Remote Controller"]
 
 
@@ -156,11 +168,14 @@ def test_out_of_range_status_is_unknown_and_kept() -> None:
     assert obs.state == "unknown" and obs.attributes["status"] == 42
 
 
-@pytest.mark.parametrize(("update", "code", "severity"), [
-    (8, "update-failed", Severity.WARNING),
-    (1, "update-available", Severity.INFO),
-    (4, "update-in-progress", Severity.INFO),
-])
+@pytest.mark.parametrize(
+    ("update", "code", "severity"),
+    [
+        (8, "update-failed", Severity.WARNING),
+        (1, "update-available", Severity.INFO),
+        (4, "update-in-progress", Severity.INFO),
+    ],
+)
 def test_update_status_becomes_a_health_issue(update: int, code: str, severity: Severity) -> None:
     doc = recorded_document()
     doc["payload"]["devices"][0]["updateStatus"] = update
@@ -176,12 +191,15 @@ def test_unknown_model_is_kept_and_noted() -> None:
     assert "VR9999 (Rally Bar) is not in the catalog" in issues(obs)["unknown-product"]
 
 
-@pytest.mark.parametrize(("serial", "code", "label_grade"), [
-    (None, "serial-missing", False),
-    ("000000000000", "sync-serial-placeholder", False),
-    ("2313FD1N08Z2\x00junk", "sync-serial-nul-padded", False),
-    ("  2313FD1N08Z2 ", None, True),
-])
+@pytest.mark.parametrize(
+    ("serial", "code", "label_grade"),
+    [
+        (None, "serial-missing", False),
+        ("000000000000", "sync-serial-placeholder", False),
+        ("2313FD1N08Z2\x00junk", "sync-serial-nul-padded", False),
+        ("  2313FD1N08Z2 ", None, True),
+    ],
+)
 def test_bar_serial_problems(serial: str | None, code: str | None, label_grade: bool) -> None:
     doc = recorded_document()
     if serial is None:
@@ -199,21 +217,35 @@ def test_bar_serial_problems(serial: str | None, code: str | None, label_grade: 
 
 
 def test_partial_and_malformed_entries_give_a_partial_result() -> None:
-    doc = {"payload": {"devices": [
-        {"model": "VR0019", "sw": 1.9, "status": True, "peripherals": {
-            "micPod": {"count": {"expected": "2", "actual": 1}, "data": ["pod"]},
-            "remote": [], "camera": {"data": {"not": "a list"}}}},
-        "not a device",
-        {"name": "Sight"}]}}
+    doc = {
+        "payload": {
+            "devices": [
+                {
+                    "model": "VR0019",
+                    "sw": 1.9,
+                    "status": True,
+                    "peripherals": {
+                        "micPod": {"count": {"expected": "2", "actual": 1}, "data": ["pod"]},
+                        "remote": [],
+                        "camera": {"data": {"not": "a list"}},
+                    },
+                },
+                "not a device",
+                {"name": "Sight"},
+            ]
+        }
+    }
     obs = parse(doc)
     assert obs.product == "Rally Bar" and obs.firmware is None and obs.state is None
     notes = sorted(i.message for i in obs.health if i.code == "sync-data-malformed")
-    assert notes == ["payload.devices[0].sw is not text",
-                     "payload.devices[1] is not an object; skipped",
-                     "peripherals.camera.data is not a list",
-                     "peripherals.micPod.count is not two whole numbers",
-                     "peripherals.micPod.data[0] is not an object",
-                     "peripherals.remote is not an object"]
+    assert notes == [
+        "payload.devices[0].sw is not text",
+        "payload.devices[1] is not an object; skipped",
+        "peripherals.camera.data is not a list",
+        "peripherals.micPod.count is not two whole numbers",
+        "peripherals.micPod.data[0] is not an object",
+        "peripherals.remote is not an object",
+    ]
     assert len(obs.children) == 1 and obs.children[0].product == "Unknown Logitech device"
 
 
@@ -226,19 +258,22 @@ def test_nan_and_infinity_are_dropped_not_fatal() -> None:
 # --------------------------------------------------------------------------- hostile input
 
 
-@pytest.mark.parametrize(("document", "message"), [
-    ("", "not JSON"),
-    ("{", "not JSON"),
-    ("[]", "JSON list, not an object"),
-    ("{}", "no 'payload' object"),
-    ('{"payload": {"devices": []}}', "no 'payload.devices\\[0\\]'"),
-    ('{"payload": {"devices": ["x"]}}', "no 'payload.devices\\[0\\]'"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    ("[" * 100_000 + "]" * 100_000, "nests deeper"),
-    ('{"a":' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1), f"nests deeper than {MAX_DEPTH}"),
-    (" " * (MAX_JSON_CHARS + 1), "over the cap"),
-    ('{"payload": 1' + "9" * 5000 + "}", "not usable JSON"),
-])
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("", "not JSON"),
+        ("{", "not JSON"),
+        ("[]", "JSON list, not an object"),
+        ("{}", "no 'payload' object"),
+        ('{"payload": {"devices": []}}', "no 'payload.devices\\[0\\]'"),
+        ('{"payload": {"devices": ["x"]}}', "no 'payload.devices\\[0\\]'"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper"),
+        ('{"a":' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1), f"nests deeper than {MAX_DEPTH}"),
+        (" " * (MAX_JSON_CHARS + 1), "over the cap"),
+        ('{"payload": 1' + "9" * 5000 + "}", "not usable JSON"),
+    ],
+)
 def test_unusable_documents_are_clear_errors(document: str | bytes, message: str) -> None:
     with pytest.raises(DeviceInfoError, match=message):
         parse(document)
@@ -251,9 +286,11 @@ def test_type_confusion_is_an_error_not_a_traceback() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=30)
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
 
 
 @FUZZ
@@ -271,8 +308,9 @@ def test_fuzz_mutated_recorded_document_never_raises_anything_else(data: st.Data
         node: Any = doc
         path = []
         while isinstance(node, dict | list) and node and data.draw(st.integers(0, 3)):
-            key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict)
-                                            else list(range(len(node)))))
+            key = data.draw(
+                st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node))))
+            )
             path.append(key)
             parent, node = node, node[key]
         if path:

@@ -30,8 +30,13 @@ FUZZ = settings(max_examples=200, deadline=None)
 
 def test_command_values_are_the_protocol_s() -> None:
     assert {c.label: int(c) for c in Command} == {
-        "BufferRead": 0xCC06, "BufferWrite": 0xCC07, "UninitBuffer": 0xCC08,
-        "Ack": 0xFF01, "Timeout": 0xFF02, "Nack": 0xFF03}
+        "BufferRead": 0xCC06,
+        "BufferWrite": 0xCC07,
+        "UninitBuffer": 0xCC08,
+        "Ack": 0xFF01,
+        "Timeout": 0xFF02,
+        "Nack": 0xFF03,
+    }
 
 
 def test_every_recorded_transfer_decodes_and_re_encodes_byte_for_byte() -> None:
@@ -51,9 +56,15 @@ def test_recorded_get_device_info_exchange_frames() -> None:
     capture = Capture()
     frames = [decode_frame(capture.data(i)) for i in range(36, 44)]
     assert [(f.command, f.sequence_id) for f in frames] == [
-        (Command.BUFFER_WRITE, 11), (Command.ACK, 11), (Command.UNINIT_BUFFER, 12),
-        (Command.ACK, 12), (Command.BUFFER_READ, 0), (Command.ACK, 13),
-        (Command.UNINIT_BUFFER, 0), (Command.ACK, 14)]
+        (Command.BUFFER_WRITE, 11),
+        (Command.ACK, 11),
+        (Command.UNINIT_BUFFER, 12),
+        (Command.ACK, 12),
+        (Command.BUFFER_READ, 0),
+        (Command.ACK, 13),
+        (Command.UNINIT_BUFFER, 0),
+        (Command.ACK, 14),
+    ]
     assert len(frames[4].payload) == 3017
     # Acks differ by direction: ASCII decimal from the device, u32le from the host.
     assert frames[1].payload == b"52231" == device_ack_payload(Command.BUFFER_WRITE)
@@ -64,16 +75,19 @@ def test_recorded_get_device_info_exchange_frames() -> None:
     assert parse_host_ack(frames[7].payload) == Command.UNINIT_BUFFER
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"", "truncated frame: 0 bytes"),
-    (b"\x07\xcc\x00\x00\x09\x00", "truncated frame: 6 bytes"),
-    (struct.pack("<III", 0xCC07, 9, 1) + b"\x0a\x03", "header declares 9 payload bytes, 2 arrived"),
-    (struct.pack("<III", 0xCC07, 0, 1) + b"xx", "2 bytes after its declared 0-byte payload"),
-    (struct.pack("<III", 0x1234, 0, 1), "unknown command 0x1234"),
-    (struct.pack("<III", 0xCC06, MAX_PAYLOAD + 1, 0), "over the cap"),
-    (struct.pack("<II", 0xCC06, 0), "truncated frame: 8 bytes"),  # only UninitBuffer may be short
-    (struct.pack("<II", 0xCC08, 4), "truncated frame: 8 bytes"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated frame: 0 bytes"),
+        (b"\x07\xcc\x00\x00\x09\x00", "truncated frame: 6 bytes"),
+        (struct.pack("<III", 0xCC07, 9, 1) + b"\x0a\x03", "header declares 9 payload bytes, 2 arrived"),
+        (struct.pack("<III", 0xCC07, 0, 1) + b"xx", "2 bytes after its declared 0-byte payload"),
+        (struct.pack("<III", 0x1234, 0, 1), "unknown command 0x1234"),
+        (struct.pack("<III", 0xCC06, MAX_PAYLOAD + 1, 0), "over the cap"),
+        (struct.pack("<II", 0xCC06, 0), "truncated frame: 8 bytes"),  # only UninitBuffer may be short
+        (struct.pack("<II", 0xCC08, 4), "truncated frame: 8 bytes"),
+    ],
+)
 def test_malformed_frames_raise_frame_error(data: bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message.replace("(", r"\(")):
         decode_frame(data)
@@ -120,13 +134,15 @@ def test_fuzz_decode_raises_only_frame_error(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.sampled_from(list(Command)), st.integers(0, 0xFFFF_FFFF), st.binary(max_size=300),
-       st.integers(1, 40))
-def test_fuzz_round_trip_and_every_truncation_is_an_error(command: Command, seq: int,
-                                                          payload: bytes, cut: int) -> None:
+@given(
+    st.sampled_from(list(Command)), st.integers(0, 0xFFFF_FFFF), st.binary(max_size=300), st.integers(1, 40)
+)
+def test_fuzz_round_trip_and_every_truncation_is_an_error(
+    command: Command, seq: int, payload: bytes, cut: int
+) -> None:
     data = encode_frame(command, seq, payload)
     assert decode_frame(data) == Frame(command, seq, payload)
-    short = data[:-min(cut, len(data))]
+    short = data[: -min(cut, len(data))]
     if len(short) == 8 and command is Command.UNINIT_BUFFER and not payload:
         return  # the recorded 8-byte form of the device's UninitBuffer
     with pytest.raises(FrameError):

@@ -24,11 +24,15 @@ def fields(message_class) -> dict[str, tuple[int, int]]:
 
 def test_schema_field_numbers_and_types() -> None:
     msg = FD.TYPE_MESSAGE
-    assert fields(proto.UsbMsg) == {"header": (1, msg), "ack": (2, msg), "request": (3, msg),
-                                    "response": (4, msg), "event": (5, msg)}
+    assert fields(proto.UsbMsg) == {
+        "header": (1, msg),
+        "ack": (2, msg),
+        "request": (3, msg),
+        "response": (4, msg),
+        "event": (5, msg),
+    }
     assert fields(proto.Header) == {"id": (1, FD.TYPE_STRING), "timestamp": (2, FD.TYPE_STRING)}
-    assert fields(proto.Acknowledge) == {"msg_id": (1, FD.TYPE_STRING),
-                                         "success": (2, FD.TYPE_BOOL)}
+    assert fields(proto.Acknowledge) == {"msg_id": (1, FD.TYPE_STRING), "success": (2, FD.TYPE_BOOL)}
     assert fields(proto.Request) == {"get_device_info": (2, msg)}  # and nothing else
     assert fields(proto.GetDeviceInfoRequest) == {}
     assert fields(proto.Response) == {"get_device_info": (2, msg)}
@@ -45,12 +49,17 @@ def test_our_request_is_the_recorded_request_byte_for_byte() -> None:
 
 def test_recorded_messages_decode_to_what_they_are() -> None:
     capture = Capture()
-    decoded = {i: proto.decode_usb_msg(decode_frame(capture.data(i)).payload)
-               for i in (15, 23, 28, 31, 36, 40)}
+    decoded = {
+        i: proto.decode_usb_msg(decode_frame(capture.data(i)).payload) for i in (15, 23, 28, 31, 36, 40)
+    }
     assert {i: m.name for i, m in decoded.items()} == {
-        15: "TransitionToDeviceMode request", 23: "TransitionToDeviceMode response",
-        28: "SetDeviceTime request", 31: "acknowledge", 36: "GetDeviceInfo request",
-        40: "GetDeviceInfo response"}
+        15: "TransitionToDeviceMode request",
+        23: "TransitionToDeviceMode response",
+        28: "SetDeviceTime request",
+        31: "acknowledge",
+        36: "GetDeviceInfo request",
+        40: "GetDeviceInfo response",
+    }
     assert decoded[36].header_timestamp == "0" and decoded[36].header_id == ""
     answer = decoded[40]
     assert answer.is_device_info_response
@@ -64,23 +73,28 @@ def test_recorded_messages_decode_to_what_they_are() -> None:
 
 
 def test_device_messages_round_trip() -> None:
-    for kwargs, name in [({"device_info_json": "{}"}, "GetDeviceInfo response"),
-                         ({"kong_event_json": ""}, "KongEvent event"),
-                         ({"ack_success": False}, "acknowledge")]:
+    for kwargs, name in [
+        ({"device_info_json": "{}"}, "GetDeviceInfo response"),
+        ({"kong_event_json": ""}, "KongEvent event"),
+        ({"ack_success": False}, "acknowledge"),
+    ]:
         decoded = proto.decode_usb_msg(proto.encode_device_message(header_id="h", **kwargs))
         assert (decoded.name, decoded.header_id) == (name, "h")
     with pytest.raises(ProtoError, match="exactly one"):
         proto.encode_device_message(device_info_json="{}", ack_success=True)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"\xff\xff\xff", "not a UsbMsg"),
-    (b"\x0a\x05\x0a\x03", "not a UsbMsg"),                 # length past the end
-    (bytes.fromhex("22 05 12 03 0a 01 ff"), "not a UsbMsg"),  # JSON string that is not UTF-8
-    (b"", "carries no"),
-    (bytes.fromhex("0a 03 12 01 30"), "carries no"),       # a header alone
-    (bytes.fromhex("12 00 1a 02 12 00"), "several bodies"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xff\xff\xff", "not a UsbMsg"),
+        (b"\x0a\x05\x0a\x03", "not a UsbMsg"),  # length past the end
+        (bytes.fromhex("22 05 12 03 0a 01 ff"), "not a UsbMsg"),  # JSON string that is not UTF-8
+        (b"", "carries no"),
+        (bytes.fromhex("0a 03 12 01 30"), "carries no"),  # a header alone
+        (bytes.fromhex("12 00 1a 02 12 00"), "several bodies"),
+    ],
+)
 def test_garbage_gives_a_clear_proto_error(data: bytes, message: str) -> None:
     with pytest.raises(ProtoError, match=message):
         proto.decode_usb_msg(data)

@@ -30,10 +30,12 @@ from tests.usbfake import run_under_umockdev as run_umockdev
 BULK, INTR = 0x02, 0x03
 
 
-def intf(number: int, subclass: int, *endpoints: tuple[int, int | None], alternate: int = 0,
-         protocol: int = 1) -> InterfaceInfo:
-    return InterfaceInfo(number, alternate, 0xFF, subclass, protocol,
-                         tuple(EndpointInfo(a, t) for a, t in endpoints))
+def intf(
+    number: int, subclass: int, *endpoints: tuple[int, int | None], alternate: int = 0, protocol: int = 1
+) -> InterfaceInfo:
+    return InterfaceInfo(
+        number, alternate, 0xFF, subclass, protocol, tuple(EndpointInfo(a, t) for a, t in endpoints)
+    )
 
 
 def test_recorded_descriptors_select_interface_3() -> None:
@@ -42,33 +44,40 @@ def test_recorded_descriptors_select_interface_3() -> None:
 
 
 def test_endpoints_come_from_the_descriptors_in_any_order() -> None:
-    found = select_sync_interface([
-        intf(0, 117, (0x02, BULK), (0x84, BULK)),           # firmware update: never
-        intf(5, 118, (0x87, BULK), (0x81, INTR), (0x06, BULK)),
-        intf(6, 66, (0x03, BULK), (0x85, BULK)),            # ADB: never
-    ])
+    found = select_sync_interface(
+        [
+            intf(0, 117, (0x02, BULK), (0x84, BULK)),  # firmware update: never
+            intf(5, 118, (0x87, BULK), (0x81, INTR), (0x06, BULK)),
+            intf(6, 66, (0x03, BULK), (0x85, BULK)),  # ADB: never
+        ]
+    )
     assert found == SyncEndpoints(5, 0x06, 0x87)
 
 
-@pytest.mark.parametrize(("interfaces", "message"), [
-    ([intf(2, 117, (0x01, BULK), (0x83, BULK)), intf(4, 66, (0x03, BULK), (0x85, BULK))],
-     r"no Sync Agent interface .*\[2:0xff/117/1, 4:0xff/66/1\]"),
-    ([intf(3, 118, (0x02, BULK), (0x84, BULK), protocol=2)], "no Sync Agent interface"),
-    ([intf(3, 118, (0x02, BULK), (0x84, BULK), alternate=1)], "no Sync Agent interface"),
-    ([intf(3, 118, (0x02, BULK))], "1 bulk OUT and 0 bulk IN"),
-    ([intf(3, 118, (0x02, BULK), (0x04, BULK), (0x84, BULK))], "2 bulk OUT and 1 bulk IN"),
-    ([intf(3, 118, (0x02, INTR), (0x84, BULK))], "0 bulk OUT and 1 bulk IN"),
-])
-def test_no_usable_sync_interface_is_a_clear_error(interfaces: list[InterfaceInfo],
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    ("interfaces", "message"),
+    [
+        (
+            [intf(2, 117, (0x01, BULK), (0x83, BULK)), intf(4, 66, (0x03, BULK), (0x85, BULK))],
+            r"no Sync Agent interface .*\[2:0xff/117/1, 4:0xff/66/1\]",
+        ),
+        ([intf(3, 118, (0x02, BULK), (0x84, BULK), protocol=2)], "no Sync Agent interface"),
+        ([intf(3, 118, (0x02, BULK), (0x84, BULK), alternate=1)], "no Sync Agent interface"),
+        ([intf(3, 118, (0x02, BULK))], "1 bulk OUT and 0 bulk IN"),
+        ([intf(3, 118, (0x02, BULK), (0x04, BULK), (0x84, BULK))], "2 bulk OUT and 1 bulk IN"),
+        ([intf(3, 118, (0x02, INTR), (0x84, BULK))], "0 bulk OUT and 1 bulk IN"),
+    ],
+)
+def test_no_usable_sync_interface_is_a_clear_error(interfaces: list[InterfaceInfo], message: str) -> None:
     with pytest.raises(TransportError, match=message):
         select_sync_interface(interfaces)
 
 
 # --------------------------------------------------------------------------- under umockdev
 
-needs_umockdev = pytest.mark.skipif(shutil.which("umockdev-run") is None,
-                                    reason="umockdev-run is not installed (Debian package umockdev)")
+needs_umockdev = pytest.mark.skipif(
+    shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
+)
 
 SCRIPT = """
 import json, sys
@@ -89,12 +98,12 @@ print(json.dumps(out))
 """
 
 
-def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
-                       first_seq: int, deadline: float = 5.0) -> dict:
+def run_under_umockdev(
+    tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture, first_seq: int, deadline: float = 5.0
+) -> dict:
     script = tmp_path / "read_bar.py"
     script.write_text(SCRIPT, encoding="utf-8")
-    proc = run_umockdev(tmp_path, device, capture, sys.executable, str(script),
-                        str(first_seq), str(deadline))
+    proc = run_umockdev(tmp_path, device, capture, sys.executable, str(script), str(first_seq), str(deadline))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -103,8 +112,9 @@ def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCap
 @needs_umockdev
 def test_pyusb_transport_reads_the_recorded_bar_through_libusb(tmp_path: Path) -> None:
     recording = Capture().recording()
-    out = run_under_umockdev(tmp_path, fake_bar(recording), recorded_bulk(recording, 0x02, 0x84),
-                             first_seq=11)  # the recorded host's sequence ids: 11…14
+    out = run_under_umockdev(
+        tmp_path, fake_bar(recording), recorded_bulk(recording, 0x02, 0x84), first_seq=11
+    )  # the recorded host's sequence ids: 11…14
     assert out.get("error") is None, out
     assert out["endpoints"] == [3, 0x02, 0x84]
     assert out["json"]["payload"]["devices"][0]["serial"] == BAR_SERIAL
@@ -113,15 +123,15 @@ def test_pyusb_transport_reads_the_recorded_bar_through_libusb(tmp_path: Path) -
 
 @pytest.mark.umockdev
 @needs_umockdev
-def test_pyusb_transport_finds_moved_endpoints_and_leaves_update_and_adb_alone(
-        tmp_path: Path) -> None:
+def test_pyusb_transport_finds_moved_endpoints_and_leaves_update_and_adb_alone(tmp_path: Path) -> None:
     # Give the firmware-update interface the addresses the Sync interface had on the
     # recorded bar, and the Sync interface new ones: a hard-coded 0x02/0x84 would now talk
     # to the update interface, and umockdev would answer nothing.
     recording = Capture().recording()
     remap = {0x01: 0x02, 0x83: 0x84, 0x02: 0x06, 0x84: 0x87}
-    out = run_under_umockdev(tmp_path, fake_bar(recording, remap),
-                             recorded_bulk(recording, 0x06, 0x87), first_seq=11)
+    out = run_under_umockdev(
+        tmp_path, fake_bar(recording, remap), recorded_bulk(recording, 0x06, 0x87), first_seq=11
+    )
     assert out.get("error") is None, out
     assert out["endpoints"] == [3, 0x06, 0x87]
 
@@ -132,6 +142,7 @@ def test_frames_that_differ_from_the_recorded_host_get_no_answer(tmp_path: Path)
     # Sequence ids 1… instead of the recorded 11…: umockdev compares OUT bytes and never
     # answers, so the exchange must end in a clean error within the deadline.
     recording = Capture().recording()
-    out = run_under_umockdev(tmp_path, fake_bar(recording), recorded_bulk(recording, 0x02, 0x84),
-                             first_seq=1, deadline=0.5)
+    out = run_under_umockdev(
+        tmp_path, fake_bar(recording), recorded_bulk(recording, 0x02, 0x84), first_seq=1, deadline=0.5
+    )
     assert out["error"] in ("TransportTimeout", "SyncTimeout"), out

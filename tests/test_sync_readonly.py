@@ -47,16 +47,18 @@ def test_the_request_schema_knows_only_get_device_info() -> None:
 
 
 def test_the_frames_our_client_sends_pass_the_gate() -> None:
-    for data in (buffer_write(GDI),
-                 encode_frame(Command.UNINIT_BUFFER, 2),
-                 encode_frame(Command.ACK, 3, host_ack_payload(Command.BUFFER_READ)),
-                 encode_frame(Command.ACK, 4, host_ack_payload(Command.UNINIT_BUFFER))):
+    for data in (
+        buffer_write(GDI),
+        encode_frame(Command.UNINIT_BUFFER, 2),
+        encode_frame(Command.ACK, 3, host_ack_payload(Command.BUFFER_READ)),
+        encode_frame(Command.ACK, 4, host_ack_payload(Command.UNINIT_BUFFER)),
+    ):
         assert check_outgoing(data) == decode_frame(data)
 
 
-@pytest.mark.parametrize(("event", "name"), [(15, "TransitionToDeviceMode"),
-                                             (20, "TransitionToDeviceMode"),
-                                             (28, "SetDeviceTime")])
+@pytest.mark.parametrize(
+    ("event", "name"), [(15, "TransitionToDeviceMode"), (20, "TransitionToDeviceMode"), (28, "SetDeviceTime")]
+)
 def test_recorded_state_changing_requests_are_refused_byte_for_byte(event: int, name: str) -> None:
     data = Capture().data(event)
     with pytest.raises(ReadOnlyViolation, match=f"refused to send a {name} request"):
@@ -68,46 +70,54 @@ def _msg(**parts: bytes) -> bytes:
     return b"".join(parts.values())
 
 
-@pytest.mark.parametrize(("payload", "why"), [
-    # GetDeviceInfo plus a smuggled TransitionToDeviceMode (field 5) in the same request
-    (_msg(h=bytes.fromhex("0a03120130"), r=bytes.fromhex("1a04 1200 2a00")),
-     "request field 5 = TransitionToDeviceMode"),
-    # SetDeviceTime alone, as hand-crafted bytes (request field 10)
-    (_msg(h=bytes.fromhex("0a03120130"), r=bytes.fromhex("1a04 5202 1000")), "SetDeviceTime"),
-    # an unknown request number
-    (bytes.fromhex("1a02 3a00"), "request field 7"),
-    # GetDeviceInfo with an unknown field inside it
-    (bytes.fromhex("1a04 1202 0801"), r"extra or reordered fields \(GetDeviceInfo field 1\)"),
-    # GetDeviceInfo plus an unknown top-level field
-    (bytes.fromhex("1a02 1200 3000"), r"extra or reordered fields \(UsbMsg field 6\)"),
-    # GetDeviceInfo plus a response body
-    (bytes.fromhex("1a02 1200 2200"), "several bodies at once: request, response"),
-    # answers and events are the device's to send
-    (proto.encode_device_message(device_info_json="{}"), "carries GetDeviceInfo response"),
-    (proto.encode_device_message(kong_event_json="{}"), "carries KongEvent event"),
-    (proto.encode_device_message(ack_success=True), "carries acknowledge"),
-    (b"\xff\xff", "not a UsbMsg"),
-    (GDI + b"\x00", "not a UsbMsg"),
-    (b"", "carries no acknowledge, request"),
-])
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        # GetDeviceInfo plus a smuggled TransitionToDeviceMode (field 5) in the same request
+        (
+            _msg(h=bytes.fromhex("0a03120130"), r=bytes.fromhex("1a04 1200 2a00")),
+            "request field 5 = TransitionToDeviceMode",
+        ),
+        # SetDeviceTime alone, as hand-crafted bytes (request field 10)
+        (_msg(h=bytes.fromhex("0a03120130"), r=bytes.fromhex("1a04 5202 1000")), "SetDeviceTime"),
+        # an unknown request number
+        (bytes.fromhex("1a02 3a00"), "request field 7"),
+        # GetDeviceInfo with an unknown field inside it
+        (bytes.fromhex("1a04 1202 0801"), r"extra or reordered fields \(GetDeviceInfo field 1\)"),
+        # GetDeviceInfo plus an unknown top-level field
+        (bytes.fromhex("1a02 1200 3000"), r"extra or reordered fields \(UsbMsg field 6\)"),
+        # GetDeviceInfo plus a response body
+        (bytes.fromhex("1a02 1200 2200"), "several bodies at once: request, response"),
+        # answers and events are the device's to send
+        (proto.encode_device_message(device_info_json="{}"), "carries GetDeviceInfo response"),
+        (proto.encode_device_message(kong_event_json="{}"), "carries KongEvent event"),
+        (proto.encode_device_message(ack_success=True), "carries acknowledge"),
+        (b"\xff\xff", "not a UsbMsg"),
+        (GDI + b"\x00", "not a UsbMsg"),
+        (b"", "carries no acknowledge, request"),
+    ],
+)
 def test_hand_crafted_buffer_writes_are_refused(payload: bytes, why: str) -> None:
     with pytest.raises(ReadOnlyViolation, match=why):
         check_outgoing(buffer_write(payload))
 
 
-@pytest.mark.parametrize("data", [
-    encode_frame(Command.BUFFER_READ, 0, GDI),
-    encode_frame(Command.NACK, 1),
-    encode_frame(Command.TIMEOUT, 1),
-    encode_frame(Command.UNINIT_BUFFER, 1, b"\x00"),
-    encode_frame(Command.ACK, 1, b"52231"),
-    encode_frame(Command.ACK, 1, host_ack_payload(Command.BUFFER_WRITE)),
-    encode_frame(Command.ACK, 1, b""),
-    struct.pack("<II", Command.UNINIT_BUFFER, 0),  # the device's 8-byte form
-    buffer_write(GDI)[:-1],
-    buffer_write(GDI) + b"\x00",
-    struct.pack("<III", 0xCC05, 0, 1),  # firmware-update Uninit
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode_frame(Command.BUFFER_READ, 0, GDI),
+        encode_frame(Command.NACK, 1),
+        encode_frame(Command.TIMEOUT, 1),
+        encode_frame(Command.UNINIT_BUFFER, 1, b"\x00"),
+        encode_frame(Command.ACK, 1, b"52231"),
+        encode_frame(Command.ACK, 1, host_ack_payload(Command.BUFFER_WRITE)),
+        encode_frame(Command.ACK, 1, b""),
+        struct.pack("<II", Command.UNINIT_BUFFER, 0),  # the device's 8-byte form
+        buffer_write(GDI)[:-1],
+        buffer_write(GDI) + b"\x00",
+        struct.pack("<III", 0xCC05, 0, 1),  # firmware-update Uninit
+    ],
+)
 def test_other_frames_are_refused(data: bytes) -> None:
     with pytest.raises(ReadOnlyViolation):
         check_outgoing(data)
@@ -192,12 +202,19 @@ def test_replay_transport_refuses_even_what_its_recording_could_answer() -> None
 
 @FUZZ
 @given(st.binary(max_size=40), st.integers(0, 5))
-def test_fuzz_whatever_passes_the_gate_is_part_of_the_read_only_exchange(blob: bytes,
-                                                                       shape: int) -> None:
+def test_fuzz_whatever_passes_the_gate_is_part_of_the_read_only_exchange(blob: bytes, shape: int) -> None:
     # Half raw bytes, half frames around fuzzed payloads, so the BufferWrite branch is hit.
-    data = blob if shape == 0 else encode_frame([Command.BUFFER_WRITE, Command.ACK,
-                                                 Command.UNINIT_BUFFER, Command.BUFFER_READ,
-                                                 Command.NACK][shape - 1], 7, blob)
+    data = (
+        blob
+        if shape == 0
+        else encode_frame(
+            [Command.BUFFER_WRITE, Command.ACK, Command.UNINIT_BUFFER, Command.BUFFER_READ, Command.NACK][
+                shape - 1
+            ],
+            7,
+            blob,
+        )
+    )
     try:
         frame = check_outgoing(data)
     except ReadOnlyViolation:
@@ -208,8 +225,10 @@ def test_fuzz_whatever_passes_the_gate_is_part_of_the_read_only_exchange(blob: b
         assert message.body == "request" and message.field == proto.GET_DEVICE_INFO
         assert proto.parse_usb_msg(frame.payload).request.ListFields()[0][0].number == 2
     elif frame.command is Command.ACK:
-        assert frame.payload in (host_ack_payload(Command.BUFFER_READ),
-                                 host_ack_payload(Command.UNINIT_BUFFER))
+        assert frame.payload in (
+            host_ack_payload(Command.BUFFER_READ),
+            host_ack_payload(Command.UNINIT_BUFFER),
+        )
     else:
         assert frame.payload == b""
 
@@ -224,6 +243,7 @@ def test_fuzz_any_other_request_field_is_refused(number: int, body: bytes) -> No
             n >>= 7
             if not n:
                 return bytes(out)
+
     inner = varint(number << 3 | 2) + varint(len(body)) + body
     payload = b"\x1a" + varint(len(inner)) + inner
     with pytest.raises(ReadOnlyViolation):

@@ -53,16 +53,25 @@ def test_recorded_device_facts() -> None:
     assert device.string_problems == {}
     assert (device.platform_id, device.busnum, device.devnum) == ("2-1.1", 2, 20)
     assert [(i.number, i.alternate, i.cls, i.subclass) for i in device.interfaces] == [
-        (0, 0, 0x0E, 1), (1, 0, 0x0E, 2), (1, 1, 0x0E, 2), (2, 0, 0xFF, 117),
-        (3, 0, 0xFF, 118), (4, 0, 0xFF, 66)]
+        (0, 0, 0x0E, 1),
+        (1, 0, 0x0E, 2),
+        (1, 1, 0x0E, 2),
+        (2, 0, 0xFF, 117),
+        (3, 0, 0xFF, 118),
+        (4, 0, 0xFF, 66),
+    ]
     assert recording.sync == SyncEndpoints(3, 0x02, 0x84)
     assert recording.read_size == READ_SIZE
 
 
 def test_recorded_exchanges_are_named_by_their_request() -> None:
     recording = Capture().recording()
-    assert recording.requests == ["TransitionToDeviceMode", "TransitionToDeviceMode",
-                                  "SetDeviceTime", "GetDeviceInfo"]
+    assert recording.requests == [
+        "TransitionToDeviceMode",
+        "TransitionToDeviceMode",
+        "SetDeviceTime",
+        "GetDeviceInfo",
+    ]
     assert [op.kind for op in recording.preamble] == ["error"]  # event 14, a -7 read
     assert [op.kind for op in recording.exchanges[0].ops] == ["read", "write", "read", "error"]
     gdi = recording.exchanges[3]
@@ -127,8 +136,10 @@ def test_second_request_without_a_second_recorded_answer_is_an_error() -> None:
     transport = ReplayTransport(Capture().recording())
     client = SyncClient(transport)
     client.get_device_info()
-    with pytest.raises(ReplayError, match="cannot answer another GetDeviceInfo request: its 1 "
-                                          "recorded GetDeviceInfo exchange"):
+    with pytest.raises(
+        ReplayError,
+        match="cannot answer another GetDeviceInfo request: its 1 recorded GetDeviceInfo exchange",
+    ):
         client.get_device_info()
 
 
@@ -137,8 +148,11 @@ def test_client_deviating_from_the_recorded_host_is_an_error() -> None:
     transport.write(GDI_FRAME, 1.0)
     assert decode_frame(transport.read(READ_SIZE, 1.0)).payload == b"52231"
     wrong = encode_frame(Command.ACK, 2, host_ack_payload(Command.BUFFER_READ))
-    with pytest.raises(ReplayError, match=r"client sent Ack\(seq 2.*where the recording has "
-                                          r"UninitBuffer\(seq 12.*UsbEvents\[38\]"):
+    with pytest.raises(
+        ReplayError,
+        match=r"client sent Ack\(seq 2.*where the recording has "
+        r"UninitBuffer\(seq 12.*UsbEvents\[38\]",
+    ):
         transport.write(wrong, 1.0)
 
 
@@ -152,8 +166,7 @@ def test_sequence_ids_must_go_up_by_one() -> None:
 
 def test_device_acks_are_renumbered_to_the_client_sequence() -> None:
     transport = ReplayTransport(Capture().recording())
-    transport.write(encode_frame(Command.BUFFER_WRITE, 500, encode_get_device_info_request()),
-                    1.0)
+    transport.write(encode_frame(Command.BUFFER_WRITE, 500, encode_get_device_info_request()), 1.0)
     ack = decode_frame(transport.read(READ_SIZE, 1.0))
     assert (ack.command, ack.sequence_id) == (Command.ACK, 500)  # recorded as seq 11
 
@@ -181,12 +194,15 @@ def test_a_write_before_any_request_is_an_error() -> None:
         transport.write(encode_frame(Command.UNINIT_BUFFER, 1), 1.0)
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ([], "no UsbDevices list"),
-    ({"UsbDevices": []}, "no UsbDevices list"),
-    ({"UsbDevices": [{"UsbInterfaces": []}]}, "no Sync Agent interface"),
-    ({"UsbDevices": ["x"]}, "is not a device"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "no UsbDevices list"),
+        ({"UsbDevices": []}, "no UsbDevices list"),
+        ({"UsbDevices": [{"UsbInterfaces": []}]}, "no Sync Agent interface"),
+        ({"UsbDevices": ["x"]}, "is not a device"),
+    ],
+)
 def test_unusable_recordings_are_clear_errors(doc: object, message: str) -> None:
     with pytest.raises(ReplayError, match=message):
         parse_recording(doc)
@@ -194,8 +210,9 @@ def test_unusable_recordings_are_clear_errors(doc: object, message: str) -> None
 
 def test_a_recording_whose_sync_interface_is_only_firmware_update_and_adb_is_refused() -> None:
     capture = Capture()
-    capture.device["UsbInterfaces"] = [i for i in capture.device["UsbInterfaces"]
-                                       if i.get("InterfaceSubClass") != 118]
+    capture.device["UsbInterfaces"] = [
+        i for i in capture.device["UsbInterfaces"] if i.get("InterfaceSubClass") != 118
+    ]
     with pytest.raises(ReplayError, match=r"no Sync Agent interface.*2:0xff/117/1.*4:0xff/66/1"):
         capture.recording()
 

@@ -43,9 +43,19 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=60,
-                          env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
-                               "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "cat"})
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+            "LANG": "C.UTF-8",
+            "SYSTEMD_COLORS": "0",
+            "SYSTEMD_PAGER": "cat",
+        },
+    )
 
 
 def _directives(text: str) -> list[tuple[str, str, str]]:
@@ -82,6 +92,7 @@ def _one(section: str, key: str) -> str:
 
 # ------------------------------------------------------------------------------------ unit text
 
+
 def test_unit_has_the_required_directives() -> None:
     assert _one("Service", "Type") == "notify"
     assert _one("Service", "NotifyAccess") == "main"
@@ -101,7 +112,11 @@ def test_unit_has_the_required_directives() -> None:
     assert _one("Service", "DevicePolicy") == "closed"
     assert _values("Service", "DeviceAllow") == ["char-usb_device rw"]
     assert _one("Service", "RestrictAddressFamilies").split() == [
-        "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    ]
     assert _one("Service", "CapabilityBoundingSet") == ""
     assert _one("Service", "AmbientCapabilities") == ""
     assert _values("Service", "SystemCallFilter")[0] == "@system-service"
@@ -116,7 +131,7 @@ def test_unit_has_the_required_directives() -> None:
 def test_unit_does_not_hide_usb_from_the_agent() -> None:
     # PrivateDevices= would replace /dev with a minimal tree without /dev/bus/usb.
     assert _values("Service", "PrivateDevices") == []
-    assert _values("Service", "DynamicUser") == []   # the udev rule needs a static group
+    assert _values("Service", "DynamicUser") == []  # the udev rule needs a static group
 
 
 def test_credentials_are_loaded_and_a_missing_one_does_not_fail_the_unit() -> None:
@@ -136,11 +151,16 @@ def test_credentials_are_loaded_and_a_missing_one_does_not_fail_the_unit() -> No
 
 def test_directive_parser_sees_repeats_and_sections() -> None:
     text = "[Unit]\nA=1\n# c\n[Service]\nA=2\nA=\\\n  3\n; c\nB=\n"
-    assert _directives(text) == [("Unit", "A", "1"), ("Service", "A", "2"),
-                                 ("Service", "A", "3"), ("Service", "B", "")]
+    assert _directives(text) == [
+        ("Unit", "A", "1"),
+        ("Service", "A", "2"),
+        ("Service", "A", "3"),
+        ("Service", "B", ""),
+    ]
 
 
 # ------------------------------------------------------------------------- systemd-analyze
+
 
 def _roomsync_executable() -> str:
     exe = shutil.which("roomsync", path=str(Path(sys.executable).parent))
@@ -152,10 +172,14 @@ def _roomsync_executable() -> str:
 def _verifiable_copy(tmp_path: Path) -> Path:
     shipped = UNIT.read_text()
     exe = _roomsync_executable()
-    copy = re.sub(rf"^ExecStart={re.escape(INSTALLED_EXEC)}(?= |$)", f"ExecStart={exe}",
-                  shipped, count=1, flags=re.M)
-    changed = [line for line in difflib.ndiff(shipped.splitlines(), copy.splitlines())
-               if line.startswith(("- ", "+ "))]
+    copy = re.sub(
+        rf"^ExecStart={re.escape(INSTALLED_EXEC)}(?= |$)", f"ExecStart={exe}", shipped, count=1, flags=re.M
+    )
+    changed = [
+        line
+        for line in difflib.ndiff(shipped.splitlines(), copy.splitlines())
+        if line.startswith(("- ", "+ "))
+    ]
     assert changed == [f"- ExecStart={INSTALLED_EXEC} run", f"+ ExecStart={exe} run"], changed
     path = tmp_path / UNIT.name
     path.write_text(copy)
@@ -173,8 +197,9 @@ def test_verify_check_does_catch_mistakes(tmp_path: Path) -> None:
     # The check above relies on verify *printing* problems it only warns about.
     analyze = _tool("systemd-analyze")
     path = _verifiable_copy(tmp_path)
-    path.write_text(path.read_text().replace("UMask=0077", "UMask=0077\nProtectSytem=strict\n"
-                                             "RestrictRealtime=maybe"))
+    path.write_text(
+        path.read_text().replace("UMask=0077", "UMask=0077\nProtectSytem=strict\nRestrictRealtime=maybe")
+    )
     result = _run([analyze, "verify", str(path)])
     output = result.stdout + result.stderr
     assert "ProtectSytem" in output and "maybe" in output, output
@@ -207,6 +232,7 @@ def test_systemd_analyze_security_exposure() -> None:
 
 
 # ------------------------------------------------------------------------------- sysusers
+
 
 def test_sysusers_creates_the_system_user_and_group(tmp_path: Path) -> None:
     sysusers = _tool("systemd-sysusers")
@@ -254,10 +280,14 @@ def test_udev_rule_gives_group_roomsync_logitech_usb_devices_only() -> None:
     assert len(rules) == 1
     rule = rules[0]
     assert {t for t in rule if t[1] in ("==", "!=")} == {
-        ("SUBSYSTEM", "==", "usb"), ("ENV{DEVTYPE}", "==", "usb_device"),
-        ("ATTR{idVendor}", "==", "046d")}
+        ("SUBSYSTEM", "==", "usb"),
+        ("ENV{DEVTYPE}", "==", "usb_device"),
+        ("ATTR{idVendor}", "==", "046d"),
+    }
     assert {t for t in rule if t[1] not in ("==", "!=")} == {
-        ("GROUP", "=", "roomsync"), ("MODE", "=", "0660")}
+        ("GROUP", "=", "roomsync"),
+        ("MODE", "=", "0660"),
+    }
     bar = {"SUBSYSTEM": "usb", "ENV{DEVTYPE}": "usb_device", "ATTR{idVendor}": "046d"}
     assert _matches(rule, bar)
     assert not _matches(rule, {**bar, "ENV{DEVTYPE}": "usb_interface"})
@@ -267,14 +297,17 @@ def test_udev_rule_gives_group_roomsync_logitech_usb_devices_only() -> None:
 
 def test_udev_parser_rejects_what_it_does_not_understand() -> None:
     with pytest.raises(AssertionError):
-        _udev_rules('SUBSYSTEM=="usb" GROUP="x"\n')        # missing comma
+        _udev_rules('SUBSYSTEM=="usb" GROUP="x"\n')  # missing comma
     assert _udev_rules('# c\nA=="1", \\\n B="2"\n') == [[("A", "==", "1"), ("B", "=", "2")]]
 
 
 def test_one_group_name_across_unit_rule_and_sysusers() -> None:
     rule_group = next(v for k, _, v in _udev_rules(RULES.read_text())[0] if k == "GROUP")
-    sysusers_names = [line.split()[1] for line in SYSUSERS.read_text().splitlines()
-                      if line.strip() and not line.startswith("#")]
+    sysusers_names = [
+        line.split()[1]
+        for line in SYSUSERS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert rule_group == _one("Service", "Group") == _one("Service", "User")
     assert sysusers_names == [rule_group]
 
@@ -288,6 +321,6 @@ def test_udevadm_verify_accepts_the_rule() -> None:
         pytest.skip("this udevadm has no 'verify' command (systemd >= 253; Debian 12 has 252)")
     argv = [udevadm, "verify"]
     if "--resolve-names" in helptext.stdout:
-        argv.append("--resolve-names=never")          # the roomsync group need not exist here
+        argv.append("--resolve-names=never")  # the roomsync group need not exist here
     result = _run([*argv, str(RULES)])
     assert result.returncode == 0, result.stdout + result.stderr

@@ -21,11 +21,19 @@ NOW = datetime(2024, 5, 1, tzinfo=UTC)
 _ports = itertools.count(1)
 
 
-def unit(product: str, serial: str | None = None, *, label: bool = True,
-         children: list[Device] | None = None) -> Device:
-    return Device(product=product, transport=Transport.USB, address=f"1-{next(_ports)}",
-                  first_seen=NOW, last_seen=NOW, serial=serial,
-                  serial_label_grade=label and serial is not None, children=children or [])
+def unit(
+    product: str, serial: str | None = None, *, label: bool = True, children: list[Device] | None = None
+) -> Device:
+    return Device(
+        product=product,
+        transport=Transport.USB,
+        address=f"1-{next(_ports)}",
+        first_seen=NOW,
+        last_seen=NOW,
+        serial=serial,
+        serial_label_grade=label and serial is not None,
+        children=children or [],
+    )
 
 
 def room(*devices: Device) -> RoomSummary:
@@ -45,15 +53,24 @@ def rule_ids(summary: RoomSummary) -> set[str]:
 
 def test_p1_rally_system_registers_its_camera() -> None:
     s = room(unit("Rally Table Hub"), unit("Rally Camera", "2210RC0001A1"), unit("Rally Display Hub"))
-    assert shape(s) == [("Rally system", [("camera", "Rally Camera"), ("display-hub", "Rally Display Hub"),
-                                          ("table-hub", "Rally Table Hub")])]
+    assert shape(s) == [
+        (
+            "Rally system",
+            [
+                ("camera", "Rally Camera"),
+                ("display-hub", "Rally Display Hub"),
+                ("table-hub", "Rally Table Hub"),
+            ],
+        )
+    ]
     assert (s.primary_unit, s.primary_product) == ("2210RC0001A1", "Rally Camera")
     assert (s.ticket_serial, s.ticket_product) == ("2210RC0001A1", "Rally Camera")
     assert s.flags == () and s.standalone == ()
     assert "P1" in rule_ids(s) and "P2" not in rule_ids(s)
     # the camera is primary and ticket unit at once: no other unit's serial to warn against
     assert [n.text for n in s.rules if "support tickets" in n.text] == [
-        "Rally system: support tickets quote the Rally Camera's serial"]
+        "Rally system: support tickets quote the Rally Camera's serial"
+    ]
     assert any("primary unit is the Rally Camera (serial 2210RC0001A1)" in n.text for n in s.rules)
 
 
@@ -67,12 +84,25 @@ def test_p1_rally_camera_without_label_grade_serial_is_flagged_not_quoted() -> N
 
 
 def test_p1_collabos_bar_with_sight_tap_and_mic_pods() -> None:
-    bar = unit("Rally Bar", "2313FD1N08Z2",
-               children=[unit("Sight", "2325LZ51XY58"), unit("Rally Mic Pod"), unit("Remote Controller")])
+    bar = unit(
+        "Rally Bar",
+        "2313FD1N08Z2",
+        children=[unit("Sight", "2325LZ51XY58"), unit("Rally Mic Pod"), unit("Remote Controller")],
+    )
     s = room(unit("Tap", "2104TP0007B3"), bar, unit("Rally Mic Pod"))
-    assert shape(s) == [("CollabOS bar", [
-        ("bar", "Rally Bar"), ("table-camera", "Sight"), ("microphone", "Rally Mic Pod"),
-        (ATTACHED, "Remote Controller"), ("controller", "Tap"), ("microphone", "Rally Mic Pod")])]
+    assert shape(s) == [
+        (
+            "CollabOS bar",
+            [
+                ("bar", "Rally Bar"),
+                ("table-camera", "Sight"),
+                ("microphone", "Rally Mic Pod"),
+                (ATTACHED, "Remote Controller"),
+                ("controller", "Tap"),
+                ("microphone", "Rally Mic Pod"),
+            ],
+        )
+    ]
     system = s.systems[0]
     assert [m.attached_to for m in system.members[1:4]] == [bar.identity] * 3
     assert (s.primary_unit, s.ticket_serial) == ("2313FD1N08Z2", "2313FD1N08Z2")  # the bar, not the Tap
@@ -99,7 +129,9 @@ def test_p1_two_bars_are_two_systems_and_the_room_is_flagged() -> None:
     tap = unit("Tap", "TAP0001")
     s = room(second, tap, first)
     assert [(x.name, x.primary is first or x.primary is second) for x in s.systems] == [
-        ("CollabOS bar", True), ("CollabOS bar", True)]
+        ("CollabOS bar", True),
+        ("CollabOS bar", True),
+    ]
     assert s.systems[0].primary is first and s.systems[0].devices == [first, tap]  # max one Tap
     assert s.systems[1].devices == [second]
     assert s.primary_unit == "AAA0001"
@@ -123,17 +155,19 @@ def test_p1_meetup_on_its_own_is_the_rooms_primary_before_a_scribe() -> None:
     assert s.flags == ()
 
 
-@pytest.mark.parametrize(("products", "primary", "flags"), [
-    (["Brio", "Scribe"], "Scribe", ()),                          # key devices rank first
-    (["Brio"], "Brio", ()),                                      # a unit sold alone is its own primary
-    (["Scribe", "Tap"], "Tap", ("primary-unit-ambiguous",)),     # two key primaries: catalog order
-    (["Brio", "PTZ Pro 2"], "PTZ Pro 2", ("primary-unit-ambiguous",)),
-    (["Rally Display Hub", "Rally Mic Pod"], None, ("no-primary-unit",)),
-    (["Unknown device"], None, ("no-primary-unit",)),
-    ([], None, ("no-devices-found",)),
-])
-def test_p1_rooms_without_a_system(products: list[str], primary: str | None,
-                                   flags: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("products", "primary", "flags"),
+    [
+        (["Brio", "Scribe"], "Scribe", ()),  # key devices rank first
+        (["Brio"], "Brio", ()),  # a unit sold alone is its own primary
+        (["Scribe", "Tap"], "Tap", ("primary-unit-ambiguous",)),  # two key primaries: catalog order
+        (["Brio", "PTZ Pro 2"], "PTZ Pro 2", ("primary-unit-ambiguous",)),
+        (["Rally Display Hub", "Rally Mic Pod"], None, ("no-primary-unit",)),
+        (["Unknown device"], None, ("no-primary-unit",)),
+        ([], None, ("no-devices-found",)),
+    ],
+)
+def test_p1_rooms_without_a_system(products: list[str], primary: str | None, flags: tuple[str, ...]) -> None:
     s = room(*(unit(p, f"SN{p.replace(' ', '').upper()}") for p in products))
     assert s.systems == ()
     assert s.primary_product == primary and s.ticket_product == primary
@@ -146,15 +180,16 @@ def test_p1_rooms_without_a_system(products: list[str], primary: str | None,
 # --------------------------------------------------------------------------- P2
 
 
-@pytest.mark.parametrize(("camera", "system"), [("Rally Camera", "Tap bundle (Rally)"),
-                                                ("MeetUp", "Tap bundle (MeetUp)")])
+@pytest.mark.parametrize(
+    ("camera", "system"), [("Rally Camera", "Tap bundle (Rally)"), ("MeetUp", "Tap bundle (MeetUp)")]
+)
 def test_p2_tap_bundle_tickets_quote_the_tap(camera: str, system: str) -> None:
     pc, cam, tap = unit("Room PC", "NUC0001"), unit(camera, "CAM0001"), unit("Tap", "TAP0001")
     s = room(pc, cam, tap)
     assert [x.name for x in s.systems] == [system]
     assert sorted(map(id, s.systems[0].devices)) == sorted(map(id, [pc, cam, tap]))
-    assert (s.primary_unit, s.primary_product) == ("CAM0001", camera)   # P1: the camera
-    assert (s.ticket_serial, s.ticket_product) == ("TAP0001", "Tap")    # P2: the Tap
+    assert (s.primary_unit, s.primary_product) == ("CAM0001", camera)  # P1: the camera
+    assert (s.ticket_serial, s.ticket_product) == ("TAP0001", "Tap")  # P2: the Tap
     assert s.flags == ()
     ticket_note = next(n for n in s.rules if "support tickets quote" in n.text)
     assert ticket_note.ids == ("P2",)
@@ -162,10 +197,24 @@ def test_p2_tap_bundle_tickets_quote_the_tap(camera: str, system: str) -> None:
 
 
 def test_p2_tap_bundle_with_rally_takes_its_hubs_and_mic_pods() -> None:
-    s = room(unit("Rally Camera", "CAM1"), unit("Tap", "TAP1"), unit("Rally Display Hub"),
-             unit("Rally Table Hub"), unit("Rally Mic Pod"), unit("Rally Mic Pod"), unit("Room PC", "PC1"))
-    assert [r for r, _ in shape(s)[0][1]] == ["controller", "camera", "display-hub", "table-hub",
-                                              "microphone", "microphone", "room-pc"]
+    s = room(
+        unit("Rally Camera", "CAM1"),
+        unit("Tap", "TAP1"),
+        unit("Rally Display Hub"),
+        unit("Rally Table Hub"),
+        unit("Rally Mic Pod"),
+        unit("Rally Mic Pod"),
+        unit("Room PC", "PC1"),
+    )
+    assert [r for r, _ in shape(s)[0][1]] == [
+        "controller",
+        "camera",
+        "display-hub",
+        "table-hub",
+        "microphone",
+        "microphone",
+        "room-pc",
+    ]
     assert s.standalone == ()
 
 
@@ -175,7 +224,7 @@ def test_p2_tap_bundle_whose_pc_was_not_found() -> None:
     # The Room PC is optional in the catalog: the agent often runs on it and does not list
     # its own host, so a bundle without it is complete.
     assert s.systems[0].missing == ()
-    assert s.ticket_serial == "TAP1"                       # P2 holds all the same
+    assert s.ticket_serial == "TAP1"  # P2 holds all the same
     assert s.flags == ()
 
 
@@ -203,12 +252,26 @@ def test_p2_second_camera_without_a_tap_forms_its_own_system() -> None:
 # --------------------------------------------------------------------------- S-list
 
 
-@pytest.mark.parametrize(("product", "key"), [
-    ("Rally Camera", True), ("Rally Bar", True), ("Rally Bar Mini", True), ("Rally Bar Huddle", True),
-    ("Tap", True), ("Swytch", True), ("Scribe", True), ("MeetUp", True),
-    ("Rally Mic Pod", False), ("Rally Display Hub", False), ("Rally Table Hub", False),
-    ("Sight", False), ("Room PC", False), ("Brio", False), ("Unknown device", False),
-])
+@pytest.mark.parametrize(
+    ("product", "key"),
+    [
+        ("Rally Camera", True),
+        ("Rally Bar", True),
+        ("Rally Bar Mini", True),
+        ("Rally Bar Huddle", True),
+        ("Tap", True),
+        ("Swytch", True),
+        ("Scribe", True),
+        ("MeetUp", True),
+        ("Rally Mic Pod", False),
+        ("Rally Display Hub", False),
+        ("Rally Table Hub", False),
+        ("Sight", False),
+        ("Room PC", False),
+        ("Brio", False),
+        ("Unknown device", False),
+    ],
+)
 def test_s_list_key_devices(product: str, key: bool) -> None:
     registered = room(unit(product, "SERIAL001"))
     assert [k.product for k in registered.key_devices] == ([product] if key else [])
@@ -218,8 +281,9 @@ def test_s_list_key_devices(product: str, key: bool) -> None:
     if key:
         k = unregistered.key_devices[0]
         assert (k.serial, k.label_grade, k.registrable) == (None, False, False)
-        assert any(n.ids == ("S-list",) and "read the serial from its label" in n.text
-                   for n in unregistered.rules)
+        assert any(
+            n.ids == ("S-list",) and "read the serial from its label" in n.text for n in unregistered.rules
+        )
 
 
 def test_s_list_key_devices_carry_what_the_service_portal_csv_needs() -> None:
@@ -227,10 +291,24 @@ def test_s_list_key_devices_carry_what_the_service_portal_csv_needs() -> None:
     bar.model, bar.firmware = "VR0019", "1.9.556"
     s = room(bar, unit("Swytch"))
     assert [k.to_dict() for k in s.key_devices] == [
-        {"identity": "serial:Rally Bar:2313FD1N08Z2", "product": "Rally Bar", "model": "VR0019",
-         "serial": "2313FD1N08Z2", "label_grade": True, "firmware": "1.9.556", "system": "CollabOS bar"},
-        {"identity": s.standalone[0].identity, "product": "Swytch", "model": None, "serial": None,
-         "label_grade": False, "firmware": None, "system": None},
+        {
+            "identity": "serial:Rally Bar:2313FD1N08Z2",
+            "product": "Rally Bar",
+            "model": "VR0019",
+            "serial": "2313FD1N08Z2",
+            "label_grade": True,
+            "firmware": "1.9.556",
+            "system": "CollabOS bar",
+        },
+        {
+            "identity": s.standalone[0].identity,
+            "product": "Swytch",
+            "model": None,
+            "serial": None,
+            "label_grade": False,
+            "firmware": None,
+            "system": None,
+        },
     ]
     assert s.flags == ("key-device-unregistered",)
 
@@ -241,16 +319,33 @@ def test_summary_json_form() -> None:
     assert data["room"] == "oslo-4-12" and data["primary_unit"] == "CAM1" and data["ticket_serial"] == "TAP1"
     assert data["systems"][0]["missing"] == []
     assert data["flags"] == []
-    assert {"rules": ["P2"], "decision": "Tap bundle (Rally): support tickets quote the Tap's serial, "
-                                         "not the Rally Camera's"} in data["rules"]
+    assert {
+        "rules": ["P2"],
+        "decision": "Tap bundle (Rally): support tickets quote the Tap's serial, not the Rally Camera's",
+    } in data["rules"]
     assert str(s.rules[0]) == "P1: Tap bundle (Rally): the primary unit is the Rally Camera (serial CAM1)"
 
 
 # --------------------------------------------------------------------------- properties
 
-_PRODUCTS = ["Rally Bar", "Rally Bar Mini", "Sight", "Tap", "Tap IP", "Rally Camera", "Rally Display Hub",
-             "Rally Table Hub", "Rally Mic Pod", "MeetUp", "Room PC", "Scribe", "Swytch", "Brio",
-             "Unknown device", "RoomMate"]
+_PRODUCTS = [
+    "Rally Bar",
+    "Rally Bar Mini",
+    "Sight",
+    "Tap",
+    "Tap IP",
+    "Rally Camera",
+    "Rally Display Hub",
+    "Rally Table Hub",
+    "Rally Mic Pod",
+    "MeetUp",
+    "Room PC",
+    "Scribe",
+    "Swytch",
+    "Brio",
+    "Unknown device",
+    "RoomMate",
+]
 
 
 @st.composite
@@ -271,8 +366,9 @@ def test_grouping_never_loses_or_duplicates_a_device(top: list[Device], order: A
     shuffled = list(top)
     order.shuffle(shuffled)
     again, rest = group_systems(shuffled, CATALOG)
-    assert [[id(m.device) for m in s.members] for s in again] == [[id(m.device) for m in s.members]
-                                                                  for s in systems]
+    assert [[id(m.device) for m in s.members] for s in again] == [
+        [id(m.device) for m in s.members] for s in systems
+    ]
     assert [id(d) for d in rest] == [id(d) for d in standalone]
 
 
@@ -308,8 +404,13 @@ def test_summary_invariants(top: list[Device]) -> None:
 
 
 def test_shipped_systems_follow_domain_md() -> None:
-    assert [s.name for s in CATALOG.systems] == ["CollabOS bar", "Tap bundle (Rally)",
-                                                 "Tap bundle (MeetUp)", "Rally system", "MeetUp"]
+    assert [s.name for s in CATALOG.systems] == [
+        "CollabOS bar",
+        "Tap bundle (Rally)",
+        "Tap bundle (MeetUp)",
+        "Rally system",
+        "MeetUp",
+    ]
     rally = CATALOG.system("Rally system")
     assert rally.role(rally.primary).products == ("Rally Camera",) and rally.primary_rules == ("P1",)
     for name in ("Tap bundle (Rally)", "Tap bundle (MeetUp)"):
@@ -319,17 +420,24 @@ def test_shipped_systems_follow_domain_md() -> None:
     assert [s.name for s in CATALOG.systems_with("Room PC")] == ["Tap bundle (Rally)", "Tap bundle (MeetUp)"]
 
 
-_PRODUCTS_DATA = [{"name": "Cam", "family": "camera", "primary_unit": True},
-                  {"name": "Pad", "family": "controller", "primary_unit": True},
-                  {"name": "Hub", "family": "peripheral"}]
+_PRODUCTS_DATA = [
+    {"name": "Cam", "family": "camera", "primary_unit": True},
+    {"name": "Pad", "family": "controller", "primary_unit": True},
+    {"name": "Hub", "family": "peripheral"},
+]
 
 
 def _system(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "name": "S", "primary": "camera", "ticket": "camera",
-        "primary_rules": ["P1"], "ticket_rules": ["P1"],
-        "members": [{"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
-                    {"role": "hub", "products": ["Hub"]}],
+        "name": "S",
+        "primary": "camera",
+        "ticket": "camera",
+        "primary_rules": ["P1"],
+        "ticket_rules": ["P1"],
+        "members": [
+            {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
+            {"role": "hub", "products": ["Hub"]},
+        ],
     }
     base.update(overrides)
     return base
@@ -343,39 +451,77 @@ def test_catalog_system_table_parses() -> None:
     assert parse_catalog({"product": _PRODUCTS_DATA}).systems == ()
 
 
-@pytest.mark.parametrize(("system", "message"), [
-    (_system(colour="red"), r"system\[0\] \(S\): unknown keys \['colour'\]"),
-    (_system(name=""), "name is required"),
-    (_system(members=[]), "members must be a non-empty list"),
-    (_system(members=["camera"]), r"members\[0\]: must be a table"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 1, "x": 1}]),
-     r"members\[0\]: unknown keys \['x'\]"),
-    (_system(members=[{"role": "Camera", "products": ["Cam"]}]), "role must be a lower-case word"),
-    (_system(members=[{"role": "camera", "products": []}]), "products must be a non-empty list"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "must"}]), "need 'must' is not one of"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 0}]),
-     "max must be a whole number"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": True}]),
-     "max must be a whole number"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
-                      {"role": "camera", "products": ["Hub"]}]), "role 'camera' is listed twice"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
-                      {"role": "spare", "products": ["Cam"]}]),
-     "product 'Cam' is in roles 'camera' and 'spare'"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "max": 1}]),
-     "at least one role must have need"),
-    (_system(primary="lens"), "primary must name one of the roles"),
-    (_system(ticket="hub"), "ticket role 'hub' must have need = \"required\" and max = 1"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required"}]),
-     "primary role 'camera' must have need"),
-    (_system(primary_rules=[]), "primary_rules must be a non-empty list of rule ids"),
-    (_system(ticket_rules=["p2"]), "ticket_rules must be a non-empty list of rule ids"),
-    (_system(members=[{"role": "camera", "products": ["Lens"], "need": "required", "max": 1}]),
-     "system 'S': role 'camera' names unknown product 'Lens'"),
-    (_system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
-                      {"role": "hub", "products": ["Hub"], "need": "required", "max": 1}], ticket="hub"),
-     "ticket role 'hub' holds 'Hub', which is not a primary unit"),
-])
+@pytest.mark.parametrize(
+    ("system", "message"),
+    [
+        (_system(colour="red"), r"system\[0\] \(S\): unknown keys \['colour'\]"),
+        (_system(name=""), "name is required"),
+        (_system(members=[]), "members must be a non-empty list"),
+        (_system(members=["camera"]), r"members\[0\]: must be a table"),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 1, "x": 1}]),
+            r"members\[0\]: unknown keys \['x'\]",
+        ),
+        (_system(members=[{"role": "Camera", "products": ["Cam"]}]), "role must be a lower-case word"),
+        (_system(members=[{"role": "camera", "products": []}]), "products must be a non-empty list"),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "need": "must"}]),
+            "need 'must' is not one of",
+        ),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": 0}]),
+            "max must be a whole number",
+        ),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "need": "required", "max": True}]),
+            "max must be a whole number",
+        ),
+        (
+            _system(
+                members=[
+                    {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
+                    {"role": "camera", "products": ["Hub"]},
+                ]
+            ),
+            "role 'camera' is listed twice",
+        ),
+        (
+            _system(
+                members=[
+                    {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
+                    {"role": "spare", "products": ["Cam"]},
+                ]
+            ),
+            "product 'Cam' is in roles 'camera' and 'spare'",
+        ),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "max": 1}]),
+            "at least one role must have need",
+        ),
+        (_system(primary="lens"), "primary must name one of the roles"),
+        (_system(ticket="hub"), "ticket role 'hub' must have need = \"required\" and max = 1"),
+        (
+            _system(members=[{"role": "camera", "products": ["Cam"], "need": "required"}]),
+            "primary role 'camera' must have need",
+        ),
+        (_system(primary_rules=[]), "primary_rules must be a non-empty list of rule ids"),
+        (_system(ticket_rules=["p2"]), "ticket_rules must be a non-empty list of rule ids"),
+        (
+            _system(members=[{"role": "camera", "products": ["Lens"], "need": "required", "max": 1}]),
+            "system 'S': role 'camera' names unknown product 'Lens'",
+        ),
+        (
+            _system(
+                members=[
+                    {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
+                    {"role": "hub", "products": ["Hub"], "need": "required", "max": 1},
+                ],
+                ticket="hub",
+            ),
+            "ticket role 'hub' holds 'Hub', which is not a primary unit",
+        ),
+    ],
+)
 def test_catalog_rejects_malformed_systems(system: dict[str, Any], message: str) -> None:
     with pytest.raises(CatalogError, match=message):
         parse_catalog({"product": _PRODUCTS_DATA, "system": [system]})
@@ -388,11 +534,23 @@ def test_catalog_rejects_a_system_listed_twice() -> None:
 
 def test_grouping_follows_catalog_data_not_code() -> None:
     """A made-up catalog: the same code groups by whatever the data says."""
-    catalog = parse_catalog({"product": _PRODUCTS_DATA, "system": [
-        _system(name="Pad kit", ticket="pad", ticket_rules=["P2"],
-                members=[{"role": "pad", "products": ["Pad"], "need": "required", "max": 1},
-                         {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
-                         {"role": "hub", "products": ["Hub"], "max": 2}])]})
+    catalog = parse_catalog(
+        {
+            "product": _PRODUCTS_DATA,
+            "system": [
+                _system(
+                    name="Pad kit",
+                    ticket="pad",
+                    ticket_rules=["P2"],
+                    members=[
+                        {"role": "pad", "products": ["Pad"], "need": "required", "max": 1},
+                        {"role": "camera", "products": ["Cam"], "need": "required", "max": 1},
+                        {"role": "hub", "products": ["Hub"], "max": 2},
+                    ],
+                )
+            ],
+        }
+    )
     cam, pad, hubs = unit("Cam", "C1"), unit("Pad", "P1X"), [unit("Hub") for _ in range(3)]
     s = summarize_room("r", [cam, pad, *hubs], catalog)
     assert [x.name for x in s.systems] == ["Pad kit"] and len(s.systems[0].members) == 4

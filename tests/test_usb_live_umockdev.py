@@ -20,17 +20,31 @@ from tests.usbfake import FakeUsbDevice, UsbmonCapture, run_under_umockdev
 
 pytestmark = [
     pytest.mark.umockdev,
-    pytest.mark.skipif(shutil.which("umockdev-run") is None,
-                       reason="umockdev-run is not installed (Debian package umockdev)"),
+    pytest.mark.skipif(
+        shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
+    ),
 ]
 
 
-def scan(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
-         *extra: str) -> tuple[int, dict[str, Any]]:
+def scan(
+    tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture, *extra: str
+) -> tuple[int, dict[str, Any]]:
     config = tmp_path / "agent.toml"
     config.write_text('[room]\nid = "lon-2-07"\n[sources.usb]\nsync_deadline = 3.0\n')
-    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-m", "agent", "scan",
-                              "--usb", "--json", "--config", str(config), *extra)
+    proc = run_under_umockdev(
+        tmp_path,
+        device,
+        capture,
+        sys.executable,
+        "-m",
+        "agent",
+        "scan",
+        "--usb",
+        "--json",
+        "--config",
+        str(config),
+        *extra,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -47,8 +61,11 @@ def test_live_scan_reads_the_bar_over_its_sync_interface(tmp_path: Path) -> None
     code, report = scan(tmp_path, device, recorded_bulk(recording, 0x02, 0x84, seq_offset=-10))
     assert code == 0, report["errors"]
     [bar] = report["devices"]
-    assert (bar["product"], bar["serial"], bar["serial_source"]) == ("Rally Bar", BAR_SERIAL,
-                                                                    "sync-interface")
+    assert (bar["product"], bar["serial"], bar["serial_source"]) == (
+        "Rally Bar",
+        BAR_SERIAL,
+        "sync-interface",
+    )
     assert (bar["model"], bar["firmware"], bar["room"]) == ("VR0019", "1.9.556", "lon-2-07")
     assert {c["serial"] for c in bar["children"] if c["serial"]} == {SIGHT_SERIAL}
     assert bar["attributes"]["sync_exchange"]["closed"] is True

@@ -57,8 +57,9 @@ def test_replay_of_the_recorded_rally_bar(tmp_path: Path, capsys: pytest.Capture
     sight = children["Sight"]
     assert (sight["serial"], sight["model"]) == (SIGHT_SERIAL, "VU0067")
     assert children["Rally Mic Pod"]["firmware"] == "2.1.3"
-    assert report["sources"] == [{"name": "replay", "seconds": report["sources"][0]["seconds"],
-                                  "success": True}]
+    assert report["sources"] == [
+        {"name": "replay", "seconds": report["sources"][0]["seconds"], "success": True}
+    ]
 
 
 def write_capture(tmp_path: Path, capture: Capture) -> Path:
@@ -67,8 +68,9 @@ def write_capture(tmp_path: Path, capture: Capture) -> Path:
     return path
 
 
-def test_replay_with_a_missing_peripheral_is_a_health_issue(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_with_a_missing_peripheral_is_a_health_issue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capture = Capture()
     info = capture.device_info()
     mics = info["payload"]["devices"][0]["peripherals"]["micPod"]
@@ -81,16 +83,20 @@ def test_replay_with_a_missing_peripheral_is_a_health_issue(tmp_path: Path,
     assert "Mic Pod" in issue["message"]
 
 
-def test_replay_that_cannot_answer_falls_back_to_descriptors(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_replay_that_cannot_answer_falls_back_to_descriptors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capture = Capture()
     capture.events[GDI_RESPONSE] = timeout_event()  # the device never sends its answer
     code, report = scan_json(capsys, "--replay", str(write_capture(tmp_path, capture)))
     assert code == 1
     [bar] = report["devices"]
     # The recording's USB strings still identify the bar; its iSerialNumber is label-grade.
-    assert (bar["product"], bar["serial"], bar["serial_source"]) == ("Rally Bar", BAR_SERIAL,
-                                                                    "usb-descriptor")
+    assert (bar["product"], bar["serial"], bar["serial_source"]) == (
+        "Rally Bar",
+        BAR_SERIAL,
+        "usb-descriptor",
+    )
     assert bar["firmware"] is None  # bcdDevice is not the CollabOS version
     assert any(i["code"] == "sync-interface-failed" for i in bar["health_issues"])
     [error] = report["errors"]
@@ -128,6 +134,7 @@ class SyncFromRecording(UsbSource):
                 raise TransportError(self.fail)
             assert self.recording is not None
             yield ReplayTransport(self.recording)
+
         return opener
 
 
@@ -156,8 +163,9 @@ def test_live_scan_reads_bars_over_sync_and_keeps_usb_facts(tmp_path: Path) -> N
 
 def test_usb_serial_that_disagrees_with_sync_is_flagged(tmp_path: Path) -> None:
     bar_tree(tmp_path, "2313FD1N0XXX")
-    [bar] = [o for o in run(SyncFromRecording(tmp_path, Capture().recording()))[0]
-             if o.product == "Rally Bar"]
+    [bar] = [
+        o for o in run(SyncFromRecording(tmp_path, Capture().recording()))[0] if o.product == "Rally Bar"
+    ]
     assert bar.serial == BAR_SERIAL
     assert [i.code for i in bar.health] == ["serial-mismatch"]
 
@@ -187,6 +195,6 @@ def test_table_lists_a_bars_devices_and_peripherals(capsys: pytest.CaptureFixtur
     lines = capsys.readouterr().out.splitlines()
     bar_line = next(i for i, line in enumerate(lines) if line.startswith("Rally Bar "))
     assert BAR_SERIAL in lines[bar_line] and "1.9.556" in lines[bar_line]
-    children = lines[bar_line + 1:bar_line + 4]
+    children = lines[bar_line + 1 : bar_line + 4]
     assert any("└ Sight" in line and SIGHT_SERIAL in line for line in children)
     assert any("└ Rally Mic Pod" in line and "2.1.3" in line for line in children)

@@ -31,8 +31,16 @@ def scan(root: Path, **kw) -> list:
 def rally_bar(root: Path, port: str = "1", serial: str = "2313FD1N08Z3") -> None:
     """A Rally Bar as it shows on a USB 3 port: main + hub on bus 2, hub/HID/audio on bus 1."""
     add_device(root, f"2-{port}", LOGI, 0x08A5)
-    add_device(root, f"2-{port}.1", LOGI, 0x089B, bcd=0x0020, serial=serial,
-               product="Logi Rally Bar", manufacturer="Logitech")
+    add_device(
+        root,
+        f"2-{port}.1",
+        LOGI,
+        0x089B,
+        bcd=0x0020,
+        serial=serial,
+        product="Logi Rally Bar",
+        manufacturer="Logitech",
+    )
     add_device(root, f"1-{port}", LOGI, 0x08A4)
     add_device(root, f"1-{port}.2", LOGI, 0x089A, product="Logi Rally Bar")
     add_device(root, f"1-{port}.3", LOGI, 0x0898)
@@ -239,8 +247,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return code, out, err
 
 
-def test_scan_json_from_a_captured_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scan_json_from_a_captured_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ROOMSYNC_CONFIG", str(tmp_path / "agent.toml"))
     (tmp_path / "agent.toml").write_text('[room]\nid = "oslo-4-12"\nname = "Fjord"\n')
     sysfs = tmp_path / "site-capture"
@@ -254,8 +263,18 @@ def test_scan_json_from_a_captured_tree(tmp_path: Path, capsys: pytest.CaptureFi
     by_product = {d["product"]: d for d in data["devices"]}
     assert set(by_product) == {"Rally Bar", "MeetUp"}
     bar = by_product["Rally Bar"]
-    for key in ("product", "model", "serial", "serial_source", "firmware", "transport", "address",
-                "vendor_id", "product_id", "room"):
+    for key in (
+        "product",
+        "model",
+        "serial",
+        "serial_source",
+        "firmware",
+        "transport",
+        "address",
+        "vendor_id",
+        "product_id",
+        "room",
+    ):
         assert key in bar
     assert bar["serial"] == "2313FD1N08Z3"
     assert bar["vendor_id"] == "046d" and bar["product_id"] == "089b"
@@ -265,8 +284,9 @@ def test_scan_json_from_a_captured_tree(tmp_path: Path, capsys: pytest.CaptureFi
     assert by_product["MeetUp"]["firmware"] == "1.72"
 
 
-def test_scan_table(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scan_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ROOMSYNC_CONFIG", str(tmp_path / "absent.toml"))
     add_device(tmp_path, "1-2", LOGI, 0x085E, bcd=0x0317, serial="476C95B3")
     monkeypatch.delenv("ROOMSYNC_CONFIG")
@@ -284,8 +304,9 @@ def test_scan_without_usb_bus_exits_zero(tmp_path: Path, capsys: pytest.CaptureF
     assert "no USB bus is visible" in out
 
 
-def test_scan_with_missing_sysfs_root_is_a_usage_error(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_with_missing_sysfs_root_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run_cli(capsys, "scan", "--sysfs-root", str(tmp_path / "missing"))
     assert code == 2
     assert "no such directory" in err and "Traceback" not in err

@@ -31,8 +31,9 @@ from tests.usbfake import (
 
 pytestmark = [
     pytest.mark.umockdev,
-    pytest.mark.skipif(shutil.which("umockdev-run") is None,
-                       reason="umockdev-run is not installed (Debian package umockdev)"),
+    pytest.mark.skipif(
+        shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
+    ),
 ]
 
 LOGI = 0x046D
@@ -50,17 +51,29 @@ def rally_bar(serial: str | bytes | None, **kw: Any) -> FakeUsbDevice:
     if serial is not None:
         strings["serial"] = serial
     strings.update(kw.pop("strings", {}))
-    return FakeUsbDevice(LOGI, RALLY_BAR, bcd_device=0x0020, busnum=1, devnum=7, ports="2",
-                         strings=strings, **kw)
+    return FakeUsbDevice(
+        LOGI, RALLY_BAR, bcd_device=0x0020, busnum=1, devnum=7, ports="2", strings=strings, **kw
+    )
 
 
-def scan_under_umockdev(tmp_path: Path, device: FakeUsbDevice,
-                        capture: UsbmonCapture) -> dict[str, Any]:
+def scan_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture) -> dict[str, Any]:
     """Run ``python -m agent scan --usb --json`` with ``device`` as the only USB device."""
     config = tmp_path / "agent.toml"
     config.write_text("", encoding="utf-8")  # built-in defaults, whatever /etc holds
-    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-m", "agent", "scan",
-                              "--usb", "--json", "--config", str(config), timeout=30)
+    proc = run_under_umockdev(
+        tmp_path,
+        device,
+        capture,
+        sys.executable,
+        "-m",
+        "agent",
+        "scan",
+        "--usb",
+        "--json",
+        "--config",
+        str(config),
+        timeout=30,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     report = json.loads(proc.stdout)
     assert report["errors"] == []
@@ -204,8 +217,7 @@ def test_device_that_does_not_answer_is_reported_not_fatal(tmp_path: Path) -> No
     codes = issue_codes(found)
     assert codes.get("usb-strings-unavailable") == "info"
     assert codes.get("serial-missing") == "warning"
-    message = next(i["message"] for i in found["health_issues"]
-                   if i["code"] == "usb-strings-unavailable")
+    message = next(i["message"] for i in found["health_issues"] if i["code"] == "usb-strings-unavailable")
     assert "timed out" in message.lower()
 
 
@@ -227,14 +239,29 @@ print(" ".join(out))
 def test_usbfake_bulk_records_replay_through_libusb(tmp_path: Path) -> None:
     # The helpers' bulk records (for a later Sync-interface test): a claimed vendor
     # interface, bulk OUT 0x02 / IN 0x84. A read the capture has no record for times out.
-    sync = Interface(number=0, cls=0xFF, subclass=118,
-                     endpoints=(Endpoint(0x02, EP_BULK), Endpoint(0x84, EP_BULK)))
+    sync = Interface(
+        number=0, cls=0xFF, subclass=118, endpoints=(Endpoint(0x02, EP_BULK), Endpoint(0x84, EP_BULK))
+    )
     device = FakeUsbDevice(LOGI, RALLY_BAR, devnum=9, interfaces=(sync,))
-    capture = (UsbmonCapture.of(device)
-               .bulk_out(0x02, b"\x07\xcc\x01").bulk_in(0x84, 512, b"\x01\xff\x01answer")
-               .bulk_out(0x02, b"\x07\xcc\x02")  # no reply recorded
-               .bulk_out(0x02, b"\x07\xcc\x03").bulk_in(0x84, 512, b"third"))
-    proc = run_under_umockdev(tmp_path, device, capture, sys.executable, "-c", _BULK_CLIENT,
-                              "07cc01", "07cc02", "07cc03", timeout=30)
+    capture = (
+        UsbmonCapture.of(device)
+        .bulk_out(0x02, b"\x07\xcc\x01")
+        .bulk_in(0x84, 512, b"\x01\xff\x01answer")
+        .bulk_out(0x02, b"\x07\xcc\x02")  # no reply recorded
+        .bulk_out(0x02, b"\x07\xcc\x03")
+        .bulk_in(0x84, 512, b"third")
+    )
+    proc = run_under_umockdev(
+        tmp_path,
+        device,
+        capture,
+        sys.executable,
+        "-c",
+        _BULK_CLIENT,
+        "07cc01",
+        "07cc02",
+        "07cc03",
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [(b"\x01\xff\x01answer").hex(), "timeout", b"third".hex()]

@@ -54,8 +54,9 @@ class Endpoint:
     interval: int = 0
 
     def descriptor(self) -> bytes:
-        return struct.pack("<BBBBHB", 7, DESC_ENDPOINT, self.address, self.attributes,
-                           self.max_packet, self.interval)
+        return struct.pack(
+            "<BBBBHB", 7, DESC_ENDPOINT, self.address, self.attributes, self.max_packet, self.interval
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +68,18 @@ class Interface:
     endpoints: tuple[Endpoint, ...] = ()
 
     def descriptor(self) -> bytes:
-        head = struct.pack("<BBBBBBBBB", 9, DESC_INTERFACE, self.number, 0,
-                           len(self.endpoints), self.cls, self.subclass, self.protocol, 0)
+        head = struct.pack(
+            "<BBBBBBBBB",
+            9,
+            DESC_INTERFACE,
+            self.number,
+            0,
+            len(self.endpoints),
+            self.cls,
+            self.subclass,
+            self.protocol,
+            0,
+        )
         return head + b"".join(e.descriptor() for e in self.endpoints)
 
 
@@ -133,15 +144,32 @@ class FakeUsbDevice:
 
     def device_descriptor(self) -> bytes:
         return struct.pack(
-            "<BBHBBBBHHHBBBB", 18, DESC_DEVICE, 0x0200, 0xEF, 0x02, 0x01, 64,
-            self.vendor_id, self.product_id, self.bcd_device,
-            self.index_of("manufacturer"), self.index_of("product"), self.index_of("serial"), 1)
+            "<BBHBBBBHHHBBBB",
+            18,
+            DESC_DEVICE,
+            0x0200,
+            0xEF,
+            0x02,
+            0x01,
+            64,
+            self.vendor_id,
+            self.product_id,
+            self.bcd_device,
+            self.index_of("manufacturer"),
+            self.index_of("product"),
+            self.index_of("serial"),
+            1,
+        )
 
     def configuration_descriptor(self) -> bytes:
         body = b"".join(i.descriptor() for i in self.interfaces)
         # bConfigurationValue 1, no iConfiguration, bus-powered, 500 mA.
-        return struct.pack("<BBHBBBBB", 9, DESC_CONFIGURATION, 9 + len(body),
-                           len(self.interfaces), 1, 0, 0x80, 250) + body
+        return (
+            struct.pack(
+                "<BBHBBBBB", 9, DESC_CONFIGURATION, 9 + len(body), len(self.interfaces), 1, 0, 0x80, 250
+            )
+            + body
+        )
 
     def descriptors(self) -> bytes:
         """What sysfs' ``descriptors`` attribute holds: device then configuration descriptor."""
@@ -196,8 +224,7 @@ class FakeUsbDevice:
 
 
 def _escape(value: str) -> str:
-    return (value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-            .replace("\t", "\\t"))
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def write_umockdev(path: Path, *devices: FakeUsbDevice) -> Path:
@@ -223,17 +250,40 @@ class UsbmonCapture:
     def of(cls, device: FakeUsbDevice) -> UsbmonCapture:
         return cls(device.busnum, device.devnum)
 
-    def _packet(self, urb_id: int, event: str, xfer: int, epnum: int, *, setup: bytes | None,
-                status: int, length: int, data: bytes) -> bytes:
+    def _packet(
+        self,
+        urb_id: int,
+        event: str,
+        xfer: int,
+        epnum: int,
+        *,
+        setup: bytes | None,
+        status: int,
+        length: int,
+        data: bytes,
+    ) -> bytes:
         self._usec += 125  # timestamps only need to increase
         header = struct.pack(
             "<QBBBBHBBqiiII8siiII",
-            urb_id, ord(event), xfer, epnum, self.devnum, self.busnum,
-            0 if setup is not None else ord("-"),       # flag_setup: 0 = setup present
+            urb_id,
+            ord(event),
+            xfer,
+            epnum,
+            self.devnum,
+            self.busnum,
+            0 if setup is not None else ord("-"),  # flag_setup: 0 = setup present
             0 if data else ord("<" if epnum & 0x80 else ">"),  # flag_data: 0 = data present
-            1_700_000_000 + self._usec // 1_000_000, self._usec % 1_000_000,
-            status, length, len(data), setup or bytes(8),
-            0, 0, 0, 0)  # interval, start_frame, xfer_flags, ndesc
+            1_700_000_000 + self._usec // 1_000_000,
+            self._usec % 1_000_000,
+            status,
+            length,
+            len(data),
+            setup or bytes(8),
+            0,
+            0,
+            0,
+            0,
+        )  # interval, start_frame, xfer_flags, ndesc
         assert len(header) == 64
         return header + data
 
@@ -253,26 +303,34 @@ class UsbmonCapture:
         w_length = struct.unpack_from("<H", setup, 6)[0]
         reply = reply[:w_length]
         urb = self._urb_id()
-        self.records.append(self._packet(urb, "S", XFER_CONTROL, 0x80, setup=setup, status=-115,
-                                         length=w_length, data=b""))
-        self.records.append(self._packet(urb, "C", XFER_CONTROL, 0x80, setup=None, status=0,
-                                         length=len(reply), data=reply))
+        self.records.append(
+            self._packet(urb, "S", XFER_CONTROL, 0x80, setup=setup, status=-115, length=w_length, data=b"")
+        )
+        self.records.append(
+            self._packet(urb, "C", XFER_CONTROL, 0x80, setup=None, status=0, length=len(reply), data=reply)
+        )
         return self
 
-    def get_descriptor(self, desc_type: int, index: int, w_index: int, w_length: int,
-                       reply: bytes) -> UsbmonCapture:
+    def get_descriptor(
+        self, desc_type: int, index: int, w_index: int, w_length: int, reply: bytes
+    ) -> UsbmonCapture:
         """GET_DESCRIPTOR(type, index) with ``wIndex`` (the LANGID for strings)."""
-        setup = struct.pack("<BBHHH", 0x80, GET_DESCRIPTOR, (desc_type << 8) | index, w_index,
-                            w_length)
+        setup = struct.pack("<BBHHH", 0x80, GET_DESCRIPTOR, (desc_type << 8) | index, w_index, w_length)
         return self.control_in(setup, reply)
 
     def bulk_out(self, endpoint: int, data: bytes) -> UsbmonCapture:
         """A bulk-OUT transfer the host sends (replay compares the bytes)."""
         urb = self._urb_id()
-        self.records.append(self._packet(urb, "S", XFER_BULK, endpoint & 0x7F, setup=None,
-                                         status=-115, length=len(data), data=data))
-        self.records.append(self._packet(urb, "C", XFER_BULK, endpoint & 0x7F, setup=None,
-                                         status=0, length=len(data), data=b""))
+        self.records.append(
+            self._packet(
+                urb, "S", XFER_BULK, endpoint & 0x7F, setup=None, status=-115, length=len(data), data=data
+            )
+        )
+        self.records.append(
+            self._packet(
+                urb, "C", XFER_BULK, endpoint & 0x7F, setup=None, status=0, length=len(data), data=b""
+            )
+        )
         return self
 
     def bulk_in(self, endpoint: int, request_length: int, reply: bytes) -> UsbmonCapture:
@@ -284,18 +342,25 @@ class UsbmonCapture:
         if len(reply) > request_length:
             raise ValueError("the reply is longer than the read it answers")
         urb = self._urb_id()
-        self.records.append(self._packet(urb, "S", XFER_BULK, endpoint | 0x80, setup=None,
-                                         status=-115, length=request_length, data=b""))
-        self.records.append(self._packet(urb, "C", XFER_BULK, endpoint | 0x80, setup=None,
-                                         status=0, length=len(reply), data=reply))
+        self.records.append(
+            self._packet(
+                urb, "S", XFER_BULK, endpoint | 0x80, setup=None, status=-115, length=request_length, data=b""
+            )
+        )
+        self.records.append(
+            self._packet(
+                urb, "C", XFER_BULK, endpoint | 0x80, setup=None, status=0, length=len(reply), data=reply
+            )
+        )
         return self
 
     def to_bytes(self) -> bytes:
         out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_USB_LINUX_MMAPPED)]
         for i, rec in enumerate(self.records):
             usec = 125 * (i + 1)
-            out.append(struct.pack("<IIII", 1_700_000_000 + usec // 1_000_000, usec % 1_000_000,
-                                   len(rec), len(rec)))
+            out.append(
+                struct.pack("<IIII", 1_700_000_000 + usec // 1_000_000, usec % 1_000_000, len(rec), len(rec))
+            )
             out.append(rec)
         return b"".join(out)
 
@@ -309,8 +374,9 @@ class UsbmonCapture:
 PYUSB_STRING_WLENGTH = 254
 
 
-def string_reads(device: FakeUsbDevice, names: list[str] | tuple[str, ...], *,
-                 langid: int = LANGID_EN_US) -> UsbmonCapture:
+def string_reads(
+    device: FakeUsbDevice, names: list[str] | tuple[str, ...], *, langid: int = LANGID_EN_US
+) -> UsbmonCapture:
     """The capture of pyusb reading ``names`` (in that order) from ``device``.
 
     pyusb first reads string descriptor 0 (the LANGIDs, cached per ``Device`` object), then
@@ -323,16 +389,18 @@ def string_reads(device: FakeUsbDevice, names: list[str] | tuple[str, ...], *,
         index = device.index_of(name)
         if index == 0:
             raise ValueError(f"{name}: the device descriptor has no index for it")
-        capture.get_descriptor(DESC_STRING, index, langid, PYUSB_STRING_WLENGTH,
-                               string_descriptor(device.strings[name]))
+        capture.get_descriptor(
+            DESC_STRING, index, langid, PYUSB_STRING_WLENGTH, string_descriptor(device.strings[name])
+        )
     return capture
 
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture,
-                       *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_under_umockdev(
+    tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCapture, *argv: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` under ``umockdev-run`` with ``device`` as the only USB device, answering
     from ``capture``; the repo is importable and ROOMSYNC_* settings of the caller are not
     inherited."""
@@ -341,6 +409,11 @@ def run_under_umockdev(tmp_path: Path, device: FakeUsbDevice, capture: UsbmonCap
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMSYNC_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
-        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap}",
-         "--", *argv],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout, check=False)
+        ["umockdev-run", "--device", str(dev_file), "--pcap", f"{device.sysfs_path}={pcap}", "--", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout,
+        check=False,
+    )

@@ -95,8 +95,9 @@ def read_txt(txt: Mapping[bytes, bytes | None]) -> TxtView:
     view = TxtView()
     for index, (raw_key, raw_value) in enumerate(txt.items()):
         if index >= MAX_TXT_KEYS:
-            view.repairs.append(f"{len(txt) - MAX_TXT_KEYS} TXT keys beyond the first {MAX_TXT_KEYS} "
-                                f"were dropped")
+            view.repairs.append(
+                f"{len(txt) - MAX_TXT_KEYS} TXT keys beyond the first {MAX_TXT_KEYS} were dropped"
+            )
             break
         _read_entry(view, raw_key, raw_value)
     return view
@@ -257,8 +258,9 @@ class _Identity:
     view: ServiceView
 
 
-def _first_by_keys(views: Sequence[ServiceView], keys: tuple[str, ...], *,
-                   serial: bool = False) -> _Identity | None:
+def _first_by_keys(
+    views: Sequence[ServiceView], keys: tuple[str, ...], *, serial: bool = False
+) -> _Identity | None:
     for view in views:
         for key in keys:
             raw = view.txt.raw.get(key)
@@ -268,8 +270,9 @@ def _first_by_keys(views: Sequence[ServiceView], keys: tuple[str, ...], *,
     return None
 
 
-def _identify(catalog: Catalog, views: Sequence[ServiceView], model: str | None,
-              host: str | None) -> tuple[LanMatch | None, str | None]:
+def _identify(
+    catalog: Catalog, views: Sequence[ServiceView], model: str | None, host: str | None
+) -> tuple[LanMatch | None, str | None]:
     """The catalog match, and the vendor's name (Logitech for a catalog product)."""
     texts = tuple(t for v in views for t in v.txt.texts)
     vendor = catalog.vendor_for(texts=texts)
@@ -306,8 +309,9 @@ def _unique_addresses(views: Sequence[ServiceView]) -> list[str]:
     return list(seen)
 
 
-def observe_host(services: Sequence[ResolvedService], catalog: Catalog, now: datetime, *,
-                 source: str = "mdns") -> Observation:
+def observe_host(
+    services: Sequence[ResolvedService], catalog: Catalog, now: datetime, *, source: str = "mdns"
+) -> Observation:
     """One observation for the services of one host (``services`` is not empty)."""
     views = [view_service(s) for s in services]
     keys: MdnsKeys = catalog.mdns_keys
@@ -318,17 +322,25 @@ def observe_host(services: Sequence[ResolvedService], catalog: Catalog, now: dat
     match, vendor = _identify(catalog, views, model.value.value if model else None, host)
     product = match.product if match else None
 
-    obs = Observation(source=source, transport=Transport.MDNS, address=_address(views, host),
-                      observed_at=now, product=product.name if product else None, vendor=vendor)
+    obs = Observation(
+        source=source,
+        transport=Transport.MDNS,
+        address=_address(views, host),
+        observed_at=now,
+        product=product.name if product else None,
+        vendor=vendor,
+    )
     obs.model = model.value.value if model and model.value.value else (product.model if product else None)
     _set_serial(obs, _first_by_keys(views, keys.serial, serial=True), product)
     _set_firmware(obs, _first_by_keys(views, keys.firmware))
-    obs.attributes.update({
-        "host": host,
-        "addresses": _unique_addresses(views),
-        **primary.to_attributes(),
-        "services": [v.to_attributes() for v in views],
-    })
+    obs.attributes.update(
+        {
+            "host": host,
+            "addresses": _unique_addresses(views),
+            **primary.to_attributes(),
+            "services": [v.to_attributes() for v in views],
+        }
+    )
     if match is not None:
         obs.attributes["identified_by"] = match.how
     elif obs.vendor == "Logitech":
@@ -370,7 +382,8 @@ def _note_service_problems(obs: Observation, views: Sequence[ServiceView]) -> No
             obs.note("mdns-data", f"{view.name}: {'; '.join(lines)}", Severity.INFO)
 
 
-def observe_hosts(services: Iterable[ResolvedService], catalog: Catalog, now: datetime, *,
-                  source: str = "mdns") -> list[Observation]:
+def observe_hosts(
+    services: Iterable[ResolvedService], catalog: Catalog, now: datetime, *, source: str = "mdns"
+) -> list[Observation]:
     """One observation per host for every resolved service of a scan."""
     return [observe_host(group, catalog, now, source=source) for group in group_by_host(services)]

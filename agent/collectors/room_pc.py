@@ -46,8 +46,18 @@ SOURCE = "ssh"
 DMI_DIR = "class/dmi/id"
 #: DMI attribute files read on a Linux PC (``product_uuid`` is left out: root-only, and not
 #: what a label or a warranty form carries).
-DMI_FIELDS = ("product_serial", "board_serial", "sys_vendor", "product_name", "product_version",
-              "board_vendor", "board_name", "bios_vendor", "bios_version", "bios_date")
+DMI_FIELDS = (
+    "product_serial",
+    "board_serial",
+    "sys_vendor",
+    "product_name",
+    "product_version",
+    "board_vendor",
+    "board_name",
+    "bios_vendor",
+    "bios_version",
+    "bios_date",
+)
 HOSTNAME_FILES = ("/proc/sys/kernel/hostname", "/etc/hostname")
 OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
 UPTIME_FILE = "/proc/uptime"
@@ -57,8 +67,9 @@ MAX_USB_ENTRIES = 1024
 #: DMI serials shorter than this ("0", "00") are placeholders too.
 MIN_SERIAL_LENGTH = 3
 #: Placeholders of DMI names that are not also placeholder serials (agent.sanitize).
-_PLACEHOLDER_NAMES = frozenset(("system product name", "system manufacturer", "system version",
-                                "to be filled by o.e.m", "default"))
+_PLACEHOLDER_NAMES = frozenset(
+    ("system product name", "system manufacturer", "system version", "to be filled by o.e.m", "default")
+)
 _OS_RELEASE_LINE = re.compile(r"^\s*(?P<key>[A-Z0-9_]+)=(?P<value>.*)$")
 
 
@@ -195,8 +206,7 @@ def os_release_name(raw: bytes | None) -> str | None:
         m = _OS_RELEASE_LINE.match(line)
         if m:
             values[m.group("key")] = _unquote(m.group("value").strip())
-    name = values.get("PRETTY_NAME") or " ".join(
-        v for v in (values.get("NAME"), values.get("VERSION")) if v)
+    name = values.get("PRETTY_NAME") or " ".join(v for v in (values.get("NAME"), values.get("VERSION")) if v)
     return clean_text(name).value
 
 
@@ -230,11 +240,11 @@ def _read_usb(files: RemoteFiles, devices_dir: str, facts: PcFacts) -> None:
         facts.usb_errors.append((devices_dir, f"cannot list: {exc.strerror or exc}"))
         return
     if len(names) > MAX_USB_ENTRIES:
-        facts.usb_errors.append((devices_dir, f"{len(names)} entries; only the first "
-                                              f"{MAX_USB_ENTRIES} were read"))
+        facts.usb_errors.append(
+            (devices_dir, f"{len(names)} entries; only the first {MAX_USB_ENTRIES} were read")
+        )
         names = sorted(names)[:MAX_USB_ENTRIES]
-    found = read_entries(Path(devices_dir), names,
-                         lambda name: _read_usb_device(files, devices_dir, name))
+    found = read_entries(Path(devices_dir), names, lambda name: _read_usb_device(files, devices_dir, name))
     facts.usb_records = found.records
     facts.usb_errors.extend(found.errors)
     facts.usb_message = found.message
@@ -276,18 +286,19 @@ def choose_serial(facts: PcFacts) -> SerialChoice:
         return SerialChoice(system, system_name, system_trusted)
     board, board_trusted, board_why = _examine(facts.board_serial, board_name, facts)
     if board is not None:
-        note = HealthIssue("serial-from-board", f"{system_why}; the board serial is shown",
-                           Severity.INFO)
+        note = HealthIssue("serial-from-board", f"{system_why}; the board serial is shown", Severity.INFO)
         # The case label carries the system serial; a board serial stands in for it and is
         # shown, but it is not the label's (so not label-grade, whatever its quality).
         del board_trusted
         return SerialChoice(board, board_name, False, (note,))
     problem = f"no usable serial: {system_why}; {board_why}"
     if system_name in facts.unreadable or board_name in facts.unreadable:
-        problem += (f" (give the SSH user read access to {system_name} and {board_name}, "
-                    "see docs/ssh-room-pcs.md)")
-    return SerialChoice(None, notes=(HealthIssue("serial-missing", problem, Severity.WARNING),),
-                        problem=problem)
+        problem += (
+            f" (give the SSH user read access to {system_name} and {board_name}, see docs/ssh-room-pcs.md)"
+        )
+    return SerialChoice(
+        None, notes=(HealthIssue("serial-missing", problem, Severity.WARNING),), problem=problem
+    )
 
 
 def _examine(raw: bytes | str | None, name: str, facts: PcFacts) -> tuple[str | None, bool, str]:
@@ -307,8 +318,9 @@ def _examine(raw: bytes | str | None, name: str, facts: PcFacts) -> tuple[str | 
 # --------------------------------------------------------------------------- observations
 
 
-def observe_pc(facts: PcFacts, place: PcPlace, catalog: Catalog, now: datetime, *,
-               source: str = SOURCE) -> PcReport:
+def observe_pc(
+    facts: PcFacts, place: PcPlace, catalog: Catalog, now: datetime, *, source: str = SOURCE
+) -> PcReport:
     """The PC's observation, one per Logitech unit on its USB, and the problems found."""
     report = PcReport()
     pc, problem = _pc_observation(facts, place, now, source)
@@ -322,11 +334,19 @@ def observe_pc(facts: PcFacts, place: PcPlace, catalog: Catalog, now: datetime, 
     return report
 
 
-def _pc_observation(facts: PcFacts, place: PcPlace, now: datetime,
-                    source: str) -> tuple[Observation, str | None]:
-    obs = Observation(source=source, transport=Transport.SSH, address=place.address,
-                      observed_at=now, product=ROOM_PC, room=place.room,
-                      model=meaningful(facts.model), vendor=meaningful(facts.vendor))
+def _pc_observation(
+    facts: PcFacts, place: PcPlace, now: datetime, source: str
+) -> tuple[Observation, str | None]:
+    obs = Observation(
+        source=source,
+        transport=Transport.SSH,
+        address=place.address,
+        observed_at=now,
+        product=ROOM_PC,
+        room=place.room,
+        model=meaningful(facts.model),
+        vendor=meaningful(facts.vendor),
+    )
     choice = choose_serial(facts)
     if choice.value is not None:
         obs.serial = choice.value
@@ -339,9 +359,15 @@ def _pc_observation(facts: PcFacts, place: PcPlace, now: datetime,
         obs.firmware = facts.bios_version
         obs.firmware_source = "bios"
     board = clean_serial(facts.board_serial).value if facts.board_serial is not None else None
-    known = {"os_family": facts.os_family, "hostname": facts.hostname, "os": facts.os_name,
-             "product_name": facts.model, "sys_vendor": facts.vendor, "board_serial": board,
-             "uptime_s": facts.uptime_s}
+    known = {
+        "os_family": facts.os_family,
+        "hostname": facts.hostname,
+        "os": facts.os_name,
+        "product_name": facts.model,
+        "sys_vendor": facts.vendor,
+        "board_serial": board,
+        "uptime_s": facts.uptime_s,
+    }
     obs.attributes.update({k: v for k, v in known.items() if v is not None})
     obs.attributes.update(facts.attributes)
     for name, reason in sorted(facts.unreadable.items()):
@@ -358,8 +384,9 @@ def meaningful(text: str | None) -> str | None:
     return text
 
 
-def _attached_units(facts: PcFacts, place: PcPlace, catalog: Catalog, now: datetime,
-                    source: str) -> list[Observation]:
+def _attached_units(
+    facts: PcFacts, place: PcPlace, catalog: Catalog, now: datetime, source: str
+) -> list[Observation]:
     """The Logitech units on the PC's USB, grouped and described as the local USB source
     does, addressed under the PC (``room-pc-12/usb/1-1.2``) so that a unit with no label
     serial keeps an identity of its own on every PC."""
@@ -374,8 +401,11 @@ def _attached_units(facts: PcFacts, place: PcPlace, catalog: Catalog, now: datet
         obs.attributes[facts.usb_location_key] = unit.main.name
         obs.attributes.update(facts.usb_attributes.get(unit.main.name, {}))
         if unit.product is not None and unit.product.sync_interface:
-            obs.note("firmware-not-read",
-                     "firmware is read over the Sync interface only by an agent on the PC the "
-                     "unit is plugged into", Severity.INFO)
+            obs.note(
+                "firmware-not-read",
+                "firmware is read over the Sync interface only by an agent on the PC the "
+                "unit is plugged into",
+                Severity.INFO,
+            )
         observations.append(obs)
     return observations

@@ -31,8 +31,9 @@ _PROBLEM_TEXT = {
 }
 
 
-def observe_unit(unit: UsbUnit, catalog: Catalog, now: datetime, *,
-                 source: str = "usb", address_prefix: str = "") -> Observation:
+def observe_unit(
+    unit: UsbUnit, catalog: Catalog, now: datetime, *, source: str = "usb", address_prefix: str = ""
+) -> Observation:
     """One observation for one physical USB unit."""
     main = unit.main
     product = unit.product
@@ -51,9 +52,11 @@ def observe_unit(unit: UsbUnit, catalog: Catalog, now: datetime, *,
     elif main.vendor_id == LOGITECH_VID:
         obs.product = UNKNOWN_LOGITECH
         obs.vendor = "Logitech"
-        obs.note("unknown-product",
-                 f"USB id {main.vendor_id:04x}:{main.product_id:04x} is not in the catalog",
-                 Severity.INFO)
+        obs.note(
+            "unknown-product",
+            f"USB id {main.vendor_id:04x}:{main.product_id:04x} is not in the catalog",
+            Severity.INFO,
+        )
     else:
         obs.product = main.product or UNKNOWN_DEVICE
         obs.vendor = main.manufacturer
@@ -95,8 +98,12 @@ def observe_unit(unit: UsbUnit, catalog: Catalog, now: datetime, *,
         obs.attributes["strings_from_libusb"] = libusb
     if unit.functions:
         obs.attributes["functions"] = [
-            {"address": f"{address_prefix}{r.name}", "role": m.role,
-             "vendor_id": f"{r.vendor_id:04x}", "product_id": f"{r.product_id:04x}"}
+            {
+                "address": f"{address_prefix}{r.name}",
+                "role": m.role,
+                "vendor_id": f"{r.vendor_id:04x}",
+                "product_id": f"{r.product_id:04x}",
+            }
             for r, m in unit.functions
         ]
     if unit.match is not None and not unit.match.usb_id.sure:
@@ -109,5 +116,4 @@ def _report_string_problems(obs: Observation, record: UsbRecord) -> None:
         for problem in problems:
             text = _PROBLEM_TEXT.get(problem, problem)
             severity = Severity.WARNING if name == "serial" else Severity.INFO
-            obs.note(f"usb-string-{problem}",
-                     f"{record.name}: USB {name} string {text}", severity)
+            obs.note(f"usb-string-{problem}", f"{record.name}: USB {name} string {text}", severity)

@@ -66,10 +66,9 @@ $boot = $os.LastBootUpTime
 """.strip()
 
 #: The one command run on a Windows PC (a constant: see the module docstring).
-WINDOWS_COMMAND = (
-    "powershell.exe -NoLogo -NoProfile -NonInteractive -EncodedCommand "
-    + base64.b64encode(WINDOWS_INVENTORY_SCRIPT.encode("utf-16-le")).decode("ascii")
-)
+WINDOWS_COMMAND = "powershell.exe -NoLogo -NoProfile -NonInteractive -EncodedCommand " + base64.b64encode(
+    WINDOWS_INVENTORY_SCRIPT.encode("utf-16-le")
+).decode("ascii")
 #: The inventory of a PC is a few KiB; more than this is not the script's output.
 MAX_OUTPUT_BYTES = 1024 * 1024
 MAX_USB_DEVICES = 512
@@ -77,7 +76,8 @@ SCHEMA_KEY = "roomsync_inventory"
 SERIAL_NAMES = ("Win32_BIOS.SerialNumber", "Win32_BaseBoard.SerialNumber")
 _DEVICE_ID = re.compile(
     r"^USB\\VID_(?P<vid>[0-9A-F]{4})&PID_(?P<pid>[0-9A-F]{4})(?P<rest>&[^\\]*)?\\(?P<instance>[^\\]+)$",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 class WindowsOutputError(ValueError):
@@ -100,8 +100,12 @@ def parse_windows_inventory(raw: bytes) -> PcFacts:
     uptime = os_info.get("UptimeSeconds")
     if isinstance(uptime, int) and not isinstance(uptime, bool) and uptime >= 0:
         facts.uptime_s = uptime
-    extra = {"bios_vendor": _text(bios, "Manufacturer"), "board_vendor": _text(board, "Manufacturer"),
-             "board_name": _text(board, "Product"), "last_boot": _text(os_info, "LastBootUpTime")}
+    extra = {
+        "bios_vendor": _text(bios, "Manufacturer"),
+        "board_vendor": _text(board, "Manufacturer"),
+        "board_name": _text(board, "Product"),
+        "last_boot": _text(os_info, "LastBootUpTime"),
+    }
     facts.attributes.update({k: v for k, v in extra.items() if v is not None})
     facts.usb_location_key = "pnp_device_id"
     _read_usb(data.get("usb"), facts)
@@ -118,13 +122,14 @@ def _decode(raw: bytes) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise WindowsOutputError(
-            f"the inventory output is not valid JSON ({exc.msg} at line {exc.lineno} "
-            f"column {exc.colno})") from None
+            f"the inventory output is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except (ValueError, RecursionError):  # a number of thousands of digits, deep nesting
-        raise WindowsOutputError("the inventory output is not JSON the inventory command "
-                                 "writes (a huge number or deep nesting)") from None
+        raise WindowsOutputError(
+            "the inventory output is not JSON the inventory command writes (a huge number or deep nesting)"
+        ) from None
     if not isinstance(data, dict) or data.get(SCHEMA_KEY) != 1:
-        raise WindowsOutputError(f"the output is not the roomsync inventory (no \"{SCHEMA_KEY}\": 1)")
+        raise WindowsOutputError(f'the output is not the roomsync inventory (no "{SCHEMA_KEY}": 1)')
     return data
 
 
@@ -133,7 +138,7 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise WindowsOutputError(f"\"{key}\" in the inventory output is not an object")
+        raise WindowsOutputError(f'"{key}" in the inventory output is not an object')
     return value
 
 
@@ -154,8 +159,9 @@ def _read_usb(value: Any, facts: PcFacts) -> None:
     # ConvertTo-Json may write a list of one as the object itself, and none as null.
     entries = [] if value is None else value if isinstance(value, list) else [value]
     if len(entries) > MAX_USB_DEVICES:
-        facts.usb_errors.append(("usb", f"{len(entries)} devices; only the first "
-                                        f"{MAX_USB_DEVICES} were read"))
+        facts.usb_errors.append(
+            ("usb", f"{len(entries)} devices; only the first {MAX_USB_DEVICES} were read")
+        )
         entries = entries[:MAX_USB_DEVICES]
     for entry in entries:
         record = _pnp_record(entry, facts)
@@ -179,8 +185,9 @@ def _pnp_record(entry: Any, facts: PcFacts) -> UsbRecord | None:
     if "MI_" in (m.group("rest") or "").upper():
         return None  # an interface of a composite device listed on its own
     name = device_id.value or ""
-    record = UsbRecord(name=name, path=Path(name), vendor_id=int(m.group("vid"), 16),
-                       product_id=int(m.group("pid"), 16))
+    record = UsbRecord(
+        name=name, path=Path(name), vendor_id=int(m.group("vid"), 16), product_id=int(m.group("pid"), 16)
+    )
     instance = m.group("instance")
     if "&" not in instance:
         record.set_string("serial", instance, "pnp-instance-id")
@@ -199,9 +206,13 @@ def _note_status(record: UsbRecord, status: str | None, error_code: Any) -> None
     has_code = isinstance(error_code, int) and not isinstance(error_code, bool) and error_code != 0
     if problem or has_code:
         detail = f" (device manager error code {error_code})" if has_code else ""
-        record.issues.append(HealthIssue(
-            "pnp-status", f"Windows reports the device's status as {status or 'unknown'!r}{detail}",
-            Severity.WARNING))
+        record.issues.append(
+            HealthIssue(
+                "pnp-status",
+                f"Windows reports the device's status as {status or 'unknown'!r}{detail}",
+                Severity.WARNING,
+            )
+        )
 
 
 def summarize_stderr(raw: bytes) -> str:

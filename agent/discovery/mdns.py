@@ -92,9 +92,16 @@ class MdnsSource:
 
     name = "mdns"
 
-    def __init__(self, service_types: Iterable[str], interfaces: Iterable[Any] | None = None,
-                 timeout: float = 3.0, *, resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
-                 concurrency: int = DEFAULT_CONCURRENCY, max_instances: int = MAX_INSTANCES) -> None:
+    def __init__(
+        self,
+        service_types: Iterable[str],
+        interfaces: Iterable[Any] | None = None,
+        timeout: float = 3.0,
+        *,
+        resolve_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_instances: int = MAX_INSTANCES,
+    ) -> None:
         """``service_types``: DNS-SD types to browse (short forms are completed, duplicates
         dropped); ``interfaces``: addresses of the host's interfaces to use (``None``: every
         IPv4 interface); ``timeout``: seconds for the whole run. Raises :class:`ValueError`
@@ -102,12 +109,11 @@ class MdnsSource:
         types: dict[str, str] = {}
         for text in service_types:
             value = normalize_service_type(text)
-            types.setdefault(value.lower(), value)   # DNS names compare case-insensitively
+            types.setdefault(value.lower(), value)  # DNS names compare case-insensitively
         if not types:
             raise ValueError("at least one mDNS service type is needed")
         if not timeout > 0 or not resolve_timeout > 0 or concurrency < 1 or max_instances < 1:
-            raise ValueError("timeout and resolve_timeout must be > 0, concurrency and "
-                             "max_instances >= 1")
+            raise ValueError("timeout and resolve_timeout must be > 0, concurrency and max_instances >= 1")
         self.service_types = list(types.values())
         self.interfaces = _normalize_interfaces(interfaces)
         self.timeout = float(timeout)
@@ -136,18 +142,28 @@ class MdnsSource:
         result.observations = self._observe(outcome.services, ctx, result.errors)
         result.errors.extend(outcome.errors)
         if outcome.dropped:
-            result.messages.append(f"more than {self.max_instances} service instances answered; "
-                                   f"{outcome.dropped} more were not resolved")
+            result.messages.append(
+                f"more than {self.max_instances} service instances answered; "
+                f"{outcome.dropped} more were not resolved"
+            )
         if not outcome.services and not outcome.errors:
-            result.messages.append(f"no mDNS services found in {self.timeout:g} s on {self.where} "
-                                   f"(types: {', '.join(self.service_types)})")
-        log.info("mdns.browse.done", seconds=round(time.perf_counter() - started, 3),
-                 services=len(outcome.services), hosts=len(result.observations),
-                 errors=len(outcome.errors), interfaces=self.where)
+            result.messages.append(
+                f"no mDNS services found in {self.timeout:g} s on {self.where} "
+                f"(types: {', '.join(self.service_types)})"
+            )
+        log.info(
+            "mdns.browse.done",
+            seconds=round(time.perf_counter() - started, 3),
+            services=len(outcome.services),
+            hosts=len(result.observations),
+            errors=len(outcome.errors),
+            interfaces=self.where,
+        )
         return result
 
-    def _observe(self, services: list[ResolvedService], ctx: ScanContext,
-                 errors: list[ScanError]) -> list[Observation]:
+    def _observe(
+        self, services: list[ResolvedService], ctx: ScanContext, errors: list[ScanError]
+    ) -> list[Observation]:
         """One observation per host; a host whose data breaks the collector is one error."""
         observations = []
         for group in group_by_host(services):
@@ -187,8 +203,9 @@ class MdnsSource:
         if self.interfaces is None:
             return {}  # zeroconf's default: every IPv4 interface
         versions = {ipaddress.ip_address(a).version for a in self.interfaces}
-        ip_version = (IPVersion.All if len(versions) > 1
-                      else IPVersion.V4Only if versions == {4} else IPVersion.V6Only)
+        ip_version = (
+            IPVersion.All if len(versions) > 1 else IPVersion.V4Only if versions == {4} else IPVersion.V6Only
+        )
         return {"interfaces": list(self.interfaces), "ip_version": ip_version}
 
 
@@ -223,8 +240,12 @@ class _BrowseRun:
         from zeroconf import DNSQuestionType
         from zeroconf.asyncio import AsyncServiceBrowser
 
-        browser = AsyncServiceBrowser(self.zc, list(self.source.service_types), handlers=[self.on_change],
-                                      question_type=DNSQuestionType.QM)
+        browser = AsyncServiceBrowser(
+            self.zc,
+            list(self.source.service_types),
+            handlers=[self.on_change],
+            question_type=DNSQuestionType.QM,
+        )
         try:
             await asyncio.sleep(max(0.0, self.deadline - self.loop.time()))
         except BaseException:
@@ -288,13 +309,17 @@ class _BrowseRun:
                 async with self.semaphore:
                     asked = True
                     remaining_ms = max(1.0, (until - self.loop.time()) * 1000)
-                    complete = await info.async_request(self.zc, remaining_ms,
-                                                        question_type=DNSQuestionType.QM)
+                    complete = await info.async_request(
+                        self.zc, remaining_ms, question_type=DNSQuestionType.QM
+                    )
         except TimeoutError:
             complete = info.load_from_cache(self.zc)
         if not (asked or complete or info.server):
-            return self.error(name, f"not resolved: the run ended while it waited for one of the "
-                                    f"{self.source.concurrency} resolve slots")
+            return self.error(
+                name,
+                f"not resolved: the run ended while it waited for one of the "
+                f"{self.source.concurrency} resolve slots",
+            )
         return self.outcome(info, service_type, name, complete)
 
     def outcome(self, info: Any, service_type: str, name: str, complete: bool) -> ResolvedService | ScanError:
@@ -302,13 +327,22 @@ class _BrowseRun:
         if info.server is None:
             if name.lower() in self.removed:
                 return self.error(name, "withdrawn (mDNS goodbye) before it could be resolved")
-            return self.error(name, "announced but did not answer the resolve (no SRV record "
-                                    "in time): it may have left the network")
+            return self.error(
+                name,
+                "announced but did not answer the resolve (no SRV record "
+                "in time): it may have left the network",
+            )
         addresses = tuple(info.parsed_addresses())
         missing = () if complete else (("address",) if not addresses else ("txt",))
         return ResolvedService(
-            service_type=service_type, name=name, server=info.server, addresses=addresses,
-            port=info.port, txt=dict(info.properties) if info.text else {}, missing=missing)
+            service_type=service_type,
+            name=name,
+            server=info.server,
+            addresses=addresses,
+            port=info.port,
+            txt=dict(info.properties) if info.text else {},
+            missing=missing,
+        )
 
     def error(self, name: str, message: str) -> ScanError:
         return ScanError(self.source.name, clean_name(name).value or "?", message)

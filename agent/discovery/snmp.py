@@ -93,9 +93,14 @@ class SweepResult:
     stats: SweepStats = field(default_factory=SweepStats)
 
 
-async def walk_columns(client: SnmpClient, address: tuple[str, int], columns: Mapping[int, Oid], *,
-                       max_rows: int = MAX_ENTITY_ROWS, repetitions: int = ENTITY_REPETITIONS,
-                       ) -> tuple[dict[int, list[tuple[Oid, Any]]], list[str]]:
+async def walk_columns(
+    client: SnmpClient,
+    address: tuple[str, int],
+    columns: Mapping[int, Oid],
+    *,
+    max_rows: int = MAX_ENTITY_ROWS,
+    repetitions: int = ENTITY_REPETITIONS,
+) -> tuple[dict[int, list[tuple[Oid, Any]]], list[str]]:
     """Walk several table columns side by side with GETBULK.
 
     Returns ``cells[column] = [(index, value), …]`` and the problems met. A column ends at
@@ -119,17 +124,19 @@ async def walk_columns(client: SnmpClient, address: tuple[str, int], columns: Ma
                 if column in finished:
                     continue
                 prefix = columns[column]
-                if is_exception_value(value) or oid[:len(prefix)] != prefix:
+                if is_exception_value(value) or oid[: len(prefix)] != prefix:
                     finished.add(column)
                 elif oid <= last[column]:
-                    problems.append(f"column .{column}: the agent returned a non-increasing object id "
-                                    f"({'.'.join(map(str, oid))}); walk stopped")
+                    problems.append(
+                        f"column .{column}: the agent returned a non-increasing object id "
+                        f"({'.'.join(map(str, oid))}); walk stopped"
+                    )
                     finished.add(column)
                 elif len(cells[column]) >= max_rows:
                     problems.append(f"column .{column}: more than {max_rows} rows; truncated")
                     finished.add(column)
                 else:
-                    cells[column].append((oid[len(prefix):], value))
+                    cells[column].append((oid[len(prefix) :], value))
                     last[column] = oid
         if not table:
             break
@@ -140,9 +147,18 @@ async def walk_columns(client: SnmpClient, address: tuple[str, int], columns: Ma
 class SnmpSweep:
     """One sweep over ``targets`` with one client. Use :meth:`run` once."""
 
-    def __init__(self, client: SnmpClient, targets: Sequence[Target], ctx: ScanContext, *,
-                 concurrency: int = 256, max_pps: float = 0, walk_entities: bool = True,
-                 progress: Progress | None = None, source: str = "snmp") -> None:
+    def __init__(
+        self,
+        client: SnmpClient,
+        targets: Sequence[Target],
+        ctx: ScanContext,
+        *,
+        concurrency: int = 256,
+        max_pps: float = 0,
+        walk_entities: bool = True,
+        progress: Progress | None = None,
+        source: str = "snmp",
+    ) -> None:
         self.client = client
         self.targets = targets
         self.ctx = ctx
@@ -159,8 +175,9 @@ class SnmpSweep:
         stats.addresses = len(self.targets)
         started = time.monotonic()
         queue = iter(self.targets)
-        workers = [asyncio.create_task(self._worker(queue))
-                   for _ in range(min(self.concurrency, len(self.targets)))]
+        workers = [
+            asyncio.create_task(self._worker(queue)) for _ in range(min(self.concurrency, len(self.targets)))
+        ]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -178,8 +195,9 @@ class SnmpSweep:
             await self._one(target)
             self.result.stats.done += 1
             if self.progress is not None:
-                self.progress(self.result.stats.done, self.result.stats.addresses,
-                              self.result.stats.responders)
+                self.progress(
+                    self.result.stats.done, self.result.stats.addresses, self.result.stats.responders
+                )
 
     async def _one(self, target: Target) -> None:
         try:
@@ -208,8 +226,16 @@ class SnmpSweep:
             async with self._walks:
                 cells, problems = await walk_columns(self.client, (host, target.port), columns)
         self.result.observations.append(
-            observe(target.address, system, entity_rows(cells), self.ctx.catalog, self.ctx.now,
-                    source=self.source, entity_problems=problems))
+            observe(
+                target.address,
+                system,
+                entity_rows(cells),
+                self.ctx.catalog,
+                self.ctx.now,
+                source=self.source,
+                entity_problems=problems,
+            )
+        )
 
     async def _resolve(self, target: Target) -> str:
         try:
@@ -217,8 +243,7 @@ class SnmpSweep:
             return target.host
         except ValueError:
             pass
-        infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port,
-                                                              type=2)  # SOCK_DGRAM
+        infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=2)  # SOCK_DGRAM
         return str(infos[0][4][0])
 
     def _error(self, target: Target, message: str) -> None:
@@ -234,8 +259,10 @@ def credentials_from_config(settings: Any, environ: Mapping[str, str] | None = N
             user=v3.user,
             auth_key=read_secret(v3.auth_key_file, "SNMPv3 auth key", environ),
             priv_key=read_secret(v3.priv_key_file, "SNMPv3 privacy key", environ),
-            auth_protocol=v3.auth_protocol, priv_protocol=v3.priv_protocol,
-            context_name=v3.context_name)
+            auth_protocol=v3.auth_protocol,
+            priv_protocol=v3.priv_protocol,
+            context_name=v3.context_name,
+        )
     if getattr(settings, "community_file", None):
         return V2cCredentials(read_secret(settings.community_file, "SNMP community", environ))
     return V2cCredentials(settings.community.get_secret_value())
@@ -246,11 +273,20 @@ class SnmpSource:
 
     name = "snmp"
 
-    def __init__(self, targets: Sequence[str], credentials: Credentials | None = None, *,
-                 port: int = DEFAULT_PORT, timeout: float = 1.0, retries: int = 0,
-                 concurrency: int = 256, max_pps: float = 0, walk_entities: bool = True,
-                 progress: Progress | None = None,
-                 credentials_error: str | None = None) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        credentials: Credentials | None = None,
+        *,
+        port: int = DEFAULT_PORT,
+        timeout: float = 1.0,
+        retries: int = 0,
+        concurrency: int = 256,
+        max_pps: float = 0,
+        walk_entities: bool = True,
+        progress: Progress | None = None,
+        credentials_error: str | None = None,
+    ) -> None:
         self.target_specs = list(targets)
         self.credentials = credentials
         self.credentials_error = credentials_error
@@ -270,15 +306,23 @@ class SnmpSource:
             problem = None
         except SecretFileError as exc:
             creds, problem = None, str(exc)
-        return cls(settings.targets, creds, port=settings.port, timeout=settings.timeout,
-                   retries=settings.retries, concurrency=settings.concurrency,
-                   max_pps=settings.max_pps, credentials_error=problem)
+        return cls(
+            settings.targets,
+            creds,
+            port=settings.port,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            concurrency=settings.concurrency,
+            max_pps=settings.max_pps,
+            credentials_error=problem,
+        )
 
     async def run(self, ctx: ScanContext) -> SourceResult:
         result = SourceResult()
         if self.credentials is None:
-            result.errors.append(ScanError(self.name, "credentials",
-                                           self.credentials_error or "no SNMP credentials"))
+            result.errors.append(
+                ScanError(self.name, "credentials", self.credentials_error or "no SNMP credentials")
+            )
             return result
         if not self.target_specs:
             result.messages.append("SNMP is enabled but no targets are configured")
@@ -289,9 +333,16 @@ class SnmpSource:
             result.errors.extend(ScanError(self.name, "targets", p) for p in exc.problems)
             return result
         async with SnmpClient(self.credentials, timeout=self.timeout, retries=self.retries) as client:
-            sweep = SnmpSweep(client, targets, ctx, concurrency=self.concurrency, max_pps=self.max_pps,
-                              walk_entities=self.walk_entities, progress=self.progress,
-                              source=self.name)
+            sweep = SnmpSweep(
+                client,
+                targets,
+                ctx,
+                concurrency=self.concurrency,
+                max_pps=self.max_pps,
+                walk_entities=self.walk_entities,
+                progress=self.progress,
+                source=self.name,
+            )
             found = await sweep.run()
         self.last_stats = found.stats
         result.observations.extend(found.observations)
@@ -299,5 +350,6 @@ class SnmpSource:
         s = found.stats
         result.messages.append(
             f"{s.addresses} address{'es' if s.addresses != 1 else ''} swept in {s.seconds:.1f} s, "
-            f"{s.responders} answered, {s.silent} silent")
+            f"{s.responders} answered, {s.silent} silent"
+        )
         return result

@@ -58,7 +58,8 @@ DEFAULT_HOST_DEADLINE = 120.0
 MAX_STDERR_BYTES = 64 * 1024
 _CHUNK = 32 * 1024
 _TARGET = re.compile(
-    r"^(?P<user>[^@\s]+)@(?:\[(?P<v6>[0-9A-Fa-f:.%a-z]+)\]|(?P<host>[^:@\s\[\]/]+))(?::(?P<port>\d{1,5}))?$")
+    r"^(?P<user>[^@\s]+)@(?:\[(?P<v6>[0-9A-Fa-f:.%a-z]+)\]|(?P<host>[^:@\s\[\]/]+))(?::(?P<port>\d{1,5}))?$"
+)
 _NAME = re.compile(r"^[^\s\x00-\x1f\x7f]{1,255}$")
 
 
@@ -117,17 +118,28 @@ class SshHost:
             raise ValueError(f"sysfs_root {self.sysfs_root!r} is not an absolute path")
 
     @classmethod
-    def from_target(cls, target: str, *, key_file: str | Path | None = None,
-                    os: Literal["linux", "windows"] = "linux", sysfs_root: str = "/sys",
-                    room: str | None = None) -> SshHost:
+    def from_target(
+        cls,
+        target: str,
+        *,
+        key_file: str | Path | None = None,
+        os: Literal["linux", "windows"] = "linux",
+        sysfs_root: str = "/sys",
+        room: str | None = None,
+    ) -> SshHost:
         """``USER@HOST``, ``USER@HOST:PORT`` or ``USER@[IPv6]:PORT``. Raises :class:`ValueError`."""
         m = _TARGET.match(target.strip())
         if not m:
             raise ValueError(f"{target!r}: expected USER@HOST[:PORT] (IPv6 as USER@[ADDRESS]:PORT)")
-        return cls(host=m.group("v6") or m.group("host"), user=m.group("user"),
-                   port=int(m.group("port") or DEFAULT_PORT),
-                   key_file=Path(key_file) if key_file is not None else None,
-                   os=os, sysfs_root=sysfs_root, room=room)
+        return cls(
+            host=m.group("v6") or m.group("host"),
+            user=m.group("user"),
+            port=int(m.group("port") or DEFAULT_PORT),
+            key_file=Path(key_file) if key_file is not None else None,
+            os=os,
+            sysfs_root=sysfs_root,
+            room=room,
+        )
 
     @classmethod
     def of(cls, value: Any) -> SshHost:
@@ -136,10 +148,15 @@ class SshHost:
         if isinstance(value, SshHost):
             return value
         key_file = getattr(value, "key_file", None)
-        return cls(host=value.host, user=value.user, port=getattr(value, "port", DEFAULT_PORT),
-                   key_file=Path(key_file) if key_file is not None else None,
-                   os=getattr(value, "os", "linux"), sysfs_root=str(getattr(value, "sysfs_root", "/sys")),
-                   room=getattr(value, "room", None))
+        return cls(
+            host=value.host,
+            user=value.user,
+            port=getattr(value, "port", DEFAULT_PORT),
+            key_file=Path(key_file) if key_file is not None else None,
+            os=getattr(value, "os", "linux"),
+            sysfs_root=str(getattr(value, "sysfs_root", "/sys")),
+            room=getattr(value, "room", None),
+        )
 
     @property
     def _shown_host(self) -> str:
@@ -193,8 +210,14 @@ class SftpFiles:
             raise RemoteTimeout(f"reading the PC took longer than its deadline (at {path})")
 
 
-def run_command(client: paramiko.SSHClient, command: str, *, timeout: float, deadline: float,
-                limit: int = MAX_OUTPUT_BYTES) -> bytes:
+def run_command(
+    client: paramiko.SSHClient,
+    command: str,
+    *,
+    timeout: float,
+    deadline: float,
+    limit: int = MAX_OUTPUT_BYTES,
+) -> bytes:
     """Run one fixed command and return its standard output (at most ``limit`` bytes).
 
     Raises :class:`SshHostError` when it exits non-zero or prints too much, and
@@ -208,8 +231,9 @@ def run_command(client: paramiko.SSHClient, command: str, *, timeout: float, dea
     if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
         raise RemoteTimeout("the inventory command did not finish before the deadline")
     if channel.exit_status != 0:
-        raise SshHostError(f"the inventory command failed (exit status {channel.exit_status}): "
-                           f"{summarize_stderr(err)}")
+        raise SshHostError(
+            f"the inventory command failed (exit status {channel.exit_status}): {summarize_stderr(err)}"
+        )
     return out
 
 
@@ -241,9 +265,15 @@ class SshSource:
 
     name = SOURCE_NAME
 
-    def __init__(self, hosts: Iterable[Any], known_hosts: str | os.PathLike[str] | None,
-                 connect_timeout: float = 10.0, *, concurrency: int = DEFAULT_CONCURRENCY,
-                 host_deadline: float = DEFAULT_HOST_DEADLINE) -> None:
+    def __init__(
+        self,
+        hosts: Iterable[Any],
+        known_hosts: str | os.PathLike[str] | None,
+        connect_timeout: float = 10.0,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        host_deadline: float = DEFAULT_HOST_DEADLINE,
+    ) -> None:
         if connect_timeout <= 0 or concurrency < 1 or host_deadline <= 0:
             raise ValueError("connect_timeout and host_deadline must be > 0, concurrency >= 1")
         self.hosts: list[SshHost] = []
@@ -287,8 +317,13 @@ class SshSource:
         started = time.monotonic()
         result = SourceResult()
         try:
-            report = observe_pc(self.read_host(host, started + self.host_deadline),
-                                PcPlace(host.address, host.room), ctx.catalog, ctx.now, source=self.name)
+            report = observe_pc(
+                self.read_host(host, started + self.host_deadline),
+                PcPlace(host.address, host.room),
+                ctx.catalog,
+                ctx.now,
+                source=self.name,
+            )
         except Exception as exc:  # one host's failure, whatever it is, must not end the scan
             message = self.describe(exc, host)
             if not isinstance(exc, _EXPECTED):
@@ -299,25 +334,35 @@ class SshSource:
         result.observations = report.observations
         result.errors = [ScanError(self.name, host.target, p) for p in report.problems]
         result.messages = [f"{host.target}: {m}" for m in report.messages]
-        log.info("ssh.host.done", target=host.target, seconds=round(time.monotonic() - started, 3),
-                 observations=len(result.observations), errors=len(result.errors))
+        log.info(
+            "ssh.host.done",
+            target=host.target,
+            seconds=round(time.monotonic() - started, 3),
+            observations=len(result.observations),
+            errors=len(result.errors),
+        )
         return result
 
     def read_host(self, host: SshHost, deadline: float) -> PcFacts:
         """Connect, verify, log in and read the PC's facts (blocking)."""
         if self.known_hosts is None:
-            raise SshHostError("no known_hosts file is configured (sources.ssh.known_hosts or "
-                               "--known-hosts); host keys are always verified")
+            raise SshHostError(
+                "no known_hosts file is configured (sources.ssh.known_hosts or "
+                "--known-hosts); host keys are always verified"
+            )
         key = load_private_key(host.key_file)
         with contextlib.closing(self._connect(host, key, self.known_hosts)) as client:
             if host.os == "windows":
-                return parse_windows_inventory(run_command(
-                    client, WINDOWS_COMMAND, timeout=self.connect_timeout, deadline=deadline))
+                return parse_windows_inventory(
+                    run_command(client, WINDOWS_COMMAND, timeout=self.connect_timeout, deadline=deadline)
+                )
             try:
                 sftp = client.open_sftp()
             except paramiko.SSHException as exc:
-                raise SshHostError(f"SFTP is not available on the PC ({exc}); the Linux inventory "
-                                   "reads files over SFTP (sshd's sftp subsystem)") from exc
+                raise SshHostError(
+                    f"SFTP is not available on the PC ({exc}); the Linux inventory "
+                    "reads files over SFTP (sshd's sftp subsystem)"
+                ) from exc
             with contextlib.closing(sftp):
                 sftp.get_channel().settimeout(self.connect_timeout)
                 return read_linux_pc(SftpFiles(sftp, deadline), _normalized_root(host.sysfs_root))
@@ -328,9 +373,18 @@ class SshSource:
             _load_known_hosts(client, known_hosts)
             client.set_missing_host_key_policy(RejectUnknownHostKey())
             t = self.connect_timeout
-            client.connect(host.host, port=host.port, username=host.user, pkey=key, timeout=t,
-                           banner_timeout=t, auth_timeout=t, channel_timeout=t,
-                           look_for_keys=False, allow_agent=False)
+            client.connect(
+                host.host,
+                port=host.port,
+                username=host.user,
+                pkey=key,
+                timeout=t,
+                banner_timeout=t,
+                auth_timeout=t,
+                channel_timeout=t,
+                look_for_keys=False,
+                allow_agent=False,
+            )
         except BaseException:
             client.close()
             raise
@@ -343,8 +397,7 @@ class SshSource:
 
 def _rough_target(item: Any) -> str:
     """``user@host:port`` of a host entry that did not validate, as far as it can be told."""
-    return (f"{getattr(item, 'user', '?')}@{getattr(item, 'host', '?')}:"
-            f"{getattr(item, 'port', DEFAULT_PORT)}")
+    return f"{getattr(item, 'user', '?')}@{getattr(item, 'host', '?')}:{getattr(item, 'port', DEFAULT_PORT)}"
 
 
 _EXPECTED = (SshHostError, paramiko.SSHException, OSError, EOFError, RemoteTimeout, WindowsOutputError)
@@ -368,8 +421,10 @@ def load_private_key(path: Path | None) -> paramiko.PKey:
     """The host's private key (a relative name is looked up in ``$CREDENTIALS_DIRECTORY``
     first, as every secret file). Raises :class:`SshHostError`; never says what the file holds."""
     if path is None:
-        raise SshHostError("no key file is configured for this host (key_file or --ssh-key); "
-                           "roomsync logs in with a key only")
+        raise SshHostError(
+            "no key file is configured for this host (key_file or --ssh-key); "
+            "roomsync logs in with a key only"
+        )
     from agent.secretfile import resolve_secret_path
 
     path = resolve_secret_path(path)
@@ -383,13 +438,16 @@ def load_private_key(path: Path | None) -> paramiko.PKey:
         raise SshHostError(f"key file {path} is a directory") from None
     except TypeError:
         # cryptography: "Password was not given but private key is encrypted".
-        raise SshHostError(f"key file {path} is encrypted; roomsync needs a key without a "
-                           "passphrase, readable only by the agent's user") from None
+        raise SshHostError(
+            f"key file {path} is encrypted; roomsync needs a key without a "
+            "passphrase, readable only by the agent's user"
+        ) from None
     except OSError as exc:
         raise SshHostError(f"key file {path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, paramiko.SSHException, paramiko.UnknownKeyType):
-        raise SshHostError(f"key file {path} is not a private key roomsync can use "
-                           "(OpenSSH or PEM; Ed25519, ECDSA or RSA)") from None
+        raise SshHostError(
+            f"key file {path} is not a private key roomsync can use (OpenSSH or PEM; Ed25519, ECDSA or RSA)"
+        ) from None
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -397,8 +455,7 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def describe_failure(exc: BaseException, host: SshHost, known_hosts: Path | None,
-                     timeout: float) -> str:
+def describe_failure(exc: BaseException, host: SshHost, known_hosts: Path | None, timeout: float) -> str:
     """The one-line message for a host's failure (connection, host key, login, reading)."""
     for kinds, describe in _DESCRIBERS:
         if isinstance(exc, kinds):
@@ -407,18 +464,24 @@ def describe_failure(exc: BaseException, host: SshHost, known_hosts: Path | None
 
 
 def _host_key_unknown(exc: Any, host: SshHost, known_hosts: Path | None, _t: float) -> str:
-    return (f"host key for {host.known_hosts_name} not in {known_hosts}; verify the fingerprint "
-            f"({fingerprint(exc.key)}) and add it with ssh-keyscan (docs/ssh-room-pcs.md)")
+    return (
+        f"host key for {host.known_hosts_name} not in {known_hosts}; verify the fingerprint "
+        f"({fingerprint(exc.key)}) and add it with ssh-keyscan (docs/ssh-room-pcs.md)"
+    )
 
 
 def _host_key_mismatch(exc: Any, host: SshHost, known_hosts: Path | None, _t: float) -> str:
-    return (f"host key for {host.known_hosts_name} does not match {known_hosts} (possible "
-            f"man-in-the-middle); expected {fingerprint(exc.expected_key)} got {fingerprint(exc.key)}")
+    return (
+        f"host key for {host.known_hosts_name} does not match {known_hosts} (possible "
+        f"man-in-the-middle); expected {fingerprint(exc.expected_key)} got {fingerprint(exc.key)}"
+    )
 
 
 def _auth_failed(_exc: Any, host: SshHost, _k: Path | None, _t: float) -> str:
-    return (f"authentication as {host.user} with key file {host.key_file} failed (is its public "
-            f"key in {host.user}'s authorized_keys on the PC?)")
+    return (
+        f"authentication as {host.user} with key file {host.key_file} failed (is its public "
+        f"key in {host.user}'s authorized_keys on the PC?)"
+    )
 
 
 def _no_connection(exc: Any, host: SshHost, _k: Path | None, _t: float) -> str:
@@ -443,8 +506,10 @@ def _ssh_error(exc: Any, host: SshHost, _k: Path | None, timeout: float) -> str:
         return f"the server on port {host.port} closed the connection before its SSH banner"
     # paramiko says "No existing session" when its handshake wait ends before the banner wait.
     if banner or text == "No existing session":
-        return (f"no SSH handshake within {timeout:g} s on port {host.port} (not an SSH server, "
-                "or it is overloaded)")
+        return (
+            f"no SSH handshake within {timeout:g} s on port {host.port} (not an SSH server, "
+            "or it is overloaded)"
+        )
     return f"SSH error: {text}"
 
 
@@ -460,8 +525,13 @@ def _worded(exc: Any, _h: SshHost, _k: Path | None, _t: float) -> str:
     return str(exc)
 
 
-_DESCRIBERS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
-                         Callable[[Any, SshHost, Path | None, float], str]], ...] = (
+_DESCRIBERS: tuple[
+    tuple[
+        type[BaseException] | tuple[type[BaseException], ...],
+        Callable[[Any, SshHost, Path | None, float], str],
+    ],
+    ...,
+] = (
     ((SshHostError, RemoteTimeout, WindowsOutputError), _worded),
     (UnknownHostKeyError, _host_key_unknown),
     (paramiko.BadHostKeyException, _host_key_mismatch),

@@ -80,8 +80,9 @@ def _parse(spec: str, default_port: int) -> tuple[Network | str, int]:
             net_text, port = head, _port(tail[1:]) if tail.startswith(":") else default_port
         net = ipaddress.ip_network(net_text, strict=False)
         if net.num_addresses > MAX_ADDRESSES:
-            raise ValueError(f"{net} holds {net.num_addresses} addresses; at most {MAX_ADDRESSES} "
-                             "per sweep (split it)")
+            raise ValueError(
+                f"{net} holds {net.num_addresses} addresses; at most {MAX_ADDRESSES} per sweep (split it)"
+            )
         return net, port
     host, port = _split_port(text, default_port)
     if not host:
@@ -99,7 +100,7 @@ def _expand(spec: str, default_port: int) -> Iterator[Target]:
     if isinstance(where, str):
         yield Target(where, port)
         return
-    for ip in (where.hosts() if where.num_addresses > 2 else iter(where)):
+    for ip in where.hosts() if where.num_addresses > 2 else iter(where):
         yield Target(str(ip), port, swept=True)
 
 
@@ -122,13 +123,18 @@ def check_targets(specs: Sequence[str], default_port: int = DEFAULT_PORT) -> lis
 def _is_host_name(text: str) -> bool:
     labels = text.rstrip(".").split(".")
     return len(text) <= 253 and all(
-        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
-        and all(c.isalnum() or c == "-" for c in label) and label.isascii()
-        for label in labels)
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label)
+        and label.isascii()
+        for label in labels
+    )
 
 
-def parse_targets(specs: Sequence[str], default_port: int = DEFAULT_PORT, *,
-                  max_addresses: int = MAX_ADDRESSES) -> list[Target]:
+def parse_targets(
+    specs: Sequence[str], default_port: int = DEFAULT_PORT, *, max_addresses: int = MAX_ADDRESSES
+) -> list[Target]:
     """Every address named by ``specs``, once, in order. Raises :class:`TargetError`
     listing every unusable spec."""
     seen: dict[tuple[str, int], Target] = {}
@@ -147,5 +153,3 @@ def parse_targets(specs: Sequence[str], default_port: int = DEFAULT_PORT, *,
     if problems:
         raise TargetError(problems)
     return list(seen.values())
-
-

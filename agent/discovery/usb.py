@@ -163,8 +163,9 @@ class _AttributeDir:
 
 def attribute_unreadable(name: str, exc: OSError) -> HealthIssue:
     """The note for an attribute file that exists but cannot be read."""
-    return HealthIssue("usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})",
-                       Severity.INFO)
+    return HealthIssue(
+        "usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})", Severity.INFO
+    )
 
 
 def _parse_hex(raw: bytes | None, width: int = 4) -> int | None:
@@ -189,8 +190,7 @@ def _parse_dec(raw: bytes | None) -> int | None:
 AttributeReader = Callable[[str], bytes | None]
 
 
-def parse_device(name: str, path: Path, read: AttributeReader,
-                 issues: list[HealthIssue]) -> UsbRecord:
+def parse_device(name: str, path: Path, read: AttributeReader, issues: list[HealthIssue]) -> UsbRecord:
     """Build the record of one device entry from its attribute files, whatever reads them
     (this host's sysfs through openat, or a room PC's sysfs over SFTP).
 
@@ -291,7 +291,8 @@ def _sort_key(name: str) -> tuple[Any, ...]:
 def missing_strings(record: UsbRecord) -> list[str]:
     """Strings the device descriptor announces but sysfs did not give us."""
     return [
-        name for name in STRING_FIELDS
+        name
+        for name in STRING_FIELDS
         if record.string_indexes.get(name) and name not in record.string_sources
     ]
 
@@ -314,10 +315,13 @@ def enrich_with_libusb(records: list[UsbRecord]) -> None:
         found = {(d.bus, d.address): d for d in usb.core.find(find_all=True)}
     except usb.core.NoBackendError:
         for r in wanted:
-            r.issues.append(HealthIssue(
-                "usb-strings-unavailable",
-                "libusb is not installed; strings missing from sysfs were not read",
-                Severity.INFO))
+            r.issues.append(
+                HealthIssue(
+                    "usb-strings-unavailable",
+                    "libusb is not installed; strings missing from sysfs were not read",
+                    Severity.INFO,
+                )
+            )
         return
     except usb.core.USBError as exc:
         for r in wanted:
@@ -326,20 +330,24 @@ def enrich_with_libusb(records: list[UsbRecord]) -> None:
     for record in wanted:
         dev = found.get((record.busnum, record.devnum))
         if dev is None or (dev.idVendor, dev.idProduct) != (record.vendor_id, record.product_id):
-            record.issues.append(HealthIssue(
-                "usb-strings-unavailable",
-                f"libusb does not see bus {record.busnum} device {record.devnum}", Severity.INFO))
+            record.issues.append(
+                HealthIssue(
+                    "usb-strings-unavailable",
+                    f"libusb does not see bus {record.busnum} device {record.devnum}",
+                    Severity.INFO,
+                )
+            )
             continue
         try:
             for name in missing_strings(record):
                 text, malformed = _read_string(dev, record.string_indexes[name])
                 record.set_string(name, text, "libusb")
                 if malformed:
-                    record.string_problems[name] = (
-                        "not-utf8", *record.string_problems.get(name, ()))
+                    record.string_problems[name] = ("not-utf8", *record.string_problems.get(name, ()))
         except (usb.core.USBError, ValueError, NotImplementedError) as exc:
-            record.issues.append(HealthIssue(
-                "usb-strings-unavailable", f"libusb could not read strings: {exc}", Severity.INFO))
+            record.issues.append(
+                HealthIssue("usb-strings-unavailable", f"libusb could not read strings: {exc}", Severity.INFO)
+            )
         finally:
             with contextlib.suppress(usb.core.USBError):
                 usb.util.dispose_resources(dev)
@@ -361,7 +369,7 @@ def _read_string(dev: Any, index: int) -> tuple[str, bool]:
         raise ValueError("the device has no LANGID list (no string descriptors, or no permission)")
     buf = usb.control.get_descriptor(dev, 254, usb.util.DESC_TYPE_STRING, index, langids[0])
     # bLength rounded down to even, as pyusb does (some devices report an odd length).
-    payload = bytes(buf[2:min(buf[0] & 0xFE, len(buf))])
+    payload = bytes(buf[2 : min(buf[0] & 0xFE, len(buf))])
     try:
         return payload.decode("utf-16-le"), False
     except UnicodeDecodeError:
@@ -415,8 +423,11 @@ def group_units(records: list[UsbRecord], catalog: Catalog) -> list[UsbUnit]:
 
     for record, match in pending:
         names = {p.name for p in match.products}
-        candidates = [u for u in units if u.product is not None and u.product.name in names
-                      and u.match is not None and u.match.is_main]
+        candidates = [
+            u
+            for u in units
+            if u.product is not None and u.product.name in names and u.match is not None and u.match.is_main
+        ]
         target = _nearest(record, candidates)
         if target is not None:
             target.functions.append((record, match))
@@ -428,15 +439,22 @@ def group_units(records: list[UsbRecord], catalog: Catalog) -> list[UsbUnit]:
         unit = UsbUnit(record, match, match.product)
         if match.ambiguous:
             others = ", ".join(p.name for p in match.products)
-            unit.notes.append(HealthIssue(
-                "usb-function-without-main",
-                f"{match.role} function {record.vendor_id:04x}:{record.product_id:04x} belongs to "
-                f"one of: {others}; its main function is not visible", Severity.WARNING))
+            unit.notes.append(
+                HealthIssue(
+                    "usb-function-without-main",
+                    f"{match.role} function {record.vendor_id:04x}:{record.product_id:04x} belongs to "
+                    f"one of: {others}; its main function is not visible",
+                    Severity.WARNING,
+                )
+            )
         else:
-            unit.notes.append(HealthIssue(
-                "usb-function-without-main",
-                f"only the {match.role} function of this {match.product.name} is visible",
-                Severity.WARNING))
+            unit.notes.append(
+                HealthIssue(
+                    "usb-function-without-main",
+                    f"only the {match.role} function of this {match.product.name} is visible",
+                    Severity.WARNING,
+                )
+            )
         units.append(unit)
     return units
 
@@ -446,8 +464,7 @@ def _nearest(record: UsbRecord, candidates: list[UsbUnit]) -> UsbUnit | None:
         return None
     chain = record.port_chain
     # Nearest = longest common port chain; on a tie, the one on the same bus.
-    scored = [((_common_prefix(chain, u.main.port_chain), u.main.bus == record.bus), u)
-              for u in candidates]
+    scored = [((_common_prefix(chain, u.main.port_chain), u.main.bus == record.bus), u) for u in candidates]
     best = max(score for score, _ in scored)
     winners = [u for score, u in scored if score == best]
     if best[0] >= 1 and len(winners) == 1:
@@ -479,9 +496,15 @@ class UsbSource:
 
     name = "usb"
 
-    def __init__(self, sysfs_root: str | os.PathLike[str] = "/sys", *, all_usb: bool = False,
-                 libusb_strings: bool = True, sync_interface: bool = True,
-                 sync_deadline: float = 10.0) -> None:
+    def __init__(
+        self,
+        sysfs_root: str | os.PathLike[str] = "/sys",
+        *,
+        all_usb: bool = False,
+        libusb_strings: bool = True,
+        sync_interface: bool = True,
+        sync_deadline: float = 10.0,
+    ) -> None:
         self.sysfs_root = Path(sysfs_root)
         self.all_usb = all_usb
         # A captured tree (--sysfs-root) describes another host's devices: the bus and
@@ -493,9 +516,13 @@ class UsbSource:
 
     @classmethod
     def from_config(cls, settings: Any) -> UsbSource:
-        return cls(settings.sysfs_root, all_usb=settings.all_usb,
-                   libusb_strings=settings.libusb_strings,
-                   sync_interface=settings.sync_interface, sync_deadline=settings.sync_deadline)
+        return cls(
+            settings.sysfs_root,
+            all_usb=settings.all_usb,
+            libusb_strings=settings.libusb_strings,
+            sync_interface=settings.sync_interface,
+            sync_deadline=settings.sync_deadline,
+        )
 
     async def run(self, ctx: ScanContext) -> SourceResult:
         # sysfs reads are fast local file reads; libusb reads may block on a slow device
@@ -513,8 +540,9 @@ class UsbSource:
         """How to open the Sync transport of ``record``'s device."""
         from agent.collectors.sync.usb_unit import pyusb_transport
 
-        return functools.partial(pyusb_transport, record.busnum, record.devnum,
-                                 record.vendor_id, record.product_id)
+        return functools.partial(
+            pyusb_transport, record.busnum, record.devnum, record.vendor_id, record.product_id
+        )
 
     def scan(self, ctx: ScanContext) -> SourceResult:
         result = SourceResult()
@@ -532,12 +560,22 @@ class UsbSource:
             if not (self.all_usb or unit.is_logitech):
                 continue
             obs = observe_unit(unit, ctx.catalog, ctx.now, source=self.name)
-            if (self.sync_interface and unit.product is not None and unit.product.sync_interface
-                    and unit.match is not None and unit.match.is_main):
+            if (
+                self.sync_interface
+                and unit.product is not None
+                and unit.product.sync_interface
+                and unit.match is not None
+                and unit.match.is_main
+            ):
                 from agent.collectors.sync.usb_unit import read_unit
 
-                obs, error = read_unit(obs, self.sync_opener(unit.main), catalog=ctx.catalog,
-                                       now=ctx.now, deadline=self.sync_deadline)
+                obs, error = read_unit(
+                    obs,
+                    self.sync_opener(unit.main),
+                    catalog=ctx.catalog,
+                    now=ctx.now,
+                    deadline=self.sync_deadline,
+                )
                 if error is not None:
                     result.errors.append(ScanError(self.name, obs.address, error))
             result.observations.append(obs)

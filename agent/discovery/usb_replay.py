@@ -58,8 +58,12 @@ class ReplayUsbSource(UsbSource):
             record.set_string(name, value, "recording")
         for name, problems in device.string_problems.items():
             record.string_problems[name] = (*record.string_problems.get(name, ()), *problems)
-        return UsbDiscovery(self.capture, True, [record],
-                            message=f"replaying {self.capture.name} (recorded device, not live USB)")
+        return UsbDiscovery(
+            self.capture,
+            True,
+            [record],
+            message=f"replaying {self.capture.name} (recorded device, not live USB)",
+        )
 
     def sync_opener(self, record: UsbRecord) -> TransportOpener:
         recording = self.recording()

@@ -97,8 +97,9 @@ def classify(status: int) -> Outcome:
     return Outcome.RETRY  # 1xx, >= 600: not a verdict on the message
 
 
-def retry_after_seconds(value: str | None, reply_date: str | None = None,
-                        now: datetime | None = None) -> float:
+def retry_after_seconds(
+    value: str | None, reply_date: str | None = None, now: datetime | None = None
+) -> float:
     """``Retry-After`` in seconds: delta-seconds, or an HTTP-date taken relative to the
     reply's ``Date`` (else ``now``); 0 when absent, unreadable or in the past."""
     if not value:
@@ -116,8 +117,13 @@ def retry_after_seconds(value: str | None, reply_date: str | None = None,
     return max(0.0, (when - base).total_seconds())
 
 
-def backoff_delay(failures: int, cap: float, retry_after: float = 0.0,
-                  rng: Callable[[], float] = random.random, base: float = BACKOFF_BASE_S) -> float:
+def backoff_delay(
+    failures: int,
+    cap: float,
+    retry_after: float = 0.0,
+    rng: Callable[[], float] = random.random,
+    base: float = BACKOFF_BASE_S,
+) -> float:
     """The wait before retry ``failures`` (1 for the first retry): exponential backoff with
     full jitter, never sooner than ``retry_after``, never longer than ``cap``."""
     if failures < 1:
@@ -144,8 +150,15 @@ class PortalSettings:
             raise PortalError("no portal URL: set [portal] url or pass --portal-url")
         if portal.token_file is None:
             raise PortalError("no portal token: set [portal] token_file or pass --token-file")
-        return cls(portal.url, portal.token_file, portal.ca_file, portal.client_cert, portal.client_key,
-                   portal.timeout, portal.backoff_cap)
+        return cls(
+            portal.url,
+            portal.token_file,
+            portal.ca_file,
+            portal.client_cert,
+            portal.client_key,
+            portal.timeout,
+            portal.backoff_cap,
+        )
 
     @property
     def host(self) -> str:
@@ -164,8 +177,9 @@ def ssl_context(settings: PortalSettings) -> ssl.SSLContext | None:
         raise PortalError(f"portal CA file {settings.ca_file}: {_reason(exc)}") from None
     if settings.client_cert is not None:
         try:
-            context.load_cert_chain(str(settings.client_cert),
-                                    str(settings.client_key) if settings.client_key else None)
+            context.load_cert_chain(
+                str(settings.client_cert), str(settings.client_key) if settings.client_key else None
+            )
         except (OSError, ssl.SSLError) as exc:
             raise PortalError(f"client certificate {settings.client_cert}: {_reason(exc)}") from None
     return context
@@ -188,8 +202,10 @@ def _token(settings: PortalSettings) -> str:
     except SecretFileError as exc:
         raise PortalError(str(exc)) from None
     if not all(0x21 <= ord(c) <= 0x7E for c in token):
-        raise PortalError(f"portal token file {settings.token_file} holds characters a bearer token "
-                          "cannot carry (spaces, control or non-ASCII characters)")
+        raise PortalError(
+            f"portal token file {settings.token_file} holds characters a bearer token "
+            "cannot carry (spaces, control or non-ASCII characters)"
+        )
     return token
 
 
@@ -223,11 +239,18 @@ class Delivery:
     """Delivers an :class:`Outbox` to a portal. ``snapshot`` queues a fresh snapshot (it is
     called after an outage drains). ``rng``, ``clock``, ``sleep`` and ``now`` are for tests."""
 
-    def __init__(self, outbox: Outbox, settings: PortalSettings, *, user_agent: str = "roomsync",
-                 snapshot: Callable[[], Any] | None = None, rng: Callable[[], float] = random.random,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: PortalSettings,
+        *,
+        user_agent: str = "roomsync",
+        snapshot: Callable[[], Any] | None = None,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.outbox = outbox
         self.settings = settings
         self.user_agent = user_agent
@@ -246,8 +269,9 @@ class Delivery:
         failures = 0
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
-                                         trust_env=False) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=True, trust_env=False
+        ) as session:
             while True:
                 if stop is not None and stop.is_set():
                     result.stopped_because = "stopped"
@@ -301,8 +325,14 @@ class Delivery:
 
     def _settle(self, head: QueuedMessage, attempt: Attempt, result: RunResult) -> bool:
         """Record the attempt's outcome in the outbox; True when the run must stop (paused)."""
-        fields = {"portal": self.settings.host, "key": head.key, "sequence": head.sequence,
-                  "kind": head.kind, "status": attempt.status, "attempt": head.attempts + 1}
+        fields = {
+            "portal": self.settings.host,
+            "key": head.key,
+            "sequence": head.sequence,
+            "kind": head.kind,
+            "status": attempt.status,
+            "attempt": head.attempts + 1,
+        }
         now = self.now()
         if attempt.outcome is Outcome.DELIVERED:
             self.outbox.delivered(head, now, attempt.status or 200)
@@ -339,14 +369,20 @@ class Delivery:
         }
         started = self.clock()
         try:
-            async with session.post(url, data=message.body, headers=headers, allow_redirects=False,
-                                    compress=None) as reply:
+            async with session.post(
+                url, data=message.body, headers=headers, allow_redirects=False, compress=None
+            ) as reply:
                 body = _text(await _read_capped(reply, MAX_REPLY_BYTES), reply)
                 status = reply.status
                 outcome = classify(status)
                 detail = self._detail(status, reply.reason, body, reply.headers.get("Location"), token)
-                after = retry_after_seconds(reply.headers.get("Retry-After"), reply.headers.get("Date"),
-                                            self.now()) if outcome is Outcome.RETRY else 0.0
+                after = (
+                    retry_after_seconds(
+                        reply.headers.get("Retry-After"), reply.headers.get("Date"), self.now()
+                    )
+                    if outcome is Outcome.RETRY
+                    else 0.0
+                )
                 return Attempt(outcome, status, detail, after, self.clock() - started)
         except aiohttp.ClientSSLError as exc:
             detail = f"TLS to {self.settings.host} failed: {_reason(getattr(exc, 'os_error', exc))}"
@@ -416,4 +452,4 @@ def _text(body: bytes, reply: aiohttp.ClientResponse) -> str:
 
 def _short(text: str) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= MAX_DETAIL_CHARS else flat[:MAX_DETAIL_CHARS - 1] + "…"
+    return flat if len(flat) <= MAX_DETAIL_CHARS else flat[: MAX_DETAIL_CHARS - 1] + "…"

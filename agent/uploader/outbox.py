@@ -83,12 +83,10 @@ SCHEMA_OF_KIND = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
 #: Builds a snapshot: (sequence, generated_at, dropped_events) → the message.
 SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage]
 
-_COLUMNS = ("id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
-            "attempts, last_attempt, last_status, last_error")
-
-
-
-
+_COLUMNS = (
+    "id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
+    "attempts, last_attempt, last_status, last_error"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +115,54 @@ class QueuedMessage:
 
     @classmethod
     def _of(cls, row: tuple[Any, ...], body: bytes = b"") -> QueuedMessage:
-        (id_, kind, key, sequence, created, size, events, first, last, state, attempts, last_attempt,
-         last_status, last_error) = row
-        return cls(int(id_), kind, key, int(sequence), datetime.fromisoformat(created), int(size),
-                   int(events), first, last, state, int(attempts),
-                   datetime.fromisoformat(last_attempt) if last_attempt else None, last_status,
-                   last_error, body)
+        (
+            id_,
+            kind,
+            key,
+            sequence,
+            created,
+            size,
+            events,
+            first,
+            last,
+            state,
+            attempts,
+            last_attempt,
+            last_status,
+            last_error,
+        ) = row
+        return cls(
+            int(id_),
+            kind,
+            key,
+            int(sequence),
+            datetime.fromisoformat(created),
+            int(size),
+            int(events),
+            first,
+            last,
+            state,
+            int(attempts),
+            datetime.fromisoformat(last_attempt) if last_attempt else None,
+            last_status,
+            last_error,
+            body,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "kind": self.kind, "idempotency_key": self.key, "sequence": self.sequence,
-            "created_at": self.created_at.isoformat(), "bytes": self.size, "events": self.events,
-            "state": self.state, "attempts": self.attempts,
+            "id": self.id,
+            "kind": self.kind,
+            "idempotency_key": self.key,
+            "sequence": self.sequence,
+            "created_at": self.created_at.isoformat(),
+            "bytes": self.size,
+            "events": self.events,
+            "state": self.state,
+            "attempts": self.attempts,
             "last_attempt": self.last_attempt.isoformat() if self.last_attempt else None,
-            "last_status": self.last_status, "last_error": self.last_error,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
         }
 
 
@@ -146,9 +178,12 @@ class PortalState:
     last_success: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "reason": self.reason,
-                "since": self.since.isoformat() if self.since else None,
-                "last_success": self.last_success.isoformat() if self.last_success else None}
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "since": self.since.isoformat() if self.since else None,
+            "last_success": self.last_success.isoformat() if self.last_success else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PortalState:
@@ -166,7 +201,7 @@ class OutboxStats:
     parked: int
     bytes: int
     events_queued: int
-    events_waiting: int          # in the store, not yet taken into a message
+    events_waiting: int  # in the store, not yet taken into a message
     oldest: datetime | None
     dropped_events: int
     dropped_messages: int
@@ -179,12 +214,17 @@ class OutboxStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "pending": self.pending, "parked": self.parked, "bytes": self.bytes,
-            "events_queued": self.events_queued, "events_waiting": self.events_waiting,
+            "pending": self.pending,
+            "parked": self.parked,
+            "bytes": self.bytes,
+            "events_queued": self.events_queued,
+            "events_waiting": self.events_waiting,
             "oldest": self.oldest.isoformat() if self.oldest else None,
-            "dropped_events": self.dropped_events, "dropped_messages": self.dropped_messages,
+            "dropped_events": self.dropped_events,
+            "dropped_messages": self.dropped_messages,
             "last_snapshot": self.last_snapshot.isoformat() if self.last_snapshot else None,
-            "portal": self.portal.to_dict(), "empty": self.empty,
+            "portal": self.portal.to_dict(),
+            "empty": self.empty,
         }
 
 
@@ -194,8 +234,10 @@ def _get(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
 
 
 def _put(db: sqlite3.Connection, key: str, value: Any) -> None:
-    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-               "value = excluded.value", (key, json.dumps(value, sort_keys=True)))
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, json.dumps(value, sort_keys=True)),
+    )
 
 
 def _next_sequence(db: sqlite3.Connection) -> int:
@@ -225,16 +267,24 @@ class Outbox:
     """The outbox of one open :class:`~agent.store.Store`. Every method is one transaction;
     failures are :class:`~agent.store.StoreError`."""
 
-    def __init__(self, store: Store, *, agent_id: str | None = None, version: str = "0",
-                 hostname: str = "localhost", max_bytes: int = DEFAULT_MAX_BYTES,
-                 snapshot_interval: timedelta = DEFAULT_SNAPSHOT_INTERVAL) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        agent_id: str | None = None,
+        version: str = "0",
+        hostname: str = "localhost",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        snapshot_interval: timedelta = DEFAULT_SNAPSHOT_INTERVAL,
+    ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         self.store = store
         self.max_bytes = max_bytes
         self.snapshot_interval = snapshot_interval
-        self.agent = AgentInfo(id=agent_id or self._stored_agent_id(), version=version,
-                               hostname=hostname[:253] or "localhost")
+        self.agent = AgentInfo(
+            id=agent_id or self._stored_agent_id(), version=version, hostname=hostname[:253] or "localhost"
+        )
 
     def _stored_agent_id(self) -> str:
         with self.store.transaction() as db:
@@ -261,17 +311,30 @@ class Outbox:
         carried: list[tuple[int, EventOut]] = []
         if tail is not None:
             last = QueuedMessage._of(tail[:-1])
-            if (last.kind == "events" and last.state == "pending" and last.attempts == 0
-                    and last.events < MAX_EVENTS_PER_MESSAGE and last.first_event is not None):
+            if (
+                last.kind == "events"
+                and last.state == "pending"
+                and last.attempts == 0
+                and last.events < MAX_EVENTS_PER_MESSAGE
+                and last.first_event is not None
+            ):
                 carried = self._events_of(tail[-1], last.first_event)
                 db.execute("DELETE FROM outbox WHERE id = ?", (last.id,))
         batch = carried + fresh
         for start in range(0, len(batch), MAX_EVENTS_PER_MESSAGE):
-            chunk = batch[start:start + MAX_EVENTS_PER_MESSAGE]
+            chunk = batch[start : start + MAX_EVENTS_PER_MESSAGE]
             sequence = _next_sequence(db)
             message = events_message(self.agent, sequence, now, [e for _, e in chunk])
-            self._insert(db, "events", sequence, now, gzip_body(serialize(message)), len(chunk),
-                         chunk[0][0], chunk[-1][0])
+            self._insert(
+                db,
+                "events",
+                sequence,
+                now,
+                gzip_body(serialize(message)),
+                len(chunk),
+                chunk[0][0],
+                chunk[-1][0],
+            )
         _put(db, "events_cursor", fresh[-1][0])
         self._enforce_bound(db)
         return len(fresh)
@@ -279,13 +342,22 @@ class Outbox:
     def _event(self, data: str) -> EventOut:
         try:
             raw = json.loads(data)
-            return change_event_out(id=raw["id"], type=raw["type"], time=datetime.fromisoformat(raw["at"]),
-                                    identity=raw["identity"], product=raw["product"],
-                                    serial=raw.get("serial"), room=raw.get("room"),
-                                    before=raw.get("before"), after=raw.get("after"))
+            return change_event_out(
+                id=raw["id"],
+                type=raw["type"],
+                time=datetime.fromisoformat(raw["at"]),
+                identity=raw["identity"],
+                product=raw["product"],
+                serial=raw.get("serial"),
+                room=raw.get("room"),
+                before=raw.get("before"),
+                after=raw.get("after"),
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"state database {self.store.path} is corrupt (an event row cannot be "
-                             f"read: {type(exc).__name__}: {exc}); move it aside") from None
+            raise StoreError(
+                f"state database {self.store.path} is corrupt (an event row cannot be "
+                f"read: {type(exc).__name__}: {exc}); move it aside"
+            ) from None
 
     @staticmethod
     def _events_of(body: bytes, first: int) -> list[tuple[int, EventOut]]:
@@ -333,11 +405,22 @@ class Outbox:
         last = self._meta("last_snapshot")
         return not last or as_utc(now) - datetime.fromisoformat(last["at"]) >= self.snapshot_interval
 
-    def _insert(self, db: sqlite3.Connection, kind: Kind, sequence: int, now: datetime, body: bytes,
-                events: int, first: int | None, last: int | None) -> None:
-        db.execute("INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, first_event, "
-                   "last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                   (kind, str(uuid.uuid4()), sequence, utc_text(now), body, len(body), events, first, last))
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        kind: Kind,
+        sequence: int,
+        now: datetime,
+        body: bytes,
+        events: int,
+        first: int | None,
+        last: int | None,
+    ) -> None:
+        db.execute(
+            "INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, first_event, "
+            "last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (kind, str(uuid.uuid4()), sequence, utc_text(now), body, len(body), events, first, last),
+        )
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
         total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
@@ -345,7 +428,8 @@ class Outbox:
             return
         dropped_events = dropped_messages = 0
         for id_, size, events in db.execute(
-                "SELECT id, size, events FROM outbox WHERE kind = 'events' ORDER BY id").fetchall():
+            "SELECT id, size, events FROM outbox WHERE kind = 'events' ORDER BY id"
+        ).fetchall():
             if total <= self.max_bytes:
                 break
             db.execute("DELETE FROM outbox WHERE id = ?", (id_,))
@@ -360,16 +444,20 @@ class Outbox:
 
     def head(self) -> QueuedMessage | None:
         """The oldest pending message, with its body; ``None`` when nothing is pending."""
-        rows = self.store.read(f"SELECT {_COLUMNS}, body FROM outbox WHERE state = 'pending' "
-                               "ORDER BY id LIMIT 1")
+        rows = self.store.read(
+            f"SELECT {_COLUMNS}, body FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1"
+        )
         return QueuedMessage._of(rows[0][:-1], bytes(rows[0][-1])) if rows else None
 
     def begin_attempt(self, message: QueuedMessage, now: datetime) -> bool:
         """Count an attempt of ``message`` before it is sent; False when it is no longer
         queued (delivered, dropped or replaced meanwhile)."""
         with self.store.transaction() as db:
-            cursor = db.execute("UPDATE outbox SET attempts = attempts + 1, last_attempt = ? "
-                                "WHERE id = ? AND state = 'pending'", (utc_text(now), message.id))
+            cursor = db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_attempt = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (utc_text(now), message.id),
+            )
             return cursor.rowcount == 1
 
     def delivered(self, message: QueuedMessage, now: datetime, status: int) -> None:
@@ -381,14 +469,18 @@ class Outbox:
     def failed(self, message: QueuedMessage, status: int | None, error: str) -> None:
         """Note why the last attempt of ``message`` failed (it stays where it is)."""
         with self.store.transaction() as db:
-            db.execute("UPDATE outbox SET last_status = ?, last_error = ? WHERE id = ?",
-                       (status, error[:500], message.id))
+            db.execute(
+                "UPDATE outbox SET last_status = ?, last_error = ? WHERE id = ?",
+                (status, error[:500], message.id),
+            )
 
     def park(self, message: QueuedMessage, status: int, error: str) -> None:
         """Set ``message`` aside: kept and visible, retried only after :meth:`unpark`."""
         with self.store.transaction() as db:
-            db.execute("UPDATE outbox SET state = 'parked', last_status = ?, last_error = ? WHERE id = ?",
-                       (status, error[:500], message.id))
+            db.execute(
+                "UPDATE outbox SET state = 'parked', last_status = ?, last_error = ? WHERE id = ?",
+                (status, error[:500], message.id),
+            )
 
     def unpark(self, ids: Iterable[int] | None = None) -> int:
         """Put parked messages (all, or those of ``ids``) back in the queue where they stood —
@@ -399,8 +491,9 @@ class Outbox:
                 return int(cursor.rowcount)
             count = 0
             for id_ in ids:
-                count += db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'parked' "
-                                    "AND id = ?", (id_,)).rowcount
+                count += db.execute(
+                    "UPDATE outbox SET state = 'pending' WHERE state = 'parked' AND id = ?", (id_,)
+                ).rowcount
             return count
 
     def set_portal_state(self, state: str, reason: str | None, now: datetime) -> None:
@@ -410,12 +503,17 @@ class Outbox:
             self._set_portal(db, state, reason, now)
 
     @staticmethod
-    def _set_portal(db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *,
-                    success: bool = False) -> None:
+    def _set_portal(
+        db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *, success: bool = False
+    ) -> None:
         previous = PortalState.from_dict(_get(db, "portal", {}))
         since = previous.since if previous.state == state and previous.since else as_utc(now)
-        current = PortalState(state, reason, since,  # type: ignore[arg-type]
-                              as_utc(now) if success else previous.last_success)
+        current = PortalState(
+            state,
+            reason,
+            since,  # type: ignore[arg-type]
+            as_utc(now) if success else previous.last_success,
+        )
         _put(db, "portal", current.to_dict())
 
     def note_outage(self) -> None:
@@ -446,8 +544,7 @@ class Outbox:
         """Every queued message, in queue order (parked ones where they stand)."""
         body = ", body" if with_body else ""
         rows = self.store.read(f"SELECT {_COLUMNS}{body} FROM outbox ORDER BY id")
-        return [QueuedMessage._of(r[:-1], bytes(r[-1])) if with_body else QueuedMessage._of(r)
-                for r in rows]
+        return [QueuedMessage._of(r[:-1], bytes(r[-1])) if with_body else QueuedMessage._of(r) for r in rows]
 
     def portal_state(self) -> PortalState:
         return PortalState.from_dict(self._meta("portal", {}))
@@ -455,17 +552,23 @@ class Outbox:
     def stats(self) -> OutboxStats:
         pending, parked, size, events, oldest = self.store.read(
             "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'parked'), 0), "
-            "COALESCE(SUM(size), 0), COALESCE(SUM(events), 0), MIN(created_at) FROM outbox")[0]
+            "COALESCE(SUM(size), 0), COALESCE(SUM(events), 0), MIN(created_at) FROM outbox"
+        )[0]
         cursor = int(self._meta("events_cursor", 0))
         waiting = int(self.store.read("SELECT COUNT(*) FROM events WHERE seq > ?", (cursor,))[0][0])
         last = self._meta("last_snapshot")
         return OutboxStats(
-            pending=int(pending), parked=int(parked), bytes=int(size), events_queued=int(events),
-            events_waiting=waiting, oldest=datetime.fromisoformat(oldest) if oldest else None,
+            pending=int(pending),
+            parked=int(parked),
+            bytes=int(size),
+            events_queued=int(events),
+            events_waiting=waiting,
+            oldest=datetime.fromisoformat(oldest) if oldest else None,
             dropped_events=int(self._meta("dropped_events", 0)),
             dropped_messages=int(self._meta("dropped_messages", 0)),
             last_snapshot=datetime.fromisoformat(last["at"]) if last else None,
-            portal=self.portal_state())
+            portal=self.portal_state(),
+        )
 
     def next_sequence(self) -> int:
         """The sequence the next queued message will carry (nothing is reserved)."""
@@ -473,5 +576,3 @@ class Outbox:
 
     def dropped_events(self) -> int:
         return int(self._meta("dropped_events", 0))
-
-

@@ -211,9 +211,14 @@ class InventoryMessage(_Wire):
     generated_at: AwareDatetime
     places: list[Place]
     unassigned: list[DeviceOut] = Field(description="Units placed in no room.")
-    dropped_events: int = Field(default=0, ge=0, description=(
-        "Events the agent's bounded outbox dropped, ever; when it grows, events were lost and "
-        "this snapshot is the truth."))
+    dropped_events: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Events the agent's bounded outbox dropped, ever; when it grows, events were lost and "
+            "this snapshot is the truth."
+        ),
+    )
 
 
 class EventOut(_Wire):
@@ -256,8 +261,6 @@ ENDPOINTS: Mapping[str, str] = {
 # --------------------------------------------------------------------------- builders
 
 
-
-
 def status_out(device: Device, seen: bool) -> SyncStatus:
     """Sync's status of ``device``: ``Offline`` unless the latest scan ``seen`` it; then its
     reported state mapped by :data:`SYNC_STATUS`, ``Online`` when it reported none."""
@@ -273,8 +276,9 @@ def health_out(device: Device, seen: bool) -> SyncHealth:
 
 def coverage_out(verdict: Verdict) -> CoverageOut:
     """The wire form of one coverage verdict."""
-    return CoverageOut(status=verdict.status, covered_until=verdict.covered_until,
-                       flags=sorted(verdict.flags))
+    return CoverageOut(
+        status=verdict.status, covered_until=verdict.covered_until, flags=sorted(verdict.flags)
+    )
 
 
 def _issue_out(issue: HealthIssue) -> HealthIssueOut:
@@ -310,8 +314,14 @@ def _peripherals(device: Device) -> dict[str, PeripheralCount]:
     return out
 
 
-def device_out(device: Device, verdict: Verdict | None = None, *, last_scan: datetime | None = None,
-               parent: str | None = None, seen: bool | None = None) -> DeviceOut:
+def device_out(
+    device: Device,
+    verdict: Verdict | None = None,
+    *,
+    last_scan: datetime | None = None,
+    parent: str | None = None,
+    seen: bool | None = None,
+) -> DeviceOut:
     """The wire form of one unit (its children are not included: list them on their own
     with ``parent`` set). ``last_scan`` is when the latest scan ran: a unit last seen before
     it is ``Offline`` with health ``Unknown``; ``None`` counts the unit as seen. ``seen``,
@@ -364,11 +374,18 @@ class _Verdicts:
         return self._by_serial.get(normalize_serial(device.serial)) if device.serial else None
 
 
-def _devices_out(flat: Sequence[Device], verdicts: _Verdicts, last_scan: datetime | None,
-                 seen: Callable[[Device], bool] | None) -> list[DeviceOut]:
-    return [device_out(d, verdicts.of(d), last_scan=last_scan, parent=parent,
-                       seen=seen(d) if seen is not None else None)
-            for d, parent in _with_parents(flat)]
+def _devices_out(
+    flat: Sequence[Device],
+    verdicts: _Verdicts,
+    last_scan: datetime | None,
+    seen: Callable[[Device], bool] | None,
+) -> list[DeviceOut]:
+    return [
+        device_out(
+            d, verdicts.of(d), last_scan=last_scan, parent=parent, seen=seen(d) if seen is not None else None
+        )
+        for d, parent in _with_parents(flat)
+    ]
 
 
 def _latest_seen(report: RoomsReport) -> datetime | None:
@@ -378,11 +395,17 @@ def _latest_seen(report: RoomsReport) -> datetime | None:
     return max((as_utc(d.last_seen) for d in flat), default=None)
 
 
-def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, report: RoomsReport,
-                      verdicts: Mapping[str, Verdict] | None = None, *,
-                      last_scan: datetime | None = None,
-                      seen: Callable[[Device], bool] | None = None,
-                      dropped_events: int = 0) -> InventoryMessage:
+def inventory_message(
+    agent: AgentInfo,
+    sequence: int,
+    generated_at: datetime,
+    report: RoomsReport,
+    verdicts: Mapping[str, Verdict] | None = None,
+    *,
+    last_scan: datetime | None = None,
+    seen: Callable[[Device], bool] | None = None,
+    dropped_events: int = 0,
+) -> InventoryMessage:
     """A ``roomsync.inventory.v1`` message: every room summary of ``report`` as a place,
     and its unassigned units. ``verdicts`` are keyed by serial. ``last_scan`` is when the
     latest scan ran (the store's ``last_scan()``); by default the latest ``last_seen`` in the
@@ -393,52 +416,97 @@ def inventory_message(agent: AgentInfo, sequence: int, generated_at: datetime, r
     places = []
     for summary in report.rooms:
         room = report.room(summary.room_id)
-        places.append(Place(
-            id=summary.room_id, name=room.name, group=room.group, location=room.location,
-            seat_count=room.seat_count, primary_unit=summary.primary_unit,
-            primary_product=summary.primary_product, ticket_serial=summary.ticket_serial,
-            ticket_product=summary.ticket_product, flags=sorted(summary.flags),
-            devices=_devices_out(summary.devices, index, scan, seen),
-        ))
+        places.append(
+            Place(
+                id=summary.room_id,
+                name=room.name,
+                group=room.group,
+                location=room.location,
+                seat_count=room.seat_count,
+                primary_unit=summary.primary_unit,
+                primary_product=summary.primary_product,
+                ticket_serial=summary.ticket_serial,
+                ticket_product=summary.ticket_product,
+                flags=sorted(summary.flags),
+                devices=_devices_out(summary.devices, index, scan, seen),
+            )
+        )
     return InventoryMessage(
-        schema=SCHEMA_INVENTORY, agent=agent, sequence=sequence, generated_at=as_utc(generated_at),
-        places=places, unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
+        schema=SCHEMA_INVENTORY,
+        agent=agent,
+        sequence=sequence,
+        generated_at=as_utc(generated_at),
+        places=places,
+        unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
         dropped_events=dropped_events,
     )
 
 
-def change_event_out(*, id: UUID | str, type: str, time: datetime, identity: str, product: str,
-                     serial: str | None, room: str | None, before: Mapping[str, Any] | None,
-                     after: Mapping[str, Any] | None) -> EventOut:
+def change_event_out(
+    *,
+    id: UUID | str,
+    type: str,
+    time: datetime,
+    identity: str,
+    product: str,
+    serial: str | None,
+    room: str | None,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> EventOut:
     """One event from the fields a store keeps: ``id`` may be a UUID's text and ``type`` any
     string (or string enum) with one of :class:`EventType`'s words. Raises :class:`ValueError`
     for an id that is no UUID or an unknown type."""
     return EventOut(
-        id=id if isinstance(id, UUID) else UUID(id), type=EventType(type), time=as_utc(time),
-        identity=identity, product=product, serial=serial, room=room,
+        id=id if isinstance(id, UUID) else UUID(id),
+        type=EventType(type),
+        time=as_utc(time),
+        identity=identity,
+        product=product,
+        serial=serial,
+        room=room,
         before=dict(before) if before is not None else None,
         after=dict(after) if after is not None else None,
     )
 
 
-def event_out(kind: EventType, time: datetime, device: Device, *,
-              before: Mapping[str, Any] | None = None, after: Mapping[str, Any] | None = None,
-              room: str | None = None, event_id: UUID | str | None = None) -> EventOut:
+def event_out(
+    kind: EventType,
+    time: datetime,
+    device: Device,
+    *,
+    before: Mapping[str, Any] | None = None,
+    after: Mapping[str, Any] | None = None,
+    room: str | None = None,
+    event_id: UUID | str | None = None,
+) -> EventOut:
     """One event about ``device``. ``room`` defaults to the device's room; ``event_id``
     should be the id the store gave the event (a fresh random one when ``None``)."""
     return change_event_out(
-        id=event_id if event_id is not None else uuid4(), type=kind, time=time,
-        identity=device.identity, product=device.product, serial=device.serial,
-        room=room if room is not None else device.room, before=before, after=after,
+        id=event_id if event_id is not None else uuid4(),
+        type=kind,
+        time=time,
+        identity=device.identity,
+        product=device.product,
+        serial=device.serial,
+        room=room if room is not None else device.room,
+        before=before,
+        after=after,
     )
 
 
-def events_message(agent: AgentInfo, sequence: int, generated_at: datetime,
-                   events: Iterable[EventOut]) -> EventsMessage:
+def events_message(
+    agent: AgentInfo, sequence: int, generated_at: datetime, events: Iterable[EventOut]
+) -> EventsMessage:
     """A ``roomsync.events.v1`` message carrying ``events`` in the order given (the store's
     order, oldest first): 1 to :data:`MAX_EVENTS_PER_MESSAGE` of them."""
-    return EventsMessage(schema=SCHEMA_EVENTS, agent=agent, sequence=sequence,
-                         generated_at=as_utc(generated_at), events=list(events))
+    return EventsMessage(
+        schema=SCHEMA_EVENTS,
+        agent=agent,
+        sequence=sequence,
+        generated_at=as_utc(generated_at),
+        events=list(events),
+    )
 
 
 # --------------------------------------------------------------------------- bytes
@@ -474,12 +542,17 @@ def parse_message(data: bytes | str) -> Message:
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema (draft 2020-12) of each message, by schema name."""
-    return {name: {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema(by_alias=True)}
-            for name, model in MODELS.items()}
+    return {
+        name: {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema(by_alias=True)}
+        for name, model in MODELS.items()
+    }
 
 
-_BLOCK = re.compile(r"(?P<open><!-- schema:(?P<name>[\w.-]+) -->\n)```json\n(?P<body>.*?)\n?```\n"
-                    r"(?P<close><!-- /schema:(?P=name) -->)", re.S)
+_BLOCK = re.compile(
+    r"(?P<open><!-- schema:(?P<name>[\w.-]+) -->\n)```json\n(?P<body>.*?)\n?```\n"
+    r"(?P<close><!-- /schema:(?P=name) -->)",
+    re.S,
+)
 
 
 def _render(schema: Mapping[str, Any]) -> str:
@@ -501,8 +574,7 @@ def render_schema_blocks(text: str) -> str:
     unknown = sorted(set(found) - set(schemas))
     if missing or unknown:
         raise ValueError(f"schema blocks: missing {missing or 'none'}, unknown {unknown or 'none'}")
-    return _BLOCK.sub(lambda m: f"{m['open']}```json\n{_render(schemas[m['name']])}\n```\n{m['close']}",
-                      text)
+    return _BLOCK.sub(lambda m: f"{m['open']}```json\n{_render(schemas[m['name']])}\n```\n{m['close']}", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -521,9 +593,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.docsync import sync_document
 
     path: Path = args.write_docs or args.check_docs
-    return sync_document(path, render_schema_blocks, check=bool(args.check_docs),
-                         stale=f"schema blocks are stale; run python -m agent.uploader.protocol "
-                               f"--write-docs {path}")
+    return sync_document(
+        path,
+        render_schema_blocks,
+        check=bool(args.check_docs),
+        stale=f"schema blocks are stale; run python -m agent.uploader.protocol --write-docs {path}",
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,14 @@ from agent.systems import units
 from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_message
 
-__all__ = ["SnapshotContext", "build_snapshot", "paused_gc", "queue_snapshot", "seen_by_latest_runs",
-           "verdicts_for"]
+__all__ = [
+    "SnapshotContext",
+    "build_snapshot",
+    "paused_gc",
+    "queue_snapshot",
+    "seen_by_latest_runs",
+    "verdicts_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +78,13 @@ def verdicts_for(devices: Iterable[Device], context: SnapshotContext, today: dat
     memo = context.verdict_memo(today)
     missing = [(key, unit) for key, unit in serials.items() if (key, unit[1]) not in memo]
     if missing:
-        found = evaluate_all([unit for _, unit in missing], context.entitlements, context.catalog, today,
-                             expiring_days=context.expiring_days)
+        found = evaluate_all(
+            [unit for _, unit in missing],
+            context.entitlements,
+            context.catalog,
+            today,
+            expiring_days=context.expiring_days,
+        )
         for (key, unit), verdict in zip(missing, found, strict=True):
             memo[(key, unit[1])] = verdict
     return {key: memo[(key, unit[1])] for key, unit in serials.items()}
@@ -94,31 +105,52 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def build_snapshot(store: Store, context: SnapshotContext, agent: AgentInfo, sequence: int,
-                   now: datetime, dropped_events: int = 0) -> InventoryMessage:
+def build_snapshot(
+    store: Store,
+    context: SnapshotContext,
+    agent: AgentInfo,
+    sequence: int,
+    now: datetime,
+    dropped_events: int = 0,
+) -> InventoryMessage:
     """The ``roomsync.inventory.v1`` message for what the store holds now."""
     with paused_gc():
         return _build(store, context, agent, sequence, now, dropped_events)
 
 
-def _build(store: Store, context: SnapshotContext, agent: AgentInfo, sequence: int, now: datetime,
-           dropped_events: int) -> InventoryMessage:
+def _build(
+    store: Store,
+    context: SnapshotContext,
+    agent: AgentInfo,
+    sequence: int,
+    now: datetime,
+    dropped_events: int,
+) -> InventoryMessage:
     devices = store.devices()
     report = summarize_rooms(devices, context.catalog, merge_rooms(store.rooms(), context.rooms))
     runs = {name: as_utc(at) for name, at in store.latest_runs().items()}
     today = context.today or as_utc(now).date()
-    return inventory_message(agent, sequence, now, report, verdicts_for(devices, context, today),
-                             seen=lambda device: seen_by_latest_runs(device, runs),
-                             dropped_events=dropped_events)
+    return inventory_message(
+        agent,
+        sequence,
+        now,
+        report,
+        verdicts_for(devices, context, today),
+        seen=lambda device: seen_by_latest_runs(device, runs),
+        dropped_events=dropped_events,
+    )
 
 
-def queue_snapshot(outbox: Outbox, store: Store, context: SnapshotContext, now: datetime, *,
-                   force: bool = False) -> bool:
+def queue_snapshot(
+    outbox: Outbox, store: Store, context: SnapshotContext, now: datetime, *, force: bool = False
+) -> bool:
     """Queue the snapshot of what ``store`` holds now in ``outbox`` (see
     :meth:`Outbox.queue_snapshot` for when it is skipped); returns whether one was queued."""
     return outbox.queue_snapshot(
         lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
-        now, force=force)
+        now,
+        force=force,
+    )
 
 
 def seen_by_latest_runs(device: Device, runs: Mapping[str, datetime]) -> bool:
@@ -126,5 +158,3 @@ def seen_by_latest_runs(device: Device, runs: Mapping[str, datetime]) -> bool:
     (``runs``: ``Store.latest_runs()``)."""
     last_seen = as_utc(device.last_seen)
     return any(name in runs and last_seen >= as_utc(runs[name]) for name in sources_of(device))
-
-

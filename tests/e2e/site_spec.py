@@ -128,8 +128,9 @@ class RoomView:
 #:   flagged ambiguous (P1). The Tap Scheduler is in no system and changes nothing.
 ROOM_VIEWS = {
     ROOM_A: RoomView(RALLY_BAR, "Rally Bar", RALLY_BAR, "Rally Bar", ("key-device-unregistered",)),
-    ROOM_B: RoomView(None, "Rally Camera", TAP_IP, "Tap IP",
-                     ("key-device-unregistered", "primary-unit-serial-unknown")),
+    ROOM_B: RoomView(
+        None, "Rally Camera", TAP_IP, "Tap IP", ("key-device-unregistered", "primary-unit-serial-unknown")
+    ),
     ROOM_C: RoomView(BAR_MINI, "Rally Bar Mini", BAR_MINI, "Rally Bar Mini", ("primary-unit-ambiguous",)),
 }
 
@@ -178,8 +179,10 @@ class Expected:
         return "in_warranty"
 
     def layer_dicts(self) -> list[dict[str, object]]:
-        return [{"kind": kind, "from": start.isoformat(), "until": until.isoformat(),
-                 "rules": LAYER_RULES[kind]} for kind, start, until in self.layers]
+        return [
+            {"kind": kind, "from": start.isoformat(), "until": until.isoformat(), "rules": LAYER_RULES[kind]}
+            for kind, start, until in self.layers
+        ]
 
 
 @dataclass
@@ -190,17 +193,34 @@ class Entitlements:
     shows: dict[str, str] = field(default_factory=dict)
 
     def add(self, serial: str, shows: str, expected: Expected | None, **cells: date | str | int) -> None:
-        self.rows.append({"serial": serial, **{k: v.isoformat() if isinstance(v, date) else str(v)
-                                               for k, v in cells.items()}})
+        self.rows.append(
+            {
+                "serial": serial,
+                **{k: v.isoformat() if isinstance(v, date) else str(v) for k, v in cells.items()},
+            }
+        )
         if expected is not None:
             self.expected[serial] = expected
         self.shows[serial] = shows
 
     def csv_text(self) -> str:
-        columns = ["serial", "purchase_date", "country", "customer", "extension_years",
-                   "extension_purchased", "select_contract", "select_order_date",
-                   "select_activation_date", "select_term_years", "select_registered",
-                   "reseller_contract", "reseller_until", "replaced_serial", "replacement_date"]
+        columns = [
+            "serial",
+            "purchase_date",
+            "country",
+            "customer",
+            "extension_years",
+            "extension_purchased",
+            "select_contract",
+            "select_order_date",
+            "select_activation_date",
+            "select_term_years",
+            "select_registered",
+            "reseller_contract",
+            "reseller_until",
+            "replaced_serial",
+            "replacement_date",
+        ]
         out = io.StringIO()
         out.write("# roomsync end-to-end site: one row per coverage rule (tests/e2e/site_spec.py)\n")
         writer = csv.DictWriter(out, columns, restval="", lineterminator="\n")
@@ -211,6 +231,7 @@ class Entitlements:
 
 def entitlements(today: date) -> Entitlements:
     """Rows relative to ``today``, so every verdict holds whatever day the test runs."""
+
     def ago(days: int) -> date:
         return today - timedelta(days=days)
 
@@ -221,12 +242,22 @@ def entitlements(today: date) -> Entitlements:
     bought, activated = ago(400), ago(390)
     select_end = period_end(activated, 3)
     assert select_end < period_end(bought, 5)
-    e.add(RALLY_BAR, "SELECT from activation (S4, S5, S8)",
-          Expected(select_end, (("standard", bought, period_end(bought, STANDARD_YEARS)),
-                                ("select", activated, select_end))),
-          purchase_date=bought, country="NO", customer="business", select_contract="SEL-E2E-1",
-          select_order_date=bought, select_activation_date=activated, select_term_years=3,
-          select_registered=activated)
+    e.add(
+        RALLY_BAR,
+        "SELECT from activation (S4, S5, S8)",
+        Expected(
+            select_end,
+            (("standard", bought, period_end(bought, STANDARD_YEARS)), ("select", activated, select_end)),
+        ),
+        purchase_date=bought,
+        country="NO",
+        customer="business",
+        select_contract="SEL-E2E-1",
+        select_order_date=bought,
+        select_activation_date=activated,
+        select_term_years=3,
+        select_registered=activated,
+    )
 
     # S4 (no activation: 60 days after the order), S7 (the 5-year age limit ends the term
     # early: select-age-cap), S8 (registered on the service start, under the standard).
@@ -234,43 +265,88 @@ def entitlements(today: date) -> Entitlements:
     start = bought + timedelta(days=60)
     age_limit, term_end = period_end(bought, 5), period_end(start, 5)
     assert age_limit < term_end and start <= period_end(bought, STANDARD_YEARS)
-    e.add(SIGHT, "SELECT from order + 60 days, capped at 5 years of age (S4, S7)",
-          Expected(age_limit, (("standard", bought, period_end(bought, STANDARD_YEARS)),
-                               ("select", start, age_limit)), ("select-age-cap",)),
-          purchase_date=bought, country="SE", select_contract="SEL-E2E-2", select_order_date=bought,
-          select_term_years=5)
+    e.add(
+        SIGHT,
+        "SELECT from order + 60 days, capped at 5 years of age (S4, S7)",
+        Expected(
+            age_limit,
+            (("standard", bought, period_end(bought, STANDARD_YEARS)), ("select", start, age_limit)),
+            ("select-age-cap",),
+        ),
+        purchase_date=bought,
+        country="SE",
+        select_contract="SEL-E2E-2",
+        select_order_date=bought,
+        select_term_years=5,
+    )
 
     # W1 + W3: the extension was bought on day 31, flagged and not honoured.
     bought = ago(200)
-    e.add(TAP_USB, "extension bought late (W3)",
-          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
-                   ("extension-bought-late",)),
-          purchase_date=bought, country="GB", customer="business", extension_years=1,
-          extension_purchased=bought + timedelta(days=31))
+    e.add(
+        TAP_USB,
+        "extension bought late (W3)",
+        Expected(
+            period_end(bought, STANDARD_YEARS),
+            (("standard", bought, period_end(bought, 2)),),
+            ("extension-bought-late",),
+        ),
+        purchase_date=bought,
+        country="GB",
+        customer="business",
+        extension_years=1,
+        extension_purchased=bought + timedelta(days=31),
+    )
 
     # W2: +1 year bought on day 30 (in time, W3), business (W4), Germany (W5), after 2020 (W6).
     bought = ago(800)
-    e.add(RALLY_CAMERA, "extended warranty (W2-W6)",
-          Expected(period_end(bought, 3), (("standard", bought, period_end(bought, STANDARD_YEARS)),
-                                           ("extended", add_years(bought, 2), period_end(bought, 3)))),
-          purchase_date=bought, country="DE", customer="business", extension_years=1,
-          extension_purchased=bought + timedelta(days=30))
+    e.add(
+        RALLY_CAMERA,
+        "extended warranty (W2-W6)",
+        Expected(
+            period_end(bought, 3),
+            (
+                ("standard", bought, period_end(bought, STANDARD_YEARS)),
+                ("extended", add_years(bought, 2), period_end(bought, 3)),
+            ),
+        ),
+        purchase_date=bought,
+        country="DE",
+        customer="business",
+        extension_years=1,
+        extension_purchased=bought + timedelta(days=30),
+    )
 
     # W6 (bought before 7 March 2020) and a product outside schedule A: out of warranty.
     bought = date(2020, 1, 15)
-    e.add(DISPLAY_HUB, "extension refused: purchase date (W6) and product; out of warranty",
-          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
-                   ("extension-ineligible-date", "extension-ineligible-product")),
-          purchase_date=bought, country="US", extension_years=1, extension_purchased=bought)
+    e.add(
+        DISPLAY_HUB,
+        "extension refused: purchase date (W6) and product; out of warranty",
+        Expected(
+            period_end(bought, STANDARD_YEARS),
+            (("standard", bought, period_end(bought, 2)),),
+            ("extension-ineligible-date", "extension-ineligible-product"),
+        ),
+        purchase_date=bought,
+        country="US",
+        extension_years=1,
+        extension_purchased=bought,
+    )
 
     # H1: a reseller (HEZO+) contract ending in 40 days decides coverage: expiring soon.
     bought = ago(900)
     until = today + timedelta(days=40)
     assert period_end(bought, STANDARD_YEARS) < until
-    e.add(TABLE_HUB, "reseller contract (H1), expiring soon",
-          Expected(until, (("standard", bought, period_end(bought, STANDARD_YEARS)),
-                           ("reseller", bought, until))),
-          purchase_date=bought, country="GB", reseller_contract="HEZO-E2E-1", reseller_until=until)
+    e.add(
+        TABLE_HUB,
+        "reseller contract (H1), expiring soon",
+        Expected(
+            until, (("standard", bought, period_end(bought, STANDARD_YEARS)), ("reseller", bought, until))
+        ),
+        purchase_date=bought,
+        country="GB",
+        reseller_contract="HEZO-E2E-1",
+        reseller_until=until,
+    )
 
     # W8, S11: a replacement (no purchase date of its own) inherits the rest of the replaced
     # unit's warranty when that is longer than 30 days from the replacement.
@@ -278,38 +354,72 @@ def entitlements(today: date) -> Entitlements:
     inherited = period_end(old_bought, STANDARD_YEARS)
     assert inherited > replaced_on + timedelta(days=29)
     e.add(TAP_IP_REPLACED, "the unit the Tap IP replaced", None, purchase_date=old_bought, country="NL")
-    e.add(TAP_IP, "replacement inherits the replaced unit's warranty (W8, S11)",
-          Expected(inherited, (("replacement", replaced_on, inherited),), has_purchase_date=False),
-          replaced_serial=TAP_IP_REPLACED, replacement_date=replaced_on)
+    e.add(
+        TAP_IP,
+        "replacement inherits the replaced unit's warranty (W8, S11)",
+        Expected(inherited, (("replacement", replaced_on, inherited),), has_purchase_date=False),
+        replaced_serial=TAP_IP_REPLACED,
+        replacement_date=replaced_on,
+    )
 
     # W4 (a consumer) and W5 (China): the extension is refused twice over.
     bought = ago(100)
-    e.add(MEETUP, "extension refused: consumer (W4), country (W5)",
-          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
-                   ("extension-ineligible-country", "extension-ineligible-customer")),
-          purchase_date=bought, country="CN", customer="consumer", extension_years=1,
-          extension_purchased=bought)
+    e.add(
+        MEETUP,
+        "extension refused: consumer (W4), country (W5)",
+        Expected(
+            period_end(bought, STANDARD_YEARS),
+            (("standard", bought, period_end(bought, 2)),),
+            ("extension-ineligible-country", "extension-ineligible-customer"),
+        ),
+        purchase_date=bought,
+        country="CN",
+        customer="consumer",
+        extension_years=1,
+        extension_purchased=bought,
+    )
 
     # S8: registered to SELECT after the standard warranty ended: SELECT cannot cure the gap.
     bought, registered = ago(1000), ago(200)
     assert period_end(bought, STANDARD_YEARS) < registered
-    e.add(BAR_MINI, "SELECT gap (S8); out of warranty",
-          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
-                   ("select-gap",)),
-          purchase_date=bought, country="FR", select_contract="SEL-E2E-3", select_order_date=registered,
-          select_activation_date=registered, select_term_years=3, select_registered=registered)
+    e.add(
+        BAR_MINI,
+        "SELECT gap (S8); out of warranty",
+        Expected(
+            period_end(bought, STANDARD_YEARS),
+            (("standard", bought, period_end(bought, 2)),),
+            ("select-gap",),
+        ),
+        purchase_date=bought,
+        country="FR",
+        select_contract="SEL-E2E-3",
+        select_order_date=registered,
+        select_activation_date=registered,
+        select_term_years=3,
+        select_registered=registered,
+    )
 
     # S2 (seed 003 scope): a Tap Scheduler is not SELECT-supported: the contract is not a layer.
     bought = ago(300)
-    e.add(SCHEDULER, "SELECT for an unsupported product (S2)",
-          Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),),
-                   ("select-unsupported-product",)),
-          purchase_date=bought, country="US", select_contract="SEL-E2E-4", select_activation_date=bought,
-          select_term_years=1)
+    e.add(
+        SCHEDULER,
+        "SELECT for an unsupported product (S2)",
+        Expected(
+            period_end(bought, STANDARD_YEARS),
+            (("standard", bought, period_end(bought, 2)),),
+            ("select-unsupported-product",),
+        ),
+        purchase_date=bought,
+        country="US",
+        select_contract="SEL-E2E-4",
+        select_activation_date=bought,
+        select_term_years=1,
+    )
 
     # No row for the room PC: coverage unknown.
-    e.expected[ROOM_PC] = Expected(None, (), ("no-entitlement-record", "unknown-purchase-date"),
-                                   has_purchase_date=False)
+    e.expected[ROOM_PC] = Expected(
+        None, (), ("no-entitlement-record", "unknown-purchase-date"), has_purchase_date=False
+    )
     e.shows[ROOM_PC] = "no entitlement record: unknown"
     return e
 
@@ -321,19 +431,38 @@ def mdns_services() -> list[Service]:
     """Room C's MeetUp (identified by its TXT model number) and Rally Bar Mini (by its host
     name), and the Tap Scheduler, all with TXT serials."""
     return [
-        Service("_https._tcp.local.", f"Room camera {TOKEN}", f"{MEETUP_HOST}.local.", 443,
-                {"model": "V-R0007", "sn": MEETUP, "fw": "1.0.244"}),
-        Service("_https._tcp.local.", f"Room bar {TOKEN}", f"{BAR_MINI_HOST}.local.", 443,
-                {"sn": BAR_MINI, "fw": "1.10.221"}),
-        Service("_https._tcp.local.", f"Door panel {TOKEN}", f"{SCHEDULER_HOST}.local.", 443,
-                {"sn": SCHEDULER, "fw": "1.4.12"}),
+        Service(
+            "_https._tcp.local.",
+            f"Room camera {TOKEN}",
+            f"{MEETUP_HOST}.local.",
+            443,
+            {"model": "V-R0007", "sn": MEETUP, "fw": "1.0.244"},
+        ),
+        Service(
+            "_https._tcp.local.",
+            f"Room bar {TOKEN}",
+            f"{BAR_MINI_HOST}.local.",
+            443,
+            {"sn": BAR_MINI, "fw": "1.10.221"},
+        ),
+        Service(
+            "_https._tcp.local.",
+            f"Door panel {TOKEN}",
+            f"{SCHEDULER_HOST}.local.",
+            443,
+            {"sn": SCHEDULER, "fw": "1.4.12"},
+        ),
     ]
 
 
 def snmp_device() -> SimDevice:
     """Room B's Tap IP answering ENTITY-MIB."""
-    return SimDevice.make("127.0.0.1", sys_descr="Logitech Tap IP", sys_name=TAP_IP_HOST,
-                          entity=entity_rows(TAP_IP, "Tap IP", firmware="1.4.12"))
+    return SimDevice.make(
+        "127.0.0.1",
+        sys_descr="Logitech Tap IP",
+        sys_name=TAP_IP_HOST,
+        entity=entity_rows(TAP_IP, "Tap IP", firmware="1.4.12"),
+    )
 
 
 # --------------------------------------------------------------------------- files
@@ -341,8 +470,9 @@ def snmp_device() -> SimDevice:
 
 def room_map_text(scheduler_room: str) -> str:
     rows = [["match", "value", "room", "room_name", "group", "location", "seat_count"]]
-    rows += [["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"]
-             for room in (ROOM_A, ROOM_B, ROOM_C)]
+    rows += [
+        ["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"] for room in (ROOM_A, ROOM_B, ROOM_C)
+    ]
     rows += [
         ["host", TAP_IP_HOST, ROOM_B, "", "", "", ""],
         ["host", MEETUP_HOST, ROOM_C, "", "", "", ""],
@@ -364,19 +494,26 @@ def toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
-def agent_toml(paths: Mapping[str, Path], *, listen: str, portal_url: str, snmp_port: int,
-               snmp_community: str, ssh_port: int) -> str:
+def agent_toml(
+    paths: Mapping[str, Path],
+    *,
+    listen: str,
+    portal_url: str,
+    snmp_port: int,
+    snmp_community: str,
+    ssh_port: int,
+) -> str:
     """agent.toml of the site agent: short intervals, every peer on loopback."""
     p = {k: toml_str(v) for k, v in paths.items()}
     return f"""\
-state_dir = {p['state']}
-room_map = {p['room_map']}
+state_dir = {p["state"]}
+room_map = {p["room_map"]}
 
 [room]
 id = "{ROOM_A}"
 
 [sources.usb]
-sysfs_root = {p['sysfs']}
+sysfs_root = {p["sysfs"]}
 libusb_strings = false
 sync_interface = false
 sync_deadline = 5.0
@@ -398,7 +535,7 @@ interval = 3
 
 [sources.ssh]
 enabled = true
-known_hosts = {p['known_hosts']}
+known_hosts = {p["known_hosts"]}
 connect_timeout = 5
 interval = 3
 
@@ -406,13 +543,13 @@ interval = 3
 host = "127.0.0.1"
 port = {ssh_port}
 user = "root"
-key_file = {p['ssh_key']}
-sysfs_root = {p['pc_sysfs']}
+key_file = {p["ssh_key"]}
+sysfs_root = {p["pc_sysfs"]}
 room = "{ROOM_B}"
 
 [portal]
 url = {toml_str(portal_url)}
-token_file = {p['portal_token']}
+token_file = {p["portal_token"]}
 
 [api]
 listen = {toml_str(listen)}
@@ -421,5 +558,5 @@ listen = {toml_str(listen)}
 remove_after_missed_scans = 2
 
 [coverage]
-entitlements = {p['entitlements']}
+entitlements = {p["entitlements"]}
 """

@@ -61,10 +61,26 @@ CYCLES, CYCLES_S = 3, 30.0
 
 def build_host_usb(root: Path) -> None:
     """The agent host's USB (room A): a Tap and a Brio. The Rally Bar comes from the replay."""
-    add_device(root, site.TAP_PORT, site.LOGITECH, 0x0876, serial=site.TAP_USB, product="Logi Tap",
-               manufacturer="Logitech", devnum=5)
-    add_device(root, site.BRIO_PORT, site.LOGITECH, 0x085E, serial=site.BRIO, product="Logitech BRIO",
-               manufacturer="Logitech", devnum=6)
+    add_device(
+        root,
+        site.TAP_PORT,
+        site.LOGITECH,
+        0x0876,
+        serial=site.TAP_USB,
+        product="Logi Tap",
+        manufacturer="Logitech",
+        devnum=5,
+    )
+    add_device(
+        root,
+        site.BRIO_PORT,
+        site.LOGITECH,
+        0x085E,
+        serial=site.BRIO,
+        product="Logitech BRIO",
+        manufacturer="Logitech",
+        devnum=6,
+    )
 
 
 def unplug(root: Path, port: str) -> None:
@@ -81,11 +97,21 @@ def build_room_pc(root: Path) -> None:
     (dmi / "product_name").write_text("NUC11TNHi5\n")
     (dmi / "sys_vendor").write_text("Intel Corporation\n")
     (dmi / "bios_version").write_text("TNTGL357.0064\n")
-    for port, pid, serial, product in (("2-1", 0x0881, site.RALLY_CAMERA, "Logitech Rally Camera"),
-                                       ("2-2", 0x0885, site.DISPLAY_HUB, "Logitech Rally Display Hub"),
-                                       ("2-3", 0x088F, site.TABLE_HUB, "Logitech Rally Table Hub")):
-        add_device(root, port, site.LOGITECH, pid, serial=serial, product=product, manufacturer="Logitech",
-                   symlink=True)
+    for port, pid, serial, product in (
+        ("2-1", 0x0881, site.RALLY_CAMERA, "Logitech Rally Camera"),
+        ("2-2", 0x0885, site.DISPLAY_HUB, "Logitech Rally Display Hub"),
+        ("2-3", 0x088F, site.TABLE_HUB, "Logitech Rally Table Hub"),
+    ):
+        add_device(
+            root,
+            port,
+            site.LOGITECH,
+            pid,
+            serial=serial,
+            product=product,
+            manufacturer="Logitech",
+            symlink=True,
+        )
     for path in root.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
@@ -119,37 +145,66 @@ class Site:
         site.write_atomically(self.room_map, site.room_map_text(ROOM_B))
         port = free_tcp_port()
         self.config = work / "agent.toml"
-        self.config.write_text(site.agent_toml(
-            {"state": work / "state", "room_map": self.room_map, "sysfs": self.host_sysfs,
-             "known_hosts": known_hosts, "ssh_key": sshd.client_key, "pc_sysfs": pc_sysfs,
-             "portal_token": token_file, "entitlements": entitlements},
-            listen=f"{LOOPBACK}:{port}", portal_url=self.portal.url, snmp_port=snmp.port,
-            snmp_community=SNMP_COMMUNITY, ssh_port=sshd.port))
+        self.config.write_text(
+            site.agent_toml(
+                {
+                    "state": work / "state",
+                    "room_map": self.room_map,
+                    "sysfs": self.host_sysfs,
+                    "known_hosts": known_hosts,
+                    "ssh_key": sshd.client_key,
+                    "pc_sysfs": pc_sysfs,
+                    "portal_token": token_file,
+                    "entitlements": entitlements,
+                },
+                listen=f"{LOOPBACK}:{port}",
+                portal_url=self.portal.url,
+                snmp_port=snmp.port,
+                snmp_community=SNMP_COMMUNITY,
+                ssh_port=sshd.port,
+            )
+        )
         notify = NotifySocket.make()
         stack.callback(notify.close)
-        self.daemon: RunningDaemon = start_daemon(self.config, notify, work / "daemon.log",
-                                                  url=f"http://{LOOPBACK}:{port}",
-                                                  args=("--replay", str(capture)))
+        self.daemon: RunningDaemon = start_daemon(
+            self.config,
+            notify,
+            work / "daemon.log",
+            url=f"http://{LOOPBACK}:{port}",
+            args=("--replay", str(capture)),
+        )
         stack.callback(self.daemon.stop)
 
     def log_tail(self) -> str:
         return self.daemon.log_text()[-4000:]
 
-    def wait_for_portal(self, condition: Callable[[PortalStandIn], Any], timeout: float, what: str,
-                        explain: Callable[[PortalStandIn], Any] | None = None) -> float:
+    def wait_for_portal(
+        self,
+        condition: Callable[[PortalStandIn], Any],
+        timeout: float,
+        what: str,
+        explain: Callable[[PortalStandIn], Any] | None = None,
+    ) -> float:
         """Seconds until ``condition`` held at the portal; fails with what is missing
         (``explain``) and the daemon's log if never."""
         t0 = time.monotonic()
-        held = self.portal.wait_for(lambda p: bool(condition(p)) or self.daemon.proc.poll() is not None,
-                                    timeout)
+        held = self.portal.wait_for(
+            lambda p: bool(condition(p)) or self.daemon.proc.poll() is not None, timeout
+        )
         assert held and self.daemon.proc.poll() is None, (
-            f"{what}: not at the portal within {timeout:g} s", explain(self.portal) if explain else None,
-            self.log_tail())
+            f"{what}: not at the portal within {timeout:g} s",
+            explain(self.portal) if explain else None,
+            self.log_tail(),
+        )
         return time.monotonic() - t0
 
     def wait_for_view(self, units: list[Unit], timeout: float, what: str) -> float:
-        return self.wait_for_portal(lambda p: not view_problems(p.latest_inventory, units), timeout, what,
-                                    lambda p: view_problems(p.latest_inventory, units))
+        return self.wait_for_portal(
+            lambda p: not view_problems(p.latest_inventory, units),
+            timeout,
+            what,
+            lambda p: view_problems(p.latest_inventory, units),
+        )
 
 
 @pytest.fixture
@@ -185,8 +240,11 @@ def index(message: InventoryMessage) -> dict[tuple[str, str | None], tuple[str |
 def ours(device: DeviceOut) -> bool:
     """A unit of this site (other tests may announce mDNS services on loopback too)."""
     serials = {u.serial for u in site.initial_units() if u.serial}
-    return device.serial in serials or device.transport in ("usb", "ssh") or (
-        site.TOKEN.lower() in (device.host_name or "").lower())
+    return (
+        device.serial in serials
+        or device.transport in ("usb", "ssh")
+        or (site.TOKEN.lower() in (device.host_name or "").lower())
+    )
 
 
 def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[str]:
@@ -205,10 +263,16 @@ def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[s
             problems.append(f"{unit.product} {unit.serial}: {device.status}, expected {unit.status}")
     wanted = {key(u.product, u.serial) for u in units}
     for place in message.places:
-        problems += [f"{d.product} {d.serial}: unexpected in {place.id}" for d in place.devices
-                     if key(d.product, d.serial) not in wanted]
-    problems += [f"{d.product} {d.serial}: unassigned" for d in message.unassigned
-                 if ours(d) and key(d.product, d.serial) not in wanted]
+        problems += [
+            f"{d.product} {d.serial}: unexpected in {place.id}"
+            for d in place.devices
+            if key(d.product, d.serial) not in wanted
+        ]
+    problems += [
+        f"{d.product} {d.serial}: unassigned"
+        for d in message.unassigned
+        if ours(d) and key(d.product, d.serial) not in wanted
+    ]
     return problems
 
 
@@ -225,8 +289,10 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     timings = {"peers started": s.peers_ready - s.started, "daemon ready": (d.ready_at or 0) - s.started}
 
     # 1. Every source runs on its peer; the first snapshots reach the portal with every unit.
-    assert d.wait_until(lambda: d.get("/readyz").status == 200, SETTLE_S), (d.get("/readyz").text,
-                                                                           s.log_tail())
+    assert d.wait_until(lambda: d.get("/readyz").status == 200, SETTLE_S), (
+        d.get("/readyz").text,
+        s.log_tail(),
+    )
     s.wait_for_view(site.initial_units(), SETTLE_S, "the initial view")
     timings["initial view at the portal"] = time.monotonic() - s.started
     first = s.portal.latest_inventory
@@ -243,8 +309,11 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     t0 = time.monotonic()
     usb_runs = d.source("usb")["runs"]
     unplug(s.host_sysfs, site.BRIO_PORT)
-    s.wait_for_portal(lambda p: any(e.identity == brio for e in events_of(p, "device.removed")), REMOVE_S,
-                      "device.removed of the unplugged Brio")
+    s.wait_for_portal(
+        lambda p: any(e.identity == brio for e in events_of(p, "device.removed")),
+        REMOVE_S,
+        "device.removed of the unplugged Brio",
+    )
     timings["unplug to device.removed"] = time.monotonic() - t0
     [removed] = [e for e in events_of(s.portal, "device.removed") if e.identity == brio]
     assert (removed.product, removed.serial, removed.room) == ("Brio", site.BRIO, ROOM_A)
@@ -255,8 +324,11 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     t0 = time.monotonic()
     site.write_atomically(s.room_map, site.room_map_text(ROOM_C))
     d.signal(signal.SIGHUP)
-    s.wait_for_portal(lambda p: any(e.identity == scheduler for e in events_of(p, "device.moved")), MOVE_S,
-                      "device.moved of the Tap Scheduler")
+    s.wait_for_portal(
+        lambda p: any(e.identity == scheduler for e in events_of(p, "device.moved")),
+        MOVE_S,
+        "device.moved of the Tap Scheduler",
+    )
     timings["SIGHUP to device.moved"] = time.monotonic() - t0
     [moved] = [e for e in events_of(s.portal, "device.moved") if e.identity == scheduler]
     assert (moved.product, moved.serial, moved.room) == ("Tap Scheduler", site.SCHEDULER, ROOM_C)
@@ -283,8 +355,13 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     assert [e for e in events_of(s.portal, "serial.conflict") if e.identity in mine] == []
 
     # 5. The daemon says it is healthy, and its API's coverage is the portal's.
-    health = subprocess.run([sys.executable, "-m", "agent", "health", "--config", str(s.config)],
-                            capture_output=True, text=True, timeout=30, env=daemon_env(None))
+    health = subprocess.run(
+        [sys.executable, "-m", "agent", "health", "--config", str(s.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=daemon_env(None),
+    )
     assert health.returncode == 0, (health.stdout, health.stderr, s.log_tail())
     assert health.stdout.startswith("healthy:"), health.stdout
     status = d.status()
@@ -330,11 +407,19 @@ def check_rooms(message: InventoryMessage) -> None:
     assert set(places) == {ROOM_A, ROOM_B, ROOM_C}
     for room_id, expected in site.ROOM_VIEWS.items():
         place = places[room_id]
-        got = site.RoomView(place.primary_unit, place.primary_product, place.ticket_serial,
-                            place.ticket_product, tuple(place.flags))
+        got = site.RoomView(
+            place.primary_unit,
+            place.primary_product,
+            place.ticket_serial,
+            place.ticket_product,
+            tuple(place.flags),
+        )
         assert got == expected, room_id
-        assert (place.name, place.group, place.location) == (site.ROOM_NAMES[room_id], site.LOCATION,
-                                                             "Oslo, Norway")
+        assert (place.name, place.group, place.location) == (
+            site.ROOM_NAMES[room_id],
+            site.LOCATION,
+            "Oslo, Norway",
+        )
 
 
 def check_coverage(message: InventoryMessage, entitlements: site.Entitlements, day: Any) -> None:
@@ -356,42 +441,70 @@ def check_coverage(message: InventoryMessage, entitlements: site.Entitlements, d
     assert statuses == {"in_warranty", "expiring_soon", "out_of_warranty", "unknown"}
 
 
-def check_api_coverage(reply: dict[str, Any], message: InventoryMessage,
-                       entitlements: site.Entitlements) -> None:
+def check_api_coverage(
+    reply: dict[str, Any], message: InventoryMessage, entitlements: site.Entitlements
+) -> None:
     """``/v1/coverage`` gives the portal's verdicts, and its layers cite the rules expected."""
     assert reply["evaluated"] is True
     verdicts = {v["serial"]: v for v in reply["verdicts"]}
-    portal = {dev.serial: dev.coverage for _place, dev in index(message).values()
-              if dev.serial and dev.coverage is not None and ours(dev)}
+    portal = {
+        dev.serial: dev.coverage
+        for _place, dev in index(message).values()
+        if dev.serial and dev.coverage is not None and ours(dev)
+    }
     assert set(portal) <= set(verdicts)
     for serial, coverage in portal.items():
         v = verdicts[serial]
         assert (v["status"], v["covered_until"], v["flags"]) == (
-            str(coverage.status), coverage.covered_until.isoformat() if coverage.covered_until else None,
-            list(coverage.flags)), serial
+            str(coverage.status),
+            coverage.covered_until.isoformat() if coverage.covered_until else None,
+            list(coverage.flags),
+        ), serial
         expected = entitlements.expected.get(serial)
         if expected is not None:
             assert v["layers"] == expected.layer_dicts(), (serial, entitlements.shows[serial])
     # Every rule of domain.md that coverage implements is exercised by some layer or flag.
-    rules = {r for v in verdicts.values() if v["serial"] in portal for layer in v["layers"]
-             for r in layer["rules"]}
+    rules = {
+        r for v in verdicts.values() if v["serial"] in portal for layer in v["layers"] for r in layer["rules"]
+    }
     assert {"W1", "W2", "W8", "S4", "S5", "S7", "S8", "S11", "H1"} <= rules
     flags = {f for v in verdicts.values() if v["serial"] in portal for f in v["flags"]}
-    assert {"extension-bought-late", "extension-ineligible-customer", "extension-ineligible-country",
-            "extension-ineligible-date", "select-age-cap", "select-gap", "select-unsupported-product",
-            "no-entitlement-record"} <= flags  # W3, W4, W5, W6, S7, S8, S2, unknown
-
+    assert {
+        "extension-bought-late",
+        "extension-ineligible-customer",
+        "extension-ineligible-country",
+        "extension-ineligible-date",
+        "select-age-cap",
+        "select-gap",
+        "select-unsupported-product",
+        "no-entitlement-record",
+    } <= flags  # W3, W4, W5, W6, S7, S8, S2, unknown
 
 
 def test_run_refuses_a_replay_that_is_not_there(tmp_path: Path) -> None:
     """``roomsync run --replay`` names a file: a missing one is a usage error (exit 2) before
     anything is opened or bound."""
     config = tmp_path / "agent.toml"
-    config.write_text(f"state_dir = {site.toml_str(tmp_path / 'state')}\n[sources.mdns]\nenabled = false\n"
-                      f"[sources.usb]\nenabled = false\n[api]\nlisten = \"127.0.0.1:{free_tcp_port()}\"\n")
-    result = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config), "--replay",
-                             str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=30,
-                            env=daemon_env(None))
+    config.write_text(
+        f"state_dir = {site.toml_str(tmp_path / 'state')}\n[sources.mdns]\nenabled = false\n"
+        f'[sources.usb]\nenabled = false\n[api]\nlisten = "127.0.0.1:{free_tcp_port()}"\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--config",
+            str(config),
+            "--replay",
+            str(tmp_path / "missing.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=daemon_env(None),
+    )
     assert result.returncode == 2, result.stderr
     assert "--replay" in result.stderr and "no such file" in result.stderr
     assert "Traceback" not in result.stderr

@@ -63,12 +63,26 @@ def _long_run_examples() -> int | None:
 
 LONG_RUN_EXAMPLES = _long_run_examples()
 
-_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-               HealthCheck.large_base_example]
-settings.register_profile(CI_PROFILE, derandomize=True, database=None, deadline=DEADLINE,
-                          suppress_health_check=_SUPPRESSED, print_blob=True)
-settings.register_profile(LONG_PROFILE, parent=settings.get_profile(CI_PROFILE),
-                          derandomize=False, max_examples=LONG_RUN_EXAMPLES or 1)
+_SUPPRESSED = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.large_base_example,
+]
+settings.register_profile(
+    CI_PROFILE,
+    derandomize=True,
+    database=None,
+    deadline=DEADLINE,
+    suppress_health_check=_SUPPRESSED,
+    print_blob=True,
+)
+settings.register_profile(
+    LONG_PROFILE,
+    parent=settings.get_profile(CI_PROFILE),
+    derandomize=False,
+    max_examples=LONG_RUN_EXAMPLES or 1,
+)
 
 _T = TypeVar("_T", bound=Callable[..., Any])
 
@@ -90,9 +104,11 @@ def fuzz(examples: int, *, deadline: timedelta | None = None) -> Callable[[_T], 
 
         handle.inner_test = counted
         profile = LONG_PROFILE if LONG_RUN_EXAMPLES else CI_PROFILE
-        chosen = settings(settings.get_profile(profile),
-                          max_examples=LONG_RUN_EXAMPLES or examples,
-                          deadline=deadline or DEADLINE)
+        chosen = settings(
+            settings.get_profile(profile),
+            max_examples=LONG_RUN_EXAMPLES or examples,
+            deadline=deadline or DEADLINE,
+        )
         return chosen(test)  # type: ignore[no-any-return]
 
     return decorate
@@ -101,10 +117,36 @@ def fuzz(examples: int, *, deadline: timedelta | None = None) -> Callable[[_T], 
 # --------------------------------------------------------------------------- strategies
 
 #: u32 values that break length and sequence fields.
-INTERESTING_U32 = st.sampled_from([0, 1, 7, 8, 11, 12, 13, 0x7F, 0x80, 0xFF, 0x100, 0x1000,
-                                   0xFFFF, 0x10000, 1 << 20, (1 << 20) + 1, 0x7FFF_FFFF,
-                                   0x8000_0000, 0xFFFF_FFFE, 0xFFFF_FFFF,
-                                   0xCC06, 0xCC07, 0xCC08, 0xFF01, 0xFF02, 0xFF03])
+INTERESTING_U32 = st.sampled_from(
+    [
+        0,
+        1,
+        7,
+        8,
+        11,
+        12,
+        13,
+        0x7F,
+        0x80,
+        0xFF,
+        0x100,
+        0x1000,
+        0xFFFF,
+        0x10000,
+        1 << 20,
+        (1 << 20) + 1,
+        0x7FFF_FFFF,
+        0x8000_0000,
+        0xFFFF_FFFE,
+        0xFFFF_FFFF,
+        0xCC06,
+        0xCC07,
+        0xCC08,
+        0xFF01,
+        0xFF02,
+        0xFF03,
+    ]
+)
 
 
 @st.composite
@@ -113,8 +155,9 @@ def mutated(draw: st.DrawFn, seed: bytes, max_steps: int = 4) -> bytes:
     deletes, truncation, duplication, and u32 fields set to boundary values."""
     data = bytearray(seed)
     for _ in range(draw(st.integers(1, max_steps))):
-        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "u32",
-                                     "duplicate", "append"]))
+        kind = draw(
+            st.sampled_from(["flip", "set", "insert", "delete", "truncate", "u32", "duplicate", "append"])
+        )
         size = len(data)
         if kind == "flip" and size:
             i = draw(st.integers(0, size - 1))
@@ -126,27 +169,34 @@ def mutated(draw: st.DrawFn, seed: bytes, max_steps: int = 4) -> bytes:
             data[i:i] = draw(st.binary(min_size=1, max_size=16))
         elif kind == "delete" and size:
             i = draw(st.integers(0, size - 1))
-            del data[i:draw(st.integers(i + 1, min(size, i + 32)))]
+            del data[i : draw(st.integers(i + 1, min(size, i + 32)))]
         elif kind == "truncate":
-            del data[draw(st.integers(0, size)):]
+            del data[draw(st.integers(0, size)) :]
         elif kind == "u32" and size >= 4:
             i = draw(st.integers(0, size - 4))
-            data[i:i + 4] = struct.pack("<I", draw(INTERESTING_U32))
+            data[i : i + 4] = struct.pack("<I", draw(INTERESTING_U32))
         elif kind == "duplicate" and size:
             i = draw(st.integers(0, size - 1))
-            data[i:i] = data[i:draw(st.integers(i + 1, min(size, i + 64)))]
+            data[i:i] = data[i : draw(st.integers(i + 1, min(size, i + 64)))]
         elif kind == "append":
             data += draw(st.binary(min_size=1, max_size=64))
     return bytes(data)
 
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
 #: Random JSON trees: every type in every place.
 JSON_TREES = st.recursive(
     JSON_SCALARS,
     lambda kids: st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
-    max_leaves=25)
+    max_leaves=25,
+)
 
 
 _BOMB_DEPTHS = st.integers(1, 120_000)
@@ -154,12 +204,14 @@ _BOMB_DEPTHS = st.integers(1, 120_000)
 
 def nesting_bomb(depth: st.SearchStrategy[int] = _BOMB_DEPTHS) -> st.SearchStrategy[str]:
     """JSON text nested ``depth`` levels deep (``[[[…]]]``, ``{"a":{"a":…}}``), closed or not."""
+
     @st.composite
     def build(draw: st.DrawFn) -> str:
         n = draw(depth)
         opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}"), ('{"a":[', "]}")]))
         tail = draw(st.sampled_from(["", "1", "null"]))
         return opener * n + tail + (closer * n if draw(st.booleans()) else "")
+
     return build()
 
 
@@ -170,9 +222,27 @@ HOSTILE_JSON_TEXT = st.one_of(
     st.integers(4000, 20_000).map(lambda n: "9" * n),
     st.integers(4000, 20_000).map(lambda n: "[" + "1" * n + "]"),
     st.integers(0, 1_500_000).map(lambda n: '"' + "x" * n + '"'),
-    st.sampled_from(["NaN", "Infinity", "-Infinity", "[NaN]", '{"a": Infinity}', "1e999",
-                     "-0", "\ufeff{}", "{}\x00", '"\\ud800"', '{"a": "\\udfff"}', "", " ",
-                     "{", "}", "[", '{"a":1,"a":2}']),
+    st.sampled_from(
+        [
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "[NaN]",
+            '{"a": Infinity}',
+            "1e999",
+            "-0",
+            "\ufeff{}",
+            "{}\x00",
+            '"\\ud800"',
+            '{"a": "\\udfff"}',
+            "",
+            " ",
+            "{",
+            "}",
+            "[",
+            '{"a":1,"a":2}',
+        ]
+    ),
 )
 
 
@@ -181,8 +251,9 @@ def tree_paths(tree: Any) -> Iterator[tuple[Any, Any]]:
     stack = [tree]
     while stack:
         node = stack.pop()
-        keys: Any = list(node) if isinstance(node, dict) else range(len(node)) \
-            if isinstance(node, list) else ()
+        keys: Any = (
+            list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()
+        )
         for key in keys:
             yield node, key
             child = node[key]
@@ -191,8 +262,9 @@ def tree_paths(tree: Any) -> Iterator[tuple[Any, Any]]:
 
 
 @st.composite
-def mutated_tree(draw: st.DrawFn, tree: Any, max_steps: int = 4,
-                 values: st.SearchStrategy[Any] = JSON_TREES) -> Any:
+def mutated_tree(
+    draw: st.DrawFn, tree: Any, max_steps: int = 4, values: st.SearchStrategy[Any] = JSON_TREES
+) -> Any:
     """A deep copy of ``tree`` with a few nodes replaced by random JSON (wrong types
     included), deleted, duplicated or wrapped in a list."""
     tree = copy.deepcopy(tree)

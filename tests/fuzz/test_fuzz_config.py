@@ -51,7 +51,8 @@ def _key_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tup
         key = info.alias or name
         sub = _model_of(info.annotation)
         is_list = typing.get_origin(info.annotation) is list or any(
-            typing.get_origin(a) is list for a in typing.get_args(info.annotation))
+            typing.get_origin(a) is list for a in typing.get_args(info.annotation)
+        )
         paths.append(((*prefix, key), sub is not None and is_list))
         if sub is not None:
             paths += _key_paths(sub, (*prefix, key))
@@ -63,18 +64,49 @@ LEAF_PATHS = [p for p, _ in KEY_PATHS]
 
 # TOML can hold no null: the values tomli_w can write.
 TOML_SCALARS = st.one_of(
-    st.booleans(), st.integers(), st.integers(-(2**63), 2**63 - 1), st.floats(),
-    st.text(max_size=60), st.sampled_from(["", " ", "2c", "3", "SHA", "AES", "info", "json", "/sys",
-                                           "127.0.0.1:8765", "unix:", "unix:/run/x.sock", "https://p.example",
-                                           "http://127.0.0.1:1", "http://10.0.0.1", "https://u:p@h",
-                                           "https://[::1", "10.0.0.0/8", "10.0.0.1:²", "oslo-4-12",
-                                           "_https._tcp.local.", "::1", "SLX", "100", "x" * 201]),
-    st.datetimes(timezones=st.none() | st.just(UTC)), st.dates(), st.times(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(),
+    st.text(max_size=60),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "2c",
+            "3",
+            "SHA",
+            "AES",
+            "info",
+            "json",
+            "/sys",
+            "127.0.0.1:8765",
+            "unix:",
+            "unix:/run/x.sock",
+            "https://p.example",
+            "http://127.0.0.1:1",
+            "http://10.0.0.1",
+            "https://u:p@h",
+            "https://[::1",
+            "10.0.0.0/8",
+            "10.0.0.1:²",
+            "oslo-4-12",
+            "_https._tcp.local.",
+            "::1",
+            "SLX",
+            "100",
+            "x" * 201,
+        ]
+    ),
+    st.datetimes(timezones=st.none() | st.just(UTC)),
+    st.dates(),
+    st.times(),
 )
 TOML_VALUES = st.recursive(
     TOML_SCALARS,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -90,9 +122,18 @@ def config_trees(draw: st.DrawFn) -> dict[str, Any]:
             node = child
         else:
             table = dict(KEY_PATHS).get(path, False)
-            value = draw(st.lists(st.dictionaries(st.sampled_from(
-                [p[-1] for p in LEAF_PATHS]), TOML_SCALARS, max_size=5), max_size=3)) if table \
+            value = (
+                draw(
+                    st.lists(
+                        st.dictionaries(
+                            st.sampled_from([p[-1] for p in LEAF_PATHS]), TOML_SCALARS, max_size=5
+                        ),
+                        max_size=3,
+                    )
+                )
+                if table
                 else draw(TOML_VALUES)
+            )
             node[path[-1]] = value
     if draw(st.booleans()):
         tree[draw(st.text(max_size=10))] = draw(TOML_VALUES)
@@ -113,9 +154,20 @@ HOSTILE_TOML = st.one_of(
     st.integers(1, 20_000).map(lambda n: "a = " + "[" * n + "]" * n),
     st.integers(4000, 20_000).map(lambda n: "a = " + "9" * n),
     st.integers(1, 5_000).map(lambda n: "[" + ".".join(["t"] * n) + "]"),
-    st.sampled_from(["a = 1979-05-27T07:32:00Z", "a = 0x7fffffffffffffffff", "a = nan", "a = inf",
-                     'a = "\\uD800"', "a = '''", "[room]\nid = 1\n[room]\n", "\ufeffa = 1",
-                     "a.b.c = 1\na.b = 2", "[[sources.ssh.hosts]]\nhost = 'x'\n[sources.ssh.hosts]"]),
+    st.sampled_from(
+        [
+            "a = 1979-05-27T07:32:00Z",
+            "a = 0x7fffffffffffffffff",
+            "a = nan",
+            "a = inf",
+            'a = "\\uD800"',
+            "a = '''",
+            "[room]\nid = 1\n[room]\n",
+            "\ufeffa = 1",
+            "a.b.c = 1\na.b = 2",
+            "[[sources.ssh.hosts]]\nhost = 'x'\n[sources.ssh.hosts]",
+        ]
+    ),
 ).map(str.encode)
 FILES = st.one_of(
     st.binary(max_size=300),
@@ -135,8 +187,10 @@ def _env_names() -> st.SearchStrategy[str]:
 
 
 ENV_VALUES = st.one_of(
-    st.text(max_size=40), st.sampled_from(["true", "false", "1", "[]", "{}", "[1,", '{"a": 1}', "null",
-                                           '["10.0.0.0/24"]', "  [  ", "{x}"]),
+    st.text(max_size=40),
+    st.sampled_from(
+        ["true", "false", "1", "[]", "{}", "[1,", '{"a": 1}', "null", '["10.0.0.0/24"]', "  [  ", "{x}"]
+    ),
     nesting_bomb(st.integers(1, 100_000)),
     st.integers(4000, 9000).map(lambda n: "[" + "9" * n + "]"),
     TOML_VALUES.map(lambda v: json.dumps(v, default=str)),
@@ -172,8 +226,8 @@ def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @fuzz(100)
 @given(FILES)
-@example(b"a = " + b"[" * 3_000)   # was a RecursionError out of tomllib
-@example(b"a = " + b"9" * 5_000)     # was a ValueError (integer string conversion limit)
+@example(b"a = " + b"[" * 3_000)  # was a RecursionError out of tomllib
+@example(b"a = " + b"9" * 5_000)  # was a ValueError (integer string conversion limit)
 @example(b'[api]\nlisten = "a:\xc2\xb2"')
 @example(b"[sources.snmp]\ntargets = ['1.2.3.4:\xc2\xb2']")
 def test_config_files_load_or_raise_config_error(tmp: Path, content: bytes) -> None:
@@ -185,8 +239,9 @@ def test_config_files_load_or_raise_config_error(tmp: Path, content: bytes) -> N
 @example({"ROOMSYNC_ROOM__NAME": "[" * 3_000}, b"")  # was a RecursionError out of json
 @example({"ROOMSYNC_ROOM__ID__X": "1"}, b"[room]\nid = 'a'\n")
 @example({"ROOMSYNC___": "1"}, b"")
-def test_environment_overrides_load_or_raise_config_error(tmp: Path, environ: dict[str, str],
-                                                          content: bytes) -> None:
+def test_environment_overrides_load_or_raise_config_error(
+    tmp: Path, environ: dict[str, str], content: bytes
+) -> None:
     _load(tmp, content, environ)
 
 

@@ -49,23 +49,86 @@ NAME = "fuzzed.csv"
 
 # --------------------------------------------------------------------------- cells
 
-_ALMOST = st.sampled_from([
-    "2024-02-29", "2023-02-29", "2024-13-01", "1979-12-31", "2200-01-01", "24-01-01", "2024/01/01",
-    "0", "99", "100", "-1", "1.5", "٣", "²", "１２", "NO", "no", "UK", "XX", "N0",
-    "business", "Consumer", "other", "2313FD1N08Z2", " 2313 fd1n08z2 ", "N/A", "0000000", "",
-    " ", "#comment", '"quoted"', "a,b", "a;b", "line\nbreak", "tab\there", "\x00", "\u202e", "\ufeff",
-    "serial", "host", "address", "cidr", "room-pc-12", "room-pc-12.local.", "10.1.2.3", "10.1.2.3:22",
-    "::1", "[::1]:22", "fe80::1%eth0", "::ffff:10.1.2.3", "10.1.2.0/24", "10.1.2.3/24", "::ffff:0:0/96",
-    "2001:db8::/64", "oslo-4.12", "-bad", "x" * 65, "x" * 300, "10000", "10001",
-])
-CELLS = st.one_of(_ALMOST, st.text(max_size=30), st.dates(date(1900, 1, 1), date(2300, 1, 1)).map(str),
-                  st.integers(-5, 200).map(str))
+_ALMOST = st.sampled_from(
+    [
+        "2024-02-29",
+        "2023-02-29",
+        "2024-13-01",
+        "1979-12-31",
+        "2200-01-01",
+        "24-01-01",
+        "2024/01/01",
+        "0",
+        "99",
+        "100",
+        "-1",
+        "1.5",
+        "٣",
+        "²",
+        "１２",
+        "NO",
+        "no",
+        "UK",
+        "XX",
+        "N0",
+        "business",
+        "Consumer",
+        "other",
+        "2313FD1N08Z2",
+        " 2313 fd1n08z2 ",
+        "N/A",
+        "0000000",
+        "",
+        " ",
+        "#comment",
+        '"quoted"',
+        "a,b",
+        "a;b",
+        "line\nbreak",
+        "tab\there",
+        "\x00",
+        "\u202e",
+        "\ufeff",
+        "serial",
+        "host",
+        "address",
+        "cidr",
+        "room-pc-12",
+        "room-pc-12.local.",
+        "10.1.2.3",
+        "10.1.2.3:22",
+        "::1",
+        "[::1]:22",
+        "fe80::1%eth0",
+        "::ffff:10.1.2.3",
+        "10.1.2.0/24",
+        "10.1.2.3/24",
+        "::ffff:0:0/96",
+        "2001:db8::/64",
+        "oslo-4.12",
+        "-bad",
+        "x" * 65,
+        "x" * 300,
+        "10000",
+        "10001",
+    ]
+)
+CELLS = st.one_of(
+    _ALMOST,
+    st.text(max_size=30),
+    st.dates(date(1900, 1, 1), date(2300, 1, 1)).map(str),
+    st.integers(-5, 200).map(str),
+)
 
 
 def _render(header: list[str], rows: list[list[str]], delimiter: str, crlf: bool, quote_all: bool) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, delimiter=delimiter, lineterminator="\r\n" if crlf else "\n",
-                        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    writer = csv.writer(
+        out,
+        delimiter=delimiter,
+        lineterminator="\r\n" if crlf else "\n",
+        quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+    )
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue()
@@ -74,15 +137,19 @@ def _render(header: list[str], rows: list[list[str]], delimiter: str, crlf: bool
 @st.composite
 def csv_files(draw: st.DrawFn, columns: tuple[str, ...]) -> str | bytes:
     """A file with a header of (mostly) known columns and random rows."""
-    header = draw(st.lists(st.sampled_from(columns) | st.sampled_from(["", "Serial", "Purchase Date",
-                                                                       "unknown", "room name"]),
-                           min_size=1, max_size=len(columns) + 2))
+    header = draw(
+        st.lists(
+            st.sampled_from(columns)
+            | st.sampled_from(["", "Serial", "Purchase Date", "unknown", "room name"]),
+            min_size=1,
+            max_size=len(columns) + 2,
+        )
+    )
     if draw(st.booleans()) and columns[0] not in header:
         header.insert(0, columns[0])
     width = len(header)
     rows = draw(st.lists(st.lists(CELLS, min_size=max(0, width - 1), max_size=width + 2), max_size=8))
-    text = _render(header, rows, draw(st.sampled_from([",", ";"])), draw(st.booleans()),
-                   draw(st.booleans()))
+    text = _render(header, rows, draw(st.sampled_from([",", ";"])), draw(st.booleans()), draw(st.booleans()))
     if draw(st.booleans()):
         text = draw(st.sampled_from(["# exported\n", "\n\n", "#a,b\n"])) + text
     if draw(st.booleans()):
@@ -96,8 +163,12 @@ def valid_room_maps(draw: st.DrawFn) -> str:
     rows = []
     for i in range(draw(st.integers(0, 6))):
         kind = draw(st.sampled_from(["serial", "host", "address", "cidr"]))
-        value = {"serial": f"SN{i:06d}", "host": f"room-pc-{i}", "address": f"10.1.{i}.1",
-                 "cidr": f"10.2.{i}.0/24"}[kind]
+        value = {
+            "serial": f"SN{i:06d}",
+            "host": f"room-pc-{i}",
+            "address": f"10.1.{i}.1",
+            "cidr": f"10.2.{i}.0/24",
+        }[kind]
         rows.append([kind, value, f"room-{draw(st.integers(0, 3))}"])
     return _render(["match", "value", "room"], rows, ",", False, False)
 
@@ -106,8 +177,10 @@ _DAYS = st.dates(date(MIN_YEAR, 1, 1), date(MAX_YEAR - 1, 12, 31))
 _GOOD_CELLS = {
     "country": st.sampled_from(sorted(ISO_COUNTRIES)),
     "customer": st.sampled_from(["business", "consumer", "Business", ""]),
-    "extension_years": st.integers(0, 99).map(str), "select_term_years": st.integers(0, 99).map(str),
-    "select_contract": st.text(max_size=40), "reseller_contract": st.text(max_size=40),
+    "extension_years": st.integers(0, 99).map(str),
+    "select_term_years": st.integers(0, 99).map(str),
+    "select_contract": st.text(max_size=40),
+    "reseller_contract": st.text(max_size=40),
 }
 
 
@@ -120,9 +193,11 @@ def entitlement_files(draw: st.DrawFn) -> str:
     rows = []
     for i in range(draw(st.integers(1, 8))):
         bought = draw(_DAYS)
-        cells = {"serial": f"{draw(st.from_regex(r'[0-9A-Z]{6}', fullmatch=True))}{i:04d}",
-                 "purchase_date": str(bought),
-                 "reseller_until": str(bought + timedelta(days=draw(st.integers(0, 2000))))}
+        cells = {
+            "serial": f"{draw(st.from_regex(r'[0-9A-Z]{6}', fullmatch=True))}{i:04d}",
+            "purchase_date": str(bought),
+            "reseller_until": str(bought + timedelta(days=draw(st.integers(0, 2000)))),
+        }
         if draw(st.booleans()) and {"replaced_serial", "replacement_date"} <= set(header):
             cells["replaced_serial"], cells["replacement_date"] = f"OLD{i:06d}", str(draw(_DAYS))
         row = []
@@ -139,9 +214,12 @@ def entitlement_files(draw: st.DrawFn) -> str:
     return _render(header, rows, draw(st.sampled_from([",", ";"])), draw(st.booleans()), False)
 
 
-RANDOM_BYTES = st.one_of(st.binary(max_size=400), st.text(max_size=400),
-                         st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b),
-                         st.lists(st.binary(max_size=20), max_size=40).map(b"\n".join))
+RANDOM_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.text(max_size=400),
+    st.binary(max_size=200).map(lambda b: b"\xff\xfe" + b),
+    st.lists(st.binary(max_size=20), max_size=40).map(b"\n".join),
+)
 
 
 def _check_problems(exc: CsvFileError) -> None:
@@ -173,9 +251,15 @@ def test_entitlements_import_or_refuse_with_every_problem(data: str | bytes) -> 
         assert key == record.serial == normalize_serial(record.serial)
         assert 0 < len(record.serial) <= MAX_SERIAL_LEN and record.serial.isprintable()
         assert record.serial in records
-        for day in (record.purchase_date, record.extension_purchased, record.select_order_date,
-                    record.select_activation_date, record.select_registered, record.reseller_until,
-                    record.replacement_date):
+        for day in (
+            record.purchase_date,
+            record.extension_purchased,
+            record.select_order_date,
+            record.select_activation_date,
+            record.select_registered,
+            record.reseller_until,
+            record.replacement_date,
+        ):
             assert day is None or MIN_YEAR <= day.year <= MAX_YEAR
         for text in (record.select_contract, record.reseller_contract):
             assert text is None or (len(text) <= MAX_TEXT_LEN and not has_control_chars(text))
@@ -198,8 +282,15 @@ def test_serial_cells_are_normalised_or_refused(text: str) -> None:
 
 
 def _probe_device(address: str) -> Device:
-    return Device(product="p", transport=Transport.SNMP, address=address, first_seen=_T0, last_seen=_T0,
-                  serial="SN000001", attributes={"host": "room-pc-1.local.", "addresses": ["10.1.1.1"]})
+    return Device(
+        product="p",
+        transport=Transport.SNMP,
+        address=address,
+        first_seen=_T0,
+        last_seen=_T0,
+        serial="SN000001",
+        attributes={"host": "room-pc-1.local.", "addresses": ["10.1.1.1"]},
+    )
 
 
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -210,7 +301,7 @@ _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @example("match,value,room\ncidr,10.1.2.3/24,a\n", "10.1.2.3")
 @example("match,value,room\naddress,fe80::1%eth0,a\n", "[fe80::1]:22")
 @example("match,value,room\nhost,\u00e9.local,a\n", "x")
-@example("match,value,room\n#x,y,z\n\"#q\",v,r\n", "x")
+@example('match,value,room\n#x,y,z\n"#q",v,r\n', "x")
 def test_room_map_reads_or_refuses_with_every_problem(data: str | bytes, address: str) -> None:
     try:
         room_map = parse_room_map(data, NAME)
@@ -250,8 +341,10 @@ def test_a_valid_room_map_loads(text: str) -> None:
 
 
 @fuzz(140)
-@given(st.one_of(RANDOM_BYTES, st.lists(st.binary(max_size=3), max_size=200).map(b"\n".join)),
-       st.integers(0, 500))
+@given(
+    st.one_of(RANDOM_BYTES, st.lists(st.binary(max_size=3), max_size=200).map(b"\n".join)),
+    st.integers(0, 500),
+)
 @example(b"\xff\n" * 100, 500)
 def test_file_text_decodes_or_lists_the_undecodable_lines(data: str | bytes, max_bytes: int) -> None:
     try:

@@ -37,12 +37,36 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 CATALOG = load_catalog()
 TYPE = "_https._tcp.local."
 #: The catalog's own TXT key names, so identification paths are exercised too.
-_KEYS = sorted({*CATALOG.mdns_keys.model, *CATALOG.mdns_keys.serial, *CATALOG.mdns_keys.firmware,
-                "password", "token", "md", "fn", "ty"})
-_VALUES = st.sampled_from([b"RallyBar", b"Rally Bar Mini", b"2313FD1N08Z2", b"N/A", b"1.9.556",
-                           b"", b"\x00\x00", b"\xff\xfe", "Møterom Ørsta".encode()])
-_KEY_BYTES = st.one_of(st.sampled_from(_KEYS).map(str.encode), st.binary(max_size=70),
-                       st.sampled_from(_KEYS).map(lambda k: k.upper().encode()))
+_KEYS = sorted(
+    {
+        *CATALOG.mdns_keys.model,
+        *CATALOG.mdns_keys.serial,
+        *CATALOG.mdns_keys.firmware,
+        "password",
+        "token",
+        "md",
+        "fn",
+        "ty",
+    }
+)
+_VALUES = st.sampled_from(
+    [
+        b"RallyBar",
+        b"Rally Bar Mini",
+        b"2313FD1N08Z2",
+        b"N/A",
+        b"1.9.556",
+        b"",
+        b"\x00\x00",
+        b"\xff\xfe",
+        "Møterom Ørsta".encode(),
+    ]
+)
+_KEY_BYTES = st.one_of(
+    st.sampled_from(_KEYS).map(str.encode),
+    st.binary(max_size=70),
+    st.sampled_from(_KEYS).map(lambda k: k.upper().encode()),
+)
 _VALUE_BYTES = st.one_of(_VALUES, st.binary(max_size=300), st.text(max_size=200).map(str.encode))
 #: Longest value a length byte can describe, and longer (a malformed record).
 HUGE = st.integers(200, 5_000).map(lambda n: b"v" * n)
@@ -53,21 +77,23 @@ def txt_wire(draw: st.DrawFn) -> bytes:
     """A TXT record as sent: a sequence of length-prefixed strings, some malformed."""
     out = bytearray()
     for _ in range(draw(st.integers(0, 12))):
-        entry = draw(st.one_of(
-            st.tuples(_KEY_BYTES, _VALUE_BYTES).map(lambda kv: kv[0] + b"=" + kv[1]),
-            _KEY_BYTES,                                    # a boolean attribute (no '=')
-            st.tuples(_KEY_BYTES, st.just(b"=")).map(b"".join),   # empty value
-            st.just(b"=" + b"orphan"),                     # empty key
-            st.just(b""),
-        ))[:255]
+        entry = draw(
+            st.one_of(
+                st.tuples(_KEY_BYTES, _VALUE_BYTES).map(lambda kv: kv[0] + b"=" + kv[1]),
+                _KEY_BYTES,  # a boolean attribute (no '=')
+                st.tuples(_KEY_BYTES, st.just(b"=")).map(b"".join),  # empty value
+                st.just(b"=" + b"orphan"),  # empty key
+                st.just(b""),
+            )
+        )[:255]
         out.append(len(entry))
         out += entry
-    if draw(st.integers(0, 4)) == 0:                       # more keys than are kept
+    if draw(st.integers(0, 4)) == 0:  # more keys than are kept
         for i in range(draw(st.integers(MAX_TXT_KEYS - 2, 2 * MAX_TXT_KEYS))):
             entry = b"k%d=v" % i
             out += bytes([len(entry)]) + entry
     if draw(st.booleans()):
-        out.append(draw(st.integers(1, 255)))              # a length byte past the end
+        out.append(draw(st.integers(1, 255)))  # a length byte past the end
         out += draw(st.binary(max_size=8))
     return bytes(out)
 
@@ -82,10 +108,13 @@ _TXT_MAPS = st.one_of(
     txt_wire().map(_decoded),
     st.dictionaries(_KEY_BYTES, st.none() | _VALUE_BYTES | HUGE, max_size=12),
     st.integers(MAX_TXT_KEYS - 2, 3 * MAX_TXT_KEYS).map(
-        lambda n: {b"key%d" % i: b"value" if i % 2 else None for i in range(n)}),
+        lambda n: {b"key%d" % i: b"value" if i % 2 else None for i in range(n)}
+    ),
 )
-_NAMES = st.one_of(st.text(max_size=300), st.sampled_from(
-    ["RallyBar-1L5V32", "Oslo 4.12 display", "\ufffd\ufffd", "a\x00b", "", ".", "x" * 300]))
+_NAMES = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(["RallyBar-1L5V32", "Oslo 4.12 display", "\ufffd\ufffd", "a\x00b", "", ".", "x" * 300]),
+)
 _ADDRESSES = st.lists(st.one_of(st.ip_addresses().map(str), st.text(max_size=20)), max_size=4)
 
 
@@ -96,10 +125,12 @@ def services(draw: st.DrawFn) -> ResolvedService:
     return ResolvedService(
         service_type=draw(st.sampled_from([TYPE, "_http._tcp.local.", "", "_x._udp.local."])),
         name=instance + "." + TYPE if draw(st.booleans()) else instance,
-        server=server, addresses=tuple(draw(_ADDRESSES)),
+        server=server,
+        addresses=tuple(draw(_ADDRESSES)),
         port=draw(st.none() | st.integers(0, 65535)),
         txt=draw(_TXT_MAPS),
-        missing=tuple(draw(st.lists(st.sampled_from(["address", "txt"]), max_size=2, unique=True))))
+        missing=tuple(draw(st.lists(st.sampled_from(["address", "txt"]), max_size=2, unique=True))),
+    )
 
 
 def _check_shown(shown: dict[str, str | bool]) -> None:

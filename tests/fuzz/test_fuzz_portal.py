@@ -71,8 +71,9 @@ def test_classify_maps_every_status(status: int) -> None:
 
 
 _DAYS = st.sampled_from(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Xyz", ""])
-_MONTHS = st.sampled_from(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
-                           "Dec", "Foo", ""])
+_MONTHS = st.sampled_from(
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "Foo", ""]
+)
 
 
 @st.composite
@@ -82,28 +83,38 @@ def http_dates(draw: st.DrawFn) -> str:
     dom = draw(st.integers(-1, 40))
     year = draw(st.integers(-10, 100_000) | st.integers(1900, 2100))
     hh, mm, ss = draw(st.integers(-1, 99)), draw(st.integers(-1, 99)), draw(st.integers(-1, 99))
-    zone = draw(st.sampled_from(["GMT", "UTC", "+0000", "-9999", "+2400", "EST", "", "Z", "+99999",
-                                 "+99999999999999999999"]))
+    zone = draw(
+        st.sampled_from(
+            ["GMT", "UTC", "+0000", "-9999", "+2400", "EST", "", "Z", "+99999", "+99999999999999999999"]
+        )
+    )
     return f"{day}, {dom:02d} {month} {year} {hh:02d}:{mm:02d}:{ss:02d} {zone}".strip()
 
 
 RETRY_AFTER = st.one_of(
-    st.none(), st.text(max_size=40), http_dates(),
-    st.integers(0, 10**6).map(str), st.integers(300, 6000).map(lambda n: "9" * n),
+    st.none(),
+    st.text(max_size=40),
+    http_dates(),
+    st.integers(0, 10**6).map(str),
+    st.integers(300, 6000).map(lambda n: "9" * n),
     st.sampled_from(["²", "٣", "１２", " 120 ", "-1", "1.5", "0x10", "1e3", "\u00a0 7"]),
 )
 
 
 @fuzz(280)
-@given(RETRY_AFTER, st.none() | http_dates() | st.text(max_size=30),
-       st.datetimes(timezones=st.just(UTC)) | st.none())
-@example("²", None, None)           # a digit int() refuses: was a ValueError
-@example("1" * 400, None, None)     # was an OverflowError (int too large for a float)
-@example("9" * 5000, None, None)    # was a ValueError (integer string conversion limit)
+@given(
+    RETRY_AFTER,
+    st.none() | http_dates() | st.text(max_size=30),
+    st.datetimes(timezones=st.just(UTC)) | st.none(),
+)
+@example("²", None, None)  # a digit int() refuses: was a ValueError
+@example("1" * 400, None, None)  # was an OverflowError (int too large for a float)
+@example("9" * 5000, None, None)  # was a ValueError (integer string conversion limit)
 @example("Mon, 01 Jan 99999 00:00:00 GMT", None, NOW)
 @example("Mon, 01 Jan 2020 00:00:00 +99999999999999999999", None, NOW)  # was an OverflowError
-def test_retry_after_is_finite_seconds_or_zero(value: str | None, reply_date: str | None,
-                                               now: datetime | None) -> None:
+def test_retry_after_is_finite_seconds_or_zero(
+    value: str | None, reply_date: str | None, now: datetime | None
+) -> None:
     seconds = retry_after_seconds(value, reply_date, now or NOW)
     assert isinstance(seconds, float) and math.isfinite(seconds) and seconds >= 0.0
 
@@ -112,8 +123,11 @@ BODIES = st.one_of(
     st.text(max_size=400),
     st.binary(max_size=400).map(lambda b: b.decode("utf-8", "replace")),
     JSON_TREES.map(json.dumps),
-    st.builds(lambda k, v: json.dumps({k: v}), st.sampled_from(["detail", "title", "error", "message"]),
-              st.text(max_size=600) | JSON_TREES),
+    st.builds(
+        lambda k, v: json.dumps({k: v}),
+        st.sampled_from(["detail", "title", "error", "message"]),
+        st.text(max_size=600) | JSON_TREES,
+    ),
     HOSTILE_JSON_TEXT,
 )
 
@@ -126,7 +140,7 @@ def _echoing(token: str, body: str, where: int) -> str:
 
 @fuzz(210)
 @given(BODIES, TOKENS, st.integers(0, 500), st.booleans())
-@example("[" * 3000, "t" * 20, 0, False)   # was a RecursionError out of json
+@example("[" * 3000, "t" * 20, 0, False)  # was a RecursionError out of json
 @example(json.dumps({"detail": "x" * 298 + "TOKEN"}), "TOKEN" * 4, 298, True)
 def test_problem_detail_is_short_and_masks_the_token(body: str, token: str, where: int, echo: bool) -> None:
     if echo:
@@ -137,11 +151,19 @@ def test_problem_detail_is_short_and_masks_the_token(body: str, token: str, wher
 
 
 @fuzz(210)
-@given(st.integers(100, 999), st.none() | st.text(max_size=80), BODIES, st.none() | st.text(max_size=400),
-       TOKENS, st.sampled_from(["reason", "body", "location", "none"]), st.integers(0, 400))
+@given(
+    st.integers(100, 999),
+    st.none() | st.text(max_size=80),
+    BODIES,
+    st.none() | st.text(max_size=400),
+    TOKENS,
+    st.sampled_from(["reason", "body", "location", "none"]),
+    st.integers(0, 400),
+)
 @example(500, "Internal error for token TOKENTOKENTOKENTOKEN", "", None, "TOKENTOKENTOKENTOKEN", "none", 0)
-def test_reply_detail_never_echoes_the_token(status: int, reason: str | None, body: str,
-                                             location: str | None, token: str, echo: str, where: int) -> None:
+def test_reply_detail_never_echoes_the_token(
+    status: int, reason: str | None, body: str, location: str | None, token: str, echo: str, where: int
+) -> None:
     if echo == "reason":
         reason = _echoing(token, reason or "", where)
     elif echo == "body":
@@ -156,29 +178,57 @@ def test_reply_detail_never_echoes_the_token(status: int, reason: str | None, bo
 
 # --------------------------------------------------------------------------- replies over HTTP
 
-_CHARSETS = st.sampled_from(["utf-8", "latin-1", "utf-16", "base64", "rot13", "idna", "hex", "zlib",
-                             "punycode", "bogus", "", "utf-8; q=1", '"utf-8"'])
+_CHARSETS = st.sampled_from(
+    [
+        "utf-8",
+        "latin-1",
+        "utf-16",
+        "base64",
+        "rot13",
+        "idna",
+        "hex",
+        "zlib",
+        "punycode",
+        "bogus",
+        "",
+        "utf-8; q=1",
+        '"utf-8"',
+    ]
+)
 
 
 @st.composite
 def replies(draw: st.DrawFn, token: str) -> dict[str, Any]:
-    status = draw(st.integers(200, 599) | st.sampled_from([200, 202, 301, 308, 401, 403, 404, 409, 413,
-                                                           422, 429, 500, 503, 600, 999]))
-    headers = {"Content-Type": f"{draw(st.sampled_from(['text/plain', 'application/json', 'text/html', '']))}"
-                               f"; charset={draw(_CHARSETS)}"}
-    for name, values in (("Retry-After", RETRY_AFTER.filter(bool)), ("Date", http_dates()),
-                         ("Location", st.text(string.printable.strip(), max_size=60))):
+    status = draw(
+        st.integers(200, 599)
+        | st.sampled_from([200, 202, 301, 308, 401, 403, 404, 409, 413, 422, 429, 500, 503, 600, 999])
+    )
+    headers = {
+        "Content-Type": f"{draw(st.sampled_from(['text/plain', 'application/json', 'text/html', '']))}"
+        f"; charset={draw(_CHARSETS)}"
+    }
+    for name, values in (
+        ("Retry-After", RETRY_AFTER.filter(bool)),
+        ("Date", http_dates()),
+        ("Location", st.text(string.printable.strip(), max_size=60)),
+    ):
         if draw(st.booleans()):
             value = draw(values)
-            headers[name] = value.encode("latin-1", "replace").decode("latin-1").replace("\r", " ") \
-                .replace("\n", " ")
+            headers[name] = (
+                value.encode("latin-1", "replace").decode("latin-1").replace("\r", " ").replace("\n", " ")
+            )
     body = draw(BODIES)
     if draw(st.booleans()):
         body = _echoing(token, body, draw(st.integers(0, 300)))
     raw = body.encode("utf-8") if draw(st.booleans()) else draw(st.binary(max_size=300))
     reason = draw(st.none() | st.text(string.ascii_letters + " ", max_size=40) | st.just(f"Bad {token}"))
-    return {"status": status, "headers": headers, "body": raw, "reason": reason,
-            "drop": draw(st.integers(0, 9)) == 0}
+    return {
+        "status": status,
+        "headers": headers,
+        "body": raw,
+        "reason": reason,
+        "drop": draw(st.integers(0, 9)) == 0,
+    }
 
 
 def _delivery(port: int) -> Delivery:
@@ -192,8 +242,9 @@ async def _send_once(reply: dict[str, Any], token: str) -> Attempt:
         if reply["drop"]:
             assert request.transport is not None
             request.transport.close()  # the portal hangs up mid-request
-        return web.Response(body=reply["body"], status=reply["status"], reason=reply["reason"],
-                            headers=reply["headers"])
+        return web.Response(
+            body=reply["body"], status=reply["status"], reason=reply["reason"], headers=reply["headers"]
+        )
 
     app = web.Application()
     app.router.add_post("/v1/events", handler)
@@ -204,8 +255,9 @@ async def _send_once(reply: dict[str, Any], token: str) -> Attempt:
         await site.start()
         delivery = _delivery(runner.addresses[0][1])
         message = SimpleNamespace(schema=SCHEMA_EVENTS, body=b"\x1f\x8b", key="k-1")
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0), auto_decompress=True,
-                                         trust_env=False) as session:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=5.0), auto_decompress=True, trust_env=False
+        ) as session:
             return await delivery._send(session, token, message)  # type: ignore[arg-type]
     finally:
         await runner.cleanup()
@@ -230,8 +282,13 @@ def test_a_reply_in_a_charset_python_cannot_decode_text_with() -> None:
     """Regression: ``Content-Type: text/plain; charset=base64`` made ``reply.text()`` raise
     LookupError out of ``_send`` (and so out of ``Delivery.run``)."""
     for charset in ("base64", "rot13", "idna"):
-        reply = {"status": 500, "headers": {"Content-Type": f"text/plain; charset={charset}"},
-                 "body": b"oops \xff", "reason": None, "drop": False}
+        reply = {
+            "status": 500,
+            "headers": {"Content-Type": f"text/plain; charset={charset}"},
+            "body": b"oops \xff",
+            "reason": None,
+            "drop": False,
+        }
         attempt = asyncio.run(_send_once(reply, "t" * 20))
         assert (attempt.outcome, attempt.status) == (Outcome.RETRY, 500)
         assert attempt.detail.startswith("HTTP 500")
@@ -244,31 +301,56 @@ AGENT = AgentInfo(id="agent-1", version="1.0", hostname="room-pc-12")
 
 def _valid_messages() -> list[bytes]:
     """One message of each schema, built with the protocol's own builders."""
-    device = Device(product="Rally Bar", transport=Transport.USB, address="2-1.1", first_seen=NOW,
-                    last_seen=NOW, serial="2313FD1N08Z2", serial_label_grade=True,
-                    attributes={"peripheral_counts": {"micPod": {"expected": 2, "actual": 1}}})
-    inventory = InventoryMessage(schema=SCHEMA_INVENTORY, agent=AGENT, sequence=7, generated_at=NOW,
-                                 places=[], unassigned=[device_out(device)])
-    event = change_event_out(id=UUID(int=1), type="device.added", time=NOW, identity=device.identity,
-                             product=device.product, serial=device.serial, room=None, before=None,
-                             after={"room": "oslo"})
+    device = Device(
+        product="Rally Bar",
+        transport=Transport.USB,
+        address="2-1.1",
+        first_seen=NOW,
+        last_seen=NOW,
+        serial="2313FD1N08Z2",
+        serial_label_grade=True,
+        attributes={"peripheral_counts": {"micPod": {"expected": 2, "actual": 1}}},
+    )
+    inventory = InventoryMessage(
+        schema=SCHEMA_INVENTORY,
+        agent=AGENT,
+        sequence=7,
+        generated_at=NOW,
+        places=[],
+        unassigned=[device_out(device)],
+    )
+    event = change_event_out(
+        id=UUID(int=1),
+        type="device.added",
+        time=NOW,
+        identity=device.identity,
+        product=device.product,
+        serial=device.serial,
+        room=None,
+        before=None,
+        after={"room": "oslo"},
+    )
     return [serialize(inventory), serialize(events_message(AGENT, 8, NOW, [event]))]
 
 
 VALID = _valid_messages()
 MESSAGES = st.one_of(
     st.sampled_from(VALID),
-    st.sampled_from(VALID).flatmap(lambda m: mutated_tree(json.loads(m), max_steps=3)).map(
-        lambda t: json.dumps(t).encode()),
+    st.sampled_from(VALID)
+    .flatmap(lambda m: mutated_tree(json.loads(m), max_steps=3))
+    .map(lambda t: json.dumps(t).encode()),
     st.sampled_from(VALID).flatmap(lambda m: mutated(m, max_steps=3)),
-    JSON_TREES.map(json.dumps), JSON_TREES.map(lambda t: json.dumps({"schema": SCHEMA_EVENTS, "x": t})),
-    HOSTILE_JSON_TEXT, st.binary(max_size=200), st.text(max_size=200),
+    JSON_TREES.map(json.dumps),
+    JSON_TREES.map(lambda t: json.dumps({"schema": SCHEMA_EVENTS, "x": t})),
+    HOSTILE_JSON_TEXT,
+    st.binary(max_size=200),
+    st.text(max_size=200),
 )
 
 
 @fuzz(210)
 @given(MESSAGES)
-@example("[" * 3000)                           # was a RecursionError
+@example("[" * 3000)  # was a RecursionError
 @example('{"schema": "roomsync.events.v1"' + ',"a":[' * 3000)
 @example(b"\xff\xfe{}")
 def test_parse_message_gives_a_message_or_its_documented_errors(data: str | bytes) -> None:

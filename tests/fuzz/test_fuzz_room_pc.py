@@ -59,25 +59,55 @@ USB_IDS = sorted({(u.vid, u.pid) for p in CATALOG.products.values() for u in p.u
 _TEXT_BYTES = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=100).map(lambda t: (t + "\n").encode("utf-8", "surrogatepass")),
-    st.sampled_from([b"To be filled by O.E.M.\n", b"Default string\n", b"0\n", b"\n", b"G6JY00A1\n",
-                     b"System Product Name\n", b"\x00\x00\x00\x00", b"\xff\xfe\n", b"x" * 5000]),
+    st.sampled_from(
+        [
+            b"To be filled by O.E.M.\n",
+            b"Default string\n",
+            b"0\n",
+            b"\n",
+            b"G6JY00A1\n",
+            b"System Product Name\n",
+            b"\x00\x00\x00\x00",
+            b"\xff\xfe\n",
+            b"x" * 5000,
+        ]
+    ),
 )
 
 
 def _os_release() -> st.SearchStrategy[bytes]:
     line = st.one_of(
-        st.builds(lambda k, v: f"{k}={v}", st.sampled_from(["PRETTY_NAME", "NAME", "VERSION", "ID", "x", ""]),
-                  st.text(max_size=60) | st.sampled_from(['"Ubuntu 24.04 LTS"', "'Debian'", '"unterminated',
-                                                          '"a\\"b\\\\"', "\\", '""'])),
+        st.builds(
+            lambda k, v: f"{k}={v}",
+            st.sampled_from(["PRETTY_NAME", "NAME", "VERSION", "ID", "x", ""]),
+            st.text(max_size=60)
+            | st.sampled_from(['"Ubuntu 24.04 LTS"', "'Debian'", '"unterminated', '"a\\"b\\\\"', "\\", '""']),
+        ),
         st.text(max_size=40),
     )
-    return st.lists(line, max_size=8).map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")) \
-        | st.binary(max_size=200)
+    return st.lists(line, max_size=8).map(
+        lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
+    ) | st.binary(max_size=200)
 
 
-_UPTIME = st.one_of(st.binary(max_size=40), st.sampled_from(
-    [b"350735.47 234388.90\n", b"nan 1", b"inf", b"-1 0", b"1e10", b"9" * 400, b"", b" ", b"\xff 1",
-     b"1_000 2", "١٢٣ 4".encode()]))
+_UPTIME = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"350735.47 234388.90\n",
+            b"nan 1",
+            b"inf",
+            b"-1 0",
+            b"1e10",
+            b"9" * 400,
+            b"",
+            b" ",
+            b"\xff 1",
+            b"1_000 2",
+            "١٢٣ 4".encode(),
+        ]
+    ),
+)
 
 
 class _Failing:
@@ -122,9 +152,13 @@ def linux_pcs(draw: st.DrawFn) -> FakeFiles:
         kind = draw(st.sampled_from(["text", "text", "absent", "fail"]))
         if kind != "absent":
             files[posixpath.join(sysfs, DMI_DIR, name)] = draw(_TEXT_BYTES) if kind == "text" else draw(_FAIL)
-    for path, values in (("/proc/sys/kernel/hostname", _TEXT_BYTES), ("/etc/hostname", _TEXT_BYTES),
-                         ("/etc/os-release", _os_release()), ("/usr/lib/os-release", _os_release()),
-                         ("/proc/uptime", _UPTIME)):
+    for path, values in (
+        ("/proc/sys/kernel/hostname", _TEXT_BYTES),
+        ("/etc/hostname", _TEXT_BYTES),
+        ("/etc/os-release", _os_release()),
+        ("/usr/lib/os-release", _os_release()),
+        ("/proc/uptime", _UPTIME),
+    ):
         kind = draw(st.sampled_from(["text", "text", "absent", "fail"]))
         if kind != "absent":
             files[path] = draw(values) if kind == "text" else draw(_FAIL)
@@ -136,17 +170,25 @@ def linux_pcs(draw: st.DrawFn) -> FakeFiles:
     elif kind == "huge":
         dirs[devices] = [f"1-1.{i}" for i in range(draw(st.integers(1000, 1100)))]
     elif kind == "tree":
-        entry_names = st.sampled_from(["usb1", "1-1", "1-1.1", "1-1.2", "1-1.4", "1-1:1.0", "2-1", "x",
-                                       "1-1.2.3"])
+        entry_names = st.sampled_from(
+            ["usb1", "1-1", "1-1.1", "1-1.2", "1-1.4", "1-1:1.0", "2-1", "x", "1-1.2.3"]
+        )
         names = draw(st.lists(entry_names | st.text(max_size=8), max_size=6, unique=True))
         dirs[devices] = names
         for name in names:
-            vid, pid = draw(st.sampled_from(USB_IDS) | st.tuples(st.integers(0, 0xFFFF),
-                                                                 st.integers(0, 0xFFFF)))
-            attrs = {"idVendor": f"{vid:04x}\n".encode(), "idProduct": f"{pid:04x}\n".encode(),
-                     "bcdDevice": draw(st.binary(max_size=6) | st.just(b"0100\n")),
-                     "descriptors": device_descriptor(vid, pid), "serial": draw(_TEXT_BYTES),
-                     "product": draw(_TEXT_BYTES), "busnum": b"1\n", "devnum": draw(st.binary(max_size=4))}
+            vid, pid = draw(
+                st.sampled_from(USB_IDS) | st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+            )
+            attrs = {
+                "idVendor": f"{vid:04x}\n".encode(),
+                "idProduct": f"{pid:04x}\n".encode(),
+                "bcdDevice": draw(st.binary(max_size=6) | st.just(b"0100\n")),
+                "descriptors": device_descriptor(vid, pid),
+                "serial": draw(_TEXT_BYTES),
+                "product": draw(_TEXT_BYTES),
+                "busnum": b"1\n",
+                "devnum": draw(st.binary(max_size=4)),
+            }
             for attr, value in attrs.items():
                 fate = draw(st.integers(0, 11))
                 path = posixpath.join(devices, name, attr)
@@ -201,16 +243,35 @@ def _windows_document() -> dict[str, object]:
         "roomsync_inventory": 1,
         "bios": {"SerialNumber": "G6JY00A1", "SMBIOSBIOSVersion": "1.2.3", "Manufacturer": "Dell Inc."},
         "computer_system": {"Name": "ROOM-PC-12", "Manufacturer": "Dell Inc.", "Model": "OptiPlex 7090"},
-        "operating_system": {"Caption": "Microsoft Windows 11 IoT Enterprise", "Version": "10.0.22631",
-                             "LastBootUpTime": "2026-11-20T08:00:00.0000000Z", "UptimeSeconds": 100000},
+        "operating_system": {
+            "Caption": "Microsoft Windows 11 IoT Enterprise",
+            "Version": "10.0.22631",
+            "LastBootUpTime": "2026-11-20T08:00:00.0000000Z",
+            "UptimeSeconds": 100000,
+        },
         "baseboard": {"SerialNumber": "/G6JY00A1/CN1/", "Manufacturer": "Dell Inc.", "Product": "0X1Y2Z"},
         "usb": [
-            {"DeviceID": f"USB\\VID_{vid:04X}&PID_{pid:04X}\\2313FD1N08Z2", "Name": "Logi Rally Bar",
-             "Status": "OK", "PNPClass": "USB", "ConfigManagerErrorCode": 0},
-            {"DeviceID": f"USB\\VID_{vid:04X}&PID_{pid:04X}&MI_00\\7&1A2B&0&0000", "Name": "Interface",
-             "Status": "OK", "PNPClass": "Camera", "ConfigManagerErrorCode": 0},
-            {"DeviceID": "USB\\VID_046D&PID_FFFF\\5&2C3D&0&4", "Name": "Something", "Status": "Error",
-             "PNPClass": None, "ConfigManagerErrorCode": 28},
+            {
+                "DeviceID": f"USB\\VID_{vid:04X}&PID_{pid:04X}\\2313FD1N08Z2",
+                "Name": "Logi Rally Bar",
+                "Status": "OK",
+                "PNPClass": "USB",
+                "ConfigManagerErrorCode": 0,
+            },
+            {
+                "DeviceID": f"USB\\VID_{vid:04X}&PID_{pid:04X}&MI_00\\7&1A2B&0&0000",
+                "Name": "Interface",
+                "Status": "OK",
+                "PNPClass": "Camera",
+                "ConfigManagerErrorCode": 0,
+            },
+            {
+                "DeviceID": "USB\\VID_046D&PID_FFFF\\5&2C3D&0&4",
+                "Name": "Something",
+                "Status": "Error",
+                "PNPClass": None,
+                "ConfigManagerErrorCode": 28,
+            },
         ],
     }
 
@@ -218,31 +279,50 @@ def _windows_document() -> dict[str, object]:
 WINDOWS = _windows_document()
 _DEVICE_IDS = st.one_of(
     st.text(max_size=60),
-    st.builds(lambda v, p, rest, inst: f"USB\\VID_{v:04X}&PID_{p:04X}{rest}\\{inst}",
-              st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
-              st.sampled_from(["", "&MI_00", "&REV_0100", "&"]), st.text(max_size=30)),
+    st.builds(
+        lambda v, p, rest, inst: f"USB\\VID_{v:04X}&PID_{p:04X}{rest}\\{inst}",
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        st.sampled_from(["", "&MI_00", "&REV_0100", "&"]),
+        st.text(max_size=30),
+    ),
 )
 WINDOWS_OUTPUTS = st.one_of(
     st.just(json.dumps(WINDOWS).encode()),
     mutated_tree(WINDOWS, max_steps=4).map(lambda t: json.dumps(t).encode()),
-    st.lists(st.fixed_dictionaries({"DeviceID": _DEVICE_IDS, "Status": st.text(max_size=10),
-                                    "ConfigManagerErrorCode": st.integers() | st.booleans() | st.none()}),
-             max_size=8).map(lambda usb: json.dumps({**WINDOWS, "usb": usb}).encode()),
-    st.integers(MAX_USB_DEVICES - 2, MAX_USB_DEVICES + 20).map(lambda n: json.dumps(
-        {**WINDOWS, "usb": [{"DeviceID": f"USB\\VID_046D&PID_{i:04X}\\SN{i}"} for i in range(n)]}).encode()),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "DeviceID": _DEVICE_IDS,
+                "Status": st.text(max_size=10),
+                "ConfigManagerErrorCode": st.integers() | st.booleans() | st.none(),
+            }
+        ),
+        max_size=8,
+    ).map(lambda usb: json.dumps({**WINDOWS, "usb": usb}).encode()),
+    st.integers(MAX_USB_DEVICES - 2, MAX_USB_DEVICES + 20).map(
+        lambda n: json.dumps(
+            {**WINDOWS, "usb": [{"DeviceID": f"USB\\VID_046D&PID_{i:04X}\\SN{i}"} for i in range(n)]}
+        ).encode()
+    ),
     JSON_TREES.map(lambda t: json.dumps(t).encode()),
     HOSTILE_JSON_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.binary(max_size=300),
     st.just(json.dumps(WINDOWS).encode()).flatmap(lambda b: mutated(b, max_steps=3)),
-    st.sampled_from([b"\xef\xbb\xbf" + json.dumps(WINDOWS).encode(), json.dumps(WINDOWS).encode("utf-16"),
-                     b" " * (MAX_OUTPUT_BYTES + 1)]),
+    st.sampled_from(
+        [
+            b"\xef\xbb\xbf" + json.dumps(WINDOWS).encode(),
+            json.dumps(WINDOWS).encode("utf-16"),
+            b" " * (MAX_OUTPUT_BYTES + 1),
+        ]
+    ),
 )
 
 
 @fuzz(80, deadline=timedelta(seconds=5))
 @given(WINDOWS_OUTPUTS)
-@example(b"[" * 3000)          # was a RecursionError out of json
-@example(b"9" * 5000)          # was a ValueError (integer string conversion limit)
+@example(b"[" * 3000)  # was a RecursionError out of json
+@example(b"9" * 5000)  # was a ValueError (integer string conversion limit)
 @example(b'{"roomsync_inventory": 1, "usb": {"DeviceID": "USB\\\\VID_046D&PID_0881\\\\\\u0000"}}')
 def test_windows_output_parses_or_raises_windows_output_error(raw: bytes) -> None:
     try:
@@ -255,13 +335,19 @@ def test_windows_output_parses_or_raises_windows_output_error(raw: bytes) -> Non
 
 
 @fuzz(140)
-@given(st.one_of(
-    st.binary(max_size=400),
-    st.lists(st.text(max_size=40), max_size=5).map(
-        lambda parts: ("#< CLIXML\r\n<Objs>" + "".join(f'<S S="Error">{p}_x000D__x000A_</S>' for p in parts)
-                       + "</Objs>").encode()),
-))
-@example(b"#< CLIXML\n<S S=\"Error\">&#0;&#x1b;[31m&bogus;</S>")
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.lists(st.text(max_size=40), max_size=5).map(
+            lambda parts: (
+                "#< CLIXML\r\n<Objs>"
+                + "".join(f'<S S="Error">{p}_x000D__x000A_</S>' for p in parts)
+                + "</Objs>"
+            ).encode()
+        ),
+    )
+)
+@example(b'#< CLIXML\n<S S="Error">&#0;&#x1b;[31m&bogus;</S>')
 def test_stderr_summary_is_one_clean_line(raw: bytes) -> None:
     line = summarize_stderr(raw)
     assert 0 < len(line) <= 200 and not has_control_chars(line)

@@ -44,8 +44,18 @@ CATALOG = load_catalog()
 CTX = ScanContext(CATALOG, NOW)
 
 _OIDS = st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=16).map(lambda arcs: (1, 3, *arcs))
-_TEXTS = st.sampled_from(["Logitech Rally Bar", "RallyBar-1L5V32", "Linux 5.10 aarch64", "Logitech",
-                          "2313FD1N08Z2", "N/A", "0000000000", "To be filled by O.E.M."])
+_TEXTS = st.sampled_from(
+    [
+        "Logitech Rally Bar",
+        "RallyBar-1L5V32",
+        "Linux 5.10 aarch64",
+        "Logitech",
+        "2313FD1N08Z2",
+        "N/A",
+        "0000000000",
+        "To be filled by O.E.M.",
+    ]
+)
 #: What a decoded GET/GETBULK answer can hold, plus Python types the code should survive.
 SNMP_VALUES = st.one_of(
     st.binary(max_size=300).map(v2c.OctetString),
@@ -64,7 +74,10 @@ SNMP_VALUES = st.one_of(
     st.binary(max_size=4).map(v2c.Bits),
     st.just(v2c.Null("")),
     st.sampled_from([v2c.NoSuchObject(""), v2c.NoSuchInstance(""), v2c.EndOfMibView("")]),
-    st.none(), st.integers(), st.text(max_size=20), st.binary(max_size=20),
+    st.none(),
+    st.integers(),
+    st.text(max_size=20),
+    st.binary(max_size=20),
 )
 #: Column 5 (entPhysicalClass) is an integer; give it plausible ones often.
 _CLASS_VALUES = st.integers(-2, 20).map(v2c.Integer) | SNMP_VALUES
@@ -98,11 +111,14 @@ def test_object_id_text_is_dotted_numbers_or_none(value: Any) -> None:
 
 
 @fuzz(80)
-@given(st.dictionaries(st.sampled_from([*SYSTEM_OIDS, (1, 3, 6, 1, 2, 1, 1, 3, 0)]), SNMP_VALUES),
-       _columns(), st.lists(st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=60),
-                            max_size=3))
-def test_values_become_one_clean_observation(system_values: dict[tuple[int, ...], Any],
-                                             columns: dict[int, list[Any]], problems: list[str]) -> None:
+@given(
+    st.dictionaries(st.sampled_from([*SYSTEM_OIDS, (1, 3, 6, 1, 2, 1, 1, 3, 0)]), SNMP_VALUES),
+    _columns(),
+    st.lists(st.text(st.characters(exclude_categories=["Cc", "Cs"]), max_size=60), max_size=3),
+)
+def test_values_become_one_clean_observation(
+    system_values: dict[tuple[int, ...], Any], columns: dict[int, list[Any]], problems: list[str]
+) -> None:
     system = SystemInfo.from_values(system_values)
     assert system.descr.value is None or len(system.descr.value) <= DESCR_MAX
     rows = entity_rows(columns)
@@ -130,18 +146,19 @@ class FuzzAgent:
 
     async def get(self, address: tuple[str, int], oids: Any) -> list[tuple[tuple[int, ...], Any]]:
         self.requests_sent += 1
-        kind = self.data.draw(st.sampled_from(["answer", "answer", "answer", "timeout", "error"]),
-                              label="get")
+        kind = self.data.draw(
+            st.sampled_from(["answer", "answer", "answer", "timeout", "error"]), label="get"
+        )
         if kind == "timeout":
             raise SnmpTimeout("no answer")
         if kind == "error":
             raise SnmpError("agent answered error-status 5 (genErr)")
-        values = self.data.draw(st.lists(SNMP_VALUES, min_size=len(oids), max_size=len(oids)),
-                                label="system")
+        values = self.data.draw(st.lists(SNMP_VALUES, min_size=len(oids), max_size=len(oids)), label="system")
         return list(zip(oids, values, strict=True))
 
-    async def get_bulk(self, address: tuple[str, int], oids: list[tuple[int, ...]],
-                       repetitions: int) -> list[list[tuple[tuple[int, ...], Any]]]:
+    async def get_bulk(
+        self, address: tuple[str, int], oids: list[tuple[int, ...]], repetitions: int
+    ) -> list[list[tuple[tuple[int, ...], Any]]]:
         self.requests_sent += 1
         self.bulk_calls += 1
         assert self.bulk_calls < 2_000, "the walk does not end"
@@ -154,18 +171,22 @@ class FuzzAgent:
         rows = self.data.draw(st.integers(0, 4), label="rows")
         table = []
         for _ in range(rows):
-            width = self.data.draw(st.sampled_from([len(oids), len(oids), 0, 1, len(oids) + 1]),
-                                   label="width")
+            width = self.data.draw(
+                st.sampled_from([len(oids), len(oids), 0, 1, len(oids) + 1]), label="width"
+            )
             row = []
             for i in range(width):
                 base = oids[i % len(oids)] if oids else (1, 3)
-                oid = self.data.draw(st.one_of(
-                    st.just((*base, 1)),                                   # the next row
-                    st.integers(0, 2**32 - 1).map(lambda n, b=base: (*b[:12], n)),  # any row
-                    st.just(base),                                         # repeated
-                    st.just(base[:-1]) if len(base) > 1 else st.just(base),  # backwards
-                    _OIDS,                                                 # anywhere
-                ), label="oid")
+                oid = self.data.draw(
+                    st.one_of(
+                        st.just((*base, 1)),  # the next row
+                        st.integers(0, 2**32 - 1).map(lambda n, b=base: (*b[:12], n)),  # any row
+                        st.just(base),  # repeated
+                        st.just(base[:-1]) if len(base) > 1 else st.just(base),  # backwards
+                        _OIDS,  # anywhere
+                    ),
+                    label="oid",
+                )
                 row.append((oid, self.data.draw(SNMP_VALUES, label="value")))
             table.append(row)
         return table
@@ -176,8 +197,15 @@ class FuzzAgent:
 def test_walk_ends_and_keeps_what_it_read(data: st.DataObject, max_rows: int, repetitions: int) -> None:
     agent = FuzzAgent(data)
     columns = {c: (*ENT_PHYSICAL_ENTRY, c) for c in ENTITY_COLUMNS}
-    cells, problems = asyncio.run(walk_columns(agent, ("10.0.0.5", 161), columns,  # type: ignore[arg-type]
-                                               max_rows=max_rows, repetitions=repetitions))
+    cells, problems = asyncio.run(
+        walk_columns(
+            agent,
+            ("10.0.0.5", 161),
+            columns,  # type: ignore[arg-type]
+            max_rows=max_rows,
+            repetitions=repetitions,
+        )
+    )
     assert set(cells) == set(columns)
     for column, found in cells.items():
         assert len(found) <= max_rows
@@ -185,8 +213,11 @@ def test_walk_ends_and_keeps_what_it_read(data: st.DataObject, max_rows: int, re
         full = [(*columns[column], *index) for index in indexes]
         assert full == sorted(set(full)), "object ids must strictly increase within a column"
     assert all(isinstance(p, str) and p for p in problems)
-    check_observation(observe("10.0.0.5", SystemInfo.from_values({}), entity_rows(cells), CATALOG, NOW,
-                              entity_problems=problems))
+    check_observation(
+        observe(
+            "10.0.0.5", SystemInfo.from_values({}), entity_rows(cells), CATALOG, NOW, entity_problems=problems
+        )
+    )
 
 
 @fuzz(60, deadline=timedelta(seconds=5))
@@ -202,17 +233,44 @@ def test_sweep_reports_every_responder_or_an_error(data: st.DataObject) -> None:
 
 
 @fuzz(70)
-@given(st.dictionaries(st.sampled_from([SYS_DESCR, SYS_OBJECT_ID, SYS_NAME]), _TEXTS.map(
-    lambda t: v2c.OctetString(t.encode())) | _OIDS.map(v2c.ObjectIdentifier)))
+@given(
+    st.dictionaries(
+        st.sampled_from([SYS_DESCR, SYS_OBJECT_ID, SYS_NAME]),
+        _TEXTS.map(lambda t: v2c.OctetString(t.encode())) | _OIDS.map(v2c.ObjectIdentifier),
+    )
+)
 def test_catalog_matching_survives_any_identity(values: dict[tuple[int, ...], Any]) -> None:
     check_observation(observe("10.0.0.5", SystemInfo.from_values(values), [], CATALOG, NOW))
 
 
 # --------------------------------------------------------------------------- targets
 
-_SPEC_PARTS = st.sampled_from(["10.0.0.1", "10.0.0.0/24", "[fd00::1]", "fd00::/120", "host", "a.b",
-                               ":", "/", "[", "]", "161", "0", "65536", "²", "٣", "-", ".", " ",
-                               "10.0.0.0/8", "::", "%eth0", "1" * 30])
+_SPEC_PARTS = st.sampled_from(
+    [
+        "10.0.0.1",
+        "10.0.0.0/24",
+        "[fd00::1]",
+        "fd00::/120",
+        "host",
+        "a.b",
+        ":",
+        "/",
+        "[",
+        "]",
+        "161",
+        "0",
+        "65536",
+        "²",
+        "٣",
+        "-",
+        ".",
+        " ",
+        "10.0.0.0/8",
+        "::",
+        "%eth0",
+        "1" * 30,
+    ]
+)
 TARGET_SPECS = st.one_of(st.text(max_size=40), st.lists(_SPEC_PARTS, max_size=5).map("".join))
 
 

@@ -92,21 +92,54 @@ def _synthetic_document() -> dict[str, Any]:
     codes = sorted(c for p in load_catalog().products.values() for c in p.collabos_models)
     bar_code, cam_code = codes[0], codes[-1]
     return {
-        "id": "6f1c", "ts": "2026-11-21T12:00:00Z", "type": 2,
-        "payload": {"devices": [
-            {"model": bar_code, "name": "Bar", "serial": "2401AB12CD34", "sw": "1.9.556",
-             "manifest": "1.9.556", "osv": "12", "av": "3.1", "status": 1, "updateStatus": 1,
-             "vid": "0x046d", "pid": "0x089b", "settings": {"wifiPassword": "hunter2"},
-             "peripherals": {
-                 "micPod": {"count": {"expected": 2, "actual": 1},
-                            "data": [{"name": "Rally Mic Pod", "uid": "2402MP000001",
-                                      "sw": "2.1.3", "isOnline": True, "vid": "0x046d"}]},
-                 "camera": {"count": {"expected": 1, "actual": 1},
-                            "data": [{"uid": "2403CAM00001", "name": "Sight", "status": 3}]},
-                 "tableHub": {"count": {"expected": 1, "actual": 0}, "data": []}}},
-            {"model": cam_code, "name": "Sight", "serial": "2403CAM00001", "sw": "1.2",
-             "status": 2, "updateStatus": 8},
-        ]},
+        "id": "6f1c",
+        "ts": "2026-11-21T12:00:00Z",
+        "type": 2,
+        "payload": {
+            "devices": [
+                {
+                    "model": bar_code,
+                    "name": "Bar",
+                    "serial": "2401AB12CD34",
+                    "sw": "1.9.556",
+                    "manifest": "1.9.556",
+                    "osv": "12",
+                    "av": "3.1",
+                    "status": 1,
+                    "updateStatus": 1,
+                    "vid": "0x046d",
+                    "pid": "0x089b",
+                    "settings": {"wifiPassword": "hunter2"},
+                    "peripherals": {
+                        "micPod": {
+                            "count": {"expected": 2, "actual": 1},
+                            "data": [
+                                {
+                                    "name": "Rally Mic Pod",
+                                    "uid": "2402MP000001",
+                                    "sw": "2.1.3",
+                                    "isOnline": True,
+                                    "vid": "0x046d",
+                                }
+                            ],
+                        },
+                        "camera": {
+                            "count": {"expected": 1, "actual": 1},
+                            "data": [{"uid": "2403CAM00001", "name": "Sight", "status": 3}],
+                        },
+                        "tableHub": {"count": {"expected": 1, "actual": 0}, "data": []},
+                    },
+                },
+                {
+                    "model": cam_code,
+                    "name": "Sight",
+                    "serial": "2403CAM00001",
+                    "sw": "1.2",
+                    "status": 2,
+                    "updateStatus": 8,
+                },
+            ]
+        },
     }
 
 
@@ -155,8 +188,7 @@ def _payloads() -> st.SearchStrategy[bytes]:
         st.sampled_from([host_ack_payload(c) for c in Command]),
         st.just(proto.encode_get_device_info_request()),
         st.text(max_size=64).map(lambda t: proto.encode_device_message(kong_event_json=t)),
-        st.just(proto.encode_device_message(header_id="h", timestamp="1",
-                                            device_info_json=ANSWER_JSON)),
+        st.just(proto.encode_device_message(header_id="h", timestamp="1", device_info_json=ANSWER_JSON)),
         st.booleans().map(lambda b: proto.encode_device_message(ack_success=b)),
         st.binary(max_size=48),
     )
@@ -167,8 +199,7 @@ VALID_FRAMES = st.one_of(
     st.builds(encode_frame, st.sampled_from(list(Command)), U32, _payloads()),
     st.just(encode_short_uninit()),
 )
-FRAME_BYTES = st.one_of(st.binary(max_size=64), VALID_FRAMES,
-                        VALID_FRAMES.flatmap(lambda f: mutated(f)))
+FRAME_BYTES = st.one_of(st.binary(max_size=64), VALID_FRAMES, VALID_FRAMES.flatmap(lambda f: mutated(f)))
 
 
 # --------------------------------------------------------------------------- frames
@@ -207,9 +238,15 @@ def test_declared_size_is_bounded_or_a_frame_error(data: bytes, cap: int) -> Non
 
 
 @fuzz(210)
-@given(st.one_of(st.binary(max_size=16), st.sampled_from([device_ack_payload(c) for c in Command]),
-                 U32.map(lambda n: str(n).encode()), st.integers(0, 10**12).map(lambda n: str(n).encode()),
-                 st.text(string.digits + "\x00 +-", max_size=14).map(str.encode)))
+@given(
+    st.one_of(
+        st.binary(max_size=16),
+        st.sampled_from([device_ack_payload(c) for c in Command]),
+        U32.map(lambda n: str(n).encode()),
+        st.integers(0, 10**12).map(lambda n: str(n).encode()),
+        st.text(string.digits + "\x00 +-", max_size=14).map(str.encode),
+    )
+)
 @example("٣".encode())  # a non-ASCII digit
 @example(b"4294967296")
 def test_acks_parse_to_a_u32_or_a_frame_error(payload: bytes) -> None:
@@ -222,10 +259,15 @@ def test_acks_parse_to_a_u32_or_a_frame_error(payload: bytes) -> None:
 
 
 @fuzz(140)
-@given(st.integers(-5, 0x1_0000_0000), st.integers(-5, 0x1_0000_0001), st.binary(max_size=80),
-       st.integers(0, 100))
-def test_encode_frame_refuses_what_a_header_cannot_carry(command: int, seq: int, payload: bytes,
-                                                         cap: int) -> None:
+@given(
+    st.integers(-5, 0x1_0000_0000),
+    st.integers(-5, 0x1_0000_0001),
+    st.binary(max_size=80),
+    st.integers(0, 100),
+)
+def test_encode_frame_refuses_what_a_header_cannot_carry(
+    command: int, seq: int, payload: bytes, cap: int
+) -> None:
     try:
         data = encode_frame(command, seq, payload, max_payload=cap)
     except FrameError:
@@ -240,8 +282,12 @@ def _valid_messages() -> st.SearchStrategy[bytes]:
     text = st.text(max_size=40)
     return st.one_of(
         st.just(proto.encode_get_device_info_request()),
-        st.builds(lambda i, t, j: proto.encode_device_message(header_id=i, timestamp=t,
-                                                              device_info_json=j), text, text, text),
+        st.builds(
+            lambda i, t, j: proto.encode_device_message(header_id=i, timestamp=t, device_info_json=j),
+            text,
+            text,
+            text,
+        ),
         st.builds(lambda j: proto.encode_device_message(kong_event_json=j), text),
         st.builds(lambda b: proto.encode_device_message(ack_success=b), st.booleans()),
     )
@@ -249,8 +295,8 @@ def _valid_messages() -> st.SearchStrategy[bytes]:
 
 #: Protobuf nesting bombs: unknown groups / length-delimited fields nested very deep.
 PROTO_BOMBS = st.one_of(
-    st.integers(1, 20_000).map(lambda n: b"\x0b" * n + b"\x0c" * n),   # field 1 start/end group
-    st.integers(1, 20_000).map(lambda n: b"\x33" * n),                 # field 6 start group, unclosed
+    st.integers(1, 20_000).map(lambda n: b"\x0b" * n + b"\x0c" * n),  # field 1 start/end group
+    st.integers(1, 20_000).map(lambda n: b"\x33" * n),  # field 6 start group, unclosed
     st.integers(1, 3_000).map(lambda n: _nested_ld(n)),
 )
 
@@ -272,13 +318,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-USBMSG_BYTES = st.one_of(st.binary(max_size=200), _valid_messages(),
-                         _valid_messages().flatmap(lambda m: mutated(m)), PROTO_BOMBS)
+USBMSG_BYTES = st.one_of(
+    st.binary(max_size=200), _valid_messages(), _valid_messages().flatmap(lambda m: mutated(m)), PROTO_BOMBS
+)
 
 
 @fuzz(280)
 @given(USBMSG_BYTES)
-@example(b"\x0a\x02\x12\xff")          # header.timestamp with invalid UTF-8
+@example(b"\x0a\x02\x12\xff")  # header.timestamp with invalid UTF-8
 @example(b"\x1a\x02\x12\x00\x22\x00")  # a request and a response at once
 @example(_nested_ld(200))
 def test_usb_msg_decodes_or_raises_proto_error(data: bytes) -> None:
@@ -300,11 +347,15 @@ def test_usb_msg_decodes_or_raises_proto_error(data: bytes) -> None:
 @fuzz(100)
 @given(st.text(max_size=200), st.text(max_size=40), st.text(max_size=40))
 def test_device_messages_round_trip(json_text: str, header_id: str, timestamp: str) -> None:
-    message = proto.decode_usb_msg(proto.encode_device_message(
-        header_id=header_id, timestamp=timestamp, device_info_json=json_text))
+    message = proto.decode_usb_msg(
+        proto.encode_device_message(header_id=header_id, timestamp=timestamp, device_info_json=json_text)
+    )
     assert message.is_device_info_response
-    assert (message.json_payload, message.header_id, message.header_timestamp) == \
-        (json_text, header_id, timestamp)
+    assert (message.json_payload, message.header_id, message.header_timestamp) == (
+        json_text,
+        header_id,
+        timestamp,
+    )
 
 
 # --------------------------------------------------------------------------- the gate
@@ -313,12 +364,16 @@ def test_device_messages_round_trip(json_text: str, header_id: str, timestamp: s
 def _host_frames() -> st.SearchStrategy[bytes]:
     """What the client legitimately sends, plus requests and answers it must never send."""
     return st.one_of(
-        st.builds(encode_frame, st.just(Command.BUFFER_WRITE), U32,
-                  st.just(proto.encode_get_device_info_request())),
+        st.builds(
+            encode_frame, st.just(Command.BUFFER_WRITE), U32, st.just(proto.encode_get_device_info_request())
+        ),
         st.builds(encode_frame, st.just(Command.UNINIT_BUFFER), U32),
-        st.builds(encode_frame, st.just(Command.ACK), U32,
-                  st.sampled_from([host_ack_payload(Command.BUFFER_READ),
-                                   host_ack_payload(Command.UNINIT_BUFFER)])),
+        st.builds(
+            encode_frame,
+            st.just(Command.ACK),
+            U32,
+            st.sampled_from([host_ack_payload(Command.BUFFER_READ), host_ack_payload(Command.UNINIT_BUFFER)]),
+        ),
         st.builds(encode_frame, st.sampled_from(list(Command)), U32, USBMSG_BYTES),
     )
 
@@ -380,11 +435,13 @@ class FuzzDevice:
         self.writes += 1
         self.last_seq = frame.sequence_id
         if frame.command is Command.BUFFER_WRITE:
-            self.queue.append(encode_frame(Command.ACK, frame.sequence_id,
-                                           device_ack_payload(Command.BUFFER_WRITE)))
+            self.queue.append(
+                encode_frame(Command.ACK, frame.sequence_id, device_ack_payload(Command.BUFFER_WRITE))
+            )
         elif frame.command is Command.UNINIT_BUFFER:
-            self.queue.append(encode_frame(Command.ACK, frame.sequence_id,
-                                           device_ack_payload(Command.UNINIT_BUFFER)))
+            self.queue.append(
+                encode_frame(Command.ACK, frame.sequence_id, device_ack_payload(Command.UNINIT_BUFFER))
+            )
             self.queue.append(encode_frame(Command.BUFFER_READ, 0, self.answer))
         elif frame.payload == host_ack_payload(Command.BUFFER_READ):
             self.queue.append(encode_short_uninit())
@@ -399,8 +456,11 @@ class FuzzDevice:
             action = self.data.draw(st.sampled_from(_ACTIONS), label="action")
         if action in _TAMPERING:
             self.tampered = True
-        if self.reads > self.MAX_READS or action == "timeout" or (
-                action in ("deliver", "mutate", "drop", "repeat", "swap") and not self.queue):
+        if (
+            self.reads > self.MAX_READS
+            or action == "timeout"
+            or (action in ("deliver", "mutate", "drop", "repeat", "swap") and not self.queue)
+        ):
             self.clock.advance(timeout)
             raise TransportTimeout("fuzz: nothing to send")
         if action == "drop":
@@ -410,8 +470,9 @@ class FuzzDevice:
         if action == "swap" and len(self.queue) > 1:
             self.queue[0], self.queue[1] = self.queue[1], self.queue[0]
         if action == "junk":
-            data = self.data.draw(st.binary(max_size=40) | VALID_FRAMES.flatmap(lambda f: mutated(f)),
-                                  label="junk")
+            data = self.data.draw(
+                st.binary(max_size=40) | VALID_FRAMES.flatmap(lambda f: mutated(f)), label="junk"
+            )
         elif action == "inject":
             data = self.data.draw(self._unsolicited(), label="inject")
         elif action == "repeat":
@@ -426,15 +487,26 @@ class FuzzDevice:
     def _unsolicited(self) -> st.SearchStrategy[bytes]:
         seqs = st.sampled_from([0, self.last_seq, self.last_seq + 1, 0xFFFF_FFFF])
         return st.one_of(
-            st.builds(lambda s: encode_frame(Command.BUFFER_READ, s, proto.encode_device_message(
-                header_id="evt", kong_event_json='{"type":3}')), seqs),
-            st.builds(lambda c, s: encode_frame(c, s), st.sampled_from([Command.NACK, Command.TIMEOUT]),
-                      seqs),
-            st.builds(lambda s, p: encode_frame(Command.ACK, s, p), seqs,
-                      st.sampled_from([device_ack_payload(c) for c in Command])),
+            st.builds(
+                lambda s: encode_frame(
+                    Command.BUFFER_READ,
+                    s,
+                    proto.encode_device_message(header_id="evt", kong_event_json='{"type":3}'),
+                ),
+                seqs,
+            ),
+            st.builds(
+                lambda c, s: encode_frame(c, s), st.sampled_from([Command.NACK, Command.TIMEOUT]), seqs
+            ),
+            st.builds(
+                lambda s, p: encode_frame(Command.ACK, s, p),
+                seqs,
+                st.sampled_from([device_ack_payload(c) for c in Command]),
+            ),
             st.just(encode_short_uninit()),
-            st.builds(lambda s: encode_frame(Command.BUFFER_WRITE, s,
-                                             proto.encode_get_device_info_request()), seqs),
+            st.builds(
+                lambda s: encode_frame(Command.BUFFER_WRITE, s, proto.encode_get_device_info_request()), seqs
+            ),
             st.builds(lambda p: encode_frame(Command.BUFFER_READ, 0, p), USBMSG_BYTES),
         )
 
@@ -465,8 +537,15 @@ def test_client_ends_in_a_reply_or_a_sync_error(data: st.DataObject, read_size: 
 def test_read_device_info_gives_an_observation_or_a_sync_error(data: st.DataObject) -> None:
     """The whole path a bar's answer takes: frames, UsbMsg, JSON, observations — with the
     answer's JSON itself fuzzed too."""
-    document = data.draw(st.one_of(st.just(ANSWER_JSON), mutated_tree(SYNTHETIC).map(json.dumps),
-                                   JSON_TREES.map(json.dumps), st.text(max_size=100)), label="json")
+    document = data.draw(
+        st.one_of(
+            st.just(ANSWER_JSON),
+            mutated_tree(SYNTHETIC).map(json.dumps),
+            JSON_TREES.map(json.dumps),
+            st.text(max_size=100),
+        ),
+        label="json",
+    )
     clock = FakeClock()
     device = FuzzDevice(data, proto.encode_device_message(device_info_json=document), clock)
     try:
@@ -503,8 +582,9 @@ def _replay(recording: Any) -> None:
 
 @fuzz(60, deadline=timedelta(seconds=5))
 @given(st.data())
-def test_mutated_recording_parses_or_raises_replay_error(recording_doc: dict[str, Any],
-                                                         data: st.DataObject) -> None:
+def test_mutated_recording_parses_or_raises_replay_error(
+    recording_doc: dict[str, Any], data: st.DataObject
+) -> None:
     doc = data.draw(st.one_of(mutated_tree(recording_doc, max_steps=6), JSON_TREES), label="doc")
     try:
         recording = parse_recording(doc, source="fuzzed")
@@ -517,7 +597,8 @@ def test_mutated_recording_parses_or_raises_replay_error(recording_doc: dict[str
 @fuzz(100, deadline=timedelta(seconds=5))
 @given(st.data())
 def test_recorded_transfers_mutated_in_place_replay_to_a_reply_or_a_sync_error(
-        recording_doc: dict[str, Any], data: st.DataObject) -> None:
+    recording_doc: dict[str, Any], data: st.DataObject
+) -> None:
     doc = copy.deepcopy(recording_doc)
     events = doc["UsbDevices"][0]["UsbEvents"]
     with_data = [i for i, ev in enumerate(events) if _base64(ev.get("Data")) is not None]
@@ -533,14 +614,20 @@ def test_recorded_transfers_mutated_in_place_replay_to_a_reply_or_a_sync_error(
 
 
 @fuzz(100)
-@given(st.one_of(st.binary(max_size=300), HOSTILE_JSON_TEXT.map(str.encode),
-                 JSON_TREES.map(lambda t: json.dumps(t).encode()),
-                 JSON_TREES.map(lambda t: json.dumps({"UsbDevices": [t]}).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        HOSTILE_JSON_TEXT.map(str.encode),
+        JSON_TREES.map(lambda t: json.dumps(t).encode()),
+        JSON_TREES.map(lambda t: json.dumps({"UsbDevices": [t]}).encode()),
+    )
+)
 @example(b'{"UsbDevices": [{"UsbInterfaces": 5}]}')  # was a TypeError
 @example(b'{"UsbDevices": [{"UsbInterfaces": [{"UsbEndpoints": 7}]}]}')  # was a TypeError
 @example(b'{"UsbDevices": [{"UsbInterfaces": "abc"}]}')
-def test_recording_files_load_or_raise_replay_error(tmp_path_factory: pytest.TempPathFactory,
-                                                    content: bytes) -> None:
+def test_recording_files_load_or_raise_replay_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
     path: Path = tmp_path_factory.getbasetemp() / "fuzzed-recording.json"
     path.write_bytes(content)
     try:
@@ -608,21 +695,33 @@ def _documents() -> st.SearchStrategy[str | bytes]:
         st.binary(max_size=200),
         mutated(ANSWER_JSON.encode()),
         # Wide instead of deep: many devices, many peripherals, long strings.
-        st.integers(0, 5_000).map(lambda n: json.dumps(
-            {"payload": {"devices": [{"serial": f"S{i:08d}", "model": "x"} for i in range(n)]}})),
-        st.integers(0, MAX_JSON_CHARS).map(lambda n: json.dumps(
-            {"payload": {"devices": [{"serial": "1" * n, "name": "\x00" * (n // 2),
-                                      "attr": "\u202e" * (n // 4)}]}})),
-        nesting_bomb(st.integers(25, 40)).map(
-            lambda bomb: '{"payload": {"devices": [{"x": ' + bomb + "}]}}"),
+        st.integers(0, 5_000).map(
+            lambda n: json.dumps(
+                {"payload": {"devices": [{"serial": f"S{i:08d}", "model": "x"} for i in range(n)]}}
+            )
+        ),
+        st.integers(0, MAX_JSON_CHARS).map(
+            lambda n: json.dumps(
+                {
+                    "payload": {
+                        "devices": [
+                            {"serial": "1" * n, "name": "\x00" * (n // 2), "attr": "\u202e" * (n // 4)}
+                        ]
+                    }
+                }
+            )
+        ),
+        nesting_bomb(st.integers(25, 40)).map(lambda bomb: '{"payload": {"devices": [{"x": ' + bomb + "}]}}"),
     )
 
 
 @fuzz(180, deadline=timedelta(seconds=5))
 @given(_documents())
 @example('{"payload": {"devices": [{}]}}')
-@example('{"payload": {"devices": [{"serial": 5, "peripherals": '
-         '{"a": {"count": {"expected": true, "actual": -1}}}}]}}')
+@example(
+    '{"payload": {"devices": [{"serial": 5, "peripherals": '
+    '{"a": {"count": {"expected": true, "actual": -1}}}}]}}'
+)
 @example('{"payload": {"devices": [{"status": 1e999, "x": NaN}]}}')
 @example("[" * 3_000)
 @example("1" * 5_000)
@@ -638,7 +737,8 @@ def test_device_info_parses_or_raises_device_info_error(document: str | bytes) -
 @fuzz(70, deadline=timedelta(seconds=5))
 @given(st.data())
 def test_recorded_answer_mutated_parses_or_raises_device_info_error(
-        recorded_answer: dict[str, Any], data: st.DataObject) -> None:
+    recorded_answer: dict[str, Any], data: st.DataObject
+) -> None:
     doc = data.draw(mutated_tree(recorded_answer, max_steps=6), label="doc")
     try:
         obs = parse_device_info(json.dumps(doc), address="2-1.1", now=NOW)
@@ -648,8 +748,16 @@ def test_recorded_answer_mutated_parses_or_raises_device_info_error(
 
 
 @fuzz(70)
-@given(st.one_of(st.none(), st.integers(), st.floats(), st.lists(st.integers()), st.binary(max_size=20),
-                 st.text(max_size=20)))
+@given(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.lists(st.integers()),
+        st.binary(max_size=20),
+        st.text(max_size=20),
+    )
+)
 def test_load_document_refuses_wrong_types_with_device_info_error(value: Any) -> None:
     try:
         doc = load_document(value)

@@ -48,16 +48,46 @@ _IDS = st.one_of(st.sampled_from(USB_IDS), st.tuples(st.integers(0, 0xFFFF), st.
 _STRINGS = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=130).map(lambda t: (t + "\n").encode("utf-8", "surrogatepass")),
-    st.sampled_from([b"2313FD1N08Z2\n", b"To be filled by O.E.M.\n", b"00000000\n", b"\n", b"",
-                     b"Logi Rally Bar\n", b"Rally\x00\x00garbage\n", b"\xff\xfe\xfd\n", b"\x1b[31mred\n",
-                     "Cámara ☃\n".encode(), b"\xe2\x80\xae\xe2\x80\x8b\n",
-                     b"x" * (MAX_ATTRIBUTE_BYTES + 10)]),
+    st.sampled_from(
+        [
+            b"2313FD1N08Z2\n",
+            b"To be filled by O.E.M.\n",
+            b"00000000\n",
+            b"\n",
+            b"",
+            b"Logi Rally Bar\n",
+            b"Rally\x00\x00garbage\n",
+            b"\xff\xfe\xfd\n",
+            b"\x1b[31mred\n",
+            "Cámara ☃\n".encode(),
+            b"\xe2\x80\xae\xe2\x80\x8b\n",
+            b"x" * (MAX_ATTRIBUTE_BYTES + 10),
+        ]
+    ),
 )
-_HEX = st.one_of(st.integers(0, 0xFFFF).map(lambda n: f"{n:04x}\n".encode()), st.binary(max_size=12),
-                 st.sampled_from([b"046d", b"046D\n", b"0x46d\n", b"46d\n", b"\n", b"", b"12345\n",
-                                  b"\xef\xbc\x90\xef\xbc\x94\n", b"-1\n", b" 046d \x00"]))
-_DEC = st.one_of(st.integers(0, 999).map(lambda n: f"{n}\n".encode()), st.binary(max_size=10),
-                 st.sampled_from([b"1234567\n", "٣\n".encode(), b"\n", b"-2\n"]))
+_HEX = st.one_of(
+    st.integers(0, 0xFFFF).map(lambda n: f"{n:04x}\n".encode()),
+    st.binary(max_size=12),
+    st.sampled_from(
+        [
+            b"046d",
+            b"046D\n",
+            b"0x46d\n",
+            b"46d\n",
+            b"\n",
+            b"",
+            b"12345\n",
+            b"\xef\xbc\x90\xef\xbc\x94\n",
+            b"-1\n",
+            b" 046d \x00",
+        ]
+    ),
+)
+_DEC = st.one_of(
+    st.integers(0, 999).map(lambda n: f"{n}\n".encode()),
+    st.binary(max_size=10),
+    st.sampled_from([b"1234567\n", "٣\n".encode(), b"\n", b"-2\n"]),
+)
 
 
 @st.composite
@@ -67,10 +97,19 @@ def attributes(draw: st.DrawFn) -> dict[str, bytes]:
     attrs: dict[str, bytes] = {
         "idVendor": draw(st.just(f"{vid:04x}\n".encode()) | _HEX),
         "idProduct": draw(st.just(f"{pid:04x}\n".encode()) | _HEX),
-        "bcdDevice": draw(_HEX), "busnum": draw(_DEC), "devnum": draw(_DEC),
-        "descriptors": draw(st.one_of(st.just(device_descriptor(vid, pid)), st.binary(max_size=40),
-                                      st.just(device_descriptor(vid, pid)).map(lambda d: d[:17]))),
-        "manufacturer": draw(_STRINGS), "product": draw(_STRINGS), "serial": draw(_STRINGS),
+        "bcdDevice": draw(_HEX),
+        "busnum": draw(_DEC),
+        "devnum": draw(_DEC),
+        "descriptors": draw(
+            st.one_of(
+                st.just(device_descriptor(vid, pid)),
+                st.binary(max_size=40),
+                st.just(device_descriptor(vid, pid)).map(lambda d: d[:17]),
+            )
+        ),
+        "manufacturer": draw(_STRINGS),
+        "product": draw(_STRINGS),
+        "serial": draw(_STRINGS),
     }
     for name in draw(st.lists(st.sampled_from(sorted(attrs)), max_size=3)):
         attrs.pop(name, None)
@@ -103,10 +142,31 @@ def test_parse_device_gives_a_record_or_a_value_error(attrs: dict[str, bytes]) -
 
 
 _NAMES = st.one_of(
-    st.sampled_from(["usb1", "usb2", "1-1", "1-1.2", "1-1.4", "1-1.4.1", "2-1", "2-1.4", "1-1:1.0",
-                     "1-2", "3-1.1.1.1.1.1", "usb", "1-", "x", "1-1.2.", "99999999999-1", "０-1", "1-01"]),
+    st.sampled_from(
+        [
+            "usb1",
+            "usb2",
+            "1-1",
+            "1-1.2",
+            "1-1.4",
+            "1-1.4.1",
+            "2-1",
+            "2-1.4",
+            "1-1:1.0",
+            "1-2",
+            "3-1.1.1.1.1.1",
+            "usb",
+            "1-",
+            "x",
+            "1-1.2.",
+            "99999999999-1",
+            "０-1",
+            "1-01",
+        ]
+    ),
     st.text(st.characters(exclude_characters="/\x00", codec="utf-8"), min_size=1, max_size=20).filter(
-        lambda n: n not in (".", "..")),
+        lambda n: n not in (".", "..")
+    ),
 )
 
 
@@ -141,7 +201,8 @@ def _build(root: Path, entries: list[tuple[str, str, dict[str, bytes]]]) -> None
 @fuzz(50, deadline=timedelta(seconds=10))
 @given(sysfs_trees())
 def test_a_captured_tree_reads_every_entry_or_names_why_not(
-        entries: list[tuple[str, str, dict[str, bytes]]]) -> None:
+    entries: list[tuple[str, str, dict[str, bytes]]],
+) -> None:
     with tempfile.TemporaryDirectory(prefix="fuzz-sysfs-") as tmp:
         root = Path(tmp)
         _build(root, entries)
@@ -161,8 +222,9 @@ def test_a_captured_tree_reads_every_entry_or_names_why_not(
 # --------------------------------------------------------------------------- sanitize
 
 _AWKWARD = "a \x00\t\n\u200b\u200c\u200d\u202e\u00a0\u3000\u2028\ufeff\ud800é"
-_TEXT = st.one_of(st.text(max_size=200), st.binary(max_size=200),
-                  st.text(st.sampled_from(_AWKWARD), max_size=40))
+_TEXT = st.one_of(
+    st.text(max_size=200), st.binary(max_size=200), st.text(st.sampled_from(_AWKWARD), max_size=40)
+)
 
 
 @fuzz(280)

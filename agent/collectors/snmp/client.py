@@ -75,8 +75,10 @@ class V3Credentials:
     context_name: str = ""
 
     def __repr__(self) -> str:
-        return (f"V3Credentials(user={self.user!r}, auth={self.auth_protocol}, "
-                f"priv={self.priv_protocol}, keys=***)")
+        return (
+            f"V3Credentials(user={self.user!r}, auth={self.auth_protocol}, "
+            f"priv={self.priv_protocol}, keys=***)"
+        )
 
 
 Credentials = V2cCredentials | V3Credentials
@@ -129,9 +131,13 @@ class SnmpClient:
         self._add_transport(6)
         if isinstance(credentials, V3Credentials):
             config.add_v3_user(
-                self.engine, credentials.user,
-                AUTH_PROTOCOLS[credentials.auth_protocol], credentials.auth_key,
-                PRIV_PROTOCOLS[credentials.priv_protocol], credentials.priv_key)
+                self.engine,
+                credentials.user,
+                AUTH_PROTOCOLS[credentials.auth_protocol],
+                credentials.auth_key,
+                PRIV_PROTOCOLS[credentials.priv_protocol],
+                credentials.priv_key,
+            )
             self._security = (3, 3, credentials.user, 3)  # securityLevel authPriv
             self._context_name = credentials.context_name
             self._context_engine_id = None
@@ -190,8 +196,9 @@ class SnmpClient:
             shared = self._varbind_lists[oids] = v2c.apiPDU.get_varbind_list(template)
         return shared
 
-    async def get_bulk(self, address: tuple[str, int], oids: Sequence[Oid],
-                       max_repetitions: int) -> list[list[tuple[Oid, Any]]]:
+    async def get_bulk(
+        self, address: tuple[str, int], oids: Sequence[Oid], max_repetitions: int
+    ) -> list[list[tuple[Oid, Any]]]:
         """One GETBULK (no non-repeaters): the table of rows, each a list of one varbind
         per requested column."""
         pdu = v2c.GetBulkRequestPDU()
@@ -212,8 +219,9 @@ class SnmpClient:
         status = int(v2c.apiPDU.get_error_status(response))
         if status:
             index = int(v2c.apiPDU.get_error_index(response))
-            raise SnmpError(f"agent answered error-status {status} ({_ERROR_STATUS.get(status, '?')})"
-                            f" at varbind {index}")
+            raise SnmpError(
+                f"agent answered error-status {status} ({_ERROR_STATUS.get(status, '?')}) at varbind {index}"
+            )
         return response
 
     def _send(self, pending: _Pending) -> None:
@@ -230,22 +238,50 @@ class SnmpClient:
         self.requests_sent += 1
         try:
             self.engine.message_dispatcher.send_pdu(
-                self.engine, domain, pending.address, mp_model, sec_model, sec_name, sec_level,
-                self._context_engine_id, self._admin_string(self._context_name), 1, pending.pdu, True, ticks,
-                self._on_response, pending)
+                self.engine,
+                domain,
+                pending.address,
+                mp_model,
+                sec_model,
+                sec_name,
+                sec_level,
+                self._context_engine_id,
+                self._admin_string(self._context_name),
+                1,
+                pending.pdu,
+                True,
+                ticks,
+                self._on_response,
+                pending,
+            )
         except Exception as exc:
             indication = getattr(exc, "get", lambda _k: None)("errorIndication") or exc
             if not pending.future.done():
                 pending.future.set_exception(explain(indication))
 
-    def _on_response(self, _engine: Any, _mp: Any, _sm: Any, _sn: Any, _sl: Any, _ce: Any, _cn: Any,
-                     _pv: Any, pdu: Any, status: Any, _handle: Any, pending: _Pending) -> None:
+    def _on_response(
+        self,
+        _engine: Any,
+        _mp: Any,
+        _sm: Any,
+        _sn: Any,
+        _sl: Any,
+        _ce: Any,
+        _cn: Any,
+        _pv: Any,
+        pdu: Any,
+        status: Any,
+        _handle: Any,
+        pending: _Pending,
+    ) -> None:
         if pending.future.done():
             return
         if status:
             indication = status["errorIndication"]
-            if (isinstance(indication, (errind.NotInTimeWindow, errind.UnknownEngineID))
-                    and pending.discovery_rounds < DISCOVERY_ROUNDS):
+            if (
+                isinstance(indication, (errind.NotInTimeWindow, errind.UnknownEngineID))
+                and pending.discovery_rounds < DISCOVERY_ROUNDS
+            ):
                 pending.discovery_rounds += 1
                 self._send(pending)
                 return
@@ -257,12 +293,14 @@ class SnmpClient:
                 if pending.discovery_rounds:
                     # It answered v3 discovery, then not the encrypted request: agents drop
                     # what they cannot decrypt (net-snmp does, silently).
-                    pending.future.set_exception(SnmpAuthError(
-                        "the agent answered SNMPv3 discovery but not the request: most likely a "
-                        "wrong privacy key or privacy protocol"))
+                    pending.future.set_exception(
+                        SnmpAuthError(
+                            "the agent answered SNMPv3 discovery but not the request: most likely a "
+                            "wrong privacy key or privacy protocol"
+                        )
+                    )
                     return
-            pending.future.set_exception(
-                explain(indication, v3=isinstance(self.credentials, V3Credentials)))
+            pending.future.set_exception(explain(indication, v3=isinstance(self.credentials, V3Credentials)))
             return
         if v2c.apiPDU.get_request_id(pdu) != v2c.apiPDU.get_request_id(pending.pdu):
             pending.future.set_exception(SnmpError("response does not match the request (request-id)"))
@@ -271,10 +309,24 @@ class SnmpClient:
 
 
 _ERROR_STATUS = {
-    1: "tooBig", 2: "noSuchName", 3: "badValue", 4: "readOnly", 5: "genErr", 6: "noAccess",
-    7: "wrongType", 8: "wrongLength", 9: "wrongEncoding", 10: "wrongValue", 11: "noCreation",
-    12: "inconsistentValue", 13: "resourceUnavailable", 14: "commitFailed", 15: "undoFailed",
-    16: "authorizationError", 17: "notWritable", 18: "inconsistentName",
+    1: "tooBig",
+    2: "noSuchName",
+    3: "badValue",
+    4: "readOnly",
+    5: "genErr",
+    6: "noAccess",
+    7: "wrongType",
+    8: "wrongLength",
+    9: "wrongEncoding",
+    10: "wrongValue",
+    11: "noCreation",
+    12: "inconsistentValue",
+    13: "resourceUnavailable",
+    14: "commitFailed",
+    15: "undoFailed",
+    16: "authorizationError",
+    17: "notWritable",
+    18: "inconsistentName",
 }
 
 

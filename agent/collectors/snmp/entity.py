@@ -32,12 +32,35 @@ SYS_NAME = (1, 3, 6, 1, 2, 1, 1, 5, 0)
 SYSTEM_OIDS = (SYS_DESCR, SYS_OBJECT_ID, SYS_NAME)
 ENT_PHYSICAL_ENTRY = (1, 3, 6, 1, 2, 1, 47, 1, 1, 1, 1)
 #: The ENTITY-MIB columns read, by number.
-ENTITY_COLUMNS = {2: "descr", 5: "class", 7: "name", 8: "hardware_rev", 9: "firmware_rev",
-                  10: "software_rev", 11: "serial", 12: "manufacturer", 13: "model"}
+ENTITY_COLUMNS = {
+    2: "descr",
+    5: "class",
+    7: "name",
+    8: "hardware_rev",
+    9: "firmware_rev",
+    10: "software_rev",
+    11: "serial",
+    12: "manufacturer",
+    13: "model",
+}
 CHASSIS = 3
-_CLASS_NAMES = {1: "other", 2: "unknown", 3: "chassis", 4: "backplane", 5: "container",
-                6: "powerSupply", 7: "fan", 8: "sensor", 9: "module", 10: "port", 11: "stack",
-                12: "cpu", 13: "energyObject", 14: "battery", 15: "storageDrive"}
+_CLASS_NAMES = {
+    1: "other",
+    2: "unknown",
+    3: "chassis",
+    4: "backplane",
+    5: "container",
+    6: "powerSupply",
+    7: "fan",
+    8: "sensor",
+    9: "module",
+    10: "port",
+    11: "stack",
+    12: "cpu",
+    13: "energyObject",
+    14: "battery",
+    15: "storageDrive",
+}
 #: sysDescr can be a paragraph; keep enough of it to be useful.
 DESCR_MAX = 512
 
@@ -111,9 +134,11 @@ class SystemInfo:
 
     @classmethod
     def from_values(cls, values: Mapping[tuple[int, ...], Any]) -> SystemInfo:
-        return cls(snmp_text(values.get(SYS_DESCR), max_len=DESCR_MAX),
-                   object_id_text(values.get(SYS_OBJECT_ID)),
-                   snmp_text(values.get(SYS_NAME)))
+        return cls(
+            snmp_text(values.get(SYS_DESCR), max_len=DESCR_MAX),
+            object_id_text(values.get(SYS_OBJECT_ID)),
+            snmp_text(values.get(SYS_NAME)),
+        )
 
 
 @dataclass(slots=True)
@@ -150,8 +175,7 @@ def entity_rows(columns: Mapping[int, list[tuple[tuple[int, ...], Any]]]) -> lis
                 except (TypeError, ValueError):
                     row.problems["class"] = ("wrong-type",)
                 continue
-            text = snmp_text(value, serial=(name == "serial"),
-                             max_len=DESCR_MAX if name == "descr" else 128)
+            text = snmp_text(value, serial=(name == "serial"), max_len=DESCR_MAX if name == "descr" else 128)
             if text.value is not None:
                 row.values[name] = text.value
             repairs = tuple(p for p in text.problems if p not in ("missing", "empty"))
@@ -172,21 +196,33 @@ def main_entity(rows: list[EntityRow]) -> EntityRow | None:
     return rows[0] if rows else None
 
 
-def observe(address: str, system: SystemInfo, rows: list[EntityRow], catalog: Catalog,
-            now: datetime, *, source: str = "snmp",
-            entity_problems: list[str] | None = None) -> Observation:
+def observe(
+    address: str,
+    system: SystemInfo,
+    rows: list[EntityRow],
+    catalog: Catalog,
+    now: datetime,
+    *,
+    source: str = "snmp",
+    entity_problems: list[str] | None = None,
+) -> Observation:
     """One observation of the SNMP agent at ``address``."""
     main = main_entity(rows)
-    vendor = catalog.vendor_for(system.object_id, [main.get("manufacturer") if main else None,
-                                                   system.descr.value])
+    vendor = catalog.vendor_for(
+        system.object_id, [main.get("manufacturer") if main else None, system.descr.value]
+    )
     model = main.get("model") if main else None
     texts = [system.descr.value]
     if main is not None:
         texts += [main.get("descr"), main.get("name")]
-    match = catalog.match_lan(object_id=system.object_id, model=model, texts=texts,
-                              host_name=system.name.value, vendor=vendor)
+    match = catalog.match_lan(
+        object_id=system.object_id, model=model, texts=texts, host_name=system.name.value, vendor=vendor
+    )
     obs = Observation(
-        source=source, transport=Transport.SNMP, address=address, observed_at=now,
+        source=source,
+        transport=Transport.SNMP,
+        address=address,
+        observed_at=now,
         product=match.product.name if match else None,
         model=model,
         vendor=(main.get("manufacturer") if main else None) or (vendor.name if vendor else None),
@@ -196,14 +232,20 @@ def observe(address: str, system: SystemInfo, rows: list[EntityRow], catalog: Ca
         obs.attributes["identified_by"] = match.how
     if main is not None:
         _apply_entity(obs, main)
-        others = [r.to_dict() for r in rows if r is not main and (r.get("serial") or r.get("firmware_rev")
-                                                                   or r.get("software_rev"))]
+        others = [
+            r.to_dict()
+            for r in rows
+            if r is not main and (r.get("serial") or r.get("firmware_rev") or r.get("software_rev"))
+        ]
         if others:
             obs.attributes["entities"] = others
         for column, repairs in main.problems.items():
             for problem in repairs:
-                obs.note(f"snmp-value-{problem}", f"ENTITY-MIB {column} {_PROBLEMS.get(problem, problem)}",
-                         Severity.INFO)
+                obs.note(
+                    f"snmp-value-{problem}",
+                    f"ENTITY-MIB {column} {_PROBLEMS.get(problem, problem)}",
+                    Severity.INFO,
+                )
     for problem in entity_problems or ():
         obs.note("snmp-entity-incomplete", problem, Severity.INFO)
     for label, text in (("sysDescr", system.descr), ("sysName", system.name)):
@@ -234,8 +276,10 @@ def _apply_entity(obs: Observation, main: EntityRow) -> None:
         # Label-grade unless a repair may have altered it: ENTITY-MIB serials are the
         # manufacturer's asset serials (entPhysicalSerialNum), not a chip's.
         obs.serial_label_grade = not main.problems.get("serial")
-    for column, source in (("firmware_rev", "snmp-entity-firmware"),
-                           ("software_rev", "snmp-entity-software")):
+    for column, source in (
+        ("firmware_rev", "snmp-entity-firmware"),
+        ("software_rev", "snmp-entity-software"),
+    ):
         if main.get(column):
             obs.firmware = main.get(column)
             obs.firmware_source = source

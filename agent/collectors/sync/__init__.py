@@ -78,9 +78,15 @@ __all__ = [
 ]
 
 
-def read_device_info(transport: SyncTransport, *, address: str, now: datetime,
-                     catalog: Catalog | None = None, source: str = NAME,
-                     **client_options: Any) -> Observation:
+def read_device_info(
+    transport: SyncTransport,
+    *,
+    address: str,
+    now: datetime,
+    catalog: Catalog | None = None,
+    source: str = NAME,
+    **client_options: Any,
+) -> Observation:
     """GetDeviceInfo over ``transport``, parsed: the bar with its devices and peripherals
     as children. How the exchange went is kept in ``attributes["sync_exchange"]``.
 
@@ -88,10 +94,11 @@ def read_device_info(transport: SyncTransport, *, address: str, now: datetime,
     Raises :class:`SyncError` (one of its subclasses) when the device cannot be read.
     """
     reply = SyncClient(transport, **client_options).get_device_info()
-    observation = parse_device_info(reply.json_text, address=address, now=now,
-                                    catalog=catalog, source=source)
+    observation = parse_device_info(reply.json_text, address=address, now=now, catalog=catalog, source=source)
     observation.attributes["sync_exchange"] = {
-        "attempts": reply.attempts, "read_timeouts": reply.read_timeouts,
-        "unsolicited": reply.unsolicited, "closed": reply.closed,
+        "attempts": reply.attempts,
+        "read_timeouts": reply.read_timeouts,
+        "unsolicited": reply.unsolicited,
+        "closed": reply.closed,
     }
     return observation

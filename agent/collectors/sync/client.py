@@ -115,11 +115,20 @@ class SyncClient:
     reaches the transport, and the only request this class can build is GetDeviceInfo.
     """
 
-    def __init__(self, transport: SyncTransport, *, deadline: float = DEFAULT_DEADLINE,
-                 read_timeout: float = DEFAULT_READ_TIMEOUT, write_timeout: float = 2.5,
-                 read_size: int = DEFAULT_READ_SIZE, timeouts_before_resend: int = 2,
-                 attempts: int = 3, max_unsolicited: int = 256, first_sequence_id: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        transport: SyncTransport,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        write_timeout: float = 2.5,
+        read_size: int = DEFAULT_READ_SIZE,
+        timeouts_before_resend: int = 2,
+        attempts: int = 3,
+        max_unsolicited: int = 256,
+        first_sequence_id: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if deadline <= 0 or read_timeout <= 0 or write_timeout <= 0:
             raise ValueError("deadline and timeouts must be positive")
         if read_size < 64 or attempts < 1 or timeouts_before_resend < 1 or max_unsolicited < 0:
@@ -153,15 +162,13 @@ class SyncClient:
         check_outgoing(data)  # the read-only gate, before any transport sees the bytes
         remaining = deadline_at - self.clock()
         if remaining <= 0:
-            raise SyncTimeout(f"deadline of {self.deadline:g} s passed before sending "
-                              f"{command.label}")
+            raise SyncTimeout(f"deadline of {self.deadline:g} s passed before sending {command.label}")
         self.transport.write(data, min(self.write_timeout, remaining))
         self._next_seq = (seq + 1) & 0xFFFF_FFFF
         return seq
 
     def _send_request(self, deadline_at: float) -> int:
-        return self._send(Command.BUFFER_WRITE, proto.encode_get_device_info_request(),
-                          deadline_at)
+        return self._send(Command.BUFFER_WRITE, proto.encode_get_device_info_request(), deadline_at)
 
 
 class _Exchange:
@@ -204,11 +211,24 @@ class _Exchange:
             self._handle(frame)
         assert self.response is not None and self.response.json_payload is not None
         seconds = self.c.clock() - self.started
-        log.debug("sync.exchange.done", attempts=self.attempt, read_timeouts=self.read_timeouts,
-                  unsolicited=self.unsolicited, closed=self.closed, seconds=round(seconds, 4))
-        return DeviceInfoReply(self.response.json_payload, self.response.header_id,
-                               self.response.header_timestamp, self.attempt,
-                               self.read_timeouts, self.unsolicited, self.closed, seconds)
+        log.debug(
+            "sync.exchange.done",
+            attempts=self.attempt,
+            read_timeouts=self.read_timeouts,
+            unsolicited=self.unsolicited,
+            closed=self.closed,
+            seconds=round(seconds, 4),
+        )
+        return DeviceInfoReply(
+            self.response.json_payload,
+            self.response.header_id,
+            self.response.header_timestamp,
+            self.attempt,
+            self.read_timeouts,
+            self.unsolicited,
+            self.closed,
+            seconds,
+        )
 
     def _start_attempt(self) -> None:
         # Acks owed for BufferReads of a failed attempt are still owed: send them first.
@@ -242,15 +262,16 @@ class _Exchange:
     def _resend_or_fail(self, why: str) -> None:
         if self.attempt >= self.c.attempts:
             raise SyncTimeout(self._stuck(f"{why} after {self.attempt} attempt(s)"))
-        log.debug("sync.exchange.resend", attempt=self.attempt + 1, phase=self.phase.name,
-                  why=why)
+        log.debug("sync.exchange.resend", attempt=self.attempt + 1, phase=self.phase.name, why=why)
         self.in_a_row = 0
         self._start_attempt()
 
     def _stuck(self, why: str) -> str:
-        text = (f"no GetDeviceInfo answer: {why}, {self.phase.value}; "
-                f"{self.read_timeouts} read timeouts, {self.unsolicited} unsolicited messages, "
-                f"{self.c.clock() - self.started:.2f} s")
+        text = (
+            f"no GetDeviceInfo answer: {why}, {self.phase.value}; "
+            f"{self.read_timeouts} read timeouts, {self.unsolicited} unsolicited messages, "
+            f"{self.c.clock() - self.started:.2f} s"
+        )
         if self.undecodable:
             text += f"; skipped undecodable BufferRead: {self.undecodable}"
         return text
@@ -271,8 +292,7 @@ class _Exchange:
         if remaining <= 0:
             return None
         try:
-            return bytes(self.c.transport.read(self.c.read_size,
-                                               min(self.c.read_timeout, remaining)))
+            return bytes(self.c.transport.read(self.c.read_size, min(self.c.read_timeout, remaining)))
         except TransportTimeout:
             return None
 
@@ -289,14 +309,16 @@ class _Exchange:
             # USB ends a transfer with a short packet: only a transfer that filled the
             # whole buffer can have more of the same frame behind it.
             if chunk < self.c.read_size:
-                raise FrameError(f"truncated frame: header declares {size} bytes, the "
-                                 f"transfer ended after {len(data)}")
+                raise FrameError(
+                    f"truncated frame: header declares {size} bytes, the transfer ended after {len(data)}"
+                )
             more = self._read()
             if more is None and self.finished:
                 return None  # deadline with the answer already in: stop here
             if more is None:
-                raise FrameError(f"frame incomplete: {len(data)} of {size} bytes arrived "
-                                 f"before the read timed out")
+                raise FrameError(
+                    f"frame incomplete: {len(data)} of {size} bytes arrived before the read timed out"
+                )
             chunk = len(more)
             data += more
         return decode_frame(data)
@@ -312,13 +334,15 @@ class _Exchange:
             self._on_device_uninit()
         elif frame.command is Command.NACK:
             if frame.sequence_id in (self.write_seq, self.uninit_seq):
-                raise SyncProtocolError(f"device refused (Nack) seq {frame.sequence_id} "
-                                        f"while {self.phase.value}")
+                raise SyncProtocolError(
+                    f"device refused (Nack) seq {frame.sequence_id} while {self.phase.value}"
+                )
             self._unsolicited(frame)
         elif frame.command is Command.TIMEOUT:
             # The device gave up on the command we wait for: the request is lost, send again.
-            want = {_Phase.AWAIT_WRITE_ACK: self.write_seq,
-                    _Phase.AWAIT_UNINIT_ACK: self.uninit_seq}.get(self.phase)
+            want = {_Phase.AWAIT_WRITE_ACK: self.write_seq, _Phase.AWAIT_UNINIT_ACK: self.uninit_seq}.get(
+                self.phase
+            )
             if frame.sequence_id == want:
                 self._resend_or_fail(f"device reported Timeout for seq {frame.sequence_id}")
             else:
@@ -328,8 +352,10 @@ class _Exchange:
 
     def _on_ack(self, frame: Frame) -> None:
         seq = frame.sequence_id
-        expecting = {_Phase.AWAIT_WRITE_ACK: (self.write_seq, Command.BUFFER_WRITE),
-                     _Phase.AWAIT_UNINIT_ACK: (self.uninit_seq, Command.UNINIT_BUFFER)}
+        expecting = {
+            _Phase.AWAIT_WRITE_ACK: (self.write_seq, Command.BUFFER_WRITE),
+            _Phase.AWAIT_UNINIT_ACK: (self.uninit_seq, Command.UNINIT_BUFFER),
+        }
         want = expecting.get(self.phase)
         if want is None or seq != want[0]:
             self._unsolicited(frame)  # an ack for another (earlier) frame
@@ -339,8 +365,9 @@ class _Exchange:
         except FrameError as exc:
             raise SyncProtocolError(f"Ack for seq {seq}: {exc}") from exc
         if acked != want[1]:
-            raise SyncProtocolError(f"device acknowledged {command_label(acked)} for seq {seq}, "
-                                    f"expected {want[1].label}")
+            raise SyncProtocolError(
+                f"device acknowledged {command_label(acked)} for seq {seq}, expected {want[1].label}"
+            )
         if self.phase is _Phase.AWAIT_WRITE_ACK:
             self.phase = _Phase.AWAIT_UNINIT_ACK
             self.uninit_seq = self.c._send(Command.UNINIT_BUFFER, b"", self.deadline_at)
@@ -357,9 +384,12 @@ class _Exchange:
             message = None
             self.undecodable = str(exc)
         # The response comes after our UninitBuffer; anything else is unsolicited.
-        ours = (message is not None and message.is_device_info_response
-                and self.response is None
-                and self.phase in (_Phase.AWAIT_UNINIT_ACK, _Phase.AWAIT_RESPONSE))
+        ours = (
+            message is not None
+            and message.is_device_info_response
+            and self.response is None
+            and self.phase in (_Phase.AWAIT_UNINIT_ACK, _Phase.AWAIT_RESPONSE)
+        )
         if ours:
             self.response = message
         else:
@@ -396,9 +426,16 @@ class _Exchange:
 
     def _unsolicited(self, frame: Frame, message: proto.SyncMessage | None = None) -> None:
         self.unsolicited += 1
-        log.debug("sync.exchange.unsolicited", frame=frame.describe(),
-                  message=message.name if message else None, phase=self.phase.name)
+        log.debug(
+            "sync.exchange.unsolicited",
+            frame=frame.describe(),
+            message=message.name if message else None,
+            phase=self.phase.name,
+        )
         if self.unsolicited > self.c.max_unsolicited:
-            raise SyncProtocolError(self._stuck(
-                f"device sent more than {self.c.max_unsolicited} messages that were not the "
-                f"answer (flood)"))
+            raise SyncProtocolError(
+                self._stuck(
+                    f"device sent more than {self.c.max_unsolicited} messages that were not the "
+                    f"answer (flood)"
+                )
+            )

@@ -50,17 +50,35 @@ MAX_PERIPHERALS_PER_GROUP = 64
 MAX_ATTRIBUTE_TEXT = 256
 
 #: ``status`` of a device (protocols.md, V).
-DEVICE_STATES = {-1: "unknown", 0: "offline", 1: "online", 2: "idle", 3: "in-use",
-                 4: "audio-only", 5: "enumerating"}
+DEVICE_STATES = {
+    -1: "unknown",
+    0: "offline",
+    1: "online",
+    2: "idle",
+    3: "in-use",
+    4: "audio-only",
+    5: "enumerating",
+}
 #: ``updateStatus`` (U: fwupd's Logitech bulk-controller plugin; protocols.md names the
 #: field only). 2 is not defined there.
-UPDATE_STATES = {-1: "unknown", 0: "current", 1: "available", 3: "starting", 4: "downloading",
-                 5: "ready", 6: "updating", 7: "scheduled", 8: "error"}
+UPDATE_STATES = {
+    -1: "unknown",
+    0: "current",
+    1: "available",
+    3: "starting",
+    4: "downloading",
+    5: "ready",
+    6: "updating",
+    7: "scheduled",
+    8: "error",
+}
 _UPDATE_ISSUES = {
     "available": ("update-available", "a firmware update is available", Severity.INFO),
     "error": ("update-failed", "the last firmware update failed", Severity.WARNING),
-    **{s: ("update-in-progress", f"a firmware update is in progress ({s})", Severity.INFO)
-       for s in ("starting", "downloading", "ready", "updating", "scheduled")},
+    **{
+        s: ("update-in-progress", f"a firmware update is in progress ({s})", Severity.INFO)
+        for s in ("starting", "downloading", "ready", "updating", "scheduled")
+    },
 }
 #: Component firmware versions (protocols.md: manifest, osv, av audio, ptv/zfv/hkv).
 COMPONENT_KEYS = ("manifest", "osv", "av", "vv", "ptv", "zfv", "hkv")
@@ -69,8 +87,9 @@ _GROUP_LABELS = {"micPod": "Mic Pod", "camera": "camera", "remote": "remote"}
 _HEX_ID = re.compile(r"^0x[0-9a-fA-F]{1,4}$")
 
 
-def parse_device_info(document: str | bytes, *, address: str, now: datetime,
-                      catalog: Catalog | None = None, source: str = NAME) -> Observation:
+def parse_device_info(
+    document: str | bytes, *, address: str, now: datetime, catalog: Catalog | None = None, source: str = NAME
+) -> Observation:
     """The bar (``devices[0]``) as an observation, with its devices and peripherals as
     children. ``address`` is where the bar was reached (its USB port name).
 
@@ -88,8 +107,11 @@ def parse_device_info(document: str | bytes, *, address: str, now: datetime,
     bar = ctx.device(devices[0], "payload.devices[0]", address)
     bar.attributes["sync_message"] = _plain({k: v for k, v in doc.items() if k != "payload"})
     if len(devices) > MAX_DEVICES:
-        bar.note("sync-data-malformed", f"{len(devices)} devices reported; only the first "
-                 f"{MAX_DEVICES} are read", Severity.INFO)
+        bar.note(
+            "sync-data-malformed",
+            f"{len(devices)} devices reported; only the first {MAX_DEVICES} are read",
+            Severity.INFO,
+        )
     by_serial: dict[str, Observation] = {}
     entries: list[tuple[dict[str, Any], Observation]] = [(devices[0], bar)]
     for i, raw in enumerate(devices[1:MAX_DEVICES], 1):
@@ -113,8 +135,9 @@ def load_document(document: str | bytes) -> dict[str, Any]:
     if isinstance(document, bytes | bytearray | memoryview):
         raw = bytes(document)
         if len(raw) > 4 * MAX_JSON_CHARS:
-            raise DeviceInfoError(f"GetDeviceInfo document of {len(raw)} bytes is over the "
-                                  f"cap of {MAX_JSON_CHARS} characters")
+            raise DeviceInfoError(
+                f"GetDeviceInfo document of {len(raw)} bytes is over the cap of {MAX_JSON_CHARS} characters"
+            )
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -124,20 +147,21 @@ def load_document(document: str | bytes) -> dict[str, Any]:
     else:
         raise DeviceInfoError(f"GetDeviceInfo document must be text, not {type(document).__name__}")
     if len(text) > MAX_JSON_CHARS:
-        raise DeviceInfoError(f"GetDeviceInfo document of {len(text)} characters is over the "
-                              f"cap of {MAX_JSON_CHARS}")
+        raise DeviceInfoError(
+            f"GetDeviceInfo document of {len(text)} characters is over the cap of {MAX_JSON_CHARS}"
+        )
     try:
         doc = json.loads(text, parse_constant=_no_constant)
     except RecursionError as exc:
         raise DeviceInfoError(f"GetDeviceInfo document nests deeper than {MAX_DEPTH}") from exc
     except json.JSONDecodeError as exc:
-        raise DeviceInfoError(f"GetDeviceInfo document is not JSON: {exc.msg} at line "
-                              f"{exc.lineno} column {exc.colno}") from exc
+        raise DeviceInfoError(
+            f"GetDeviceInfo document is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     except ValueError as exc:  # e.g. an integer with more digits than Python will convert
         raise DeviceInfoError(f"GetDeviceInfo document is not usable JSON: {exc}") from exc
     if not isinstance(doc, dict):
-        raise DeviceInfoError(f"GetDeviceInfo document is a JSON {type(doc).__name__}, "
-                              f"not an object")
+        raise DeviceInfoError(f"GetDeviceInfo document is a JSON {type(doc).__name__}, not an object")
     _check_depth(doc)
     return doc
 
@@ -175,8 +199,12 @@ def _is_clean(text: str, max_len: int) -> bool:
     """True when :func:`agent.sanitize.clean_text` would return ``text`` unchanged:
     printable ASCII, not empty, within the cap, no leading, trailing or doubled spaces.
     (Three C-level string checks instead of a Python loop over the characters.)"""
-    return (0 < len(text) <= max_len and text.isascii() and text.isprintable()
-            and (" " not in text or (text[0] != " " and text[-1] != " " and "  " not in text)))
+    return (
+        0 < len(text) <= max_len
+        and text.isascii()
+        and text.isprintable()
+        and (" " not in text or (text[0] != " " and text[-1] != " " and "  " not in text))
+    )
 
 
 def _text(value: Any, max_len: int = 128) -> tuple[str | None, tuple[str, ...]]:
@@ -223,8 +251,12 @@ def _plain(value: Any) -> Any:
             t = type(v)
             if t is str:
                 # _is_clean, inlined: the hottest line of the parser
-                if (0 < len(v) <= MAX_ATTRIBUTE_TEXT and v.isascii() and v.isprintable()
-                        and (" " not in v or (v[0] != " " and v[-1] != " " and "  " not in v))):
+                if (
+                    0 < len(v) <= MAX_ATTRIBUTE_TEXT
+                    and v.isascii()
+                    and v.isprintable()
+                    and (" " not in v or (v[0] != " " and v[-1] != " " and "  " not in v))
+                ):
                     out[key] = v
                 else:
                     out[key] = clean_text(v, max_len=MAX_ATTRIBUTE_TEXT).value
@@ -234,8 +266,11 @@ def _plain(value: Any) -> Any:
                 out[key] = _plain(v)
         return out
     if kind is str:
-        return value if _is_clean(value, MAX_ATTRIBUTE_TEXT) else \
-            clean_text(value, max_len=MAX_ATTRIBUTE_TEXT).value
+        return (
+            value
+            if _is_clean(value, MAX_ATTRIBUTE_TEXT)
+            else clean_text(value, max_len=MAX_ATTRIBUTE_TEXT).value
+        )
     if kind is list:
         return [_plain(v) for v in value]
     if kind is float:
@@ -264,14 +299,12 @@ class _Context:
         self.source = source
 
     def _new(self, address: str) -> Observation:
-        return Observation(source=self.source, transport=Transport.USB, address=address,
-                           observed_at=self.now)
+        return Observation(source=self.source, transport=Transport.USB, address=address, observed_at=self.now)
 
     def _field(self, obs: Observation, raw: dict[str, Any], key: str, where: str) -> str | None:
         value, problems = _text(raw.get(key))
         for problem in problems:
-            obs.note("sync-data-malformed", f"{where}.{key} {_PROBLEMS.get(problem, problem)}",
-                     Severity.INFO)
+            obs.note("sync-data-malformed", f"{where}.{key} {_PROBLEMS.get(problem, problem)}", Severity.INFO)
         return value
 
     def device(self, raw: dict[str, Any], where: str, address: str) -> Observation:
@@ -290,8 +323,11 @@ class _Context:
         else:
             obs.product = UNKNOWN_LOGITECH
             obs.vendor = "Logitech" if vid in (None, LOGITECH_VID) else None
-            obs.note("unknown-product", f"CollabOS model {model or '(none)'} "
-                     f"({name or 'no name'}) is not in the catalog", Severity.INFO)
+            obs.note(
+                "unknown-product",
+                f"CollabOS model {model or '(none)'} ({name or 'no name'}) is not in the catalog",
+                Severity.INFO,
+            )
         obs.model = model or (product.model if product else None)
         self._serial(obs, raw, where, key_device=bool(product and product.key_device))
         obs.firmware = self._field(obs, raw, "sw", where)
@@ -304,23 +340,26 @@ class _Context:
         self._status(obs, raw)
         return obs
 
-    def _serial(self, obs: Observation, raw: dict[str, Any], where: str, *,
-                key_device: bool) -> None:
+    def _serial(self, obs: Observation, raw: dict[str, Any], where: str, *, key_device: bool) -> None:
         value = raw.get("serial")
         if isinstance(value, str):
             cleaned = clean_serial(value)
             obs.serial = cleaned.value
             for problem in cleaned.problems:
-                obs.note(f"sync-serial-{problem}",
-                         f"{where}.serial {_PROBLEMS.get(problem, problem)}", Severity.WARNING)
+                obs.note(
+                    f"sync-serial-{problem}",
+                    f"{where}.serial {_PROBLEMS.get(problem, problem)}",
+                    Severity.WARNING,
+                )
             if cleaned.value is not None:
                 obs.serial_source = SerialSource.SYNC_INTERFACE
                 obs.serial_label_grade = cleaned.trustworthy
         elif value is not None:
             obs.note("sync-data-malformed", f"{where}.serial is not text", Severity.INFO)
         if obs.serial is None and key_device:
-            obs.note("serial-missing", "the Sync interface reported no usable serial number",
-                     Severity.WARNING)
+            obs.note(
+                "serial-missing", "the Sync interface reported no usable serial number", Severity.WARNING
+            )
 
     def _status(self, obs: Observation, raw: dict[str, Any], *, state: bool = True) -> None:
         status = _code(raw.get("status"))
@@ -333,8 +372,7 @@ class _Context:
             if word in _UPDATE_ISSUES:
                 obs.note(*_UPDATE_ISSUES[word])
 
-    def peripherals(self, groups: Any, owner: Observation,
-                    by_serial: dict[str, Observation]) -> None:
+    def peripherals(self, groups: Any, owner: Observation, by_serial: dict[str, Observation]) -> None:
         """Children and health of one device's ``peripherals`` object."""
         if groups is None:
             return
@@ -345,45 +383,48 @@ class _Context:
         for raw_key, group in groups.items():
             key = _key(raw_key) if isinstance(raw_key, str) else None
             if key is None or not isinstance(group, dict):
-                owner.note("sync-data-malformed", f"peripherals.{key} is not an object",
-                           Severity.INFO)
+                owner.note("sync-data-malformed", f"peripherals.{key} is not an object", Severity.INFO)
                 continue
             self._count(owner, key, group.get("count"), counts)
             entries = group.get("data")
             if entries is None:
                 continue
             if not isinstance(entries, list):
-                owner.note("sync-data-malformed", f"peripherals.{key}.data is not a list",
-                           Severity.INFO)
+                owner.note("sync-data-malformed", f"peripherals.{key}.data is not a list", Severity.INFO)
                 continue
             for j, entry in enumerate(entries[:MAX_PERIPHERALS_PER_GROUP]):
                 if isinstance(entry, dict):
                     self._peripheral(owner, key, j, entry, by_serial)
                 else:
-                    owner.note("sync-data-malformed",
-                               f"peripherals.{key}.data[{j}] is not an object", Severity.INFO)
+                    owner.note(
+                        "sync-data-malformed", f"peripherals.{key}.data[{j}] is not an object", Severity.INFO
+                    )
         if counts:
             owner.attributes["peripheral_counts"] = counts
 
-    def _count(self, owner: Observation, key: str, count: Any,
-               counts: dict[str, dict[str, int]]) -> None:
+    def _count(self, owner: Observation, key: str, count: Any, counts: dict[str, dict[str, int]]) -> None:
         if not isinstance(count, dict):
             return
         expected, actual = _code(count.get("expected")), _code(count.get("actual"))
         if expected is None or actual is None or expected < 0 or actual < 0:
-            owner.note("sync-data-malformed", f"peripherals.{key}.count is not two whole "
-                       f"numbers", Severity.INFO)
+            owner.note(
+                "sync-data-malformed", f"peripherals.{key}.count is not two whole numbers", Severity.INFO
+            )
             return
         counts[key] = {"expected": expected, "actual": actual}
         if actual < expected:
             label = _GROUP_LABELS.get(key) or _words(key)
             missing = expected - actual
-            owner.note("peripheral-missing",
-                       f"{missing} of {expected} expected {label}{'s' if expected != 1 else ''} "
-                       f"missing: Sync reports {actual} connected", Severity.WARNING)
+            owner.note(
+                "peripheral-missing",
+                f"{missing} of {expected} expected {label}{'s' if expected != 1 else ''} "
+                f"missing: Sync reports {actual} connected",
+                Severity.WARNING,
+            )
 
-    def _peripheral(self, owner: Observation, group: str, j: int, entry: dict[str, Any],
-                    by_serial: dict[str, Observation]) -> None:
+    def _peripheral(
+        self, owner: Observation, group: str, j: int, entry: dict[str, Any], by_serial: dict[str, Observation]
+    ) -> None:
         uid = _serial_text(entry.get("uid"))
         known = by_serial.get(uid) if uid else None
         if known is not None:

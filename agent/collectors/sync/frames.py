@@ -86,8 +86,9 @@ class Frame:
         return f"{self.command.label}(seq {self.sequence_id}, {len(self.payload)} bytes {shown!r})"
 
 
-def encode_frame(command: Command | int, sequence_id: int, payload: bytes = b"", *,
-                 max_payload: int = MAX_PAYLOAD) -> bytes:
+def encode_frame(
+    command: Command | int, sequence_id: int, payload: bytes = b"", *, max_payload: int = MAX_PAYLOAD
+) -> bytes:
     """Header + payload. Raises :class:`FrameError` for values the header cannot carry."""
     if int(command) not in _COMMANDS:
         raise FrameError(f"unknown command {command_label(int(command))}")
@@ -119,8 +120,9 @@ def declared_size(data: bytes, *, max_payload: int = MAX_PAYLOAD) -> int:
     if command not in _COMMANDS:
         raise FrameError(f"unknown command {command_label(command)} in frame header")
     if length > max_payload:
-        raise FrameError(f"{command_label(command)} declares a payload of {length} bytes, "
-                         f"over the cap of {max_payload}")
+        raise FrameError(
+            f"{command_label(command)} declares a payload of {length} bytes, over the cap of {max_payload}"
+        )
     return HEADER_SIZE + length
 
 
@@ -132,11 +134,15 @@ def decode_frame(data: bytes, *, max_payload: int = MAX_PAYLOAD) -> Frame:
     size = declared_size(data, max_payload=max_payload)
     command, _length, seq = HEADER.unpack_from(data)
     if len(data) < size:
-        raise FrameError(f"truncated {command_label(command)} frame: header declares "
-                         f"{size - HEADER_SIZE} payload bytes, {len(data) - HEADER_SIZE} arrived")
+        raise FrameError(
+            f"truncated {command_label(command)} frame: header declares "
+            f"{size - HEADER_SIZE} payload bytes, {len(data) - HEADER_SIZE} arrived"
+        )
     if len(data) > size:
-        raise FrameError(f"{command_label(command)} frame has {len(data) - size} bytes after "
-                         f"its declared {size - HEADER_SIZE}-byte payload")
+        raise FrameError(
+            f"{command_label(command)} frame has {len(data) - size} bytes after "
+            f"its declared {size - HEADER_SIZE}-byte payload"
+        )
     return Frame(Command(command), seq, data[HEADER_SIZE:])
 
 

@@ -56,15 +56,16 @@ def check_outgoing(data: bytes) -> Frame:
     elif frame.command is Command.UNINIT_BUFFER:
         if frame.payload:
             raise ReadOnlyViolation(
-                f"refused to send an UninitBuffer with a {len(frame.payload)}-byte payload")
+                f"refused to send an UninitBuffer with a {len(frame.payload)}-byte payload"
+            )
     elif frame.command is Command.ACK:
         if frame.payload not in _ACKABLE:
             raise ReadOnlyViolation(
                 f"refused to send an Ack with payload {frame.payload[:16]!r}: the host only "
-                f"acknowledges BufferRead and UninitBuffer")
+                f"acknowledges BufferRead and UninitBuffer"
+            )
     else:
-        raise ReadOnlyViolation(
-            f"refused to send {command_label(frame.command)}: only the device sends it")
+        raise ReadOnlyViolation(f"refused to send {command_label(frame.command)}: only the device sends it")
     return frame
 
 
@@ -72,10 +73,10 @@ def _check_request(payload: bytes) -> None:
     try:
         msg = proto.parse_usb_msg(payload)
     except ProtoError as exc:
-        raise ReadOnlyViolation(f"refused to send a BufferWrite that is not a UsbMsg: {exc}") \
-            from exc
-    if (msg.HasField("header") and (len(msg.header.id) > MAX_HEADER_TEXT
-                                    or len(msg.header.timestamp) > MAX_HEADER_TEXT)):
+        raise ReadOnlyViolation(f"refused to send a BufferWrite that is not a UsbMsg: {exc}") from exc
+    if msg.HasField("header") and (
+        len(msg.header.id) > MAX_HEADER_TEXT or len(msg.header.timestamp) > MAX_HEADER_TEXT
+    ):
         raise ReadOnlyViolation("refused to send a request with an oversized header")
     canonical = proto.UsbMsg()
     if msg.HasField("header"):
@@ -84,8 +85,9 @@ def _check_request(payload: bytes) -> None:
         canonical.header.timestamp = msg.header.timestamp
     canonical.request.get_device_info.SetInParent()
     if canonical.SerializeToString(deterministic=True) != payload:
-        raise ReadOnlyViolation(f"refused to send {_what(payload)}: roomsync only ever sends "
-                                f"GetDeviceInfo (it is read-only)")
+        raise ReadOnlyViolation(
+            f"refused to send {_what(payload)}: roomsync only ever sends GetDeviceInfo (it is read-only)"
+        )
 
 
 def _what(payload: bytes) -> str:
@@ -96,16 +98,21 @@ def _what(payload: bytes) -> str:
         return f"a BufferWrite that is not one request ({exc})"
     if name == "GetDeviceInfo":
         extras = _extras(proto.parse_usb_msg(payload))
-        return ("a GetDeviceInfo request with extra or reordered fields"
-                + (f" ({', '.join(extras)})" if extras else ""))
+        return "a GetDeviceInfo request with extra or reordered fields" + (
+            f" ({', '.join(extras)})" if extras else ""
+        )
     return f"a {name} request"
 
 
 def _extras(msg: Any) -> list[str]:
     """What a GetDeviceInfo-looking message carries besides it, for the refusal message."""
     found = [f"a {body} body" for body in proto.BODIES if body != "request" and msg.HasField(body)]
-    for where, part in (("UsbMsg", msg), ("header", msg.header), ("request", msg.request),
-                        ("GetDeviceInfo", msg.request.get_device_info)):
+    for where, part in (
+        ("UsbMsg", msg),
+        ("header", msg.header),
+        ("request", msg.request),
+        ("GetDeviceInfo", msg.request.get_device_info),
+    ):
         for unknown in UnknownFieldSet(part):
             number = int(unknown.field_number)
             name = proto.REQUEST_NAMES.get(number) if where == "request" else None

@@ -53,8 +53,7 @@ class InterfaceInfo:
 
     @property
     def is_sync(self) -> bool:
-        return (self.cls, self.subclass, self.protocol) == (VENDOR_CLASS, SYNC_SUBCLASS,
-                                                            SYNC_PROTOCOL)
+        return (self.cls, self.subclass, self.protocol) == (VENDOR_CLASS, SYNC_SUBCLASS, SYNC_PROTOCOL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +74,21 @@ def select_sync_interface(interfaces: Iterable[InterfaceInfo]) -> SyncEndpoints:
     endpoints are not one bulk OUT plus one bulk IN.
     """
     seen = list(interfaces)
-    candidates = [i for i in seen if i.is_sync and i.alternate == 0
-                  and i.subclass not in FORBIDDEN_SUBCLASSES]
+    candidates = [
+        i for i in seen if i.is_sync and i.alternate == 0 and i.subclass not in FORBIDDEN_SUBCLASSES
+    ]
     if not candidates:
         listed = ", ".join(f"{i.number}:{i.cls:#04x}/{i.subclass}/{i.protocol}" for i in seen)
-        raise TransportError(f"no Sync Agent interface (class 0xff, subclass {SYNC_SUBCLASS}, "
-                             f"protocol {SYNC_PROTOCOL}) among interfaces [{listed}]")
+        raise TransportError(
+            f"no Sync Agent interface (class 0xff, subclass {SYNC_SUBCLASS}, "
+            f"protocol {SYNC_PROTOCOL}) among interfaces [{listed}]"
+        )
     chosen = min(candidates, key=lambda i: i.number)
     outs = [e.address for e in chosen.endpoints if e.is_bulk and not e.is_in]
     ins = [e.address for e in chosen.endpoints if e.is_bulk and e.is_in]
     if len(outs) != 1 or len(ins) != 1:
-        raise TransportError(f"Sync Agent interface {chosen.number} has {len(outs)} bulk OUT "
-                             f"and {len(ins)} bulk IN endpoints; expected one of each")
+        raise TransportError(
+            f"Sync Agent interface {chosen.number} has {len(outs)} bulk OUT "
+            f"and {len(ins)} bulk IN endpoints; expected one of each"
+        )
     return SyncEndpoints(chosen.number, outs[0], ins[0])

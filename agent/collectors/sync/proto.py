@@ -41,8 +41,7 @@ _STRING, _BOOL, _MESSAGE = _F.TYPE_STRING, _F.TYPE_BOOL, _F.TYPE_MESSAGE
 #: Field numbers of the request/response payloads, for naming what a recording holds.
 #: Only ``GET_DEVICE_INFO`` is declared in the schema; the others are names for messages.
 GET_DEVICE_INFO = 2
-REQUEST_NAMES = {GET_DEVICE_INFO: "GetDeviceInfo", 5: "TransitionToDeviceMode",
-                 10: "SetDeviceTime"}
+REQUEST_NAMES = {GET_DEVICE_INFO: "GetDeviceInfo", 5: "TransitionToDeviceMode", 10: "SetDeviceTime"}
 KONG_EVENT = 1
 EVENT_NAMES = {KONG_EVENT: "KongEvent"}
 
@@ -56,22 +55,29 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, int, str | None]]]] = [
     ("Response", [("get_device_info", GET_DEVICE_INFO, _MESSAGE, "GetDeviceInfoResponse")]),
     ("KongEvent", [("payload", 1, _STRING, None)]),
     ("Event", [("kong_event", KONG_EVENT, _MESSAGE, "KongEvent")]),
-    ("UsbMsg", [("header", 1, _MESSAGE, "Header"), ("ack", 2, _MESSAGE, "Acknowledge"),
-                ("request", 3, _MESSAGE, "Request"), ("response", 4, _MESSAGE, "Response"),
-                ("event", 5, _MESSAGE, "Event")]),
+    (
+        "UsbMsg",
+        [
+            ("header", 1, _MESSAGE, "Header"),
+            ("ack", 2, _MESSAGE, "Acknowledge"),
+            ("request", 3, _MESSAGE, "Request"),
+            ("response", 4, _MESSAGE, "Response"),
+            ("event", 5, _MESSAGE, "Event"),
+        ],
+    ),
 ]
 #: The four bodies a UsbMsg can carry; exactly one is set in every recorded message.
 BODIES = ("ack", "request", "response", "event")
 
 
 def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    fd = descriptor_pb2.FileDescriptorProto(name="roomsync/sync_usb_msg.proto",
-                                            package=_PACKAGE, syntax="proto3")
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="roomsync/sync_usb_msg.proto", package=_PACKAGE, syntax="proto3"
+    )
     for name, fields in _SCHEMA:
         msg = fd.message_type.add(name=name)
         for field_name, number, ftype, type_name in fields:
-            field = msg.field.add(name=field_name, number=number, type=ftype,
-                                  label=_F.LABEL_OPTIONAL)
+            field = msg.field.add(name=field_name, number=number, type=ftype, label=_F.LABEL_OPTIONAL)
             if type_name is not None:
                 field.type_name = f".{_PACKAGE}.{type_name}"
     return fd
@@ -153,15 +159,15 @@ def decode_usb_msg(data: bytes) -> SyncMessage:
     msg = parse_usb_msg(data)
     present = [b for b in BODIES if msg.HasField(b)]
     if not present:
-        raise ProtoError(f"UsbMsg of {len(data)} bytes carries no acknowledge, request, "
-                         f"response or event")
+        raise ProtoError(f"UsbMsg of {len(data)} bytes carries no acknowledge, request, response or event")
     if len(present) > 1:
         raise ProtoError(f"UsbMsg carries several bodies at once: {', '.join(present)}")
     body = present[0]
     header_id, header_ts = msg.header.id, msg.header.timestamp
     if body == "ack":
-        return SyncMessage("ack", None, header_id, header_ts,
-                           ack_msg_id=msg.ack.msg_id, ack_success=msg.ack.success)
+        return SyncMessage(
+            "ack", None, header_id, header_ts, ack_msg_id=msg.ack.msg_id, ack_success=msg.ack.success
+        )
     inner = getattr(msg, body)
     json_payload: str | None = None
     if body == "request":
@@ -214,9 +220,14 @@ def encode_get_device_info_request() -> bytes:
     return bytes(msg.SerializeToString(deterministic=True))
 
 
-def encode_device_message(*, header_id: str = "", timestamp: str = "",
-                          device_info_json: str | None = None, kong_event_json: str | None = None,
-                          ack_success: bool | None = None) -> bytes:
+def encode_device_message(
+    *,
+    header_id: str = "",
+    timestamp: str = "",
+    device_info_json: str | None = None,
+    kong_event_json: str | None = None,
+    ack_success: bool | None = None,
+) -> bytes:
     """A device → host ``UsbMsg`` (GetDeviceInfo response, Kong event or acknowledge).
 
     For replays and tests that derive device sessions from a recording. These are answers,

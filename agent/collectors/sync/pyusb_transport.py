@@ -40,9 +40,13 @@ def interfaces_of(configuration: Any) -> list[InterfaceInfo]:
     """A pyusb Configuration's interfaces as plain data (cached descriptors, no I/O)."""
     return [
         InterfaceInfo(
-            intf.bInterfaceNumber, intf.bAlternateSetting, intf.bInterfaceClass,
-            intf.bInterfaceSubClass, intf.bInterfaceProtocol,
-            tuple(EndpointInfo(ep.bEndpointAddress, ep.bmAttributes) for ep in intf))
+            intf.bInterfaceNumber,
+            intf.bAlternateSetting,
+            intf.bInterfaceClass,
+            intf.bInterfaceSubClass,
+            intf.bInterfaceProtocol,
+            tuple(EndpointInfo(ep.bEndpointAddress, ep.bmAttributes) for ep in intf),
+        )
         for intf in configuration
     ]
 
@@ -80,8 +84,10 @@ class PyUsbTransport:
             self._claimed = True
         except usb.core.USBError as exc:
             self.close()
-            raise TransportError(f"cannot claim Sync Agent interface {number} (is Logitech "
-                                 f"Sync or another program using it?): {exc}") from exc
+            raise TransportError(
+                f"cannot claim Sync Agent interface {number} (is Logitech "
+                f"Sync or another program using it?): {exc}"
+            ) from exc
         return self
 
     def close(self) -> None:
@@ -102,8 +108,9 @@ class PyUsbTransport:
     def __enter__(self) -> PyUsbTransport:
         return self.open()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def write(self, data: bytes, timeout: float) -> None:

@@ -66,8 +66,10 @@ MAX_RECORDING_BYTES = 64 << 20
 #: Read-buffer sizes tried when event ids are hashed (the Rally Bar's host used 8192).
 _READ_SIZES = tuple(1 << k for k in range(6, 17))
 _STRING_FIELDS = {"manufacturer": "Manufacturer", "product": "Product", "serial": "SerialNumber"}
-_CLEAR_READ = re.compile(r"^BulkTransfer:Endpoint=0x(?P<ep>[0-9a-f]{2}),Data=[A-Za-z0-9+/=]*,"
-                         r"Length=0x(?P<len>[0-9a-f]+)$")
+_CLEAR_READ = re.compile(
+    r"^BulkTransfer:Endpoint=0x(?P<ep>[0-9a-f]{2}),Data=[A-Za-z0-9+/=]*,"
+    r"Length=0x(?P<len>[0-9a-f]+)$"
+)
 
 
 # --------------------------------------------------------------------------- event ids
@@ -86,8 +88,10 @@ def id_matches(event_id: str, key: str) -> bool:
 
 def bulk_write_key(endpoint: int, data: bytes) -> str:
     """Key of a host → device bulk transfer of ``data``."""
-    return (f"BulkTransfer:Endpoint=0x{endpoint:02x},"
-            f"Data={base64.b64encode(data).decode('ascii')},Length=0x{len(data):x}")
+    return (
+        f"BulkTransfer:Endpoint=0x{endpoint:02x},"
+        f"Data={base64.b64encode(data).decode('ascii')},Length=0x{len(data):x}"
+    )
 
 
 def bulk_read_key(endpoint: int, size: int) -> str:
@@ -173,8 +177,7 @@ def load_recording(path: str | Path, *, device_index: int | None = None) -> Reco
     return parse_recording(doc, source=str(p), device_index=device_index)
 
 
-def parse_recording(doc: Any, *, source: str = "<recording>",
-                    device_index: int | None = None) -> Recording:
+def parse_recording(doc: Any, *, source: str = "<recording>", device_index: int | None = None) -> Recording:
     """A recording from the decoded JSON; the first device with a Sync interface unless
     ``device_index`` says which."""
     devices = doc.get("UsbDevices") if isinstance(doc, dict) else None
@@ -190,8 +193,7 @@ def parse_recording(doc: Any, *, source: str = "<recording>",
             return _parse_device(devices[i], f"{source} UsbDevices[{i}]")
         except (TransportError, ReplayError) as exc:
             problems.append(str(exc))
-    raise ReplayError(f"{source}: no device with a usable Sync Agent interface: "
-                      + "; ".join(problems))
+    raise ReplayError(f"{source}: no device with a usable Sync Agent interface: " + "; ".join(problems))
 
 
 def _int(raw: dict[str, Any], key: str, where: str, default: int = 0) -> int:
@@ -217,14 +219,23 @@ def _interfaces(raw: dict[str, Any], where: str) -> tuple[InterfaceInfo, ...]:
         if not isinstance(intf, dict):
             raise ReplayError(f"{w}: not an object")
         endpoints = tuple(
-            EndpointInfo(_int(ep, "EndpointAddress", w),
-                         ep["Attributes"] if isinstance(ep.get("Attributes"), int) else None)
-            for ep in _list(intf.get("UsbEndpoints"), f"{w}: UsbEndpoints") if isinstance(ep, dict))
-        found.append(InterfaceInfo(_int(intf, "InterfaceNumber", w),
-                                   _int(intf, "AlternateSetting", w),
-                                   _int(intf, "InterfaceClass", w),
-                                   _int(intf, "InterfaceSubClass", w),
-                                   _int(intf, "InterfaceProtocol", w), endpoints))
+            EndpointInfo(
+                _int(ep, "EndpointAddress", w),
+                ep["Attributes"] if isinstance(ep.get("Attributes"), int) else None,
+            )
+            for ep in _list(intf.get("UsbEndpoints"), f"{w}: UsbEndpoints")
+            if isinstance(ep, dict)
+        )
+        found.append(
+            InterfaceInfo(
+                _int(intf, "InterfaceNumber", w),
+                _int(intf, "AlternateSetting", w),
+                _int(intf, "InterfaceClass", w),
+                _int(intf, "InterfaceSubClass", w),
+                _int(intf, "InterfaceProtocol", w),
+                endpoints,
+            )
+        )
     return tuple(found)
 
 
@@ -246,19 +257,18 @@ def _parse_device(raw: dict[str, Any], where: str) -> Recording:
         if not isinstance(ev, dict) or not isinstance(ev.get("Id"), str):
             continue
         eid, data_text = ev["Id"], ev.get("Data")
-        name = next((n for n, idx in string_indexes.items()
-                     if idx and id_matches(eid, string_key(idx))), None)
+        name = next(
+            (n for n, idx in string_indexes.items() if idx and id_matches(eid, string_key(idx))), None
+        )
         if name is not None and isinstance(data_text, str):
-            cleaned = (clean_serial if name == "serial" else clean_text)(
-                _b64(data_text, where, i))
+            cleaned = (clean_serial if name == "serial" else clean_text)(_b64(data_text, where, i))
             if cleaned.value is not None:
                 strings[name] = cleaned.value
             if cleaned.problems:
                 string_problems[name] = cleaned.problems
             continue
         if isinstance(data_text, str) and "BUSNUM=" in data_text:
-            busnum, devnum = _uevent_number(data_text, "BUSNUM"), _uevent_number(data_text,
-                                                                                 "DEVNUM")
+            busnum, devnum = _uevent_number(data_text, "BUSNUM"), _uevent_number(data_text, "DEVNUM")
         size = read_ids.get(eid)
         if size is None and (m := _CLEAR_READ.match(eid)) and int(m["ep"], 16) == sync.in_address:
             size = int(m["len"], 16)
@@ -274,8 +284,19 @@ def _parse_device(raw: dict[str, Any], where: str) -> Recording:
     if read_size is None:
         # Unknown id scheme for reads: the reads are the one call repeated most often.
         ops = _fallback_reads(ops, unclaimed, where)
-    return _build(raw, where, sync, interfaces, string_indexes, strings, string_problems,
-                  busnum, devnum, read_size, [op for op, _ in ops])
+    return _build(
+        raw,
+        where,
+        sync,
+        interfaces,
+        string_indexes,
+        strings,
+        string_problems,
+        busnum,
+        devnum,
+        read_size,
+        [op for op, _ in ops],
+    )
 
 
 @cache
@@ -285,8 +306,9 @@ def _read_ids(in_address: int) -> dict[str, int]:
     return {fwupd_event_id(k): n for k, n in keys.items()} | keys
 
 
-def _fallback_reads(ops: list[tuple[BulkOp, str]], unclaimed: list[tuple[int, dict[str, Any]]],
-                    where: str) -> list[tuple[BulkOp, str]]:
+def _fallback_reads(
+    ops: list[tuple[BulkOp, str]], unclaimed: list[tuple[int, dict[str, Any]]], where: str
+) -> list[tuple[BulkOp, str]]:
     counts = Counter(ev["Id"] for _, ev in unclaimed)
     if not counts:
         return ops
@@ -329,22 +351,35 @@ def _uevent_number(text: str, key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _build(raw: dict[str, Any], where: str, sync: SyncEndpoints,
-           interfaces: tuple[InterfaceInfo, ...], string_indexes: dict[str, int],
-           strings: dict[str, str], string_problems: dict[str, tuple[str, ...]],
-           busnum: int | None, devnum: int | None, read_size: int | None,
-           ops: list[BulkOp]) -> Recording:
+def _build(
+    raw: dict[str, Any],
+    where: str,
+    sync: SyncEndpoints,
+    interfaces: tuple[InterfaceInfo, ...],
+    string_indexes: dict[str, int],
+    strings: dict[str, str],
+    string_problems: dict[str, tuple[str, ...]],
+    busnum: int | None,
+    devnum: int | None,
+    read_size: int | None,
+    ops: list[BulkOp],
+) -> Recording:
     device = RecordedDevice(
-        vendor_id=_int(raw, "IdVendor", where), product_id=_int(raw, "IdProduct", where),
+        vendor_id=_int(raw, "IdVendor", where),
+        product_id=_int(raw, "IdProduct", where),
         bcd_device=_int(raw, "Device", where),
         bcd_usb=_int(raw, "USB", where) if "USB" in raw else None,
         device_class=_int(raw, "DeviceClass", where),
         device_subclass=_int(raw, "DeviceSubClass", where),
         device_protocol=_int(raw, "DeviceProtocol", where),
-        string_indexes=string_indexes, strings=strings, string_problems=string_problems,
+        string_indexes=string_indexes,
+        strings=strings,
+        string_problems=string_problems,
         interfaces=interfaces,
         platform_id=raw["PlatformId"] if isinstance(raw.get("PlatformId"), str) else None,
-        busnum=busnum, devnum=devnum)
+        busnum=busnum,
+        devnum=devnum,
+    )
     preamble: list[BulkOp] = []
     exchanges: list[tuple[str, BulkOp, list[BulkOp]]] = []
     for op in ops:
@@ -357,8 +392,14 @@ def _build(raw: dict[str, Any], where: str, sync: SyncEndpoints,
             preamble.append(op)
     if not exchanges:
         raise ReplayError(f"{where}: the recording holds no BufferWrite on the Sync interface")
-    return Recording(where, device, sync, read_size, tuple(preamble),
-                     tuple(RecordedExchange(r, w, tuple(o)) for r, w, o in exchanges))
+    return Recording(
+        where,
+        device,
+        sync,
+        read_size,
+        tuple(preamble),
+        tuple(RecordedExchange(r, w, tuple(o)) for r, w, o in exchanges),
+    )
 
 
 def _request_of(op: BulkOp) -> str | None:
@@ -394,8 +435,7 @@ class ReplayTransport:
     ``log`` lists every transfer as ``("host" | "device" | "timeout", bytes)``.
     """
 
-    def __init__(self, recording: Recording, *,
-                 on_timeout: Callable[[float], None] | None = None) -> None:
+    def __init__(self, recording: Recording, *, on_timeout: Callable[[float], None] | None = None) -> None:
         self.recording = recording
         self.on_timeout = on_timeout
         self.log: list[tuple[str, bytes]] = []
@@ -414,8 +454,7 @@ class ReplayTransport:
     def finished(self) -> bool:
         """True when the exchange being played has no recorded transfer left."""
         p = self._playing
-        return (p is not None and p.pos >= len(p.exchange.ops) and not self._queue
-                and not self._leftover)
+        return p is not None and p.pos >= len(p.exchange.ops) and not self._queue and not self._leftover
 
     # -- host → device
 
@@ -435,20 +474,26 @@ class ReplayTransport:
                 self._queue.append(op)  # the device sent it; it waits in the IN queue
             p.pos += 1  # a recorded timeout the client did not wait for is simply skipped
         if p.pos >= len(p.exchange.ops):
-            raise ReplayError(f"client sent {frame.describe()}, but the recorded "
-                              f"{p.exchange.request} exchange has no further host frame")
+            raise ReplayError(
+                f"client sent {frame.describe()}, but the recorded "
+                f"{p.exchange.request} exchange has no further host frame"
+            )
         op = p.exchange.ops[p.pos]
         recorded = decode_frame(op.data)
         if (recorded.command, recorded.payload) != (frame.command, frame.payload):
-            raise ReplayError(f"client sent {frame.describe()} where the recording has "
-                              f"{recorded.describe()} (UsbEvents[{op.event}])")
+            raise ReplayError(
+                f"client sent {frame.describe()} where the recording has "
+                f"{recorded.describe()} (UsbEvents[{op.event}])"
+            )
         p.seq_map[recorded.sequence_id] = frame.sequence_id
         p.pos += 1
 
     def _check_sequence(self, seq: int) -> None:
         if self._last_seq is not None and seq != (self._last_seq + 1) & 0xFFFF_FFFF:
-            raise ReplayError(f"client sequence id went from {self._last_seq} to {seq}; the "
-                              f"recorded host numbers every frame it sends one up")
+            raise ReplayError(
+                f"client sequence id went from {self._last_seq} to {seq}; the "
+                f"recorded host numbers every frame it sends one up"
+            )
         self._last_seq = seq
 
     def _start(self, client_seq: int, request: str) -> None:
@@ -463,10 +508,13 @@ class ReplayTransport:
         answered = sorted(set(self.recording.requests))
         if request in answered:
             count = self.recording.requests.count(request)
-            raise ReplayError(f"the recording cannot answer another {request} request: its "
-                              f"{count} recorded {request} exchange(s) are used up")
-        raise ReplayError(f"the recording cannot answer a {request} request (it holds "
-                          f"{', '.join(answered)} exchanges only)")
+            raise ReplayError(
+                f"the recording cannot answer another {request} request: its "
+                f"{count} recorded {request} exchange(s) are used up"
+            )
+        raise ReplayError(
+            f"the recording cannot answer a {request} request (it holds {', '.join(answered)} exchanges only)"
+        )
 
     # -- device → host
 
@@ -487,8 +535,7 @@ class ReplayTransport:
             return self._queue.popleft()
         p = self._playing
         if p is None:
-            return self._preamble.popleft() if self._preamble and \
-                self._preamble[0].kind != "write" else None
+            return self._preamble.popleft() if self._preamble and self._preamble[0].kind != "write" else None
         if p.pos < len(p.exchange.ops) and p.exchange.ops[p.pos].kind != "write":
             p.pos += 1
             return p.exchange.ops[p.pos - 1]

@@ -30,20 +30,34 @@ from agent.model import Observation, Severity
 TransportOpener = Callable[[], AbstractContextManager[SyncTransport]]
 
 
-def read_unit(descriptor: Observation, open_transport: TransportOpener, *, catalog: Catalog,
-              now: datetime, **client_options: Any) -> tuple[Observation, str | None]:
+def read_unit(
+    descriptor: Observation,
+    open_transport: TransportOpener,
+    *,
+    catalog: Catalog,
+    now: datetime,
+    **client_options: Any,
+) -> tuple[Observation, str | None]:
     """The unit's observation and, when the exchange failed, the error message for it."""
     with contextlib.ExitStack() as stack:
         try:
             transport = stack.enter_context(open_transport())
         except TransportError as exc:  # busy, absent, no permission: descriptor facts stand
-            descriptor.note("sync-interface-unavailable",
-                            f"Sync interface not read ({exc}); identity from USB descriptors only",
-                            Severity.INFO)
+            descriptor.note(
+                "sync-interface-unavailable",
+                f"Sync interface not read ({exc}); identity from USB descriptors only",
+                Severity.INFO,
+            )
             return descriptor, None
         try:
-            sync = read_device_info(transport, address=descriptor.address, now=now,
-                                    catalog=catalog, source=descriptor.source, **client_options)
+            sync = read_device_info(
+                transport,
+                address=descriptor.address,
+                now=now,
+                catalog=catalog,
+                source=descriptor.source,
+                **client_options,
+            )
         except SyncError as exc:
             return _fallback(descriptor, exc)
     return combine(descriptor, sync), None
@@ -51,8 +65,9 @@ def read_unit(descriptor: Observation, open_transport: TransportOpener, *, catal
 
 def _fallback(descriptor: Observation, exc: SyncError) -> tuple[Observation, str]:
     message = f"Sync interface exchange failed: {exc}"
-    descriptor.note("sync-interface-failed", message + "; identity from USB descriptors only",
-                    Severity.WARNING)
+    descriptor.note(
+        "sync-interface-failed", message + "; identity from USB descriptors only", Severity.WARNING
+    )
     return descriptor, message
 
 
@@ -68,17 +83,21 @@ def combine(descriptor: Observation, sync: Observation) -> Observation:
     sync.model = sync.model or descriptor.model
     sync.attributes = {**descriptor.attributes, **sync.attributes}
     if descriptor.serial and sync.serial and descriptor.serial != sync.serial:
-        sync.note("serial-mismatch",
-                  f"USB iSerialNumber {descriptor.serial!r} differs from the serial the device "
-                  f"reports over Sync {sync.serial!r}", Severity.WARNING)
+        sync.note(
+            "serial-mismatch",
+            f"USB iSerialNumber {descriptor.serial!r} differs from the serial the device "
+            f"reports over Sync {sync.serial!r}",
+            Severity.WARNING,
+        )
     kept = [i for i in descriptor.health if not (i.code == "serial-missing" and sync.serial)]
     sync.health = [*kept, *(i for i in sync.health if i not in kept)]
     return sync
 
 
 @contextlib.contextmanager
-def pyusb_transport(busnum: int | None, devnum: int | None, vendor_id: int,
-                    product_id: int) -> Iterator[SyncTransport]:
+def pyusb_transport(
+    busnum: int | None, devnum: int | None, vendor_id: int, product_id: int
+) -> Iterator[SyncTransport]:
     """The Sync transport of the USB device at bus/devnum, through libusb."""
     if busnum is None or devnum is None:
         raise TransportError("bus or device number unknown (captured sysfs tree?)")
