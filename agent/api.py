@@ -25,10 +25,10 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -41,9 +41,77 @@ from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 
 if TYPE_CHECKING:
-    from agent.daemon import Daemon
+    from agent.catalog import Catalog
+    from agent.model import Room
+    from agent.store import Store
+    from agent.uploader.delivery import PortalSettings
+    from agent.uploader.outbox import Outbox
+    from agent.uploader.snapshot import SnapshotContext
 
-__all__ = ["ApiServer", "ApiStartError", "DaemonCollector", "is_loopback_listen"]
+__all__ = ["ApiServer", "ApiStartError", "DaemonCollector", "DaemonView", "is_loopback_listen"]
+
+
+# What the API reads of the daemon, and nothing more. The daemon (agent.daemon) satisfies
+# these protocols structurally; the API never imports it, so arrows point down
+# (daemon -> api) and a test can serve the API from any object of this shape.
+
+
+class SourceView(Protocol):
+    """One scheduled source, as the status API and the metrics read it."""
+
+    @property
+    def runs(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def last_run(self) -> datetime | None: ...
+    @property
+    def last_duration(self) -> float | None: ...
+    @property
+    def last_success(self) -> bool | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class SettingsView(Protocol):
+    """The parts of the daemon's settings the API serves."""
+
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def rooms(self) -> list[Room]: ...
+    @property
+    def snapshot(self) -> SnapshotContext | None: ...
+    @property
+    def portal(self) -> PortalSettings | None: ...
+
+
+class DaemonView(Protocol):
+    """Everything :class:`ApiServer` and :class:`DaemonCollector` read of the daemon."""
+
+    @property
+    def settings(self) -> SettingsView: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def sources(self) -> Mapping[str, SourceView]: ...
+    @property
+    def store(self) -> Store | None: ...
+    @property
+    def store_error(self) -> str | None: ...
+    @property
+    def outbox(self) -> Outbox | None: ...
+    @property
+    def push_failures(self) -> int: ...
+    @property
+    def delivery_problem(self) -> str | None: ...
+    def uptime(self) -> float: ...
+    def ready_problems(self) -> list[str]: ...
+    def problems(self) -> list[str]: ...
+
 
 log = get_logger("roomsync.api")
 
@@ -81,9 +149,9 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class ApiServer:
-    """The API of one :class:`~agent.daemon.Daemon`."""
+    """The API of one daemon (anything of the :class:`DaemonView` shape)."""
 
-    def __init__(self, daemon: Daemon, listen: str, token_file: Path | None) -> None:
+    def __init__(self, daemon: DaemonView, listen: str, token_file: Path | None) -> None:
         self.daemon = daemon
         self.listen = listen
         self.token_file = token_file
@@ -226,7 +294,7 @@ class ApiServer:
             }
         )
 
-    def _store(self) -> Any:
+    def _store(self) -> Store:
         if self.daemon.store is None:
             raise StoreError(f"the store is not available: {self.daemon.store_error}")
         return self.daemon.store
@@ -297,7 +365,7 @@ class ApiServer:
 class DaemonCollector(Collector):
     """Prometheus metrics read from the daemon at scrape time."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Any]:

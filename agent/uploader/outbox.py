@@ -509,9 +509,9 @@ class Outbox:
         previous = PortalState.from_dict(_get(db, "portal", {}))
         since = previous.since if previous.state == state and previous.since else as_utc(now)
         current = PortalState(
-            state,
+            state,  # type: ignore[arg-type]
             reason,
-            since,  # type: ignore[arg-type]
+            since,
             as_utc(now) if success else previous.last_success,
         )
         _put(db, "portal", current.to_dict())
