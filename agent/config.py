@@ -41,8 +41,9 @@ ENV_PREFIX = "ROOMSYNC_"
 #: Variables with the prefix that are not key overrides.
 _ENV_NOT_KEYS = frozenset({"ROOMSYNC_CONFIG"})
 
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
-Text = Annotated[str, Field(min_length=1, max_length=200, pattern=_PRINTABLE.pattern)]
+#: Text without control characters (the ``pattern`` of :data:`Text` and of free-form names).
+PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE.pattern)]
 
 
 class ConfigError(Exception):
@@ -110,7 +111,7 @@ class SnmpV3Config(_Section):
     priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
     priv_key_file: Path
     #: The SNMPv3 context; empty for the default context.
-    context_name: Annotated[str, Field(max_length=200, pattern=_PRINTABLE.pattern)] = ""
+    context_name: Annotated[str, Field(max_length=200, pattern=PRINTABLE.pattern)] = ""
 
 
 class SnmpSourceConfig(_Section):

@@ -1,5 +1,5 @@
 """The configuration reference (docs/configuration.md) is generated from the configuration model
-(``agent/configdoc.py``): it must be fresh, name every key with a meaning, and go stale when the
+(``tools/configdoc.py``): it must be fresh, name every key with a meaning, and go stale when the
 model changes."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel, Field
 
-from agent import configdoc
 from agent.config import AgentConfig
+from tools import configdoc
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "configuration.md"
@@ -59,7 +59,7 @@ def rows(text: str) -> dict[str, list[str]]:
 def test_the_document_is_fresh() -> None:
     text = DOC.read_text(encoding="utf-8")
     assert configdoc.main(["--check", str(DOC)]) == 0, (
-        "docs/configuration.md is stale: run python -m agent.configdoc --write docs/configuration.md"
+        "docs/configuration.md is stale: run python -m tools.configdoc --write docs/configuration.md"
     )
     assert configdoc.render(text) == text
 
@@ -147,7 +147,7 @@ def test_every_fallback_meaning_is_for_a_real_key_and_still_needed() -> None:
         k.dotted: k.meaning for s in configdoc.sections(AgentConfig, example, fallback={}) for k in s.keys
     }
     stale = [k for k in configdoc.FALLBACK if without[k]]
-    assert stale == [], f"documented elsewhere now: delete {stale} from agent/configdoc.py FALLBACK"
+    assert stale == [], f"documented elsewhere now: delete {stale} from tools/configdoc.py FALLBACK"
 
 
 def test_the_example_reader() -> None:

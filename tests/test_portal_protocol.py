@@ -1,7 +1,8 @@
 """The portal protocol (issue [5/7] part 4): the wire models, the builders from real devices
 and room summaries, the bytes on the wire, and ``docs/portal-api.md`` — its schema blocks must
-be the models' schemas and its examples must validate, with the models and with the schemas
-themselves (checked by a small JSON Schema evaluator below, so the schemas are tested too)."""
+be the models' schemas (``tools/portal_schemas.py`` writes them) and its examples must validate,
+with the models and with the schemas themselves (checked by a small JSON Schema evaluator below,
+so the schemas are tested too)."""
 
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ from agent.uploader.protocol import (
     inventory_message,
     json_schemas,
     parse_message,
-    render_schema_blocks,
-    schema_blocks,
     serialize,
 )
+from tools import portal_schemas
+from tools.portal_schemas import render_schema_blocks, schema_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "portal-api.md"
@@ -806,8 +807,7 @@ def disagreements(text: str, schemas: Mapping[str, Any]) -> list[str]:
     problems = [f"{name}: no block in the document" for name in schemas if name not in blocks]
     problems += [f"{name}: block names no schema" for name in blocks if name not in schemas]
     problems += [
-        f"{name}: block differs from the model; run python -m agent.uploader.protocol "
-        f"--write-docs docs/portal-api.md"
+        f"{name}: block differs from the model; run python -m tools.portal_schemas --write docs/portal-api.md"
         for name in schemas
         if name in blocks and blocks[name] != schemas[name]
     ]
@@ -816,7 +816,7 @@ def disagreements(text: str, schemas: Mapping[str, Any]) -> list[str]:
 
 def test_the_document_holds_the_models_schemas() -> None:
     assert disagreements(DOC.read_text(encoding="utf-8"), json_schemas()) == []
-    assert protocol.main(["--check-docs", str(DOC)]) == 0
+    assert portal_schemas.main(["--check", str(DOC)]) == 0
 
 
 class _ChangedInventory(InventoryMessage):
@@ -835,21 +835,21 @@ def test_a_model_change_without_regenerating_the_document_fails(
 ) -> None:
     monkeypatch.setattr(protocol, "MODELS", {**protocol.MODELS, SCHEMA_INVENTORY: changed})
     assert disagreements(DOC.read_text(encoding="utf-8"), json_schemas()) == [
-        "roomsync.inventory.v1: block differs from the model; run python -m agent.uploader.protocol "
-        "--write-docs docs/portal-api.md"
+        "roomsync.inventory.v1: block differs from the model; run python -m tools.portal_schemas "
+        "--write docs/portal-api.md"
     ]
-    assert protocol.main(["--check-docs", str(DOC)]) == 1
+    assert portal_schemas.main(["--check", str(DOC)]) == 1
     assert "stale" in capsys.readouterr().err
 
 
-def test_write_docs_regenerates_a_stale_copy(tmp_path: Path) -> None:
+def test_write_regenerates_a_stale_copy(tmp_path: Path) -> None:
     text = DOC.read_text(encoding="utf-8")
     stale = tmp_path / "portal-api.md"
     stale.write_text(
         text.replace('"additionalProperties": false', '"additionalProperties": true', 1), encoding="utf-8"
     )
-    assert protocol.main(["--check-docs", str(stale)]) == 1
-    assert protocol.main(["--write-docs", str(stale)]) == 0
+    assert portal_schemas.main(["--check", str(stale)]) == 1
+    assert portal_schemas.main(["--write", str(stale)]) == 0
     assert stale.read_text(encoding="utf-8") == text
     assert render_schema_blocks(text) == text  # regenerating is idempotent
 
@@ -866,12 +866,12 @@ def test_write_docs_regenerates_a_stale_copy(tmp_path: Path) -> None:
 def test_missing_or_unknown_blocks_are_errors(tmp_path: Path, edit: Any) -> None:
     broken = tmp_path / "doc.md"
     broken.write_text(edit(DOC.read_text(encoding="utf-8")), encoding="utf-8")
-    assert protocol.main(["--write-docs", str(broken)]) == 2
-    assert protocol.main(["--check-docs", str(tmp_path / "absent.md")]) == 2
+    assert portal_schemas.main(["--write", str(broken)]) == 2
+    assert portal_schemas.main(["--check", str(tmp_path / "absent.md")]) == 2
 
 
 def test_print_one_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    assert protocol.main(["--print", SCHEMA_EVENTS]) == 0
+    assert portal_schemas.main(["--print", SCHEMA_EVENTS]) == 0
     assert json.loads(capsys.readouterr().out) == json_schemas()[SCHEMA_EVENTS]
 
 

@@ -1,10 +1,10 @@
 """The portal protocol: what the agent sends to ``POST {portal}/v1/inventory`` and
 ``POST {portal}/v1/events``, as pydantic models, with the builders that make messages from
-the inventory and the JSON Schemas that ``docs/portal-api.md`` embeds.
+the inventory and the JSON Schemas that ``docs/portal-api.md`` embeds (kept current by
+``python -m tools.portal_schemas``, a developer tool of the checkout).
 
-Pure: nothing here reads the clock, a file or the network (except :func:`main`, the small
-command that rewrites the document's schema blocks). Delivery (headers, retries, the outbox)
-is elsewhere; ``docs/portal-api.md`` is the contract both sides keep.
+Pure: nothing here reads the clock, a file or the network. Delivery (headers, retries, the
+outbox) is elsewhere; ``docs/portal-api.md`` is the contract both sides keep.
 
 The models forbid unknown fields and are strict (``"5"`` is not a sequence number), so a
 portal that validates with them — the test stand-in does — catches a malformed message. Read
@@ -33,13 +33,10 @@ Decisions (also in ``docs/portal-api.md``)
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any, Final, Literal
 from uuid import UUID, uuid4
 
@@ -81,8 +78,6 @@ __all__ = [
     "inventory_message",
     "json_schemas",
     "parse_message",
-    "render_schema_blocks",
-    "schema_blocks",
     "serialize",
     "status_out",
 ]
@@ -537,7 +532,7 @@ def parse_message(data: bytes | str) -> Message:
     return model.model_validate_json(data)
 
 
-# --------------------------------------------------------------------------- schemas and the document
+# --------------------------------------------------------------------------- schemas
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
@@ -546,60 +541,3 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         name: {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema(by_alias=True)}
         for name, model in MODELS.items()
     }
-
-
-_BLOCK = re.compile(
-    r"(?P<open><!-- schema:(?P<name>[\w.-]+) -->\n)```json\n(?P<body>.*?)\n?```\n"
-    r"(?P<close><!-- /schema:(?P=name) -->)",
-    re.S,
-)
-
-
-def _render(schema: Mapping[str, Any]) -> str:
-    return json.dumps(schema, indent=2, ensure_ascii=False)
-
-
-def schema_blocks(text: str) -> dict[str, str]:
-    """The schema blocks of a document (between ``<!-- schema:NAME -->`` and
-    ``<!-- /schema:NAME -->``), by name, as the JSON text they hold."""
-    return {m["name"]: m["body"] for m in _BLOCK.finditer(text)}
-
-
-def render_schema_blocks(text: str) -> str:
-    """``text`` with every schema block holding the current schema. Raises
-    :class:`ValueError` when a schema has no block or a block names no schema."""
-    schemas = json_schemas()
-    found = schema_blocks(text)
-    missing = sorted(set(schemas) - set(found))
-    unknown = sorted(set(found) - set(schemas))
-    if missing or unknown:
-        raise ValueError(f"schema blocks: missing {missing or 'none'}, unknown {unknown or 'none'}")
-    return _BLOCK.sub(lambda m: f"{m['open']}```json\n{_render(schemas[m['name']])}\n```\n{m['close']}", text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agent.uploader.protocol --write-docs docs/portal-api.md`` rewrites the
-    document's schema blocks; ``--check-docs`` exits 1 when they are stale; ``--print NAME``
-    prints one schema."""
-    parser = argparse.ArgumentParser(prog="python -m agent.uploader.protocol", description=main.__doc__)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--write-docs", metavar="DOC", type=Path)
-    group.add_argument("--check-docs", metavar="DOC", type=Path)
-    group.add_argument("--print", metavar="NAME", choices=sorted(MODELS), dest="print_name")
-    args = parser.parse_args(argv)
-    if args.print_name:
-        print(_render(json_schemas()[args.print_name]))
-        return 0
-    from agent.docsync import sync_document
-
-    path: Path = args.write_docs or args.check_docs
-    return sync_document(
-        path,
-        render_schema_blocks,
-        check=bool(args.check_docs),
-        stale=f"schema blocks are stale; run python -m agent.uploader.protocol --write-docs {path}",
-    )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

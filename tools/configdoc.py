@@ -1,10 +1,10 @@
 """The configuration reference, generated from the configuration model (:mod:`agent.config`).
 
-``python -m agent.configdoc --write docs/configuration.md`` rewrites the part of the document
-between ``<!-- generated:configuration -->`` and ``<!-- /generated:configuration -->``;
-``--check docs/configuration.md`` exits 1 when that part is stale (tests/test_configdoc.py runs
-it); ``--print`` prints the generated part alone. Everything outside the markers is written by
-hand and left alone.
+``python -m tools.configdoc --write docs/configuration.md``, run from the repository root,
+rewrites the part of the document between ``<!-- generated:configuration -->`` and
+``<!-- /generated:configuration -->``; ``--check docs/configuration.md`` exits 1 when that part
+is stale (tests/test_configdoc.py runs it); ``--print`` prints the generated part alone.
+Everything outside the markers is written by hand and left alone.
 
 What comes from where
 ---------------------
@@ -30,9 +30,9 @@ What comes from where
   right under a table's last key (no blank line between) is added to it.
 * **Examples** (``e.g.``) are the example file's values where they differ from the default.
 
-The example file is read from the checkout (``config/`` beside ``agent/``); generating from an
-installed package without it gives a document without the example-file texts, which
-``--check`` reports as stale.
+This is a developer tool, not part of the installed package: it reads the checkout
+(``config/agent.example.toml`` beside ``tools/``, and ``agent/config.py`` for the ``#:``
+comments) and is run from the repository root.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.config import _PRINTABLE, AgentConfig
-from agent.docsync import sync_document
+from agent.config import PRINTABLE, AgentConfig
+from tools.docsync import sync_document
 
 __all__ = [
     "BEGIN",
@@ -209,7 +209,7 @@ def _limits(constraints: Sequence[Any]) -> list[str]:
         found.append(f"at least {low} characters")
     for c in constraints:
         pattern = getattr(c, "pattern", None)
-        if pattern == _PRINTABLE.pattern:
+        if pattern == PRINTABLE.pattern:
             found.append("no control characters")
         elif pattern:
             found.append(f"matching `{pattern}`")
@@ -587,7 +587,7 @@ def render(markdown: str, model: type[BaseModel] = AgentConfig, example: Path | 
 def main(argv: Sequence[str] | None = None) -> int:
     """``--write DOC`` regenerates the document's configuration reference, ``--check DOC``
     exits 1 when it is stale, ``--print`` prints the generated part."""
-    parser = argparse.ArgumentParser(prog="python -m agent.configdoc", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.configdoc", description=main.__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", metavar="DOC", type=Path)
     group.add_argument("--check", metavar="DOC", type=Path)
@@ -601,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path,
         render,
         check=bool(args.check),
-        stale=f"the configuration reference is stale; run python -m agent.configdoc --write {path}",
+        stale=f"the configuration reference is stale; run python -m tools.configdoc --write {path}",
     )
 
 

@@ -1,6 +1,6 @@
 """Keeping the generated parts of a document current: the one routine behind
-``python -m agent.uploader.protocol --write-docs|--check-docs`` (the portal schemas) and
-``python -m agent.configdoc --write|--check`` (the configuration reference)."""
+``python -m tools.portal_schemas --write|--check`` (the portal schemas) and
+``python -m tools.configdoc --write|--check`` (the configuration reference)."""
 
 from __future__ import annotations
 
