@@ -248,9 +248,9 @@ def avahi_unavailable() -> str | None:
     if _avahi_daemon() is None:
         return "avahi-daemon is not installed (Debian package avahi-daemon, installed by scripts/bootstrap)"
     if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
+        return "unshare is not installed (Debian package util-linux)"
     if os.geteuid() != 0:
-        return "avahi-daemon runs in a private mount namespace here, which needs root"
+        return "avahi-daemon runs in a private mount namespace here, which needs root (CI runs as root)"
     return None
 
 

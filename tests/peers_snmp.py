@@ -20,9 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.processes import stop_process
+from tests.shared import BOOTSTRAP, require
 
 SNMPD = "/usr/sbin/snmpd"
 SNMPGET = shutil.which("snmpget") or "/usr/bin/snmpget"
@@ -31,8 +30,11 @@ SYS_DESCR, SYS_OBJECT_ID, SYS_NAME = "1.3.6.1.2.1.1.1.0", "1.3.6.1.2.1.1.2.0", "
 
 
 def need(path: str, package: str) -> None:
-    if not (os.path.exists(path) or shutil.which(path)):
-        pytest.skip(f"{path} is not installed (Debian package {package}; run scripts/bootstrap)")
+    """tests.shared.missing (a failure under CI) unless ``path`` is installed."""
+    require(
+        os.path.exists(path) or shutil.which(path),
+        f"{path} is not installed (Debian package {package}; {BOOTSTRAP})",
+    )
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -119,6 +121,7 @@ class Snmpd:
 
     def __enter__(self) -> Snmpd:
         need(SNMPD, "snmpd")
+        need(SNMPGET, "snmp")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_udp_port(self.host)
         conf = self.workdir / "snmpd.conf"
@@ -234,8 +237,11 @@ class SnmpSim:
 
     def __enter__(self) -> SnmpSim:
         exe = Path(sys.executable).parent / "snmpsim-command-responder"
-        if not exe.exists():
-            pytest.skip("snmpsim is not installed in this environment (pip install -e '.[test]')")
+        require(
+            exe.exists(),
+            f"snmpsim is not installed in {Path(sys.executable).parent.parent} "
+            f"(it comes with the test extra: {BOOTSTRAP}, or pip install -e '.[test]')",
+        )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_udp_port(self.devices[0].address)
         args: list[str] = []

@@ -15,7 +15,6 @@ its PID.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -23,12 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.processes import stop_process
+from tests.shared import BOOTSTRAP, require, require_tool
 
 SSHD = Path("/usr/sbin/sshd")
-SKIP_REASON = "openssh-server is not installed (Debian package openssh-server; run scripts/bootstrap)"
+SKIP_REASON = f"{SSHD} is not installed (Debian package openssh-server; {BOOTSTRAP})"
 LOOPBACK = "127.0.0.1"
 #: The unprivileged user of the permission tests (SFTP only: its shell is nologin).
 UNPRIVILEGED_USER = "nobody"
@@ -47,11 +45,12 @@ exit "$(cat "{dir}/reply.status")"
 
 
 def require_sshd() -> None:
-    """Skip the calling test (or fixture) when the real peer cannot run here."""
-    if not SSHD.is_file() or shutil.which("unshare") is None or shutil.which("ssh-keygen") is None:
-        pytest.skip(SKIP_REASON)
-    if os.geteuid() != 0:
-        pytest.skip("sshd runs inside unshare -m, which needs root (as in CI)")
+    """Stop the calling test (or fixture) when the real peer cannot run here: a failure
+    under CI, a skip otherwise (tests.shared.missing)."""
+    require(SSHD.is_file(), SKIP_REASON)
+    require_tool("ssh-keygen", "openssh-client")
+    require_tool("unshare", "util-linux")
+    require(os.geteuid() == 0, "sshd runs inside unshare -m, which needs root (CI runs as root)")
 
 
 def keygen(path: Path, *, passphrase: str = "") -> Path:

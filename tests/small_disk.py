@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.shared import missing, require, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_on_small_disk(tmp_path: Path, script: str) -> dict[str, Any]:
-    """Run ``script`` with a fresh mount point as its argument; skip where a mount namespace
-    cannot be made (not root, no unshare). Returns what it printed, decoded."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) to mount a small tmpfs in a private mount namespace")
+    """Run ``script`` with a fresh mount point as its argument; ``tests.shared.missing``
+    (a failure under CI) where a mount namespace cannot be made (not root, no unshare).
+    Returns what it printed, decoded."""
+    require_tool("unshare", "util-linux")
+    require(
+        os.geteuid() == 0, "needs root to mount a small tmpfs in a private mount namespace (CI runs as root)"
+    )
     mount = tmp_path / "small-disk"
     mount.mkdir()
     result = subprocess.run(
@@ -32,7 +34,7 @@ def run_on_small_disk(tmp_path: Path, script: str) -> dict[str, Any]:
         cwd=REPO,
     )
     if result.returncode != 0 and "unshare failed" in result.stderr:
-        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+        missing(f"cannot make a mount namespace here (CI runs as root): {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     out: dict[str, Any] = json.loads(result.stdout)
     return out

@@ -13,7 +13,7 @@ from agent.catalog import (
     load_catalog,
     parse_catalog,
 )
-from tests.shared import SHARED, shared_file
+from tests.shared import SHARED, shared_file, shared_missing_reason
 
 _HEX = re.compile(r"0x([0-9A-Fa-f]{4})")
 
@@ -51,9 +51,7 @@ def _rows_for_collection() -> list:
         return [
             pytest.param(
                 ("", []),
-                marks=pytest.mark.skip(
-                    reason=f"{SHARED / 'protocols.md'} is absent (../shared beside the checkout)"
-                ),
+                marks=pytest.mark.missing(shared_missing_reason(SHARED / "protocols.md")),
             )
         ]
     return [pytest.param(row, id=row[0]) for row in protocols_usb_table()]

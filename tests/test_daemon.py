@@ -43,6 +43,7 @@ from tests.peers_mdns import RUN_TOKEN, Publisher, Service
 from tests.peers_snmp import Snmpd, entity_rows
 from tests.peers_ssh import keygen
 from tests.portal_standin import PortalStandIn
+from tests.shared import require_tool
 from tests.sysfs import add_device
 
 RALLY_BAR, SCRIBE, BRIO = 0x089B, 0x08E2, 0x085E
@@ -647,8 +648,7 @@ class SilentServer:
 
 
 def ssh_section(own: Own, port: int, connect_timeout: float) -> str:
-    if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen is not installed (Debian package openssh-client; run scripts/bootstrap)")
+    require_tool("ssh-keygen", "openssh-client")
     key = own.dir / "id_ed25519"
     if not key.exists():
         keygen(key)

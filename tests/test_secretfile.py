@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.secretfile import MAX_SECRET_BYTES, SecretFileError, read_secret
+from tests.shared import not_applicable
 
 
 def test_reads_one_line_without_its_newline(tmp_path: Path):
@@ -48,7 +49,9 @@ def test_missing_directory_and_unreadable(tmp_path: Path):
     with pytest.raises(SecretFileError, match="not a regular file"):
         read_secret(tmp_path, environ={})
     if os.geteuid() == 0:
-        pytest.skip("root reads any file: the permission case needs an unprivileged user")
+        not_applicable(
+            "root reads any file, and CI runs as root: the unreadable-file case needs an unprivileged user"
+        )
     f = tmp_path / "key"
     f.write_text("x\n")
     f.chmod(0)

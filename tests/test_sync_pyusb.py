@@ -10,7 +10,6 @@ from the recorded host's is never answered).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -75,10 +74,6 @@ def test_no_usable_sync_interface_is_a_clear_error(interfaces: list[InterfaceInf
 
 # --------------------------------------------------------------------------- under umockdev
 
-needs_umockdev = pytest.mark.skipif(
-    shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
-)
-
 SCRIPT = """
 import json, sys
 import usb.core
@@ -109,7 +104,6 @@ def run_under_umockdev(
 
 
 @pytest.mark.umockdev
-@needs_umockdev
 def test_pyusb_transport_reads_the_recorded_bar_through_libusb(tmp_path: Path) -> None:
     recording = Capture().recording()
     out = run_under_umockdev(
@@ -122,7 +116,6 @@ def test_pyusb_transport_reads_the_recorded_bar_through_libusb(tmp_path: Path) -
 
 
 @pytest.mark.umockdev
-@needs_umockdev
 def test_pyusb_transport_finds_moved_endpoints_and_leaves_update_and_adb_alone(tmp_path: Path) -> None:
     # Give the firmware-update interface the addresses the Sync interface had on the
     # recorded bar, and the Sync interface new ones: a hard-coded 0x02/0x84 would now talk
@@ -137,7 +130,6 @@ def test_pyusb_transport_finds_moved_endpoints_and_leaves_update_and_adb_alone(t
 
 
 @pytest.mark.umockdev
-@needs_umockdev
 def test_frames_that_differ_from_the_recorded_host_get_no_answer(tmp_path: Path) -> None:
     # Sequence ids 1… instead of the recorded 11…: umockdev compares OUT bytes and never
     # answers, so the exchange must end in a clean error within the deadline.

@@ -9,9 +9,9 @@
 * ``systemd-analyze security --offline=true`` rates the shipped file itself; the exposure it
   prints must be at most 2.0.
 * ``systemd-sysusers --root=TMP`` really creates the user and group, in TMP/etc.
-* ``udevadm verify`` exists only from systemd 253 on (Debian 12 has 252): that part is skipped,
-  saying so, where it is missing. The rule is also parsed here and must match only vendor 046d's
-  USB device nodes.
+* ``udevadm verify`` exists only from systemd 253 on (Debian 12 has 252): on an older systemd that
+  part is skipped, saying so, in CI too (tests.shared.not_applicable). The rule is also parsed
+  here and must match only vendor 046d's USB device nodes.
 
 Run scripts/bootstrap first: it installs the ``systemd`` package that brings these tools.
 """
@@ -27,19 +27,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared import not_applicable, require_tool
+
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "roomsync-agent.service"
 RULES = REPO / "systemd" / "70-roomsync.rules"
 SYSUSERS = REPO / "systemd" / "roomsync.sysusers.conf"
 INSTALLED_EXEC = "/opt/roomsync/bin/roomsync"
 MAX_EXPOSURE = 2.0
+SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
+#: The first systemd whose udevadm has ``verify``.
+UDEVADM_VERIFY_SINCE = 253
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if path is None:
-        pytest.skip(f"{name} is not installed (scripts/bootstrap installs the systemd package)")
-    return path
+    return require_tool(name, "systemd", path=SYSTEM_PATH)
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -312,13 +314,23 @@ def test_one_group_name_across_unit_rule_and_sysusers() -> None:
     assert sysusers_names == [rule_group]
 
 
+def _systemd_version() -> int | None:
+    analyze = shutil.which("systemd-analyze") or shutil.which("systemd-analyze", path=SYSTEM_PATH)
+    found = re.match(r"systemd (\d+)", _run([analyze, "--version"]).stdout) if analyze else None
+    return int(found.group(1)) if found else None
+
+
 def test_udevadm_verify_accepts_the_rule() -> None:
-    udevadm = shutil.which("udevadm") or shutil.which("udevadm", path="/usr/bin:/bin:/sbin")
-    if udevadm is None:
-        pytest.skip("udevadm is not installed; the rule is only checked by the parser above")
+    version = _systemd_version()
+    if version is not None and version < UDEVADM_VERIFY_SINCE:
+        not_applicable(
+            f"'udevadm verify' exists from systemd {UDEVADM_VERIFY_SINCE} on and this machine has "
+            f"systemd {version} (Debian 12 ships 252); the rule is checked by the parser above"
+        )
+    udevadm = require_tool("udevadm", "udev", path=SYSTEM_PATH)
     helptext = _run([udevadm, "verify", "--help"])
     if helptext.returncode != 0:
-        pytest.skip("this udevadm has no 'verify' command (systemd >= 253; Debian 12 has 252)")
+        not_applicable(f"this udevadm has no 'verify' command (systemd >= {UDEVADM_VERIFY_SINCE})")
     argv = [udevadm, "verify"]
     if "--resolve-names" in helptext.stdout:
         argv.append("--resolve-names=never")  # the roomsync group need not exist here

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,6 @@ from tests.usbfake import FakeUsbDevice, UsbmonCapture, run_under_umockdev
 
 pytestmark = [
     pytest.mark.umockdev,
-    pytest.mark.skipif(
-        shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
-    ),
 ]
 
 

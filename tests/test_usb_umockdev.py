@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,6 @@ from tests.usbfake import (
 
 pytestmark = [
     pytest.mark.umockdev,
-    pytest.mark.skipif(
-        shutil.which("umockdev-run") is None, reason="umockdev-run is not installed (Debian package umockdev)"
-    ),
 ]
 
 LOGI = 0x046D

@@ -75,7 +75,7 @@ from tests.fuzz import (
     nesting_bomb,
     strings_in,
 )
-from tests.shared import shared_file
+from tests.shared import SHARED, missing, shared_file
 from tests.sync_captures import FakeClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -178,7 +178,9 @@ def recorded_answer(recorded_transfers: list[bytes]) -> dict[str, Any]:
             continue
         if message.is_device_info_response and message.json_payload:
             return dict(json.loads(message.json_payload))
-    pytest.skip("the recording holds no GetDeviceInfo answer")
+    missing(
+        f"the recording {SHARED.joinpath(*CAPTURE)} holds no GetDeviceInfo answer: a wrong shared fixture"
+    )
 
 
 def _payloads() -> st.SearchStrategy[bytes]:
