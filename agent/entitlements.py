@@ -4,69 +4,31 @@ A device never reports its purchase date or its contracts (domain.md, "What this
 agent"), so the operator imports them. This module reads that file; :mod:`agent.coverage` turns
 a record into a verdict.
 
-The file format (for operators)
--------------------------------
-A CSV file with a header row naming the columns. Column order is free and every column except
-``serial`` is optional; a blank cell means "not known". ``config/entitlements.example.csv``
-is a worked example.
+The file (for operators: ``docs/csv-formats.md``)
+-------------------------------------------------
+A CSV file in the dialect every operator CSV shares (:mod:`agent.csvtext`): a header row naming
+the columns of :data:`COLUMNS` in any order; only ``serial`` is required, and a blank cell means
+"not known". ``config/entitlements.example.csv`` is a worked example. What the import enforces,
+so that every later verdict rests on clean data:
 
-=========================  ====================================================================
-column                     meaning
-=========================  ====================================================================
-serial                     the unit's serial as printed on its label (required). For a product
-                           made of several components, the primary unit's serial (P1).
-purchase_date              original purchase date, ``YYYY-MM-DD`` (W1, W2, S7, H1)
-country                    where it was bought: ISO 3166 alpha-2 code (``NO``, ``GB``, ``US``) (W5)
-customer                   ``business`` (the default when blank) or ``consumer`` (W4)
-extension_years            years of B2B extended warranty bought on top of the standard (W2)
-extension_purchased        the day the extension was bought, ``YYYY-MM-DD`` (W3)
-select_contract            Logitech SELECT contract id (free text) (S1)
-select_order_date          the day Logitech created the SELECT service order (S4)
-select_activation_date     first licence assignment / enterprise-plan activation (S4)
-select_term_years          the SELECT term bought, in years (S5)
-select_registered          the day the unit was registered to its SELECT room (S8)
-reseller_contract          reseller (HEZO+) service contract number (free text) (H1, P3)
-reseller_until             last day of the reseller service term, ``YYYY-MM-DD`` (H1)
-replaced_serial            for a replacement or deployed spare: the serial of the unit it
-                           replaced (W8, S11)
-replacement_date           the day it replaced that unit, ``YYYY-MM-DD`` (W8, S11)
-=========================  ====================================================================
-
-Rules the import enforces, so that every later verdict rests on clean data:
-
-* Dates are ``YYYY-MM-DD`` with a year from 1980 to 2199; numbers are whole numbers from 0 to 99.
-* ``country`` is two letters, upper-cased on import, and must be an assigned ISO 3166 code
-  (``UK`` is refused with a hint to use ``GB``).
-* Serials: white space anywhere in the cell is removed and letters are upper-cased, so
-  ``" 2313 fd1n08z2"`` is the serial ``2313FD1N08Z2``. Two rows whose serials are equal after
-  this are duplicates. Placeholders (``N/A``, ``0000000``…) are refused. Lookups through
-  :class:`Entitlements` normalise the asked serial the same way.
-* ``select_contract`` and ``reseller_contract`` are kept as text, with control characters
-  removed; at most 128 characters.
+* dates are ``YYYY-MM-DD``, years 1980-2199; numbers whole, 0-99;
+* ``country`` is an assigned ISO 3166 alpha-2 code, upper-cased (``UK`` refused: use ``GB``);
+* ``customer`` is ``business`` (the default when blank) or ``consumer`` (W4);
+* serials lose all white space and are upper-cased (``" 2313 fd1n08z2"`` is ``2313FD1N08Z2``),
+  so two rows equal after this are duplicates; placeholders (``N/A``, ``0000000``…) are refused;
+  lookups through :class:`Entitlements` normalise the asked serial the same way;
+* ``select_contract`` and ``reseller_contract`` are text without control characters, at most
+  128 characters;
 * ``replaced_serial`` and ``replacement_date`` go together; a unit cannot replace itself;
   ``reseller_until`` cannot be before ``purchase_date``.
-* Column names are matched case-insensitively, spaces and hyphens read as ``_``
-  (``Purchase Date`` is ``purchase_date``). An unknown or repeated column is refused.
-* Every row has as many cells as the header (extra *empty* cells at the end of a row are
-  ignored: spreadsheets write them). Blank lines and rows of empty cells are skipped. Lines
-  starting with ``#`` *before* the header are comments (after it, a ``#`` is data).
-
-Spreadsheet habits are accepted: UTF-8 with or without a byte-order mark, ``;`` or ``,`` as the
-delimiter (whichever the header line uses more), CRLF or LF line ends, quoted cells. The file
-must be UTF-8 ("CSV UTF-8" in Excel's *Save as*) and at most 50 MB.
 
 A file with any problem is refused as a whole: nothing is imported, and every problem is listed
-as ``FILE:LINE: COLUMN: what is wrong`` (``FILE:LINE: what is wrong`` when a problem concerns a
-whole row, ``FILE: what is wrong`` for the whole file). Line numbers are physical lines of the
-file, the header being line 1 (unless comment or blank lines precede it). The CLI exits with
-status 2.
+as ``FILE:LINE: COLUMN: what is wrong`` in :class:`EntitlementsError` (line numbers are the
+file's physical lines). At most 50 MB. The CLI exits with status 2.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -75,11 +37,12 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from agent.csvtext import CellError as _Bad
-from agent.csvtext import CsvFileError, delimiter_of, file_text, normalize_column, read_file, serial_cell
+from agent.csvtext import CsvFileError, CsvLayout, CsvReader, CsvRow, read_file, serial_cell
 from agent.sanitize import clean_text, normalize_serial
 
 __all__ = [
     "COLUMNS",
+    "LAYOUT",
     "MAX_FILE_BYTES",
     "Customer",
     "EntitlementRecord",
@@ -250,7 +213,7 @@ def parse_entitlements(
 ) -> Entitlements:
     """Check and import entitlements CSV content (bytes as read from a file, or text).
     ``name`` is used in messages."""
-    return _Import(name).run(file_text(data, name, max_bytes, EntitlementsError))
+    return _Import(name).run(data, max_bytes)
 
 
 # --- cell parsers: each takes the stripped, non-empty cell text ---------------------------
@@ -334,124 +297,45 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 assert set(_PARSERS) == set(COLUMNS)
 
 
+#: The entitlements file's columns, as the common CSV reader (:mod:`agent.csvtext`) reads them.
+LAYOUT = CsvLayout(
+    columns=COLUMNS,
+    required={"serial": "the column is missing: every row needs the unit's serial"},
+    example="e.g. serial,purchase_date",
+    text_columns=frozenset({"select_contract", "reseller_contract"}),
+)
+
+
 class _Import:
     """One import run: collects every problem, builds records only while there are none."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.problems: list[str] = []
+        self.csv = CsvReader(name, LAYOUT, EntitlementsError)
+        self.problem = self.csv.problem
 
-    def problem(self, line: int, column: str | None, what: str) -> None:
-        where = f"{self.name}:{line}: {column}: " if column else f"{self.name}:{line}: "
-        self.problems.append(where + what)
-
-    def run(self, text: str) -> Entitlements:
-        lines = iter(io.StringIO(text, newline=""))  # physical lines, line ends kept
-        header_line = 0
-        for first in lines:
-            header_line += 1
-            if first.strip() and not first.startswith("#"):
-                break
-        else:
-            raise EntitlementsError(
-                [
-                    f"{self.name}:1: the file is empty: it needs a header row naming "
-                    "the columns (e.g. serial,purchase_date)"
-                ]
-            )
-        delimiter = delimiter_of(first)
-        reader = csv.reader(_chain_first(first, lines), delimiter=delimiter, strict=True)
-
-        def numbered() -> Iterator[tuple[int, list[str]]]:
-            consumed = 0  # lines the reader has taken so far: a row starts on the next one
-            for cells in reader:
-                yield header_line + consumed, cells
-                consumed = reader.line_num
-
-        rows = numbered()
-        records: dict[str, EntitlementRecord] = {}
-        try:
-            columns = self.header(next(rows)[1], header_line)
-            records = self.rows(rows, columns, delimiter)
-        except csv.Error as exc:
-            self.problem(
-                header_line + reader.line_num - 1,
-                None,
-                f"the row cannot be read as CSV ({exc}): nothing after it was read",
-            )
-        if self.problems:
-            raise EntitlementsError(self.problems)
+    def run(self, data: str | bytes, max_bytes: int) -> Entitlements:
+        records = self.rows(self.csv.read(data, max_bytes))
+        self.csv.refuse()
         return Entitlements._normalised(records, self.name)
 
-    def header(self, cells: list[str], line: int) -> list[str | None]:
-        """Column names by position (``None`` for a column that is not imported)."""
-        names = [normalize_column(c) for c in cells]
-        while names and not names[-1]:
-            names.pop()  # a trailing delimiter: spreadsheets write empty columns at the end
-        if not any(n in _PARSERS for n in names):
-            shown = ",".join(cells)[:80]
-            raise EntitlementsError(
-                [
-                    f"{self.name}:{line}: no header row: the first line must name "
-                    f"the columns (e.g. serial,purchase_date), found {shown!r}"
-                ]
-            )
-        columns: list[str | None] = []
-        seen: dict[str, int] = {}
-        for position, name in enumerate(names, start=1):
-            if not name:
-                self.problem(line, f"column {position}", "has no name")
-            elif name not in _PARSERS:
-                self.problem(line, name, "unknown column" + _suggestion(name))
-            elif name in seen:
-                self.problem(line, name, f"appears twice (columns {seen[name]} and {position})")
-            else:
-                seen[name] = position
-                columns.append(name)
-                continue
-            columns.append(None)
-        if "serial" not in seen:
-            self.problem(line, "serial", "the column is missing: every row needs the unit's serial")
-        return columns
-
-    def rows(
-        self, rows: Iterator[tuple[int, list[str]]], columns: list[str | None], delimiter: str
-    ) -> dict[str, EntitlementRecord]:
-        fields = [(i, name, _PARSERS[name]) for i, name in enumerate(columns) if name is not None]
-        serial_index = columns.index("serial") if "serial" in columns else None
-        width = len(columns)
+    def rows(self, rows: Iterator[CsvRow]) -> dict[str, EntitlementRecord]:
         records: dict[str, EntitlementRecord] = {}
         first_line: dict[str, int] = {}
         for line, cells in rows:
-            if len(cells) != width:
-                if not "".join(cells).strip():
-                    continue  # a blank line, or a row of empty cells
-                if len(cells) > width and not "".join(cells[width:]).strip():
-                    cells = cells[:width]  # spreadsheets pad rows with empty cells
-                else:
-                    self.problem(
-                        line,
-                        None,
-                        f"the row has {len(cells)} cells but the header has "
-                        f"{width} (the delimiter is {delimiter!r})",
-                    )
-                    continue
-            elif not "".join(cells).strip():
-                continue
             values: dict[str, Any] = {}
             ok = True
-            for index, name, parse in fields:
-                text = cells[index]
-                if text and (text := text.strip()):
+            for name, text in cells.items():
+                if text:
                     try:
-                        values[name] = parse(text)
+                        values[name] = _PARSERS[name](text)
                     except _Bad as exc:
                         self.problem(line, name, str(exc))
                         ok = False
             ok = self.row_rules(values, line) and ok
             serial = values.get("serial")
             if serial is None:
-                if serial_index is not None and not cells[serial_index].strip():
+                if not cells["serial"]:
                     self.problem(line, "serial", "is empty: every row needs the unit's serial")
                 continue
             if serial in first_line:
@@ -460,7 +344,7 @@ class _Import:
                 )
                 continue
             first_line[serial] = line
-            if ok and not self.problems:
+            if ok and not self.csv.problems:
                 records[serial] = EntitlementRecord(line=line, **values)
         return records
 
@@ -486,15 +370,3 @@ class _Import:
             )
             ok = False
         return ok
-
-
-def _suggestion(name: str) -> str:
-    close = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.75)
-    if close:
-        return f" (did you mean {close[0]}?)"
-    return f" (known columns: {', '.join(COLUMNS)})"
-
-
-def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest

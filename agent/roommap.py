@@ -5,69 +5,34 @@ the room of (a configured SSH host's ``room``) keep it: the map never overrides 
 room (:mod:`agent.inventory`). Everything else — SNMP responders, mDNS hosts, room PCs read over
 SSH without a ``room`` — is placed by this map, or listed as *unassigned*, never dropped.
 
-The file format (for operators)
--------------------------------
-A CSV file with a header row naming the columns; ``config/rooms.example.csv`` is a worked
-example. Column order is free; ``match``, ``value`` and ``room`` are required.
+The file (for operators: ``docs/csv-formats.md``)
+-------------------------------------------------
+A CSV file in the dialect every operator CSV shares (:mod:`agent.csvtext`): a header row naming
+the columns ``match``, ``value``, ``room`` (required) and ``room_name``, ``group``, ``location``,
+``seat_count`` (optional); ``config/rooms.example.csv`` is a worked example. ``match`` says
+what ``value`` is:
 
-============  =================================================================================
-column        meaning
-============  =================================================================================
-match         what ``value`` is: ``serial``, ``host``, ``address`` or ``cidr``
-value         the serial, host name, IP address or CIDR range to match
-room          the room id the matching units stand in: letters, digits and ``. _ : / -``,
-              starting with a letter or digit, at most 64 characters (as ``[room] id`` in
-              the agent's configuration)
-room_name     optional: the room's name, shown to people
-group         optional: the room's group (Sync's "group", e.g. ``Oslo HQ / 4th floor``)
-location      optional: where the room is (``Oslo, Norway``)
-seat_count    optional: a whole number from 0 to 10000
-============  =================================================================================
-
-What each kind of ``match`` compares:
-
-* ``serial``: the unit's serial as the agent reads it (``roomsync scan`` shows it). White space
-  is removed and letters upper-cased on both sides, so ``2313 fd1n08z2`` matches
-  ``2313FD1N08Z2``. Placeholders (``N/A``, ``00000000``…) are refused.
+* ``serial``: the unit's serial as the agent reads it, white space removed and letters
+  upper-cased on both sides; placeholders (``N/A``, ``00000000``…) are refused.
 * ``host``: a host name the unit gives (mDNS host, SNMP sysName, a room PC's host name) or the
-  host part of its address (``room-pc-12`` in ``room-pc-12:2222``). Case-insensitive; a
-  trailing dot and a ``.local`` suffix are ignored. A value without a dot also matches the
-  first label of a longer name (``room-pc-12`` matches ``room-pc-12.oslo.example.com``); a
-  value with dots must match the whole name. Units on a room PC's USB
+  host part of its address. Case-insensitive; a trailing dot and ``.local`` are ignored; a
+  value without a dot also matches the first label of a longer name. Units on a room PC's USB
   (``room-pc-12/usb/1-1.2``) match through the PC's host.
-* ``address``: one IPv4 or IPv6 address, without a port; matches the unit's address whatever
-  port it was reached on (``10.1.2.3:1161``, ``[2001:db8::5]:22``) and the addresses an mDNS
-  host announced.
-* ``cidr``: a range such as ``10.1.2.0/24`` or ``2001:db8:4::/64`` (host bits must be zero).
+* ``address``: one IPv4 or IPv6 address, without a port; matches whatever port the unit was
+  reached on, and the addresses an mDNS host announced.
+* ``cidr``: a range (``10.1.2.0/24``, ``2001:db8:4::/64``), host bits zero.
 
-A row with ``match`` and ``value`` both blank places nothing: it only describes its room (name,
-group, location, seat count). A room's details may be given on any of its rows; where several
-rows give the same detail they must agree. Every room the file names is listed, with its
-devices or as found empty.
-
-When several rows match one unit, the most specific wins, and only then the earlier line:
-
-    serial  >  host  >  address  >  the narrowest cidr
-
-(a whole host name beats a first-label match). Two rows with the same ``match`` and ``value``
-are refused, whether or not they name the same room.
-
-The file is read the way the entitlements import reads its own: UTF-8 with or without a
-byte-order mark, ``,`` or ``;`` as the delimiter (whichever the header line uses more), CRLF or
-LF line ends, quoted cells (a cell cannot span lines). Column names are matched
-case-insensitively, spaces and hyphens read as ``_``; an unknown or repeated column is
-refused. Blank lines are skipped; a line whose first non-blank character is ``#`` is a comment,
-anywhere in the file (quote a first cell that starts with ``#``). At most 10 MB.
+A row with ``match`` and ``value`` both blank only describes its room; where several rows give
+one room's detail they must agree. When several rows match one unit the most specific wins,
+then the earlier line: ``serial > host > address > the narrowest cidr`` (a whole host name
+beats a first-label match). Two rows with the same ``match`` and ``value`` are refused.
 
 A file with any problem is refused as a whole: nothing is placed by it, and every problem is
-listed as ``FILE:LINE: COLUMN: what is wrong`` (``FILE:LINE: what is wrong`` for a whole row,
-``FILE: what is wrong`` for the whole file) in :class:`RoomMapError`.
+listed as ``FILE:LINE: COLUMN: what is wrong`` in :class:`RoomMapError`. At most 10 MB.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
@@ -77,13 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.csvtext import CellError as _Bad
-from agent.csvtext import CsvFileError, delimiter_of, file_text, normalize_column, read_file, serial_cell
+from agent.csvtext import CsvFileError, CsvLayout, CsvReader, read_file, serial_cell
 from agent.model import Device, Room, Transport
 from agent.sanitize import normalize_serial
 
 __all__ = [
     "COLUMNS",
     "HOST_NAME_ATTRIBUTES",
+    "LAYOUT",
     "MAX_FILE_BYTES",
     "MatchKind",
     "Placement",
@@ -116,7 +82,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 MAX_ROOM_ID_LEN = 64
 #: Control characters, refused in text cells (the configuration's text values refuse them too).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
 #: A host name: dot-separated labels (no overlapping repeats: linear time on any input).
 _HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
@@ -482,6 +448,14 @@ def place(device: Device, room_map: RoomMap) -> str | None:
 
 # --------------------------------------------------------------------------- the file
 
+#: The room map's columns, as the common CSV reader (:mod:`agent.csvtext`) reads them.
+LAYOUT = CsvLayout(
+    columns=COLUMNS,
+    required={c: "the column is missing (required: match, value, room)" for c in _REQUIRED},
+    example="match,value,room",
+    text_columns=frozenset({"room_name", "group", "location"}),
+)
+
 
 def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Read and check a room-map CSV file; raise :class:`RoomMapError` (every problem listed,
@@ -492,15 +466,7 @@ def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomM
 def parse_room_map(data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Check and read room-map CSV content (bytes as read from a file, or text); ``name`` is
     used in messages."""
-    return _Reader(name).run(file_text(data, name, max_bytes, RoomMapError))
-
-
-def _rows(text: str) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` for every line that is neither blank nor a comment."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            yield number, line
+    return _Reader(name).run(data, max_bytes)
 
 
 _DETAILS = ("room_name", "group", "location", "seat_count")
@@ -511,103 +477,28 @@ class _Reader:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.problems: list[str] = []
-        self.delimiter = ","
+        self.csv = CsvReader(name, LAYOUT, RoomMapError)
+        self.problem = self.csv.problem
 
-    def problem(self, line: int, column: str | None, what: str) -> None:
-        self.problems.append(
-            f"{self.name}:{line}: {column}: {what}" if column else f"{self.name}:{line}: {what}"
-        )
-
-    def cells(self, line: int, text: str) -> list[str] | None:
-        try:
-            return next(csv.reader([text], delimiter=self.delimiter, strict=True))
-        except csv.Error as exc:
-            self.problem(
-                line, None, f"the row cannot be read as CSV ({exc}); a quoted cell cannot span lines"
-            )
-            return None
-
-    def run(self, text: str) -> RoomMap:
-        lines = _rows(text)
-        first = next(lines, None)
-        if first is None:
-            raise RoomMapError(
-                [
-                    f"{self.name}:1: the file is empty: it needs a header row naming "
-                    "the columns (match,value,room)"
-                ]
-            )
-        header_line, header_text = first
-        self.delimiter = delimiter_of(header_text)
-        columns = self.header(header_line, self.cells(header_line, header_text) or [])
+    def run(self, data: str | bytes, max_bytes: int) -> RoomMap:
         rules: list[RoomRule] = []
         details: dict[str, dict[str, tuple[Any, int]]] = {}
-        if not self.problems:
-            for line, row in lines:
-                cells = self.cells(line, row)
-                if cells is not None:
-                    self.row(line, cells, columns, rules, details)
-        if not self.problems:
+        for row in self.csv.read(data, max_bytes):
+            self.row(row.line, row.cells, rules, details)
+        if not self.csv.problems:
             try:
                 return RoomMap(rules, _rooms(details), source=self.name)
             except RoomMapError as exc:
-                self.problems.extend(exc.problems)
-        raise RoomMapError(self.problems)
-
-    def header(self, line: int, cells: list[str]) -> list[str | None]:
-        names = [normalize_column(c) for c in cells]
-        while names and not names[-1]:
-            names.pop()  # spreadsheets write empty columns at the end
-        if not any(n in COLUMNS for n in names):
-            shown = self.delimiter.join(cells)[:80]
-            raise RoomMapError(
-                [
-                    f"{self.name}:{line}: no header row: the first line must name the "
-                    f"columns (match,value,room), found {shown!r}"
-                ]
-            )
-        columns: list[str | None] = []
-        seen: dict[str, int] = {}
-        for position, column in enumerate(names, start=1):
-            if not column:
-                self.problem(line, f"column {position}", "has no name")
-            elif column not in COLUMNS:
-                close = difflib.get_close_matches(column, COLUMNS, n=1, cutoff=0.7)
-                hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(COLUMNS)})"
-                self.problem(line, column, "unknown column" + hint)
-            elif column in seen:
-                self.problem(line, column, f"appears twice (columns {seen[column]} and {position})")
-            else:
-                seen[column] = position
-            columns.append(column if column in COLUMNS and seen.get(column) == position else None)
-        for column in _REQUIRED:
-            if column not in seen:
-                self.problem(line, column, "the column is missing (required: match, value, room)")
-        return columns
+                self.csv.problems.extend(exc.problems)
+        raise RoomMapError(self.csv.problems)
 
     def row(
         self,
         line: int,
-        cells: list[str],
-        columns: list[str | None],
+        raw: dict[str, str],
         rules: list[RoomRule],
         details: dict[str, dict[str, tuple[Any, int]]],
     ) -> None:
-        width = len(columns)
-        if len(cells) > width and not "".join(cells[width:]).strip():
-            cells = cells[:width]  # spreadsheets pad rows with empty cells
-        if not "".join(cells).strip():
-            return  # a row of empty cells
-        if len(cells) != width:
-            self.problem(
-                line,
-                None,
-                f"the row has {len(cells)} cells but the header has {width} "
-                f"(the delimiter is {self.delimiter!r})",
-            )
-            return
-        raw = {c: cells[i].strip() for i, c in enumerate(columns) if c is not None}
         room = self.cell(line, "room", raw, _parse_room_id)
         if not raw["room"]:
             self.problem(line, "room", "is empty: every row names a room")

@@ -139,7 +139,7 @@ def test_room_only_rows_describe_rooms_and_details_must_agree() -> None:
         ("# only a comment\n", "rooms.csv:1: the file is empty"),
         ("serial,S1,r1\n", "rooms.csv:1: no header row"),
         ("match,value,rom\n", "rooms.csv:1: rom: unknown column (did you mean room?)"),
-        ("match,value,room,colour\n", "rooms.csv:1: colour: unknown column (known: match,"),
+        ("match,value,room,colour\n", "rooms.csv:1: colour: unknown column (known columns: match,"),
         ("match,value\n", "rooms.csv:1: room: the column is missing"),
         ("match,value,room,room\n", "rooms.csv:1: room: appears twice (columns 3 and 4)"),
         ("match,,value,room\n", "rooms.csv:1: column 2: has no name"),
@@ -201,7 +201,10 @@ def test_room_only_rows_describe_rooms_and_details_must_agree() -> None:
             HEADER + "serial,S1,r1,extra\n",
             "rooms.csv:2: the row has 4 cells but the header has 3 (the delimiter is ',')",
         ),
-        (HEADER + 'serial,"S1,r1\n', "rooms.csv:2: the row cannot be read as CSV"),
+        (
+            HEADER + 'serial,"S1,r1\n',
+            "rooms.csv:2: value: '\"S1,r1' opens a quote that is not closed on its line",
+        ),
         (
             HEADER + "serial,S1,r1\nserial,s 1,r2\n",
             "rooms.csv:3: value: serial S1 is already mapped on line 2 (room r1)",
