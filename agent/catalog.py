@@ -30,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent.collectors.registry import COLLECTORS, PRODUCT_COLLECTORS
+
 LOGITECH_VID = 0x046D
 UNKNOWN_LOGITECH = "Unknown Logitech device"
 UNKNOWN_DEVICE = "Unknown device"
@@ -87,7 +89,12 @@ class Product:
     extension_eligible: bool = False
     standard_warranty_years: int = 2
     warranty_source: str = "default"
-    sync_interface: bool = False
+    #: Product collectors (``agent.collectors.registry``) that read more of this product's
+    #: units than their source's identification does (``"sync-interface"``).
+    collectors: tuple[str, ...] = ()
+    #: The USB bcdDevice is the unit's firmware version (not for CollabOS bars, whose
+    #: firmware is the CollabOS version read over Sync).
+    usb_release_is_firmware: bool = True
     usb_serial_label_grade: bool = False
     usb: tuple[UsbId, ...] = ()
     usb_product_strings: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
@@ -577,9 +584,10 @@ _BOOL_KEYS = (
     "select_supported",
     "reseller_supported",
     "extension_eligible",
-    "sync_interface",
+    "usb_release_is_firmware",
     "usb_serial_label_grade",
 )
+_BOOL_DEFAULTS = {"usb_release_is_firmware": True}
 _PRODUCT_KEYS = frozenset(
     {
         "name",
@@ -594,6 +602,7 @@ _PRODUCT_KEYS = frozenset(
         "host_names",
         "lan_descriptions",
         "snmp_object_ids",
+        "collectors",
         *_BOOL_KEYS,
     }
 )
@@ -653,8 +662,33 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         host_names=_patterns(raw, "host_names", where, anchored=True),
         lan_descriptions=_patterns(raw, "lan_descriptions", where),
         snmp_object_ids=tuple(o.lstrip(".") for o in oids),
-        **{k: raw.get(k, False) for k in _BOOL_KEYS},
+        collectors=_collectors(raw, where, has_usb=bool(usb or raw.get("usb_product_strings"))),
+        **{k: raw.get(k, _BOOL_DEFAULTS.get(k, False)) for k in _BOOL_KEYS},
     )
+
+
+def _collectors(raw: dict[str, Any], where: str, *, has_usb: bool) -> tuple[str, ...]:
+    """The product's ``collectors``, checked against the collector registry."""
+    names = raw.get("collectors", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CatalogError(f'{where}: collectors must be a list of collector names (["sync-interface"])')
+    if len(set(names)) != len(names):
+        raise CatalogError(f"{where}: collectors lists a name twice")
+    for name in names:
+        entry = COLLECTORS.get(name)
+        if entry is None:
+            raise CatalogError(
+                f"{where}: collectors names unknown collector {name!r} "
+                f"(known product collectors: {', '.join(sorted(PRODUCT_COLLECTORS))})"
+            )
+        if entry.scope != "product":
+            raise CatalogError(
+                f"{where}: collectors names {name!r}, which reads every {entry.transport} endpoint "
+                "already; list only product collectors"
+            )
+        if entry.transport == "usb" and not has_usb:
+            raise CatalogError(f"{where}: collector {name!r} reads USB units, but the product has no usb ids")
+    return tuple(names)
 
 
 def load_catalog_file(path: str | Path) -> Catalog:

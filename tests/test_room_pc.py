@@ -36,8 +36,8 @@ from agent.collectors.windows_pc import (
     parse_windows_inventory,
     summarize_stderr,
 )
-from agent.discovery.usb import UsbRecord, parse_device, read_entries
 from agent.model import SerialSource, Severity, Transport
+from agent.usbtree import UsbRecord, parse_device, read_entries
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 WINDOWS_DATA = Path(__file__).parent / "data" / "windows"

@@ -17,8 +17,9 @@ from agent.cli import main
 from agent.collectors.sync.errors import TransportError
 from agent.collectors.sync.replay import Recording, ReplayTransport
 from agent.discovery import ScanContext
-from agent.discovery.usb import UsbRecord, UsbSource
+from agent.discovery.usb import UsbSource
 from agent.model import Observation
+from agent.usbtree import UsbRecord
 from tests.shared import shared_file
 from tests.sync_captures import (
     BAR_SERIAL,
@@ -123,10 +124,10 @@ class SyncFromRecording(UsbSource):
     def __init__(self, root: Path, recording: Recording | None, fail: str | None = None) -> None:
         super().__init__(root, libusb_strings=False)
         self.live = True
-        self.sync_interface = True
+        self.devices_reachable = True
         self.recording, self.fail, self.opened = recording, fail, []
 
-    def sync_opener(self, record: UsbRecord):  # type: ignore[override]
+    def sync_transport(self, record: UsbRecord):  # type: ignore[override]
         @contextlib.contextmanager
         def opener() -> Iterator[ReplayTransport]:
             self.opened.append(record.name)
@@ -184,7 +185,7 @@ def test_busy_interface_keeps_descriptor_facts_without_an_error(tmp_path: Path) 
 def test_a_captured_tree_never_opens_live_devices(tmp_path: Path) -> None:
     bar_tree(tmp_path, BAR_SERIAL)
     source = UsbSource(tmp_path)
-    assert not source.live and not source.sync_interface and not source.libusb_strings
+    assert not source.live and not source.devices_reachable and not source.libusb_strings
     observations, errors = run(source)
     bar = next(o for o in observations if o.product == "Rally Bar")
     assert errors == [] and bar.health == []

@@ -12,12 +12,8 @@ from agent.catalog import UNKNOWN_LOGITECH, load_catalog
 from agent.cli import main
 from agent.collectors.usb_descriptor import observe_unit
 from agent.discovery import ScanContext
-from agent.discovery.usb import (
-    UsbDiscoveryError,
-    UsbSource,
-    group_units,
-    read_sysfs,
-)
+from agent.discovery.usb import UsbSource
+from agent.usbtree import UsbDiscoveryError, group_units, read_sysfs
 from tests.sysfs import add_device
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

@@ -31,9 +31,11 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from agent.catalog import Catalog, LanMatch, MdnsKeys, Product
 from agent.model import Observation, SerialSource, Severity, Transport
+from agent.readonly import Gate
 from agent.sanitize import MASK, CleanText, clean_serial, clean_text, is_secret_key
 
 NAME = "mdns-txt"
@@ -387,3 +389,15 @@ def observe_hosts(
 ) -> list[Observation]:
     """One observation per host for every resolved service of a scan."""
     return [observe_host(group, catalog, now, source=source) for group in group_by_host(services)]
+
+
+class MdnsTxtCollector:
+    """Every mDNS host: identity from its service records (TXT keys, host-name patterns).
+
+    It sends devices nothing: the browse and the resolves are standard mDNS questions to the
+    multicast group (zeroconf's), and what a host announces is read as it comes."""
+
+    name: ClassVar[str] = "mdns-txt"
+    writes: ClassVar[str | None] = None
+    gate: ClassVar[Gate | None] = None
+    observe_host = staticmethod(observe_host)

@@ -7,7 +7,7 @@ it can read there:
   command is ever run). DMI under ``<sysfs_root>/class/dmi/id`` (system serial, board serial,
   vendor, product name, BIOS), host name, ``/etc/os-release``, ``/proc/uptime``, and the USB
   devices under ``<sysfs_root>/bus/usb/devices``, parsed by the local USB source's own code
-  (:func:`agent.discovery.usb.parse_device`, :func:`~agent.discovery.usb.read_entries`).
+  (:func:`agent.usbtree.parse_device`, :func:`~agent.usbtree.read_entries`).
 * **Windows**: the JSON that :mod:`agent.collectors.windows_pc` parses.
 
 Both end as one :class:`PcFacts`, which :func:`observe_pc` turns into observations: the PC
@@ -30,7 +30,9 @@ from typing import Any, Protocol
 
 from agent.catalog import Catalog
 from agent.collectors.usb_descriptor import observe_unit
-from agent.discovery.usb import (
+from agent.model import HealthIssue, Observation, SerialSource, Severity, Transport
+from agent.sanitize import clean_serial, clean_text, is_placeholder_serial
+from agent.usbtree import (
     MAX_ATTRIBUTE_BYTES,
     UsbRecord,
     attribute_unreadable,
@@ -38,8 +40,6 @@ from agent.discovery.usb import (
     parse_device,
     read_entries,
 )
-from agent.model import HealthIssue, Observation, SerialSource, Severity, Transport
-from agent.sanitize import clean_serial, clean_text, is_placeholder_serial
 
 ROOM_PC = "Room PC"
 SOURCE = "ssh"
@@ -400,11 +400,12 @@ def _attached_units(
         obs.attributes["attached_to"] = place.address
         obs.attributes[facts.usb_location_key] = unit.main.name
         obs.attributes.update(facts.usb_attributes.get(unit.main.name, {}))
-        if unit.product is not None and unit.product.sync_interface:
+        if unit.product is not None and unit.product.collectors:
+            # Product collectors open the device itself: only an agent on the PC can.
             obs.note(
                 "firmware-not-read",
-                "firmware is read over the Sync interface only by an agent on the PC the "
-                "unit is plugged into",
+                "firmware is read over the unit's own interface "
+                f"({', '.join(unit.product.collectors)}) only by an agent on the PC it is plugged into",
                 Severity.INFO,
             )
         observations.append(obs)

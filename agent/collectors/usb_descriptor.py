@@ -10,16 +10,15 @@ attribute (``usb_release``) and not shown as firmware.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 from agent.catalog import LOGITECH_VID, UNKNOWN_DEVICE, UNKNOWN_LOGITECH, Catalog
 from agent.model import Observation, SerialSource, Severity, Transport
+from agent.readonly import Gate
 from agent.sanitize import trustworthy
+from agent.usbtree import UsbRecord, UsbUnit, check_control_request
 
 NAME = "usb-descriptor"
-
-if TYPE_CHECKING:
-    from agent.discovery.usb import UsbRecord, UsbUnit
 
 _PROBLEM_TEXT = {
     "not-utf8": "is not valid text in its encoding (undecodable bytes replaced)",
@@ -82,7 +81,7 @@ def observe_unit(
 
     if main.release is not None:
         obs.attributes["usb_release"] = main.release
-        if not (product and product.sync_interface):
+        if product is None or product.usb_release_is_firmware:
             obs.firmware = main.release
             obs.firmware_source = "usb-bcdDevice"
     for key in ("manufacturer", "product"):
@@ -109,6 +108,22 @@ def observe_unit(
     if unit.match is not None and not unit.match.usb_id.sure:
         obs.attributes["identification"] = "unconfirmed USB id (protocols.md: U)"
     return obs
+
+
+class UsbDescriptorCollector:
+    """Every USB unit: identity from its descriptors (sysfs, and libusb for strings sysfs
+    lacks). The only request it may send is GET_DESCRIPTOR of a string
+    (:func:`agent.usbtree.check_control_request`, used by :func:`agent.usbtree.enrich_with_libusb`)."""
+
+    name: ClassVar[str] = NAME
+    writes: ClassVar[str | None] = "GET_DESCRIPTOR (string) control requests, for strings sysfs lacks"
+    gate: ClassVar[Gate | None] = staticmethod(check_control_request)
+
+    @staticmethod
+    def collect(
+        unit: UsbUnit, catalog: Catalog, now: datetime, *, source: str = "usb", address_prefix: str = ""
+    ) -> Observation:
+        return observe_unit(unit, catalog, now, source=source, address_prefix=address_prefix)
 
 
 def _report_string_problems(obs: Observation, record: UsbRecord) -> None:

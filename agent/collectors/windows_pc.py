@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.collectors.room_pc import PcFacts
-from agent.discovery.usb import UsbRecord
 from agent.model import HealthIssue, Severity
 from agent.sanitize import clean_text
+from agent.usbtree import UsbRecord
 
 WINDOWS_INVENTORY_SCRIPT = r"""
 $ErrorActionPreference = 'Stop'

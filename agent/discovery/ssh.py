@@ -37,6 +37,7 @@ from paramiko.hostkeys import InvalidHostKey
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from agent.collectors.room_pc import PcFacts, PcPlace, observe_pc, read_linux_pc
+from agent.collectors.ssh_host import check_ssh_request
 from agent.collectors.windows_pc import (
     MAX_OUTPUT_BYTES,
     WINDOWS_COMMAND,
@@ -190,6 +191,7 @@ class SftpFiles:
 
     def read(self, path: str, limit: int) -> bytes | None:
         self._check(path)
+        check_ssh_request(("read", path))
         try:
             with self._sftp.open(path, "rb") as fh:
                 return bytes(fh.read(limit))
@@ -200,6 +202,7 @@ class SftpFiles:
 
     def listdir(self, path: str) -> list[str]:
         self._check(path)
+        check_ssh_request(("list", path))
         try:
             return [str(name) for name in self._sftp.listdir(path)]
         except TimeoutError as exc:
@@ -223,6 +226,7 @@ def run_command(
     Raises :class:`SshHostError` when it exits non-zero or prints too much, and
     :class:`RemoteTimeout` when it does not finish in time.
     """
+    check_ssh_request(("exec", command))
     stdin, stdout, _stderr = client.exec_command(command, timeout=timeout)
     stdin.close()
     channel = stdout.channel

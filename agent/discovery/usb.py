@@ -1,497 +1,50 @@
-"""USB discovery: read the devices on this host's USB buses from sysfs.
+"""The USB source: the units on this host's USB buses (or on a captured sysfs tree).
 
-``<root>/bus/usb/devices/*`` holds one entry per USB device (``1-1.2``, ``usb1``) and one per
-interface (``1-1.2:1.0``, skipped). Each device entry has attribute files ``idVendor``,
-``idProduct``, ``bcdDevice``, ``busnum``, ``devnum`` and, when the device has them,
-``manufacturer``, ``product`` and ``serial``. The sysfs root is a parameter so that support
-engineers can read a tree captured at a site (``roomsync scan --sysfs-root PATH``) and tests
-can build trees in a temporary directory.
-
-When sysfs lacks a string that the device descriptor says exists (index ≠ 0), the string is
-read through libusb (pyusb), where libusb is installed and permissions allow. Only standard
-GET_DESCRIPTOR requests are sent: reading a string never changes a device.
-
-This module finds endpoints; turning them into observations is
-:mod:`agent.collectors.usb_descriptor`'s job.
+Finding the records and grouping them into units is :mod:`agent.usbtree`'s job; every unit is
+identified by the ``usb-descriptor`` collector, then read further by the product collectors
+its catalog product names (``collectors = ["sync-interface"]`` for CollabOS bars), looked up
+in the collector registry (:mod:`agent.collectors.registry`). This module holds no device
+knowledge of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.catalog import LOGITECH_VID, Catalog, Product, UsbMatch
-from agent.collectors.usb_descriptor import observe_unit
+from agent.collectors import UsbReadContext, UsbUnitCollector, collector_class
+from agent.collectors.usb_descriptor import UsbDescriptorCollector
+from agent.discovery import ScanContext, SourceResult
+from agent.model import ScanError
+from agent.usbtree import (
+    UsbDiscovery,
+    UsbDiscoveryError,
+    UsbRecord,
+    enrich_with_libusb,
+    group_units,
+    read_sysfs,
+)
 
 if TYPE_CHECKING:
-    # The Sync interface's code (and protobuf) is imported when a bar is read, not before:
-    # a daemon watching hosts without CollabOS bars never loads it.
-    from agent.collectors.sync.usb_unit import TransportOpener
-from agent.discovery import ScanContext, SourceResult
-from agent.model import HealthIssue, ScanError, Severity
-from agent.sanitize import CleanText, clean_serial, clean_text
+    from agent.catalog import Product
+    from agent.collectors.sync.client import SyncTransport
 
 LIVE_SYSFS = Path("/sys")
-#: sysfs attribute files are small; never read more than this from one.
-MAX_ATTRIBUTE_BYTES = 4096
-_DEVICE_NAME = re.compile(r"^(?:usb(?P<root>\d+)|(?P<bus>\d+)-(?P<ports>\d+(?:\.\d+)*))$")
-STRING_FIELDS = ("manufacturer", "product", "serial")
-# Offsets of iManufacturer, iProduct, iSerialNumber in the 18-byte device descriptor.
-_STRING_INDEX_OFFSETS = {"manufacturer": 14, "product": 15, "serial": 16}
-
-
-@cache
-def _port_chain(name: str) -> tuple[int, ...]:
-    m = _DEVICE_NAME.match(name)
-    if not m or not m.group("ports"):
-        return ()
-    return tuple(int(p) for p in m.group("ports").split("."))
-
-
-class UsbDiscoveryError(Exception):
-    """The sysfs tree cannot be read at all (as opposed to one bad device entry)."""
-
-
-@dataclass(slots=True)
-class UsbRecord:
-    """One USB device as sysfs (and perhaps libusb) describe it."""
-
-    name: str
-    path: Path
-    vendor_id: int
-    product_id: int
-    bcd_device: int | None = None
-    busnum: int | None = None
-    devnum: int | None = None
-    manufacturer: str | None = None
-    product: str | None = None
-    serial: str | None = None
-    #: String descriptor indexes from the device descriptor (0 = the device has none).
-    string_indexes: dict[str, int] = field(default_factory=dict)
-    #: Where each string came from: ``sysfs`` or ``libusb``.
-    string_sources: dict[str, str] = field(default_factory=dict)
-    #: Repairs made to each string (``not-utf8``, ``placeholder``…); see agent.sanitize.
-    string_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    issues: list[HealthIssue] = field(default_factory=list)
-
-    @property
-    def is_root_hub(self) -> bool:
-        return self.name.startswith("usb")
-
-    @property
-    def bus(self) -> int | None:
-        m = _DEVICE_NAME.match(self.name)
-        if not m:
-            return self.busnum
-        return int(m.group("root") or m.group("bus"))
-
-    @property
-    def port_chain(self) -> tuple[int, ...]:
-        """Ports from the root hub down (``1-1.4.2`` → ``(1, 4, 2)``); ``()`` for a root hub."""
-        return _port_chain(self.name)
-
-    @property
-    def release(self) -> str | None:
-        """bcdDevice as text: 0x0020 → ``0.20``; 0x1205 → ``12.05``."""
-        if self.bcd_device is None:
-            return None
-        return f"{self.bcd_device >> 8:x}.{self.bcd_device & 0xFF:02x}"
-
-    def set_string(self, name: str, raw: bytes | str | None, source: str) -> None:
-        cleaned: CleanText = clean_serial(raw) if name == "serial" else clean_text(raw)
-        setattr(self, name, cleaned.value)
-        self.string_sources[name] = source
-        problems = tuple(p for p in cleaned.problems if p != "missing")
-        if problems:
-            self.string_problems[name] = problems
-        else:
-            self.string_problems.pop(name, None)
-
-
-@dataclass(slots=True)
-class UsbDiscovery:
-    """What one pass over sysfs found."""
-
-    root: Path
-    bus_visible: bool
-    records: list[UsbRecord] = field(default_factory=list)
-    #: Entries that could not be used at all, as ``(entry name, message)``.
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    message: str | None = None
-
-
-class _AttributeDir:
-    """Reads attribute files of one sysfs entry through a directory descriptor (openat):
-    a scan reads ~10 files per device, and path building dominated the time otherwise."""
-
-    __slots__ = ("fd", "issues")
-
-    def __init__(self, path: str, issues: list[HealthIssue]) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        self.issues = issues
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def read(self, name: str) -> bytes | None:
-        try:
-            fd = os.open(name, os.O_RDONLY, dir_fd=self.fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._unreadable(name, exc)
-            return None
-        try:
-            return os.read(fd, MAX_ATTRIBUTE_BYTES)
-        except OSError as exc:
-            self._unreadable(name, exc)
-            return None
-        finally:
-            os.close(fd)
-
-    def _unreadable(self, name: str, exc: OSError) -> None:
-        self.issues.append(attribute_unreadable(name, exc))
-
-
-def attribute_unreadable(name: str, exc: OSError) -> HealthIssue:
-    """The note for an attribute file that exists but cannot be read."""
-    return HealthIssue(
-        "usb-attribute-unreadable", f"{name}: cannot read ({exc.strerror or exc})", Severity.INFO
-    )
-
-
-def _parse_hex(raw: bytes | None, width: int = 4) -> int | None:
-    if raw is None:
-        return None
-    text = raw.strip(b"\x00\n\r\t ").decode("ascii", errors="replace")
-    if not text or len(text) > width or not re.fullmatch(r"[0-9a-fA-F]+", text):
-        return None
-    return int(text, 16)
-
-
-def _parse_dec(raw: bytes | None) -> int | None:
-    if raw is None:
-        return None
-    text = raw.strip(b"\x00\n\r\t ").decode("ascii", errors="replace")
-    return int(text) if text.isdigit() and len(text) <= 6 else None
-
-
-#: Reads one attribute file of a device entry by name: its bytes (at most
-#: :data:`MAX_ATTRIBUTE_BYTES`), or ``None`` when the file is absent or unreadable (the reader
-#: records why on the issue list it was given).
-AttributeReader = Callable[[str], bytes | None]
-
-
-def parse_device(name: str, path: Path, read: AttributeReader, issues: list[HealthIssue]) -> UsbRecord:
-    """Build the record of one device entry from its attribute files, whatever reads them
-    (this host's sysfs through openat, or a room PC's sysfs over SFTP).
-
-    Raises :class:`ValueError` when its ids are unusable.
-    """
-    vid = _parse_hex(read("idVendor"))
-    pid = _parse_hex(read("idProduct"))
-    if vid is None or pid is None:
-        raise ValueError("idVendor/idProduct missing or not 4 hex digits")
-    record = UsbRecord(
-        name=name,
-        path=path,
-        vendor_id=vid,
-        product_id=pid,
-        bcd_device=_parse_hex(read("bcdDevice")),
-        busnum=_parse_dec(read("busnum")),
-        devnum=_parse_dec(read("devnum")),
-        issues=issues,
-    )
-    descriptors = read("descriptors")
-    if descriptors is not None and len(descriptors) >= 18 and descriptors[1] == 0x01:
-        record.string_indexes = {k: descriptors[o] for k, o in _STRING_INDEX_OFFSETS.items()}
-    for string_name in STRING_FIELDS:
-        raw = read(string_name)
-        if raw is not None:
-            record.set_string(string_name, raw, "sysfs")
-    return record
-
-
-def read_device(path: str | os.PathLike[str], name: str) -> UsbRecord:
-    """Read one sysfs device entry of this host. Raises :class:`ValueError` when its ids are
-    unusable, :class:`OSError` when the entry cannot be opened."""
-    issues: list[HealthIssue] = []
-    attrs = _AttributeDir(os.fspath(path), issues)
-    try:
-        return parse_device(name, Path(path), attrs.read, issues)
-    finally:
-        attrs.close()
-
-
-def read_sysfs(root: str | os.PathLike[str] = "/sys") -> UsbDiscovery:
-    """Enumerate USB devices under ``<root>/bus/usb/devices``.
-
-    Raises :class:`UsbDiscoveryError` only when ``root`` itself does not exist or is not a
-    directory; a host with no USB bus gives ``bus_visible=False`` and a message.
-    """
-    root_path = Path(root)
-    if not root_path.is_dir():
-        raise UsbDiscoveryError(f"sysfs root {root_path} does not exist or is not a directory")
-    devices_dir = root_path / "bus" / "usb" / "devices"
-    try:
-        with os.scandir(devices_dir) as it:
-            paths = {entry.name: entry.path for entry in it}
-    except FileNotFoundError:
-        return UsbDiscovery(root_path, False, message=f"no USB bus is visible ({devices_dir} is absent)")
-    except OSError as exc:
-        raise UsbDiscoveryError(f"cannot list {devices_dir}: {exc.strerror or exc}") from exc
-    return read_entries(root_path, paths, lambda name: read_device(paths[name], name))
-
-
-def read_entries(root: Path, names: Iterable[str], read_entry: Callable[[str], UsbRecord]) -> UsbDiscovery:
-    """Read the device entries among the names listed in a ``bus/usb/devices`` directory, in
-    topology order, with ``read_entry(name)`` (e.g. :func:`read_device`, or a reader of a room
-    PC's sysfs over SFTP). Interface entries are skipped; an entry whose name is not a
-    device's, or that ``read_entry`` rejects (:class:`ValueError`, :class:`OSError`), becomes
-    one error and the rest is read.
-    """
-    result = UsbDiscovery(root, True)
-    for name in sorted(names, key=_sort_key):
-        if ":" in name:  # an interface (1-1.2:1.0), not a device
-            continue
-        if not _DEVICE_NAME.match(name):
-            result.errors.append((name, "not a USB device entry name; skipped"))
-            continue
-        try:
-            result.records.append(read_entry(name))
-        except ValueError as exc:
-            result.errors.append((name, str(exc)))
-        except OSError as exc:
-            result.errors.append((name, f"cannot read: {exc.strerror or exc}"))
-    if not result.records and not result.errors:
-        result.message = "no USB devices found"
-    return result
-
-
-def _sort_key(name: str) -> tuple[Any, ...]:
-    m = _DEVICE_NAME.match(name.split(":", 1)[0])
-    if not m:
-        return (2, name)
-    if m.group("root"):
-        return (0, int(m.group("root")), ())
-    return (1, int(m.group("bus")), tuple(int(p) for p in m.group("ports").split(".")))
-
-
-# --------------------------------------------------------------------------- libusb
-
-
-def missing_strings(record: UsbRecord) -> list[str]:
-    """Strings the device descriptor announces but sysfs did not give us."""
-    return [
-        name
-        for name in STRING_FIELDS
-        if record.string_indexes.get(name) and name not in record.string_sources
-    ]
-
-
-def enrich_with_libusb(records: list[UsbRecord]) -> None:
-    """Read strings that sysfs lacks through libusb, where possible.
-
-    Failures (no libusb, no permission, a device that stalls) become informational issues
-    on the record; they never stop the scan.
-    """
-    wanted = [r for r in records if missing_strings(r) and r.busnum is not None and r.devnum is not None]
-    if not wanted:
-        return
-    try:
-        import usb.core
-        import usb.util
-    except ImportError:  # pragma: no cover - pyusb is a dependency
-        return
-    try:
-        found = {(d.bus, d.address): d for d in usb.core.find(find_all=True)}
-    except usb.core.NoBackendError:
-        for r in wanted:
-            r.issues.append(
-                HealthIssue(
-                    "usb-strings-unavailable",
-                    "libusb is not installed; strings missing from sysfs were not read",
-                    Severity.INFO,
-                )
-            )
-        return
-    except usb.core.USBError as exc:
-        for r in wanted:
-            r.issues.append(HealthIssue("usb-strings-unavailable", f"libusb: {exc}", Severity.INFO))
-        return
-    for record in wanted:
-        dev = found.get((record.busnum, record.devnum))
-        if dev is None or (dev.idVendor, dev.idProduct) != (record.vendor_id, record.product_id):
-            record.issues.append(
-                HealthIssue(
-                    "usb-strings-unavailable",
-                    f"libusb does not see bus {record.busnum} device {record.devnum}",
-                    Severity.INFO,
-                )
-            )
-            continue
-        try:
-            for name in missing_strings(record):
-                text, malformed = _read_string(dev, record.string_indexes[name])
-                record.set_string(name, text, "libusb")
-                if malformed:
-                    record.string_problems[name] = ("not-utf8", *record.string_problems.get(name, ()))
-        except (usb.core.USBError, ValueError, NotImplementedError) as exc:
-            record.issues.append(
-                HealthIssue("usb-strings-unavailable", f"libusb could not read strings: {exc}", Severity.INFO)
-            )
-        finally:
-            with contextlib.suppress(usb.core.USBError):
-                usb.util.dispose_resources(dev)
-
-
-def _read_string(dev: Any, index: int) -> tuple[str, bool]:
-    """One string descriptor, decoded leniently: ``(text, malformed)``.
-
-    The same request as pyusb's ``usb.util.get_string`` (first LANGID, wLength 254), but
-    malformed UTF-16 (a lone surrogate) becomes U+FFFD and ``malformed`` (reported as
-    ``not-utf8``) instead of a ``UnicodeDecodeError`` that would lose every string still
-    to be read, the serial included.
-    """
-    import usb.control
-    import usb.util
-
-    langids = dev.langids  # read once per device (string descriptor 0), then cached
-    if not langids:
-        raise ValueError("the device has no LANGID list (no string descriptors, or no permission)")
-    buf = usb.control.get_descriptor(dev, 254, usb.util.DESC_TYPE_STRING, index, langids[0])
-    # bLength rounded down to even, as pyusb does (some devices report an odd length).
-    payload = bytes(buf[2 : min(buf[0] & 0xFE, len(buf))])
-    try:
-        return payload.decode("utf-16-le"), False
-    except UnicodeDecodeError:
-        return payload.decode("utf-16-le", errors="replace"), True
-
-
-# --------------------------------------------------------------------------- units
-
-
-@dataclass(slots=True)
-class UsbUnit:
-    """One physical unit: the USB function that stands for it, plus further functions of
-    the same unit (a Rally Bar's internal hubs, HID and audio functions; a Tap's presence
-    sensor and touch screen) folded into it."""
-
-    main: UsbRecord
-    match: UsbMatch | None
-    product: Product | None
-    functions: list[tuple[UsbRecord, UsbMatch]] = field(default_factory=list)
-    notes: list[HealthIssue] = field(default_factory=list)
-
-    @property
-    def is_logitech(self) -> bool:
-        return self.main.vendor_id == LOGITECH_VID or self.product is not None
-
-    @property
-    def records(self) -> list[UsbRecord]:
-        return [self.main, *(r for r, _ in self.functions)]
-
-
-def group_units(records: list[UsbRecord], catalog: Catalog) -> list[UsbUnit]:
-    """Group USB functions into physical units using the catalog's roles.
-
-    A non-main function is folded into the main function of one of its products that sits
-    nearest to it in the USB topology (longest common port chain; a unit's internal hub sits
-    above its functions, and a USB 3 unit shows up on two buses at the same port). When the
-    topology cannot decide and exactly one such main unit is on the host, it is folded there;
-    otherwise the function is reported as a unit of its own with a note, never dropped.
-    """
-    units: list[UsbUnit] = []
-    pending: list[tuple[UsbRecord, UsbMatch]] = []
-    for record in records:
-        match = catalog.match_usb(record.vendor_id, record.product_id)
-        if match is not None and not match.is_main:
-            pending.append((record, match))
-            continue
-        product = match.product if match else None
-        if product is None and record.vendor_id == LOGITECH_VID:
-            product = catalog.match_usb_product_string(record.product)
-        units.append(UsbUnit(record, match, product))
-
-    for record, match in pending:
-        names = {p.name for p in match.products}
-        candidates = [
-            u
-            for u in units
-            if u.product is not None and u.product.name in names and u.match is not None and u.match.is_main
-        ]
-        target = _nearest(record, candidates)
-        if target is not None:
-            target.functions.append((record, match))
-            continue
-        if match.usb_id.only_with_main:
-            # Another vendor's chip that is only a Tap part when a Tap is there.
-            units.append(UsbUnit(record, None, None))
-            continue
-        unit = UsbUnit(record, match, match.product)
-        if match.ambiguous:
-            others = ", ".join(p.name for p in match.products)
-            unit.notes.append(
-                HealthIssue(
-                    "usb-function-without-main",
-                    f"{match.role} function {record.vendor_id:04x}:{record.product_id:04x} belongs to "
-                    f"one of: {others}; its main function is not visible",
-                    Severity.WARNING,
-                )
-            )
-        else:
-            unit.notes.append(
-                HealthIssue(
-                    "usb-function-without-main",
-                    f"only the {match.role} function of this {match.product.name} is visible",
-                    Severity.WARNING,
-                )
-            )
-        units.append(unit)
-    return units
-
-
-def _nearest(record: UsbRecord, candidates: list[UsbUnit]) -> UsbUnit | None:
-    if not candidates:
-        return None
-    chain = record.port_chain
-    # Nearest = longest common port chain; on a tie, the one on the same bus.
-    scored = [((_common_prefix(chain, u.main.port_chain), u.main.bus == record.bus), u) for u in candidates]
-    best = max(score for score, _ in scored)
-    winners = [u for score, u in scored if score == best]
-    if best[0] >= 1 and len(winners) == 1:
-        return winners[0]
-    if len(candidates) == 1:
-        return candidates[0]
-    return None
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-# --------------------------------------------------------------------------- source
 
 
 class UsbSource:
     """The devices on this host's USB buses (or on a captured sysfs tree).
 
-    For units whose catalog product speaks the Sync Agent interface (CollabOS bars), the
-    interface is read too (read-only: GetDeviceInfo), one overall deadline per device; when
-    it is busy or absent the descriptor facts stand, with a health note.
+    For units whose catalog product names product collectors (the Sync Agent interface of
+    CollabOS bars), those read the device too, each within one overall deadline per device;
+    when a device is busy or absent the descriptor facts stand, with a health note. Product
+    collectors open devices only on this host's live USB, or on a recording (the replay
+    source), never on a captured tree's bus and device numbers.
     """
 
     name = "usb"
@@ -511,7 +64,10 @@ class UsbSource:
         # device numbers in it must never be opened on this host's live USB.
         self.live = self.sysfs_root == LIVE_SYSFS
         self.libusb_strings = libusb_strings and self.live
-        self.sync_interface = sync_interface and self.live
+        #: Whether product collectors may open the devices (live USB; a replay's recording).
+        self.devices_reachable = self.live
+        #: Product collectors switched off by configuration (``sync_interface = false``).
+        self.disabled: frozenset[str] = frozenset() if sync_interface else frozenset({"sync-interface"})
         self.sync_deadline = sync_deadline
 
     @classmethod
@@ -536,13 +92,19 @@ class UsbSource:
             enrich_with_libusb(found.records)
         return found
 
-    def sync_opener(self, record: UsbRecord) -> TransportOpener:
-        """How to open the Sync transport of ``record``'s device."""
+    def sync_transport(self, record: UsbRecord) -> Callable[[], AbstractContextManager[SyncTransport]]:
+        """How to open the Sync transport of ``record``'s device (:class:`UsbDeviceAccess`)."""
         from agent.collectors.sync.usb_unit import pyusb_transport
 
         return functools.partial(
             pyusb_transport, record.busnum, record.devnum, record.vendor_id, record.product_id
         )
+
+    def product_collectors(self, product: Product) -> list[UsbUnitCollector]:
+        """The product collectors to run on a unit of ``product``, as the catalog names them."""
+        if not self.devices_reachable:
+            return []
+        return [collector_class(name)() for name in product.collectors if name not in self.disabled]
 
     def scan(self, ctx: ScanContext) -> SourceResult:
         result = SourceResult()
@@ -556,27 +118,17 @@ class UsbSource:
             result.messages.append(found.message)
         for entry, message in found.errors:
             result.errors.append(ScanError(self.name, entry, message))
+        read_ctx = UsbReadContext(ctx.catalog, ctx.now, self, self.sync_deadline)
         for unit in group_units(found.records, ctx.catalog):
             if not (self.all_usb or unit.is_logitech):
                 continue
-            obs = observe_unit(unit, ctx.catalog, ctx.now, source=self.name)
-            if (
-                self.sync_interface
-                and unit.product is not None
-                and unit.product.sync_interface
-                and unit.match is not None
-                and unit.match.is_main
-            ):
-                from agent.collectors.sync.usb_unit import read_unit
-
-                obs, error = read_unit(
-                    obs,
-                    self.sync_opener(unit.main),
-                    catalog=ctx.catalog,
-                    now=ctx.now,
-                    deadline=self.sync_deadline,
-                )
-                if error is not None:
-                    result.errors.append(ScanError(self.name, obs.address, error))
+            obs = UsbDescriptorCollector.collect(unit, ctx.catalog, ctx.now, source=self.name)
+            # Product collectors read the unit's main function: a further function seen on
+            # its own (its main function is not visible) is not the device they speak to.
+            if unit.product is not None and unit.match is not None and unit.match.is_main:
+                for collector in self.product_collectors(unit.product):
+                    obs, error = collector.collect(obs, unit, read_ctx)
+                    if error is not None:
+                        result.errors.append(ScanError(self.name, obs.address, error))
             result.observations.append(obs)
         return result

@@ -19,7 +19,8 @@ from agent.collectors.sync.errors import SyncError
 from agent.collectors.sync.replay import Recording, ReplayTransport, load_recording
 from agent.collectors.sync.usb_unit import TransportOpener
 from agent.discovery import ScanContext, SourceResult
-from agent.discovery.usb import UsbDiscovery, UsbDiscoveryError, UsbRecord, UsbSource
+from agent.discovery.usb import UsbSource
+from agent.usbtree import UsbDiscovery, UsbDiscoveryError, UsbRecord
 
 
 class ReplayUsbSource(UsbSource):
@@ -31,7 +32,7 @@ class ReplayUsbSource(UsbSource):
         super().__init__(all_usb=True, libusb_strings=False, sync_deadline=sync_deadline)
         self.capture = Path(capture)
         self.live = False  # nothing on this host's USB is touched
-        self.sync_interface = True  # answered by the recording
+        self.devices_reachable = True  # answered by the recording
         self._recording: Recording | None = None
 
     def recording(self) -> Recording:
@@ -65,7 +66,7 @@ class ReplayUsbSource(UsbSource):
             message=f"replaying {self.capture.name} (recorded device, not live USB)",
         )
 
-    def sync_opener(self, record: UsbRecord) -> TransportOpener:
+    def sync_transport(self, record: UsbRecord) -> TransportOpener:
         recording = self.recording()
 
         @contextlib.contextmanager

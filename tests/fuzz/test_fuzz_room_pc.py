@@ -39,7 +39,7 @@ from agent.collectors.windows_pc import (
     parse_windows_inventory,
     summarize_stderr,
 )
-from agent.discovery.usb import MAX_ATTRIBUTE_BYTES
+from agent.usbtree import MAX_ATTRIBUTE_BYTES
 from tests.fuzz import (
     HOSTILE_JSON_TEXT,
     JSON_TREES,

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from agent.catalog import load_catalog
 from agent.discovery import ScanContext
-from agent.discovery.usb import MAX_ATTRIBUTE_BYTES, UsbSource, parse_device, read_sysfs
+from agent.discovery.usb import UsbSource
 from agent.model import HealthIssue
 from agent.sanitize import (
     DEFAULT_MAX_LEN,
@@ -35,6 +35,7 @@ from agent.sanitize import (
     is_secret_key,
     normalize_serial,
 )
+from agent.usbtree import MAX_ATTRIBUTE_BYTES, parse_device, read_sysfs
 from tests.fuzz import check_observation, fuzz, has_control_chars
 from tests.sysfs import device_descriptor
 

@@ -7,7 +7,8 @@ row for every address it talks to; measured here, that costs ~4.5 ms of CPU per 
 addresses. Going one level down keeps the engine (message processing, USM security, v3
 engine discovery, timers) and drops the per-address configuration.
 
-Only GET and GETBULK are ever sent: reading never changes a device.
+Only GET and GETBULK are ever sent: reading never changes a device. Every PDU passes
+:func:`check_snmp_request` in :meth:`SnmpClient.request`, the one place that sends.
 """
 
 from __future__ import annotations
@@ -23,7 +24,27 @@ from pysnmp.entity import config, engine
 from pysnmp.proto import errind
 from pysnmp.proto.api import v2c
 
+from agent.readonly import ReadOnlyViolation
+
 Oid = tuple[int, ...]
+
+#: The PDUs a read sends. SET, traps, informs, responses and reports never leave the agent.
+_READ_PDUS = (v2c.GetRequestPDU, v2c.GetNextRequestPDU, v2c.GetBulkRequestPDU)
+
+
+def check_snmp_request(pdu: Any) -> None:
+    """The SNMP gate: ``pdu`` must be a GET, GETNEXT or GETBULK whose varbinds carry no
+    values (NULL), else :class:`~agent.readonly.ReadOnlyViolation`."""
+    if not isinstance(pdu, _READ_PDUS):
+        raise ReadOnlyViolation(
+            f"refused to send an SNMP {type(pdu).__name__}: only GET and GETBULK are sent"
+        )
+    for name, value in v2c.apiPDU.get_varbinds(pdu):
+        if not isinstance(value, v2c.Null):
+            raise ReadOnlyViolation(
+                f"refused to send an SNMP request carrying a value for {name.prettyPrint()}: reads carry NULL"
+            )
+
 
 #: pysnmp's names for the USM protocols the configuration offers.
 AUTH_PROTOCOLS = {
@@ -212,6 +233,7 @@ class SnmpClient:
 
     async def request(self, address: tuple[str, int], pdu: Any) -> Any:
         """Send ``pdu`` and wait for the response PDU (error-status checked)."""
+        check_snmp_request(pdu)
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), address, pdu, self.retries)
         self._send(pending)

@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.catalog import Catalog
+from agent.collectors.snmp.client import check_snmp_request
 from agent.model import Observation, SerialSource, Severity, Transport
+from agent.readonly import Gate
 from agent.sanitize import CleanText, clean_serial, clean_text
 
 SYSTEM = "1.3.6.1.2.1.1"
@@ -255,6 +257,17 @@ def observe(
     if main is None or not main.get("serial"):
         obs.note("serial-unavailable", "the agent reports no ENTITY-MIB serial number", Severity.INFO)
     return obs
+
+
+class SnmpEntityCollector:
+    """Every SNMP responder: system group and ENTITY-MIB identity (:func:`observe`). The SNMP
+    source sends through :class:`~agent.collectors.snmp.client.SnmpClient`, which passes every
+    PDU through this gate."""
+
+    name: ClassVar[str] = "snmp-entity"
+    writes: ClassVar[str | None] = "SNMP GET and GETBULK requests (system group, ENTITY-MIB columns)"
+    gate: ClassVar[Gate | None] = staticmethod(check_snmp_request)
+    observe = staticmethod(observe)
 
 
 def _system_attributes(system: SystemInfo) -> dict[str, Any]:

@@ -8,6 +8,8 @@ and go on with the scan (one broken device never takes the others down). The sub
 
 from __future__ import annotations
 
+from agent.readonly import ReadOnlyViolation as _ReadOnlyViolation
+
 
 class SyncError(Exception):
     """Base class: the Sync interface of one device could not be read."""
@@ -21,7 +23,7 @@ class ProtoError(SyncError, ValueError):
     """A frame payload is not a ``UsbMsg`` this collector understands."""
 
 
-class ReadOnlyViolation(SyncError):
+class ReadOnlyViolation(SyncError, _ReadOnlyViolation):
     """Something tried to send the device a frame other than the read-only GetDeviceInfo
     exchange. Raised before a single byte leaves the process."""
 

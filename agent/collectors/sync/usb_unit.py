@@ -1,7 +1,8 @@
 """Reading a USB unit's Sync Agent interface and combining it with its descriptor facts.
 
-The USB source calls :func:`read_unit` for every unit whose catalog product speaks the Sync
-interface. The Sync observation is the richer one (label serial, CollabOS version,
+:class:`SyncInterfaceCollector` (registered as ``sync-interface``) runs for every unit whose
+catalog product names it (``collectors = ["sync-interface"]``): the USB source calls it after
+the descriptors identified the unit. The Sync observation is the richer one (label serial, CollabOS version,
 peripherals); the descriptor observation keeps what only USB knows (ids, port, functions,
 ``usb_release``). When the interface cannot be used the descriptor facts stand, with a
 health note saying why:
@@ -18,13 +19,19 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.catalog import UNKNOWN_LOGITECH, Catalog
 from agent.collectors.sync import read_device_info
 from agent.collectors.sync.client import SyncTransport
 from agent.collectors.sync.errors import SyncError, TransportError
+from agent.collectors.sync.guard import check_outgoing
 from agent.model import Observation, Severity
+from agent.readonly import Gate
+
+if TYPE_CHECKING:
+    from agent.collectors import UsbReadContext
+    from agent.usbtree import UsbUnit
 
 #: Opens the unit's Sync transport; raises TransportError when it cannot.
 TransportOpener = Callable[[], AbstractContextManager[SyncTransport]]
@@ -61,6 +68,27 @@ def read_unit(
         except SyncError as exc:
             return _fallback(descriptor, exc)
     return combine(descriptor, sync), None
+
+
+class SyncInterfaceCollector:
+    """CollabOS bars on USB: label serial, CollabOS and component firmware, peripherals."""
+
+    name: ClassVar[str] = "sync-interface"
+    writes: ClassVar[str | None] = (
+        "the GetDeviceInfo exchange on the Sync interface's bulk endpoint (request, its close, two acks)"
+    )
+    gate: ClassVar[Gate | None] = staticmethod(check_outgoing)
+
+    def collect(
+        self, observation: Observation, unit: UsbUnit, ctx: UsbReadContext
+    ) -> tuple[Observation, str | None]:
+        return read_unit(
+            observation,
+            ctx.devices.sync_transport(unit.main),
+            catalog=ctx.catalog,
+            now=ctx.now,
+            deadline=ctx.deadline,
+        )
 
 
 def _fallback(descriptor: Observation, exc: SyncError) -> tuple[Observation, str]:
