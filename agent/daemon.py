@@ -94,7 +94,7 @@ class SourcePlan:
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
     """Everything the daemon runs on, made from the configuration and the command line
-    (``agent.cli`` builds it; a reload builds a new one)."""
+    (:func:`agent.daemon_settings.build_daemon_settings` builds it; a reload builds a new one)."""
 
     plans: tuple[SourcePlan, ...]
     state_dir: Path

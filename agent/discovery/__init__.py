@@ -30,6 +30,51 @@ SOURCES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class SourceDefaults:
+    """What a source does where the configuration says nothing. The interval between the
+    daemon's runs is the configuration's (``[sources.NAME] interval``, with its default)."""
+
+    #: Runs under ``roomsync run`` when its ``enabled`` is unset (``None``).
+    run: bool = False
+    #: Runs under a one-shot ``roomsync scan`` when its ``enabled`` is unset (``None``).
+    scan: bool = False
+    #: The daemon gives up on one run after this share of the interval, but never sooner than
+    #: ``min_timeout`` nor later than ``max_timeout`` seconds (docs/security.md).
+    timeout_share: float = 0.9
+    min_timeout: float = 30.0
+    max_timeout: float = 600.0
+
+    def timeout(self, interval: float) -> float:
+        """Seconds one daemon run of the source may take."""
+        return min(max(interval * self.timeout_share, self.min_timeout), self.max_timeout)
+
+
+#: Each source's defaults, by name (a source not listed, such as ``replay``, gets
+#: ``SourceDefaults()``). mDNS browsing is passive and cheap, so the daemon runs it unless the
+#: configuration turns it off; a one-shot scan browses only with ``--mdns``.
+SOURCE_DEFAULTS: dict[str, SourceDefaults] = {
+    "usb": SourceDefaults(),
+    "mdns": SourceDefaults(run=True),
+    "snmp": SourceDefaults(),
+    "ssh": SourceDefaults(),
+}
+
+
+def source_defaults(name: str) -> SourceDefaults:
+    """The defaults of source ``name``."""
+    return SOURCE_DEFAULTS.get(name) or SourceDefaults()
+
+
+def runs(name: str, enabled: bool | None, *, daemon: bool) -> bool:
+    """Whether source ``name`` runs, its configuration saying ``enabled`` (``None``: unset),
+    under ``roomsync run`` (``daemon``) or a one-shot ``roomsync scan``."""
+    if enabled is not None:
+        return enabled
+    defaults = source_defaults(name)
+    return defaults.run if daemon else defaults.scan
+
+
 @dataclass(slots=True)
 class ScanContext:
     """What a source run may use. Time is passed in, never read inside (design.md)."""

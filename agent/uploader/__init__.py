@@ -5,6 +5,8 @@
   the JSON Schemas embedded in ``docs/portal-api.md``.
 
 Still to come with issue [5/7]: the durable outbox and its delivery (retries, backoff,
-``Retry-After``, parking), and ``roomsync push``. The Service-Portal CSV export lives in the
-CLI (``roomsync export --format service-portal-csv``).
+``Retry-After``, parking), and ``roomsync push``.
+
+* :mod:`agent.uploader.service_portal` — the Service Portal's room upload CSV (S14,
+  ``roomsync export --format service-portal-csv``).
 """

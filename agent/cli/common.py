@@ -1,0 +1,115 @@
+"""What every command shares: exit statuses, usage errors, loading the configuration, printing
+JSON and tables, writing an output file.
+
+Nothing heavy is imported at module level (``roomsync --help`` imports this module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from agent.config import LoadedConfig
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_Model = TypeVar("_Model", bound="BaseModel")
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parents:
+    """The option groups several commands share (argparse parent parsers)."""
+
+    #: --config, -v, --log-format
+    common: argparse.ArgumentParser
+    #: --state-dir
+    state: argparse.ArgumentParser
+    #: --room-map
+    rooms: argparse.ArgumentParser
+    #: --usb, --sysfs-root, --snmp…: the sources to run and their settings
+    sources: argparse.ArgumentParser
+    #: --portal-url, --token-file…: where to deliver
+    portal: argparse.ArgumentParser
+
+
+def load(args: argparse.Namespace) -> LoadedConfig:
+    """The configuration ``--config`` names (or the default one), with logging set up for a
+    one-shot command."""
+    from agent.config import ConfigError, load_config
+    from agent.log import configure
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError("invalid configuration:\n  " + "\n  ".join(exc.problems)) from None
+    cfg = loaded.config
+    # A one-shot command prints its result, not its progress, unless asked (-v, -vv).
+    level = {0: "warning", 1: "info"}.get(args.verbose, "debug")
+    configure(level, args.log_format or cfg.log.format)
+    return loaded
+
+
+def print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def revalidate(settings: _Model, overrides: Mapping[str, object], flags: str) -> _Model:
+    """``settings`` with command-line ``overrides``, validated like the configuration."""
+    from pydantic import ValidationError
+
+    if not overrides:
+        return settings
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"{flags}: {problems}") from None
+
+
+def write_output(path: str | None, text: str, flag: str = "--output") -> None:
+    """``text`` to the file ``path`` (``None``: stdout) as it is (no newline translation).
+
+    A file that cannot be written — no such directory, no permission, a full disk — is a
+    usage error (exit 2) naming the path and the reason, never a traceback."""
+    if not path:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def parse_day(text: str | None, flag: str) -> date:
+    """The day ``text`` names (YYYY-MM-DD); today when ``None``."""
+    if text is None:
+        return date.today()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: expected a date as YYYY-MM-DD") from None

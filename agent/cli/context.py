@@ -1,0 +1,144 @@
+"""From the configuration and the command line to what the commands work on: the room map,
+the configured rooms, the store, the outbox, the snapshot context, the portal settings.
+
+Each turns a refusal into a :class:`UsageError` (exit 2). Heavy modules are imported inside
+the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from agent import __version__
+from agent.cli.common import UsageError, revalidate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from agent.config import AgentConfig
+    from agent.inventory import RoomsReport
+    from agent.model import Device, Room
+    from agent.roommap import RoomMap
+    from agent.store import Store
+    from agent.uploader.delivery import PortalSettings
+    from agent.uploader.outbox import Outbox
+    from agent.uploader.snapshot import SnapshotContext
+
+
+def room_map(args: argparse.Namespace, cfg: AgentConfig) -> RoomMap | None:
+    """The room map named by --room-map or the configuration; None when there is none."""
+    path = args.room_map or cfg.room_map
+    if path is None:
+        return None
+    from agent.roommap import RoomMapError, load_room_map
+
+    try:
+        return load_room_map(path)
+    except RoomMapError as exc:
+        raise UsageError("room map refused:\n  " + "\n  ".join(exc.problems)) from None
+
+
+def config_room(cfg: AgentConfig) -> Room | None:
+    """The room this host stands in (``[room]``), if the configuration names one."""
+    from agent.daemon_settings import config_room as room_of
+
+    return room_of(cfg)
+
+
+def configured_rooms(args: argparse.Namespace, cfg: AgentConfig) -> list[Room]:
+    """The rooms the configuration and the room map name."""
+    from agent.inventory import known_rooms
+
+    return known_rooms(config_room(cfg), room_map(args, cfg))
+
+
+def rooms_report(
+    args: argparse.Namespace, cfg: AgentConfig, devices: list[Device], stored_rooms: list[Room]
+) -> RoomsReport:
+    """The stored devices summarised by room: the stored rooms and the configured ones."""
+    from agent.catalog import load_catalog
+    from agent.inventory import merge_rooms, summarize_rooms
+
+    return summarize_rooms(devices, load_catalog(), merge_rooms(stored_rooms, configured_rooms(args, cfg)))
+
+
+def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
+    """The store, or None when no scan was stored yet (a message says so)."""
+    from agent.config import resolve_state_dir
+    from agent.store import DB_NAME, Store, StoreError
+
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    if not (state_dir / DB_NAME).exists():
+        print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first", file=sys.stderr)
+        return None
+    try:
+        return Store.open(state_dir)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def stored_inventory(args: argparse.Namespace, cfg: AgentConfig) -> tuple[list[Device], list[Room]]:
+    """(devices, rooms) from the store; empty, with a message, when nothing was stored yet."""
+    from agent.store import StoreError
+
+    store = open_store(args, cfg)
+    if store is None:
+        return [], []
+    try:
+        with store:
+            return store.devices(), store.rooms()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext:
+    """What a snapshot needs besides the store: catalog, the configured ``rooms``,
+    entitlements."""
+    from agent.daemon_settings import SettingsError
+    from agent.daemon_settings import snapshot_context as context_of
+
+    try:
+        return context_of(cfg, rooms)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_outbox(store: Store, cfg: AgentConfig) -> Outbox:
+    from datetime import timedelta
+
+    from agent.uploader.outbox import Outbox
+
+    return Outbox(
+        store,
+        agent_id=cfg.agent_id,
+        version=__version__,
+        hostname=os.uname().nodename,
+        max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
+        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
+    )
+
+
+def portal_settings(args: argparse.Namespace, cfg: AgentConfig) -> PortalSettings:
+    """``[portal]`` with the --portal-url, --token-file, --ca-file, --client-cert and
+    --client-key flags."""
+    from agent.uploader.delivery import PortalError, PortalSettings
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("url", args.portal_url),
+            ("token_file", args.token_file),
+            ("ca_file", args.ca_file),
+            ("client_cert", args.client_cert),
+            ("client_key", args.client_key),
+        )
+        if value is not None
+    }
+    portal = revalidate(cfg.portal, overrides, "--portal-url/--token-file/--ca-file/--client-cert")
+    try:
+        return PortalSettings.from_config(portal)
+    except PortalError as exc:
+        raise UsageError(str(exc)) from None

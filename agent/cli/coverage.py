@@ -1,0 +1,192 @@
+"""``roomsync coverage``: the warranty, SELECT and reseller coverage of every unit."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from agent.cli.common import EXIT_OK, Parents, UsageError, load, parse_day, print_json, table
+from agent.cli.context import rooms_report, stored_inventory
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from datetime import date
+
+    from agent.config import AgentConfig
+    from agent.coverage import Verdict
+    from agent.entitlements import EntitlementRecord
+    from agent.inventory import RoomsReport
+    from agent.model import Device
+
+    from .common import Subparsers
+
+    #: (serial, product, room) of one unit
+    Unit = tuple[str, str | None, str | None]
+
+
+def register(sub: Subparsers, parents: Parents) -> None:
+    coverage = sub.add_parser(
+        "coverage",
+        parents=[parents.common, parents.state, parents.rooms],
+        help="warranty, extended warranty, SELECT and reseller coverage of every unit",
+        description="Evaluate the coverage of every serial in the entitlements file and every "
+        "unit in the agent's state (what the scans stored), with the rule ids of "
+        "domain.md behind each verdict. Most urgent first.",
+    )
+    coverage.add_argument(
+        "--entitlements",
+        metavar="FILE",
+        help="purchase and contract records (CSV; config/entitlements.example.csv; "
+        "default: [coverage] entitlements)",
+    )
+    coverage.add_argument("--today", metavar="YYYY-MM-DD", help="evaluate as of this day (default: today)")
+    coverage.add_argument(
+        "--expiring-days",
+        type=int,
+        metavar="N",
+        help="'expiring_soon' when coverage ends within N days (default: [coverage] expiring_days, 90)",
+    )
+    coverage.add_argument(
+        "--summary",
+        action="store_true",
+        help="site summary: rooms, units, counts per status, SELECT spares and "
+        "service manager (S10, S11), enterprise tier (S3)",
+    )
+    coverage.add_argument("--json", action="store_true", help="print JSON")
+    coverage.set_defaults(func=cmd_coverage)
+
+
+def _coverage_units(devices: list[Device], entitlements: Mapping[str, EntitlementRecord]) -> list[Unit]:
+    """(serial, product, room) of every unit in the state (children too) with a serial, then
+    every serial of the entitlements file the state does not hold; each serial once."""
+    from agent.sanitize import normalize_serial
+
+    units: dict[str, Unit] = {}
+
+    def add(device: Device) -> None:
+        if device.serial:
+            key = normalize_serial(device.serial)
+            units.setdefault(key, (device.serial, device.product, device.room))
+        for child in device.children:
+            add(child)
+
+    for device in devices:
+        add(device)
+    for key, record in entitlements.items():
+        units.setdefault(key, (record.serial, None, None))
+    return list(units.values())
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    cfg = load(args).config
+    from agent.catalog import load_catalog
+    from agent.coverage import evaluate_all, urgency_key
+    from agent.entitlements import EntitlementsError, load_entitlements
+
+    today = parse_day(args.today, "--today")
+    if args.expiring_days is None:
+        args.expiring_days = cfg.coverage.expiring_days
+    if args.expiring_days < 0:
+        raise UsageError("--expiring-days must be 0 or more")
+    path = args.entitlements or cfg.coverage.entitlements
+    if path is None:
+        raise UsageError("no entitlements file: pass --entitlements FILE or set [coverage] entitlements")
+    try:
+        entitlements = load_entitlements(path)
+    except EntitlementsError as exc:
+        raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
+    except OSError as exc:
+        raise UsageError(f"--entitlements {path}: {exc.strerror or exc}") from None
+    devices, stored_rooms = stored_inventory(args, cfg)
+    catalog = load_catalog()
+    report = rooms_report(args, cfg, devices, stored_rooms)
+    tickets = {r.room_id: r.ticket_serial for r in report.rooms}
+    units = _coverage_units(devices, entitlements)
+    verdicts = evaluate_all(
+        [(serial, product) for serial, product, _ in units],
+        entitlements,
+        catalog,
+        today,
+        expiring_days=args.expiring_days,
+    )
+    rows = sorted(zip(verdicts, units, strict=True), key=lambda pair: urgency_key(pair[0]))
+    if args.summary:
+        return _print_site_summary(args, cfg, rows, report, today)
+    if args.json:
+        print_json(
+            [
+                {
+                    **v.to_dict(),
+                    "room": room,
+                    "ticket_serial": tickets.get(room) if room else None,
+                    "reason": v.reason,
+                }
+                for v, (_serial, _product, room) in rows
+            ]
+        )
+        return EXIT_OK
+    if not rows:
+        print("no units: the entitlements file is empty and no scan has been stored yet")
+        return EXIT_OK
+    print(
+        table(
+            ["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"],
+            [
+                [
+                    str(v.status),
+                    v.covered_until.isoformat() if v.covered_until else "-",
+                    v.serial or "-",
+                    product or "-",
+                    room or "-",
+                    v.reason,
+                ]
+                for v, (_serial, product, room) in rows
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+def _print_site_summary(
+    args: argparse.Namespace,
+    cfg: AgentConfig,
+    rows: list[tuple[Verdict, Unit]],
+    report: RoomsReport,
+    today: date,
+) -> int:
+    from agent.site import summarize
+
+    site = summarize(
+        [(v, room) for v, (_s, _p, room) in rows],
+        [r.room_id for r in report.rooms],
+        today,
+        enterprise_tier=cfg.select.enterprise_tier,
+    )
+    rooms = [
+        {
+            "room": r.room_id,
+            "primary_unit": r.primary_unit,
+            "ticket_serial": r.ticket_serial,
+            "flags": list(r.flags),
+        }
+        for r in report.rooms
+    ]
+    if args.json:
+        print_json(
+            {
+                **site.to_dict(),
+                "today": today.isoformat(),
+                "room_summaries": rooms,
+                "unassigned": len(report.unassigned),
+            }
+        )
+        return EXIT_OK
+    print(f"as of {today.isoformat()}: {site.rooms} room(s), {site.units} unit(s)")
+    print("  " + ", ".join(f"{status} {count}" for status, count in site.by_status.items()))
+    for note in site.notes:
+        print(f"  {note}")
+    if site.flags:
+        print(f"  flags: {', '.join(site.flags)}")
+    if report.unassigned:
+        print(f"  {len(report.unassigned)} unit(s) in no room (a room map places LAN devices)")
+    return EXIT_OK
