@@ -25,11 +25,9 @@ is wrong`` for the whole file) in a :class:`CsvFileError`; line numbers are phys
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from agent.sanitize import is_placeholder_serial, normalize_serial
 
@@ -41,8 +39,6 @@ DELIMITERS = (",", ";", "\t")
 MAX_CELL_LINES = 100
 #: How much of a cell a message quotes.
 _SNIPPET = 40
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class CsvFileError(ValueError):
@@ -107,12 +103,16 @@ def delimiter_of(header: str) -> str:
 
 
 class _Syntax(Exception):
-    """A line that is not CSV: cell ``index`` (from 0), starting at character ``start``, has a
-    quote that is not closed on the line (``unclosed``) or text after its closing quote."""
+    """A line that is not CSV: cell ``index`` (from 0), at ``text[start:end]``, has a quote that
+    is not closed on the line (``unclosed``) or text after its closing quote."""
 
-    def __init__(self, index: int, start: int, unclosed: bool) -> None:
-        super().__init__(index, start, unclosed)
-        self.index, self.start, self.unclosed = index, start, unclosed
+    def __init__(self, index: int, start: int, end: int, unclosed: bool) -> None:
+        super().__init__(index, start, end, unclosed)
+        self.index, self.start, self.end, self.unclosed = index, start, end, unclosed
+
+    def cell(self, text: str) -> str:
+        """The cell's text as written, at most :data:`_SNIPPET` characters of it."""
+        return text[self.start : min(self.end, self.start + _SNIPPET)]
 
 
 def split_cells(text: str, delimiter: str) -> list[str]:
@@ -135,7 +135,7 @@ def split_cells(text: str, delimiter: str) -> list[str]:
             while True:
                 close = text.find('"', pos)
                 if close < 0:
-                    raise _Syntax(len(cells), quote, unclosed=True)
+                    raise _Syntax(len(cells), quote, end, unclosed=True)
                 parts.append(text[pos:close])
                 if text.startswith('"', close + 1):
                     parts.append('"')
@@ -146,7 +146,8 @@ def split_cells(text: str, delimiter: str) -> list[str]:
             while pos < end and text[pos] == " ":
                 pos += 1
             if pos < end and text[pos] != delimiter:
-                raise _Syntax(len(cells), quote, unclosed=False)
+                found = text.find(delimiter, pos)
+                raise _Syntax(len(cells), quote, end if found < 0 else found, unclosed=False)
             cells.append("".join(parts))
         else:
             found = text.find(delimiter, start)
@@ -172,12 +173,9 @@ class CsvLayout:
     text_columns: frozenset[str] = frozenset()
 
 
-class CsvRow(NamedTuple):
-    """One data row: the physical line it is on and the cell of each known column, without
-    surrounding space (``""`` when blank)."""
-
-    line: int
-    cells: dict[str, str]
+#: One data row: the physical line it is on and the cell of each known column, without
+#: surrounding space (``""`` when blank).
+CsvRow = tuple[int, dict[str, str]]
 
 
 class CsvReader:
@@ -210,7 +208,8 @@ class CsvReader:
         """Decode ``data`` (bytes as read from a file, or text), read the header and return an
         iterator over the data rows. Rows are read only when the header names every required
         column; a row with a problem is recorded, not returned."""
-        lines = _LINE_END.split(file_text(data, self.name, max_bytes, self.error))
+        text = file_text(data, self.name, max_bytes, self.error)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # CRLF, LF or CR
         index = next((i for i, text in enumerate(lines) if _holds_cells(text)), None)
         if index is None:
             raise self.error(
@@ -264,6 +263,8 @@ class CsvReader:
     def _rows(self, lines: list[str], start: int) -> Iterator[CsvRow]:
         width = len(self.columns)
         text_first = self.columns[0] in self.layout.text_columns
+        known = [(i, c) for i, c in enumerate(self.columns) if c is not None]
+        every = [c for _, c in known] if len(known) == width else None  # the common case, faster
         index = start
         while index < len(lines):
             text = lines[index]
@@ -277,7 +278,7 @@ class CsvReader:
                     self._comment(line, text, width)
                 continue
             try:
-                cells = split_cells(text, self.delimiter)
+                cells = split_cells(text, self.delimiter) if '"' in text else text.split(self.delimiter)
             except _Syntax as exc:
                 if exc.unclosed:
                     index = self._unclosed(lines, index - 1, exc, width)
@@ -304,7 +305,10 @@ class CsvReader:
                     "holds a NUL character: is this a text file? Save it as 'CSV UTF-8'",
                 )
                 continue
-            yield CsvRow(line, {c: cells[i].strip() for i, c in enumerate(self.columns) if c is not None})
+            if every is not None:
+                yield line, dict(zip(every, map(str.strip, cells), strict=True))
+            else:
+                yield line, {c: cells[i].strip() for i, c in known}
 
     def _comment(self, line: int, text: str, width: int) -> None:
         """A ``#`` line when the first column holds text: refused when it could be a row."""
@@ -348,7 +352,7 @@ class CsvReader:
                 )
                 return after + 1
             break
-        snippet = lines[index][exc.start : exc.start + _SNIPPET]
+        snippet = exc.cell(lines[index])
         self.problem(
             line,
             column,
@@ -371,7 +375,7 @@ def _holds_cells(text: str) -> bool:
 
 
 def _syntax_problem(text: str, exc: _Syntax) -> str:
-    snippet = text[exc.start : exc.start + _SNIPPET]
+    snippet = exc.cell(text)
     if exc.unclosed:
         return f"{snippet!r} opens a quote that is not closed on its line: add the closing '\"'"
     return (

@@ -483,8 +483,8 @@ class _Reader:
     def run(self, data: str | bytes, max_bytes: int) -> RoomMap:
         rules: list[RoomRule] = []
         details: dict[str, dict[str, tuple[Any, int]]] = {}
-        for row in self.csv.read(data, max_bytes):
-            self.row(row.line, row.cells, rules, details)
+        for line, cells in self.csv.read(data, max_bytes):
+            self.row(line, cells, rules, details)
         if not self.csv.problems:
             try:
                 return RoomMap(rules, _rooms(details), source=self.name)
