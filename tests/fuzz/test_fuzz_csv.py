@@ -3,7 +3,8 @@ room map (agent/roommap.py) and what they share (agent/csvtext.py).
 
 Inputs: random text and bytes; files with a valid header and random rows (cells that are
 almost right: dates, numbers, countries, serials, hosts, addresses, CIDRs, room ids — and
-garbage), ``,`` or ``;``, CRLF or LF, a byte-order mark, quoting, comments, padding.
+garbage), ``,`` or ``;``, CRLF or LF, a byte-order mark, quoting, comments, padding; lines
+with broken quoting for the common reader both files use.
 
 Documented behaviour: a result, or the module's error class (:class:`EntitlementsError`,
 :class:`RoomMapError`, :class:`CsvFileError`) with every problem listed, one line each, named
@@ -24,8 +25,11 @@ from agent.csvtext import (
     MAX_ENCODING_PROBLEMS,
     CellError,
     CsvFileError,
+    CsvLayout,
+    CsvReader,
     file_text,
     serial_cell,
+    split_cells,
 )
 from agent.entitlements import (
     COLUMNS as ENTITLEMENT_COLUMNS,
@@ -355,3 +359,53 @@ def test_file_text_decodes_or_lists_the_undecodable_lines(data: str | bytes, max
         return
     assert not text.startswith("\ufeff")
     assert len(data) <= max_bytes
+
+
+_LAYOUT = CsvLayout(
+    columns=("key", "note", "other"),
+    required={"key": "the column is missing"},
+    example="key,note",
+    text_columns=frozenset({"note"}),
+)
+_SYNTAX = st.sampled_from(['"', '""', '"a"b', ' "', "#", ",", ";", "\t", "\r", "\n", "\r\n", "\x00", " "])
+
+
+@fuzz(140)
+@given(
+    st.lists(st.one_of(_SYNTAX, st.text(max_size=8)), max_size=60).map("".join),
+    st.sampled_from(["key,note,other\n", "note;key\r\n", "# c\nkey\tnote\n", ""]),
+)
+@example('"x\n', "key,note\n")
+@example('a,"b\n' * 50 + '"\n', "key,note\n")
+def test_the_common_reader_reads_rows_or_lists_problems_with_their_lines(body: str, header: str) -> None:
+    text = header + body
+    reader = CsvReader(NAME, _LAYOUT)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    try:
+        rows = list(reader.read(text, 10_000))
+    except CsvFileError as exc:
+        _check_problems(exc)
+        return
+    for problem in reader.problems:
+        assert problem.startswith(NAME)
+        number = int(problem.split(":")[1])
+        assert 1 <= number <= len(lines), problem
+    for line, cells in rows:
+        assert 1 <= line <= len(lines)
+        assert set(cells) <= set(_LAYOUT.columns) and "key" in cells
+        assert all(c == c.strip() and "\n" not in c and "\r" not in c for c in cells.values())
+
+
+@fuzz(140)
+@given(
+    st.lists(st.text(max_size=12).filter(lambda t: "\n" not in t and "\r" not in t), min_size=1, max_size=6)
+)
+@example(["", ""])
+@example(['"', ' "x" '])
+def test_split_cells_reads_back_what_csv_writer_wrote(cells: list[str]) -> None:
+    """Cells written by Python's csv module (Excel's quoting) split back unchanged, surrounding
+    space aside (the reader ignores it)."""
+    for delimiter in (",", ";", "\t"):
+        out = io.StringIO()
+        csv.writer(out, delimiter=delimiter, lineterminator="").writerow(cells)
+        assert [c.strip(" ") for c in split_cells(out.getvalue(), delimiter)] == [c.strip(" ") for c in cells]
