@@ -68,6 +68,7 @@ def test_mdns_interface_and_timeout_flags_run_mdns_alone(publisher, tmp_path: Pa
     assert PRINTER_HOST not in mine(out)  # _ipp._tcp is not a default type
 
 
+@pytest.mark.slow
 def test_mdns_type_adds_a_type_and_unknowns_are_hidden_from_the_table(publisher, tmp_path: Path):
     out = json.loads(scan(tmp_path, "--json", "--mdns-type", "_ipp._tcp").stdout)
     printer = mine(out)[PRINTER_HOST]

@@ -662,6 +662,7 @@ def ssh_section(own: Own, port: int, connect_timeout: float) -> str:
     )
 
 
+@pytest.mark.slow
 def test_a_hanging_source_times_out_while_watchdog_and_hotplug_carry_on(own: Own) -> None:
     sysfs = own.dir / "sys"
     add_device(sysfs, "1-1", LOGITECH, RALLY_BAR, serial=USB_SERIAL, devnum=2)

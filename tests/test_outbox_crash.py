@@ -74,6 +74,7 @@ def replay(events: Iterable[EventOut]) -> dict[str, tuple[str | None, str | None
     return units
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_kill_9_at_random_points_loses_nothing(tmp_path: Path, portal: PortalStandIn):
     seed = int(os.environ.get("OUTBOX_CRASH_SEED") or random.randrange(2**32))

@@ -11,6 +11,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
@@ -28,6 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_the_readme_quickstart_works_as_written(tmp_path: Path) -> None:
     lines = quickstart_lines()
     assert lines[0].startswith("./scripts/bootstrap"), lines[0]

@@ -629,6 +629,7 @@ def _comparable(store: Store) -> tuple[object, ...]:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_the_old_state_or_the_new(tmp_path: Path):
     """A writer looping over scans is killed ~20 times at random moments; after each kill
     the database is intact and equals a reference store that ran exactly as many scans."""

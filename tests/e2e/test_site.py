@@ -283,6 +283,7 @@ def events_of(portal: PortalStandIn, kind: str) -> list[EventOut]:
 # --------------------------------------------------------------------------- the test
 
 
+@pytest.mark.slow
 def test_three_rooms_end_to_end(running: Site) -> None:
     s = running
     d = s.daemon
