@@ -3,8 +3,8 @@
 ``../shared/fixtures/usb-captures/logi-rally-bar-setup.json`` is never copied: each test
 loads it, decodes what it needs, changes it (other serials, missing peripherals, extra
 events, timeouts, dropped answers) and re-encodes it in memory, with event ids computed the
-way the recording's own are (see ``agent.collectors.sync.replay``). Tests skip with a clear
-reason when the shared fixtures are absent.
+way the recording's own are (see ``agent.collectors.sync.replay``). Where the shared fixtures
+are absent a test fails under ``CI=true`` and skips otherwise (``tests.shared.missing``).
 
 Event indexes of the recording used below (``UsbEvents[i]``):
 
@@ -60,7 +60,7 @@ def _fixture_text() -> str:
 
 
 def fixture_doc() -> dict[str, Any]:
-    """A fresh decoded copy of the recording (skips the test when it is absent)."""
+    """A fresh decoded copy of the recording (``tests.shared.missing`` when it is absent)."""
     return copy.deepcopy(json.loads(_fixture_text()))
 
 
