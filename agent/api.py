@@ -9,7 +9,8 @@ for scripts, Prometheus metrics.
                        portal state; version; uptime; ``problems``
 ``GET /v1/inventory``  the stored inventory (as ``roomsync inventory --json``)
 ``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
-``GET /v1/coverage``   coverage verdicts of every unit with a serial (``[coverage]``)
+``GET /v1/coverage``   coverage verdicts of every unit with a serial and every entitlement
+                       serial no scan found (``[coverage]``; as ``roomsync coverage``)
 ``GET /v1/events``     change events, ``?since=`` (RFC 3339 or a date) and ``?limit=``
 ``GET /metrics``       Prometheus text format
 =====================  =====================================================================
@@ -333,7 +334,7 @@ class ApiServer:
                 {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
             )
         today = context.today or datetime.now(UTC).date()
-        verdicts = verdicts_for(devices, context, today)
+        verdicts = verdicts_for(devices, context, today, unseen=True)  # as roomsync coverage lists them
         return _json(
             {
                 "evaluated": True,
@@ -435,7 +436,7 @@ class DaemonCollector(Collector):
             from agent.uploader.snapshot import verdicts_for
 
             by_status: dict[str, int] = {}
-            for verdict in verdicts_for(devices, context, datetime.now(UTC).date()).values():
+            for verdict in verdicts_for(devices, context, datetime.now(UTC).date(), unseen=True).values():
                 by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
             for status, count in sorted(by_status.items()):
                 coverage.add_metric([status], count)

@@ -74,10 +74,13 @@ from typing import Any
 
 from agent.catalog import Catalog, Product
 from agent.entitlements import Customer, EntitlementRecord
+from agent.model import Device
+from agent.sanitize import normalize_serial
 
 __all__ = [
     "EXTENSION_COUNTRIES",
     "URGENCY",
+    "CoverageUnit",
     "Flag",
     "Layer",
     "LayerKind",
@@ -85,6 +88,7 @@ __all__ = [
     "Verdict",
     "add_days",
     "add_years",
+    "coverage_units",
     "evaluate",
     "evaluate_all",
     "period_end",
@@ -630,3 +634,48 @@ def evaluate_all(
     evaluator = _Evaluator(records, catalog, today, expiring_days)
     get = records.get
     return [evaluator.verdict(serial, product, get(serial) if serial else None) for serial, product in units]
+
+
+# --------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageUnit:
+    """A unit that gets a coverage verdict: its serial (as read or as imported), its product
+    (``None``: never seen, only in the entitlement records) and its room."""
+
+    serial: str
+    product: str | None = None
+    room: str | None = None
+
+
+def coverage_units(
+    devices: Iterable[Device], entitlements: Mapping[str, EntitlementRecord] | None = None
+) -> list[CoverageUnit]:
+    """The units that get coverage verdicts: every unit of the inventory with a serial, the
+    peripherals under a device included (a Rally Bar's mic pods and Sight carry their own
+    serials and warranties), each device followed by its children; then every serial of
+    ``entitlements`` that no unit of the inventory has (bought, but not found by any scan:
+    a spare on the shelf, a unit in a room no source reaches, a lost one — the units an
+    operator most needs to hear about), in the records' order. Each serial once, compared as
+    :func:`agent.sanitize.normalize_serial` compares serials; the first unit to carry it wins.
+
+    ``roomsync coverage``, ``/v1/coverage`` and the ``roomsync_coverage_units`` metric list
+    these units. Without ``entitlements`` (``None``) only the inventory's units: what the
+    snapshot attaches a verdict to (it sends devices, not records).
+    """
+    units: dict[str, CoverageUnit] = {}
+
+    def add(device: Device) -> None:
+        if device.serial:
+            units.setdefault(
+                normalize_serial(device.serial), CoverageUnit(device.serial, device.product, device.room)
+            )
+        for child in device.children:
+            add(child)
+
+    for device in devices:
+        add(device)
+    for key, record in (entitlements or {}).items():
+        units.setdefault(key, CoverageUnit(record.serial))
+    return list(units.values())

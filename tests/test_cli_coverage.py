@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pysnmp.proto.api import v2c
 
+from tests.daemon_peer import LOOPBACK, NotifySocket, free_tcp_port, start_daemon, toml_str
 from tests.snmp_rogue import SYSTEM, RogueAgent, no_table
 from tests.sysfs import add_device
 
@@ -84,6 +85,39 @@ def test_coverage_json_every_unit_most_urgent_first(site: Path):
     # only in the entitlements file: no product, no room; a consumer's extension adds nothing
     assert (tap["product"], tap["room"], tap["ticket_serial"]) == (None, None, None)
     assert tap["status"] == "expiring_soon" and tap["flags"] == ["extension-ineligible-customer"]
+
+
+def test_cli_and_api_give_the_same_units_and_verdicts(site: Path):
+    """``roomsync coverage --json`` and the daemon's ``/v1/coverage`` list the same units (the
+    stored ones and the entitlement serial no scan found, 2104TP0007B3) with the same verdicts
+    for the same store and day."""
+    port = free_tcp_port()
+    config = site / "agent.toml"
+    config.write_text(
+        config.read_text()
+        + f"[coverage]\nentitlements = {toml_str(site / 'entitlements.csv')}\n"
+        # no source runs: the daemon serves the store the scan left
+        + "[sources.usb]\nenabled = false\n[sources.mdns]\nenabled = false\n"
+        + f'[api]\nlisten = "{LOOPBACK}:{port}"\n'
+    )
+    with NotifySocket.make() as notify:
+        daemon = start_daemon(config, notify, site / "daemon.log", url=f"http://{LOOPBACK}:{port}")
+        try:
+            api = daemon.get("/v1/coverage").json()
+        finally:
+            daemon.stop()
+    assert api["evaluated"] is True
+    result = roomsync("coverage", "--config", str(config), "--today", api["today"], "--json")
+    assert result.returncode == 0, result.stderr
+    cli = json.loads(result.stdout)
+    served = {v["serial"]: v for v in api["verdicts"]}
+    assert (
+        sorted(served) == sorted(r["serial"] for r in cli) == ["2104TP0007B3", "2301SC0005E2", "2313FD1N08Z2"]
+    )
+    for row in cli:
+        verdict = served[row["serial"]]
+        assert {key: row[key] for key in verdict} == verdict, row["serial"]
+    assert served["2104TP0007B3"]["product"] is None  # bought, never seen
 
 
 def test_coverage_table_and_expiring_days(site: Path):

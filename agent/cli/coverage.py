@@ -9,19 +9,13 @@ from agent.cli.common import EXIT_OK, Parents, UsageError, load, parse_day, prin
 from agent.cli.context import rooms_report, stored_inventory
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from datetime import date
 
     from agent.config import AgentConfig
-    from agent.coverage import Verdict
-    from agent.entitlements import EntitlementRecord
+    from agent.coverage import CoverageUnit, Verdict
     from agent.inventory import RoomsReport
-    from agent.model import Device
 
     from .common import Subparsers
-
-    #: (serial, product, room) of one unit
-    Unit = tuple[str, str | None, str | None]
 
 
 def register(sub: Subparsers, parents: Parents) -> None:
@@ -56,31 +50,10 @@ def register(sub: Subparsers, parents: Parents) -> None:
     coverage.set_defaults(func=cmd_coverage)
 
 
-def _coverage_units(devices: list[Device], entitlements: Mapping[str, EntitlementRecord]) -> list[Unit]:
-    """(serial, product, room) of every unit in the state (children too) with a serial, then
-    every serial of the entitlements file the state does not hold; each serial once."""
-    from agent.sanitize import normalize_serial
-
-    units: dict[str, Unit] = {}
-
-    def add(device: Device) -> None:
-        if device.serial:
-            key = normalize_serial(device.serial)
-            units.setdefault(key, (device.serial, device.product, device.room))
-        for child in device.children:
-            add(child)
-
-    for device in devices:
-        add(device)
-    for key, record in entitlements.items():
-        units.setdefault(key, (record.serial, None, None))
-    return list(units.values())
-
-
 def cmd_coverage(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.catalog import load_catalog
-    from agent.coverage import evaluate_all, urgency_key
+    from agent.coverage import coverage_units, evaluate_all, urgency_key
     from agent.entitlements import EntitlementsError, load_entitlements
 
     today = parse_day(args.today, "--today")
@@ -101,9 +74,9 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     report = rooms_report(args, cfg, devices, stored_rooms)
     tickets = {r.room_id: r.ticket_serial for r in report.rooms}
-    units = _coverage_units(devices, entitlements)
+    units = coverage_units(devices, entitlements)  # the units /v1/coverage lists too
     verdicts = evaluate_all(
-        [(serial, product) for serial, product, _ in units],
+        [(unit.serial, unit.product) for unit in units],
         entitlements,
         catalog,
         today,
@@ -117,11 +90,11 @@ def cmd_coverage(args: argparse.Namespace) -> int:
             [
                 {
                     **v.to_dict(),
-                    "room": room,
-                    "ticket_serial": tickets.get(room) if room else None,
+                    "room": unit.room,
+                    "ticket_serial": tickets.get(unit.room) if unit.room else None,
                     "reason": v.reason,
                 }
-                for v, (_serial, _product, room) in rows
+                for v, unit in rows
             ]
         )
         return EXIT_OK
@@ -136,11 +109,11 @@ def cmd_coverage(args: argparse.Namespace) -> int:
                     str(v.status),
                     v.covered_until.isoformat() if v.covered_until else "-",
                     v.serial or "-",
-                    product or "-",
-                    room or "-",
+                    unit.product or "-",
+                    unit.room or "-",
                     v.reason,
                 ]
-                for v, (_serial, product, room) in rows
+                for v, unit in rows
             ],
         )
     )
@@ -150,14 +123,14 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 def _print_site_summary(
     args: argparse.Namespace,
     cfg: AgentConfig,
-    rows: list[tuple[Verdict, Unit]],
+    rows: list[tuple[Verdict, CoverageUnit]],
     report: RoomsReport,
     today: date,
 ) -> int:
     from agent.site import summarize
 
     site = summarize(
-        [(v, room) for v, (_s, _p, room) in rows],
+        [(v, unit.room) for v, unit in rows],
         [r.room_id for r in report.rooms],
         today,
         enterprise_tier=cfg.select.enterprise_tier,

@@ -14,21 +14,20 @@ the SNMP units ``Offline``.
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 from agent.catalog import Catalog
-from agent.coverage import DEFAULT_EXPIRING_DAYS, Verdict, evaluate_all
+from agent.coverage import DEFAULT_EXPIRING_DAYS, CoverageUnit, Verdict, coverage_units, evaluate_all
 from agent.entitlements import EntitlementRecord
 from agent.events import sources_of
 from agent.inventory import merge_rooms, summarize_rooms
 from agent.model import Device, Room, as_utc
 from agent.sanitize import normalize_serial
 from agent.store import Store
-from agent.systems import units
 from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_message
 
@@ -38,6 +37,7 @@ __all__ = [
     "paused_gc",
     "queue_snapshot",
     "seen_by_latest_runs",
+    "unit_verdicts",
     "verdicts_for",
 ]
 
@@ -67,27 +67,39 @@ class SnapshotContext:
         return verdicts
 
 
-def verdicts_for(devices: Iterable[Device], context: SnapshotContext, today: date) -> dict[str, Verdict]:
-    """Coverage verdicts of every unit with a serial (children too), by serial."""
+def unit_verdicts(units: Sequence[CoverageUnit], context: SnapshotContext, today: date) -> list[Verdict]:
+    """The verdict of each of ``units`` (:func:`agent.coverage.coverage_units`) on ``today``,
+    in order; worked out once per (serial, product) and day for this context. Empty when the
+    context has no entitlement records (coverage not evaluated)."""
     if context.entitlements is None:
-        return {}
-    serials: dict[str, tuple[str, str | None]] = {}
-    for device in units(devices):
-        if device.serial:
-            serials.setdefault(normalize_serial(device.serial), (device.serial, device.product))
+        return []
     memo = context.verdict_memo(today)
-    missing = [(key, unit) for key, unit in serials.items() if (key, unit[1]) not in memo]
+    keys = [(normalize_serial(unit.serial), unit.product) for unit in units]
+    missing = {key: unit for key, unit in zip(keys, units, strict=True) if key not in memo}
     if missing:
         found = evaluate_all(
-            [unit for _, unit in missing],
+            [(unit.serial, unit.product) for unit in missing.values()],
             context.entitlements,
             context.catalog,
             today,
             expiring_days=context.expiring_days,
         )
-        for (key, unit), verdict in zip(missing, found, strict=True):
-            memo[(key, unit[1])] = verdict
-    return {key: memo[(key, unit[1])] for key, unit in serials.items()}
+        memo.update(zip(missing, found, strict=True))
+    return [memo[key] for key in keys]
+
+
+def verdicts_for(
+    devices: Iterable[Device], context: SnapshotContext, today: date, *, unseen: bool = False
+) -> dict[str, Verdict]:
+    """Coverage verdicts by (normalised) serial of every unit with a serial, children too —
+    what the snapshot attaches to its devices. With ``unseen``, also of every serial of the
+    entitlement records no unit has: all of :func:`agent.coverage.coverage_units`, as
+    ``/v1/coverage`` and ``roomsync coverage`` list them."""
+    if context.entitlements is None:
+        return {}
+    units = coverage_units(devices, context.entitlements if unseen else None)
+    verdicts = unit_verdicts(units, context, today)
+    return {normalize_serial(unit.serial): verdict for unit, verdict in zip(units, verdicts, strict=True)}
 
 
 @contextmanager
