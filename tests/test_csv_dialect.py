@@ -15,6 +15,7 @@ import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -329,3 +330,23 @@ def test_delimiter_of(header: str, delimiter: str) -> None:
 )
 def test_split_cells(line: str, cells: list[str]) -> None:
     assert split_cells(line, ",") == cells
+
+
+# --------------------------------------------------------------------------- the operators' document
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "csv-formats.md"
+
+
+def test_the_examples_in_docs_csv_formats_read() -> None:
+    blocks = re.findall(r"```text\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+    room_maps = [b for b in blocks if b.lower().startswith(("match", "# oslo"))]
+    entitlements = [b for b in blocks if b.startswith("serial")]
+    assert len(room_maps) == 2 and len(entitlements) == 1
+    excel = parse_room_map(room_maps[0])
+    assert [(r.line, r.value, r.room) for r in excel.rules] == [
+        (3, "2313FD1N08Z2", "oslo-4-12"),
+        (5, "10.20.4.0/24", "oslo-4-open"),
+    ]
+    assert excel.rooms["oslo-4-12"].location == "Oslo; Norway"
+    assert len(parse_room_map(room_maps[1]).rules) == 5
+    assert len(parse_entitlements(entitlements[0])) == 3
