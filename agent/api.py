@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.log import get_logger
+from agent.model import utc_today
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 
@@ -333,7 +334,7 @@ class ApiServer:
             return _json(
                 {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
             )
-        today = context.today or datetime.now(UTC).date()
+        today = context.today or utc_today(datetime.now(UTC))
         verdicts = verdicts_for(devices, context, today, unseen=True)  # as roomsync coverage lists them
         return _json(
             {
@@ -436,7 +437,7 @@ class DaemonCollector(Collector):
             from agent.uploader.snapshot import verdicts_for
 
             by_status: dict[str, int] = {}
-            for verdict in verdicts_for(devices, context, datetime.now(UTC).date(), unseen=True).values():
+            for verdict in verdicts_for(devices, context, utc_today(datetime.now(UTC)), unseen=True).values():
                 by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
             for status, count in sorted(by_status.items()):
                 coverage.add_metric([status], count)

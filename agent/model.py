@@ -15,7 +15,7 @@ Vocabulary
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +24,21 @@ def as_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive time is taken to be UTC already (every time roomsync
     stores or sends is UTC)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def utc_today(now: datetime) -> date:
+    """The agent's "today" at ``now``: the calendar day in UTC. Coverage verdicts
+    (``expiring_soon``, ``out_of_warranty``) and the site summary are evaluated on it by every
+    caller — ``roomsync coverage``, the daemon's ``/v1/coverage`` and ``/metrics``, the
+    snapshot the portal gets.
+
+    UTC, not the host's local date: every time roomsync stores or sends is UTC, the portal
+    compares the snapshots of hosts in several time zones, and a service's time zone is
+    whatever its unit happens to get; so the same store gives the same verdicts on every
+    host, from the command line and from the API alike. Near midnight the UTC day can differ
+    from the local one by a day; ``roomsync coverage --today YYYY-MM-DD`` evaluates any day.
+    A naive ``now`` is taken to be UTC (:func:`as_utc`)."""
+    return as_utc(now).date()
 
 
 class Transport(StrEnum):

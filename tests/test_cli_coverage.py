@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,29 @@ def test_cli_and_api_give_the_same_units_and_verdicts(site: Path):
         verdict = served[row["serial"]]
         assert {key: row[key] for key in verdict} == verdict, row["serial"]
     assert served["2104TP0007B3"]["product"] is None  # bought, never seen
+    # Without --today the command line takes today as the API does: the UTC day.
+    before = datetime.now(UTC).date().isoformat()
+    summary = roomsync("coverage", "--config", str(config), "--summary", "--json")
+    after = datetime.now(UTC).date().isoformat()
+    assert summary.returncode == 0, summary.stderr
+    assert json.loads(summary.stdout)["today"] in {before, after}
+    if before == after == api["today"]:  # not across midnight UTC
+        default = roomsync("coverage", "--config", str(config), "--json")
+        assert json.loads(default.stdout) == cli
+
+
+@pytest.mark.parametrize("tz", ["EAST-14", "WEST+12"])  # POSIX TZ: UTC+14, UTC-12
+def test_today_is_the_utc_day_whatever_the_hosts_time_zone(site: Path, tz: str):
+    """At any moment one of these zones has a local date other than the UTC one."""
+    command = [sys.executable, "-m", "agent", "coverage", "--config", str(site / "agent.toml")]
+    entitlements = ["--entitlements", str(site / "entitlements.csv"), "--summary", "--json"]
+    before = datetime.now(UTC).date().isoformat()
+    result = subprocess.run(
+        [*command, *entitlements], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": tz}
+    )
+    after = datetime.now(UTC).date().isoformat()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["today"] in {before, after}
 
 
 def test_coverage_table_and_expiring_days(site: Path):

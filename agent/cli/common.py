@@ -106,9 +106,14 @@ def write_output(path: str | None, text: str, flag: str = "--output") -> None:
 
 
 def parse_day(text: str | None, flag: str) -> date:
-    """The day ``text`` names (YYYY-MM-DD); today when ``None``."""
+    """The day ``text`` names (YYYY-MM-DD); when ``None``, today as every part of the agent
+    takes it: the UTC day (:func:`agent.model.utc_today`)."""
     if text is None:
-        return date.today()
+        from datetime import UTC, datetime
+
+        from agent.model import utc_today
+
+        return utc_today(datetime.now(UTC))
     try:
         return date.fromisoformat(text)
     except ValueError:

@@ -33,7 +33,11 @@ def register(sub: Subparsers, parents: Parents) -> None:
         help="purchase and contract records (CSV; config/entitlements.example.csv; "
         "default: [coverage] entitlements)",
     )
-    coverage.add_argument("--today", metavar="YYYY-MM-DD", help="evaluate as of this day (default: today)")
+    coverage.add_argument(
+        "--today",
+        metavar="YYYY-MM-DD",
+        help="evaluate as of this day (default: today in UTC, as the daemon's API)",
+    )
     coverage.add_argument(
         "--expiring-days",
         type=int,

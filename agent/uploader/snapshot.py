@@ -25,7 +25,7 @@ from agent.coverage import DEFAULT_EXPIRING_DAYS, CoverageUnit, Verdict, coverag
 from agent.entitlements import EntitlementRecord
 from agent.events import sources_of
 from agent.inventory import merge_rooms, summarize_rooms
-from agent.model import Device, Room, as_utc
+from agent.model import Device, Room, as_utc, utc_today
 from agent.sanitize import normalize_serial
 from agent.store import Store
 from agent.uploader.outbox import Outbox
@@ -141,7 +141,7 @@ def _build(
     devices = store.devices()
     report = summarize_rooms(devices, context.catalog, merge_rooms(store.rooms(), context.rooms))
     runs = {name: as_utc(at) for name, at in store.latest_runs().items()}
-    today = context.today or as_utc(now).date()
+    today = context.today or utc_today(now)
     return inventory_message(
         agent,
         sequence,
