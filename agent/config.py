@@ -272,7 +272,7 @@ class StoreConfig(_Section):
 class CoverageConfig(_Section):
     """Where coverage comes from for the portal snapshot and ``roomsync coverage``."""
 
-    #: Purchase and contract records (CSV; config/entitlements.example.csv). Without it the
+    #: Purchase and contract records (CSV; format: docs/csv-formats.md). Without it the
     #: snapshot sends ``coverage: null``.
     entitlements: Path | None = None
     #: ``expiring_soon`` when coverage ends within this many days.
@@ -297,7 +297,7 @@ class AgentConfig(_Section):
     #: This agent's id towards the portal; by default a UUID made once and kept in the store.
     agent_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None = None
     room: RoomConfig | None = None
-    #: CSV placing LAN devices in rooms (config/rooms.example.csv documents the format).
+    #: CSV placing LAN devices in rooms (format: docs/csv-formats.md).
     room_map: Path | None = None
     state_dir: Path | None = None
     log: LogConfig = LogConfig()
