@@ -404,6 +404,7 @@ def test_200_concurrent_clients_are_all_answered(site_daemon: RunningDaemon) -> 
     assert site_daemon.get("/healthz").status == 200
 
 
+@pytest.mark.slow
 def test_portal_401_degrades_health_until_the_token_file_changes(
     site: Site, site_daemon: RunningDaemon
 ) -> None:
