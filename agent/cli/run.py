@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from agent.cli.common import Parents, UsageError, load, revalidate
 from agent.cli.context import portal_settings, room_map
-from agent.cli.sources import named_sources, source_settings, wanted_sources
+from agent.cli.sources import named_sources, source_settings
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -52,7 +52,7 @@ def daemon_settings(args: argparse.Namespace, cfg: AgentConfig) -> DaemonSetting
     from agent.daemon_settings import SettingsError, build_daemon_settings, daemon_sources
 
     # Sources named by flags run alone; else the configuration's (defaults: the registry's).
-    names = wanted_sources(args, cfg) if any(named_sources(args).values()) else daemon_sources(cfg.sources)
+    names = [name for name, on in named_sources(args).items() if on] or daemon_sources(cfg.sources)
     settings = {name: source_settings(name, args, cfg) for name in names}  # the flags' usage errors first
 
     def settings_of(name: str) -> SourceConfig:
