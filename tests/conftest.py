@@ -29,7 +29,8 @@ def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    state = "present" if SHARED.is_dir() else "ABSENT: the tests that read it will fail under CI"
+    present = (SHARED / "fixtures").is_dir()
+    state = "present" if present else "ABSENT or empty: the tests that read it fail under CI"
     mode = "CI=true: a missing fixture or peer fails" if in_ci() else "a missing fixture or peer skips"
     return [f"roomsync: shared fixtures {SHARED} ({state}; ${SHARED_ENV} moves it)", f"roomsync: {mode}"]
 
