@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+from agent.entitlements import COLUMNS as ENTITLEMENT_COLUMNS
 from tests.peers_mdns import RUN_TOKEN, Service
 from tests.peers_snmp import SimDevice, entity_rows
 
@@ -204,23 +205,7 @@ class Entitlements:
         self.shows[serial] = shows
 
     def csv_text(self) -> str:
-        columns = [
-            "serial",
-            "purchase_date",
-            "country",
-            "customer",
-            "extension_years",
-            "extension_purchased",
-            "select_contract",
-            "select_order_date",
-            "select_activation_date",
-            "select_term_years",
-            "select_registered",
-            "reseller_contract",
-            "reseller_until",
-            "replaced_serial",
-            "replacement_date",
-        ]
+        columns = list(ENTITLEMENT_COLUMNS)
         out = io.StringIO()
         out.write("# roomsync end-to-end site: one row per coverage rule (tests/e2e/site_spec.py)\n")
         writer = csv.DictWriter(out, columns, restval="", lineterminator="\n")
