@@ -96,6 +96,10 @@ class Product:
     #: firmware is the CollabOS version read over Sync).
     usb_release_is_firmware: bool = True
     usb_serial_label_grade: bool = False
+    #: A family's fallback name for a unit the catalog cannot name more precisely ("CollabOS
+    #: bar (unnamed)"): when channels merge, a named product wins over it and it never
+    #: counts as a model disagreement (agent/identity.py).
+    generic: bool = False
     usb: tuple[UsbId, ...] = ()
     usb_product_strings: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
     #: LAN host names (mDNS host, SNMP sysName), matched from the start, case-insensitive.
@@ -586,6 +590,7 @@ _BOOL_KEYS = (
     "extension_eligible",
     "usb_release_is_firmware",
     "usb_serial_label_grade",
+    "generic",
 )
 _BOOL_DEFAULTS = {"usb_release_is_firmware": True}
 _PRODUCT_KEYS = frozenset(

@@ -49,7 +49,7 @@ from typing import Any
 from agent import __version__
 from agent.catalog import Catalog
 from agent.discovery import ScanContext, Source
-from agent.inventory import known_rooms
+from agent.inventory import known_rooms, merge_rules
 from agent.log import get_logger
 from agent.model import Room
 from agent.roommap import RoomMap
@@ -404,13 +404,14 @@ class Daemon:
         assert self.store is not None and self.outbox is not None
         try:
             record = self.store.record_scan(
-                report.devices,
+                report.readings,
                 self.settings.rooms,
                 now,
                 len(report.errors),
                 sources_run={name} if success else set(),
                 remove_after=self.settings.remove_after,
                 retention=self.settings.retention,
+                rules=merge_rules(self.settings.catalog),
             )
             queued = self._queue_snapshot(now)
         except StoreError as exc:

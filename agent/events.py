@@ -51,7 +51,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from agent.model import Device
+from agent.identity import (
+    MergeRules,
+    Reading,
+    group_readings,
+    merge_group,
+    remember,
+    serial_key,
+    source_of,
+    unique_identity,
+)
+from agent.model import Device, as_utc
 from agent.sanitize import normalize_serial
 
 #: How many runs in a row of every source that saw a unit must miss it before it is removed.
@@ -132,6 +142,12 @@ class Sighting:
     seen_at: datetime
     #: Runs of ``source`` in a row that did not report the unit at ``address``.
     missed: int = 0
+    #: Everything the channel reported (a single-channel device); ``None`` for a sighting
+    #: stored before readings were (the unit's device stands in for it).
+    reading: Device | None = field(default=None, compare=False)
+    #: Other values the channel gave the firmware and product in its previous runs, with
+    #: how many runs ago (:attr:`agent.identity.Reading.recent`).
+    recent: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -142,7 +158,7 @@ class Sighting:
         return self.missed == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "source": self.source,
             "address": self.address,
             "room": self.room,
@@ -152,10 +168,15 @@ class Sighting:
             "issues": list(self.issues),
             "seen_at": self.seen_at.isoformat(),
             "missed": self.missed,
+            "recent": {fact: dict(values) for fact, values in self.recent.items()},
         }
+        if self.reading is not None:
+            data["reading"] = self.reading.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sighting:
+        reading = data.get("reading")
         return cls(
             source=data["source"],
             address=data["address"],
@@ -166,7 +187,28 @@ class Sighting:
             issues=tuple(data.get("issues") or ()),
             seen_at=datetime.fromisoformat(data["seen_at"]),
             missed=int(data.get("missed") or 0),
+            reading=Device.from_dict(reading) if reading else None,
+            recent={
+                str(fact): {str(v): int(age) for v, age in values.items()}
+                for fact, values in (data.get("recent") or {}).items()
+            },
         )
+
+    def reading_or(self, device: Device) -> Device:
+        """What the channel reported: its reading, else (stored before readings were) the
+        unit's device as this channel last saw it."""
+        if self.reading is not None:
+            return self.reading
+        stand_in = device.clone()
+        stand_in.address = self.address
+        stand_in.sources = [self.source]
+        stand_in.firmware = self.firmware
+        stand_in.components = dict(self.components)
+        stand_in.room = self.room
+        stand_in.last_seen = self.seen_at
+        stand_in.seen_by, stand_in.provenance, stand_in.disagreements = [], {}, []
+        stand_in.assigned_identity = None
+        return stand_in
 
 
 def sources_of(device: Device) -> list[str]:
@@ -176,19 +218,32 @@ def sources_of(device: Device) -> list[str]:
 
 
 def sightings_of(device: Device) -> tuple[Sighting, ...]:
-    """What each source that reported ``device`` in this scan saw of it."""
-    return tuple(
-        Sighting(
-            source=source,
-            address=device.address,
-            room=device.room,
-            firmware=device.firmware,
-            components=dict(device.components),
-            health=str(device.health),
-            issues=tuple(sorted({i.code for i in device.health_issues})),
-            seen_at=device.last_seen,
-        )
-        for source in sources_of(device)
+    """What each source that reported ``device`` saw of it (a unit stored before sightings
+    were: every source at the device's address)."""
+    return tuple(sighting_of(device, source=source) for source in sources_of(device))
+
+
+def sighting_of(
+    reading: Device,
+    *,
+    source: str | None = None,
+    missed: int = 0,
+    recent: Mapping[str, Mapping[str, int]] | None = None,
+    keep_reading: bool = False,
+) -> Sighting:
+    """The sighting one channel's ``reading`` makes."""
+    return Sighting(
+        source=source or source_of(reading),
+        address=reading.address,
+        room=reading.room,
+        firmware=reading.firmware,
+        components=dict(reading.components),
+        health=str(reading.health),
+        issues=tuple(sorted({i.code for i in reading.health_issues})),
+        seen_at=reading.last_seen,
+        missed=missed,
+        reading=reading if keep_reading else None,
+        recent={fact: dict(values) for fact, values in (recent or {}).items()},
     )
 
 
@@ -212,12 +267,16 @@ class Tracked:
 
 @dataclass(frozen=True, slots=True)
 class ScanDiff:
-    """The outcome of one scan: its events, every unit in the inventory after it, and the
-    units it removed (as they were last known)."""
+    """The outcome of one scan: its events, every unit in the inventory after it, the units
+    it removed (as they were last known), the units found to be another unit's record
+    (``merged``: identity -> the identity they joined) and, for each reading of the scan, the
+    identity of the unit it joined."""
 
     events: tuple[ChangeEvent, ...]
     inventory: dict[str, Tracked]
     removed: dict[str, Tracked]
+    merged: dict[str, str] = field(default_factory=dict)
+    placed: tuple[str, ...] = ()
 
 
 def diff_scan(
@@ -228,74 +287,225 @@ def diff_scan(
     scope: Collection[str] | None = None,
     remove_after: int = DEFAULT_REMOVE_AFTER,
     new_id: Callable[[], str] = new_event_id,
+    rules: MergeRules | None = None,
 ) -> ScanDiff:
-    """Compare one scan's devices with the inventory before it (see the module's rules).
+    """Compare one scan's readings with the inventory before it (see the module's rules).
 
     ``previous`` is every unit in the inventory (removed ones excluded), by identity;
-    ``current`` the devices the scan found (one identity may appear more than once, seen
-    through several sources). ``scope`` names the sources that ran to completion (leave out
-    one that failed as a whole); ``None`` takes only the sources that reported something,
-    which never counts a miss a scan could not have seen.
+    ``current`` the scan's readings: one device per channel, as its source reported it
+    (:mod:`agent.identity` groups them, with what the inventory remembers, into units).
+    ``scope`` names the sources that ran to completion (leave out one that failed as a
+    whole); ``None`` takes only the sources that reported something, which never counts a
+    miss a scan could not have seen.
     """
     if remove_after < 1:
         raise ValueError(f"remove_after must be at least 1, not {remove_after}")
-    found = _by_identity(current)
+    rules = rules or MergeRules(remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
-    inventory: dict[str, Tracked] = {}
-    removed: dict[str, Tracked] = {}
-    events: list[ChangeEvent] = []
-    for identity in sorted(previous.keys() | found.keys()):
-        before = previous.get(identity)
-        seen = found.get(identity, [])
-        sightings = _advance(before.sightings if before else (), seen, ran, remove_after)
-        if before is not None and not sightings:
-            removed[identity] = replace(before, sightings=())
+    pool, origins = _pool(previous, current, ran, remove_after)
+    groups = group_readings(pool)
+    state = _Assembly(
+        previous, now, new_id, rules, remove_after, {(source_of(d), d.address) for d in current}
+    )
+    placed = [""] * len(current)
+    for group in sorted(groups, key=lambda g: _group_order(pool, g)):
+        identity = state.assemble([pool[i] for i in group], [origins[i] for i in group])
+        for i in group:
+            if origins[i] is None and identity is not None:
+                placed[i] = identity
+    state.finish()
+    return ScanDiff(tuple(state.events), state.inventory, state.removed, state.merged, tuple(placed))
+
+
+# --------------------------------------------------------------------------- the readings pool
+
+
+def _pool(
+    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str], remove_after: int
+) -> tuple[list[Reading], list[Sighting | None]]:
+    """The scan's readings, then every remembered sighting still worth grouping: a source
+    that did not run leaves its sightings as they were; one that ran and did not report the
+    channel counts a miss (dropped at ``remove_after``); one re-reported stays, to be
+    superseded by the new reading of its unit (or missed, if that is another unit now)."""
+    pool = [Reading(d) for d in current]
+    origins: list[Sighting | None] = [None] * len(current)
+    reported = {(source_of(d), d.address) for d in current}
+    for identity in sorted(previous):
+        unit = previous[identity]
+        for sighting in unit.sightings:
+            missed = sighting.missed
+            if sighting.source in ran and sighting.key not in reported:
+                missed += 1
+                if missed >= remove_after:
+                    continue
+            standing = sighting.source not in ran and missed == 0
+            pool.append(
+                Reading(
+                    sighting.reading_or(unit.device),
+                    missed=missed,
+                    unit=identity,
+                    fresh=False,
+                    standing=standing,
+                    recent={fact: dict(values) for fact, values in sighting.recent.items()},
+                )
+            )
+            origins.append(sighting)
+    return pool, origins
+
+
+def _group_order(pool: Sequence[Reading], group: Sequence[int]) -> tuple[bool, str, int]:
+    """Units with a stored record first (they keep their identities), then by first reading."""
+    units = sorted(u for i in group if (u := pool[i].unit) is not None)
+    return (not units, units[0] if units else "", group[0])
+
+
+class _Assembly:
+    """The units a diff builds, group by group."""
+
+    def __init__(
+        self,
+        previous: Mapping[str, Tracked],
+        now: datetime,
+        new_id: Callable[[], str],
+        rules: MergeRules,
+        remove_after: int,
+        reported: set[tuple[str, str]],
+    ) -> None:
+        self.previous = previous
+        self.now = now
+        self.new_id = new_id
+        self.rules = rules
+        self.remove_after = remove_after
+        self.reported = reported
+        self.inventory: dict[str, Tracked] = {}
+        self.removed: dict[str, Tracked] = {}
+        self.merged: dict[str, str] = {}
+        self.events: list[ChangeEvent] = []
+        self._unit_events: dict[str, list[ChangeEvent]] = {}
+        self._claimed: set[str] = set()
+
+    def assemble(self, readings: list[Reading], origins: list[Sighting | None]) -> str | None:
+        """Build the unit of one group; its identity (``None``: nothing of it remains)."""
+        units = [
+            u for u in dict.fromkeys(r.unit for r in readings if r.unit is not None) if u not in self._claimed
+        ]
+        kept, changed = self._kept(readings, origins)
+        if not kept:
+            return None
+        if not changed and len(units) == 1 and len(kept) == len(self.previous[units[0]].sightings):
+            # No source of this scan touched the unit: it stays exactly as stored.
+            self.inventory[units[0]] = self.previous[units[0]]
+            self._claimed.add(units[0])
+            return units[0]
+        merged = merge_group(kept, self.rules)
+        identity = self._identity(units, merged)
+        before = self.previous.get(identity)
+        sightings = tuple(
+            sorted(
+                # A unit of one channel is its reading (Sighting.reading_or): only a unit of
+                # several keeps each channel's reading apart, so the store holds it once.
+                (
+                    sighting_of(r.device, missed=r.missed, recent=r.recent, keep_reading=len(kept) > 1)
+                    for r in kept
+                ),
+                key=lambda s: s.key,
+            )
+        )
+        room = resolve_room(before.device.room if before else None, sightings)
+        merged.assigned_identity = identity
+        merged.first_seen = min(
+            [merged.first_seen, *(self.previous[u].device.first_seen for u in units)], key=as_utc
+        )
+        after = Tracked(_placed(merged, room), sightings)
+        self.inventory[identity] = after
+        self._claimed.update(units)
+        self._claimed.add(identity)
+        events = self._unit_events.setdefault(identity, [])
+        events.extend(_unit_events(before, after, kept, self.now, _no_id))
+        for other in (u for u in units if u != identity):
+            gone = self.previous[other]
+            self.merged[other] = identity
+            self.removed[other] = replace(gone, sightings=())
             events.append(
                 _event(
                     EventType.DEVICE_REMOVED,
-                    now,
-                    new_id,
-                    before.device,
-                    before=_summary(before.device),
+                    self.now,
+                    _no_id,
+                    gone.device,
+                    before=_summary(gone.device),
+                    after={"merged_into": identity},
+                )
+            )
+        return identity
+
+    def _kept(self, readings: list[Reading], origins: list[Sighting | None]) -> tuple[list[Reading], bool]:
+        """The group's readings after the scan, and whether the scan changed any of them:
+        new ones carry on what their channel said before (``recent``); a remembered one is
+        superseded by a new one of its channel, or counts a miss if its source ran and did
+        not report it as this unit (dropped at ``remove_after``)."""
+        fresh = {r.channel: r for r in readings if r.fresh}
+        kept = []
+        changed = bool(fresh)
+        for reading, origin in zip(readings, origins, strict=True):
+            if origin is None:
+                kept.append(reading)
+                continue
+            newer = fresh.get(reading.channel)
+            if newer is not None:
+                if serial_key(newer.device) == serial_key(reading.device):
+                    # The channel's previous report of this unit: what it said is remembered.
+                    newer.recent = remember(reading, newer.device, self.rules.remember_runs)
+                continue
+            if origin.key in self.reported:
+                reading.missed += 1  # its channel was reported, as another unit
+            if reading.missed != origin.missed:
+                changed = True
+                if reading.missed >= self.remove_after:
+                    continue
+            kept.append(reading)
+        return kept, changed
+
+    def _identity(self, units: Sequence[str], merged: Device) -> str:
+        """The group's record: the stored unit it continues (of several, the one known by a
+        serial, then the oldest); a new unit's derived identity, unless another unit has it."""
+        if units:
+            return min(units, key=lambda u: _survivor_order(u, self.previous[u], merged))
+        taken = set(self.previous) | set(self.inventory) | self._claimed
+        return unique_identity(merged, taken)
+
+    def finish(self) -> None:
+        """Units no group continued are removed; events in the module's order."""
+        for identity in sorted(self.previous):
+            if identity in self._claimed or identity in self.inventory:
+                continue
+            gone = self.previous[identity]
+            self.removed[identity] = replace(gone, sightings=())
+            self._unit_events.setdefault(identity, []).append(
+                _event(
+                    EventType.DEVICE_REMOVED,
+                    self.now,
+                    _no_id,
+                    gone.device,
+                    before=_summary(gone.device),
                     after=None,
                 )
             )
-            continue
-        after = _next_state(before, seen, sightings)
-        inventory[identity] = after
-        events.extend(_unit_events(before, after, seen, now, new_id))
-    events.extend(_conflict_events(previous, inventory, now, new_id))
-    return ScanDiff(tuple(events), inventory, removed)
+        for identity in sorted(self._unit_events):
+            # Ids are given in the order the events come in.
+            self.events.extend(replace(e, id=self.new_id()) for e in self._unit_events[identity])
+        self.events.extend(_conflict_events(self.previous, self.inventory, self.now, self.new_id))
 
 
-# --------------------------------------------------------------------------- sightings
+def _no_id() -> str:
+    return ""
 
 
-def _by_identity(devices: Iterable[Device]) -> dict[str, list[Device]]:
-    found: dict[str, list[Device]] = {}
-    for device in devices:
-        found.setdefault(device.identity, []).append(device)
-    return found
-
-
-def _advance(
-    before: Iterable[Sighting], seen: Sequence[Device], ran: frozenset[str], remove_after: int
-) -> tuple[Sighting, ...]:
-    """The unit's sightings after the scan: what it reported now, the rest of what the
-    sources that ran did not see counted as missed (dropped at ``remove_after``), and the
-    sightings of sources that did not run left alone."""
-    result: dict[tuple[str, str], Sighting] = {}
-    for device in seen:
-        for sighting in sightings_of(device):
-            result.setdefault(sighting.key, sighting)
-    for old in before:
-        if old.key in result:
-            continue
-        if old.source not in ran:
-            result[old.key] = old
-        elif old.missed + 1 < remove_after:
-            result[old.key] = replace(old, missed=old.missed + 1)
-    return tuple(sorted(result.values(), key=lambda s: s.key))
+def _survivor_order(identity: str, unit: Tracked, merged: Device) -> tuple[bool, bool, datetime, str]:
+    """Of several stored units found to be one: the one known by the serial the unit now
+    carries, then one known by a serial at all, then the oldest."""
+    key = serial_key(merged)
+    own = key is not None and (identity == merged.derived_identity or serial_key(unit.device) == key)
+    return (not own, not identity.startswith("serial:"), as_utc(unit.device.first_seen), identity)
 
 
 def resolve_room(previous_room: str | None, sightings: Iterable[Sighting]) -> str | None:
@@ -315,29 +525,9 @@ def _rooms(sightings: Iterable[Sighting]) -> set[str]:
     return {s.room for s in sightings if s.room is not None}
 
 
-def _next_state(before: Tracked | None, seen: Sequence[Device], sightings: tuple[Sighting, ...]) -> Tracked:
-    """The unit as stored after the scan: the fullest of this scan's reports (the previous
-    device when the scan did not see it), placed in the resolved room."""
-    previous_room = before.device.room if before else None
-    room = resolve_room(previous_room, sightings)
-    if not seen:
-        assert before is not None
-        device = before.device if room == previous_room else _placed(before.device, room)
-        return Tracked(device, sightings)
-    device = _placed(max(seen, key=_fullness), room)
-    device.sources = list(dict.fromkeys(s for d in seen for s in sources_of(d)))
-    device.first_seen = min([d.first_seen for d in seen] + ([before.device.first_seen] if before else []))
-    device.last_seen = max(d.last_seen for d in seen)
-    return Tracked(device, sightings)
-
-
-def _fullness(device: Device) -> tuple[bool, int, int, int]:
-    return (device.firmware is not None, len(device.components), len(device.children), len(device.attributes))
-
-
 def _placed(device: Device, room: str | None) -> Device:
     """A copy of ``device``, moved with its children to ``room`` if it stands elsewhere."""
-    copy = Device.from_dict(device.to_dict())
+    copy = device.clone()
     if copy.room != room:
         _set_room(copy, room)
     return copy
@@ -353,7 +543,11 @@ def _set_room(device: Device, room: str | None) -> None:
 
 
 def _unit_events(
-    before: Tracked | None, after: Tracked, seen: Sequence[Device], now: datetime, new_id: Callable[[], str]
+    before: Tracked | None,
+    after: Tracked,
+    kept: Sequence[Reading],
+    now: datetime,
+    new_id: Callable[[], str],
 ) -> list[ChangeEvent]:
     if before is None:
         return [
@@ -374,50 +568,54 @@ def _unit_events(
                 after={"room": after.device.room},
             )
         )
-    if seen:
-        events.extend(_reading_events(before.sightings, after.sightings, after.device, now, new_id))
+    if any(r.fresh for r in kept):
+        firmware = _firmware_event(before, after, now, new_id)
+        if firmware is not None:
+            events.append(firmware)
+        if before.device.health != after.device.health:
+            events.append(
+                _event(
+                    EventType.HEALTH_CHANGED,
+                    now,
+                    new_id,
+                    after.device,
+                    before=_health(before.device),
+                    after=_health(after.device),
+                )
+            )
     return events
 
 
-def _reading_events(
-    before: Sequence[Sighting],
-    after: Sequence[Sighting],
-    device: Device,
-    now: datetime,
-    new_id: Callable[[], str],
-) -> list[ChangeEvent]:
-    """At most one ``firmware.changed`` and one ``health.changed`` per unit and scan: the
-    first source (by name) whose reading changed."""
-    firmware: ChangeEvent | None = None
-    health: ChangeEvent | None = None
-    for now_read in (s for s in after if s.standing):
-        old = _earlier_reading(before, now_read)
-        if old is None or old == now_read:
-            continue
-        if firmware is None and _firmware_changed(old, now_read):
-            firmware = _event(
-                EventType.FIRMWARE_CHANGED,
-                now,
-                new_id,
-                device,
-                before=_versions(old),
-                after=_versions(now_read),
-            )
-        if health is None and old.health != now_read.health:
-            health = _event(
-                EventType.HEALTH_CHANGED, now, new_id, device, before=_health(old), after=_health(now_read)
-            )
-    return [e for e in (firmware, health) if e is not None]
+def _firmware_event(
+    before: Tracked, after: Tracked, now: datetime, new_id: Callable[[], str]
+) -> ChangeEvent | None:
+    """``firmware.changed`` when the channel the unit's firmware now comes from read another
+    version (of the unit, or of a component) before: one channel is never compared with
+    another's way of writing a version, and a less trusted channel never moves it."""
+    shown = after.device.provenance.get("firmware")
+    key = (shown.source, shown.address) if shown is not None else _first_standing(after)
+    if key is None:
+        return None
+    new = next((s for s in after.sightings if s.key == key and s.standing), None)
+    old = _earlier_reading(before.sightings, key)
+    if new is None or old is None or not _firmware_changed(old, new):
+        return None
+    return _event(
+        EventType.FIRMWARE_CHANGED, now, new_id, after.device, before=_versions(old), after=_versions(new)
+    )
 
 
-def _earlier_reading(before: Sequence[Sighting], now_read: Sighting) -> Sighting | None:
-    """What the same source said before: at the same address, else (the unit changed
-    address) its freshest sighting at another."""
-    same_source = [s for s in before if s.source == now_read.source]
-    exact = [s for s in same_source if s.address == now_read.address]
+def _first_standing(unit: Tracked) -> tuple[str, str] | None:
+    return next((s.key for s in unit.sightings if s.standing and s.components), None)
+
+
+def _earlier_reading(before: Sequence[Sighting], key: tuple[str, str]) -> Sighting | None:
+    """What the same channel said before: at the same address, else (the unit changed
+    address) the source's freshest sighting at another."""
+    exact = [s for s in before if s.key == key]
     if exact:
         return exact[0]
-    return min(same_source, key=lambda s: s.missed, default=None)
+    return min((s for s in before if s.source == key[0]), key=lambda s: s.missed, default=None)
 
 
 def _firmware_changed(old: Sighting, new: Sighting) -> bool:
@@ -430,8 +628,13 @@ def _versions(sighting: Sighting) -> dict[str, Any]:
     return {"firmware": sighting.firmware, "components": dict(sighting.components), "source": sighting.source}
 
 
-def _health(sighting: Sighting) -> dict[str, Any]:
-    return {"health": sighting.health, "issues": list(sighting.issues), "source": sighting.source}
+def _health(device: Device) -> dict[str, Any]:
+    shown = device.provenance.get("health")
+    return {
+        "health": str(device.health),
+        "issues": sorted({i.code for i in device.health_issues}),
+        "source": shown.source if shown is not None else (device.sources[0] if device.sources else None),
+    }
 
 
 def _summary(device: Device) -> dict[str, Any]:
@@ -512,13 +715,16 @@ def serial_conflicts(inventory: Mapping[str, Tracked]) -> dict[str, list[Claim]]
 
 
 def _disagree(claims: Sequence[Claim]) -> bool:
+    """Two units carry the serial (two products, or two LAN hosts of one product), or its
+    channels place it in two rooms."""
+    identities = {c.identity for c in claims}
     products = {c.product for c in claims}
     rooms = {c.room for c in claims if c.room is not None}
-    return len(products) > 1 or len(rooms) > 1
+    return len(identities) > 1 or len(products) > 1 or len(rooms) > 1
 
 
-def _signature(claims: Sequence[Claim]) -> frozenset[tuple[str, str | None]]:
-    return frozenset((c.product, c.room) for c in claims)
+def _signature(claims: Sequence[Claim]) -> frozenset[tuple[str, str, str | None]]:
+    return frozenset((c.identity, c.product, c.room) for c in claims)
 
 
 def _conflict_events(

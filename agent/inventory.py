@@ -12,7 +12,10 @@ Placement, most explicit first (issue [4/7], part 1):
 
 Each room's units are then grouped into systems with a primary unit and a ticket serial by
 :func:`agent.systems.summarize_room` (part 2); :func:`summarize_rooms` does it for every room.
-Merging observations of one unit seen through several channels builds on this.
+
+Placement is per reading (one channel's view of a unit); :func:`units_from_observations`
+then merges the readings of one unit into one device (:mod:`agent.identity`,
+docs/identity.md), as the store does across scans.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from agent.catalog import Catalog
+from agent.identity import MergeRules, merge_readings
 from agent.model import OTHER, Device, Observation, Room, Transport
 from agent.roommap import MatchKind, RoomMap
 from agent.systems import RoomSummary, summarize_room
@@ -55,6 +59,21 @@ def devices_from_observations(
             _categorise(device, catalog)
     devices.sort(key=lambda d: (d.room or "", d.transport, d.address))
     return devices
+
+
+def merge_rules(catalog: Catalog | None) -> MergeRules:
+    """What the catalog adds to the merge rules (its generic product names)."""
+    if catalog is None:
+        return MergeRules()
+    return MergeRules(generic_products=frozenset(p.name for p in catalog.products.values() if p.generic))
+
+
+def units_from_readings(readings: Sequence[Device], catalog: Catalog | None = None) -> list[Device]:
+    """One device per unit from a scan's readings (placed and categorised), sorted as
+    :func:`devices_from_observations` sorts."""
+    units = merge_readings(readings, merge_rules(catalog))
+    units.sort(key=lambda d: (d.room or "", d.transport, d.address))
+    return units
 
 
 def map_rooms(devices: Sequence[Device], room_map: RoomMap) -> list[str | None]:

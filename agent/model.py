@@ -14,7 +14,7 @@ Vocabulary
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -217,6 +217,94 @@ def transport_identity(
     return ident
 
 
+@dataclass(frozen=True, slots=True)
+class SeenBy:
+    """One channel that reported a unit: which source, over what, at which address, where
+    its serial came from, when it last reported the unit and how many runs of that source in a
+    row have missed it since (``missed``; 0 in a single scan)."""
+
+    source: str
+    transport: str
+    address: str
+    serial_source: str | None
+    last_seen: datetime
+    #: The collector whose reading counts for this channel (``sync-interface``, ``mdns-txt``…).
+    collector: str
+    missed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "transport": self.transport,
+            "address": self.address,
+            "serial_source": self.serial_source,
+            "last_seen": self.last_seen.isoformat(),
+            "collector": self.collector,
+            "missed": self.missed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeenBy:
+        return cls(
+            source=data["source"],
+            transport=data["transport"],
+            address=data["address"],
+            serial_source=data.get("serial_source"),
+            last_seen=datetime.fromisoformat(data["last_seen"]),
+            collector=data.get("collector") or "",
+            missed=int(data.get("missed") or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FactSource:
+    """Which channel said one fact of a unit (its value, as that channel wrote it), and when."""
+
+    value: str | None
+    source: str
+    transport: str
+    address: str
+    collector: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "source": self.source,
+            "transport": self.transport,
+            "address": self.address,
+            "collector": self.collector,
+            "at": self.at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FactSource:
+        return cls(
+            value=data.get("value"),
+            source=data["source"],
+            transport=data["transport"],
+            address=data["address"],
+            collector=data.get("collector") or "",
+            at=datetime.fromisoformat(data["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """Channels that report different values of one fact of a unit: the value that won
+    first, then the others (each once, with the channel that said it)."""
+
+    fact: str
+    values: tuple[FactSource, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fact": self.fact, "values": [v.to_dict() for v in self.values]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Disagreement:
+        return cls(data["fact"], tuple(FactSource.from_dict(v) for v in data.get("values") or ()))
+
+
 @dataclass(slots=True, kw_only=True)
 class Device(UnitFacts):
     """One physical unit as the inventory knows it."""
@@ -233,6 +321,17 @@ class Device(UnitFacts):
     #: The catalog family of the product (``collabos-bar``, ``room-pc``…), or ``other`` for
     #: a unit the catalog does not know (an unknown SNMP responder, a printer on mDNS).
     category: str = OTHER
+    #: Every channel that reported the unit (:mod:`agent.identity`), most trusted first.
+    seen_by: list[SeenBy] = field(default_factory=list)
+    #: For each fact (``serial``, ``model``, ``firmware``, ``health``, ``address``): the
+    #: channel whose value the unit carries.
+    provenance: dict[str, FactSource] = field(default_factory=dict)
+    #: Facts on which its channels disagree (the winner is in :attr:`provenance`).
+    disagreements: list[Disagreement] = field(default_factory=list)
+    #: The identity of the unit's record in the store, kept from its first sighting while
+    #: channels come and go; ``None`` for a unit no store has recorded (then
+    #: :attr:`identity` is derived from its facts).
+    assigned_identity: str | None = None
 
     @property
     def health(self) -> HealthState:
@@ -240,17 +339,24 @@ class Device(UnitFacts):
 
     @property
     def identity(self) -> str:
-        """Stable key: catalog product + label-grade serial, else where it was seen.
+        """Stable key: the record's identity once stored (:attr:`assigned_identity`), else
+        catalog product + label-grade serial, else where it was seen.
 
-        The second form is weaker (a unit moved to another port gets a new key), and
-        :attr:`identity_kind` says which one applies.
+        The last form is weaker (a unit moved to another port gets a new key), and
+        :attr:`identity_kind` says which one applies. docs/identity.md has the rules.
         """
+        return self.assigned_identity or self.derived_identity
+
+    @property
+    def derived_identity(self) -> str:
+        """The identity the unit's facts give it (ignoring :attr:`assigned_identity`)."""
         if self.serial and self.serial_label_grade:
             return f"serial:{self.product}:{self.serial}"
         return transport_identity(self.transport, self.address, self.vendor_id, self.product_id)
 
     @property
     def identity_kind(self) -> str:
+        """``serial`` when the unit is known by a label-grade serial, else ``transport``."""
         return "serial" if self.serial and self.serial_label_grade else "transport"
 
     @classmethod
@@ -292,12 +398,16 @@ class Device(UnitFacts):
             "room": self.room,
             "identity": self.identity,
             "identity_kind": self.identity_kind,
+            "identity_assigned": self.assigned_identity is not None,
             "state": self.state,
             "health": str(self.health),
             "health_issues": [i.to_dict() for i in self.health_issues],
             "first_seen": self.first_seen.isoformat(),
             "last_seen": self.last_seen.isoformat(),
             "sources": list(self.sources),
+            "seen_by": [s.to_dict() for s in self.seen_by],
+            "provenance": {fact: p.to_dict() for fact, p in self.provenance.items()},
+            "disagreements": [d.to_dict() for d in self.disagreements],
             "attributes": dict(self.attributes),
             "children": [c.to_dict() for c in self.children],
         }
@@ -331,6 +441,24 @@ class Device(UnitFacts):
             ],
             children=[cls.from_dict(c) for c in data.get("children") or ()],
             sources=list(data.get("sources") or ()),
+            seen_by=[SeenBy.from_dict(s) for s in data.get("seen_by") or ()],
+            provenance={fact: FactSource.from_dict(p) for fact, p in (data.get("provenance") or {}).items()},
+            disagreements=[Disagreement.from_dict(d) for d in data.get("disagreements") or ()],
+            assigned_identity=data.get("identity") if data.get("identity_assigned") else None,
+        )
+
+    def clone(self) -> Device:
+        """A copy whose containers (and children) can be changed without touching this one."""
+        return replace(
+            self,
+            components=dict(self.components),
+            attributes=dict(self.attributes),
+            health_issues=list(self.health_issues),
+            children=[c.clone() for c in self.children],
+            sources=list(self.sources),
+            seen_by=list(self.seen_by),
+            provenance=dict(self.provenance),
+            disagreements=list(self.disagreements),
         )
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from agent.catalog import Catalog
 from agent.discovery import ScanContext, Source, SourceResult
-from agent.inventory import devices_from_observations
+from agent.inventory import devices_from_observations, units_from_readings
 from agent.log import get_logger
 from agent.model import Device, Room, ScanError
 from agent.roommap import RoomMap
@@ -33,7 +33,12 @@ class SourceRun:
 
 @dataclass(slots=True)
 class ScanReport:
+    """One scan: its units (``devices``: what every channel said of one unit, merged), the
+    readings they were merged from (one per channel: what the store records), and how each
+    source did."""
+
     devices: list[Device] = field(default_factory=list)
+    readings: list[Device] = field(default_factory=list)
     errors: list[ScanError] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     runs: list[SourceRun] = field(default_factory=list)
@@ -74,7 +79,8 @@ async def run_scan(
         observations.extend(run.result.observations)
         report.errors.extend(run.result.errors)
         report.messages.extend(f"{run.name}: {m}" for m in run.result.messages)
-    report.devices = devices_from_observations(observations, ctx.room, ctx.catalog, room_map)
+    report.readings = devices_from_observations(observations, ctx.room, ctx.catalog, room_map)
+    report.devices = units_from_readings(report.readings, ctx.catalog)
     return report
 
 

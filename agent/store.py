@@ -60,6 +60,7 @@ from agent.events import (
     new_event_id,
     sources_of,
 )
+from agent.identity import MergeRules
 from agent.model import Device, Room, as_utc
 
 DB_NAME = "roomsync.db"
@@ -339,10 +340,14 @@ class Store:
         remove_after: int = DEFAULT_REMOVE_AFTER,
         retention: Retention | None = None,
         new_id: Callable[[], str] = new_event_id,
+        rules: MergeRules | None = None,
     ) -> ScanRecord:
         """Store one scan and the change events it produced, in one transaction.
 
-        ``sources_run`` names the sources that ran to completion (the scope of
+        ``devices`` are the scan's readings, one per channel
+        (:attr:`agent.scan.ScanReport.readings`): the diff merges them with what the store
+        remembers of each channel into units (:mod:`agent.identity`, with the catalog's
+        ``rules``). ``sources_run`` names the sources that ran to completion (the scope of
         :func:`agent.events.diff_scan`: only their units can be missed); ``None`` takes the
         sources that reported something. A unit is removed after ``remove_after`` runs in a
         row of every source that saw it missed it. ``retention`` bounds the history
@@ -352,7 +357,7 @@ class Store:
         scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
         try:
             record, inventory = self._record_scan(
-                found, rooms, finished_at, errors, scope, remove_after, retention, new_id
+                found, rooms, finished_at, errors, scope, remove_after, retention, new_id, rules
             )
         except BaseException:
             self._cache = None
@@ -370,17 +375,24 @@ class Store:
         remove_after: int,
         retention: Retention | None,
         new_id: Callable[[], str],
+        rules: MergeRules | None,
     ) -> tuple[ScanRecord, dict[str, Tracked]]:
         with self.transaction() as db:
             previous = self._inventory(db)
             diff = diff_scan(
-                previous, found, finished_at, scope=scope, remove_after=remove_after, new_id=new_id
+                previous,
+                found,
+                finished_at,
+                scope=scope,
+                remove_after=remove_after,
+                new_id=new_id,
+                rules=rules,
             )
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
             self._write_inventory(db, previous, diff, finished_at)
             self._write_rooms(db, rooms)
             self._write_events(db, scan_id, diff.events)
-            self._write_history(db, scan_id, found)
+            self._write_history(db, scan_id, found, diff.placed)
             self._prune_history(db, retention or Retention(), finished_at)
             self._prune_events(db, retention or Retention(), finished_at)
         return ScanRecord(scan_id, diff.events), dict(diff.inventory)
@@ -465,10 +477,16 @@ class Store:
         )
 
     @staticmethod
-    def _write_history(db: sqlite3.Connection, scan_id: int, devices: Iterable[Device]) -> None:
+    def _write_history(
+        db: sqlite3.Connection, scan_id: int, readings: Sequence[Device], units: Sequence[str]
+    ) -> None:
+        """Each reading of the scan, under the identity of the unit it joined."""
         db.executemany(
             "INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)",
-            [(scan_id, d.identity, _json(d.to_dict())) for d in devices],
+            [
+                (scan_id, unit or d.identity, _json(d.to_dict()))
+                for d, unit in zip(readings, units, strict=False)
+            ],
         )
 
     @staticmethod
@@ -531,6 +549,8 @@ class Store:
         inventory = {}
         for identity, data in db.execute("SELECT identity, data FROM devices WHERE removed_at IS NULL"):
             device = self._decode(Device.from_dict, data, "device")
+            # A unit stored before identities were kept with it carries the one it has here.
+            device.assigned_identity = identity
             inventory[identity] = (
                 Tracked(device, tuple(sightings[identity])) if identity in sightings else Tracked.of(device)
             )

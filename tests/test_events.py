@@ -21,6 +21,7 @@ from agent.events import (
     resolve_room,
     serial_conflicts,
 )
+from agent.identity import merge_readings
 from agent.model import Device, HealthIssue, SerialSource, Severity, Transport
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -77,6 +78,8 @@ class Run:
     state: dict[str, Tracked] = field(default_factory=dict)
     new_id: Callable[[], str] = field(default_factory=counter)
     scans: int = 0
+    #: The identity of the unit each reading of the latest scan joined.
+    placed: tuple[str, ...] = ()
 
     def scan(self, devices: Iterable[Device], scope: Iterable[str] | None = None) -> list[ChangeEvent]:
         self.scans += 1
@@ -90,6 +93,7 @@ class Run:
         )
         assert not diff.inventory.keys() & diff.removed.keys()
         self.state = diff.inventory
+        self.placed = diff.placed
         return list(diff.events)
 
 
@@ -366,11 +370,21 @@ CONFLICT_CASES = [
         [
             unit(source="usb", room="a"),
             unit(source="snmp", room="a", address="10.0.0.1"),
-            unit(source="snmp", room="a", address="fe80::1"),
+            unit(source="mdns", room="a", address="10.0.0.1"),
         ],
         None,
         None,
         id="agreeing-channels",
+    ),
+    pytest.param(
+        [
+            unit(source="usb", room="a"),
+            unit(source="snmp", room="a", address="10.0.0.1"),
+            unit(source="snmp", room="a", address="10.0.0.2"),
+        ],
+        {("Rally Bar", "a")},
+        None,
+        id="two-lan-hosts-one-serial",
     ),
     pytest.param(
         [
@@ -453,7 +467,9 @@ def test_duplicates_of_one_identity_in_a_scan_are_one_unit():
     events = run.scan([unit(source="usb", firmware=None), unit(source="snmp")])
     assert kinds(events) == [(ADDED, BAR)]
     device = run.state[BAR].device
-    assert (device.sources, device.firmware) == (["usb", "snmp"], "1.9.556")  # the fuller report
+    # Sources by trust (both read by the Sync interface here), then by name; the firmware
+    # from the channel that has one.
+    assert (device.sources, device.firmware) == (["snmp", "usb"], "1.9.556")
 
 
 def test_first_seen_is_kept_and_last_seen_follows():
@@ -558,13 +574,15 @@ def test_a_scan_against_itself_yields_no_events(found: list[Device], scope: set[
 def test_repeating_a_scan_reaches_a_fixpoint(
     first: list[Device], second: list[Device], scope: set[str] | None, n: int
 ):
-    """Repeated, a scan only lets the sightings it misses expire (removals, and moves where
-    an expired sighting was what placed a unit); after remove_after repeats nothing changes."""
+    """Repeated, a scan only lets the sightings it misses expire (removals, moves where an
+    expired sighting was what placed a unit, health where an expired channel disagreed on the
+    firmware, and a unit joining the one its host's channels now point to, with the conflicts
+    that brings); after remove_after repeats nothing changes."""
     run = Run(remove_after=n)
     run.scan(first)
     run.scan(second, scope)
     for _ in range(n):
-        assert {e.type for e in run.scan(second, scope)} <= {REMOVED, MOVED}
+        assert {e.type for e in run.scan(second, scope)} <= {REMOVED, MOVED, HEALTH, CONFLICT}
     state = run.state
     assert run.scan(second, scope) == []
     assert run.state == state
@@ -575,7 +593,7 @@ def test_repeating_a_scan_reaches_a_fixpoint(
 def test_added_then_removed_after_exactly_n_full_scans(found: list[Device], n: int):
     run = Run(remove_after=n)
     added = {e.identity for e in run.scan(found) if e.type is ADDED}
-    assert added == {d.identity for d in found}
+    assert added == {d.identity for d in merge_readings(found)}  # one unit per identity
     for _ in range(n - 1):
         assert [e for e in run.scan([], SOURCES) if e.type is REMOVED] == []
     assert {e.identity for e in run.scan([], SOURCES) if e.type is REMOVED} == added
@@ -657,5 +675,5 @@ def test_event_bookkeeping(steps: list[tuple[list[Device], set[str] | None]], n:
             else:
                 assert event.identity in before and event.identity in run.state
         assert set(run.state) == present
-        assert all(d.identity in run.state for d in found)
+        assert len(run.placed) == len(found) and set(run.placed) <= set(run.state)
     assert len(ids) == len(set(ids))

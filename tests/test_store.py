@@ -66,7 +66,18 @@ def test_device_round_trip_through_the_store(tmp_path: Path):
     with Store.open(tmp_path) as store:
         store.record_scan([original], [Room("oslo-4-12", "Fjord")], T0)
         [back] = store.devices()
-        assert back.to_dict() == original.to_dict()
+        # The stored unit is the reading, plus what merging adds: its channel, where each
+        # fact came from, and the identity of its record.
+        stored = back.to_dict()
+        assert [s["source"] for s in stored.pop("seen_by")] == ["usb"]
+        assert {f: p["source"] for f, p in stored.pop("provenance").items()} == dict.fromkeys(
+            ["address", "health", "model", "serial", "firmware"], "usb"
+        )
+        assert stored.pop("identity_assigned") is True
+        expected = original.to_dict()
+        for key in ("seen_by", "provenance", "identity_assigned"):
+            expected.pop(key)
+        assert stored == expected
         assert store.rooms() == [Room("oslo-4-12", "Fjord")]
         assert store.last_scan() == T0
     assert (tmp_path / DB_NAME).exists()
@@ -254,7 +265,10 @@ def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path)
     write_v1_database(tmp_path, original, T0)
     with Store.open(tmp_path) as store:
         assert store.schema_version == SCHEMA_VERSION == 3
-        assert [d.to_dict() for d in store.devices()] == [original.to_dict()]
+        # The unit keeps the identity v1 stored it under (now said to be its record's).
+        [device] = store.devices()
+        assert device.assigned_identity == original.identity
+        assert {**device.to_dict(), "identity_assigned": False} == original.to_dict()
         assert store.rooms() == [Room("oslo-4-12", "Fjord")]
         assert store.last_scan() == T0
         assert store.events() == []

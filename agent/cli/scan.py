@@ -15,6 +15,7 @@ from agent.cli.views import print_events, print_room_lines, print_scan_table
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from agent.catalog import Catalog
     from agent.config import AgentConfig
     from agent.discovery import Source
     from agent.discovery.snmp import SnmpSource
@@ -102,7 +103,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     rooms = known_rooms(room, rooms_map)
     summary = summarize_rooms(report.devices, catalog, rooms)
-    events = store_scan(args, cfg, report, rooms, now) if sources and not args.no_store else []
+    events = store_scan(args, cfg, report, rooms, now, catalog) if sources and not args.no_store else []
 
     if args.json:
         print_json(
@@ -132,11 +133,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def store_scan(
-    args: argparse.Namespace, cfg: AgentConfig, report: ScanReport, rooms: list[Room], now: datetime
+    args: argparse.Namespace,
+    cfg: AgentConfig,
+    report: ScanReport,
+    rooms: list[Room],
+    now: datetime,
+    catalog: Catalog,
 ) -> list[ChangeEvent]:
     """Keep what the scan found and return the change events it produced; a store failure is
     one error, and the results still print."""
     from agent.config import resolve_state_dir
+    from agent.inventory import merge_rules
     from agent.model import ScanError
     from agent.store import Retention, Store, StoreError
 
@@ -145,7 +152,7 @@ def store_scan(
     try:
         with Store.open(state_dir) as store:
             record = store.record_scan(
-                report.devices,
+                report.readings,
                 rooms,
                 now,
                 len(report.errors),
@@ -153,6 +160,7 @@ def store_scan(
                 sources_run={r.name for r in report.runs if r.success},
                 remove_after=settings.remove_after_missed_scans,
                 retention=Retention(settings.history_days, settings.history_scans, settings.events_days),
+                rules=merge_rules(catalog),
             )
             try:
                 context = snapshot_context(cfg, rooms)

@@ -1,0 +1,740 @@
+"""One unit, one record: which readings are of the same unit, and what the unit then is.
+
+A **reading** is what one channel — a source at an address (``mdns`` at ``10.0.0.5``,
+``usb`` at port ``2-1.1``) — last reported of one unit: a single-channel
+:class:`~agent.model.Device`. This module groups readings into units and merges each group
+into one device. It is pure: no clock, no I/O, no catalog lookups beyond what the readings
+carry (``category`` is the catalog family) and :class:`MergeRules`. docs/identity.md states
+the rules for operators, with examples; this is their implementation.
+
+Grouping (linear in the number of readings: a union-find over keys)
+--------------------------------------------------------------------
+1. Readings that were one unit before (:attr:`Reading.unit`) stay together, and so do the
+   readings of one channel (source and address) that tell one label-grade serial.
+2. A **label-grade serial** joins the readings of one catalog family carrying it
+   (``serial_key``) — unless one source's latest run put that serial on two LAN hosts:
+   then the serial is *contested* and joins nothing on its own (two LAN devices claiming one
+   serial are a ``serial.conflict``, both kept).
+3. A **MAC address** joins readings; then a **host name** (mDNS host, a PC's own name);
+   then a LAN **address** — only where that is unambiguous: an address shared by two hosts
+   with other names (or other serials) joins neither with a reading that has nothing else.
+4. A USB unit without a label serial is known by its port and USB ids.
+
+No join ever puts two different label-grade serials in one unit; a serial that is not
+label-grade never joins anything on its own (two webcams with one chip serial stay two).
+
+Merging (:func:`merge_group`)
+-----------------------------
+Each fact comes from the most trustworthy channel that reports it (:data:`TRUST_ORDER`;
+within a rank, a standing reading before a missed one, then the newest). Where channels
+disagree on the firmware or the product, the disagreement is kept
+(:attr:`~agent.model.Device.disagreements`) and is a health warning naming both values and
+both channels. A reading remembers what its channel said in its last few runs
+(:attr:`Reading.recent`), so a channel that flips its answer every scan keeps the warning
+standing instead of raising and clearing it each time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from agent.model import (
+    OTHER,
+    Device,
+    Disagreement,
+    FactSource,
+    HealthIssue,
+    SeenBy,
+    Severity,
+    Transport,
+    as_utc,
+    transport_identity,
+)
+from agent.sanitize import normalize_serial
+
+#: Collectors from the most trustworthy down (issue [9/16]): a unit's own management
+#: interfaces, then what its host or SNMP agent says of it, then its mDNS announcements, then
+#: what a USB descriptor tells. ``config`` is what an operator typed.
+TRUST_ORDER: tuple[tuple[str, ...], ...] = (
+    ("sync-interface", "collabos-api"),
+    ("ssh-dmi", "snmp-entity", "config"),
+    ("mdns-txt",),
+    ("usb-descriptor",),
+)
+_RANK: dict[str, int] = {name: rank for rank, tier in enumerate(TRUST_ORDER) for name in tier}
+UNRANKED = len(TRUST_ORDER)
+
+#: What each ``firmware_source`` a collector writes means: the collector that read it.
+FIRMWARE_COLLECTORS: Mapping[str, str] = {
+    "usb-bcdDevice": "usb-descriptor",
+    "bios": "ssh-dmi",
+    "snmp-entity-firmware": "snmp-entity",
+    "snmp-entity-software": "snmp-entity",
+}
+#: The collector a channel of each transport reads with when its facts do not say.
+_TRANSPORT_COLLECTORS: Mapping[str, str] = {
+    Transport.USB: "usb-descriptor",
+    Transport.MDNS: "mdns-txt",
+    Transport.SNMP: "snmp-entity",
+    Transport.SSH: "ssh-dmi",
+    Transport.CONFIG: "config",
+}
+#: The attribute a unit read through a room PC carries (its PC's address): a USB unit.
+ATTACHED_TO = "attached_to"
+#: Attributes that carry MAC addresses (a string or a list of them).
+MAC_ATTRIBUTES = ("mac", "mac_address", "mac_addresses")
+#: Attributes that carry a LAN host's own name (mDNS host, a PC's host name).
+HOST_NAME_ATTRIBUTES = ("host", "hostname")
+#: Health issue codes of a disagreement between channels.
+FIRMWARE_DISAGREEMENT = "firmware-disagreement"
+MODEL_DISAGREEMENT = "model-disagreement"
+#: Facts whose disagreement is remembered across runs (:attr:`Reading.recent`).
+REMEMBERED_FACTS = ("firmware", "product")
+
+
+def trust_rank(collector: str | None) -> int:
+    """0 for the most trustworthy collectors, larger for less; unknown ones last."""
+    return _RANK.get(collector or "", UNRANKED)
+
+
+def firmware_collector(device: Device) -> str | None:
+    source = device.firmware_source
+    if source is None:
+        return None
+    return FIRMWARE_COLLECTORS.get(source, source)
+
+
+def channel_collector(device: Device) -> str:
+    """The collector whose reading a channel is: the most trustworthy of those that gave its
+    serial and firmware, else its transport's own."""
+    default = (
+        "usb-descriptor"
+        if device.transport is Transport.USB or ATTACHED_TO in device.attributes
+        else _TRANSPORT_COLLECTORS.get(device.transport, str(device.transport))
+    )
+    candidates = [default]
+    if device.serial_source is not None:
+        candidates.append(str(device.serial_source))
+    fw = firmware_collector(device)
+    if fw is not None:
+        candidates.append(fw)
+    return min(candidates, key=trust_rank)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRules:
+    """What the catalog adds to the rules: products that are a family's fallback name (a
+    CollabOS bar the catalog cannot name), which yield to a named product and never
+    disagree with one."""
+
+    generic_products: frozenset[str] = frozenset()
+    #: How many runs of a channel a value it reported is remembered for disagreements.
+    remember_runs: int = 3
+
+
+@dataclass(slots=True)
+class Reading:
+    """One channel's latest report of a unit, as grouping and merging see it."""
+
+    device: Device
+    #: Runs of the channel's source in a row that did not report it (0: reported now).
+    missed: int = 0
+    #: The identity of the stored unit this reading belonged to (``None``: new this scan).
+    unit: str | None = None
+    #: Reported in the scan being merged (not only remembered from an earlier one).
+    fresh: bool = True
+    #: Whether it counts for the unit as it stands now: fresh, or remembered from a source
+    #: that did not run in this scan and had not missed it.
+    standing: bool = True
+    #: Other values the channel gave :data:`REMEMBERED_FACTS` in its previous runs: for each
+    #: fact, value -> how many runs ago it last said it (below :attr:`MergeRules.remember_runs`).
+    recent: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def channel(self) -> tuple[str, str]:
+        return (source_of(self.device), self.device.address)
+
+
+def source_of(device: Device) -> str:
+    return device.sources[0] if device.sources else str(device.transport)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def family_of(device: Device) -> str:
+    """The catalog family a serial is unique in (a unit the catalog does not know: its
+    product name)."""
+    return device.category if device.category != OTHER else f"{OTHER}/{device.product}"
+
+
+def serial_key(device: Device) -> str | None:
+    if device.serial and device.serial_label_grade:
+        return f"{family_of(device)}\x00{normalize_serial(device.serial)}"
+    return None
+
+
+def is_lan(device: Device) -> bool:
+    """Reached over the network as a host of its own (not a unit on some PC's USB)."""
+    return device.transport not in (Transport.USB, Transport.CONFIG) and ATTACHED_TO not in device.attributes
+
+
+_MAC_DIGITS = re.compile(r"[0-9a-f]{12}")
+
+
+def normalize_mac(text: object) -> str | None:
+    """``aa:bb:cc:dd:ee:ff`` from any common spelling; ``None`` for what is not a usable MAC
+    (all zeros, broadcast)."""
+    if not isinstance(text, str):
+        return None
+    digits = re.sub(r"[\s:.\-]", "", text).lower()
+    if not _MAC_DIGITS.fullmatch(digits) or digits in ("000000000000", "ffffffffffff"):
+        return None
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def macs_of(device: Device) -> list[str]:
+    found: list[str] = []
+    for name in MAC_ATTRIBUTES:
+        value = device.attributes.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            mac = normalize_mac(item)
+            if mac is not None and mac not in found:
+                found.append(mac)
+    return found
+
+
+def normalize_host_name(text: object) -> str | None:
+    if not isinstance(text, str):
+        return None
+    name = text.strip().rstrip(".").casefold()
+    if name.endswith(".local"):
+        name = name[: -len(".local")]
+    if not name or _endpoint(name) is not None:
+        return None  # an address, not a name
+    return name
+
+
+def names_of(device: Device) -> list[str]:
+    """The LAN host's own names: its mDNS host, the name its PC reports, the address it was
+    reached at when that is a name."""
+    if not is_lan(device):
+        return []
+    found: list[str] = []
+    for value in [*(device.attributes.get(a) for a in HOST_NAME_ATTRIBUTES), device.address]:
+        name = normalize_host_name(value)
+        if name is not None and name not in found:
+            found.append(name)
+    return found
+
+
+def _endpoint(text: str) -> str | None:
+    """``ip:<address>`` for an IP address, ``ip:<address>:<port>`` for ``host:port`` /
+    ``[v6]:port`` (another port is another endpoint: SNMP agents on one test host)."""
+    try:
+        return f"ip:{ipaddress.ip_address(text)}"
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return f"ip:{ipaddress.ip_address(host)}:{int(port)}"
+    except ValueError:
+        return None
+
+
+def endpoints_of(device: Device) -> list[str]:
+    if not is_lan(device):
+        return []
+    found: list[str] = []
+    addresses = device.attributes.get("addresses")
+    for value in [device.address, *(addresses if isinstance(addresses, list) else [])]:
+        key = _endpoint(value) if isinstance(value, str) else None
+        if key is not None and key not in found:
+            found.append(key)
+    return found
+
+
+def port_key(device: Device) -> str | None:
+    """A unit on USB without a label serial: its port and ids."""
+    if is_lan(device) or serial_key(device) is not None:
+        return None
+    return transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+class _Groups:
+    """Union-find over reading indexes; each set knows its serial key and host names, and a
+    join that would put two serials (or, through an address, two named hosts) in one set is
+    refused."""
+
+    def __init__(self, readings: Sequence[Reading]) -> None:
+        n = len(readings)
+        self.parent = list(range(n))
+        self.serial: list[str | None] = [serial_key(r.device) for r in readings]
+        self.names: list[frozenset[str]] = [frozenset(names_of(r.device)) for r in readings]
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def compatible(self, a: int, b: int, *, by_address: bool = False) -> bool:
+        sa, sb = self.serial[a], self.serial[b]
+        if sa is not None and sb is not None and sa != sb:
+            return False
+        return not (by_address and self.names[a] and self.names[b] and not (self.names[a] & self.names[b]))
+
+    def union(self, a: int, b: int, *, by_address: bool = False) -> bool:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return True
+        if not self.compatible(a, b, by_address=by_address):
+            return False
+        if b < a:
+            a, b = b, a
+        self.parent[b] = a
+        self.serial[a] = self.serial[a] or self.serial[b]
+        if self.names[b]:
+            self.names[a] = self.names[a] | self.names[b]
+        return True
+
+    def anchored(self, root: int) -> bool:
+        return self.serial[root] is not None or bool(self.names[root])
+
+
+def _index(readings: Sequence[Reading], keys_of: Callable[[Device], Iterable[str]]) -> dict[str, list[int]]:
+    index: dict[str, list[int]] = {}
+    for i, reading in enumerate(readings):
+        for key in keys_of(reading.device):
+            index.setdefault(key, []).append(i)
+    return index
+
+
+def contested_serials(readings: Sequence[Reading]) -> set[str]:
+    """Serial keys that one source's current view puts on two LAN hosts (hosts whose names
+    and addresses share nothing). A source's current view is what it reported in its latest
+    run: the fresh readings of a source that ran, the standing ones of a source that did not."""
+    buckets: dict[tuple[str, str], list[Device]] = {}
+    for reading in readings:
+        key = serial_key(reading.device)
+        if key is not None and reading.standing and is_lan(reading.device):
+            buckets.setdefault((source_of(reading.device), key), []).append(reading.device)
+    contested = set()
+    for (_, key), devices in buckets.items():
+        if len(devices) > 1 and _hosts(devices) > 1:
+            contested.add(key)
+    return contested
+
+
+def _hosts(devices: Sequence[Device]) -> int:
+    """How many hosts ``devices`` stand on (linked by a shared name or address)."""
+    parent = list(range(len(devices)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, device in enumerate(devices):
+        for key in [*names_of(device), *endpoints_of(device)]:
+            j = first.setdefault(key, i)
+            parent[find(i)] = find(j)
+    return len({find(i) for i in range(len(devices))})
+
+
+def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
+    """The readings of each unit (indexes into ``readings``), units in the order of their
+    first reading; see the module's rules."""
+    groups = _Groups(readings)
+    by_unit: dict[str, int] = {}
+    for i, reading in enumerate(readings):
+        if reading.unit is not None:
+            groups.union(by_unit.setdefault(reading.unit, i), i)
+    contested = contested_serials(readings)
+    fresh = [r.fresh for r in readings]
+
+    def joins(keys_of: Callable[[Device], Iterable[str]]) -> Iterable[list[int]]:
+        # Only what a scan read links units the store kept apart: remembered readings of
+        # two stored units share a key only through a fresh one.
+        for key, members in _index(readings, keys_of).items():
+            if key not in contested and len(members) > 1 and any(fresh[i] for i in members):
+                yield members
+
+    for members in joins(_serial_keys):
+        for i in members[1:]:
+            groups.union(members[0], i)
+    # One channel telling one serial again is the same unit, contested or not.
+    for members in joins(_channel_serial):
+        for i in members[1:]:
+            groups.union(members[0], i)
+    for keys_of in (macs_of, names_of):
+        for members in joins(keys_of):
+            for i in members[1:]:
+                groups.union(members[0], i)
+    for members in joins(endpoints_of):
+        _join_by_address(groups, members)
+    for members in joins(_port_keys):
+        for i in members[1:]:
+            groups.union(members[0], i)
+    found: dict[int, list[int]] = {}
+    for i in range(len(readings)):
+        found.setdefault(groups.find(i), []).append(i)
+    return list(found.values())
+
+
+def _serial_keys(device: Device) -> list[str]:
+    key = serial_key(device)
+    return [key] if key is not None else []
+
+
+def _port_keys(device: Device) -> list[str]:
+    key = port_key(device)
+    return [key] if key is not None else []
+
+
+def _channel_serial(device: Device) -> list[str]:
+    key = serial_key(device)
+    return [f"{source_of(device)}\x00{device.address}\x00{key}"] if key is not None else []
+
+
+def _join_by_address(groups: _Groups, members: Sequence[int]) -> None:
+    """Readings at one address are one host when that is unambiguous: the sets that have a
+    serial or a name join where they can; what has neither joins them only if they end up
+    one set."""
+    roots = list(dict.fromkeys(groups.find(i) for i in members))
+    anchors = [r for r in roots if groups.anchored(r)]
+    floaters = [r for r in roots if not groups.anchored(r)]
+    for other in anchors[1:]:
+        groups.union(anchors[0], other, by_address=True)
+    anchor_roots = {groups.find(r) for r in anchors}
+    target = next(iter(anchor_roots)) if len(anchor_roots) == 1 else None
+    if target is None and floaters:
+        target = floaters[0]
+    for floater in floaters:
+        if target is not None:
+            groups.union(target, floater, by_address=True)
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _fact(reading: Reading, value: str | None, collector: str | None) -> FactSource:
+    d = reading.device
+    return FactSource(
+        value=value,
+        source=source_of(d),
+        transport=str(d.transport),
+        address=d.address,
+        collector=collector or channel_collector(d),
+        at=d.last_seen,
+    )
+
+
+def _order(reading: Reading, collector: str | None) -> tuple[int, bool, float, str, str]:
+    """Sort key of a reading for one fact: trust, then standing before missed, then newest."""
+    d = reading.device
+    return (
+        trust_rank(collector or channel_collector(d)),
+        not reading.standing,
+        -as_utc(d.last_seen).timestamp(),
+        source_of(d),
+        d.address,
+    )
+
+
+def seen_by_of(reading: Reading) -> SeenBy:
+    d = reading.device
+    return SeenBy(
+        source=source_of(d),
+        transport=str(d.transport),
+        address=d.address,
+        serial_source=str(d.serial_source) if d.serial_source else None,
+        last_seen=d.last_seen,
+        collector=channel_collector(d),
+        missed=reading.missed,
+    )
+
+
+def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -> Device:
+    """One device from the readings of one unit (see the module's rules). The readings are
+    not changed."""
+    ordered = sorted(readings, key=lambda r: _order(r, None))
+    best = ordered[0]
+    device = best.device.clone()
+    if len(readings) == 1:
+        device.seen_by = [seen_by_of(best)]
+        device.provenance = _provenance_of_one(best)
+        device.disagreements = []
+        return device
+    _merge_attributes(device, ordered)
+    _take_serial(device, ordered)
+    _take_product(device, ordered, rules)
+    _take_firmware(device, ordered)
+    standing = [r for r in ordered if r.standing] or ordered
+    device.health_issues = _union_issues(r.device.health_issues for r in standing)
+    device.first_seen = min((r.device.first_seen for r in readings), key=as_utc)
+    device.last_seen = max((r.device.last_seen for r in readings), key=as_utc)
+    device.sources = list(dict.fromkeys(source_of(r.device) for r in ordered))
+    device.seen_by = [seen_by_of(r) for r in ordered]
+    device.provenance["address"] = _fact(best, best.device.address, None)
+    device.disagreements = _disagreements(_latest_per_source(ordered), device, rules)
+    for disagreement in device.disagreements:
+        issue = _disagreement_issue(disagreement)
+        if issue is not None and issue not in device.health_issues:
+            device.health_issues.append(issue)
+    device.provenance["health"] = _fact(_worst(standing), str(device.health), None)
+    _place(device, next((r.device.room for r in standing if r.device.room is not None), None))
+    return device
+
+
+def _place(device: Device, room: str | None) -> None:
+    device.room = room
+    for child in device.children:
+        _place(child, room)
+
+
+def _latest_per_source(ordered: Sequence[Reading]) -> list[Reading]:
+    """Each source's standing readings (all of them where it has none standing): a sighting
+    its own source has since seen elsewhere (a unit moved to another port) is stale, not
+    another channel's opinion."""
+    standing_sources = {source_of(r.device) for r in ordered if r.standing}
+    return [r for r in ordered if r.standing or source_of(r.device) not in standing_sources]
+
+
+def _provenance_of_one(reading: Reading) -> dict[str, FactSource]:
+    d = reading.device
+    found = {"address": _fact(reading, d.address, None), "health": _fact(reading, str(d.health), None)}
+    if d.serial is not None:
+        found["serial"] = _fact(reading, d.serial, str(d.serial_source) if d.serial_source else None)
+    if d.model is not None or d.category != OTHER:
+        found["model"] = _fact(reading, d.model or d.product, None)
+    if d.firmware is not None:
+        found["firmware"] = _fact(reading, d.firmware, firmware_collector(d))
+    return found
+
+
+def _merge_attributes(device: Device, ordered: Sequence[Reading]) -> None:
+    """Attributes and components of every channel, the more trusted one's on top; children
+    from the most trusted channel that has any."""
+    attributes: dict[str, object] = {}
+    components: dict[str, str] = {}
+    for reading in reversed(ordered):
+        attributes.update(reading.device.attributes)
+        components.update(reading.device.components)
+    device.attributes = attributes
+    device.components = components
+    with_children = next((r for r in ordered if r.device.children), None)
+    device.children = [c.clone() for c in with_children.device.children] if with_children else []
+    for field_name in ("vendor", "vendor_id", "product_id", "state"):
+        if getattr(device, field_name) is None:
+            value = next(
+                (getattr(r.device, field_name) for r in ordered if getattr(r.device, field_name)), None
+            )
+            setattr(device, field_name, value)
+    device.provenance = {}
+
+
+def _take_serial(device: Device, ordered: Sequence[Reading]) -> None:
+    candidates = [r for r in ordered if r.device.serial]
+    if not candidates:
+        return
+    winner = min(
+        candidates,
+        key=lambda r: (not r.device.serial_label_grade, *_order(r, _serial_collector(r.device))),
+    )
+    d = winner.device
+    device.serial, device.serial_source, device.serial_label_grade = (
+        d.serial,
+        d.serial_source,
+        d.serial_label_grade,
+    )
+    device.provenance["serial"] = _fact(winner, d.serial, _serial_collector(d))
+
+
+def _serial_collector(device: Device) -> str | None:
+    return str(device.serial_source) if device.serial_source else None
+
+
+def _named(reading: Reading, rules: MergeRules) -> int:
+    """0 for a catalog product with a name of its own, 1 for a family's fallback, 2 for none."""
+    d = reading.device
+    if d.category == OTHER:
+        return 2
+    return 1 if d.product in rules.generic_products else 0
+
+
+def _take_product(device: Device, ordered: Sequence[Reading], rules: MergeRules) -> None:
+    winner = min(ordered, key=lambda r: (_named(r, rules), *_order(r, None)))
+    d = winner.device
+    device.product, device.category = d.product, d.category
+    device.model = d.model or next((r.device.model for r in ordered if r.device.model), None)
+    device.provenance["model"] = _fact(winner, device.model or d.product, None)
+
+
+def _take_firmware(device: Device, ordered: Sequence[Reading]) -> None:
+    candidates = [r for r in ordered if r.device.firmware]
+    if not candidates:
+        device.firmware = device.firmware_source = None
+        return
+    winner = min(candidates, key=lambda r: _order(r, firmware_collector(r.device)))
+    d = winner.device
+    device.firmware, device.firmware_source = d.firmware, d.firmware_source
+    device.provenance["firmware"] = _fact(winner, d.firmware, firmware_collector(d))
+
+
+def _union_issues(lists: Iterable[Iterable[HealthIssue]]) -> list[HealthIssue]:
+    found: dict[HealthIssue, None] = {}
+    for issues in lists:
+        for issue in issues:
+            found.setdefault(issue)
+    return list(found)
+
+
+def _worst(readings: Sequence[Reading]) -> Reading:
+    return min(readings, key=lambda r: (-max((i.severity.rank for i in r.device.health_issues), default=-1),))
+
+
+def normalize_version(text: str) -> str:
+    """The form versions are compared in across channels: case and separators aside, and
+    numbers without leading zeros (``V1.09.556`` and ``1.9.556`` agree)."""
+    parts = re.findall(r"[0-9]+|[a-z]+", text.casefold())
+    if parts and parts[0] == "v" and len(parts) > 1 and parts[1].isdigit():
+        parts = parts[1:]
+    return ".".join(str(int(p)) if p.isdigit() else p for p in parts)
+
+
+def recent_values(reading: Reading, fact: str) -> tuple[str, ...]:
+    """What the channel says of ``fact`` now, then what it said in its remembered runs."""
+    remembered = sorted(reading.recent.get(fact, {}).items(), key=lambda item: (item[1], item[0]))
+    return tuple(dict.fromkeys([*current_values(reading.device, fact), *(v for v, _ in remembered)]))
+
+
+def remember(old: Reading, new: Device, runs: int) -> dict[str, dict[str, int]]:
+    """``recent`` of a channel's new reading ``new``, from its previous one ``old``: the
+    values ``old`` gave and remembered, a run older, as long as they are younger than
+    ``runs`` and not what ``new`` says."""
+    recent: dict[str, dict[str, int]] = {}
+    for fact in REMEMBERED_FACTS:
+        ages = {value: age + 1 for value, age in old.recent.get(fact, {}).items()}
+        ages.update({value: 1 for value in current_values(old.device, fact)})
+        now = current_values(new, fact)
+        kept = {value: age for value, age in ages.items() if age < runs and value not in now}
+        if kept:
+            recent[fact] = kept
+    return recent
+
+
+def _current(device: Device, fact: str) -> str | None:
+    if fact == "firmware":
+        return device.firmware
+    if fact == "product":
+        return device.product if device.category != OTHER else None
+    raise ValueError(fact)
+
+
+def current_values(device: Device, fact: str) -> list[str]:
+    """What ``device`` says of one of :data:`REMEMBERED_FACTS` (nothing, or one value)."""
+    value = _current(device, fact)
+    return [] if value is None else [value]
+
+
+def _disagreements(ordered: Sequence[Reading], device: Device, rules: MergeRules) -> list[Disagreement]:
+    found = [_firmware_disagreement(ordered, device), _model_disagreement(ordered, device, rules)]
+    serials = {normalize_serial(r.device.serial): r for r in reversed(ordered) if r.device.serial}
+    winner = device.provenance.get("serial")
+    if len(serials) > 1 and winner is not None:
+        others = [
+            _fact(r, r.device.serial, _serial_collector(r.device))
+            for key, r in sorted(serials.items())
+            if key != normalize_serial(winner.value or "")
+        ]
+        found.append(Disagreement("serial", (winner, *others)))
+    return [d for d in found if d is not None]
+
+
+def _firmware_disagreement(ordered: Sequence[Reading], device: Device) -> Disagreement | None:
+    winner = device.provenance.get("firmware")
+    if winner is None or winner.value is None:
+        return None
+    shown = normalize_version(winner.value)
+    others: dict[str, FactSource] = {}
+    for reading in ordered:
+        for value in recent_values(reading, "firmware"):
+            key = normalize_version(value)
+            if key != shown and key not in others:
+                others[key] = _fact(reading, value, firmware_collector(reading.device))
+    return Disagreement("firmware", (winner, *others.values())) if others else None
+
+
+def _model_disagreement(ordered: Sequence[Reading], device: Device, rules: MergeRules) -> Disagreement | None:
+    """Channels that name two catalog products (a family's fallback name never disagrees)."""
+    winner = device.provenance.get("model")
+    if winner is None or device.category == OTHER or device.product in rules.generic_products:
+        return None
+    others: dict[str, FactSource] = {}
+    for reading in ordered:
+        for value in recent_values(reading, "product"):
+            if value != device.product and value not in rules.generic_products and value not in others:
+                others[value] = _fact(reading, value, None)
+    return Disagreement("model", (_with_value(winner, device.product), *others.values())) if others else None
+
+
+def _with_value(source: FactSource, value: str) -> FactSource:
+    return FactSource(value, source.source, source.transport, source.address, source.collector, source.at)
+
+
+def _disagreement_issue(disagreement: Disagreement) -> HealthIssue | None:
+    if disagreement.fact not in ("firmware", "model"):
+        return None
+    code = FIRMWARE_DISAGREEMENT if disagreement.fact == "firmware" else MODEL_DISAGREEMENT
+    head, *others = disagreement.values
+    said = "; ".join(f"{o.collector} ({o.transport} {o.address}) says {o.value}" for o in others)
+    return HealthIssue(
+        code,
+        f"channels disagree on the {disagreement.fact}: {head.collector} ({head.transport} "
+        f"{head.address}) says {head.value}, which is shown; {said}",
+        Severity.WARNING,
+    )
+
+
+# --------------------------------------------------------------------------- one scan
+
+
+def merge_readings(readings: Sequence[Device], rules: MergeRules = MergeRules()) -> list[Device]:
+    """The units of one scan: its readings (one device per channel) grouped and merged. A
+    unit whose derived identity another unit of the scan already has (two hosts claiming
+    one serial) is given one of its own (:func:`unique_identity`)."""
+    pool = [Reading(device) for device in readings]
+    merged = [merge_group([pool[i] for i in group], rules) for group in group_readings(pool)]
+    taken: set[str] = set()
+    for device in merged:
+        identity = unique_identity(device, taken)
+        if identity != device.derived_identity:
+            device.assigned_identity = identity
+        taken.add(identity)
+    return merged
+
+
+def unique_identity(device: Device, taken: set[str] | Mapping[str, object]) -> str:
+    """The identity a new unit gets: its derived one, else (taken by another unit: a
+    contested serial) where its most trusted channel saw it, numbered if need be."""
+    identity = device.derived_identity
+    if identity not in taken:
+        return identity
+    identity = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
+    candidate, n = identity, 2
+    while candidate in taken:
+        candidate, n = f"{identity}#{n}", n + 1
+    return candidate
