@@ -302,7 +302,7 @@ def diff_scan(
         raise ValueError(f"remove_after must be at least 1, not {remove_after}")
     rules = rules or MergeRules(remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
-    pool, origins = _pool(previous, current, ran, remove_after)
+    pool, origins = _pool(previous, current, ran)
     groups = group_readings(pool)
     state = _Assembly(
         previous, now, new_id, rules, remove_after, {(source_of(d), d.address) for d in current}
@@ -321,12 +321,12 @@ def diff_scan(
 
 
 def _pool(
-    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str], remove_after: int
+    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str]
 ) -> tuple[list[Reading], list[Sighting | None]]:
-    """The scan's readings, then every remembered sighting still worth grouping: a source
-    that did not run leaves its sightings as they were; one that ran and did not report the
-    channel counts a miss (dropped at ``remove_after``); one re-reported stays, to be
-    superseded by the new reading of its unit (or missed, if that is another unit now)."""
+    """The scan's readings, then every remembered sighting: a source that did not run leaves
+    its sightings as they were; one that ran and did not report the channel counts a miss
+    (the sighting is dropped at ``remove_after``, after grouping); one re-reported stays, to
+    be superseded by the new reading of its unit (or missed, if that is another unit now)."""
     pool = [Reading(d) for d in current]
     origins: list[Sighting | None] = [None] * len(current)
     reported = {(source_of(d), d.address) for d in current}
@@ -335,9 +335,9 @@ def _pool(
         for sighting in unit.sightings:
             missed = sighting.missed
             if sighting.source in ran and sighting.key not in reported:
+                # At remove_after it goes; until the readings are grouped it still tells
+                # which unit a new reading of it continues (a bar that left USB for the LAN).
                 missed += 1
-                if missed >= remove_after:
-                    continue
             standing = sighting.source not in ran and missed == 0
             pool.append(
                 Reading(

@@ -312,12 +312,32 @@ class _Groups:
         return self.serial[root] is not None or bool(self.names[root])
 
 
-def _index(readings: Sequence[Reading], keys_of: Callable[[Device], Iterable[str]]) -> dict[str, list[int]]:
+def _index(
+    readings: Sequence[Reading], keys_of: Callable[[Device], Iterable[str]], order: Sequence[tuple[str, ...]]
+) -> dict[str, list[int]]:
+    """Each key and the readings that have it, keys sorted and readings in :func:`_canonical`
+    order, so that where a join is refused the outcome does not depend on the input's order."""
     index: dict[str, list[int]] = {}
     for i, reading in enumerate(readings):
         for key in keys_of(reading.device):
             index.setdefault(key, []).append(i)
-    return index
+    return {key: sorted(index[key], key=order.__getitem__) for key in sorted(index)}
+
+
+def _canonical(readings: Sequence[Reading]) -> list[tuple[str, ...]]:
+    return [
+        (
+            source_of(d := r.device),
+            d.address,
+            serial_key(d) or "",
+            d.product,
+            d.firmware or "",
+            ",".join(names_of(d)),
+            str(r.unit or ""),
+            d.last_seen.isoformat(),
+        )
+        for r in readings
+    ]
 
 
 def contested_serials(readings: Sequence[Reading]) -> set[str]:
@@ -364,11 +384,12 @@ def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
             groups.union(by_unit.setdefault(reading.unit, i), i)
     contested = contested_serials(readings)
     fresh = [r.fresh for r in readings]
+    order = _canonical(readings)
 
     def joins(keys_of: Callable[[Device], Iterable[str]]) -> Iterable[list[int]]:
         # Only what a scan read links units the store kept apart: remembered readings of
         # two stored units share a key only through a fresh one.
-        for key, members in _index(readings, keys_of).items():
+        for key, members in _index(readings, keys_of, order).items():
             if key not in contested and len(members) > 1 and any(fresh[i] for i in members):
                 yield members
 

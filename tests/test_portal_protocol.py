@@ -26,7 +26,7 @@ from agent.catalog import load_catalog
 from agent.collectors.sync.device_info import DEVICE_STATES
 from agent.coverage import Status, Verdict
 from agent.inventory import devices_from_observations, summarize_rooms
-from agent.model import Device, HealthIssue, HealthState, Room, SerialSource, Severity, Transport
+from agent.model import Device, HealthIssue, HealthState, Room, SeenBy, SerialSource, Severity, Transport
 from agent.uploader import protocol
 from agent.uploader.protocol import (
     ENDPOINTS,
@@ -340,6 +340,10 @@ def test_device_out_carries_every_fact_sync_shows() -> None:
             "host": "RallyBar-1L5V32.local.",
         },
     )
+    bar.seen_by = [
+        SeenBy("usb", "usb", bar.address, "sync-interface", NOW, "sync-interface"),
+        SeenBy("mdns", "mdns", "10.0.0.5", "mdns-txt", NOW - timedelta(minutes=3), "mdns-txt", missed=1),
+    ]
     out = device_out(
         bar, verdict("2313FD1N08Z2", flags=("select-gap", "no-entitlement-record")), last_scan=NOW
     )
@@ -373,6 +377,26 @@ def test_device_out_carries_every_fact_sync_shows() -> None:
             "covered_until": "2026-06-30",
             "flags": ["no-entitlement-record", "select-gap"],
         },
+        "seen_by": [
+            {
+                "source": "usb",
+                "transport": "usb",
+                "address": bar.address,
+                "serial_source": "sync-interface",
+                "last_seen": "2025-03-04T09:30:00Z",
+                "collector": "sync-interface",
+                "missed": 0,
+            },
+            {
+                "source": "mdns",
+                "transport": "mdns",
+                "address": "10.0.0.5",
+                "serial_source": "mdns-txt",
+                "last_seen": "2025-03-04T09:27:00Z",
+                "collector": "mdns-txt",
+                "missed": 1,
+            },
+        ],
     }
 
 

@@ -45,7 +45,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from agent.coverage import Status, Verdict
 from agent.events import EventType  # the store's words are the wire's words
 from agent.inventory import RoomsReport
-from agent.model import Device, HealthIssue, HealthState, SerialSource, Severity, Transport, as_utc
+from agent.model import (
+    Device,
+    HealthIssue,
+    HealthState,
+    SeenBy,
+    SerialSource,
+    Severity,
+    Transport,
+    as_utc,
+)
 from agent.sanitize import normalize_serial
 from agent.systems import units
 
@@ -153,10 +162,27 @@ class PeripheralCount(_Wire):
     actual: int = Field(ge=0)
 
 
+class SeenByOut(_Wire):
+    """One channel that reported a unit (docs/identity.md)."""
+
+    source: str = Field(description="The agent's source: usb, mdns, snmp, ssh, replay…")
+    transport: str = Field(description="How it reached the unit: usb, mdns, snmp, ssh…")
+    address: str = Field(description="Where that channel reached it: USB port path, IP[:port], host.")
+    serial_source: str | None = Field(description="Which collector read the serial this channel gave.")
+    last_seen: AwareDatetime = Field(description="When this channel last reported the unit.")
+    collector: str = Field(description="The collector whose reading this channel is (trust order).")
+    missed: int = Field(ge=0, description="Runs of its source in a row that have not seen it since.")
+
+
 class DeviceOut(_Wire):
     """One unit: the facts Sync shows per device, and where each serial came from."""
 
-    identity: str = Field(description="Stable key: product + label-grade serial, else where seen.")
+    identity: str = Field(
+        description=(
+            "Stable key of the agent's record of the unit: product + label-grade serial, else "
+            "where seen, given when first seen and kept while its channels come and go."
+        )
+    )
     identity_kind: Literal["serial", "transport"]
     parent: str | None = Field(description="Identity of the unit this one was read through.")
     serial: str | None
@@ -179,6 +205,13 @@ class DeviceOut(_Wire):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     coverage: CoverageOut | None = Field(description="null when no verdict is known.")
+    seen_by: list[SeenByOut] = Field(
+        default_factory=list,
+        description=(
+            "Every channel of this agent that reported the unit, most trusted first; a portal "
+            "merges the views of several agents by the rules of docs/identity.md."
+        ),
+    )
 
 
 class Place(_Wire):
@@ -347,6 +380,19 @@ def device_out(
         first_seen=as_utc(device.first_seen),
         last_seen=as_utc(device.last_seen),
         coverage=coverage_out(verdict) if verdict is not None else None,
+        seen_by=[_seen_by_out(s) for s in device.seen_by],
+    )
+
+
+def _seen_by_out(seen: SeenBy) -> SeenByOut:
+    return SeenByOut(
+        source=seen.source,
+        transport=seen.transport,
+        address=seen.address,
+        serial_source=seen.serial_source,
+        last_seen=as_utc(seen.last_seen),
+        collector=seen.collector,
+        missed=seen.missed,
     )
 
 
