@@ -35,6 +35,12 @@ order), ``latest_inventory`` (highest sequence), ``events`` (once per id), ``req
 request with its fault and status, ``Authorization`` redacted), ``pending_faults``;
 ``wait_for(condition, timeout)`` blocks until a condition on the stand-in holds; ``clear()``.
 
+Several agents of one site (``docs/portal-api.md``, "One unit seen by several agents"):
+``latest_by_agent`` is each agent's snapshot with its highest sequence (a snapshot supersedes
+only its own agent's), and ``site_units()`` merges their units into :class:`SiteUnit` s by the
+rules of ``docs/identity.md``, written here again on purpose: the stand-in checks the documented
+rules and does not reuse the agent's :mod:`agent.identity`.
+
 TLS: :class:`CertAuthority` makes a test CA and certificates at test time; ``PortalStandIn(
 token, tls=ca.server_tls())`` serves HTTPS that verifies with ``ca.path``;
 :func:`self_signed_tls`, ``ca.server_tls(hosts=("portal.invalid",))`` and
@@ -74,10 +80,12 @@ from agent.uploader.protocol import (
     ENDPOINTS,
     SCHEMA_EVENTS,
     SCHEMA_INVENTORY,
+    DeviceOut,
     EventOut,
     EventsMessage,
     InventoryMessage,
     Message,
+    SeenByOut,
 )
 from agent.uploader.snapshot import paused_gc
 
@@ -89,6 +97,7 @@ __all__ = [
     "CertAuthority",
     "PortalStandIn",
     "RecordedRequest",
+    "SiteUnit",
     "TlsFiles",
     "client_context",
     "self_signed_tls",
@@ -409,6 +418,161 @@ def _client_cert_name(request: web.Request) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- one site, several agents
+
+#: The trust order of docs/identity.md, "the most trustworthy channel wins" (lower wins).
+COLLECTOR_RANK: Mapping[str, int] = {
+    "sync-interface": 0,
+    "collabos-api": 0,
+    "ssh-dmi": 1,
+    "snmp-entity": 1,
+    "config": 1,
+    "mdns-txt": 2,
+    "usb-descriptor": 3,
+}
+_UNRANKED = len(set(COLLECTOR_RANK.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteUnit:
+    """One physical unit of a site, merged from the latest snapshot of every agent.
+
+    ``devices`` and ``seen_by`` pair each entry with the id of the agent that sent it;
+    ``serial`` is the label-grade serial (normalised), ``None`` without one; ``product`` and
+    ``firmware`` come from the most trustworthy channel that reports them."""
+
+    devices: tuple[tuple[str, DeviceOut], ...]
+    seen_by: tuple[tuple[str, SeenByOut], ...]
+    serial: str | None
+    category: str
+    product: str
+    firmware: str | None
+    agents: tuple[str, ...]
+
+
+def _serial_key(device: DeviceOut) -> tuple[str, str] | None:
+    """Rule 1: (family, serial without whitespace, upper-case) for a label-grade serial; a
+    product the catalog does not know (``other``) is its own family."""
+    if not (device.serial and device.serial_label_grade):
+        return None
+    family = device.category if device.category != "other" else f"other:{device.product}"
+    return family, "".join(device.serial.split()).upper()
+
+
+def _host_key(device: DeviceOut) -> str | None:
+    """Rule 3: the host name without case, a trailing dot or ``.local``."""
+    name = (device.host_name or "").strip().rstrip(".").lower().removesuffix(".local")
+    return name or None
+
+
+def _lan_address(address: str) -> str | None:
+    """Rule 4: ``address`` when it is an IP address, kept whole with its port
+    (``127.0.0.1:1161`` is an endpoint of its own); ``None`` for a USB port, a host name…"""
+    host = address
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:
+        host = address.partition(":")[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return address
+
+
+def _lan_addresses(device: DeviceOut) -> set[str]:
+    places = [(device.transport, device.address)] + [(s.transport, s.address) for s in device.seen_by]
+    return {a for t, address in places if t != "usb" and (a := _lan_address(address)) is not None}
+
+
+def _trust(device: DeviceOut) -> tuple[int, bool, float]:
+    """Sort key of a device by its best channel: the collector's rank, then seen in its
+    latest run before missed, then the newer report."""
+    return min(
+        (
+            (COLLECTOR_RANK.get(s.collector, _UNRANKED), s.missed > 0, -s.last_seen.timestamp())
+            for s in device.seen_by
+        ),
+        default=(_UNRANKED + 1, True, 0.0),
+    )
+
+
+class _Groups:
+    """Union-find over the devices that refuses a join of two different label-grade serials
+    and of two units one agent lists apart (that agent had a reason: docs/identity.md)."""
+
+    def __init__(self, entries: Sequence[tuple[str, DeviceOut]]) -> None:
+        self._parent = list(range(len(entries)))
+        self._serials = [{k} if (k := _serial_key(d)) else set() for _, d in entries]
+        self._agents = [{agent} for agent, _ in entries]
+
+    def find(self, i: int) -> int:
+        while self._parent[i] != i:
+            i = self._parent[i]
+        return i
+
+    def join(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a == b or self._agents[a] & self._agents[b]:
+            return
+        if self._serials[a] and self._serials[b] and self._serials[a] != self._serials[b]:
+            return
+        self._parent[b] = a
+        self._serials[a] |= self._serials[b]
+        self._agents[a] |= self._agents[b]
+
+
+def merge_site(latest: Mapping[str, InventoryMessage]) -> list[SiteUnit]:
+    """The units of ``latest`` (agent id → snapshot), children included, merged by rules 1
+    (label-grade serial within a family), 3 (host name) and 4 (LAN address, when unambiguous)
+    of docs/identity.md. Rule 2 (MAC) cannot apply: the snapshot carries no MAC address."""
+    entries = [
+        (agent, device)
+        for agent in sorted(latest)
+        for device in [*(d for p in latest[agent].places for d in p.devices), *latest[agent].unassigned]
+    ]
+    groups = _Groups(entries)
+    for key_of in (_serial_key, _host_key):
+        first: dict[object, int] = {}
+        for i, (_, device) in enumerate(entries):
+            if (key := key_of(device)) is not None:
+                groups.join(first.setdefault(key, i), i)
+    named: dict[str, set[int]] = {}  # address -> devices there with a serial or a host name
+    bare: dict[str, list[int]] = {}  # address -> devices with nothing but the address
+    for i, (_, device) in enumerate(entries):
+        has_name = _serial_key(device) is not None or _host_key(device) is not None
+        for address in _lan_addresses(device):
+            if has_name:
+                named.setdefault(address, set()).add(i)
+            else:
+                bare.setdefault(address, []).append(i)
+    for address, alone in bare.items():
+        standing = {groups.find(i) for i in named.get(address, ())}
+        if len(standing) > 1:
+            continue  # two named units at one address: ambiguous, nothing joins
+        anchor = standing.pop() if standing else alone[0]
+        for i in alone:
+            groups.join(anchor, i)
+    members: dict[int, list[int]] = {}
+    for i in range(len(entries)):
+        members.setdefault(groups.find(i), []).append(i)
+    return [_site_unit([entries[i] for i in indices]) for indices in members.values()]
+
+
+def _site_unit(pairs: list[tuple[str, DeviceOut]]) -> SiteUnit:
+    ranked = sorted(pairs, key=lambda pair: _trust(pair[1]))
+    serial = next((k[1] for _, d in ranked if (k := _serial_key(d))), None)
+    return SiteUnit(
+        devices=tuple(pairs),
+        seen_by=tuple((agent, s) for agent, d in ranked for s in d.seen_by),
+        serial=serial,
+        category=ranked[0][1].category,
+        product=ranked[0][1].product,
+        firmware=next((d.firmware for _, d in ranked if d.firmware), None),
+        agents=tuple(sorted({agent for agent, _ in pairs})),
+    )
+
+
 # --------------------------------------------------------------------------- the stand-in
 
 
@@ -593,6 +757,22 @@ class PortalStandIn:
     def latest_inventory(self) -> InventoryMessage | None:
         """The snapshot a portal shows: the recorded one with the highest sequence."""
         return max(self.inventory, key=lambda m: m.sequence, default=None)
+
+    @property
+    def latest_by_agent(self) -> dict[str, InventoryMessage]:
+        """Each agent's snapshot (by ``agent.id``) with its highest sequence: a higher one
+        supersedes that agent's view only, never another agent's."""
+        latest: dict[str, InventoryMessage] = {}
+        for message in self.inventory:
+            held = latest.get(message.agent.id)
+            if held is None or message.sequence > held.sequence:
+                latest[message.agent.id] = message
+        return latest
+
+    def site_units(self) -> list[SiteUnit]:
+        """The site's units: the devices of every agent's latest snapshot merged by
+        ``docs/identity.md`` (see :func:`merge_site`)."""
+        return merge_site(self.latest_by_agent)
 
     @property
     def events(self) -> list[EventOut]:
