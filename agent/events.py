@@ -56,6 +56,7 @@ from agent.identity import (
     Reading,
     group_readings,
     merge_group,
+    one_per_channel,
     remember,
     serial_key,
     source_of,
@@ -392,6 +393,7 @@ class _Assembly:
         kept, changed = self._kept(readings, origins)
         if not kept:
             return None
+        kept = one_per_channel(kept)
         if not changed and len(units) == 1 and len(kept) == len(self.previous[units[0]].sightings):
             # No source of this scan touched the unit: it stays exactly as stored.
             self.inventory[units[0]] = self.previous[units[0]]

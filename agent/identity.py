@@ -36,10 +36,11 @@ standing instead of raising and clearing it each time.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from agent.model import (
     OTHER,
@@ -86,6 +87,7 @@ _TRANSPORT_COLLECTORS: Mapping[str, str] = {
 ATTACHED_TO = "attached_to"
 #: Attributes that carry MAC addresses (a string or a list of them).
 MAC_ATTRIBUTES = ("mac", "mac_address", "mac_addresses")
+_MAC_NAMES = frozenset(MAC_ATTRIBUTES)
 #: Attributes that carry a LAN host's own name (mDNS host, a PC's host name).
 HOST_NAME_ATTRIBUTES = ("host", "hostname")
 #: Health issue codes of a disagreement between channels.
@@ -152,6 +154,13 @@ class Reading:
     #: Other values the channel gave :data:`REMEMBERED_FACTS` in its previous runs: for each
     #: fact, value -> how many runs ago it last said it (below :attr:`MergeRules.remember_runs`).
     recent: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Worked out once from :attr:`device` (which a reading never changes).
+    collector: str = field(init=False)
+    stamp: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.collector = channel_collector(self.device)
+        self.stamp = as_utc(self.device.last_seen).timestamp()
 
     @property
     def channel(self) -> tuple[str, str]:
@@ -198,6 +207,8 @@ def normalize_mac(text: object) -> str | None:
 
 def macs_of(device: Device) -> list[str]:
     found: list[str] = []
+    if not device.attributes.keys() & _MAC_NAMES:
+        return found
     for name in MAC_ATTRIBUTES:
         value = device.attributes.get(name)
         for item in value if isinstance(value, list) else [value]:
@@ -210,6 +221,11 @@ def macs_of(device: Device) -> list[str]:
 def normalize_host_name(text: object) -> str | None:
     if not isinstance(text, str):
         return None
+    return _host_name(text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _host_name(text: str) -> str | None:
     name = text.strip().rstrip(".").casefold()
     if name.endswith(".local"):
         name = name[: -len(".local")]
@@ -231,9 +247,23 @@ def names_of(device: Device) -> list[str]:
     return found
 
 
+_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?::(\d{1,5}))?")
+
+
+@functools.lru_cache(maxsize=65536)
 def _endpoint(text: str) -> str | None:
     """``ip:<address>`` for an IP address, ``ip:<address>:<port>`` for ``host:port`` /
     ``[v6]:port`` (another port is another endpoint: SNMP agents on one test host)."""
+    v4 = _IPV4.fullmatch(text)
+    if v4 is not None:  # the common case, without ipaddress's cost
+        octets = [int(o) for o in v4.group(1, 2, 3, 4)]
+        if max(octets) > 255:
+            return None
+        port = v4.group(5)
+        address = ".".join(map(str, octets))
+        return f"ip:{address}:{int(port)}" if port is not None else f"ip:{address}"
+    if ":" not in text:
+        return None  # a name
     try:
         return f"ip:{ipaddress.ip_address(text)}"
     except ValueError:
@@ -270,16 +300,49 @@ def port_key(device: Device) -> str | None:
 # --------------------------------------------------------------------------- grouping
 
 
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """What grouping reads of one reading, computed once."""
+
+    serial: str | None
+    macs: tuple[str, ...]
+    names: frozenset[str]
+    endpoints: tuple[str, ...]
+    port: str | None
+    channel_serial: str | None
+    lan: bool
+
+    @classmethod
+    def of(cls, device: Device) -> _Keys:
+        serial = serial_key(device)
+        lan = is_lan(device)
+        names = frozenset(names_of(device)) if lan else frozenset()
+        port = None
+        if not lan and serial is None:
+            port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
+        # A channel is its source and address, and for a host its names too: two hosts
+        # behind one address are two channels.
+        channel = f"{source_of(device)}\x00{device.address}\x00{','.join(sorted(names))}"
+        return cls(
+            serial=serial,
+            macs=tuple(macs_of(device)),
+            names=names,
+            endpoints=tuple(endpoints_of(device)) if lan else (),
+            port=port,
+            channel_serial=None if serial is None else f"{channel}\x00{serial}",
+            lan=lan,
+        )
+
+
 class _Groups:
     """Union-find over reading indexes; each set knows its serial key and host names, and a
     join that would put two serials (or, through an address, two named hosts) in one set is
     refused."""
 
-    def __init__(self, readings: Sequence[Reading]) -> None:
-        n = len(readings)
-        self.parent = list(range(n))
-        self.serial: list[str | None] = [serial_key(r.device) for r in readings]
-        self.names: list[frozenset[str]] = [frozenset(names_of(r.device)) for r in readings]
+    def __init__(self, keys: Sequence[_Keys]) -> None:
+        self.parent = list(range(len(keys)))
+        self.serial: list[str | None] = [k.serial for k in keys]
+        self.names: list[frozenset[str]] = [k.names for k in keys]
 
     def find(self, i: int) -> int:
         parent = self.parent
@@ -312,122 +375,102 @@ class _Groups:
         return self.serial[root] is not None or bool(self.names[root])
 
 
-def _index(
-    readings: Sequence[Reading], keys_of: Callable[[Device], Iterable[str]], order: Sequence[tuple[str, ...]]
-) -> dict[str, list[int]]:
-    """Each key and the readings that have it, keys sorted and readings in :func:`_canonical`
-    order, so that where a join is refused the outcome does not depend on the input's order."""
+def _index(keys: Sequence[Iterable[str]], fresh: Sequence[bool], skip: set[str]) -> list[list[int]]:
+    """The readings that share each key, for the keys two or more readings share and at least
+    one fresh reading has (only what a scan read links units the store kept apart), keys in
+    sorted order."""
     index: dict[str, list[int]] = {}
-    for i, reading in enumerate(readings):
-        for key in keys_of(reading.device):
+    for i, found in enumerate(keys):
+        for key in found:
             index.setdefault(key, []).append(i)
-    return {key: sorted(index[key], key=order.__getitem__) for key in sorted(index)}
+    return [
+        members
+        for key, members in sorted(index.items())
+        if len(members) > 1 and key not in skip and any(fresh[i] for i in members)
+    ]
 
 
-def _canonical(readings: Sequence[Reading]) -> list[tuple[str, ...]]:
+def _canonical(readings: Sequence[Reading], keys: Sequence[_Keys]) -> list[tuple[str, ...]]:
+    """A sort key of each reading by its content, so that where a join is refused the
+    outcome does not depend on the order the readings came in."""
     return [
         (
             source_of(d := r.device),
             d.address,
-            serial_key(d) or "",
+            k.serial or "",
             d.product,
             d.firmware or "",
-            ",".join(names_of(d)),
-            str(r.unit or ""),
+            ",".join(sorted(k.names)),
+            r.unit or "",
             d.last_seen.isoformat(),
         )
-        for r in readings
+        for r, k in zip(readings, keys, strict=True)
     ]
 
 
-def contested_serials(readings: Sequence[Reading]) -> set[str]:
+def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None = None) -> set[str]:
     """Serial keys that one source's current view puts on two LAN hosts (hosts whose names
     and addresses share nothing). A source's current view is what it reported in its latest
     run: the fresh readings of a source that ran, the standing ones of a source that did not."""
-    buckets: dict[tuple[str, str], list[Device]] = {}
-    for reading in readings:
-        key = serial_key(reading.device)
-        if key is not None and reading.standing and is_lan(reading.device):
-            buckets.setdefault((source_of(reading.device), key), []).append(reading.device)
-    contested = set()
-    for (_, key), devices in buckets.items():
-        if len(devices) > 1 and _hosts(devices) > 1:
-            contested.add(key)
-    return contested
+    keys = keys if keys is not None else [_Keys.of(r.device) for r in readings]
+    buckets: dict[tuple[str, str], list[_Keys]] = {}
+    for reading, key in zip(readings, keys, strict=True):
+        if key.serial is not None and reading.standing and key.lan:
+            buckets.setdefault((source_of(reading.device), key.serial), []).append(key)
+    return {serial for (_, serial), found in buckets.items() if len(found) > 1 and _hosts(found) > 1}
 
 
-def _hosts(devices: Sequence[Device]) -> int:
-    """How many hosts ``devices`` stand on (linked by a shared name or address)."""
-    parent = list(range(len(devices)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first: dict[str, int] = {}
-    for i, device in enumerate(devices):
-        for key in [*names_of(device), *endpoints_of(device)]:
-            j = first.setdefault(key, i)
-            parent[find(i)] = find(j)
-    return len({find(i) for i in range(len(devices))})
+def _hosts(keys: Sequence[_Keys]) -> int:
+    """How many hosts readings stand on: linked by a shared name, or by a shared address
+    unless both have names and none in common (two named hosts behind one address)."""
+    hosts = _Groups([replace(k, serial=None) for k in keys])
+    every = [True] * len(keys)
+    for members in _index([k.names for k in keys], every, set()):
+        for i in members[1:]:
+            hosts.union(members[0], i)
+    for members in _index([k.endpoints for k in keys], every, set()):
+        for i in members[1:]:
+            hosts.union(members[0], i, by_address=True)
+    return len({hosts.find(i) for i in range(len(keys))})
 
 
 def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
     """The readings of each unit (indexes into ``readings``), units in the order of their
     first reading; see the module's rules."""
-    groups = _Groups(readings)
+    keys = [_Keys.of(r.device) for r in readings]
+    groups = _Groups(keys)
     by_unit: dict[str, int] = {}
     for i, reading in enumerate(readings):
         if reading.unit is not None:
             groups.union(by_unit.setdefault(reading.unit, i), i)
-    contested = contested_serials(readings)
+    contested = contested_serials(readings, keys)
     fresh = [r.fresh for r in readings]
-    order = _canonical(readings)
-
-    def joins(keys_of: Callable[[Device], Iterable[str]]) -> Iterable[list[int]]:
-        # Only what a scan read links units the store kept apart: remembered readings of
-        # two stored units share a key only through a fresh one.
-        for key, members in _index(readings, keys_of, order).items():
-            if key not in contested and len(members) > 1 and any(fresh[i] for i in members):
-                yield members
-
-    for members in joins(_serial_keys):
-        for i in members[1:]:
-            groups.union(members[0], i)
-    # One channel telling one serial again is the same unit, contested or not.
-    for members in joins(_channel_serial):
-        for i in members[1:]:
-            groups.union(members[0], i)
-    for keys_of in (macs_of, names_of):
-        for members in joins(keys_of):
+    joins = [
+        _index([[k.serial] if k.serial else [] for k in keys], fresh, contested),
+        # One channel telling one serial again is the same unit, contested or not.
+        _index([[k.channel_serial] if k.channel_serial else [] for k in keys], fresh, set()),
+        _index([k.macs for k in keys], fresh, set()),
+        _index([k.names for k in keys], fresh, set()),
+    ]
+    by_address = _index([k.endpoints for k in keys], fresh, set())
+    ports = _index([[k.port] if k.port else [] for k in keys], fresh, set())
+    if any(joins) or by_address or ports:
+        order = _canonical(readings, keys)
+        for shared in joins:
+            for members in shared:
+                members.sort(key=order.__getitem__)
+                for i in members[1:]:
+                    groups.union(members[0], i)
+        for members in by_address:
+            members.sort(key=order.__getitem__)
+            _join_by_address(groups, members)
+        for members in ports:
             for i in members[1:]:
                 groups.union(members[0], i)
-    for members in joins(endpoints_of):
-        _join_by_address(groups, members)
-    for members in joins(_port_keys):
-        for i in members[1:]:
-            groups.union(members[0], i)
-    found: dict[int, list[int]] = {}
+    units: dict[int, list[int]] = {}
     for i in range(len(readings)):
-        found.setdefault(groups.find(i), []).append(i)
-    return list(found.values())
-
-
-def _serial_keys(device: Device) -> list[str]:
-    key = serial_key(device)
-    return [key] if key is not None else []
-
-
-def _port_keys(device: Device) -> list[str]:
-    key = port_key(device)
-    return [key] if key is not None else []
-
-
-def _channel_serial(device: Device) -> list[str]:
-    key = serial_key(device)
-    return [f"{source_of(device)}\x00{device.address}\x00{key}"] if key is not None else []
+        units.setdefault(groups.find(i), []).append(i)
+    return list(units.values())
 
 
 def _join_by_address(groups: _Groups, members: Sequence[int]) -> None:
@@ -458,7 +501,7 @@ def _fact(reading: Reading, value: str | None, collector: str | None) -> FactSou
         source=source_of(d),
         transport=str(d.transport),
         address=d.address,
-        collector=collector or channel_collector(d),
+        collector=collector or reading.collector,
         at=d.last_seen,
     )
 
@@ -467,9 +510,9 @@ def _order(reading: Reading, collector: str | None) -> tuple[int, bool, float, s
     """Sort key of a reading for one fact: trust, then standing before missed, then newest."""
     d = reading.device
     return (
-        trust_rank(collector or channel_collector(d)),
+        trust_rank(collector or reading.collector),
         not reading.standing,
-        -as_utc(d.last_seen).timestamp(),
+        -reading.stamp,
         source_of(d),
         d.address,
     )
@@ -483,7 +526,7 @@ def seen_by_of(reading: Reading) -> SeenBy:
         address=d.address,
         serial_source=str(d.serial_source) if d.serial_source else None,
         last_seen=d.last_seen,
-        collector=channel_collector(d),
+        collector=reading.collector,
         missed=reading.missed,
     )
 
@@ -500,8 +543,7 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
         device.disagreements = []
         return device
     _merge_attributes(device, ordered)
-    _take_serial(device, ordered)
-    _take_product(device, ordered, rules)
+    _take_product(device, ordered, rules, _take_serial(device, ordered))
     _take_firmware(device, ordered)
     standing = [r for r in ordered if r.standing] or ordered
     device.health_issues = _union_issues(r.device.health_issues for r in standing)
@@ -567,10 +609,12 @@ def _merge_attributes(device: Device, ordered: Sequence[Reading]) -> None:
     device.provenance = {}
 
 
-def _take_serial(device: Device, ordered: Sequence[Reading]) -> None:
+def _take_serial(device: Device, ordered: Sequence[Reading]) -> Reading | None:
+    """The serial from the most trustworthy channel, a label-grade one first; the reading
+    it came from."""
     candidates = [r for r in ordered if r.device.serial]
     if not candidates:
-        return
+        return None
     winner = min(
         candidates,
         key=lambda r: (not r.device.serial_label_grade, *_order(r, _serial_collector(r.device))),
@@ -582,6 +626,7 @@ def _take_serial(device: Device, ordered: Sequence[Reading]) -> None:
         d.serial_label_grade,
     )
     device.provenance["serial"] = _fact(winner, d.serial, _serial_collector(d))
+    return winner
 
 
 def _serial_collector(device: Device) -> str | None:
@@ -596,7 +641,14 @@ def _named(reading: Reading, rules: MergeRules) -> int:
     return 1 if d.product in rules.generic_products else 0
 
 
-def _take_product(device: Device, ordered: Sequence[Reading], rules: MergeRules) -> None:
+def _take_product(
+    device: Device, ordered: Sequence[Reading], rules: MergeRules, serial: Reading | None
+) -> None:
+    """The product from the most trustworthy channel that names one, within the family of
+    the unit's label-grade serial (a reading joined by its host alone may name another)."""
+    if serial is not None and serial.device.serial_label_grade:
+        family = family_of(serial.device)
+        ordered = [r for r in ordered if family_of(r.device) == family] or ordered
     winner = min(ordered, key=lambda r: (_named(r, rules), *_order(r, None)))
     d = winner.device
     device.product, device.category = d.product, d.category
@@ -730,6 +782,18 @@ def _disagreement_issue(disagreement: Disagreement) -> HealthIssue | None:
     )
 
 
+def one_per_channel(kept: list[Reading]) -> list[Reading]:
+    """A unit keeps one reading per channel (source and address): the freshest of a channel
+    that reported the unit twice in one run (two hosts behind one address that nothing
+    tells apart), so that every channel is one sighting."""
+    best: dict[tuple[str, str], Reading] = {}
+    for reading in kept:
+        held = best.get(reading.channel)
+        if held is None or (reading.missed, -reading.stamp) < (held.missed, -held.stamp):
+            best[reading.channel] = reading
+    return kept if len(best) == len(kept) else [r for r in kept if best[r.channel] is r]
+
+
 # --------------------------------------------------------------------------- one scan
 
 
@@ -738,7 +802,7 @@ def merge_readings(readings: Sequence[Device], rules: MergeRules = MergeRules())
     unit whose derived identity another unit of the scan already has (two hosts claiming
     one serial) is given one of its own (:func:`unique_identity`)."""
     pool = [Reading(device) for device in readings]
-    merged = [merge_group([pool[i] for i in group], rules) for group in group_readings(pool)]
+    merged = [merge_group(one_per_channel([pool[i] for i in group]), rules) for group in group_readings(pool)]
     taken: set[str] = set()
     for device in merged:
         identity = unique_identity(device, taken)

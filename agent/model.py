@@ -14,7 +14,7 @@ Vocabulary
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -448,18 +448,24 @@ class Device(UnitFacts):
         )
 
     def clone(self) -> Device:
-        """A copy whose containers (and children) can be changed without touching this one."""
-        return replace(
-            self,
-            components=dict(self.components),
-            attributes=dict(self.attributes),
-            health_issues=list(self.health_issues),
-            children=[c.clone() for c in self.children],
-            sources=list(self.sources),
-            seen_by=list(self.seen_by),
-            provenance=dict(self.provenance),
-            disagreements=list(self.disagreements),
-        )
+        """A copy whose containers (and children) can be changed without touching this one
+        (field by field: ``dataclasses.replace`` costs several times more, and merging a
+        site's readings clones every unit)."""
+        copy = object.__new__(Device)
+        for name in _DEVICE_FIELDS:
+            object.__setattr__(copy, name, getattr(self, name))
+        copy.components = dict(self.components)
+        copy.attributes = dict(self.attributes)
+        copy.health_issues = list(self.health_issues)
+        copy.children = [c.clone() for c in self.children]
+        copy.sources = list(self.sources)
+        copy.seen_by = list(self.seen_by)
+        copy.provenance = dict(self.provenance)
+        copy.disagreements = list(self.disagreements)
+        return copy
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(Device))
 
 
 def _hex_id(value: int | None) -> str | None:

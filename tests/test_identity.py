@@ -24,6 +24,7 @@ from agent.identity import (
     normalize_version,
 )
 from agent.model import Device, HealthIssue, SerialSource, Severity, Transport
+from agent.store import Store as StoreDb
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 SERIAL = "2313FD1N08Z2"
@@ -174,6 +175,25 @@ def test_one_source_putting_a_serial_on_two_hosts_contests_it():
         == []
     )
     assert run.scan([], {"mdns"}) == [] and len(run.state) == 2  # both missed: still two
+
+
+def test_two_named_hosts_behind_one_address_claiming_one_serial_are_a_conflict_not_a_crash(tmp_path):
+    """Two mDNS hosts on 127.0.0.1 announcing one serial in one run: two units, a conflict,
+    and the store keeps both (it once refused the scan: one channel twice in one unit)."""
+    found = [
+        reading("mdns", "127.0.0.1", host="RallyBar-A.local."),
+        reading("mdns", "127.0.0.1", host="RallyBar-B.local."),
+    ]
+    assert len(units(*found)) == 2
+    with StoreDb.open(tmp_path) as store:
+        record = store.record_scan(found, [], T0, rules=RULES)
+        assert [e.type for e in record.events].count(EventType.SERIAL_CONFLICT) == 1
+        assert len(store.devices()) == 2
+        # The same channel twice in one unit (nothing tells the two apart) is one sighting.
+        twins = [reading("snmp", "10.0.0.7", None), reading("snmp", "10.0.0.7", None)]
+        store.record_scan(twins, [], T0 + timedelta(minutes=1), rules=RULES)
+        [pc] = [d for d in store.devices() if d.address == "10.0.0.7"]
+        assert len(pc.seen_by) == 1
 
 
 def test_two_webcams_with_one_chip_serial_stay_two():
@@ -405,7 +425,11 @@ def test_grouping_is_a_partition_that_never_mixes_two_serials(found: list[Device
         assert len(serials) <= 1
     merged = merge_readings(found, RULES)
     assert len({d.identity for d in merged}) == len(merged)
-    assert sum(len(d.seen_by) for d in merged) == len(found)
+    for device in merged:  # one entry per channel
+        assert len({(s.source, s.address) for s in device.seen_by}) == len(device.seen_by)
+    assert {(r.sources[0], r.address) for r in found} == {
+        (s.source, s.address) for d in merged for s in d.seen_by
+    }
 
 
 @settings(max_examples=100, deadline=None)
