@@ -4,8 +4,9 @@ linear in the number of readings).
 The readings are a site as the agent sees it: bars on a room PC's USB (Sync interface) that
 also announce themselves over mDNS and answer SNMP; bars on the LAN only (mDNS with a serial,
 SNMP at the same address without one: joined by address); room PCs over SSH that also announce
-their host name over mDNS (joined by host name); Taps on USB that answer over mDNS too. ``agent.identity.merge_readings`` groups and merges them, as ``roomsync
-scan`` does for one scan.
+their host name over mDNS (joined by host name); Taps on USB that answer over mDNS too.
+``agent.identity.merge_readings`` groups and merges them, as ``roomsync scan`` does for one
+scan.
 
 Beside each figure, a floor measured on the same readings in the same run: one pass that
 copies each reading and groups them by serial in a dict — what any merge must at least do —
