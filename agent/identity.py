@@ -224,7 +224,6 @@ def normalize_host_name(text: object) -> str | None:
     return _host_name(text)
 
 
-@functools.lru_cache(maxsize=65536)
 def _host_name(text: str) -> str | None:
     name = text.strip().rstrip(".").casefold()
     if name.endswith(".local"):
@@ -234,14 +233,17 @@ def _host_name(text: str) -> str | None:
     return name
 
 
-def names_of(device: Device) -> list[str]:
+def names_of(device: Device, memo: dict[str, str | None] | None = None) -> list[str]:
     """The LAN host's own names: its mDNS host, the name its PC reports, the address it was
-    reached at when that is a name."""
+    reached at when that is a name. ``memo`` keeps what a text normalised to, across calls."""
     if not is_lan(device):
         return []
+    memo = {} if memo is None else memo
     found: list[str] = []
     for value in [*(device.attributes.get(a) for a in HOST_NAME_ATTRIBUTES), device.address]:
-        name = normalize_host_name(value)
+        if not isinstance(value, str):
+            continue
+        name = memo[value] if value in memo else memo.setdefault(value, _host_name(value))
         if name is not None and name not in found:
             found.append(name)
     return found
@@ -250,7 +252,6 @@ def names_of(device: Device) -> list[str]:
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?::(\d{1,5}))?")
 
 
-@functools.lru_cache(maxsize=65536)
 def _endpoint(text: str) -> str | None:
     """``ip:<address>`` for an IP address, ``ip:<address>:<port>`` for ``host:port`` /
     ``[v6]:port`` (another port is another endpoint: SNMP agents on one test host)."""
@@ -278,13 +279,17 @@ def _endpoint(text: str) -> str | None:
         return None
 
 
-def endpoints_of(device: Device) -> list[str]:
+def endpoints_of(device: Device, memo: dict[str, str | None] | None = None) -> list[str]:
+    """The IP endpoints a LAN host was reached at or announced (``ip:…``)."""
     if not is_lan(device):
         return []
+    memo = {} if memo is None else memo
     found: list[str] = []
     addresses = device.attributes.get("addresses")
     for value in [device.address, *(addresses if isinstance(addresses, list) else [])]:
-        key = _endpoint(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            continue
+        key = memo[value] if value in memo else memo.setdefault(value, _endpoint(value))
         if key is not None and key not in found:
             found.append(key)
     return found
@@ -300,6 +305,10 @@ def port_key(device: Device) -> str | None:
 # --------------------------------------------------------------------------- grouping
 
 
+#: What host names and endpoints texts normalised to (texts repeat across readings).
+_Memo = tuple[dict[str, str | None], dict[str, str | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Keys:
     """What grouping reads of one reading, computed once."""
@@ -313,10 +322,15 @@ class _Keys:
     lan: bool
 
     @classmethod
-    def of(cls, device: Device) -> _Keys:
+    def of(
+        cls, device: Device, memo: tuple[dict[str, str | None], dict[str, str | None]] | None = None
+    ) -> _Keys:
+        """The keys of ``device``; ``memo`` (host names, endpoints) spares re-reading the
+        addresses many readings share."""
+        names_memo, endpoints_memo = memo or ({}, {})
         serial = serial_key(device)
         lan = is_lan(device)
-        names = frozenset(names_of(device)) if lan else frozenset()
+        names = frozenset(names_of(device, names_memo)) if lan else frozenset()
         port = None
         if not lan and serial is None:
             port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
@@ -327,7 +341,7 @@ class _Keys:
             serial=serial,
             macs=tuple(macs_of(device)),
             names=names,
-            endpoints=tuple(endpoints_of(device)) if lan else (),
+            endpoints=tuple(endpoints_of(device, endpoints_memo)) if lan else (),
             port=port,
             channel_serial=None if serial is None else f"{channel}\x00{serial}",
             lan=lan,
@@ -383,29 +397,24 @@ def _index(keys: Sequence[Iterable[str]], fresh: Sequence[bool], skip: set[str])
     for i, found in enumerate(keys):
         for key in found:
             index.setdefault(key, []).append(i)
-    return [
-        members
-        for key, members in sorted(index.items())
-        if len(members) > 1 and key not in skip and any(fresh[i] for i in members)
-    ]
+    shared = sorted(key for key, members in index.items() if len(members) > 1 and key not in skip)
+    return [index[key] for key in shared if any(fresh[i] for i in index[key])]
 
 
-def _canonical(readings: Sequence[Reading], keys: Sequence[_Keys]) -> list[tuple[str, ...]]:
-    """A sort key of each reading by its content, so that where a join is refused the
-    outcome does not depend on the order the readings came in."""
-    return [
-        (
-            source_of(d := r.device),
-            d.address,
-            k.serial or "",
-            d.product,
-            d.firmware or "",
-            ",".join(sorted(k.names)),
-            r.unit or "",
-            d.last_seen.isoformat(),
-        )
-        for r, k in zip(readings, keys, strict=True)
-    ]
+def _canonical(reading: Reading, keys: _Keys) -> tuple[str, ...]:
+    """A sort key of a reading by its content, so that where a join is refused the outcome
+    does not depend on the order the readings came in."""
+    d = reading.device
+    return (
+        source_of(d),
+        d.address,
+        keys.serial or "",
+        d.product,
+        d.firmware or "",
+        ",".join(sorted(keys.names)),
+        reading.unit or "",
+        d.last_seen.isoformat(),
+    )
 
 
 def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None = None) -> set[str]:
@@ -437,7 +446,8 @@ def _hosts(keys: Sequence[_Keys]) -> int:
 def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
     """The readings of each unit (indexes into ``readings``), units in the order of their
     first reading; see the module's rules."""
-    keys = [_Keys.of(r.device) for r in readings]
+    memo: _Memo = ({}, {})
+    keys = [_Keys.of(r.device, memo) for r in readings]
     groups = _Groups(keys)
     by_unit: dict[str, int] = {}
     for i, reading in enumerate(readings):
@@ -454,19 +464,24 @@ def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
     ]
     by_address = _index([k.endpoints for k in keys], fresh, set())
     ports = _index([[k.port] if k.port else [] for k in keys], fresh, set())
-    if any(joins) or by_address or ports:
-        order = _canonical(readings, keys)
-        for shared in joins:
-            for members in shared:
-                members.sort(key=order.__getitem__)
-                for i in members[1:]:
-                    groups.union(members[0], i)
-        for members in by_address:
-            members.sort(key=order.__getitem__)
-            _join_by_address(groups, members)
-        for members in ports:
+    canonical: dict[int, tuple[str, ...]] = {}
+
+    def order(i: int) -> tuple[str, ...]:
+        if i not in canonical:
+            canonical[i] = _canonical(readings[i], keys[i])
+        return canonical[i]
+
+    for shared in joins:
+        for members in shared:
+            members.sort(key=order)
             for i in members[1:]:
                 groups.union(members[0], i)
+    for members in by_address:
+        members.sort(key=order)
+        _join_by_address(groups, members)
+    for members in ports:
+        for i in members[1:]:
+            groups.union(members[0], i)
     units: dict[int, list[int]] = {}
     for i in range(len(readings)):
         units.setdefault(groups.find(i), []).append(i)
@@ -679,6 +694,7 @@ def _worst(readings: Sequence[Reading]) -> Reading:
     return min(readings, key=lambda r: (-max((i.severity.rank for i in r.device.health_issues), default=-1),))
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_version(text: str) -> str:
     """The form versions are compared in across channels: case and separators aside, and
     numbers without leading zeros (``V1.09.556`` and ``1.9.556`` agree)."""
@@ -724,7 +740,12 @@ def current_values(device: Device, fact: str) -> list[str]:
 
 
 def _disagreements(ordered: Sequence[Reading], device: Device, rules: MergeRules) -> list[Disagreement]:
-    found = [_firmware_disagreement(ordered, device), _model_disagreement(ordered, device, rules)]
+    remembered = any(r.recent for r in ordered)
+    found = []
+    if remembered or len({r.device.firmware for r in ordered if r.device.firmware}) > 1:
+        found.append(_firmware_disagreement(ordered, device))
+    if remembered or len({r.device.product for r in ordered}) > 1:
+        found.append(_model_disagreement(ordered, device, rules))
     serials = {normalize_serial(r.device.serial): r for r in reversed(ordered) if r.device.serial}
     winner = device.provenance.get("serial")
     if len(serials) > 1 and winner is not None:
