@@ -7,35 +7,46 @@ and an id factory, so a test gets the same events every time. The store
 
 Sightings
 ---------
-The inventory keeps one device per identity, but what the agent *knows* of a unit is what
-each source last said of it: a **sighting** is one source's latest report of the unit at
-one address (room, firmware, health) with the number of that source's runs in a row that
-did not see it (``missed``). Every rule below reads sightings, never compares one channel
-with another channel's way of writing a version or judging health, so a daemon that runs
-USB every minute and SNMP every ten does not flap between the two.
+The inventory keeps one unit per identity, but what the agent *knows* of a unit is what each
+channel last said of it: a **sighting** is one channel's (source and address) latest report
+of the unit — its reading, with the number of that source's runs in a row that did not see it
+(``missed``). A scan's readings and every stored sighting are grouped into units by the rules
+of :mod:`agent.identity` (docs/identity.md); each unit's device is the merge of its
+sightings, so a daemon that runs USB every minute and mDNS every ten keeps one record of a
+bar both see, with both channels in ``seen_by``.
 
 Rules
 -----
 * **Scope.** A scan names the sources that ran to completion (``scope``; a source that found
   something evidently ran). A sighting whose source is not in the scope is left exactly as it
   was: a scan that ran only SNMP never counts a USB unit as missed.
-* **Missed and removed.** A sighting whose source ran but did not report the unit at that
-  address gets ``missed + 1``; at ``remove_after`` it is dropped. A unit is
+* **Missed and removed.** A sighting whose source ran but did not report the unit on that
+  channel gets ``missed + 1``; at ``remove_after`` it is dropped. A unit is
   ``device.removed`` when its last sighting is dropped, i.e. after ``remove_after`` runs in a
   row of every source that used to see it, so a flaky cable does not flap. Seeing the unit
-  again before that resets the count.
+  again before that resets the count. A new reading continues the unit its channel or its
+  identity keys point to, even the scan that drops its last sighting (a bar moved from USB to
+  the LAN keeps its identity and ``first_seen``).
+* **Identity.** A unit keeps the identity it was first recorded under. Where a new reading
+  shows two stored units to be one, the one known by the unit's serial survives (else the
+  oldest) and the other is ``device.removed`` with ``after = {"merged_into": identity}``.
+  Stored units are never merged by what the store remembers alone.
 * **Room.** The sightings *standing* (``missed == 0``) place the unit; missed ones only when
   no standing sighting does. While they disagree the previous room stays (and the serial is
   in conflict, below). A change of room is ``device.moved`` (S9: a product moved between
   rooms can move SELECT benefits with it, so every move is kept).
-* **Firmware and health.** ``firmware.changed`` when a source reads a version (the unit's own
-  or a component's) that differs from what the *same source* read before, both known;
-  ``health.changed`` when the same source judges the health state (ok / warning / error)
-  differently. An unknown reading is not a change.
+* **Firmware and health.** ``firmware.changed`` when the channel the unit's firmware comes
+  from (the most trustworthy one) reads a version — the unit's own or a component's — that
+  differs from what *that channel* read before, both known: channels are never compared with
+  one another's way of writing a version, and a less trusted channel never moves it.
+  ``health.changed`` when the unit's health state (ok / warning / error) changes in a scan
+  that saw it. A firmware or model disagreement between channels is a warning that stays
+  while the disagreeing value was read in the channel's last ``remove_after`` runs, so a
+  channel that flips its answer raises it once.
 * **Serial conflict.** A label-grade serial is in conflict when the standing sightings of the
-  units carrying it name two products (two identities: the transports disagree on what the
-  unit is) or two rooms. ``serial.conflict`` is emitted when a conflict appears or its set of
-  (product, room) claims changes, not on every scan while it lasts; once it is resolved, a
+  units carrying it name two units (two products, or two LAN hosts one source put it on) or
+  two rooms. ``serial.conflict`` is emitted when a conflict appears or its set of (identity,
+  product, room) claims changes, not on every scan while it lasts; once it is resolved, a
   new appearance is reported again.
 
 Events of one scan come in a stable order: by identity, then added/removed, moved, firmware,
