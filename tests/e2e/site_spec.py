@@ -6,6 +6,9 @@ Rooms (ids as in the room map):
 * **room A** (``e2e-a``, the agent's own ``[room]``): a Rally Bar read over its Sync interface
   from the recorded session in ``../shared/fixtures`` (``roomsync run --replay``), and, on the
   agent host's USB (a fake sysfs tree), a Tap and a Brio — the Brio is the unit unplugged.
+  The same bar is also on the LAN (issue [9/16]): it announces itself over mDNS (host
+  ``RallyBar-<token>``, TXT serial) and answers SNMP (ENTITY-MIB serial), so it is one unit
+  seen on three channels (docs/identity.md): one record, one ``device.added``, one verdict.
 * **room B** (``e2e-b``, the SSH host's ``room``): a Linux room PC reached over SSH (real
   sshd) whose USB — its sysfs served over SFTP — holds a Rally system (Rally Camera, display
   hub, table hub); a Tap IP answering SNMP ENTITY-MIB (snmpsim), placed by the room map
@@ -25,7 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -53,13 +56,29 @@ TAP_IP, TAP_IP_REPLACED = "2308TI0005E3", "2201TI0001Z9"
 MEETUP, BAR_MINI, SCHEDULER = f"2405MU{TOKEN}", f"2209RM{TOKEN}", f"2311TS{TOKEN}"
 
 #: Host names the LAN units announce (mDNS SRV target, SNMP sysName).
+BAR_HOST = f"RallyBar-{TOKEN}"  # the recorded bar on the LAN: catalog host_names 'RallyBar-[0-9A-Z]+$'
 MEETUP_HOST = f"conf-cam-{TOKEN.lower()}"
 BAR_MINI_HOST = f"RallyBarMini-{TOKEN}"
 SCHEDULER_HOST = f"TapScheduler-{TOKEN}"
 TAP_IP_HOST = f"TapIP-{TOKEN}"
 
+#: The recorded bar's firmware as its Sync interface reports it, and as its SNMP agent writes the
+#: same version (ENTITY-MIB entPhysicalFirmwareRev). The three channels agree on purpose: a
+#: unit whose channels agree must stay "NoIssues" at the portal (every unit here must), and
+#: shows the most trusted channel's value as that channel wrote it (sync-interface, over
+#: snmp-entity, over mdns-txt). SNMP writes it differently (``V1.09.556``): versions are
+#: compared without case, separators or leading zeros, so this is no ``firmware-disagreement``,
+#: and the shown spelling says which channel won. (A disagreement's warning is covered by
+#: tests/test_cli_merge.py and tests/test_identity.py, where no other expectation depends on the
+#: unit's health.)
+BAR_FIRMWARE, BAR_SNMP_FIRMWARE = "1.9.556", "V1.09.556"
+
 #: USB ports on the agent host's fake sysfs tree (room A) and on the room PC's (room B).
 TAP_PORT, BRIO_PORT = "1-2", "1-3"
+
+
+#: One channel of a unit as the snapshot's ``seen_by`` lists it: (source, transport, serial_source).
+Channel = tuple[str, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -78,12 +97,27 @@ class Unit:
     #: Sync's status at the portal: Online for a unit the latest run of its source saw,
     #: unless the unit reports another state itself.
     status: str = "Online"
+    #: The channels that see it, most trusted first (docs/identity.md, "the most trustworthy
+    #: channel wins"); empty: not checked (one channel, the unit's own transport).
+    channels: tuple[Channel, ...] = ()
+
+
+#: The recorded bar's channels by the trust order: the replay's Sync interface
+#: (sync-interface, rank 1), its SNMP agent (snmp-entity, rank 2), its mDNS TXT (mdns-txt, rank
+#: 3). Rule 1 joins them: all three give the label serial of a collabos-bar (the Sync serial;
+#: an ENTITY-MIB serial is label-grade; a TXT serial of a host the catalog names).
+BAR_CHANNELS: tuple[Channel, ...] = (
+    ("replay", "usb", "sync-interface"),
+    ("snmp", "snmp", "snmp-entity"),
+    ("mdns", "mdns", "mdns-txt"),
+)
 
 
 def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
     """Every unit of the site after the Brio was unplugged and the Tap Scheduler moved."""
     return [
-        Unit("Rally Bar", RALLY_BAR, ROOM_A, "usb", True),
+        # One unit on three channels; its transport and address are its most trusted channel's.
+        Unit("Rally Bar", RALLY_BAR, ROOM_A, "usb", True, channels=BAR_CHANNELS),
         Unit("Sight", SIGHT, ROOM_A, "usb", True, parent="Rally Bar"),
         Unit("Rally Mic Pod", None, ROOM_A, "usb", False, parent="Rally Bar"),
         # The recorded bar reports its remote with status 0: Offline (its own word).
@@ -414,8 +448,21 @@ def entitlements(today: date) -> Entitlements:
 
 def mdns_services() -> list[Service]:
     """Room C's MeetUp (identified by its TXT model number) and Rally Bar Mini (by its host
-    name), and the Tap Scheduler, all with TXT serials."""
+    name), the Tap Scheduler, and room A's recorded Rally Bar (by its host name), all with TXT
+    serials.
+
+    Unlike the others, the bar's TXT serial cannot carry the session token: it is the
+    recorded one. Another test session on this machine announcing that serial on loopback at
+    the same time (this test, tests/test_cli_merge.py) is another mDNS host claiming it, which
+    the view expected here does not allow for."""
     return [
+        Service(
+            "_https._tcp.local.",
+            f"Rally Bar {TOKEN}",
+            f"{BAR_HOST}.local.",
+            443,
+            {"serial": RALLY_BAR, "fw": BAR_FIRMWARE},
+        ),
         Service(
             "_https._tcp.local.",
             f"Room camera {TOKEN}",
@@ -440,14 +487,25 @@ def mdns_services() -> list[Service]:
     ]
 
 
-def snmp_device() -> SimDevice:
-    """Room B's Tap IP answering ENTITY-MIB."""
-    return SimDevice.make(
-        "127.0.0.1",
-        sys_descr="Logitech Tap IP",
-        sys_name=TAP_IP_HOST,
-        entity=entity_rows(TAP_IP, "Tap IP", firmware="1.4.12"),
-    )
+def snmp_agents() -> list[SimDevice]:
+    """The SNMP agents, each answering ENTITY-MIB on 127.0.0.1 (so each on its own port, one
+    snmpsim each): room B's Tap IP, and room A's recorded Rally Bar, which the catalog
+    identifies by its ENTITY-MIB model, the CollabOS model code ``VR0019`` (collabos_models; its
+    sysName ``RallyBar-<token>`` would too: host_names)."""
+    return [
+        SimDevice.make(
+            "127.0.0.1",
+            sys_descr="Logitech Tap IP",
+            sys_name=TAP_IP_HOST,
+            entity=entity_rows(TAP_IP, "Tap IP", firmware="1.4.12"),
+        ),
+        SimDevice.make(
+            "127.0.0.1",
+            sys_descr="Logitech CollabOS",
+            sys_name=BAR_HOST,
+            entity=entity_rows(RALLY_BAR, "VR0019", firmware=BAR_SNMP_FIRMWARE),
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -459,6 +517,10 @@ def room_map_text(scheduler_room: str) -> str:
         ["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"] for room in (ROOM_A, ROOM_B, ROOM_C)
     ]
     rows += [
+        # The bar's LAN channels (mDNS host, SNMP sysName) stand where its USB does: every
+        # channel places it in room A, whichever reports it first (an unplaced first report
+        # would be a device.moved when the USB one came).
+        ["host", BAR_HOST, ROOM_A, "", "", "", ""],
         ["host", TAP_IP_HOST, ROOM_B, "", "", "", ""],
         ["host", MEETUP_HOST, ROOM_C, "", "", "", ""],
         ["host", BAR_MINI_HOST, ROOM_C, "", "", "", ""],
@@ -484,12 +546,13 @@ def agent_toml(
     *,
     listen: str,
     portal_url: str,
-    snmp_port: int,
+    snmp_ports: Sequence[int],
     snmp_community: str,
     ssh_port: int,
 ) -> str:
     """agent.toml of the site agent: short intervals, every peer on loopback."""
     p = {k: toml_str(v) for k, v in paths.items()}
+    snmp_targets = ", ".join(toml_str(f"127.0.0.1:{port}") for port in snmp_ports)
     return f"""\
 state_dir = {p["state"]}
 room_map = {p["room_map"]}
@@ -512,7 +575,7 @@ interval = 3
 
 [sources.snmp]
 enabled = true
-targets = ["127.0.0.1:{snmp_port}"]
+targets = [{snmp_targets}]
 community = {toml_str(snmp_community)}
 timeout = 1.0
 retries = 1

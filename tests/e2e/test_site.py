@@ -2,7 +2,9 @@
 against real peers on loopback, and what the licensing portal ends up showing.
 
 * room A: the recorded Rally Bar (``--replay`` of ``../shared/fixtures``' Sync-interface
-  session) and a Tap and a Brio on the agent host's USB (a fake sysfs tree);
+  session) and a Tap and a Brio on the agent host's USB (a fake sysfs tree); the same bar
+  also announces itself over mDNS and answers SNMP (a second snmpsim): one unit seen on
+  three channels (docs/identity.md);
 * room B: a room PC over SSH (real sshd; its sysfs served over SFTP) with a Rally Camera and
   its hubs on its USB, a Tap IP over SNMP (snmpsim), a Tap Scheduler over mDNS;
 * room C: a MeetUp and a Rally Bar Mini over mDNS (zeroconf, pinned to 127.0.0.1).
@@ -11,8 +13,10 @@ The daemon runs several cycles of every source; the Brio is unplugged (``device.
 after ``remove_after_missed_scans`` = 2 USB runs) and the Tap Scheduler moved to room C by
 editing the room map and sending SIGHUP (``device.moved``, S9). The portal stand-in's latest
 snapshot must then place every unit in its room, name each room's primary unit and ticket
-serial (P1, P2) and carry each unit's coverage as the entitlement rows dictate (every rule
-coverage implements); ``roomsync health`` exits 0 and ``/v1/coverage`` agrees with the portal.
+serial (P1, P2), hold the bar once with its three channels (one ``device.added``, one
+verdict; ``/v1/inventory`` agrees) and carry each unit's coverage as the entitlement rows
+dictate (every rule coverage implements); ``roomsync health`` exits 0 and ``/v1/coverage``
+agrees with the portal.
 Expectations come from tests/e2e/site_spec.py, written from the rules, never from the agent.
 
 Everything listens on and talks to 127.0.0.0/8 only. Every peer and the daemon are stopped
@@ -27,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,7 +137,11 @@ class Site:
         sshd = start_sshd(work / "sshd")
         stack.callback(sshd.stop)
         known_hosts = write_known_hosts(work / "known_hosts", keyscan(sshd.port))
-        snmp = stack.enter_context(SnmpSim(work / "snmpsim", [site.snmp_device()], community=SNMP_COMMUNITY))
+        # One snmpsim per agent: they all listen on 127.0.0.1, so each has a port of its own.
+        self.snmp_ports = [
+            stack.enter_context(SnmpSim(work / f"snmpsim-{n}", [agent], community=SNMP_COMMUNITY)).port
+            for n, agent in enumerate(site.snmp_agents())
+        ]
         stack.enter_context(Publisher(site.mdns_services(), workdir=work))
         self.portal = stack.enter_context(PortalStandIn(PORTAL_TOKEN))
         self.peers_ready = time.monotonic()
@@ -159,7 +168,7 @@ class Site:
                 },
                 listen=f"{LOOPBACK}:{port}",
                 portal_url=self.portal.url,
-                snmp_port=snmp.port,
+                snmp_ports=self.snmp_ports,
                 snmp_community=SNMP_COMMUNITY,
                 ssh_port=sshd.port,
             )
@@ -247,8 +256,17 @@ def ours(device: DeviceOut) -> bool:
     )
 
 
+def every_device(message: InventoryMessage) -> list[DeviceOut]:
+    return [d for place in message.places for d in place.devices] + list(message.unassigned)
+
+
+def channels(device: DeviceOut) -> tuple[site.Channel, ...]:
+    return tuple((s.source, s.transport, s.serial_source) for s in device.seen_by)
+
+
 def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[str]:
-    """How the snapshot differs from ``units`` placed as expected and seen by the latest runs."""
+    """How the snapshot differs from ``units`` placed as expected, seen by the latest runs
+    on the channels expected, each serial on one device."""
     if message is None:
         return ["no snapshot at the portal"]
     found = index(message)
@@ -261,6 +279,16 @@ def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[s
             problems.append(f"{unit.product} {unit.serial}: in {place}, expected {unit.room}")
         elif device.status != unit.status:
             problems.append(f"{unit.product} {unit.serial}: {device.status}, expected {unit.status}")
+        elif unit.channels and channels(device) != unit.channels:
+            problems.append(
+                f"{unit.product} {unit.serial}: seen by {channels(device)}, expected {unit.channels}"
+            )
+    # One unit, one record: a serial of this site stands on one device (index() would hide a
+    # second one with the same product and serial).
+    serials = Counter(d.serial for d in every_device(message) if d.serial)
+    problems += [
+        f"{u.product} {u.serial}: {serials[u.serial]} devices" for u in units if serials[u.serial] > 1
+    ]
     wanted = {key(u.product, u.serial) for u in units}
     for place in message.places:
         problems += [
@@ -343,6 +371,7 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     final = s.portal.latest_inventory
     assert final is not None and not view_problems(final, units)
     check_units(final, units)
+    check_one_bar(s, final, identities[key("Rally Bar", site.RALLY_BAR)])
     check_rooms(final)
     day = final.generated_at.astimezone(UTC).date()
     check_coverage(final, s.entitlements, day)
@@ -368,7 +397,10 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     status = d.status()
     assert {src["name"] for src in status["sources"]} == {"usb", "replay", "mdns", "snmp", "ssh"}
     assert all(src["runs"] >= CYCLES and src["last_success"] for src in status["sources"]), status["sources"]
-    check_api_coverage(d.get("/v1/coverage").json(), final, s.entitlements)
+    coverage = d.get("/v1/coverage").json()
+    check_api_coverage(coverage, final, s.entitlements)
+    # One unit, one verdict (coverage is per unit, not per channel).
+    assert [v["serial"] for v in coverage["verdicts"]].count(site.RALLY_BAR) == 1, coverage["verdicts"]
 
     # 6. SIGTERM: a clean exit.
     code, seconds = d.terminate()
@@ -397,9 +429,56 @@ def check_units(message: InventoryMessage, units: list[Unit]) -> None:
         parent = found[key(unit.parent, site.RALLY_BAR)][1].identity if unit.parent else None
         assert device.parent == parent, what
         assert device.health == "NoIssues", (what, device.health_issues)
+        if unit.channels:
+            assert channels(device) == unit.channels, what
     # The bar was read over its Sync interface (the replay), not from its descriptors.
     bar = found[key("Rally Bar", site.RALLY_BAR)][1]
     assert (str(bar.serial_source), bar.firmware) == ("sync-interface", "1.9.556")
+
+
+def check_one_bar(s: Site, message: InventoryMessage, identity: str) -> None:
+    """The recorded bar, seen on its Sync interface (replay), over SNMP and over mDNS, is one
+    unit everywhere (docs/identity.md, rule 1): one device in the snapshot and in the
+    daemon's ``/v1/inventory``, with a channel each, its facts from the most trusted one, one
+    ``device.added`` and no other event (its channels agree on its room and firmware)."""
+    [bar] = [d for d in every_device(message) if d.serial == site.RALLY_BAR]
+    assert bar.identity == identity
+    seen = [(c.source, c.transport, c.serial_source, c.address) for c in bar.seen_by]
+    replay, snmp, mdns = site.BAR_CHANNELS
+    assert seen == [
+        (*replay, bar.address),  # the unit's address is its most trusted channel's
+        (*snmp, f"{LOOPBACK}:{s.snmp_ports[1]}"),  # the second of site.snmp_agents(), on its own port
+        (*mdns, LOOPBACK),
+    ], bar.seen_by
+    assert (bar.firmware, str(bar.serial_source), str(bar.transport)) == (
+        site.BAR_FIRMWARE,
+        "sync-interface",
+        "usb",
+    )
+    # V1.09.556 over SNMP is 1.9.556, and all three name a Rally Bar: no disagreement.
+    assert not {i.code for i in bar.health_issues} & {"firmware-disagreement", "model-disagreement"}
+    assert bar.health == "NoIssues", bar.health_issues
+    # What the LAN channels add: the bar's mDNS host name.
+    assert (bar.host_name or "").rstrip(".").removesuffix(".local").lower() == site.BAR_HOST.lower()
+
+    added = [e for e in events_of(s.portal, "device.added") if e.serial == site.RALLY_BAR]
+    assert [(e.identity, e.product, e.room) for e in added] == [(identity, "Rally Bar", ROOM_A)], added
+    assert [str(e.type) for e in s.portal.events if e.identity == identity] == ["device.added"]
+
+    def flat(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [x for d in devices for x in (d, *flat(d.get("children") or []))]
+
+    inventory = s.daemon.get("/v1/inventory").json()
+    [stored] = [d for d in flat(inventory["devices"]) if d["serial"] == site.RALLY_BAR]
+    assert [(c["source"], c["transport"], c["serial_source"]) for c in stored["seen_by"]] == list(
+        site.BAR_CHANNELS
+    )
+    assert (stored["identity"], stored["firmware"], stored["serial_source"], stored["room"]) == (
+        identity,
+        site.BAR_FIRMWARE,
+        "sync-interface",
+        ROOM_A,
+    )
 
 
 def check_rooms(message: InventoryMessage) -> None:
