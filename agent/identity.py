@@ -207,7 +207,7 @@ def normalize_mac(text: object) -> str | None:
 
 def macs_of(device: Device) -> list[str]:
     found: list[str] = []
-    if not device.attributes.keys() & _MAC_NAMES:
+    if device.attributes.keys().isdisjoint(_MAC_NAMES):
         return found
     for name in MAC_ATTRIBUTES:
         value = device.attributes.get(name)
@@ -322,30 +322,34 @@ class _Keys:
     lan: bool
 
     @classmethod
-    def of(
-        cls, device: Device, memo: tuple[dict[str, str | None], dict[str, str | None]] | None = None
-    ) -> _Keys:
-        """The keys of ``device``; ``memo`` (host names, endpoints) spares re-reading the
-        addresses many readings share."""
+    def of(cls, device: Device, memo: _Memo | None = None) -> _Keys:
+        """The keys of ``device`` (as :func:`serial_key`, :func:`macs_of`, :func:`names_of`,
+        :func:`endpoints_of` and :func:`port_key` give them, in one pass: a site's merge reads
+        every reading once); ``memo`` spares re-reading the addresses readings share."""
         names_memo, endpoints_memo = memo or ({}, {})
+        attributes = device.attributes
         serial = serial_key(device)
         lan = is_lan(device)
-        names = frozenset(names_of(device, names_memo)) if lan else frozenset()
+        names: frozenset[str] = _NO_NAMES
+        endpoints: tuple[str, ...] = ()
         port = None
-        if not lan and serial is None:
+        if lan:
+            names = frozenset(names_of(device, names_memo)) or _NO_NAMES
+            endpoints = tuple(endpoints_of(device, endpoints_memo))
+        elif serial is None:
             port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
-        # A channel is its source and address, and for a host its names too: two hosts
-        # behind one address are two channels.
-        channel = f"{source_of(device)}\x00{device.address}\x00{','.join(sorted(names))}"
-        return cls(
-            serial=serial,
-            macs=tuple(macs_of(device)),
-            names=names,
-            endpoints=tuple(endpoints_of(device, endpoints_memo)) if lan else (),
-            port=port,
-            channel_serial=None if serial is None else f"{channel}\x00{serial}",
-            lan=lan,
-        )
+        channel_serial = None
+        if serial is not None:
+            # A channel is its source and address, and for a host its names too: two hosts
+            # behind one address are two channels.
+            channel_serial = (
+                f"{source_of(device)}\x00{device.address}\x00{','.join(sorted(names))}\x00{serial}"
+            )
+        macs = () if attributes.keys().isdisjoint(_MAC_NAMES) else tuple(macs_of(device))
+        return cls(serial, macs, names, endpoints, port, channel_serial, lan)
+
+
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 class _Groups:
@@ -399,6 +403,36 @@ def _index(keys: Sequence[Iterable[str]], fresh: Sequence[bool], skip: set[str])
             index.setdefault(key, []).append(i)
     shared = sorted(key for key, members in index.items() if len(members) > 1 and key not in skip)
     return [index[key] for key in shared if any(fresh[i] for i in index[key])]
+
+
+def _shared_keys(
+    keys: Sequence[_Keys], fresh: Sequence[bool], contested: set[str]
+) -> tuple[list[list[int]], ...]:
+    """For each kind of key (serial, channel and serial, MAC, host name, address, USB port):
+    the readings that share one, as :func:`_index` gives them, in one pass over the keys."""
+    index: tuple[dict[str, list[int]], ...] = ({}, {}, {}, {}, {}, {})
+    serials, channels, macs, names, addresses, ports = index
+    for i, k in enumerate(keys):
+        if k.serial is not None:
+            serials.setdefault(k.serial, []).append(i)
+        if k.channel_serial is not None:
+            channels.setdefault(k.channel_serial, []).append(i)
+        for key in k.macs:
+            macs.setdefault(key, []).append(i)
+        for key in k.names:
+            names.setdefault(key, []).append(i)
+        for key in k.endpoints:
+            addresses.setdefault(key, []).append(i)
+        if k.port is not None:
+            ports.setdefault(k.port, []).append(i)
+    return tuple(
+        [
+            found[key]
+            for key in sorted(key for key, members in found.items() if len(members) > 1)
+            if not (n == 0 and key in contested) and any(fresh[i] for i in found[key])
+        ]
+        for n, found in enumerate(index)
+    )
 
 
 def _canonical(reading: Reading, keys: _Keys) -> tuple[str, ...]:
@@ -455,15 +489,10 @@ def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
             groups.union(by_unit.setdefault(reading.unit, i), i)
     contested = contested_serials(readings, keys)
     fresh = [r.fresh for r in readings]
-    joins = [
-        _index([[k.serial] if k.serial else [] for k in keys], fresh, contested),
-        # One channel telling one serial again is the same unit, contested or not.
-        _index([[k.channel_serial] if k.channel_serial else [] for k in keys], fresh, set()),
-        _index([k.macs for k in keys], fresh, set()),
-        _index([k.names for k in keys], fresh, set()),
-    ]
-    by_address = _index([k.endpoints for k in keys], fresh, set())
-    ports = _index([[k.port] if k.port else [] for k in keys], fresh, set())
+    serials, channels, macs, names, addresses, ports = _shared_keys(keys, fresh, contested)
+    # One channel telling one serial again is the same unit, contested or not.
+    joins = [serials, channels, macs, names]
+    by_address = addresses
     canonical: dict[int, tuple[str, ...]] = {}
 
     def order(i: int) -> tuple[str, ...]:
@@ -471,13 +500,16 @@ def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
             canonical[i] = _canonical(readings[i], keys[i])
         return canonical[i]
 
-    for shared in joins:
+    for n, shared in enumerate(joins):
         for members in shared:
-            members.sort(key=order)
+            # Serial joins are never refused; elsewhere the order decides what a refusal keeps.
+            if n > 1 and len({groups.serial[groups.find(i)] for i in members} - {None}) > 1:
+                members.sort(key=order)
             for i in members[1:]:
                 groups.union(members[0], i)
     for members in by_address:
-        members.sort(key=order)
+        if sum(groups.anchored(groups.find(i)) for i in members) > 1:
+            members.sort(key=order)
         _join_by_address(groups, members)
     for members in ports:
         for i in members[1:]:

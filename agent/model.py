@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -217,8 +217,7 @@ def transport_identity(
     return ident
 
 
-@dataclass(frozen=True, slots=True)
-class SeenBy:
+class SeenBy(NamedTuple):
     """One channel that reported a unit: which source, over what, at which address, where
     its serial came from, when it last reported the unit and how many runs of that source in a
     row have missed it since (``missed``; 0 in a single scan)."""
@@ -256,8 +255,7 @@ class SeenBy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FactSource:
+class FactSource(NamedTuple):
     """Which channel said one fact of a unit (its value, as that channel wrote it), and when."""
 
     value: str | None
