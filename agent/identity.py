@@ -41,7 +41,9 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
+from agent.gcpause import paused_gc
 from agent.model import (
     OTHER,
     Device,
@@ -155,16 +157,20 @@ class Reading:
     #: fact, value -> how many runs ago it last said it (below :attr:`MergeRules.remember_runs`).
     recent: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Worked out once from :attr:`device` (which a reading never changes).
+    source: str = field(init=False)
     collector: str = field(init=False)
+    rank: int = field(init=False)
     stamp: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.source = source_of(self.device)
         self.collector = channel_collector(self.device)
+        self.rank = trust_rank(self.collector)
         self.stamp = as_utc(self.device.last_seen).timestamp()
 
     @property
     def channel(self) -> tuple[str, str]:
-        return (source_of(self.device), self.device.address)
+        return (self.source, self.device.address)
 
 
 def source_of(device: Device) -> str:
@@ -459,7 +465,7 @@ def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None 
     buckets: dict[tuple[str, str], list[_Keys]] = {}
     for reading, key in zip(readings, keys, strict=True):
         if key.serial is not None and reading.standing and key.lan:
-            buckets.setdefault((source_of(reading.device), key.serial), []).append(key)
+            buckets.setdefault((reading.source, key.serial), []).append(key)
     return {serial for (_, serial), found in buckets.items() if len(found) > 1 and _hosts(found) > 1}
 
 
@@ -544,37 +550,32 @@ def _join_by_address(groups: _Groups, members: Sequence[int]) -> None:
 def _fact(reading: Reading, value: str | None, collector: str | None) -> FactSource:
     d = reading.device
     return FactSource(
-        value=value,
-        source=source_of(d),
-        transport=str(d.transport),
-        address=d.address,
-        collector=collector or reading.collector,
-        at=d.last_seen,
+        value, reading.source, d.transport.value, d.address, collector or reading.collector, d.last_seen
     )
 
 
 def _order(reading: Reading, collector: str | None) -> tuple[int, bool, float, str, str]:
     """Sort key of a reading for one fact: trust, then standing before missed, then newest."""
-    d = reading.device
     return (
-        trust_rank(collector or reading.collector),
+        reading.rank if collector is None else trust_rank(collector),
         not reading.standing,
         -reading.stamp,
-        source_of(d),
-        d.address,
+        reading.source,
+        reading.device.address,
     )
 
 
 def seen_by_of(reading: Reading) -> SeenBy:
     d = reading.device
+    serial_source = d.serial_source.value if d.serial_source else None
     return SeenBy(
-        source=source_of(d),
-        transport=str(d.transport),
-        address=d.address,
-        serial_source=str(d.serial_source) if d.serial_source else None,
-        last_seen=d.last_seen,
-        collector=reading.collector,
-        missed=reading.missed,
+        reading.source,
+        d.transport.value,
+        d.address,
+        serial_source,
+        d.last_seen,
+        reading.collector,
+        reading.missed,
     )
 
 
@@ -594,9 +595,9 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
     _take_firmware(device, ordered)
     standing = [r for r in ordered if r.standing] or ordered
     device.health_issues = _union_issues(r.device.health_issues for r in standing)
-    device.first_seen = min((r.device.first_seen for r in readings), key=as_utc)
-    device.last_seen = max((r.device.last_seen for r in readings), key=as_utc)
-    device.sources = list(dict.fromkeys(source_of(r.device) for r in ordered))
+    device.first_seen = _earliest([r.device.first_seen for r in readings])
+    device.last_seen = max(readings, key=_stamp).device.last_seen
+    device.sources = list(dict.fromkeys(r.source for r in ordered))
     device.seen_by = [seen_by_of(r) for r in ordered]
     device.provenance["address"] = _fact(best, best.device.address, None)
     device.disagreements = _disagreements(_latest_per_source(ordered), device, rules)
@@ -604,9 +605,21 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
         issue = _disagreement_issue(disagreement)
         if issue is not None and issue not in device.health_issues:
             device.health_issues.append(issue)
-    device.provenance["health"] = _fact(_worst(standing), str(device.health), None)
+    worst = _worst(standing) if device.health_issues else best
+    device.provenance["health"] = _fact(worst, device.health.value, None)
     _place(device, next((r.device.room for r in standing if r.device.room is not None), None))
     return device
+
+
+def _stamp(reading: Reading) -> float:
+    return reading.stamp
+
+
+def _earliest(moments: list[datetime]) -> datetime:
+    try:
+        return min(moments)
+    except TypeError:  # naive and aware times: a naive one is UTC
+        return min(moments, key=as_utc)
 
 
 def _place(device: Device, room: str | None) -> None:
@@ -619,8 +632,8 @@ def _latest_per_source(ordered: Sequence[Reading]) -> list[Reading]:
     """Each source's standing readings (all of them where it has none standing): a sighting
     its own source has since seen elsewhere (a unit moved to another port) is stale, not
     another channel's opinion."""
-    standing_sources = {source_of(r.device) for r in ordered if r.standing}
-    return [r for r in ordered if r.standing or source_of(r.device) not in standing_sources]
+    standing_sources = {r.source for r in ordered if r.standing}
+    return [r for r in ordered if r.standing or r.source not in standing_sources]
 
 
 def _provenance_of_one(reading: Reading) -> dict[str, FactSource]:
@@ -854,8 +867,10 @@ def merge_readings(readings: Sequence[Device], rules: MergeRules = MergeRules())
     """The units of one scan: its readings (one device per channel) grouped and merged. A
     unit whose derived identity another unit of the scan already has (two hosts claiming
     one serial) is given one of its own (:func:`unique_identity`)."""
-    pool = [Reading(device) for device in readings]
-    merged = [merge_group(one_per_channel([pool[i] for i in group]), rules) for group in group_readings(pool)]
+    with paused_gc():
+        pool = [Reading(device) for device in readings]
+        groups = group_readings(pool)
+        merged = [merge_group(one_per_channel([pool[i] for i in group]), rules) for group in groups]
     taken: set[str] = set()
     for device in merged:
         identity = unique_identity(device, taken)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.gcpause import paused_gc
 from agent.identity import MergeRules, merge_readings
 from agent.model import Device, SerialSource, Transport
 
@@ -166,11 +167,13 @@ def site(units: int) -> list[Device]:
 
 
 def floor(readings: list[Device]) -> list[list[Device]]:
-    """Copy every reading once and group by serial: the least a merge does."""
+    """Copy every reading once and group by serial: the least a merge does (with the
+    collector paused, as the merge runs)."""
     groups: dict[str, list[Device]] = {}
-    for reading in readings:
-        copy = reading.clone()
-        groups.setdefault(copy.serial or f"{copy.transport}:{copy.address}", []).append(copy)
+    with paused_gc():
+        for reading in readings:
+            copy = reading.clone()
+            groups.setdefault(copy.serial or f"{copy.transport}:{copy.address}", []).append(copy)
     return list(groups.values())
 
 

@@ -76,6 +76,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
+from agent.gcpause import paused_gc
 from agent.uploader.protocol import (
     ENDPOINTS,
     SCHEMA_EVENTS,
@@ -87,7 +88,6 @@ from agent.uploader.protocol import (
     Message,
     SeenByOut,
 )
-from agent.uploader.snapshot import paused_gc
 
 __all__ = [
     "DEFAULT_HOSTS",
