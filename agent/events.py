@@ -312,7 +312,8 @@ def diff_scan(
     """
     if remove_after < 1:
         raise ValueError(f"remove_after must be at least 1, not {remove_after}")
-    rules = rules or MergeRules(remember_runs=remove_after)
+    # A disagreement is remembered as long as a missed sighting is: remove_after runs.
+    rules = replace(rules or MergeRules(), remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
     pool, origins = _pool(previous, current, ran)
     groups = group_readings(pool)
