@@ -239,19 +239,30 @@ def _host_name(text: str) -> str | None:
     return name
 
 
-def names_of(device: Device, memo: dict[str, str | None] | None = None) -> list[str]:
+def names_of(device: Device, memo: dict[str, tuple[str | None, str | None]] | None = None) -> list[str]:
     """The LAN host's own names: its mDNS host, the name its PC reports, the address it was
-    reached at when that is a name. ``memo`` keeps what a text normalised to, across calls."""
-    if not is_lan(device):
-        return []
-    memo = {} if memo is None else memo
+    reached at when that is a name. ``memo`` keeps what texts were found to be, across calls."""
+    return _names(device, {} if memo is None else memo) if is_lan(device) else []
+
+
+def _names(device: Device, memo: dict[str, tuple[str | None, str | None]]) -> list[str]:
+    attributes = device.attributes
     found: list[str] = []
-    for value in [*(device.attributes.get(a) for a in HOST_NAME_ATTRIBUTES), device.address]:
+    for value in (*map(attributes.get, HOST_NAME_ATTRIBUTES), device.address):
         if not isinstance(value, str):
             continue
-        name = memo[value] if value in memo else memo.setdefault(value, _host_name(value))
+        known = memo.get(value)
+        name = (known if known is not None else _classify(value, memo))[0]
         if name is not None and name not in found:
             found.append(name)
+    return found
+
+
+def _classify(text: str, memo: dict[str, tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+    """``(host name, endpoint)`` of a text: one of them, or neither; remembered in ``memo``."""
+    endpoint = _endpoint(text)
+    found = (None if endpoint is not None else _host_name(text), endpoint)
+    memo[text] = found
     return found
 
 
@@ -285,17 +296,19 @@ def _endpoint(text: str) -> str | None:
         return None
 
 
-def endpoints_of(device: Device, memo: dict[str, str | None] | None = None) -> list[str]:
+def endpoints_of(device: Device, memo: dict[str, tuple[str | None, str | None]] | None = None) -> list[str]:
     """The IP endpoints a LAN host was reached at or announced (``ip:…``)."""
-    if not is_lan(device):
-        return []
-    memo = {} if memo is None else memo
+    return _endpoints(device, {} if memo is None else memo) if is_lan(device) else []
+
+
+def _endpoints(device: Device, memo: dict[str, tuple[str | None, str | None]]) -> list[str]:
     found: list[str] = []
     addresses = device.attributes.get("addresses")
-    for value in [device.address, *(addresses if isinstance(addresses, list) else [])]:
+    for value in [device.address, *(addresses if isinstance(addresses, list) else ())]:
         if not isinstance(value, str):
             continue
-        key = memo[value] if value in memo else memo.setdefault(value, _endpoint(value))
+        known = memo.get(value)
+        key = (known if known is not None else _classify(value, memo))[1]
         if key is not None and key not in found:
             found.append(key)
     return found
@@ -311,8 +324,8 @@ def port_key(device: Device) -> str | None:
 # --------------------------------------------------------------------------- grouping
 
 
-#: What host names and endpoints texts normalised to (texts repeat across readings).
-_Memo = tuple[dict[str, str | None], dict[str, str | None]]
+#: What texts were found to be: (host name, endpoint) (texts repeat across readings).
+_Memo = dict[str, tuple[str | None, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +345,7 @@ class _Keys:
         """The keys of ``device`` (as :func:`serial_key`, :func:`macs_of`, :func:`names_of`,
         :func:`endpoints_of` and :func:`port_key` give them, in one pass: a site's merge reads
         every reading once); ``memo`` spares re-reading the addresses readings share."""
-        names_memo, endpoints_memo = memo or ({}, {})
+        memo = {} if memo is None else memo
         attributes = device.attributes
         serial = serial_key(device)
         lan = is_lan(device)
@@ -340,8 +353,8 @@ class _Keys:
         endpoints: tuple[str, ...] = ()
         port = None
         if lan:
-            names = frozenset(names_of(device, names_memo)) or _NO_NAMES
-            endpoints = tuple(endpoints_of(device, endpoints_memo))
+            names = frozenset(_names(device, memo)) or _NO_NAMES
+            endpoints = tuple(_endpoints(device, memo))
         elif serial is None:
             port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
         channel_serial = None
@@ -486,7 +499,7 @@ def _hosts(keys: Sequence[_Keys]) -> int:
 def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
     """The readings of each unit (indexes into ``readings``), units in the order of their
     first reading; see the module's rules."""
-    memo: _Memo = ({}, {})
+    memo: _Memo = {}
     keys = [_Keys.of(r.device, memo) for r in readings]
     groups = _Groups(keys)
     by_unit: dict[str, int] = {}
@@ -506,15 +519,22 @@ def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
             canonical[i] = _canonical(readings[i], keys[i])
         return canonical[i]
 
+    find = groups.find
     for n, shared in enumerate(joins):
         for members in shared:
+            roots = {find(i) for i in members}
+            if len(roots) == 1:
+                continue  # one unit already
             # Serial joins are never refused; elsewhere the order decides what a refusal keeps.
-            if n > 1 and len({groups.serial[groups.find(i)] for i in members} - {None}) > 1:
+            if n > 1 and len({groups.serial[r] for r in roots} - {None}) > 1:
                 members.sort(key=order)
             for i in members[1:]:
                 groups.union(members[0], i)
     for members in by_address:
-        if sum(groups.anchored(groups.find(i)) for i in members) > 1:
+        roots = {find(i) for i in members}
+        if len(roots) == 1:
+            continue
+        if sum(groups.anchored(r) for r in roots) > 1:
             members.sort(key=order)
         _join_by_address(groups, members)
     for members in ports:
@@ -550,7 +570,7 @@ def _join_by_address(groups: _Groups, members: Sequence[int]) -> None:
 def _fact(reading: Reading, value: str | None, collector: str | None) -> FactSource:
     d = reading.device
     return FactSource(
-        value, reading.source, d.transport.value, d.address, collector or reading.collector, d.last_seen
+        value, reading.source, d.transport, d.address, collector or reading.collector, d.last_seen
     )
 
 
@@ -567,10 +587,10 @@ def _order(reading: Reading, collector: str | None) -> tuple[int, bool, float, s
 
 def seen_by_of(reading: Reading) -> SeenBy:
     d = reading.device
-    serial_source = d.serial_source.value if d.serial_source else None
+    serial_source = d.serial_source or None
     return SeenBy(
         reading.source,
-        d.transport.value,
+        d.transport,
         d.address,
         serial_source,
         d.last_seen,
