@@ -114,18 +114,15 @@ def firmware_collector(device: Device) -> str | None:
 def channel_collector(device: Device) -> str:
     """The collector whose reading a channel is: the most trustworthy of those that gave its
     serial and firmware, else its transport's own."""
-    default = (
-        "usb-descriptor"
-        if device.transport is Transport.USB or ATTACHED_TO in device.attributes
-        else _TRANSPORT_COLLECTORS.get(device.transport, str(device.transport))
-    )
-    candidates = [default]
-    if device.serial_source is not None:
-        candidates.append(str(device.serial_source))
-    fw = firmware_collector(device)
-    if fw is not None:
-        candidates.append(fw)
-    return min(candidates, key=trust_rank)
+    if device.transport is Transport.USB or ATTACHED_TO in device.attributes:
+        best = "usb-descriptor"
+    else:
+        best = _TRANSPORT_COLLECTORS.get(device.transport, str(device.transport))
+    rank = _RANK.get(best, UNRANKED)
+    for other in (device.serial_source, firmware_collector(device)):
+        if other is not None and _RANK.get(other, UNRANKED) < rank:
+            best, rank = str(other), _RANK.get(other, UNRANKED)
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +163,8 @@ class Reading:
         self.source = source_of(self.device)
         self.collector = channel_collector(self.device)
         self.rank = trust_rank(self.collector)
-        self.stamp = as_utc(self.device.last_seen).timestamp()
+        seen = self.device.last_seen
+        self.stamp = (seen if seen.tzinfo is not None else as_utc(seen)).timestamp()
 
     @property
     def channel(self) -> tuple[str, str]:
@@ -679,13 +677,15 @@ def _merge_attributes(device: Device, ordered: Sequence[Reading]) -> None:
     device.attributes = attributes
     device.components = components
     with_children = next((r for r in ordered if r.device.children), None)
-    device.children = [c.clone() for c in with_children.device.children] if with_children else []
+    if with_children is not ordered[0]:  # the device is a copy of ordered[0]'s, children too
+        device.children = [c.clone() for c in with_children.device.children] if with_children else []
     for field_name in ("vendor", "vendor_id", "product_id", "state"):
         if getattr(device, field_name) is None:
-            value = next(
-                (getattr(r.device, field_name) for r in ordered if getattr(r.device, field_name)), None
-            )
-            setattr(device, field_name, value)
+            for reading in ordered:
+                value = getattr(reading.device, field_name)
+                if value is not None:
+                    setattr(device, field_name, value)
+                    break
     device.provenance = {}
 
 

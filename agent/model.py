@@ -14,6 +14,7 @@ Vocabulary
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -450,8 +451,8 @@ class Device(UnitFacts):
         (field by field: ``dataclasses.replace`` costs several times more, and merging a
         site's readings clones every unit)."""
         copy = object.__new__(Device)
-        for name in _DEVICE_FIELDS:
-            object.__setattr__(copy, name, getattr(self, name))
+        for put, value in zip(_DEVICE_SETTERS, _DEVICE_GETTER(self), strict=True):
+            put(copy, value)
         copy.components = dict(self.components)
         copy.attributes = dict(self.attributes)
         copy.health_issues = list(self.health_issues)
@@ -464,6 +465,9 @@ class Device(UnitFacts):
 
 
 _DEVICE_FIELDS = tuple(f.name for f in fields(Device))
+#: Every field of a device at once, and each field's slot setter (Device.clone).
+_DEVICE_GETTER = operator.attrgetter(*_DEVICE_FIELDS)
+_DEVICE_SETTERS = tuple(getattr(Device, name).__set__ for name in _DEVICE_FIELDS)
 
 
 def _hex_id(value: int | None) -> str | None:
