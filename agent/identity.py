@@ -811,7 +811,12 @@ def _disagreements(ordered: Sequence[Reading], device: Device, rules: MergeRules
         found.append(_firmware_disagreement(ordered, device))
     if remembered or len({r.device.product for r in ordered}) > 1:
         found.append(_model_disagreement(ordered, device, rules))
-    serials = {normalize_serial(r.device.serial): r for r in reversed(ordered) if r.device.serial}
+    said = {r.device.serial for r in ordered if r.device.serial}
+    serials = (
+        {normalize_serial(r.device.serial): r for r in reversed(ordered) if r.device.serial}
+        if len(said) > 1
+        else {}
+    )
     winner = device.provenance.get("serial")
     if len(serials) > 1 and winner is not None:
         others = [
@@ -872,6 +877,8 @@ def one_per_channel(kept: list[Reading]) -> list[Reading]:
     """A unit keeps one reading per channel (source and address): the freshest of a channel
     that reported the unit twice in one run (two hosts behind one address that nothing
     tells apart), so that every channel is one sighting."""
+    if len(kept) < 2 or len({r.channel for r in kept}) == len(kept):
+        return kept
     best: dict[tuple[str, str], Reading] = {}
     for reading in kept:
         held = best.get(reading.channel)
