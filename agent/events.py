@@ -43,11 +43,11 @@ Rules
   that saw it. A firmware or model disagreement between channels is a warning that stays
   while the disagreeing value was read in the channel's last ``remove_after`` runs, so a
   channel that flips its answer raises it once.
-* **Serial conflict.** A label-grade serial is in conflict when the standing sightings of the
-  units carrying it name two units (two products, or two LAN hosts one source put it on) or
-  two rooms. ``serial.conflict`` is emitted when a conflict appears or its set of (identity,
-  product, room) claims changes, not on every scan while it lasts; once it is resolved, a
-  new appearance is reported again.
+* **Serial conflict.** A label-grade serial is in conflict when two units carry it (two
+  products, or two hosts one source put it on), counting every sighting the inventory keeps,
+  or when its standing sightings place it in two rooms. ``serial.conflict`` is emitted when
+  a conflict appears or its set of (identity, product, room) claims changes, not on every
+  scan while it lasts; once it is resolved, a new appearance is reported again.
 
 Events of one scan come in a stable order: by identity, then added/removed, moved, firmware,
 health; serial conflicts last, by serial.
@@ -62,9 +62,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from agent.gcpause import paused_gc
 from agent.identity import (
     MergeRules,
     Reading,
+    content_order,
     group_readings,
     merge_group,
     one_per_channel,
@@ -315,18 +317,18 @@ def diff_scan(
     # A disagreement is remembered as long as a missed sighting is: remove_after runs.
     rules = replace(rules or MergeRules(), remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
-    pool, origins = _pool(previous, current, ran)
+    pool, origins = _pool(previous, current, ran, remove_after)
     groups = group_readings(pool)
-    state = _Assembly(
-        previous, now, new_id, rules, remove_after, {(source_of(d), d.address) for d in current}
-    )
+    reported = {(source_of(d), d.address) for d in current}
+    state = _Assembly(previous, now, new_id, rules, remove_after, reported)
     placed = [""] * len(current)
-    for group in sorted(groups, key=lambda g: _group_order(pool, g)):
-        identity = state.assemble([pool[i] for i in group], [origins[i] for i in group])
-        for i in group:
-            if origins[i] is None and identity is not None:
-                placed[i] = identity
-    state.finish()
+    with paused_gc():  # a site's scan is a burst of short-lived objects (agent/gcpause.py)
+        for group in sorted(groups, key=lambda g: _group_order(pool, g)):
+            identity = state.assemble([pool[i] for i in group], [origins[i] for i in group])
+            for i in group:
+                if origins[i] is None and identity is not None:
+                    placed[i] = identity
+        state.finish()
     return ScanDiff(tuple(state.events), state.inventory, state.removed, state.merged, tuple(placed))
 
 
@@ -334,7 +336,7 @@ def diff_scan(
 
 
 def _pool(
-    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str]
+    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str], remove_after: int
 ) -> tuple[list[Reading], list[Sighting | None]]:
     """The scan's readings, then every remembered sighting: a source that did not run leaves
     its sightings as they were; one that ran and did not report the channel counts a miss
@@ -359,6 +361,7 @@ def _pool(
                     unit=identity,
                     fresh=False,
                     standing=standing,
+                    expired=missed >= remove_after,
                     recent={fact: dict(values) for fact, values in sighting.recent.items()},
                 )
             )
@@ -366,10 +369,14 @@ def _pool(
     return pool, origins
 
 
-def _group_order(pool: Sequence[Reading], group: Sequence[int]) -> tuple[bool, str, int]:
-    """Units with a stored record first (they keep their identities), then by first reading."""
+def _group_order(pool: Sequence[Reading], group: Sequence[int]) -> tuple[bool, str, tuple[str, ...]]:
+    """Units with a stored record first (they keep their identities), then new ones by what
+    they say (two hosts claiming one serial get their identities whatever the input's
+    order)."""
     units = sorted(u for i in group if (u := pool[i].unit) is not None)
-    return (not units, units[0] if units else "", group[0])
+    if units:
+        return (False, units[0], ())
+    return (True, "", content_order([pool[i] for i in group]))
 
 
 class _Assembly:
@@ -467,8 +474,15 @@ class _Assembly:
             newer = fresh.get(reading.channel)
             if newer is not None:
                 if serial_key(newer.device) == serial_key(reading.device):
-                    # The channel's previous report of this unit: what it said is remembered.
-                    newer.recent = remember(reading, newer.device, self.rules.remember_runs)
+                    # The channel's previous report of this unit: what it said is remembered
+                    # where it disagreed with what the unit showed.
+                    before = self.previous.get(reading.unit or "")
+                    shown = (
+                        {"firmware": before.device.firmware, "product": before.device.product}
+                        if before
+                        else {}
+                    )
+                    newer.recent = remember(reading, newer.device, self.rules.remember_runs, shown)
                 continue
             if origin.key in self.reported:
                 reading.missed += 1  # its channel was reported, as another unit
@@ -484,8 +498,9 @@ class _Assembly:
         serial, then the oldest); a new unit's derived identity, unless another unit has it."""
         if units:
             return min(units, key=lambda u: _survivor_order(u, self.previous[u], merged))
-        taken = set(self.previous) | set(self.inventory) | self._claimed
-        return unique_identity(merged, taken)
+        return unique_identity(
+            merged, lambda k: k in self.previous or k in self.inventory or k in self._claimed
+        )
 
     def finish(self) -> None:
         """Units no group continued are removed; events in the module's order."""
@@ -691,13 +706,15 @@ def _event(
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What one standing sighting says of a unit carrying a label-grade serial."""
+    """What one sighting says of a unit carrying a label-grade serial."""
 
     identity: str
     product: str
     room: str | None
     source: str
     address: str
+    #: Its source saw it in its latest run (only those place the unit in a room).
+    standing: bool = field(default=True, compare=False)
 
     def sort_key(self) -> tuple[str, str, str, str, str]:
         return (self.identity, self.product, self.room or "", self.source, self.address)
@@ -713,27 +730,26 @@ class Claim:
 
 
 def serial_conflicts(inventory: Mapping[str, Tracked]) -> dict[str, list[Claim]]:
-    """Label-grade serials whose standing sightings name two products or two rooms, with
-    every claim (sorted), by serial in its compared form (:func:`normalize_serial`)."""
+    """Label-grade serials that two units carry (two products, or two hosts one source put
+    it on: every sighting the inventory keeps counts, so a channel that misses a run does not
+    end the conflict and start it again), or whose standing sightings place in two rooms;
+    with every claim (sorted), by serial in its compared form (:func:`normalize_serial`)."""
     claims: dict[str, list[Claim]] = {}
     for identity, unit in inventory.items():
         device = unit.device
         if not (device.serial and device.serial_label_grade):
             continue
         for s in unit.sightings:
-            if s.standing:
-                claims.setdefault(normalize_serial(device.serial), []).append(
-                    Claim(identity, device.product, s.room, s.source, s.address)
-                )
+            claims.setdefault(normalize_serial(device.serial), []).append(
+                Claim(identity, device.product, s.room, s.source, s.address, s.standing)
+            )
     return {serial: sorted(found, key=Claim.sort_key) for serial, found in claims.items() if _disagree(found)}
 
 
 def _disagree(claims: Sequence[Claim]) -> bool:
-    """Two units carry the serial (two products, or two LAN hosts of one product), or its
-    channels place it in two rooms."""
     identities = {c.identity for c in claims}
     products = {c.product for c in claims}
-    rooms = {c.room for c in claims if c.room is not None}
+    rooms = {c.room for c in claims if c.room is not None and c.standing}
     return len(identities) > 1 or len(products) > 1 or len(rooms) > 1
 
 

@@ -1,8 +1,9 @@
 """One unit, one record: which readings are of the same unit, and what the unit then is.
 
 A **reading** is what one channel — a source at an address (``mdns`` at ``10.0.0.5``,
-``usb`` at port ``2-1.1``) — last reported of one unit: a single-channel
-:class:`~agent.model.Device`. This module groups readings into units and merges each group
+``usb`` at port ``2-1.1``; for a LAN host, its names too: two hosts behind one address are
+two channels) — last reported of one unit: a single-channel :class:`~agent.model.Device`.
+This module groups readings into units and merges each group
 into one device. It is pure: no clock, no I/O, no catalog lookups beyond what the readings
 carry (``category`` is the catalog family) and :class:`MergeRules`. docs/identity.md states
 the rules for operators, with examples; this is their implementation.
@@ -12,13 +13,15 @@ Grouping (linear in the number of readings: a union-find over keys)
 1. Readings that were one unit before (:attr:`Reading.unit`) stay together, and so do the
    readings of one channel (source and address) that tell one label-grade serial.
 2. A **label-grade serial** joins the readings of one catalog family carrying it
-   (``serial_key``) — unless one source's latest run put that serial on two LAN hosts:
-   then the serial is *contested* and joins nothing on its own (two LAN devices claiming one
-   serial are a ``serial.conflict``, both kept).
+   (``serial_key``) — unless one source puts that serial on two hosts (LAN hosts, or USB
+   ports) in one run, or as two units the store keeps apart: then the serial is *contested*
+   and joins nothing on its own (two devices claiming one serial are a ``serial.conflict``,
+   both kept).
 3. A **MAC address** joins readings; then a **host name** (mDNS host, a PC's own name);
    then a LAN **address** — only where that is unambiguous: an address shared by two hosts
    with other names (or other serials) joins neither with a reading that has nothing else.
-4. A USB unit without a label serial is known by its port and USB ids.
+4. A USB unit is also known by its port and USB ids: what identifies one without a
+   label-grade serial, and what ties a reading whose serial did not read to its unit.
 
 No join ever puts two different label-grade serials in one unit; a serial that is not
 label-grade never joins anything on its own (two webcams with one chip serial stay two).
@@ -39,7 +42,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -150,6 +154,9 @@ class Reading:
     #: Whether it counts for the unit as it stands now: fresh, or remembered from a source
     #: that did not run in this scan and had not missed it.
     standing: bool = True
+    #: Missed for ``remove_after`` runs: it goes with this scan, and only tells which unit a
+    #: new reading of its channel continues.
+    expired: bool = False
     #: Other values the channel gave :data:`REMEMBERED_FACTS` in its previous runs: for each
     #: fact, value -> how many runs ago it last said it (below :attr:`MergeRules.remember_runs`).
     recent: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -313,8 +320,9 @@ def _endpoints(device: Device, memo: dict[str, tuple[str | None, str | None]]) -
 
 
 def port_key(device: Device) -> str | None:
-    """A unit on USB without a label serial: its port and ids."""
-    if is_lan(device) or serial_key(device) is not None:
+    """A unit on USB: its port and ids (what identifies one without a label serial, and what
+    ties a reading whose serial did not read this time to its unit)."""
+    if is_lan(device):
         return None
     return transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
 
@@ -353,7 +361,7 @@ class _Keys:
         if lan:
             names = frozenset(_names(device, memo)) or _NO_NAMES
             endpoints = tuple(_endpoints(device, memo))
-        elif serial is None:
+        else:  # a USB unit is also where it is: its port and ids
             port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
         channel_serial = None
         if serial is not None:
@@ -469,23 +477,36 @@ def _canonical(reading: Reading, keys: _Keys) -> tuple[str, ...]:
 
 
 def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None = None) -> set[str]:
-    """Serial keys that one source's current view puts on two LAN hosts (hosts whose names
-    and addresses share nothing). A source's current view is what it reported in its latest
-    run: the fresh readings of a source that ran, the standing ones of a source that did not."""
+    """Serial keys one source puts on two hosts (LAN hosts whose names and addresses share
+    nothing, or two USB ports): in one run (the scan's own readings, or remembered ones read
+    at one time), or as two units the store already keeps apart (a conflict stays one while
+    either host is remembered, so one missed announcement does not merge them)."""
     keys = keys if keys is not None else [_Keys.of(r.device) for r in readings]
-    buckets: dict[tuple[str, str], list[_Keys]] = {}
-    for reading, key in zip(readings, keys, strict=True):
-        if key.serial is not None and reading.standing and key.lan:
-            buckets.setdefault((reading.source, key.serial), []).append(key)
-    return {serial for (_, serial), found in buckets.items() if len(found) > 1 and _hosts(found) > 1}
+    buckets: dict[tuple[str, str], list[int]] = {}
+    for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
+        if key.serial is not None and not reading.expired:
+            buckets.setdefault((reading.source, key.serial), []).append(i)
+    contested = set()
+    for (_, serial), members in buckets.items():
+        if len(members) < 2:
+            continue
+        runs: dict[object, list[_Keys]] = {}
+        for i in members:
+            runs.setdefault("now" if readings[i].fresh else readings[i].stamp, []).append(keys[i])
+        stored = [i for i in members if readings[i].unit is not None]
+        if any(len(found) > 1 and _hosts(found) > 1 for found in runs.values()) or (
+            len({readings[i].unit for i in stored}) > 1 and _hosts([keys[i] for i in stored]) > 1
+        ):
+            contested.add(serial)
+    return contested
 
 
 def _hosts(keys: Sequence[_Keys]) -> int:
-    """How many hosts readings stand on: linked by a shared name, or by a shared address
-    unless both have names and none in common (two named hosts behind one address)."""
+    """How many hosts readings stand on: linked by a shared name, a USB port, or a shared
+    address unless both have names and none in common (two named hosts behind one address)."""
     hosts = _Groups([replace(k, serial=None) for k in keys])
     every = [True] * len(keys)
-    for members in _index([k.names for k in keys], every, set()):
+    for members in _index([[*k.names, *([k.port] if k.port else [])] for k in keys], every, set()):
         for i in members[1:]:
             hosts.union(members[0], i)
     for members in _index([k.endpoints for k in keys], every, set()):
@@ -775,19 +796,34 @@ def recent_values(reading: Reading, fact: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*current_values(reading.device, fact), *(v for v, _ in remembered)]))
 
 
-def remember(old: Reading, new: Device, runs: int) -> dict[str, dict[str, int]]:
-    """``recent`` of a channel's new reading ``new``, from its previous one ``old``: the
-    values ``old`` gave and remembered, a run older, as long as they are younger than
-    ``runs`` and not what ``new`` says."""
+def remember(
+    old: Reading, new: Device, runs: int, shown: Mapping[str, str | None] | None = None
+) -> dict[str, dict[str, int]]:
+    """``recent`` of a channel's new reading ``new``, from its previous one ``old``: the values
+    ``old`` gave that disagreed with what the unit showed then (``shown``: its firmware and
+    product), and those it remembered, a run older, as long as they are younger than ``runs``
+    and not what ``new`` says. A value every channel moved on from together (an upgrade) is
+    no disagreement and is not remembered."""
+    shown = shown or {}
     recent: dict[str, dict[str, int]] = {}
     for fact in REMEMBERED_FACTS:
         ages = {value: age + 1 for value, age in old.recent.get(fact, {}).items()}
-        ages.update({value: 1 for value in current_values(old.device, fact)})
+        ages.update(
+            {value: 1 for value in current_values(old.device, fact) if _differs(fact, value, shown.get(fact))}
+        )
         now = current_values(new, fact)
         kept = {value: age for value, age in ages.items() if age < runs and value not in now}
         if kept:
             recent[fact] = kept
     return recent
+
+
+def _differs(fact: str, value: str, shown: str | None) -> bool:
+    if shown is None:
+        return False
+    if fact == "firmware":
+        return normalize_version(value) != normalize_version(shown)
+    return value != shown
 
 
 def _current(device: Device, fact: str) -> str | None:
@@ -898,23 +934,39 @@ def merge_readings(readings: Sequence[Device], rules: MergeRules = MergeRules())
         pool = [Reading(device) for device in readings]
         groups = group_readings(pool)
         merged = [merge_group(one_per_channel([pool[i] for i in group]), rules) for group in groups]
-    taken: set[str] = set()
-    for device in merged:
-        identity = unique_identity(device, taken)
-        if identity != device.derived_identity:
-            device.assigned_identity = identity
-        taken.add(identity)
+        derived = [d.derived_identity for d in merged]
+        counts = Counter(derived)
+
+        def order(i: int) -> tuple[bool, tuple[str, ...], int]:
+            # Units that would share an identity (a contested serial) get theirs last, in
+            # content order: the same way whatever the input's order.
+            if counts[derived[i]] == 1:
+                return (False, (), i)
+            return (True, content_order([pool[j] for j in groups[i]]), i)
+
+        taken: set[str] = set()
+        for i in sorted(range(len(merged)), key=order):
+            identity = unique_identity(merged[i], taken.__contains__)
+            if identity != derived[i]:
+                merged[i].assigned_identity = identity
+            taken.add(identity)
     return merged
 
 
-def unique_identity(device: Device, taken: set[str] | Mapping[str, object]) -> str:
-    """The identity a new unit gets: its derived one, else (taken by another unit: a
+def unique_identity(device: Device, taken: Callable[[str], bool]) -> str:
+    """The identity a new unit gets: its derived one, else (``taken`` by another unit: a
     contested serial) where its most trusted channel saw it, numbered if need be."""
     identity = device.derived_identity
-    if identity not in taken:
+    if not taken(identity):
         return identity
     identity = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
     candidate, n = identity, 2
-    while candidate in taken:
+    while taken(candidate):
         candidate, n = f"{identity}#{n}", n + 1
     return candidate
+
+
+def content_order(readings: Sequence[Reading]) -> tuple[str, ...]:
+    """A sort key of a unit by what its readings say (not the order they came in): units
+    that compete for one identity get theirs the same way whatever the input's order."""
+    return min(_canonical(r, _Keys.of(r.device)) for r in readings)

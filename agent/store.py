@@ -180,10 +180,12 @@ class Retention:
 
 @dataclass(frozen=True, slots=True)
 class ScanRecord:
-    """A stored scan: its id and the events it produced (in order)."""
+    """A stored scan: its id, the events it produced (in order) and, for each of its
+    readings, the identity of the unit it joined (the record's, kept across scans)."""
 
     scan_id: int
     events: tuple[ChangeEvent, ...]
+    placed: tuple[str, ...] = ()
 
 
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -395,7 +397,7 @@ class Store:
             self._write_history(db, scan_id, found, diff.placed)
             self._prune_history(db, retention or Retention(), finished_at)
             self._prune_events(db, retention or Retention(), finished_at)
-        return ScanRecord(scan_id, diff.events), dict(diff.inventory)
+        return ScanRecord(scan_id, diff.events, diff.placed), dict(diff.inventory)
 
     @staticmethod
     def _insert_scan(

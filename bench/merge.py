@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.events import diff_scan
 from agent.gcpause import paused_gc
 from agent.identity import MergeRules, merge_readings
 from agent.model import Device, SerialSource, Transport
@@ -206,6 +207,20 @@ def main() -> None:
             f"({seconds / len(readings) * 1e6:5.2f} µs/reading); floor (copy + group by serial) "
             f"{base * 1000:7.1f} ms; ratio {seconds / base:4.1f}x"
         )
+    readings = site(args.units)
+    started = time.perf_counter()
+    first = diff_scan({}, readings, NOW, rules=rules)
+    into_empty = time.perf_counter() - started
+    again = site(args.units)
+    started = time.perf_counter()
+    steady = diff_scan(first.inventory, again, NOW, rules=rules)
+    repeat = time.perf_counter() - started
+    base = best_of(1, lambda r=readings: floor(r))  # type: ignore[misc]
+    print(
+        f"  the store's diff (what each daemon run does): {len(readings):,} readings into an empty "
+        f"inventory {into_empty * 1000:.0f} ms ({len(first.events):,} events), the same scan again "
+        f"{repeat * 1000:.0f} ms ({len(steady.events)} events); floor {base * 1000:.0f} ms"
+    )
     per = [s / n for n, _, s, _ in rows]
     print(
         f"  linearity: µs per reading at 1/4, 1/2, 1 of the size: "

@@ -107,6 +107,8 @@ def test_the_store_and_the_snapshot_hold_one_unit_with_both_channels(publisher: 
     assert [e["type"] for e in first["events"]].count("device.added") >= 2
     added = [e for e in first["events"] if e["type"] == "device.added" and e["serial"] == BAR_SERIAL]
     assert len(added) == 1  # one unit, one device.added
+    scanned = mine(first["devices"])[BAR_SERIAL]  # the scan names the unit as its record does
+    assert (scanned["identity"], scanned["identity_assigned"]) == (added[0]["identity"], True)
     again = scan(site)
     assert [e for e in again["events"] if e["serial"] in (BAR_SERIAL, OTHER_SERIAL)] == []
 

@@ -390,6 +390,70 @@ def test_two_records_a_new_reading_links_become_one():
     assert sorted(s.source for s in unit.device.seen_by) == ["mdns", "snmp", "usb"]
 
 
+def test_a_contested_serial_stays_contested_when_one_host_misses_a_run():
+    a = lambda: reading("mdns", "10.0.0.5", host="a.local")  # noqa: E731
+    b = lambda: reading("mdns", "10.0.0.6", host="b.local")  # noqa: E731
+    run = Store()
+    first = run.scan([a(), b()], {"mdns"})
+    assert [e.type for e in first].count(EventType.SERIAL_CONFLICT) == 1
+    assert run.scan([b()], {"mdns"}) == []  # a missed one announcement: nothing merges
+    assert run.scan([a(), b()], {"mdns"}) == [] and len(run.state) == 2  # nor is it new again
+
+
+def test_every_channel_upgraded_together_is_no_disagreement():
+    run = Store()
+    events = []
+    for firmware in ["1.9.556"] * 2 + ["2.0.1"] * 5:
+        events += run.scan(
+            [reading("usb", "2-1.1", firmware=firmware), reading("mdns", "10.0.0.5", firmware=firmware)]
+        )
+    assert [(e.type, e.after["firmware"]) for e in events if e.type is not EventType.DEVICE_ADDED] == [
+        (EventType.FIRMWARE_CHANGED, "2.0.1")
+    ]
+    [unit] = run.state.values()
+    assert unit.device.disagreements == [] and unit.device.health_issues == []
+
+
+def test_a_usb_serial_that_did_not_read_once_is_the_same_unit():
+    run = Store()
+    run.scan([reading("usb", "2-1.1")], {"usb"})
+    events = []
+    for n in range(8):  # the serial reads every other scan
+        events += run.scan([reading("usb", "2-1.1", SERIAL if n % 2 else None)], {"usb"})
+    assert EventType.DEVICE_ADDED not in [e.type for e in events]
+    assert list(run.state) == [f"serial:Rally Bar:{SERIAL}"]
+
+
+def test_a_conflict_with_a_flaky_channel_is_reported_once():
+    run = Store()
+    events = []
+    for n in range(10):
+        tap = [reading("mdns", "10.0.0.8", product="Tap", host="tap.local")] if n % 2 == 0 else []
+        events += run.scan([reading("usb", "2-1.1"), *tap], {"usb", "mdns"})
+    assert [e.type for e in events].count(EventType.SERIAL_CONFLICT) == 1
+
+
+def test_which_contested_host_keeps_the_serial_identity_does_not_depend_on_input_order():
+    a = reading("mdns", "10.0.0.5", host="a.local")
+    b = reading("mdns", "10.0.0.6", host="b.local")
+    assert {d.identity: d.address for d in units(a, b)} == {d.identity: d.address for d in units(b, a)}
+    one, other = Store(), Store()
+    one.scan([reading("mdns", "10.0.0.5", host="a.local"), reading("mdns", "10.0.0.6", host="b.local")])
+    other.scan([reading("mdns", "10.0.0.6", host="b.local"), reading("mdns", "10.0.0.5", host="a.local")])
+    assert {k: u.device.address for k, u in one.state.items()} == {
+        k: u.device.address for k, u in other.state.items()
+    }
+
+
+def test_two_usb_ports_with_one_serial_are_two_units_and_a_conflict():
+    """Two units of one family on two USB ports claiming one label serial (a Rally Bar Mini
+    reporting its bar's serial): two units, not one."""
+    run = Store()
+    events = run.scan([reading("usb", "2-1.1"), reading("usb", "2-2", product="Rally Bar Mini")], {"usb"})
+    assert [e.type for e in events].count(EventType.DEVICE_ADDED) == 2
+    assert [e.type for e in events].count(EventType.SERIAL_CONFLICT) == 1
+
+
 # --------------------------------------------------------------------------- properties
 
 SOURCES = ("usb", "mdns", "snmp")

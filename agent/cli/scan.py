@@ -102,8 +102,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from agent.inventory import known_rooms, summarize_rooms
 
     rooms = known_rooms(room, rooms_map)
-    summary = summarize_rooms(report.devices, catalog, rooms)
     events = store_scan(args, cfg, report, rooms, now, catalog) if sources and not args.no_store else []
+    summary = summarize_rooms(report.devices, catalog, rooms)
 
     if args.json:
         print_json(
@@ -172,7 +172,22 @@ def store_scan(
                 from agent.uploader.snapshot import queue_snapshot
 
                 queue_snapshot(make_outbox(store, cfg), store, context, now)
+            _record_identities(report, record.placed)
             return list(record.events)
     except StoreError as exc:
         report.errors.append(ScanError("store", str(state_dir), str(exc)))
         return []
+
+
+def _record_identities(report: ScanReport, placed: tuple[str, ...]) -> None:
+    """Each unit of the scan under the identity of its record in the store (kept from its
+    first sighting), as its events and ``roomsync inventory`` name it."""
+    by_channel = {
+        (d.sources[0] if d.sources else str(d.transport), d.address): identity
+        for d, identity in zip(report.readings, placed, strict=False)
+        if identity
+    }
+    for device in report.devices:
+        identity = next((by_channel.get((s.source, s.address)) for s in device.seen_by), None)
+        if identity is not None:
+            device.assigned_identity = identity
