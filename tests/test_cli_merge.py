@@ -140,3 +140,24 @@ def test_the_store_and_the_snapshot_hold_one_unit_with_both_channels(publisher: 
     assert covered.returncode == 0, covered.stderr
     verdicts = [v for v in json.loads(covered.stdout) if v["serial"] == BAR_SERIAL]
     assert len(verdicts) == 1  # one verdict per unit
+
+
+def test_the_table_shows_every_transport_of_a_unit(publisher: Publisher, site: Path):
+    done = roomsync(
+        site,
+        "scan",
+        "--no-store",
+        "--replay",
+        str(shared_file(*FIXTURE)),
+        "--mdns",
+        "--mdns-interface",
+        "127.0.0.1",
+        "--mdns-timeout",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("Rally Bar ")]
+    [row] = [r for r in rows if BAR_SERIAL in r]  # one row: one unit
+    assert "usb+mdns" in row
+    [other] = [r for r in rows if OTHER_SERIAL in r]
+    assert "mdns" in other and "usb+mdns" not in other

@@ -84,6 +84,11 @@ def product_label(device: Device) -> str:
 _SCAN_HEADERS = ["PRODUCT", "MODEL", "SERIAL", "FIRMWARE", "TRANSPORT", "ADDRESS", "USB ID", "ROOM", "HEALTH"]
 
 
+def _transports(device: Device) -> str:
+    """Every transport a unit was seen over, most trusted first (``usb+mdns``)."""
+    return "+".join(dict.fromkeys(str(s.transport) for s in device.seen_by)) or str(device.transport)
+
+
 def print_scan_table(report: ScanReport, *, show_other: bool = False) -> None:
     for message in report.messages:
         print(message)
@@ -106,7 +111,7 @@ def print_scan_table(report: ScanReport, *, show_other: bool = False) -> None:
                     d.model or "-",
                     serial,
                     d.firmware or "-",
-                    str(d.transport) if not depth else "",
+                    _transports(d) if not depth else "",
                     d.address if not depth else "",
                     usb_id if not depth else "",
                     (d.room or "-") if not depth else "",
