@@ -628,6 +628,7 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
         device.seen_by = [seen_by_of(best)]
         device.provenance = _provenance_of_one(best)
         device.disagreements = []
+        _read_through(device.children, best)
         return device
     _merge_attributes(device, ordered)
     _take_product(device, ordered, rules, _take_serial(device, ordered))
@@ -648,6 +649,24 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
     device.provenance["health"] = _fact(worst, device.health.value, None)
     _place(device, next((r.device.room for r in standing if r.device.room is not None), None))
     return device
+
+
+def _read_through(children: list[Device], parent: Reading) -> None:
+    """A unit read through another (a bar's Sight and mic pods over the bar's Sync
+    interface) was seen by its parent's channel, at its own address."""
+    for child in children:
+        serial_source = child.serial_source or None
+        child.seen_by = [
+            SeenBy(
+                parent.source,
+                child.transport,
+                child.address,
+                serial_source,
+                child.last_seen,
+                parent.collector,
+            )
+        ]
+        _read_through(child.children, parent)
 
 
 def _stamp(reading: Reading) -> float:
@@ -700,6 +719,8 @@ def _merge_attributes(device: Device, ordered: Sequence[Reading]) -> None:
     with_children = next((r for r in ordered if r.device.children), None)
     if with_children is not ordered[0]:  # the device is a copy of ordered[0]'s, children too
         device.children = [c.clone() for c in with_children.device.children] if with_children else []
+    if with_children is not None:
+        _read_through(device.children, with_children)
     for field_name in ("vendor", "vendor_id", "product_id", "state"):
         if getattr(device, field_name) is None:
             for reading in ordered:

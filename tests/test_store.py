@@ -77,6 +77,11 @@ def test_device_round_trip_through_the_store(tmp_path: Path):
         expected = original.to_dict()
         for key in ("seen_by", "provenance", "identity_assigned"):
             expected.pop(key)
+        # A unit read through the bar was seen by the bar's channel, at its own address.
+        [child] = stored["children"]
+        assert [(s["source"], s["address"]) for s in child.pop("seen_by")] == [("usb", child["address"])]
+        for child in expected["children"]:
+            child.pop("seen_by")
         assert stored == expected
         assert store.rooms() == [Room("oslo-4-12", "Fjord")]
         assert store.last_scan() == T0
