@@ -54,6 +54,7 @@ from agent.model import (
     Disagreement,
     FactSource,
     HealthIssue,
+    HealthState,
     SeenBy,
     Severity,
     Transport,
@@ -623,13 +624,17 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
     not changed."""
     ordered = sorted(readings, key=lambda r: _order(r, None))
     best = ordered[0]
-    device = best.device.clone()
     if len(readings) == 1:
+        device = best.device.clone()
         device.seen_by = [seen_by_of(best)]
         device.provenance = _provenance_of_one(best)
         device.disagreements = []
         _read_through(device.children, best)
         return device
+    # Every container of the unit is built below from its readings: none of best's is kept.
+    device = best.device.shallow_copy()
+    device.health_issues = []
+    device.children = [c.clone() for c in best.device.children]
     _merge_attributes(device, ordered)
     _take_product(device, ordered, rules, _take_serial(device, ordered))
     _take_firmware(device, ordered)
@@ -640,13 +645,17 @@ def merge_group(readings: Sequence[Reading], rules: MergeRules = MergeRules()) -
     device.sources = list(dict.fromkeys(r.source for r in ordered))
     device.seen_by = [seen_by_of(r) for r in ordered]
     device.provenance["address"] = _fact(best, best.device.address, None)
-    device.disagreements = _disagreements(_latest_per_source(ordered), device, rules)
+    device.disagreements = (
+        _disagreements(_latest_per_source(ordered), device, rules) if _may_disagree(ordered) else []
+    )
     for disagreement in device.disagreements:
         issue = _disagreement_issue(disagreement)
         if issue is not None and issue not in device.health_issues:
             device.health_issues.append(issue)
-    worst = _worst(standing) if device.health_issues else best
-    device.provenance["health"] = _fact(worst, device.health.value, None)
+    if device.health_issues:
+        device.provenance["health"] = _fact(_worst(standing), str(device.health), None)
+    else:
+        device.provenance["health"] = _fact(best, HealthState.OK, None)
     _place(device, next((r.device.room for r in standing if r.device.room is not None), None))
     return device
 
@@ -684,6 +693,19 @@ def _place(device: Device, room: str | None) -> None:
     device.room = room
     for child in device.children:
         _place(child, room)
+
+
+def _may_disagree(ordered: Sequence[Reading]) -> bool:
+    """Whether the readings could disagree at all: they remember other values, or say
+    different firmware, products or serials."""
+    first = ordered[0].device
+    return any(
+        r.recent
+        or r.device.firmware != first.firmware
+        or r.device.product != first.product
+        or r.device.serial != first.serial
+        for r in ordered
+    )
 
 
 def _latest_per_source(ordered: Sequence[Reading]) -> list[Reading]:
@@ -768,10 +790,14 @@ def _take_product(
 ) -> None:
     """The product from the most trustworthy channel that names one, within the family of
     the unit's label-grade serial (a reading joined by its host alone may name another)."""
-    if serial is not None and serial.device.serial_label_grade:
-        family = family_of(serial.device)
-        ordered = [r for r in ordered if family_of(r.device) == family] or ordered
-    winner = min(ordered, key=lambda r: (_named(r, rules), *_order(r, None)))
+    product = ordered[0].device.product
+    if all(r.device.product == product for r in ordered):
+        winner = ordered[0]  # one product: the most trusted channel names it
+    else:
+        if serial is not None and serial.device.serial_label_grade:
+            family = family_of(serial.device)
+            ordered = [r for r in ordered if family_of(r.device) == family] or ordered
+        winner = min(ordered, key=lambda r: (_named(r, rules), *_order(r, None)))
     d = winner.device
     device.product, device.category = d.product, d.category
     device.model = d.model or next((r.device.model for r in ordered if r.device.model), None)

@@ -450,9 +450,7 @@ class Device(UnitFacts):
         """A copy whose containers (and children) can be changed without touching this one
         (field by field: ``dataclasses.replace`` costs several times more, and merging a
         site's readings clones every unit)."""
-        copy = object.__new__(Device)
-        for put, value in zip(_DEVICE_SETTERS, _DEVICE_GETTER(self), strict=True):
-            put(copy, value)
+        copy = self.shallow_copy()
         copy.components = dict(self.components)
         copy.attributes = dict(self.attributes)
         copy.health_issues = list(self.health_issues)
@@ -461,6 +459,14 @@ class Device(UnitFacts):
         copy.seen_by = list(self.seen_by)
         copy.provenance = dict(self.provenance)
         copy.disagreements = list(self.disagreements)
+        return copy
+
+    def shallow_copy(self) -> Device:
+        """A copy that shares this one's containers: give it new ones before changing them
+        (merging builds every container of a unit anew)."""
+        copy = object.__new__(Device)
+        for put, value in zip(_DEVICE_SETTERS, _DEVICE_GETTER(self), strict=True):
+            put(copy, value)
         return copy
 
 
