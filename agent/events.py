@@ -66,10 +66,13 @@ from agent.gcpause import paused_gc
 from agent.identity import (
     MergeRules,
     Reading,
+    ReadingKeys,
     content_order,
     group_readings,
+    key_strings,
     merge_group,
     one_per_channel,
+    reading_keys,
     remember,
     serial_key,
     source_of,
@@ -267,6 +270,10 @@ class Tracked:
 
     device: Device
     sightings: tuple[Sighting, ...] = field(default=())
+    #: Every grouping key of its sightings (:func:`agent.identity.key_strings`): a scan
+    #: leaves a unit alone when none of its readings shares one and none of its sources ran.
+    #: Worked out when first needed, then carried along.
+    keys: frozenset[str] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, device: Device) -> Tracked:
@@ -302,6 +309,7 @@ def diff_scan(
     remove_after: int = DEFAULT_REMOVE_AFTER,
     new_id: Callable[[], str] = new_event_id,
     rules: MergeRules | None = None,
+    incremental: bool = True,
 ) -> ScanDiff:
     """Compare one scan's readings with the inventory before it (see the module's rules).
 
@@ -317,14 +325,18 @@ def diff_scan(
     # A disagreement is remembered as long as a missed sighting is: remove_after runs.
     rules = replace(rules or MergeRules(), remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
-    pool, origins = _pool(previous, current, ran, remove_after)
-    groups = group_readings(pool)
     reported = {(source_of(d), d.address) for d in current}
     state = _Assembly(previous, now, new_id, rules, remove_after, reported)
     placed = [""] * len(current)
     with paused_gc():  # a site's scan is a burst of short-lived objects (agent/gcpause.py)
+        involved = _involved(previous, current, ran, state) if incremental else previous
+        pool, origins = _pool(involved, current, ran, remove_after)
+        keys = reading_keys(pool)
+        groups = group_readings(pool, keys)
         for group in sorted(groups, key=lambda g: _group_order(pool, g)):
-            identity = state.assemble([pool[i] for i in group], [origins[i] for i in group])
+            identity = state.assemble(
+                [pool[i] for i in group], [origins[i] for i in group], [keys[i] for i in group]
+            )
             for i in group:
                 if origins[i] is None and identity is not None:
                     placed[i] = identity
@@ -333,6 +345,33 @@ def diff_scan(
 
 
 # --------------------------------------------------------------------------- the readings pool
+
+
+def _involved(
+    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str], state: _Assembly
+) -> dict[str, Tracked]:
+    """The stored units a scan can change: those a source that ran saw (it counts their
+    misses) and those that share a key with one of its readings (it may join, contest or
+    merge them). The others are carried over as they are, with their keys worked out once
+    (``incremental=False`` takes every unit through the grouping, as a test compares)."""
+    wanted: set[str] = set()
+    for found in reading_keys([Reading(d) for d in current]):
+        wanted |= key_strings(found)
+    involved = {}
+    for identity, unit in previous.items():
+        if unit.keys is None:
+            unit = replace(unit, keys=_unit_keys(unit))
+        assert unit.keys is not None
+        if not unit.keys.isdisjoint(wanted) or any(s.source in ran for s in unit.sightings):
+            involved[identity] = unit
+        else:
+            state.keep(identity, unit)
+    return involved
+
+
+def _unit_keys(unit: Tracked) -> frozenset[str]:
+    readings = [Reading(s.reading_or(unit.device)) for s in unit.sightings]
+    return frozenset().union(*(key_strings(k) for k in reading_keys(readings)))
 
 
 def _pool(
@@ -404,7 +443,14 @@ class _Assembly:
         self._unit_events: dict[str, list[ChangeEvent]] = {}
         self._claimed: set[str] = set()
 
-    def assemble(self, readings: list[Reading], origins: list[Sighting | None]) -> str | None:
+    def keep(self, identity: str, unit: Tracked) -> None:
+        """A unit the scan leaves as it was."""
+        self.inventory[identity] = unit
+        self._claimed.add(identity)
+
+    def assemble(
+        self, readings: list[Reading], origins: list[Sighting | None], keys: Sequence[ReadingKeys]
+    ) -> str | None:
         """Build the unit of one group; its identity (``None``: nothing of it remains)."""
         units = [
             u for u in dict.fromkeys(r.unit for r in readings if r.unit is not None) if u not in self._claimed
@@ -413,10 +459,11 @@ class _Assembly:
         if not kept:
             return None
         kept = one_per_channel(kept)
+        keys_of = {id(r): k for r, k in zip(readings, keys, strict=True)}
+        unit_keys = frozenset().union(*(key_strings(keys_of[id(r)]) for r in kept))
         if not changed and len(units) == 1 and len(kept) == len(self.previous[units[0]].sightings):
             # No source of this scan touched the unit: it stays exactly as stored.
-            self.inventory[units[0]] = self.previous[units[0]]
-            self._claimed.add(units[0])
+            self.keep(units[0], replace(self.previous[units[0]], keys=unit_keys))
             return units[0]
         merged = merge_group(kept, self.rules)
         identity = self._identity(units, merged)
@@ -437,7 +484,7 @@ class _Assembly:
         merged.first_seen = min(
             [merged.first_seen, *(self.previous[u].device.first_seen for u in units)], key=as_utc
         )
-        after = Tracked(_placed(merged, room), sightings)
+        after = Tracked(_placed(merged, room), sightings, unit_keys)
         self.inventory[identity] = after
         self._claimed.update(units)
         self._claimed.add(identity)

@@ -336,7 +336,7 @@ _Memo = dict[str, tuple[str | None, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
-class _Keys:
+class ReadingKeys:
     """What grouping reads of one reading, computed once."""
 
     serial: str | None
@@ -348,7 +348,7 @@ class _Keys:
     lan: bool
 
     @classmethod
-    def of(cls, device: Device, memo: _Memo | None = None) -> _Keys:
+    def of(cls, device: Device, memo: _Memo | None = None) -> ReadingKeys:
         """The keys of ``device`` (as :func:`serial_key`, :func:`macs_of`, :func:`names_of`,
         :func:`endpoints_of` and :func:`port_key` give them, in one pass: a site's merge reads
         every reading once); ``memo`` spares re-reading the addresses readings share."""
@@ -383,7 +383,7 @@ class _Groups:
     join that would put two serials (or, through an address, two named hosts) in one set is
     refused."""
 
-    def __init__(self, keys: Sequence[_Keys]) -> None:
+    def __init__(self, keys: Sequence[ReadingKeys]) -> None:
         self.parent = list(range(len(keys)))
         self.serial: list[str | None] = [k.serial for k in keys]
         self.names: list[frozenset[str]] = [k.names for k in keys]
@@ -432,7 +432,7 @@ def _index(keys: Sequence[Iterable[str]], fresh: Sequence[bool], skip: set[str])
 
 
 def _shared_keys(
-    keys: Sequence[_Keys], fresh: Sequence[bool], contested: set[str]
+    keys: Sequence[ReadingKeys], fresh: Sequence[bool], contested: set[str]
 ) -> tuple[list[list[int]], ...]:
     """For each kind of key (serial, channel and serial, MAC, host name, address, USB port):
     the readings that share one, as :func:`_index` gives them, in one pass over the keys."""
@@ -461,7 +461,7 @@ def _shared_keys(
     )
 
 
-def _canonical(reading: Reading, keys: _Keys) -> tuple[str, ...]:
+def _canonical(reading: Reading, keys: ReadingKeys) -> tuple[str, ...]:
     """A sort key of a reading by its content, so that where a join is refused the outcome
     does not depend on the order the readings came in."""
     d = reading.device
@@ -477,12 +477,12 @@ def _canonical(reading: Reading, keys: _Keys) -> tuple[str, ...]:
     )
 
 
-def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None = None) -> set[str]:
+def contested_serials(readings: Sequence[Reading], keys: Sequence[ReadingKeys] | None = None) -> set[str]:
     """Serial keys one source puts on two hosts (LAN hosts whose names and addresses share
     nothing, or two USB ports): in one run (the scan's own readings, or remembered ones read
     at one time), or as two units the store already keeps apart (a conflict stays one while
     either host is remembered, so one missed announcement does not merge them)."""
-    keys = keys if keys is not None else [_Keys.of(r.device) for r in readings]
+    keys = keys if keys is not None else [ReadingKeys.of(r.device) for r in readings]
     buckets: dict[tuple[str, str], list[int]] = {}
     for i, (reading, key) in enumerate(zip(readings, keys, strict=True)):
         if key.serial is not None and not reading.expired:
@@ -491,7 +491,7 @@ def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None 
     for (_, serial), members in buckets.items():
         if len(members) < 2:
             continue
-        runs: dict[object, list[_Keys]] = {}
+        runs: dict[object, list[ReadingKeys]] = {}
         for i in members:
             runs.setdefault("now" if readings[i].fresh else readings[i].stamp, []).append(keys[i])
         stored = [i for i in members if readings[i].unit is not None]
@@ -502,7 +502,7 @@ def contested_serials(readings: Sequence[Reading], keys: Sequence[_Keys] | None 
     return contested
 
 
-def _hosts(keys: Sequence[_Keys]) -> int:
+def _hosts(keys: Sequence[ReadingKeys]) -> int:
     """How many hosts readings stand on: linked by a shared name, a USB port, or a shared
     address unless both have names and none in common (two named hosts behind one address)."""
     hosts = _Groups([replace(k, serial=None) for k in keys])
@@ -516,11 +516,28 @@ def _hosts(keys: Sequence[_Keys]) -> int:
     return len({hosts.find(i) for i in range(len(keys))})
 
 
-def group_readings(readings: Sequence[Reading]) -> list[list[int]]:
-    """The readings of each unit (indexes into ``readings``), units in the order of their
-    first reading; see the module's rules."""
+def reading_keys(readings: Sequence[Reading]) -> list[ReadingKeys]:
+    """The grouping keys of each reading (texts the readings share are read once)."""
     memo: _Memo = {}
-    keys = [_Keys.of(r.device, memo) for r in readings]
+    return [ReadingKeys.of(r.device, memo) for r in readings]
+
+
+def key_strings(keys: ReadingKeys) -> frozenset[str]:
+    """Every key of a reading as one set of strings, each kind apart: what a reading of
+    another unit must share with it to join it (or to contest its serial)."""
+    found = {f"m{mac}" for mac in keys.macs} | {f"n{name}" for name in keys.names}
+    found |= {f"e{endpoint}" for endpoint in keys.endpoints}
+    for kind, key in (("s", keys.serial), ("c", keys.channel_serial), ("p", keys.port)):
+        if key is not None:
+            found.add(kind + key)
+    return frozenset(found)
+
+
+def group_readings(readings: Sequence[Reading], keys: Sequence[ReadingKeys] | None = None) -> list[list[int]]:
+    """The readings of each unit (indexes into ``readings``), units in the order of their
+    first reading; see the module's rules. ``keys``: :func:`reading_keys` of ``readings``,
+    when the caller has them."""
+    keys = reading_keys(readings) if keys is None else keys
     groups = _Groups(keys)
     by_unit: dict[str, int] = {}
     for i, reading in enumerate(readings):
@@ -1016,4 +1033,4 @@ def unique_identity(device: Device, taken: Callable[[str], bool]) -> str:
 def content_order(readings: Sequence[Reading]) -> tuple[str, ...]:
     """A sort key of a unit by what its readings say (not the order they came in): units
     that compete for one identity get theirs the same way whatever the input's order."""
-    return min(_canonical(r, _Keys.of(r.device)) for r in readings)
+    return min(_canonical(r, ReadingKeys.of(r.device)) for r in readings)

@@ -681,3 +681,23 @@ def test_event_bookkeeping(steps: list[tuple[list[Device], set[str] | None]], n:
         assert set(run.state) == present
         assert len(run.placed) == len(found) and set(run.placed) <= set(run.state)
     assert len(ids) == len(set(ids))
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(scans, scopes), min_size=1, max_size=6), n=st.integers(1, 3))
+def test_leaving_alone_what_a_scan_cannot_touch_changes_nothing(
+    steps: list[tuple[list[Device], set[str] | None]], n: int
+):
+    """diff_scan takes through the grouping only the units a scan can change (a source that
+    ran saw them, or they share a key with one of its readings): the same events and the same
+    inventory as taking every unit through it."""
+    lean: dict[str, Tracked] = {}
+    full: dict[str, Tracked] = {}
+    for k, (found, scope) in enumerate(steps):
+        at = T0 + timedelta(minutes=k)
+        ids_lean, ids_full = counter(), counter()
+        a = diff_scan(lean, found, at, scope=scope, remove_after=n, new_id=ids_lean)
+        b = diff_scan(full, found, at, scope=scope, remove_after=n, new_id=ids_full, incremental=False)
+        assert [e.to_dict() for e in a.events] == [e.to_dict() for e in b.events]
+        assert a.inventory == b.inventory and a.placed == b.placed
+        lean, full = a.inventory, b.inventory
