@@ -491,19 +491,8 @@ class _Assembly:
         events = self._unit_events.setdefault(identity, [])
         events.extend(_unit_events(before, after, kept, self.now, _no_id))
         for other in (u for u in units if u != identity):
-            gone = self.previous[other]
             self.merged[other] = identity
-            self.removed[other] = replace(gone, sightings=())
-            events.append(
-                _event(
-                    EventType.DEVICE_REMOVED,
-                    self.now,
-                    _no_id,
-                    gone.device,
-                    before=_summary(gone.device),
-                    after={"merged_into": identity},
-                )
-            )
+            events.append(self._remove(other, {"merged_into": identity}))
         return identity
 
     def _kept(self, readings: list[Reading], origins: list[Sighting | None]) -> tuple[list[Reading], bool]:
@@ -549,23 +538,20 @@ class _Assembly:
             merged, lambda k: k in self.previous or k in self.inventory or k in self._claimed
         )
 
+    def _remove(self, identity: str, after: dict[str, Any] | None) -> ChangeEvent:
+        """Take a stored unit out of the inventory; its ``device.removed``."""
+        gone = self.previous[identity]
+        self.removed[identity] = replace(gone, sightings=())
+        return _event(
+            EventType.DEVICE_REMOVED, self.now, _no_id, gone.device, before=_summary(gone.device), after=after
+        )
+
     def finish(self) -> None:
         """Units no group continued are removed; events in the module's order."""
         for identity in sorted(self.previous):
             if identity in self._claimed or identity in self.inventory:
                 continue
-            gone = self.previous[identity]
-            self.removed[identity] = replace(gone, sightings=())
-            self._unit_events.setdefault(identity, []).append(
-                _event(
-                    EventType.DEVICE_REMOVED,
-                    self.now,
-                    _no_id,
-                    gone.device,
-                    before=_summary(gone.device),
-                    after=None,
-                )
-            )
+            self._unit_events.setdefault(identity, []).append(self._remove(identity, None))
         for identity in sorted(self._unit_events):
             # Ids are given in the order the events come in.
             self.events.extend(replace(e, id=self.new_id()) for e in self._unit_events[identity])

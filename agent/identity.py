@@ -252,15 +252,22 @@ def names_of(device: Device, memo: dict[str, tuple[str | None, str | None]] | No
 
 
 def _names(device: Device, memo: dict[str, tuple[str | None, str | None]]) -> list[str]:
-    attributes = device.attributes
+    texts = (*map(device.attributes.get, HOST_NAME_ATTRIBUTES), device.address)
+    return _classified(texts, memo, 0)
+
+
+def _classified(
+    texts: Iterable[object], memo: dict[str, tuple[str | None, str | None]], kind: int
+) -> list[str]:
+    """The host names (``kind`` 0) or endpoints (1) among ``texts``, each once, in order."""
     found: list[str] = []
-    for value in (*map(attributes.get, HOST_NAME_ATTRIBUTES), device.address):
+    for value in texts:
         if not isinstance(value, str):
             continue
         known = memo.get(value)
-        name = (known if known is not None else _classify(value, memo))[0]
-        if name is not None and name not in found:
-            found.append(name)
+        key = (known if known is not None else _classify(value, memo))[kind]
+        if key is not None and key not in found:
+            found.append(key)
     return found
 
 
@@ -308,16 +315,8 @@ def endpoints_of(device: Device, memo: dict[str, tuple[str | None, str | None]] 
 
 
 def _endpoints(device: Device, memo: dict[str, tuple[str | None, str | None]]) -> list[str]:
-    found: list[str] = []
     addresses = device.attributes.get("addresses")
-    for value in [device.address, *(addresses if isinstance(addresses, list) else ())]:
-        if not isinstance(value, str):
-            continue
-        known = memo.get(value)
-        key = (known if known is not None else _classify(value, memo))[1]
-        if key is not None and key not in found:
-            found.append(key)
-    return found
+    return _classified([device.address, *(addresses if isinstance(addresses, list) else ())], memo, 1)
 
 
 def port_key(device: Device) -> str | None:

@@ -50,11 +50,11 @@ def roomsync(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def scan(site: Path, *extra: str) -> dict[str, Any]:
-    done = roomsync(
+def replay_and_mdns(site: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``roomsync scan`` of the recorded bar on USB and of the loopback mDNS announcements."""
+    return roomsync(
         site,
         "scan",
-        "--json",
         "--replay",
         str(shared_file(*FIXTURE)),
         "--mdns",
@@ -64,6 +64,10 @@ def scan(site: Path, *extra: str) -> dict[str, Any]:
         "2",
         *extra,
     )
+
+
+def scan(site: Path, *extra: str) -> dict[str, Any]:
+    done = replay_and_mdns(site, "--json", *extra)
     assert done.returncode == 0, done.stderr + json.dumps(json.loads(done.stdout or "{}").get("errors"))
     return json.loads(done.stdout)
 
@@ -143,18 +147,7 @@ def test_the_store_and_the_snapshot_hold_one_unit_with_both_channels(publisher: 
 
 
 def test_the_table_shows_every_transport_of_a_unit(publisher: Publisher, site: Path):
-    done = roomsync(
-        site,
-        "scan",
-        "--no-store",
-        "--replay",
-        str(shared_file(*FIXTURE)),
-        "--mdns",
-        "--mdns-interface",
-        "127.0.0.1",
-        "--mdns-timeout",
-        "2",
-    )
+    done = replay_and_mdns(site, "--no-store")
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("Rally Bar ")]
     [row] = [r for r in rows if BAR_SERIAL in r]  # one row: one unit
