@@ -230,12 +230,6 @@ def macs_of(device: Device) -> list[str]:
     return found
 
 
-def normalize_host_name(text: object) -> str | None:
-    if not isinstance(text, str):
-        return None
-    return _host_name(text)
-
-
 def _host_name(text: str) -> str | None:
     name = text.strip().rstrip(".").casefold()
     if name.endswith(".local"):
