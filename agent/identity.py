@@ -3,15 +3,17 @@
 A **reading** is what one channel — a source at an address (``mdns`` at ``10.0.0.5``,
 ``usb`` at port ``2-1.1``; for a LAN host, its names too: two hosts behind one address are
 two channels) — last reported of one unit: a single-channel :class:`~agent.model.Device`.
-This module groups readings into units and merges each group
-into one device. It is pure: no clock, no I/O, no catalog lookups beyond what the readings
-carry (``category`` is the catalog family) and :class:`MergeRules`. docs/identity.md states
-the rules for operators, with examples; this is their implementation.
+This module groups readings into units and merges each group into one device. It is pure:
+no clock, no I/O, no catalog lookups beyond what the readings carry (``category`` is the
+catalog family) and :class:`MergeRules`. docs/identity.md states the rules for operators,
+with examples; this is their implementation.
 
 Grouping (linear in the number of readings: a union-find over keys)
 --------------------------------------------------------------------
 1. Readings that were one unit before (:attr:`Reading.unit`) stay together, and so do the
-   readings of one channel (source and address) that tell one label-grade serial.
+   readings of one channel that tell one label-grade serial. Only what a scan read links
+   units the store kept apart: remembered readings of two stored units share a key only
+   through a fresh one.
 2. A **label-grade serial** joins the readings of one catalog family carrying it
    (``serial_key``) — unless one source puts that serial on two hosts (LAN hosts, or USB
    ports) in one run, or as two units the store keeps apart: then the serial is *contested*
@@ -32,9 +34,10 @@ Each fact comes from the most trustworthy channel that reports it (:data:`TRUST_
 within a rank, a standing reading before a missed one, then the newest). Where channels
 disagree on the firmware or the product, the disagreement is kept
 (:attr:`~agent.model.Device.disagreements`) and is a health warning naming both values and
-both channels. A reading remembers what its channel said in its last few runs
-(:attr:`Reading.recent`), so a channel that flips its answer every scan keeps the warning
-standing instead of raising and clearing it each time.
+both channels. A reading remembers what its channel said in its last few runs where that
+disagreed with the unit (:attr:`Reading.recent`), so a channel that flips its answer every
+scan keeps the warning standing instead of raising and clearing it each time, and channels
+upgraded together raise none.
 """
 
 from __future__ import annotations
