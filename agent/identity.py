@@ -344,10 +344,11 @@ class ReadingKeys:
     lan: bool
 
     @classmethod
-    def of(cls, device: Device, memo: _Memo | None = None) -> ReadingKeys:
+    def of(cls, device: Device, memo: _Memo | None = None, *, channel: bool = True) -> ReadingKeys:
         """The keys of ``device`` (as :func:`serial_key`, :func:`macs_of`, :func:`names_of`,
         :func:`endpoints_of` and :func:`port_key` give them, in one pass: a site's merge reads
-        every reading once); ``memo`` spares re-reading the addresses readings share."""
+        every reading once); ``memo`` spares re-reading the addresses readings share.
+        ``channel=False`` leaves out the channel key (no other reading has the channel)."""
         memo = {} if memo is None else memo
         attributes = device.attributes
         serial = serial_key(device)
@@ -361,7 +362,7 @@ class ReadingKeys:
         else:  # a USB unit is also where it is: its port and ids
             port = transport_identity(device.transport, device.address, device.vendor_id, device.product_id)
         channel_serial = None
-        if serial is not None:
+        if serial is not None and channel:
             # A channel is its source and address, and for a host its names too: two hosts
             # behind one address are two channels.
             channel_serial = (
@@ -515,15 +516,17 @@ def _hosts(keys: Sequence[ReadingKeys]) -> int:
 def reading_keys(readings: Sequence[Reading]) -> list[ReadingKeys]:
     """The grouping keys of each reading (texts the readings share are read once)."""
     memo: _Memo = {}
-    return [ReadingKeys.of(r.device, memo) for r in readings]
+    channels = Counter(r.channel for r in readings)
+    return [ReadingKeys.of(r.device, memo, channel=channels[r.channel] > 1) for r in readings]
 
 
 def key_strings(keys: ReadingKeys) -> frozenset[str]:
     """Every key of a reading as one set of strings, each kind apart: what a reading of
-    another unit must share with it to join it (or to contest its serial)."""
+    another unit must share with it to join it (or to contest its serial). The channel key
+    is left out: a reading that shares it shares the serial too."""
     found = {f"m{mac}" for mac in keys.macs} | {f"n{name}" for name in keys.names}
     found |= {f"e{endpoint}" for endpoint in keys.endpoints}
-    for kind, key in (("s", keys.serial), ("c", keys.channel_serial), ("p", keys.port)):
+    for kind, key in (("s", keys.serial), ("p", keys.port)):
         if key is not None:
             found.add(kind + key)
     return frozenset(found)
@@ -769,13 +772,16 @@ def _merge_attributes(device: Device, ordered: Sequence[Reading]) -> None:
 def _take_serial(device: Device, ordered: Sequence[Reading]) -> Reading | None:
     """The serial from the most trustworthy channel, a label-grade one first; the reading
     it came from."""
-    candidates = [r for r in ordered if r.device.serial]
+    # ``ordered`` is by channel (trust, standing, newest): within a rank of the collector
+    # that read the serial, the channel's order decides.
+    candidates = [
+        (not r.device.serial_label_grade, trust_rank(r.device.serial_source), i, r)
+        for i, r in enumerate(ordered)
+        if r.device.serial
+    ]
     if not candidates:
         return None
-    winner = min(
-        candidates,
-        key=lambda r: (not r.device.serial_label_grade, *_order(r, _serial_collector(r.device))),
-    )
+    winner = min(candidates)[3]
     d = winner.device
     device.serial, device.serial_source, device.serial_label_grade = (
         d.serial,
@@ -818,11 +824,13 @@ def _take_product(
 
 
 def _take_firmware(device: Device, ordered: Sequence[Reading]) -> None:
-    candidates = [r for r in ordered if r.device.firmware]
+    candidates = [
+        (trust_rank(firmware_collector(r.device)), i, r) for i, r in enumerate(ordered) if r.device.firmware
+    ]
     if not candidates:
         device.firmware = device.firmware_source = None
         return
-    winner = min(candidates, key=lambda r: _order(r, firmware_collector(r.device)))
+    winner = min(candidates)[2]
     d = winner.device
     device.firmware, device.firmware_source = d.firmware, d.firmware_source
     device.provenance["firmware"] = _fact(winner, d.firmware, firmware_collector(d))
