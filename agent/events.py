@@ -330,6 +330,7 @@ def diff_scan(
     placed = [""] * len(current)
     with paused_gc():  # a site's scan is a burst of short-lived objects (agent/gcpause.py)
         involved = _involved(previous, current, ran, state) if incremental else previous
+        state.involved = set(involved) if incremental else None
         pool, origins = _pool(involved, current, ran, remove_after)
         keys = reading_keys(pool)
         groups = group_readings(pool, keys)
@@ -441,6 +442,8 @@ class _Assembly:
         self.merged: dict[str, str] = {}
         self.events: list[ChangeEvent] = []
         self._unit_events: dict[str, list[ChangeEvent]] = {}
+        #: The stored units the scan took through the grouping (``None``: every one).
+        self.involved: set[str] | None = None
         self._claimed: set[str] = set()
 
     def keep(self, identity: str, unit: Tracked) -> None:
@@ -555,7 +558,21 @@ class _Assembly:
         for identity in sorted(self._unit_events):
             # Ids are given in the order the events come in.
             self.events.extend(replace(e, id=self.new_id()) for e in self._unit_events[identity])
-        self.events.extend(_conflict_events(self.previous, self.inventory, self.now, self.new_id))
+        previous, inventory = self.previous, self.inventory
+        if self.involved is not None:
+            # A conflict can only have changed for a serial a unit the scan touched carries.
+            touched = self.involved | (inventory.keys() - previous.keys()) | self.removed.keys()
+            serials = {s for m in (previous, inventory) for k in touched if (s := _label_serial(m.get(k)))}
+            previous = {k: u for k, u in previous.items() if _label_serial(u) in serials}
+            inventory = {k: u for k, u in inventory.items() if _label_serial(u) in serials}
+        self.events.extend(_conflict_events(previous, inventory, self.now, self.new_id))
+
+
+def _label_serial(unit: Tracked | None) -> str | None:
+    device = unit.device if unit is not None else None
+    if device is None or not (device.serial and device.serial_label_grade):
+        return None
+    return normalize_serial(device.serial)
 
 
 def _no_id() -> str:
