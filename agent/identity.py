@@ -91,6 +91,7 @@ _TRANSPORT_COLLECTORS: Mapping[str, str] = {
     Transport.MDNS: "mdns-txt",
     Transport.SNMP: "snmp-entity",
     Transport.SSH: "ssh-dmi",
+    Transport.HTTPS: "collabos-api",
     Transport.CONFIG: "config",
 }
 #: The attribute a unit read through a room PC carries (its PC's address): a USB unit.

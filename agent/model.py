@@ -49,6 +49,8 @@ class Transport(StrEnum):
     MDNS = "mdns"
     SNMP = "snmp"
     SSH = "ssh"
+    #: A device's own HTTPS management API (CollabOS Device Management API).
+    HTTPS = "https"
     CONFIG = "config"
 
 
@@ -61,6 +63,7 @@ class SerialSource(StrEnum):
     SNMP_ENTITY = "snmp-entity"
     SSH_DMI = "ssh-dmi"
     MDNS_TXT = "mdns-txt"
+    COLLABOS_API = "collabos-api"
     CONFIG = "config"
 
 

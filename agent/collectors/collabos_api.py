@@ -1,0 +1,327 @@
+"""CollabOS "Local Network Access" (the Device Management API v1.0): what the agent may send a
+CollabOS device, and what its replies mean (issue [10/16]; the source that sends is to come).
+
+Facts (from the issue; V = read in a source or sample, U = a hint the catalog can override):
+
+* ``POST /api/v1/signin`` with ``{"username", "password"}`` gives ``result.auth_token`` (V);
+  then ``GET`` of ``/api/v1/device``, ``/api/v1/peripherals``, ``/api/v1/insights/device`` and
+  ``/api/v1/insights/room`` with ``Authorization: Bearer`` (V). Nothing else is documented,
+  and nothing else may leave the agent: :func:`check_collabos_request` is the gate.
+* Every reply is ``{"code", "message", "result"}``: the HTTP status *and* ``code`` must both
+  say 200 (V). ``code`` 401 is a refused sign-in or an expired token.
+* Types vary between the spec and devices (numbers as strings, ``vid`` as ``"0x046d"`` or
+  ``"1133"``): every value is read leniently, and a value of the wrong kind is dropped, never
+  trusted (V).
+
+Parsing is pure: :func:`parse_reply` checks an envelope (size, depth, JSON, code) and
+:func:`observe` turns the four results into observations — the bar, each Tap IP as a unit of
+its own at its own address, and the Sight, Tap USB and USB devices as the bar's children.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from agent.catalog import Catalog
+from agent.model import Observation, SerialSource, Severity, Transport
+from agent.readonly import ReadOnlyViolation
+from agent.sanitize import clean_serial, clean_text
+
+NAME = "collabos-api"
+SIGNIN = "/api/v1/signin"
+#: The four documented reads.
+READS = ("/api/v1/device", "/api/v1/peripherals", "/api/v1/insights/device", "/api/v1/insights/room")
+#: Replies larger than this are refused before they are parsed.
+MAX_REPLY_BYTES = 1 << 20
+#: Nesting deeper than this is refused (the documented replies nest three levels).
+MAX_DEPTH = 16
+
+
+class CollabosError(Exception):
+    """A reply that cannot be used; the message says which and why (never a credential)."""
+
+    def __init__(self, message: str, *, auth: bool = False) -> None:
+        super().__init__(message)
+        #: The device refused the credentials or the token (``code`` 401).
+        self.auth = auth
+
+
+def check_collabos_request(method: str, path: str) -> None:
+    """Allow exactly the sign-in and the four documented reads; raise
+    :class:`~agent.readonly.ReadOnlyViolation` for anything else, however it was built."""
+    if method == "POST" and path == SIGNIN:
+        return
+    if method == "GET" and path in READS:
+        return
+    raise ReadOnlyViolation(f"CollabOS API: {method} {path!r} is not one of the documented reads")
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def parse_reply(status: int, body: bytes, *, what: str) -> dict[str, Any]:
+    """The ``result`` object of one reply, or :class:`CollabosError` naming ``what`` (e.g.
+    ``"10.0.0.5 GET /api/v1/device"``) and the problem."""
+    if len(body) > MAX_REPLY_BYTES:
+        raise CollabosError(f"{what}: reply of {len(body)} bytes, more than {MAX_REPLY_BYTES}")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise CollabosError(f"{what}: HTTP {status}, the reply is not JSON") from None
+    if _depth(doc) > MAX_DEPTH:
+        raise CollabosError(f"{what}: the reply nests deeper than {MAX_DEPTH} levels")
+    if not isinstance(doc, dict):
+        raise CollabosError(f"{what}: HTTP {status}, the reply is not a {{code, message, result}} object")
+    code = as_int(doc.get("code"))
+    message = clean_text(
+        doc.get("message") if isinstance(doc.get("message"), str) else None, max_len=200
+    ).value
+    if status == 401 or code == 401:
+        raise CollabosError(f"{what}: refused (401{': ' + message if message else ''})", auth=True)
+    if status != 200 or code != 200:
+        said = f"code {code}" if code is not None else "no code"
+        raise CollabosError(f"{what}: HTTP {status}, {said}{': ' + message if message else ''}")
+    result = doc.get("result")
+    if result is None:
+        return {}
+    if not isinstance(result, dict):
+        raise CollabosError(f"{what}: the result is not an object")
+    return result
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+# --------------------------------------------------------------------------- lenient values
+
+_INT = re.compile(r"[+-]?\d{1,12}")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]{1,8}")
+
+
+def as_text(value: Any, *, max_len: int = 200) -> str | None:
+    """A printable text from a string or a number; ``None`` for anything else or empty."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    return clean_text(value, max_len=max_len).value
+
+
+def as_int(value: Any) -> int | None:
+    """An integer from a number or a decimal string; ``None`` otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def as_usb_id(value: Any) -> int | None:
+    """A USB vendor or product id from ``0x046d``, ``"1133"`` or ``1133``."""
+    if isinstance(value, str) and _HEX.fullmatch(value.strip()):
+        number = int(value.strip(), 16)
+    else:
+        number = as_int(value)  # type: ignore[assignment]
+    return number if number is not None and 0 <= number <= 0xFFFF else None
+
+
+def as_bool(value: Any) -> bool | None:
+    """``true``/``false`` from a boolean, ``1``/``0`` or their strings."""
+    if isinstance(value, bool):
+        return value
+    if value in (0, 1) and not isinstance(value, float):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    return None
+
+
+def _items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    value = result.get(key)
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+# --------------------------------------------------------------------------- observations
+
+
+def observe(
+    host: str,
+    device: Mapping[str, Any],
+    peripherals: Mapping[str, Any],
+    catalog: Catalog,
+    now: datetime,
+    *,
+    insights: Mapping[str, Mapping[str, Any]] | None = None,
+    source: str = "collabos",
+) -> list[Observation]:
+    """The bar at ``host`` with its peripherals as children, then each Tap IP it is paired
+    with as a unit of its own (at the Tap's address; ``paired_with`` names the bar)."""
+    model = as_text(device.get("modelName"))
+    match = catalog.match_lan(model=model, host_name=as_text(device.get("systemName")))
+    product = match.product if match is not None else None
+    bar = Observation(
+        source=source,
+        transport=Transport.HTTPS,
+        address=host,
+        observed_at=now,
+        product=product.name if product else None,
+        model=model if model else (product.model if product else None),
+        vendor="Logitech",
+    )
+    serial = clean_serial(as_text(device.get("serialNumber"), max_len=64))
+    if serial.value is not None:
+        bar.serial = serial.value
+        bar.serial_source = SerialSource.COLLABOS_API
+        bar.serial_label_grade = product is not None and serial.trustworthy
+    else:
+        bar.note("serial-unavailable", "the Device Management API reports no serial number", Severity.INFO)
+    firmware = as_text(device.get("collabOSVersion"), max_len=64)
+    if firmware is not None:
+        bar.firmware, bar.firmware_source = firmware, NAME
+    hardware = as_text(device.get("hwVersion"), max_len=64)
+    if hardware is not None:
+        bar.components["hardware"] = hardware
+    facts = {
+        "host": as_text(device.get("systemName")),
+        "device_name": as_text(device.get("deviceName")),
+        "mac_addresses": [m for m in (as_text(device.get(k)) for k in ("ethernetMAC", "wifiMAC")) if m],
+        "device_configuration": as_text(device.get("deviceConfiguration")),
+        "service_provider": as_text(device.get("serviceProvider")),
+    }
+    bar.attributes.update({k: v for k, v in facts.items() if v})
+    for name, data in (insights or {}).items():
+        if isinstance(data, Mapping) and data:
+            bar.attributes[f"insights_{name}"] = {
+                k: v for k, v in data.items() if isinstance(v, str | int | float | bool)
+            }
+    about_device = (insights or {}).get("device")
+    state = as_text(about_device.get("deviceState")) if isinstance(about_device, Mapping) else None
+    if state is not None:
+        bar.state = state.lower()
+    bar.children.extend(_sights(bar, peripherals, catalog, now, source))
+    bar.children.extend(_usb_children(bar, peripherals, now, source))
+    return [bar, *_taps(bar, peripherals, catalog, now, source)]
+
+
+def _child(bar: Observation, address: str, product: str | None, now: datetime, source: str) -> Observation:
+    return Observation(
+        source=source,
+        transport=Transport.HTTPS,
+        address=f"{bar.address}/{address}",
+        observed_at=now,
+        product=product,
+        vendor="Logitech",
+    )
+
+
+def _sights(
+    bar: Observation, peripherals: Mapping[str, Any], catalog: Catalog, now: datetime, source: str
+) -> list[Observation]:
+    found = []
+    sight = catalog.get("Sight")
+    for i, item in enumerate(_items(peripherals, "sights")):
+        child = _child(
+            bar, f"sight/{as_text(item.get('id')) or i}", sight.name if sight else None, now, source
+        )
+        firmware = as_text(item.get("firmwareVersion"), max_len=64)
+        if firmware is not None:
+            child.firmware, child.firmware_source = firmware, NAME
+        for key, what in (("cameraConnected", "camera"), ("microphoneConnected", "microphone")):
+            if as_bool(item.get(key)) is False:
+                child.note(f"sight-{what}-disconnected", f"the Sight's {what} is not connected")
+        found.append(child)
+    return found
+
+
+def _usb_children(
+    bar: Observation, peripherals: Mapping[str, Any], now: datetime, source: str
+) -> list[Observation]:
+    found = []
+    for i, item in enumerate(_items(peripherals, "usbControllers")):
+        child = _child(bar, f"tap-usb/{i}", "Tap", now, source)
+        firmware = as_text(item.get("firmwareVersion"), max_len=64)
+        if firmware is not None:
+            child.firmware, child.firmware_source = firmware, NAME
+        for key in ("swMcuVersion", "hwMcuVersion", "hdmiVersion"):
+            version = as_text(item.get(key), max_len=64)
+            if version is not None:
+                child.components[key] = version
+        found.append(child)
+    for i, item in enumerate(_items(peripherals, "usbDevices")):
+        child = _child(bar, f"usb/{as_text(item.get('id')) or i}", None, now, source)
+        child.vendor_id, child.product_id = as_usb_id(item.get("vid")), as_usb_id(item.get("pid"))
+        child.model = as_text(item.get("name"))
+        for key, component in (("audioFirmwareVersion", "audio"), ("videoFirmwareVersion", "video")):
+            version = as_text(item.get(key), max_len=64)
+            if version is not None:
+                child.components[component] = version
+        found.append(child)
+    return found
+
+
+def _taps(
+    bar: Observation, peripherals: Mapping[str, Any], catalog: Catalog, now: datetime, source: str
+) -> list[Observation]:
+    """Each Tap IP the bar is paired with: a unit of its own, at its own address when the bar
+    gives one (``paired_with`` names the bar; placing it in the bar's room is the source's,
+    still to come)."""
+    found = []
+    tap = catalog.get("Tap IP")
+    for i, item in enumerate(_items(peripherals, "ipControllers")):
+        address = as_text(item.get("ipAddress"), max_len=64) or f"{bar.address}/tap-ip/{i}"
+        unit = Observation(
+            source=source,
+            transport=Transport.HTTPS,
+            address=address,
+            observed_at=now,
+            product=tap.name if tap else None,
+            vendor=as_text(item.get("manufacturer")) or "Logitech",
+            model=as_text(item.get("name")),
+        )
+        serial = clean_serial(as_text(item.get("serialNumber"), max_len=64))
+        if serial.value is not None:
+            unit.serial, unit.serial_source = serial.value, SerialSource.COLLABOS_API
+            unit.serial_label_grade = tap is not None and serial.trustworthy
+        firmware = as_text(item.get("firmwareVersion"), max_len=64)
+        if firmware is not None:
+            unit.firmware, unit.firmware_source = firmware, NAME
+        name = as_text(item.get("deviceName"))
+        if name:
+            unit.attributes["device_name"] = name
+        unit.attributes["paired_with"] = bar.address
+        found.append(unit)
+    return found
+
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_REPLY_BYTES",
+    "NAME",
+    "READS",
+    "SIGNIN",
+    "CollabosError",
+    "as_bool",
+    "as_int",
+    "as_text",
+    "as_usb_id",
+    "check_collabos_request",
+    "observe",
+    "parse_reply",
+]
