@@ -135,10 +135,9 @@ def as_int(value: Any) -> int | None:
 
 def as_usb_id(value: Any) -> int | None:
     """A USB vendor or product id from ``0x046d``, ``"1133"`` or ``1133``."""
-    if isinstance(value, str) and _HEX.fullmatch(value.strip()):
-        number = int(value.strip(), 16)
-    else:
-        number = as_int(value)  # type: ignore[assignment]
+    number = (
+        int(value.strip(), 16) if isinstance(value, str) and _HEX.fullmatch(value.strip()) else as_int(value)
+    )
     return number if number is not None and 0 <= number <= 0xFFFF else None
 
 
@@ -185,16 +184,9 @@ def observe(
         model=model if model else (product.model if product else None),
         vendor="Logitech",
     )
-    serial = clean_serial(as_text(device.get("serialNumber"), max_len=64))
-    if serial.value is not None:
-        bar.serial = serial.value
-        bar.serial_source = SerialSource.COLLABOS_API
-        bar.serial_label_grade = product is not None and serial.trustworthy
-    else:
+    if not _set_serial(bar, device.get("serialNumber"), known=product is not None):
         bar.note("serial-unavailable", "the Device Management API reports no serial number", Severity.INFO)
-    firmware = as_text(device.get("collabOSVersion"), max_len=64)
-    if firmware is not None:
-        bar.firmware, bar.firmware_source = firmware, NAME
+    _set_firmware(bar, device.get("collabOSVersion"))
     hardware = as_text(device.get("hwVersion"), max_len=64)
     if hardware is not None:
         bar.components["hardware"] = hardware
@@ -220,6 +212,23 @@ def observe(
     return [bar, *_taps(bar, peripherals, catalog, now, source)]
 
 
+def _set_serial(obs: Observation, raw: Any, *, known: bool) -> bool:
+    """The API's serial, label-grade for a product the catalog knows and a serial that needed
+    no repair; ``False`` when there is none."""
+    serial = clean_serial(as_text(raw, max_len=64))
+    if serial.value is None:
+        return False
+    obs.serial, obs.serial_source = serial.value, SerialSource.COLLABOS_API
+    obs.serial_label_grade = known and serial.trustworthy
+    return True
+
+
+def _set_firmware(obs: Observation, raw: Any) -> None:
+    firmware = as_text(raw, max_len=64)
+    if firmware is not None:
+        obs.firmware, obs.firmware_source = firmware, NAME
+
+
 def _child(bar: Observation, address: str, product: str | None, now: datetime, source: str) -> Observation:
     return Observation(
         source=source,
@@ -240,9 +249,7 @@ def _sights(
         child = _child(
             bar, f"sight/{as_text(item.get('id')) or i}", sight.name if sight else None, now, source
         )
-        firmware = as_text(item.get("firmwareVersion"), max_len=64)
-        if firmware is not None:
-            child.firmware, child.firmware_source = firmware, NAME
+        _set_firmware(child, item.get("firmwareVersion"))
         for key, what in (("cameraConnected", "camera"), ("microphoneConnected", "microphone")):
             if as_bool(item.get(key)) is False:
                 child.note(f"sight-{what}-disconnected", f"the Sight's {what} is not connected")
@@ -256,9 +263,7 @@ def _usb_children(
     found = []
     for i, item in enumerate(_items(peripherals, "usbControllers")):
         child = _child(bar, f"tap-usb/{i}", "Tap", now, source)
-        firmware = as_text(item.get("firmwareVersion"), max_len=64)
-        if firmware is not None:
-            child.firmware, child.firmware_source = firmware, NAME
+        _set_firmware(child, item.get("firmwareVersion"))
         for key in ("swMcuVersion", "hwMcuVersion", "hdmiVersion"):
             version = as_text(item.get(key), max_len=64)
             if version is not None:
@@ -295,13 +300,8 @@ def _taps(
             vendor=as_text(item.get("manufacturer")) or "Logitech",
             model=as_text(item.get("name")),
         )
-        serial = clean_serial(as_text(item.get("serialNumber"), max_len=64))
-        if serial.value is not None:
-            unit.serial, unit.serial_source = serial.value, SerialSource.COLLABOS_API
-            unit.serial_label_grade = tap is not None and serial.trustworthy
-        firmware = as_text(item.get("firmwareVersion"), max_len=64)
-        if firmware is not None:
-            unit.firmware, unit.firmware_source = firmware, NAME
+        _set_serial(unit, item.get("serialNumber"), known=tap is not None)
+        _set_firmware(unit, item.get("firmwareVersion"))
         name = as_text(item.get("deviceName"))
         if name:
             unit.attributes["device_name"] = name
