@@ -164,11 +164,86 @@ class SshSourceConfig(_Section):
     interval: Interval = 3600.0
 
 
+class CollabosHostConfig(_Section):
+    """One CollabOS device the operator listed. In ``hosts`` it is written ``"HOST[:PORT]"``
+    or as a table with a ``room``."""
+
+    #: The device's address or host name (``"HOST:PORT"`` and ``"[v6]:PORT"`` are accepted too).
+    host: Text
+    #: The API's port.
+    port: Annotated[int, Field(ge=1, le=65535)] = 443
+    #: The room the device stands in (its Tap IP goes there too); else the room map places it.
+    room: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        from agent.discovery.targets import parse_host_port
+
+        if isinstance(value, str):
+            host, port = parse_host_port(value, 443)
+            return {"host": host, "port": port}
+        if isinstance(value, dict) and isinstance(value.get("host"), str):
+            host, port = parse_host_port(value["host"], 0)
+            return {**value, "host": host} if port == 0 else {**value, "host": host, "port": port}
+        return value
+
+    @property
+    def address(self) -> str:
+        """``host`` on port 443, ``host:port`` (``[v6]:port``) otherwise: how the inventory and
+        the certificate pins name the device."""
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return shown if self.port == 443 else f"{shown}:{self.port}"
+
+
+class CollabosSourceConfig(_Section):
+    """CollabOS devices read through their Device Management API (docs/collabos.md). The
+    password goes only to the hosts listed here, never to a device found on the network."""
+
+    #: Read the listed devices (``roomsync run`` and ``roomsync scan``; ``--collabos`` too).
+    enabled: bool = False
+    #: The devices to read, ``"HOST[:PORT]"`` or tables with a ``room``; only these are sent
+    #: the password.
+    hosts: list[CollabosHostConfig] = Field(default_factory=list)
+    #: The API user.
+    user: Text = "admin"
+    #: The API password: a file, or a systemd credential name (``$CREDENTIALS_DIRECTORY``).
+    password_file: Path | None = None
+    #: A CA bundle (PEM) for devices with a certificate the company CA signed: the chain and
+    #: the host name are verified, nothing is pinned. Unset: each device's certificate is
+    #: pinned at first contact (before any password is sent). Never "verify off".
+    ca_file: Path | None = None
+    #: Seconds one request may take (connect to the last byte).
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    #: Seconds ``/insights/room`` may take (a device can take 15 s to count the people).
+    insights_timeout: Annotated[float, Field(gt=0, le=120)] = 20.0
+    #: Read ``/insights/device`` and ``/insights/room`` (CollabOS 1.13+).
+    insights: bool = True
+    #: Seconds one device may take in all; the other devices go on.
+    host_deadline: Annotated[float, Field(gt=0, le=600)] = 60.0
+    #: Devices read at once.
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    #: Daemon: the devices are read this often. Each read is one sign-in per 15 minutes and
+    #: four calls: the devices allow 5 sign-ins and 10 calls a minute.
+    interval: Interval = 300.0
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_once(cls, hosts: list[CollabosHostConfig]) -> list[CollabosHostConfig]:
+        seen: set[str] = set()
+        for entry in hosts:
+            if entry.address in seen:
+                raise ValueError(f"{entry.address} is listed twice")
+            seen.add(entry.address)
+        return hosts
+
+
 class SourcesConfig(_Section):
     usb: UsbSourceConfig = UsbSourceConfig()
     mdns: MdnsSourceConfig = MdnsSourceConfig()
     snmp: SnmpSourceConfig = SnmpSourceConfig()
     ssh: SshSourceConfig = SshSourceConfig()
+    collabos: CollabosSourceConfig = CollabosSourceConfig()
 
 
 def is_loopback_host(host: str) -> bool:

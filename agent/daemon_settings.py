@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from agent.discovery import SOURCES, runs, source_class, source_defaults
+from agent.discovery import SOURCES, make_source, runs, source_defaults
 
 if TYPE_CHECKING:
     from agent.config import (
         AgentConfig,
+        CollabosSourceConfig,
         MdnsSourceConfig,
         SnmpSourceConfig,
         SourcesConfig,
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from agent.uploader.delivery import PortalSettings
     from agent.uploader.snapshot import SnapshotContext
 
-    SourceConfig: TypeAlias = UsbSourceConfig | MdnsSourceConfig | SnmpSourceConfig | SshSourceConfig
+    SourceConfig: TypeAlias = (
+        UsbSourceConfig | MdnsSourceConfig | SnmpSourceConfig | SshSourceConfig | CollabosSourceConfig
+    )
 
 __all__ = ["SettingsError", "build_daemon_settings", "config_room", "daemon_sources", "snapshot_context"]
 
@@ -120,10 +123,11 @@ def build_daemon_settings(
 
     plans = []
     sysfs_root = None
+    state = resolve_state_dir(cfg, state_dir)
     for name in daemon_sources(cfg.sources) if names is None else names:
         settings = settings_of(name)
         interval = float(settings.interval)
-        source = source_class(name).from_config(settings)
+        source = make_source(name, settings, state)
         plans.append(SourcePlan(name, source, interval, source_defaults(name).timeout(interval)))
         if name == "usb":  # hot-plugging watches the USB source's sysfs tree
             sysfs_root = Path(usb_settings().sysfs_root)
@@ -148,7 +152,7 @@ def build_daemon_settings(
     room = config_room(cfg)
     return DaemonSettings(
         plans=tuple(plans),
-        state_dir=resolve_state_dir(cfg, state_dir),
+        state_dir=state,
         catalog=load_catalog(),
         room=room,
         room_map=room_map,

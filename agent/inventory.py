@@ -3,11 +3,14 @@
 Placement, most explicit first (issue [4/7], part 1):
 
 1. a room the source knows (``Observation.room``: a configured SSH host's ``room``, and the
-   units on that PC's USB) — never overridden;
+   units on that PC's USB; a configured CollabOS device's ``room``, and its Tap IP) — never
+   overridden;
 2. this host's own USB units (:data:`LOCAL_USB_SOURCES`) stand in the configured room;
 3. the room map (:mod:`agent.roommap`) places the rest by serial, host name, address or CIDR.
-   A unit on a room PC's USB (``attributes["attached_to"]`` names the PC's address) goes
-   where the map puts that PC, unless a ``serial`` row names the unit itself;
+   A unit on a room PC's USB (``attributes["attached_to"]`` names the PC's address), or paired
+   with a bar that reported it (a Tap IP: ``attributes["paired_with"]`` names the bar's
+   address), goes where the map puts that PC or bar, unless a ``serial`` row names the unit
+   itself;
 4. anything else is *unassigned*: listed, never dropped.
 
 Each room's units are then grouped into systems with a primary unit and a ticket serial by
@@ -34,6 +37,9 @@ from agent.systems import RoomSummary, summarize_room
 LOCAL_USB_SOURCES = frozenset({"usb", "replay"})
 #: The attribute a unit read through a room PC carries: the PC's address in the inventory.
 ATTACHED_TO = "attached_to"
+#: The attribute a unit a CollabOS bar reports as paired with it carries (a Tap IP): the
+#: bar's address. Placement follows the bar as it follows a room PC.
+PAIRED_WITH = "paired_with"
 
 
 def room_for(obs: Observation, local_room: Room | None) -> str | None:
@@ -99,8 +105,13 @@ def _room_of(device: Device, room_map: RoomMap) -> str | None:
 
 
 def _pc_address(device: Device) -> str | None:
-    value = device.attributes.get(ATTACHED_TO)
-    return value if isinstance(value, str) and value else None
+    """The address of the unit ``device`` goes with: the PC it is attached to, or the bar it
+    is paired with."""
+    for key in (ATTACHED_TO, PAIRED_WITH):
+        value = device.attributes.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _set_room(device: Device, room: str | None) -> None:

@@ -34,6 +34,9 @@ is a new entry of :data:`MIGRATIONS`):
   order, each with its ``Idempotency-Key``, sequence and the exact gzip body every attempt
   sends.
 
+* v4 ``tls_pins``: the certificate pinned for each device the agent signs in to over HTTPS
+  without a CA (:mod:`agent.pins`; the CollabOS Device Management API).
+
 Events are pruned by :class:`Retention` (``events_days``) only once the outbox has taken them
 (``events.seq`` at or below its cursor) and no queued message still refers to them.
 """
@@ -149,6 +152,16 @@ MIGRATIONS: tuple[str, ...] = (
         last_error   TEXT
     );
     CREATE INDEX outbox_state ON outbox(state, id);
+    """,
+    """
+    CREATE TABLE tls_pins (
+        service     TEXT NOT NULL,                    -- collabos
+        host        TEXT NOT NULL,                    -- as the configuration names it (host[:port])
+        spki_sha256 TEXT NOT NULL,                    -- hex SHA-256 of the certificate's public key
+        pinned_at   TEXT NOT NULL,                    -- UTC, fixed width
+        how         TEXT NOT NULL,                    -- first-contact | accepted
+        PRIMARY KEY (service, host)
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

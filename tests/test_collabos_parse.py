@@ -191,9 +191,9 @@ def test_lenient_values():
 
 
 def test_the_gate_allows_the_sign_in_and_the_four_reads_only():
-    check_collabos_request("POST", SIGNIN)
+    check_collabos_request(("POST", SIGNIN, {"username": "admin", "password": "x"}))
     for path in READS:
-        check_collabos_request("GET", path)
+        check_collabos_request(("GET", path, None))
     forbidden = [
         ("GET", SIGNIN),
         ("POST", "/api/v1/device"),
@@ -213,7 +213,19 @@ def test_the_gate_allows_the_sign_in_and_the_four_reads_only():
     ]
     for method, path in forbidden:
         with pytest.raises(ReadOnlyViolation):
-            check_collabos_request(method, path)
+            check_collabos_request((method, path, None))
+    for request in [
+        ("POST", SIGNIN, None),
+        ("POST", SIGNIN, {"username": "admin"}),
+        ("POST", SIGNIN, {"username": "admin", "password": "x", "reboot": True}),
+        ("POST", SIGNIN, {"username": "admin", "password": 1}),
+        ("GET", "/api/v1/device", {"a": 1}),
+        ("GET", "/api/v1/device"),
+        ("GET", b"/api/v1/device", None),
+        "GET /api/v1/device",
+    ]:
+        with pytest.raises(ReadOnlyViolation):
+            check_collabos_request(request)
 
 
 json_values = st.recursive(

@@ -108,6 +108,29 @@ GATE_CASES: dict[str, tuple[list[Any], list[Any]]] = {
             ("exec", b"reboot"),
         ],
     ),
+    "collabos-api": (
+        [
+            ("POST", "/api/v1/signin", {"username": "admin", "password": "pw"}),
+            ("GET", "/api/v1/device", None),
+            ("GET", "/api/v1/peripherals", None),
+            ("GET", "/api/v1/insights/device", None),
+            ("GET", "/api/v1/insights/room", None),
+        ],
+        [
+            ("PUT", "/api/v1/device", None),
+            ("DELETE", "/api/v1/device", None),
+            ("POST", "/api/v1/device", None),
+            ("POST", "/api/v1/reboot", None),
+            ("GET", "/api/v1/signin", None),
+            ("GET", "/api/v1/device?reboot=1", None),
+            ("GET", "/api/v1/device/../reboot", None),
+            ("GET", "/api/v1/device", {"x": 1}),
+            ("POST", "/api/v1/signin", {"username": "admin", "password": "pw", "mode": "HOST"}),
+            ("POST", "/api/v1/signin", None),
+            ("GET", "/api/v1/device"),
+            "GET /api/v1/device",
+        ],
+    ),
 }
 
 

@@ -269,7 +269,7 @@ def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path)
     original = bar(T0)
     write_v1_database(tmp_path, original, T0)
     with Store.open(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         # The unit keeps the identity v1 stored it under (now said to be its record's).
         [device] = store.devices()
         assert device.assigned_identity == original.identity
@@ -286,7 +286,7 @@ def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path)
             record = store.record_scan([], [], T0 + timedelta(hours=hour), sources_run={"usb"})
         assert [e.type for e in record.events] == [EventType.DEVICE_REMOVED]
     with Store.open(tmp_path) as store:
-        assert store.schema_version == 3 and store.devices() == []
+        assert store.schema_version == SCHEMA_VERSION and store.devices() == []
 
 
 def test_a_migration_that_fails_leaves_the_previous_schema(tmp_path: Path):

@@ -8,7 +8,7 @@ One module per command group, each with a ``register(sub, parents)`` that adds i
 sub-command(s) and a ``cmd_*`` function per command: :mod:`~agent.cli.scan`,
 :mod:`~agent.cli.store_cmds` (inventory, events), :mod:`~agent.cli.coverage`,
 :mod:`~agent.cli.push` (push, outbox), :mod:`~agent.cli.run`, :mod:`~agent.cli.health`,
-:mod:`~agent.cli.export`, :mod:`~agent.cli.check_config`; shared helpers in
+:mod:`~agent.cli.export`, :mod:`~agent.cli.trust`, :mod:`~agent.cli.check_config`; shared helpers in
 :mod:`~agent.cli.common`, :mod:`~agent.cli.context`, :mod:`~agent.cli.sources` and
 :mod:`~agent.cli.views`. The domain logic lives below (coverage, inventory, uploader, the
 daemon's settings in :mod:`agent.daemon_settings`): nothing imports this package.
@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from agent import __version__
-from agent.cli import check_config, coverage, export, health, push, run, scan, store_cmds
+from agent.cli import check_config, coverage, export, health, push, run, scan, store_cmds, trust
 from agent.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parents, UsageError
 from agent.cli.sources import add_source_flags
 
@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     health.register(sub, parents)
     push.register_outbox(sub, parents)
     export.register(sub, parents)
+    trust.register(sub, parents)
     check_config.register(sub, parents)
     return parser
 

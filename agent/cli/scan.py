@@ -61,7 +61,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from agent.catalog import load_catalog
-    from agent.discovery import source_class
+    from agent.config import resolve_state_dir
+    from agent.discovery import make_source
     from agent.scan import scan_once
 
     usb = usb_settings(args, cfg)
@@ -69,15 +70,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
     progress: list[SweepProgress] = []
     wanted = wanted_sources(args, cfg)
     settings = {name: source_settings(name, args, cfg) for name in wanted}  # usage errors first
+    state_dir = resolve_state_dir(cfg, args.state_dir)
     for name in wanted:
         if name == "snmp":
-            sweep: SnmpSource = source_class(name).from_config(settings[name])
+            sweep: SnmpSource = make_source(name, settings[name], state_dir)
             bar = SweepProgress("SNMP sweep")
             sweep.progress = bar
             progress.append(bar)
             sources.append(sweep)
         else:
-            sources.append(source_class(name).from_config(settings[name]))
+            sources.append(make_source(name, settings[name], state_dir))
 
     for capture in args.replay or ():
         if not os.path.isfile(capture):

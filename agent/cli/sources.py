@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, TextIO
 from agent.cli.common import UsageError, revalidate
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig, MdnsSourceConfig, SnmpSourceConfig, SshSourceConfig, UsbSourceConfig
+    from agent.config import (
+        AgentConfig,
+        CollabosSourceConfig,
+        MdnsSourceConfig,
+        SnmpSourceConfig,
+        SshSourceConfig,
+        UsbSourceConfig,
+    )
     from agent.daemon_settings import SourceConfig
 
 
@@ -73,6 +80,22 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
     )
     lan.add_argument("--ssh-key", metavar="FILE", help="private key for --ssh hosts")
     lan.add_argument("--known-hosts", metavar="FILE", help="known_hosts file for SSH host keys")
+    lan.add_argument(
+        "--collabos",
+        metavar="HOST[:PORT]",
+        action="append",
+        help="read a CollabOS device (Rally Bar, Mini, RoomMate) through its Device Management "
+        "API; its certificate is pinned at first contact; repeatable",
+    )
+    lan.add_argument("--collabos-user", metavar="NAME", help="API user for --collabos hosts (default admin)")
+    lan.add_argument(
+        "--collabos-password-file", metavar="FILE", help="file holding the API password for --collabos hosts"
+    )
+    lan.add_argument(
+        "--collabos-ca-file",
+        metavar="FILE",
+        help="CA bundle for devices with a company-signed certificate (verified, not pinned)",
+    )
 
 
 def usb_settings(args: argparse.Namespace, cfg: AgentConfig) -> UsbSourceConfig:
@@ -164,6 +187,21 @@ def ssh_settings(args: argparse.Namespace, cfg: AgentConfig) -> SshSourceConfig:
     return revalidate(settings, overrides, "--ssh options")
 
 
+def collabos_settings(args: argparse.Namespace, cfg: AgentConfig) -> CollabosSourceConfig:
+    settings = cfg.sources.collabos
+    overrides: dict[str, object] = {}
+    if args.collabos:
+        overrides["hosts"] = list(args.collabos)
+    for flag, key in (
+        ("collabos_user", "user"),
+        ("collabos_password_file", "password_file"),
+        ("collabos_ca_file", "ca_file"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    return revalidate(settings, overrides, "--collabos options")
+
+
 def source_settings(name: str, args: argparse.Namespace, cfg: AgentConfig) -> SourceConfig:
     """Source ``name``'s settings: the configuration's, with the command line's flags."""
     if name == "usb":
@@ -174,6 +212,8 @@ def source_settings(name: str, args: argparse.Namespace, cfg: AgentConfig) -> So
         return mdns_settings(args, cfg)
     if name == "ssh":
         return ssh_settings(args, cfg)
+    if name == "collabos":
+        return collabos_settings(args, cfg)
     raise KeyError(name)
 
 
@@ -184,6 +224,7 @@ def named_sources(args: argparse.Namespace) -> dict[str, bool]:
         "mdns": bool(args.mdns or args.mdns_type or args.mdns_interface or args.mdns_timeout),
         "snmp": bool(args.snmp),
         "ssh": bool(args.ssh),
+        "collabos": bool(args.collabos),
     }
 
 

@@ -1,5 +1,6 @@
 """CollabOS "Local Network Access" (the Device Management API v1.0): what the agent may send a
-CollabOS device, and what its replies mean (issue [10/16]; the source that sends is to come).
+CollabOS device, and what its replies mean (issue [10/16]). The source that sends is
+:mod:`agent.discovery.collabos`.
 
 Facts (from the issue; V = read in a source or sample, U = a hint the catalog can override):
 
@@ -24,11 +25,11 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.catalog import Catalog
 from agent.model import Observation, SerialSource, Severity, Transport
-from agent.readonly import ReadOnlyViolation
+from agent.readonly import Gate, ReadOnlyViolation
 from agent.sanitize import clean_serial, clean_text
 
 NAME = "collabos-api"
@@ -50,14 +51,45 @@ class CollabosError(Exception):
         self.auth = auth
 
 
-def check_collabos_request(method: str, path: str) -> None:
-    """Allow exactly the sign-in and the four documented reads; raise
-    :class:`~agent.readonly.ReadOnlyViolation` for anything else, however it was built."""
+#: The keys of the one body the agent sends (the sign-in's).
+SIGNIN_KEYS = frozenset({"username", "password"})
+
+
+def check_collabos_request(request: Any) -> None:
+    """The CollabOS gate. A request is ``(method, path, body)``: ``("POST",
+    "/api/v1/signin", {"username": …, "password": …})`` or ``("GET", one of READS, None)``.
+    Anything else — another method or path, a query string, a body on a read, other keys in
+    the sign-in — raises :class:`~agent.readonly.ReadOnlyViolation`, however it was built."""
+    if not isinstance(request, tuple) or len(request) != 3:
+        raise ReadOnlyViolation(f"CollabOS API: refused a request of unknown form: {type(request).__name__}")
+    method, path, body = request
+    if not isinstance(method, str) or not isinstance(path, str):
+        raise ReadOnlyViolation("CollabOS API: refused a request whose method or path is not text")
     if method == "POST" and path == SIGNIN:
+        if (
+            not isinstance(body, dict)
+            or body.keys() != SIGNIN_KEYS
+            or not all(isinstance(v, str) for v in body.values())
+        ):
+            raise ReadOnlyViolation("CollabOS API: the sign-in carries exactly a username and a password")
         return
     if method == "GET" and path in READS:
+        if body is not None:
+            raise ReadOnlyViolation(f"CollabOS API: GET {path} carries no body")
         return
     raise ReadOnlyViolation(f"CollabOS API: {method} {path!r} is not one of the documented reads")
+
+
+class CollabosApiCollector:
+    """Every CollabOS device the operator listed (``[sources.collabos] hosts``): the sign-in
+    and the four documented reads (:mod:`agent.discovery.collabos` sends them)."""
+
+    name: ClassVar[str] = NAME
+    writes: ClassVar[str | None] = (
+        "HTTPS: POST /api/v1/signin (username and password); GET /api/v1/device, "
+        "/api/v1/peripherals, /api/v1/insights/device and /api/v1/insights/room"
+    )
+    gate: ClassVar[Gate | None] = staticmethod(check_collabos_request)
 
 
 # --------------------------------------------------------------------------- replies
@@ -208,7 +240,7 @@ def observe(
     if state is not None:
         bar.state = state.lower()
     bar.children.extend(_sights(bar, peripherals, catalog, now, source))
-    bar.children.extend(_usb_children(bar, peripherals, now, source))
+    bar.children.extend(_usb_children(bar, peripherals, catalog, now, source))
     return [bar, *_taps(bar, peripherals, catalog, now, source)]
 
 
@@ -258,7 +290,7 @@ def _sights(
 
 
 def _usb_children(
-    bar: Observation, peripherals: Mapping[str, Any], now: datetime, source: str
+    bar: Observation, peripherals: Mapping[str, Any], catalog: Catalog, now: datetime, source: str
 ) -> list[Observation]:
     found = []
     for i, item in enumerate(_items(peripherals, "usbControllers")):
@@ -270,13 +302,24 @@ def _usb_children(
                 child.components[key] = version
         found.append(child)
     for i, item in enumerate(_items(peripherals, "usbDevices")):
-        child = _child(bar, f"usb/{as_text(item.get('id')) or i}", None, now, source)
-        child.vendor_id, child.product_id = as_usb_id(item.get("vid")), as_usb_id(item.get("pid"))
-        child.model = as_text(item.get("name"))
+        vid, pid = as_usb_id(item.get("vid")), as_usb_id(item.get("pid"))
+        name = as_text(item.get("name"))
+        match = catalog.match_usb(vid, pid) if vid is not None and pid is not None else None
+        product = match.product if match is not None else catalog.match_usb_product_string(name)
+        child = _child(
+            bar, f"usb/{as_text(item.get('id')) or i}", product.name if product else None, now, source
+        )
+        child.vendor_id, child.product_id = vid, pid
+        child.model = name
         for key, component in (("audioFirmwareVersion", "audio"), ("videoFirmwareVersion", "video")):
             version = as_text(item.get(key), max_len=64)
             if version is not None:
                 child.components[component] = version
+        # One firmware to show: the audio one for an audio device (a mic pod), else the video one.
+        shown = ("audio", "video") if as_bool(item.get("isVideoDevice")) is not True else ("video", "audio")
+        firmware = next((child.components[c] for c in shown if c in child.components), None)
+        if firmware is not None:
+            child.firmware, child.firmware_source = firmware, NAME
         found.append(child)
     return found
 
@@ -316,6 +359,8 @@ __all__ = [
     "NAME",
     "READS",
     "SIGNIN",
+    "SIGNIN_KEYS",
+    "CollabosApiCollector",
     "CollabosError",
     "as_bool",
     "as_int",

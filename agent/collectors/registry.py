@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 #: Which source's endpoints a collector reads.
-Transport = Literal["usb", "snmp", "mdns", "ssh"]
+Transport = Literal["usb", "snmp", "mdns", "ssh", "https"]
 Scope = Literal["endpoint", "product"]
 
 
@@ -61,6 +61,7 @@ COLLECTORS: dict[str, CollectorEntry] = _table(
     CollectorEntry("snmp-entity", "agent.collectors.snmp.entity:SnmpEntityCollector", "snmp", "endpoint"),
     CollectorEntry("mdns-txt", "agent.collectors.mdns_service:MdnsTxtCollector", "mdns", "endpoint"),
     CollectorEntry("ssh-dmi", "agent.collectors.ssh_host:RoomPcCollector", "ssh", "endpoint"),
+    CollectorEntry("collabos-api", "agent.collectors.collabos_api:CollabosApiCollector", "https", "endpoint"),
 )
 
 #: Names the catalog may give a product (``collectors = [...]``).

@@ -12,6 +12,7 @@ The registry maps a source name to ``module:Class`` and is imported lazily, so t
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +28,7 @@ SOURCES: dict[str, str] = {
     "mdns": "agent.discovery.mdns:MdnsSource",
     "snmp": "agent.discovery.snmp:SnmpSource",
     "ssh": "agent.discovery.ssh:SshSource",
+    "collabos": "agent.discovery.collabos:CollabosSource",
 }
 
 
@@ -58,6 +60,7 @@ SOURCE_DEFAULTS: dict[str, SourceDefaults] = {
     "mdns": SourceDefaults(run=True),
     "snmp": SourceDefaults(),
     "ssh": SourceDefaults(),
+    "collabos": SourceDefaults(),
 }
 
 
@@ -99,6 +102,16 @@ class Source(Protocol):
     name: str
 
     async def run(self, ctx: ScanContext) -> SourceResult: ...
+
+
+def make_source(name: str, settings: Any, state_dir: str | os.PathLike[str] | None) -> Any:
+    """Source ``name`` built from its settings. A source that keeps state in the store (the
+    CollabOS certificate pins) has a ``bind_state(state_dir)`` method and is given it here."""
+    source = source_class(name).from_config(settings)
+    bind = getattr(source, "bind_state", None)
+    if bind is not None and state_dir is not None:
+        bind(state_dir)
+    return source
 
 
 def source_class(name: str) -> Any:

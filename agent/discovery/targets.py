@@ -120,6 +120,25 @@ def check_targets(specs: Sequence[str], default_port: int = DEFAULT_PORT) -> lis
     return problems
 
 
+def parse_host_port(spec: str, default_port: int) -> tuple[str, int]:
+    """One host: ``address``, ``host name``, ``host:port``, ``[v6]`` or ``[v6]:port`` (no
+    ranges). Raises :class:`ValueError` saying what is wrong."""
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty host")
+    if "/" in text:
+        raise ValueError("a range is not a host: list each device")
+    host, port = _split_port(text, default_port)
+    if not host:
+        raise ValueError("no host")
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        if not _is_host_name(host):
+            raise ValueError(f"{host!r} is neither an address nor a host name") from None
+    return host.rstrip(".").lower(), port
+
+
 def _is_host_name(text: str) -> bool:
     labels = text.rstrip(".").split(".")
     return len(text) <= 253 and all(
