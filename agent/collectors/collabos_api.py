@@ -102,7 +102,9 @@ def parse_reply(status: int, body: bytes, *, what: str) -> dict[str, Any]:
         raise CollabosError(f"{what}: reply of {len(body)} bytes, more than {MAX_REPLY_BYTES}")
     try:
         doc = json.loads(body)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise CollabosError(f"{what}: the reply nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
         raise CollabosError(f"{what}: HTTP {status}, the reply is not JSON") from None
     if _depth(doc) > MAX_DEPTH:
         raise CollabosError(f"{what}: the reply nests deeper than {MAX_DEPTH} levels")

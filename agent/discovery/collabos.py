@@ -125,8 +125,8 @@ class CollabosHost:
 
     @classmethod
     def of(cls, value: Any) -> CollabosHost:
-        """From itself, ``"HOST[:PORT]"`` or anything with ``host``/``port``/``room``
-        (``agent.config.CollabosHostConfig``). Raises :class:`ValueError`."""
+        """From itself, ``"HOST[:PORT]"``, a ``{host, port, room}`` mapping or anything with
+        those attributes (``agent.config.CollabosHostConfig``). Raises :class:`ValueError`."""
         if isinstance(value, CollabosHost):
             return value
         if isinstance(value, str):
@@ -134,6 +134,15 @@ class CollabosHost:
 
             host, port = parse_host_port(value, DEFAULT_PORT)
             return cls(host, port)
+        if isinstance(value, Mapping):
+            from pydantic import ValidationError
+
+            from agent.config import CollabosHostConfig
+
+            try:
+                value = CollabosHostConfig.model_validate(dict(value))
+            except ValidationError as exc:
+                raise ValueError(f"not a CollabOS host: {exc.errors()[0]['msg']}") from None
         return cls(value.host, getattr(value, "port", DEFAULT_PORT), getattr(value, "room", None))
 
     @property
@@ -273,6 +282,10 @@ class DeviceSession:
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"Accept": "application/json", "User-Agent": "roomsync"},
         )
+        # aiohttp resends an idempotent request once when the connection drops; every request
+        # here counts against the device's rate limit, so the source decides on retries
+        # itself (aiohttp's own test client turns this off the same way).
+        self.session._retry_connection = False
 
     async def close(self) -> None:
         await self.session.close()
@@ -360,6 +373,8 @@ class CollabosSource:
         host_deadline: float = 60.0,
         concurrency: int = 32,
         state_dir: str | Path | None = None,
+        signins_per_minute: int = SIGNINS_PER_MINUTE,
+        calls_per_minute: int = CALLS_PER_MINUTE,
     ) -> None:
         if min(timeout, insights_timeout, host_deadline) <= 0 or concurrency < 1:
             raise ValueError("timeouts and host_deadline must be > 0, concurrency >= 1")
@@ -381,6 +396,9 @@ class CollabosSource:
         self.concurrency = concurrency
         #: Where the store keeps the certificate pins (:meth:`bind_state`).
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        #: The devices' documented rate limits, which the source keeps itself.
+        self.signins_per_minute = signins_per_minute
+        self.calls_per_minute = calls_per_minute
         self.devices: dict[str, DeviceState] = {}
 
     def __repr__(self) -> str:
@@ -473,7 +491,11 @@ class CollabosSource:
         """Read one device; every failure becomes one error naming it."""
         started = time.monotonic()
         result = SourceResult()
-        state = self.devices.setdefault(host.address, DeviceState())
+        state = self.devices.get(host.address)
+        if state is None:
+            state = self.devices[host.address] = DeviceState(
+                RateWindow(self.signins_per_minute), RateWindow(self.calls_per_minute)
+            )
         try:
             async with asyncio.timeout(self.host_deadline):
                 observations, messages = await self._read(host, ctx, slots, tls, pins, state, started)
@@ -514,6 +536,7 @@ class CollabosSource:
             session = DeviceSession(host, binding, state, timeout=self.timeout, deadline=deadline)
             try:
                 if state.valid_token(time.monotonic()) is None:
+                    self._refused_lately(state)
                     await self._looks_like_the_api(session)
                 if new_pin is not None:
                     self._pin(host, pins, new_pin, ctx.now)
@@ -603,8 +626,9 @@ class CollabosSource:
         except SecretFileError as exc:
             raise CollabosHostError(str(exc)) from None
 
-    async def _sign_in(self, session: DeviceSession) -> str:
-        state = session.state
+    def _refused_lately(self, state: DeviceState) -> str:
+        """The password, unless the device refused it lately (then :class:`SignInRefused`:
+        nothing is sent until the backoff has passed or the password file changes)."""
         password = self._password()
         digest = hashlib.sha256(password.encode()).hexdigest()
         now = time.monotonic()
@@ -613,6 +637,12 @@ class CollabosSource:
                 f"the device refused the sign-in as {self.user}; not tried again for "
                 f"{state.refused_until - now:.0f} s, or until the password file changes"
             )
+        return password
+
+    async def _sign_in(self, session: DeviceSession) -> str:
+        state = session.state
+        password = self._refused_lately(state)
+        digest = hashlib.sha256(password.encode()).hexdigest()
         reply = await session.request("POST", SIGNIN, body={"username": self.user, "password": password})
         try:
             result = parse_reply(reply.status, reply.body, what=f"POST {SIGNIN}")
@@ -624,7 +654,7 @@ class CollabosSource:
             backoff = min(AUTH_BACKOFF_FIRST * 2 ** (state.refusals - 1), AUTH_BACKOFF_MAX)
             state.refused_digest, state.refused_until = digest, time.monotonic() + backoff
             raise SignInRefused(
-                f"sign-in as {self.user} refused ({text.split(': ', 1)[-1]}): check the password "
+                f"sign-in as {self.user} {text.split(': ', 1)[-1]}: check the password "
                 f"in {self.password_file} and that the user may use the API; not tried again "
                 f"for {backoff:.0f} s, or until the password file changes"
             ) from None
@@ -686,6 +716,8 @@ class CollabosSource:
             return f"no answer in time (timeout {self.timeout:g} s, host_deadline {self.host_deadline:g} s)"
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return "the device closed the connection without a reply"
+        if isinstance(exc, aiohttp.ClientOSError):
+            return f"the connection broke before the reply: {exc.strerror or exc}"
         if isinstance(exc, aiohttp.ClientError):
             return f"HTTPS error: {type(exc).__name__}: {exc}"
         if isinstance(exc, ssl.SSLError):
