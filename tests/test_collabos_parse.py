@@ -261,3 +261,26 @@ def test_any_result_of_any_shape_makes_observations(device: dict[str, Any], peri
     bar, *taps = observe("10.0.4.30", device, peripherals, CATALOG, NOW)
     assert bar.address == "10.0.4.30" and all(t.attributes["paired_with"] == "10.0.4.30" for t in taps)
     json.dumps([o.attributes for o in (bar, *bar.children, *taps)], default=str)  # nothing unserialisable
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=80) | st.from_regex(r"\[?[0-9a-f:.]{1,40}\]?(:[0-9]{1,6})?", fullmatch=True))
+def test_any_host_text_is_a_host_or_one_value_error(text: str):
+    from agent.discovery.collabos import CollabosHost
+
+    try:
+        host = CollabosHost.of(text)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert 1 <= host.port <= 65535 and host.host and not any(c.isspace() for c in host.host)
+    assert CollabosHost.of(host.address) == host  # what the inventory shows reads back the same
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.none() | st.text(max_size=60), token=st.text(max_size=200))
+def test_retry_after_and_token_lifetime_are_bounded_for_any_input(header: str | None, token: str):
+    from agent.discovery.collabos import TOKEN_LIFETIME, retry_after, token_lifetime
+
+    assert 1.0 <= retry_after(header) <= 3600.0
+    assert 0 < token_lifetime(token) <= TOKEN_LIFETIME

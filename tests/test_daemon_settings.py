@@ -81,3 +81,28 @@ def test_a_missing_replay_or_unreadable_entitlements_is_a_settings_error(tmp_pat
         SettingsError, match=r"\[coverage\] entitlements .*none\.csv refused:\n.*No such file"
     ):
         snapshot_context(missing, ())
+
+
+def test_the_collabos_source_runs_when_enabled_and_keeps_its_pins_in_the_state_dir(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path,
+        sources={
+            "usb": {"enabled": False},
+            "mdns": {"enabled": False},
+            "collabos": {
+                "enabled": True,
+                "hosts": ["10.20.4.31", {"host": "rallybar-1.example:8443", "room": "oslo-4-12"}],
+                "password_file": "collabos-password",
+            },
+        },
+    )
+    settings = build_daemon_settings(cfg)
+    [plan] = settings.plans
+    assert (plan.name, plan.interval, plan.timeout) == ("collabos", 300.0, 270.0)
+    source = plan.source
+    assert source.state_dir == tmp_path / "state"
+    assert [(h.address, h.room) for h in source.hosts] == [
+        ("10.20.4.31", None),
+        ("rallybar-1.example:8443", "oslo-4-12"),
+    ]
+    assert source.concurrency == 32 and source.host_deadline == 60.0 and source.user == "admin"

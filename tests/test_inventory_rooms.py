@@ -180,6 +180,37 @@ def test_units_on_a_room_pc_follow_where_the_map_puts_the_pc() -> None:
     }
 
 
+def test_a_tap_ip_goes_where_its_bar_goes_unless_its_own_serial_is_mapped() -> None:
+    def appliance(bar_host: str, tap_serial: str, tap_address: str) -> list[Observation]:
+        bar = obs("Rally Bar Mini", source="collabos", transport=Transport.HTTPS, address="192.0.2.200")
+        bar.attributes["host"] = bar_host
+        tap = obs(
+            "Tap IP",
+            source="collabos",
+            transport=Transport.HTTPS,
+            address=tap_address,
+            serial=tap_serial,
+            paired_with="192.0.2.200",
+        )
+        return [bar, tap]
+
+    # The bar is placed by its host name; its Tap IP (on another subnet) goes with it.
+    placed = devices_from_observations(
+        appliance("RallyBar-1L5V32", "TAPIP0001", "198.51.100.7"), None, CATALOG, ROOM_MAP
+    )
+    assert by_product(placed) == {"Rally Bar Mini": "oslo-4-14", "Tap IP": "oslo-4-14"}
+    # A serial row naming the Tap itself wins over its bar's place.
+    own = devices_from_observations(
+        appliance("RallyBar-1L5V32", "2313FD1N08Z2", "198.51.100.7"), None, CATALOG, ROOM_MAP
+    )
+    assert by_product(own) == {"Rally Bar Mini": "oslo-4-14", "Tap IP": "oslo-4-99"}
+    # A bar nowhere: the Tap is placed on its own (here by its address) or not at all.
+    alone = devices_from_observations(
+        appliance("RallyBar-XXXX", "TAPIP0002", "10.20.4.77"), None, CATALOG, ROOM_MAP
+    )
+    assert by_product(alone) == {"Rally Bar Mini": None, "Tap IP": "oslo-4-open"}
+
+
 def test_units_on_a_room_pc_placed_by_host_name() -> None:
     devices = devices_from_observations(
         _pc_and_units(None, address="room-pc-4-16:2222"), None, CATALOG, ROOM_MAP
