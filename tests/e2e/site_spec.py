@@ -1,4 +1,4 @@
-"""The customer site of the end-to-end test: three rooms, the units in them, the operator's
+"""The customer site of the end-to-end test: four rooms, the units in them, the operator's
 files (entitlements CSV, room map, agent.toml) and what the portal must end up showing.
 
 Rooms (ids as in the room map):
@@ -15,6 +15,14 @@ Rooms (ids as in the room map):
   (host row, its sysName); a Tap Scheduler seen over mDNS, placed here by a serial row.
 * **room C** (``e2e-c``): a MeetUp and a Rally Bar Mini announced over mDNS, placed by host
   rows. The Tap Scheduler is moved here by editing the room map (S9).
+* **room D** (``e2e-d``): an appliance-mode room (issue [10/16]): no room PC, no USB, only a
+  Rally Bar Mini with a Sight, a mic pod and a paired Tap IP, read over HTTPS through its
+  Device Management API (``tests/collabos_standin.py``, on a loopback address of its own) and
+  placed by its ``[sources.collabos] hosts`` entry's ``room``. The Tap IP is a unit of its own,
+  in the bar's room; the address the bar reports for it is only reported, never contacted.
+  The bar's certificate is pinned at the first read; it then rotates (a reset device), the
+  agent refuses it before sending anything, and the operator accepts the new key
+  (``roomsync trust collabos``).
 
 Expectations are written down from the rules, not taken from the agent: where each unit
 stands (inventory placement order: an SSH host's room, this host's USB in ``[room]``, then
@@ -34,14 +42,15 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from agent.entitlements import COLUMNS as ENTITLEMENT_COLUMNS
+from tests.collabos_standin import CollabosDevice, rally_bar_mini
 from tests.peers_mdns import RUN_TOKEN, Service
 from tests.peers_snmp import SimDevice, entity_rows
 
 LOGITECH = 0x046D
 TOKEN = f"{RUN_TOKEN}E"  # this session's token; other tests on loopback use other suffixes
 
-ROOM_A, ROOM_B, ROOM_C = "e2e-a", "e2e-b", "e2e-c"
-ROOM_NAMES = {ROOM_A: "Fjord", ROOM_B: "Skagerrak", ROOM_C: "Nordkapp"}
+ROOM_A, ROOM_B, ROOM_C, ROOM_D = "e2e-a", "e2e-b", "e2e-c", "e2e-d"
+ROOM_NAMES = {ROOM_A: "Fjord", ROOM_B: "Skagerrak", ROOM_C: "Nordkapp", ROOM_D: "Lofoten"}
 LOCATION = "Oslo HQ / 4th floor"
 
 # --------------------------------------------------------------------------- units
@@ -54,6 +63,15 @@ TAP_IP, TAP_IP_REPLACED = "2308TI0005E3", "2201TI0001Z9"
 #: mDNS is shared by every test run on this machine: these serials carry the session token so
 #: that two runs never announce the same unit.
 MEETUP, BAR_MINI, SCHEDULER = f"2405MU{TOKEN}", f"2209RM{TOKEN}", f"2311TS{TOKEN}"
+
+#: Room D's appliance-mode Rally Bar Mini and the Tap IP paired with it, as its Device
+#: Management API reports them (only this agent reads that stand-in: no session token needed).
+APPLIANCE_BAR, APPLIANCE_TAP = "2306LZ0007F5", "2306TI0008G6"
+#: The bar's loopback address (no other peer of this test uses it; the port is the stand-in's),
+#: and the Tap IP's address as the bar reports it: only reported, nothing listens there.
+APPLIANCE_HOST, APPLIANCE_TAP_ADDRESS = "127.0.0.45", "127.0.0.46"
+#: The bar's collabOSVersion (1.13 and later answer the insights): its firmware at the portal.
+APPLIANCE_FIRMWARE = "1.15.2"
 
 #: Host names the LAN units announce (mDNS SRV target, SNMP sysName).
 BAR_HOST = f"RallyBar-{TOKEN}"  # the recorded bar on the LAN: catalog host_names 'RallyBar-[0-9A-Z]+$'
@@ -79,6 +97,11 @@ TAP_PORT, BRIO_PORT = "1-2", "1-3"
 
 #: One channel of a unit as the snapshot's ``seen_by`` lists it: (source, transport, serial_source).
 Channel = tuple[str, str, str | None]
+#: A unit by (product, serial): the units others are read through.
+RECORDED_BAR = ("Rally Bar", RALLY_BAR)
+APPLIANCE = ("Rally Bar Mini", APPLIANCE_BAR)
+#: The one channel of room D's units: the Device Management API (the collabos source, HTTPS).
+API_CHANNEL: Channel = ("collabos", "https", "collabos-api")
 
 
 @dataclass(frozen=True)
@@ -92,8 +115,8 @@ class Unit:
     #: The serial is the label's (Sync interface, DMI, ENTITY-MIB, a TXT serial of an
     #: identified product); USB descriptor serials of these products are not (catalog).
     label_grade: bool
-    #: The product of the unit it was read through (a bar's Sight), if any.
-    parent: str | None = None
+    #: The (product, serial) of the unit it was read through (a bar's Sight), if any.
+    parent: tuple[str, str] | None = None
     #: Sync's status at the portal: Online for a unit the latest run of its source saw,
     #: unless the unit reports another state itself.
     status: str = "Online"
@@ -118,10 +141,10 @@ def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
     return [
         # One unit on three channels; its transport and address are its most trusted channel's.
         Unit("Rally Bar", RALLY_BAR, ROOM_A, "usb", True, channels=BAR_CHANNELS),
-        Unit("Sight", SIGHT, ROOM_A, "usb", True, parent="Rally Bar"),
-        Unit("Rally Mic Pod", None, ROOM_A, "usb", False, parent="Rally Bar"),
+        Unit("Sight", SIGHT, ROOM_A, "usb", True, parent=RECORDED_BAR),
+        Unit("Rally Mic Pod", None, ROOM_A, "usb", False, parent=RECORDED_BAR),
         # The recorded bar reports its remote with status 0: Offline (its own word).
-        Unit("Remote Controller", None, ROOM_A, "usb", False, parent="Rally Bar", status="Offline"),
+        Unit("Remote Controller", None, ROOM_A, "usb", False, parent=RECORDED_BAR, status="Offline"),
         Unit("Tap", TAP_USB, ROOM_A, "usb", False),
         Unit("Room PC", ROOM_PC, ROOM_B, "ssh", True),
         Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False),
@@ -131,6 +154,13 @@ def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
         Unit("MeetUp", MEETUP, ROOM_C, "mdns", True),
         Unit("Rally Bar Mini", BAR_MINI, ROOM_C, "mdns", True),
         Unit("Tap Scheduler", SCHEDULER, scheduler_room, "mdns", True),
+        # Room D, all from the bar's API: the bar's serial and the Tap IP's are the labels'
+        # (known products); the Sight and the mic pod, read through the bar, have none. Its
+        # insights say IDLE: Online.
+        Unit("Rally Bar Mini", APPLIANCE_BAR, ROOM_D, "https", True, channels=(API_CHANNEL,)),
+        Unit("Sight", None, ROOM_D, "https", False, parent=APPLIANCE),
+        Unit("Rally Mic Pod", None, ROOM_D, "https", False, parent=APPLIANCE),
+        Unit("Tap IP", APPLIANCE_TAP, ROOM_D, "https", True, channels=(API_CHANNEL,)),
     ]
 
 
@@ -161,12 +191,16 @@ class RoomView:
 #: * C: the Rally Bar Mini forms a "CollabOS bar" and the MeetUp a "MeetUp" system: two
 #:   systems, so the first (catalog order: the bar) names the primary unit and the room is
 #:   flagged ambiguous (P1). The Tap Scheduler is in no system and changes nothing.
+#: * D: the Rally Bar Mini, its Sight and mic pod and its Tap IP form one "CollabOS bar": the
+#:   bar is the primary unit and the serial tickets quote (P1); both key devices (the bar, the
+#:   Tap IP) have their label serials from the API, so nothing is flagged.
 ROOM_VIEWS = {
     ROOM_A: RoomView(RALLY_BAR, "Rally Bar", RALLY_BAR, "Rally Bar", ("key-device-unregistered",)),
     ROOM_B: RoomView(
         None, "Rally Camera", TAP_IP, "Tap IP", ("key-device-unregistered", "primary-unit-serial-unknown")
     ),
     ROOM_C: RoomView(BAR_MINI, "Rally Bar Mini", BAR_MINI, "Rally Bar Mini", ("primary-unit-ambiguous",)),
+    ROOM_D: RoomView(APPLIANCE_BAR, "Rally Bar Mini", APPLIANCE_BAR, "Rally Bar Mini", ()),
 }
 
 # --------------------------------------------------------------------------- coverage
@@ -435,6 +469,18 @@ def entitlements(today: date) -> Entitlements:
         select_term_years=1,
     )
 
+    # W1 alone: room D's bar and its Tap IP, bought together, in their standard warranty.
+    bought = ago(150)
+    for serial, product in ((APPLIANCE_BAR, "bar"), (APPLIANCE_TAP, "Tap IP")):
+        e.add(
+            serial,
+            f"the appliance room's {product}: the standard warranty alone (W1)",
+            Expected(period_end(bought, STANDARD_YEARS), (("standard", bought, period_end(bought, 2)),)),
+            purchase_date=bought,
+            country="NO",
+            customer="business",
+        )
+
     # No row for the room PC: coverage unknown.
     e.expected[ROOM_PC] = Expected(
         None, (), ("no-entitlement-record", "unknown-purchase-date"), has_purchase_date=False
@@ -508,14 +554,30 @@ def snmp_agents() -> list[SimDevice]:
     ]
 
 
+def appliance_bar(directory: Path, password: str) -> CollabosDevice:
+    """Room D's Rally Bar Mini as the CollabOS stand-in serves it: its own self-signed
+    certificate (in ``directory``), the admin password ``password``, a Sight, a Rally Mic Pod
+    and a Tap IP at :data:`APPLIANCE_TAP_ADDRESS`; the documented rate limits (5 sign-ins and
+    10 calls a minute)."""
+    return rally_bar_mini(
+        APPLIANCE_HOST,
+        directory,
+        serial=APPLIANCE_BAR,
+        password=password,
+        collabos_version=APPLIANCE_FIRMWARE,
+        tap_ip=APPLIANCE_TAP_ADDRESS,
+        tap_serial=APPLIANCE_TAP,
+        sight=True,
+        mic_pod=True,
+    )
+
+
 # --------------------------------------------------------------------------- files
 
 
 def room_map_text(scheduler_room: str) -> str:
     rows = [["match", "value", "room", "room_name", "group", "location", "seat_count"]]
-    rows += [
-        ["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"] for room in (ROOM_A, ROOM_B, ROOM_C)
-    ]
+    rows += [["", "", room, ROOM_NAMES[room], LOCATION, "Oslo, Norway", "8"] for room in ROOM_NAMES]
     rows += [
         # The bar's LAN channels (mDNS host, SNMP sysName) stand where its USB does: every
         # channel places it in room A, whichever reports it first (an unplaced first report
@@ -549,8 +611,14 @@ def agent_toml(
     snmp_ports: Sequence[int],
     snmp_community: str,
     ssh_port: int,
+    collabos_address: str,
 ) -> str:
-    """agent.toml of the site agent: short intervals, every peer on loopback."""
+    """agent.toml of the site agent: short intervals, every peer on loopback.
+
+    CollabOS keeps its default interval (300 s): the devices allow 10 calls a minute, and a
+    read without a token is 5 of them (the credential-less ``GET /api/v1/device``, then the four
+    reads). So during the test the bar is read at the start and at each reload only (SIGHUP
+    rebuilds the source: no token kept): twice fully, and once refused before any request."""
     p = {k: toml_str(v) for k, v in paths.items()}
     snmp_targets = ", ".join(toml_str(f"127.0.0.1:{port}") for port in snmp_ports)
     return f"""\
@@ -594,6 +662,14 @@ user = "root"
 key_file = {p["ssh_key"]}
 sysfs_root = {p["pc_sysfs"]}
 room = "{ROOM_B}"
+
+[sources.collabos]
+enabled = true
+hosts = [{{ host = {toml_str(collabos_address)}, room = "{ROOM_D}" }}]
+password_file = {p["collabos_password"]}
+timeout = 5.0
+host_deadline = 15.0
+interval = 300
 
 [portal]
 url = {toml_str(portal_url)}

@@ -7,16 +7,22 @@ against real peers on loopback, and what the licensing portal ends up showing.
   three channels (docs/identity.md);
 * room B: a room PC over SSH (real sshd; its sysfs served over SFTP) with a Rally Camera and
   its hubs on its USB, a Tap IP over SNMP (snmpsim), a Tap Scheduler over mDNS;
-* room C: a MeetUp and a Rally Bar Mini over mDNS (zeroconf, pinned to 127.0.0.1).
+* room C: a MeetUp and a Rally Bar Mini over mDNS (zeroconf, pinned to 127.0.0.1);
+* room D, appliance mode: a Rally Bar Mini with a Sight, a mic pod and a Tap IP, read over
+  HTTPS through its Device Management API (the CollabOS stand-in on 127.0.0.45).
 
 The daemon runs several cycles of every source; the Brio is unplugged (``device.removed``
 after ``remove_after_missed_scans`` = 2 USB runs) and the Tap Scheduler moved to room C by
-editing the room map and sending SIGHUP (``device.moved``, S9). The portal stand-in's latest
-snapshot must then place every unit in its room, name each room's primary unit and ticket
-serial (P1, P2), hold the bar once with its three channels (one ``device.added``, one
-verdict; ``/v1/inventory`` agrees) and carry each unit's coverage as the entitlement rows
-dictate (every rule coverage implements); ``roomsync health`` exits 0 and ``/v1/coverage``
-agrees with the portal.
+editing the room map and sending SIGHUP (``device.moved``, S9); meanwhile room D's bar
+presents a new certificate: the agent refuses it before sending anything, until the operator
+accepts it (``roomsync trust collabos --accept-new``) and a reload reads the bar again. The
+portal stand-in's latest snapshot must then place every unit in its room, name each room's
+primary unit and ticket serial (P1, P2), hold the bar once with its three channels (one
+``device.added``, one verdict; ``/v1/inventory`` agrees) and carry each unit's coverage as the
+entitlement rows dictate (every rule coverage implements); ``roomsync health`` exits 0 and
+``/v1/coverage`` agrees with the portal. Room D's bar received only the sign-in and the four
+documented reads, and its password shows nowhere the test can look (logs, outputs, portal
+messages, the state).
 Expectations come from tests/e2e/site_spec.py, written from the rules, never from the agent.
 
 Everything listens on and talks to 127.0.0.0/8 only. Every peer and the daemon are stopped
@@ -26,6 +32,8 @@ whatever happens (an ExitStack of stop_process-based closers).
 from __future__ import annotations
 
 import contextlib
+import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,9 +48,10 @@ from typing import Any
 import pytest
 
 from agent.uploader.protocol import DeviceOut, EventOut, InventoryMessage
+from tests.collabos_standin import DEVICE, READS, SIGNIN, CollabosDevice, CollabosStandIn
 from tests.daemon_peer import LOOPBACK, NotifySocket, RunningDaemon, daemon_env, free_tcp_port, start_daemon
 from tests.e2e import site_spec as site
-from tests.e2e.site_spec import ROOM_A, ROOM_B, ROOM_C, Unit
+from tests.e2e.site_spec import ROOM_A, ROOM_B, ROOM_C, ROOM_D, Unit
 from tests.peers_mdns import Publisher
 from tests.peers_snmp import SnmpSim
 from tests.peers_ssh import keyscan, require_sshd, start_sshd, world_dir, write_known_hosts
@@ -55,9 +64,14 @@ pytestmark = pytest.mark.timeout(180)
 CAPTURE = ("fixtures", "usb-captures", "logi-rally-bar-setup.json")
 PORTAL_TOKEN = "e2e-portal-token"
 SNMP_COMMUNITY = "e2e-site"
+#: Room D's admin password: this run's own, so finding it anywhere is a leak, not a chance match.
+COLLABOS_PASSWORD = f"e2e-{secrets.token_urlsafe(18)}"
+#: The only requests the CollabOS API may receive (docs/collabos.md, "What is sent").
+COLLABOS_REQUESTS = {("POST", SIGNIN), *(("GET", path) for path in READS)}
 #: Budgets of the steps (seconds); the whole test stays near a minute.
-SETTLE_S, REMOVE_S, MOVE_S = 30.0, 15.0, 15.0
-#: Runs of every source (USB, replay, mDNS, SNMP, SSH) before the final view is judged.
+SETTLE_S, REMOVE_S, MOVE_S, TRUST_S = 30.0, 15.0, 15.0, 15.0
+#: Runs of every source (USB, replay, mDNS, SNMP, SSH, CollabOS) before the final view is judged
+#: (CollabOS, every 300 s, runs at the start and at each of the test's two reloads).
 CYCLES, CYCLES_S = 3, 30.0
 
 
@@ -126,6 +140,7 @@ class Site:
 
     def __init__(self, work: Path, capture: Path, stack: contextlib.ExitStack) -> None:
         self.work = work
+        self.state = work / "state"
         self.started = time.monotonic()
         self.today = datetime.now(UTC).date()  # the snapshot evaluates coverage on its UTC day
         self.entitlements = site.entitlements(self.today)
@@ -144,10 +159,17 @@ class Site:
         ]
         stack.enter_context(Publisher(site.mdns_services(), workdir=work))
         self.portal = stack.enter_context(PortalStandIn(PORTAL_TOKEN))
+        self.bar: CollabosDevice = site.appliance_bar(work / "collabos", COLLABOS_PASSWORD)
+        stack.enter_context(CollabosStandIn(self.bar))
         self.peers_ready = time.monotonic()
 
         token_file = work / "portal-token"
         token_file.write_text(PORTAL_TOKEN + "\n")
+        self.password_file = work / "collabos-password"
+        self.password_file.write_text(COLLABOS_PASSWORD + "\n")
+        self.password_file.chmod(0o600)
+        #: Every roomsync command's (stdout, stderr), to look for the password in.
+        self.outputs: list[tuple[str, str]] = []
         entitlements = work / "entitlements.csv"
         entitlements.write_text(self.entitlements.csv_text(), encoding="utf-8")
         self.room_map = work / "rooms.csv"
@@ -157,7 +179,7 @@ class Site:
         self.config.write_text(
             site.agent_toml(
                 {
-                    "state": work / "state",
+                    "state": self.state,
                     "room_map": self.room_map,
                     "sysfs": self.host_sysfs,
                     "known_hosts": known_hosts,
@@ -165,12 +187,14 @@ class Site:
                     "pc_sysfs": pc_sysfs,
                     "portal_token": token_file,
                     "entitlements": entitlements,
+                    "collabos_password": self.password_file,
                 },
                 listen=f"{LOOPBACK}:{port}",
                 portal_url=self.portal.url,
                 snmp_ports=self.snmp_ports,
                 snmp_community=SNMP_COMMUNITY,
                 ssh_port=sshd.port,
+                collabos_address=self.bar.address,
             )
         )
         notify = NotifySocket.make()
@@ -186,6 +210,25 @@ class Site:
 
     def log_tail(self) -> str:
         return self.daemon.log_text()[-4000:]
+
+    def roomsync(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """One ``roomsync`` command with the site's configuration (its state directory)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=daemon_env(None),
+        )
+        self.outputs.append((result.stdout, result.stderr))
+        return result
+
+    def collabos_run(self, after: int, timeout: float) -> dict[str, Any]:
+        """The collabos source's status once it has finished more than ``after`` runs."""
+        d = self.daemon
+        done = d.wait_until(lambda: d.source("collabos")["runs"] > after, timeout)
+        assert done, (d.source("collabos"), self.log_tail())
+        return d.source("collabos")
 
     def wait_for_portal(
         self,
@@ -231,16 +274,25 @@ def running(tmp_path: Path, capture: Path) -> Iterator[Site]:
 # --------------------------------------------------------------------------- reading the view
 
 
-def key(product: str, serial: str | None) -> tuple[str, str | None]:
-    return (product, serial)
+Key = tuple[str, str | None, str | None]
 
 
-def index(message: InventoryMessage) -> dict[tuple[str, str | None], tuple[str | None, DeviceOut]]:
-    """Every unit of a snapshot by (product, serial), with its place id (None: unassigned)."""
-    found: dict[tuple[str, str | None], tuple[str | None, DeviceOut]] = {}
+def key(product: str, serial: str | None, room: str | None = None) -> Key:
+    """A unit by (product, serial); one without a serial (a mic pod) by the room it stands in
+    too: rooms A and D both have a serial-less Rally Mic Pod."""
+    return (product, serial, None if serial else room)
+
+
+def unit_key(unit: Unit) -> Key:
+    return key(unit.product, unit.serial, unit.room)
+
+
+def index(message: InventoryMessage) -> dict[Key, tuple[str | None, DeviceOut]]:
+    """Every unit of a snapshot by :func:`key`, with its place id (None: unassigned)."""
+    found: dict[Key, tuple[str | None, DeviceOut]] = {}
     for place in message.places:
         for device in place.devices:
-            found[key(device.product, device.serial)] = (place.id, device)
+            found[key(device.product, device.serial, place.id)] = (place.id, device)
     for device in message.unassigned:
         found.setdefault(key(device.product, device.serial), (None, device))
     return found
@@ -251,7 +303,7 @@ def ours(device: DeviceOut) -> bool:
     serials = {u.serial for u in site.initial_units() if u.serial}
     return (
         device.serial in serials
-        or device.transport in ("usb", "ssh")
+        or device.transport in ("usb", "ssh", "https")  # HTTPS: only the listed CollabOS bar
         or (site.TOKEN.lower() in (device.host_name or "").lower())
     )
 
@@ -272,7 +324,7 @@ def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[s
     found = index(message)
     problems = []
     for unit in units:
-        place, device = found.get(key(unit.product, unit.serial), (None, None))
+        place, device = found.get(unit_key(unit), (None, None))
         if device is None:
             problems.append(f"{unit.product} {unit.serial}: absent")
         elif place != unit.room:
@@ -287,14 +339,16 @@ def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[s
     # second one with the same product and serial).
     serials = Counter(d.serial for d in every_device(message) if d.serial)
     problems += [
-        f"{u.product} {u.serial}: {serials[u.serial]} devices" for u in units if serials[u.serial] > 1
+        f"{u.product} {u.serial}: {serials[u.serial]} devices"
+        for u in units
+        if u.serial and serials[u.serial] > 1
     ]
-    wanted = {key(u.product, u.serial) for u in units}
-    for place in message.places:
+    wanted = {unit_key(u) for u in units}
+    for room in message.places:
         problems += [
-            f"{d.product} {d.serial}: unexpected in {place.id}"
-            for d in place.devices
-            if key(d.product, d.serial) not in wanted
+            f"{d.product} {d.serial}: unexpected in {room.id}"
+            for d in room.devices
+            if key(d.product, d.serial, room.id) not in wanted
         ]
     problems += [
         f"{d.product} {d.serial}: unassigned"
@@ -330,7 +384,10 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     identities = {k: dev.identity for k, (_place, dev) in before.items()}
     top_level = [u for u in site.initial_units() if u.parent is None]
     added = {e.identity for e in events_of(s.portal, "device.added")}
-    assert {identities[key(u.product, u.serial)] for u in top_level} <= added
+    assert {identities[unit_key(u)] for u in top_level} <= added
+    # Room D's bar: its certificate pinned at the first read, before any password; one sign-in.
+    check_collabos_requests(s.bar, signins=1)
+    pinned = s.bar.spki_sha256
 
     # 2. The Brio is unplugged: after 2 USB runs without it ([store] remove_after_missed_scans;
     #    the hot-plug poll triggers the first), device.removed reaches the portal.
@@ -348,9 +405,12 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     assert (removed.product, removed.serial, removed.room) == ("Brio", site.BRIO, ROOM_A)
     assert d.source("usb")["runs"] >= usb_runs + 2  # not removed on the first run that missed it
 
-    # 3. S9: the room map moves the Tap Scheduler to room C; SIGHUP reloads it.
+    # 3. S9: the room map moves the Tap Scheduler to room C; SIGHUP reloads it. Meanwhile room
+    #    D's bar was reset: it presents a new certificate, and the reload's read refuses it.
     scheduler = identities[key("Tap Scheduler", site.SCHEDULER)]
     t0 = time.monotonic()
+    collabos_runs, bar_requests = d.source("collabos")["runs"], len(s.bar.requests)
+    s.bar.rotate_certificate()
     site.write_atomically(s.room_map, site.room_map_text(ROOM_C))
     d.signal(signal.SIGHUP)
     s.wait_for_portal(
@@ -363,6 +423,32 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     assert (moved.product, moved.serial, moved.room) == ("Tap Scheduler", site.SCHEDULER, ROOM_C)
     assert (moved.before, moved.after) == ({"room": ROOM_B}, {"room": ROOM_C})
 
+    # 3b. The bar's new certificate is refused before anything is sent: an error naming the
+    #     host, no request at all (so no password), until the operator accepts the new key
+    #     (checked on the device: --expect) and a reload reads the bar again.
+    refused = s.collabos_run(collabos_runs, TRUST_S)
+    assert refused["errors"] == 1 and refused["devices"] == 0, refused
+    assert "certificate changed" in refused["last_error"], refused
+    assert f"roomsync trust collabos {s.bar.address} --accept-new" in refused["last_error"], refused
+    failed = [e for e in d.log_events() if e.get("event") == "collabos.host.failed"]
+    assert [(e.get("host"), "certificate changed" in str(e.get("error"))) for e in failed] == [
+        (s.bar.address, True)
+    ], failed
+    assert len(s.bar.requests) == bar_requests and s.bar.passwords_received == 1, s.bar.requests
+    t0 = time.monotonic()
+    trust = s.roomsync(
+        "trust", "collabos", s.bar.address, "--accept-new", "--expect", s.bar.spki_sha256, "--json"
+    )
+    assert trust.returncode == 0, (trust.stdout, trust.stderr)
+    accepted = json.loads(trust.stdout)
+    assert accepted["pinned"]["spki_sha256"] == pinned, accepted  # the key of the first read
+    assert accepted["presented"] == accepted["accepted"]["spki_sha256"] == s.bar.spki_sha256, accepted
+    d.signal(signal.SIGHUP)
+    read = s.collabos_run(refused["runs"], TRUST_S)
+    assert (read["errors"], read["last_error"]) == (0, None), read
+    check_collabos_requests(s.bar, signins=2)  # a reload keeps no token: a new sign-in
+    timings["accept-new to the bar read again"] = time.monotonic() - t0
+
     # 4. The portal's final view, once every source has run a few cycles.
     cycles = d.wait_until(lambda: all(src["runs"] >= CYCLES for src in d.status()["sources"]), CYCLES_S)
     assert cycles, (d.status()["sources"], s.log_tail())
@@ -372,6 +458,7 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     assert final is not None and not view_problems(final, units)
     check_units(final, units)
     check_one_bar(s, final, identities[key("Rally Bar", site.RALLY_BAR)])
+    check_appliance_room(s, final)
     check_rooms(final)
     day = final.generated_at.astimezone(UTC).date()
     check_coverage(final, s.entitlements, day)
@@ -385,26 +472,22 @@ def test_three_rooms_end_to_end(running: Site) -> None:
     assert [e for e in events_of(s.portal, "serial.conflict") if e.identity in mine] == []
 
     # 5. The daemon says it is healthy, and its API's coverage is the portal's.
-    health = subprocess.run(
-        [sys.executable, "-m", "agent", "health", "--config", str(s.config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=daemon_env(None),
-    )
+    health = s.roomsync("health")
     assert health.returncode == 0, (health.stdout, health.stderr, s.log_tail())
     assert health.stdout.startswith("healthy:"), health.stdout
     status = d.status()
-    assert {src["name"] for src in status["sources"]} == {"usb", "replay", "mdns", "snmp", "ssh"}
+    assert {src["name"] for src in status["sources"]} == {"usb", "replay", "mdns", "snmp", "ssh", "collabos"}
     assert all(src["runs"] >= CYCLES and src["last_success"] for src in status["sources"]), status["sources"]
     coverage = d.get("/v1/coverage").json()
     check_api_coverage(coverage, final, s.entitlements)
     # One unit, one verdict (coverage is per unit, not per channel).
     assert [v["serial"] for v in coverage["verdicts"]].count(site.RALLY_BAR) == 1, coverage["verdicts"]
 
-    # 6. SIGTERM: a clean exit.
+    # 6. SIGTERM: a clean exit. Room D's password was sent to its bar's sign-in only.
     code, seconds = d.terminate()
     assert code == 0, s.log_tail()
+    check_collabos_requests(s.bar, signins=2)
+    check_no_password(s, [json.dumps(status), json.dumps(coverage)])
     timings["SIGTERM to exit"] = seconds
     timings["total"] = time.monotonic() - s.started
     print("\n" + "\n".join(f"{name}: {value:.2f} s" for name, value in timings.items()))
@@ -419,14 +502,14 @@ def check_units(message: InventoryMessage, units: list[Unit]) -> None:
     """Each unit as the agent can know it: transport, label-grade serial (identity), parent."""
     found = index(message)
     for unit in units:
-        _place, device = found[key(unit.product, unit.serial)]
+        _place, device = found[unit_key(unit)]
         what = f"{unit.product} {unit.serial}"
         assert str(device.transport) == unit.transport, what
         assert device.serial_label_grade is unit.label_grade, what
         assert device.identity_kind == ("serial" if unit.label_grade else "transport"), what
         if unit.label_grade:
             assert device.identity == f"serial:{unit.product}:{unit.serial}", what
-        parent = found[key(unit.parent, site.RALLY_BAR)][1].identity if unit.parent else None
+        parent = found[key(*unit.parent)][1].identity if unit.parent else None
         assert device.parent == parent, what
         assert device.health == "NoIssues", (what, device.health_issues)
         if unit.channels:
@@ -481,10 +564,88 @@ def check_one_bar(s: Site, message: InventoryMessage, identity: str) -> None:
     )
 
 
+def check_appliance_room(s: Site, message: InventoryMessage) -> None:
+    """Room D as its bar's Device Management API told it: the bar with its serial, product and
+    CollabOS version (label-grade, from ``collabos-api``), at the address configured; its Tap
+    IP a unit of its own at the address the bar reports, paired with the bar; its Sight and mic
+    pod its children (check_units), also in the daemon's ``/v1/inventory``."""
+    found = index(message)
+    _room, bar = found[key(*site.APPLIANCE)]
+    assert (bar.product, bar.serial, str(bar.serial_source), bar.serial_label_grade) == (
+        "Rally Bar Mini",
+        site.APPLIANCE_BAR,
+        "collabos-api",
+        True,
+    )
+    assert (bar.firmware, bar.address, bar.host_name) == (
+        site.APPLIANCE_FIRMWARE,
+        s.bar.address,
+        s.bar.system_name,
+    )
+    assert bar.state == str(s.bar.insights_device["deviceState"]).lower()  # the insights were read
+    _room, tap = found[key("Tap IP", site.APPLIANCE_TAP)]
+    assert (tap.address, str(tap.serial_source), tap.parent) == (
+        site.APPLIANCE_TAP_ADDRESS,
+        "collabos-api",
+        None,
+    )
+
+    inventory = s.daemon.get("/v1/inventory").json()
+    [stored] = [d for d in inventory["devices"] if d["serial"] == site.APPLIANCE_BAR]
+    children = sorted((c["product"], c["serial"], c["room"]) for c in stored.get("children") or [])
+    assert children == [("Rally Mic Pod", None, ROOM_D), ("Sight", None, ROOM_D)], stored
+    [paired] = [d for d in inventory["devices"] if d["serial"] == site.APPLIANCE_TAP]
+    assert (paired["room"], paired["attributes"].get("paired_with")) == (ROOM_D, s.bar.address), paired
+
+
+def check_collabos_requests(bar: CollabosDevice, signins: int) -> None:
+    """What room D's bar received: the sign-in and the four documented reads, nothing else
+    (each read at least once); the first request, before any password, the credential-less
+    ``GET /api/v1/device`` that showed the host is the API (pinning); the password in the
+    ``signins`` sign-ins and in no other request."""
+    requests = bar.requests
+    assert {(r.method, r.path) for r in requests} == COLLABOS_REQUESTS, requests
+    first = requests[0]
+    assert (first.method, first.path, first.had_password) == ("GET", DEVICE, False), first
+    assert "authorization" not in {h.lower() for h in first.headers}, first
+    assert [r.path for r in requests if r.had_password] == [SIGNIN] * signins, requests
+    assert (bar.signins, bar.passwords_received) == (signins, signins)
+    assert not [r for r in requests if r.status == 429], requests  # within the device's limits
+
+
+def check_no_password(s: Site, texts: list[str]) -> None:
+    """Room D's password is in its file and nowhere else the test can see: the daemon's log and
+    status lines, every command's output, ``texts``, what the portal received and the state
+    directory (the store, its outbox)."""
+    password = COLLABOS_PASSWORD
+    assert s.password_file.read_text().strip() == password
+    log = s.daemon.log_text()
+    # The texts looked in do hold room D: its reads are logged, its bar is at the portal.
+    assert any(
+        e.get("event") == "collabos.host.done" and e.get("host") == s.bar.address
+        for e in s.daemon.log_events()
+    )
+    portal = [a.message.model_dump_json(by_alias=True) for a in s.portal.messages]
+    portal += [json.dumps(dict(r.headers)) for r in s.portal.requests]
+    assert any(site.APPLIANCE_BAR in text for text in portal)
+    seen = {
+        "daemon log": [log],
+        "status lines": [line for _at, line in s.daemon.notify.lines()],
+        "command output": [text for pair in s.outputs for text in pair],
+        "daemon API": texts,
+        "portal": portal,
+    }
+    leaks = [where for where, found in seen.items() if any(password in text for text in found)]
+    files = [p for p in s.state.rglob("*") if p.is_file()]
+    assert files, f"nothing in the state directory {s.state}"
+    stored = [p.name for p in files if password.encode() in p.read_bytes()]
+    assert (leaks, stored) == ([], []), "the CollabOS password leaked"
+
+
 def check_rooms(message: InventoryMessage) -> None:
     """P1, P2 and the room flags of every room, and the room details of the map."""
     places = {p.id: p for p in message.places}
-    assert set(places) == {ROOM_A, ROOM_B, ROOM_C}
+    assert set(places) == {ROOM_A, ROOM_B, ROOM_C, ROOM_D} == set(site.ROOM_VIEWS)
     for room_id, expected in site.ROOM_VIEWS.items():
         place = places[room_id]
         got = site.RoomView(
@@ -507,7 +668,7 @@ def check_coverage(message: InventoryMessage, entitlements: site.Entitlements, d
     found = index(message)
     statuses = set()
     for unit in site.final_units():
-        device = found[key(unit.product, unit.serial)][1]
+        device = found[unit_key(unit)][1]
         expected = entitlements.expected.get(unit.serial or "")
         if expected is None:
             assert device.coverage is None, unit  # no serial: no verdict
