@@ -298,6 +298,13 @@ class Daemon:
         for task in old_tasks:
             task.cancel()
         await asyncio.gather(*old_tasks, return_exceptions=True)
+        # A source that keeps per-target state across runs (CollabOS tokens and rate
+        # windows) takes it over from its predecessor.
+        before = {p.name: p.source for p in self.settings.plans}
+        for plan in fresh.plans:
+            adopt = getattr(plan.source, "adopt", None)
+            if adopt is not None and plan.name in before:
+                adopt(before[plan.name])
         self.settings = fresh
         self._reloads += 1
         if self.store is not None:
@@ -409,6 +416,7 @@ class Daemon:
                 now,
                 len(report.errors),
                 sources_run={name} if success else set(),
+                unreached=report.unreached,
                 remove_after=self.settings.remove_after,
                 retention=self.settings.retention,
                 rules=merge_rules(self.settings.catalog),

@@ -19,7 +19,9 @@ Rules
 -----
 * **Scope.** A scan names the sources that ran to completion (``scope``; a source that found
   something evidently ran). A sighting whose source is not in the scope is left exactly as it
-  was: a scan that ran only SNMP never counts a USB unit as missed.
+  was: a scan that ran only SNMP never counts a USB unit as missed. So is a sighting made at
+  or through a target its source could not read this run (``unreached``: a CollabOS device
+  that refused the agent, a room PC that did not answer): a refusal is not an absence.
 * **Missed and removed.** A sighting whose source ran but did not report the unit on that
   channel gets ``missed + 1``; at ``remove_after`` it is dropped. A unit is
   ``device.removed`` when its last sighting is dropped, i.e. after ``remove_after`` runs in a
@@ -310,6 +312,7 @@ def diff_scan(
     new_id: Callable[[], str] = new_event_id,
     rules: MergeRules | None = None,
     incremental: bool = True,
+    unreached: Mapping[str, Collection[str]] | None = None,
 ) -> ScanDiff:
     """Compare one scan's readings with the inventory before it (see the module's rules).
 
@@ -318,7 +321,9 @@ def diff_scan(
     (:mod:`agent.identity` groups them, with what the inventory remembers, into units).
     ``scope`` names the sources that ran to completion (leave out one that failed as a
     whole); ``None`` takes only the sources that reported something, which never counts a
-    miss a scan could not have seen.
+    miss a scan could not have seen. ``unreached`` names, by source, the targets a source that
+    ran could not read (a device that refused or did not answer): what was seen at or through
+    them is left as it was, as for a source that did not run (:func:`behind`).
     """
     if remove_after < 1:
         raise ValueError(f"remove_after must be at least 1, not {remove_after}")
@@ -331,7 +336,7 @@ def diff_scan(
     with paused_gc():  # a site's scan is a burst of short-lived objects (agent/gcpause.py)
         involved = _involved(previous, current, ran, state) if incremental else previous
         state.involved = set(involved) if incremental else None
-        pool, origins = _pool(involved, current, ran, remove_after)
+        pool, origins = _pool(involved, current, ran, remove_after, unreached or {})
         keys = reading_keys(pool)
         groups = group_readings(pool, keys)
         for group in sorted(groups, key=lambda g: _group_order(pool, g)):
@@ -375,8 +380,24 @@ def _unit_keys(unit: Tracked) -> frozenset[str]:
     return frozenset().union(*(key_strings(k) for k in reading_keys(readings)))
 
 
+def behind(sighting: Sighting, device: Device, targets: Collection[str]) -> bool:
+    """Whether ``sighting`` was made at or through one of ``targets`` (a source's targets it
+    could not read this run): at the target itself, under it (``pc/usb/1-2``), or reported
+    by it (``attached_to``: a room PC's USB unit; ``paired_with``: a bar's Tap IP)."""
+    if not targets:
+        return False
+    address = sighting.address
+    if address in targets or any(address.startswith(f"{t}/") for t in targets):
+        return True
+    return any(device.attributes.get(key) in targets for key in ("attached_to", "paired_with"))
+
+
 def _pool(
-    previous: Mapping[str, Tracked], current: Sequence[Device], ran: frozenset[str], remove_after: int
+    previous: Mapping[str, Tracked],
+    current: Sequence[Device],
+    ran: frozenset[str],
+    remove_after: int,
+    unreached: Mapping[str, Collection[str]],
 ) -> tuple[list[Reading], list[Sighting | None]]:
     """The scan's readings, then every remembered sighting: a source that did not run leaves
     its sightings as they were; one that ran and did not report the channel counts a miss
@@ -389,14 +410,18 @@ def _pool(
         unit = previous[identity]
         for sighting in unit.sightings:
             missed = sighting.missed
-            if sighting.source in ran and sighting.key not in reported:
+            device = sighting.reading_or(unit.device)
+            looked = sighting.source in ran and not behind(
+                sighting, device, unreached.get(sighting.source, ())
+            )
+            if looked and sighting.key not in reported:
                 # At remove_after it goes; until the readings are grouped it still tells
                 # which unit a new reading of it continues (a bar that left USB for the LAN).
                 missed += 1
-            standing = sighting.source not in ran and missed == 0
+            standing = not looked and missed == 0
             pool.append(
                 Reading(
-                    sighting.reading_or(unit.device),
+                    device,
                     missed=missed,
                     unit=identity,
                     fresh=False,

@@ -42,6 +42,8 @@ class ScanReport:
     errors: list[ScanError] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     runs: list[SourceRun] = field(default_factory=list)
+    #: By source, the targets it could not read (:attr:`SourceResult.unreached`).
+    unreached: dict[str, list[str]] = field(default_factory=dict)
 
 
 async def execute(source: Source, ctx: ScanContext, timeout: float | None = None) -> SourceRun:
@@ -79,6 +81,8 @@ async def run_scan(
         observations.extend(run.result.observations)
         report.errors.extend(run.result.errors)
         report.messages.extend(f"{run.name}: {m}" for m in run.result.messages)
+        if run.result.unreached:
+            report.unreached.setdefault(run.name, []).extend(run.result.unreached)
     report.readings = devices_from_observations(observations, ctx.room, ctx.catalog, room_map)
     report.devices = units_from_readings(report.readings, ctx.catalog)
     return report

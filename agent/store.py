@@ -356,6 +356,7 @@ class Store:
         retention: Retention | None = None,
         new_id: Callable[[], str] = new_event_id,
         rules: MergeRules | None = None,
+        unreached: Mapping[str, Collection[str]] | None = None,
     ) -> ScanRecord:
         """Store one scan and the change events it produced, in one transaction.
 
@@ -365,14 +366,15 @@ class Store:
         ``rules``). ``sources_run`` names the sources that ran to completion (the scope of
         :func:`agent.events.diff_scan`: only their units can be missed); ``None`` takes the
         sources that reported something. A unit is removed after ``remove_after`` runs in a
-        row of every source that saw it missed it. ``retention`` bounds the history
+        row of every source that saw it missed it; ``unreached`` names, by source, the targets
+        it could not read, whose units are not counted missed. ``retention`` bounds the history
         (:class:`Retention`'s defaults when ``None``).
         """
         found = list(devices)
         scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
         try:
             record, inventory = self._record_scan(
-                found, rooms, finished_at, errors, scope, remove_after, retention, new_id, rules
+                found, rooms, finished_at, errors, scope, remove_after, retention, new_id, rules, unreached
             )
         except BaseException:
             self._cache = None
@@ -391,6 +393,7 @@ class Store:
         retention: Retention | None,
         new_id: Callable[[], str],
         rules: MergeRules | None,
+        unreached: Mapping[str, Collection[str]] | None = None,
     ) -> tuple[ScanRecord, dict[str, Tracked]]:
         with self.transaction() as db:
             previous = self._inventory(db)
@@ -402,6 +405,7 @@ class Store:
                 remove_after=remove_after,
                 new_id=new_id,
                 rules=rules,
+                unreached=unreached,
             )
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
             self._write_inventory(db, previous, diff, finished_at)

@@ -148,6 +148,20 @@ def test_the_token_lifetime_comes_from_the_jwt_when_shorter():
     assert token_lifetime("not a jwt") == 900
 
 
+def test_a_reload_keeps_the_tokens_and_rate_windows_of_devices_still_listed(tmp_path, mini, password_file):
+    before = source(tmp_path, password_file, mini.address, "127.0.0.99")
+    assert [e.target for e in run(before).errors] == ["127.0.0.99"]
+    mini.clear()
+    after = source(tmp_path, password_file, mini.address)
+    after.adopt(before)
+    assert run(after).errors == [] and mini.signins == 0  # the token came along
+    assert set(after.devices) == {mini.address}
+    assert after.devices[mini.address].calls is before.devices[mini.address].calls
+    other_user = source(tmp_path, password_file, mini.address, user="auditor")
+    other_user.adopt(after)
+    assert other_user.devices[mini.address].token is None  # another user signs in anew
+
+
 # --------------------------------------------------------------------------- trust
 
 
@@ -158,7 +172,9 @@ def test_a_changed_certificate_is_refused_before_anything_is_sent(tmp_path, mini
     mini.rotate_certificate()
     mini.clear()
     fresh = source(tmp_path, password_file, mini.address)  # no token held: it would sign in
-    [error] = run(fresh).errors
+    refused = run(fresh)
+    [error] = refused.errors
+    assert refused.unreached == [mini.address] and refused.complete  # not gone: refused
     assert error.target == mini.address
     assert (
         f"pinned sha256:{pinned}" in error.message and f"presented sha256:{mini.spki_sha256}" in error.message

@@ -81,7 +81,12 @@ class Run:
     #: The identity of the unit each reading of the latest scan joined.
     placed: tuple[str, ...] = ()
 
-    def scan(self, devices: Iterable[Device], scope: Iterable[str] | None = None) -> list[ChangeEvent]:
+    def scan(
+        self,
+        devices: Iterable[Device],
+        scope: Iterable[str] | None = None,
+        unreached: dict[str, list[str]] | None = None,
+    ) -> list[ChangeEvent]:
         self.scans += 1
         diff = diff_scan(
             self.state,
@@ -90,6 +95,7 @@ class Run:
             scope=None if scope is None else set(scope),
             remove_after=self.remove_after,
             new_id=self.new_id,
+            unreached=unreached,
         )
         assert not diff.inventory.keys() & diff.removed.keys()
         self.state = diff.inventory
@@ -149,6 +155,35 @@ def test_removed_only_after_n_missed_runs_of_its_source(
     run.scan([unit()])
     removals = [i for i, scope in enumerate(scopes) for e in run.scan([], scope) if e.type is REMOVED]
     assert removals == ([] if removed_at is None else [removed_at])
+
+
+def test_what_was_seen_at_or_through_an_unreached_target_is_not_missed():
+    def appliance() -> list[Device]:
+        bar = unit("2232LZ51E7A8", product="Rally Bar Mini", source="collabos", address="10.0.0.5")
+        tap = unit("2246FDA0B4C8", product="Tap IP", source="collabos", address="10.0.0.9")
+        tap.attributes["paired_with"] = "10.0.0.5"
+        pc = unit("NUC0016", product="Room PC", source="ssh", address="pc-1")
+        camera = unit("2301SC0005E2", product="Rally Camera", source="ssh", address="pc-1/usb/1-2")
+        hub = unit(None, product="Rally Table Hub", source="ssh", address="pc-1-hub")
+        hub.attributes["attached_to"] = "pc-1"
+        return [bar, tap, pc, camera, hub]
+
+    run = Run(remove_after=2)
+    run.scan(appliance())
+    held = {"collabos": ["10.0.0.5"], "ssh": ["pc-1"]}
+    for _ in range(4):  # the bar refused the agent, the PC did not answer: nothing is gone
+        assert run.scan([], {"collabos", "ssh"}, held) == []
+    assert all(t.missed == 0 for t in run.state.values()) and len(run.state) == 5
+    # Another target of the same source does not hold them; reached again, they are missed.
+    assert run.scan([], {"collabos", "ssh"}, {"collabos": ["10.0.0.6"], "ssh": ["pc-10"]}) == []
+    assert {t.device.product for t in run.state.values() if t.missed == 1} == {
+        "Rally Bar Mini",
+        "Tap IP",
+        "Room PC",
+        "Rally Camera",
+        "Rally Table Hub",
+    }
+    assert len([e for e in run.scan([], {"collabos", "ssh"}) if e.type is REMOVED]) == 5
 
 
 def test_removed_event_describes_the_unit_as_it_was_last_seen():

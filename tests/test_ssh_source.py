@@ -262,6 +262,7 @@ def test_wrong_host_key_is_a_mismatch_error_and_nothing_is_read(
     assert result.observations == []
     [error] = result.errors
     assert error.target == f"root@{LOOPBACK}:{sshd.port}"
+    assert result.unreached == [f"{LOOPBACK}:{sshd.port}"]  # what it had there is not gone
     expected, got = fingerprint_of(impostor), fingerprint_of(sshd.host_key.with_suffix(".pub"))
     assert error.message == (
         f"host key for [{LOOPBACK}]:{sshd.port} does not match {bad} (possible man-in-the-middle); "

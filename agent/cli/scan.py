@@ -160,6 +160,7 @@ def store_scan(
                 len(report.errors),
                 # Only sources that ran to the end can tell that a unit is gone.
                 sources_run={r.name for r in report.runs if r.success},
+                unreached=report.unreached,
                 remove_after=settings.remove_after_missed_scans,
                 retention=Retention(settings.history_days, settings.history_scans, settings.events_days),
                 rules=merge_rules(catalog),

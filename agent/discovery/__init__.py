@@ -96,6 +96,9 @@ class SourceResult:
     #: False when the source could not look at all (its sysfs tree is gone…): the run does
     #: not count, so nothing it found before is taken to be missing.
     complete: bool = True
+    #: Targets the source could not read this run (a device that refused it or did not
+    #: answer): what it saw at or through them before is not taken to be missing.
+    unreached: list[str] = field(default_factory=list)
 
 
 class Source(Protocol):

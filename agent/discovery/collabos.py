@@ -423,6 +423,21 @@ class CollabosSource:
         """The state directory whose store keeps the certificate pins."""
         self.state_dir = Path(state_dir)
 
+    def adopt(self, previous: object) -> None:
+        """Carry over what ``previous`` (the source before a configuration reload) knew of
+        the devices still listed: their rate windows, their ``Retry-After`` and sign-in
+        backoffs, and their tokens when the user is the same. A reload must not cost every
+        device a sign-in, nor forget that a device asked to be left alone."""
+        if not isinstance(previous, CollabosSource):
+            return
+        listed = {h.address for h in self.hosts}
+        for address, state in previous.devices.items():
+            if address not in listed:
+                continue
+            if previous.user != self.user:
+                state.drop_token()
+            self.devices[address] = state
+
     # ------------------------------------------------------------------ a run
 
     async def run(self, ctx: ScanContext) -> SourceResult:
@@ -431,18 +446,12 @@ class CollabosSource:
             if not self.invalid:
                 result.messages.append("no CollabOS devices are configured ([sources.collabos] hosts)")
             return result
-        problem = self._setup_problem()
-        if problem is not None:
-            result.errors.extend(ScanError(self.name, h.address, problem) for h in self.hosts)
+        prepared = self._prepare()
+        if isinstance(prepared, str):  # no device could be read: none is taken to be gone
+            result.errors.extend(ScanError(self.name, h.address, prepared) for h in self.hosts)
+            result.complete = False
             return result
-        tls = self._ca_context() if self.ca_file is not None else None
-        if isinstance(tls, str):
-            result.errors.extend(ScanError(self.name, h.address, tls) for h in self.hosts)
-            return result
-        pins = self._open_pins() if tls is None else None
-        if isinstance(pins, str):
-            result.errors.extend(ScanError(self.name, h.address, pins) for h in self.hosts)
-            return result
+        tls, pins = prepared
         slots = asyncio.Semaphore(self.concurrency)
         try:
             outcomes = await asyncio.gather(*(self.collect(h, ctx, slots, tls, pins) for h in self.hosts))
@@ -453,15 +462,22 @@ class CollabosSource:
             result.observations.extend(outcome.observations)
             result.errors.extend(outcome.errors)
             result.messages.extend(outcome.messages)
+            result.unreached.extend(outcome.unreached)
         return result
 
-    def _setup_problem(self) -> str | None:
+    def _prepare(self) -> tuple[ssl.SSLContext | None, Pins | None] | str:
+        """What every device's read needs: the CA's TLS context (``ca_file``) or the pins;
+        else why no device can be read."""
         if self.password_file is None:
             return (
                 "no password file is configured ([sources.collabos] password_file or "
                 "--collabos-password-file); the API needs the device's admin password"
             )
-        return None
+        if self.ca_file is not None:
+            context = self._ca_context()
+            return context if isinstance(context, str) else (context, None)
+        pins = self._open_pins()
+        return pins if isinstance(pins, str) else (None, pins)
 
     def _ca_context(self) -> ssl.SSLContext | str:
         try:
@@ -505,6 +521,7 @@ class CollabosSource:
                 log.exception("collabos.host.bug", host=host.address)
             log.warning("collabos.host.failed", host=host.address, error=message)
             result.errors.append(ScanError(self.name, host.address, message))
+            result.unreached.append(host.address)
             return result
         result.observations = observations
         result.messages = [f"{host.address}: {m}" for m in messages]

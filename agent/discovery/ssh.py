@@ -314,6 +314,7 @@ class SshSource:
             result.observations.extend(outcome.observations)
             result.errors.extend(outcome.errors)
             result.messages.extend(outcome.messages)
+            result.unreached.extend(outcome.unreached)
         return result
 
     def collect(self, host: SshHost, ctx: ScanContext) -> SourceResult:
@@ -334,6 +335,7 @@ class SshSource:
                 log.exception("ssh.host.bug", target=host.target)
             log.warning("ssh.host.failed", target=host.target, error=message)
             result.errors.append(ScanError(self.name, host.target, message))
+            result.unreached.append(host.address)  # its units are not taken to be gone
             return result
         result.observations = report.observations
         result.errors = [ScanError(self.name, host.target, p) for p in report.problems]
