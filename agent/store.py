@@ -158,6 +158,7 @@ MIGRATIONS: tuple[str, ...] = (
         service     TEXT NOT NULL,                    -- collabos
         host        TEXT NOT NULL,                    -- as the configuration names it (host[:port])
         spki_sha256 TEXT NOT NULL,                    -- hex SHA-256 of the certificate's public key
+        cert_sha256 TEXT,                             -- hex SHA-256 of the certificate last seen with it
         pinned_at   TEXT NOT NULL,                    -- UTC, fixed width
         how         TEXT NOT NULL,                    -- first-contact | accepted
         PRIMARY KEY (service, host)

@@ -185,9 +185,49 @@ def test_a_changed_certificate_is_refused_before_anything_is_sent(tmp_path, mini
     [error] = run(src).errors
     assert "certificate changed" in error.message and mini.requests == []
     store = pins(tmp_path)
-    store.accept(mini.address, mini.spki_sha256, datetime.now(UTC))
+    store.accept(mini.address, mini.spki_sha256, mini.cert_sha256, datetime.now(UTC))
     store.store.close()
     assert run(fresh).errors == [] and mini.passwords_received == 1
+
+
+def renew(device: CollabosDevice, directory: Path) -> None:
+    """Serve a new certificate for the device's own key (a renewal: the pin still holds)."""
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from tests.portal_standin import TlsFiles
+
+    key = serialization.load_pem_private_key(device.tls.key.read_bytes(), None)
+    old = device.certificate
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(old.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    path = directory / "renewed-cert.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    device.use_tls(TlsFiles(path, device.tls.key, path))
+
+
+def test_a_renewed_certificate_with_the_pinned_key_is_read_and_remembered(tmp_path, mini, password_file):
+    src = source(tmp_path, password_file, mini.address)
+    assert run(src).errors == []
+    spki, cert = mini.spki_sha256, mini.cert_sha256
+    renew(mini, tmp_path)
+    assert mini.spki_sha256 == spki and mini.cert_sha256 != cert
+    mini.clear()
+    assert run(src).errors == []
+    assert sent(mini) == [("GET", p) for p in READS]  # no sign-in, nothing refused
+    pin = pins(tmp_path).get(mini.address)
+    assert (pin.spki_sha256, pin.cert_sha256, pin.how) == (spki, mini.cert_sha256, "first-contact")
 
 
 def test_a_host_that_is_not_the_api_gets_no_password_and_no_pin(tmp_path, password_file):

@@ -101,7 +101,7 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
             _say(args, host.address, pinned, None, forgotten=gone)
             return EXIT_OK
         try:
-            presented = _presented(host, args.timeout)
+            presented, certificate = _presented(host, args.timeout)
         except Exception as exc:  # reported, whatever it is: the device could not be asked
             from agent.discovery.collabos import CollabosSource
 
@@ -120,7 +120,7 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
                     f"{shown(expect)}: nothing accepted"
                 )
                 return EXIT_FAILED
-            accepted = pins.accept(host.address, presented, datetime.now(UTC))
+            accepted = pins.accept(host.address, presented, certificate, datetime.now(UTC))
         status = _say(args, host.address, pinned, presented, accepted=accepted)
         ca_file = cfg.sources.collabos.ca_file
         if ca_file is not None and not args.json:
@@ -135,16 +135,18 @@ def _expected(text: str) -> str:
     return value
 
 
-def _presented(host: Any, timeout: float) -> str:
+def _presented(host: Any, timeout: float) -> tuple[str, str]:
+    """The key and the certificate (hex SHA-256 each) ``host`` presents."""
     import asyncio
 
     from agent.discovery.collabos import presented_certificate
-    from agent.pins import spki_sha256
+    from agent.pins import certificate_sha256, spki_sha256
 
-    return spki_sha256(asyncio.run(presented_certificate(host, timeout)))
+    der = asyncio.run(presented_certificate(host, timeout))
+    return spki_sha256(der), certificate_sha256(der)
 
 
-def _pin_dict(pin: Pin | None) -> dict[str, str] | None:
+def _pin_dict(pin: Pin | None) -> dict[str, str | None] | None:
     return pin.to_dict() if pin is not None else None
 
 

@@ -205,6 +205,8 @@ class DeviceState:
     refused_digest: str | None = None
     refused_until: float = 0.0
     refusals: int = 0
+    #: With ``ca_file``: the device answered as the API before its first sign-in.
+    confirmed: bool = False
 
     def __repr__(self) -> str:  # never the token
         return f"DeviceState(token={'set' if self.token else 'none'}, refusals={self.refusals})"
@@ -549,15 +551,8 @@ class CollabosSource:
         deadline = started + self.host_deadline
         messages: list[str] = []
         async with slots:
-            binding, new_pin = await self._trust(host, tls, pins)
-            session = DeviceSession(host, binding, state, timeout=self.timeout, deadline=deadline)
+            session, device = await self._open(host, ctx, tls, pins, state, deadline)
             try:
-                if state.valid_token(time.monotonic()) is None:
-                    self._refused_lately(state)
-                    await self._looks_like_the_api(session)
-                if new_pin is not None:
-                    self._pin(host, pins, new_pin, ctx.now)
-                device = await self._get(session, DEVICE)
                 peripherals = await self._get(session, PERIPHERALS)
                 insights: dict[str, Mapping[str, Any]] = {}
                 if self.insights:
@@ -585,30 +580,75 @@ class CollabosSource:
             obs.room = host.room
         return observations, messages
 
+    async def _open(
+        self,
+        host: CollabosHost,
+        ctx: ScanContext,
+        tls: ssl.SSLContext | None,
+        pins: Pins | None,
+        state: DeviceState,
+        deadline: float,
+    ) -> tuple[DeviceSession, dict[str, Any]]:
+        """A session the device's certificate was checked for, and its first read
+        (``/api/v1/device``). Bound to the certificate last seen with the pinned key: one TLS
+        handshake. When the device presents another one (aiohttp refuses it before sending a
+        byte), its key is compared with the pin: the same key (a renewed certificate) goes on,
+        another is :class:`CertificateChanged`."""
+        for attempt in (1, 2):
+            binding, first = await self._trust(host, tls, pins, known_certificate=attempt == 1)
+            session = DeviceSession(host, binding, state, timeout=self.timeout, deadline=deadline)
+            try:
+                if first is not None or (tls is not None and not state.confirmed):
+                    self._refused_lately(state)
+                    await self._looks_like_the_api(session)
+                    state.confirmed = True
+                if first is not None:
+                    self._pin(host, pins, first, ctx.now)
+                return session, await self._get(session, DEVICE)
+            except aiohttp.ServerFingerprintMismatch:
+                await session.close()
+                if attempt == 2 or tls is not None:
+                    raise
+            except BaseException:
+                await session.close()
+                raise
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ trust
 
     async def _trust(
-        self, host: CollabosHost, tls: ssl.SSLContext | None, pins: Pins | None
-    ) -> tuple[ssl.SSLContext | aiohttp.Fingerprint, str | None]:
-        """What the session's TLS is bound to, and the key to pin once the host has shown it
-        is the API (``None``: already pinned, or a CA verifies it)."""
+        self, host: CollabosHost, tls: ssl.SSLContext | None, pins: Pins | None, *, known_certificate: bool
+    ) -> tuple[ssl.SSLContext | aiohttp.Fingerprint, tuple[str, str] | None]:
+        """What the session's TLS is bound to, and — at first contact — the key and the
+        certificate to pin once the host has shown it is the API (``None``: already pinned,
+        or a CA verifies it). ``known_certificate``: bind to the certificate last seen with
+        the pin without a handshake of its own."""
         if tls is not None:
             return tls, None
-        from agent.pins import PinError, spki_sha256
+        from agent.pins import PinError, certificate_sha256, spki_sha256
 
-        der = await presented_certificate(host, self.timeout)
-        try:
-            presented = spki_sha256(der)
-        except PinError as exc:
-            raise CollabosHostError(str(exc)) from None
         assert pins is not None  # without a CA, the run opened the pins
         pin = pins.get(host.address)
+        if pin is not None and pin.cert_sha256 and known_certificate:
+            return aiohttp.Fingerprint(bytes.fromhex(pin.cert_sha256)), None
+        der = await presented_certificate(host, self.timeout)
+        try:
+            presented, certificate = spki_sha256(der), certificate_sha256(der)
+        except PinError as exc:
+            raise CollabosHostError(str(exc)) from None
         if pin is not None and pin.spki_sha256 != presented:
             raise CertificateChanged(host, pin.spki_sha256, presented)
-        return aiohttp.Fingerprint(hashlib.sha256(der).digest()), None if pin is not None else presented
+        binding = aiohttp.Fingerprint(bytes.fromhex(certificate))
+        if pin is None:
+            return binding, (presented, certificate)
+        if pin.cert_sha256 != certificate:
+            pins.renewed(host.address, presented, certificate)
+            log.info("collabos.certificate.renewed", host=host.address, spki_sha256=presented)
+        return binding, None
 
-    def _pin(self, host: CollabosHost, pins: Pins, presented: str, now: datetime) -> None:
-        pin = pins.pin_first(host.address, presented, now)
+    def _pin(self, host: CollabosHost, pins: Pins, first: tuple[str, str], now: datetime) -> None:
+        presented, certificate = first
+        pin = pins.pin_first(host.address, presented, certificate, now)
         if pin.spki_sha256 != presented:  # pinned meanwhile by another process, to another key
             raise CertificateChanged(host, pin.spki_sha256, presented)
         log.info("collabos.pinned", host=host.address, spki_sha256=presented)
