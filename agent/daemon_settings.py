@@ -128,7 +128,10 @@ def build_daemon_settings(
         settings = settings_of(name)
         interval = float(settings.interval)
         source = make_source(name, settings, state)
-        plans.append(SourcePlan(name, source, interval, source_defaults(name).timeout(interval)))
+        timeout = source_defaults(name).timeout(interval)
+        if hasattr(source, "run_budget"):  # a source that paces itself to end in time
+            source.run_budget = timeout
+        plans.append(SourcePlan(name, source, interval, timeout))
         if name == "usb":  # hot-plugging watches the USB source's sysfs tree
             sysfs_root = Path(usb_settings().sysfs_root)
     if replays:

@@ -386,10 +386,13 @@ def behind(sighting: Sighting, device: Device, targets: Collection[str]) -> bool
     by it (``attached_to``: a room PC's USB unit; ``paired_with``: a bar's Tap IP)."""
     if not targets:
         return False
+    # A unit reported by another (a Tap IP by its bar) is held only through that one: its own
+    # address is the reporter's word, and may be anything.
+    through = [device.attributes.get(key) for key in ("attached_to", "paired_with")]
+    if any(isinstance(t, str) and t for t in through):
+        return any(t in targets for t in through)
     address = sighting.address
-    if address in targets or any(address.startswith(f"{t}/") for t in targets):
-        return True
-    return any(device.attributes.get(key) in targets for key in ("attached_to", "paired_with"))
+    return address in targets or any(address.startswith(f"{t}/") for t in targets)
 
 
 def _pool(

@@ -332,6 +332,10 @@ class Store:
             )
         for target in range(version, SCHEMA_VERSION):
             with self.transaction() as db:
+                # Another process (the daemon, ``roomsync trust``) may have migrated since
+                # the version was read: read it again under the write lock.
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) > target:
+                    continue
                 # One statement at a time: executescript() would commit the transaction
                 # first, and a migration must apply whole or not at all.
                 for statement in MIGRATIONS[target].split(";"):

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from agent.catalog import load_catalog
 from agent.collectors.collabos_api import (
     MAX_DEPTH,
+    MAX_INSIGHT_KEYS,
+    MAX_ITEMS,
     MAX_REPLY_BYTES,
     READS,
     SIGNIN,
@@ -284,3 +286,32 @@ def test_retry_after_and_token_lifetime_are_bounded_for_any_input(header: str | 
 
     assert 1.0 <= retry_after(header) <= 3600.0
     assert 0 < token_lifetime(token) <= TOKEN_LIFETIME
+
+
+def test_a_hostile_device_cannot_flood_the_inventory_or_choose_odd_addresses():
+    tap = {"serialNumber": "2246FDA0B4C8", "firmwareVersion": "1.6.20"}
+    peripherals = {
+        "ipControllers": [{**tap, "ipAddress": "<script>"}, {**tap, "ipAddress": "10.0.0.2/sight/0"}]
+        + [{**tap, "ipAddress": f"10.1.{i // 250}.{i % 250}"} for i in range(25_000)],
+        "usbDevices": [{"id": str(i), "vid": "0x046d", "pid": "0x0001"} for i in range(50_000)],
+    }
+    insights = {
+        "room": {
+            "occupancyCount": 3,
+            "temperature": float("nan"),
+            "co2": float("inf"),
+            "note": "a\x00b\x1b[31m",
+            "big": "x" * 900_000,
+            "nested": {"a": 1},
+            **{f"k{i}": i for i in range(100)},
+        }
+    }
+    bar, *taps = observe("10.0.4.30", DEVICE, peripherals, CATALOG, NOW, insights=insights)
+    assert len(taps) == MAX_ITEMS and len(bar.children) == MAX_ITEMS
+    assert [t.address for t in taps[:3]] == ["10.0.4.30/tap-ip/0", "10.0.4.30/tap-ip/1", "10.1.0.0"]
+    assert any(i.code == "peripherals-truncated" for i in bar.health)
+    room = bar.attributes["insights_room"]
+    assert len(room) <= MAX_INSIGHT_KEYS and room["occupancyCount"] == 3
+    assert "temperature" not in room and "co2" not in room and "nested" not in room
+    assert all(isinstance(v, bool | int | float) or (len(v) <= 64 and v.isprintable()) for v in room.values())
+    json.dumps(bar.attributes, allow_nan=False)  # what --json and the API print stays JSON

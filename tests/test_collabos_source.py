@@ -451,3 +451,105 @@ def test_every_request_a_full_read_sends_is_a_documented_one(tmp_path, mini, pas
     for _ in range(2):
         assert run(src).errors == []
     assert set(sent(mini)) <= ALLOWED and mini.signins == 2
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def test_waiting_for_a_place_does_not_count_against_a_devices_deadline(tmp_path, password_file):
+    devices = [
+        rally_bar_mini(f"127.0.0.{50 + i}", tmp_path / f"d{i}", password=PASSWORD, latency=0.15)
+        for i in range(3)
+    ]
+    with CollabosStandIn(*devices):
+        src = source(tmp_path, password_file, *(d.address for d in devices), concurrency=1, host_deadline=2.5)
+        result = run(src)
+    assert result.errors == [] and len(result.observations) == 6  # each took ~1 s, one after another
+
+
+def test_a_run_ends_within_its_budget_and_what_it_could_not_start_is_held(tmp_path, password_file):
+    devices = [
+        rally_bar_mini(f"127.0.0.{60 + i}", tmp_path / f"d{i}", password=PASSWORD, latency=0.5)
+        for i in range(3)
+    ]
+    with CollabosStandIn(*devices):
+        src = source(tmp_path, password_file, *(d.address for d in devices), concurrency=1)
+        src.run_budget = 2.0 + 5.0 + 2.0  # the margin, one device's minimum, and a little
+        started = time.monotonic()
+        result = run(src)
+        took = time.monotonic() - started
+    assert took < 9
+    assert len(result.errors) >= 1 and all(
+        "not read this run" in e.message or "no answer" in e.message for e in result.errors
+    )
+    assert sorted(result.unreached) == sorted(e.target for e in result.errors)  # held, not gone
+
+
+def test_room_insights_past_the_deadline_keep_what_was_read(tmp_path, password_file):
+    device = rally_bar_mini(
+        "127.0.0.31", tmp_path / "d", password=PASSWORD, path_latency={INSIGHTS_ROOM: 30.0}
+    )
+    with CollabosStandIn(device):
+        result = run(source(tmp_path, password_file, device.address, host_deadline=2.0, insights_timeout=60))
+    assert result.errors == [] and result.observations[0].serial == "2232LZ51E7A8"
+    assert any("room insights" in m for m in result.messages), result.messages
+
+
+def test_a_password_or_token_a_device_echoes_is_cut_out():
+    import json
+
+    from agent.collectors.collabos_api import CollabosError, parse_reply
+
+    secrets = ["Sup3r  Secret horse", "eyJhbGciOi.token.sig"]
+    for code in (401, 500):
+        said = f"bad: Sup3r  Secret horse and eyJhbGciOi.token.sig {'x' * 300}"
+        body = json.dumps({"code": code, "message": said, "result": None}).encode()
+        with pytest.raises(CollabosError) as caught:
+            parse_reply(200, body, what="GET /api/v1/device", redact=secrets)
+        text = str(caught.value)
+        assert "Secret" not in text and "token.sig" not in text and "bad: *** and ***" in text
+
+
+def test_a_token_is_not_sent_to_a_new_key_after_accept_new(tmp_path, mini, password_file):
+    src = source(tmp_path, password_file, mini.address)
+    assert run(src).errors == []
+    mini.rotate_certificate()
+    store = pins(tmp_path)
+    store.accept(mini.address, mini.spki_sha256, mini.cert_sha256, datetime.now(UTC))
+    store.store.close()
+    mini.clear()
+    assert run(src).errors == []
+    assert sent(mini)[0] == ("POST", SIGNIN)  # a new sign-in, not the old device's token
+
+
+def test_the_refusal_backoff_is_bounded_and_keyed_by_user_and_password(tmp_path, mini, password_file):
+    password_file.write_text("wrong\n")
+    src = source(tmp_path, password_file, mini.address)
+    run(src)
+    state = src.devices[mini.address]
+    state.refusals, state.refused_until = 5000, 0.0  # years of refusals: no overflow
+    [error] = run(src).errors
+    assert "not tried again for 3600 s" in error.message
+    other = source(tmp_path, password_file, mini.address, user="operator")
+    other.adopt(src)
+    mini.clear()
+    [error] = run(other).errors
+    assert "sign-in as operator refused" in error.message and mini.signins == 1
+
+
+def test_a_token_refused_again_in_a_run_is_one_error_not_a_sign_in_per_read(tmp_path, mini, password_file):
+    mini.calls_per_minute = None
+    src = source(tmp_path, password_file, mini.address, calls_per_minute=100)
+    assert run(src).errors == []
+    mini.clear()
+    mini.inject("body-401", path=PERIPHERALS)
+    mini.inject("body-401", path="/api/v1/insights/device")
+    result = run(src)
+    assert mini.signins == 1  # the peripherals' refusal renewed it; the insights' did not again
+    assert any("no device insights" in m for m in result.messages)
+
+
+def test_a_device_nothing_answers_for_is_missed_not_held(tmp_path, password_file):
+    result = run(source(tmp_path, password_file, "127.0.0.33:9", timeout=2))
+    [error] = result.errors
+    assert "cannot connect" in error.message and result.unreached == []

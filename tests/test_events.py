@@ -186,6 +186,18 @@ def test_what_was_seen_at_or_through_an_unreached_target_is_not_missed():
     assert len([e for e in run.scan([], {"collabos", "ssh"}) if e.type is REMOVED]) == 5
 
 
+def test_a_unit_reported_by_another_is_held_only_through_its_reporter():
+    # Bar A once reported a Tap at B's address; A stops reporting it. B, unreached, holds
+    # nothing of A's: the Tap is missed (its address is A's word, not where it was seen).
+    bar = unit("2232LZ51E7A8", product="Rally Bar Mini", source="collabos", address="10.0.0.5")
+    tap = unit("2246FDA0B4C8", product="Tap IP", source="collabos", address="10.0.0.6")
+    tap.attributes["paired_with"] = "10.0.0.5"
+    run = Run(remove_after=2)
+    run.scan([bar, tap])
+    removed = [e for _ in range(2) for e in run.scan([bar], {"collabos"}, {"collabos": ["10.0.0.6"]})]
+    assert [e.type for e in removed] == [REMOVED]
+
+
 def test_removed_event_describes_the_unit_as_it_was_last_seen():
     run = Run(remove_after=1)
     run.scan([unit(firmware="1.10.0")])

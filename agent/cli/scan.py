@@ -79,7 +79,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             progress.append(bar)
             sources.append(sweep)
         else:
-            sources.append(make_source(name, settings[name], state_dir))
+            source = make_source(name, settings[name], state_dir)
+            if hasattr(source, "run_budget"):  # a source that paces itself to end in time
+                source.run_budget = args.timeout
+            sources.append(source)
 
     for capture in args.replay or ():
         if not os.path.isfile(capture):

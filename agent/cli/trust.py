@@ -7,6 +7,7 @@ Only a TLS handshake reaches the device: no request, no password.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json
@@ -112,14 +113,15 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
                 print(f"roomsync: {host.address}: {message}")
             return EXIT_FAILED
         accepted = None
+        if expect is not None and expect != presented:
+            _say(args, host.address, pinned, presented)
+            print(
+                f"roomsync: {host.address} presents {shown(presented)}, not the expected "
+                f"{shown(expect)}: nothing accepted",
+                file=sys.stderr if args.json else sys.stdout,
+            )
+            return EXIT_FAILED
         if args.accept_new and (pinned is None or pinned.spki_sha256 != presented):
-            if expect is not None and expect != presented:
-                _say(args, host.address, pinned, presented)
-                print(
-                    f"roomsync: {host.address} presents {shown(presented)}, not the expected "
-                    f"{shown(expect)}: nothing accepted"
-                )
-                return EXIT_FAILED
             accepted = pins.accept(host.address, presented, certificate, datetime.now(UTC))
         status = _say(args, host.address, pinned, presented, accepted=accepted)
         ca_file = cfg.sources.collabos.ca_file

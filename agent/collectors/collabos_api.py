@@ -21,9 +21,11 @@ its own at its own address, and the Sight, Tap USB and USB devices as the bar's 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -40,6 +42,10 @@ READS = ("/api/v1/device", "/api/v1/peripherals", "/api/v1/insights/device", "/a
 MAX_REPLY_BYTES = 1 << 20
 #: Nesting deeper than this is refused (the documented replies nest three levels).
 MAX_DEPTH = 16
+#: At most this many items of each peripheral list are read (a room has a handful).
+MAX_ITEMS = 64
+#: At most this many facts of each insights reply are kept.
+MAX_INSIGHT_KEYS = 32
 
 
 class CollabosError(Exception):
@@ -95,9 +101,10 @@ class CollabosApiCollector:
 # --------------------------------------------------------------------------- replies
 
 
-def parse_reply(status: int, body: bytes, *, what: str) -> dict[str, Any]:
+def parse_reply(status: int, body: bytes, *, what: str, redact: Iterable[str] = ()) -> dict[str, Any]:
     """The ``result`` object of one reply, or :class:`CollabosError` naming ``what`` (e.g.
-    ``"10.0.0.5 GET /api/v1/device"``) and the problem."""
+    ``"GET /api/v1/device"``) and the problem. The device's ``message`` is quoted with every
+    text of ``redact`` (the password, the token) cut out first: a device may echo them."""
     if len(body) > MAX_REPLY_BYTES:
         raise CollabosError(f"{what}: reply of {len(body)} bytes, more than {MAX_REPLY_BYTES}")
     try:
@@ -111,9 +118,11 @@ def parse_reply(status: int, body: bytes, *, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CollabosError(f"{what}: HTTP {status}, the reply is not a {{code, message, result}} object")
     code = as_int(doc.get("code"))
-    message = clean_text(
-        doc.get("message") if isinstance(doc.get("message"), str) else None, max_len=200
-    ).value
+    said = doc.get("message") if isinstance(doc.get("message"), str) else None
+    for secret in redact:
+        if said and secret:
+            said = said.replace(secret, "***")
+    message = clean_text(said, max_len=200).value
     if status == 401 or code == 401:
         raise CollabosError(f"{what}: refused (401{': ' + message if message else ''})", auth=True)
     if status != 200 or code != 200:
@@ -187,8 +196,53 @@ def as_bool(value: Any) -> bool | None:
 
 
 def _items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    """The objects of list ``key``, at most :data:`MAX_ITEMS` of them."""
     value = result.get(key)
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+    return [v for v in value if isinstance(v, dict)][:MAX_ITEMS] if isinstance(value, list) else []
+
+
+def _too_many(peripherals: Mapping[str, Any]) -> list[str]:
+    """The peripheral lists longer than :data:`MAX_ITEMS` (only the first are read)."""
+    return [
+        key
+        for key in ("sights", "usbControllers", "usbDevices", "ipControllers")
+        if isinstance(peripherals.get(key), list) and len(peripherals[key]) > MAX_ITEMS
+    ]
+
+
+def as_ip(value: Any) -> str | None:
+    """An IP address (in its normal form) from text; ``None`` for anything else."""
+    text = as_text(value, max_len=64)
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _insight_values(data: Mapping[str, Any]) -> dict[str, str | int | float | bool]:
+    """The flat facts of an insights reply: at most :data:`MAX_INSIGHT_KEYS` keys of printable
+    text, each a boolean, an integer, a finite number or a short printable text."""
+    found: dict[str, str | int | float | bool] = {}
+    for raw_key, raw in data.items():
+        key = as_text(raw_key, max_len=64)
+        if key is None:
+            continue
+        value: str | int | float | bool | None
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, int):
+            value = raw if abs(raw) < 1 << 53 else None
+        elif isinstance(raw, float):
+            value = raw if math.isfinite(raw) else None
+        else:
+            value = as_text(raw, max_len=64) if isinstance(raw, str) else None
+        if value is not None:
+            found[key] = value
+            if len(found) == MAX_INSIGHT_KEYS:
+                break
+    return found
 
 
 # --------------------------------------------------------------------------- observations
@@ -233,10 +287,17 @@ def observe(
     }
     bar.attributes.update({k: v for k, v in facts.items() if v})
     for name, data in (insights or {}).items():
-        if isinstance(data, Mapping) and data:
-            bar.attributes[f"insights_{name}"] = {
-                k: v for k, v in data.items() if isinstance(v, str | int | float | bool)
-            }
+        values = _insight_values(data) if isinstance(data, Mapping) else {}
+        if values:
+            bar.attributes[f"insights_{name}"] = values
+    dropped = _too_many(peripherals)
+    if dropped:
+        bar.note(
+            "peripherals-truncated",
+            f"the device lists more than {MAX_ITEMS} {' and '.join(dropped)}; "
+            f"only the first {MAX_ITEMS} are read",
+            Severity.INFO,
+        )
     about_device = (insights or {}).get("device")
     state = as_text(about_device.get("deviceState")) if isinstance(about_device, Mapping) else None
     if state is not None:
@@ -335,7 +396,8 @@ def _taps(
     found = []
     tap = catalog.get("Tap IP")
     for i, item in enumerate(_items(peripherals, "ipControllers")):
-        address = as_text(item.get("ipAddress"), max_len=64) or f"{bar.address}/tap-ip/{i}"
+        # Only an IP address is taken for the Tap's own address (never another text).
+        address = as_ip(item.get("ipAddress")) or f"{bar.address}/tap-ip/{i}"
         unit = Observation(
             source=source,
             transport=Transport.HTTPS,
@@ -357,6 +419,8 @@ def _taps(
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_INSIGHT_KEYS",
+    "MAX_ITEMS",
     "MAX_REPLY_BYTES",
     "NAME",
     "READS",
@@ -366,6 +430,7 @@ __all__ = [
     "CollabosError",
     "as_bool",
     "as_int",
+    "as_ip",
     "as_text",
     "as_usb_id",
     "check_collabos_request",

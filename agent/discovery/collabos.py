@@ -82,6 +82,10 @@ DEFAULT_RETRY_AFTER = 60.0
 AUTH_BACKOFF_FIRST = 300.0
 AUTH_BACKOFF_MAX = 3600.0
 MAX_TOKEN_CHARS = 8192
+#: A run ends this long before its budget, so that its results are kept.
+RUN_MARGIN = 2.0
+#: A device is not started with less time than this left in the run.
+MIN_HOST_TIME = 5.0
 
 
 class CollabosHostError(Exception):
@@ -94,6 +98,15 @@ class DeviceBusy(CollabosHostError):
 
 class SignInRefused(CollabosHostError):
     """The device refused the credentials (or they were refused recently)."""
+
+
+class OutOfTime(CollabosHostError):
+    """The run's budget was used up before the device's turn came."""
+
+
+class Unreachable(CollabosHostError):
+    """Nothing answers at the device's address (refused, unreachable, no TLS handshake in
+    time): as far as the agent can tell it is not on the network."""
 
 
 class CertificateChanged(CollabosHostError):
@@ -199,6 +212,8 @@ class DeviceState:
     calls: RateWindow = field(default_factory=lambda: RateWindow(CALLS_PER_MINUTE))
     token: str | None = None
     token_expires: float = 0.0
+    #: The key (pin, or ``"ca"``) the device's certificate had when the token was obtained.
+    token_key: str | None = None
     #: The device asked (HTTP 429) to be left alone until then (monotonic).
     not_before: float = 0.0
     #: A refused sign-in: the password's digest, until when not to try it again, how often.
@@ -215,7 +230,7 @@ class DeviceState:
         return self.token if self.token is not None and now < self.token_expires else None
 
     def drop_token(self) -> None:
-        self.token, self.token_expires = None, 0.0
+        self.token, self.token_expires, self.token_key = None, 0.0, None
 
 
 def token_lifetime(token: str) -> float:
@@ -270,11 +285,19 @@ class DeviceSession:
         *,
         timeout: float,
         deadline: float,
+        key: str = "ca",
     ) -> None:
         self.host = host
         self.state = state
         self.timeout = timeout
         self.deadline = deadline
+        #: The key the session's TLS was checked against (a pin, or ``"ca"``): a token is used
+        #: only with the key it was obtained under.
+        self.key = key
+        #: The password and tokens this run sent: cut out of anything the device says back.
+        self.secrets: list[str] = []
+        #: A refused token was replaced in this run already.
+        self.renewed = False
         connector = aiohttp.TCPConnector(ssl=tls, limit=2, ttl_dns_cache=None, enable_cleanup_closed=True)
         # No proxy from the environment, no cookies kept, no redirects followed: a request
         # goes to the listed device, as the gate let it, or not at all.
@@ -396,6 +419,9 @@ class CollabosSource:
         self.insights = insights
         self.host_deadline = host_deadline
         self.concurrency = concurrency
+        #: Seconds one run may take in all (the daemon's timeout for the source, the scan's
+        #: ``--timeout``); ``None``: no bound but each device's ``host_deadline``.
+        self.run_budget: float | None = None
         #: Where the store keeps the certificate pins (:meth:`bind_state`).
         self.state_dir = Path(state_dir) if state_dir is not None else None
         #: The devices' documented rate limits, which the source keeps itself.
@@ -455,8 +481,14 @@ class CollabosSource:
             return result
         tls, pins = prepared
         slots = asyncio.Semaphore(self.concurrency)
+        # A run must end within its budget (the daemon's timeout for the source, or the scan's):
+        # a device started near its end gets only what is left, and one that would get too
+        # little is not started at all (an error; it is read next run).
+        ends = None if self.run_budget is None else time.monotonic() + self.run_budget - RUN_MARGIN
         try:
-            outcomes = await asyncio.gather(*(self.collect(h, ctx, slots, tls, pins) for h in self.hosts))
+            outcomes = await asyncio.gather(
+                *(self.collect(h, ctx, slots, tls, pins, ends) for h in self.hosts)
+            )
         finally:
             if pins is not None:
                 pins.store.close()
@@ -505,25 +537,28 @@ class CollabosSource:
         slots: asyncio.Semaphore,
         tls: ssl.SSLContext | None,
         pins: Pins | None,
+        ends: float | None = None,
     ) -> SourceResult:
-        """Read one device; every failure becomes one error naming it."""
-        started = time.monotonic()
+        """Read one device; every failure becomes one error naming it. Its ``host_deadline``
+        starts when it gets a place (waiting for one is not its fault); ``ends`` (monotonic)
+        is when the whole run must be over."""
         result = SourceResult()
         state = self.devices.get(host.address)
         if state is None:
             state = self.devices[host.address] = DeviceState(
                 RateWindow(self.signins_per_minute), RateWindow(self.calls_per_minute)
             )
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self.host_deadline):
-                observations, messages = await self._read(host, ctx, slots, tls, pins, state, started)
+            observations, messages = await self._read(host, ctx, slots, tls, pins, state, ends)
         except Exception as exc:  # one device's failure, whatever it is, must not end the scan
             message = self.describe(exc)
             if not isinstance(exc, _EXPECTED):
                 log.exception("collabos.host.bug", host=host.address)
             log.warning("collabos.host.failed", host=host.address, error=message)
             result.errors.append(ScanError(self.name, host.address, message))
-            result.unreached.append(host.address)
+            if not absent(exc):  # it is there but could not be read: its units are not gone
+                result.unreached.append(host.address)
             return result
         result.observations = observations
         result.messages = [f"{host.address}: {m}" for m in messages]
@@ -543,28 +578,46 @@ class CollabosSource:
         tls: ssl.SSLContext | None,
         pins: Pins | None,
         state: DeviceState,
-        started: float,
+        ends: float | None,
     ) -> tuple[list[Observation], list[str]]:
         if time.monotonic() < state.not_before:
             left = state.not_before - time.monotonic()
             raise DeviceBusy(f"the device asked to be left alone (HTTP 429) for {left:.0f} s more")
-        deadline = started + self.host_deadline
         messages: list[str] = []
         async with slots:
-            session, device = await self._open(host, ctx, tls, pins, state, deadline)
-            try:
-                peripherals = await self._get(session, PERIPHERALS)
-                insights: dict[str, Mapping[str, Any]] = {}
-                if self.insights:
-                    insights["device"] = await self._insight(session, "device", self.timeout, messages)
-            except BaseException:
-                await session.close()
-                raise
+            deadline = time.monotonic() + self.host_deadline
+            if ends is not None and ends < deadline:
+                if ends - time.monotonic() < MIN_HOST_TIME:
+                    raise OutOfTime(
+                        "not read this run: the run's time was used up by the devices before it "
+                        "(fewer devices per source, a higher concurrency or a longer interval help)"
+                    )
+                deadline = ends
+            loop = asyncio.get_running_loop()
+            ends_at = loop.time() + (deadline - time.monotonic())
+            async with asyncio.timeout_at(ends_at):
+                session, device = await self._open(host, ctx, tls, pins, state, deadline)
+                try:
+                    peripherals = await self._get(session, PERIPHERALS)
+                    insights: dict[str, Mapping[str, Any]] = {}
+                    if self.insights:
+                        insights["device"] = await self._insight(session, "device", self.timeout, messages)
+                except BaseException:
+                    await session.close()
+                    raise
         # The room's insights can take 15 s: a device waiting for them does not hold a place
-        # (it costs an idle connection), so a sweep is not held up by its slowest rooms.
+        # (it costs an idle connection), so a sweep is not held up by its slowest rooms. What
+        # was read is kept whatever becomes of them.
         try:
             if self.insights:
-                insights["room"] = await self._insight(session, "room", self.insights_timeout, messages)
+                wait = min(self.insights_timeout, deadline - time.monotonic())
+                try:
+                    async with asyncio.timeout_at(ends_at):
+                        insights["room"] = await self._insight(session, "room", max(wait, 0.001), messages)
+                except TimeoutError:
+                    messages.append(
+                        f"no room insights: the device's deadline ({self.host_deadline:g} s) passed"
+                    )
         finally:
             await session.close()
         observations = observe(
@@ -595,8 +648,10 @@ class CollabosSource:
         byte), its key is compared with the pin: the same key (a renewed certificate) goes on,
         another is :class:`CertificateChanged`."""
         for attempt in (1, 2):
-            binding, first = await self._trust(host, tls, pins, known_certificate=attempt == 1)
-            session = DeviceSession(host, binding, state, timeout=self.timeout, deadline=deadline)
+            binding, first, key = await self._trust(host, tls, pins, known_certificate=attempt == 1)
+            if state.token is not None and state.token_key != key:
+                state.drop_token()  # a token goes only to the key it was obtained under
+            session = DeviceSession(host, binding, state, timeout=self.timeout, deadline=deadline, key=key)
             try:
                 if first is not None or (tls is not None and not state.confirmed):
                     self._refused_lately(state)
@@ -618,19 +673,20 @@ class CollabosSource:
 
     async def _trust(
         self, host: CollabosHost, tls: ssl.SSLContext | None, pins: Pins | None, *, known_certificate: bool
-    ) -> tuple[ssl.SSLContext | aiohttp.Fingerprint, tuple[str, str] | None]:
-        """What the session's TLS is bound to, and — at first contact — the key and the
-        certificate to pin once the host has shown it is the API (``None``: already pinned,
-        or a CA verifies it). ``known_certificate``: bind to the certificate last seen with
-        the pin without a handshake of its own."""
+    ) -> tuple[ssl.SSLContext | aiohttp.Fingerprint, tuple[str, str] | None, str]:
+        """What the session's TLS is bound to; at first contact, the key and the certificate
+        to pin once the host has shown it is the API (``None``: already pinned, or a CA
+        verifies it); and the key the session stands for (``"ca"`` with a CA).
+        ``known_certificate``: bind to the certificate last seen with the pin, without a
+        handshake of its own."""
         if tls is not None:
-            return tls, None
+            return tls, None, "ca"
         from agent.pins import PinError, certificate_sha256, spki_sha256
 
         assert pins is not None  # without a CA, the run opened the pins
         pin = pins.get(host.address)
         if pin is not None and pin.cert_sha256 and known_certificate:
-            return aiohttp.Fingerprint(bytes.fromhex(pin.cert_sha256)), None
+            return aiohttp.Fingerprint(bytes.fromhex(pin.cert_sha256)), None, pin.spki_sha256
         der = await presented_certificate(host, self.timeout)
         try:
             presented, certificate = spki_sha256(der), certificate_sha256(der)
@@ -640,11 +696,11 @@ class CollabosSource:
             raise CertificateChanged(host, pin.spki_sha256, presented)
         binding = aiohttp.Fingerprint(bytes.fromhex(certificate))
         if pin is None:
-            return binding, (presented, certificate)
+            return binding, (presented, certificate), presented
         if pin.cert_sha256 != certificate:
             pins.renewed(host.address, presented, certificate)
             log.info("collabos.certificate.renewed", host=host.address, spki_sha256=presented)
-        return binding, None
+        return binding, None, presented
 
     def _pin(self, host: CollabosHost, pins: Pins, first: tuple[str, str], now: datetime) -> None:
         presented, certificate = first
@@ -683,13 +739,17 @@ class CollabosSource:
         except SecretFileError as exc:
             raise CollabosHostError(str(exc)) from None
 
+    def _digest(self, password: str) -> str:
+        """What a refusal is remembered by: the user and the password (never kept as such)."""
+        return hashlib.sha256(f"{self.user}\0{password}".encode()).hexdigest()
+
     def _refused_lately(self, state: DeviceState) -> str:
-        """The password, unless the device refused it lately (then :class:`SignInRefused`:
-        nothing is sent until the backoff has passed or the password file changes)."""
+        """The password, unless the device refused it for this user lately (then
+        :class:`SignInRefused`: nothing is sent until the backoff has passed, or the user or
+        the password file changes)."""
         password = self._password()
-        digest = hashlib.sha256(password.encode()).hexdigest()
         now = time.monotonic()
-        if state.refused_digest == digest and now < state.refused_until:
+        if state.refused_digest == self._digest(password) and now < state.refused_until:
             raise SignInRefused(
                 f"the device refused the sign-in as {self.user}; not tried again for "
                 f"{state.refused_until - now:.0f} s, or until the password file changes"
@@ -699,55 +759,58 @@ class CollabosSource:
     async def _sign_in(self, session: DeviceSession) -> str:
         state = session.state
         password = self._refused_lately(state)
-        digest = hashlib.sha256(password.encode()).hexdigest()
+        session.secrets.append(password)
         reply = await session.request("POST", SIGNIN, body={"username": self.user, "password": password})
         try:
-            result = parse_reply(reply.status, reply.body, what=f"POST {SIGNIN}")
+            result = parse_reply(reply.status, reply.body, what=f"POST {SIGNIN}", redact=session.secrets)
         except CollabosError as exc:
-            text = str(exc).replace(password, "***")
             if not exc.auth:
-                raise CollabosHostError(text) from None
+                raise CollabosHostError(str(exc)) from None
             state.refusals += 1
-            backoff = min(AUTH_BACKOFF_FIRST * 2 ** (state.refusals - 1), AUTH_BACKOFF_MAX)
-            state.refused_digest, state.refused_until = digest, time.monotonic() + backoff
+            backoff = min(AUTH_BACKOFF_FIRST * 2 ** min(state.refusals - 1, 8), AUTH_BACKOFF_MAX)
+            state.refused_digest, state.refused_until = self._digest(password), time.monotonic() + backoff
             raise SignInRefused(
-                f"sign-in as {self.user} {text.split(': ', 1)[-1]}: check the password "
+                f"sign-in as {self.user} {str(exc).split(': ', 1)[-1]}: check the password "
                 f"in {self.password_file} and that the user may use the API; not tried again "
                 f"for {backoff:.0f} s, or until the password file changes"
             ) from None
         token = result.get("auth_token")
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS or not token.isprintable():
             raise CollabosHostError(f"POST {SIGNIN}: the reply holds no usable auth_token")
+        session.secrets.append(token)
         state.refusals, state.refused_digest = 0, None
-        state.token = token
-        state.token_expires = time.monotonic() + max(token_lifetime(token) - TOKEN_MARGIN, 1.0)
+        lifetime = token_lifetime(token)
+        state.token, state.token_key = token, session.key
+        state.token_expires = time.monotonic() + lifetime - min(TOKEN_MARGIN, lifetime / 4)
         return token
 
     async def _get(self, session: DeviceSession, path: str, timeout: float | None = None) -> dict[str, Any]:
-        """One documented read with the token; a refused token is replaced once."""
-        for attempt in (1, 2):
+        """One documented read with the token. A token the device refuses is replaced once
+        per run (a second refusal in the run is an error, not another sign-in)."""
+        while True:
             token = session.state.valid_token(time.monotonic()) or await self._sign_in(session)
+            if token not in session.secrets:
+                session.secrets.append(token)
             reply = await session.request("GET", path, token=token, timeout=timeout)
             try:
-                return parse_reply(reply.status, reply.body, what=f"GET {path}")
+                return parse_reply(reply.status, reply.body, what=f"GET {path}", redact=session.secrets)
             except CollabosError as exc:
-                if not exc.auth or attempt == 2:
+                if not exc.auth or session.renewed:
                     raise CollabosHostError(
                         f"{exc}{'; again with a new token' if exc.auth else ''}"
                     ) from None
+                session.renewed = True
                 session.state.drop_token()
-        raise AssertionError("unreachable")
 
     async def _insight(
         self, session: DeviceSession, which: str, timeout: float, messages: list[str]
     ) -> dict[str, Any]:
         """One of the insights, or ``{}`` with a message when the device has none (before
-        CollabOS 1.13) or does not give them in time: the device is read all the same."""
+        CollabOS 1.13), refuses them or does not give them in time: the device is read all
+        the same."""
         path = INSIGHTS[which]
         try:
             return await self._get(session, path, timeout)
-        except (DeviceBusy, SignInRefused):
-            raise
         except CollabosHostError as exc:
             messages.append(f"no {which} insights: {exc}")
         except TimeoutError:
@@ -784,6 +847,18 @@ class CollabosSource:
         return f"{type(exc).__name__}: {exc}"
 
 
+def absent(exc: BaseException) -> bool:
+    """Whether a device's failure says it is not on the network (nothing accepts a
+    connection at its address), rather than that it is there but could not be read (it
+    refused the agent, hung, or answered badly): its units then count as missed, as any
+    unit no longer seen; otherwise they are held (:attr:`SourceResult.unreached`)."""
+    if isinstance(exc, Unreachable):
+        return True
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return False
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
 _EXPECTED = (CollabosHostError, CollabosError, aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError)
 
 
@@ -795,8 +870,15 @@ async def presented_certificate(host: CollabosHost, timeout: float) -> bytes:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the pin is compared next, before anything is sent
-    async with asyncio.timeout(timeout):
-        _reader, writer = await asyncio.open_connection(host.host, host.port, ssl=context)
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host.host, host.port, ssl=context)
+    except ssl.SSLError:
+        raise
+    except TimeoutError:
+        raise Unreachable(f"no TLS handshake within {timeout:g} s on port {host.port}") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot connect: {exc.strerror or exc}") from None
     try:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
