@@ -84,6 +84,11 @@ def _parse(spec: str, default_port: int) -> tuple[Network | str, int]:
                 f"{net} holds {net.num_addresses} addresses; at most {MAX_ADDRESSES} per sweep (split it)"
             )
         return net, port
+    return _host_and_port(text, default_port)
+
+
+def _host_and_port(text: str, default_port: int) -> tuple[str, int]:
+    """One host (an address in its normal form, or a host name as written) and its port."""
     host, port = _split_port(text, default_port)
     if not host:
         raise ValueError("no host")
@@ -128,14 +133,7 @@ def parse_host_port(spec: str, default_port: int) -> tuple[str, int]:
         raise ValueError("empty host")
     if "/" in text:
         raise ValueError("a range is not a host: list each device")
-    host, port = _split_port(text, default_port)
-    if not host:
-        raise ValueError("no host")
-    try:
-        return str(ipaddress.ip_address(host)), port
-    except ValueError:
-        if not _is_host_name(host):
-            raise ValueError(f"{host!r} is neither an address nor a host name") from None
+    host, port = _host_and_port(text, default_port)
     return host.rstrip(".").lower(), port
 
 
