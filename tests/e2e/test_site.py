@@ -366,7 +366,7 @@ def events_of(portal: PortalStandIn, kind: str) -> list[EventOut]:
 
 
 @pytest.mark.slow
-def test_three_rooms_end_to_end(running: Site) -> None:
+def test_four_rooms_end_to_end(running: Site) -> None:
     s = running
     d = s.daemon
     timings = {"peers started": s.peers_ready - s.started, "daemon ready": (d.ready_at or 0) - s.started}
