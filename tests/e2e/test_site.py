@@ -446,7 +446,8 @@ def test_four_rooms_end_to_end(running: Site) -> None:
     d.signal(signal.SIGHUP)
     read = s.collabos_run(refused["runs"], TRUST_S)
     assert (read["errors"], read["last_error"]) == (0, None), read
-    check_collabos_requests(s.bar, signins=1)  # the reloaded source kept the token: no sign-in
+    # The reloaded source kept the token, but not for the new key: a new sign-in.
+    check_collabos_requests(s.bar, signins=2)
     timings["accept-new to the bar read again"] = time.monotonic() - t0
 
     # 4. The portal's final view, once every source has run a few cycles.
@@ -486,7 +487,7 @@ def test_four_rooms_end_to_end(running: Site) -> None:
     # 6. SIGTERM: a clean exit. Room D's password was sent to its bar's sign-in only.
     code, seconds = d.terminate()
     assert code == 0, s.log_tail()
-    check_collabos_requests(s.bar, signins=1)
+    check_collabos_requests(s.bar, signins=2)
     check_no_password(s, [json.dumps(status), json.dumps(coverage)])
     timings["SIGTERM to exit"] = seconds
     timings["total"] = time.monotonic() - s.started
