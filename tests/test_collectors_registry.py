@@ -21,6 +21,7 @@ from agent.catalog import CatalogError, load_catalog, parse_catalog
 from agent.collectors import COLLECTORS, CollectorRegistryError, collector_class
 from agent.collectors.registry import CollectorEntry, check_collector
 from agent.collectors.sync.frames import Command, encode_frame
+from agent.collectors.usbfw.requests import HidRequest, UvcRequest
 from agent.collectors.windows_pc import WINDOWS_COMMAND
 from agent.discovery import ScanContext
 from agent.discovery.usb import UsbSource
@@ -131,6 +132,64 @@ GATE_CASES: dict[str, tuple[list[Any], list[Any]]] = {
             "GET /api/v1/device",
         ],
     ),
+    "uvc-xu": (
+        [
+            UvcRequest("scribe", 8, 1, 0x85, 2),
+            UvcRequest("scribe", 8, 1, 0x81, 4),
+            UvcRequest("scribe", 8, 1, 0x81, 1024),
+            UvcRequest("meetup", 5, 1, 0x85, 2),
+            UvcRequest("meetup", 8, 1, 0x81, 4),
+            UvcRequest("meetup", 8, 3, 0x81, 2),
+            UvcRequest("tap-hdmi", 6, 1, 0x01, 8, bytes([0x0B, 0, 0, 0, 0, 0, 0, 0])),
+            UvcRequest("tap-hdmi", 6, 2, 0x85, 2),
+            UvcRequest("tap-hdmi", 6, 2, 0x81, 8),
+        ],
+        [
+            UvcRequest("scribe", 8, 1, 0x01, 4, b"\x00\x00\x00\x00"),  # SET_CUR
+            UvcRequest("scribe", 8, 2, 0x81, 4),  # another selector
+            UvcRequest("scribe", 7, 1, 0x81, 4),  # another unit
+            UvcRequest("scribe", 8, 1, 0x81, 2048),  # longer than a version
+            UvcRequest("scribe", 8, 1, 0x85, 2, b"\x01\x00"),  # data on a GET
+            UvcRequest("meetup", 8, 2, 0x81, 4),
+            UvcRequest("meetup", 8, 1, 0x01, 4, b"\x00" * 4),
+            UvcRequest("tap-hdmi", 6, 3, 0x81, 8),  # selector 3: firmware
+            UvcRequest("tap-hdmi", 6, 4, 0x01, 8, bytes(8)),  # selector 4: firmware
+            UvcRequest("tap-hdmi", 6, 1, 0x01, 8, bytes([0x0C, 0, 0, 0, 0, 0, 0, 0])),  # another select
+            UvcRequest("tap-hdmi", 6, 1, 0x01, 9, bytes([0x0B, 0, 0, 0, 0, 0, 0, 0, 0])),
+            UvcRequest("tap-hdmi", 6, 2, 0x01, 8, bytes(8)),  # SET_CUR of the read selector
+            UvcRequest("tap-hdmi", 6, 2, 0x81, 9),
+            ("scribe", 8, 1, 0x81, 4),  # not a request object
+        ],
+    ),
+    "hid-feature": (
+        [
+            HidRequest("rally-audio", "get", 0x3E, 513),
+            HidRequest("tap-presence", "set", 0x1B, 5, bytes([0x1B, 0x04, 0, 0, 0])),
+            HidRequest("tap-presence", "get", 0x19, 5),
+        ],
+        [
+            HidRequest("rally-audio", "set", 0x3E, 513, bytes([0x3E]) + bytes(512)),  # no SET before it
+            HidRequest("rally-audio", "get", 0x3E, 512),
+            HidRequest("rally-audio", "get", 0x28, 49),  # the serial request of another client
+            HidRequest("tap-presence", "set", 0x1A, 5, bytes([0x1A, 1, 0, 0, 0])),  # test mode
+            HidRequest("tap-presence", "get", 0x1A, 5),
+            HidRequest("tap-presence", "set", 0x1B, 5, bytes([0x1B, 0x05, 0, 0, 0])),
+            HidRequest("tap-presence", "get", 0x19, 64),
+            HidRequest("rally-audio", "get", 0x1A, 513),
+            b"\x3e" + bytes(512),
+        ],
+    ),
+    "usb-bulk": (
+        [bytes([0x01, 0xCC, 0xEF, 0xBE, 0, 0, 0, 0]), bytes([0x07, 0xCC, 0xFF, 0xFF, 0, 0, 0, 0])],
+        [
+            struct.pack("<II", 0xCC03, 0),  # firmware download
+            bytes([0x03, 0xCC, 0, 0, 0, 0, 0, 0]),
+            bytes([0x01, 0xCC, 0xEF, 0xBE, 0, 0, 0, 0, 0]),  # one byte more
+            bytes([0x07, 0xCC, 0xFF, 0xFF, 0, 0, 0, 1]),
+            b"",
+            "01 CC EF BE 00 00 00 00",
+        ],
+    ),
 }
 
 
@@ -239,8 +298,29 @@ def test_the_shipped_catalog_names_the_sync_interface_for_every_collabos_bar_on_
     assert bars
     for product in catalog.products.values():
         assert ("sync-interface" in product.collectors) == (product in bars), product.name
-        # Their bcdDevice is not their firmware (the CollabOS version is).
-        assert product.usb_release_is_firmware == (product not in bars), product.name
+        # A unit whose firmware a collector reads: its bcdDevice is not its firmware (the
+        # CollabOS version is, or the version the firmware collector reads).
+        assert product.usb_release_is_firmware == (not product.collectors), product.name
+
+
+def test_the_shipped_catalog_names_a_firmware_collector_for_every_room_family_on_usb() -> None:
+    from agent.collectors.usbfw.collectors import BULK_IDS, HID_RECIPES, UVC_RECIPES
+
+    catalog = load_catalog()
+    expected = {
+        "Scribe": ("uvc-xu",),
+        "MeetUp": ("uvc-xu",),
+        "Tap": ("uvc-xu", "hid-feature"),
+        "Rally Display Hub": ("hid-feature",),
+        "Rally Table Hub": ("usb-bulk",),
+    }
+    for name, collectors in expected.items():
+        assert catalog.product(name).collectors == collectors, name
+    # Every recipe's USB id is a function of a product that names its collector.
+    for table, collector in ((UVC_RECIPES, "uvc-xu"), (HID_RECIPES, "hid-feature"), (BULK_IDS, "usb-bulk")):
+        for vid, pid in table:
+            match = catalog.match_usb(vid, pid)
+            assert match is not None and collector in match.product.collectors, (hex(pid), collector)
 
 
 # ----------------------------------------------------------------------------- the USB source

@@ -112,7 +112,8 @@ def test_tap_is_one_unit_with_its_touch_screen(tmp_path: Path) -> None:
     tap = observations[0]
     assert tap.model == "V-U0053"
     assert {f["product_id"] for f in tap.attributes["functions"]} == {"0872", "0001"}
-    assert tap.firmware == "1.10"
+    # bcdDevice is not the Tap's firmware (issue [11/16]): kept as the USB release only.
+    assert tap.firmware is None and tap.attributes["usb_release"] == "1.10"
     assert tap.serial_label_grade is False  # the Tap's label serial comes over HID, not here
 
 
@@ -277,7 +278,10 @@ def test_scan_json_from_a_captured_tree(
     assert bar["transport"] == "usb" and bar["address"] == "2-1.1"
     assert bar["room"] == "oslo-4-12"
     assert by_product["MeetUp"]["model"] == "V-R0007"
-    assert by_product["MeetUp"]["firmware"] == "1.72"
+    # A captured tree is not this host's USB: the MeetUp's firmware collector does not run,
+    # and its bcdDevice is not its firmware.
+    assert by_product["MeetUp"]["firmware"] is None
+    assert by_product["MeetUp"]["attributes"]["usb_release"] == "1.72"
 
 
 def test_scan_table(

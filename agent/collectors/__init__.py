@@ -35,6 +35,8 @@ from agent.collectors.registry import (
 if TYPE_CHECKING:
     from agent.catalog import Catalog
     from agent.collectors.sync.client import SyncTransport
+    from agent.collectors.usbfw.collectors import HidNode, UvcNode
+    from agent.collectors.usbfw.tablehub import BulkLink
     from agent.model import Observation
     from agent.readonly import Gate
     from agent.usbtree import UsbRecord, UsbUnit
@@ -67,6 +69,19 @@ class UsbDeviceAccess(Protocol):
 
     def sync_transport(self, record: UsbRecord) -> Callable[[], AbstractContextManager[SyncTransport]]:
         """Opens the unit's Sync transport; raises ``TransportError`` when it cannot."""
+        ...
+
+    def video_node(self, record: UsbRecord) -> Callable[[], AbstractContextManager[UvcNode]]:
+        """Opens the function's video4linux capture node (``uvc-xu``); raises
+        ``NodeUnavailable`` when there is none to open."""
+        ...
+
+    def hidraw_nodes(self, record: UsbRecord) -> list[Callable[[], AbstractContextManager[HidNode]]]:
+        """Open each of the function's hidraw nodes (``hid-feature``)."""
+        ...
+
+    def bulk_link(self, record: UsbRecord) -> Callable[[], AbstractContextManager[BulkLink]]:
+        """Opens the function's vendor bulk interface (``usb-bulk``)."""
         ...
 
 

@@ -62,6 +62,9 @@ COLLECTORS: dict[str, CollectorEntry] = _table(
     CollectorEntry("mdns-txt", "agent.collectors.mdns_service:MdnsTxtCollector", "mdns", "endpoint"),
     CollectorEntry("ssh-dmi", "agent.collectors.ssh_host:RoomPcCollector", "ssh", "endpoint"),
     CollectorEntry("collabos-api", "agent.collectors.collabos_api:CollabosApiCollector", "https", "endpoint"),
+    CollectorEntry("uvc-xu", "agent.collectors.usbfw.collectors:UvcXuCollector", "usb", "product"),
+    CollectorEntry("hid-feature", "agent.collectors.usbfw.collectors:HidFeatureCollector", "usb", "product"),
+    CollectorEntry("usb-bulk", "agent.collectors.usbfw.collectors:UsbBulkCollector", "usb", "product"),
 )
 
 #: Names the catalog may give a product (``collectors = [...]``).

@@ -33,6 +33,8 @@ from agent.usbtree import (
 if TYPE_CHECKING:
     from agent.catalog import Product
     from agent.collectors.sync.client import SyncTransport
+    from agent.collectors.usbfw.collectors import HidNode, UvcNode
+    from agent.collectors.usbfw.tablehub import BulkLink
 
 LIVE_SYSFS = Path("/sys")
 
@@ -98,6 +100,33 @@ class UsbSource:
 
         return functools.partial(
             pyusb_transport, record.busnum, record.devnum, record.vendor_id, record.product_id
+        )
+
+    def video_node(self, record: UsbRecord) -> Callable[[], AbstractContextManager[UvcNode]]:
+        """The function's video4linux capture node (``uvc-xu``), with its USB descriptors."""
+        from agent.collectors.usbfw.nodes import DEV, NodeUnavailable, VideoNode, video_capture_node
+
+        name = video_capture_node(record.path)
+        if name is None:
+            raise NodeUnavailable("no video4linux capture node under the device (is uvcvideo loaded?)")
+        try:
+            descriptors: bytes | None = (record.path / "descriptors").read_bytes()[:65536]
+        except OSError:
+            descriptors = None
+        return functools.partial(VideoNode, DEV / name, descriptors)
+
+    def hidraw_nodes(self, record: UsbRecord) -> list[Callable[[], AbstractContextManager[HidNode]]]:
+        """The function's hidraw nodes (``hid-feature``)."""
+        from agent.collectors.usbfw.nodes import DEV, HidrawNode, hidraw_nodes
+
+        return [functools.partial(HidrawNode, DEV / name) for name in hidraw_nodes(record.path)]
+
+    def bulk_link(self, record: UsbRecord) -> Callable[[], AbstractContextManager[BulkLink]]:
+        """The function's vendor bulk interface through libusb (``usb-bulk``)."""
+        from agent.collectors.usbfw.tablehub import pyusb_bulk_link
+
+        return functools.partial(
+            pyusb_bulk_link, record.busnum, record.devnum, record.vendor_id, record.product_id
         )
 
     def product_collectors(self, product: Product) -> list[UsbUnitCollector]:
