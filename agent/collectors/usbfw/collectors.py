@@ -46,6 +46,7 @@ from agent.collectors.usbfw.requests import (
     UVC_GET_CUR,
     UVC_GET_LEN,
     UVC_SET_CUR,
+    V4L2_CAP_VIDEO_CAPTURE,
     FirmwareDecodeError,
     HidRecipe,
     HidRequest,
@@ -80,6 +81,8 @@ class UvcNode(Protocol):
     """A video4linux node as the ``uvc-xu`` collector uses it (live, or a recording)."""
 
     descriptors: bytes | None
+
+    def capabilities(self) -> int: ...
 
     def query(self, request: UvcRequest) -> bytes: ...
 
@@ -256,6 +259,8 @@ def _read_uvc(
     opener: Callable[[], AbstractContextManager[UvcNode]], read: Callable[[UvcNode], Reading]
 ) -> Reading:
     with opener() as node:
+        if not node.capabilities() & V4L2_CAP_VIDEO_CAPTURE:
+            raise NodeUnavailable("its video4linux node is not a capture node")
         return read(node)
 
 
