@@ -112,7 +112,11 @@ def test_unit_has_the_required_directives() -> None:
     assert _one("Service", "StateDirectoryMode") == "0700"
     assert _one("Service", "ConfigurationDirectory") == "roomsync"
     assert _one("Service", "DevicePolicy") == "closed"
-    assert _values("Service", "DeviceAllow") == ["char-usb_device rw"]
+    assert _values("Service", "DeviceAllow") == [
+        "char-usb_device rw",
+        "char-video4linux rw",
+        "char-hidraw rw",
+    ]
     assert _one("Service", "RestrictAddressFamilies").split() == [
         "AF_UNIX",
         "AF_INET",
@@ -145,6 +149,7 @@ def test_credentials_are_loaded_and_a_missing_one_does_not_fail_the_unit() -> No
         "snmp-auth-key": "roomsync.snmp-auth-key",
         "snmp-priv-key": "roomsync.snmp-priv-key",
         "ssh-key": "roomsync.ssh-key",
+        "collabos-password": "roomsync.collabos-password",
     }
     # A bare name is looked up in the credential stores and skipped when absent; an absolute
     # path that does not exist would fail the unit with 243/CREDENTIALS.
@@ -279,7 +284,7 @@ def _matches(rule: list[tuple[str, str, str]], device: dict[str, str]) -> bool:
 
 def test_udev_rule_gives_group_roomsync_logitech_usb_devices_only() -> None:
     rules = _udev_rules(RULES.read_text())
-    assert len(rules) == 1
+    assert len(rules) == 3
     rule = rules[0]
     assert {t for t in rule if t[1] in ("==", "!=")} == {
         ("SUBSYSTEM", "==", "usb"),
@@ -295,6 +300,27 @@ def test_udev_rule_gives_group_roomsync_logitech_usb_devices_only() -> None:
     assert not _matches(rule, {**bar, "ENV{DEVTYPE}": "usb_interface"})
     assert not _matches(rule, {**bar, "ATTR{idVendor}": "1d6b"})
     assert not _matches(rule, {**bar, "SUBSYSTEM": "hidraw"})
+
+
+def test_udev_rule_gives_logitech_hidraw_and_video_nodes_only() -> None:
+    _, hidraw, video = _udev_rules(RULES.read_text())
+    assert hidraw == [
+        ("SUBSYSTEM", "==", "hidraw"),
+        ("ATTRS{idVendor}", "==", "046d"),
+        ("GROUP", "=", "roomsync"),
+        ("MODE", "=", "0660"),
+    ]
+    # The video group keeps its nodes (conferencing software): roomsync is added by an ACL.
+    assert video == [
+        ("SUBSYSTEM", "==", "video4linux"),
+        ("ATTRS{idVendor}", "==", "046d"),
+        ("RUN", "+=", "/usr/bin/setfacl -m g:roomsync:rw $devnode"),
+    ]
+    for rule, subsystem in ((hidraw, "hidraw"), (video, "video4linux")):
+        node = {"SUBSYSTEM": subsystem, "ATTRS{idVendor}": "046d"}
+        assert _matches(rule, node)
+        assert not _matches(rule, {**node, "ATTRS{idVendor}": "0bda"})  # another vendor's camera
+        assert not _matches(rule, {**node, "SUBSYSTEM": "sound"})
 
 
 def test_udev_parser_rejects_what_it_does_not_understand() -> None:
