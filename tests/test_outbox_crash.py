@@ -36,12 +36,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.catalog import load_catalog
 from agent.events import EventType
 from agent.store import Store
 from agent.uploader.outbox import content_digest
 from agent.uploader.protocol import EventOut
 from tests.outbox_loop import KILL_POINTS, TOKEN, read_iteration, room_of, run_crash, tally, tree_state
 from tests.portal_standin import PortalStandIn
+
+CATALOG = load_catalog()
 
 KILLS = int(os.environ.get("OUTBOX_CRASH_KILLS", "50"))
 
@@ -152,6 +155,8 @@ def test_kill_9_at_random_points_loses_nothing(tmp_path: Path, portal: PortalSta
     assert {d[1] for d in inventory} >= {u.serial for u in tree_state(final)}, where
     held = {(serial, fw, room) for _, serial, fw, room in inventory}
     for unit in tree_state(final):
-        # Bars read no firmware without the Sync interface; the rest report bcdDevice.
-        fw = None if unit.pid in (0x089B, 0x08D3) else _firmware(unit.bcd)
+        # A unit whose firmware a collector reads (bars over Sync, cameras and hubs over
+        # their nodes) reports none from a captured tree; the rest report bcdDevice.
+        match = CATALOG.match_usb(0x046D, unit.pid)
+        fw = None if match is not None and match.product.collectors else _firmware(unit.bcd)
         assert (unit.serial, fw, room_of(final)) in held, (unit, where)
