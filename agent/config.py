@@ -78,6 +78,9 @@ class UsbSourceConfig(_Section):
     all_usb: bool = False
     libusb_strings: bool = True
     sync_interface: bool = True
+    #: Read the firmware of Scribes, MeetUps, Taps and Rally systems over their video4linux,
+    #: hidraw and bulk interfaces (read-only ioctls and transfers: docs/usb-firmware.md).
+    firmware: bool = True
     sync_deadline: Annotated[float, Field(gt=0, le=120)] = 10.0
     #: Daemon: a full USB pass this often, besides the passes hot-plugging triggers.
     interval: Interval = 300.0

@@ -59,6 +59,7 @@ class UsbSource:
         libusb_strings: bool = True,
         sync_interface: bool = True,
         sync_deadline: float = 10.0,
+        firmware: bool = True,
     ) -> None:
         self.sysfs_root = Path(sysfs_root)
         self.all_usb = all_usb
@@ -69,7 +70,10 @@ class UsbSource:
         #: Whether product collectors may open the devices (live USB; a replay's recording).
         self.devices_reachable = self.live
         #: Product collectors switched off by configuration (``sync_interface = false``).
-        self.disabled: frozenset[str] = frozenset() if sync_interface else frozenset({"sync-interface"})
+        self.disabled: frozenset[str] = frozenset(
+            ({"sync-interface"} if not sync_interface else set())
+            | ({"uvc-xu", "hid-feature", "usb-bulk"} if not firmware else set())
+        )
         self.sync_deadline = sync_deadline
 
     @classmethod
@@ -80,6 +84,7 @@ class UsbSource:
             libusb_strings=settings.libusb_strings,
             sync_interface=settings.sync_interface,
             sync_deadline=settings.sync_deadline,
+            firmware=settings.firmware,
         )
 
     async def run(self, ctx: ScanContext) -> SourceResult:
