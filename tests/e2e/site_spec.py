@@ -4,8 +4,10 @@ files (entitlements CSV, room map, agent.toml) and what the portal must end up s
 Rooms (ids as in the room map):
 
 * **room A** (``e2e-a``, the agent's own ``[room]``): a Rally Bar read over its Sync interface
-  from the recorded session in ``../shared/fixtures`` (``roomsync run --replay``), and, on the
-  agent host's USB (a fake sysfs tree), a Tap and a Brio — the Brio is the unit unplugged.
+  from the recorded session in ``../shared/fixtures`` (``roomsync run --replay``), a Scribe
+  whose firmware is read over its UVC extension unit from fwupd's recording of its
+  video4linux node there (a second ``--replay``: issue [11/16]), and, on the agent host's USB
+  (a fake sysfs tree), a Tap and a Brio — the Brio is the unit unplugged.
   The same bar is also on the LAN (issue [9/16]): it announces itself over mDNS (host
   ``RallyBar-<token>``, TXT serial) and answers SNMP (ENTITY-MIB serial), so it is one unit
   seen on three channels (docs/identity.md): one record, one ``device.added``, one verdict.
@@ -73,6 +75,16 @@ APPLIANCE_HOST, APPLIANCE_TAP_ADDRESS = "127.0.0.45", "127.0.0.46"
 #: The bar's collabOSVersion (1.13 and later answer the insights): its firmware at the portal.
 APPLIANCE_FIRMWARE = "1.15.2"
 
+#: Room A's recorded Scribe (``logi-scribe-setup.json``): its video4linux node answers UVC
+#: extension unit 8, selector 1 with ``01 01 02 00`` = 1.1.2 (issue [11/16]). The recording
+#: has no iSerialNumber: the Scribe has no serial, so it is keyed by (product, room).
+SCRIBE_FIRMWARE = "1.1.2"
+#: The bcdDevice of every USB unit whose firmware is checked here (0x0100: tests/sysfs.add_device's
+#: default on the fake sysfs trees, and the Scribe's recorded ``PRODUCT=46d/8e2/100``), as the
+#: descriptor collector writes it: always the ``usb_release`` attribute, the firmware only of
+#: products whose catalog entry says ``usb_release_is_firmware``.
+USB_RELEASE = "1.00"
+
 #: Host names the LAN units announce (mDNS SRV target, SNMP sysName).
 BAR_HOST = f"RallyBar-{TOKEN}"  # the recorded bar on the LAN: catalog host_names 'RallyBar-[0-9A-Z]+$'
 MEETUP_HOST = f"conf-cam-{TOKEN.lower()}"
@@ -82,7 +94,8 @@ TAP_IP_HOST = f"TapIP-{TOKEN}"
 
 #: The recorded bar's firmware as its Sync interface reports it, and as its SNMP agent writes the
 #: same version (ENTITY-MIB entPhysicalFirmwareRev). The three channels agree on purpose: a
-#: unit whose channels agree must stay "NoIssues" at the portal (every unit here must), and
+#: unit whose channels agree must stay "NoIssues" at the portal (every unit here must, but the
+#: serial-less Scribe: :attr:`Unit.issues`), and
 #: shows the most trusted channel's value as that channel wrote it (sync-interface, over
 #: snmp-entity, over mdns-txt). SNMP writes it differently (``V1.09.556``): versions are
 #: compared without case, separators or leading zeros, so this is no ``firmware-disagreement``,
@@ -91,12 +104,20 @@ TAP_IP_HOST = f"TapIP-{TOKEN}"
 #: unit's health.)
 BAR_FIRMWARE, BAR_SNMP_FIRMWARE = "1.9.556", "V1.09.556"
 
-#: USB ports on the agent host's fake sysfs tree (room A) and on the room PC's (room B).
-TAP_PORT, BRIO_PORT = "1-2", "1-3"
+#: USB ports on the agent host's fake sysfs tree (room A) and on the room PC's (room B). The
+#: replayed units stand on this host's USB too, at their recorded ports: the Rally Bar at 2-1.1,
+#: the Scribe at 1-2 (its PhysicalId), so the Tap is elsewhere: one port, one unit.
+TAP_PORT, BRIO_PORT = "1-4", "1-3"
 
 
 #: One channel of a unit as the snapshot's ``seen_by`` lists it: (source, transport, serial_source).
 Channel = tuple[str, str, str | None]
+#: A unit's firmware as ``/v1/inventory`` gives it: (firmware, firmware_source); the portal's
+#: snapshot carries the firmware only.
+Firmware = tuple[str | None, str | None]
+#: No firmware: bcdDevice is not the firmware of a product a collector reads (catalog
+#: ``usb_release_is_firmware = false``), and no collector could read it.
+NO_FIRMWARE: Firmware = (None, None)
 #: A unit by (product, serial): the units others are read through.
 RECORDED_BAR = ("Rally Bar", RALLY_BAR)
 APPLIANCE = ("Rally Bar Mini", APPLIANCE_BAR)
@@ -123,6 +144,11 @@ class Unit:
     #: The channels that see it, most trusted first (docs/identity.md, "the most trustworthy
     #: channel wins"); empty: not checked (one channel, the unit's own transport).
     channels: tuple[Channel, ...] = ()
+    #: Its firmware and how it was read (at the portal and in ``/v1/inventory``); None: not
+    #: checked here (the bars' are, by check_one_bar and check_appliance_room).
+    firmware: Firmware | None = None
+    #: The warning and error codes of its health (none: Sync's "NoIssues", else "Warning").
+    issues: tuple[str, ...] = ()
 
 
 #: The recorded bar's channels by the trust order: the replay's Sync interface
@@ -145,11 +171,29 @@ def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
         Unit("Rally Mic Pod", None, ROOM_A, "usb", False, parent=RECORDED_BAR),
         # The recorded bar reports its remote with status 0: Offline (its own word).
         Unit("Remote Controller", None, ROOM_A, "usb", False, parent=RECORDED_BAR, status="Offline"),
-        Unit("Tap", TAP_USB, ROOM_A, "usb", False),
+        # Issue [11/16]: a Tap's firmware is read over its HDMI capture's UVC extension unit or
+        # its presence sensor's hidraw node, never taken from bcdDevice. The fake sysfs tree is
+        # not live USB: product collectors open no device of it (agent/discovery/usb.py), so no
+        # firmware, and the bcdDevice is only usb_release.
+        Unit("Tap", TAP_USB, ROOM_A, "usb", False, firmware=NO_FIRMWARE),
+        # The recorded Scribe, on this host's USB (the replay: room A): a key device with no
+        # serial (a warning), its firmware read over UVC extension unit 8.
+        Unit(
+            "Scribe",
+            None,
+            ROOM_A,
+            "usb",
+            False,
+            firmware=(SCRIBE_FIRMWARE, "uvc-xu"),
+            issues=("serial-missing",),
+        ),
         Unit("Room PC", ROOM_PC, ROOM_B, "ssh", True),
-        Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False),
-        Unit("Rally Display Hub", DISPLAY_HUB, ROOM_B, "ssh", False),
-        Unit("Rally Table Hub", TABLE_HUB, ROOM_B, "ssh", False),
+        # The room PC's USB as SSH reads it: sysfs only, no device node. The Rally Camera's
+        # firmware is its bcdDevice (catalog: no collector reads it); the hubs' is read by a
+        # collector (hidraw feature report, bulk interface) a sysfs tree cannot answer: none.
+        Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False, firmware=(USB_RELEASE, "usb-bcdDevice")),
+        Unit("Rally Display Hub", DISPLAY_HUB, ROOM_B, "ssh", False, firmware=NO_FIRMWARE),
+        Unit("Rally Table Hub", TABLE_HUB, ROOM_B, "ssh", False, firmware=NO_FIRMWARE),
         Unit("Tap IP", TAP_IP, ROOM_B, "snmp", True),
         Unit("MeetUp", MEETUP, ROOM_C, "mdns", True),
         Unit("Rally Bar Mini", BAR_MINI, ROOM_C, "mdns", True),
@@ -183,7 +227,10 @@ class RoomView:
 #: Derived from catalog.toml's [[system]] list and agent/systems.py's rules:
 #: * A: the Rally Bar, its Sight and mic pod and the Tap form one "CollabOS bar": the bar is
 #:   the primary unit and the serial tickets quote (P1); the Tap's USB serial is not the
-#:   label's, so a key device is unregistered (S-list).
+#:   label's, so a key device is unregistered (S-list). The Scribe (a whiteboard camera: in no
+#:   [[system]]) stands alone beside it: the room's one system still names the primary unit,
+#:   and the Scribe, a key device with no serial, is one more unregistered key device (the same
+#:   flag). It has no serial, so no coverage verdict and no entitlement row.
 #: * B: Tap IP + Rally Camera (+ hubs, room PC) form a "Tap bundle (Rally)": the Rally Camera
 #:   is the primary unit (P1) but its USB serial is not label-grade, so no primary serial is
 #:   given and the room says so; tickets quote the Tap's serial (P2), never the camera's or

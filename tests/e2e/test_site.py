@@ -2,9 +2,10 @@
 against real peers on loopback, and what the licensing portal ends up showing.
 
 * room A: the recorded Rally Bar (``--replay`` of ``../shared/fixtures``' Sync-interface
-  session) and a Tap and a Brio on the agent host's USB (a fake sysfs tree); the same bar
-  also announces itself over mDNS and answers SNMP (a second snmpsim): one unit seen on
-  three channels (docs/identity.md);
+  session), the recorded Scribe (a second ``--replay``: fwupd's recording of its video4linux
+  node, firmware 1.1.2 over its UVC extension unit) and a Tap and a Brio on the agent host's
+  USB (a fake sysfs tree); the same bar also announces itself over mDNS and answers SNMP (a
+  second snmpsim): one unit seen on three channels (docs/identity.md);
 * room B: a room PC over SSH (real sshd; its sysfs served over SFTP) with a Rally Camera and
   its hubs on its USB, a Tap IP over SNMP (snmpsim), a Tap Scheduler over mDNS;
 * room C: a MeetUp and a Rally Bar Mini over mDNS (zeroconf, pinned to 127.0.0.1);
@@ -19,7 +20,9 @@ accepts it (``roomsync trust collabos --accept-new``) and a reload reads the bar
 portal stand-in's latest snapshot must then place every unit in its room, name each room's
 primary unit and ticket serial (P1, P2), hold the bar once with its three channels (one
 ``device.added``, one verdict; ``/v1/inventory`` agrees) and carry each unit's coverage as the
-entitlement rows dictate (every rule coverage implements); ``roomsync health`` exits 0 and
+entitlement rows dictate (every rule coverage implements); each USB unit's firmware is the one
+its collector read (the Scribe's over UVC), or none where bcdDevice is not firmware (issue
+[11/16]), at the portal and in ``/v1/inventory``; ``roomsync health`` exits 0 and
 ``/v1/coverage`` agrees with the portal. Room D's bar received only the sign-in and the four
 documented reads, and its password shows nowhere the test can look (logs, outputs, portal
 messages, the state).
@@ -61,7 +64,13 @@ from tests.sysfs import add_device
 
 pytestmark = pytest.mark.timeout(180)
 
-CAPTURE = ("fixtures", "usb-captures", "logi-rally-bar-setup.json")
+#: The recordings the daemon replays (``--replay``, repeatable), read in place from
+#: ``../shared``: room A's Rally Bar (its Sync-interface session) and Scribe (its video4linux
+#: node, answering UVC extension-unit queries).
+CAPTURES = (
+    ("fixtures", "usb-captures", "logi-rally-bar-setup.json"),
+    ("fixtures", "usb-captures", "logi-scribe-setup.json"),
+)
 PORTAL_TOKEN = "e2e-portal-token"
 SNMP_COMMUNITY = "e2e-site"
 #: Room D's admin password: this run's own, so finding it anywhere is a leak, not a chance match.
@@ -79,7 +88,8 @@ CYCLES, CYCLES_S = 3, 30.0
 
 
 def build_host_usb(root: Path) -> None:
-    """The agent host's USB (room A): a Tap and a Brio. The Rally Bar comes from the replay."""
+    """The agent host's USB (room A): a Tap and a Brio. The Rally Bar and the Scribe come from
+    the replays."""
     add_device(
         root,
         site.TAP_PORT,
@@ -138,7 +148,7 @@ def build_room_pc(root: Path) -> None:
 class Site:
     """The peers, the files and the daemon of one run."""
 
-    def __init__(self, work: Path, capture: Path, stack: contextlib.ExitStack) -> None:
+    def __init__(self, work: Path, captures: list[Path], stack: contextlib.ExitStack) -> None:
         self.work = work
         self.state = work / "state"
         self.started = time.monotonic()
@@ -204,7 +214,7 @@ class Site:
             notify,
             work / "daemon.log",
             url=f"http://{LOOPBACK}:{port}",
-            args=("--replay", str(capture)),
+            args=tuple(arg for capture in captures for arg in ("--replay", str(capture))),
         )
         stack.callback(self.daemon.stop)
 
@@ -260,15 +270,15 @@ class Site:
 
 
 @pytest.fixture
-def capture() -> Path:
-    return shared_file(*CAPTURE)
+def captures() -> list[Path]:
+    return [shared_file(*capture) for capture in CAPTURES]
 
 
 @pytest.fixture
-def running(tmp_path: Path, capture: Path) -> Iterator[Site]:
+def running(tmp_path: Path, captures: list[Path]) -> Iterator[Site]:
     require_sshd()
     with contextlib.ExitStack() as stack:
-        yield Site(tmp_path, capture, stack)
+        yield Site(tmp_path, captures, stack)
 
 
 # --------------------------------------------------------------------------- reading the view
@@ -360,6 +370,11 @@ def view_problems(message: InventoryMessage | None, units: list[Unit]) -> list[s
 
 def events_of(portal: PortalStandIn, kind: str) -> list[EventOut]:
     return [e for e in portal.events if str(e.type) == kind]
+
+
+def flat(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The devices of ``/v1/inventory`` and their children, depth first."""
+    return [x for d in devices for x in (d, *flat(d.get("children") or []))]
 
 
 # --------------------------------------------------------------------------- the test
@@ -458,6 +473,7 @@ def test_four_rooms_end_to_end(running: Site) -> None:
     final = s.portal.latest_inventory
     assert final is not None and not view_problems(final, units)
     check_units(final, units)
+    check_firmware(s, final, units)
     check_one_bar(s, final, identities[key("Rally Bar", site.RALLY_BAR)])
     check_appliance_room(s, final)
     check_rooms(final)
@@ -512,7 +528,9 @@ def check_units(message: InventoryMessage, units: list[Unit]) -> None:
             assert device.identity == f"serial:{unit.product}:{unit.serial}", what
         parent = found[key(*unit.parent)][1].identity if unit.parent else None
         assert device.parent == parent, what
-        assert device.health == "NoIssues", (what, device.health_issues)
+        warnings = sorted(i.code for i in device.health_issues if str(i.severity) != "info")
+        health = "Warning" if unit.issues else "NoIssues"
+        assert (device.health, warnings) == (health, sorted(unit.issues)), (what, device.health_issues)
         if unit.channels:
             assert channels(device) == unit.channels, what
     # The bar was read over its Sync interface (the replay), not from its descriptors.
@@ -549,9 +567,6 @@ def check_one_bar(s: Site, message: InventoryMessage, identity: str) -> None:
     assert [(e.identity, e.product, e.room) for e in added] == [(identity, "Rally Bar", ROOM_A)], added
     assert [str(e.type) for e in s.portal.events if e.identity == identity] == ["device.added"]
 
-    def flat(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [x for d in devices for x in (d, *flat(d.get("children") or []))]
-
     inventory = s.daemon.get("/v1/inventory").json()
     [stored] = [d for d in flat(inventory["devices"]) if d["serial"] == site.RALLY_BAR]
     assert [(c["source"], c["transport"], c["serial_source"]) for c in stored["seen_by"]] == list(
@@ -563,6 +578,29 @@ def check_one_bar(s: Site, message: InventoryMessage, identity: str) -> None:
         "sync-interface",
         ROOM_A,
     )
+
+
+def check_firmware(s: Site, message: InventoryMessage, units: list[Unit]) -> None:
+    """Each unit's firmware as expected (:attr:`Unit.firmware`): at the portal, and with how it
+    was read in the daemon's ``/v1/inventory``. For USB units (issue [11/16]): the Scribe's read
+    over its UVC extension unit from the recording, as ``roomsync scan --replay`` shows it; none
+    for a product whose firmware a collector reads but could not (the Tap on the fake sysfs
+    tree, the Rally hubs over SSH), whose bcdDevice stays the ``usb_release`` attribute."""
+    found = index(message)
+    stored = {
+        key(d["product"], d["serial"], d["room"]): d
+        for d in flat(s.daemon.get("/v1/inventory").json()["devices"])
+    }
+    checked = [u for u in units if u.firmware is not None]
+    assert any(u.product == "Scribe" for u in checked)
+    for unit in checked:
+        what = f"{unit.product} {unit.serial}"
+        firmware, source = unit.firmware or site.NO_FIRMWARE
+        assert found[unit_key(unit)][1].firmware == firmware, what
+        device = stored[unit_key(unit)]
+        assert (device["firmware"], device["firmware_source"]) == (firmware, source), (what, device)
+        # Not firmware, or not only: the bcdDevice stays reported, as usb_release.
+        assert device["attributes"].get("usb_release") == site.USB_RELEASE, (what, device["attributes"])
 
 
 def check_appliance_room(s: Site, message: InventoryMessage) -> None:
