@@ -465,7 +465,7 @@ def hub_capture(device: FakeUsbDevice, *init_replies: bytes, version: bool = Tru
 def free_interface_as_the_kernel_reports_it() -> None:
     """In the child: ``is_kernel_driver_active`` answers False, as Linux does for a vendor
     interface no driver binds. umockdev does not emulate ``USBDEVFS_GETDRIVER`` (libusb gets
-    LIBUSB_ERROR_OTHER), and the table hub's link gives up on that error (see the xfail)."""
+    LIBUSB_ERROR_OTHER; the link then claims without detaching, tested on its own below)."""
     import usb.core
 
     usb.core.Device.is_kernel_driver_active = lambda self, interface: False
@@ -578,17 +578,9 @@ def test_table_hub_link_refuses_every_other_frame(tmp_path: Path) -> None:
     assert bytes.fromhex(outcome["answer"]) == HUB_VERSION
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "agent bug: PyUsbBulkLink.__enter__ (agent/collectors/usbfw/tablehub.py) calls "
-        "is_kernel_driver_active() unguarded; when libusb cannot tell (LIBUSB_ERROR_OTHER under "
-        "umockdev) the claim is abandoned as 'cannot be claimed', where the Sync transport "
-        "(pyusb_transport.py _kernel_driver_active) detaches nothing and claims. Remove this "
-        "marker when fixed."
-    ),
-)
-def test_table_hub_unpatched_scan_reads_the_version(tmp_path: Path) -> None:
+def test_table_hub_scan_reads_the_version_when_libusb_cannot_tell_the_driver(tmp_path: Path) -> None:
+    # umockdev does not emulate USBDEVFS_GETDRIVER: libusb answers LIBUSB_ERROR_OTHER, and the
+    # link must then detach nothing and claim, as the Sync transport does.
     device = table_hub()
     _, report = hub_scan(tmp_path, hub_capture(device, HUB_INIT_REPLY), device, free_interface=False)
     [hub] = report["devices"]

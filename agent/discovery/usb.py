@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.collectors import UsbReadContext, UsbUnitCollector, collector_class
 from agent.collectors.usb_descriptor import UsbDescriptorCollector
 from agent.discovery import ScanContext, SourceResult
-from agent.model import ScanError
+from agent.model import ScanError, Severity
 from agent.usbtree import (
     UsbDiscovery,
     UsbDiscoveryError,
@@ -159,6 +159,14 @@ class UsbSource:
             obs = UsbDescriptorCollector.collect(unit, ctx.catalog, ctx.now, source=self.name)
             # Product collectors read the unit's main function: a further function seen on
             # its own (its main function is not visible) is not the device they speak to.
+            if unit.product is not None and unit.product.collectors and not self.devices_reachable:
+                obs.note(
+                    "firmware-not-read",
+                    "firmware is read over the unit's own interface "
+                    f"({', '.join(unit.product.collectors)}) only on this host's live USB, "
+                    "not from a captured sysfs tree",
+                    Severity.INFO,
+                )
             if unit.product is not None and unit.match is not None and unit.match.is_main:
                 for collector in self.product_collectors(unit.product):
                     obs, error = collector.collect(obs, unit, read_ctx)

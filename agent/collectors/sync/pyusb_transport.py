@@ -36,6 +36,16 @@ from agent.collectors.sync.interfaces import (
 )
 
 
+def kernel_driver_active(device: Any, number: int) -> bool:
+    """Whether a kernel driver holds interface ``number``. Cannot tell (a backend without
+    kernel drivers, an ioctl the platform refuses): ``False``, detach nothing — if a driver
+    does hold the interface, claiming it fails with "busy" and the error says so."""
+    try:
+        return bool(device.is_kernel_driver_active(number))
+    except (NotImplementedError, usb.core.USBError):
+        return False
+
+
 def interfaces_of(configuration: Any) -> list[InterfaceInfo]:
     """A pyusb Configuration's interfaces as plain data (cached descriptors, no I/O)."""
     return [
@@ -137,10 +147,4 @@ class PyUsbTransport:
             raise TransportError(f"bulk IN read failed: {exc}") from exc
 
     def _kernel_driver_active(self, number: int) -> bool:
-        # Cannot tell (a backend without kernel drivers, an ioctl the platform refuses):
-        # detach nothing. If a driver does hold the interface, claiming it fails with
-        # "busy" and the error says so.
-        try:
-            return bool(self.device.is_kernel_driver_active(number))
-        except (NotImplementedError, usb.core.USBError):
-            return False
+        return kernel_driver_active(self.device, number)

@@ -83,8 +83,10 @@ class PyUsbBulkLink:
                 break
         if self.interface is None:
             raise NodeUnavailable("no vendor bulk interface on the table hub")
+        from agent.collectors.sync.pyusb_transport import kernel_driver_active
+
         try:
-            if self.device.is_kernel_driver_active(self.interface):
+            if kernel_driver_active(self.device, self.interface):
                 self.device.detach_kernel_driver(self.interface)
                 self._reattach = True
             usb.util.claim_interface(self.device, self.interface)
