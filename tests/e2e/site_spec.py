@@ -188,10 +188,11 @@ def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
             issues=("serial-missing",),
         ),
         Unit("Room PC", ROOM_PC, ROOM_B, "ssh", True),
-        # The room PC's USB as SSH reads it: sysfs only, no device node. The Rally Camera's
-        # firmware is its bcdDevice (catalog: no collector reads it); the hubs' is read by a
-        # collector (hidraw feature report, bulk interface) a sysfs tree cannot answer: none.
-        Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False, firmware=(USB_RELEASE, "usb-bcdDevice")),
+        # The room PC's USB as SSH reads it: sysfs only, no device node. No firmware: the
+        # Rally system's version is read from its display hub (hidraw feature report), the
+        # table hub's over its bulk interface, which a sysfs tree cannot answer; the camera's
+        # bcdDevice is not its firmware (issue [11/16]).
+        Unit("Rally Camera", RALLY_CAMERA, ROOM_B, "ssh", False, firmware=NO_FIRMWARE),
         Unit("Rally Display Hub", DISPLAY_HUB, ROOM_B, "ssh", False, firmware=NO_FIRMWARE),
         Unit("Rally Table Hub", TABLE_HUB, ROOM_B, "ssh", False, firmware=NO_FIRMWARE),
         Unit("Tap IP", TAP_IP, ROOM_B, "snmp", True),
