@@ -9,8 +9,9 @@ One file per area: ``test_fuzz_sync.py`` (Sync frames, the UsbMsg envelope, the 
 gate, the client and replay decode paths, device-info JSON), ``test_fuzz_snmp.py``,
 ``test_fuzz_mdns.py``, ``test_fuzz_csv.py`` (entitlements, room map, csvtext),
 ``test_fuzz_config.py``, ``test_fuzz_usb.py`` (sysfs strings, sanitize),
-``test_fuzz_portal.py`` (delivery replies, the portal protocol) and ``test_fuzz_room_pc.py``
-(DMI, os-release, PowerShell output).
+``test_fuzz_portal.py`` (delivery replies, the portal protocol), ``test_fuzz_room_pc.py``
+(DMI, os-release, PowerShell output) and ``test_fuzz_usbfw.py`` (the USB firmware decoders,
+UVC descriptors, video4linux recordings).
 
 Budgets
 -------
