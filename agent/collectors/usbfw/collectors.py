@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -255,22 +255,18 @@ def _failed(obs: Observation, what: str, exc: Exception) -> str:
 _FAILURES = (NodeFailed, FirmwareDecodeError, DeadlinePassed, OSError)
 
 
-def _read_uvc(
-    opener: Callable[[], AbstractContextManager[UvcNode]], read: Callable[[UvcNode], Reading]
-) -> Reading:
-    with opener() as node:
+def _read_uvc(devices: FirmwareAccess, record: UsbRecord, read: Callable[[UvcNode], Reading]) -> Reading:
+    with devices.video_node(record)() as node:
         if not node.capabilities() & V4L2_CAP_VIDEO_CAPTURE:
             raise NodeUnavailable("its video4linux node is not a capture node")
         return read(node)
 
 
-def _read_hid(
-    openers: list[Callable[[], AbstractContextManager[HidNode]]], read: Callable[[HidNode], Reading]
-) -> Reading:
+def _read_hid(devices: FirmwareAccess, record: UsbRecord, read: Callable[[HidNode], Reading]) -> Reading:
     """The first of the device's hidraw nodes that answers (the report lives on one of its
     HID interfaces; asking another is a refused read, nothing more)."""
     last: Exception = NodeUnavailable("no hidraw node under the device")
-    for opener in openers:
+    for opener in devices.hidraw_nodes(record):
         try:
             with opener() as node:
                 return read(node)
@@ -279,12 +275,32 @@ def _read_hid(
     raise last
 
 
-def _read_bulk(opener: Callable[[], AbstractContextManager[BulkLink]]) -> Reading:
+def _read_bulk(devices: FirmwareAccess, record: UsbRecord) -> Reading:
     from agent.collectors.usbfw.tablehub import read_version
 
-    with opener() as link:
+    with devices.bulk_link(record)() as link:
         version, state = decode_tablehub(read_version(link))
     return Reading(firmware=version, attributes=(("image_state", state),))
+
+
+def _run(
+    observation: Observation,
+    ctx: UsbReadContext,
+    source: str,
+    jobs: Sequence[tuple[str, Callable[[], Reading]]],
+) -> tuple[Observation, str | None]:
+    """Each job (one function of the unit) within the device's deadline; what it read goes on
+    the observation, what kept it from reading becomes a note (and an error when the device
+    was reached)."""
+    errors = []
+    for what, job in jobs:
+        try:
+            _apply(observation, run_bounded(job, ctx.deadline, what), source)
+        except NodeUnavailable as exc:
+            _unavailable(observation, what, exc)
+        except _FAILURES as exc:
+            errors.append(_failed(observation, what, exc))
+    return observation, "; ".join(errors) or None
 
 
 class UvcXuCollector:
@@ -301,18 +317,16 @@ class UvcXuCollector:
     def collect(
         self, observation: Observation, unit: UsbUnit, ctx: UsbReadContext
     ) -> tuple[Observation, str | None]:
-        errors = []
+        jobs = []
         for record in _functions(unit, UVC_RECIPES):
             recipe, read = UVC_RECIPES[(record.vendor_id, record.product_id)]
-            what = f"{recipe} over its video4linux node"
-            try:
-                work = functools.partial(_read_uvc, ctx.devices.video_node(record), read)
-                _apply(observation, run_bounded(work, ctx.deadline, what), self.name)
-            except NodeUnavailable as exc:
-                _unavailable(observation, what, exc)
-            except _FAILURES as exc:
-                errors.append(_failed(observation, what, exc))
-        return observation, "; ".join(errors) or None
+            jobs.append(
+                (
+                    f"{recipe} over its video4linux node",
+                    functools.partial(_read_uvc, ctx.devices, record, read),
+                )
+            )
+        return _run(observation, ctx, self.name, jobs)
 
 
 class HidFeatureCollector:
@@ -329,23 +343,13 @@ class HidFeatureCollector:
     def collect(
         self, observation: Observation, unit: UsbUnit, ctx: UsbReadContext
     ) -> tuple[Observation, str | None]:
-        errors = []
+        jobs = []
         for record in _functions(unit, HID_RECIPES):
             recipe, read = HID_RECIPES[(record.vendor_id, record.product_id)]
-            what = f"{recipe} over hidraw"
             if recipe == "tap-presence" and not observation.serial_label_grade:
                 observation.note("tap-serial-not-label-grade", TAP_SERIAL_NOTE, Severity.INFO)
-            try:
-                openers = ctx.devices.hidraw_nodes(record)
-                if not openers:
-                    raise NodeUnavailable("no hidraw node under the device")
-                work = functools.partial(_read_hid, openers, read)
-                _apply(observation, run_bounded(work, ctx.deadline, what), self.name)
-            except NodeUnavailable as exc:
-                _unavailable(observation, what, exc)
-            except _FAILURES as exc:
-                errors.append(_failed(observation, what, exc))
-        return observation, "; ".join(errors) or None
+            jobs.append((f"{recipe} over hidraw", functools.partial(_read_hid, ctx.devices, record, read)))
+        return _run(observation, ctx, self.name, jobs)
 
 
 class UsbBulkCollector:
@@ -361,14 +365,8 @@ class UsbBulkCollector:
     def collect(
         self, observation: Observation, unit: UsbUnit, ctx: UsbReadContext
     ) -> tuple[Observation, str | None]:
-        errors = []
-        for record in _functions(unit, BULK_IDS):
-            what = "table hub over its bulk interface"
-            try:
-                work = functools.partial(_read_bulk, ctx.devices.bulk_link(record))
-                _apply(observation, run_bounded(work, ctx.deadline, what), self.name)
-            except NodeUnavailable as exc:
-                _unavailable(observation, what, exc)
-            except _FAILURES as exc:
-                errors.append(_failed(observation, what, exc))
-        return observation, "; ".join(errors) or None
+        jobs: list[tuple[str, Callable[[], Reading]]] = [
+            ("table hub over its bulk interface", functools.partial(_read_bulk, ctx.devices, record))
+            for record in _functions(unit, BULK_IDS)
+        ]
+        return _run(observation, ctx, self.name, jobs)

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from agent.collectors.usbfw.requests import (
     UVC_SET_CUR,
@@ -99,16 +100,13 @@ class _XuQuery(ctypes.Structure):
     )
 
 
-@dataclass(slots=True)
-class VideoNode:
-    """A video4linux node of one unit, opened for one recipe's queries."""
+class _Node:
+    """A device node (``path``), open (``fd``) for the ``with`` block and always closed after."""
 
     path: Path
-    #: The USB device's raw descriptors (sysfs ``descriptors``), to find extension units.
-    descriptors: bytes | None = None
-    fd: int = -1
+    fd: int
 
-    def __enter__(self) -> VideoNode:
+    def __enter__(self) -> Self:
         self.fd = _open(self.path)
         return self
 
@@ -118,6 +116,16 @@ class VideoNode:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+@dataclass(slots=True)
+class VideoNode(_Node):
+    """A video4linux node of one unit, opened for one recipe's queries."""
+
+    path: Path
+    #: The USB device's raw descriptors (sysfs ``descriptors``), to find extension units.
+    descriptors: bytes | None = None
+    fd: int = -1
 
     def capabilities(self) -> int:
         """The node's device capabilities (``VIDIOC_QUERYCAP``; asks the driver, not the
@@ -148,22 +156,11 @@ class VideoNode:
 
 
 @dataclass(slots=True)
-class HidrawNode:
+class HidrawNode(_Node):
     """A hidraw node of one unit."""
 
     path: Path
     fd: int = -1
-
-    def __enter__(self) -> HidrawNode:
-        self.fd = _open(self.path)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def feature(self, request: HidRequest) -> bytes:
         """A SET_FEATURE (nothing back) or a GET_FEATURE (the report, its id first), through
