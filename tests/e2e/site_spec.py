@@ -1,7 +1,9 @@
-"""The customer site of the end-to-end test: four rooms, the units in them, the operator's
-files (entitlements CSV, room map, agent.toml) and what the portal must end up showing.
+"""The customer site of the end-to-end test: five rooms, the units in them, the operator's
+files (entitlements CSV, room map, each agent's agent.toml) and what the portal must end up
+showing. Rooms A to D are the site agent's; room E is a second agent's (the test keeps the name
+``test_four_rooms_end_to_end``: docs cite it).
 
-Rooms (ids as in the room map):
+Rooms (ids as in the room map; room E's as its agent's ``[room]`` gives it):
 
 * **room A** (``e2e-a``, the agent's own ``[room]``): a Rally Bar read over its Sync interface
   from the recorded session in ``../shared/fixtures`` (``roomsync run --replay``), a Scribe
@@ -25,6 +27,14 @@ Rooms (ids as in the room map):
   The bar's certificate is pinned at the first read; it then rotates (a reset device), the
   agent refuses it before sending anything, and the operator accepts the new key
   (``roomsync trust collabos``).
+* **room E** (``e2e-e``): a Rally system (Rally Camera, display hub, table hub) on the USB of
+  another host of the site, read by a **second agent** of the site (its own ``agent_id``, state
+  directory and ``[room]``; docs/portal-api.md, "One unit seen by several agents") whose
+  ``/sys`` and ``/dev`` are an umockdev testbed (``tests/e2e/rally_room.py``): it reads the
+  Rally system's firmware through real ioctls (issue [11/16]) — its display hub's audio
+  device answers feature report 0x3E on a hidraw node, its table hub its version request on
+  its vendor bulk interface (through libusb) — and pushes one snapshot to the same portal.
+  Its units are that agent's, never the site agent's.
 
 Expectations are written down from the rules, not taken from the agent: where each unit
 stands (inventory placement order: an SSH host's room, this host's USB in ``[room]``, then
@@ -54,6 +64,12 @@ TOKEN = f"{RUN_TOKEN}E"  # this session's token; other tests on loopback use oth
 ROOM_A, ROOM_B, ROOM_C, ROOM_D = "e2e-a", "e2e-b", "e2e-c", "e2e-d"
 ROOM_NAMES = {ROOM_A: "Fjord", ROOM_B: "Skagerrak", ROOM_C: "Nordkapp", ROOM_D: "Lofoten"}
 LOCATION = "Oslo HQ / 4th floor"
+#: Room E is named by its own agent's ``[room]`` (that agent has no room map), so it is not a
+#: row of the site agent's room map: that agent lists rooms A to D only.
+ROOM_E, ROOM_E_NAME = "e2e-e", "Hardanger"
+#: The two agents of the site, as the portal tells their snapshots apart (``agent.id``): the
+#: site agent (rooms A to D) and room E's.
+SITE_AGENT, ROOM_E_AGENT = "e2e-site", "e2e-room-e"
 
 # --------------------------------------------------------------------------- units
 
@@ -209,6 +225,46 @@ def final_units(scheduler_room: str = ROOM_C) -> list[Unit]:
     ]
 
 
+#: Room E's Rally system, each unit on a port of its own on bus 3 of the testbed (no other
+#: room's unit stands on bus 3: room A's USB ports are 1-2, 1-3, 1-4 and 2-1.1).
+RALLY_E_CAMERA, RALLY_E_DISPLAY_HUB, RALLY_E_TABLE_HUB = "2304RC0061H8", "2304DH0062J9", "2304TH0063K1"
+RALLY_E_PORTS = {"Rally Camera": "3-1", "Rally Display Hub": "3-2", "Rally Table Hub": "3-3"}
+#: The Rally system version its display hub's audio device (046d:0885) keeps in feature report
+#: 0x3E (513 bytes with the report id), at offsets 0xB8..0xBA: major, minor, build
+#: (docs/usb-firmware.md).
+RALLY_SYSTEM_VERSION = bytes([1, 6, 42])
+RALLY_SYSTEM_FIRMWARE = "1.6.42"
+#: The table hub's answer to its version request: 16 ASCII characters (NUL-padded), then the
+#: image state, a u32 LE (docs/usb-firmware.md).
+TABLE_HUB_FIRMWARE, TABLE_HUB_IMAGE_STATE = "V2.1.35", 3
+
+
+def rally_room_units() -> list[Unit]:
+    """Room E as its own agent reads it on its USB: the Rally system's version from its display
+    hub (hid-feature), the table hub's own over its bulk interface (usb-bulk), none for the
+    camera (its bcdDevice is not its firmware: catalog ``usb_release_is_firmware = false``).
+    USB descriptor serials of these products are not the labels'."""
+    return [
+        Unit("Rally Camera", RALLY_E_CAMERA, ROOM_E, "usb", False, firmware=NO_FIRMWARE),
+        Unit(
+            "Rally Display Hub",
+            RALLY_E_DISPLAY_HUB,
+            ROOM_E,
+            "usb",
+            False,
+            firmware=(RALLY_SYSTEM_FIRMWARE, "hid-feature"),
+        ),
+        Unit(
+            "Rally Table Hub",
+            RALLY_E_TABLE_HUB,
+            ROOM_E,
+            "usb",
+            False,
+            firmware=(TABLE_HUB_FIRMWARE, "usb-bulk"),
+        ),
+    ]
+
+
 def initial_units() -> list[Unit]:
     """Before the unplug and the move: the Brio in room A, the Tap Scheduler in room B."""
     return [*final_units(ROOM_B), Unit("Brio", BRIO, ROOM_A, "usb", False)]
@@ -250,6 +306,17 @@ ROOM_VIEWS = {
     ROOM_C: RoomView(BAR_MINI, "Rally Bar Mini", BAR_MINI, "Rally Bar Mini", ("primary-unit-ambiguous",)),
     ROOM_D: RoomView(APPLIANCE_BAR, "Rally Bar Mini", APPLIANCE_BAR, "Rally Bar Mini", ()),
 }
+#: Room E, in its own agent's snapshot: the camera and hubs form a "Rally system" (no Tap: not
+#: a Tap bundle), whose primary unit and ticket unit are both the Rally Camera (P1). Its USB
+#: serial is not label-grade, so neither serial is given and the room says so twice; the
+#: camera is a key device without a label serial (unregistered). The hubs are no key devices.
+ROOM_E_VIEW = RoomView(
+    None,
+    "Rally Camera",
+    None,
+    "Rally Camera",
+    ("key-device-unregistered", "primary-unit-serial-unknown", "ticket-serial-unknown"),
+)
 
 # --------------------------------------------------------------------------- coverage
 
@@ -670,6 +737,7 @@ def agent_toml(
     p = {k: toml_str(v) for k, v in paths.items()}
     snmp_targets = ", ".join(toml_str(f"127.0.0.1:{port}") for port in snmp_ports)
     return f"""\
+agent_id = "{SITE_AGENT}"
 state_dir = {p["state"]}
 room_map = {p["room_map"]}
 
@@ -731,4 +799,36 @@ remove_after_missed_scans = 2
 
 [coverage]
 entitlements = {p["entitlements"]}
+"""
+
+
+def rally_room_toml(paths: Mapping[str, Path], *, portal_url: str) -> str:
+    """agent.toml of room E's agent: its USB only, read where the process sees ``/sys`` (the
+    testbed's, under its ``LD_PRELOAD``): live USB to the agent, so its firmware collectors
+    run (agent/discovery/usb.py). No libusb string reads (every string is in sysfs), no LAN
+    source; the same portal as the site agent, as another agent (its own ``agent_id``)."""
+    p = {k: toml_str(v) for k, v in paths.items()}
+    return f"""\
+agent_id = "{ROOM_E_AGENT}"
+state_dir = {p["state"]}
+
+[room]
+id = "{ROOM_E}"
+name = "{ROOM_E_NAME}"
+group = {toml_str(LOCATION)}
+location = "Oslo, Norway"
+seat_count = 6
+
+[sources.usb]
+sysfs_root = "/sys"
+libusb_strings = false
+sync_interface = false
+sync_deadline = 5.0
+
+[sources.mdns]
+enabled = false
+
+[portal]
+url = {toml_str(portal_url)}
+token_file = {p["portal_token"]}
 """
