@@ -411,6 +411,19 @@ class IoctlTestbed:
 
     # ----------------------------------------------------------------- sysfs
 
+    def add_replayed_usb_device(self, description: str, sysfs: str, pcap: Path) -> None:
+        """A USB device given as umockdev text (``tests.usbfake.FakeUsbDevice.umockdev()``:
+        its sysfs entry and its ``/dev/bus/usb`` node), whose usbdevfs requests umockdev answers
+        from the usbmon capture ``pcap`` (``Testbed.load_pcap``, as ``umockdev-run --pcap``), in
+        its worker thread in this process. libusb in a child then talks to the testbed's node,
+        never a real one, and a frame that differs from the capture gets no answer."""
+        testbed = self._testbed
+        if testbed is None:
+            raise RuntimeError("this IoctlTestbed is closed")
+        testbed.add_from_string(description)
+        if not testbed.load_pcap(sysfs, str(pcap)):
+            raise RuntimeError(f"umockdev could not load {pcap} for {sysfs}")
+
     def add_usb_device(
         self,
         sysfs: str,

@@ -16,7 +16,7 @@ the nodes and make real ``ioctl()`` calls:
 * the **Rally Table Hub** (046d:088F): its vendor bulk interface, which the agent reaches
   through libusb. :class:`IoctlTestbed` answers video4linux and hidraw nodes only; umockdev's
   own usbdevfs replay (what ``umockdev-run --pcap`` does: ``Testbed.load_pcap``) answers the
-  hub's ``/dev/bus/usb`` node in the same testbed (:func:`add_replayed_usb_device`). It
+  hub's ``/dev/bus/usb`` node in the same testbed (:meth:`IoctlTestbed.add_replayed_usb_device`). It
   answers exactly the frames its usbmon capture lists, byte for byte and in order: INIT once,
   then the version request. Any other frame is left unanswered (libusb times out, the agent
   claims no firmware), so a version read proves the exchange was the documented one.
@@ -119,23 +119,6 @@ def table_hub_capture(device: FakeUsbDevice) -> UsbmonCapture:
     return capture
 
 
-def add_replayed_usb_device(
-    bed: IoctlTestbed, device: FakeUsbDevice, capture: UsbmonCapture, directory: Path
-) -> None:
-    """An adapter :class:`IoctlTestbed` lacks: ``device`` (its sysfs entry and its
-    ``/dev/bus/usb`` node) in the same testbed, its usbdevfs requests answered by umockdev's
-    replay of ``capture`` (``Testbed.load_pcap``, as ``umockdev-run --pcap``), in umockdev's
-    worker thread in this process. The node is the testbed's: libusb in the agent never opens
-    a real ``/dev/bus/usb`` node."""
-    testbed: Any = bed._testbed  # the umockdev testbed itself (no public accessor)
-    if testbed is None:
-        raise RuntimeError("this IoctlTestbed is closed")
-    testbed.add_from_string(device.umockdev())
-    pcap = capture.write(directory / f"{device.name}.pcap")
-    if not testbed.load_pcap(device.sysfs_path, str(pcap)):
-        raise RuntimeError(f"umockdev could not load {pcap} for {device.sysfs_path}")
-
-
 def build(bed: IoctlTestbed, directory: Path) -> list[DisplayHub]:
     """Room E's Rally system on the testbed's bus 3; the display hub's node handlers, in the
     order of their hidraw nodes."""
@@ -161,7 +144,9 @@ def build(bed: IoctlTestbed, directory: Path) -> list[DisplayHub]:
             serial=site.RALLY_E_DISPLAY_HUB,
         )
     hub = table_hub()
-    add_replayed_usb_device(bed, hub, table_hub_capture(hub), directory)
+    bed.add_replayed_usb_device(
+        hub.umockdev(), hub.sysfs_path, table_hub_capture(hub).write(directory / f"{hub.name}.pcap")
+    )
     return handlers
 
 

@@ -1,7 +1,7 @@
 """The customer site of the end-to-end test: five rooms, the units in them, the operator's
 files (entitlements CSV, room map, each agent's agent.toml) and what the portal must end up
 showing. Rooms A to D are the site agent's; room E is a second agent's (the test keeps the name
-``test_four_rooms_end_to_end``: docs cite it).
+``test_the_site_end_to_end``: docs cite it).
 
 Rooms (ids as in the room map; room E's as its agent's ``[room]`` gives it):
 

@@ -408,7 +408,7 @@ def flat(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-def test_four_rooms_end_to_end(running: Site) -> None:
+def test_the_site_end_to_end(running: Site) -> None:
     s = running
     d = s.daemon
     timings = {"peers started": s.peers_ready - s.started, "daemon ready": (d.ready_at or 0) - s.started}
