@@ -96,6 +96,9 @@ class Product:
     #: firmware is the CollabOS version read over Sync).
     usb_release_is_firmware: bool = True
     usb_serial_label_grade: bool = False
+    #: Said (an info note) on a unit whose USB serial is not label-grade: why, and where the
+    #: label serial can be found (the Tap's is readable only in a test mode: issue [11/16]).
+    usb_serial_note: str | None = None
     #: A family's fallback name for a unit the catalog cannot name more precisely ("CollabOS
     #: bar (unnamed)"): when channels merge, a named product wins over it and it never
     #: counts as a model disagreement (agent/identity.py).
@@ -608,6 +611,7 @@ _PRODUCT_KEYS = frozenset(
         "lan_descriptions",
         "snmp_object_ids",
         "collectors",
+        "usb_serial_note",
         *_BOOL_KEYS,
     }
 )
@@ -649,6 +653,9 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         isinstance(o, str) and re.fullmatch(r"\.?\d+(\.\d+)+", o) for o in oids
     ):
         raise CatalogError(f"{where}: snmp_object_ids must be dotted numeric object ids")
+    serial_note = raw.get("usb_serial_note")
+    if serial_note is not None and (not isinstance(serial_note, str) or not serial_note.strip()):
+        raise CatalogError(f"{where}: usb_serial_note must be a text")
     years = raw.get("standard_warranty_years", default_years)
     if not isinstance(years, int) or years < 0:
         raise CatalogError(f"{where}: standard_warranty_years must be a whole number ≥ 0")
@@ -668,6 +675,7 @@ def _parse_product(raw: dict[str, Any], where: str, default_years: int) -> Produ
         lan_descriptions=_patterns(raw, "lan_descriptions", where),
         snmp_object_ids=tuple(o.lstrip(".") for o in oids),
         collectors=_collectors(raw, where, has_usb=bool(usb or raw.get("usb_product_strings"))),
+        usb_serial_note=serial_note,
         **{k: raw.get(k, _BOOL_DEFAULTS.get(k, False)) for k in _BOOL_KEYS},
     )
 

@@ -304,22 +304,32 @@ def test_udev_rule_gives_group_roomsync_logitech_usb_devices_only() -> None:
 
 def test_udev_rule_gives_logitech_hidraw_and_video_nodes_only() -> None:
     _, hidraw, video = _udev_rules(RULES.read_text())
+    # Vendor and product on one device: the two HID functions read, nothing else of Logitech's.
     assert hidraw == [
         ("SUBSYSTEM", "==", "hidraw"),
         ("ATTRS{idVendor}", "==", "046d"),
+        ("ATTRS{idProduct}", "==", "0885|0872"),
         ("GROUP", "=", "roomsync"),
         ("MODE", "=", "0660"),
     ]
     # The video group keeps its nodes (conferencing software): roomsync is added by an ACL.
     assert video == [
+        ("ACTION", "!=", "remove"),
         ("SUBSYSTEM", "==", "video4linux"),
         ("ATTRS{idVendor}", "==", "046d"),
-        ("RUN", "+=", "/usr/bin/setfacl -m g:roomsync:rw $devnode"),
+        ("ATTRS{idProduct}", "==", "08e2|0866|0876"),
+        ("RUN", "+=", "/bin/setfacl -m g:roomsync:rw $devnode"),
     ]
-    for rule, subsystem in ((hidraw, "hidraw"), (video, "video4linux")):
-        node = {"SUBSYSTEM": subsystem, "ATTRS{idVendor}": "046d"}
+    for rule, subsystem, products in (
+        (hidraw, "hidraw", ("0885", "0872")),
+        (video, "video4linux", ("08e2", "0866", "0876")),
+    ):
+        allowed = {t[2] for t in rule if t[0] == "ATTRS{idProduct}"}
+        assert allowed == {"|".join(products)}
+        node = {"SUBSYSTEM": subsystem, "ATTRS{idVendor}": "046d", "ATTRS{idProduct}": "|".join(products)}
         assert _matches(rule, node)
         assert not _matches(rule, {**node, "ATTRS{idVendor}": "0bda"})  # another vendor's camera
+        assert not _matches(rule, {**node, "ATTRS{idProduct}": "c52b"})  # a Unifying receiver
         assert not _matches(rule, {**node, "SUBSYSTEM": "sound"})
 
 

@@ -240,3 +240,149 @@ def test_roomsync_scan_replays_the_scribe_with_its_firmware(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     [scribe] = json.loads(done.stdout)["devices"]
     assert (scribe["product"], scribe["firmware"], scribe["firmware_source"]) == ("Scribe", "1.1.2", "uvc-xu")
+
+
+# --------------------------------------------------------------------------- review: time, cache, recipes
+
+
+def test_a_read_stuck_in_the_kernel_is_not_started_again_until_it_returns() -> None:
+    import threading
+
+    from agent.collectors.usbfw.collectors import DeadlinePassed, StillStuck, run_bounded
+
+    release = threading.Event()
+    started = []
+
+    def stuck() -> str:
+        started.append(1)
+        release.wait(10)
+        return "late"
+
+    with pytest.raises(DeadlinePassed, match=r"did not answer within 0\.05 s"):
+        run_bounded(stuck, 0.05, "a hung camera", key="dev-1")
+    with pytest.raises(StillStuck):
+        run_bounded(stuck, 0.05, "a hung camera", key="dev-1")
+    assert run_bounded(lambda: "other", 1, "another camera", key="dev-2") == "other"
+    release.set()
+    for _ in range(100):  # the stuck thread returns
+        try:
+            assert run_bounded(lambda: "again", 1, "a hung camera", key="dev-1") == "again"
+            break
+        except StillStuck:
+            import time
+
+            time.sleep(0.01)
+    assert len(started) == 1
+
+
+def fake_unit(pid: int) -> Any:
+    from agent.usbtree import UsbRecord, group_units
+
+    record = UsbRecord(
+        name="1-4", path=Path("/nonexistent/1-4"), vendor_id=0x046D, product_id=pid, busnum=1, devnum=4
+    )
+    [unit] = group_units([record], CATALOG)
+    return unit
+
+
+class CountingDevices:
+    """Live device access whose video node answers the Scribe's queries, counting opens."""
+
+    live = True
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def video_node(self, record: Any) -> Any:
+        import contextlib
+
+        from agent.collectors.usbfw.requests import UVC_GET_LEN
+
+        devices = self
+
+        class Node:
+            descriptors = None
+
+            def capabilities(self) -> int:
+                return 1
+
+            def query(self, request: Any) -> bytes:
+                return b"\x04\x00" if request.query == UVC_GET_LEN else bytes([1, 1, 2, 0])
+
+        @contextlib.contextmanager
+        def opener() -> Any:
+            devices.opened += 1
+            yield Node()
+
+        return opener
+
+
+def test_a_unit_is_read_once_per_enumeration() -> None:
+    from agent.collectors import UsbReadContext
+    from agent.collectors.usb_descriptor import UsbDescriptorCollector
+    from agent.collectors.usbfw.collectors import UvcXuCollector
+
+    devices = CountingDevices()
+    unit = fake_unit(0x08E2)
+    ctx = UsbReadContext(CATALOG, NOW, devices, 5.0)  # type: ignore[arg-type]
+    for _ in range(3):
+        obs = UsbDescriptorCollector.collect(unit, CATALOG, NOW)
+        obs, error = UvcXuCollector().collect(obs, unit, ctx)
+        assert (obs.firmware, error) == ("1.1.2", None)
+    assert devices.opened == 1
+    unit.main.devnum = 9  # plugged in again: read again
+    UvcXuCollector().collect(UsbDescriptorCollector.collect(unit, CATALOG, NOW), unit, ctx)
+    assert devices.opened == 2
+
+
+def test_a_unit_without_a_known_recipe_says_so() -> None:
+    from agent.collectors import UsbReadContext
+    from agent.collectors.usb_descriptor import UsbDescriptorCollector
+    from agent.collectors.usbfw.collectors import UvcXuCollector
+
+    unit = fake_unit(0x0867)  # a MeetUp id with no recipe
+    obs = UsbDescriptorCollector.collect(unit, CATALOG, NOW)
+    obs, error = UvcXuCollector().collect(obs, unit, UsbReadContext(CATALOG, NOW, CountingDevices(), 5.0))  # type: ignore[arg-type]
+    assert error is None and obs.firmware is None
+    [note] = [i for i in obs.health if i.code == "firmware-unavailable"]
+    assert "no known way to read the firmware of 046d:0867" in note.message
+
+
+def test_a_meetup_naming_extension_unit_0_is_a_read_failure() -> None:
+    from agent.collectors.usbfw.collectors import read_meetup
+
+    class Node:
+        descriptors = xu_descriptor(0, MEETUP_XU_GUID)
+
+        def query(self, request: Any) -> bytes:
+            raise AssertionError("nothing may be sent")
+
+    with pytest.raises(FirmwareDecodeError, match="extension unit id 0"):
+        read_meetup(Node())  # type: ignore[arg-type]
+
+
+def test_the_ioctl_number_follows_the_struct_size() -> None:
+    import ctypes
+
+    from agent.collectors.usbfw.nodes import UVCIOC_CTRL_QUERY_NATIVE, _XuQuery
+    from agent.collectors.usbfw.requests import UVCIOC_CTRL_QUERY
+
+    assert ctypes.sizeof(_XuQuery) == 16 and UVCIOC_CTRL_QUERY_NATIVE == UVCIOC_CTRL_QUERY  # LP64
+    assert 0xC0000000 | (12 << 16) | (ord("u") << 8) | 0x21 == 0xC00C7521  # what 32-bit would send
+
+
+def test_one_bad_recording_does_not_lose_the_others(tmp_path: Path) -> None:
+    from agent.discovery.usb_replay import ReplaySources
+
+    bar_as_video = copy.deepcopy(scribe_recording())
+    bar_as_video["UsbDevices"][0]["Model"] = 0x089B  # a Rally Bar's id on a video4linux recording
+    (tmp_path / "bar.json").write_text(json.dumps(bar_as_video))
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "scribe.json").write_text(json.dumps(scribe_recording()))
+    sources = ReplaySources([tmp_path / "bar.json", tmp_path / "broken.json", tmp_path / "scribe.json"])
+    result = asyncio.run(sources.run(ScanContext(CATALOG, NOW)))
+    products = {o.product: o for o in result.observations}
+    assert products["Scribe"].firmware == "1.1.2"
+    # The bar has no Sync interface in a video recording: a note, not a crash.
+    assert any(i.code == "sync-interface-unavailable" for i in products["Rally Bar"].health)
+    assert [e.target for e in result.errors] == [str(tmp_path / "broken.json")]

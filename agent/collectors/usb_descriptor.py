@@ -78,6 +78,8 @@ def observe_unit(
             obs.attributes["serial_from"] = serial_record.name
     elif product is not None and product.key_device:
         obs.note("serial-missing", "no serial number could be read over USB", Severity.WARNING)
+    if obs.serial and not obs.serial_label_grade and product is not None and product.usb_serial_note:
+        obs.note("serial-not-label-grade", product.usb_serial_note, Severity.INFO)
 
     if main.release is not None:
         obs.attributes["usb_release"] = main.release

@@ -159,12 +159,12 @@ class UsbSource:
             obs = UsbDescriptorCollector.collect(unit, ctx.catalog, ctx.now, source=self.name)
             # Product collectors read the unit's main function: a further function seen on
             # its own (its main function is not visible) is not the device they speak to.
-            if unit.product is not None and unit.product.collectors and not self.devices_reachable:
+            wanted = [c for c in unit.product.collectors if c not in self.disabled] if unit.product else []
+            if wanted and not self.devices_reachable:
                 obs.note(
                     "firmware-not-read",
-                    "firmware is read over the unit's own interface "
-                    f"({', '.join(unit.product.collectors)}) only on this host's live USB, "
-                    "not from a captured sysfs tree",
+                    f"firmware is read over the unit's own interface ({', '.join(wanted)}) only on "
+                    "this host's live USB, not from a captured sysfs tree",
                     Severity.INFO,
                 )
             if unit.product is not None and unit.match is not None and unit.match.is_main:

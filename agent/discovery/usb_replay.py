@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.collectors.sync.client import SyncTransport
-from agent.collectors.sync.errors import SyncError
+from agent.collectors.sync.errors import SyncError, TransportError
 from agent.collectors.sync.replay import Recording, ReplayTransport, load_recording
 from agent.collectors.sync.usb_unit import TransportOpener
 from agent.discovery import ScanContext, SourceResult
 from agent.discovery.usb import UsbSource
+from agent.model import ScanError
 from agent.usbtree import UsbDiscovery, UsbDiscoveryError, UsbRecord
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ReplayUsbSource(UsbSource):
     def __init__(self, capture: str | os.PathLike[str], *, sync_deadline: float = 10.0) -> None:
         super().__init__(all_usb=True, libusb_strings=False, sync_deadline=sync_deadline)
         self.capture = Path(capture)
+        self.sysfs_root = self.capture  # what an unreadable recording's error names
         self.live = False  # nothing on this host's USB is touched
         self.devices_reachable = True  # answered by the recording
         self._recording: Recording | None = None
@@ -69,7 +71,7 @@ class ReplayUsbSource(UsbSource):
         if self._recording is None:
             self._load()
         if self._recording is None:
-            raise UsbDiscoveryError(f"{self.capture}: records a video4linux node, not a Sync interface")
+            raise TransportError(f"{self.capture} records a video4linux node, not a Sync interface")
         return self._recording
 
     def discover(self) -> UsbDiscovery:
@@ -135,11 +137,9 @@ class ReplayUsbSource(UsbSource):
         raise NodeUnavailable("the recording holds no bulk interface")
 
     def sync_transport(self, record: UsbRecord) -> TransportOpener:
-        recording = self.recording()
-
         @contextlib.contextmanager
         def open_replay() -> Iterator[SyncTransport]:
-            yield ReplayTransport(recording)
+            yield ReplayTransport(self.recording())  # TransportError for a video4linux recording
 
         return open_replay
 
@@ -157,7 +157,13 @@ class ReplaySources:
     async def run(self, ctx: ScanContext) -> SourceResult:
         merged = SourceResult()
         for source in self.sources:
-            result = await source.run(ctx)
+            try:
+                result = await source.run(ctx)
+            except Exception as exc:  # one recording's fault must not lose the others
+                merged.errors.append(
+                    ScanError(self.name, str(source.capture), f"{type(exc).__name__}: {exc}")
+                )
+                continue
             merged.observations.extend(result.observations)
             merged.errors.extend(result.errors)
             merged.messages.extend(result.messages)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from agent.collectors.usbfw.requests import (
     decode_tap_presence,
     xu_unit_ids,
 )
+from agent.log import get_logger
 from agent.model import Observation, Severity
 from agent.readonly import Gate
 
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from agent.collectors.usbfw.tablehub import BulkLink
     from agent.usbtree import UsbRecord, UsbUnit
 
+log = get_logger("agent.collectors.usbfw")
 LOGITECH = 0x046D
 T = TypeVar("T")
 
@@ -109,10 +112,30 @@ class DeadlinePassed(Exception):
     """The device did not finish within its deadline."""
 
 
-def run_bounded(work: Callable[[], T], seconds: float, what: str) -> T:
+#: Reads that outlived their deadline and are still running, by device: a device whose read
+#: is stuck in the kernel is not opened again until that read returns (no pile of threads and
+#: open nodes, one per scan, against one hung device).
+_STUCK: dict[object, threading.Thread] = {}
+_STUCK_LOCK = threading.Lock()
+
+
+class StillStuck(Exception):
+    """An earlier read of the device has not returned yet."""
+
+
+def run_bounded(work: Callable[[], T], seconds: float, what: str, key: object = None) -> T:
     """``work()`` in a thread of its own, given at most ``seconds``: an ioctl the kernel does
     not time out soon enough must not hold up the scan (the thread finishes on its own; its
-    node is closed when the ioctl returns)."""
+    node is closed when the ioctl returns). With a ``key`` (the device), a device whose
+    earlier read is still running is not read again: :class:`StillStuck`."""
+    if key is not None:
+        with _STUCK_LOCK:
+            earlier = _STUCK.get(key)
+            if earlier is not None and earlier.is_alive():
+                raise StillStuck(
+                    f"{what}: an earlier read has not returned yet; not tried again until it does"
+                )
+            _STUCK.pop(key, None)
     box: dict[str, object] = {}
 
     def run() -> None:
@@ -123,9 +146,12 @@ def run_bounded(work: Callable[[], T], seconds: float, what: str) -> T:
 
     thread = threading.Thread(target=run, name=f"firmware {what}", daemon=True)
     thread.start()
-    thread.join(seconds)
+    thread.join(max(seconds, 0.0))
     if thread.is_alive():
-        raise DeadlinePassed(f"{what} did not answer within {seconds:g} s")
+        if key is not None:
+            with _STUCK_LOCK:
+                _STUCK[key] = thread
+        raise DeadlinePassed(f"{what} did not answer within {seconds:.2g} s")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
@@ -156,6 +182,8 @@ def read_meetup(node: UvcNode) -> Reading:
     unit = units.get(MEETUP_XU_GUID)
     if unit is None:
         raise FirmwareDecodeError(f"MeetUp: no extension unit {MEETUP_XU_GUID} in its UVC descriptors")
+    if not 1 <= unit <= 255:
+        raise FirmwareDecodeError(f"MeetUp: its UVC descriptors give extension unit id {unit}")
 
     def q(selector: int, query: int, size: int) -> bytes:
         return node.query(UvcRequest("meetup", unit, selector, query, size))
@@ -177,7 +205,7 @@ def read_tap_hdmi(node: UvcNode) -> Reading:
     node.query(UvcRequest("tap-hdmi", TAP_HDMI_UNIT, TAP_SELECT_SELECTOR, UVC_SET_CUR, 8, TAP_HDMI_SELECT))
     length = decode_control_length(
         node.query(UvcRequest("tap-hdmi", TAP_HDMI_UNIT, TAP_READ_SELECTOR, UVC_GET_LEN, 2)),
-        low=1,
+        low=8,
         high=8,
         what="Tap HDMI",
     )
@@ -214,12 +242,6 @@ HID_RECIPES: dict[tuple[int, int], tuple[HidRecipe, Callable[[HidNode], Reading]
 }
 #: The USB ids of table hubs (``usb-bulk``).
 BULK_IDS = frozenset({(LOGITECH, 0x088F)})
-
-TAP_SERIAL_NOTE = (
-    "the Tap's label serial can be read only in a test mode that changes the device's state, "
-    "which the agent never enters: the serial shown is the USB descriptor's, not the label's "
-    "(the room map, the entitlements or the CollabOS API can name the label serial)"
-)
 
 
 # --------------------------------------------------------------------------- applying a reading
@@ -283,23 +305,61 @@ def _read_bulk(devices: FirmwareAccess, record: UsbRecord) -> Reading:
     return Reading(firmware=version, attributes=(("image_state", state),))
 
 
+#: What each function of a unit said, by its enumeration (sysfs path, bus and device number,
+#: bcdDevice) and collector: firmware changes only with a new enumeration, so a unit is read
+#: once, not at every scan (the Tap's selects are not sent again and again).
+_READ: dict[tuple[object, ...], Reading] = {}
+MAX_REMEMBERED = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    what: str
+    record: UsbRecord
+    work: Callable[[], Reading]
+
+
+def _enumeration(record: UsbRecord, source: str) -> tuple[object, ...]:
+    return (source, str(record.path), record.name, record.busnum, record.devnum, record.bcd_device)
+
+
 def _run(
-    observation: Observation,
-    ctx: UsbReadContext,
-    source: str,
-    jobs: Sequence[tuple[str, Callable[[], Reading]]],
+    observation: Observation, unit: UsbUnit, ctx: UsbReadContext, source: str, jobs: Sequence[Job]
 ) -> tuple[Observation, str | None]:
-    """Each job (one function of the unit) within the device's deadline; what it read goes on
-    the observation, what kept it from reading becomes a note (and an error when the device
-    was reached)."""
+    """Each job (one function of the unit) within what is left of the unit's deadline; what
+    it read goes on the observation, what kept it from reading becomes a note (and an error
+    when the device was reached). A device's answer, whatever it is, never ends the scan."""
+    if not jobs:
+        observation.note(
+            "firmware-unavailable",
+            f"no known way to read the firmware of {unit.main.vendor_id:04x}:{unit.main.product_id:04x} "
+            f"over {source}",
+            Severity.INFO,
+        )
+        return observation, None
     errors = []
-    for what, job in jobs:
+    ends = time.monotonic() + ctx.deadline
+    live = bool(getattr(ctx.devices, "live", False))  # a recording is read afresh every time
+    for job in jobs:
+        key = _enumeration(job.record, source)
         try:
-            _apply(observation, run_bounded(job, ctx.deadline, what), source)
+            reading = _READ.get(key) if live else None
+            if reading is None:
+                reading = run_bounded(job.work, ends - time.monotonic(), job.what, key)
+                if live:
+                    while len(_READ) >= MAX_REMEMBERED:
+                        del _READ[next(iter(_READ))]
+                    _READ[key] = reading
+            _apply(observation, reading, source)
         except NodeUnavailable as exc:
-            _unavailable(observation, what, exc)
+            _unavailable(observation, job.what, exc)
+        except StillStuck as exc:
+            errors.append(_failed(observation, job.what, exc))
         except _FAILURES as exc:
-            errors.append(_failed(observation, what, exc))
+            errors.append(_failed(observation, job.what, exc))
+        except Exception as exc:  # a device's bytes must never end the scan (a gate refusal included)
+            log.error("firmware.read.bug", what=job.what, error=f"{type(exc).__name__}: {exc}")
+            errors.append(_failed(observation, job.what, exc))
     return observation, "; ".join(errors) or None
 
 
@@ -320,13 +380,9 @@ class UvcXuCollector:
         jobs = []
         for record in _functions(unit, UVC_RECIPES):
             recipe, read = UVC_RECIPES[(record.vendor_id, record.product_id)]
-            jobs.append(
-                (
-                    f"{recipe} over its video4linux node",
-                    functools.partial(_read_uvc, ctx.devices, record, read),
-                )
-            )
-        return _run(observation, ctx, self.name, jobs)
+            work = functools.partial(_read_uvc, ctx.devices, record, read)
+            jobs.append(Job(f"{recipe} over its video4linux node", record, work))
+        return _run(observation, unit, ctx, self.name, jobs)
 
 
 class HidFeatureCollector:
@@ -346,10 +402,10 @@ class HidFeatureCollector:
         jobs = []
         for record in _functions(unit, HID_RECIPES):
             recipe, read = HID_RECIPES[(record.vendor_id, record.product_id)]
-            if recipe == "tap-presence" and not observation.serial_label_grade:
-                observation.note("tap-serial-not-label-grade", TAP_SERIAL_NOTE, Severity.INFO)
-            jobs.append((f"{recipe} over hidraw", functools.partial(_read_hid, ctx.devices, record, read)))
-        return _run(observation, ctx, self.name, jobs)
+            jobs.append(
+                Job(f"{recipe} over hidraw", record, functools.partial(_read_hid, ctx.devices, record, read))
+            )
+        return _run(observation, unit, ctx, self.name, jobs)
 
 
 class UsbBulkCollector:
@@ -365,8 +421,12 @@ class UsbBulkCollector:
     def collect(
         self, observation: Observation, unit: UsbUnit, ctx: UsbReadContext
     ) -> tuple[Observation, str | None]:
-        jobs: list[tuple[str, Callable[[], Reading]]] = [
-            ("table hub over its bulk interface", functools.partial(_read_bulk, ctx.devices, record))
+        jobs = [
+            Job(
+                "table hub over its bulk interface",
+                record,
+                functools.partial(_read_bulk, ctx.devices, record),
+            )
             for record in _functions(unit, BULK_IDS)
         ]
-        return _run(observation, ctx, self.name, jobs)
+        return _run(observation, unit, ctx, self.name, jobs)

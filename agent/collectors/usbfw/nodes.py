@@ -25,7 +25,6 @@ from typing import Self
 
 from agent.collectors.usbfw.requests import (
     UVC_SET_CUR,
-    UVCIOC_CTRL_QUERY,
     VIDIOC_QUERYCAP,
     HidRequest,
     UvcRequest,
@@ -100,6 +99,12 @@ class _XuQuery(ctypes.Structure):
     )
 
 
+#: ``_IOWR('u', 0x21, struct uvc_xu_control_query)`` for this process's own struct size: the
+#: documented 0xC0107521 on LP64 (x86-64, arm64); a 32-bit process's 12-byte struct has its
+#: own number, which its kernel (or an arm64 kernel's compat layer) expects.
+UVCIOC_CTRL_QUERY_NATIVE = 0xC0000000 | (ctypes.sizeof(_XuQuery) << 16) | (ord("u") << 8) | 0x21
+
+
 class _Node:
     """A device node (``path``), open (``fd``) for the ``with`` block and always closed after."""
 
@@ -146,7 +151,7 @@ class VideoNode(_Node):
             ctypes.memmove(buffer, request.data, len(request.data))
         query = _XuQuery(request.unit, request.selector, request.query, request.size, buffer)
         try:
-            fcntl.ioctl(self.fd, UVCIOC_CTRL_QUERY, query, True)
+            fcntl.ioctl(self.fd, UVCIOC_CTRL_QUERY_NATIVE, query, True)
         except OSError as exc:
             raise NodeFailed(
                 f"{self.path}: UVC query 0x{request.query:02x} of unit {request.unit} selector "

@@ -23,8 +23,9 @@ from agent.collectors.usbfw.requests import (
     check_tablehub_write,
 )
 
-#: Milliseconds one bulk transfer may take.
-TRANSFER_TIMEOUT_MS = 1000
+#: Milliseconds one bulk transfer may take: five INIT tries and the version request stay
+#: within a device's default 10 s deadline.
+TRANSFER_TIMEOUT_MS = 500
 
 
 class BulkLink(Protocol):
