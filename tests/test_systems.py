@@ -574,3 +574,50 @@ def test_a_system_missing_an_expected_unit_is_flagged_incomplete() -> None:
     assert s.systems[0].missing == ("room-pc",)
     assert s.flags == ("system-incomplete",) and s.ticket_serial == "TAP1"
     assert any("no Room PC found" in n.text and n.ids == ("P1", "P2") for n in s.rules)
+
+
+def _reference_grouping(devices: list[Device]) -> tuple[list[list[int]], list[int]]:
+    """The grouping as first written (a scan of the whole pool per system, quadratic), kept
+    here to check that the linear one forms exactly the same systems."""
+    from collections import Counter
+
+    from agent.systems import _order, _roles_of
+
+    pool = sorted(devices, key=_order)
+    systems: list[list[int]] = []
+    for spec in CATALOG.systems:
+        while True:
+            chosen: dict[str, list[Device]] = {r.role: [] for r in spec.roles}
+            missing = False
+            for role in spec.roles:
+                if role.required:
+                    first = next((d for d in pool if d.product in role.products), None)
+                    if first is None:
+                        missing = True
+                        break
+                    chosen[role.role].append(first)
+            if missing:
+                break
+            taken = {id(d) for picked in chosen.values() for d in picked}
+            counts = Counter(_roles_of(spec, [d for picked in chosen.values() for d in picked]))
+            for role in spec.roles:
+                for device in pool:
+                    if role.max is not None and counts[role.role] >= role.max:
+                        break
+                    if id(device) not in taken and device.product in role.products:
+                        chosen[role.role].append(device)
+                        taken.add(id(device))
+                        counts.update(_roles_of(spec, [device]))
+            systems.append([id(d) for role in spec.roles for d in chosen[role.role]])
+            pool = [d for d in pool if id(d) not in taken]
+    return systems, [id(d) for d in pool]
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=st.lists(devices(), max_size=40))
+def test_the_linear_grouping_forms_what_the_first_one_formed(top: list[Device]) -> None:
+    systems, standalone = group_systems(top, CATALOG)
+    expected_systems, expected_rest = _reference_grouping(top)
+    got = [[id(m.device) for m in s.members if m.attached_to is None] for s in systems]
+    assert got == expected_systems
+    assert [id(d) for d in standalone] == expected_rest
