@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.catalog import UNKNOWN_LOGITECH, load_catalog
 from agent.cli import main
@@ -311,3 +314,62 @@ def test_scan_with_missing_sysfs_root_is_a_usage_error(
     assert code == 2
     assert "no such directory" in err and "Traceback" not in err
     assert out == ""
+
+
+def _reference_nearest(record: Any, candidates: list[Any]) -> Any:
+    """Where a function went before the index (a comparison with every main unit), kept here
+    to check that the indexed lookup folds every function into the same unit."""
+
+    def common(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    if not candidates:
+        return None
+    scored = [
+        ((common(record.port_chain, u.main.port_chain), u.main.bus == record.bus), u) for u in candidates
+    ]
+    best = max(score for score, _ in scored)
+    winners = [u for score, u in scored if score == best]
+    if best[0] >= 1 and len(winners) == 1:
+        return winners[0]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    placed=st.lists(
+        st.tuples(
+            st.sampled_from([0x0876, 0x0872, 0x089B, 0x08A4, 0x089A, 0x08D3, 0x08D2, 0x0881, 0x0885, 0x08E2]),
+            st.integers(1, 3),
+            st.lists(st.integers(1, 3), min_size=1, max_size=3),
+        ),
+        max_size=14,
+        unique_by=lambda t: (t[1], tuple(t[2])),
+    )
+)
+def test_the_indexed_topology_folds_functions_where_the_comparison_did(placed: list[Any]) -> None:
+    from agent.usbtree import UsbRecord
+
+    records = [
+        UsbRecord(
+            name=f"{bus}-{'.'.join(map(str, ports))}", path=Path("/x"), vendor_id=0x046D, product_id=pid
+        )
+        for pid, bus, ports in placed
+    ]
+    units = group_units(records, load_catalog())
+    # The same grouping, each function placed by comparing it with every main unit.
+    mains = [u for u in units if u.match is not None and u.match.is_main and u.product is not None]
+    for unit in units:
+        for record, match in unit.functions:
+            names = {p.name for p in match.products}
+            candidates = [u for u in mains if u.product.name in names]
+            assert _reference_nearest(record, candidates) is unit, record.name
+    for unit in units:
+        if unit.match is not None and not unit.match.is_main:  # a function left on its own
+            names = {p.name for p in unit.match.products}
+            assert _reference_nearest(unit.main, [u for u in mains if u.product.name in names]) is None
