@@ -138,12 +138,12 @@ def is_loopback_listen(listen: str) -> bool:
     return is_loopback_host(listen.rpartition(":")[0])
 
 
+def _json_text(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n"
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n",
-        status=status,
-        content_type="application/json",
-    )
+    return web.Response(text=_json_text(data), status=status, content_type="application/json")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -160,6 +160,10 @@ class ApiServer:
         self._token: bytes | None = None
         self._runner: web.AppRunner | None = None
         self.where = listen
+        #: ``/v1/inventory`` and ``/v1/rooms`` by path: their text, under the newest stored scan
+        #: and the settings it was made with (room summaries of 5,000 units are not rebuilt
+        #: for every request: they change only with a stored scan or a reload).
+        self._answers: dict[str, tuple[int, object, str]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds… (Linux /proc).
@@ -309,21 +313,31 @@ class ApiServer:
         rooms = merge_rooms(store.rooms(), self.daemon.settings.rooms)
         return devices, summarize_rooms(devices, self.daemon.settings.catalog, rooms)
 
+    def _cached(self, path: str, build: Callable[[], Any]) -> web.Response:
+        """The answer of ``path``: rebuilt only when a scan was stored or the settings were
+        reloaded since it was last built."""
+        generation, settings = self._store().scan_generation(), self.daemon.settings
+        found = self._answers.get(path)
+        if found is None or found[0] != generation or found[1] is not settings:
+            found = (generation, settings, _json_text(build()))
+            self._answers[path] = found
+        return web.Response(text=found[2], content_type="application/json")
+
     async def inventory(self, request: web.Request) -> web.Response:
-        devices, summary = self._summary()
-        last = self._store().last_scan()
-        return _json(
-            {
+        def build() -> dict[str, Any]:
+            devices, summary = self._summary()
+            last = self._store().last_scan()
+            return {
                 "last_scan": last.isoformat() if last else None,
                 "devices": [d.to_dict() for d in devices],
                 "rooms": [r.to_dict() for r in summary.rooms],
                 "unassigned": [d.identity for d in summary.unassigned],
             }
-        )
+
+        return self._cached("/v1/inventory", build)
 
     async def rooms(self, request: web.Request) -> web.Response:
-        _devices, summary = self._summary()
-        return _json([r.to_dict() for r in summary.rooms])
+        return self._cached("/v1/rooms", lambda: [r.to_dict() for r in self._summary()[1].rooms])
 
     async def coverage(self, request: web.Request) -> web.Response:
         from agent.uploader.snapshot import verdicts_for

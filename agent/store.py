@@ -612,6 +612,13 @@ class Store:
         rows = self._read("SELECT data FROM rooms ORDER BY id")
         return [self._decode(lambda d: Room(**d), r[0], "room") for r in rows]
 
+    def scan_generation(self) -> int:
+        """The id of the newest stored scan (0 before any): the inventory, the rooms and the
+        removed units change only with a stored scan, so what is derived from them can be
+        cached under it."""
+        rows = self._read("SELECT max(id) FROM scans")
+        return int(rows[0][0] or 0)
+
     def last_scan(self) -> datetime | None:
         rows = self._read("SELECT finished_at FROM scans ORDER BY id DESC LIMIT 1")
         return datetime.fromisoformat(rows[0][0]) if rows else None
