@@ -113,6 +113,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.faults import FaultQueue
 from tests.portal_standin import CertAuthority, TlsFiles
 
 __all__ = [
@@ -376,7 +377,7 @@ class CollabosDevice:
         self._tokens: dict[str, float] = {}  # token id -> expiry (time.time()); never a token
         self._signin_times: deque[float] = deque()
         self._call_times: deque[float] = deque()
-        self._faults: deque[_Fault] = deque()
+        self._faults: FaultQueue[_Fault] = FaultQueue(self._lock)
         self._requests: list[RecordedRequest] = []
         self._signins = 0
         self._passwords = 0
@@ -564,16 +565,10 @@ class CollabosDevice:
     @property
     def pending_faults(self) -> list[str]:
         """Faults injected and not yet used, in order."""
-        with self._lock:
-            return [f.name for f in self._faults]
+        return self._faults.pending
 
     def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.path is None or fault.path == path:
-                    self._faults.remove(fault)
-                    return fault
-        return None
+        return self._faults.take(path)
 
     # ------------------------------------------------------------------ records
 

@@ -61,7 +61,6 @@ import ssl
 import struct
 import threading
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -88,6 +87,7 @@ from agent.uploader.protocol import (
     Message,
     SeenByOut,
 )
+from tests.faults import FaultQueue
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -588,7 +588,7 @@ class PortalStandIn:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records = _Records()
-        self._faults: deque[_Fault] = deque()
+        self._faults: FaultQueue[_Fault] = FaultQueue(self._lock)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: int | None = None
@@ -729,16 +729,10 @@ class PortalStandIn:
     @property
     def pending_faults(self) -> list[str]:
         """Faults injected and not yet used, in order."""
-        with self._lock:
-            return [f.name for f in self._faults]
+        return self._faults.pending
 
     def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.path is None or fault.path == path:
-                    self._faults.remove(fault)
-                    return fault
-        return None
+        return self._faults.take(path)
 
     # ------------------------------------------------------------------ records
 
