@@ -8,6 +8,11 @@ Shape
   (``Store.record_scan`` scoped to that source, so units other sources report are never
   "missed"), queue the change events and — when it says something new, or the daily one is
   due — a snapshot, and wake the delivery. Then wait for the interval or a trigger.
+* **Scans are stored off the loop** (:class:`StoreWriter`): one worker thread with its own
+  connection stores each run and, only when the run changed what the store says (or the
+  snapshot's context or the day changed), builds and queues the snapshot; the loop's own
+  connection then takes over the inventory the writer decoded. The API and the watchdog
+  never wait on a scan being stored.
 * **USB hot-plug**: a cheap poll of the sysfs device list (names and device numbers) every
   ``hotplug_poll`` seconds; a change triggers the USB source at once. It needs no netlink
   socket and works on a captured sysfs tree as on ``/sys``.
@@ -25,9 +30,10 @@ starts, answers ``/readyz`` with 503 and the reason, and tries to open it again 
 not restart a daemon in a loop for a cause a restart cannot fix; ``STATUS=`` says what is
 wrong.
 
-Signals: SIGTERM/SIGINT stop (``STOPPING=1``; the current store write — a synchronous
-transaction — always finishes; exit 0 well within 10 s). SIGHUP reloads the configuration
-through the ``reload`` callable; an invalid one is logged and the old one kept.
+Signals: SIGTERM/SIGINT stop (``STOPPING=1``; the current store write — a transaction in
+the writer thread — always finishes before the store closes; exit 0 well within 10 s).
+SIGHUP reloads the configuration through the ``reload`` callable; an invalid one is logged
+and the old one kept.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent import __version__
 from agent.catalog import Catalog
@@ -55,7 +61,7 @@ from agent.model import Room
 from agent.roommap import RoomMap
 from agent.scan import run_scan
 from agent.sdnotify import Notifier, watchdog_interval
-from agent.store import Retention, Store, StoreError
+from agent.store import Retention, ScanRecord, Store, StoreError
 from agent.uploader.delivery import Delivery, PortalError, PortalSettings
 from agent.uploader.outbox import Outbox
 from agent.uploader.snapshot import SnapshotContext, queue_snapshot
@@ -79,6 +85,40 @@ STOP_GRACE_S = 5.0
 #: connect waiting out its ``connect_timeout``, a libusb read) is waited for before the
 #: process exits without it.
 THREAD_GRACE_S = 2.0
+
+
+T = TypeVar("T")
+
+
+class StoreWriter:
+    """One worker thread that owns a connection of its own to the state database: scans are
+    stored (and snapshots built) there, off the event loop. Calls run one at a time, in
+    order; the connection is opened on first use and is only ever touched by that thread."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomsync-store")
+        self._store: Store | None = None
+
+    async def call(self, work: Callable[[Store], T]) -> T:
+        """``work(store)`` in the writer thread. Cancelling the caller does not stop a call
+        that has started: a transaction always finishes (or rolls back) whole."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
+
+    def _run(self, work: Callable[[Store], T]) -> T:
+        if self._store is None:
+            self._store = Store.open(self.state_dir)
+        return work(self._store)
+
+    def close(self) -> None:
+        """Wait for the call under way, then close the connection and the thread."""
+        self._executor.submit(self._close).result()
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +231,14 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.store: Store | None = None
         self.outbox: Outbox | None = None
+        self._writer: StoreWriter | None = None
+        #: What the last snapshot built after a scan was built from (the snapshot context and
+        #: the day: coverage verdicts change at midnight): a scan that changed nothing queues
+        #: no snapshot while this holds.
+        self._snapshot_basis: tuple[int, Any] | None = None
+        #: Snapshots are built by the writer thread after a scan and by the loop when one is
+        #: due or the portal asks: one at a time (the snapshot context keeps a memo).
+        self._snapshot_lock = threading.Lock()
         self.store_error: str | None = "not opened yet"
         self.sources: dict[str, SourceStatus] = {}
         self.push_failures = 0
@@ -346,6 +394,9 @@ class Daemon:
         return True
 
     def _close_store(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.store is not None:
             self.store.close()
             self.store = self.outbox = None
@@ -401,31 +452,47 @@ class Daemon:
         status.last_error = report.errors[0].message if report.errors else None
         if not run.success:
             status.failures += 1
-        self._store_run(plan.name, report, now, run.success)
+        await self._store_run(plan.name, report, now, run.success)
         if all(s.runs for s in self.sources.values()):
             self.first_scan_done = True
 
-    def _store_run(self, name: str, report: Any, now: datetime, success: bool) -> None:
+    async def _store_run(self, name: str, report: Any, now: datetime, success: bool) -> None:
         if self.store is None and not self._open_store():
             return
         assert self.store is not None and self.outbox is not None
-        try:
-            record = self.store.record_scan(
+        if self._writer is None:
+            self._writer = StoreWriter(self.settings.state_dir)
+        settings = self.settings
+        context = settings.snapshot
+        basis = (id(context), now.astimezone().date())
+
+        def store_and_queue(store: Store) -> tuple[ScanRecord, Any, bool]:
+            record = store.record_scan(
                 report.readings,
-                self.settings.rooms,
+                settings.rooms,
                 now,
                 len(report.errors),
                 sources_run={name} if success else set(),
                 unreached=report.unreached,
-                remove_after=self.settings.remove_after,
-                retention=self.settings.retention,
-                rules=merge_rules(self.settings.catalog),
+                remove_after=settings.remove_after,
+                retention=settings.retention,
+                rules=merge_rules(settings.catalog),
             )
-            queued = self._queue_snapshot(now)
+            queued = False
+            if context is not None and (record.changed or basis != self._snapshot_basis):
+                with self._snapshot_lock:
+                    queued = queue_snapshot(self._make_outbox(store), store, context, now)
+                self._snapshot_basis = basis
+            return record, store.tracked(), queued
+
+        try:
+            record, inventory, queued = await self._writer.call(store_and_queue)
         except StoreError as exc:
             self.store_error = str(exc)
             log.error("store.write.failed", source=name, error=str(exc))
             return
+        if self.store is not None:
+            self.store.adopt(inventory, record.scan_id)
         self.store_error = None
         if record.events or queued:
             self._wake_delivery.set()
@@ -441,7 +508,8 @@ class Daemon:
     def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
         if self.outbox is None or self.store is None or self.settings.snapshot is None:
             return False
-        return queue_snapshot(self.outbox, self.store, self.settings.snapshot, now, force=force)
+        with self._snapshot_lock:
+            return queue_snapshot(self.outbox, self.store, self.settings.snapshot, now, force=force)
 
     def _hotplug_root(self) -> Path | None:
         """The sysfs tree to watch: the USB source's, while USB is scheduled."""

@@ -167,7 +167,7 @@ def build_daemon_settings(
         sysfs_root=sysfs_root,
         hotplug_poll=cfg.sources.usb.hotplug_poll,
         remove_after=store.remove_after_missed_scans,
-        retention=Retention(store.history_days, store.history_scans, store.events_days),
+        retention=Retention.from_config(store),
         outbox_max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
         snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
     )

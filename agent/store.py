@@ -37,6 +37,16 @@ is a new entry of :data:`MIGRATIONS`):
 * v4 ``tls_pins``: the certificate pinned for each device the agent signs in to over HTTPS
   without a CA (:mod:`agent.pins`; the CollabOS Device Management API).
 
+* v5 ``seen``: when each channel (source, address) last reported a unit, for the units whose
+  facts a scan left as they were: a re-scan that finds nothing new writes one row per
+  channel in one statement instead of rewriting every unit (:mod:`agent.freshness`); a
+  unit written whole drops its rows (its ``data`` holds the times). ``meta.history_bytes``:
+  the size of the history's ``data``, kept as rows come and go (``history_max_mb``).
+
+Writes follow change: a unit is rewritten (device, sightings, history) only when its facts
+changed; rooms only when they changed; an unchanged re-scan costs a scan row, the ``seen``
+upsert and the pruning checks — a handful of statements whatever the size of the site.
+
 Events are pruned by :class:`Retention` (``events_days``) only once the outbox has taken them
 (``events.seq`` at or below its cursor) and no queued message still refers to them.
 """
@@ -63,6 +73,7 @@ from agent.events import (
     new_event_id,
     sources_of,
 )
+from agent.freshness import Channel, same_facts, seen_times, with_seen
 from agent.identity import MergeRules
 from agent.model import Device, Room, as_utc
 
@@ -164,6 +175,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (service, host)
     );
     """,
+    """
+    CREATE TABLE seen (
+        identity TEXT NOT NULL,
+        source   TEXT NOT NULL,
+        address  TEXT NOT NULL,
+        at       TEXT NOT NULL,                       -- when the channel last reported the unit
+        PRIMARY KEY (identity, source, address)
+    ) WITHOUT ROWID;
+    INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'history_bytes', COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM history;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -174,21 +196,34 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much observation history to keep: a scan's history goes when it is older than
-    ``history_days`` or not among the newest ``history_scans`` scans (``None``: no limit of
-    that kind); a change event when older than ``events_days`` and already taken by the
-    outbox. At the defaults a daemon scanning 50 units every 5 minutes keeps about
-    10,000 rows (a few MB)."""
+    """How much observation history to keep. The history holds, for each scan that changed a
+    unit's facts, that unit's readings; a scan's history goes when it is older than
+    ``history_days``, not among the newest ``history_scans`` scans that have history, or (oldest
+    first) while the history's data is over ``history_max_bytes`` — the newest scan's is kept
+    whatever its size (``None``: no limit of that kind). A change event goes when older than
+    ``events_days`` and already taken by the outbox."""
 
     history_days: float | None = 30.0
     history_scans: int | None = 200
     #: Change events older than this many days go, once the outbox has taken them.
     events_days: float | None = 365.0
+    #: The history's size bound, in bytes of its JSON (``[store] history_max_mb``).
+    history_max_bytes: int | None = 64 * 1024 * 1024
+
+    @classmethod
+    def from_config(cls, settings: Any) -> Retention:
+        """The retention a ``[store]`` section (:class:`agent.config.StoreConfig`) sets."""
+        return cls(
+            history_days=settings.history_days,
+            history_scans=settings.history_scans,
+            events_days=settings.events_days,
+            history_max_bytes=int(settings.history_max_mb * 1024 * 1024),
+        )
 
     def __post_init__(self) -> None:
-        for name in ("history_days", "history_scans", "events_days"):
+        for name in ("history_days", "history_scans", "events_days", "history_max_bytes"):
             value = getattr(self, name)
-            if value is not None and value < 0:
+            if value is not None and not value >= 0:  # NaN is refused too
                 raise ValueError(f"{name} must not be negative, not {value}")
 
 
@@ -200,6 +235,10 @@ class ScanRecord:
     scan_id: int
     events: tuple[ChangeEvent, ...]
     placed: tuple[str, ...] = ()
+    #: Whether the scan changed what the store says (a unit's facts, a room, a removal), as
+    #: opposed to only when units were last seen: nothing derived from the inventory (the
+    #: portal snapshot) needs rebuilding when it did not.
+    changed: bool = True
 
 
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -243,6 +282,32 @@ def utc_text(moment: datetime) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _history_bytes(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'history_bytes'").fetchone()
+    return int(json.loads(row[0])) if row else 0
+
+
+def _add_history_bytes(db: sqlite3.Connection, delta: int) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('history_bytes', ?) ON CONFLICT(key) DO UPDATE "
+        "SET value = max(0, CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER))",
+        (str(delta),),
+    )
+
+
+def _drop_history(db: sqlite3.Connection, scans: Sequence[int]) -> None:
+    """Drop the history of ``scans``, keeping ``meta.history_bytes`` right."""
+    if not scans:
+        return
+    marks = ",".join("?" * len(scans))
+    freed = db.execute(
+        f"SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM history WHERE scan_id IN ({marks})",
+        list(scans),
+    ).fetchone()[0]
+    db.execute(f"DELETE FROM history WHERE scan_id IN ({marks})", list(scans))
+    _add_history_bytes(db, -int(freed))
 
 
 class Store:
@@ -412,14 +477,16 @@ class Store:
                 rules=rules,
                 unreached=unreached,
             )
+            keep = retention or Retention()
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
-            self._write_inventory(db, previous, diff, finished_at)
-            self._write_rooms(db, rooms)
+            rewritten = self._write_inventory(db, previous, diff, finished_at)
+            rooms_changed = self._write_rooms(db, rooms)
             self._write_events(db, scan_id, diff.events)
-            self._write_history(db, scan_id, found, diff.placed)
-            self._prune_history(db, retention or Retention(), finished_at)
-            self._prune_events(db, retention or Retention(), finished_at)
-        return ScanRecord(scan_id, diff.events, diff.placed), dict(diff.inventory)
+            self._write_history(db, scan_id, found, diff.placed, rewritten)
+            self._prune_history(db, keep, finished_at)
+            self._prune_events(db, keep, finished_at)
+        changed = bool(rewritten or diff.removed or diff.events or rooms_changed)
+        return ScanRecord(scan_id, diff.events, diff.placed, changed), dict(diff.inventory)
 
     @staticmethod
     def _insert_scan(
@@ -433,17 +500,41 @@ class Store:
 
     def _write_inventory(
         self, db: sqlite3.Connection, previous: Mapping[str, Tracked], diff: ScanDiff, now: datetime
-    ) -> None:
+    ) -> set[str]:
+        """Write what the scan changed; the identities of the units rewritten whole. A unit
+        whose facts are as they were keeps its rows: only the times its channels were seen
+        are kept, for every such unit in one statement."""
+        rewritten: set[str] = set()
+        seen: list[tuple[str, str, str, str]] = []
         for identity, unit in diff.inventory.items():
-            if previous.get(identity) == unit:
-                continue  # no source of this scan saw it, nothing about it changed
+            before = previous.get(identity)
+            if before is unit:
+                continue
+            if before is not None and same_facts(before, unit):
+                seen.extend(
+                    (identity, source, address, at.isoformat())
+                    for source, address, at in seen_times(before, unit)
+                )
+                continue
             if identity not in previous:
                 self._keep_first_seen(db, identity, unit.device)
             self._upsert_device(db, identity, unit.device)
             self._replace_sightings(db, identity, unit.sightings)
+            db.execute("DELETE FROM seen WHERE identity = ?", (identity,))
+            rewritten.add(identity)
+        if seen:
+            db.execute(
+                "INSERT INTO seen (identity, source, address, at) SELECT json_extract(value, '$[0]'), "
+                "json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]') "
+                "FROM json_each(?) WHERE true "
+                "ON CONFLICT (identity, source, address) DO UPDATE SET at = excluded.at",
+                (json.dumps(seen, ensure_ascii=False),),
+            )
         for identity in diff.removed:
             db.execute("UPDATE devices SET removed_at = ? WHERE identity = ?", (utc_text(now), identity))
             db.execute("DELETE FROM sightings WHERE identity = ?", (identity,))
+            db.execute("DELETE FROM seen WHERE identity = ?", (identity,))
+        return rewritten
 
     @staticmethod
     def _keep_first_seen(db: sqlite3.Connection, identity: str, device: Device) -> None:
@@ -481,13 +572,18 @@ class Store:
         )
 
     @staticmethod
-    def _write_rooms(db: sqlite3.Connection, rooms: Iterable[Room]) -> None:
-        for room in rooms:
-            db.execute(
-                "INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
-                "SET data = excluded.data",
-                (room.id, _json(room.to_dict())),
-            )
+    def _write_rooms(db: sqlite3.Connection, rooms: Iterable[Room]) -> bool:
+        """Store the rooms that changed; whether any did."""
+        wanted = {room.id: _json(room.to_dict()) for room in rooms}
+        if not wanted:
+            return False
+        stored = dict(db.execute("SELECT id, data FROM rooms").fetchall())
+        changed = [(id_, data) for id_, data in wanted.items() if stored.get(id_) != data]
+        db.executemany(
+            "INSERT INTO rooms (id, data) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            changed,
+        )
+        return bool(changed)
 
     @staticmethod
     def _write_events(db: sqlite3.Connection, scan_id: int, events: Iterable[ChangeEvent]) -> None:
@@ -502,50 +598,79 @@ class Store:
 
     @staticmethod
     def _write_history(
-        db: sqlite3.Connection, scan_id: int, readings: Sequence[Device], units: Sequence[str]
+        db: sqlite3.Connection,
+        scan_id: int,
+        readings: Sequence[Device],
+        units: Sequence[str],
+        rewritten: Collection[str],
     ) -> None:
-        """Each reading of the scan, under the identity of the unit it joined."""
-        db.executemany(
-            "INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)",
-            [
-                (scan_id, unit or d.identity, _json(d.to_dict()))
-                for d, unit in zip(readings, units, strict=False)
-            ],
-        )
+        """The readings of the units the scan changed (and of none), under the identity of
+        the unit each joined; the history's size kept in ``meta.history_bytes``."""
+        rows = [
+            (scan_id, unit or d.identity, _json(d.to_dict()))
+            for d, unit in zip(readings, units, strict=False)
+            if not unit or unit in rewritten
+        ]
+        if not rows:
+            return
+        db.executemany("INSERT INTO history (scan_id, identity, data) VALUES (?, ?, ?)", rows)
+        added = sum(len(data.encode()) for _, _, data in rows)
+        _add_history_bytes(db, added)
 
     @staticmethod
     def _prune_history(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
-        """Drop the history of scans older than ``history_days`` before ``now`` or beyond the
-        newest ``history_scans`` (times compared as times, whatever their offsets)."""
-        rows = db.execute(
-            "SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id "
-            "FROM history) ORDER BY id DESC"
-        ).fetchall()
-        cutoff = (
-            as_utc(now) - timedelta(days=retention.history_days)
-            if retention.history_days is not None
-            else None
-        )
-        doomed = [
-            (scan_id,)
-            for index, (scan_id, finished_at) in enumerate(rows)
-            if (retention.history_scans is not None and index >= retention.history_scans)
-            or (cutoff is not None and as_utc(datetime.fromisoformat(finished_at)) < cutoff)
-        ]
-        db.executemany("DELETE FROM history WHERE scan_id = ?", doomed)
+        """Drop the history of scans older than ``history_days`` before ``now`` (times
+        compared as times, whatever their offsets), beyond the newest ``history_scans`` that
+        have history, then the oldest while it is over ``history_max_bytes`` (the newest scan
+        stays)."""
+        rows = db.execute("SELECT DISTINCT scan_id FROM history ORDER BY scan_id DESC").fetchall()
+        if not rows:
+            return
+        scans = [int(r[0]) for r in rows]
+        doomed: list[int] = []
+        if retention.history_scans is not None:
+            doomed = scans[retention.history_scans :]
+            scans = scans[: retention.history_scans]
+        if retention.history_days is not None and scans:
+            cutoff = as_utc(now) - timedelta(days=retention.history_days)
+            marks = ",".join("?" * len(scans))
+            times = dict(
+                db.execute(f"SELECT id, finished_at FROM scans WHERE id IN ({marks})", scans).fetchall()
+            )
+            old = {s for s in scans if s in times and as_utc(datetime.fromisoformat(times[s])) < cutoff}
+            doomed += [s for s in scans if s in old]
+            scans = [s for s in scans if s not in old]
+        if doomed:
+            _drop_history(db, doomed)
+        if retention.history_max_bytes is not None and len(scans) > 1:
+            total = _history_bytes(db)
+            if total > retention.history_max_bytes:
+                sizes = dict(
+                    db.execute(
+                        "SELECT scan_id, SUM(length(CAST(data AS BLOB))) FROM history GROUP BY scan_id"
+                    ).fetchall()
+                )
+                over = []
+                for scan in reversed(scans[1:]):  # oldest first; the newest stays
+                    if total <= retention.history_max_bytes:
+                        break
+                    over.append(scan)
+                    total -= int(sizes.get(scan) or 0)
+                _drop_history(db, over)
 
     @staticmethod
     def _prune_events(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
         """Drop events older than ``events_days`` that the outbox has taken (at or below its
-        cursor) and that no queued message still carries."""
+        cursor) and that no queued message still carries; one statement."""
         if retention.events_days is None:
             return
-        row = db.execute("SELECT value FROM meta WHERE key = 'events_cursor'").fetchone()
-        cursor = int(json.loads(row[0])) if row else 0
-        held = db.execute("SELECT MIN(first_event) FROM outbox WHERE events > 0").fetchone()[0]
-        limit = min(cursor, int(held) - 1) if held is not None else cursor
         cutoff = utc_text(as_utc(now) - timedelta(days=retention.events_days))
-        db.execute("DELETE FROM events WHERE seq <= ? AND at < ?", (limit, cutoff))
+        db.execute(
+            "DELETE FROM events WHERE at < ? AND seq <= min("
+            "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'events_cursor'), 0), "
+            "COALESCE((SELECT MIN(first_event) - 1 FROM outbox WHERE events > 0), 9223372036854775807))",
+            (cutoff,),
+        )
 
     # ------------------------------------------------------------------ reading
 
@@ -570,14 +695,21 @@ class Store:
             "SELECT identity, data FROM sightings ORDER BY identity, source, address"
         ):
             sightings.setdefault(identity, []).append(self._decode(Sighting.from_dict, data, "sighting"))
+        seen: dict[str, dict[Channel, datetime]] = {}
+        for identity, source, address, at in db.execute("SELECT identity, source, address, at FROM seen"):
+            try:
+                seen.setdefault(identity, {})[(source, address)] = datetime.fromisoformat(at)
+            except (TypeError, ValueError) as exc:
+                raise _unreadable(self.path, "seen", exc) from None
         inventory = {}
         for identity, data in db.execute("SELECT identity, data FROM devices WHERE removed_at IS NULL"):
             device = self._decode(Device.from_dict, data, "device")
             # A unit stored before identities were kept with it carries the one it has here.
             device.assigned_identity = identity
-            inventory[identity] = (
+            unit = (
                 Tracked(device, tuple(sightings[identity])) if identity in sightings else Tracked.of(device)
             )
+            inventory[identity] = with_seen(unit, seen[identity]) if identity in seen else unit
         return inventory
 
     def _decode(self, build: Callable[[Any], Any], data: str, what: str) -> Any:
@@ -592,6 +724,17 @@ class Store:
             return self._inventory(self._db)
         except sqlite3.Error as exc:
             raise _explain(exc, self.path) from None
+
+    def adopt(self, inventory: dict[str, Tracked], scan_id: int) -> None:
+        """Take ``inventory`` — what another connection of this process decoded while it
+        stored scan ``scan_id`` — as this connection's cache, so it need not decode it again;
+        unless a newer scan has been stored since (then the next read decodes)."""
+        try:
+            version = self._data_version(self._db)
+            if self.scan_generation() == scan_id:
+                self._cache = (version, inventory)
+        except (sqlite3.Error, StoreError):
+            self._cache = None
 
     def devices(self, *, removed: bool = False) -> list[Device]:
         """Every device in the inventory, by room then identity; with ``removed``, instead

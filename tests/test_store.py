@@ -269,7 +269,7 @@ def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path)
     original = bar(T0)
     write_v1_database(tmp_path, original, T0)
     with Store.open(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         # The unit keeps the identity v1 stored it under (now said to be its record's).
         [device] = store.devices()
         assert device.assigned_identity == original.identity
@@ -402,11 +402,11 @@ def test_history_keeps_the_newest_scans(tmp_path: Path):
             at = T0 + timedelta(hours=hour)
             store.record_scan([bar(at, firmware=f"1.{hour}"), unit("A1", at)], [], at, retention=keep)
         history = store.history()
+        # A1 never changed after the first scan: its readings are not history again, and that
+        # scan is no longer among the newest two that changed something.
         assert [(scan, d.serial, d.firmware) for scan, d in history] == [
             (4, "2313FD1N08Z2", "1.3"),
-            (4, "A1", "1.0"),
             (5, "2313FD1N08Z2", "1.4"),
-            (5, "A1", "1.0"),
         ]
         assert [scan for scan, _ in store.history(bar(T0).identity)] == [4, 5]
         assert len(store.events()) == 2 + 4  # events are not history: they stay
@@ -418,7 +418,7 @@ def test_history_keeps_the_recent_days(tmp_path: Path):
     with Store.open(tmp_path) as store:
         for day in range(4):
             at = (T0 + timedelta(days=day)).astimezone(oslo if day % 2 else UTC)
-            store.record_scan([bar(at)], [], at, retention=keep)
+            store.record_scan([bar(at, firmware=f"1.{day}")], [], at, retention=keep)
         assert [scan for scan, _ in store.history()] == [3, 4]
         store.record_scan([bar(T0)], [], T0 + timedelta(days=3, hours=1), retention=Retention(None, None))
         assert [scan for scan, _ in store.history()] == [3, 4, 5]
@@ -626,9 +626,11 @@ def _consistency(path: Path) -> int:
             "(SELECT identity FROM devices WHERE removed_at IS NULL)",
             "units": "SELECT count(*) FROM devices WHERE removed_at IS NULL AND identity NOT IN "
             "(SELECT identity FROM sightings)",
-            "scans": "SELECT count(*) FROM scans s WHERE EXISTS (SELECT 1 FROM history h WHERE "
-            "h.scan_id = s.id) AND s.devices != "
+            # A scan's history holds the readings of the units it changed: never more than it read.
+            "scans": "SELECT count(*) FROM scans s WHERE s.devices < "
             "(SELECT count(*) FROM history h WHERE h.scan_id = s.id)",
+            "seen": "SELECT count(*) FROM seen WHERE identity NOT IN "
+            "(SELECT identity FROM devices WHERE removed_at IS NULL)",
         }
         found = {name: db.execute(sql).fetchone()[0] for name, sql in orphans.items()}
         assert found == dict.fromkeys(orphans, 0)

@@ -1,0 +1,214 @@
+"""Writes follow change: an unchanged re-scan keeps every unit's rows and writes only when
+each channel was seen; a changed unit is rewritten alone; the history is bounded by size.
+Real SQLite files; statements counted with SQLite's own trace hook."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.model import Device, Room, SerialSource, Transport
+from agent.store import DB_NAME, Retention, Store
+from tests.test_store import T0, bar, crash_scan, unit
+
+
+def site(count: int, at, *, firmware: str = "1.0") -> list[Device]:
+    """``count`` Rally Bars, half of them with a Sight read through them, each also seen over
+    SNMP every other unit (a unit of two channels)."""
+    found = []
+    for i in range(count):
+        usb = unit(f"W{i:04d}", at, firmware=firmware)
+        usb.address = f"1-{i}"
+        if i % 2:
+            usb.children = [
+                Device(
+                    product="Sight",
+                    transport=Transport.USB,
+                    address=f"1-{i}.1",
+                    first_seen=at,
+                    last_seen=at,
+                    serial=f"SG{i:04d}",
+                    serial_label_grade=True,
+                    serial_source=SerialSource.SYNC_INTERFACE,
+                    category="collabos-peripheral",
+                )
+            ]
+        found.append(usb)
+        if i % 2 == 0:
+            found.append(unit(f"W{i:04d}", at, source="snmp", firmware=firmware))
+    return found
+
+
+class Statements:
+    """Counts the statements SQLite runs on a store's connection (executemany's rows too)."""
+
+    def __init__(self, store: Store) -> None:
+        self.sql: list[str] = []
+        store._db.set_trace_callback(self.sql.append)
+
+    def take(self) -> list[str]:
+        taken, self.sql[:] = list(self.sql), []
+        return taken
+
+
+def rows(path: Path, table: str) -> int:
+    with sqlite3.connect(path / DB_NAME) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_an_unchanged_rescan_writes_only_when_each_channel_was_seen(tmp_path: Path):
+    rooms = [Room("oslo-4-12", "Fjord")]
+    with Store.open(tmp_path) as store:
+        first = store.record_scan(site(60, T0), rooms, T0)
+        assert first.changed
+        trace = Statements(store)
+        later = T0 + timedelta(minutes=5)
+        record = store.record_scan(site(60, later), rooms, later)
+        sql = trace.take()
+        assert not record.changed and record.events == ()
+        # BEGIN, the cache's check, the scan row, the times, the rooms' check, two prunings, COMMIT.
+        assert len(sql) <= 10, sql
+        assert not [
+            s
+            for s in sql
+            if s.startswith(("INSERT INTO devices", "INSERT INTO history", "DELETE FROM s", "DELETE FROM h"))
+        ]
+        assert rows(tmp_path, "history") == 60 + 30  # the first scan's readings only
+        assert rows(tmp_path, "seen") == 90  # one row per channel
+        in_memory = store.tracked()
+    with Store.open(tmp_path) as fresh:
+        decoded = fresh.tracked()
+    assert decoded.keys() == in_memory.keys()
+    for identity, unit_ in in_memory.items():
+        back = decoded[identity]
+        assert back.device.last_seen == unit_.device.last_seen == later
+        assert [s.seen_at for s in back.sightings] == [s.seen_at for s in unit_.sightings]
+        assert back.device.seen_by == unit_.device.seen_by
+        assert back.device.provenance == unit_.device.provenance
+        assert back.sightings == unit_.sightings  # facts and times (not the readings)
+
+
+def test_the_statements_do_not_grow_with_the_site(tmp_path: Path):
+    counts = []
+    for size in (20, 400):
+        with Store.open(tmp_path / str(size)) as store:
+            store.record_scan(site(size, T0), [], T0)
+            trace = Statements(store)
+            store.record_scan(site(size, T0 + timedelta(minutes=5)), [], T0 + timedelta(minutes=5))
+            counts.append(len(trace.take()))
+    assert counts[0] == counts[1] <= 10
+
+
+def test_a_changed_unit_is_rewritten_alone(tmp_path: Path):
+    with Store.open(tmp_path) as store:
+        store.record_scan(site(40, T0), [], T0)
+        later = T0 + timedelta(minutes=5)
+        found = site(40, later)
+        found[3].firmware = "2.0"  # W0002 over USB: a unit of two channels
+        trace = Statements(store)
+        record = store.record_scan(found, [], later)
+        sql = trace.take()
+        assert record.changed
+        assert record.events and {e.serial for e in record.events} == {"W0002"}
+        assert len([s for s in sql if s.startswith("INSERT INTO devices")]) == 1
+        history = store.history()
+        assert [(scan, d.address) for scan, d in history if scan == record.scan_id] == [
+            (record.scan_id, "1-2"),
+            (record.scan_id, "snmp-W0002"),
+        ]
+        [changed] = [d for d in store.devices() if d.serial == "W0002"]
+        # Its two channels now disagree on the firmware: the store holds what it said.
+        assert "2.0" in {v.value for d in changed.disagreements for v in d.values}
+        assert changed.last_seen == later
+
+
+def test_a_room_change_counts_as_a_change(tmp_path: Path):
+    with Store.open(tmp_path) as store:
+        store.record_scan(site(4, T0), [Room("oslo-4-12", "Fjord")], T0)
+        at = T0 + timedelta(minutes=5)
+        assert not store.record_scan(site(4, at), [Room("oslo-4-12", "Fjord")], at).changed
+        at += timedelta(minutes=5)
+        assert store.record_scan(site(4, at), [Room("oslo-4-12", "Fjord 2")], at).changed
+        assert [r.name for r in store.rooms()] == ["Fjord 2"]
+
+
+def test_a_missed_unit_is_a_change_and_its_times_stay(tmp_path: Path):
+    with Store.open(tmp_path) as store:
+        store.record_scan(site(4, T0), [], T0)
+        at = T0 + timedelta(minutes=5)
+        store.record_scan(site(4, at), [], at)
+        later = at + timedelta(minutes=5)
+        found = [d for d in site(4, later) if d.serial != "W0001"]
+        assert store.record_scan(found, [], later, sources_run={"usb", "snmp"}).changed
+    with Store.open(tmp_path) as fresh:
+        units = {d.serial: d for d in fresh.devices()}
+    assert units["W0001"].last_seen == at  # when it was last seen, not when it was missed
+    assert units["W0000"].last_seen == later
+
+
+def test_the_history_is_bounded_by_size(tmp_path: Path):
+    keep = Retention(history_days=None, history_scans=None, history_max_bytes=40_000)
+    with Store.open(tmp_path) as store:
+        for k in range(12):
+            at = T0 + timedelta(minutes=k)
+            store.record_scan(site(10, at, firmware=f"1.{k}"), [], at, retention=keep)
+        with sqlite3.connect(tmp_path / DB_NAME) as db:
+            actual = db.execute("SELECT SUM(length(CAST(data AS BLOB))) FROM history").fetchone()[0]
+            kept = json.loads(db.execute("SELECT value FROM meta WHERE key = 'history_bytes'").fetchone()[0])
+        assert kept == actual  # the running total is the real size
+        assert actual <= 40_000
+        scans = sorted({scan for scan, _ in store.history()})
+        assert scans[-1] == 12 and len(scans) < 12  # the newest kept, the oldest gone
+
+
+def test_the_newest_scan_keeps_its_history_whatever_its_size(tmp_path: Path):
+    keep = Retention(history_days=None, history_scans=None, history_max_bytes=100)
+    with Store.open(tmp_path) as store:
+        for k in range(3):
+            at = T0 + timedelta(minutes=k)
+            store.record_scan([bar(at, firmware=f"1.{k}")], [], at, retention=keep)
+        assert [scan for scan, _ in store.history()] == [3]
+
+
+def test_history_bytes_is_counted_for_a_store_migrated_from_v4(tmp_path: Path):
+    from agent.store import MIGRATIONS
+
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    for version, migration in enumerate(MIGRATIONS[:4]):
+        for statement in migration.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version + 1}")
+    db.execute(
+        "INSERT INTO scans (finished_at, devices, errors, sources) VALUES (?, 1, 0, '[]')", (T0.isoformat(),)
+    )
+    db.execute("INSERT INTO history (scan_id, identity, data) VALUES (1, 'x', ?)", ("é" * 10,))
+    db.close()
+    with Store.open(tmp_path) as store:
+        assert store.schema_version == 5
+        assert store.read("SELECT value FROM meta WHERE key = 'history_bytes'") == [("20",)]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan")])
+def test_a_negative_or_nan_size_is_refused(bad):
+    with pytest.raises(ValueError, match="history_max_bytes"):
+        Retention(history_max_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_a_store_reopened_between_scans_ends_where_one_kept_open_does(tmp_path: Path):
+    """The times kept apart and put back on reading give what a store that never closed
+    holds: units, sightings, events and history alike."""
+    from tests.test_store import _comparable
+
+    with Store.open(tmp_path / "open") as kept:
+        for k in range(1, 25):
+            found, scope, at = crash_scan(k)
+            kept.record_scan(found, [], at, sources_run=scope, remove_after=2)
+            with Store.open(tmp_path / "reopened") as reopened:
+                reopened.record_scan(found, [], at, sources_run=scope, remove_after=2)
+        with Store.open(tmp_path / "reopened") as reopened:
+            assert _comparable(reopened) == _comparable(kept)
