@@ -7,6 +7,7 @@ so the schemas are tested too)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import json
 import re
@@ -25,9 +26,10 @@ from pydantic import Field, ValidationError
 from agent.catalog import load_catalog
 from agent.collectors.sync.device_info import DEVICE_STATES
 from agent.coverage import Status, Verdict
-from agent.inventory import devices_from_observations, summarize_rooms
+from agent.inventory import RoomsReport, devices_from_observations, summarize_rooms
 from agent.model import Device, HealthIssue, HealthState, Room, SeenBy, SerialSource, Severity, Transport
 from agent.uploader import protocol
+from agent.uploader.outbox import body_digest, content_digest
 from agent.uploader.protocol import (
     ENDPOINTS,
     MAX_EVENTS_PER_MESSAGE,
@@ -46,6 +48,7 @@ from agent.uploader.protocol import (
     event_out,
     events_message,
     gzip_body,
+    inventory_body,
     inventory_message,
     json_schemas,
     parse_message,
@@ -754,6 +757,92 @@ def test_serialize_is_compact_utf8_json_and_round_trips() -> None:
     assert parse_message(data) == message
 
 
+def _fixed_site() -> tuple[RoomsReport, dict[str, Verdict]]:
+    """A snapshot with every kind of field filled: a system with the units read through it,
+    sightings, health issues, peripherals (one malformed), components, a host name, non-ASCII
+    text, verdicts with flags, a unit seen earlier, an empty room and an unassigned unit."""
+    sight = unit(
+        "Sight",
+        "2325LZ51XY58",
+        address="1-2",
+        serial_source=SerialSource.USB_DESCRIPTOR,
+        health_issues=[HealthIssue("firmware-old", "Firmware 1.2 — update « soon »", Severity.WARNING)],
+    )
+    pod = unit("Rally Mic Pod", address="1-3")
+    counts = {"camera": {"expected": 1, "actual": 1}, "micPod": {"expected": 2, "actual": 1}}
+    bar = unit(
+        "Rally Bar",
+        "2313FD1N08Z2",
+        address="10.0.0.7",
+        transport=Transport.SNMP,
+        children=[sight, pod],
+        firmware="1.9.556",
+        components={"camera": "2.1", "zigbee": "1.0.17"},
+        state="in-use",
+        attributes={"host": "rb-fjord.local.", "peripheral_counts": counts | {"bad": {"expected": True}}},
+        seen_by=[
+            SeenBy("snmp", "snmp", "10.0.0.7", "snmp-sysdescr", NOW, "snmp", 0),
+            SeenBy("mdns", "mdns", "10.0.0.7:443", None, EARLIER, "mdns-txt", 3),
+        ],
+    )
+    webcam = unit(
+        "Brio",
+        "476C95B2",
+        address="2-1",
+        room="bergen-2-03",
+        seen=NOW - timedelta(days=2),
+        vendor="Logitech",
+        model="Brio 4K",
+    )
+    lan = unit("Rally Bar Mini", "2301SC0005E2", room=None, transport=Transport.SNMP, address="10.20.4.9:161")
+    rooms = [
+        Room("oslo-4-12", name="Fjord æøå", group="Oslo HQ", location="4th floor", seat_count=8),
+        Room("oslo-4-14", name="Empty"),
+    ]
+    verdicts = {
+        "2313FD1N08Z2": verdict(
+            "2313FD1N08Z2", Status.EXPIRING_SOON, date(2025, 4, 1), ("select-gap", "age-cap")
+        ),
+        "476C95B2": verdict("476C95B2", Status.OUT_OF_WARRANTY, date(2020, 1, 1)),
+        "2301SC0005E2": verdict("2301SC0005E2", Status.UNKNOWN, None),
+    }
+    return summarize_rooms([bar, webcam, lan], CATALOG, rooms), verdicts
+
+
+def test_a_fixed_snapshot_is_the_bytes_and_content_digest_older_versions_made() -> None:
+    """The place-by-place builder writes what the model-per-unit builder before it wrote, so
+    the content digest a store kept from an older version (``last_snapshot``) still matches
+    an unchanged inventory. The figures are those of the builder before it (sha256 of the
+    body, then its content digest), for this fixed site."""
+    report, verdicts = _fixed_site()
+    expected = {
+        None: (
+            "91217c380fb0cc606a9d679482d8d94e2193bfc0f984e722477a6d10fdc19caf",
+            "ba9e6ea055396d143657b70257300a25760dbfbfb4ae8d6dc7713f44f520ac74",
+        ),
+        NOW + timedelta(minutes=5): (
+            "a7ae8aced873f1440883a50254f47f6c706c4093e8678ee05b50e38cc7557c3a",
+            "307a69098b26b8bf10afd06588d3f5375ee7987aba54bb8752990e87a78968c9",
+        ),
+    }
+    for last_scan, (body_sha, digest) in expected.items():
+        message = inventory_message(AGENT, 7, NOW, report, verdicts, last_scan=last_scan, dropped_events=2)
+        body = serialize(message)
+        streamed = inventory_body(AGENT, 7, NOW, report, verdicts, last_scan=last_scan, dropped_events=2)
+        assert streamed == body
+        assert (hashlib.sha256(body).hexdigest(), body_digest(body)) == (body_sha, digest), last_scan
+        assert content_digest(message) == digest
+
+
+def test_the_content_digest_leaves_out_exactly_what_changes_on_every_scan() -> None:
+    body = (
+        b'{"schema":"roomsync.inventory.v1","sequence":12,"generated_at":"2025-03-04T09:30:00Z",'
+        b'"places":[{"devices":[{"serial":"A","last_seen":"2025-03-04T09:30:00Z","x":1}]}]}'
+    )
+    kept = b'{"schema":"roomsync.inventory.v1","places":[{"devices":[{"serial":"A",,"x":1}]}]}'
+    assert body_digest(body) == hashlib.sha256(kept).hexdigest()
+
+
 def test_gzip_body_is_one_deterministic_member() -> None:
     data = serialize(_one_room_message())
     body = gzip_body(data)
@@ -819,6 +908,14 @@ def test_any_inventory_the_builder_makes_fits_the_published_schema(
     data = serialize(message)
     assert validate(json.loads(data), SCHEMA_INVENTORY) == []
     assert parse_message(data) == message
+    # The outbox's place-by-place bytes are the same, with verdicts and a seen rule too.
+    assert inventory_body(AGENT, sequence, NOW, report, last_scan=last_scan) == data
+    verdicts = {d.serial: verdict(d.serial, flags=("b", "a")) for d in found[::2] if d.serial}
+    seen = None if last_scan is None else lambda d: d.transport is Transport.USB
+    with_coverage = inventory_message(AGENT, sequence, NOW, report, verdicts, seen=seen, dropped_events=3)
+    assert inventory_body(AGENT, sequence, NOW, report, verdicts, seen=seen, dropped_events=3) == serialize(
+        with_coverage
+    )
     assert sum(len(p.devices) for p in message.places) + len(message.unassigned) == len(found)
 
 

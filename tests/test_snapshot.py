@@ -52,3 +52,54 @@ def test_memoised_verdicts_equal_fresh_ones_and_a_new_day_is_evaluated_again() -
         assert got == fresh(day), day
     # The days chosen do give different verdicts, so a stale memo would have been caught.
     assert fresh(DAY) != fresh(DAY + timedelta(days=400))
+
+
+def test_the_queued_snapshot_is_the_message_built_whole_and_an_unchanged_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """``queue_snapshot`` queues bytes made place by place (``snapshot_body``): they are what
+    ``serialize(build_snapshot(...))`` gives, and their content digest is the one the outbox
+    kept for a snapshot it was given whole (or by an older version), so an unchanged inventory
+    is still skipped across the two."""
+    import gzip
+    import json
+    from datetime import UTC, datetime
+
+    from agent.model import Room
+    from agent.store import Store
+    from agent.uploader.outbox import Outbox, content_digest
+    from agent.uploader.protocol import serialize
+    from agent.uploader.snapshot import build_snapshot, queue_snapshot, snapshot_body
+
+    catalog = load_catalog()
+    records = load_entitlements(REPO / "config" / "entitlements.example.csv")
+    rooms = (Room("oslo-4-12", name="Fjord"), Room("oslo-4-14", name="Empty"))
+    context = SnapshotContext(catalog, rooms, records, today=DAY)
+    at = datetime(2025, 6, 1, 9, tzinfo=UTC)
+    devices = [unit("2313FD1N08Z2", "Rally Bar"), unit("2104TP0007B3", "Tap"), unit("NOPE0001", "Scribe")]
+    for device in devices[:2]:
+        device.room = "oslo-4-12"
+    store = Store.open(tmp_path / "state")
+    try:
+        store.record_scan(devices, list(rooms), at, sources_run={"usb"})
+        outbox = Outbox(store, agent_id="agent-1", hostname="pi")
+        whole = build_snapshot(store, context, outbox.agent, 5, at, 2)
+        assert snapshot_body(store, context, outbox.agent, 5, at, 2) == serialize(whole)
+        assert whole.unassigned and len(whole.places) == 2  # every part of the body is there
+
+        # Queued whole first: the place-by-place one of the same inventory says nothing new.
+        assert outbox.queue_snapshot(
+            lambda sequence, now, dropped: build_snapshot(
+                store, context, outbox.agent, sequence, now, dropped
+            ),
+            at,
+        )
+        assert not queue_snapshot(outbox, store, context, at)
+        assert queue_snapshot(outbox, store, context, at, force=True)
+        head = outbox.messages(with_body=True)[-1]
+        sent = build_snapshot(store, context, outbox.agent, head.sequence, at, 0)
+        assert gzip.decompress(head.body) == serialize(sent)
+        [[kept]] = store.read("SELECT value FROM meta WHERE key = 'last_snapshot'")
+        assert json.loads(kept)["digest"] == content_digest(sent)
+    finally:
+        store.close()

@@ -80,8 +80,9 @@ Kind = Literal["inventory", "events"]
 KIND_OF_SCHEMA: dict[str, Kind] = {SCHEMA_INVENTORY: "inventory", SCHEMA_EVENTS: "events"}
 SCHEMA_OF_KIND = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
 
-#: Builds a snapshot: (sequence, generated_at, dropped_events) → the message.
-SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage]
+#: Builds a snapshot: (sequence, generated_at, dropped_events) → the message, or already its
+#: serialised bytes (what :func:`~agent.uploader.protocol.serialize` writes for it).
+SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage | bytes]
 
 _COLUMNS = (
     "id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
@@ -380,8 +381,9 @@ class Outbox:
             self._take_events(db, now)
             dropped = int(_get(db, "dropped_events", 0))
             sequence = int(_get(db, "sequence", 0)) + 1
-            message = build(sequence, now, dropped)
-            raw = serialize(message)
+            built = build(sequence, now, dropped)
+            raw = built if isinstance(built, bytes) else serialize(built)
+            del built  # the bytes are all that is kept: the models may go
             digest = body_digest(raw)
             last = _get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, Final, Literal
 from uuid import UUID, uuid4
@@ -47,9 +47,7 @@ from agent.events import EventType  # the store's words are the wire's words
 from agent.inventory import RoomsReport
 from agent.model import (
     Device,
-    HealthIssue,
     HealthState,
-    SeenBy,
     SerialSource,
     Severity,
     Transport,
@@ -84,6 +82,7 @@ __all__ = [
     "events_message",
     "gzip_body",
     "health_out",
+    "inventory_body",
     "inventory_message",
     "json_schemas",
     "parse_message",
@@ -304,13 +303,11 @@ def health_out(device: Device, seen: bool) -> SyncHealth:
 
 def coverage_out(verdict: Verdict) -> CoverageOut:
     """The wire form of one coverage verdict."""
-    return CoverageOut(
-        status=verdict.status, covered_until=verdict.covered_until, flags=sorted(verdict.flags)
-    )
+    return CoverageOut.model_validate(_coverage_fields(verdict))
 
 
-def _issue_out(issue: HealthIssue) -> HealthIssueOut:
-    return HealthIssueOut(code=issue.code, severity=issue.severity, message=issue.message)
+def _coverage_fields(verdict: Verdict) -> dict[str, Any]:
+    return {"status": verdict.status, "covered_until": verdict.covered_until, "flags": sorted(verdict.flags)}
 
 
 def _host_name(device: Device) -> str | None:
@@ -326,9 +323,10 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _peripherals(device: Device) -> dict[str, PeripheralCount]:
-    """``attributes["peripheral_counts"]`` (the Sync interface's counts); malformed entries
-    (a hand-edited store) are left out rather than refused."""
+def _peripherals(device: Device) -> dict[str, dict[str, int]]:
+    """``attributes["peripheral_counts"]`` (the Sync interface's counts) as the fields of
+    :class:`PeripheralCount`; malformed entries (a hand-edited store) are left out rather
+    than refused."""
     raw = device.attributes.get("peripheral_counts")
     if not isinstance(raw, dict):
         return {}
@@ -338,7 +336,7 @@ def _peripherals(device: Device) -> dict[str, PeripheralCount]:
             continue
         expected, actual = _count(count.get("expected")), _count(count.get("actual"))
         if expected is not None and actual is not None:
-            out[group] = PeripheralCount(expected=expected, actual=actual)
+            out[group] = {"expected": expected, "actual": actual}
     return out
 
 
@@ -356,44 +354,51 @@ def device_out(
     when given, decides instead of ``last_scan``."""
     if seen is None:
         seen = last_scan is None or as_utc(device.last_seen) >= as_utc(last_scan)
-    return DeviceOut(
-        identity=device.identity,
-        identity_kind="serial" if device.identity_kind == "serial" else "transport",
-        parent=parent,
-        serial=device.serial,
-        serial_source=device.serial_source,
-        serial_label_grade=device.serial_label_grade,
-        product=device.product,
-        category=device.category,
-        model=device.model,
-        vendor=device.vendor,
-        firmware=device.firmware,
-        components=dict(device.components),
-        transport=device.transport,
-        address=device.address,
-        host_name=_host_name(device),
-        status=status_out(device, seen),
-        state=device.state,
-        health=health_out(device, seen),
-        health_issues=[_issue_out(i) for i in device.health_issues],
-        peripherals=_peripherals(device),
-        first_seen=as_utc(device.first_seen),
-        last_seen=as_utc(device.last_seen),
-        coverage=coverage_out(verdict) if verdict is not None else None,
-        seen_by=[_seen_by_out(s) for s in device.seen_by],
-    )
+    return DeviceOut.model_validate(_device_fields(device, verdict, parent, seen))
 
 
-def _seen_by_out(seen: SeenBy) -> SeenByOut:
-    return SeenByOut(
-        source=seen.source,
-        transport=seen.transport,
-        address=seen.address,
-        serial_source=seen.serial_source,
-        last_seen=as_utc(seen.last_seen),
-        collector=seen.collector,
-        missed=seen.missed,
-    )
+def _device_fields(device: Device, verdict: Verdict | None, parent: str | None, seen: bool) -> dict[str, Any]:
+    """The fields of :class:`DeviceOut` for ``device``, as plain values (Python types: the
+    model validates them, strictly, once for a whole place)."""
+    return {
+        "identity": device.identity,
+        "identity_kind": "serial" if device.identity_kind == "serial" else "transport",
+        "parent": parent,
+        "serial": device.serial,
+        "serial_source": device.serial_source,
+        "serial_label_grade": device.serial_label_grade,
+        "product": device.product,
+        "category": device.category,
+        "model": device.model,
+        "vendor": device.vendor,
+        "firmware": device.firmware,
+        "components": dict(device.components),
+        "transport": device.transport,
+        "address": device.address,
+        "host_name": _host_name(device),
+        "status": status_out(device, seen),
+        "state": device.state,
+        "health": health_out(device, seen),
+        "health_issues": [
+            {"code": i.code, "severity": i.severity, "message": i.message} for i in device.health_issues
+        ],
+        "peripherals": _peripherals(device),
+        "first_seen": as_utc(device.first_seen),
+        "last_seen": as_utc(device.last_seen),
+        "coverage": _coverage_fields(verdict) if verdict is not None else None,
+        "seen_by": [
+            {
+                "source": s.source,
+                "transport": s.transport,
+                "address": s.address,
+                "serial_source": s.serial_source,
+                "last_seen": as_utc(s.last_seen),
+                "collector": s.collector,
+                "missed": s.missed,
+            }
+            for s in device.seen_by
+        ],
+    }
 
 
 def _with_parents(flat: Sequence[Device]) -> list[tuple[Device, str | None]]:
@@ -415,18 +420,16 @@ class _Verdicts:
         return self._by_serial.get(normalize_serial(device.serial)) if device.serial else None
 
 
-def _devices_out(
+def _devices_fields(
     flat: Sequence[Device],
     verdicts: _Verdicts,
     last_scan: datetime | None,
     seen: Callable[[Device], bool] | None,
-) -> list[DeviceOut]:
-    return [
-        device_out(
-            d, verdicts.of(d), last_scan=last_scan, parent=parent, seen=seen(d) if seen is not None else None
-        )
-        for d, parent in _with_parents(flat)
-    ]
+) -> list[dict[str, Any]]:
+    scan = as_utc(last_scan) if last_scan is not None else None
+    if seen is None:
+        seen = lambda device: scan is None or as_utc(device.last_seen) >= scan  # noqa: E731
+    return [_device_fields(d, verdicts.of(d), parent, seen(d)) for d, parent in _with_parents(flat)]
 
 
 def _latest_seen(report: RoomsReport) -> datetime | None:
@@ -434,6 +437,48 @@ def _latest_seen(report: RoomsReport) -> datetime | None:
     unit (a scan stamps everything it finds with one time)."""
     flat = [d for r in report.rooms for d in r.devices] + list(units(report.unassigned))
     return max((as_utc(d.last_seen) for d in flat), default=None)
+
+
+class _Inventory:
+    """The parts of one ``roomsync.inventory.v1`` message, each validated by its model when
+    it is made: the message's own fields, then each place and each unassigned unit in order."""
+
+    def __init__(
+        self,
+        report: RoomsReport,
+        verdicts: Mapping[str, Verdict] | None,
+        last_scan: datetime | None,
+        seen: Callable[[Device], bool] | None,
+    ) -> None:
+        self.report = report
+        self.index = _Verdicts(verdicts)
+        self.seen = seen
+        # With a ``seen`` rule no time decides: the report is not walked for one.
+        self.scan = None if seen is not None else last_scan if last_scan is not None else _latest_seen(report)
+
+    def places(self) -> Iterator[Place]:
+        for summary in self.report.rooms:
+            room = self.report.room(summary.room_id)
+            yield Place.model_validate(
+                {
+                    "id": summary.room_id,
+                    "name": room.name,
+                    "group": room.group,
+                    "location": room.location,
+                    "seat_count": room.seat_count,
+                    "primary_unit": summary.primary_unit,
+                    "primary_product": summary.primary_product,
+                    "ticket_serial": summary.ticket_serial,
+                    "ticket_product": summary.ticket_product,
+                    "flags": sorted(summary.flags),
+                    "devices": _devices_fields(summary.devices, self.index, self.scan, self.seen),
+                }
+            )
+
+    def unassigned(self) -> Iterator[DeviceOut]:
+        flat = list(units(self.report.unassigned))
+        for fields in _devices_fields(flat, self.index, self.scan, self.seen):
+            yield DeviceOut.model_validate(fields)
 
 
 def inventory_message(
@@ -452,35 +497,70 @@ def inventory_message(
     latest scan ran (the store's ``last_scan()``); by default the latest ``last_seen`` in the
     report. ``seen`` replaces that rule where one time does not fit (sources on different
     schedules: a unit counts as seen while its sources' latest runs reported it)."""
-    index = _Verdicts(verdicts)
-    scan = last_scan if last_scan is not None else _latest_seen(report)
-    places = []
-    for summary in report.rooms:
-        room = report.room(summary.room_id)
-        places.append(
-            Place(
-                id=summary.room_id,
-                name=room.name,
-                group=room.group,
-                location=room.location,
-                seat_count=room.seat_count,
-                primary_unit=summary.primary_unit,
-                primary_product=summary.primary_product,
-                ticket_serial=summary.ticket_serial,
-                ticket_product=summary.ticket_product,
-                flags=sorted(summary.flags),
-                devices=_devices_out(summary.devices, index, scan, seen),
-            )
-        )
+    parts = _Inventory(report, verdicts, last_scan, seen)
     return InventoryMessage(
         schema=SCHEMA_INVENTORY,
         agent=agent,
         sequence=sequence,
         generated_at=as_utc(generated_at),
-        places=places,
-        unassigned=_devices_out(list(units(report.unassigned)), index, scan, seen),
+        places=list(parts.places()),
+        unassigned=list(parts.unassigned()),
         dropped_events=dropped_events,
     )
+
+
+def inventory_body(
+    agent: AgentInfo,
+    sequence: int,
+    generated_at: datetime,
+    report: RoomsReport,
+    verdicts: Mapping[str, Verdict] | None = None,
+    *,
+    last_scan: datetime | None = None,
+    seen: Callable[[Device], bool] | None = None,
+    dropped_events: int = 0,
+) -> bytes:
+    """``serialize(inventory_message(...))`` — the same bytes — without ever holding the
+    whole message as models: each place is made, validated by its model, serialised and let
+    go in turn, so the snapshot costs its bytes in memory, not tens of MB of objects."""
+    parts = _Inventory(report, verdicts, last_scan, seen)
+    shell = serialize(
+        InventoryMessage(
+            schema=SCHEMA_INVENTORY,
+            agent=agent,
+            sequence=sequence,
+            generated_at=as_utc(generated_at),
+            places=[],
+            unassigned=[],
+            dropped_events=dropped_events,
+        )
+    )
+    # A JSON string cannot hold an unescaped quote: the marker can only be the message's keys.
+    head, marker, tail = shell.rpartition(_EMPTY_LISTS)
+    if marker != _EMPTY_LISTS:  # pragma: no cover - the models' field order is fixed above
+        raise AssertionError("unexpected serialisation of an empty inventory message")
+    chunks = [head, b'"places":[']
+    for i, place in enumerate(parts.places()):
+        if i:
+            chunks.append(b",")
+        chunks.append(_to_json(place))
+    chunks.append(b'],"unassigned":[')
+    for i, unit in enumerate(parts.unassigned()):
+        if i:
+            chunks.append(b",")
+        chunks.append(_to_json(unit))
+    chunks += [b"],", tail]
+    return b"".join(chunks)
+
+
+#: How an inventory message with no place and no unassigned unit writes those two fields.
+_EMPTY_LISTS: Final = b'"places":[],"unassigned":[],'
+
+
+def _to_json(model: BaseModel) -> bytes:
+    """``model`` as compact UTF-8 JSON, field names as on the wire (what :func:`serialize`
+    writes for it, also as a part of a message)."""
+    return model.__pydantic_serializer__.to_json(model, by_alias=True)
 
 
 def change_event_out(
@@ -555,7 +635,7 @@ def events_message(
 
 def serialize(message: Message) -> bytes:
     """The message as compact UTF-8 JSON, field names as on the wire."""
-    return message.model_dump_json(by_alias=True).encode("utf-8")
+    return _to_json(message)
 
 
 def gzip_body(data: bytes) -> bytes:

@@ -28,7 +28,7 @@ from agent.model import Device, Room, as_utc, utc_today
 from agent.sanitize import normalize_serial
 from agent.store import Store
 from agent.uploader.outbox import Outbox
-from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_message
+from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_body, inventory_message
 
 __all__ = [
     "SnapshotContext",
@@ -36,6 +36,7 @@ __all__ = [
     "paused_gc",
     "queue_snapshot",
     "seen_by_latest_runs",
+    "snapshot_body",
     "unit_verdicts",
     "verdicts_for",
 ]
@@ -111,30 +112,36 @@ def build_snapshot(
 ) -> InventoryMessage:
     """The ``roomsync.inventory.v1`` message for what the store holds now."""
     with paused_gc():
-        return _build(store, context, agent, sequence, now, dropped_events)
+        return inventory_message(agent, sequence, now, **_parts(store, context, now, dropped_events))
 
 
-def _build(
+def snapshot_body(
     store: Store,
     context: SnapshotContext,
     agent: AgentInfo,
     sequence: int,
     now: datetime,
-    dropped_events: int,
-) -> InventoryMessage:
+    dropped_events: int = 0,
+) -> bytes:
+    """``serialize(build_snapshot(...))`` — the same bytes — made place by place
+    (:func:`agent.uploader.protocol.inventory_body`): what the outbox queues, without the
+    whole message held as models."""
+    with paused_gc():
+        return inventory_body(agent, sequence, now, **_parts(store, context, now, dropped_events))
+
+
+def _parts(store: Store, context: SnapshotContext, now: datetime, dropped_events: int) -> dict[str, Any]:
+    """The arguments of a snapshot besides its agent, sequence and time."""
     devices = store.devices()
     report = summarize_rooms(devices, context.catalog, merge_rooms(store.rooms(), context.rooms))
     runs = {name: as_utc(at) for name, at in store.latest_runs().items()}
     today = context.today or utc_today(now)
-    return inventory_message(
-        agent,
-        sequence,
-        now,
-        report,
-        verdicts_for(devices, context, today),
-        seen=lambda device: seen_by_latest_runs(device, runs),
-        dropped_events=dropped_events,
-    )
+    return {
+        "report": report,
+        "verdicts": verdicts_for(devices, context, today),
+        "seen": lambda device: seen_by_latest_runs(device, runs),
+        "dropped_events": dropped_events,
+    }
 
 
 def queue_snapshot(
@@ -143,7 +150,7 @@ def queue_snapshot(
     """Queue the snapshot of what ``store`` holds now in ``outbox`` (see
     :meth:`Outbox.queue_snapshot` for when it is skipped); returns whether one was queued."""
     return outbox.queue_snapshot(
-        lambda sequence, at, dropped: build_snapshot(store, context, outbox.agent, sequence, at, dropped),
+        lambda sequence, at, dropped: snapshot_body(store, context, outbox.agent, sequence, at, dropped),
         now,
         force=force,
     )
