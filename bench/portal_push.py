@@ -312,7 +312,7 @@ def main() -> None:
             parse_s, _ = timed(partial(portal_parse, body))
             # The floor on this run's snapshot: its dicts, decoded outside the timing.
             dicts = json.loads(gzip.decompress(body))
-            ser_s, floor_bytes = timed(partial(floor_body, dicts))
+            dumps_s, floor_bytes = timed(partial(floor_body, dicts))
             assert isinstance(floor_bytes, bytes)
             fpost_s, status = timed(partial(asyncio.run, floor_post(url, floor_bytes)))
             assert status == 202, status
@@ -322,10 +322,10 @@ def main() -> None:
                 posts.append(post_s)
                 parse.append(parse_s)
                 totals.append(queue_s + post_s)
-                floor_ser.append(ser_s)
+                floor_ser.append(dumps_s)
                 floor_posts.append(fpost_s)
-                floors.append(ser_s + fpost_s)
-                ratios.append((queue_s + post_s) / (ser_s + fpost_s))
+                floors.append(dumps_s + fpost_s)
+                ratios.append((queue_s + post_s) / (dumps_s + fpost_s))
             raw, packed = len(gzip.decompress(body)), len(body)
         units = sum(len(p["devices"]) for p in json.loads(gzip.decompress(body))["places"])
         units += len(json.loads(gzip.decompress(body))["unassigned"])

@@ -2,7 +2,10 @@
 
 Times the whole USB source pass that `roomsync scan --usb --no-libusb` runs: reading every
 device entry, grouping functions into units and building observations. Prints figures; it is
-not a pass/fail test.
+not a pass/fail test. Beside them, a floor measured on the same tree in the same run (a ratio
+holds on a shared, noisy machine where a bare time drifts): a bare ``os.scandir`` walk of
+``bus/usb/devices`` that reads every attribute file of every device entry (interface entries
+skipped), each run right after an enumeration.
 
     .venv/bin/python bench/usb_enumerate.py [--devices 200] [--runs 50]
 """
@@ -10,6 +13,7 @@ not a pass/fail test.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -56,6 +60,22 @@ def build(root: Path, n: int) -> None:
         )
 
 
+def floor_walk(root: Path) -> int:
+    """The floor: every device entry's attribute files read with a bare ``os.scandir`` walk;
+    returns how many bytes were read."""
+    read = 0
+    with os.scandir(root / "bus" / "usb" / "devices") as entries:
+        for entry in entries:
+            if ":" in entry.name:  # an interface, not a device
+                continue
+            with os.scandir(entry.path) as attributes:
+                for attribute in attributes:
+                    if attribute.is_file():
+                        with open(attribute.path, "rb") as f:
+                            read += len(f.read())
+    return read
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=200)
@@ -68,15 +88,29 @@ def main() -> None:
         build(root, args.devices)
         source = UsbSource(root, libusb_strings=False, all_usb=True)
         found = source.scan(ctx)  # warm the page cache and imports
-        times = []
+        floor_walk(root)
+        times, floors, ratios = [], [], []
         for _ in range(args.runs):
             t0 = time.perf_counter()
             result = source.scan(ctx)
-            times.append((time.perf_counter() - t0) * 1000)
+            t1 = time.perf_counter()
+            floor_walk(root)
+            t2 = time.perf_counter()
+            times.append((t1 - t0) * 1000)
+            floors.append((t2 - t1) * 1000)
+            ratios.append((t1 - t0) / (t2 - t1))
     print(f"usb enumerate: {args.devices} sysfs devices -> {len(found.observations)} units, {args.runs} runs")
     print(
-        f"  median {statistics.median(times):.2f} ms   min {min(times):.2f} ms   "
-        f"max {max(times):.2f} ms   (target <= 20 ms)"
+        f"  enumerate               median {statistics.median(times):6.2f} ms   min {min(times):6.2f}   "
+        f"max {max(times):6.2f}   (target <= 20 ms)"
+    )
+    print(
+        f"  floor: scandir + reads  median {statistics.median(floors):6.2f} ms   min {min(floors):6.2f}   "
+        f"max {max(floors):6.2f}   (the same attribute files)"
+    )
+    print(
+        f"  ratio enumerate / floor median {statistics.median(ratios):6.2f} x    min {min(ratios):6.2f}   "
+        f"max {max(ratios):6.2f}   (per run)"
     )
     assert len(result.observations) == len(found.observations)
 
