@@ -8,6 +8,12 @@ messages of up to 1,000, serialised and gzipped, in one transaction) and ``Deliv
 of its own, which gunzips and validates every message before it answers — and marked
 delivered). Prints events/s, messages sent and their sizes; it is not a pass/fail test.
 
+Beside it, a floor measured on the same data in the same run, right after each run's delivery
+(a ratio holds on a shared, noisy machine where a bare time drifts): ``json.dumps`` + gzip of
+the dicts of the very messages that run queued (decoded from their stored bodies outside the
+timing) and one POST of each of those bodies to the same stand-in over one aiohttp session,
+which parses and validates them as it does the agent's.
+
     .venv/bin/python bench/outbox_throughput.py [--events 10000] [--runs 3]
 """
 
@@ -15,23 +21,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import aiohttp
+
 from agent.catalog import load_catalog
 from agent.log import configure
 from agent.store import Store
 from agent.uploader.delivery import Delivery, PortalSettings
 from agent.uploader.outbox import Outbox
-from bench.portal_push import PORTAL, T0, TOKEN, make_inventory
+from bench.portal_push import PORTAL, T0, TOKEN, floor_body, make_inventory
+
+
+async def floor_posts(url: str, bodies: list[bytes]) -> list[int]:
+    """The floor's POSTs: each body once to the stand-in's events endpoint, one session."""
+    statuses = []
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        for body in bodies:
+            headers = {
+                "Authorization": f"Bearer {TOKEN}",
+                "Idempotency-Key": str(uuid.uuid4()),
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+                "Accept": "application/json",
+            }
+            async with session.post(url + "/v1/events", data=body, headers=headers, compress=None) as reply:
+                await reply.read()
+                statuses.append(reply.status)
+    return statuses
 
 
 def start_portal(repo: Path) -> tuple[subprocess.Popen[str], str]:
@@ -61,6 +90,7 @@ def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     portal, url = start_portal(repo)
     rates, take_s, post_s, sizes, raw_counts, messages = [], [], [], [], [], 0
+    floors, ratios = [], []
     try:
         for run in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
@@ -76,11 +106,20 @@ def main() -> None:
                     t0 = time.perf_counter()
                     taken = outbox.take_events(later)
                     t1 = time.perf_counter()
-                    queued = outbox.messages()
+                    queued = outbox.messages(with_body=True)
                     result = asyncio.run(delivery.run(deadline=time.monotonic() + 60))
                     t2 = time.perf_counter()
                     assert taken == stored and result.events_delivered == stored, (taken, result)
                     assert outbox.stats().empty and not result.retries, result
+            # The floor on this run's messages: their dicts, decoded outside the timing.
+            dicts = [json.loads(gzip.decompress(m.body)) for m in queued]
+            f0 = time.perf_counter()
+            bodies = [floor_body(d) for d in dicts]
+            statuses = asyncio.run(floor_posts(url, bodies))
+            f1 = time.perf_counter()
+            assert set(statuses) == {202}, statuses
+            floors.append(f1 - f0)
+            ratios.append((t2 - t0) / (f1 - f0))
             take_s.append(t1 - t0)
             post_s.append(t2 - t1)
             rates.append(stored / (t2 - t0))
@@ -94,7 +133,7 @@ def main() -> None:
         portal.wait(10)
     print(
         f"outbox throughput bench: {args.events:,} events ({units:,} added, {units:,} firmware "
-        f"changes), {args.runs} runs, stand-in answered {recorded[1]} requests"
+        f"changes), {args.runs} runs, stand-in answered {recorded[1]} requests (the floors' too)"
     )
     print(
         f"  events/s        median {statistics.median(rates):8,.0f}   min {min(rates):8,.0f}   "
@@ -105,6 +144,15 @@ def main() -> None:
         "gzip, store)"
     )
     print(f"  Delivery.run    median {statistics.median(post_s) * 1000:7.1f} ms  ({messages} POSTs)")
+    whole = [t + p for t, p in zip(take_s, post_s, strict=True)]
+    print(
+        f"  take + deliver  median {statistics.median(whole) * 1000:7.1f} ms   "
+        f"floor (json.dumps + gzip + the same POSTs) median {statistics.median(floors) * 1000:7.1f} ms"
+    )
+    print(
+        f"  ratio to floor  median {statistics.median(ratios):7.2f} x    min {min(ratios):.2f}   "
+        f"max {max(ratios):.2f}   (per run)"
+    )
     print(
         f"  messages sent   {messages} per run, {statistics.median(raw_counts):.0f} events each "
         f"(median); gzip body median {statistics.median(sizes) / 1e3:.1f} kB, "
