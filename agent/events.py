@@ -58,6 +58,7 @@ health; serial conflicts last, by serial.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -80,7 +81,7 @@ from agent.identity import (
     source_of,
     unique_identity,
 )
-from agent.model import Device, as_utc
+from agent.model import Device, Disagreement, FactSource, SeenBy, as_utc, facts_key
 from agent.sanitize import normalize_serial
 
 #: How many runs in a row of every source that saw a unit must miss it before it is removed.
@@ -300,6 +301,9 @@ class ScanDiff:
     removed: dict[str, Tracked]
     merged: dict[str, str] = field(default_factory=dict)
     placed: tuple[str, ...] = ()
+    #: The units carried over with only their times moved on (``known``): their facts are
+    #: as they were.
+    settled: frozenset[str] = frozenset()
 
 
 def diff_scan(
@@ -313,6 +317,8 @@ def diff_scan(
     rules: MergeRules | None = None,
     incremental: bool = True,
     unreached: Mapping[str, Collection[str]] | None = None,
+    known: Mapping[Channel, tuple[str, Any]] | None = None,
+    facts: Sequence[Any] | None = None,
 ) -> ScanDiff:
     """Compare one scan's readings with the inventory before it (see the module's rules).
 
@@ -324,14 +330,41 @@ def diff_scan(
     miss a scan could not have seen. ``unreached`` names, by source, the targets a source that
     ran could not read (a device that refused or did not answer): what was seen at or through
     them is left as it was, as for a source that did not run (:func:`behind`).
+
+    ``known`` (with ``facts``: :func:`reading_facts` of each reading) is what the previous
+    diffs of this process said of each channel: the unit its reading joined and that
+    reading's facts. A unit every channel of which reads as it did, alone, is carried over
+    with only its times moved on (:func:`_settle`), without grouping or merging: what the
+    full diff would make of it, at a fraction of the cost.
     """
     if remove_after < 1:
         raise ValueError(f"remove_after must be at least 1, not {remove_after}")
+    if known and facts is not None and incremental:
+        settled = _settle(previous, current, facts, known)
+        if settled is not None and settled.units:
+            return _diff_with_settled(
+                settled, previous, current, now, scope, remove_after, new_id, rules, unreached
+            )
+    return _diff(previous, current, now, scope, remove_after, new_id, rules, incremental, unreached)
+
+
+def _diff(
+    previous: Mapping[str, Tracked],
+    current: Sequence[Device],
+    now: datetime,
+    scope: Collection[str] | None,
+    remove_after: int,
+    new_id: Callable[[], str],
+    rules: MergeRules | None,
+    incremental: bool,
+    unreached: Mapping[str, Collection[str]] | None,
+    taken: frozenset[str] = frozenset(),
+) -> ScanDiff:
     # A disagreement is remembered as long as a missed sighting is: remove_after runs.
     rules = replace(rules or MergeRules(), remember_runs=remove_after)
     ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
     reported = {(source_of(d), d.address) for d in current}
-    state = _Assembly(previous, now, new_id, rules, remove_after, reported)
+    state = _Assembly(previous, now, new_id, rules, remove_after, reported, taken)
     placed = [""] * len(current)
     with paused_gc():  # a site's scan is a burst of short-lived objects (agent/gcpause.py)
         involved = _involved(previous, current, ran, state) if incremental else previous
@@ -348,6 +381,219 @@ def diff_scan(
                     placed[i] = identity
         state.finish()
     return ScanDiff(tuple(state.events), state.inventory, state.removed, state.merged, tuple(placed))
+
+
+# --------------------------------------------------------------------------- settled units
+
+Channel = tuple[str, str]
+"""A channel: (source, address)."""
+
+
+def reading_facts(reading: Device) -> Any:
+    """What a reading says, times aside (:func:`agent.model.facts_key`): a channel that
+    reads the same facts again found its unit as it was."""
+    return facts_key(reading, top=False)
+
+
+def learn_channels(
+    known: dict[Channel, tuple[str, Any]],
+    readings: Sequence[Device],
+    facts: Sequence[Any],
+    placed: Sequence[str],
+) -> None:
+    """Update ``known`` (``diff_scan``'s) with what a stored diff's readings said and the unit
+    each joined. A channel read more than once in the scan is forgotten: which of its readings
+    its unit kept is the merge's business."""
+    channels = [(source_of(d), d.address) for d in readings]
+    twice = {c for c, count in Counter(channels).items() if count > 1}
+    for channel, fact, identity in zip(channels, facts, placed, strict=True):
+        if channel in twice or not identity:
+            known.pop(channel, None)
+        else:
+            known[channel] = (identity, fact)
+
+
+@dataclass(slots=True)
+class _Settled:
+    """The units a scan leaves as they were but for their times, and the rest of it."""
+
+    at: datetime
+    #: identity -> {channel: index of its reading in the scan}
+    units: dict[str, dict[Channel, int]]
+    rest: list[int]
+
+
+def _at(device: Device, at: datetime) -> bool:
+    """Whether ``device`` and everything read through it were read at the instant ``at``."""
+    return (
+        device.first_seen == at
+        and device.last_seen == at
+        and device.last_seen.utcoffset() == at.utcoffset()
+        and device.first_seen.utcoffset() == at.utcoffset()
+        and all(_at(child, at) for child in device.children)
+    )
+
+
+def _settle(
+    previous: Mapping[str, Tracked],
+    current: Sequence[Device],
+    facts: Sequence[Any],
+    known: Mapping[Channel, tuple[str, Any]],
+) -> _Settled | None:
+    """The units of ``previous`` that this scan finds exactly as the last one did, alone.
+
+    A unit is settled when every one of its sightings is standing (never missed) with nothing
+    remembered (``recent``) and all were made at one instant, each is re-read by exactly one
+    reading of the scan with the facts its channel last read (``known``) for this very unit,
+    no other reading joins it, its grouping keys are its own (no other unit and no unsettled
+    reading shares one), its serial is no other unit's or unsettled reading's, and every
+    reading of the scan was made at one instant (then the full diff would merge the same
+    readings the same way and give it exactly that instant everywhere). A unit of several
+    sources settles only in a scan that runs all of them; a scan that reads a channel twice
+    settles nothing. ``None`` when
+    the scan cannot be settled at all (readings of several instants, units without keys).
+    """
+    if not current or len(facts) != len(current):
+        return None
+    at = current[0].last_seen
+    if not all(_at(d, at) for d in current):
+        return None
+    if any(u.keys is None for u in previous.values()):
+        return None
+    channels = [(source_of(d), d.address) for d in current]
+    if len(set(channels)) != len(channels):
+        return None  # a channel read twice in one scan: grouping gives its readings more keys
+    matched: dict[str, dict[Channel, int]] = {}
+    for i, channel in enumerate(channels):
+        entry = known.get(channel)
+        if entry is not None and entry[1] == facts[i]:
+            matched.setdefault(entry[0], {})[channel] = i
+    if not matched:
+        return None
+    owners = Counter(s.key for u in previous.values() for s in u.sightings)
+    key_owners = Counter(k for u in previous.values() for k in u.keys or ())
+    serial_owners = Counter(_label_serial(u) for u in previous.values())
+    units: dict[str, dict[Channel, int]] = {}
+    for identity, found in matched.items():
+        unit = previous.get(identity)
+        if (
+            unit is None
+            or len(found) != len(unit.sightings)
+            or as_utc(unit.device.first_seen) > as_utc(at)
+            or any(s.missed or s.recent or s.key not in found or owners[s.key] != 1 for s in unit.sightings)
+            # Merged from readings of one instant too: which channel's word wins can turn on
+            # which reading is newest.
+            or len({(s.seen_at, s.seen_at.utcoffset()) for s in unit.sightings}) != 1
+            or any(key_owners[k] != 1 for k in unit.keys or ())
+        ):
+            continue
+        serial = _label_serial(unit)
+        if serial is not None and serial_owners[serial] != 1:
+            continue
+        units[identity] = found
+    # What the readings left to the full diff share with a settled unit unsettles it; its
+    # readings then join the rest, which may unsettle others.
+    taken = {i for found in units.values() for i in found.values()}
+    rest = [i for i in range(len(current)) if i not in taken]
+    checked = 0
+    keys: set[str] = set()
+    serials: set[str] = set()
+    identities: set[str] = set()
+    while units and checked < len(rest):
+        fresh = [current[i] for i in rest[checked:]]
+        checked = len(rest)
+        for k in reading_keys([Reading(d) for d in fresh]):
+            keys |= key_strings(k)
+        serials |= {normalize_serial(d.serial) for d in fresh if d.serial and d.serial_label_grade}
+        identities |= {d.derived_identity for d in fresh}
+        unsettled = [
+            identity
+            for identity in units
+            if not keys.isdisjoint(previous[identity].keys or ())
+            or _label_serial(previous[identity]) in serials
+            or identity in identities
+        ]
+        for identity in unsettled:
+            rest.extend(units.pop(identity).values())
+    rest.sort()
+    return _Settled(at, units, rest)
+
+
+def _diff_with_settled(
+    settled: _Settled,
+    previous: Mapping[str, Tracked],
+    current: Sequence[Device],
+    now: datetime,
+    scope: Collection[str] | None,
+    remove_after: int,
+    new_id: Callable[[], str],
+    rules: MergeRules | None,
+    unreached: Mapping[str, Collection[str]] | None,
+) -> ScanDiff:
+    """The full diff of the scan's other readings and units, with the settled units carried
+    over at the scan's instant."""
+    ran = frozenset(scope or ()) | {s for d in current for s in sources_of(d)}
+    rest = _diff(
+        {k: u for k, u in previous.items() if k not in settled.units},
+        [current[i] for i in settled.rest],
+        now,
+        ran,
+        remove_after,
+        new_id,
+        rules,
+        True,
+        unreached,
+        frozenset(settled.units),
+    )
+    inventory = dict(rest.inventory)
+    placed = [""] * len(current)
+    for index, identity in zip(settled.rest, rest.placed, strict=True):
+        placed[index] = identity
+    at = settled.at
+    for identity, found in settled.units.items():
+        unit = previous[identity]
+        inventory[identity] = Tracked(
+            _retimed(unit.device, at, top=True),
+            tuple(
+                # As sighting_of makes it of the channel's new reading (replace() costs more).
+                Sighting(
+                    s.source,
+                    s.address,
+                    s.room,
+                    s.firmware,
+                    s.components,
+                    s.health,
+                    s.issues,
+                    at,
+                    0,
+                    current[found[s.key]] if s.reading is not None else None,
+                    s.recent,
+                )
+                for s in unit.sightings
+            ),
+            unit.keys,
+        )
+        for index in found.values():
+            placed[index] = identity
+    return ScanDiff(
+        rest.events, inventory, rest.removed, rest.merged, tuple(placed), frozenset(settled.units)
+    )
+
+
+def _retimed(device: Device, at: datetime, *, top: bool) -> Device:
+    """``device`` as a merge of readings made at ``at`` makes it (its containers shared)."""
+    copy = device.shallow_copy()
+    copy.last_seen = at
+    if not top:
+        copy.first_seen = at
+    # NamedTuple._replace costs several times a plain construction.
+    copy.seen_by = [SeenBy(*s[:4], at, *s[5:]) for s in device.seen_by]
+    copy.provenance = {fact: FactSource(*value[:5], at) for fact, value in device.provenance.items()}
+    copy.disagreements = [
+        Disagreement(d.fact, tuple(FactSource(*v[:5], at) for v in d.values)) for d in device.disagreements
+    ]
+    copy.children = [_retimed(child, at, top=False) for child in device.children]
+    return copy
 
 
 # --------------------------------------------------------------------------- the readings pool
@@ -458,8 +704,11 @@ class _Assembly:
         rules: MergeRules,
         remove_after: int,
         reported: set[tuple[str, str]],
+        taken: frozenset[str] = frozenset(),
     ) -> None:
         self.previous = previous
+        #: Identities of units outside this diff (carried over by :func:`_settle`).
+        self.taken = taken
         self.now = now
         self.new_id = new_id
         self.rules = rules
@@ -566,7 +815,8 @@ class _Assembly:
         if units:
             return min(units, key=lambda u: _survivor_order(u, self.previous[u], merged))
         return unique_identity(
-            merged, lambda k: k in self.previous or k in self.inventory or k in self._claimed
+            merged,
+            lambda k: k in self.previous or k in self.inventory or k in self._claimed or k in self.taken,
         )
 
     def _remove(self, identity: str, after: dict[str, Any] | None) -> ChangeEvent:

@@ -9,43 +9,28 @@ through it. A scan that finds every unit as it was changes only those.
 the store rewrites a unit only when its facts changed and otherwise keeps just the times, one
 row per channel (:meth:`agent.store.Store.record_scan`). :func:`with_seen` puts the kept
 times back into a record read from the store: the device's ``last_seen`` (the newest of its
-sightings', as the merge makes it), the sightings', and those of ``seen_by``,
-``provenance`` and ``disagreements`` by channel. The children's times stay as of the unit's
-last change (no reading of the agent depends on them).
+sightings', as the merge makes it), the sightings' and their readings', those of
+``seen_by``, ``provenance`` and ``disagreements`` by channel, and the children's (their best
+channel's: the one the unit's ``address`` came from). A store reopened between scans holds
+what one kept open holds (``tests/test_store_writes.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from agent.events import Sighting, Tracked
-from agent.model import Device, as_utc
-
-#: The fields of a device compared as they are (the rest are times, or hold times).
-_PLAIN = tuple(
-    f.name
-    for f in fields(Device)
-    if f.name not in {"first_seen", "last_seen", "children", "seen_by", "provenance", "disagreements"}
-)
+from agent.model import Device, as_utc, facts_key
 
 Channel = tuple[str, str]
 """A sighting's (source, address)."""
 
 
 def _device_key(device: Device, *, top: bool) -> tuple[Any, ...]:
-    """Everything ``device`` says but its times. A unit's own ``first_seen`` is a fact (the
-    merge keeps the earliest); a reading's and a child's are when it was read."""
-    return (
-        tuple(getattr(device, name) for name in _PLAIN),
-        device.first_seen if top else None,
-        tuple(_device_key(child, top=False) for child in device.children),
-        tuple((*s[:4], *s[5:]) for s in device.seen_by),  # SeenBy without last_seen
-        {fact: value[:5] for fact, value in device.provenance.items()},  # FactSource without at
-        tuple((d.fact, tuple(v[:5] for v in d.values)) for d in device.disagreements),
-    )
+    return facts_key(device, top=top)
 
 
 def _sighting_key(sighting: Sighting) -> tuple[Any, ...]:
@@ -82,11 +67,16 @@ def seen_times(before: Tracked | None, after: Tracked) -> list[tuple[str, str, d
 
 
 def with_seen(unit: Tracked, seen: Mapping[Channel, datetime]) -> Tracked:
-    """``unit`` (just decoded: its device is its own) with the times ``seen`` keeps for its
-    channels."""
+    """``unit`` (just decoded: its device and readings are its own) with the times ``seen``
+    keeps for its channels: every time that was its channel's when the unit was written is
+    moved to the time kept for that channel (the children's are their best channel's, the
+    one the unit's ``address`` came from)."""
     if not seen:
         return unit
-    sightings = tuple(_sighting_at(s, seen[s.key]) if s.key in seen else s for s in unit.sightings)
+    written = {s.key: s.seen_at for s in unit.sightings}
+    sightings = tuple(
+        _sighting_at(s, written[s.key], seen[s.key]) if s.key in seen else s for s in unit.sightings
+    )
     device = unit.device
     if sightings:
         device.last_seen = max((s.seen_at for s in sightings), key=as_utc)
@@ -108,12 +98,30 @@ def with_seen(unit: Tracked, seen: Mapping[Channel, datetime]) -> Tracked:
         )
         for d in device.disagreements
     ]
+    best = device.provenance.get("address")
+    channel = (best.source, best.address) if best is not None else None
+    if channel in seen and channel in written:
+        for child in device.children:
+            _moved(child, written[channel], seen[channel])
     return replace(unit, sightings=sightings)
 
 
-def _sighting_at(sighting: Sighting, at: datetime) -> Sighting:
+def _sighting_at(sighting: Sighting, written: datetime, at: datetime) -> Sighting:
     reading = sighting.reading
     if reading is not None:
-        reading = reading.shallow_copy()
-        reading.last_seen = at
+        reading = reading.clone()
+        _moved(reading, written, at)
     return replace(sighting, seen_at=at, reading=reading)
+
+
+def _moved(device: Device, old: datetime, new: datetime) -> None:
+    """Move every time of ``device`` (a reading, or a child read through a unit: its own)
+    that is ``old`` to ``new``."""
+    if device.first_seen == old:
+        device.first_seen = new
+    if device.last_seen == old:
+        device.last_seen = new
+    device.seen_by = [s._replace(last_seen=new) if s.last_seen == old else s for s in device.seen_by]
+    device.provenance = {f: v._replace(at=new) if v.at == old else v for f, v in device.provenance.items()}
+    for child in device.children:
+        _moved(child, old, new)

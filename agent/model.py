@@ -473,6 +473,32 @@ class Device(UnitFacts):
         return copy
 
 
+#: The fields of a device :func:`facts_key` compares as they are (the rest are times, or
+#: hold times).
+_PLAIN_FIELDS = tuple(
+    name
+    for name in (f.name for f in fields(Device))
+    if name not in {"first_seen", "last_seen", "children", "seen_by", "provenance", "disagreements"}
+)
+
+
+_PLAIN_GETTER = operator.attrgetter(*_PLAIN_FIELDS)
+
+
+def facts_key(device: Device, *, top: bool) -> tuple[Any, ...]:
+    """Everything ``device`` says but when it was seen: equal for two readings of a channel
+    that found the unit as it was. A unit's own ``first_seen`` is a fact (the merge keeps the
+    earliest, ``top``); a reading's and a child's are when it was read."""
+    return (
+        _PLAIN_GETTER(device),
+        device.first_seen if top else None,
+        tuple(facts_key(child, top=False) for child in device.children),
+        tuple((*s[:4], *s[5:]) for s in device.seen_by),  # SeenBy without last_seen
+        {fact: value[:5] for fact, value in device.provenance.items()},  # FactSource without at
+        tuple((d.fact, tuple(v[:5] for v in d.values)) for d in device.disagreements),
+    )
+
+
 _DEVICE_FIELDS = tuple(f.name for f in fields(Device))
 #: Every field of a device at once, and each field's slot setter (Device.clone).
 _DEVICE_GETTER = operator.attrgetter(*_DEVICE_FIELDS)

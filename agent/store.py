@@ -70,10 +70,13 @@ from agent.events import (
     Sighting,
     Tracked,
     diff_scan,
+    learn_channels,
     new_event_id,
+    reading_facts,
     sources_of,
 )
 from agent.freshness import Channel, same_facts, seen_times, with_seen
+from agent.gcpause import paused_gc
 from agent.identity import MergeRules
 from agent.model import Device, Room, as_utc
 
@@ -320,6 +323,11 @@ class Store:
         #: process's commit changes that version, this connection's own commits do not (so
         #: record_scan refreshes the cache itself). Decoding 5,000 units costs ~0.1 s.
         self._cache: tuple[int, dict[str, Tracked]] | None = None
+        #: For the cached inventory: what the last readings of each channel said and the unit
+        #: each joined (:func:`agent.events.diff_scan`'s ``known``), with the merge rules they
+        #: were merged by. Emptied whenever the cache is decoded anew.
+        self._known: dict[tuple[str, str], tuple[str, Any]] = {}
+        self._known_rules: MergeRules | None = None
         try:
             self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
@@ -443,11 +451,23 @@ class Store:
         found = list(devices)
         scope = sorted(set(sources_run or ()) | {s for d in found for s in sources_of(d)})
         try:
-            record, inventory = self._record_scan(
-                found, rooms, finished_at, errors, scope, remove_after, retention, new_id, rules, unreached
-            )
+            # A site's scan is a burst of short-lived objects (agent/gcpause.py).
+            with paused_gc():
+                record, inventory = self._record_scan(
+                    found,
+                    rooms,
+                    finished_at,
+                    errors,
+                    scope,
+                    remove_after,
+                    retention,
+                    new_id,
+                    rules,
+                    unreached,
+                )
         except BaseException:
             self._cache = None
+            self._known = {}
             raise
         self._cache = (self._data_version(self._db), inventory)
         return record
@@ -465,8 +485,11 @@ class Store:
         rules: MergeRules | None,
         unreached: Mapping[str, Collection[str]] | None = None,
     ) -> tuple[ScanRecord, dict[str, Tracked]]:
+        facts = [reading_facts(d) for d in found]
         with self.transaction() as db:
             previous = self._inventory(db)
+            if rules != self._known_rules:
+                self._known, self._known_rules = {}, rules
             diff = diff_scan(
                 previous,
                 found,
@@ -476,6 +499,8 @@ class Store:
                 new_id=new_id,
                 rules=rules,
                 unreached=unreached,
+                known=self._known,
+                facts=facts,
             )
             keep = retention or Retention()
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
@@ -485,6 +510,7 @@ class Store:
             self._write_history(db, scan_id, found, diff.placed, rewritten)
             self._prune_history(db, keep, finished_at)
             self._prune_events(db, keep, finished_at)
+        learn_channels(self._known, found, facts, diff.placed)
         changed = bool(rewritten or diff.removed or diff.events or rooms_changed)
         return ScanRecord(scan_id, diff.events, diff.placed, changed), dict(diff.inventory)
 
@@ -506,9 +532,21 @@ class Store:
         are kept, for every such unit in one statement."""
         rewritten: set[str] = set()
         seen: list[tuple[str, str, str, str]] = []
+        texts: dict[datetime, str] = {}
         for identity, unit in diff.inventory.items():
             before = previous.get(identity)
             if before is unit:
+                continue
+            if identity in diff.settled:  # every channel re-read, nothing else changed
+                seen.extend(
+                    (
+                        identity,
+                        s.source,
+                        s.address,
+                        texts.get(s.seen_at) or texts.setdefault(s.seen_at, s.seen_at.isoformat()),
+                    )
+                    for s in unit.sightings
+                )
                 continue
             if before is not None and same_facts(before, unit):
                 seen.extend(
@@ -687,6 +725,7 @@ class Store:
             return dict(self._cache[1])
         inventory = self._decode_inventory(db)
         self._cache = (version, inventory)
+        self._known = {}
         return dict(inventory)
 
     def _decode_inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:

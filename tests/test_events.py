@@ -18,6 +18,8 @@ from agent.events import (
     Sighting,
     Tracked,
     diff_scan,
+    learn_channels,
+    reading_facts,
     resolve_room,
     serial_conflicts,
 )
@@ -748,3 +750,98 @@ def test_leaving_alone_what_a_scan_cannot_touch_changes_nothing(
         assert [e.to_dict() for e in a.events] == [e.to_dict() for e in b.events]
         assert a.inventory == b.inventory and a.placed == b.placed
         lean, full = a.inventory, b.inventory
+
+
+def _at(found: Sequence[Device], at: datetime, *, skew: bool = False) -> list[Device]:
+    """The readings as a scan at ``at`` makes them (each read at that instant; ``skew``: the
+    last one a second later, as readings of two instants)."""
+    out = []
+    for i, device in enumerate(found):
+        copy = device.clone()
+        moment = at + timedelta(seconds=1) if skew and i == len(found) - 1 else at
+        copy.first_seen = copy.last_seen = moment
+        for child in copy.children:
+            child.first_seen = child.last_seen = moment
+        out.append(copy)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pool=st.lists(st.tuples(channel_scans | scans, scopes), min_size=1, max_size=3),
+    order=st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=8),
+    n=st.integers(1, 3),
+)
+def test_carrying_settled_units_over_gives_what_the_full_diff_gives(
+    pool: list[tuple[list[Device], set[str] | None]], order: list[tuple[int, bool]], n: int
+):
+    """A unit the scan finds as the previous one did (``known``) is carried over with its times
+    moved on instead of being grouped and merged again: the same events, inventory (times
+    included), readings kept, placements and removals as the full diff. Scans repeat (so that
+    units settle) and sometimes read at two instants (then nothing may settle)."""
+    fast: dict[str, Tracked] = {}
+    full: dict[str, Tracked] = {}
+    known: dict[tuple[str, str], tuple[str, object]] = {}
+    for k, (index, skew) in enumerate(order):
+        found, scope = pool[index % len(pool)]
+        readings = _at(found, T0 + timedelta(minutes=k), skew=skew and k % 3 == 2)
+        facts = [reading_facts(d) for d in readings]
+        a = diff_scan(
+            fast,
+            readings,
+            readings[0].last_seen if readings else T0,
+            scope=scope,
+            remove_after=n,
+            new_id=counter(),
+            known=known,
+            facts=facts,
+        )
+        b = diff_scan(
+            full,
+            readings,
+            readings[0].last_seen if readings else T0,
+            scope=scope,
+            remove_after=n,
+            new_id=counter(),
+        )
+        assert [e.to_dict() for e in a.events] == [e.to_dict() for e in b.events]
+        assert a.inventory == b.inventory
+        assert a.placed == b.placed and a.removed == b.removed and a.merged == b.merged
+        for identity, unit_ in a.inventory.items():
+            assert unit_.device.to_dict() == b.inventory[identity].device.to_dict()
+            assert [s.to_dict() for s in unit_.sightings] == [
+                s.to_dict() for s in b.inventory[identity].sightings
+            ]
+            assert (
+                unit_.keys == b.inventory[identity].keys
+                or unit_.keys is None
+                or b.inventory[identity].keys is None
+            )
+        learn_channels(known, readings, facts, a.placed)
+        fast, full = a.inventory, b.inventory
+
+
+def test_a_repeated_scan_settles_every_unit_and_a_changed_one_does_not():
+    found = [
+        unit("A1", source="usb", address="usb-1"),
+        unit("A1", source="snmp", address="10.0.0.1"),
+        unit("B2", source="usb", address="usb-2"),
+        unit("C3", source="usb", address="usb-3"),
+    ]
+    state: dict[str, Tracked] = {}
+    known: dict[tuple[str, str], tuple[str, object]] = {}
+    for k, change in enumerate([None, None, "B2"]):
+        readings = _at(found, T0 + timedelta(minutes=k))
+        if change:
+            next(d for d in readings if d.serial == change).firmware = "2.0"
+        facts = [reading_facts(d) for d in readings]
+        diff = diff_scan(state, readings, readings[0].last_seen, known=known, facts=facts)
+        learn_channels(known, readings, facts, diff.placed)
+        state = diff.inventory
+        if k == 0:
+            assert diff.settled == frozenset()
+        elif k == 1:
+            assert diff.settled == frozenset(state) and len(state) == 3
+        else:
+            assert "serial:Rally Bar:B2" not in diff.settled and len(diff.settled) == 2
+            assert [e.type for e in diff.events] == [FIRMWARE]

@@ -212,3 +212,27 @@ def test_a_store_reopened_between_scans_ends_where_one_kept_open_does(tmp_path: 
                 reopened.record_scan(found, [], at, sources_run=scope, remove_after=2)
         with Store.open(tmp_path / "reopened") as reopened:
             assert _comparable(reopened) == _comparable(kept)
+
+
+def test_units_carried_over_equal_what_a_full_diff_makes_of_them(tmp_path: Path):
+    """A store kept open carries unchanged units over (it knows what each channel last read);
+    one opened anew for each scan merges every unit again: both hold the same units, times,
+    children and readings included, whatever changed in between."""
+    with Store.open(tmp_path / "open") as kept:
+        for k in range(8):
+            at = T0 + timedelta(minutes=5 * k)
+            found = site(12, at, firmware="1.0" if k < 4 else "1.1")
+            if k == 6:
+                found = [d for d in found if d.serial != "W0003"]  # one unit missed once
+            kept.record_scan(found, [], at)
+            with Store.open(tmp_path / "each") as fresh:
+                fresh.record_scan(found, [], at)
+                merged_again = fresh.tracked()
+            carried = kept.tracked()
+            assert carried == merged_again
+            for identity, unit_ in carried.items():
+                assert unit_.device.to_dict() == merged_again[identity].device.to_dict()
+                assert [s.to_dict() for s in unit_.sightings] == [
+                    s.to_dict() for s in merged_again[identity].sightings
+                ]
+        assert kept._known  # it did carry units over
