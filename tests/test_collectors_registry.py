@@ -36,11 +36,32 @@ def setup_packet(request_type: int, request: int, value: int, index: int, length
     return struct.pack("<BBHHH", request_type, request, value, index, length)
 
 
-def snmp_pdu(kind: Any, value: Any = None) -> Any:
+SYS_NAME = (1, 3, 6, 1, 2, 1, 1, 5, 0)
+
+
+def snmp_pdu(kind: Any, value: Any = None, oids: tuple[tuple[int, ...], ...] = (SYS_NAME,)) -> Any:
     pdu = kind()
-    v2c.apiPDU.set_defaults(pdu)
-    v2c.apiPDU.set_varbinds(pdu, [(v2c.ObjectIdentifier((1, 3, 6, 1, 2, 1, 1, 5, 0)), value or v2c.null)])
+    if isinstance(pdu, v2c.GetBulkRequestPDU):
+        v2c.apiBulkPDU.set_defaults(pdu)
+    else:
+        v2c.apiPDU.set_defaults(pdu)
+    v2c.apiPDU.set_varbinds(pdu, [(v2c.ObjectIdentifier(o), value or v2c.null) for o in oids])
     return pdu
+
+
+def snmp_message(pdu: Any, community: bytes = b"public") -> bytes:
+    """``pdu`` encoded as an SNMPv2c message, as the sweep's own probe sends it."""
+    from pyasn1.codec.ber import encoder
+
+    message = v2c.Message()
+    v2c.apiMessage.set_defaults(message)
+    v2c.apiMessage.set_community(message, community)
+    v2c.apiMessage.set_pdu(message, pdu)
+    return bytes(encoder.encode(message))
+
+
+SYSTEM = ((1, 3, 6, 1, 2, 1, 1, 1, 0), (1, 3, 6, 1, 2, 1, 1, 2, 0), SYS_NAME)
+ENTITY_SERIAL = (1, 3, 6, 1, 2, 1, 47, 1, 1, 1, 1, 11)
 
 
 #: For every collector with a gate: requests it must let through, and requests it must refuse.
@@ -77,7 +98,15 @@ GATE_CASES: dict[str, tuple[list[Any], list[Any]]] = {
         ],
     ),
     "snmp-entity": (
-        [snmp_pdu(v2c.GetRequestPDU), snmp_pdu(v2c.GetNextRequestPDU), snmp_pdu(v2c.GetBulkRequestPDU)],
+        [
+            snmp_pdu(v2c.GetRequestPDU),
+            snmp_pdu(v2c.GetNextRequestPDU),
+            snmp_pdu(v2c.GetBulkRequestPDU),
+            snmp_pdu(v2c.GetBulkRequestPDU, oids=(ENTITY_SERIAL, (*ENTITY_SERIAL[:-1], 13, 1))),
+            # The sweep's own probe passes its encoded datagram.
+            snmp_message(snmp_pdu(v2c.GetRequestPDU, oids=SYSTEM)),
+            snmp_message(snmp_pdu(v2c.GetBulkRequestPDU, oids=(ENTITY_SERIAL,))),
+        ],
         [
             snmp_pdu(v2c.SetRequestPDU, v2c.OctetString(b"pwned")),
             snmp_pdu(v2c.SetRequestPDU),
@@ -87,6 +116,23 @@ GATE_CASES: dict[str, tuple[list[Any], list[Any]]] = {
             snmp_pdu(v2c.ResponsePDU),
             snmp_pdu(v2c.ReportPDU),
             b"\x30\x00",
+            # Objects the agent does not document reading.
+            snmp_pdu(v2c.GetRequestPDU, oids=(SYS_NAME, (1, 3, 6, 1, 2, 1, 1, 3, 0))),  # sysUpTime
+            snmp_pdu(v2c.GetNextRequestPDU, oids=((1, 3, 6),)),  # a walk of everything
+            snmp_pdu(v2c.GetBulkRequestPDU, oids=((1, 3, 6, 1, 2, 1, 47, 1, 1, 1, 1, 14),)),  # alias column
+            snmp_pdu(v2c.GetRequestPDU, oids=((1, 3, 6, 1, 2, 1, 1, 5),)),  # sysName without .0
+            # Encoded messages, as the sweep's probe would send them.
+            snmp_message(snmp_pdu(v2c.SetRequestPDU, v2c.OctetString(b"pwned"))),
+            snmp_message(snmp_pdu(v2c.SetRequestPDU)),
+            snmp_message(snmp_pdu(v2c.GetRequestPDU, v2c.OctetString(b"a value in a read"))),
+            snmp_message(snmp_pdu(v2c.SNMPv2TrapPDU)),
+            snmp_message(snmp_pdu(v2c.InformRequestPDU)),
+            snmp_message(snmp_pdu(v2c.ResponsePDU)),
+            snmp_message(snmp_pdu(v2c.GetRequestPDU, oids=((1, 3, 6, 1, 4, 1, 9, 9, 96, 1, 1, 1, 1, 2, 1),))),
+            snmp_message(snmp_pdu(v2c.GetNextRequestPDU, oids=((1, 3, 6),))),
+            snmp_message(snmp_pdu(v2c.GetRequestPDU, oids=SYSTEM)) + b"\x00",  # trailing bytes
+            snmp_message(snmp_pdu(v2c.GetRequestPDU, oids=SYSTEM))[:-3],  # cut short
+            b"not snmp at all",
         ],
     ),
     "ssh-dmi": (

@@ -231,6 +231,24 @@ def test_v3_wrong_credentials_are_one_clear_error(snmpd, auth, priv, user, words
     assert auth not in error.message and priv not in error.message
 
 
+def test_v3_sweep_has_per_probe_deadlines(snmpd):
+    """SNMPv3 goes through the engine: paced, and each request's deadline is the client's
+    own (not pysnmp's 0.1 s ticks), so silent addresses end one timeout after the last send."""
+    creds = V3Credentials(
+        "roomsync", auth_key="authpass-123", priv_key="privpass-456", auth_protocol="SHA", priv_protocol="AES"
+    )
+    source = SnmpSource(
+        [f"127.0.0.1:{snmpd.port}", f"127.0.3.0/27:{snmpd.port}"], creds, timeout=0.5, max_pps=200
+    )
+    result = run(source)
+    assert [o.serial for o in result.observations] == ["2313FD1N08Z2"] and result.errors == []
+    stats = source.last_stats
+    assert stats is not None and stats.silent == 30 and stats.last_send is not None
+    assert stats.first_send is not None
+    assert 0.9 <= (stats.last_send - stats.first_send) / (30 / 200) <= 1.5
+    assert 0.5 - 0.01 <= stats.seconds - stats.last_send <= 0.5 + 0.3
+
+
 def test_wrong_community_on_a_named_target_is_an_error(snmpd):
     started = time.monotonic()
     result = run(SnmpSource([f"127.0.0.1:{snmpd.port}"], V2cCredentials("not-the-community"), timeout=0.5))
@@ -275,8 +293,11 @@ def test_sweep_finds_every_responder_and_reports_others(sim):
     assert other.serial == "UBNT0004"
     assert progress[-1] == (254, 254, 20)
     assert [p[0] for p in progress] == sorted(p[0] for p in progress)
-    # Silent addresses are waited on in parallel: about one timeout, not 234 of them.
+    # Silent addresses are waited on in parallel: about one timeout, not 234 of them; and
+    # the sweep ends within 0.3 s of the last probe's deadline (walks included).
     assert elapsed < 1 + 3.0, elapsed
+    assert stats.last_send is not None and 1.0 - 0.01 <= stats.seconds - stats.last_send <= 1.0 + 0.3
+    assert stats.requests >= 254 and stats.ignored == 0
 
 
 def test_binary_and_non_utf8_values_are_repaired_and_noted(sim):
@@ -298,6 +319,9 @@ def test_packets_per_second_cap_spreads_the_sweep(sim):
     # 14 first transmissions at 20 per second cannot all leave in less than 13 intervals.
     assert time.monotonic() - started >= 13 / 20
     assert [o.address for o in result.observations] == [f"127.0.2.12:{sim.port}"]
+    stats = source.last_stats
+    assert stats is not None and stats.first_send is not None and stats.last_send is not None
+    assert 0.9 <= (stats.last_send - stats.first_send) / (13 / 20) <= 1.2
 
 
 # --------------------------------------------------------------------------- broken agents

@@ -20,6 +20,7 @@ Heavy libraries are imported inside the commands (types under ``TYPE_CHECKING``)
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -102,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        if argv is None:
+            # This process's own command line: it ends now. Freezing what is alive spares
+            # the interpreter's final garbage collections (~0.1 s after a scan, measured).
+            gc.freeze()
+        return status
     except UsageError as exc:
         print(f"roomsync: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,6 +7,7 @@ Kept free of network libraries so the configuration can check targets cheaply
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -149,24 +150,93 @@ def _is_host_name(text: str) -> bool:
     )
 
 
+class TargetPlan:
+    """The addresses ``specs`` name, once each, in order, produced one at a time: a /16 is
+    never held as 65,534 objects. ``len()`` is the exact count. An address given on its own
+    and again inside a range is one target, not swept (silence is an error for it), at the
+    place it first appears."""
+
+    def __init__(self, entries: list[tuple[Network | str, int]]) -> None:
+        self._entries = entries
+        self._singles = {(w, p) for w, p in entries if isinstance(w, str)}
+        self._total = sum(1 for _ in self._walk(text=False))
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[Target]:
+        for host, port, swept in self._walk(text=True):
+            yield Target(str(host), port, swept)
+
+    def _walk(self, *, text: bool) -> Iterator[tuple[object, int, bool]]:
+        emitted: set[tuple[str, int]] = set()
+        ranges: list[tuple[int, int, int, int]] = []  # (version, port, first, last) before this one
+        for where, port in self._entries:
+            if isinstance(where, str):
+                if (where, port) not in emitted:
+                    emitted.add((where, port))
+                    yield where, port, False
+                continue
+            version = where.version
+            first, last = int(where.network_address), int(where.broadcast_address)
+            if where.num_addresses > 2:
+                first, last = first + 1, last - 1
+            earlier = [
+                (f, la) for v, p, f, la in ranges if v == version and p == port and f <= last and la >= first
+            ]
+            ranges.append((version, port, first, last))
+            make = _ipv4_text if version == 4 else _ipv6_text
+            for number in range(first, last + 1):
+                if earlier and any(f <= number <= la for f, la in earlier):
+                    continue
+                host = str(make(number)) if text or self._singles else number
+                if self._singles and (host, port) in self._singles:
+                    if (host, port) in emitted:
+                        continue
+                    emitted.add((str(host), port))
+                    yield host, port, False
+                    continue
+                yield host, port, True
+
+
+def _ipv4_text(number: int) -> str:
+    return socket.inet_ntoa(number.to_bytes(4, "big"))
+
+
+def _ipv6_text(number: int) -> str:
+    return str(ipaddress.IPv6Address(number))
+
+
+def plan_targets(
+    specs: Sequence[str], default_port: int = DEFAULT_PORT, *, max_addresses: int = MAX_ADDRESSES
+) -> TargetPlan:
+    """Every address named by ``specs``, once, in order, as a lazy :class:`TargetPlan`.
+    Raises :class:`TargetError` listing every unusable spec."""
+    entries: list[tuple[Network | str, int]] = []
+    problems: list[str] = []
+    named = 0
+    for spec in specs:
+        try:
+            where, port = _parse(spec, default_port)
+        except ValueError as exc:
+            problems.append(f"SNMP target {spec!r}: {exc}")
+            continue
+        entries.append((where, port))
+        named += 1 if isinstance(where, str) else where.num_addresses
+    if problems:
+        raise TargetError(problems)
+    # Cheap bound first: overlapping ranges are counted once only by the plan itself.
+    if named > max_addresses:
+        plan = TargetPlan(entries) if named <= 4 * max_addresses else None
+        if plan is None or len(plan) > max_addresses:
+            raise TargetError([f"the targets name more than {max_addresses} addresses"])
+        return plan
+    return TargetPlan(entries)
+
+
 def parse_targets(
     specs: Sequence[str], default_port: int = DEFAULT_PORT, *, max_addresses: int = MAX_ADDRESSES
 ) -> list[Target]:
     """Every address named by ``specs``, once, in order. Raises :class:`TargetError`
     listing every unusable spec."""
-    seen: dict[tuple[str, int], Target] = {}
-    problems: list[str] = []
-    for spec in specs:
-        try:
-            for target in _expand(spec, default_port):
-                key = (target.host, target.port)
-                if key not in seen or (seen[key].swept and not target.swept):
-                    seen[key] = target
-        except ValueError as exc:
-            problems.append(f"SNMP target {spec!r}: {exc}")
-        if len(seen) > max_addresses:
-            problems.append(f"the targets name more than {max_addresses} addresses")
-            break
-    if problems:
-        raise TargetError(problems)
-    return list(seen.values())
+    return list(plan_targets(specs, default_port, max_addresses=max_addresses))

@@ -8,57 +8,50 @@ addresses. Going one level down keeps the engine (message processing, USM securi
 engine discovery, timers) and drops the per-address configuration.
 
 Only GET and GETBULK are ever sent: reading never changes a device. Every PDU passes
-:func:`check_snmp_request` in :meth:`SnmpClient.request`, the one place that sends.
+:func:`~agent.collectors.snmp.gate.check_snmp_request` in :meth:`SnmpClient.request`, the one
+place that sends.
+
+Deadlines are the client's own, per request, on the monotonic clock (``loop.call_at``): pysnmp
+expires requests on its 0.1 s timer ticks, which overshot the timeout by up to a tick and more
+under load. The engine is given a later expiry as a backstop only; at the client's deadline
+the engine's state for the request is released and the request fails (or is sent again).
+
+pysnmp's engine modules are imported when a client is made, so code that only needs the
+errors or the credentials (the v2c sweep, the configuration) does not load them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pysnmp.carrier.asyncio.dgram import udp, udp6
-from pysnmp.entity import config, engine
 from pysnmp.proto import errind
 from pysnmp.proto.api import v2c
 
-from agent.readonly import ReadOnlyViolation
+from agent.collectors.snmp.gate import Oid, check_snmp_request
 
-Oid = tuple[int, ...]
+__all__ = ["Oid", "SnmpClient", "SnmpError", "SnmpTimeout", "check_snmp_request"]
 
-#: The PDUs a read sends. SET, traps, informs, responses and reports never leave the agent.
-_READ_PDUS = (v2c.GetRequestPDU, v2c.GetNextRequestPDU, v2c.GetBulkRequestPDU)
-
-
-def check_snmp_request(pdu: Any) -> None:
-    """The SNMP gate: ``pdu`` must be a GET, GETNEXT or GETBULK whose varbinds carry no
-    values (NULL), else :class:`~agent.readonly.ReadOnlyViolation`."""
-    if not isinstance(pdu, _READ_PDUS):
-        raise ReadOnlyViolation(
-            f"refused to send an SNMP {type(pdu).__name__}: only GET and GETBULK are sent"
-        )
-    for name, value in v2c.apiPDU.get_varbinds(pdu):
-        if not isinstance(value, v2c.Null):
-            raise ReadOnlyViolation(
-                f"refused to send an SNMP request carrying a value for {name.prettyPrint()}: reads carry NULL"
-            )
-
-
-#: pysnmp's names for the USM protocols the configuration offers.
+#: pysnmp's names (in ``pysnmp.entity.config``) for the USM protocols the configuration offers.
 AUTH_PROTOCOLS = {
-    "SHA": config.USM_AUTH_HMAC96_SHA,
-    "SHA224": config.USM_AUTH_HMAC128_SHA224,
-    "SHA256": config.USM_AUTH_HMAC192_SHA256,
-    "SHA384": config.USM_AUTH_HMAC256_SHA384,
-    "SHA512": config.USM_AUTH_HMAC384_SHA512,
+    "SHA": "USM_AUTH_HMAC96_SHA",
+    "SHA224": "USM_AUTH_HMAC128_SHA224",
+    "SHA256": "USM_AUTH_HMAC192_SHA256",
+    "SHA384": "USM_AUTH_HMAC256_SHA384",
+    "SHA512": "USM_AUTH_HMAC384_SHA512",
 }
 PRIV_PROTOCOLS = {
-    "AES": config.USM_PRIV_CFB128_AES,
-    "AES192": config.USM_PRIV_CFB192_AES,
-    "AES256": config.USM_PRIV_CFB256_AES,
+    "AES": "USM_PRIV_CFB128_AES",
+    "AES192": "USM_PRIV_CFB192_AES",
+    "AES256": "USM_PRIV_CFB256_AES",
 }
+#: pysnmp's own expiry comes this many ticks after the client's deadline: a backstop only.
+_BACKSTOP_TICKS = 10
 #: v3 engine discovery answers (unknown engine id, not in time window) are not failures:
 #: the request is sent again with what was learnt, at most this many times.
 DISCOVERY_ROUNDS = 4
@@ -129,13 +122,16 @@ def explain(indication: object, *, v3: bool = False) -> SnmpError:
     return SnmpError(f"SNMP error: {indication}")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Pending:
     future: asyncio.Future[Any]
     address: tuple[str, int]
     pdu: Any
     retries_left: int
     discovery_rounds: int = 0
+    #: The engine's handle of the attempt in flight, and that attempt's deadline timer.
+    handle: int | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 class SnmpClient:
@@ -143,20 +139,23 @@ class SnmpClient:
     running event loop; always :meth:`close` it (or use ``async with``)."""
 
     def __init__(self, credentials: Credentials, *, timeout: float = 1.0, retries: int = 0) -> None:
+        from pysnmp.entity import config, engine
+
         self.credentials = credentials
         self.timeout = timeout
         self.retries = retries
         self.engine = engine.SnmpEngine()
         self._domains: dict[int, tuple[int, ...]] = {}
+        self._inflight: set[_Pending] = set()
         self._add_transport(4)
         self._add_transport(6)
         if isinstance(credentials, V3Credentials):
             config.add_v3_user(
                 self.engine,
                 credentials.user,
-                AUTH_PROTOCOLS[credentials.auth_protocol],
+                getattr(config, AUTH_PROTOCOLS[credentials.auth_protocol]),
                 credentials.auth_key,
-                PRIV_PROTOCOLS[credentials.priv_protocol],
+                getattr(config, PRIV_PROTOCOLS[credentials.priv_protocol]),
                 credentials.priv_key,
             )
             self._security = (3, 3, credentials.user, 3)  # securityLevel authPriv
@@ -175,6 +174,9 @@ class SnmpClient:
         self._varbind_lists: dict[tuple[Oid, ...], Any] = {}
 
     def _add_transport(self, family: int) -> None:
+        from pysnmp.carrier.asyncio.dgram import udp, udp6
+        from pysnmp.entity import config
+
         module = udp if family == 4 else udp6
         transport = (module.UdpAsyncioTransport if family == 4 else module.Udp6AsyncioTransport)()
         try:
@@ -192,6 +194,10 @@ class SnmpClient:
         self.close()
 
     def close(self) -> None:
+        for pending in self._inflight:
+            if pending.timer is not None:
+                pending.timer.cancel()
+        self._inflight.clear()
         self.engine.close_dispatcher()
 
     # ------------------------------------------------------------------ requests
@@ -236,14 +242,17 @@ class SnmpClient:
         check_snmp_request(pdu)
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), address, pdu, self.retries)
-        self._send(pending)
-        response = await pending.future
+        self._inflight.add(pending)
+        try:
+            self._send(pending)
+            response = await pending.future
+        finally:
+            self._inflight.discard(pending)
+            if pending.timer is not None:
+                pending.timer.cancel()
         status = int(v2c.apiPDU.get_error_status(response))
         if status:
-            index = int(v2c.apiPDU.get_error_index(response))
-            raise SnmpError(
-                f"agent answered error-status {status} ({_ERROR_STATUS.get(status, '?')}) at varbind {index}"
-            )
+            raise SnmpError(error_status_text(status, int(v2c.apiPDU.get_error_index(response))))
         return response
 
     def _send(self, pending: _Pending) -> None:
@@ -256,10 +265,13 @@ class SnmpClient:
         # The engine's tables hold names as SnmpAdminString: look them up in that type.
         sec_name = self._admin_string(sec_name)
         dispatcher = self.engine.transport_dispatcher
-        ticks = self.timeout / dispatcher.get_timer_resolution()
+        ticks = self.timeout / dispatcher.get_timer_resolution() + _BACKSTOP_TICKS
         self.requests_sent += 1
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
         try:
-            self.engine.message_dispatcher.send_pdu(
+            pending.handle = self.engine.message_dispatcher.send_pdu(
                 self.engine,
                 domain,
                 pending.address,
@@ -280,6 +292,20 @@ class SnmpClient:
             indication = getattr(exc, "get", lambda _k: None)("errorIndication") or exc
             if not pending.future.done():
                 pending.future.set_exception(explain(indication))
+            return
+        loop = asyncio.get_running_loop()
+        pending.timer = loop.call_at(time.monotonic() + self.timeout, self._deadline, pending, pending.handle)
+
+    def _deadline(self, pending: _Pending, handle: int) -> None:
+        """The client's deadline for one attempt: drop the engine's state for it, then handle
+        it as the engine would a timeout (send again, or fail)."""
+        pending.timer = None
+        if pending.future.done() or pending.handle != handle:
+            return
+        pending.handle = None
+        with contextlib.suppress(Exception):  # already released by the engine: nothing to drop
+            self.engine.message_dispatcher.release_state_information(self.engine, handle, self._security[0])
+        self._failed(pending, errind.requestTimedOut)
 
     def _on_response(
         self,
@@ -293,41 +319,48 @@ class SnmpClient:
         _pv: Any,
         pdu: Any,
         status: Any,
-        _handle: Any,
+        handle: Any,
         pending: _Pending,
     ) -> None:
-        if pending.future.done():
-            return
+        if pending.future.done() or handle != pending.handle:
+            return  # an attempt the client has given up on
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        pending.handle = None
         if status:
-            indication = status["errorIndication"]
-            if (
-                isinstance(indication, (errind.NotInTimeWindow, errind.UnknownEngineID))
-                and pending.discovery_rounds < DISCOVERY_ROUNDS
-            ):
-                pending.discovery_rounds += 1
-                self._send(pending)
-                return
-            if isinstance(indication, errind.RequestTimedOut):
-                if pending.retries_left > 0:
-                    pending.retries_left -= 1
-                    self._send(pending)
-                    return
-                if pending.discovery_rounds:
-                    # It answered v3 discovery, then not the encrypted request: agents drop
-                    # what they cannot decrypt (net-snmp does, silently).
-                    pending.future.set_exception(
-                        SnmpAuthError(
-                            "the agent answered SNMPv3 discovery but not the request: most likely a "
-                            "wrong privacy key or privacy protocol"
-                        )
-                    )
-                    return
-            pending.future.set_exception(explain(indication, v3=isinstance(self.credentials, V3Credentials)))
+            self._failed(pending, status["errorIndication"])
             return
         if v2c.apiPDU.get_request_id(pdu) != v2c.apiPDU.get_request_id(pending.pdu):
             pending.future.set_exception(SnmpError("response does not match the request (request-id)"))
             return
         pending.future.set_result(pdu)
+
+    def _failed(self, pending: _Pending, indication: Any) -> None:
+        """An attempt ended without a response: go on with discovery, retry, or fail."""
+        if (
+            isinstance(indication, (errind.NotInTimeWindow, errind.UnknownEngineID))
+            and pending.discovery_rounds < DISCOVERY_ROUNDS
+        ):
+            pending.discovery_rounds += 1
+            self._send(pending)
+            return
+        if isinstance(indication, errind.RequestTimedOut):
+            if pending.retries_left > 0:
+                pending.retries_left -= 1
+                self._send(pending)
+                return
+            if pending.discovery_rounds:
+                # It answered v3 discovery, then not the encrypted request: agents drop
+                # what they cannot decrypt (net-snmp does, silently).
+                pending.future.set_exception(
+                    SnmpAuthError(
+                        "the agent answered SNMPv3 discovery but not the request: most likely a "
+                        "wrong privacy key or privacy protocol"
+                    )
+                )
+                return
+        pending.future.set_exception(explain(indication, v3=isinstance(self.credentials, V3Credentials)))
 
 
 _ERROR_STATUS = {
@@ -350,6 +383,11 @@ _ERROR_STATUS = {
     17: "notWritable",
     18: "inconsistentName",
 }
+
+
+def error_status_text(status: int, index: int) -> str:
+    """An agent's error-status answer in words."""
+    return f"agent answered error-status {status} ({_ERROR_STATUS.get(status, '?')}) at varbind {index}"
 
 
 def is_exception_value(value: Any) -> bool:

@@ -22,29 +22,33 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from agent.catalog import Catalog
-from agent.collectors.snmp.client import check_snmp_request
+from agent.collectors.snmp.gate import (
+    ENT_PHYSICAL_ENTRY,
+    ENTITY_COLUMNS,
+    SYS_DESCR,
+    SYS_NAME,
+    SYS_OBJECT_ID,
+    SYSTEM_OIDS,
+    check_snmp_request,
+)
 from agent.model import Observation, SerialSource, Severity, Transport
 from agent.readonly import Gate
 from agent.sanitize import CleanText, clean_serial, clean_text
 
+__all__ = [
+    "ENTITY_COLUMNS",
+    "ENT_PHYSICAL_ENTRY",
+    "SYSTEM_OIDS",
+    "SYS_DESCR",
+    "SYS_NAME",
+    "SYS_OBJECT_ID",
+    "SnmpEntityCollector",
+    "SystemInfo",
+    "entity_rows",
+    "observe",
+]
+
 SYSTEM = "1.3.6.1.2.1.1"
-SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
-SYS_OBJECT_ID = (1, 3, 6, 1, 2, 1, 1, 2, 0)
-SYS_NAME = (1, 3, 6, 1, 2, 1, 1, 5, 0)
-SYSTEM_OIDS = (SYS_DESCR, SYS_OBJECT_ID, SYS_NAME)
-ENT_PHYSICAL_ENTRY = (1, 3, 6, 1, 2, 1, 47, 1, 1, 1, 1)
-#: The ENTITY-MIB columns read, by number.
-ENTITY_COLUMNS = {
-    2: "descr",
-    5: "class",
-    7: "name",
-    8: "hardware_rev",
-    9: "firmware_rev",
-    10: "software_rev",
-    11: "serial",
-    12: "manufacturer",
-    13: "model",
-}
 CHASSIS = 3
 _CLASS_NAMES = {
     1: "other",
@@ -262,7 +266,8 @@ def observe(
 class SnmpEntityCollector:
     """Every SNMP responder: system group and ENTITY-MIB identity (:func:`observe`). The SNMP
     source sends through :class:`~agent.collectors.snmp.client.SnmpClient`, which passes every
-    PDU through this gate."""
+    PDU through this gate, and :class:`~agent.collectors.snmp.probe.V2cProber`, which passes
+    every encoded datagram (:mod:`agent.collectors.snmp.gate`)."""
 
     name: ClassVar[str] = "snmp-entity"
     writes: ClassVar[str | None] = "SNMP GET and GETBULK requests (system group, ENTITY-MIB columns)"
