@@ -128,7 +128,7 @@ class SnmpSourceConfig(_Section):
     timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     concurrency: Annotated[int, Field(ge=1, le=4096)] = 256
-    max_pps: Annotated[int, Field(ge=0)] = 0
+    max_pps: Annotated[int, Field(ge=0)] = 4000
     #: Daemon: a sweep this often.
     interval: Interval = 900.0
 
@@ -341,8 +341,11 @@ class StoreConfig(_Section):
     remove_after_missed_scans: Annotated[int, Field(ge=1, le=1000)] = 3
     #: Observation history kept: scans younger than this many days…
     history_days: Annotated[float, Field(gt=0, le=3650)] = 30.0
-    #: …and at most this many of the newest scans.
+    #: …for at most this many of the newest scans that changed something…
     history_scans: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    #: …and at most this many MiB of history (the oldest scans' go first; the newest
+    #: scan's stays whatever its size). A scan adds history only for the units it changed.
+    history_max_mb: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] = 64.0
     #: Change events are kept this many days (once the outbox has taken them).
     events_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
 

@@ -18,6 +18,12 @@ stand-in (tests/portal_standin.py) as the portal, and its API on a free loopback
   /proc/PID/status) at the end, and CPU (utime + stime of /proc/PID/stat) over the last
   ``--cpu-seconds`` (default 60) of that time.
 
+Beside each figure, a floor measured in the same run: for the start, ``python -c pass`` (and,
+for scale, an interpreter that only imports what the daemon imports, ``IMPORTS``); for the
+idle RSS, that importing interpreter's RSS; for the hot-plug, one run of the USB
+source over the same tree in this process plus one POST to the same stand-in (the hot-plug
+poll adds up to a second by design). Idle CPU has no floor (it is a budget: 0 is ideal).
+
 Prints figures; it is not a pass/fail test.
 
     .venv/bin/python bench/daemon.py [--starts 10] [--plugs 10] [--idle-seconds 300] [--cpu-seconds 60]
@@ -26,10 +32,12 @@ Prints figures; it is not a pass/fail test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +62,50 @@ WATCHDOG_USEC = 30_000_000
 #: Ten units of a floor: bars, cameras, a Tap, Scribes, webcams (catalog main functions).
 UNITS = [0x089B, 0x089B, 0x0881, 0x0866, 0x08E2, 0x085E, 0x085E, 0x0876, 0x08D3, 0x087C]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: What a daemon imports before it can be ready (the floor's interpreter imports the same).
+IMPORTS = "import agent.daemon, agent.api, agent.daemon_settings, agent.discovery.usb, agent.discovery.mdns"
+
+
+def _interpreter(code: str, n: int) -> tuple[float, str]:
+    times, out = [], ""
+    for _ in range(n):
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        times.append(time.monotonic() - t0)
+    return statistics.median(times), out
+
+
+def floor_start(n: int) -> tuple[float, float, float]:
+    """Median wall time of a fresh ``python -c pass``; of one importing :data:`IMPORTS`; and
+    the RSS (MB) of the latter."""
+    bare, _ = _interpreter("pass", n)
+    code = f"{IMPORTS}\nprint(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    imports, out = _interpreter(code, n)
+    return bare, imports, int(out.split()[-1]) / 1024
+
+
+def floor_hotplug(root: Path, portal: PortalStandIn, runs: int = 5) -> float:
+    """Median of one USB source run over ``root`` in this process plus one POST to the
+    stand-in."""
+    import asyncio
+    import urllib.request
+    from datetime import UTC, datetime
+
+    from agent.catalog import load_catalog
+    from agent.discovery import ScanContext
+    from agent.discovery.usb import UsbSource
+
+    catalog = load_catalog()
+    source = UsbSource(root, libusb_strings=False, sync_interface=False)
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        asyncio.run(source.run(ScanContext(catalog, datetime.now(UTC))))
+        request = urllib.request.Request(portal.url + "/floor", data=b"{}", method="POST")
+        with contextlib.suppress(OSError):  # any answer will do: the floor is the round trip
+            urllib.request.urlopen(request, timeout=5).close()
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
 
 
 def build_sysfs(root: Path, n: int = 10) -> None:
@@ -126,10 +178,16 @@ def bench_starts(base: Path, portal: PortalStandIn, n: int, *, mdns: bool) -> No
                 stops.append(took)
             finally:
                 daemon.stop()
+    floor, imports, _ = floor_start(n)
     print(f"start to READY=1: {n} starts, 10 devices, mDNS {'on 127.0.0.1' if mdns else 'off'}")
     print(
         f"  median {statistics.median(ready):.3f} s   min {min(ready):.3f} s   max {max(ready):.3f} s"
         "   (target <= 1.5 s)"
+    )
+    print(
+        f"  floor (python -c pass): median {floor:.3f} s; ratio {statistics.median(ready) / floor:.1f}x; "
+        f"an interpreter importing the daemon's modules alone: {imports:.3f} s "
+        f"({statistics.median(ready) / imports:.2f}x)"
     )
     print(
         f"  SIGTERM to exit 0: median {statistics.median(stops):.3f} s   max {max(stops):.3f} s"
@@ -167,10 +225,15 @@ def bench_hotplug(base: Path, portal: PortalStandIn, plugs: int, *, mdns: bool) 
                 latencies.append(time.monotonic() - t0)
         finally:
             daemon.stop()
+    floor = floor_hotplug(work / "sys", portal)
     print(f"hot-plug to portal: {plugs} plugs (hot-plug poll 1 s, the default)")
     print(
         f"  median {statistics.median(latencies):.3f} s   min {min(latencies):.3f} s   "
         f"max {max(latencies):.3f} s   (target <= 2 s)"
+    )
+    print(
+        f"  floor (the USB source's run over the same tree + one POST to the stand-in): {floor:.3f} s; "
+        f"the poll adds 0-1 s by design"
     )
 
 
@@ -213,6 +276,11 @@ def bench_idle(base: Path, portal: PortalStandIn, idle: float, cpu_window: float
         f"WATCHDOG_USEC={WATCHDOG_USEC} ({pings} pings)"
     )
     print(f"  RSS after {idle:.0f} s: {rss / 1024:.1f} MB (VmHWM {hwm / 1024:.1f} MB)   (target <= 60 MB)")
+    _, _, floor_rss = floor_start(1)
+    print(
+        f"  floor (a fresh interpreter with the daemon's modules imported): {floor_rss:.1f} MB; "
+        f"ratio {rss / 1024 / floor_rss:.2f}x"
+    )
     if samples:
         print("  RSS per minute: " + ", ".join(f"{t:.0f} s {kb / 1024:.1f} MB" for t, kb in samples))
     print(

@@ -165,7 +165,7 @@ def store_scan(
                 sources_run={r.name for r in report.runs if r.success},
                 unreached=report.unreached,
                 remove_after=settings.remove_after_missed_scans,
-                retention=Retention(settings.history_days, settings.history_scans, settings.events_days),
+                retention=Retention.from_config(settings),
                 rules=merge_rules(catalog),
             )
             try:
