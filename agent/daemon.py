@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +57,7 @@ from agent.catalog import Catalog
 from agent.discovery import ScanContext, Source
 from agent.inventory import known_rooms, merge_rules
 from agent.log import get_logger
-from agent.model import Room
+from agent.model import Room, utc_today
 from agent.roommap import RoomMap
 from agent.scan import run_scan
 from agent.sdnotify import Notifier, watchdog_interval
@@ -232,10 +232,11 @@ class Daemon:
         self.store: Store | None = None
         self.outbox: Outbox | None = None
         self._writer: StoreWriter | None = None
-        #: What the last snapshot built after a scan was built from (the snapshot context and
-        #: the day: coverage verdicts change at midnight): a scan that changed nothing queues
-        #: no snapshot while this holds.
-        self._snapshot_basis: tuple[int, Any] | None = None
+        #: What the last snapshot built after a scan was built from: the snapshot context (a
+        #: reload makes a new one), the UTC day (coverage verdicts change at midnight) and, by
+        #: source, the units its latest run did not see. A scan that changed nothing and
+        #: leaves these as they were queues no snapshot. Only the writer thread touches it.
+        self._snapshot_basis: tuple[SnapshotContext, date, dict[str, frozenset[str]]] | None = None
         #: Snapshots are built by the writer thread after a scan and by the loop when one is
         #: due or the portal asks: one at a time (the snapshot context keeps a memo).
         self._snapshot_lock = threading.Lock()
@@ -464,7 +465,6 @@ class Daemon:
             self._writer = StoreWriter(self.settings.state_dir)
         settings = self.settings
         context = settings.snapshot
-        basis = (id(context), now.astimezone().date())
 
         def store_and_queue(store: Store) -> tuple[ScanRecord, Any, bool]:
             record = store.record_scan(
@@ -478,19 +478,63 @@ class Daemon:
                 retention=settings.retention,
                 rules=merge_rules(settings.catalog),
             )
-            queued = False
-            if context is not None and (record.changed or basis != self._snapshot_basis):
-                with self._snapshot_lock:
-                    queued = queue_snapshot(self._make_outbox(store), store, context, now)
-                self._snapshot_basis = basis
-            return record, store.tracked(), queued
+            return record, store.tracked(), self._snapshot_after(store, name, record, context, now)
 
+        # A reload may cancel this task while the writer works: the write finishes whatever
+        # happens, and what follows it (the loop's cache, the log, waking the delivery) too.
+        call = asyncio.ensure_future(self._writer.call(store_and_queue))
         try:
-            record, inventory, queued = await self._writer.call(store_and_queue)
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._stored(name, done))
+            raise
+        except Exception:
+            pass
+        self._stored(name, call)
+
+    def _snapshot_after(
+        self, store: Store, name: str, record: ScanRecord, context: SnapshotContext | None, now: datetime
+    ) -> bool:
+        """In the writer thread: queue a snapshot when the scan may have changed what it says
+        (its facts; which units the source's latest run saw; the snapshot's context, as a
+        reload makes a new one; the day coverage is evaluated on). A failure is logged and
+        leaves the basis unset, so that the next scan tries again."""
+        if context is None:
+            return False
+        basis = self._snapshot_basis
+        same = (
+            basis is not None
+            and basis[0] is context
+            and basis[1] == utc_today(now)
+            and basis[2].get(name) == record.unseen
+        )
+        if same and not record.changed:
+            return False
+        try:
+            with self._snapshot_lock:
+                queued = queue_snapshot(self._make_outbox(store), store, context, now)
         except StoreError as exc:
-            self.store_error = str(exc)
-            log.error("store.write.failed", source=name, error=str(exc))
+            self._snapshot_basis = None
+            log.error("snapshot.queue.failed", source=name, error=str(exc))
+            return False
+        unseen = dict(basis[2]) if basis is not None and basis[0] is context else {}
+        unseen[name] = record.unseen
+        self._snapshot_basis = (context, utc_today(now), unseen)
+        return queued
+
+    def _stored(self, name: str, call: asyncio.Future[tuple[ScanRecord, Any, bool]]) -> None:
+        """What follows a stored run, on the loop."""
+        if call.cancelled():
             return
+        problem = call.exception()
+        if problem is not None:
+            if isinstance(problem, StoreError):
+                self.store_error = str(problem)
+                log.error("store.write.failed", source=name, error=str(problem))
+            else:
+                log.error("store.write.failed", source=name, error=f"{type(problem).__name__}: {problem}")
+            return
+        record, inventory, queued = call.result()
         if self.store is not None:
             self.store.adopt(inventory, record.scan_id)
         self.store_error = None

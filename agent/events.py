@@ -481,7 +481,7 @@ def _settle(
         if (
             unit is None
             or len(found) != len(unit.sightings)
-            or as_utc(unit.device.first_seen) > as_utc(at)
+            or as_utc(unit.device.first_seen) >= as_utc(at)  # the merge keeps the new offset on a tie
             or any(s.missed or s.recent or s.key not in found or owners[s.key] != 1 for s in unit.sightings)
             # Merged from readings of one instant too: which channel's word wins can turn on
             # which reading is newest.

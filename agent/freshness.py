@@ -10,14 +10,14 @@ the store rewrites a unit only when its facts changed and otherwise keeps just t
 row per channel (:meth:`agent.store.Store.record_scan`). :func:`with_seen` puts the kept
 times back into a record read from the store: the device's ``last_seen`` (the newest of its
 sightings', as the merge makes it), the sightings' and their readings', those of
-``seen_by``, ``provenance`` and ``disagreements`` by channel, and the children's (their best
-channel's: the one the unit's ``address`` came from). A store reopened between scans holds
+``seen_by``, ``provenance`` and ``disagreements`` by channel, and the children's (the
+channel they were read through: the one their ``seen_by`` names). A store reopened between scans holds
 what one kept open holds (``tests/test_store_writes.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -98,12 +98,23 @@ def with_seen(unit: Tracked, seen: Mapping[Channel, datetime]) -> Tracked:
         )
         for d in device.disagreements
     ]
-    best = device.provenance.get("address")
-    channel = (best.source, best.address) if best is not None else None
-    if channel in seen and channel in written:
-        for child in device.children:
+    for child in device.children:
+        channel = _read_through(child, unit.sightings)
+        if channel is not None and channel in seen:
             _moved(child, written[channel], seen[channel])
     return replace(unit, sightings=sightings)
+
+
+def _read_through(child: Device, sightings: Sequence[Sighting]) -> Channel | None:
+    """The channel ``child`` was read through: the merge takes a unit's children from one
+    channel's reading and marks each child as seen by that channel's source
+    (``agent.identity``); of the unit's sightings of that source, the one whose reading had
+    children (``None`` when that does not name one)."""
+    source = child.seen_by[0].source if child.seen_by else None
+    candidates = [
+        s.key for s in sightings if s.source == source and (s.reading is None or s.reading.children)
+    ]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _sighting_at(sighting: Sighting, written: datetime, at: datetime) -> Sighting:

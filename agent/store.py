@@ -77,7 +77,7 @@ from agent.events import (
 )
 from agent.freshness import Channel, same_facts, seen_times, with_seen
 from agent.gcpause import paused_gc
-from agent.identity import MergeRules
+from agent.identity import MergeRules, source_of
 from agent.model import Device, Room, as_utc
 
 DB_NAME = "roomsync.db"
@@ -239,9 +239,12 @@ class ScanRecord:
     events: tuple[ChangeEvent, ...]
     placed: tuple[str, ...] = ()
     #: Whether the scan changed what the store says (a unit's facts, a room, a removal), as
-    #: opposed to only when units were last seen: nothing derived from the inventory (the
-    #: portal snapshot) needs rebuilding when it did not.
+    #: opposed to only when units were last seen.
     changed: bool = True
+    #: The units a source of the scan saw before and did not see in this run (missed, or at
+    #: a target it could not read): what says whether a unit was seen by its source's latest
+    #: run. A snapshot needs rebuilding when the scan ``changed`` or this set did.
+    unseen: frozenset[str] = frozenset()
 
 
 def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
@@ -287,6 +290,19 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def _unseen(
+    inventory: Mapping[str, Tracked], readings: Sequence[Device], scope: Collection[str]
+) -> frozenset[str]:
+    """The units with a channel of a source in ``scope`` that no reading of the scan re-read."""
+    reported = {(source_of(d), d.address) for d in readings}
+    ran = set(scope)
+    return frozenset(
+        identity
+        for identity, unit in inventory.items()
+        if any(s.source in ran and s.key not in reported for s in unit.sightings)
+    )
+
+
 def _history_bytes(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT value FROM meta WHERE key = 'history_bytes'").fetchone()
     return int(json.loads(row[0])) if row else 0
@@ -300,17 +316,26 @@ def _add_history_bytes(db: sqlite3.Connection, delta: int) -> None:
     )
 
 
+#: Scans dropped per statement (SQLite limits the variables of one statement: 999 in old builds).
+_DROP_BATCH = 500
+
+
 def _drop_history(db: sqlite3.Connection, scans: Sequence[int]) -> None:
     """Drop the history of ``scans``, keeping ``meta.history_bytes`` right."""
-    if not scans:
-        return
-    marks = ",".join("?" * len(scans))
-    freed = db.execute(
-        f"SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM history WHERE scan_id IN ({marks})",
-        list(scans),
-    ).fetchone()[0]
-    db.execute(f"DELETE FROM history WHERE scan_id IN ({marks})", list(scans))
-    _add_history_bytes(db, -int(freed))
+    freed = 0
+    for start in range(0, len(scans), _DROP_BATCH):
+        batch = list(scans[start : start + _DROP_BATCH])
+        marks = ",".join("?" * len(batch))
+        freed += int(
+            db.execute(
+                "SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM history "
+                f"WHERE scan_id IN ({marks})",
+                batch,
+            ).fetchone()[0]
+        )
+        db.execute(f"DELETE FROM history WHERE scan_id IN ({marks})", batch)
+    if freed:
+        _add_history_bytes(db, -freed)
 
 
 class Store:
@@ -319,9 +344,10 @@ class Store:
     def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
-        #: The decoded inventory and the ``PRAGMA data_version`` it was read at: another
-        #: process's commit changes that version, this connection's own commits do not (so
-        #: record_scan refreshes the cache itself). Decoding 5,000 units costs ~0.1 s.
+        #: The decoded inventory and the scan it is as of (``scan_generation``): the units, their
+        #: sightings and times change only with a stored scan, whichever connection stores it,
+        #: while the outbox's and the pins' writes leave them (and the cache) alone. Decoding
+        #: 5,000 units costs ~0.1 s.
         self._cache: tuple[int, dict[str, Tracked]] | None = None
         #: For the cached inventory: what the last readings of each channel said and the unit
         #: each joined (:func:`agent.events.diff_scan`'s ``known``), with the merge rules they
@@ -469,7 +495,7 @@ class Store:
             self._cache = None
             self._known = {}
             raise
-        self._cache = (self._data_version(self._db), inventory)
+        self._cache = (record.scan_id, inventory)
         return record
 
     def _record_scan(
@@ -486,11 +512,11 @@ class Store:
         unreached: Mapping[str, Collection[str]] | None = None,
     ) -> tuple[ScanRecord, dict[str, Tracked]]:
         facts = [reading_facts(d) for d in found]
-        with self.transaction() as db:
-            previous = self._inventory(db)
-            if rules != self._known_rules:
-                self._known, self._known_rules = {}, rules
-            diff = diff_scan(
+        if rules != self._known_rules:
+            self._known, self._known_rules = {}, rules
+
+        def diff(previous: Mapping[str, Tracked]) -> ScanDiff:
+            return diff_scan(
                 previous,
                 found,
                 finished_at,
@@ -502,17 +528,28 @@ class Store:
                 known=self._known,
                 facts=facts,
             )
+
+        # The diff — the costly part — runs before the write lock is taken, so that the other
+        # connections (the daemon's loop delivering the outbox) wait only for the writes.
+        generation, previous = self._snapshot()
+        changes = diff(previous)
+        with self.transaction() as db:
+            if self._generation(db) != generation:  # another connection stored a scan meanwhile
+                generation, previous = self._current(db)
+                changes = diff(previous)
             keep = retention or Retention()
             scan_id = self._insert_scan(db, finished_at, len(found), errors, scope)
-            rewritten = self._write_inventory(db, previous, diff, finished_at)
+            rewritten = self._write_inventory(db, previous, changes, finished_at)
             rooms_changed = self._write_rooms(db, rooms)
-            self._write_events(db, scan_id, diff.events)
-            self._write_history(db, scan_id, found, diff.placed, rewritten)
+            self._write_events(db, scan_id, changes.events)
+            self._write_history(db, scan_id, found, changes.placed, rewritten)
             self._prune_history(db, keep, finished_at)
             self._prune_events(db, keep, finished_at)
-        learn_channels(self._known, found, facts, diff.placed)
-        changed = bool(rewritten or diff.removed or diff.events or rooms_changed)
-        return ScanRecord(scan_id, diff.events, diff.placed, changed), dict(diff.inventory)
+        learn_channels(self._known, found, facts, changes.placed)
+        changed = bool(rewritten or changes.removed or changes.events or rooms_changed)
+        unseen = _unseen(changes.inventory, found, scope)
+        record = ScanRecord(scan_id, changes.events, changes.placed, changed, unseen)
+        return record, dict(changes.inventory)
 
     @staticmethod
     def _insert_scan(
@@ -671,9 +708,10 @@ class Store:
             scans = scans[: retention.history_scans]
         if retention.history_days is not None and scans:
             cutoff = as_utc(now) - timedelta(days=retention.history_days)
-            marks = ",".join("?" * len(scans))
             times = dict(
-                db.execute(f"SELECT id, finished_at FROM scans WHERE id IN ({marks})", scans).fetchall()
+                db.execute(
+                    "SELECT id, finished_at FROM scans WHERE id IN (SELECT DISTINCT scan_id FROM history)"
+                ).fetchall()
             )
             old = {s for s in scans if s in times and as_utc(datetime.fromisoformat(times[s])) < cutoff}
             doomed += [s for s in scans if s in old]
@@ -713,20 +751,34 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     @staticmethod
-    def _data_version(db: sqlite3.Connection) -> int:
-        return int(db.execute("PRAGMA data_version").fetchone()[0])
+    def _generation(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT max(id) FROM scans").fetchone()[0] or 0)
 
-    def _inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
-        """Every unit present, with its sightings (taken from the device for a unit stored
-        before sightings were). The units are shared with the cache: read them, never
+    def _current(self, db: sqlite3.Connection) -> tuple[int, dict[str, Tracked]]:
+        """The scan the inventory is as of, and every unit present with its sightings (taken
+        from the device for a unit stored before sightings were); inside a transaction, so
+        that both are of one moment. The units are shared with the cache: read them, never
         change them."""
-        version = self._data_version(db)
-        if self._cache is not None and self._cache[0] == version:
-            return dict(self._cache[1])
+        generation = self._generation(db)
+        if self._cache is not None and self._cache[0] == generation:
+            return generation, dict(self._cache[1])
         inventory = self._decode_inventory(db)
-        self._cache = (version, inventory)
+        self._cache = (generation, inventory)
         self._known = {}
-        return dict(inventory)
+        return generation, dict(inventory)
+
+    def _snapshot(self) -> tuple[int, dict[str, Tracked]]:
+        """:meth:`_current` in a read transaction of its own (a cached inventory costs one
+        statement)."""
+        if self._cache is not None and self._cache[0] == self._generation(self._db):
+            return self._cache[0], dict(self._cache[1])
+        if self._db.in_transaction:  # read inside a caller's transaction (a snapshot being queued)
+            return self._current(self._db)
+        self._db.execute("BEGIN")
+        try:
+            return self._current(self._db)
+        finally:
+            self._rollback()
 
     def _decode_inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
         sightings: dict[str, list[Sighting]] = {}
@@ -760,7 +812,7 @@ class Store:
     def tracked(self) -> dict[str, Tracked]:
         """Every unit in the inventory with its sightings (missed counts), by identity."""
         try:
-            return self._inventory(self._db)
+            return self._snapshot()[1]
         except sqlite3.Error as exc:
             raise _explain(exc, self.path) from None
 
@@ -768,11 +820,10 @@ class Store:
         """Take ``inventory`` — what another connection of this process decoded while it
         stored scan ``scan_id`` — as this connection's cache, so it need not decode it again;
         unless a newer scan has been stored since (then the next read decodes)."""
+        self._known = {}  # what this connection knew of the channels was of its old cache
         try:
-            version = self._data_version(self._db)
-            if self.scan_generation() == scan_id:
-                self._cache = (version, inventory)
-        except (sqlite3.Error, StoreError):
+            self._cache = (scan_id, inventory) if self.scan_generation() == scan_id else None
+        except StoreError:
             self._cache = None
 
     def devices(self, *, removed: bool = False) -> list[Device]:

@@ -561,7 +561,8 @@ def test_unusable_store_is_not_ready_until_it_can_be_opened(own: Own) -> None:
     blocker.unlink()
     add_device(sysfs, "1-2", LOGITECH, SCRIBE, serial="2301SC0005E3", devnum=4)
     assert d.wait_until(lambda: d.get("/readyz").status == 200, 10.0), d.get("/readyz").text
-    assert added(d.get("/v1/events").json(), "2301SC0005E3")
+    # The run that opened it stores its scan in the writer thread, just after.
+    assert d.wait_until(lambda: added(d.get("/v1/events").json(), "2301SC0005E3"), 10.0)
 
 
 def test_sysfs_tree_vanishing_degrades_usb_and_its_return_is_seen(own: Own) -> None:

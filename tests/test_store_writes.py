@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -236,3 +236,109 @@ def test_units_carried_over_equal_what_a_full_diff_makes_of_them(tmp_path: Path)
                     s.to_dict() for s in merged_again[identity].sightings
                 ]
         assert kept._known  # it did carry units over
+
+
+def _bar_over(source: str, at: datetime, *, children: bool) -> Device:
+    """The bar of one room as one channel reads it: over USB (Sync, no children) or over the
+    LAN (with the Sight read through it)."""
+    sight = Device(
+        product="Sight",
+        transport=Transport.SNMP,
+        address="10.0.0.7/sight",
+        first_seen=at,
+        last_seen=at,
+        serial="2325LZ51XY58",
+        serial_label_grade=True,
+        serial_source=SerialSource.SYNC_INTERFACE,
+        category="collabos-peripheral",
+    )
+    return Device(
+        product="Rally Bar",
+        transport=Transport.USB if source == "usb" else Transport.SNMP,
+        address="2-1" if source == "usb" else "10.0.0.7",
+        first_seen=at,
+        last_seen=at,
+        room="r1",
+        serial="2313FD1N08Z2",
+        serial_label_grade=True,
+        serial_source=SerialSource.SYNC_INTERFACE if source == "usb" else SerialSource.SNMP_ENTITY,
+        firmware="1.0",
+        sources=[source],
+        category="collabos-bar",
+        vendor_id=0x046D if source == "usb" else None,
+        product_id=0x089B if source == "usb" else None,
+        children=[sight] if children else [],
+    )
+
+
+def test_children_read_through_a_channel_that_is_not_the_best_keep_that_channels_time(tmp_path: Path):
+    """Sources on their own schedules, as the daemon runs them: the USB channel wins the
+    unit's facts but reads no children; the LAN one reads the Sight. Kept open, reopened for
+    each scan, or decoded from its own file, the store says the Sight was last seen when the
+    LAN channel last read it."""
+    plan = [("both", 0), ("usb", 1), ("snmp", 2), ("usb", 3), ("snmp", 4), ("snmp", 5)]
+    with Store.open(tmp_path / "kept") as kept:
+        for name, minute in plan:
+            at = T0 + timedelta(minutes=minute)
+            found = [_bar_over(s, at, children=s == "snmp") for s in ("usb", "snmp") if name in (s, "both")]
+            scope = {"usb", "snmp"} if name == "both" else {name}
+            kept.record_scan(found, [], at, sources_run=scope)
+            with Store.open(tmp_path / "each") as each:
+                each.record_scan(found, [], at, sources_run=scope)
+            with Store.open(tmp_path / "each") as each, Store.open(tmp_path / "kept") as decoded:
+                [in_memory], [reopened], [own] = kept.devices(), each.devices(), decoded.devices()
+            assert in_memory.to_dict() == reopened.to_dict() == own.to_dict(), (name, minute)
+            last_lan = max(m for n, m in plan[: plan.index((name, minute)) + 1] if n in ("snmp", "both"))
+            assert in_memory.children[0].last_seen == T0 + timedelta(minutes=last_lan)
+
+
+def test_a_connection_that_adopts_an_inventory_forgets_what_it_knew_of_the_channels(tmp_path: Path):
+    with Store.open(tmp_path) as a, Store.open(tmp_path) as b:
+
+        def scan(store: Store, k: int, firmware: str):
+            at = T0 + timedelta(minutes=k)
+            return store.record_scan([unit("A1", at, firmware=firmware)], [], at)
+
+        scan(a, 0, "1.0")
+        scan(a, 1, "1.0")  # a knows usb-A1 read 1.0
+        record = scan(b, 2, "2.0")  # another connection stores 2.0
+        a.adopt(b.tracked(), record.scan_id)
+        back = scan(a, 3, "1.0")
+        assert [e.type for e in back.events] == ["firmware.changed"]
+        assert a.devices()[0].firmware == "1.0"
+
+
+def test_a_scan_stored_by_another_connection_during_the_diff_is_taken_into_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The diff runs before the write lock is taken: a scan another connection stores
+    meanwhile makes it run again on what is stored, under the lock."""
+    with Store.open(tmp_path) as a, Store.open(tmp_path) as b:
+        a.record_scan([unit("A1", T0)], [], T0)
+        snapshot = a._snapshot
+
+        def then_b_stores() -> object:
+            taken = snapshot()
+            b.record_scan(
+                [unit("A1", T0 + timedelta(minutes=1), firmware="2.0")], [], T0 + timedelta(minutes=1)
+            )
+            return taken
+
+        monkeypatch.setattr(a, "_snapshot", then_b_stores)
+        record = a.record_scan(
+            [unit("A1", T0 + timedelta(minutes=2), firmware="3.0")], [], T0 + timedelta(minutes=2)
+        )
+        [event] = [e for e in record.events if e.type == "firmware.changed"]
+        assert (event.before["firmware"], event.after["firmware"]) == ("2.0", "3.0")
+
+
+def test_pruning_many_scans_stays_within_sqlites_variable_limit(tmp_path: Path):
+    keep = Retention(history_days=None, history_scans=None, history_max_bytes=None)
+    with Store.open(tmp_path) as store:
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as old SQLite builds
+        for k in range(1_100):
+            at = T0 + timedelta(seconds=k)
+            store.record_scan([unit("A1", at, firmware=f"1.{k}")], [], at, retention=keep)
+        at = T0 + timedelta(seconds=1_100)
+        store.record_scan([unit("A1", at, firmware="2.0")], [], at, retention=Retention(None, 10, None, None))
+        assert len({scan for scan, _ in store.history()}) == 10
