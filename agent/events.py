@@ -476,18 +476,16 @@ def _settle(
     key_owners = Counter(k for u in previous.values() for k in u.keys or ())
     serial_owners = Counter(_label_serial(u) for u in previous.values())
     units: dict[str, dict[Channel, int]] = {}
+    moment = as_utc(at)
     for identity, found in matched.items():
         unit = previous.get(identity)
-        if (
-            unit is None
-            or len(found) != len(unit.sightings)
-            or as_utc(unit.device.first_seen) >= as_utc(at)  # the merge keeps the new offset on a tie
-            or any(s.missed or s.recent or s.key not in found or owners[s.key] != 1 for s in unit.sightings)
-            # Merged from readings of one instant too: which channel's word wins can turn on
-            # which reading is newest.
-            or len({(s.seen_at, s.seen_at.utcoffset()) for s in unit.sightings}) != 1
-            or any(key_owners[k] != 1 for k in unit.keys or ())
-        ):
+        if unit is None or len(found) != len(unit.sightings):
+            continue
+        if as_utc(unit.device.first_seen) >= moment:  # the merge keeps the new offset on a tie
+            continue
+        if not _settled_sightings(unit.sightings, found, owners):
+            continue
+        if any(key_owners[k] != 1 for k in unit.keys or ()):
             continue
         serial = _label_serial(unit)
         if serial is not None and serial_owners[serial] != 1:
@@ -519,6 +517,28 @@ def _settle(
             rest.extend(units.pop(identity).values())
     rest.sort()
     return _Settled(at, units, rest)
+
+
+def _settled_sightings(
+    sightings: Sequence[Sighting], found: Mapping[Channel, int], owners: Mapping[Channel, int]
+) -> bool:
+    """Every sighting standing, with nothing remembered, re-read by the scan, its channel no
+    other unit's, and all made at one instant (which channel's word wins can turn on which
+    reading is newest)."""
+    first = sightings[0].seen_at
+    offset = first.utcoffset()
+    for sighting in sightings:
+        key = (sighting.source, sighting.address)
+        if (
+            sighting.missed
+            or sighting.recent
+            or key not in found
+            or owners[key] != 1
+            or sighting.seen_at != first
+            or sighting.seen_at.utcoffset() != offset
+        ):
+            return False
+    return True
 
 
 def _diff_with_settled(
@@ -582,17 +602,25 @@ def _diff_with_settled(
     )
 
 
+_new_tuple = tuple.__new__
+
+
 def _retimed(device: Device, at: datetime, *, top: bool) -> Device:
     """``device`` as a merge of readings made at ``at`` makes it (its containers shared)."""
     copy = device.shallow_copy()
     copy.last_seen = at
     if not top:
         copy.first_seen = at
-    # NamedTuple._replace costs several times a plain construction.
-    copy.seen_by = [SeenBy(*s[:4], at, *s[5:]) for s in device.seen_by]
-    copy.provenance = {fact: FactSource(*value[:5], at) for fact, value in device.provenance.items()}
+    # Built as tuples (NamedTuple's own constructor and _replace cost several times more; a
+    # site's re-scan retimes every unit).
+    when = (at,)
+    copy.seen_by = [_new_tuple(SeenBy, s[:4] + when + s[5:]) for s in device.seen_by]
+    copy.provenance = {
+        fact: _new_tuple(FactSource, value[:5] + when) for fact, value in device.provenance.items()
+    }
     copy.disagreements = [
-        Disagreement(d.fact, tuple(FactSource(*v[:5], at) for v in d.values)) for d in device.disagreements
+        Disagreement(d.fact, tuple(_new_tuple(FactSource, v[:5] + when) for v in d.values))
+        for d in device.disagreements
     ]
     copy.children = [_retimed(child, at, top=False) for child in device.children]
     return copy

@@ -291,15 +291,19 @@ def _json(value: Any) -> str:
 
 
 def _unseen(
-    inventory: Mapping[str, Tracked], readings: Sequence[Device], scope: Collection[str]
+    inventory: Mapping[str, Tracked],
+    readings: Sequence[Device],
+    scope: Collection[str],
+    settled: Collection[str] = (),
 ) -> frozenset[str]:
-    """The units with a channel of a source in ``scope`` that no reading of the scan re-read."""
+    """The units with a channel of a source in ``scope`` that no reading of the scan re-read
+    (a settled unit had every channel re-read)."""
     reported = {(source_of(d), d.address) for d in readings}
     ran = set(scope)
     return frozenset(
         identity
         for identity, unit in inventory.items()
-        if any(s.source in ran and s.key not in reported for s in unit.sightings)
+        if identity not in settled and any(s.source in ran and s.key not in reported for s in unit.sightings)
     )
 
 
@@ -547,7 +551,7 @@ class Store:
             self._prune_events(db, keep, finished_at)
         learn_channels(self._known, found, facts, changes.placed)
         changed = bool(rewritten or changes.removed or changes.events or rooms_changed)
-        unseen = _unseen(changes.inventory, found, scope)
+        unseen = _unseen(changes.inventory, found, scope, changes.settled)
         record = ScanRecord(scan_id, changes.events, changes.placed, changed, unseen)
         return record, dict(changes.inventory)
 
