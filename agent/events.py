@@ -81,7 +81,16 @@ from agent.identity import (
     source_of,
     unique_identity,
 )
-from agent.model import Device, Disagreement, FactSource, SeenBy, as_utc, facts_key
+from agent.model import (
+    Device,
+    Disagreement,
+    FactSource,
+    SeenBy,
+    as_utc,
+    facts_key,
+    shared_text,
+    stored_moment,
+)
 from agent.sanitize import normalize_serial
 
 #: How many runs in a row of every source that saw a unit must miss it before it is removed.
@@ -198,14 +207,14 @@ class Sighting:
     def from_dict(cls, data: Mapping[str, Any]) -> Sighting:
         reading = data.get("reading")
         return cls(
-            source=data["source"],
-            address=data["address"],
-            room=data.get("room"),
-            firmware=data.get("firmware"),
-            components=dict(data.get("components") or {}),
-            health=data["health"],
-            issues=tuple(data.get("issues") or ()),
-            seen_at=datetime.fromisoformat(data["seen_at"]),
+            source=shared_text(data["source"]),
+            address=shared_text(data["address"]),
+            room=shared_text(data.get("room")),
+            firmware=shared_text(data.get("firmware")),
+            components={shared_text(k): shared_text(v) for k, v in (data.get("components") or {}).items()},
+            health=shared_text(data["health"]),
+            issues=tuple(shared_text(i) for i in data.get("issues") or ()),
+            seen_at=stored_moment(data["seen_at"]),
             missed=int(data.get("missed") or 0),
             reading=Device.from_dict(reading) if reading else None,
             recent={

@@ -14,7 +14,9 @@ Vocabulary
 
 from __future__ import annotations
 
+import functools
 import operator
+import sys
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -221,6 +223,18 @@ def transport_identity(
     return ident
 
 
+def shared_text(value: Any) -> Any:
+    """A text read back from the store, shared with every equal one (``sys.intern``): a
+    site's inventory repeats its sources, products, collectors and each unit's address in
+    every fact's provenance; decoded apart they took half of its memory."""
+    return sys.intern(value) if type(value) is str else value
+
+
+#: When read back from the store: a site's units share a few instants (one per scan), parsed
+#: once each.
+stored_moment = functools.lru_cache(maxsize=4096)(datetime.fromisoformat)
+
+
 class SeenBy(NamedTuple):
     """One channel that reported a unit: which source, over what, at which address, where
     its serial came from, when it last reported the unit and how many runs of that source in a
@@ -249,12 +263,12 @@ class SeenBy(NamedTuple):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeenBy:
         return cls(
-            source=data["source"],
-            transport=data["transport"],
-            address=data["address"],
-            serial_source=data.get("serial_source"),
-            last_seen=datetime.fromisoformat(data["last_seen"]),
-            collector=data.get("collector") or "",
+            source=shared_text(data["source"]),
+            transport=shared_text(data["transport"]),
+            address=shared_text(data["address"]),
+            serial_source=shared_text(data.get("serial_source")),
+            last_seen=stored_moment(data["last_seen"]),
+            collector=shared_text(data.get("collector") or ""),
             missed=int(data.get("missed") or 0),
         )
 
@@ -282,12 +296,12 @@ class FactSource(NamedTuple):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FactSource:
         return cls(
-            value=data.get("value"),
-            source=data["source"],
-            transport=data["transport"],
-            address=data["address"],
-            collector=data.get("collector") or "",
-            at=datetime.fromisoformat(data["at"]),
+            value=shared_text(data.get("value")),
+            source=shared_text(data["source"]),
+            transport=shared_text(data["transport"]),
+            address=shared_text(data["address"]),
+            collector=shared_text(data.get("collector") or ""),
+            at=stored_moment(data["at"]),
         )
 
 
@@ -418,31 +432,31 @@ class Device(UnitFacts):
     def from_dict(cls, data: dict[str, Any]) -> Device:
         """The inverse of :meth:`to_dict` (the store keeps devices in that form)."""
         return cls(
-            product=data["product"],
-            category=data.get("category") or OTHER,
-            model=data.get("model"),
-            serial=data.get("serial"),
+            product=shared_text(data["product"]),
+            category=shared_text(data.get("category") or OTHER),
+            model=shared_text(data.get("model")),
+            serial=shared_text(data.get("serial")),
             serial_source=SerialSource(data["serial_source"]) if data.get("serial_source") else None,
             serial_label_grade=bool(data.get("serial_label_grade")),
-            firmware=data.get("firmware"),
-            firmware_source=data.get("firmware_source"),
-            components=dict(data.get("components") or {}),
+            firmware=shared_text(data.get("firmware")),
+            firmware_source=shared_text(data.get("firmware_source")),
+            components={shared_text(k): shared_text(v) for k, v in (data.get("components") or {}).items()},
             vendor_id=_parse_hex_id(data.get("vendor_id")),
             product_id=_parse_hex_id(data.get("product_id")),
-            vendor=data.get("vendor"),
-            state=data.get("state"),
+            vendor=shared_text(data.get("vendor")),
+            state=shared_text(data.get("state")),
             attributes=dict(data.get("attributes") or {}),
             transport=Transport(data["transport"]),
-            address=data["address"],
-            first_seen=datetime.fromisoformat(data["first_seen"]),
-            last_seen=datetime.fromisoformat(data["last_seen"]),
-            room=data.get("room"),
+            address=shared_text(data["address"]),
+            first_seen=stored_moment(data["first_seen"]),
+            last_seen=stored_moment(data["last_seen"]),
+            room=shared_text(data.get("room")),
             health_issues=[
-                HealthIssue(i["code"], i["message"], Severity(i["severity"]))
+                HealthIssue(shared_text(i["code"]), shared_text(i["message"]), Severity(i["severity"]))
                 for i in data.get("health_issues") or ()
             ],
             children=[cls.from_dict(c) for c in data.get("children") or ()],
-            sources=list(data.get("sources") or ()),
+            sources=[shared_text(source) for source in data.get("sources") or ()],
             seen_by=[SeenBy.from_dict(s) for s in data.get("seen_by") or ()],
             provenance={fact: FactSource.from_dict(p) for fact, p in (data.get("provenance") or {}).items()},
             disagreements=[Disagreement.from_dict(d) for d in data.get("disagreements") or ()],

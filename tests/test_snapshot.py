@@ -103,3 +103,42 @@ def test_the_queued_snapshot_is_the_message_built_whole_and_an_unchanged_one_is_
         assert json.loads(kept)["digest"] == content_digest(sent)
     finally:
         store.close()
+
+
+def test_pieces_hashed_and_compressed_as_they_come_give_the_whole_bodys_digest_and_bytes(
+    tmp_path: Path,
+) -> None:
+    """The outbox hashes and compresses a snapshot piece by piece (``digest_and_gzip``): the
+    same content digest as the whole body's and the same gzip bytes, for the pieces
+    ``snapshot_chunks`` cuts, and (the gzip) however the body is cut."""
+    import random
+    from datetime import UTC, datetime
+
+    from agent.model import Room
+    from agent.store import Store
+    from agent.uploader.outbox import Outbox, body_digest, digest_and_gzip
+    from agent.uploader.protocol import gzip_body
+    from agent.uploader.snapshot import snapshot_chunks
+
+    catalog = load_catalog()
+    rooms = tuple(Room(f"oslo-4-{i:02d}", name=f"Room {i}") for i in range(12))
+    context = SnapshotContext(catalog, rooms, None, today=DAY)
+    at = datetime(2025, 6, 1, 9, tzinfo=UTC)
+    devices = []
+    for i in range(40):
+        device = unit(f"2313FD{i:06d}", "Rally Bar" if i % 2 else "Tap")
+        device.address = f"1-{i}"
+        device.room = rooms[i % len(rooms)].id if i % 5 else None
+        devices.append(device)
+    with Store.open(tmp_path / "state") as store:
+        store.record_scan(devices, list(rooms), at, sources_run={"usb"})
+        outbox = Outbox(store, agent_id="agent-1", hostname="pi")
+        pieces = list(snapshot_chunks(store, context, outbox.agent, 7, at, 0))
+    body = b"".join(pieces)
+    assert len(pieces) > 20 and b'"last_seen":' in body
+    assert digest_and_gzip(iter(pieces)) == (body_digest(body), gzip_body(body))
+    rng = random.Random(20261202)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 40)))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        assert digest_and_gzip(parts)[1] == gzip_body(body)

@@ -43,14 +43,18 @@ import json
 import re
 import sqlite3
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from agent.model import as_utc
 from agent.store import Store, StoreError, utc_text
 from agent.uploader.protocol import (
+    GZIP_LEVEL,
     MAX_EVENTS_PER_MESSAGE,
     SCHEMA_EVENTS,
     SCHEMA_INVENTORY,
@@ -82,7 +86,10 @@ SCHEMA_OF_KIND = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
 
 #: Builds a snapshot: (sequence, generated_at, dropped_events) → the message, or already its
 #: serialised bytes (what :func:`~agent.uploader.protocol.serialize` writes for it).
-SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage | bytes]
+SnapshotBuilder = Callable[[int, datetime, int], InventoryMessage | bytes | Iterable[bytes]]
+"""Makes the snapshot for (sequence, time, dropped events): a message, its bytes, or its bytes
+in pieces (:func:`agent.uploader.protocol.inventory_chunks`), hashed and compressed as they
+come."""
 
 _COLUMNS = (
     "id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
@@ -258,6 +265,23 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(_VOLATILE.sub(b"", body)).hexdigest()
 
 
+def digest_and_gzip(pieces: Iterable[bytes]) -> tuple[str, bytes]:
+    """:func:`body_digest` and :func:`~agent.uploader.protocol.gzip_body` of the pieces'
+    concatenation — the same digest and the same bytes — made piece by piece, so that the
+    uncompressed body is never held whole. No volatile field may straddle two pieces (those
+    of ``inventory_chunks`` end where JSON values do)."""
+    digest = hashlib.sha256()
+    # gzip.compress(data, mtime=0) is zlib's own gzip wrapper at the same level: fed the same
+    # bytes, a stream writes the same output, however they are cut.
+    packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    out = []
+    for piece in pieces:
+        digest.update(_VOLATILE.sub(b"", piece))
+        out.append(packer.compress(piece))
+    out.append(packer.flush())
+    return digest.hexdigest(), b"".join(out)
+
+
 def content_digest(message: InventoryMessage) -> str:
     """A digest of what a snapshot says, leaving out what changes on every scan without
     anything changing (``sequence``, ``generated_at``, every ``last_seen``)."""
@@ -382,9 +406,11 @@ class Outbox:
             dropped = int(_get(db, "dropped_events", 0))
             sequence = int(_get(db, "sequence", 0)) + 1
             built = build(sequence, now, dropped)
-            raw = built if isinstance(built, bytes) else serialize(built)
-            del built  # the bytes are all that is kept: the models may go
-            digest = body_digest(raw)
+            if isinstance(built, BaseModel):
+                built = serialize(built)
+            # The models (or the pieces) go as they are read: the compressed bytes stay.
+            digest, body = digest_and_gzip([built] if isinstance(built, bytes) else built)
+            del built
             last = _get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:
                 queued_at = datetime.fromisoformat(last["at"])
@@ -396,7 +422,7 @@ class Outbox:
                     return False
             db.execute("RELEASE replace_snapshot")
             _put(db, "sequence", sequence)
-            self._insert(db, "inventory", sequence, now, gzip_body(raw), 0, None, None)
+            self._insert(db, "inventory", sequence, now, body, 0, None, None)
             _put(db, "last_snapshot", {"at": utc_text(now), "digest": digest, "sequence": sequence})
             self._enforce_bound(db)
         return True

@@ -58,6 +58,7 @@ from agent.systems import units
 
 __all__ = [
     "ENDPOINTS",
+    "GZIP_LEVEL",
     "JSON_SCHEMA_DIALECT",
     "MAX_EVENTS_PER_MESSAGE",
     "MODELS",
@@ -83,6 +84,7 @@ __all__ = [
     "gzip_body",
     "health_out",
     "inventory_body",
+    "inventory_chunks",
     "inventory_message",
     "json_schemas",
     "parse_message",
@@ -521,8 +523,38 @@ def inventory_body(
     dropped_events: int = 0,
 ) -> bytes:
     """``serialize(inventory_message(...))`` — the same bytes — without ever holding the
-    whole message as models: each place is made, validated by its model, serialised and let
-    go in turn, so the snapshot costs its bytes in memory, not tens of MB of objects."""
+    whole message as models (:func:`inventory_chunks`, joined)."""
+    return b"".join(
+        inventory_chunks(
+            agent,
+            sequence,
+            generated_at,
+            report,
+            verdicts,
+            last_scan=last_scan,
+            seen=seen,
+            dropped_events=dropped_events,
+        )
+    )
+
+
+def inventory_chunks(
+    agent: AgentInfo,
+    sequence: int,
+    generated_at: datetime,
+    report: RoomsReport,
+    verdicts: Mapping[str, Verdict] | None = None,
+    *,
+    last_scan: datetime | None = None,
+    seen: Callable[[Device], bool] | None = None,
+    dropped_events: int = 0,
+) -> Iterator[bytes]:
+    """The bytes of ``serialize(inventory_message(...))``, in pieces: the message's head, then
+    each place and each unassigned unit as its model validates and serialises it, then the
+    tail. A piece ends where a JSON value does, never inside a key or a string. Each place is
+    made, serialised and let go in turn: with the pieces hashed and compressed as they come
+    (:meth:`agent.uploader.outbox.Outbox.queue_snapshot`), the snapshot never costs its whole
+    size in memory, let alone tens of MB of models."""
     parts = _Inventory(report, verdicts, last_scan, seen)
     shell = serialize(
         InventoryMessage(
@@ -539,18 +571,13 @@ def inventory_body(
     head, marker, tail = shell.rpartition(_EMPTY_LISTS)
     if marker != _EMPTY_LISTS:  # pragma: no cover - the models' field order is fixed above
         raise AssertionError("unexpected serialisation of an empty inventory message")
-    chunks = [head, b'"places":[']
+    yield head + b'"places":['
     for i, place in enumerate(parts.places()):
-        if i:
-            chunks.append(b",")
-        chunks.append(_to_json(place))
-    chunks.append(b'],"unassigned":[')
+        yield (b"," if i else b"") + _to_json(place)
+    yield b'],"unassigned":['
     for i, unit in enumerate(parts.unassigned()):
-        if i:
-            chunks.append(b",")
-        chunks.append(_to_json(unit))
-    chunks += [b"],", tail]
-    return b"".join(chunks)
+        yield (b"," if i else b"") + _to_json(unit)
+    yield b"]," + tail
 
 
 #: How an inventory message with no place and no unassigned unit writes those two fields.
@@ -638,10 +665,14 @@ def serialize(message: Message) -> bytes:
     return _to_json(message)
 
 
+#: The gzip level of every body the agent sends.
+GZIP_LEVEL: Final = 6
+
+
 def gzip_body(data: bytes) -> bytes:
     """``data`` gzip-compressed, one member, with no time stamp: the same message always
     compresses to the same bytes (a retry sends exactly what the first attempt sent)."""
-    return gzip.compress(data, compresslevel=6, mtime=0)
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def parse_message(data: bytes | str) -> Message:

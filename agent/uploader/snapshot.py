@@ -13,7 +13,7 @@ the SNMP units ``Offline``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -28,7 +28,7 @@ from agent.model import Device, Room, as_utc, utc_today
 from agent.sanitize import normalize_serial
 from agent.store import Store
 from agent.uploader.outbox import Outbox
-from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_body, inventory_message
+from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_chunks, inventory_message
 
 __all__ = [
     "SnapshotContext",
@@ -37,6 +37,7 @@ __all__ = [
     "queue_snapshot",
     "seen_by_latest_runs",
     "snapshot_body",
+    "snapshot_chunks",
     "unit_verdicts",
     "verdicts_for",
 ]
@@ -124,10 +125,23 @@ def snapshot_body(
     dropped_events: int = 0,
 ) -> bytes:
     """``serialize(build_snapshot(...))`` — the same bytes — made place by place
-    (:func:`agent.uploader.protocol.inventory_body`): what the outbox queues, without the
-    whole message held as models."""
+    (:func:`snapshot_chunks`, joined)."""
+    return b"".join(snapshot_chunks(store, context, agent, sequence, now, dropped_events))
+
+
+def snapshot_chunks(
+    store: Store,
+    context: SnapshotContext,
+    agent: AgentInfo,
+    sequence: int,
+    now: datetime,
+    dropped_events: int = 0,
+) -> Iterator[bytes]:
+    """The bytes of the snapshot in pieces, place by place
+    (:func:`agent.uploader.protocol.inventory_chunks`): what the outbox hashes and compresses
+    as they come, without the whole message held as models or as bytes."""
     with paused_gc():
-        return inventory_body(agent, sequence, now, **_parts(store, context, now, dropped_events))
+        yield from inventory_chunks(agent, sequence, now, **_parts(store, context, now, dropped_events))
 
 
 def _parts(store: Store, context: SnapshotContext, now: datetime, dropped_events: int) -> dict[str, Any]:
@@ -150,7 +164,7 @@ def queue_snapshot(
     """Queue the snapshot of what ``store`` holds now in ``outbox`` (see
     :meth:`Outbox.queue_snapshot` for when it is skipped); returns whether one was queued."""
     return outbox.queue_snapshot(
-        lambda sequence, at, dropped: snapshot_body(store, context, outbox.agent, sequence, at, dropped),
+        lambda sequence, at, dropped: snapshot_chunks(store, context, outbox.agent, sequence, at, dropped),
         now,
         force=force,
     )
