@@ -478,7 +478,8 @@ class Daemon:
                 retention=settings.retention,
                 rules=merge_rules(settings.catalog),
             )
-            return record, store.tracked(), self._snapshot_after(store, name, record, context, now)
+            queued = self._snapshot_after(store, name, record, context, now, success=success)
+            return record, store.tracked(), queued
 
         # A reload may cancel this task while the writer works: the write finishes whatever
         # happens, and what follows it (the loop's cache, the log, waking the delivery) too.
@@ -493,7 +494,14 @@ class Daemon:
         self._stored(name, call)
 
     def _snapshot_after(
-        self, store: Store, name: str, record: ScanRecord, context: SnapshotContext | None, now: datetime
+        self,
+        store: Store,
+        name: str,
+        record: ScanRecord,
+        context: SnapshotContext | None,
+        now: datetime,
+        *,
+        success: bool = True,
     ) -> bool:
         """In the writer thread: queue a snapshot when the scan may have changed what it says
         (its facts; which units the source's latest run saw; the snapshot's context, as a
@@ -502,24 +510,26 @@ class Daemon:
         if context is None:
             return False
         basis = self._snapshot_basis
+        # A run that failed as a whole looked at nothing: what its source saw is unchanged.
+        unseen = record.unseen if success or basis is None else basis[2].get(name, frozenset())
         same = (
             basis is not None
             and basis[0] is context
             and basis[1] == utc_today(now)
-            and basis[2].get(name) == record.unseen
+            and basis[2].get(name) == unseen
         )
         if same and not record.changed:
             return False
         try:
             with self._snapshot_lock:
                 queued = queue_snapshot(self._make_outbox(store), store, context, now)
-        except StoreError as exc:
+        except Exception as exc:  # the scan is stored: a snapshot that failed is owed, nothing more
             self._snapshot_basis = None
-            log.error("snapshot.queue.failed", source=name, error=str(exc))
+            log.error("snapshot.queue.failed", source=name, error=f"{type(exc).__name__}: {exc}")
             return False
-        unseen = dict(basis[2]) if basis is not None and basis[0] is context else {}
-        unseen[name] = record.unseen
-        self._snapshot_basis = (context, utc_today(now), unseen)
+        seen = dict(basis[2]) if basis is not None and basis[0] is context else {}
+        seen[name] = unseen
+        self._snapshot_basis = (context, utc_today(now), seen)
         return queued
 
     def _stored(self, name: str, call: asyncio.Future[tuple[ScanRecord, Any, bool]]) -> None:

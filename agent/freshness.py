@@ -69,8 +69,8 @@ def seen_times(before: Tracked | None, after: Tracked) -> list[tuple[str, str, d
 def with_seen(unit: Tracked, seen: Mapping[Channel, datetime]) -> Tracked:
     """``unit`` (just decoded: its device and readings are its own) with the times ``seen``
     keeps for its channels: every time that was its channel's when the unit was written is
-    moved to the time kept for that channel (the children's are their best channel's, the
-    one the unit's ``address`` came from)."""
+    moved to the time kept for that channel (the children's are the channel their
+    ``seen_by`` names: the one they were read through)."""
     if not seen:
         return unit
     written = {s.key: s.seen_at for s in unit.sightings}

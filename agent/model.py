@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -224,11 +225,31 @@ def transport_identity(
     return ident
 
 
+_SHARING = threading.local()
+
+
 def shared_text(value: Any) -> Any:
-    """A text read back from the store, shared with every equal one (``sys.intern``): a
-    site's inventory repeats its sources, products, collectors and each unit's address in
-    every fact's provenance; decoded apart they took half of its memory."""
-    return sys.intern(value) if type(value) is str else value
+    """A text read back from the store: inside :func:`sharing_texts`, one copy of each
+    distinct text (a site's inventory repeats its sources, products, collectors and each
+    unit's address in every fact's provenance: decoded apart, they took half of its memory);
+    outside, the text as it is."""
+    memo: dict[str, str] | None = getattr(_SHARING, "memo", None)
+    if memo is None or type(value) is not str:
+        return value
+    return memo.setdefault(value, value)
+
+
+@contextmanager
+def sharing_texts() -> Iterator[None]:
+    """Decode with the texts shared (:func:`shared_text`), in this thread, until the block
+    ends: the memo goes with it, so nothing is kept alive that the decoded objects do not
+    hold (``sys.intern`` would, on Python 3.12, for good)."""
+    outer = getattr(_SHARING, "memo", None)
+    _SHARING.memo = outer if outer is not None else {}
+    try:
+        yield
+    finally:
+        _SHARING.memo = outer
 
 
 #: When read back from the store: a site's units share a few instants (one per scan), parsed

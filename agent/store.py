@@ -78,7 +78,7 @@ from agent.events import (
 from agent.freshness import Channel, same_facts, seen_times, with_seen
 from agent.gcpause import paused_gc
 from agent.identity import MergeRules, source_of
-from agent.model import Device, Room, as_utc
+from agent.model import Device, Room, as_utc, sharing_texts
 
 DB_NAME = "roomsync.db"
 BUSY_TIMEOUT_S = 5.0
@@ -535,7 +535,10 @@ class Store:
 
         # The diff — the costly part — runs before the write lock is taken, so that the other
         # connections (the daemon's loop delivering the outbox) wait only for the writes.
-        generation, previous = self._snapshot()
+        try:
+            generation, previous = self._snapshot()
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path) from None
         changes = diff(previous)
         with self.transaction() as db:
             if self._generation(db) != generation:  # another connection stored a scan meanwhile
@@ -785,6 +788,10 @@ class Store:
             self._rollback()
 
     def _decode_inventory(self, db: sqlite3.Connection) -> dict[str, Tracked]:
+        with sharing_texts():  # a site's texts repeat: one copy of each (agent.model)
+            return self._decode_rows(db)
+
+    def _decode_rows(self, db: sqlite3.Connection) -> dict[str, Tracked]:
         sightings: dict[str, list[Sighting]] = {}
         for identity, data in db.execute(
             "SELECT identity, data FROM sightings ORDER BY identity, source, address"

@@ -169,11 +169,14 @@ class LanSource:
 
     answering: set[str] = field(default_factory=set)
     name: str = "snmp"
+    broken: bool = False
 
     async def run(self, ctx: Any) -> Any:
         from agent.discovery import SourceResult
         from agent.model import Observation, Transport
 
+        if self.broken:
+            raise OSError("the network is unreachable")
         result = SourceResult()
         for host in ("10.0.0.5", "10.0.0.6"):
             if host in self.answering:
@@ -220,12 +223,18 @@ def test_a_target_that_stops_answering_rebuilds_the_snapshot_and_so_does_its_ret
         source.answering = {"10.0.0.5", "10.0.0.6"}
         asyncio.run(daemon.run_source(plan))
         assert len(built) == 3  # seen again
+        source.broken = True
+        asyncio.run(daemon.run_source(plan))  # a run that failed as a whole looked at nothing
+        source.broken = False
+        asyncio.run(daemon.run_source(plan))
+        assert len(built) == 3
     finally:
         daemon._close_store()
 
 
+@pytest.mark.parametrize("failure", ["locked", "bug"])
 def test_a_snapshot_that_failed_to_queue_is_tried_again_by_the_next_scan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     sysfs = tree(tmp_path / "sys", 2)
     daemon, plan = daemon_over(tmp_path, sysfs)
@@ -233,7 +242,7 @@ def test_a_snapshot_that_failed_to_queue_is_tried_again_by_the_next_scan(
     from agent.store import StoreError
 
     real = daemon_module.queue_snapshot
-    failures: list[StoreError] = []
+    failures: list[Exception] = []
 
     def flaky(*args: Any, **kwargs: Any) -> bool:
         if failures:
@@ -246,9 +255,14 @@ def test_a_snapshot_that_failed_to_queue_is_tried_again_by_the_next_scan(
         asyncio.run(daemon.run_source(plan))
         assert snapshots(daemon.settings.state_dir) == 1
         add_device(sysfs, "1-9", 0x046D, 0x0881, serial="CAM09999", product="Rally Camera")
-        failures.append(StoreError("state database is locked by another process; try again when it is done"))
+        failures.append(
+            StoreError("state database is locked by another process; try again when it is done")
+            if failure == "locked"
+            else RuntimeError("a bug in the snapshot's code")
+        )
         asyncio.run(daemon.run_source(plan))  # the new camera is stored; its snapshot failed
         assert daemon.store is not None and len(daemon.store.devices()) == 3
+        assert daemon.store_error is None  # the scan was stored: only the snapshot failed
         assert snapshots(daemon.settings.state_dir) == 1
         asyncio.run(daemon.run_source(plan))  # nothing changed, but the snapshot is still owed
         with Store.open(daemon.settings.state_dir) as store:

@@ -142,3 +142,25 @@ def test_pieces_hashed_and_compressed_as_they_come_give_the_whole_bodys_digest_a
         cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 40)))
         parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
         assert digest_and_gzip(parts)[1] == gzip_body(body)
+
+
+def test_pieces_that_fail_midway_leave_the_collector_on_and_the_generator_closed() -> None:
+    import gc
+
+    import pytest
+
+    from agent.uploader.outbox import digest_and_gzip
+
+    closed = []
+
+    def pieces():
+        try:
+            yield b'{"places":['
+            raise MemoryError("no room for the next place")
+        finally:
+            closed.append(True)
+
+    assert gc.isenabled()
+    with pytest.raises(MemoryError):
+        digest_and_gzip(pieces())
+    assert gc.isenabled() and closed == [True]

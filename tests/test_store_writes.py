@@ -342,3 +342,36 @@ def test_pruning_many_scans_stays_within_sqlites_variable_limit(tmp_path: Path):
         at = T0 + timedelta(seconds=1_100)
         store.record_scan([unit("A1", at, firmware="2.0")], [], at, retention=Retention(None, 10, None, None))
         assert len({scan for scan, _ in store.history()}) == 10
+
+
+def test_a_corrupt_file_is_a_store_error_for_a_scan_too(tmp_path: Path):
+    """The scan reads the inventory before it takes the write lock: a page it cannot read is
+    the store's clear error there as well, not a raw SQLite one."""
+    from agent.store import StoreError
+
+    with Store.open(tmp_path) as store:
+        store.record_scan(site(300, T0), [], T0)
+        store.read("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray((tmp_path / DB_NAME).read_bytes())
+    middle = (len(data) // 4096 // 2) * 4096
+    data[middle : middle + 4096] = bytes(range(256)) * 16
+    (tmp_path / DB_NAME).write_bytes(bytes(data))
+    with Store.open(tmp_path) as fresh, pytest.raises(StoreError, match=r"corrupt"):
+        fresh.record_scan(site(300, T0 + timedelta(minutes=5)), [], T0 + timedelta(minutes=5))
+
+
+def test_texts_are_shared_while_decoding_and_the_memo_goes_with_it(tmp_path: Path):
+    from agent.model import shared_text, sharing_texts
+
+    with Store.open(tmp_path) as store:
+        store.record_scan(site(20, T0), [], T0)
+    with Store.open(tmp_path) as fresh:
+        units = list(fresh.tracked().values())
+    sources = {id(s.source) for u in units for s in u.sightings if s.source == "usb"}
+    assert len(sources) == 1  # one copy of "usb" for every sighting
+    text = "".join(["usb", "-x"])
+    assert shared_text(text) is text  # outside a decode: nothing is kept
+    with sharing_texts():
+        first = shared_text(text)
+        assert shared_text("".join(["usb", "-x"])) is first
+    assert shared_text("".join(["usb", "-x"])) is not first

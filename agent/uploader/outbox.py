@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from agent.gcpause import paused_gc
 from agent.model import as_utc
 from agent.store import Store, StoreError, utc_text
 from agent.uploader.protocol import (
@@ -271,13 +272,19 @@ def digest_and_gzip(pieces: Iterable[bytes]) -> tuple[str, bytes]:
     uncompressed body is never held whole. No volatile field may straddle two pieces (those
     of ``inventory_chunks`` end where JSON values do)."""
     digest = hashlib.sha256()
-    # gzip.compress(data, mtime=0) is zlib's own gzip wrapper at the same level: fed the same
-    # bytes, a stream writes the same output, however they are cut.
+    # gzip_body is zlib's own gzip wrapper at the same level: fed the same bytes, a stream
+    # writes the same output, however they are cut.
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     out = []
-    for piece in pieces:
-        digest.update(_VOLATILE.sub(b"", piece))
-        out.append(packer.compress(piece))
+    try:
+        with paused_gc():  # the pieces are a burst of short-lived objects
+            for piece in pieces:
+                digest.update(_VOLATILE.sub(b"", piece))
+                out.append(packer.compress(piece))
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()  # a generator stopped midway lets go of what it holds now, not at a GC
     out.append(packer.flush())
     return digest.hexdigest(), b"".join(out)
 
@@ -409,7 +416,8 @@ class Outbox:
             if isinstance(built, BaseModel):
                 built = serialize(built)
             # The models (or the pieces) go as they are read: the compressed bytes stay.
-            digest, body = digest_and_gzip([built] if isinstance(built, bytes) else built)
+            whole = isinstance(built, bytes | bytearray | memoryview)
+            digest, body = digest_and_gzip([bytes(built)] if whole else built)  # type: ignore[arg-type,list-item]
             del built
             last = _get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:

@@ -33,8 +33,8 @@ Decisions (also in ``docs/portal-api.md``)
 
 from __future__ import annotations
 
-import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, Final, Literal
@@ -671,8 +671,11 @@ GZIP_LEVEL: Final = 6
 
 def gzip_body(data: bytes) -> bytes:
     """``data`` gzip-compressed, one member, with no time stamp: the same message always
-    compresses to the same bytes (a retry sends exactly what the first attempt sent)."""
-    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+    compresses to the same bytes (a retry sends exactly what the first attempt sent). zlib's
+    own gzip wrapper (what ``gzip.compress(data, mtime=0)`` is on Python 3.11 and 3.12; 3.13
+    writes another OS byte): the same bytes on every Python, and what
+    :func:`agent.uploader.outbox.digest_and_gzip` writes piece by piece."""
+    return zlib.compress(data, level=GZIP_LEVEL, wbits=31)
 
 
 def parse_message(data: bytes | str) -> Message:

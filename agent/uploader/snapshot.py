@@ -126,7 +126,8 @@ def snapshot_body(
 ) -> bytes:
     """``serialize(build_snapshot(...))`` — the same bytes — made place by place
     (:func:`snapshot_chunks`, joined)."""
-    return b"".join(snapshot_chunks(store, context, agent, sequence, now, dropped_events))
+    with paused_gc():
+        return b"".join(snapshot_chunks(store, context, agent, sequence, now, dropped_events))
 
 
 def snapshot_chunks(
@@ -139,9 +140,10 @@ def snapshot_chunks(
 ) -> Iterator[bytes]:
     """The bytes of the snapshot in pieces, place by place
     (:func:`agent.uploader.protocol.inventory_chunks`): what the outbox hashes and compresses
-    as they come, without the whole message held as models or as bytes."""
-    with paused_gc():
-        yield from inventory_chunks(agent, sequence, now, **_parts(store, context, now, dropped_events))
+    as they come, without the whole message held as models or as bytes. (The consumer pauses
+    the cyclic collector around the whole of it: a generator suspended with it paused could
+    leave it off.)"""
+    yield from inventory_chunks(agent, sequence, now, **_parts(store, context, now, dropped_events))
 
 
 def _parts(store: Store, context: SnapshotContext, now: datetime, dropped_events: int) -> dict[str, Any]:
