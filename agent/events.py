@@ -481,9 +481,10 @@ def _settle(
             matched.setdefault(entry[0], {})[channel] = i
     if not matched:
         return None
-    owners = Counter(s.key for u in previous.values() for s in u.sightings)
-    key_owners = Counter(k for u in previous.values() for k in u.keys or ())
-    serial_owners = Counter(_label_serial(u) for u in previous.values())
+    owners = Counter([(s.source, s.address) for u in previous.values() for s in u.sightings])
+    key_owners = Counter([k for u in previous.values() for k in u.keys or ()])
+    serial_of = {identity: _label_serial(unit) for identity, unit in previous.items()}
+    serial_owners = Counter(serial_of.values())
     units: dict[str, dict[Channel, int]] = {}
     moment = as_utc(at)
     for identity, found in matched.items():
@@ -496,7 +497,7 @@ def _settle(
             continue
         if any(key_owners[k] != 1 for k in unit.keys or ()):
             continue
-        serial = _label_serial(unit)
+        serial = serial_of[identity]
         if serial is not None and serial_owners[serial] != 1:
             continue
         units[identity] = found

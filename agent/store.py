@@ -552,7 +552,16 @@ class Store:
             self._write_history(db, scan_id, found, changes.placed, rewritten)
             self._prune_history(db, keep, finished_at)
             self._prune_events(db, keep, finished_at)
-        learn_channels(self._known, found, facts, changes.placed)
+        if changes.settled:  # a settled unit's channels read what they read before
+            kept = [i for i, identity in enumerate(changes.placed) if identity not in changes.settled]
+            learn_channels(
+                self._known,
+                [found[i] for i in kept],
+                [facts[i] for i in kept],
+                [changes.placed[i] for i in kept],
+            )
+        else:
+            learn_channels(self._known, found, facts, changes.placed)
         changed = bool(rewritten or changes.removed or changes.events or rooms_changed)
         unseen = _unseen(changes.inventory, found, scope, changes.settled)
         record = ScanRecord(scan_id, changes.events, changes.placed, changed, unseen)
