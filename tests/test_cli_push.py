@@ -127,6 +127,19 @@ def test_push_gives_up_at_the_deadline_with_exit_1(site: Path, portal: PortalSta
     assert shown["messages"][0]["last_status"] == 503
 
 
+def test_the_deadline_bounds_the_request_in_flight(site: Path, portal: PortalStandIn):
+    """A portal that answers one byte every 10 s (the site's portal time-out is 5 s):
+    ``--deadline 2`` ends the push after about 2 s, not at the time-out (it took 5.9 s when
+    the request in flight had only the portal time-out)."""
+    portal.inject("slow", times=10, interval=10.0)
+    started = time.monotonic()
+    pushed = push(site, portal, "--deadline", "2")
+    took = time.monotonic() - started
+    assert pushed.returncode == 1, pushed.stdout + pushed.stderr
+    assert took < 4.5, f"the push took {took:.1f} s with --deadline 2"
+    assert "gave up at the deadline" in pushed.stdout
+
+
 def test_a_refused_token_exits_1_and_never_shows_the_token(site: Path, portal: PortalStandIn):
     wrong = f"tok-old-{secrets.token_hex(8)}"
     (site / "portal.token").write_text(wrong + "\n")

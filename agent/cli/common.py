@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,25 @@ def write_output(path: str | None, text: str, flag: str = "--output") -> None:
             out.write(text)
     except OSError as exc:
         raise UsageError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above zero (``nan``, ``inf``, 0 and
+    negative numbers are usage errors, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, not {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    if text.strip() in {"0", "0.0", "0e0"}:
+        return 0.0
+    return seconds(text)
 
 
 def parse_day(text: str | None, flag: str) -> date:

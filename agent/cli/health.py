@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parents, UsageError, load, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Parents, UsageError, load, print_json, seconds
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -27,7 +27,9 @@ def register(sub: Subparsers, parents: Parents) -> None:
         help="the API's base URL (default: from [api] listen, http://127.0.0.1:8765; "
         "unix:/path for a socket)",
     )
-    health.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait (default 5)")
+    health.add_argument(
+        "--timeout", type=seconds, default=5.0, metavar="S", help="seconds to wait (default 5)"
+    )
     health.add_argument("--json", action="store_true", help="print the daemon's status as JSON")
     health.set_defaults(func=cmd_health)
 

@@ -7,7 +7,16 @@ import sys
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json, table
+from agent.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Parents,
+    UsageError,
+    load,
+    print_json,
+    seconds_or_zero,
+    table,
+)
 from agent.cli.context import (
     configured_rooms,
     make_outbox,
@@ -52,7 +61,11 @@ def register(sub: Subparsers, parents: Parents) -> None:
         "is accepted for scripts that spell it out)",
     )
     push.add_argument(
-        "--deadline", type=float, default=60.0, metavar="S", help="stop retrying after S seconds (default 60)"
+        "--deadline",
+        type=seconds_or_zero,
+        default=60.0,
+        metavar="S",
+        help="stop after S seconds, the request in flight included (default 60; 0: one attempt)",
     )
     push.add_argument(
         "--retry-parked",
@@ -85,8 +98,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     from agent.uploader.delivery import Delivery, PortalError
     from agent.uploader.snapshot import queue_snapshot
 
-    if args.deadline < 0:
-        raise UsageError("--deadline must be 0 or more")
     settings = portal_settings(args, cfg)
     context = snapshot_context(cfg, configured_rooms(args, cfg))
     store = open_store(args, cfg)

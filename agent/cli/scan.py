@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json, seconds
 from agent.cli.context import config_room, make_outbox, room_map, snapshot_context
 from agent.cli.sources import SweepProgress, source_settings, usb_settings, wanted_sources
 from agent.cli.views import print_events, print_room_lines, print_scan_table
@@ -44,7 +44,7 @@ def register(sub: Subparsers, parents: Parents) -> None:
     )
     scan.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=120.0,
         metavar="S",
         help="give up on a source after S seconds (default 120)",

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from agent.cli.common import UsageError, revalidate
+from agent.cli.common import UsageError, revalidate, seconds
 
 if TYPE_CHECKING:
     from agent.config import (
@@ -55,7 +55,7 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
         help="SNMPv2c community (visible in the process list: for tests; use "
         "community_file in the configuration in production)",
     )
-    lan.add_argument("--snmp-timeout", type=float, metavar="S", help="seconds per SNMP request")
+    lan.add_argument("--snmp-timeout", type=seconds, metavar="S", help="seconds per SNMP request")
     lan.add_argument("--snmp-retries", type=int, metavar="N", help="SNMP retries per request")
     lan.add_argument("--concurrency", type=int, metavar="N", help="SNMP requests in flight")
     lan.add_argument("--mdns", action="store_true", help="browse mDNS (DNS-SD) services")
@@ -71,7 +71,7 @@ def add_source_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="browse only on the interface with this address; repeatable",
     )
-    lan.add_argument("--mdns-timeout", type=float, metavar="S", help="seconds to browse")
+    lan.add_argument("--mdns-timeout", type=seconds, metavar="S", help="seconds to browse")
     lan.add_argument(
         "--ssh",
         metavar="USER@HOST[:PORT]",

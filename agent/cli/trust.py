@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json
+from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json, seconds
 
 if TYPE_CHECKING:
     from agent.pins import Pin
@@ -49,7 +49,7 @@ def register(sub: Subparsers, parents: Parents) -> None:
     )
     collabos.add_argument("--forget", action="store_true", help="remove the device's pin")
     collabos.add_argument("--list", action="store_true", help="list every pinned device")
-    collabos.add_argument("--timeout", type=float, default=10.0, metavar="S", help="handshake timeout")
+    collabos.add_argument("--timeout", type=seconds, default=10.0, metavar="S", help="handshake timeout")
     collabos.add_argument("--json", action="store_true", help="print JSON")
     collabos.set_defaults(func=cmd_trust_collabos)
     trust.set_defaults(func=lambda args: _needs_kind(trust))

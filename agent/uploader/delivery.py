@@ -263,7 +263,10 @@ class Delivery:
 
     async def run(self, *, deadline: float | None = None, stop: asyncio.Event | None = None) -> RunResult:
         """Send the queue until it is empty, delivery pauses, ``deadline`` (a ``clock()``
-        value) would pass before the next retry, or ``stop`` is set."""
+        value) would pass before the next retry, or ``stop`` is set. The deadline bounds the
+        request in flight too: a request gets the portal ``timeout`` or what is left of the
+        deadline, whichever is shorter (the run's first request is always made, with the
+        portal ``timeout``, even when the deadline is already past)."""
         token = _token(self.settings)
         result = RunResult()
         failures = 0
@@ -285,12 +288,18 @@ class Delivery:
                             self.outbox.take_outage()
                             continue
                         return result
+                    left = None if deadline is None else deadline - self.clock()
+                    if left is not None and left <= 0:
+                        if result.attempts:  # no time left even to send it
+                            result.stopped_because = "deadline"
+                            return result
+                        left = None  # a deadline already past allows one attempt (push --deadline 0)
                     if not self.outbox.begin_attempt(head, self.now()):
                         continue
                 except StoreError as exc:
                     result.stopped_because, result.last_problem = "error", str(exc)
                     return result
-                attempt = await self._send(session, token, head)
+                attempt = await self._send(session, token, head, left)
                 result.attempts.append(attempt)
                 try:
                     stop_now = self._settle(head, attempt, result)
@@ -357,7 +366,9 @@ class Delivery:
         log.warning("portal delivery failed; will retry", detail=attempt.detail, **fields)
         return False
 
-    async def _send(self, session: aiohttp.ClientSession, token: str, message: QueuedMessage) -> Attempt:
+    async def _send(
+        self, session: aiohttp.ClientSession, token: str, message: QueuedMessage, left: float | None = None
+    ) -> Attempt:
         url = self.settings.url + ENDPOINTS[message.schema]
         headers = {
             "Authorization": f"Bearer {token}",
@@ -369,8 +380,14 @@ class Delivery:
         }
         started = self.clock()
         try:
+            # Within the deadline, the request in flight included.
+            limit = (
+                session.timeout
+                if left is None
+                else aiohttp.ClientTimeout(total=min(self.settings.timeout, left))
+            )
             async with session.post(
-                url, data=message.body, headers=headers, allow_redirects=False, compress=None
+                url, data=message.body, headers=headers, allow_redirects=False, compress=None, timeout=limit
             ) as reply:
                 body = _text(await _read_capped(reply, MAX_REPLY_BYTES), reply)
                 status = reply.status
