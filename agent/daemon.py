@@ -89,6 +89,52 @@ THREAD_GRACE_S = 2.0
 
 T = TypeVar("T")
 
+#: The file in the state directory a running daemon holds locked (and writes its PID in).
+LOCK_NAME = "daemon.lock"
+
+
+class StateDirLock:
+    """One daemon per state directory: an exclusive ``flock`` on :data:`LOCK_NAME`, held
+    for the daemon's life (the kernel lets go of it when the process ends, however it ends).
+    Two daemons on one state directory would be two deliverers on one outbox."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; ``None`` when this process holds it (or the directory cannot be
+        made: the store's own error says so then), else why it cannot: another daemon,
+        named by its PID."""
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            return (
+                f"another roomsync daemon (PID {holder}) is using the state directory "
+                f"{self.path.parent}; stop it first (systemctl stop roomsync), or give this one "
+                "another state_dir"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 class StoreWriter:
     """One worker thread that owns a connection of its own to the state database: scans are
@@ -257,6 +303,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._store_tried = time.monotonic()
+        self._state_lock = StateDirLock(settings.state_dir)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -269,6 +316,10 @@ class Daemon:
         ):
             loop.add_signal_handler(signum, handler)
         async with self._reload_lock:  # a SIGHUP during the start waits for it to finish
+            problem = self._state_lock.acquire()
+            if problem is not None:
+                log.error("daemon.state_dir.in_use", error=problem)
+                return 2  # a restart cannot fix it (RestartPreventExitStatus=2)
             self._open_store()
             from agent.api import ApiServer, ApiStartError
 
@@ -310,6 +361,7 @@ class Daemon:
         if self._api is not None:
             await self._api.stop()
         self._close_store()
+        self._state_lock.release()
 
     def _on_hup(self) -> None:
         # Keep a reference: the loop holds tasks only weakly.

@@ -753,3 +753,28 @@ def test_sighup_reloads_and_an_invalid_config_keeps_the_old_one(own: Own) -> Non
     assert refused and "sources.usb.interval" in refused[-1]["error"], refused
     assert d.source("usb")["interval"] == 120.0
     assert d.get("/healthz").status == 200 and d.get("/readyz").status == 200
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused_naming_the_first(own: Own) -> None:
+    """Two daemons on one state directory would be two deliverers on one outbox: the second
+    exits 2 before READY=1, naming the first one's PID; the first carries on."""
+    add_device(own.dir / "sys", "1-1", LOGITECH, RALLY_BAR, serial=USB_SERIAL, devnum=2)
+    first = start_own(own, usb_section(own.dir / "sys"), MDNS_OFF)
+    second_dir = own.dir / "second"
+    second_dir.mkdir()
+    config = write_config(
+        second_dir / "agent.toml",
+        usb_section(own.dir / "sys"),
+        MDNS_OFF,
+        api_section(f"{LOOPBACK}:{free_tcp_port()}"),
+        state_dir=own.dir / "state",
+    )
+    with NotifySocket.make() as notify:
+        proc = launch(config, notify, second_dir / "daemon.log")
+        code = proc.wait(30)
+        assert notify.count("READY=1") == 0
+    err = (second_dir / "daemon.log").read_text()
+    assert code == 2, err
+    assert f"PID {first.pid}" in err and "state directory" in err and "Traceback" not in err
+    assert first.get("/healthz").status == 200
+    assert (own.dir / "state" / "daemon.lock").read_text().strip() == str(first.pid)
