@@ -137,6 +137,18 @@ def clean_text(raw: bytes | str | None, *, max_len: int = DEFAULT_MAX_LEN) -> Cl
     return CleanText(cleaned, tuple(problems))
 
 
+def printable(text: str) -> str:
+    """``text`` from outside (a portal's reply, a stored error) safe for a log line and a
+    terminal: control and format characters dropped (an ANSI escape sequence can no longer
+    recolour or rewrite the operator's terminal), white space of any kind one space."""
+    kept = [
+        " " if unicodedata.category(ch)[0] == "Z" or ch in "\t\r\n" else ch
+        for ch in text
+        if ch in "\t\r\n" or unicodedata.category(ch)[0] != "C" or ch in _JOINERS
+    ]
+    return " ".join("".join(kept).split())
+
+
 def is_placeholder_serial(value: str | None) -> bool:
     """True for serials that firmware fills in when it has none (never label-grade)."""
     if value is None:

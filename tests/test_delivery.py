@@ -808,3 +808,41 @@ def test_backoff_delay_counts_from_one():
     assert backoff_delay(10, 900, rng=lambda: 0.999) == pytest.approx(0.999 * 512)
     assert backoff_delay(40, 900, rng=lambda: 0.999) == pytest.approx(0.999 * 900)
     assert backoff_delay(40, 900, 5000, rng=lambda: 0.0) == 900
+
+
+async def test_a_portals_escape_sequences_never_reach_the_outbox_or_the_terminal(
+    agent: Agent, capsys: pytest.CaptureFixture[str]
+):
+    """A portal (or what stands between) answering with ANSI escapes and control characters:
+    the detail kept in the outbox and shown by ``roomsync outbox`` has none of them."""
+    hostile = "\x1b[31mDISK FULL\x1b[0m\x07\r\x1b[2Kall good\x00"
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        problem = {"title": "oops", "detail": hostile}
+        return web.json_response(problem, status=400)
+
+    app = web.Application()
+    app.router.add_post(EVENTS, handle)
+    app.router.add_post(INVENTORY, handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        result = await agent.delivery(url).run()
+    finally:
+        await runner.cleanup()
+    assert result.parked == 2
+    details = [m.last_error or "" for m in agent.outbox.messages()] + [a.detail for a in result.attempts]
+    assert details and all("DISK FULL" in d and "all good" in d for d in details)
+    assert not any(ch in d for d in details for ch in "\x1b\x07\r\x00")
+
+    from agent.cli.common import table
+    from agent.cli.push import print_outbox_summary
+
+    print(table(["LAST ERROR"], [[hostile]]))
+    print_outbox_summary(agent.outbox.stats(), "paused", hostile)
+    shown = capsys.readouterr().out
+    assert "DISK FULL" in shown and not any(ch in shown for ch in "\x1b\x07\r\x00")

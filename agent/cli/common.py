@@ -70,6 +70,11 @@ def print_json(data: object) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under headers, columns aligned; every cell printable (agent.sanitize.printable:
+    what a device or a portal wrote cannot drive the terminal)."""
+    from agent.sanitize import printable
+
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]

@@ -147,6 +147,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def print_outbox_summary(stats: OutboxStats, stopped: str | None = None, problem: str | None = None) -> None:
+    from agent.sanitize import printable
+
     reasons = {
         "paused": "delivery paused",
         "deadline": "gave up at the deadline",
@@ -161,7 +163,7 @@ def print_outbox_summary(stats: OutboxStats, stopped: str | None = None, problem
             f"not yet queued ({stats.bytes} bytes)"
         )
     if stopped in reasons:
-        print(f"{reasons[stopped]}: {problem}" if problem else reasons[stopped])
+        print(f"{reasons[stopped]}: {printable(problem)}" if problem else reasons[stopped])
     if stats.parked:
         print(
             "parked messages were refused by the portal (4xx); roomsync outbox shows why, "
@@ -174,7 +176,7 @@ def print_outbox_summary(stats: OutboxStats, stopped: str | None = None, problem
         )
     portal = stats.portal
     if portal.state not in ("ok", "unknown"):
-        print(f"portal {portal.state}" + (f": {portal.reason}" if portal.reason else ""))
+        print(f"portal {portal.state}" + (f": {printable(portal.reason)}" if portal.reason else ""))
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

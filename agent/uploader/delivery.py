@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from agent.log import get_logger
-from agent.sanitize import MASK
+from agent.sanitize import MASK, printable
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 from agent.uploader.outbox import Outbox, QueuedMessage
@@ -468,5 +468,5 @@ def _text(body: bytes, reply: aiohttp.ClientResponse) -> str:
 
 
 def _short(text: str) -> str:
-    flat = " ".join(text.split())
+    flat = printable(text)  # a portal's words, stored and printed: no escape sequences
     return flat if len(flat) <= MAX_DETAIL_CHARS else flat[: MAX_DETAIL_CHARS - 1] + "…"
