@@ -130,12 +130,11 @@ class ApiStartError(Exception):
 
 
 def is_loopback_listen(listen: str) -> bool:
-    """Whether ``listen`` (``HOST:PORT`` or ``unix:/path``) is reachable from this host only."""
-    if listen.startswith("unix:"):
-        return True
-    from agent.config import is_loopback_host
+    """Whether ``listen`` (``HOST:PORT`` or ``unix:/path``) is reachable from this host only
+    (:func:`agent.config.is_loopback_listen`)."""
+    from agent.config import is_loopback_listen as loopback
 
-    return is_loopback_host(listen.rpartition(":")[0])
+    return loopback(listen)
 
 
 def _json_text(data: Any) -> str:
@@ -175,12 +174,12 @@ class ApiServer:
                 self._token = read_secret(self.token_file, "API token").encode()
             except SecretFileError as exc:
                 raise ApiStartError(str(exc), usage=True) from None
-        elif not is_loopback_listen(self.listen):
-            raise ApiStartError(
-                f"[api] listen = {self.listen!r} is reachable from the network: set "
-                "[api] token_file (a bearer token) or listen on 127.0.0.1",
-                usage=True,
-            )
+        else:
+            from agent.config import api_exposure_problem
+
+            problem = api_exposure_problem(self.listen, None)
+            if problem is not None:
+                raise ApiStartError(problem, usage=True)
         app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._guard])
         routes = {
             "/healthz": self.healthz,

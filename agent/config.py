@@ -250,6 +250,24 @@ class SourcesConfig(_Section):
     collabos: CollabosSourceConfig = CollabosSourceConfig()
 
 
+def is_loopback_listen(listen: str) -> bool:
+    """Whether ``listen`` (``HOST:PORT`` or ``unix:/path``) is reachable from this host only."""
+    if listen.startswith("unix:"):
+        return True
+    return is_loopback_host(listen.rpartition(":")[0])
+
+
+def api_exposure_problem(listen: str, token_file: object | None) -> str | None:
+    """Why the local API may not listen there (beyond loopback without a token), or ``None``:
+    the one check ``roomsync run``, the API and ``roomsync check-config`` make."""
+    if token_file is None and not is_loopback_listen(listen):
+        return (
+            f"[api] listen = {listen!r} is reachable from the network: set [api] token_file "
+            "(a bearer token) or listen on 127.0.0.1"
+        )
+    return None
+
+
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (a name, an address, ``[v6]``) names this host only."""
     if host.lower() == "localhost":
@@ -446,6 +464,8 @@ def load_config(
     for name in sorted(env):
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
             continue
+        if not env[name].strip():
+            continue  # set but empty: unset (ROOMSYNC_STATE_DIR= must not mean ".")
         keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split("__"))
         if not all(keys):
             problems.append(f"environment {name}: empty key between '__' separators")
@@ -505,6 +525,10 @@ def _describe(exc: ValidationError, where: str, env_sources: Mapping[tuple[str, 
             if loc[:n] in env_sources:
                 origin = f"environment {env_sources[loc[:n]]}"
                 break
+        else:  # a key the environment made up (a typo in its name) lies below ``loc``
+            named = [name for keys, name in env_sources.items() if loc and keys[: len(loc)] == loc]
+            if named:
+                origin = f"environment {', '.join(sorted(named))}"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key (see config/agent.example.toml for the keys there are)"

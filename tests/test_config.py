@@ -195,3 +195,37 @@ def test_secret_values_are_not_echoed_in_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "[sources.snmp]\ncommunity = 12345678\n")
     [line] = problems(path)
     assert "sources.snmp.community" in line and "12345678" not in line
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8765", "[::]:8765", "192.0.2.10:8765"])
+def test_check_config_refuses_what_run_refuses_an_api_open_to_the_network_without_a_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[api]\nlisten = "{listen}"\n')
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "reachable from the network" in err and "token_file" in err
+    token = tmp_path / "api.token"
+    token.write_text("a-token\n")
+    path.write_text(f'[api]\nlisten = "{listen}"\ntoken_file = "{token}"\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+
+
+def test_a_typo_in_an_environment_variables_key_is_blamed_on_that_variable(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("[sources.usb]\nenabled = true\n")
+    with pytest.raises(ConfigError) as problem:
+        load_config(path, environ={"ROOMSYNC_SOURCES__USBB__SYSFS_ROOT": "/sys"})
+    [line] = problem.value.problems
+    assert line.startswith("environment ROOMSYNC_SOURCES__USBB__SYSFS_ROOT: sources.usbb: unknown key"), line
+    assert str(path) not in line
+
+
+def test_an_empty_environment_variable_is_unset(tmp_path: Path) -> None:
+    from agent.config import resolve_state_dir
+
+    loaded = load_config(None, environ={"ROOMSYNC_STATE_DIR": "", "ROOMSYNC_SOURCES__SNMP__TIMEOUT": "  "})
+    assert loaded.config.state_dir is None and loaded.env_overrides == ()
+    where = resolve_state_dir(loaded.config, environ={"HOME": str(tmp_path)})
+    assert where == tmp_path / ".local" / "state" / "roomsync"  # not the current directory

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from agent.cli.common import EXIT_OK, Parents, load, print_json
+from agent.cli.common import EXIT_OK, Parents, UsageError, load, print_json
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -26,7 +26,12 @@ def register(sub: Subparsers, parents: Parents) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     loaded = load(args)
-    from agent.config import effective_config
+    from agent.config import api_exposure_problem, effective_config
+
+    # What roomsync run would refuse, check-config refuses too.
+    exposed = api_exposure_problem(loaded.config.api.listen, loaded.config.api.token_file)
+    if exposed is not None:
+        raise UsageError(exposed)
 
     data = effective_config(loaded.config)
     if args.json:

@@ -85,14 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     level = {0: cfg.log.level, 1: "info"}.get(args.verbose, "debug")
     configure(level, args.log_format or cfg.log.format)
     settings = daemon_settings(args, cfg)
-    from agent.api import is_loopback_listen
+    from agent.config import api_exposure_problem
 
-    if settings.api_token_file is None and not is_loopback_listen(settings.listen):
+    exposed = api_exposure_problem(settings.listen, settings.api_token_file)
+    if exposed is not None:
         # Refused before anything is opened or bound (the API checks again when it starts).
-        raise UsageError(
-            f"--listen/[api] listen {settings.listen} is reachable from the network: "
-            "set [api] token_file (a bearer token) or listen on 127.0.0.1"
-        )
+        raise UsageError(f"{exposed} (--listen or [api] listen)")
 
     def reload() -> DaemonSettings:
         try:
