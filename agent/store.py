@@ -267,10 +267,21 @@ def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
         )
     if "readonly" in text or "unable to open" in text:
         return StoreError(
-            f"state database {path} cannot be written ({exc}); check the state "
-            "directory's owner and permissions"
+            f"state database {path} cannot be written as user {user_name()} ({exc}); check the "
+            "state directory's owner and permissions, or run the command as the service's user "
+            "(sudo -u roomsync roomsync …)"
         )
     return StoreError(f"state database {path}: {exc}")
+
+
+def user_name() -> str:
+    """This process's user, by name when it has one (for an error that says who may not)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.geteuid())
 
 
 def _unreadable(path: Path, what: str, exc: Exception) -> StoreError:

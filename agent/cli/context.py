@@ -71,7 +71,17 @@ def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
     from agent.store import DB_NAME, Store, StoreError
 
     state_dir = resolve_state_dir(cfg, args.state_dir)
-    if not (state_dir / DB_NAME).exists():
+    try:
+        stored = (state_dir / DB_NAME).exists()
+    except OSError as exc:  # a state directory this user may not look into
+        from agent.store import user_name
+
+        raise UsageError(
+            f"cannot read the state directory {state_dir} as user {user_name()} "
+            f"({exc.strerror or exc}): run the command as the service's user "
+            "(sudo -u roomsync roomsync …), or pass --state-dir"
+        ) from None
+    if not stored:
         print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first", file=sys.stderr)
         return None
     try:
