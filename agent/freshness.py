@@ -22,15 +22,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from agent.events import Sighting, Tracked
+from agent.events import Channel, Sighting, Tracked
 from agent.model import Device, as_utc, facts_key
-
-Channel = tuple[str, str]
-"""A sighting's (source, address)."""
-
-
-def _device_key(device: Device, *, top: bool) -> tuple[Any, ...]:
-    return facts_key(device, top=top)
 
 
 def _sighting_key(sighting: Sighting) -> tuple[Any, ...]:
@@ -44,7 +37,7 @@ def _sighting_key(sighting: Sighting) -> tuple[Any, ...]:
         sighting.issues,
         sighting.missed,
         sighting.recent,
-        _device_key(sighting.reading, top=False) if sighting.reading is not None else None,
+        facts_key(sighting.reading, top=False) if sighting.reading is not None else None,
     )
 
 
@@ -56,7 +49,7 @@ def same_facts(before: Tracked, after: Tracked) -> bool:
         return False
     return all(
         _sighting_key(a) == _sighting_key(b) for a, b in zip(before.sightings, after.sightings, strict=True)
-    ) and _device_key(before.device, top=True) == _device_key(after.device, top=True)
+    ) and facts_key(before.device, top=True) == facts_key(after.device, top=True)
 
 
 def seen_times(before: Tracked | None, after: Tracked) -> list[tuple[str, str, datetime]]:

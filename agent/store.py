@@ -66,6 +66,7 @@ from typing import Any
 from agent.events import (
     DEFAULT_REMOVE_AFTER,
     ChangeEvent,
+    Channel,
     ScanDiff,
     Sighting,
     Tracked,
@@ -75,7 +76,7 @@ from agent.events import (
     reading_facts,
     sources_of,
 )
-from agent.freshness import Channel, same_facts, seen_times, with_seen
+from agent.freshness import same_facts, seen_times, with_seen
 from agent.gcpause import paused_gc
 from agent.identity import MergeRules, source_of
 from agent.model import Device, Room, as_utc, sharing_texts

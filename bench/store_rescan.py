@@ -39,11 +39,10 @@ from agent.catalog import load_catalog
 from agent.discovery import ScanContext
 from agent.discovery.usb import UsbSource
 from agent.events import diff_scan, reading_facts, source_of
-from agent.freshness import _device_key
 from agent.gcpause import paused_gc
 from agent.inventory import merge_rules
 from agent.log import configure
-from agent.model import Device, Transport
+from agent.model import Device, Transport, facts_key
 from agent.scan import run_scan
 from agent.store import DB_NAME, Store
 from bench.portal_push import make_inventory
@@ -166,7 +165,7 @@ def site_rescan(units: int, runs: int) -> None:
                 by_channel = {(source_of(d), d.address): d for d in readings}
                 units_by_channel = {s.key: u for u in previous.values() for s in u.sightings}
                 found = [
-                    (units_by_channel.get(key), _device_key(d, top=False)) for key, d in by_channel.items()
+                    (units_by_channel.get(key), facts_key(d, top=False)) for key, d in by_channel.items()
                 ]
                 floor_cpu.append(time.process_time() - started)
                 started = time.process_time()

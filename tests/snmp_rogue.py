@@ -86,9 +86,13 @@ class RogueAgent:
             if reply is None:
                 continue
             self.requests += 1
-            if self.delay:
-                time.sleep(self.delay)
-            self.sock.sendto(reply, peer)
+            self._send(reply, peer)
+
+    def _send(self, reply: bytes, peer: Any) -> None:
+        """Send the answer to one request (a subclass may send other datagrams first)."""
+        if self.delay:
+            time.sleep(self.delay)
+        self.sock.sendto(reply, peer)
 
     def _answer(self, data: bytes) -> bytes | None:
         version = int(api.decodeMessageVersion(data))

@@ -163,32 +163,21 @@ class Impostor(RogueAgent):
         super().__exit__(*exc)
         self.other.close()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            reply = self._answer(data)
-            if reply is None:
-                continue
-            self.requests += 1
-            message, _ = decoder.decode(reply, asn1Spec=v2c.Message())
-            pdu = v2c.apiMessage.get_pdu(message)
-            rid = int(v2c.apiPDU.get_request_id(pdu))
-            v2c.apiPDU.set_request_id(pdu, rid + 1)
-            wrong_rid = bytes(encoder.encode(message))
-            v2c.apiPDU.set_request_id(pdu, rid)
-            v2c.apiMessage.set_community(message, b"other")
-            wrong_community = bytes(encoder.encode(message))
-            for junk in (b"\x30\x03\x02\x01", b"", b"\xff" * 40, wrong_rid, wrong_community):
-                self.sock.sendto(junk, peer)
-            self.other.sendto(reply, peer)  # right answer, wrong port
-            if self.then_answer:
-                time.sleep(0.02)
-                self.sock.sendto(reply, peer)
+    def _send(self, reply: bytes, peer: Any) -> None:
+        message, _ = decoder.decode(reply, asn1Spec=v2c.Message())
+        pdu = v2c.apiMessage.get_pdu(message)
+        rid = int(v2c.apiPDU.get_request_id(pdu))
+        v2c.apiPDU.set_request_id(pdu, rid + 1)
+        wrong_rid = bytes(encoder.encode(message))
+        v2c.apiPDU.set_request_id(pdu, rid)
+        v2c.apiMessage.set_community(message, b"other")
+        wrong_community = bytes(encoder.encode(message))
+        for junk in (b"\x30\x03\x02\x01", b"", b"\xff" * 40, wrong_rid, wrong_community):
+            self.sock.sendto(junk, peer)
+        self.other.sendto(reply, peer)  # right answer, wrong port
+        if self.then_answer:
+            time.sleep(0.02)
+            self.sock.sendto(reply, peer)
 
 
 @pytest.mark.parametrize("then_answer", [True, False])
