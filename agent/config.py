@@ -7,6 +7,19 @@
 * Environment: ``ROOMSYNC_<SECTION>__<KEY>`` overrides one key, ``__`` separating levels
   (``ROOMSYNC_ROOM__ID=oslo-4-12``, ``ROOMSYNC_SOURCES__USB__ENABLED=false``). Values are
   text, converted by the field's type; lists and tables are written as JSON.
+* Paths: a relative path written in the file is relative to the file's directory, whatever
+  the current directory (``/etc/roomsync/agent.toml`` saying ``room_map = "rooms.csv"`` means
+  ``/etc/roomsync/rooms.csv``); :func:`load_config` returns it resolved, so ``roomsync
+  check-config`` and SIGHUP reloads see the same absolute path. In a key naming a secret file
+  (:data:`SecretFile`) a bare name (no ``/``) is a systemd credential first:
+  ``$CREDENTIALS_DIRECTORY/<name>`` when that exists, else the file beside the configuration
+  like any relative path (``./name`` is never a credential). A path from a ``ROOMSYNC_*``
+  variable or a command-line flag is kept as given, relative to the current directory as a
+  shell user means it (a bare secret name there is looked up as a credential when read,
+  :func:`agent.secretfile.resolve_secret_path`). Absolute paths and defaults are unchanged;
+  ``~`` is not expanded. Which keys are paths comes from the annotations (every
+  :class:`~pathlib.Path`, :func:`path_keys`); a path on another host is typed ``str``
+  (``[[sources.ssh.hosts]] sysfs_root``).
 
 Every problem is reported as ``<file or variable>: <key.path>: <what is expected>``, all at
 once, never as a traceback. ``config/agent.example.toml`` documents every key.
@@ -19,10 +32,11 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import types
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -35,6 +49,7 @@ from pydantic import (
 )
 
 from agent.sanitize import MASK, is_secret_key
+from agent.secretfile import credential_path
 
 DEFAULT_CONFIG_PATH = Path("/etc/roomsync/agent.toml")
 ENV_PREFIX = "ROOMSYNC_"
@@ -44,6 +59,18 @@ _ENV_NOT_KEYS = frozenset({"ROOMSYNC_CONFIG"})
 #: Text without control characters (the ``pattern`` of :data:`Text` and of free-form names).
 PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 Text = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE.pattern)]
+
+
+@dataclass(frozen=True, slots=True)
+class _SecretName:
+    """Marks a path (in ``Annotated``) that names a secret file: a bare name written in the
+    configuration file is a systemd credential before it is a file (module docstring)."""
+
+
+#: A file holding a secret, read by :mod:`agent.secretfile`: a bare name is a systemd
+#: credential first. Every key whose file is read with ``read_secret`` or
+#: ``resolve_secret_path`` is typed so; tests/test_config.py lists them.
+SecretFile = Annotated[Path, _SecretName()]
 
 
 class ConfigError(Exception):
@@ -111,9 +138,9 @@ class MdnsSourceConfig(_Section):
 class SnmpV3Config(_Section):
     user: Text
     auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512"] = "SHA256"
-    auth_key_file: Path
+    auth_key_file: SecretFile
     priv_protocol: Literal["AES", "AES192", "AES256"] = "AES"
-    priv_key_file: Path
+    priv_key_file: SecretFile
     #: The SNMPv3 context; empty for the default context.
     context_name: Annotated[str, Field(max_length=200, pattern=PRINTABLE.pattern)] = ""
 
@@ -124,7 +151,7 @@ class SnmpSourceConfig(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 161
     version: Literal["2c", "3"] = "2c"
     community: SecretStr = SecretStr("public")
-    community_file: Path | None = None
+    community_file: SecretFile | None = None
     v3: SnmpV3Config | None = None
     timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
     retries: Annotated[int, Field(ge=0, le=10)] = 0
@@ -153,7 +180,7 @@ class SshHostConfig(_Section):
     host: Text
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     user: Text
-    key_file: Path | None = None
+    key_file: SecretFile | None = None
     os: Literal["linux", "windows"] = "linux"
     sysfs_root: str = "/sys"
     room: Text | None = None
@@ -211,8 +238,9 @@ class CollabosSourceConfig(_Section):
     hosts: list[CollabosHostConfig] = Field(default_factory=list)
     #: The API user.
     user: Text = "admin"
-    #: The API password: a file, or a systemd credential name (``$CREDENTIALS_DIRECTORY``).
-    password_file: Path | None = None
+    #: The API password: a systemd credential name (``$CREDENTIALS_DIRECTORY``), else a file
+    #: (a relative path: beside this file).
+    password_file: SecretFile | None = None
     #: A CA bundle (PEM) for devices with a certificate the company CA signed: the chain and
     #: the host name are verified, nothing is pinned. Unset: each device's certificate is
     #: pinned at first contact (before any password is sent). Never "verify off".
@@ -283,8 +311,9 @@ class PortalConfig(_Section):
 
     #: Base URL; ``https://`` (``http://`` only to a loopback address, for tests).
     url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$")] | None = None
-    #: The bearer token: a file, or a systemd credential name (``$CREDENTIALS_DIRECTORY``).
-    token_file: Path | None = None
+    #: The bearer token: a systemd credential name (``$CREDENTIALS_DIRECTORY``), else a file
+    #: (a relative path: beside this file).
+    token_file: SecretFile | None = None
     #: A CA bundle (PEM) to verify the portal with instead of the system's trust store.
     #: TLS is always verified: there is no setting that turns verification off.
     ca_file: Path | None = None
@@ -327,7 +356,7 @@ class PortalConfig(_Section):
 
 class ApiConfig(_Section):
     listen: str = "127.0.0.1:8765"
-    token_file: Path | None = None
+    token_file: SecretFile | None = None
 
     @field_validator("listen")
     @classmethod
@@ -459,6 +488,10 @@ def load_config(
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
 
+    if used is not None:
+        # Before the environment is merged in: only what the file says is relative to it.
+        data = _from_file(data, AgentConfig, (), _directory_of(used), env)
+
     env_sources: dict[tuple[str, ...], str] = {}
     problems: list[str] = []
     for name in sorted(env):
@@ -484,6 +517,85 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where if used else "built-in defaults", env_sources)) from None
     return LoadedConfig(config, used, requested, tuple(env_sources.values()))
+
+
+def path_keys(
+    model: type[BaseModel] = AgentConfig, prefix: str = ""
+) -> Iterator[tuple[str, Literal["path", "secret"]]]:
+    """Every key of ``model`` that is a local path, with its kind: ``"secret"`` for a
+    :data:`SecretFile`, ``"path"`` for any other :class:`~pathlib.Path`. Keys inside an array
+    of tables are written ``sources.ssh.hosts[].key_file``. The same reading of the
+    annotations as :func:`load_config`'s (tests/test_config.py checks the list)."""
+    for name, info in model.model_fields.items():
+        for arm, markers in _arms(info.annotation, tuple(info.metadata)):
+            if arm is Path:
+                yield prefix + name, "secret" if _is_secret(markers) else "path"
+            elif isinstance(arm, type) and issubclass(arm, BaseModel):
+                yield from path_keys(arm, f"{prefix}{name}.")
+            elif get_origin(arm) is list:
+                for item, item_markers in _arms(get_args(arm)[0]):
+                    if item is Path:
+                        yield f"{prefix}{name}[]", "secret" if _is_secret(item_markers) else "path"
+                    elif isinstance(item, type) and issubclass(item, BaseModel):
+                        yield from path_keys(item, f"{prefix}{name}[].")
+
+
+def _arms(annotation: Any, markers: tuple[Any, ...] = ()) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """The types a value of ``annotation`` may have, each with the ``Annotated`` metadata
+    around it: ``SecretFile | None`` → ``(Path, (_SecretName(),)), (NoneType, ())``."""
+    while get_origin(annotation) is Annotated:
+        annotation, *more = get_args(annotation)
+        markers = (*markers, *more)
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arm in get_args(annotation):
+            yield from _arms(arm, markers)
+    else:
+        yield annotation, markers
+
+
+def _is_secret(markers: tuple[Any, ...]) -> bool:
+    return any(isinstance(m, _SecretName) for m in markers)
+
+
+def _directory_of(config_file: Path) -> Path:
+    """The directory relative paths in ``config_file`` start from: its own, made absolute
+    (``--config agent.toml`` means the current directory's at load time, and check-config
+    shows absolute paths), symbolic links not followed (the directory the file was named in)."""
+    return (config_file if config_file.is_absolute() else Path.cwd() / config_file).parent
+
+
+def _from_file(
+    value: Any, annotation: Any, markers: tuple[Any, ...], base: Path, env: Mapping[str, str]
+) -> Any:
+    """``value`` read from the file for a field of type ``annotation``, with every relative
+    local path in it resolved (module docstring). The walk follows the model; anything that
+    does not fit it (a number where a path belongs, an unknown key) is left for validation
+    to report as written."""
+    for arm, arm_markers in _arms(annotation, markers):
+        if arm is Path and isinstance(value, str):
+            return _resolve(value, base, env, secret=_is_secret(arm_markers))
+        if isinstance(arm, type) and issubclass(arm, BaseModel) and isinstance(value, dict):
+            fields = arm.model_fields
+            return {
+                key: _from_file(item, fields[key].annotation, tuple(fields[key].metadata), base, env)
+                if key in fields
+                else item
+                for key, item in value.items()
+            }
+        if get_origin(arm) is list and isinstance(value, list):
+            [item_type] = get_args(arm)
+            return [_from_file(item, item_type, (), base, env) for item in value]
+    return value
+
+
+def _resolve(text: str, base: Path, env: Mapping[str, str], *, secret: bool) -> str:
+    if secret:
+        credential = credential_path(text, env)
+        if credential is not None:
+            return str(credential)
+    if Path(text).is_absolute():
+        return text
+    return str(base / text)
 
 
 def _env_value(text: str) -> Any:

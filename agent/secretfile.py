@@ -2,7 +2,12 @@
 
 A secret is never taken from the command line in production (it would show in ``ps`` and
 shell history) and never logged. Under systemd, ``LoadCredential=`` puts secrets in
-``$CREDENTIALS_DIRECTORY``: a relative path is looked up there first.
+``$CREDENTIALS_DIRECTORY``: a bare name is looked up there first.
+
+A path written in the configuration file has been resolved already when it gets here
+(:func:`agent.config.load_config`: a bare name is a credential when
+:func:`credential_path` finds one, else a file beside the configuration file); the lookup at
+read time serves the paths the environment and the command line give.
 """
 
 from __future__ import annotations
@@ -23,12 +28,31 @@ class SecretFileError(Exception):
 def resolve_secret_path(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Path:
     """``path`` itself when absolute; else under ``$CREDENTIALS_DIRECTORY`` when that holds
     it (systemd credentials), else relative to the working directory."""
-    env = os.environ if environ is None else environ
     p = Path(path)
+    if p.is_absolute():
+        return p
+    return _in_credentials(p, environ) or p
+
+
+def credential_path(name: str, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The systemd credential ``name`` in ``$CREDENTIALS_DIRECTORY``, or ``None`` when there
+    is no such directory or no credential by that name. Only a bare file name (no ``/``, not
+    ``.`` or ``..``) can name one: a credential ID is a file name."""
+    if not name or "/" in name or name in (".", ".."):
+        return None
+    return _in_credentials(Path(name), environ)
+
+
+def _in_credentials(relative: Path, environ: Mapping[str, str] | None) -> Path | None:
+    env = os.environ if environ is None else environ
     creds = env.get("CREDENTIALS_DIRECTORY")
-    if not p.is_absolute() and creds and (Path(creds) / p).exists():
-        return Path(creds) / p
-    return p
+    if not creds:
+        return None
+    candidate = Path(creds) / relative
+    try:
+        return candidate if candidate.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return None
 
 
 def read_secret(

@@ -105,7 +105,7 @@ FALLBACK: dict[str, str] = {
     "under this very name (`[host]:port` for a port other than 22)",
     "sources.ssh.hosts[].port": "the PC's SSH port",
     "sources.ssh.hosts[].user": "the account to log in as (by key only: no password, no SSH agent)",
-    "sources.ssh.hosts[].key_file": "the private key to log in with (no passphrase); a relative name "
+    "sources.ssh.hosts[].key_file": "the private key to log in with (no passphrase); a bare name "
     "is looked up in `$CREDENTIALS_DIRECTORY` first; required in "
     "practice: a host without one is an error",
     "sources.ssh.hosts[].os": "`linux`: files read over SFTP, no command run; `windows`: one fixed "
