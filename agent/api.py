@@ -7,7 +7,10 @@ for scripts, Prometheus metrics.
                        writable; else 503 with ``problems``
 ``GET /v1/status``     per source: last run, duration, success, last error; outbox depth;
                        portal state; version; uptime; ``problems``
-``GET /v1/inventory``  the stored inventory (as ``roomsync inventory --json``)
+``GET /v1/inventory``  the stored inventory (as ``roomsync inventory --json``); with
+                       ``?limit=N`` (1-10000, default 1000 once ``after`` is given) and
+                       ``?after=IDENTITY``: one page of units in identity order, with
+                       ``total`` and ``next`` (the ``after`` of the next page; null at the end)
 ``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
 ``GET /v1/coverage``   coverage verdicts of every unit with a serial and every entitlement
                        serial no scan found (``[coverage]``; as ``roomsync coverage``)
@@ -19,17 +22,26 @@ Listening: ``HOST:PORT`` (default ``127.0.0.1:8765``) or ``unix:/path``. On an a
 not loopback every request needs ``Authorization: Bearer <token>`` (``[api] token_file``) and
 the daemon refuses to start without one; a configured token is required on loopback too.
 Requests carry no body (at most 1 KiB is read); anything else is 404/405 with a JSON error.
+
+Under load: answers that read the inventory are built in the API's own thread, once per
+stored scan, never on the event loop (see :class:`ApiServer`); at most ``[api]
+max_connections`` connections are held, idle ones are closed after ``[api] header_timeout``
+seconds, and one more takes the place of the longest idle or is told ``503`` at once
+(:mod:`agent.apilimits`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -37,10 +49,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from agent import __version__
+from agent.apilimits import ConnectionGate
 from agent.log import get_logger
 from agent.model import utc_today
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
+from agent.storethread import StoreThread
 
 if TYPE_CHECKING:
     from agent.catalog import Catalog
@@ -119,6 +133,18 @@ log = get_logger("roomsync.api")
 
 MAX_REQUEST_BYTES = 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+#: The API serves a handful of local clients (``roomsync health``, a monitoring probe, a
+#: script); a connection beyond these takes the place of the longest idle one, or is turned
+#: away when none is idle (agent.apilimits). ``[api] max_connections``, ``[api] header_timeout``.
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 128
+#: Answers bigger than this are written in pieces of this size.
+CHUNK = 256 * 1024
+#: ``/v1/inventory?limit=``: the default and the most units a page holds.
+PAGE_DEFAULT = 1000
+PAGE_MAX = 10_000
 
 
 class ApiStartError(Exception):
@@ -141,6 +167,10 @@ def _json_text(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, default=str, indent=1) + "\n"
 
 
+def _json_bytes(data: Any) -> bytes:
+    return _json_text(data).encode()
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=_json_text(data), status=status, content_type="application/json")
 
@@ -149,22 +179,72 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-class ApiServer:
-    """The API of one daemon (anything of the :class:`DaemonView` shape)."""
+class _GatedSite(web.BaseSite):
+    """A TCP or unix listening socket whose connections pass :class:`ConnectionGate` before
+    aiohttp's protocol sees them (aiohttp's own sites take ``runner.server`` as it is)."""
 
-    def __init__(self, daemon: DaemonView, listen: str, token_file: Path | None) -> None:
+    def __init__(self, runner: web.BaseRunner, gate: ConnectionGate, listen: str) -> None:
+        super().__init__(runner, backlog=LISTEN_BACKLOG)
+        self.gate = gate
+        self.listen = listen
+
+    @property
+    def name(self) -> str:
+        return self.listen
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        assert self._runner.server is not None
+        factory = self.gate.protocol_factory(self._runner.server)
+        if self.listen.startswith("unix:"):
+            self._server = await loop.create_unix_server(
+                factory, self.listen[len("unix:") :], backlog=self._backlog
+            )
+        else:
+            host, _, port = self.listen.rpartition(":")
+            self._server = await loop.create_server(
+                factory, host.strip("[]"), int(port), backlog=self._backlog, reuse_address=True
+            )
+
+
+class ApiServer:
+    """The API of one daemon (anything of the :class:`DaemonView` shape).
+
+    Nothing slow runs on the event loop: every answer that reads the inventory (inventory,
+    rooms, coverage, events, the store's metrics) is built in a thread of its own
+    (:class:`~agent.storethread.StoreThread`, the API's reader, with its own connection),
+    once per stored scan, settings and day, however many clients ask meanwhile; big answers
+    are written in pieces, each when the client has taken the last. What stays on the loop
+    is a lookup and a copy."""
+
+    def __init__(
+        self,
+        daemon: DaemonView,
+        listen: str,
+        token_file: Path | None,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT_S,
+    ) -> None:
         self.daemon = daemon
         self.listen = listen
         self.token_file = token_file
         self._token: bytes | None = None
         self._runner: web.AppRunner | None = None
         self.where = listen
-        #: ``/v1/inventory`` and ``/v1/rooms`` by path: their text, under the newest stored scan
-        #: and the settings it was made with (room summaries of 5,000 units are not rebuilt
-        #: for every request: they change only with a stored scan or a reload).
-        self._answers: dict[str, tuple[int, object, str]] = {}
+        self.gate = ConnectionGate(max_connections, header_timeout)
+        self._reader: StoreThread | None = None
+        #: What was built, by key: (the scan it is as of, the settings it was built with, it).
+        #: Room summaries of 5,000 units are not rebuilt for every request: they change only
+        #: with a stored scan or a reload (and coverage with the day, which is in its key).
+        self._answers: dict[Hashable, tuple[int, object, Any]] = {}
+        #: Builds under way, by key: the settings they were started with and their future.
+        self._building: dict[Hashable, tuple[object, asyncio.Future[tuple[int, Any]]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(daemon))
+        self.collector = DaemonCollector(daemon)
+        self.collector.gate = self.gate
+        self.registry.register(self.collector)
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds… (Linux /proc).
         ProcessCollector(registry=self.registry)
 
@@ -193,24 +273,30 @@ class ApiServer:
         }
         for path, handler in routes.items():
             app.router.add_get(path, handler)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            # aiohttp's own idle limits, as the gate's: a keep-alive connection between
+            # requests, and the unread rest of a request's body after its answer.
+            keepalive_timeout=self.gate.header_timeout,
+            lingering_time=min(self.gate.header_timeout, 2.0),
+        )
         await self._runner.setup()
+        site = _GatedSite(self._runner, self.gate, self.listen)
         try:
-            if self.listen.startswith("unix:"):
-                path = self.listen[len("unix:") :]
-                site: web.BaseSite = web.UnixSite(self._runner, path)
-            else:
-                host, _, port = self.listen.rpartition(":")
-                site = web.TCPSite(self._runner, host.strip("[]"), int(port), reuse_address=True)
             await site.start()
             if self.listen.startswith("unix:"):
                 # The service's UMask (0077) would leave the socket to its user alone; its
                 # group (roomsync) may ask for health too.
                 os.chmod(self.listen[len("unix:") :], 0o660)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             await self._runner.cleanup()
-            raise ApiStartError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ApiStartError(f"cannot listen on {self.listen}: {reason}") from None
         self.where = self._bound(site)
+        self._reader = StoreThread(self.daemon.settings.state_dir, name="roomsync-api")
 
     def reload_token(self, token_file: Path | None) -> bool:
         """Take a new ``[api] token_file`` (on SIGHUP). False, keeping the old token, when it
@@ -229,8 +315,14 @@ class ApiServer:
         self.token_file = token_file
         return True
 
+    def adopt(self, inventory: dict[str, Any], scan_id: int) -> None:
+        """The inventory the daemon's writer decoded as it stored scan ``scan_id``: the reader
+        takes it as its cache (``Store.adopt``) instead of decoding it again."""
+        if self._reader is not None:
+            self._reader.submit(lambda store: store.adopt(inventory, scan_id))
+
     @staticmethod
-    def _bound(site: web.BaseSite) -> str:
+    def _bound(site: _GatedSite) -> str:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         for sock in sockets:
@@ -242,25 +334,93 @@ class ApiServer:
         return site.name
 
     async def stop(self) -> None:
+        self.gate.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await asyncio.to_thread(reader.close)  # waits for a build under way
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
-                response = _error(401, "a bearer token is required ([api] token_file)")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="roomsync"'
-                return response
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            return _error(exc.status, exc.reason)
-        except StoreError as exc:
-            return _error(503, str(exc))
+        with self.gate.busy(request.transport):
+            if self._token is not None:
+                given = request.headers.get("Authorization", "")
+                scheme, _, value = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                    response = _error(401, "a bearer token is required ([api] token_file)")
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="roomsync"'
+                    return response
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:
+                return _error(exc.status, exc.reason)
+            except StoreError as exc:
+                return _error(503, str(exc))
+
+    # ------------------------------------------------------------------ building answers
+
+    def _generation(self) -> int:
+        """The newest stored scan, by the loop's connection (one indexed statement)."""
+        if self.daemon.store is None:
+            raise StoreError(f"the store is not available: {self.daemon.store_error}")
+        return self.daemon.store.scan_generation()
+
+    async def _built(self, key: Hashable, build: Callable[[Store, Any], Any]) -> Any:
+        """``build(store, settings)``, run in the reader thread, as of the newest stored scan
+        and the current settings: cached under both, and built once however many requests
+        ask for it while it is being built."""
+        generation, settings = self._generation(), self.daemon.settings
+        found = self._answers.get(key)
+        if found is not None and found[0] == generation and found[1] is settings:
+            return found[2]
+        pending = self._building.get(key)
+        if pending is None or pending[0] is not settings:
+            reader = self._reader
+            if reader is None:
+                raise StoreError("the API is not running")
+
+            def work(store: Store) -> tuple[int, Any]:
+                # The scan first: an answer newer than its key is only rebuilt once more.
+                return store.scan_generation(), build(store, settings)
+
+            future = asyncio.ensure_future(reader.call(work))
+            self._building[key] = pending = (settings, future)
+
+            def done(f: asyncio.Future[tuple[int, Any]], key: Hashable = key) -> None:
+                if self._building.get(key, (None, None))[1] is f:
+                    del self._building[key]
+                if not f.cancelled() and f.exception() is None:
+                    self._answers[key] = (f.result()[0], settings, f.result()[1])
+
+            future.add_done_callback(done)
+        # A client that goes away does not cancel the build the others wait for.
+        return (await asyncio.shield(pending[1]))[1]
+
+    async def _in_reader(self, work: Callable[[Store], T]) -> T:
+        """``work(store)`` in the reader thread, uncached."""
+        self._generation()  # the store's own error when it is not available
+        if self._reader is None:
+            raise StoreError("the API is not running")
+        return await asyncio.shield(asyncio.ensure_future(self._reader.call(work)))
+
+    @staticmethod
+    async def _send(request: web.Request, body: bytes, status: int = 200) -> web.StreamResponse:
+        """``body`` (JSON); a big one in pieces of :data:`CHUNK`, each written when the client
+        has taken most of the last (aiohttp drains), so that a slow reader holds a piece of
+        ours, not the whole answer."""
+        if len(body) <= CHUNK:
+            return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
+        response = web.StreamResponse(status=status)
+        response.content_type, response.charset = "application/json", "utf-8"
+        response.content_length = len(body)
+        await response.prepare(request)
+        view = memoryview(body)
+        for start in range(0, len(body), CHUNK):
+            await response.write(view[start : start + CHUNK])
+        await response.write_eof()
+        return response
 
     # ------------------------------------------------------------------ handlers
 
@@ -296,68 +456,51 @@ class ApiServer:
                     "problem": d.delivery_problem,
                     "push_failures": d.push_failures,
                 },
+                # The API's own connections: open now; accepted, refused, evicted and timed
+                # out since the start (agent.apilimits).
+                "connections": {"open": self.gate.open, **asdict(self.gate.stats)},
             }
         )
 
-    def _store(self) -> Store:
-        if self.daemon.store is None:
-            raise StoreError(f"the store is not available: {self.daemon.store_error}")
-        return self.daemon.store
+    async def inventory(self, request: web.Request) -> web.StreamResponse:
+        if "limit" in request.query or "after" in request.query:
+            return await self._inventory_page(request)
+        return await self._send(request, await self._built("/v1/inventory", _inventory_answer))
 
-    def _summary(self) -> tuple[list[Any], Any]:
-        from agent.inventory import merge_rooms, summarize_rooms
+    async def _inventory_page(self, request: web.Request) -> web.StreamResponse:
+        text = request.query.get("limit", str(PAGE_DEFAULT))
+        if not text.isdigit() or not 1 <= int(text) <= PAGE_MAX:
+            return _error(400, f"limit={text!r}: expected 1 to {PAGE_MAX}")
+        limit, after = int(text), request.query.get("after", "")
+        page: _Pages = await self._built("inventory pages", _inventory_pages)
+        start = bisect.bisect_right(page.identities, after) if after else 0
+        end = min(start + limit, len(page.identities))
+        head = {"last_scan": page.last_scan, "total": len(page.identities)}
+        body = b"".join(
+            [
+                json.dumps(head)[:-1].encode(),
+                b', "next": ',
+                json.dumps(page.identities[end - 1] if end < len(page.identities) else None).encode(),
+                b', "devices": [\n',
+                b",\n".join(page.texts[start:end]),
+                b"\n]}\n",
+            ]
+        )
+        return await self._send(request, body)
 
-        store = self._store()
-        devices = store.devices()
-        rooms = merge_rooms(store.rooms(), self.daemon.settings.rooms)
-        return devices, summarize_rooms(devices, self.daemon.settings.catalog, rooms)
+    async def rooms(self, request: web.Request) -> web.StreamResponse:
+        return await self._send(request, await self._built("/v1/rooms", _rooms_answer))
 
-    def _cached(self, path: str, build: Callable[[], Any]) -> web.Response:
-        """The answer of ``path``: rebuilt only when a scan was stored or the settings were
-        reloaded since it was last built."""
-        generation, settings = self._store().scan_generation(), self.daemon.settings
-        found = self._answers.get(path)
-        if found is None or found[0] != generation or found[1] is not settings:
-            found = (generation, settings, _json_text(build()))
-            self._answers[path] = found
-        return web.Response(text=found[2], content_type="application/json")
-
-    async def inventory(self, request: web.Request) -> web.Response:
-        def build() -> dict[str, Any]:
-            devices, summary = self._summary()
-            last = self._store().last_scan()
-            return {
-                "last_scan": last.isoformat() if last else None,
-                "devices": [d.to_dict() for d in devices],
-                "rooms": [r.to_dict() for r in summary.rooms],
-                "unassigned": [d.identity for d in summary.unassigned],
-            }
-
-        return self._cached("/v1/inventory", build)
-
-    async def rooms(self, request: web.Request) -> web.Response:
-        return self._cached("/v1/rooms", lambda: [r.to_dict() for r in self._summary()[1].rooms])
-
-    async def coverage(self, request: web.Request) -> web.Response:
-        from agent.uploader.snapshot import verdicts_for
-
+    async def coverage(self, request: web.Request) -> web.StreamResponse:
         context = self.daemon.settings.snapshot
-        devices = self._store().devices()
         if context is None or context.entitlements is None:
             return _json(
                 {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
             )
         today = context.today or utc_today(datetime.now(UTC))
-        verdicts = verdicts_for(devices, context, today, unseen=True)  # as roomsync coverage lists them
-        return _json(
-            {
-                "evaluated": True,
-                "today": today.isoformat(),
-                "verdicts": [v.to_dict() for v in verdicts.values()],
-            }
-        )
+        return await self._send(request, await self._built(("/v1/coverage", today), _coverage_answer(today)))
 
-    async def events(self, request: web.Request) -> web.Response:
+    async def events(self, request: web.Request) -> web.StreamResponse:
         since = None
         text = request.query.get("since")
         if text:
@@ -369,12 +512,118 @@ class ApiServer:
         limit_text = request.query.get("limit", "1000")
         if not limit_text.isdigit() or int(limit_text) > 100_000:
             return _error(400, f"limit={limit_text!r}: expected 0 to 100000 (0 = all)")
-        found = self._store().events(since, limit=int(limit_text) or None)
-        return _json([e.to_dict() for e in found])
+        limit = int(limit_text) or None
+        body = await self._in_reader(
+            lambda store: _json_bytes([e.to_dict() for e in store.events(since, limit=limit)])
+        )
+        return await self._send(request, body)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        families: list[Any] = []
+        if self.daemon.store is not None:
+            try:
+                today = utc_today(datetime.now(UTC))
+                families = await self._built(("metrics", today), _store_families(today))
+            except StoreError:
+                families = []
+        # The rest is read from the daemon on the loop (counters, the outbox's few rows).
+        self.collector.store_families = families
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+# ---------------------------------------------------------------------- built in the reader
+
+
+def _summary(store: Store, settings: Any) -> tuple[list[Any], Any]:
+    from agent.inventory import merge_rooms, summarize_rooms
+
+    devices = store.devices()
+    rooms = merge_rooms(store.rooms(), settings.rooms)
+    return devices, summarize_rooms(devices, settings.catalog, rooms)
+
+
+def _inventory_answer(store: Store, settings: Any) -> bytes:
+    devices, summary = _summary(store, settings)
+    last = store.last_scan()
+    return _json_bytes(
+        {
+            "last_scan": last.isoformat() if last else None,
+            "devices": [d.to_dict() for d in devices],
+            "rooms": [r.to_dict() for r in summary.rooms],
+            "unassigned": [d.identity for d in summary.unassigned],
+        }
+    )
+
+
+def _rooms_answer(store: Store, settings: Any) -> bytes:
+    return _json_bytes([r.to_dict() for r in _summary(store, settings)[1].rooms])
+
+
+@dataclass(frozen=True, slots=True)
+class _Pages:
+    """The inventory for ``/v1/inventory?limit=&after=``: every unit's JSON, by identity."""
+
+    last_scan: str | None
+    identities: list[str]
+    texts: list[bytes]
+
+
+def _inventory_pages(store: Store, settings: Any) -> _Pages:
+    last = store.last_scan()
+    devices = sorted(store.devices(), key=lambda d: d.identity)
+    return _Pages(
+        last.isoformat() if last else None,
+        [d.identity for d in devices],
+        [json.dumps(d.to_dict(), ensure_ascii=False, default=str).encode() for d in devices],
+    )
+
+
+def _coverage_answer(today: date) -> Callable[[Store, Any], bytes]:
+    def build(store: Store, settings: Any) -> bytes:
+        from agent.uploader.snapshot import verdicts_for
+
+        verdicts = verdicts_for(
+            store.devices(), settings.snapshot, today, unseen=True
+        )  # as roomsync coverage
+        return _json_bytes(
+            {
+                "evaluated": True,
+                "today": today.isoformat(),
+                "verdicts": [v.to_dict() for v in verdicts.values()],
+            }
+        )
+
+    return build
+
+
+def _store_families(today: date) -> Callable[[Store, Any], list[Any]]:
+    """The metrics read from the inventory: units by product and status, by coverage."""
+    return lambda store, settings: _families(store, settings, today)
+
+
+def _families(store: Store, settings: Any, today: date) -> list[Any]:
+    from agent.uploader.protocol import status_out
+    from agent.uploader.snapshot import seen_by_latest_runs, verdicts_for
+
+    devices = store.devices()
+    runs = store.latest_runs()
+    counts: dict[tuple[str, str], int] = {}
+    for device in devices:
+        key = (device.product, status_out(device, seen_by_latest_runs(device, runs)))
+        counts[key] = counts.get(key, 0) + 1
+    family = GaugeMetricFamily("roomsync_devices", "Units in the inventory", labels=["product", "status"])
+    for (product, status), count in sorted(counts.items()):
+        family.add_metric([product, status], count)
+    coverage = GaugeMetricFamily("roomsync_coverage_units", "Units per coverage status", labels=["status"])
+    context = settings.snapshot
+    if context is not None and context.entitlements is not None:
+        by_status: dict[str, int] = {}
+        for verdict in verdicts_for(devices, context, today, unseen=True).values():
+            by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
+        for status, count in sorted(by_status.items()):
+            coverage.add_metric([status], count)
+    return [family, coverage]
 
 
 class DaemonCollector(Collector):
@@ -382,6 +631,11 @@ class DaemonCollector(Collector):
 
     def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
+        #: The families read from the inventory (units by status, by coverage), built off the
+        #: loop by the API for each scrape (``_store_families``).
+        self.store_families: list[Any] = []
+        #: The API's connection gate, once the API has one.
+        self.gate: ConnectionGate | None = None
 
     def collect(self) -> Iterator[Any]:
         d = self.daemon
@@ -420,41 +674,33 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("roomsync_ready", "1 when ready", value=0.0 if d.ready_problems() else 1.0)
         yield from self._store_metrics()
         yield CounterMetricFamily("roomsync_push_failures", "Failed delivery attempts", value=d.push_failures)
+        if self.gate is not None:
+            yield GaugeMetricFamily(
+                "roomsync_api_connections", "Connections the local API holds", value=self.gate.open
+            )
+            turned = CounterMetricFamily(
+                "roomsync_api_connections_closed",
+                "API connections the daemon closed to protect itself",
+                labels=["reason"],
+            )
+            stats = self.gate.stats
+            for reason, count in (
+                ("refused", stats.refused),
+                ("evicted", stats.evicted),
+                ("timed_out", stats.timed_out),
+            ):
+                turned.add_metric([reason], count)
+            yield turned
 
     def _store_metrics(self) -> Iterator[Any]:
         d = self.daemon
         if d.store is None or d.outbox is None:
             return
         try:
-            devices = d.store.devices()
             stats = d.outbox.stats()
         except StoreError:
             return
-        from agent.uploader.protocol import status_out
-        from agent.uploader.snapshot import seen_by_latest_runs
-
-        runs = d.store.latest_runs()
-        counts: dict[tuple[str, str], int] = {}
-        for device in devices:
-            key = (device.product, status_out(device, seen_by_latest_runs(device, runs)))
-            counts[key] = counts.get(key, 0) + 1
-        family = GaugeMetricFamily("roomsync_devices", "Units in the inventory", labels=["product", "status"])
-        for (product, status), count in sorted(counts.items()):
-            family.add_metric([product, status], count)
-        yield family
-        coverage = GaugeMetricFamily(
-            "roomsync_coverage_units", "Units per coverage status", labels=["status"]
-        )
-        context = d.settings.snapshot
-        if context is not None and context.entitlements is not None:
-            from agent.uploader.snapshot import verdicts_for
-
-            by_status: dict[str, int] = {}
-            for verdict in verdicts_for(devices, context, utc_today(datetime.now(UTC)), unseen=True).values():
-                by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
-            for status, count in sorted(by_status.items()):
-                coverage.add_metric([status], count)
-        yield coverage
+        yield from self.store_families
         depth = GaugeMetricFamily("roomsync_outbox_messages", "Messages in the outbox", labels=["state"])
         depth.add_metric(["pending"], stats.pending)
         depth.add_metric(["parked"], stats.parked)

@@ -357,6 +357,13 @@ class PortalConfig(_Section):
 class ApiConfig(_Section):
     listen: str = "127.0.0.1:8765"
     token_file: SecretFile | None = None
+    #: Connections the API holds at once. The API serves a handful of local clients; a
+    #: connection beyond these takes the place of the one idle longest, or is turned away
+    #: (503) when every one is busy answering.
+    max_connections: Annotated[int, Field(ge=1, le=512)] = 64
+    #: Seconds a connection may take to send a whole request header, and may stay idle
+    #: between requests, before it is closed.
+    header_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
 
     @field_validator("listen")
     @classmethod

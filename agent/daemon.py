@@ -8,11 +8,11 @@ Shape
   (``Store.record_scan`` scoped to that source, so units other sources report are never
   "missed"), queue the change events and — when it says something new, or the daily one is
   due — a snapshot, and wake the delivery. Then wait for the interval or a trigger.
-* **Scans are stored off the loop** (:class:`StoreWriter`): one worker thread with its own
-  connection stores each run and, only when the run changed what the store says (or the
-  snapshot's context or the day changed), builds and queues the snapshot; the loop's own
-  connection then takes over the inventory the writer decoded. The API and the watchdog
-  never wait on a scan being stored.
+* **Scans are stored off the loop** (:class:`agent.storethread.StoreThread`, the writer): one
+  worker thread with its own connection stores each run and, only when the run changed what
+  the store says (or the snapshot's context or the day changed), builds and queues the
+  snapshot; the loop's own connection and the API's reader then take over the inventory the
+  writer decoded. The API and the watchdog never wait on a scan being stored.
 * **USB hot-plug**: a cheap poll of the sysfs device list (names and device numbers) every
   ``hotplug_poll`` seconds; a change triggers the USB source at once. It needs no netlink
   socket and works on a captured sysfs tree as on ``/sys``.
@@ -21,8 +21,9 @@ Shape
 * **Delivery** (when a portal is configured): :class:`agent.uploader.delivery.Delivery` until
   the outbox is empty; paused by a 401/403 until the token file changes, the backoff cap
   passes, or a reload.
-* **Supervisor**: ``WATCHDOG=1`` at half ``WATCHDOG_USEC`` only while every task is alive and
-  the loop turns; ``STATUS=`` one line; the daily snapshot check.
+* **Supervisor**: ``WATCHDOG=1`` each second (at most half ``WATCHDOG_USEC``), sent by the loop
+  itself, so only while the loop turns and every task is alive (a stuck loop is killed);
+  ``STATUS=`` one line; the daily snapshot check.
 
 The store may be unusable (read-only directory, full disk, corrupt file): the daemon still
 starts, answers ``/readyz`` with 503 and the reason, and tries to open it again each minute.
@@ -50,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from agent import __version__
 from agent.catalog import Catalog
@@ -62,6 +63,7 @@ from agent.roommap import RoomMap
 from agent.scan import run_scan
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.store import Retention, ScanRecord, Store, StoreError
+from agent.storethread import StoreThread
 from agent.uploader.delivery import Delivery, PortalError, PortalSettings
 from agent.uploader.outbox import Outbox
 from agent.uploader.snapshot import SnapshotContext, queue_snapshot
@@ -85,9 +87,9 @@ STOP_GRACE_S = 5.0
 #: connect waiting out its ``connect_timeout``, a libusb read) is waited for before the
 #: process exits without it.
 THREAD_GRACE_S = 2.0
+#: A storm of one kind of loop error is over when it has not recurred for this long (s).
+LOOP_STORM_QUIET_S = 10.0
 
-
-T = TypeVar("T")
 
 #: The file in the state directory a running daemon holds locked (and writes its PID in).
 LOCK_NAME = "daemon.lock"
@@ -136,37 +138,6 @@ class StateDirLock:
             self._fd = None
 
 
-class StoreWriter:
-    """One worker thread that owns a connection of its own to the state database: scans are
-    stored (and snapshots built) there, off the event loop. Calls run one at a time, in
-    order; the connection is opened on first use and is only ever touched by that thread."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roomsync-store")
-        self._store: Store | None = None
-
-    async def call(self, work: Callable[[Store], T]) -> T:
-        """``work(store)`` in the writer thread. Cancelling the caller does not stop a call
-        that has started: a transaction always finishes (or rolls back) whole."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
-
-    def _run(self, work: Callable[[Store], T]) -> T:
-        if self._store is None:
-            self._store = Store.open(self.state_dir)
-        return work(self._store)
-
-    def close(self) -> None:
-        """Wait for the call under way, then close the connection and the thread."""
-        self._executor.submit(self._close).result()
-        self._executor.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-
 @dataclass(frozen=True, slots=True)
 class SourcePlan:
     """One source and its schedule."""
@@ -191,6 +162,8 @@ class DaemonSettings:
     portal: PortalSettings | None = None
     listen: str = "127.0.0.1:8765"
     api_token_file: Path | None = None
+    api_max_connections: int = 64
+    api_header_timeout: float = 10.0
     agent_id: str | None = None
     #: The USB sysfs tree to watch for hot-plugging (``None``: USB is not scheduled).
     sysfs_root: Path | None = None
@@ -277,7 +250,7 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.store: Store | None = None
         self.outbox: Outbox | None = None
-        self._writer: StoreWriter | None = None
+        self._writer: StoreThread | None = None
         #: What the last snapshot built after a scan was built from: the snapshot context (a
         #: reload makes a new one), the UTC day (coverage verdicts change at midnight) and, by
         #: source, the units its latest run did not see. A scan that changed nothing and
@@ -304,6 +277,7 @@ class Daemon:
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._store_tried = time.monotonic()
         self._state_lock = StateDirLock(settings.state_dir)
+        self.loop_errors = LoopErrors()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -323,7 +297,13 @@ class Daemon:
             self._open_store()
             from agent.api import ApiServer, ApiStartError
 
-            self._api = ApiServer(self, self.settings.listen, self.settings.api_token_file)
+            self._api = ApiServer(
+                self,
+                self.settings.listen,
+                self.settings.api_token_file,
+                max_connections=self.settings.api_max_connections,
+                header_timeout=self.settings.api_header_timeout,
+            )
             try:
                 await self._api.start()
             except ApiStartError as exc:
@@ -388,11 +368,14 @@ class Daemon:
             log.error("daemon.reload.refused", error=str(exc))
             self.notifier.ready(self.status_line())
             return False
-        if fresh.listen != self.settings.listen or fresh.state_dir != self.settings.state_dir:
+        at_start = ("listen", "state_dir", "api_max_connections", "api_header_timeout")
+        if any(getattr(fresh, key) != getattr(self.settings, key) for key in at_start):
             log.warning(
-                "daemon.reload.restart_needed", detail="listen and state_dir take effect at the next start"
+                "daemon.reload.restart_needed",
+                detail="state_dir and [api] listen, max_connections, header_timeout take effect "
+                "at the next start",
             )
-            fresh = replace(fresh, listen=self.settings.listen, state_dir=self.settings.state_dir)
+            fresh = replace(fresh, **{key: getattr(self.settings, key) for key in at_start})
         if self._api is not None and not self._api.reload_token(fresh.api_token_file):
             fresh = replace(fresh, api_token_file=self.settings.api_token_file)
         old_tasks = list(self._source_tasks.values())
@@ -514,7 +497,7 @@ class Daemon:
             return
         assert self.store is not None and self.outbox is not None
         if self._writer is None:
-            self._writer = StoreWriter(self.settings.state_dir)
+            self._writer = StoreThread(self.settings.state_dir, name="roomsync-store")
         settings = self.settings
         context = settings.snapshot
 
@@ -599,6 +582,8 @@ class Daemon:
         record, inventory, queued = call.result()
         if self.store is not None:
             self.store.adopt(inventory, record.scan_id)
+        if self._api is not None:
+            self._api.adopt(inventory, record.scan_id)
         self.store_error = None
         if record.events or queued:
             self._wake_delivery.set()
@@ -705,7 +690,9 @@ class Daemon:
 
     async def _supervise(self) -> None:
         interval = watchdog_interval()
-        tick = min(interval, 5.0) if interval else 5.0
+        # A ping every second whatever WatchdogSec is: a pause of WATCHDOG=1 longer than a
+        # second or two then means the loop itself was held up, and shows as such.
+        tick = min(interval, 1.0) if interval else 5.0
         last_status = ""
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
@@ -714,6 +701,7 @@ class Daemon:
                 self._open_store()
             if interval and self.healthy_tasks():
                 self.notifier.watchdog()
+            self.loop_errors.flush()
             line = self.status_line()
             if line != last_status:
                 self.notifier.status(line)
@@ -790,6 +778,55 @@ def _mtime(path: Path | None) -> float | None:
         return None
 
 
+class LoopErrors:
+    """The event loop's own error reports (``loop.set_exception_handler``), through the log:
+    the first of a kind in full (``loop.error``), the rest of its storm counted and told in
+    one line (``loop.error.repeated``) once it has been quiet for :data:`LOOP_STORM_QUIET_S`.
+    asyncio's default handler writes a traceback each time: when the process runs out of file
+    descriptors its accept loop reports each failed accept, hundreds of thousands a minute."""
+
+    def __init__(self, quiet: float = LOOP_STORM_QUIET_S) -> None:
+        self.quiet = quiet
+        #: kind -> [first, last, count]
+        self._storms: dict[str, list[float]] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "unhandled error in the event loop")
+        exc = context.get("exception")
+        kind = f"{message}|{type(exc).__name__}|{getattr(exc, 'errno', '')}"
+        now = time.monotonic()
+        storm = self._storms.get(kind)
+        if storm is not None and now - storm[1] <= self.quiet:
+            storm[1] = now
+            storm[2] += 1
+            return
+        self._told(kind)
+        self._storms[kind] = [now, now, 1]
+        log.error(
+            "loop.error",
+            message=message,
+            error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Tell the storms that have been quiet long enough (all of them: ``everything``)."""
+        now = time.monotonic()
+        for kind, (_, last, _) in list(self._storms.items()):
+            if everything or now - last > self.quiet:
+                self._told(kind)
+
+    def _told(self, kind: str) -> None:
+        storm = self._storms.pop(kind, None)
+        if storm is not None and storm[2] > 1:
+            log.warning(
+                "loop.error.repeated",
+                message=kind.split("|", 1)[0],
+                times=int(storm[2]),
+                seconds=round(storm[1] - storm[0], 1),
+            )
+
+
 def run_until_stopped(daemon: Daemon) -> int:
     """Run ``daemon.serve()`` on a new event loop and return its exit status.
 
@@ -802,6 +839,7 @@ def run_until_stopped(daemon: Daemon) -> int:
     loop = asyncio.new_event_loop()
     executor = ThreadPoolExecutor(thread_name_prefix="roomsync-worker")
     loop.set_default_executor(executor)
+    loop.set_exception_handler(daemon.loop_errors)
     asyncio.set_event_loop(loop)
     try:
         status = loop.run_until_complete(daemon.serve())
@@ -811,6 +849,7 @@ def run_until_stopped(daemon: Daemon) -> int:
         loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
+        daemon.loop_errors.flush(everything=True)
         asyncio.set_event_loop(None)
         executor.shutdown(wait=False, cancel_futures=True)
         loop.close()

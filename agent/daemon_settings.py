@@ -163,6 +163,8 @@ def build_daemon_settings(
         portal=portal,
         listen=listen or cfg.api.listen,
         api_token_file=cfg.api.token_file,
+        api_max_connections=cfg.api.max_connections,
+        api_header_timeout=cfg.api.header_timeout,
         agent_id=cfg.agent_id,
         sysfs_root=sysfs_root,
         hotplug_poll=cfg.sources.usb.hotplug_poll,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -249,7 +250,17 @@ def launch(
     *,
     args: Sequence[str] = (),
     watchdog_usec: int | None = 1_000_000,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """``nofile``: the daemon's file-descriptor limit (systemd gives a service 1,024 unless
+    its unit says ``LimitNOFILE=``)."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
+
     with open(log, "ab") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config), *args],
@@ -258,6 +269,7 @@ def launch(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            preexec_fn=limit if nofile is not None else None,
         )
 
 
@@ -271,11 +283,12 @@ def start_daemon(
     watchdog_usec: int | None = 1_000_000,
     ready_timeout: float = 20.0,
     token: str | None = None,
+    nofile: int | None = None,
 ) -> RunningDaemon:
     """Start the daemon and wait for ``READY=1``; raises (after stopping it) when it exits or
     does not get ready."""
     since = time.monotonic()
-    proc = launch(config, notify, log, args=args, watchdog_usec=watchdog_usec)
+    proc = launch(config, notify, log, args=args, watchdog_usec=watchdog_usec, nofile=nofile)
     daemon = RunningDaemon(proc, config, notify, log, url, since, token=token)
     end = since + ready_timeout
     while time.monotonic() < end:

@@ -1,28 +1,40 @@
-"""``/v1/rooms`` and ``/v1/inventory`` are answered from a cache that a stored scan or a reload
-invalidates (issue [12/16]: room summaries are not rebuilt for every request)."""
+"""The API's answers that read the inventory are built off the event loop, once per stored scan
+and settings however many clients ask, and big ones are paged or written in pieces (issues
+[12/16] and [13/16]). A real :class:`agent.api.ApiServer` on a loopback port over a real store,
+asked over HTTP by aiohttp's client; the daemon behind it is a plain object of the
+:class:`agent.api.DaemonView` shape."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.api import ApiServer
-from agent.catalog import load_catalog
+import aiohttp
+import pytest
+
+import agent.api
+from agent.api import CHUNK, ApiServer
+from agent.catalog import Catalog, load_catalog
 from agent.model import Device, Room, Transport
 from agent.store import Store
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+CATALOG = load_catalog()
 
 
-def bar(serial: str, room: str) -> Device:
+def bar(serial: str, room: str, port: str | None = None) -> Device:
     return Device(
         product="Rally Bar",
         transport=Transport.USB,
-        address=f"1-{serial[-1]}",
+        address=f"1-{port or serial[-1]}",
         first_seen=NOW,
         last_seen=NOW,
         room=room,
@@ -34,45 +46,217 @@ def bar(serial: str, room: str) -> Device:
 
 @dataclass
 class Settings:
-    catalog: Any = field(default_factory=load_catalog)
+    state_dir: Path
+    catalog: Catalog = CATALOG
     rooms: tuple[Room, ...] = ()
+    snapshot: Any = None
+    portal: Any = None
 
 
 @dataclass
 class Daemon:
+    """What the API reads of a daemon, and nothing more."""
+
     store: Store
-    settings: Settings = field(default_factory=Settings)
+    settings: Settings
+    store_error: str | None = None
+    outbox: Any = None
+    sources: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime = NOW
+    push_failures: int = 0
+    delivery_problem: str | None = None
+
+    def uptime(self) -> float:
+        return 1.0
+
+    def ready_problems(self) -> list[str]:
+        return []
+
+    def problems(self) -> list[str]:
+        return []
 
 
-def answer(api: ApiServer, handler: str) -> Any:
-    response = asyncio.run(getattr(api, handler)(None))
-    return json.loads(response.text)
+@asynccontextmanager
+async def serving(daemon: Daemon, **limits: Any) -> AsyncIterator[tuple[ApiServer, str]]:
+    api = ApiServer(daemon, "127.0.0.1:0", None, **limits)  # type: ignore[arg-type]
+    await api.start()
+    try:
+        yield api, f"http://{api.where}"
+    finally:
+        await api.stop()
 
 
-def test_rooms_and_inventory_are_rebuilt_only_after_a_stored_scan_or_a_reload(tmp_path: Path) -> None:
+async def get(url: str, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url + path) as reply:
+        return reply.status, json.loads(await reply.read())
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[str]:
+    """Every room summary the API builds, by the thread that built it (after ``delay``)."""
+    built: list[str] = []
+    summary = agent.api._summary
+
+    def counted(store: Store, settings: Any) -> Any:
+        built.append(threading.current_thread().name)
+        time.sleep(delay)
+        return summary(store, settings)
+
+    monkeypatch.setattr(agent.api, "_summary", counted)
+    return built
+
+
+def stored(tmp_path: Path, devices: list[Device], at: datetime = NOW) -> Store:
     store = Store.open(tmp_path)
-    store.record_scan([bar("2313FD1N08Z2", "oslo-4-12")], [], NOW, sources_run={"usb"})
-    daemon = Daemon(store)
-    api = ApiServer(daemon, "127.0.0.1:0", None)  # type: ignore[arg-type]
-    built = []
-    summary = api._summary
-    api._summary = lambda: built.append(1) or summary()  # type: ignore[method-assign]
+    store.record_scan(devices, [], at, sources_run={"usb"})
+    return store
 
-    assert [r["room"] for r in answer(api, "rooms")] == ["oslo-4-12"]
-    assert [r["room"] for r in answer(api, "rooms")] == ["oslo-4-12"]
-    assert len(answer(api, "inventory")["devices"]) == 1
-    assert len(answer(api, "inventory")["devices"]) == 1
-    assert len(built) == 2  # once per path
 
-    later = NOW + timedelta(minutes=5)
-    store.record_scan(
-        [bar("2313FD1N08Z2", "oslo-4-12"), bar("2313FD1N08Z3", "oslo-4-14")], [], later, sources_run={"usb"}
-    )
-    assert [r["room"] for r in answer(api, "rooms")] == ["oslo-4-12", "oslo-4-14"]
-    assert answer(api, "inventory")["last_scan"] == later.isoformat()
-    assert len(built) == 4
+def test_rooms_and_inventory_are_rebuilt_only_after_a_stored_scan_or_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = counting(monkeypatch)
+    store = stored(tmp_path, [bar("2313FD1N08Z2", "oslo-4-12")])
+    daemon = Daemon(store, Settings(tmp_path))
 
-    daemon.settings = Settings(rooms=(Room("oslo-4-16", "Nordkapp"),))  # a reload
-    assert "oslo-4-16" in [r["room"] for r in answer(api, "rooms")]
-    assert len(built) == 5
+    async def scenario() -> None:
+        async with serving(daemon) as (_, url):
+            assert [r["room"] for r in (await get(url, "/v1/rooms"))[1]] == ["oslo-4-12"]
+            assert [r["room"] for r in (await get(url, "/v1/rooms"))[1]] == ["oslo-4-12"]
+            assert len((await get(url, "/v1/inventory"))[1]["devices"]) == 1
+            assert len((await get(url, "/v1/inventory"))[1]["devices"]) == 1
+            assert len(built) == 2  # once per path
+            assert all(name.startswith("roomsync-api") for name in built)  # never on the loop
+
+            later = NOW + timedelta(minutes=5)
+            store.record_scan(
+                [bar("2313FD1N08Z2", "oslo-4-12"), bar("2313FD1N08Z3", "oslo-4-14")],
+                [],
+                later,
+                sources_run={"usb"},
+            )
+            assert [r["room"] for r in (await get(url, "/v1/rooms"))[1]] == ["oslo-4-12", "oslo-4-14"]
+            assert (await get(url, "/v1/inventory"))[1]["last_scan"] == later.isoformat()
+            assert len(built) == 4
+
+            daemon.settings = Settings(tmp_path, rooms=(Room("oslo-4-16", "Nordkapp"),))  # a reload
+            assert "oslo-4-16" in [r["room"] for r in (await get(url, "/v1/rooms"))[1]]
+            assert len(built) == 5
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_a_slow_build_leaves_the_loop_free_and_is_made_once_for_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = counting(monkeypatch, delay=1.5)
+    store = stored(tmp_path, [bar("2313FD1N08Z2", "oslo-4-12")])
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, Settings(tmp_path))) as (_, url):
+            asking = [asyncio.create_task(get(url, "/v1/rooms")) for _ in range(20)]
+            await asyncio.sleep(0.3)  # the build has started and sleeps in its thread
+            t0 = time.monotonic()
+            status, health = await get(url, "/healthz")
+            took = time.monotonic() - t0
+            answers = await asyncio.gather(*asking)
+            assert status == 200 and health["status"] == "alive"
+            assert took < 0.5, f"/healthz waited {took:.2f} s for a build"
+            assert {json.dumps(a) for a in answers} == {json.dumps((200, [answers[0][1][0]]))}
+            assert len(built) == 1
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_inventory_pages_walk_every_unit_once_in_identity_order(tmp_path: Path) -> None:
+    devices = [bar(f"2313FD1N{i:04d}", f"room-{i % 5}", port=f"{i}") for i in range(23)]
+    store = stored(tmp_path, devices)
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, Settings(tmp_path))) as (_, url):
+            status, whole = await get(url, "/v1/inventory")
+            assert status == 200
+            walked: list[dict[str, Any]] = []
+            after = None
+            for _ in range(10):
+                query = f"/v1/inventory?limit=5{'&after=' + after if after else ''}"
+                status, page = await get(url, query)
+                assert status == 200 and page["total"] == 23
+                assert page["last_scan"] == whole["last_scan"]
+                assert len(page["devices"]) <= 5
+                walked += page["devices"]
+                after = page["next"]
+                if after is None:
+                    break
+                assert after == page["devices"][-1]["identity"]
+            identities = [d["identity"] for d in walked]
+            assert identities == sorted(d["identity"] for d in whole["devices"])
+            assert {json.dumps(d, sort_keys=True) for d in walked} == {
+                json.dumps(d, sort_keys=True) for d in whole["devices"]
+            }
+            # Past the end: an empty page; a cursor of a unit that has left still works.
+            assert (await get(url, f"/v1/inventory?after={identities[-1]}"))[1]["devices"] == []
+            gone = identities[7] + "~"
+            assert (await get(url, f"/v1/inventory?limit=1&after={gone}"))[1]["devices"][0]["identity"] == (
+                identities[8]
+            )
+            for bad in ("0", "-1", "x", "10001", "nan"):
+                status, error = await get(url, f"/v1/inventory?limit={bad}")
+                assert status == 400 and "limit" in error["error"]
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_a_big_answer_is_written_in_pieces_with_its_length(tmp_path: Path) -> None:
+    devices = [bar(f"2313FD1N{i:04d}", f"room-{i % 40}", port=f"{i}") for i in range(400)]
+    store = stored(tmp_path, devices)
+
+    async def scenario() -> None:
+        async with (
+            serving(Daemon(store, Settings(tmp_path))) as (_, url),
+            aiohttp.ClientSession() as session,
+            session.get(url + "/v1/inventory") as reply,
+        ):
+            body = await reply.read()
+            assert reply.status == 200
+            assert reply.headers["Content-Type"] == "application/json; charset=utf-8"
+            assert int(reply.headers["Content-Length"]) == len(body) > CHUNK
+            assert len(json.loads(body)["devices"]) == 400
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_the_reader_takes_over_what_the_writer_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = stored(tmp_path, [bar("2313FD1N08Z2", "oslo-4-12")])
+    decoded: list[int] = []
+    decode: Callable[..., Any] = Store._decode_inventory
+
+    def counted(self: Store, db: Any) -> Any:
+        decoded.append(1)
+        return decode(self, db)
+
+    monkeypatch.setattr(Store, "_decode_inventory", counted)
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, Settings(tmp_path))) as (api, url):
+            writer = Store.open(tmp_path)
+            record = writer.record_scan(
+                [bar("2313FD1N08Z2", "oslo-4-12"), bar("2313FD1N08Z3", "oslo-4-14")],
+                [],
+                NOW + timedelta(minutes=1),
+                sources_run={"usb"},
+            )
+            inventory = writer.tracked()
+            writer.close()
+            before = len(decoded)
+            api.adopt(inventory, record.scan_id)
+            assert len((await get(url, "/v1/inventory"))[1]["devices"]) == 2
+            assert len(decoded) == before  # the reader decoded nothing itself
+
+    asyncio.run(scenario())
     store.close()

@@ -104,6 +104,12 @@ def test_unit_has_the_required_directives() -> None:
     assert _one("Service", "Restart") == "on-failure"
     assert "2" in _one("Service", "RestartPreventExitStatus").split()
     assert _one("Service", "TimeoutStopSec") == "15s"
+    # Room for the API's largest connection cap and the sources beside it (issue [13/16]).
+    from agent.config import ApiConfig
+
+    cap = ApiConfig.model_fields["max_connections"].metadata
+    largest = next(m.le for m in cap if getattr(m, "le", None) is not None)
+    assert int(_one("Service", "LimitNOFILE")) >= 4 * largest
     assert _one("Unit", "StartLimitIntervalSec") == "10min"
     assert _one("Unit", "StartLimitBurst") == "5"
     assert _one("Service", "User") == "roomsync"
