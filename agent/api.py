@@ -37,7 +37,7 @@ import bisect
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -235,12 +235,13 @@ class ApiServer:
         self.where = listen
         self.gate = ConnectionGate(max_connections, header_timeout)
         self._reader: StoreThread | None = None
-        #: What was built, by key: (the scan it is as of, the settings it was built with, it).
+        #: What was built, by key: (the scan it is as of, the settings and the day it was
+        #: built with, it).
         #: Room summaries of 5,000 units are not rebuilt for every request: they change only
         #: with a stored scan or a reload (and coverage with the day, which is in its key).
-        self._answers: dict[Hashable, tuple[int, object, Any]] = {}
-        #: Builds under way, by key: the settings they were started with and their future.
-        self._building: dict[Hashable, tuple[object, asyncio.Future[tuple[int, Any]]]] = {}
+        self._answers: dict[str, tuple[int, object, date | None, Any]] = {}
+        #: Builds under way, by key: the settings and day they were started with, their future.
+        self._building: dict[str, tuple[object, date | None, asyncio.Future[tuple[int, Any]]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(daemon)
         self.collector.gate = self.gate
@@ -367,16 +368,17 @@ class ApiServer:
             raise StoreError(f"the store is not available: {self.daemon.store_error}")
         return self.daemon.store.scan_generation()
 
-    async def _built(self, key: Hashable, build: Callable[[Store, Any], Any]) -> Any:
-        """``build(store, settings)``, run in the reader thread, as of the newest stored scan
-        and the current settings: cached under both, and built once however many requests
-        ask for it while it is being built."""
+    async def _built(self, key: str, build: Callable[[Store, Any], Any], *, day: date | None = None) -> Any:
+        """``build(store, settings)``, run in the reader thread, as of the newest stored scan,
+        the current settings and ``day`` (for what depends on the date): cached under them —
+        one answer per ``key``, the newest — and built once however many requests ask for it
+        while it is being built."""
         generation, settings = self._generation(), self.daemon.settings
         found = self._answers.get(key)
-        if found is not None and found[0] == generation and found[1] is settings:
-            return found[2]
+        if found is not None and found[0] == generation and found[1] is settings and found[2] == day:
+            return found[3]
         pending = self._building.get(key)
-        if pending is None or pending[0] is not settings:
+        if pending is None or pending[0] is not settings or pending[1] != day:
             reader = self._reader
             if reader is None:
                 raise StoreError("the API is not running")
@@ -386,17 +388,17 @@ class ApiServer:
                 return store.scan_generation(), build(store, settings)
 
             future = asyncio.ensure_future(reader.call(work))
-            self._building[key] = pending = (settings, future)
+            self._building[key] = pending = (settings, day, future)
 
-            def done(f: asyncio.Future[tuple[int, Any]], key: Hashable = key) -> None:
-                if self._building.get(key, (None, None))[1] is f:
+            def done(f: asyncio.Future[tuple[int, Any]]) -> None:
+                if key in self._building and self._building[key][2] is f:
                     del self._building[key]
                 if not f.cancelled() and f.exception() is None:
-                    self._answers[key] = (f.result()[0], settings, f.result()[1])
+                    self._answers[key] = (f.result()[0], settings, day, f.result()[1])
 
             future.add_done_callback(done)
         # A client that goes away does not cancel the build the others wait for.
-        return (await asyncio.shield(pending[1]))[1]
+        return (await asyncio.shield(pending[2]))[1]
 
     async def _in_reader(self, work: Callable[[Store], T]) -> T:
         """``work(store)`` in the reader thread, uncached."""
@@ -498,7 +500,9 @@ class ApiServer:
                 {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
             )
         today = context.today or utc_today(datetime.now(UTC))
-        return await self._send(request, await self._built(("/v1/coverage", today), _coverage_answer(today)))
+        return await self._send(
+            request, await self._built("/v1/coverage", _coverage_answer(today), day=today)
+        )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         since = None
@@ -523,7 +527,7 @@ class ApiServer:
         if self.daemon.store is not None:
             try:
                 today = utc_today(datetime.now(UTC))
-                families = await self._built(("metrics", today), _store_families(today))
+                families = await self._built("metrics", _store_families(today), day=today)
             except StoreError:
                 families = []
         # The rest is read from the daemon on the loop (counters, the outbox's few rows).

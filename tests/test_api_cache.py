@@ -260,3 +260,31 @@ def test_the_reader_takes_over_what_the_writer_decoded(
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_coverage_is_built_again_on_a_new_day(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from datetime import date
+
+    from agent.entitlements import EntitlementRecord, Entitlements
+    from agent.uploader.snapshot import SnapshotContext
+
+    store = stored(tmp_path, [bar("2313FD1N08Z2", "oslo-4-12")])
+    records = Entitlements.of(
+        [EntitlementRecord(serial="2313FD1N08Z2", purchase_date=date(2024, 1, 10), country="NO")]
+    )
+    settings = Settings(
+        tmp_path, snapshot=SnapshotContext(CATALOG, entitlements=records, today=date(2025, 6, 1))
+    )
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, settings)) as (_, url):
+            first = (await get(url, "/v1/coverage"))[1]
+            # The same settings object, another day (as midnight UTC does to a daemon).
+            settings.snapshot = replace(settings.snapshot, today=date(2029, 6, 1))
+            later = (await get(url, "/v1/coverage"))[1]
+            assert (first["today"], later["today"]) == ("2025-06-01", "2029-06-01")
+            assert first["verdicts"][0]["status"] != later["verdicts"][0]["status"]
+
+    asyncio.run(scenario())
+    store.close()
