@@ -229,3 +229,24 @@ def test_the_listening_socket_is_loopback_and_refusing_is_cheap(tmp_path: Path) 
 
     with site(tmp_path) as daemon:
         asyncio.run(scenario(daemon))
+
+
+def test_roomsync_health_waits_out_a_full_house_within_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.cli.health import Unreachable, fetch_status
+
+    counting(monkeypatch, delay=1.5)  # a room summary takes 1.5 s to build
+
+    async def scenario(daemon: Daemon) -> None:
+        async with serving(daemon, max_connections=1, header_timeout=30) as (_, url):
+            busy = asyncio.create_task(get(url, "/v1/rooms"))
+            await asyncio.sleep(0.2)
+            with pytest.raises(Unreachable, match="turning connections away"):
+                await fetch_status(url, None, 0.5)  # too short to wait a second
+            status = await fetch_status(url, None, 5.0)  # asked again after Retry-After: 1
+            assert status["connections"]["refused"] >= 2
+            assert (await busy)[0] == 200
+
+    with site(tmp_path) as daemon:
+        asyncio.run(scenario(daemon))

@@ -96,7 +96,28 @@ class Unreachable(Exception):
 
 async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str, Any]:
     """The daemon's ``/v1/status`` reply (a JSON object) from ``url`` (``unix:/path`` for a
-    socket)."""
+    socket). A daemon turning connections away (``503`` with ``Retry-After``: more clients
+    than ``[api] max_connections``) is asked again after that wait while ``timeout`` allows."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        data, retry_after = await _ask_status(url, token, max(deadline - time.monotonic(), 0.001))
+        if data is not None:
+            return data
+        if retry_after is None or time.monotonic() + retry_after >= deadline:
+            raise Unreachable(
+                f"{url} is turning connections away: more clients than [api] max_connections "
+                "(asked again until --timeout)"
+            )
+        await asyncio.sleep(retry_after)
+
+
+async def _ask_status(
+    url: str, token: str | None, timeout: float
+) -> tuple[dict[str, Any] | None, float | None]:
+    """The status, or (None, seconds to wait) when the daemon said 503 with ``Retry-After``."""
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -114,6 +135,9 @@ async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str,
         ):
             if reply.status == 401:
                 raise Unreachable(f"{url} refused the API token ([api] token_file)")
+            wait = reply.headers.get("Retry-After", "")
+            if reply.status == 503 and wait.isdigit():
+                return None, min(float(wait), 5.0)
             if reply.status != 200:
                 raise Unreachable(f"{url}/v1/status answered HTTP {reply.status}")
             data = await reply.json(content_type=None)
@@ -121,4 +145,4 @@ async def fetch_status(url: str, token: str | None, timeout: float) -> dict[str,
         raise Unreachable(f"cannot reach the daemon at {url}: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise Unreachable(f"{url}/v1/status answered something that is not a status")
-    return data
+    return data, None
