@@ -49,6 +49,20 @@ upsert and the pruning checks — a handful of statements whatever the size of t
 
 Events are pruned by :class:`Retention` (``events_days``) only once the outbox has taken them
 (``events.seq`` at or below its cursor) and no queued message still refers to them.
+
+Read-only (``Store.open(..., read_only=True)``: ``roomsync inventory``, ``events``, ``outbox``,
+``coverage``, ``export``): SQLite's ``mode=ro``, so that a user who may read the state directory
+but not write it can run them, and so that they change nothing: no state directory or database
+is created, no migration runs (a store of an older schema is refused until the daemon or a
+writing command has migrated it), and every write — :meth:`Store.transaction` — is a
+:class:`StoreError`. A WAL database is read through its ``-wal`` and ``-shm`` files: while a
+writer has the store open they exist and a reader needs only to read them (SQLite 3.22+); when
+none has (the last connection removes them), SQLite creates them, and a user who may not create
+files in the state directory cannot read the store at all — a :class:`StoreError` that says so.
+A reader that may create them leaves them behind (an empty ``-wal``, a 32 KiB ``-shm``; owned
+like the database when run as root): SQLite removes them only at a writer's last close, and the
+next writer uses them. ``immutable=1`` would spare them but reads without locks, which is wrong
+while the daemon may be writing.
 """
 
 from __future__ import annotations
@@ -248,8 +262,12 @@ class ScanRecord:
     unseen: frozenset[str] = frozenset()
 
 
-def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
+def _explain(exc: sqlite3.Error, path: Path, *, read_only: bool = False) -> StoreError:
     text = str(exc).lower()
+    if read_only and ("readonly" in text or "unable to open" in text):
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY":  # a write: a bug of the caller
+            return _opened_read_only(path)
+        return _cannot_read(path, exc)
     if "locked" in text or "busy" in text:
         return StoreError(f"state database {path} is locked by another process; try again when it is done")
     if "disk is full" in text:
@@ -273,6 +291,34 @@ def _explain(exc: sqlite3.Error, path: Path) -> StoreError:
             "(sudo -u roomsync roomsync …)"
         )
     return StoreError(f"state database {path}: {exc}")
+
+
+def _opened_read_only(path: Path) -> StoreError:
+    return StoreError(f"state database {path} is open read-only: this command may not change it")
+
+
+def _cannot_read(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Why a read-only open failed: no database, a database this user may not read, or one it
+    may read but whose ``-wal`` and ``-shm`` files (see the module's docstring) it can neither
+    open nor create."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return StoreError(
+            f"no state database {path}: nothing was stored yet (roomsync scan or the daemon creates it)"
+        )
+    except OSError as err:
+        return StoreError(
+            f"state database {path} cannot be read as user {user_name()} ({err.strerror or err}); run the "
+            "command as the service's user (sudo -u roomsync roomsync …)"
+        )
+    return StoreError(
+        f"state database {path} cannot be read as user {user_name()} ({exc}): SQLite reads it through "
+        f"{path.name}-wal and {path.name}-shm beside it, which this user can neither open nor create in "
+        f"{path.parent} (they exist while the daemon has the store open); run the command as the "
+        "service's user (sudo -u roomsync roomsync …)"
+    )
 
 
 def user_name() -> str:
@@ -357,9 +403,11 @@ def _drop_history(db: sqlite3.Connection, scans: Sequence[int]) -> None:
 class Store:
     """One open state database. Use :meth:`open`; close it (or use ``with``)."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT_S, read_only: bool = False) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        #: Opened with SQLite's ``mode=ro``: no migration, no write (see the module's docstring).
+        self.read_only = read_only
         #: The decoded inventory and the scan it is as of (``scan_generation``): the units, their
         #: sightings and times change only with a stored scan, whichever connection stores it,
         #: while the outbox's and the pins' writes leave them (and the cache) alone. Decoding
@@ -371,30 +419,49 @@ class Store:
         self._known: dict[tuple[str, str], tuple[str, Any]] = {}
         self._known_rules: MergeRules | None = None
         try:
-            self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            if read_only:
+                # A URI, so that ``mode=ro`` applies (the path percent-encoded: ``?`` and ``#``
+                # are a URI's own).
+                self._db = sqlite3.connect(
+                    f"{path.absolute().as_uri()}?mode=ro",
+                    uri=True,
+                    timeout=busy_timeout,
+                    isolation_level=None,
+                )
+            else:
+                self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         except sqlite3.Error as exc:
-            raise _explain(exc, path) from None
+            raise _explain(exc, path, read_only=read_only) from None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            if not read_only:  # the journal mode is the database's: a reader finds it set
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
-            raise _explain(exc, path) from None
+            raise _explain(exc, path, read_only=read_only) from None
         except StoreError:
             self._db.close()
             raise
 
     @classmethod
-    def open(cls, state_dir: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_S) -> Store:
+    def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        busy_timeout: float = BUSY_TIMEOUT_S,
+        read_only: bool = False,
+    ) -> Store:
+        """The store in ``state_dir``, created (directory and database) unless ``read_only``."""
         directory = Path(state_dir)
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the state directory {directory}: {exc.strerror or exc}"
-            ) from None
-        return cls(directory / DB_NAME, busy_timeout=busy_timeout)
+        if not read_only:
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the state directory {directory}: {exc.strerror or exc}"
+                ) from None
+        return cls(directory / DB_NAME, busy_timeout=busy_timeout, read_only=read_only)
 
     def __enter__(self) -> Store:
         return self
@@ -409,7 +476,10 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): committed whole, or rolled back whole
         on any error; an SQLite failure becomes :class:`StoreError`. For the modules that
-        keep their own tables here (the outbox)."""
+        keep their own tables here (the outbox). A read-only store refuses it before SQLite is
+        asked (``mode=ro`` would let ``BEGIN IMMEDIATE`` through and refuse the first write)."""
+        if self.read_only:
+            raise _opened_read_only(self.path)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -436,7 +506,7 @@ class Store:
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise _explain(exc, self.path) from None
+            raise _explain(exc, self.path, read_only=self.read_only) from None
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -444,6 +514,16 @@ class Store:
             raise StoreError(
                 f"state database {self.path} has schema {version}, newer than this "
                 f"roomsync understands ({SCHEMA_VERSION}); upgrade roomsync"
+            )
+        if version < SCHEMA_VERSION and self.read_only:
+            # Not read as it is: the read paths know the latest schema only. Nor migrated
+            # here: a reader may not write, and the daemon still running the old roomsync
+            # would go on writing the old way.
+            raise StoreError(
+                f"state database {self.path} has schema {version}, older than this roomsync's "
+                f"({SCHEMA_VERSION}), and this command only reads it: restart the daemon "
+                "(systemctl restart roomsync-agent) or run roomsync scan as the service's user "
+                "(sudo -u roomsync roomsync scan …), which migrate it, then run this command again"
             )
         for target in range(version, SCHEMA_VERSION):
             with self.transaction() as db:
@@ -846,7 +926,7 @@ class Store:
         try:
             return self._snapshot()[1]
         except sqlite3.Error as exc:
-            raise _explain(exc, self.path) from None
+            raise _explain(exc, self.path, read_only=self.read_only) from None
 
     def adopt(self, inventory: dict[str, Tracked], scan_id: int) -> None:
         """Take ``inventory`` — what another connection of this process decoded while it

@@ -725,3 +725,60 @@ def test_the_inventory_cache_matches_the_database_and_sees_other_writers(tmp_pat
             # …and this store's next read sees it.
             assert [d.to_dict() for d in store.devices()] == fresh(tmp_path)
             assert any(d.serial == f"S{100 + step:04d}" for d in store.devices())
+
+
+# --------------------------------------------------------------------------- read-only
+
+
+def test_a_read_only_store_reads_what_writers_store_and_writes_nothing(tmp_path: Path):
+    """Read-only (the commands that only read): the same answers as a writer's connection,
+    a writer's later scans seen, and every write refused with a StoreError before SQLite is
+    asked — the database byte for byte as it was. A directory name a URI would misread (``?``,
+    ``#``, ``%``) is read all the same. (Its bytes are read with no connection open: closing a
+    file drops the POSIX locks this process's connections hold on it.)"""
+    state = tmp_path / "st?ate #1 %41 ø"
+    new_id = ids()
+    with Store.open(state) as writer:
+        writer.record_scan([unit("A1", T0), unit("B2", T0)], [Room("oslo-4-12", "Fjord")], T0, new_id=new_id)
+        later = T0 + timedelta(hours=1)
+        writer.record_scan([unit("A1", later, room="bergen-1")], [], later, remove_after=1, new_id=new_id)
+        stored = _comparable(writer), writer.rooms(), writer.latest_runs()
+    database = (state / DB_NAME).read_bytes()
+    with Store.open(state, read_only=True) as reader:
+        assert reader.read_only and reader.schema_version == SCHEMA_VERSION
+        assert (_comparable(reader), reader.rooms(), reader.latest_runs()) == stored
+        for write in (
+            lambda: reader.record_scan([unit("C3", later)], [], later),
+            lambda: reader.transaction().__enter__(),
+            lambda: reader.read("INSERT INTO meta (key, value) VALUES ('x', '1')"),
+            lambda: reader.read("PRAGMA user_version = 1"),
+        ):
+            with pytest.raises(StoreError, match=r"roomsync\.db is open read-only: this command may not"):
+                write()
+    assert (state / DB_NAME).read_bytes() == database
+    with Store.open(state) as writer, Store.open(state, read_only=True) as reader:
+        assert _comparable(reader) == _comparable(writer)
+        latest = T0 + timedelta(hours=2)
+        writer.record_scan([unit("A1", latest), unit("D4", latest)], [], latest, new_id=new_id)
+        assert _comparable(reader) == _comparable(writer)  # a writer's scan, seen
+
+
+def test_read_only_creates_nothing_and_migrates_nothing(tmp_path: Path):
+    """No store: a clear error, and no state directory made. An older schema: refused (the
+    daemon migrates it), left as it was. A newer one: refused as for a writer."""
+    with pytest.raises(StoreError, match=r"no state database .*nothing was stored yet"):
+        Store.open(tmp_path / "none", read_only=True)
+    assert not (tmp_path / "none").exists()
+    write_v1_database(tmp_path, bar(T0), T0)
+    database = (tmp_path / DB_NAME).read_bytes()
+    with pytest.raises(
+        StoreError, match=r"has schema 1, older than this roomsync's \(5\).*restart the daemon"
+    ):
+        Store.open(tmp_path, read_only=True)
+    assert (tmp_path / DB_NAME).read_bytes() == database
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer than this roomsync understands"):
+        Store.open(tmp_path, read_only=True)

@@ -65,8 +65,16 @@ def rooms_report(
     return summarize_rooms(devices, load_catalog(), merge_rooms(stored_rooms, configured_rooms(args, cfg)))
 
 
+#: The commands that only read the store: they open it read-only (:class:`agent.store.Store`'s
+#: ``read_only``), so that a user who may read the state directory but not write it can run
+#: them, and so that they change nothing there — no migration, no agent id assigned. The others
+#: (``push``) open it to write.
+READ_ONLY_COMMANDS = frozenset({"inventory", "events", "outbox", "coverage", "export"})
+
+
 def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
-    """The store, or None when no scan was stored yet (a message says so)."""
+    """The store, or None when no scan was stored yet (a message says so); read-only for the
+    :data:`READ_ONLY_COMMANDS`."""
     from agent.config import resolve_state_dir
     from agent.store import DB_NAME, Store, StoreError
 
@@ -85,7 +93,7 @@ def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
         print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first", file=sys.stderr)
         return None
     try:
-        return Store.open(state_dir)
+        return Store.open(state_dir, read_only=getattr(args, "command", None) in READ_ONLY_COMMANDS)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
 
@@ -117,18 +125,50 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
 
 
 def make_outbox(store: Store, cfg: AgentConfig) -> Outbox:
+    """The outbox of ``store``. Of a read-only store, with the agent id the store keeps (the
+    outbox would otherwise assign one, a write): none yet is a :class:`UsageError`."""
     from datetime import timedelta
 
     from agent.uploader.outbox import Outbox
 
+    agent_id = cfg.agent_id
+    if agent_id is None and store.read_only:
+        agent_id = stored_agent_id(store)
     return Outbox(
         store,
-        agent_id=cfg.agent_id,
+        agent_id=agent_id,
         version=__version__,
         hostname=os.uname().nodename,
         max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
         snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
     )
+
+
+def stored_agent_id(store: Store) -> str:
+    """The agent id ``store`` keeps (``meta.agent_id``, as :class:`agent.uploader.outbox.Outbox`
+    stores it), without writing one."""
+    import json
+
+    from agent.store import StoreError
+
+    try:
+        rows = store.read("SELECT value FROM meta WHERE key = 'agent_id'")
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        value = json.loads(rows[0][0]) if rows else None
+    except ValueError as exc:
+        raise UsageError(
+            f"state database {store.path} is corrupt (the agent id cannot be read: {exc}); move it "
+            "aside and the next scan starts a fresh one"
+        ) from None
+    if not value:
+        raise UsageError(
+            f"no agent id is stored in {store.path} yet, and this command only reads the store: the "
+            "first scan that queues a snapshot (roomsync scan, the daemon) assigns it, or set agent_id "
+            "in agent.toml"
+        )
+    return str(value)
 
 
 def portal_settings(args: argparse.Namespace, cfg: AgentConfig) -> PortalSettings:
