@@ -365,3 +365,20 @@ def test_before_any_scan_a_read_only_command_creates_nothing(place: Path, name: 
     assert done.returncode == (1 if name == "export-json" else 0), done.stderr
     assert "no inventory stored" in done.stderr and "run roomsync scan first" in done.stderr
     assert not (place / "state").exists()
+
+
+def test_trust_list_reads_a_store_it_may_not_write(place: Path, served: Path) -> None:
+    """``roomsync trust collabos --list`` only reads the pins: a store the user may not write
+    is read as for the read-only commands above (only --accept-new and --forget write)."""
+    state = place / "state"
+    with closing(sqlite3.connect(state / DB_NAME)) as db:
+        pins = db.execute("SELECT count(*) FROM tls_pins").fetchone()[0]
+    owner = roomsync("trust", "collabos", "--list", "--json", "--config", str(served))
+    assert owner.returncode == 0, owner.stderr
+    before = files(state)
+    done = as_someone_else("trust", "collabos", "--list", "--json", "--config", str(served))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(owner.stdout) == {"pins": []} and pins == 0
+    assert files(state) == before
+    forget = as_someone_else("trust", "collabos", "10.1.2.3", "--forget", "--config", str(served))
+    assert forget.returncode == 2 and "cannot" in forget.stderr + forget.stdout, forget

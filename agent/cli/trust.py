@@ -67,7 +67,7 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
     from agent.config import resolve_state_dir
     from agent.discovery.collabos import SOURCE_NAME, CollabosHost
     from agent.pins import PinStore, shown
-    from agent.store import Store, StoreError
+    from agent.store import DB_NAME, Store, StoreError
 
     if args.list == bool(args.host):
         raise UsageError("trust collabos: give a HOST, or --list")
@@ -76,8 +76,19 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
     if args.forget and args.accept_new:
         raise UsageError("--forget and --accept-new exclude each other")
     expect = _expected(args.expect) if args.expect else None
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    # Only --accept-new and --forget change the pins: the rest reads a store it may not write.
+    read_only = not (args.accept_new or args.forget)
+    if read_only and not (state_dir / DB_NAME).exists():
+        if args.list:
+            if args.json:
+                print_json({"pins": []})
+            else:
+                print("no CollabOS device is pinned yet")
+            return EXIT_OK
+        read_only = False  # nothing stored yet: the store is made as for any first use
     try:
-        store = Store.open(resolve_state_dir(cfg, args.state_dir))
+        store = Store.open(state_dir, read_only=read_only)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
     with store:
@@ -98,7 +109,10 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
             raise UsageError(f"trust collabos {args.host}: {exc}") from None
         pinned = pins.get(host.address)
         if args.forget:
-            gone = pins.forget(host.address)
+            try:
+                gone = pins.forget(host.address)
+            except StoreError as exc:  # a store this user may read but not write
+                raise UsageError(str(exc)) from None
             _say(args, host.address, pinned, None, forgotten=gone)
             return EXIT_OK
         try:
@@ -122,7 +136,10 @@ def cmd_trust_collabos(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
         if args.accept_new and (pinned is None or pinned.spki_sha256 != presented):
-            accepted = pins.accept(host.address, presented, certificate, datetime.now(UTC))
+            try:
+                accepted = pins.accept(host.address, presented, certificate, datetime.now(UTC))
+            except StoreError as exc:
+                raise UsageError(str(exc)) from None
         status = _say(args, host.address, pinned, presented, accepted=accepted)
         ca_file = cfg.sources.collabos.ca_file
         if ca_file is not None and not args.json:
