@@ -297,7 +297,7 @@ class ApiServer:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ApiStartError(f"cannot listen on {self.listen}: {reason}") from None
         self.where = self._bound(site)
-        self._reader = StoreThread(self.daemon.settings.state_dir, name="roomsync-api")
+        self._reader = StoreThread(self.daemon.settings.state_dir, name="roomsync-api", read_only=True)
 
     def reload_token(self, token_file: Path | None) -> bool:
         """Take a new ``[api] token_file`` (on SIGHUP). False, keeping the old token, when it

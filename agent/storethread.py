@@ -24,10 +24,12 @@ __all__ = ["StoreThread"]
 
 class StoreThread:
     """Calls run one at a time, in order, in one thread; the connection is opened on first
-    use (``Store.open``) and closed by :meth:`close`."""
+    use (``Store.open``, read-only if asked) and closed by :meth:`close`."""
 
-    def __init__(self, state_dir: Path, *, name: str) -> None:
+    def __init__(self, state_dir: Path, *, name: str, read_only: bool = False) -> None:
         self.state_dir = state_dir
+        #: Open the store with SQLite's ``mode=ro`` (the API's reader: it never writes).
+        self.read_only = read_only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._store: Store | None = None
 
@@ -42,7 +44,7 @@ class StoreThread:
 
     def _run(self, work: Callable[[Store], T]) -> T:
         if self._store is None:
-            self._store = Store.open(self.state_dir)
+            self._store = Store.open(self.state_dir, read_only=self.read_only)
         return work(self._store)
 
     def close(self) -> None:
