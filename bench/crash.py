@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.uploader.outbox import content_digest
 from tests.outbox_loop import TOKEN, run_crash, tally
-from tests.portal_standin import PortalStandIn
+from tools.portal_standin import PortalStandIn
 
 
 def main() -> int:

@@ -7,7 +7,7 @@ portal ≤ 2 s.
 Each daemon is a subprocess (`python -m agent run --config F`) with a notify socket standing in
 for systemd's ($NOTIFY_SOCKET, $WATCHDOG_USEC as `WatchdogSec=30s` sets it), a fake sysfs tree
 of 10 Logitech units, mDNS browsed on 127.0.0.1 only (every 60 s, the default), the portal
-stand-in (tests/portal_standin.py) as the portal, and its API on a free loopback port.
+stand-in (tools/portal_standin.py) as the portal, and its API on a free loopback port.
 
 * start to READY=1: wall time from spawning the process to the READY=1 datagram, median of
   ``--starts`` fresh daemons (each with a new state directory; each stopped with SIGTERM).
@@ -53,8 +53,8 @@ from tests.daemon_peer import (
     start_daemon,
     toml_str,
 )
-from tests.portal_standin import PortalStandIn
 from tests.sysfs import add_device
+from tools.portal_standin import PortalStandIn
 
 TOKEN = "bench-portal-token"
 #: systemd passes WatchdogSec=30s as WATCHDOG_USEC=30000000 (a ping every 15 s).

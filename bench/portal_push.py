@@ -68,7 +68,7 @@ TOKEN = "bench-token"
 #: prints how many snapshots it recorded.
 PORTAL = f"""
 import sys
-from tests.portal_standin import PortalStandIn
+from tools.portal_standin import PortalStandIn
 with PortalStandIn({TOKEN!r}) as portal:
     print(portal.url, flush=True)
     sys.stdin.read()

@@ -113,8 +113,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.faults import FaultQueue
-from tests.portal_standin import CertAuthority, TlsFiles
+from tools.faults import FaultQueue
+from tools.portal_standin import CertAuthority, TlsFiles
 
 __all__ = [
     "DEVICE",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 
 from agent.uploader.protocol import InventoryMessage, parse_message
-from tests.portal_standin import PortalStandIn
 from tests.sysfs import add_device
+from tools.portal_standin import PortalStandIn
 
 TOKEN = f"tok-{secrets.token_hex(16)}"
 SERIALS = ["2301SC0005E2", "2313FD1N08Z2"]
@@ -196,3 +197,58 @@ def test_a_parked_message_is_shown_and_resent_with_retry_parked(site: Path, port
     ] * 2
     assert sorted(e.serial or "" for e in portal.events) == SERIALS
     assert outbox(site)["empty"] is True
+
+
+def test_the_reference_portal_runs_by_hand_and_shows_what_it_received(site: Path) -> None:
+    """``python -m tools.portal_standin`` (docs/portal-api.md): a person trying ``roomsync push``
+    runs it, pushes to it and reads what arrived; a wrong token is answered 401."""
+    from tests.daemon_peer import free_tcp_port
+
+    port = free_tcp_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.portal_standin",
+            "--port",
+            str(port),
+            "--token-file",
+            str(site / "portal.token"),
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"portal stand-in listening on http://127.0.0.1:{port}"), (
+            first + proc.stderr.read()
+        )
+        url = f"http://127.0.0.1:{port}"
+        (site / "wrong.token").write_text("not-the-token\n")
+        refused = push(site, url, token_file=site / "wrong.token")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        pushed = push(site, url)
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "POST /v1/events -> 401" in out  # the first message queued, the events
+    assert "POST /v1/inventory -> 202" in out and "POST /v1/events -> 202" in out
+    assert "accepted roomsync.inventory.v1 from agent" in out and "1 rooms, 2 units" in out
+    assert "accepted roomsync.events.v1" in out and "2 events (device.added)" in out
+    assert TOKEN not in out + err
+
+
+def test_the_reference_portal_refuses_bad_arguments(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.portal_standin", "--token-file", str(tmp_path / "missing")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 2 and "missing" in run.stderr

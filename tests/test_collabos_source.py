@@ -197,7 +197,7 @@ def renew(device: CollabosDevice, directory: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
 
-    from tests.portal_standin import TlsFiles
+    from tools.portal_standin import TlsFiles
 
     key = serialization.load_pem_private_key(device.tls.key.read_bytes(), None)
     old = device.certificate

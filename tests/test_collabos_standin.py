@@ -34,7 +34,7 @@ from tests.collabos_standin import (
     rally_bar_mini,
     roommate,
 )
-from tests.portal_standin import client_context
+from tools.portal_standin import client_context
 
 PASSWORD = "s3cret"
 MINI_HOST, BAR_HOST, ROOMMATE_HOST = "127.0.0.2", "127.0.0.3", "127.0.0.4"

@@ -42,9 +42,9 @@ from tests.daemon_peer import (
 from tests.peers_mdns import RUN_TOKEN, Publisher, Service
 from tests.peers_snmp import Snmpd, entity_rows
 from tests.peers_ssh import keygen
-from tests.portal_standin import PortalStandIn
 from tests.shared import require_tool
 from tests.sysfs import add_device
+from tools.portal_standin import PortalStandIn
 
 RALLY_BAR, SCRIBE, BRIO = 0x089B, 0x08E2, 0x085E
 LOGITECH = 0x046D

@@ -42,7 +42,7 @@ from agent.uploader.delivery import (
 from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import InventoryMessage
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
-from tests.portal_standin import CertAuthority, PortalStandIn, RecordedRequest, TlsFiles, self_signed_tls
+from tools.portal_standin import CertAuthority, PortalStandIn, RecordedRequest, TlsFiles, self_signed_tls
 
 TOKEN = f"tok-{secrets.token_hex(16)}"
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)

@@ -29,8 +29,8 @@ from agent.uploader.protocol import (
     parse_message,
 )
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
-from tests.portal_standin import PortalStandIn
 from tests.small_disk import run_on_small_disk
+from tools.portal_standin import PortalStandIn
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]

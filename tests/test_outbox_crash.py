@@ -42,7 +42,7 @@ from agent.store import Store
 from agent.uploader.outbox import content_digest
 from agent.uploader.protocol import EventOut
 from tests.outbox_loop import KILL_POINTS, TOKEN, read_iteration, room_of, run_crash, tally, tree_state
-from tests.portal_standin import PortalStandIn
+from tools.portal_standin import PortalStandIn
 
 CATALOG = load_catalog()
 

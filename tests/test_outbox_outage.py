@@ -22,7 +22,7 @@ from agent.store import Store
 from agent.uploader.outbox import Outbox, content_digest
 from agent.uploader.protocol import EventsMessage, InventoryMessage
 from tests.outbox_loop import TOKEN, write_config, write_tree
-from tests.portal_standin import PortalStandIn
+from tools.portal_standin import PortalStandIn
 
 SCANS = 12  # an hour of scans every 5 minutes
 

@@ -28,8 +28,8 @@ from agent.uploader.protocol import (
     SeenByOut,
 )
 from tests.peers_mdns import RUN_TOKEN, Publisher, Service
-from tests.portal_standin import PortalStandIn, SiteUnit, merge_site
 from tests.sysfs import add_device
+from tools.portal_standin import PortalStandIn, SiteUnit, merge_site
 
 TOKEN = f"tok-sites-{RUN_TOKEN}"
 BAR_SERIAL = f"2313FD{RUN_TOKEN}"  # on agent A's USB and announced by bar A

@@ -1,4 +1,4 @@
-"""The portal stand-in (``tests/portal_standin.py``) keeps the portal's side of
+"""The portal stand-in (``tools/portal_standin.py``) keeps the portal's side of
 ``docs/portal-api.md``: bearer token, gzip JSON, validation with the models, de-duplication by
 ``Idempotency-Key`` and event id, every injectable fault, and TLS that verifies only with the
 test CA. Clients here are aiohttp (async tests) and urllib (sync tests, a subprocess)."""
@@ -39,8 +39,8 @@ from agent.uploader.protocol import (
     inventory_message,
     serialize,
 )
-from tests import portal_standin
-from tests.portal_standin import CertAuthority, PortalStandIn, TlsFiles, client_context, self_signed_tls
+from tools import portal_standin
+from tools.portal_standin import CertAuthority, PortalStandIn, TlsFiles, client_context, self_signed_tls
 
 TOKEN = "s3cret-token-4f1d"
 NOW = datetime(2025, 3, 4, 9, 30, tzinfo=UTC)

@@ -68,10 +68,10 @@ from tests.e2e.site_spec import ROOM_A, ROOM_B, ROOM_C, ROOM_D, ROOM_E, Unit
 from tests.peers_mdns import Publisher
 from tests.peers_snmp import SnmpSim
 from tests.peers_ssh import keyscan, require_sshd, start_sshd, world_dir, write_known_hosts
-from tests.portal_standin import PortalStandIn
 from tests.shared import shared_file
 from tests.sysfs import add_device
 from tests.umockdev_ioctl import HidFeature, IoctlTestbed
+from tools.portal_standin import PortalStandIn
 
 pytestmark = pytest.mark.timeout(180)
 

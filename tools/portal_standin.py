@@ -35,6 +35,10 @@ order), ``latest_inventory`` (highest sequence), ``events`` (once per id), ``req
 request with its fault and status, ``Authorization`` redacted), ``pending_faults``;
 ``wait_for(condition, timeout)`` blocks until a condition on the stand-in holds; ``clear()``.
 
+Run by hand (``python -m tools.portal_standin --port 8080 --token-file T``: :func:`main`), it is
+a reference portal for someone evaluating ``roomsync push``: it prints each request and what each
+accepted message holds.
+
 Several agents of one site (``docs/portal-api.md``, "One unit seen by several agents"):
 ``latest_by_agent`` is each agent's snapshot with its highest sequence (a snapshot supersedes
 only its own agent's), and ``site_units()`` merges their units into :class:`SiteUnit` s by the
@@ -87,7 +91,7 @@ from agent.uploader.protocol import (
     Message,
     SeenByOut,
 )
-from tests.faults import FaultQueue
+from tools.faults import FaultQueue
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -579,7 +583,9 @@ def _site_unit(pairs: list[tuple[str, DeviceOut]]) -> SiteUnit:
 class PortalStandIn:
     """The portal's side of ``docs/portal-api.md`` on 127.0.0.1, a free port, in a thread."""
 
-    def __init__(self, token: str, *, tls: TlsFiles | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, token: str, *, tls: TlsFiles | None = None, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         if not token:
             raise ValueError("the stand-in needs a token")
         self._token = token.encode()
@@ -591,7 +597,7 @@ class PortalStandIn:
         self._faults: FaultQueue[_Fault] = FaultQueue(self._lock)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._port: int | None = None
+        self._port: int | None = port  # None: a free one
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:  # never the token
@@ -606,8 +612,8 @@ class PortalStandIn:
         self.stop()
 
     def start(self) -> PortalStandIn:
-        """Listen on a free port — after :meth:`stop`, on the same port again (the portal
-        was down and is back); returns once the server accepts connections."""
+        """Listen on the port given, else a free one — after :meth:`stop`, on the same port
+        again (the portal was down and is back); returns once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the stand-in is already running")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -940,3 +946,84 @@ async def _trickle(request: web.Request, reply: web.Response, interval: float) -
     except ConnectionError:  # the client gave up: what the fault is for
         pass
     return stream
+
+
+# ---------------------------------------------------------------------- run by hand
+
+
+def _summary(accepted: Accepted) -> str:
+    """One line of what an accepted message holds."""
+    message = accepted.message
+    head = f"accepted {accepted.schema} from agent {message.agent.id}, sequence {message.sequence}"
+    if isinstance(message, InventoryMessage):
+        units = sum(len(p.devices) for p in message.places) + len(message.unassigned)
+        return f"{head}: {len(message.places)} rooms, {units} units"
+    kinds = sorted({str(e.type) for e in message.events})
+    return f"{head}: {len(message.events)} events ({', '.join(kinds)})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tools.portal_standin``: the reference portal, in the foreground."""
+    import argparse
+    import sys
+
+    from agent.secretfile import SecretFileError, read_secret
+
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.portal_standin",
+        description="The portal's side of docs/portal-api.md, for trying roomsync push: checks the "
+        "bearer token, the gzip body and each message against the schema, answers as a portal does, "
+        "and prints each request and what each accepted message holds. Ctrl-C stops it.",
+    )
+    ap.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ap.add_argument(
+        "--token-file", type=Path, required=True, help="file holding the bearer token agents send"
+    )
+    ap.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM) …")
+    ap.add_argument("--tls-key", type=Path, help="… and this key (PEM)")
+    ap.add_argument("--json", action="store_true", help="print each accepted message as one JSON line")
+    args = ap.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    if not 0 < args.port < 65536:
+        ap.error(f"--port {args.port}: expected 1-65535")
+    try:
+        token = read_secret(args.token_file, "portal token")
+    except SecretFileError as exc:
+        ap.error(str(exc))
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_cert) if args.tls_cert and args.tls_key else None
+    portal = PortalStandIn(token, tls=tls, host=args.host, port=args.port)
+    try:
+        portal.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"portal stand-in: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f'portal stand-in listening on {portal.url} (agents: [portal] url = "{portal.url}")', flush=True)
+    requests_seen = accepted_seen = 0
+    try:
+        while True:
+            seen = (requests_seen, accepted_seen)
+
+            def more(p: PortalStandIn, seen: tuple[int, int] = seen) -> bool:
+                return len(p.requests) > seen[0] or len(p.messages) > seen[1]
+
+            portal.wait_for(more, 1.0)
+            for r in portal.requests[requests_seen:]:
+                status = r.status if r.status is not None else "reset"
+                print(f"{r.method} {r.path} -> {status} ({r.body_bytes} bytes gzip)", flush=True)
+                requests_seen += 1
+            for a in portal.messages[accepted_seen:]:
+                if args.json:
+                    print(json.dumps(a.message.model_dump(mode="json", by_alias=True)), flush=True)
+                else:
+                    print("  " + _summary(a), flush=True)
+                accepted_seen += 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        portal.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
