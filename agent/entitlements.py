@@ -29,16 +29,21 @@ file's physical lines). At most 50 MB. The CLI exits with status 2.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import operator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from agent.csvtext import CellError as _Bad
-from agent.csvtext import CsvFileError, CsvLayout, CsvReader, CsvRow, read_file, serial_cell
-from agent.sanitize import clean_text, normalize_serial
+from agent.csvtext import CsvBlock, CsvFileError, CsvLayout, CsvReader, serial_cell
+from agent.gcpause import paused_gc
+from agent.sanitize import clean_text, is_placeholder_serial, normalize_serial
 
 __all__ = [
     "COLUMNS",
@@ -136,17 +141,21 @@ class EntitlementsError(CsvFileError):
 
 class Entitlements(Mapping[str, EntitlementRecord]):
     """Imported records keyed by normalised serial. Lookups normalise the asked serial
-    (``ents[" abc1"]`` finds ``ABC1``)."""
+    (``ents[" abc1"]`` finds ``ABC1``).
+
+    An imported file's records are kept packed (:class:`_Rows`: a file of millions of rows
+    costs tens of MB, not GB) and built on lookup; records given in code are kept as given."""
 
     __slots__ = ("_records", "source")
 
     def __init__(
         self, records: Mapping[str, EntitlementRecord] | None = None, *, source: str = "<memory>"
     ) -> None:
-        self._records: dict[str, EntitlementRecord] = {}
+        by_serial: dict[str, EntitlementRecord] = {}
+        self._records: Mapping[str, EntitlementRecord] = by_serial
         self.source = source
         for key, record in (records or {}).items():
-            self._records[normalize_serial(key)] = record
+            by_serial[normalize_serial(key)] = record
 
     @classmethod
     def of(cls, records: Iterable[EntitlementRecord], *, source: str = "<memory>") -> Entitlements:
@@ -163,8 +172,8 @@ class Entitlements(Mapping[str, EntitlementRecord]):
         return cls._normalised(by_serial, source)
 
     @classmethod
-    def _normalised(cls, records: dict[str, EntitlementRecord], source: str) -> Entitlements:
-        """Records already keyed by :func:`normalize_serial` (the import's own result)."""
+    def _normalised(cls, records: Mapping[str, EntitlementRecord], source: str) -> Entitlements:
+        """Records already keyed by :func:`normalize_serial` (an import's own result)."""
         made = cls(source=source)
         made._records = records
         return made
@@ -198,14 +207,21 @@ class Entitlements(Mapping[str, EntitlementRecord]):
     def __len__(self) -> int:
         return len(self._records)
 
+    def items(self) -> ItemsView[str, EntitlementRecord]:
+        return self._records.items()  # an import's rows in order, without a lookup each
+
+    def values(self) -> ValuesView[EntitlementRecord]:
+        return self._records.values()
+
     def __repr__(self) -> str:
         return f"Entitlements({len(self)} records from {self.source})"
 
 
 def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
     """Read and check an entitlements CSV file; raise :class:`EntitlementsError` (every
-    problem listed, nothing imported) when anything in it is wrong."""
-    return parse_entitlements(read_file(path, max_bytes, EntitlementsError), str(path), max_bytes=max_bytes)
+    problem listed, nothing imported) when anything in it is wrong. The file is read a block
+    at a time: the import's memory is its records, packed, whatever the file's size."""
+    return _Import(str(path)).run(Path(path), max_bytes)
 
 
 def parse_entitlements(
@@ -306,47 +322,350 @@ LAYOUT = CsvLayout(
 )
 
 
+# --- the import ------------------------------------------------------------------------------
+
+#: Columns of few distinct values (at most 80,354 days, 249 countries, 100 numbers, 2 kinds of
+#: customer): stored as a small code per row. The others (free text, serials) as text.
+_CODED = frozenset(COLUMNS) - {"serial", "select_contract", "reseller_contract", "replaced_serial"}
+#: Cell texts remembered per coded column (each parsed once): more than any valid file needs
+#: (every day of the date range), a bound for a file of "007"-like numbers.
+_MAX_CACHED = 100_000
+#: File bytes per bucket of the serial index: a few serials a bucket, whatever the file.
+_BYTES_PER_BUCKET = 256
+
+
+class _Codes:
+    """One coded column: each distinct cell text is parsed once (:meth:`code` raises what the
+    parser raises) and a row stores the code of its value, an index into :attr:`values`
+    (``0``: a blank cell)."""
+
+    __slots__ = ("_by_text", "_by_value", "parse", "values")
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        self.parse = parse
+        self.values: list[Any] = [None]
+        self._by_value: dict[Any, int] = {}
+        self._by_text: dict[str, int] = {"": 0}
+
+    def code(self, text: str) -> int:
+        code = self._by_text.get(text)
+        if code is None:
+            value = self.parse(text)
+            code = self._by_value.setdefault(value, len(self.values))
+            if code == len(self.values):
+                self.values.append(value)
+            if len(self._by_text) < _MAX_CACHED:
+                self._by_text[text] = code
+        return code
+
+    def codes(self, cells: Sequence[str]) -> list[int] | None:
+        """The code of each cell, or ``None`` when a cell's value is wrong."""
+        codes = list(map(self._by_text.get, cells, repeat(-1)))
+        if -1 in codes:  # a text not met before
+            try:
+                codes = [self.code(text) for text in cells]
+            except _Bad:
+                return None
+        return codes
+
+    def array(self, codes: Iterable[int]) -> array[int]:
+        """``codes`` in as few bytes a code as the column's values need."""
+        count = len(self.values)
+        return array("B" if count <= 0x100 else "H" if count <= 0x10000 else "I", codes)
+
+
+class _Block:
+    """The rows of one block of the file, stored: their ``serials`` joined by line ends; for
+    each coded column, its values (the column's table, shared) and a code per row; for each
+    text column, its texts joined and where each row's text ends (``ends[i]:ends[i + 1]``; an
+    empty text is a blank cell)."""
+
+    __slots__ = ("coded", "lines", "serials", "texts")
+
+    def __init__(
+        self,
+        serials: str,
+        lines: range | array[int],
+        coded: list[tuple[str, list[Any], array[int]]],
+        texts: list[tuple[str, str, array[int]]],
+    ) -> None:
+        self.serials, self.lines, self.coded, self.texts = serials, lines, coded, texts
+
+    def record(self, serial: str, line: int) -> EntitlementRecord:
+        """The record of the row on ``line`` (``serial``'s)."""
+        lines = self.lines
+        row = lines.index(line) if isinstance(lines, range) else bisect_left(lines, line)
+        return self.record_at(serial, row)
+
+    def record_at(self, serial: str, row: int) -> EntitlementRecord:
+        fields = {
+            column: value for column, values, codes in self.coded if (value := values[codes[row]]) is not None
+        }
+        for column, text, ends in self.texts:
+            start, end = ends[row], ends[row + 1]
+            if end > start:
+                fields[column] = text[start:end]
+        return EntitlementRecord(serial=serial, line=self.lines[row], **fields)
+
+
+class _Rows(Mapping[str, EntitlementRecord]):
+    """The records of one import, packed, keyed by normalised serial; a record is built when
+    it is looked up (two lookups give equal records, not one object).
+
+    What one row costs: its serial and line number as text in the serial index, its serial
+    again in its block (for iteration in the file's order), a byte or two per coded column,
+    its texts. The index is a fixed number of buckets (by the file's size), each a string of
+    entries ``LF serial TAB line``: a lookup is one hash and one ``str.find`` in a string of a
+    few entries (a serial holds no white space, so no entry can be mistaken for another), and
+    no Python object a row: a dict of 1.85 M serials and records took ~1.8 GB."""
+
+    def __init__(self, columns: Iterable[str], size: int) -> None:
+        present = [c for c in columns if c != "serial"]
+        self.coded = {c: _Codes(_PARSERS[c]) for c in present if c in _CODED}
+        self.text_columns = [c for c in present if c not in _CODED]
+        buckets = 64
+        while buckets * _BYTES_PER_BUCKET < size:
+            buckets *= 2
+        self._mask = buckets - 1
+        self._buckets = [""] * buckets
+        self._blocks: list[_Block] = []
+        self._first_lines = array("I")  # the first line of each block
+        self._count = 0
+
+    # --- the serial index: every serial read, first line of each --------------------------------
+
+    def first_line(self, serial: str) -> int | None:
+        """The line ``serial`` was first read on, if it was."""
+        bucket = self._buckets[hash(serial) & self._mask]
+        at = bucket.find(f"\n{serial}\t")
+        if at < 0:
+            return None
+        start = at + len(serial) + 2
+        end = bucket.find("\n", start)
+        return int(bucket[start:end] if end >= 0 else bucket[start:])
+
+    def register(self, serial: str, line: int) -> None:
+        """Note that ``serial`` (not read before) is on ``line``."""
+        self._buckets[hash(serial) & self._mask] += f"\n{serial}\t{line}"
+
+    def register_new(self, serials: list[str], lines: Sequence[int]) -> bool:
+        """:meth:`register` each of ``serials`` (on ``lines``), when none was read before and
+        none is repeated among them; otherwise register nothing and return false."""
+        mask, buckets = self._mask, self._buckets
+        for done, (serial, line) in enumerate(zip(serials, lines, strict=True)):
+            slot = hash(serial) & mask
+            bucket = buckets[slot]
+            key = f"\n{serial}\t"
+            if key in bucket:  # read before: take back this block's entries, the last first
+                for gone, on in zip(reversed(serials[:done]), reversed(lines[:done]), strict=True):
+                    undo = hash(gone) & mask
+                    buckets[undo] = buckets[undo][: -len(f"\n{gone}\t{on}")]
+                return False
+            buckets[slot] = f"{bucket}{key}{line}"
+        return True
+
+    # --- the rows --------------------------------------------------------------------------------
+
+    def append(
+        self,
+        serials: list[str],
+        lines: Sequence[int],
+        codes: dict[str, list[int]],
+        texts: dict[str, list[str]],
+    ) -> None:
+        """Store rows (registered already): a code per row for each coded column, a text per
+        row (``""``: blank) for each text column."""
+        if not serials:
+            return
+        self._first_lines.append(lines[0])
+        self._blocks.append(
+            _Block(
+                "\n".join(serials),
+                lines if isinstance(lines, range) else array("I", lines),
+                [(c, coded.values, coded.array(codes[c])) for c, coded in self.coded.items()],
+                [
+                    (c, "".join(texts[c]), array("I", accumulate(map(len, texts[c]), initial=0)))
+                    for c in texts
+                ],
+            )
+        )
+        self._count += len(serials)
+
+    # --- the Mapping ----------------------------------------------------------------------------
+
+    @overload
+    def get(self, serial: str, /) -> EntitlementRecord | None: ...
+    @overload
+    def get(self, serial: str, /, default: EntitlementRecord | _T) -> EntitlementRecord | _T: ...
+
+    def get(self, serial: str, /, default: object = None) -> object:
+        line = self.first_line(serial)
+        if line is None:
+            return default
+        return self._blocks[bisect_right(self._first_lines, line) - 1].record(serial, line)
+
+    def __getitem__(self, serial: str) -> EntitlementRecord:
+        record = self.get(serial)
+        if record is None:
+            raise KeyError(serial)
+        return record
+
+    def __contains__(self, serial: object) -> bool:
+        return isinstance(serial, str) and self.first_line(serial) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for block in self._blocks:
+            yield from block.serials.split("\n")
+
+    def __len__(self) -> int:
+        return self._count
+
+    def items(self) -> ItemsView[str, EntitlementRecord]:
+        return _RowItems(self)
+
+    def values(self) -> ValuesView[EntitlementRecord]:
+        return _RowValues(self)
+
+    def records(self) -> Iterator[tuple[str, EntitlementRecord]]:
+        """Every serial and its record, in the file's order (no index lookup)."""
+        for block in self._blocks:
+            for row, serial in enumerate(block.serials.split("\n")):
+                yield serial, block.record_at(serial, row)
+
+
+class _RowItems(ItemsView[str, EntitlementRecord]):
+    _mapping: _Rows
+
+    def __iter__(self) -> Iterator[tuple[str, EntitlementRecord]]:
+        return self._mapping.records()
+
+
+class _RowValues(ValuesView[EntitlementRecord]):
+    _mapping: _Rows
+
+    def __iter__(self) -> Iterator[EntitlementRecord]:
+        return (record for _, record in self._mapping.records())
+
+
 class _Import:
-    """One import run: collects every problem, builds records only while there are none."""
+    """One import run: collects every problem, stores records only while there are none.
+
+    A block of the file (:class:`agent.csvtext.CsvBlock`) is checked column by column
+    (:meth:`block`): each distinct date, country… parsed once, serials checked together. A
+    block where anything is wrong, or unusual, is read again row by row (:meth:`rows`), which
+    reports every problem in the file's order; the quick check only ever accepts what that
+    would accept, with the same values."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.csv = CsvReader(name, LAYOUT, EntitlementsError)
         self.problem = self.csv.problem
 
-    def run(self, data: str | bytes, max_bytes: int) -> Entitlements:
-        records = self.rows(self.csv.read(data, max_bytes))
+    def run(self, data: str | bytes | Path, max_bytes: int) -> Entitlements:
+        blocks = self.csv.blocks(data, max_bytes)
+        self.store = _Rows((c for c in self.csv.columns if c is not None), self.csv.size)
+        with paused_gc():  # blocks of short-lived cells and lists, none in a cycle
+            for block in blocks:
+                if not self.block(block):
+                    self.rows(block)
         self.csv.refuse()
-        return Entitlements._normalised(records, self.name)
+        return Entitlements._normalised(self.store, self.name)
 
-    def rows(self, rows: Iterator[CsvRow]) -> dict[str, EntitlementRecord]:
-        records: dict[str, EntitlementRecord] = {}
-        first_line: dict[str, int] = {}
-        for line, cells in rows:
+    def block(self, block: CsvBlock) -> bool:
+        """Check and store a whole block: true when every row of it is right. Otherwise
+        nothing of it is stored or reported, and false."""
+        store, columns = self.store, block.columns
+        serials = _plain_serials(columns["serial"])
+        if serials is None:
+            return False
+        codes: dict[str, list[int]] = {}
+        for column, coded in store.coded.items():
+            found = coded.codes(columns[column])
+            if found is None:
+                return False
+            codes[column] = found
+        texts: dict[str, list[str]] = {}
+        for column in store.text_columns:
+            cells = columns[column]
+            try:
+                parsed = {text: _PARSERS[column](text) for text in set(cells) if text}
+            except _Bad:
+                return False
+            texts[column] = list(map(parsed.get, cells, repeat(""))) if parsed else [""] * len(cells)
+        if not self.rules_hold(serials, codes, texts) or not store.register_new(serials, block.lines):
+            return False
+        if not self.csv.problems:
+            store.append(serials, block.lines, codes, texts)
+        return True
+
+    def rules_hold(
+        self, serials: list[str], codes: dict[str, list[int]], texts: dict[str, list[str]]
+    ) -> bool:
+        """:meth:`row_rules` for every row of a block at once: true when no row breaks one."""
+        if "replaced_serial" in texts or "replacement_date" in codes:
+            replaced = texts.get("replaced_serial", [""] * len(serials))
+            if any(map(operator.eq, replaced, serials)):  # a unit cannot replace itself
+                return False
+            dated = codes.get("replacement_date", [0] * len(serials))
+            if list(map(bool, replaced)) != list(map(bool, dated)):  # W8: both or neither
+                return False
+        until, bought = codes.get("reseller_until"), codes.get("purchase_date")
+        if until is None or bought is None:
+            return True
+        until_on, bought_on = (
+            self.store.coded["reseller_until"].values,
+            self.store.coded["purchase_date"].values,
+        )
+        return not any(
+            until_on[u] < bought_on[b] for u, b in zip(until, bought, strict=True) if u and b
+        )  # H1
+
+    def rows(self, block: CsvBlock) -> None:
+        """Check ``block`` row by row, as an import always did: every problem reported, in
+        the file's order; rows stored while there is none."""
+        store = self.store
+        names = list(block.columns)
+        serial_at = names.index("serial")
+        serials: list[str] = []
+        lines: list[int] = []
+        codes: dict[str, list[int]] = {column: [] for column in store.coded}
+        texts: dict[str, list[str]] = {column: [] for column in store.text_columns}
+        for line, cells in zip(block.lines, zip(*block.columns.values(), strict=True), strict=True):
             values: dict[str, Any] = {}
+            row_codes: dict[str, int] = {}
             ok = True
-            for name, text in cells.items():
+            for name, text in zip(names, cells, strict=True):
                 if text:
                     try:
-                        values[name] = _PARSERS[name](text)
+                        coded = store.coded.get(name)
+                        if coded is None:
+                            values[name] = _PARSERS[name](text)
+                        else:
+                            row_codes[name] = code = coded.code(text)
+                            values[name] = coded.values[code]
                     except _Bad as exc:
                         self.problem(line, name, str(exc))
                         ok = False
             ok = self.row_rules(values, line) and ok
             serial = values.get("serial")
             if serial is None:
-                if not cells["serial"]:
+                if not cells[serial_at]:
                     self.problem(line, "serial", "is empty: every row needs the unit's serial")
                 continue
-            if serial in first_line:
-                self.problem(
-                    line, "serial", f"{serial!r} is a duplicate: already on line {first_line[serial]}"
-                )
+            first = store.first_line(serial)
+            if first is not None:
+                self.problem(line, "serial", f"{serial!r} is a duplicate: already on line {first}")
                 continue
-            first_line[serial] = line
+            store.register(serial, line)
             if ok and not self.csv.problems:
-                records[serial] = EntitlementRecord(line=line, **values)
-        return records
+                serials.append(serial)
+                lines.append(line)
+                for column, kept in codes.items():
+                    kept.append(row_codes.get(column, 0))
+                for column, kept_texts in texts.items():
+                    kept_texts.append(values.get(column) or "")
+        if not self.csv.problems:
+            store.append(serials, lines, codes, texts)
 
     def row_rules(self, values: dict[str, Any], line: int) -> bool:
         """Checks across the cells of one row. True when they pass."""
@@ -370,3 +689,16 @@ class _Import:
             )
             ok = False
         return ok
+
+
+def _plain_serials(cells: Sequence[str]) -> list[str] | None:
+    """The serials of a block's cells, when every cell is a plain one (ASCII letters and
+    digits, at most :data:`MAX_SERIAL_LEN`, not a placeholder): then :func:`_parse_serial`
+    gives each upper-cased. ``None`` when one is not (the block is read row by row)."""
+    joined = "".join(cells)
+    if not (joined.isascii() and joined.isalnum() and all(cells)):
+        return None
+    if max(map(len, cells)) > MAX_SERIAL_LEN:
+        return None
+    serials = list(cells) if joined.upper() == joined else list(map(str.upper, cells))
+    return None if any(map(is_placeholder_serial, serials)) else serials

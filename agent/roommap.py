@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from agent.csvtext import CellError as _Bad
-from agent.csvtext import CsvFileError, CsvLayout, CsvReader, read_file, serial_cell
+from agent.csvtext import CsvFileError, CsvLayout, CsvReader, serial_cell
+from agent.gcpause import paused_gc
 from agent.model import Device, Room, Transport
 from agent.sanitize import normalize_serial
 
@@ -87,6 +88,18 @@ _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
 #: A host name: dot-separated labels (no overlapping repeats: linear time on any input).
 _HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 MAX_HOST_LEN = 253
+#: The characters of an IP address (ipaddress refuses any other): a text with another one is
+#: not an address, without asking ipaddress.
+_IP_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+#: An IPv4 address (and a range) as ipaddress writes one: octets without leading zeros. Read
+#: without ipaddress, which costs microseconds an address: a map of ranges has 100,000s.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_IPV4_NET = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/(3[0-2]|[12]?[0-9])")
+#: The host bits of each prefix length, by IP version.
+_HOST_BITS = {4: [(1 << (32 - p)) - 1 for p in range(33)], 6: [(1 << (128 - p)) - 1 for p in range(129)]}
+#: Added to an IPv6 address's int in the address index: apart from every IPv4 one.
+_V6 = 1 << 128
 
 
 class MatchKind(StrEnum):
@@ -160,13 +173,47 @@ def normalize_host(text: str) -> str:
 def _ip(text: str) -> IpAddress | None:
     """``text`` as an IP address (an IPv6 zone is dropped, an IPv4-mapped IPv6 address is its
     IPv4 address), else ``None``."""
+    text = text.split("%", 1)[0]
+    if not _IP_CHARS.fullmatch(text):  # a host name: no need to ask ipaddress (and its exception)
+        return None
     try:
-        found = ipaddress.ip_address(text.split("%", 1)[0])
+        found = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
         return found.ipv4_mapped
     return found
+
+
+def _address_key(value: str) -> int | None:
+    """The index key of an address rule's value (:func:`_ip_key`); a value as written by
+    :func:`_parse_address` (IPv4 in dotted quads) without ipaddress."""
+    quad = _IPV4.fullmatch(value)
+    if quad is not None:
+        return _v4(quad)
+    ip = _ip(value)
+    return None if ip is None else _ip_key(ip)
+
+
+def _ip_key(ip: IpAddress) -> int:
+    """An address as one int: IPv6 ones above every IPv4 one."""
+    return int(ip) if ip.version == 4 else int(ip) | _V6
+
+
+def _network_key(value: str) -> tuple[int, int, int]:
+    """``(version, prefix length, network as an int)`` of a cidr rule's value; one as written
+    by :func:`_parse_cidr` (IPv4) without ipaddress."""
+    quad = _IPV4_NET.fullmatch(value)
+    if quad is not None:
+        address, prefix = _v4(quad), int(quad[5])
+        if not address & _HOST_BITS[4][prefix]:
+            return 4, prefix, address
+    net = _network(ipaddress.ip_network(value))
+    return net.version, net.prefixlen, int(net.network_address)
+
+
+def _v4(quad: re.Match[str]) -> int:
+    return (int(quad[1]) << 24) | (int(quad[2]) << 16) | (int(quad[3]) << 8) | int(quad[4])
 
 
 def _network(net: IpNetwork) -> IpNetwork:
@@ -226,6 +273,8 @@ def _parse_host(text: str) -> str:
 
 
 def _parse_address(text: str) -> str:
+    if _IPV4.fullmatch(text):
+        return text  # as ipaddress writes it: digits without leading zeros
     if "/" in text:
         raise _Bad(f"{text!r} is a range: use match 'cidr'")
     found = _ip(text)
@@ -240,6 +289,9 @@ def _parse_address(text: str) -> str:
 
 
 def _parse_cidr(text: str) -> str:
+    quad = _IPV4_NET.fullmatch(text)
+    if quad is not None and not _v4(quad) & _HOST_BITS[4][int(quad[5])]:
+        return text  # as ipaddress writes it, host bits zero
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -317,7 +369,7 @@ class RoomMap:
     (:class:`RoomMapError`).
     """
 
-    __slots__ = ("_by_address", "_by_host", "_by_serial", "_cidrs", "rooms", "rules", "source")
+    __slots__ = ("_by_address", "_by_host", "_by_serial", "_cidrs", "_prefixes", "rooms", "rules", "source")
 
     def __init__(
         self, rules: Iterable[RoomRule] = (), rooms: Iterable[Room] = (), *, source: str = "<memory>"
@@ -327,30 +379,32 @@ class RoomMap:
         self.rooms: dict[str, Room] = {r.id: r for r in rooms}
         self._by_serial: dict[str, RoomRule] = {}
         self._by_host: dict[str, RoomRule] = {}
-        self._by_address: dict[IpAddress, RoomRule] = {}
-        cidrs: dict[IpNetwork, RoomRule] = {}
+        self._by_address: dict[int | None, RoomRule] = {}
+        #: The ranges by (IP version, prefix length), each by its network address: an address
+        #: is looked up once a prefix length the map uses, not compared with every range.
+        self._cidrs: dict[tuple[int, int], dict[int, RoomRule]] = {}
         problems = []
         for r in self.rules:
-            self.rooms.setdefault(r.room, Room(r.room))
+            if r.room not in self.rooms:
+                self.rooms[r.room] = Room(r.room)
             index: dict[Any, RoomRule]
             key: Any
             if r.match is MatchKind.CIDR:
-                index, key = cidrs, _network(ipaddress.ip_network(r.value))
+                version, prefix, key = _network_key(r.value)
+                index = self._cidrs.setdefault((version, prefix), {})
             elif r.match is MatchKind.SERIAL:
-                index, key = self._by_serial, normalize_serial(r.value)
+                index, key = self._by_serial, _same(normalize_serial(r.value), r.value)
             elif r.match is MatchKind.HOST:
-                index, key = self._by_host, normalize_host(r.value)
+                index, key = self._by_host, _same(normalize_host(r.value), r.value)
             else:
-                index, key = self._by_address, _ip(r.value)
-            if key in index:
-                problems.append(_duplicate(r, index[key]))
-            index.setdefault(key, r)
+                index, key = self._by_address, _address_key(r.value)
+            first = index.setdefault(key, r)
+            if first is not r:
+                problems.append(_duplicate(r, first))
         if problems:
             raise RoomMapError(problems)
         # Narrowest first; equal prefixes cannot both hold one address unless equal (refused).
-        self._cidrs: tuple[tuple[IpNetwork, RoomRule], ...] = tuple(
-            sorted(cidrs.items(), key=lambda item: -item[0].prefixlen)
-        )
+        self._prefixes = sorted(self._cidrs, key=lambda length: -length[1])
 
     def __repr__(self) -> str:
         return f"RoomMap({len(self.rules)} rules, {len(self.rooms)} rooms from {self.source})"
@@ -385,19 +439,29 @@ class RoomMap:
         exact = [
             (_line(r), Placement(r.room, r, fact))
             for fact, ip in ips
-            if (r := self._by_address.get(ip)) is not None
+            if (r := self._by_address.get(_ip_key(ip))) is not None
         ]
         if exact:
             return min(exact, key=lambda item: item[0])[1]
         best: tuple[tuple[int, int], Placement] | None = None
         for fact, ip in ips:
-            for net, r in self._cidrs:
-                if ip.version == net.version and ip in net:
-                    key = (-net.prefixlen, _line(r))
+            address = int(ip)
+            for version, prefix in self._prefixes:
+                if version != ip.version:
+                    continue
+                r = self._cidrs[version, prefix].get(address & ~_HOST_BITS[version][prefix])
+                if r is not None:
+                    key = (-prefix, _line(r))
                     if best is None or key < best[0]:
                         best = (key, Placement(r.room, r, fact))
                     break  # the narrowest range holding this address
         return best[1] if best else None
+
+
+def _same(key: str, value: str) -> str:
+    """``value`` itself when ``key`` equals it (a rule's value is normalised already): one
+    string kept, not two, for each of 100,000s of rules."""
+    return value if key == value else key
 
 
 def _duplicate(r: RoomRule, first: RoomRule) -> str:
@@ -459,8 +523,8 @@ LAYOUT = CsvLayout(
 
 def load_room_map(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
     """Read and check a room-map CSV file; raise :class:`RoomMapError` (every problem listed,
-    nothing placed) when anything in it is wrong."""
-    return parse_room_map(read_file(path, max_bytes, RoomMapError), str(path), max_bytes=max_bytes)
+    nothing placed) when anything in it is wrong. The file is read a block at a time."""
+    return _Reader(str(path)).run(Path(path), max_bytes)
 
 
 def parse_room_map(data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES) -> RoomMap:
@@ -469,7 +533,34 @@ def parse_room_map(data: str | bytes, name: str = "<file>", *, max_bytes: int = 
     return _Reader(name).run(data, max_bytes)
 
 
-_DETAILS = ("room_name", "group", "location", "seat_count")
+#: Texts a :class:`_Said` parser remembers: far more rooms than a site has; a bound for a file
+#: of millions of rooms.
+_MAX_SAID = 100_000
+
+
+class _Said:
+    """A cell parser that remembers what it said of each text: room ids, match kinds and room
+    details repeat on many rows, and are parsed once (a problem's message too)."""
+
+    __slots__ = ("_said", "parse")
+
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        self.parse = parse
+        self._said: dict[str, tuple[Any, str | None]] = {}
+
+    def __call__(self, text: str) -> Any:
+        said = self._said.get(text)
+        if said is None:
+            try:
+                said = (self.parse(text), None)
+            except _Bad as exc:
+                said = (None, str(exc))
+            if len(self._said) < _MAX_SAID:
+                self._said[text] = said
+        value, problem = said
+        if problem is not None:
+            raise _Bad(problem)
+        return value
 
 
 class _Reader:
@@ -479,18 +570,27 @@ class _Reader:
         self.name = name
         self.csv = CsvReader(name, LAYOUT, RoomMapError)
         self.problem = self.csv.problem
+        self.room_id = _Said(_parse_room_id)
+        self.kind = _Said(_parse_kind)
+        #: The room's details, in the order their problems are listed.
+        self.details = {
+            "room_name": _Said(_parse_text),
+            "group": _Said(_parse_text),
+            "location": _Said(_parse_text),
+            "seat_count": _Said(_parse_seats),
+        }
 
-    def run(self, data: str | bytes, max_bytes: int) -> RoomMap:
+    def run(self, data: str | bytes | Path, max_bytes: int) -> RoomMap:
         rules: list[RoomRule] = []
         details: dict[str, dict[str, tuple[Any, int]]] = {}
-        for line, cells in self.csv.read(data, max_bytes):
-            self.row(line, cells, rules, details)
-        if not self.csv.problems:
-            try:
-                return RoomMap(rules, _rooms(details), source=self.name)
-            except RoomMapError as exc:
-                self.csv.problems.extend(exc.problems)
-        raise RoomMapError(self.csv.problems)
+        blocks = self.csv.blocks(data, max_bytes)
+        with paused_gc():  # a rule and a few short-lived objects a row, none in a cycle
+            for block in blocks:
+                names = list(block.columns)
+                for line, cells in zip(block.lines, zip(*block.columns.values(), strict=True), strict=True):
+                    self.row(line, dict(zip(names, cells, strict=True)), rules, details)
+            self.csv.refuse()
+            return RoomMap(rules, _rooms(details), source=self.name)  # refuses a repeated rule
 
     def row(
         self,
@@ -499,22 +599,20 @@ class _Reader:
         rules: list[RoomRule],
         details: dict[str, dict[str, tuple[Any, int]]],
     ) -> None:
-        room = self.cell(line, "room", raw, _parse_room_id)
+        room = self.cell(line, "room", raw, self.room_id)
         if not raw["room"]:
             self.problem(line, "room", "is empty: every row names a room")
-        kind = self.cell(line, "match", raw, _parse_kind)
+        kind = self.cell(line, "match", raw, self.kind)
         if raw["match"] and not raw["value"]:
             self.problem(line, "value", f"is empty: give the {raw['match']} to match")
         elif raw["value"] and not raw["match"]:
             self.problem(line, "match", "is empty: say what value is (serial, host, address or cidr)")
         value = self.cell(line, "value", raw, _VALUE_PARSERS[kind]) if kind is not None else None
-        parsers = {
-            "room_name": _parse_text,
-            "group": _parse_text,
-            "location": _parse_text,
-            "seat_count": _parse_seats,
+        given = {
+            column: detail
+            for column, parse in self.details.items()
+            if raw.get(column) and (detail := self.cell(line, column, raw, parse)) is not None
         }
-        given = {c: v for c in _DETAILS if (v := self.cell(line, c, raw, parsers[c])) is not None}
         if room is None:
             return
         if not raw["match"] and not raw["value"] and not given:
@@ -525,7 +623,7 @@ class _Reader:
             )
         if kind is not None and value is not None:
             rules.append(RoomRule(kind, value, room, line, self.name))
-        known = details.setdefault(room, {})
+        known = details.setdefault(room, {})  # every room, in the order the file names them
         for column, detail in given.items():
             if column in known and known[column][0] != detail:
                 earlier, first_line = known[column]
@@ -536,7 +634,7 @@ class _Reader:
                 )
             known.setdefault(column, (detail, line))
 
-    def cell(self, line: int, column: str, raw: dict[str, str], parse: Any) -> Any:
+    def cell(self, line: int, column: str, raw: dict[str, str], parse: Callable[[str], Any]) -> Any:
         text = raw.get(column, "")
         if not text:
             return None
