@@ -142,6 +142,8 @@ DEFAULT_HEADER_TIMEOUT_S = 10.0
 LISTEN_BACKLOG = 128
 #: Answers bigger than this are written in pieces of this size.
 CHUNK = 256 * 1024
+#: Uncached reads (``/v1/events``) waiting for the API's reader at once; more are told 503.
+UNCACHED_MAX = 4
 #: ``/v1/inventory?limit=``: the default and the most units a page holds.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
@@ -177,6 +179,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
+
+
+class _Busy(Exception):
+    """The API's reader has as much uncached work waiting as it takes (503, retry)."""
+
+
+def _small_number(text: str) -> bool:
+    """ASCII digits, at most seven (``str.isdigit`` takes ``²`` and a thousand digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 7
 
 
 class _GatedSite(web.BaseSite):
@@ -235,13 +246,16 @@ class ApiServer:
         self.where = listen
         self.gate = ConnectionGate(max_connections, header_timeout)
         self._reader: StoreThread | None = None
+        #: Uncached calls waiting for the reader (``_in_reader``).
+        self._uncached = 0
         #: What was built, by key: (the scan it is as of, the settings and the day it was
         #: built with, it).
         #: Room summaries of 5,000 units are not rebuilt for every request: they change only
         #: with a stored scan or a reload (and coverage with the day, which is in its key).
         self._answers: dict[str, tuple[int, object, date | None, Any]] = {}
-        #: Builds under way, by key: the settings and day they were started with, their future.
-        self._building: dict[str, tuple[object, date | None, asyncio.Future[tuple[int, Any]]]] = {}
+        #: Builds under way, by key: the settings and day they were started with, their future,
+        #: and the newest stored scan when they were (a newer scan starts another build).
+        self._building: dict[str, tuple[object, date | None, asyncio.Future[tuple[int, Any]], int]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(daemon)
         self.collector.gate = self.gate
@@ -335,10 +349,10 @@ class ApiServer:
         return site.name
 
     async def stop(self) -> None:
-        self.gate.close_all()
-        if self._runner is not None:
+        if self._runner is not None:  # the listener first, then the answers under way (1 s)
             await self._runner.cleanup()
             self._runner = None
+        self.gate.close_all()  # whatever is left
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await asyncio.to_thread(reader.close)  # waits for a build under way
@@ -359,6 +373,10 @@ class ApiServer:
                 return _error(exc.status, exc.reason)
             except StoreError as exc:
                 return _error(503, str(exc))
+            except _Busy:
+                response = _error(503, "the API is busy answering other requests: retry")
+                response.headers["Retry-After"] = "1"
+                return response
 
     # ------------------------------------------------------------------ building answers
 
@@ -378,7 +396,7 @@ class ApiServer:
         if found is not None and found[0] == generation and found[1] is settings and found[2] == day:
             return found[3]
         pending = self._building.get(key)
-        if pending is None or pending[0] is not settings or pending[1] != day:
+        if pending is None or pending[0] is not settings or pending[1] != day or pending[3] < generation:
             reader = self._reader
             if reader is None:
                 raise StoreError("the API is not running")
@@ -388,7 +406,7 @@ class ApiServer:
                 return store.scan_generation(), build(store, settings)
 
             future = asyncio.ensure_future(reader.call(work))
-            self._building[key] = pending = (settings, day, future)
+            self._building[key] = pending = (settings, day, future, generation)
 
             def done(f: asyncio.Future[tuple[int, Any]]) -> None:
                 if key in self._building and self._building[key][2] is f:
@@ -401,27 +419,42 @@ class ApiServer:
         return (await asyncio.shield(pending[2]))[1]
 
     async def _in_reader(self, work: Callable[[Store], T]) -> T:
-        """``work(store)`` in the reader thread, uncached."""
+        """``work(store)`` in the reader thread, uncached; at most :data:`UNCACHED_MAX` such
+        calls wait at once (a client that asks and leaves must not queue work without end):
+        beyond them, :class:`_Busy` (503)."""
         self._generation()  # the store's own error when it is not available
         if self._reader is None:
             raise StoreError("the API is not running")
-        return await asyncio.shield(asyncio.ensure_future(self._reader.call(work)))
+        if self._uncached >= UNCACHED_MAX:
+            raise _Busy()
+        self._uncached += 1
+        try:
+            return await self._reader.call(work)
+        finally:
+            self._uncached -= 1
 
-    @staticmethod
-    async def _send(request: web.Request, body: bytes, status: int = 200) -> web.StreamResponse:
-        """``body`` (JSON); a big one in pieces of :data:`CHUNK`, each written when the client
-        has taken most of the last (aiohttp drains), so that a slow reader holds a piece of
-        ours, not the whole answer."""
-        if len(body) <= CHUNK:
+    async def _send(self, request: web.Request, body: bytes, status: int = 200) -> web.StreamResponse:
+        """``body`` (JSON). A big one goes in pieces of :data:`CHUNK`, each written when the
+        client has taken most of the last (aiohttp drains), so that a slow reader holds a piece
+        of ours, not the whole answer; a piece the client has not taken within
+        ``header_timeout`` ends the connection (a client that never reads holds nothing). A
+        client that goes away mid-answer is no error. ``HEAD`` gets the headers only."""
+        if len(body) <= CHUNK or request.method == "HEAD":
             return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
         response = web.StreamResponse(status=status)
         response.content_type, response.charset = "application/json", "utf-8"
         response.content_length = len(body)
-        await response.prepare(request)
         view = memoryview(body)
-        for start in range(0, len(body), CHUNK):
-            await response.write(view[start : start + CHUNK])
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            for start in range(0, len(body), CHUNK):
+                await asyncio.wait_for(response.write(view[start : start + CHUNK]), self.gate.header_timeout)
+            await response.write_eof()
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away; aiohttp finishes the connection quietly
         return response
 
     # ------------------------------------------------------------------ handlers
@@ -471,7 +504,7 @@ class ApiServer:
 
     async def _inventory_page(self, request: web.Request) -> web.StreamResponse:
         text = request.query.get("limit", str(PAGE_DEFAULT))
-        if not text.isdigit() or not 1 <= int(text) <= PAGE_MAX:
+        if not _small_number(text) or not 1 <= int(text) <= PAGE_MAX:
             return _error(400, f"limit={text!r}: expected 1 to {PAGE_MAX}")
         limit, after = int(text), request.query.get("after", "")
         page: _Pages = await self._built("inventory pages", _inventory_pages)
@@ -514,7 +547,7 @@ class ApiServer:
                 return _error(400, f"since={text!r}: expected YYYY-MM-DD or an RFC 3339 time")
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
         limit_text = request.query.get("limit", "1000")
-        if not limit_text.isdigit() or int(limit_text) > 100_000:
+        if not _small_number(limit_text) or int(limit_text) > 100_000:
             return _error(400, f"limit={limit_text!r}: expected 0 to 100000 (0 = all)")
         limit = int(limit_text) or None
         body = await self._in_reader(

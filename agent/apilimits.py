@@ -10,14 +10,17 @@ that send half a request and then nothing would take every file descriptor the s
 * **At most** ``limit`` **connections.** When a new one comes at the limit, it takes the place
   of the connection that has been idle longest (one with no request being answered: a
   half-sent request, a keep-alive connection between requests), which is told ``503`` with
-  ``Retry-After: 1`` and closed. A connection whose request header is all in, or younger
-  than :data:`SPARED_S` with nothing sent yet, is never the one: its request is being read
-  or is on its way (a client sends a header whole: a part of one is no reason to wait).
+  ``Retry-After: 1`` and closed. For :data:`SPARED_S` a new connection that has sent
+  nothing yet, or one whose whole request header is in, is spared: its request is on its way
+  or being read (a client sends a header whole: a part of one is no reason to wait, nor is a
+  keep-alive connection between requests).
   When none can go, the newcomer is turned away at once with that same ``503`` and
   ``Connection: close``. So ``/healthz`` gets through a flood of half-sent requests, and a
   burst of clients beyond the limit gets answers, not resets.
 * **An idle connection is closed after** ``header_timeout`` **seconds**: one that has not sent
-  a whole request header by then, or that has sat that long between requests.
+  a whole request header by then, or that has sat that long between requests. Closing is an
+  abort: a client that stops reading cannot keep a closing connection's descriptor (the API
+  also gives up a write that waits longer than ``header_timeout``, agent/api.py).
 * **One log line per storm**: refusals and evictions are counted, and logged once when they
   start and once, with the counts, when they have stopped for a while.
 
@@ -142,16 +145,31 @@ class _Connection(asyncio.Protocol):
             self.timer = None
 
     def close(self, last_words: bytes = b"") -> None:
-        """Close at once (nothing of ours is waiting to be written to an idle connection),
-        after ``last_words`` if the socket takes them now."""
+        """Close it now: its file descriptor is free at once. ``last_words`` (a refusal) are
+        written first only when nothing else waits to be written; even then the connection
+        is cut after a second, so that a client that never reads cannot hold it."""
         self._cancel()
-        if self.transport is not None and not self.transport.is_closing():
-            if last_words:
-                with contextlib.suppress(OSError, RuntimeError):
-                    self.transport.write(last_words)
-                self.transport.close()  # sends what the socket did not take at once, then closes
-            else:
-                self.transport.abort()
+        transport = self.transport
+        if transport is None:
+            return
+        if last_words and not transport.is_closing() and not transport.get_write_buffer_size():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write(last_words)
+            transport.close()
+            asyncio.get_running_loop().call_later(1.0, transport.abort)
+        else:
+            transport.abort()  # also when closing already: a close with unsent data never ends
+
+    def evictable(self, settled: float) -> bool:
+        """Whether it may make room for a newcomer: not answering a request, and not a young
+        one (idle since after ``settled``) whose request is on its way or being read — one
+        just made that has sent nothing yet, or one whose whole header is in. A part of a
+        header, or a keep-alive connection between requests, may go at once."""
+        if self.busy:
+            return False
+        if self.idle_since <= settled:
+            return True
+        return not (self.header_in or (not self.requests and not self.tail))
 
 
 class ConnectionGate:
@@ -214,15 +232,8 @@ class ConnectionGate:
     def _admit(self, conn: _Connection) -> bool:
         assert conn.transport is not None
         if len(self._open) >= self.limit:
-            # Spared: a connection answering, one whose request header is in (aiohttp has it
-            # next), and a young one that has sent nothing yet (its request may be on its
-            # way; a client sends its header whole, so a part of one is no reason to wait).
             settled = time.monotonic() - SPARED_S
-            idle = [
-                c
-                for c in self._open.values()
-                if not c.busy and not c.header_in and (c.tail or c.idle_since <= settled)
-            ]
+            idle = [c for c in self._open.values() if c.evictable(settled)]
             if not idle:
                 self.stats.refused += 1
                 self._stormy("refused")

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.store import Store
 
@@ -32,15 +32,23 @@ class StoreThread:
         self.read_only = read_only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._store: Store | None = None
+        #: Calls queued and not yet done (``close`` drops those not yet started).
+        self._pending: set[Future[Any]] = set()
 
     async def call(self, work: Callable[[Store], T]) -> T:
         """``work(store)`` in the thread. Cancelling the caller does not stop a call that has
         started: a transaction always finishes (or rolls back) whole."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, work)
+        return await asyncio.wrap_future(self._queue(work))
 
     def submit(self, work: Callable[[Store], object]) -> Future[object]:
         """``work(store)`` in the thread, after the calls queued before it; nobody waits."""
-        return self._executor.submit(self._run, work)
+        return self._queue(work)
+
+    def _queue(self, work: Callable[[Store], T]) -> Future[T]:
+        future = self._executor.submit(self._run, work)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
 
     def _run(self, work: Callable[[Store], T]) -> T:
         if self._store is None:
@@ -48,7 +56,10 @@ class StoreThread:
         return work(self._store)
 
     def close(self) -> None:
-        """Wait for the call under way, then close the connection and the thread."""
+        """Drop the calls not yet started (their callers get ``CancelledError``), wait for the
+        one under way, then close the connection and the thread."""
+        for future in list(self._pending):
+            future.cancel()  # only those not yet running
         self._executor.submit(self._close).result()
         self._executor.shutdown(wait=True)
 

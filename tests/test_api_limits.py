@@ -6,6 +6,7 @@ storm; and the loop's own error reports told once per storm. A real
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 import structlog
 
+from agent.api import CHUNK
 from agent.daemon import LoopErrors
 from tests.test_api_cache import Daemon, Settings, bar, counting, get, serving, stored
 
@@ -247,6 +249,134 @@ def test_roomsync_health_waits_out_a_full_house_within_its_timeout(
             status = await fetch_status(url, None, 5.0)  # asked again after Retry-After: 1
             assert status["connections"]["refused"] >= 2
             assert (await busy)[0] == 200
+
+    with site(tmp_path) as daemon:
+        asyncio.run(scenario(daemon))
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_client_that_never_reads_a_big_answer_is_cut_off_and_holds_no_descriptor(tmp_path: Path) -> None:
+    devices = [bar(f"2313FD1N{i:04d}", f"room-{i % 40}", port=f"{i}") for i in range(1500)]
+    store = stored(tmp_path, devices)
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, Settings(tmp_path)), max_connections=8, header_timeout=1.0) as (
+            api,
+            url,
+        ):
+            host, port = api.where.rsplit(":", 1)
+            assert (await get(url, "/v1/inventory"))[0] == 200  # the reader's store open, the answer built
+            before = _fds()
+            stuck = []
+            for close in (False, True):  # keep-alive, and "Connection: close" (aiohttp closes)
+                for _ in range(3):
+                    sock = socket.socket()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+                    sock.connect((host, int(port)))
+                    head = b"GET /v1/inventory HTTP/1.1\r\nHost: x\r\n"
+                    sock.sendall(head + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+                    stuck.append(sock)
+            await asyncio.sleep(0.5)
+            assert api.gate.open == 6
+            for _ in range(60):  # the writes wait; after header_timeout the server lets go
+                await asyncio.sleep(0.1)
+                if api.gate.open == 0 and _fds() <= before + len(stuck):
+                    break
+            assert api.gate.open == 0
+            assert _fds() <= before + len(stuck), "the server still holds the connections' descriptors"
+            for sock in stuck:
+                sock.close()
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_keep_alive_clients_asking_in_a_loop_do_not_lock_health_out(tmp_path: Path) -> None:
+    async def hammer(url: str, stop: asyncio.Event) -> int:
+        answered = 0
+        async with aiohttp.ClientSession() as session:  # one keep-alive connection
+            while not stop.is_set():
+                try:
+                    async with session.get(url + "/v1/rooms") as reply:
+                        await reply.read()
+                        answered += reply.status == 200
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.01)
+        return answered
+
+    async def scenario(daemon: Daemon) -> None:
+        async with serving(daemon, max_connections=4, header_timeout=30) as (_api, url):
+            stop = asyncio.Event()
+            clients = [asyncio.create_task(hammer(url, stop)) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            statuses = [(await get(url, "/healthz"))[0] for _ in range(10)]
+            stop.set()
+            assert sum(await asyncio.gather(*clients)) > 10
+            # Now and then all four are answering at the instant it comes: a 503 at once.
+            assert set(statuses) <= {200, 503} and statuses.count(200) >= 8, statuses
+
+    with site(tmp_path) as daemon:
+        asyncio.run(scenario(daemon))
+
+
+def test_a_bare_header_end_is_spared_only_briefly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.apilimits.SPARED_S", 0.3)
+
+    async def scenario(daemon: Daemon) -> None:
+        async with serving(daemon, max_connections=4, header_timeout=30) as (api, url):
+            held = [await connect(api.where, b"\r\n\r\n") for _ in range(4)]
+            await asyncio.sleep(0.5)
+            assert (await get(url, "/healthz"))[0] == 200
+            for _, w in held:
+                w.close()
+
+    with site(tmp_path) as daemon:
+        asyncio.run(scenario(daemon))
+
+
+def test_head_of_a_big_answer_has_no_body_and_odd_numbers_are_refused(tmp_path: Path) -> None:
+    devices = [bar(f"2313FD1N{i:04d}", f"room-{i % 40}", port=f"{i}") for i in range(400)]
+    store = stored(tmp_path, devices)
+
+    async def scenario() -> None:
+        async with (
+            serving(Daemon(store, Settings(tmp_path))) as (_api, url),
+            aiohttp.ClientSession() as session,
+        ):
+            async with session.head(url + "/v1/inventory") as reply:
+                assert reply.status == 200 and int(reply.headers["Content-Length"]) > CHUNK
+                assert await reply.read() == b""
+            async with session.get(url + "/healthz") as reply:  # the same connection, still in step
+                assert reply.status == 200 and (await reply.json())["status"] == "alive"
+            for path in ("/v1/inventory?limit=²", "/v1/events?limit=" + "9" * 5000, "/v1/events?limit=١"):
+                async with session.get(url + path) as reply:
+                    assert reply.status == 400, path
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_uncached_work_waiting_for_the_reader_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.api import UNCACHED_MAX
+    from agent.store import Store
+
+    events = Store.events
+
+    def slow(self: Store, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return events(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "events", slow)
+
+    async def scenario(daemon: Daemon) -> None:
+        async with serving(daemon) as (_api, url):
+            statuses = [s for s, _ in await asyncio.gather(*(get(url, "/v1/events") for _ in range(10)))]
+            assert statuses.count(200) == UNCACHED_MAX and statuses.count(503) == 10 - UNCACHED_MAX
 
     with site(tmp_path) as daemon:
         asyncio.run(scenario(daemon))

@@ -136,8 +136,8 @@ async def _ask_status(
             if reply.status == 401:
                 raise Unreachable(f"{url} refused the API token ([api] token_file)")
             wait = reply.headers.get("Retry-After", "")
-            if reply.status == 503 and wait.isdigit():
-                return None, min(float(wait), 5.0)
+            if reply.status == 503 and wait.isascii() and wait.isdigit() and len(wait) <= 4:
+                return None, min(max(float(wait), 0.1), 5.0)
             if reply.status != 200:
                 raise Unreachable(f"{url}/v1/status answered HTTP {reply.status}")
             data = await reply.json(content_type=None)
