@@ -89,6 +89,8 @@ STOP_GRACE_S = 5.0
 THREAD_GRACE_S = 2.0
 #: A storm of one kind of loop error is over when it has not recurred for this long (s).
 LOOP_STORM_QUIET_S = 10.0
+#: A storm that goes on is told what it counted this often (s).
+LOOP_STORM_REPORT_S = 60.0
 
 
 #: The file in the state directory a running daemon holds locked (and writes its PID in).
@@ -787,7 +789,7 @@ class LoopErrors:
 
     def __init__(self, quiet: float = LOOP_STORM_QUIET_S) -> None:
         self.quiet = quiet
-        #: kind -> [first, last, count]
+        #: kind -> [first, last, count, 1 when already told of in part (0: not yet)]
         self._storms: dict[str, list[float]] = {}
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -801,7 +803,7 @@ class LoopErrors:
             storm[2] += 1
             return
         self._told(kind)
-        self._storms[kind] = [now, now, 1]
+        self._storms[kind] = [now, now, 1, 0]
         log.error(
             "loop.error",
             message=message,
@@ -810,15 +812,21 @@ class LoopErrors:
         )
 
     def flush(self, *, everything: bool = False) -> None:
-        """Tell the storms that have been quiet long enough (all of them: ``everything``)."""
+        """Tell the storms that have been quiet long enough (all of them: ``everything``); of
+        one that goes on, what it has counted each :data:`LOOP_STORM_REPORT_S` (then counting
+        starts again), so that a storm that never ends is not silent."""
         now = time.monotonic()
-        for kind, (_, last, _) in list(self._storms.items()):
+        for kind, (first, last, _, _) in list(self._storms.items()):
             if everything or now - last > self.quiet:
                 self._told(kind)
+            elif now - first >= LOOP_STORM_REPORT_S:
+                self._told(kind)
+                self._storms[kind] = [now, last, 0, 1]  # still in its storm: not told in full again
 
     def _told(self, kind: str) -> None:
         storm = self._storms.pop(kind, None)
-        if storm is not None and storm[2] > 1:
+        # The first of a storm was told in full; what came after it is told here.
+        if storm is not None and storm[2] > (0 if storm[3] else 1):
             log.warning(
                 "loop.error.repeated",
                 message=kind.split("|", 1)[0],

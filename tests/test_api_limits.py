@@ -380,3 +380,23 @@ def test_uncached_work_waiting_for_the_reader_is_bounded(
 
     with site(tmp_path) as daemon:
         asyncio.run(scenario(daemon))
+
+
+def test_a_storm_that_never_ends_is_told_of_now_and_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.daemon.LOOP_STORM_REPORT_S", 0.2)
+    errors = LoopErrors(quiet=10.0)
+    loop = asyncio.new_event_loop()
+    context = {"message": "socket.accept() out of system resource", "exception": OSError(24, "Too many")}
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):  # three report periods, the storm never quiet
+                for _ in range(50):
+                    errors(loop, context)
+                time.sleep(0.25)
+                errors.flush()
+            errors.flush()  # nothing new since the last report: nothing to tell
+            errors.flush(everything=True)
+    finally:
+        loop.close()
+    assert [e["event"] for e in logs] == ["loop.error"] + ["loop.error.repeated"] * 3
+    assert [e["times"] for e in logs[1:]] == [50, 50, 50]
