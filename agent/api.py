@@ -12,8 +12,11 @@ for scripts, Prometheus metrics.
                        ``?after=IDENTITY``: one page of units in identity order, with
                        ``total`` and ``next`` (the ``after`` of the next page; null at the end)
 ``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
-``GET /v1/coverage``   coverage verdicts of every unit with a serial and every entitlement
-                       serial no scan found (``[coverage]``; as ``roomsync coverage``)
+``GET /v1/coverage``   coverage verdicts of every unit with a serial, then of every
+                       entitlement serial no scan found, in the file's order (``[coverage]``;
+                       as ``roomsync coverage``), with ``total``; streamed (chunked) as the
+                       records' verdicts are worked out; ``?limit=N&after=SERIAL`` pages it
+                       as ``/v1/inventory`` (``next``: the last serial of a page)
 ``GET /v1/events``     change events, ``?since=`` (RFC 3339 or a date) and ``?limit=``
 ``GET /metrics``       Prometheus text format
 =====================  =====================================================================
@@ -37,9 +40,10 @@ import bisect
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -52,17 +56,19 @@ from agent import __version__
 from agent.apilimits import ConnectionGate
 from agent.log import get_logger
 from agent.model import utc_today
+from agent.sanitize import normalize_serial
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 from agent.storethread import StoreThread
 
 if TYPE_CHECKING:
     from agent.catalog import Catalog
+    from agent.coverage import Verdict
     from agent.model import Room
     from agent.store import Store
     from agent.uploader.delivery import PortalSettings
     from agent.uploader.outbox import Outbox
-    from agent.uploader.snapshot import SnapshotContext
+    from agent.uploader.snapshot import CoverageList, SnapshotContext
 
 __all__ = ["ApiServer", "ApiStartError", "DaemonCollector", "DaemonView", "is_loopback_listen"]
 
@@ -147,6 +153,8 @@ UNCACHED_MAX = 4
 #: ``/v1/inventory?limit=``: the default and the most units a page holds.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
+#: ``/v1/coverage``: verdicts of entitlement records worked out in the reader at a time.
+COVERAGE_BATCH = 2_000
 
 
 class ApiStartError(Exception):
@@ -457,6 +465,35 @@ class ApiServer:
             pass  # the client went away; aiohttp finishes the connection quietly
         return response
 
+    async def _stream(self, request: web.Request, pieces: AsyncIterator[bytes]) -> web.StreamResponse:
+        """An answer (JSON) of a length not known beforehand, sent as ``pieces`` come (chunked):
+        each written when the client has taken most of the last, as :meth:`_send` does, and
+        with its limits: a piece the client has not taken within ``header_timeout`` ends the
+        connection; a client that goes away mid-answer is no error. ``HEAD`` gets the headers
+        only."""
+        response = web.StreamResponse()
+        response.content_type, response.charset = "application/json", "utf-8"
+        if request.method == "HEAD":
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            async for piece in pieces:
+                view = memoryview(piece)
+                for start in range(0, len(piece), CHUNK):
+                    await asyncio.wait_for(
+                        response.write(view[start : start + CHUNK]), self.gate.header_timeout
+                    )
+            await response.write_eof()
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away (or the API stops); aiohttp finishes the connection
+        return response
+
     # ------------------------------------------------------------------ handlers
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -533,9 +570,39 @@ class ApiServer:
                 {"evaluated": False, "reason": "no [coverage] entitlements file configured", "verdicts": []}
             )
         today = context.today or utc_today(datetime.now(UTC))
-        return await self._send(
-            request, await self._built("/v1/coverage", _coverage_answer(today), day=today)
-        )
+        paged = "limit" in request.query or "after" in request.query
+        text = request.query.get("limit", str(PAGE_DEFAULT))
+        if paged and (not _small_number(text) or not 1 <= int(text) <= PAGE_MAX):
+            return _error(400, f"limit={text!r}: expected 1 to {PAGE_MAX}")
+        answer: _Coverage = await self._built("/v1/coverage", _coverage_answer(today), day=today)
+        if paged:
+            after = request.query.get("after", "")
+            try:
+                body = await self._in_reader(lambda store: answer.page(after, int(text)))
+            except LookupError:
+                return _error(400, f"after={after!r}: no unit with this serial is listed")
+            return await self._send(request, body)
+        return await self._stream(request, self._coverage_pieces(answer))
+
+    async def _coverage_pieces(self, answer: _Coverage) -> AsyncIterator[bytes]:
+        """The whole of ``/v1/coverage``: the inventory's units' verdicts, then the records
+        no scan found, worked out in the reader a batch at a time as the client takes them
+        (a file of millions of records is never held as one answer)."""
+        yield answer.head(next=None)
+        yield b",\n".join(answer.seen)
+        unseen = answer.listed.rows.texts(skip=answer.listed.keys)
+        first = not answer.seen
+        count = COVERAGE_BATCH
+        while count == COVERAGE_BATCH:
+            reader = self._reader
+            if reader is None:
+                raise ConnectionResetError("the API is stopping")
+            texts = await reader.call(lambda _: list(islice(unseen, COVERAGE_BATCH)))
+            count = len(texts)
+            if texts:
+                yield b",\n".join(texts) if first else b",\n" + b",\n".join(texts)
+                first = False
+        yield b"\n]}\n"
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         since = None
@@ -616,19 +683,68 @@ def _inventory_pages(store: Store, settings: Any) -> _Pages:
     )
 
 
-def _coverage_answer(today: date) -> Callable[[Store, Any], bytes]:
-    def build(store: Store, settings: Any) -> bytes:
-        from agent.uploader.snapshot import verdicts_for
+@dataclass(frozen=True, slots=True)
+class _Coverage:
+    """``/v1/coverage`` as of one stored scan, settings and day: the verdicts of the
+    inventory's units as JSON, and the records no scan found, whose verdicts are worked out
+    as they are sent (``listed.rows``)."""
 
-        verdicts = verdicts_for(
-            store.devices(), settings.snapshot, today, unseen=True
-        )  # as roomsync coverage
-        return _json_bytes(
-            {
-                "evaluated": True,
-                "today": today.isoformat(),
-                "verdicts": [v.to_dict() for v in verdicts.values()],
-            }
+    listed: CoverageList
+    today: str
+    seen: list[bytes]
+    #: Each listed inventory unit's position in ``seen``, by normalised serial (``after=``).
+    at: dict[str, int]
+    total: int
+
+    def head(self, **more: Any) -> bytes:
+        """The answer's opening, up to its first verdict."""
+        head = {"evaluated": True, "today": self.today, "total": self.total, **more}
+        return json.dumps(head)[:-1].encode() + b', "verdicts": [\n'
+
+    def page(self, after: str, limit: int) -> bytes:
+        """``?limit=&after=``: ``limit`` verdicts from the unit after ``after`` (a serial
+        listed, as ``next`` gave it); ``LookupError`` when no unit has that serial."""
+        seen_from, rows_from = 0, 0
+        if after:
+            key = normalize_serial(after)
+            at = self.at.get(key)
+            if at is not None:
+                seen_from = at + 1
+            else:
+                position = self.listed.rows.records.index_of(key)
+                if position is None:
+                    raise LookupError(after)
+                seen_from, rows_from = len(self.seen), position + 1
+        texts = self.seen[seen_from : seen_from + limit]
+        serials = [unit.serial for unit in self.listed.units[seen_from : seen_from + len(texts)]]
+        more = seen_from + len(texts) < len(self.seen)
+        if not more:  # the records no scan found, and one more: is there a next page?
+            room = limit - len(texts)
+            rows = list(islice(self.listed.rows.shared(rows_from, skip=self.listed.keys), room + 1))
+            more, rows = len(rows) > room, rows[:room]
+            texts += [_verdict_json(replace(verdict, serial=serial)) for serial, verdict in rows]
+            serials += [serial for serial, _ in rows]
+        last = serials[-1] if more and serials else None
+        return self.head(next=last) + b",\n".join(texts) + b"\n]}\n"
+
+
+def _verdict_json(verdict: Verdict) -> bytes:
+    return json.dumps(verdict.to_dict(), ensure_ascii=False, default=str).encode()
+
+
+def _coverage_answer(today: date) -> Callable[[Store, Any], _Coverage]:
+    def build(store: Store, settings: Any) -> _Coverage:
+        from agent.uploader.snapshot import coverage_list
+
+        listed = coverage_list(store.devices(), settings.snapshot, today)  # as roomsync coverage
+        if listed is None:  # the settings changed under the request: as answered then
+            raise StoreError("coverage is no longer evaluated (the settings were reloaded): ask again")
+        return _Coverage(
+            listed,
+            today.isoformat(),
+            [_verdict_json(v) for v in listed.verdicts],
+            {normalize_serial(unit.serial): at for at, unit in enumerate(listed.units)},
+            listed.total,
         )
 
     return build
@@ -641,7 +757,7 @@ def _store_families(today: date) -> Callable[[Store, Any], list[Any]]:
 
 def _families(store: Store, settings: Any, today: date) -> list[Any]:
     from agent.uploader.protocol import status_out
-    from agent.uploader.snapshot import seen_by_latest_runs, verdicts_for
+    from agent.uploader.snapshot import coverage_counts, seen_by_latest_runs
 
     devices = store.devices()
     runs = store.latest_runs()
@@ -655,10 +771,7 @@ def _families(store: Store, settings: Any, today: date) -> list[Any]:
     coverage = GaugeMetricFamily("roomsync_coverage_units", "Units per coverage status", labels=["status"])
     context = settings.snapshot
     if context is not None and context.entitlements is not None:
-        by_status: dict[str, int] = {}
-        for verdict in verdicts_for(devices, context, today, unseen=True).values():
-            by_status[str(verdict.status)] = by_status.get(str(verdict.status), 0) + 1
-        for status, count in sorted(by_status.items()):
+        for status, count in sorted(coverage_counts(devices, context, today).items()):
             coverage.add_metric([status], count)
     return [family, coverage]
 
@@ -731,13 +844,13 @@ class DaemonCollector(Collector):
 
     def _store_metrics(self) -> Iterator[Any]:
         d = self.daemon
+        yield from self.store_families  # built off the loop; none without a store
         if d.store is None or d.outbox is None:
             return
         try:
             stats = d.outbox.stats()
         except StoreError:
             return
-        yield from self.store_families
         depth = GaugeMetricFamily("roomsync_outbox_messages", "Messages in the outbox", labels=["state"])
         depth.add_metric(["pending"], stats.pending)
         depth.add_metric(["parked"], stats.parked)

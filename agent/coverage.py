@@ -66,14 +66,15 @@ default; covered_until == today is expiring_soon); else ``in_warranty``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import json
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from enum import StrEnum
 from typing import Any
 
 from agent.catalog import Catalog, Product
-from agent.entitlements import Customer, EntitlementRecord
+from agent.entitlements import Customer, EntitlementRecord, Entitlements
 from agent.model import Device
 from agent.sanitize import normalize_serial
 
@@ -84,6 +85,7 @@ __all__ = [
     "Flag",
     "Layer",
     "LayerKind",
+    "RowVerdicts",
     "Status",
     "Verdict",
     "add_days",
@@ -498,6 +500,8 @@ class _Evaluator:
         self.catalog = catalog
         self.today = today
         self.expiring_days = expiring_days
+        #: ``covered_until`` of the units some replacement names as replaced (each link of a
+        #: chain once); only those: a run over millions of records keeps no entry for each.
         self._until: dict[tuple[str, str | None], date | None] = {}
         self._products: dict[str | None, tuple[Product | None, int]] = {}
 
@@ -517,8 +521,6 @@ class _Evaluator:
         inherited = self._inherited(record, product_name, product, years)
         asm = _assess(record, product, years, inherited)
         covered_until = asm.covered_until
-        if inherited.flag is not Flag.REPLACEMENT_CYCLE:
-            self._until[(record.serial, product_name)] = covered_until
         status = self._status(covered_until, record.purchase_date is not None)
         return Verdict(
             serial,
@@ -636,6 +638,130 @@ def evaluate_all(
     return [evaluator.verdict(serial, product, get(serial) if serial else None) for serial, product in units]
 
 
+# --------------------------------------------------------------------------- records as units
+
+#: Verdicts :class:`RowVerdicts` keeps, one per shape: more than a file of plain rows has shapes
+#: (every purchase day of a decade, in a dozen countries, of two kinds of customer), a bound
+#: for a file where nearly every row is a shape of its own (those rows are worked out each).
+MAX_SHAPES = 100_000
+
+
+def _compact(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, default=str).encode()
+
+
+class RowVerdicts:
+    """The verdicts of entitlement records as units of unknown product — the units no scan
+    found, which ``roomsync coverage``, ``/v1/coverage`` and the ``roomsync_coverage_units``
+    metric list after the inventory's — on one day, without an object held for each record:
+    a 50 MB file holds about 1.85 M records.
+
+    Records of one shape (:meth:`agent.entitlements.Entitlements.shapes`: equal but for their
+    serials and their contracts' texts) get one verdict, worked out once, and listed under
+    each one's serial; a replacement is worked out on its own. The counts per status over all
+    records are worked out once too; the counts of the records no scan found are those less
+    the records of the few units it did (``skip``)."""
+
+    def __init__(
+        self,
+        records: Mapping[str, EntitlementRecord],
+        catalog: Catalog,
+        today: date,
+        *,
+        expiring_days: int = DEFAULT_EXPIRING_DAYS,
+    ) -> None:
+        self.records = records if isinstance(records, Entitlements) else Entitlements(records)
+        self.today = today
+        self._evaluator = _Evaluator(self.records, catalog, today, expiring_days)
+        self._by_shape: dict[Hashable, Verdict] = {}
+        self._counts: dict[Status, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _verdict(self, key: str, shape: Hashable | None) -> Verdict:
+        """The verdict of ``key``'s record; one of another record of the same shape (with
+        that one's serial) when one was worked out already."""
+        if shape is not None:
+            found = self._by_shape.get(shape)
+            if found is not None:
+                return found
+        record = self.records[key]
+        verdict = self._evaluator.verdict(record.serial, None, record)
+        if shape is not None and len(self._by_shape) < MAX_SHAPES:
+            self._by_shape[shape] = verdict
+        return verdict
+
+    def verdict(self, serial: str) -> Verdict | None:
+        """The verdict of ``serial``'s record as a unit of unknown product; ``None``
+        without a record."""
+        record = self.records.get(serial)
+        return None if record is None else self._evaluator.verdict(record.serial, None, record)
+
+    def shared(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[tuple[str, Verdict]]:
+        """Each record's serial and verdict from position ``start`` on (the file's order), but
+        of those whose key (normalised serial) is in ``skip``; records of one shape get the
+        same verdict object, which carries the serial of one of them."""
+        by_shape = self._by_shape
+        for key, serial, shape in self.records.shapes(start):
+            if key in skip:
+                continue
+            verdict = by_shape.get(shape) if shape is not None else None
+            yield serial, verdict or self._verdict(key, shape)
+
+    def verdicts(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[Verdict]:
+        """:meth:`shared`, each verdict with its record's serial."""
+        for serial, verdict in self.shared(start, skip=skip):
+            yield verdict if verdict.serial == serial else replace(verdict, serial=serial)
+
+    def texts(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[bytes]:
+        """:meth:`verdicts` as compact JSON (:meth:`Verdict.to_dict`): the verdict of a shape
+        encoded once (of at most :data:`MAX_SHAPES` shapes), each record's serial put in."""
+        rests: dict[Hashable, bytes] = {}
+        by_shape = self._by_shape
+        for key, serial, shape in self.records.shapes(start):
+            if key in skip:
+                continue
+            rest = rests.get(shape) if shape is not None else None
+            if rest is None:
+                verdict = (by_shape.get(shape) if shape is not None else None) or self._verdict(key, shape)
+                fields = verdict.to_dict()
+                del fields["serial"]  # its first key: put back first
+                rest = _compact(fields)[1:]
+                if shape is not None and len(rests) < MAX_SHAPES:
+                    rests[shape] = rest
+            name = serial.encode() if serial.isascii() and serial.isalnum() else _compact(serial)[1:-1]
+            yield b'{"serial": "' + name + b'", ' + rest
+
+    def groups(self, *, skip: Collection[str] = ()) -> list[tuple[Verdict, list[str]]]:
+        """The records' serials (but of those whose key is in ``skip``), in the file's order,
+        grouped by the verdict they share (:meth:`shared`): a list to sort without a verdict
+        made for each record."""
+        groups: dict[int, tuple[Verdict, list[str]]] = {}  # by id: each verdict is kept in it
+        for serial, verdict in self.shared(skip=skip):
+            group = groups.get(id(verdict))
+            if group is None:
+                group = groups[id(verdict)] = (verdict, [])
+            group[1].append(serial)
+        return list(groups.values())
+
+    def counts(self, *, skip: Collection[str] = ()) -> dict[Status, int]:
+        """How many records have each status (every status listed), but of those whose key
+        (normalised serial) is in ``skip``: the units a scan found, which have verdicts of
+        their own."""
+        if self._counts is None:
+            counts = dict.fromkeys(URGENCY, 0)
+            for _, verdict in self.shared():
+                counts[verdict.status] += 1
+            self._counts = counts
+        counts = dict(self._counts)
+        for key in skip:
+            found = self.verdict(key)
+            if found is not None:
+                counts[found.status] -= 1
+        return counts
+
+
 # --------------------------------------------------------------------------- units
 
 
@@ -649,20 +775,18 @@ class CoverageUnit:
     room: str | None = None
 
 
-def coverage_units(
-    devices: Iterable[Device], entitlements: Mapping[str, EntitlementRecord] | None = None
-) -> list[CoverageUnit]:
-    """The units that get coverage verdicts: every unit of the inventory with a serial, the
+def coverage_units(devices: Iterable[Device]) -> list[CoverageUnit]:
+    """The inventory's units that get coverage verdicts: every unit with a serial, the
     peripherals under a device included (a Rally Bar's mic pods and Sight carry their own
-    serials and warranties), each device followed by its children; then every serial of
-    ``entitlements`` that no unit of the inventory has (bought, but not found by any scan:
-    a spare on the shelf, a unit in a room no source reaches, a lost one — the units an
-    operator most needs to hear about), in the records' order. Each serial once, compared as
-    :func:`agent.sanitize.normalize_serial` compares serials; the first unit to carry it wins.
+    serials and warranties), each device followed by its children. Each serial once, compared
+    as :func:`agent.sanitize.normalize_serial` compares serials; the first unit to carry it
+    wins.
 
     ``roomsync coverage``, ``/v1/coverage`` and the ``roomsync_coverage_units`` metric list
-    these units. Without ``entitlements`` (``None``) only the inventory's units: what the
-    snapshot attaches a verdict to (it sends devices, not records).
+    these units, then every entitlement record no unit of the inventory has (bought, but not
+    found by any scan: a spare on the shelf, a unit in a room no source reaches, a lost one —
+    the units an operator most needs to hear about), in the records' order, as units of
+    unknown product (:class:`RowVerdicts`).
     """
     units: dict[str, CoverageUnit] = {}
 
@@ -676,6 +800,4 @@ def coverage_units(
 
     for device in devices:
         add(device)
-    for key, record in (entitlements or {}).items():
-        units.setdefault(key, CoverageUnit(record.serial))
     return list(units.values())

@@ -32,11 +32,11 @@ from __future__ import annotations
 import operator
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
+from collections.abc import Callable, Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
-from itertools import accumulate, repeat
+from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -56,6 +56,7 @@ __all__ = [
     "load_entitlements",
     "normalize_serial",
     "parse_entitlements",
+    "record_shape",
 ]
 
 #: Largest file the import reads (a clear error beyond it, never a partial import).
@@ -215,6 +216,54 @@ class Entitlements(Mapping[str, EntitlementRecord]):
 
     def __repr__(self) -> str:
         return f"Entitlements({len(self)} records from {self.source})"
+
+    def shapes(self, start: int = 0) -> Iterator[tuple[str, str, Hashable | None]]:
+        """Each record's key (its normalised serial), its serial as given (an imported file's
+        are normalised: the same) and its shape, in the file's order from record ``start``
+        on. Two
+        records of one import with equal shapes differ at most in their serials and in the
+        texts (not the presence) of their contracts: as :func:`record_shape` tells (the
+        shapes of an imported file are made from its packed columns instead, and compare
+        with each other only). A replacement's shape is ``None``."""
+        records = self._records
+        if isinstance(records, _Rows):
+            return records.shapes(start)
+        return (
+            (key, record.serial, record_shape(record)) for key, record in islice(records.items(), start, None)
+        )
+
+    def index_of(self, serial: str) -> int | None:
+        """The position of ``serial``'s record among all records (the file's order), if it
+        has one. (Records given in code: found by a walk through them.)"""
+        records, key = self._records, normalize_serial(serial)
+        if isinstance(records, _Rows):
+            return records.index_of(key)
+        return next((at for at, each in enumerate(records) if each == key), None)
+
+
+def record_shape(record: EntitlementRecord) -> Hashable | None:
+    """What a record's coverage verdict as a unit of unknown product depends on besides its
+    serial: every value but the contracts' texts, of which only whether each is there
+    (:mod:`agent.coverage` reads ``select_contract`` and ``reseller_contract`` for that alone,
+    and ``tests/test_coverage_rows.py`` holds it to it). ``None`` for a replacement (its
+    verdict follows the unit it replaced, so it is worked out on its own)."""
+    if record.replaced_serial is not None:
+        return None
+    return (
+        record.purchase_date,
+        record.country,
+        record.customer,
+        record.extension_years,
+        record.extension_purchased,
+        bool(record.select_contract),
+        record.select_order_date,
+        record.select_activation_date,
+        record.select_term_years,
+        record.select_registered,
+        bool(record.reseller_contract),
+        record.reseller_until,
+        record.replacement_date,
+    )
 
 
 def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
@@ -430,6 +479,7 @@ class _Rows(Mapping[str, EntitlementRecord]):
         self._buckets = [""] * buckets
         self._blocks: list[_Block] = []
         self._first_lines = array("I")  # the first line of each block
+        self._first_rows = array("I")  # the index of each block's first row
         self._count = 0
 
     # --- the serial index: every serial read, first line of each --------------------------------
@@ -478,6 +528,7 @@ class _Rows(Mapping[str, EntitlementRecord]):
         if not serials:
             return
         self._first_lines.append(lines[0])
+        self._first_rows.append(self._count)
         self._blocks.append(
             _Block(
                 "\n".join(serials),
@@ -531,6 +582,41 @@ class _Rows(Mapping[str, EntitlementRecord]):
         for block in self._blocks:
             for row, serial in enumerate(block.serials.split("\n")):
                 yield serial, block.record_at(serial, row)
+
+    # --- by position, by shape ------------------------------------------------------------------
+
+    def index_of(self, serial: str) -> int | None:
+        """The position of ``serial``'s row among all rows (the file's order), if it has one."""
+        line = self.first_line(serial)
+        if line is None:
+            return None
+        at = bisect_right(self._first_lines, line) - 1
+        lines = self._blocks[at].lines
+        row = lines.index(line) if isinstance(lines, range) else bisect_left(lines, line)
+        return self._first_rows[at] + row
+
+    def shapes(self, start: int = 0) -> Iterator[tuple[str, str, Hashable | None]]:
+        """:meth:`Entitlements.shapes`, from the packed columns: a row's shape is the tuple of
+        its codes and of whether each text is there."""
+        at = max(bisect_right(self._first_rows, start) - 1, 0)
+        for block, first in zip(self._blocks[at:], self._first_rows[at:], strict=True):
+            serials = block.serials.split("\n")
+            columns: list[Iterable[Any]] = [codes for _, _, codes in block.coded]
+            replaced: list[bool] | None = None
+            for column, _, ends in block.texts:
+                present = list(map(operator.lt, ends, islice(ends, 1, None)))
+                if column == "replaced_serial":
+                    replaced = present
+                else:
+                    columns.append(present)
+            keys: Iterator[Hashable | None] = (
+                zip(*columns, strict=True) if columns else repeat((), len(serials))
+            )
+            if replaced is not None and any(replaced):
+                keys = (None if gone else key for key, gone in zip(keys, replaced, strict=True))
+            skip = max(start - first, 0)
+            rows = islice(serials, skip, None)
+            yield from zip(rows, islice(serials, skip, None), islice(keys, skip, None), strict=True)
 
 
 class _RowItems(ItemsView[str, EntitlementRecord]):

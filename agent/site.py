@@ -74,12 +74,16 @@ def summarize(
     today: date,
     *,
     enterprise_tier: str | None = None,
+    roomless: Mapping[str, int] | None = None,
 ) -> SiteSummary:
     """``units`` pairs each verdict with the unit's room (``None``: unassigned); ``rooms``
-    are every room the site knows (a room may hold no evaluated unit)."""
+    are every room the site knows (a room may hold no evaluated unit). ``roomless`` counts
+    further units by status, units in no room whose verdicts are not held (the entitlement
+    records no scan found: :meth:`agent.uploader.snapshot.CoverageList.counts`)."""
     pairs = list(units)
     all_rooms = set(rooms) | {room for _, room in pairs if room}
     by_status = Counter(str(v.status) for v, _ in pairs)
+    by_status.update({str(status): count for status, count in (roomless or {}).items()})
     select_rooms = {room for v, room in pairs if room and has_active_select(v, today)}
     active = len(select_rooms)
     rules = ["S11"]
@@ -109,7 +113,7 @@ def summarize(
         )
     return SiteSummary(
         rooms=len(all_rooms),
-        units=len(pairs),
+        units=len(pairs) + sum((roomless or {}).values()),
         by_status={str(status): by_status.get(str(status), 0) for status in URGENCY},
         select_rooms_active=active,
         spares_due=spares,

@@ -23,10 +23,16 @@ run, each of its runs right after one of the figure's (a ratio holds on a shared
 where a bare time drifts): for a load's time, ``csv.reader`` reading the same file in a fresh
 process (split into cells, nothing checked); for its peak RSS, a fresh process that only imports
 the same modules (and the file's size, to read the rest against); for placing units by the room
-map, the same units placed by a map of one rule of each kind. With ``--cli``, also ``roomsync
-coverage --summary`` (``agent.cli.main`` in a fresh process) given the 50 MB file (each of its
-units gets a verdict: the evaluation's own cost comes on top of the load) and given the room
-map, against the same command given a one-row file.
+map, the same units placed by a map of one rule of each kind.
+
+Coverage of each entitlements file, its records as units no scan found (what the daemon's API
+thread does for the ``roomsync_coverage_units`` metric and the whole ``/v1/coverage``): counting
+them by status, against the bare walk of the records; listing every verdict as JSON, against
+encoding one verdict's JSON as many times; the peak RSS after the load and after both.
+
+With ``--cli``, also ``roomsync coverage --summary`` (``agent.cli.main`` in a fresh process)
+given each 50 MB file (each of its units gets a verdict: the evaluation's own cost comes on
+top of the load) and given the room map, against the same command given a one-row file.
 
     .venv/bin/python bench/operator_files.py [--rows 1850000] [--room-map-mb 10] [--runs 3] [--cli]
     .venv/bin/python bench/operator_files.py --src /path/to/another/checkout   # before/after
@@ -180,6 +186,8 @@ def child(kind: str, args: list[str]) -> None:
 
         started = time.perf_counter()
         out["rows"] = len(load_entitlements(path))
+    elif kind == "coverage":
+        out.update(coverage_figures(path))
     elif kind == "room-map":
         out.update(place_units(path))
     elif kind == "cli":
@@ -192,6 +200,74 @@ def child(kind: str, args: list[str]) -> None:
     out.setdefault("seconds", time.perf_counter() - started)
     out["rss_kib"] = peak_kib()
     print(json.dumps(out))
+
+
+def coverage_figures(path: Path) -> dict[str, float]:
+    """Load the entitlements, then what the daemon's API thread does with them (as units no
+    scan found, on one day): count them by status (the ``roomsync_coverage_units`` metric,
+    ``coverage --summary``), then list every verdict as JSON, as the whole ``/v1/coverage``
+    streams them. Floors, on the same records in this process: the bare walk of the records
+    (``shapes()``, no verdict) for the counts; one verdict's JSON encoded once per record (the
+    encoding alone) for the listing. Peak RSS after the load, and after the rest."""
+    from datetime import date
+
+    from agent.catalog import load_catalog
+    from agent.coverage import RowVerdicts
+    from agent.entitlements import load_entitlements
+
+    records = load_entitlements(path)
+    loaded_kib = peak_kib()
+    book = RowVerdicts(records, load_catalog(), date(2026, 12, 2))
+    t0 = time.perf_counter()
+    walked = sum(1 for _ in records.shapes())
+    t1 = time.perf_counter()
+    counts = book.counts()
+    t2 = time.perf_counter()
+    listed = sum(map(len, book.texts()))
+    t3 = time.perf_counter()
+    one = next(book.verdicts()).to_dict()
+    encoded = sum(len(json.dumps(one, ensure_ascii=False).encode()) for _ in range(walked))  # dumps alone
+    t4 = time.perf_counter()
+    return {
+        "rows": walked,
+        "counted": sum(counts.values()),
+        "counts_seconds": t2 - t1,
+        "walk_seconds": t1 - t0,
+        "list_seconds": t3 - t2,
+        "list_mb": listed / 1e6,
+        "encode_seconds": t4 - t3,
+        "encoded_mb": encoded / 1e6,
+        "loaded_rss_kib": loaded_kib,
+    }
+
+
+def coverage_report(src: Path, name: str, path: Path, runs: int) -> str:
+    figures = [run_child(src, "coverage", path) for _ in range(runs)]
+    rows = int(figures[0]["rows"])
+    assert all(f["counted"] == f["rows"] for f in figures)
+    loaded = statistics.median(f["loaded_rss_kib"] for f in figures) / 1024
+    peak = statistics.median(f["rss_kib"] for f in figures) / 1024
+    return "\n".join(
+        [
+            f"coverage of {name} ({rows:,} records as units no scan found), each run in a fresh process",
+            seconds_line(
+                "count by status",
+                [f["counts_seconds"] for f in figures],
+                [f["walk_seconds"] for f in figures],
+                "bare walk",
+                "   (the metric, coverage --summary; target: a few seconds)",
+            ),
+            seconds_line(
+                "list as JSON",
+                [f["list_seconds"] for f in figures],
+                [f["encode_seconds"] for f in figures],
+                "encoding",
+                f"   ({statistics.median(f['list_mb'] for f in figures):.0f} MB: the whole /v1/coverage)",
+            ),
+            f"  {'peak RSS':<22} median {peak:8.1f} MiB   (after the load alone: {loaded:.1f} MiB; "
+            "target <= 300 MiB)",
+        ]
+    )
 
 
 def place_units(path: Path) -> dict[str, float]:
@@ -332,6 +408,8 @@ def main() -> None:
         print(f"operator files bench ({src}): median of {args.runs} runs, each in a fresh process")
         print(load_report(src, "entitlements, narrow", narrow, "entitlements", args.runs))
         print(load_report(src, "entitlements, wide", wide, "entitlements", args.runs))
+        print(coverage_report(src, "entitlements, narrow", narrow, args.runs))
+        print(coverage_report(src, "entitlements, wide", wide, args.runs))
         print(load_report(src, "room map", rooms, "room-map", args.runs))
         placing = [run_child(src, "room-map", rooms) for _ in range(args.runs)]
         print(
@@ -344,10 +422,10 @@ def main() -> None:
             )
         )
         if args.cli:
-            print(cli_report(src, root, narrow, rooms, args.runs))
+            print(cli_report(src, root, narrow, wide, rooms, args.runs))
 
 
-def cli_report(src: Path, root: Path, entitlements: Path, rooms: Path, runs: int) -> str:
+def cli_report(src: Path, root: Path, entitlements: Path, wide: Path, rooms: Path, runs: int) -> str:
     """``roomsync coverage --summary``: given the 50 MB file; given the room map (and a
     one-row file); each against the command given only the one-row file."""
     small = root / "one-row.csv"
@@ -376,6 +454,7 @@ def cli_report(src: Path, root: Path, entitlements: Path, rooms: Path, runs: int
     out = ["roomsync coverage --summary, each in a fresh process"]
     for name, config, ents in (
         ("given the entitlements", configs["plain"], entitlements),
+        ("given the wide ones", configs["plain"], wide),
         ("given the room map", configs["rooms"], small),
     ):
         pairs = [

@@ -10,15 +10,18 @@ import asyncio
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import agent.api
 from agent.api import CHUNK, ApiServer
@@ -285,6 +288,90 @@ def test_coverage_is_built_again_on_a_new_day(tmp_path: Path) -> None:
             later = (await get(url, "/v1/coverage"))[1]
             assert (first["today"], later["today"]) == ("2025-06-01", "2029-06-01")
             assert first["verdicts"][0]["status"] != later["verdicts"][0]["status"]
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def _records_file(tmp_path: Path, count: int) -> Path:
+    """``count`` entitlement records of a few dozen shapes; the second is the stored bar's."""
+    lines = ["serial,purchase_date,country,customer,reseller_contract,reseller_until"]
+    for i in range(count):
+        # The stored bar's, and two a JSON string must escape or may hold as they are.
+        serial = {1: "2313FD1N0002", 3: '"AB-12/\\""X"', 4: "ÆØ000004"}.get(i, f"2401SP{i:06d}")
+        country = ["NO", "US", "JP"][i % 3]
+        reseller = f"HZ,2027-0{1 + i % 9}-01" if i % 4 == 0 else ","
+        lines.append(f"{serial},202{i % 5}-0{1 + i % 9}-15,{country},,{reseller}")
+    path = tmp_path / "entitlements.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_coverage_streams_every_unit_and_its_pages_walk_them_once(tmp_path: Path) -> None:
+    """``/v1/coverage`` of 7,000 records: the stored units' verdicts, then every record no
+    scan found in the file's order (written as they are worked out, a batch at a time), as
+    each record's own evaluation gives them; its pages (``?limit=&after=``) walk the same
+    units once; HEAD has no body; a cursor no unit has is a 400."""
+    from datetime import date
+
+    from agent.coverage import evaluate_all
+    from agent.entitlements import load_entitlements
+    from agent.uploader.snapshot import SnapshotContext
+
+    today = date(2026, 12, 2)
+    store = stored(tmp_path, [bar("2313FD1N0001", "oslo-4-12"), bar("2313FD1N0002", "oslo-4-14")])
+    records = load_entitlements(_records_file(tmp_path, 7_000))
+    settings = Settings(tmp_path, snapshot=SnapshotContext(CATALOG, entitlements=records, today=today))
+    units = [("2313FD1N0001", "Rally Bar"), ("2313FD1N0002", "Rally Bar")]
+    units += [(serial, None) for serial in records if serial != "2313FD1N0002"]
+    expected = [v.to_dict() for v in evaluate_all(units, records, CATALOG, today)]
+    assert len(expected) - 2 > 3 * agent.api.COVERAGE_BATCH  # several batches
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, settings)) as (_, url), aiohttp.ClientSession() as session:
+            async with session.get(url + "/v1/coverage") as reply:
+                assert reply.status == 200 and reply.headers["Transfer-Encoding"] == "chunked"
+                whole = json.loads(await reply.read())
+            assert (whole["evaluated"], whole["today"], whole["total"]) == (True, "2026-12-02", 7_001)
+            assert whole["verdicts"] == expected
+            walked: list[dict[str, Any]] = []
+            after = ""
+            for _ in range(20):
+                status, page = await get(url, f"/v1/coverage?limit=999&after={quote(after)}")
+                assert status == 200 and page["total"] == 7_001 and len(page["verdicts"]) <= 999
+                walked += page["verdicts"]
+                if page["next"] is None:
+                    break
+                after = page["next"]
+                assert after == page["verdicts"][-1]["serial"]
+            assert walked == expected
+            assert [v["serial"] for v in walked[4:6]] == ['AB-12/\\"X', "ÆØ000004"]
+            status, page = await get(url, f"/v1/coverage?limit=1&after={quote(walked[4]['serial'])}")
+            assert (status, page["verdicts"], page["next"]) == (200, expected[5:6], "ÆØ000004")
+            # A page that ends on the last stored unit, and the one after it.
+            status, first = await get(url, "/v1/coverage?limit=2")
+            assert [v["serial"] for v in first["verdicts"]] == ["2313FD1N0001", "2313FD1N0002"]
+            status, second = await get(url, f"/v1/coverage?limit=3&after={first['next']}")
+            assert second["verdicts"] == expected[2:5]
+            status, last = await get(url, f"/v1/coverage?after={expected[-1]['serial']}")
+            assert (status, last["verdicts"], last["next"]) == (200, [], None)
+            async with session.head(url + "/v1/coverage") as reply:
+                assert reply.status == 200 and await reply.read() == b""
+            for query in ("after=NOSUCHUNIT", "limit=0", "limit=10001", "limit=x"):
+                status, body = await get(url, f"/v1/coverage?{query}")
+                assert status == 400 and "error" in body, query
+            # The metric counts the same units, without a verdict held for each record.
+            async with session.get(url + "/metrics") as reply:
+                text = await reply.text()
+            [family] = [
+                f for f in text_string_to_metric_families(text) if f.name == "roomsync_coverage_units"
+            ]
+            counted = {sample.labels["status"]: sample.value for sample in family.samples}
+            listed = Counter(v["status"] for v in expected)
+            assert counted == {
+                s: float(listed[s]) for s in ("out_of_warranty", "expiring_soon", "unknown", "in_warranty")
+            }
+            assert len(listed) >= 2
 
     asyncio.run(scenario())
     store.close()

@@ -258,17 +258,28 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_a_client_that_never_reads_a_big_answer_is_cut_off_and_holds_no_descriptor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["/v1/inventory", "/v1/coverage"])
+def test_a_client_that_never_reads_a_big_answer_is_cut_off_and_holds_no_descriptor(
+    tmp_path: Path, path: str
+) -> None:
+    """A big answer of known length (the inventory) or streamed as it is worked out (the
+    coverage of 20,000 entitlement records)."""
+    from agent.entitlements import load_entitlements
+    from agent.uploader.snapshot import SnapshotContext
+    from tests.test_api_cache import CATALOG, _records_file
+
     devices = [bar(f"2313FD1N{i:04d}", f"room-{i % 40}", port=f"{i}") for i in range(1500)]
     store = stored(tmp_path, devices)
+    records = load_entitlements(_records_file(tmp_path, 20_000))
+    settings = Settings(tmp_path, snapshot=SnapshotContext(CATALOG, entitlements=records))
 
     async def scenario() -> None:
-        async with serving(Daemon(store, Settings(tmp_path)), max_connections=8, header_timeout=1.0) as (
+        async with serving(Daemon(store, settings), max_connections=8, header_timeout=1.0) as (
             api,
             url,
         ):
             host, port = api.where.rsplit(":", 1)
-            assert (await get(url, "/v1/inventory"))[0] == 200  # the reader's store open, the answer built
+            assert (await get(url, path))[0] == 200  # the reader's store open, the answer built
             before = _fds()
             stuck = []
             for close in (False, True):  # keep-alive, and "Connection: close" (aiohttp closes)
@@ -276,7 +287,7 @@ def test_a_client_that_never_reads_a_big_answer_is_cut_off_and_holds_no_descript
                     sock = socket.socket()
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
                     sock.connect((host, int(port)))
-                    head = b"GET /v1/inventory HTTP/1.1\r\nHost: x\r\n"
+                    head = f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode()
                     sock.sendall(head + (b"Connection: close\r\n" if close else b"") + b"\r\n")
                     stuck.append(sock)
             await asyncio.sleep(0.5)

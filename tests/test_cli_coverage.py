@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 from pysnmp.proto.api import v2c
 
+from agent.catalog import load_catalog
+from agent.coverage import evaluate_all
+from agent.entitlements import load_entitlements
 from tests.daemon_peer import LOOPBACK, NotifySocket, free_tcp_port, start_daemon, toml_str
 from tests.snmp_rogue import SYSTEM, RogueAgent, no_table
 from tests.sysfs import add_device
@@ -189,6 +192,37 @@ def test_summary_with_enterprise_tier(site: Path):
     assert out["room_summaries"][0]["primary_unit"] == "2313FD1N08Z2"
     text = coverage(site, "--today", "2026-11-21", "--summary").stdout
     assert "1 room(s), 3 unit(s)" in text and "enterprise plan 100" in text
+
+
+def test_summary_counts_every_unit_the_listing_lists(site: Path):
+    """With many records no scan found (counted by shape, not listed one by one), the summary
+    counts what ``coverage --json`` lists, a unit of the scan once (2313FD1N08Z2 is in both)."""
+    lines = [ENTITLEMENTS.rstrip("\n")]
+    for i in range(2_500):
+        extension = f"1,20{20 + i % 6}-0{1 + i % 9}-20" if i % 3 == 0 else ","
+        country = ["NO", "US", "JP"][i // 7 % 3]  # apart from dates: shapes that end on one day
+        lines.append(f"2405SP{i:06d},20{20 + i % 6}-0{1 + i % 9}-1{i % 10},{country},,{extension},,")
+    (site / "entitlements.csv").write_text("\n".join(lines) + "\n")
+    listed = json.loads(coverage(site, "--today", "2026-11-21", "--json").stdout)
+    summary = coverage(site, "--today", "2026-11-21", "--summary", "--json")
+    assert summary.returncode == 0, summary.stderr
+    out = json.loads(summary.stdout)
+    assert out["units"] == len(listed) == 2_503
+    assert out["by_status"] == {s: sum(r["status"] == s for r in listed) for s in out["by_status"]}
+    assert len({s for s, n in out["by_status"].items() if n}) >= 2
+    # Most urgent first over all of them; each record no scan found with its own verdict.
+    rank = {status: at for at, status in enumerate(out["by_status"])}
+    keys = [(rank[r["status"]], r["covered_until"] or "9999-12-31", r["serial"]) for r in listed]
+    assert keys == sorted(keys)
+    records = load_entitlements(site / "entitlements.csv")
+    unseen = [r for r in listed if r["product"] is None]
+    own = evaluate_all([(r["serial"], None) for r in unseen], records, load_catalog(), date(2026, 11, 21))
+    printed = [{key: r[key] for key in (*v.to_dict(), "reason")} for r, v in zip(unseen, own, strict=True)]
+    assert printed == [v.to_dict() | {"reason": v.reason} for v in own]
+    assert len(unseen) == 2_501 and {r["room"] for r in unseen} == {None}
+    table = coverage(site, "--today", "2026-11-21").stdout.splitlines()
+    assert len(table) == 1 + 2_503
+    assert [line.split()[2] for line in table[1:]] == [r["serial"] for r in listed]
 
 
 def test_service_portal_csv(site: Path):

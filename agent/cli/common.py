@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -67,6 +67,43 @@ def load(args: argparse.Namespace) -> LoadedConfig:
 def print_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
     sys.stdout.write("\n")
+
+
+def json_item(item: object) -> str:
+    """An item of a list as :func:`print_json` writes it (before the list's own indent)."""
+    return json.dumps(item, indent=2, ensure_ascii=False, default=str)
+
+
+def print_json_items(items: Iterable[object]) -> None:
+    """:func:`print_json` of a list, its items made and written one at a time (a list of
+    millions is not held as JSON)."""
+    print_json_texts(map(json_item, items))
+
+
+def print_json_texts(texts: Iterable[str]) -> None:
+    """:func:`print_json_items` of items already made into text by :func:`json_item`."""
+    out = sys.stdout
+    first = True
+    for text in texts:
+        out.write("[\n  " if first else ",\n  ")
+        # json escapes a line end in a string: every line end is the layout's, indented once more.
+        out.write(text.replace("\n", "\n  "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def print_table(headers: Sequence[str], rows: Callable[[], Iterable[Sequence[str]]]) -> None:
+    """:func:`table`, printed a line at a time: ``rows()`` is called twice, for the widths
+    and for the lines (rows of millions of units are not held as text)."""
+    from agent.sanitize import printable
+
+    widths = [len(h) for h in headers]
+    for row in rows():
+        widths = [max(w, len(printable(c))) for w, c in zip(widths, row, strict=True)]
+    out = sys.stdout
+    out.write("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip() + "\n")
+    for row in rows():
+        out.write("  ".join(printable(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import heapq
+import json
+from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
+from typing import TYPE_CHECKING, TypeAlias
 
-from agent.cli.common import EXIT_OK, Parents, UsageError, load, parse_day, print_json, table
+from agent.cli.common import (
+    EXIT_OK,
+    Parents,
+    UsageError,
+    json_item,
+    load,
+    parse_day,
+    print_json,
+    print_json_texts,
+    print_table,
+)
 from agent.cli.context import rooms_report, stored_inventory
 
 if TYPE_CHECKING:
@@ -14,6 +28,7 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.coverage import CoverageUnit, Verdict
     from agent.inventory import RoomsReport
+    from agent.uploader.snapshot import CoverageList
 
     from .common import Subparsers
 
@@ -57,8 +72,8 @@ def register(sub: Subparsers, parents: Parents) -> None:
 def cmd_coverage(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.catalog import load_catalog
-    from agent.coverage import coverage_units, evaluate_all, urgency_key
     from agent.entitlements import EntitlementsError, load_entitlements
+    from agent.uploader.snapshot import SnapshotContext, coverage_list
 
     today = parse_day(args.today, "--today")
     if args.expiring_days is None:
@@ -75,69 +90,108 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--entitlements {path}: {exc.strerror or exc}") from None
     devices, stored_rooms = stored_inventory(args, cfg)
-    catalog = load_catalog()
     report = rooms_report(args, cfg, devices, stored_rooms)
-    tickets = {r.room_id: r.ticket_serial for r in report.rooms}
-    units = coverage_units(devices, entitlements)  # the units /v1/coverage lists too
-    verdicts = evaluate_all(
-        [(unit.serial, unit.product) for unit in units],
-        entitlements,
-        catalog,
-        today,
-        expiring_days=args.expiring_days,
-    )
-    rows = sorted(zip(verdicts, units, strict=True), key=lambda pair: urgency_key(pair[0]))
+    context = SnapshotContext(load_catalog(), entitlements=entitlements, expiring_days=args.expiring_days)
+    listed = coverage_list(devices, context, today)  # the units /v1/coverage lists too
+    assert listed is not None  # records were given
     if args.summary:
-        return _print_site_summary(args, cfg, rows, report, today)
+        return _print_site_summary(args, cfg, listed, report, today)
+    tickets = {r.room_id: r.ticket_serial for r in report.rooms}
+    rows = _most_urgent_first(listed)
     if args.json:
-        print_json(
-            [
-                {
-                    **v.to_dict(),
-                    "room": unit.room,
-                    "ticket_serial": tickets.get(unit.room) if unit.room else None,
-                    "reason": v.reason,
-                }
-                for v, unit in rows
-            ]
-        )
+        print_json_texts(_json_texts(rows(), tickets))
         return EXIT_OK
-    if not rows:
+    if not listed.units and not listed.rows.records:
         print("no units: the entitlements file is empty and no scan has been stored yet")
         return EXIT_OK
-    print(
-        table(
-            ["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"],
+    print_table(
+        ["STATUS", "COVERED UNTIL", "SERIAL", "PRODUCT", "ROOM", "REASON"],
+        lambda: (
             [
-                [
-                    str(v.status),
-                    v.covered_until.isoformat() if v.covered_until else "-",
-                    v.serial or "-",
-                    unit.product or "-",
-                    unit.room or "-",
-                    v.reason,
-                ]
-                for v, unit in rows
-            ],
-        )
+                str(v.status),
+                v.covered_until.isoformat() if v.covered_until else "-",
+                serial or "-",
+                (unit.product or "-") if unit else "-",
+                (unit.room or "-") if unit else "-",
+                v.reason,
+            ]
+            for v, serial, unit in rows()
+        ),
     )
     return EXIT_OK
+
+
+Row: TypeAlias = "tuple[Verdict, str, CoverageUnit | None]"
+
+
+def _most_urgent_first(listed: CoverageList) -> Callable[[], Iterator[Row]]:
+    """Every listed unit, most urgent first (:func:`agent.coverage.urgency_key`), as often as
+    asked: the inventory's units and their verdicts, sorted; the records no scan found
+    (units of unknown product, in no room) as serials grouped by the verdict they share, each
+    group sorted, merged in. A record costs its serial, not a verdict of its own."""
+    from agent.coverage import urgency_key
+
+    seen = sorted(zip(listed.verdicts, listed.units, strict=True), key=lambda pair: urgency_key(pair[0]))
+    groups = listed.rows.groups(skip=listed.keys)
+    for _, serials in groups:
+        serials.sort()
+
+    def group(verdict: Verdict, serials: list[str]) -> Iterator[tuple[tuple[int, date, str], Row]]:
+        rank, until, _ = urgency_key(verdict)
+        return (((rank, until, serial), (verdict, serial, None)) for serial in serials)
+
+    def rows() -> Iterator[Row]:
+        streams: list[Iterator[tuple[tuple[int, date, str], Row]]] = [
+            ((urgency_key(v), (v, v.serial or "", unit)) for v, unit in seen)
+        ]
+        streams += [group(verdict, serials) for verdict, serials in groups]
+        return (row for _, row in heapq.merge(*streams, key=itemgetter(0)))
+
+    return rows
+
+
+def _json_texts(rows: Iterable[Row], tickets: dict[str, str | None]) -> Iterator[str]:
+    """Each row as ``coverage --json`` lists it: a verdict records share made into text once,
+    each one's serial put in."""
+    shared: dict[int, str] = {}  # by the verdict's id: every one is kept by the groups
+    for verdict, serial, unit in rows:
+        if unit is not None:
+            room = unit.room
+            yield json_item(
+                {
+                    **verdict.to_dict(),
+                    "room": room,
+                    "ticket_serial": tickets.get(room) if room else None,
+                    "reason": verdict.reason,
+                }
+            )
+            continue
+        text = shared.get(id(verdict))
+        if text is None:
+            fields = {**verdict.to_dict(), "room": None, "ticket_serial": None, "reason": verdict.reason}
+            text = shared[id(verdict)] = json_item({**fields, "serial": ""})[len(_SERIAL_HEAD) + 2 :]
+        yield _SERIAL_HEAD + json.dumps(serial, ensure_ascii=False) + text
+
+
+#: How :func:`json_item` begins a verdict: its serial is its first key.
+_SERIAL_HEAD = '{\n  "serial": '
 
 
 def _print_site_summary(
     args: argparse.Namespace,
     cfg: AgentConfig,
-    rows: list[tuple[Verdict, CoverageUnit]],
+    listed: CoverageList,
     report: RoomsReport,
     today: date,
 ) -> int:
     from agent.site import summarize
 
     site = summarize(
-        [(v, unit.room) for v, unit in rows],
+        [(v, unit.room) for v, unit in zip(listed.verdicts, listed.units, strict=True)],
         [r.room_id for r in report.rooms],
         today,
         enterprise_tier=cfg.select.enterprise_tier,
+        roomless={str(status): count for status, count in listed.rows.counts(skip=listed.keys).items()},
     )
     rooms = [
         {

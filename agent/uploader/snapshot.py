@@ -19,7 +19,15 @@ from datetime import date, datetime
 from typing import Any
 
 from agent.catalog import Catalog
-from agent.coverage import DEFAULT_EXPIRING_DAYS, CoverageUnit, Verdict, coverage_units, evaluate_all
+from agent.coverage import (
+    DEFAULT_EXPIRING_DAYS,
+    URGENCY,
+    CoverageUnit,
+    RowVerdicts,
+    Verdict,
+    coverage_units,
+    evaluate_all,
+)
 from agent.entitlements import EntitlementRecord
 from agent.events import sources_of
 from agent.gcpause import paused_gc
@@ -31,8 +39,11 @@ from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_chunks, inventory_message
 
 __all__ = [
+    "CoverageList",
     "SnapshotContext",
     "build_snapshot",
+    "coverage_counts",
+    "coverage_list",
     "paused_gc",
     "queue_snapshot",
     "seen_by_latest_runs",
@@ -61,11 +72,25 @@ class SnapshotContext:
 
     def verdict_memo(self, today: date) -> dict[tuple[str, str | None], Verdict]:
         """The verdicts worked out for ``today`` (a new day starts an empty memo)."""
-        if self._memo.get("day") != today:
-            self._memo.clear()
-            self._memo.update(day=today, verdicts={})
-        verdicts: dict[tuple[str, str | None], Verdict] = self._memo["verdicts"]
-        return verdicts
+        return self._day(today)[1]
+
+    def row_verdicts(self, today: date) -> RowVerdicts | None:
+        """The verdicts of the entitlement records as units no scan found, for ``today``
+        (:class:`agent.coverage.RowVerdicts`, one per day); ``None`` without records."""
+        if self.entitlements is None:
+            return None
+        kept = self._day(today)[2]
+        if not kept:
+            kept.append(RowVerdicts(self.entitlements, self.catalog, today, expiring_days=self.expiring_days))
+        return kept[0]
+
+    def _day(self, today: date) -> tuple[date, dict[tuple[str, str | None], Verdict], list[RowVerdicts]]:
+        """What is remembered for ``today``: one entry, replaced whole on a new day (the API's
+        thread and the daemon's may ask at once: neither sees half of another's)."""
+        day = self._memo.get("day")
+        if day is None or day[0] != today:
+            day = self._memo["day"] = (today, {}, [])
+        return day  # type: ignore[no-any-return]
 
 
 def unit_verdicts(units: Sequence[CoverageUnit], context: SnapshotContext, today: date) -> list[Verdict]:
@@ -89,18 +114,66 @@ def unit_verdicts(units: Sequence[CoverageUnit], context: SnapshotContext, today
     return [memo[key] for key in keys]
 
 
-def verdicts_for(
-    devices: Iterable[Device], context: SnapshotContext, today: date, *, unseen: bool = False
-) -> dict[str, Verdict]:
+def verdicts_for(devices: Iterable[Device], context: SnapshotContext, today: date) -> dict[str, Verdict]:
     """Coverage verdicts by (normalised) serial of every unit with a serial, children too —
-    what the snapshot attaches to its devices. With ``unseen``, also of every serial of the
-    entitlement records no unit has: all of :func:`agent.coverage.coverage_units`, as
-    ``/v1/coverage`` and ``roomsync coverage`` list them."""
+    what the snapshot attaches to its devices. (The entitlement records no unit has are
+    :class:`CoverageList`'s and :func:`coverage_counts`'s: there may be millions.)"""
     if context.entitlements is None:
         return {}
-    units = coverage_units(devices, context.entitlements if unseen else None)
+    units = coverage_units(devices)
     verdicts = unit_verdicts(units, context, today)
     return {normalize_serial(unit.serial): verdict for unit, verdict in zip(units, verdicts, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageList:
+    """Every unit ``roomsync coverage`` and ``/v1/coverage`` list, in their order: the
+    inventory's units with a serial (:func:`agent.coverage.coverage_units`) and their
+    verdicts, then the entitlement records no unit has, in the file's order, their verdicts
+    worked out as they are listed (``rows``, but the records of ``keys``)."""
+
+    units: list[CoverageUnit]
+    verdicts: list[Verdict]
+    #: The inventory's units' normalised serials: the records listed among them, not again.
+    keys: frozenset[str]
+    rows: RowVerdicts
+
+    @property
+    def total(self) -> int:
+        """How many units are listed."""
+        records = self.rows.records
+        return len(self.units) + len(records) - sum(1 for key in self.keys if key in records)
+
+    def counts(self) -> dict[str, int]:
+        """Units per coverage status, every status listed: the ``roomsync_coverage_units``
+        metric and ``roomsync coverage --summary``'s counts, without a verdict held per record."""
+        counts = {str(status): 0 for status in URGENCY}
+        for verdict in self.verdicts:
+            counts[verdict.status] += 1
+        for status, count in self.rows.counts(skip=self.keys).items():
+            counts[status] += count
+        return counts
+
+
+def coverage_list(devices: Iterable[Device], context: SnapshotContext, today: date) -> CoverageList | None:
+    """:class:`CoverageList` for the inventory's ``devices`` on ``today``; ``None`` when
+    coverage is not evaluated (no entitlement records)."""
+    rows = context.row_verdicts(today)
+    if rows is None:
+        return None
+    units = coverage_units(devices)
+    return CoverageList(
+        units,
+        unit_verdicts(units, context, today),
+        frozenset(normalize_serial(unit.serial) for unit in units),
+        rows,
+    )
+
+
+def coverage_counts(devices: Iterable[Device], context: SnapshotContext, today: date) -> dict[str, int]:
+    """:meth:`CoverageList.counts`; empty when coverage is not evaluated."""
+    listed = coverage_list(devices, context, today)
+    return {} if listed is None else listed.counts()
 
 
 def build_snapshot(
