@@ -14,9 +14,10 @@ for scripts, Prometheus metrics.
 ``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
 ``GET /v1/coverage``   coverage verdicts of every unit with a serial, then of every
                        entitlement serial no scan found, in the file's order (``[coverage]``;
-                       as ``roomsync coverage``), with ``total``; streamed (chunked) as the
-                       records' verdicts are worked out; ``?limit=N&after=SERIAL`` pages it
-                       as ``/v1/inventory`` (``next``: the last serial of a page)
+                       as ``roomsync coverage``), with ``total``; sent as the records'
+                       verdicts are worked out (chunked; to HTTP/1.0, ended by the close);
+                       ``?limit=N&after=SERIAL`` pages it as ``/v1/inventory`` (``next``:
+                       the last serial of a page)
 ``GET /v1/events``     change events, ``?since=`` (RFC 3339 or a date) and ``?limit=``
 ``GET /metrics``       Prometheus text format
 =====================  =====================================================================
@@ -27,7 +28,9 @@ the daemon refuses to start without one; a configured token is required on loopb
 Requests carry no body (at most 1 KiB is read); anything else is 404/405 with a JSON error.
 
 Under load: answers that read the inventory are built in the API's own thread, once per
-stored scan, never on the event loop (see :class:`ApiServer`); at most ``[api]
+stored scan, never on the event loop (see :class:`ApiServer`) — but the entitlement records of
+``/v1/coverage``, worked out there for each page and each whole answer as it is sent (at most
+:data:`STREAMS_MAX` whole answers at once, pages as ``/v1/events``); at most ``[api]
 max_connections`` connections are held, idle ones are closed after ``[api] header_timeout``
 seconds, and one more takes the place of the longest idle or is told ``503`` at once
 (:mod:`agent.apilimits`).
@@ -47,7 +50,7 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
@@ -150,6 +153,9 @@ LISTEN_BACKLOG = 128
 CHUNK = 256 * 1024
 #: Uncached reads (``/v1/events``) waiting for the API's reader at once; more are told 503.
 UNCACHED_MAX = 4
+#: Whole ``/v1/coverage`` answers being sent at once (each a pass over every entitlement
+#: record in the reader); more are told 503.
+STREAMS_MAX = 2
 #: ``/v1/inventory?limit=``: the default and the most units a page holds.
 PAGE_DEFAULT = 1000
 PAGE_MAX = 10_000
@@ -256,6 +262,8 @@ class ApiServer:
         self._reader: StoreThread | None = None
         #: Uncached calls waiting for the reader (``_in_reader``).
         self._uncached = 0
+        #: Whole ``/v1/coverage`` answers being sent (``STREAMS_MAX``).
+        self._streams = 0
         #: What was built, by key: (the scan it is as of, the settings and the day it was
         #: built with, it).
         #: Room summaries of 5,000 units are not rebuilt for every request: they change only
@@ -477,7 +485,10 @@ class ApiServer:
             await response.prepare(request)
             await response.write_eof()
             return response
-        response.enable_chunked_encoding()
+        if request.version >= HttpVersion11:
+            response.enable_chunked_encoding()
+        else:  # HTTP/1.0 (a proxy's default upstream) knows no chunks: the end is the close
+            response.force_close()
         try:
             await response.prepare(request)
             async for piece in pieces:
@@ -582,7 +593,13 @@ class ApiServer:
             except LookupError:
                 return _error(400, f"after={after!r}: no unit with this serial is listed")
             return await self._send(request, body)
-        return await self._stream(request, self._coverage_pieces(answer))
+        if self._streams >= STREAMS_MAX:
+            raise _Busy()
+        self._streams += 1
+        try:
+            return await self._stream(request, self._coverage_pieces(answer))
+        finally:
+            self._streams -= 1
 
     async def _coverage_pieces(self, answer: _Coverage) -> AsyncIterator[bytes]:
         """The whole of ``/v1/coverage``: the inventory's units' verdicts, then the records

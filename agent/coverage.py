@@ -674,6 +674,8 @@ class RowVerdicts:
         self.today = today
         self._evaluator = _Evaluator(self.records, catalog, today, expiring_days)
         self._by_shape: dict[Hashable, Verdict] = {}
+        #: Each shape's verdict as JSON but its serial (:meth:`texts`).
+        self._texts: dict[Hashable, bytes] = {}
         self._counts: dict[Status, int] | None = None
 
     def __len__(self) -> int:
@@ -716,8 +718,10 @@ class RowVerdicts:
 
     def texts(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[bytes]:
         """:meth:`verdicts` as compact JSON (:meth:`Verdict.to_dict`): the verdict of a shape
-        encoded once (of at most :data:`MAX_SHAPES` shapes), each record's serial put in."""
-        rests: dict[Hashable, bytes] = {}
+        encoded once and kept for every later call (of at most :data:`MAX_SHAPES` shapes),
+        each record's serial put in. (Not for two threads at once: the daemon's API thread
+        alone lists records.)"""
+        rests = self._texts
         by_shape = self._by_shape
         for key, serial, shape in self.records.shapes(start):
             if key in skip:

@@ -375,3 +375,43 @@ def test_coverage_streams_every_unit_and_its_pages_walk_them_once(tmp_path: Path
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_coverage_whole_to_http_1_0_and_a_bound_on_streams_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTP/1.0 client (a proxy's default upstream) gets the whole answer ended by the
+    close, not chunks; whole answers sent at once are bounded (503, Retry-After)."""
+    import socket
+
+    from agent.entitlements import load_entitlements
+    from agent.uploader.snapshot import SnapshotContext
+
+    store = stored(tmp_path, [bar("2313FD1N0001", "oslo-4-12")])
+    records = load_entitlements(_records_file(tmp_path, 3_000))
+    settings = Settings(tmp_path, snapshot=SnapshotContext(CATALOG, entitlements=records))
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, settings)) as (api, url):
+            host, port = api.where.rsplit(":", 1)
+
+            def http10() -> bytes:
+                with socket.create_connection((host, int(port)), timeout=10) as sock:
+                    sock.sendall(b"GET /v1/coverage HTTP/1.0\r\nHost: x\r\n\r\n")
+                    reply = b""
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                    return reply
+
+            reply = await asyncio.to_thread(http10)
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+            assert json.loads(body)["total"] == len(json.loads(body)["verdicts"]) == 3_001
+
+            monkeypatch.setattr(agent.api, "STREAMS_MAX", 0)
+            async with aiohttp.ClientSession() as session, session.get(url + "/v1/coverage") as busy:
+                assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+            assert (await get(url, "/v1/coverage?limit=5"))[0] == 200  # pages are not streams
+
+    asyncio.run(scenario())
+    store.close()

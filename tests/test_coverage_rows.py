@@ -177,8 +177,14 @@ def test_the_shape_memo_is_bounded_and_changes_no_verdict(monkeypatch: pytest.Mo
     ents = parse_entitlements("serial,purchase_date,country\n" + "\n".join(rows) + "\n")
     today = date(2026, 12, 2)
     book = RowVerdicts(ents, CATALOG, today)
-    assert as_dicts(book.verdicts()) == as_dicts(one_by_one(ents, today))
-    assert len(book._by_shape) == 5
+    expected = one_by_one(ents, today)
+    assert as_dicts(book.verdicts()) == as_dicts(expected)
+    assert book.counts() == {status: Counter(v.status for v in expected)[status] for status in Status}
+    assert [json.loads(t) for t in book.texts(7)] == [v.to_dict() for v in expected[7:]]
+    assert [json.loads(t) for t in book.texts(7)] == [v.to_dict() for v in expected[7:]]  # kept ones
+    listed = {s: replace(v, serial=s) for v, serials in book.groups() for s in serials}
+    assert as_dicts(listed[v.serial or ""] for v in expected) == as_dicts(expected)
+    assert len(book._by_shape) == len(book._texts) == 5
 
 
 def test_replaced_units_coverage_is_remembered_only_for_replaced_units() -> None:
