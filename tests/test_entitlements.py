@@ -398,17 +398,26 @@ def test_the_shipped_example_file_is_valid() -> None:
 
 _dates = st.dates(min_value=date(1980, 1, 1), max_value=date(2199, 12, 31))
 _text = st.text(st.characters(categories=["L", "N", "P", "S"], max_codepoint=0x2FF), min_size=1, max_size=20)
-_serials = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=4, max_size=14).filter(
+serial_texts = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=4, max_size=14).filter(
     lambda s: not is_placeholder_serial(s)
 )
 
 
 @st.composite
-def _records(draw: st.DrawFn) -> list[EntitlementRecord]:
-    serials = draw(st.lists(_serials, min_size=0, max_size=6, unique=True))
+def record_lists(
+    draw: st.DrawFn,
+    *,
+    max_size: int = 6,
+    texts: st.SearchStrategy[str] = _text,
+    countries: tuple[str, ...] = ("NO", "US", "JP"),
+    select_days: bool = True,
+) -> list[EntitlementRecord]:
+    """Records of distinct serials, every column drawn (``select_days``: the SELECT activation
+    and registration days too), as an import accepts them."""
+    serials = draw(st.lists(serial_texts, min_size=0, max_size=max_size, unique=True))
     out = []
     for serial in serials:
-        replaced = draw(st.none() | _serials)
+        replaced = draw(st.none() | serial_texts)
         if replaced == serial:
             replaced = None  # a unit cannot replace itself (refused on import)
         bought = draw(st.none() | _dates)
@@ -419,16 +428,16 @@ def _records(draw: st.DrawFn) -> list[EntitlementRecord]:
             EntitlementRecord(
                 serial=serial,
                 purchase_date=bought,
-                country=draw(st.none() | st.sampled_from(["NO", "US", "JP"])),
+                country=draw(st.none() | st.sampled_from(countries)),
                 customer=draw(st.sampled_from(list(Customer))),
                 extension_years=draw(st.none() | st.integers(0, 99)),
                 extension_purchased=draw(st.none() | _dates),
-                select_contract=draw(st.none() | _text),
+                select_contract=draw(st.none() | texts),
                 select_order_date=draw(st.none() | _dates),
-                select_activation_date=draw(st.none() | _dates),
+                select_activation_date=draw(st.none() | _dates) if select_days else None,
                 select_term_years=draw(st.none() | st.integers(0, 99)),
-                select_registered=draw(st.none() | _dates),
-                reseller_contract=draw(st.none() | _text),
+                select_registered=draw(st.none() | _dates) if select_days else None,
+                reseller_contract=draw(st.none() | texts),
                 reseller_until=until,
                 replaced_serial=replaced,
                 replacement_date=draw(_dates) if replaced else None,
@@ -459,7 +468,7 @@ def _to_csv(records: list[EntitlementRecord], delimiter: str, columns: list[str]
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    records=_records(),
+    records=record_lists(),
     delimiter=st.sampled_from([",", ";"]),
     bom=st.booleans(),
     order=st.permutations(COLUMNS),

@@ -33,7 +33,6 @@ import agent.csvtext
 from agent.csvtext import CsvFileError
 from agent.entitlements import (
     COLUMNS,
-    Customer,
     EntitlementRecord,
     Entitlements,
     load_entitlements,
@@ -54,7 +53,7 @@ from agent.roommap import (
     place,
     rule,
 )
-from agent.sanitize import is_placeholder_serial
+from tests.test_entitlements import record_lists, serial_texts
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
@@ -80,45 +79,9 @@ def row_by_row() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- entitlements
 
-_serials = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=4, max_size=14).filter(
-    lambda s: not is_placeholder_serial(s)
-)
-_dates = st.dates(min_value=date(1980, 1, 1), max_value=date(2199, 12, 31))
 _texts = st.sampled_from(["SEL-1", "SEL-2", "HEZO 77", "Ünïcode-9", "#5 board"]) | st.text(
     st.characters(categories=["L", "N", "P", "S"], max_codepoint=0x2FF), min_size=1, max_size=12
 )
-
-
-@st.composite
-def _records(draw: st.DrawFn) -> list[EntitlementRecord]:
-    serials = draw(st.lists(_serials, max_size=40, unique=True))
-    out = []
-    for serial in serials:
-        replaced = draw(st.none() | _serials.filter(lambda s, own=serial: s != own))
-        bought = draw(st.none() | _dates)
-        until = draw(st.none() | _dates)
-        if bought and until and until < bought:
-            until = bought
-        out.append(
-            EntitlementRecord(
-                serial=serial,
-                purchase_date=bought,
-                country=draw(st.none() | st.sampled_from(["NO", "GB", "JP"])),
-                customer=draw(st.sampled_from(list(Customer))),
-                extension_years=draw(st.none() | st.integers(0, 99)),
-                extension_purchased=draw(st.none() | _dates),
-                select_contract=draw(st.none() | _texts),
-                select_order_date=draw(st.none() | _dates),
-                select_activation_date=None,
-                select_term_years=draw(st.none() | st.integers(0, 99)),
-                select_registered=None,
-                reseller_contract=draw(st.none() | _texts),
-                reseller_until=until,
-                replaced_serial=replaced,
-                replacement_date=draw(_dates) if replaced else None,
-            )
-        )
-    return out
 
 
 def _cell(value: object) -> str:
@@ -145,7 +108,7 @@ def _reading(ents: Entitlements) -> list[tuple[str, EntitlementRecord, int | Non
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    records=_records(),
+    records=record_lists(max_size=40, texts=_texts, countries=("NO", "GB", "JP"), select_days=False),
     order=st.permutations(COLUMNS[1:]),
     delimiter=st.sampled_from([",", ";", "\t"]),
     chars=st.sampled_from([1, 40, 500, 256 * 1024]),
@@ -223,7 +186,7 @@ def _entitlement_files(draw: st.DrawFn) -> bytes:
     columns = ["serial", *draw(st.permutations(COLUMNS[1:]))[: draw(st.integers(0, 14))]]
     columns += [c for c in _NEEDS.get(fault, ()) if c not in columns]
     delimiter = draw(st.sampled_from([",", ";"]))
-    serials = draw(st.lists(_serials, min_size=1, max_size=30, unique=True))
+    serials = draw(st.lists(serial_texts, min_size=1, max_size=30, unique=True))
     faulty = draw(st.sets(st.integers(0, len(serials) - 1), min_size=1, max_size=3))
     lines = [delimiter.join(columns)]
     for i, serial in enumerate(serials):
