@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers_mqtt import PASSWORD, USER, Mosquitto
 from tests.shared import NOT_APPLICABLE, SHARED, SHARED_ENV, in_ci, missing, require_tool
+from tools.portal_standin import CertAuthority
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -82,3 +84,13 @@ def pytest_make_collect_report(
             report.outcome = "failed"
             report.longrepr = text
     return report
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto on loopback ports (tests/peers_mqtt.py): ``USER`` with ``PASSWORD``,
+    a TLS listener with a test CA of its own."""
+    with Mosquitto.start(
+        tmp_path / "broker", users={USER: PASSWORD}, tls=CertAuthority(tmp_path / "ca")
+    ) as b:
+        yield b

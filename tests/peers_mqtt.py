@@ -26,6 +26,8 @@ from tests.shared import require_tool
 from tools.portal_standin import CertAuthority
 
 LOOPBACK = "127.0.0.1"
+#: The user the test brokers (the ``broker`` fixture, tests/conftest.py) accept.
+USER, PASSWORD = "roomsync-agent", "s3cret-broker-pw"
 
 
 def require_mosquitto() -> tuple[str, str, str, str]:

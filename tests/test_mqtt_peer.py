@@ -7,23 +7,10 @@ the users but loses what the broker held (no persistence). Clients: ``mosquitto_
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.peers_mqtt import LOOPBACK, Mosquitto, require_mosquitto
+from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto, require_mosquitto
 from tools.portal_standin import CertAuthority
-
-USER, PASSWORD = "roomsync-agent", "s3cret-broker-pw"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto.start(
-        tmp_path / "broker", users={USER: PASSWORD}, tls=CertAuthority(tmp_path / "ca")
-    ) as b:
-        yield b
 
 
 def client(

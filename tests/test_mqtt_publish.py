@@ -11,25 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.uploader.mqtt import MqttError, MqttPublisher, MqttRefused, MqttTarget
-from tests.peers_mqtt import LOOPBACK, Mosquitto, require_mosquitto
+from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto, require_mosquitto
 from tools.portal_standin import CertAuthority
 
-USER, PASSWORD = "roomsync-agent", "s3cret-broker-pw"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    with Mosquitto.start(
-        tmp_path / "broker", users={USER: PASSWORD}, tls=CertAuthority(tmp_path / "ca")
-    ) as b:
-        yield b
 
 
 def target(broker: Mosquitto, *, tls: bool = False, ca: Path | None = None) -> MqttTarget:
