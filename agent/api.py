@@ -63,6 +63,7 @@ from agent.sanitize import normalize_serial
 from agent.secretfile import SecretFileError, read_secret
 from agent.store import StoreError
 from agent.storethread import StoreThread
+from agent.uploader import PORTAL
 
 if TYPE_CHECKING:
     from agent.catalog import Catalog
@@ -130,9 +131,20 @@ class DaemonView(Protocol):
     @property
     def outbox(self) -> Outbox | None: ...
     @property
+    def outboxes(self) -> Mapping[str, Outbox]:
+        """Every output's queue by output name (the portal's too)."""
+        ...
+
+    @property
     def push_failures(self) -> int: ...
     @property
     def delivery_problem(self) -> str | None: ...
+    def output_problems(self) -> Mapping[str, str | None]:
+        """What stopped each configured output's last delivery run (``None``: it emptied
+        its queue)."""
+        ...
+
+    def output_failures(self) -> Mapping[str, int]: ...
     def uptime(self) -> float: ...
     def ready_problems(self) -> list[str]: ...
     def problems(self) -> list[str]: ...
@@ -539,11 +551,33 @@ class ApiServer:
                     "problem": d.delivery_problem,
                     "push_failures": d.push_failures,
                 },
+                "outputs": self._outputs_status(),
                 # The API's own connections: open now; accepted, refused, evicted and timed
                 # out since the start (agent.apilimits).
                 "connections": {"open": self.gate.open, **asdict(self.gate.stats)},
             }
         )
+
+    def _outputs_status(self) -> dict[str, Any]:
+        """Per output: configured or not (a queue may outlive its section), its queue's stats
+        and state, what stopped its last run, its failed attempts since the start."""
+        d = self.daemon
+        problems, failures = d.output_problems(), d.output_failures()
+        shown: dict[str, Any] = {}
+        for name, outbox in d.outboxes.items():
+            if name not in problems and name != PORTAL:
+                continue  # an output no longer configured: roomsync outbox shows its queue
+            try:
+                stats: dict[str, Any] = outbox.stats().to_dict()
+            except StoreError as exc:
+                stats = {"error": str(exc)}
+            shown[name] = {
+                "configured": name in problems,
+                "problem": problems.get(name),
+                "failures": failures.get(name, 0),
+                "outbox": stats,
+            }
+        return shown
 
     async def inventory(self, request: web.Request) -> web.StreamResponse:
         if "limit" in request.query or "after" in request.query:
@@ -841,6 +875,12 @@ class DaemonCollector(Collector):
         yield GaugeMetricFamily("roomsync_ready", "1 when ready", value=0.0 if d.ready_problems() else 1.0)
         yield from self._store_metrics()
         yield CounterMetricFamily("roomsync_push_failures", "Failed delivery attempts", value=d.push_failures)
+        by_output = CounterMetricFamily(
+            "roomsync_output_failures", "Failed delivery attempts of each output", labels=["output"]
+        )
+        for name, count in d.output_failures().items():
+            by_output.add_metric([name], count)
+        yield by_output
         if self.gate is not None:
             yield GaugeMetricFamily(
                 "roomsync_api_connections", "Connections the local API holds", value=self.gate.open
@@ -862,28 +902,44 @@ class DaemonCollector(Collector):
     def _store_metrics(self) -> Iterator[Any]:
         d = self.daemon
         yield from self.store_families  # built off the loop; none without a store
-        if d.store is None or d.outbox is None:
+        if d.store is None or not d.outboxes:
             return
-        try:
-            stats = d.outbox.stats()
-        except StoreError:
-            return
-        depth = GaugeMetricFamily("roomsync_outbox_messages", "Messages in the outbox", labels=["state"])
-        depth.add_metric(["pending"], stats.pending)
-        depth.add_metric(["parked"], stats.parked)
-        yield depth
-        yield GaugeMetricFamily("roomsync_outbox_bytes", "Bytes queued in the outbox", value=stats.bytes)
-        yield GaugeMetricFamily(
-            "roomsync_outbox_events_waiting",
-            "Events not yet taken into a message",
-            value=stats.events_waiting,
+        every = {}
+        for name, outbox in d.outboxes.items():
+            try:
+                every[name] = outbox.stats()
+            except StoreError:
+                return
+        depth = GaugeMetricFamily(
+            "roomsync_outbox_messages", "Messages in an output's queue", labels=["output", "state"]
         )
-        yield CounterMetricFamily(
-            "roomsync_outbox_dropped_events", "Events the outbox bound dropped", value=stats.dropped_events
+        size = GaugeMetricFamily("roomsync_outbox_bytes", "Bytes queued for an output", labels=["output"])
+        waiting = GaugeMetricFamily(
+            "roomsync_outbox_events_waiting", "Events not yet taken into a message", labels=["output"]
         )
-        portal = GaugeMetricFamily(
-            "roomsync_portal_state", "1 for the portal's current state", labels=["state"]
+        dropped = CounterMetricFamily(
+            "roomsync_outbox_dropped_events", "Events the outbox bound dropped", labels=["output"]
         )
-        for state in ("unknown", "ok", "retrying", "unhealthy"):
-            portal.add_metric([state], 1.0 if stats.portal.state == state else 0.0)
-        yield portal
+        dropped_messages = CounterMetricFamily(
+            "roomsync_outbox_dropped_messages", "Messages the outbox bound dropped", labels=["output"]
+        )
+        states = GaugeMetricFamily(
+            "roomsync_output_state", "1 for each output's current state", labels=["output", "state"]
+        )
+        for name, stats in every.items():
+            depth.add_metric([name, "pending"], stats.pending)
+            depth.add_metric([name, "parked"], stats.parked)
+            size.add_metric([name], stats.bytes)
+            waiting.add_metric([name], stats.events_waiting)
+            dropped.add_metric([name], stats.dropped_events)
+            dropped_messages.add_metric([name], stats.dropped_messages)
+            for state in ("unknown", "ok", "retrying", "unhealthy"):
+                states.add_metric([name, state], 1.0 if stats.state.state == state else 0.0)
+        yield from (depth, size, waiting, dropped, dropped_messages, states)
+        if PORTAL in every:
+            portal = GaugeMetricFamily(
+                "roomsync_portal_state", "1 for the portal's current state", labels=["state"]
+            )
+            for state in ("unknown", "ok", "retrying", "unhealthy"):
+                portal.add_metric([state], 1.0 if every[PORTAL].state.state == state else 0.0)
+            yield portal

@@ -354,6 +354,135 @@ class PortalConfig(_Section):
         return self
 
 
+def _https_url(value: str | None, *, what: str) -> str | None:
+    """``https://`` (``http://`` only to a loopback address), no credentials in it."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.username or parts.password:
+        raise ValueError(f"no credentials in the URL: the {what} goes in its own setting")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ValueError("http:// is accepted only for a loopback address; use https://")
+    return value
+
+
+class _OutputConfig(_Section):
+    """What every output shares: retries and the bound of its queue."""
+
+    #: Seconds one delivery attempt may take (connecting included).
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    #: The longest wait between retries, seconds (exponential backoff with full jitter).
+    backoff_cap: Annotated[float, Field(ge=1, le=86400)] = 900.0
+    #: Everything is sent again at least this often, changed or not.
+    resend_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 24.0
+    #: This output's queue bound; past it its oldest queued events (GLPI: documents, sent
+    #: again at the next round) are dropped and counted.
+    outbox_max_mb: Annotated[float, Field(ge=1, le=100_000)] = 64.0
+
+
+class GlpiOutputConfig(_OutputConfig):
+    """GLPI's native inventory (docs/glpi.md): one document per unit, POSTed to the
+    server's inventory endpoint."""
+
+    #: The inventory endpoint: ``https://glpi.example.com/front/inventory.php`` (GLPI 11
+    #: also answers at ``/Inventory``); ``http://`` only to a loopback address.
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+[^\s?#]*$")]
+    #: A CA bundle (PEM) to verify the server with instead of the system's trust store.
+    ca_file: Path | None = None
+    #: A client certificate (PEM) for GLPI's "client certificate" check (mTLS); with
+    #: ``client_key``.
+    client_cert: Path | None = None
+    #: The private key of ``client_cert``.
+    client_key: Path | None = None
+    #: HTTP basic authentication (GLPI's inventory "Authorization header" setting), with
+    #: ``password_file``.
+    username: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^:\x00-\x1f\x7f]+$")] | None = (
+        None
+    )
+    #: The basic-auth password: a systemd credential name, else a file; read at the start of
+    #: every delivery run, never logged.
+    password_file: SecretFile | None = None
+    #: How bodies are compressed: ``zlib`` (``application/x-compress-zlib``, what
+    #: glpi-agent sends), ``gzip`` or ``none`` (plain JSON).
+    compression: Literal["zlib", "gzip", "none"] = "zlib"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _https_url(value, what="user and password") or value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> GlpiOutputConfig:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together (mTLS)")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together (HTTP basic authentication)")
+        return self
+
+
+class MqttOutputConfig(_OutputConfig):
+    """An MQTT broker (docs/mqtt.md): the inventory retained, events, the agent's status."""
+
+    #: ``mqtt://HOST[:1883]`` or ``mqtts://HOST[:8883]`` (TLS, always verified).
+    url: Annotated[str, Field(pattern=r"^mqtts?://[^\s/?#@]+/?$")]
+    #: The MQTT client id; ``roomsync-<agent_id>`` by default.
+    client_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")] | None = None
+    #: The user the broker knows the agent as; with ``password_file``.
+    username: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = (
+        None
+    )
+    #: The password (a systemd credential name, else a file); with ``username``.
+    password_file: SecretFile | None = None
+    #: A CA bundle (PEM) to verify an ``mqtts://`` broker with instead of the system's.
+    ca_file: Path | None = None
+    #: Topics start with this; ``roomsync/<agent_id>`` by default. No wildcards.
+    topic_prefix: (
+        Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^#+\x00-\x1f\x7f]+$")] | None
+    ) = None
+    #: Seconds between keep-alive pings; the broker says ``offline`` (the Last Will) after
+    #: about 1.5 times this without a word from the agent.
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
+    timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from agent.uploader.mqtt import MqttTarget
+
+        MqttTarget.of(value, "check")  # the same rules the publisher applies
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or value.endswith("/") or "//" in value):
+            raise ValueError("a topic prefix neither starts nor ends with '/' and has no empty level")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MqttOutputConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        if self.ca_file is not None and not self.url.startswith("mqtts://"):
+            raise ValueError("ca_file needs an mqtts:// URL")
+        return self
+
+
+class OutputsConfig(_Section):
+    """Where the inventory goes besides the portal (``[outputs.glpi]``, ``[outputs.mqtt]``);
+    each is delivered on its own: one failing never holds up another."""
+
+    glpi: GlpiOutputConfig | None = None
+    mqtt: MqttOutputConfig | None = None
+
+
 class ApiConfig(_Section):
     listen: str = "127.0.0.1:8765"
     token_file: SecretFile | None = None
@@ -439,6 +568,7 @@ class AgentConfig(_Section):
     log: LogConfig = LogConfig()
     sources: SourcesConfig = SourcesConfig()
     portal: PortalConfig = PortalConfig()
+    outputs: OutputsConfig = OutputsConfig()
     api: ApiConfig = ApiConfig()
     select: SelectConfig = SelectConfig()
     store: StoreConfig = StoreConfig()

@@ -18,9 +18,12 @@ Shape
   socket and works on a captured sysfs tree as on ``/sys``.
 * **mDNS** is browsed for ``timeout`` seconds every ``interval`` (default 60 s), not held
   open: a bar that appears is seen within a minute, and nothing lingers between browses.
-* **Delivery** (when a portal is configured): :class:`agent.uploader.delivery.Delivery` until
-  the outbox is empty; paused by a 401/403 until the token file changes, the backoff cap
-  passes, or a reload.
+* **Delivery**: one task per configured output (the portal, ``[outputs.glpi]``,
+  ``[outputs.mqtt]``), each :class:`agent.uploader.delivery.Delivery` over its own queue until
+  it is empty; paused (a refused token or password, unusable settings) until its secret file
+  changes, the backoff cap passes, or a reload. One output down never holds up another.
+  The MQTT connection is kept between runs (the broker's Last Will says ``offline`` if the
+  agent vanishes); it says ``offline`` itself when the daemon stops.
 * **Supervisor**: ``WATCHDOG=1`` each second (at most half ``WATCHDOG_USEC``), sent by the loop
   itself, so only while the loop turns and every task is alive (a stuck loop is killed);
   ``STATUS=`` one line; the daily snapshot check.
@@ -64,8 +67,10 @@ from agent.scan import run_scan
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.store import Retention, ScanRecord, Store, StoreError
 from agent.storethread import StoreThread
-from agent.uploader.delivery import Delivery, PortalError, PortalSettings
+from agent.uploader import PORTAL
+from agent.uploader.delivery import Delivery, OutputError, PortalSettings, Transport
 from agent.uploader.outbox import Outbox
+from agent.uploader.outputs import Output, PortalOutput, make_outbox
 from agent.uploader.snapshot import SnapshotContext, queue_snapshot
 
 __all__ = ["Daemon", "DaemonSettings", "SourcePlan", "SourceStatus", "run_until_stopped"]
@@ -174,10 +179,34 @@ class DaemonSettings:
     retention: Retention = field(default_factory=Retention)
     outbox_max_bytes: int = 64 * 1024 * 1024
     snapshot_interval: timedelta = timedelta(hours=24)
+    #: The outputs besides the portal (``[outputs.glpi]``, ``[outputs.mqtt]``).
+    outputs: tuple[Output, ...] = ()
 
     @property
     def rooms(self) -> list[Room]:
         return known_rooms(self.room, self.room_map)
+
+    def all_outputs(self) -> list[Output]:
+        """Every output delivered to: the portal (when configured) first."""
+        found: list[Output] = []
+        if self.portal is not None:
+            found.append(PortalOutput(self.portal, self.outbox_max_bytes, self.snapshot_interval))
+        return [*found, *self.outputs]
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One output's delivery: its task's events, its transport kept between runs (MQTT's
+    connection), what its last run said."""
+
+    output: Output
+    restart: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    transport: Transport | None = None
+    problem: str | None = None
+    failures: int = 0
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True)
@@ -251,7 +280,10 @@ class Daemon:
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)
         self.store: Store | None = None
+        #: The portal's queue (the others are in :attr:`outboxes`, the portal's too).
         self.outbox: Outbox | None = None
+        self.outboxes: dict[str, Outbox] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._writer: StoreThread | None = None
         #: What the last snapshot built after a scan was built from: the snapshot context (a
         #: reload makes a new one), the UTC day (coverage verdicts change at midnight) and, by
@@ -263,12 +295,10 @@ class Daemon:
         self._snapshot_lock = threading.Lock()
         self.store_error: str | None = "not opened yet"
         self.sources: dict[str, SourceStatus] = {}
-        self.push_failures = 0
-        self.delivery_problem: str | None = None
+        #: Settings of an output that could not be used (counted in push failures).
+        self._settings_failures = 0
         self.first_scan_done = False
         self._stop = asyncio.Event()
-        self._restart_delivery = asyncio.Event()
-        self._wake_delivery = asyncio.Event()
         self._triggers: dict[str, asyncio.Event] = {}
         self._source_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -313,7 +343,7 @@ class Daemon:
                 self._close_store()
                 return 2 if exc.usage else 1
             self._start_sources()
-            self._tasks.append(asyncio.create_task(self._delivery_loop(), name="delivery"))
+            self._start_lanes()
             self._tasks.append(asyncio.create_task(self._supervise(), name="supervisor"))
             self._tasks.append(asyncio.create_task(self._watch_usb(), name="hotplug"))
         self.notifier.ready(self.status_line())
@@ -332,7 +362,8 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
-        self._restart_delivery.set()
+        for lane in self._lanes.values():
+            lane.restart.set()
 
     async def _shutdown(self) -> None:
         tasks = [*self._source_tasks.values(), *self._tasks]
@@ -340,6 +371,8 @@ class Daemon:
             task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_GRACE_S)
+        with contextlib.suppress(TimeoutError):  # MQTT says offline itself
+            await asyncio.wait_for(self._close_lanes(list(self._lanes.values())), STOP_GRACE_S)
         if self._api is not None:
             await self._api.stop()
         self._close_store()
@@ -394,25 +427,36 @@ class Daemon:
         self.settings = fresh
         self._reloads += 1
         if self.store is not None:
-            self.outbox = self._make_outbox(self.store)
+            self._make_outboxes(self.store)
         self._start_sources()
-        self._restart_delivery.set()
-        self._wake_delivery.set()
-        log.info("daemon.reloaded", sources=[p.name for p in fresh.plans], portal=self._portal_host())
+        await self._restart_lanes()
+        log.info(
+            "daemon.reloaded",
+            sources=[p.name for p in fresh.plans],
+            portal=self._portal_host(),
+            outputs=[o.name for o in fresh.all_outputs()],
+        )
         self.notifier.ready(self.status_line())
         return True
 
     # ------------------------------------------------------------------ store
 
-    def _make_outbox(self, store: Store) -> Outbox:
-        return Outbox(
-            store,
-            agent_id=self.settings.agent_id,
-            version=__version__,
-            hostname=os.uname().nodename,
-            max_bytes=self.settings.outbox_max_bytes,
-            snapshot_interval=self.settings.snapshot_interval,
+    def _make_outbox(self, store: Store, output: Output | None = None) -> Outbox:
+        """The queue of ``output`` (the portal's when ``None``, configured or not: scans
+        queue its snapshot either way, as they always did)."""
+        if output is None:
+            output = PortalOutput(
+                PortalSettings("", Path()), self.settings.outbox_max_bytes, self.settings.snapshot_interval
+            )
+        return make_outbox(
+            store, output, agent_id=self.settings.agent_id, version=__version__, hostname=os.uname().nodename
         )
+
+    def _make_outboxes(self, store: Store) -> None:
+        self.outbox = self._make_outbox(store)
+        self.outboxes = {PORTAL: self.outbox}
+        for output in self.settings.outputs:
+            self.outboxes[output.name] = self._make_outbox(store, output)
 
     def _open_store(self) -> bool:
         try:
@@ -422,7 +466,7 @@ class Daemon:
             log.error("store.unavailable", error=str(exc))
             return False
         try:
-            self.outbox = self._make_outbox(store)
+            self._make_outboxes(store)
         except StoreError as exc:
             store.close()
             self.store_error = str(exc)
@@ -438,6 +482,7 @@ class Daemon:
         if self.store is not None:
             self.store.close()
             self.store = self.outbox = None
+            self.outboxes = {}
 
     # ------------------------------------------------------------------ sources
 
@@ -557,13 +602,22 @@ class Daemon:
         )
         if same and not record.changed:
             return False
-        try:
-            with self._snapshot_lock:
-                queued = queue_snapshot(self._make_outbox(store), store, context, now)
-        except Exception as exc:  # the scan is stored: a snapshot that failed is owed, nothing more
+        queued = failed = False
+        for output in [None, *self.settings.outputs]:
+            try:
+                with self._snapshot_lock:
+                    queued |= self._queue_into(self._make_outbox(store, output), output, store, context, now)
+            except Exception as exc:  # the scan is stored: a snapshot that failed is owed, nothing more
+                failed = True
+                log.error(
+                    "snapshot.queue.failed",
+                    source=name,
+                    output=output.name if output else PORTAL,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        if failed:
             self._snapshot_basis = None
-            log.error("snapshot.queue.failed", source=name, error=f"{type(exc).__name__}: {exc}")
-            return False
+            return queued
         seen = dict(basis[2]) if basis is not None and basis[0] is context else {}
         seen[name] = unseen
         self._snapshot_basis = (context, utc_today(now), seen)
@@ -588,7 +642,8 @@ class Daemon:
             self._api.adopt(inventory, record.scan_id)
         self.store_error = None
         if record.events or queued:
-            self._wake_delivery.set()
+            for lane in self._lanes.values():
+                lane.wake.set()
         for event in record.events:
             log.info(
                 "inventory.event",
@@ -598,11 +653,34 @@ class Daemon:
                 room=event.room,
             )
 
+    @staticmethod
+    def _queue_into(
+        outbox: Outbox,
+        output: Output | None,
+        store: Store,
+        context: SnapshotContext,
+        now: datetime,
+        *,
+        force: bool = False,
+    ) -> bool:
+        if output is None:
+            return queue_snapshot(outbox, store, context, now, force=force)
+        return output.queue(outbox, store, context, now, force=force)
+
+    def _queue_output(self, output: Output, now: datetime, *, force: bool = False) -> bool:
+        """On the loop: queue what ``output`` gets of the store now (due, or after an outage)."""
+        outbox = self.outboxes.get(output.name)
+        if outbox is None or self.store is None or self.settings.snapshot is None:
+            return False
+        with self._snapshot_lock:
+            return self._queue_into(outbox, output, self.store, self.settings.snapshot, now, force=force)
+
     def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
+        """The portal's snapshot (queued whether or not a portal is configured)."""
         if self.outbox is None or self.store is None or self.settings.snapshot is None:
             return False
         with self._snapshot_lock:
-            return queue_snapshot(self.outbox, self.store, self.settings.snapshot, now, force=force)
+            return self._queue_into(self.outbox, None, self.store, self.settings.snapshot, now, force=force)
 
     def _hotplug_root(self) -> Path | None:
         """The sysfs tree to watch: the USB source's, while USB is scheduled."""
@@ -632,60 +710,134 @@ class Daemon:
     def _portal_host(self) -> str | None:
         return self.settings.portal.host if self.settings.portal else None
 
-    async def _delivery_loop(self) -> None:
-        while not self._stop.is_set():
-            self._restart_delivery.clear()
-            portal = self.settings.portal
-            paused = False
-            if portal is not None and self.outbox is not None:
-                paused = await self._deliver(portal, self.outbox)
-            wait = portal.backoff_cap if paused and portal else DELIVERY_IDLE_S
-            await self._wait_for_work(wait, watch=portal.token_file if paused and portal else None)
+    @property
+    def push_failures(self) -> int:
+        """Attempts of every output that did not deliver, and settings that could not be used."""
+        return self._settings_failures + sum(lane.failures for lane in self._lanes.values())
 
-    async def _deliver(self, portal: PortalSettings, outbox: Outbox) -> bool:
+    def output_failures(self) -> dict[str, int]:
+        return {name: lane.failures for name, lane in self._lanes.items()}
+
+    @property
+    def delivery_problem(self) -> str | None:
+        """What stopped the portal's last delivery run (``None``: it emptied its queue)."""
+        lane = self._lanes.get(PORTAL)
+        return lane.problem if lane is not None else None
+
+    def output_problems(self) -> dict[str, str | None]:
+        return {name: lane.problem for name, lane in self._lanes.items()}
+
+    def _start_lanes(self) -> None:
+        for output in self.settings.all_outputs():
+            lane = _Lane(output)
+            lane.task = asyncio.create_task(self._delivery_loop(lane), name=f"delivery-{output.name}")
+            self._lanes[output.name] = lane
+
+    async def _restart_lanes(self) -> None:
+        """After a reload: each output's loop goes on with its new settings; an output
+        removed stops (MQTT says goodbye), one added starts."""
+        fresh = {output.name: output for output in self.settings.all_outputs()}
+        gone = [lane for name, lane in self._lanes.items() if name not in fresh]
+        for lane in gone:
+            lane.closed = True
+            lane.restart.set()
+            del self._lanes[lane.output.name]
+        for name, output in fresh.items():
+            kept = self._lanes.get(name)
+            if kept is None:
+                added = _Lane(output)
+                added.task = asyncio.create_task(self._delivery_loop(added), name=f"delivery-{name}")
+                self._lanes[name] = added
+            else:
+                kept.output = output
+                kept.restart.set()
+                kept.wake.set()
+        await asyncio.gather(*(lane.task for lane in gone if lane.task is not None), return_exceptions=True)
+
+    async def _close_lanes(self, lanes: list[_Lane]) -> None:
+        for lane in lanes:
+            await self._drop_transport(lane)
+
+    async def _drop_transport(self, lane: _Lane) -> None:
+        transport, lane.transport = lane.transport, None
+        shutdown = getattr(transport, "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(Exception):
+                await shutdown()
+
+    async def _delivery_loop(self, lane: _Lane) -> None:
+        try:
+            while not self._stop.is_set() and not lane.closed:
+                lane.restart.clear()
+                output = lane.output
+                outbox = self.outboxes.get(output.name)
+                paused = await self._deliver(lane, output, outbox) if outbox is not None else False
+                wait = output.backoff_cap if paused else DELIVERY_IDLE_S
+                await self._wait_for_work(lane, wait, watch=output.watch if paused else None)
+        finally:
+            if lane.closed:
+                await self._drop_transport(lane)
+
+    def _transport(self, lane: _Lane, output: Output, outbox: Outbox) -> Transport:
+        """The lane's transport: kept between runs while its settings stay (MQTT's
+        connection), made afresh when they changed."""
+        if lane.transport is not None:
+            return lane.transport
+        transport = output.transport(outbox.agent, user_agent=f"roomsync/{__version__}", persistent=True)
+        if hasattr(transport, "shutdown"):
+            lane.transport = transport
+        return transport
+
+    async def _deliver(self, lane: _Lane, output: Output, outbox: Outbox) -> bool:
         """Deliver until empty; True when delivery paused (token refused, bad settings)."""
+        name = output.name
         try:
             now = datetime.now(UTC)
             if outbox.snapshot_due(now):
-                self._queue_snapshot(now)
+                self._queue_output(output, now)
+            if lane.transport is not None and getattr(lane.transport, "settings", None) is not output:
+                await self._drop_transport(lane)  # a reload changed the settings
             delivery = Delivery(
                 outbox,
-                portal,
-                user_agent=f"roomsync/{__version__}",
-                snapshot=lambda: self._queue_snapshot(datetime.now(UTC), force=True),
+                self._transport(lane, output, outbox),
+                snapshot=lambda: self._queue_output(output, datetime.now(UTC), force=True),
             )
-            result = await delivery.run(stop=self._restart_delivery)
-        except PortalError as exc:
-            self.delivery_problem = str(exc)
-            self.push_failures += 1
-            log.error("portal.settings.unusable", error=str(exc))
+            result = await delivery.run(stop=lane.restart)
+        except OutputError as exc:
+            lane.problem = str(exc)
+            self._settings_failures += 1
+            log.error(f"{name}.settings.unusable", output=name, error=str(exc))
             with contextlib.suppress(StoreError):
-                outbox.set_portal_state("unhealthy", str(exc), datetime.now(UTC))
+                outbox.set_state("unhealthy", str(exc), datetime.now(UTC))
             return True
         except StoreError as exc:
             self.store_error = str(exc)
             return False
-        self.push_failures += sum(1 for a in result.attempts if a.outcome != "delivered")
-        self.delivery_problem = result.last_problem if result.stopped_because != "empty" else None
+        lane.failures += sum(1 for a in result.attempts if a.outcome != "delivered")
+        lane.problem = result.last_problem if result.stopped_because != "empty" else None
         return result.stopped_because == "paused"
 
-    async def _wait_for_work(self, seconds: float, watch: Path | None) -> None:
+    async def _wait_for_work(self, lane: _Lane, seconds: float, watch: Path | None) -> None:
         """Until woken (new work, reload, stop), ``seconds`` pass, or ``watch`` changes."""
         stamp = _mtime(watch)
         deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and not self._restart_delivery.is_set():
+        while not self._stop.is_set() and not lane.restart.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if watch is None and self._wake_delivery.is_set():
-                self._wake_delivery.clear()
+            if watch is None and lane.wake.is_set():
+                lane.wake.clear()
                 return
-            # Paused: look at the token file each second; else sleep until woken.
-            event = self._wake_delivery if watch is None else self._restart_delivery
+            # Paused: look at the secret file each second; else sleep until woken.
+            event = lane.wake if watch is None else lane.restart
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(remaining, 1.0) if watch is not None else remaining)
             if watch is not None and _mtime(watch) != stamp:
-                log.info("portal.token.changed")
+                log.info(
+                    f"{lane.output.name}.secret.changed"
+                    if lane.output.name != PORTAL
+                    else "portal.token.changed"
+                )
                 return
 
     # ------------------------------------------------------------------ supervision
@@ -711,9 +863,10 @@ class Daemon:
             await asyncio.sleep(tick)
 
     def healthy_tasks(self) -> bool:
-        """Every task alive (a source loop, the delivery or the watcher that ended has failed
+        """Every task alive (a source loop, a delivery or the watcher that ended has failed
         past its own isolation)."""
-        return all(not t.done() for t in [*self._source_tasks.values(), *self._tasks])
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        return all(not t.done() for t in [*self._source_tasks.values(), *self._tasks, *lanes])
 
     # ------------------------------------------------------------------ what the API reads
 
@@ -742,22 +895,21 @@ class Daemon:
                     f"source {name}: {status.errors} error(s) in the last run: "
                     f"{status.last_error or 'see the log'}"
                 )
-        if self.outbox is not None:
+        for name, outbox in self.outboxes.items():
+            configured = name in self._lanes
             try:
-                stats = self.outbox.stats()
+                stats = outbox.stats()
             except StoreError as exc:
                 found.append(f"outbox: {exc}")
-            else:
-                if stats.portal.state in ("unhealthy", "retrying") and self.settings.portal is not None:
-                    found.append(f"portal {stats.portal.state}: {stats.portal.reason or 'see the log'}")
-                if stats.parked:
-                    found.append(f"outbox: {stats.parked} message(s) parked (refused by the portal)")
-        if (
-            self.delivery_problem
-            and self.settings.portal is not None
-            and not any(f.startswith("portal ") for f in found)
-        ):
-            found.append(f"portal: {self.delivery_problem}")
+                break
+            if stats.state.state in ("unhealthy", "retrying") and configured:
+                found.append(f"{name} {stats.state.state}: {stats.state.reason or 'see the log'}")
+            if stats.parked:
+                whose = "" if name == PORTAL else f" for {name}"
+                found.append(f"outbox: {stats.parked} message(s){whose} parked (refused by the {name})")
+        for name, lane in self._lanes.items():
+            if lane.problem and not any(f.startswith(f"{name} ") for f in found):
+                found.append(f"{name}: {lane.problem}")
         if not self.healthy_tasks():
             found.append("a daemon task ended unexpectedly (see the log)")
         return found

@@ -108,6 +108,7 @@ def build_daemon_settings(
     from agent.daemon import DaemonSettings, SourcePlan
     from agent.inventory import known_rooms
     from agent.store import Retention
+    from agent.uploader.outputs import configured_outputs
 
     def configured(name: str) -> SourceConfig:
         section: SourceConfig = getattr(cfg.sources, name)
@@ -172,4 +173,5 @@ def build_daemon_settings(
         retention=Retention.from_config(store),
         outbox_max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
         snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
+        outputs=tuple(o for o in configured_outputs(cfg, None)),
     )

@@ -43,6 +43,13 @@ is a new entry of :data:`MIGRATIONS`):
   unit written whole drops its rows (its ``data`` holds the times). ``meta.history_bytes``:
   the size of the history's ``data``, kept as rows come and go (``history_max_mb``).
 
+* v6 one outbox queue per output (``outbox.output``: ``portal``, ``glpi``, ``mqtt``; the
+  messages queued before it are the portal's), sequences unique per output, and
+  ``outbox.item``: what a state message is of (the unit a GLPI document describes: a newer
+  one replaces it). ``output_items``: per output and item, the digest of the document last
+  queued, so that only what changed is sent again. The outputs' cursors and states are
+  ``meta`` keys suffixed ``:<output>`` (the portal's keep their v3 names).
+
 Writes follow change: a unit is rewritten (device, sightings, history) only when its facts
 changed; rooms only when they changed; an unchanged re-scan costs a scan row, the ``seen``
 upsert and the pruning checks — a handful of statements whatever the size of the site.
@@ -203,6 +210,43 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     INSERT OR REPLACE INTO meta (key, value)
         SELECT 'history_bytes', COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM history;
+    """,
+    """
+    CREATE TABLE outbox_by_output (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order (within an output)
+        output       TEXT NOT NULL DEFAULT 'portal',  -- portal | glpi | mqtt: one queue each
+        kind         TEXT NOT NULL,                   -- inventory | events | glpi
+        item         TEXT,                            -- what a state message is of (a GLPI document's unit)
+        key          TEXT NOT NULL UNIQUE,            -- Idempotency-Key
+        sequence     INTEGER NOT NULL,                -- per output
+        created_at   TEXT NOT NULL,
+        body         BLOB NOT NULL,
+        size         INTEGER NOT NULL,
+        events       INTEGER NOT NULL,
+        first_event  INTEGER,
+        last_event   INTEGER,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_attempt TEXT,
+        last_status  INTEGER,
+        last_error   TEXT,
+        UNIQUE (output, sequence)
+    );
+    INSERT INTO outbox_by_output (id, output, kind, key, sequence, created_at, body, size, events,
+        first_event, last_event, state, attempts, last_attempt, last_status, last_error)
+        SELECT id, 'portal', kind, key, sequence, created_at, body, size, events, first_event,
+            last_event, state, attempts, last_attempt, last_status, last_error FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_by_output RENAME TO outbox;
+    CREATE INDEX outbox_state ON outbox(output, state, id);
+    CREATE INDEX outbox_item ON outbox(output, item) WHERE item IS NOT NULL;
+    CREATE TABLE output_items (
+        output    TEXT NOT NULL,
+        item      TEXT NOT NULL,                      -- a GLPI document's unit (its identity)
+        digest    TEXT NOT NULL,                      -- SHA-256 of the document last queued
+        queued_at TEXT NOT NULL,
+        PRIMARY KEY (output, item)
+    ) WITHOUT ROWID;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -844,14 +888,15 @@ class Store:
 
     @staticmethod
     def _prune_events(db: sqlite3.Connection, retention: Retention, now: datetime) -> None:
-        """Drop events older than ``events_days`` that the outbox has taken (at or below its
-        cursor) and that no queued message still carries; one statement."""
+        """Drop events older than ``events_days`` that every output's queue has taken (at or
+        below the lowest cursor) and that no queued message still carries; one statement."""
         if retention.events_days is None:
             return
         cutoff = utc_text(as_utc(now) - timedelta(days=retention.events_days))
         db.execute(
             "DELETE FROM events WHERE at < ? AND seq <= min("
-            "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'events_cursor'), 0), "
+            "COALESCE((SELECT MIN(CAST(value AS INTEGER)) FROM meta "
+            "WHERE key = 'events_cursor' OR key LIKE 'events\\_cursor:%' ESCAPE '\\'), 0), "
             "COALESCE((SELECT MIN(first_event) - 1 FROM outbox WHERE events > 0), 9223372036854775807))",
             (cutoff,),
         )

@@ -186,7 +186,7 @@ STEPS = (
     ("agent.store:Store", "record_scan", "store-scan"),  # the scan, its events: one transaction
     ("agent.uploader.outbox:Outbox", "queue_snapshot", "queue-snapshot"),
     ("agent.uploader.outbox:Outbox", "begin_attempt", "count-attempt"),
-    ("agent.uploader.delivery:Delivery", "_send", "post"),  # the POST, until the reply is read
+    ("agent.uploader.delivery:PortalTransport", "_send", "post"),  # the POST, until the reply is read
     ("agent.uploader.outbox:Outbox", "delivered", "mark-delivered"),
 )
 #: Every point a directed kill stops the loop at: each step's edges, and the loop's own.
@@ -204,7 +204,7 @@ KILL_POINTS = (
 
 
 def _marked(phases: _Phases, original: Callable[..., Any], phase: str) -> Callable[..., Any]:
-    if inspect.iscoroutinefunction(original):  # Delivery._send(self, session, token, message)
+    if inspect.iscoroutinefunction(original):  # PortalTransport._send(self, session, token, message)
 
         async def marked_async(*args: Any, **kwargs: Any) -> Any:
             name = f"{phase}-{args[3].kind}"

@@ -69,6 +69,16 @@ class Daemon:
     push_failures: int = 0
     delivery_problem: str | None = None
 
+    @property
+    def outboxes(self) -> dict[str, Any]:
+        return {} if self.outbox is None else {"portal": self.outbox}
+
+    def output_problems(self) -> dict[str, str | None]:
+        return {}
+
+    def output_failures(self) -> dict[str, int]:
+        return {}
+
     def uptime(self) -> float:
         return 1.0
 

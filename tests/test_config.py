@@ -480,6 +480,12 @@ PATH_KEYS = {
     "portal.ca_file": "path",
     "portal.client_cert": "path",
     "portal.client_key": "path",
+    "outputs.glpi.ca_file": "path",
+    "outputs.glpi.client_cert": "path",
+    "outputs.glpi.client_key": "path",
+    "outputs.glpi.password_file": "secret",
+    "outputs.mqtt.password_file": "secret",
+    "outputs.mqtt.ca_file": "path",
     "api.token_file": "secret",
     "coverage.entitlements": "path",
 }
@@ -502,6 +508,10 @@ def test_every_path_key_written_in_the_file_is_resolved(
 
     data: dict = {
         "sources": {"snmp": {"v3": {"user": "u"}}, "ssh": {"hosts": [{"host": "pc", "user": "u"}]}},
+        "outputs": {
+            "glpi": {"url": "https://glpi.example.com/front/inventory.php", "username": "u"},
+            "mqtt": {"url": "mqtts://broker.example.com", "username": "u"},
+        },
     }
     for dotted, _kind in path_keys():
         *tables, key = dotted.split(".")
@@ -524,3 +534,42 @@ def test_every_path_key_written_in_the_file_is_resolved(
         name = dotted.rsplit(".", 1)[-1].replace("_", "-")
         where = Path(env["CREDENTIALS_DIRECTORY"]) if kind == "secret" else path.parent
         assert value == where / name, dotted
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[outputs.glpi]\nurl = "http://glpi.example.com/"', "only for a loopback address"),
+        ('[outputs.glpi]\nurl = "https://u:p@glpi.example.com/"', "no credentials in the URL"),
+        ('[outputs.glpi]\nurl = "https://g.example.com/"\nusername = "u"', "username and password_file go"),
+        ('[outputs.glpi]\nurl = "https://g.example.com/"\nclient_cert = "c.pem"', "client_cert and client_"),
+        ('[outputs.glpi]\nurl = "https://g.example.com/"\ncompression = "br"', "outputs.glpi.compression"),
+        ("[outputs.glpi]\ntimeout = 5", "outputs.glpi.url: required key is missing"),
+        ('[outputs.mqtt]\nurl = "http://broker"', "outputs.mqtt.url"),
+        ('[outputs.mqtt]\nurl = "mqtt://broker:99999"', "outputs.mqtt.url"),
+        ('[outputs.mqtt]\nurl = "mqtt://broker"\nca_file = "ca.pem"', "ca_file needs an mqtts:// URL"),
+        ('[outputs.mqtt]\nurl = "mqtt://broker"\ntopic_prefix = "site/#"', "outputs.mqtt.topic_prefix"),
+        ('[outputs.mqtt]\nurl = "mqtt://broker"\ntopic_prefix = "site/"', "neither starts nor ends with '/'"),
+        ('[outputs.mqtt]\nurl = "mqtt://broker"\npassword_file = "pw"', "username and password_file go"),
+        ('[outputs.smtp]\nurl = "smtp://mail"', "outputs.smtp"),
+    ],
+)
+def test_an_unusable_output_section_is_refused_with_its_key(
+    tmp_path: Path, section: str, expected: str
+) -> None:
+    assert expected in "\n".join(problems(write(tmp_path, section + "\n")))
+
+
+def test_the_outputs_sections_load_with_their_defaults(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            '[outputs.glpi]\nurl = "https://glpi.example.com/front/inventory.php"\n'
+            '[outputs.mqtt]\nurl = "mqtts://broker.example.com"\nca_file = "ca.pem"\n',
+        ),
+        environ={},
+    ).config
+    assert cfg.outputs.glpi is not None and cfg.outputs.glpi.compression == "zlib"
+    assert cfg.outputs.glpi.resend_hours == 24.0 and cfg.outputs.glpi.outbox_max_mb == 64.0
+    assert cfg.outputs.mqtt is not None and cfg.outputs.mqtt.ca_file == tmp_path / "ca.pem"
+    assert cfg.outputs.mqtt.topic_prefix is None and cfg.outputs.mqtt.keepalive == 60

@@ -292,7 +292,9 @@ def test_metrics_parse_as_prometheus_text(site: Site, site_daemon: RunningDaemon
     assert value("roomsync_ready") == 1.0
     assert value("roomsync_portal_state", state="ok") == 1.0
     assert value("roomsync_portal_state", state="unhealthy") == 0.0
-    assert value("roomsync_outbox_messages", state="parked") == 0.0
+    assert value("roomsync_outbox_messages", output="portal", state="parked") == 0.0
+    assert value("roomsync_output_state", output="portal", state="ok") == 1.0
+    assert value("roomsync_output_failures", output="portal") >= 0
     rally = [s for s in families["roomsync_devices"].samples if s.labels.get("product") == "Rally Bar"]
     assert sum(s.value for s in rally) >= 1
     [failures] = families["roomsync_push_failures"].samples

@@ -307,16 +307,21 @@ def _room_pc() -> list[Observation]:
     return [pc, meetup]
 
 
-def site() -> list[Device]:
-    """A site's inventory as the store would hold it after one scan of every source."""
+def site_readings() -> list[Device]:
+    """What one scan of every source of a site reads (before units are grouped: what the
+    store records)."""
     scribe = _usb("1-4", "Scribe", pid=0x08E2, serial="2231SCR0A7B9", firmware="1.08")
     scribe.note("peripheral-missing", "1 of 1 expected Scribe button missing", Severity.WARNING)
     # A webcam's chip serial is not the label's, and a unit may tell no serial or firmware at all.
     brio = _usb("1-6", "Brio", pid=0x085E, serial="9C7A2B10", label_grade=False, firmware="3.17")
     ptz = _usb("1-7", "PTZ Pro 2", pid=0x085F)
     observations = [_recorded_bar(), scribe, brio, ptz, *_collabos_bar(), *_snmp(), *_mdns(), *_room_pc()]
-    readings = devices_from_observations(observations, Room("oslo-4-12"), CATALOG)
-    return units_from_readings(readings, CATALOG)
+    return devices_from_observations(observations, Room("oslo-4-12"), CATALOG)
+
+
+def site() -> list[Device]:
+    """A site's inventory as the store would hold it after one scan of every source."""
+    return units_from_readings(site_readings(), CATALOG)
 
 
 def entitlements(devices: list[Device]) -> dict[str, EntitlementRecord]:

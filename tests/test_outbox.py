@@ -475,7 +475,7 @@ def test_a_v2_database_migrates_and_its_events_are_delivered(tmp_path: Path):
     token = tmp_path / "token"
     token.write_text("v2-token\n")
     with Store.open(tmp_path) as store, PortalStandIn("v2-token") as portal:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         outbox = Outbox(store)
         assert outbox.stats().events_waiting == 2  # cursor 0: everything v2 stored is still to send
         delivery = Delivery(outbox, PortalSettings(portal.url, token, timeout=5, backoff_cap=0.1))

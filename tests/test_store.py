@@ -269,7 +269,7 @@ def test_a_v1_database_migrates_to_the_latest_and_keeps_its_data(tmp_path: Path)
     original = bar(T0)
     write_v1_database(tmp_path, original, T0)
     with Store.open(tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         # The unit keeps the identity v1 stored it under (now said to be its record's).
         [device] = store.devices()
         assert device.assigned_identity == original.identity
@@ -772,7 +772,7 @@ def test_read_only_creates_nothing_and_migrates_nothing(tmp_path: Path):
     write_v1_database(tmp_path, bar(T0), T0)
     database = (tmp_path / DB_NAME).read_bytes()
     with pytest.raises(
-        StoreError, match=r"has schema 1, older than this roomsync's \(5\).*restart the daemon"
+        StoreError, match=r"has schema 1, older than this roomsync's \(6\).*restart the daemon"
     ):
         Store.open(tmp_path, read_only=True)
     assert (tmp_path / DB_NAME).read_bytes() == database

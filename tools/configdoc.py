@@ -270,7 +270,22 @@ def _default(info: FieldInfo) -> tuple[Any, bool]:
 
 
 def _source_comments(model: type[BaseModel]) -> dict[str, str]:
-    """The ``#:`` comment right above each field in the class body, by field name."""
+    """The ``#:`` comment right above each field in the class body, by field name — a
+    field a base class defines with its comment there (the nearest class's wins)."""
+    found: dict[str, str] = {}
+    for base in reversed(model.__mro__):
+        if (
+            base is not model
+            and isinstance(base, type)
+            and issubclass(base, BaseModel)
+            and base is not BaseModel
+        ):
+            found.update(_own_comments(base))
+    found.update(_own_comments(model))
+    return found
+
+
+def _own_comments(model: type[BaseModel]) -> dict[str, str]:
     try:
         lines, _start = inspect.getsourcelines(model)
     except (OSError, TypeError):

@@ -60,15 +60,10 @@ import hmac
 import ipaddress
 import itertools
 import json
-import socket
 import ssl
-import struct
-import threading
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +86,18 @@ from agent.uploader.protocol import (
     Message,
     SeenByOut,
 )
-from tools.faults import FaultQueue
+from tools.standin_server import (
+    GZIP_WBITS,
+    InflateError,
+    StandInServer,
+    fault_name,
+    follow,
+    inflate,
+    request_fields,
+    reset_connection,
+)
+from tools.standin_server import media_type as _media_type
+from tools.standin_server import reason as _reason
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -117,7 +123,6 @@ SLOW, RESET, RESET_AFTER_ACCEPT = "slow", "reset", "reset-after-accept"
 FAULTS = (SLOW, RESET, RESET_AFTER_ACCEPT)
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
-_REDACTED = "<redacted>"
 
 
 # --------------------------------------------------------------------------- TLS material
@@ -348,8 +353,6 @@ class _Records:
     accepted: list[Accepted] = field(default_factory=list)
     events: dict[str, EventOut] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> body digest
-    requests: list[RecordedRequest] = field(default_factory=list)
-    loop_errors: list[str] = field(default_factory=list)
 
 
 def _problem(
@@ -365,13 +368,6 @@ def _problem(
     )
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
 def _ok(http_status: int, /, **body: Any) -> web.Response:
     return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json")
 
@@ -384,42 +380,16 @@ class _BodyError(Exception):
 
 def _gunzip(body: bytes, limit: int) -> bytes:
     """One gzip member, at most ``limit`` bytes once decompressed."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise _BodyError(400, f"the body is not gzip: {exc}") from None
-    if len(data) > limit:
-        raise _BodyError(413, f"the body decompresses to more than {limit} bytes")
-    if not inflater.eof:
-        raise _BodyError(400, "the gzip body is truncated")
-    if inflater.unused_data:
-        raise _BodyError(400, "data after the gzip member")
-    return data
-
-
-def _redact(headers: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for name, value in headers.items():
-        if name.lower() == "authorization":
-            scheme = value.split(None, 1)[0] if value.strip() else ""
-            value = f"{scheme} {_REDACTED}".strip()
-        out[name] = value
-    return out
-
-
-def _media_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
-
-
-def _client_cert_name(request: web.Request) -> str | None:
-    transport = request.transport
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    for rdn in (cert or {}).get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+        return inflate(body, limit, GZIP_WBITS)
+    except InflateError as exc:
+        detail = {
+            "corrupt": f"the body is not gzip: {exc.detail}",
+            "too-big": f"the body decompresses to more than {limit} bytes",
+            "truncated": "the gzip body is truncated",
+            "trailing": "data after the gzip member",
+        }[exc.kind]
+        raise _BodyError(413 if exc.kind == "too-big" else 400, detail) from None
 
 
 # --------------------------------------------------------------------------- one site, several agents
@@ -580,130 +550,26 @@ def _site_unit(pairs: list[tuple[str, DeviceOut]]) -> SiteUnit:
 # --------------------------------------------------------------------------- the stand-in
 
 
-class PortalStandIn:
+class PortalStandIn(StandInServer[RecordedRequest, _Fault]):
     """The portal's side of ``docs/portal-api.md`` on 127.0.0.1, a free port, in a thread."""
+
+    _label = "portal stand-in"
+    _thread_name = "portal-standin"
 
     def __init__(
         self, token: str, *, tls: TlsFiles | None = None, host: str = "127.0.0.1", port: int | None = None
     ) -> None:
         if not token:
             raise ValueError("the stand-in needs a token")
+        super().__init__(tls=tls, host=host, port=port)
         self._token = token.encode()
-        self._tls = tls
-        self._host = host
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
         self._records = _Records()
-        self._faults: FaultQueue[_Fault] = FaultQueue(self._lock)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._port: int | None = port  # None: a free one
-        self._error: BaseException | None = None
 
-    def __repr__(self) -> str:  # never the token
-        return f"PortalStandIn(url={self._url_or_none()!r})"
-
-    # ------------------------------------------------------------------ life cycle
-
-    def __enter__(self) -> PortalStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> PortalStandIn:
-        """Listen on the port given, else a free one — after :meth:`stop`, on the same port
-        again (the portal was down and is back); returns once the server accepts connections."""
-        if self._thread is not None:
-            raise RuntimeError("the stand-in is already running")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port or 0))
-        except OSError:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]
-        self._error = None
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._serve, args=(sock, ready), name="portal-standin", daemon=True
-        )
-        self._thread.start()
-        ready.wait(10)
-        if self._error is not None or not ready.is_set():
-            self.stop()
-            raise RuntimeError(f"the portal stand-in did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (replies still trickling are cut off). Records stay readable."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._thread = None
-
-    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        loop.set_exception_handler(self._loop_error)
-        try:
-            runner = loop.run_until_complete(self._setup(sock))
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-            sock.close()
-            ready.set()
-            loop.close()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _setup(self, sock: socket.socket) -> web.AppRunner:
+    def _application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         for schema, path in ENDPOINTS.items():
             app.router.add_post(path, self._handler(schema))
-        runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, auto_decompress=False, shutdown_timeout=0.2
-        )
-        await runner.setup()
-        context = self._tls.server_context() if self._tls is not None else None
-        await web.SockSite(runner, sock, ssl_context=context).start()
-        return runner
-
-    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """Failed handshakes and the like: kept for the test to see, not printed."""
-        exc = context.get("exception")
-        with self._lock:
-            self._records.loop_errors.append(f"{context.get('message')}: {exc!r}")
-
-    @property
-    def url(self) -> str:
-        """The portal's base URL (``http://127.0.0.1:PORT`` or ``https://…``)."""
-        url = self._url_or_none()
-        if url is None:
-            raise RuntimeError("the stand-in is not started")
-        return url
-
-    def _url_or_none(self) -> str | None:
-        if self._port is None:
-            return None
-        return f"{'https' if self._tls else 'http'}://{self._host}:{self._port}"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the stand-in is not started")
-        return self._port
+        return app
 
     # ------------------------------------------------------------------ faults
 
@@ -719,11 +585,7 @@ class PortalStandIn:
         """Answer the next ``times`` requests (to ``path`` only, when given) with ``fault``:
         an HTTP status 400–599, ``"slow"``, ``"reset"`` or ``"reset-after-accept"``.
         ``retry_after`` is sent with 503 and 429; ``interval`` is the slow reply's pace."""
-        name = str(fault)
-        if name not in FAULTS and not (name.isdigit() and 400 <= int(name) <= 599):
-            raise ValueError(f"unknown fault {fault!r}: an HTTP status 400-599 or one of {', '.join(FAULTS)}")
-        if times < 1:
-            raise ValueError("times must be 1 or more")
+        name = fault_name(fault, times, FAULTS)
         after = (
             None
             if retry_after is None
@@ -731,11 +593,6 @@ class PortalStandIn:
         )
         with self._lock:
             self._faults.extend(_Fault(name, after, interval, path) for _ in range(times))
-
-    @property
-    def pending_faults(self) -> list[str]:
-        """Faults injected and not yet used, in order."""
-        return self._faults.pending
 
     def _take_fault(self, path: str) -> _Fault | None:
         return self._faults.take(path)
@@ -780,44 +637,17 @@ class PortalStandIn:
         with self._lock:
             return list(self._records.events.values())
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request answered or reset, in the order finished (credentials redacted)."""
-        with self._lock:
-            return list(self._records.requests)
-
-    @property
-    def loop_errors(self) -> list[str]:
-        """Errors outside a request (a TLS handshake a client refused…)."""
-        with self._lock:
-            return list(self._records.loop_errors)
-
-    def clear(self) -> None:
-        """Forget every record, key and pending fault."""
-        with self._lock:
-            self._records = _Records()
-            self._faults.clear()
-
-    def wait_for(self, condition: Callable[[PortalStandIn], bool], timeout: float = 5.0) -> bool:
-        """Block until ``condition(self)`` holds (checked after each request); ``False`` when
-        ``timeout`` seconds pass first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: condition(self), timeout)
+    def _forget(self) -> None:
+        self._records = _Records()  # messages, events and Idempotency-Keys
 
     def _log(self, request: web.Request, fault: _Fault | None, status: int | None, size: int) -> None:
         entry = RecordedRequest(
-            method=request.method,
-            path=request.path,
-            headers=_redact(request.headers),
+            **request_fields(request, size),
             idempotency_key=request.headers.get("Idempotency-Key"),
-            body_bytes=size,
             fault=fault.name if fault else None,
             status=status,
-            client_cert=_client_cert_name(request),
         )
-        with self._changed:
-            self._records.requests.append(entry)
-            self._changed.notify_all()
+        self._add_request(entry)
 
     # ------------------------------------------------------------------ requests
 
@@ -844,13 +674,7 @@ class PortalStandIn:
     def _reset(self, request: web.Request, fault: _Fault, size: int) -> web.StreamResponse:
         """Reset the connection (RST, not FIN) and answer nothing."""
         self._log(request, fault, None, size)
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        return web.Response(status=204)  # never sent: the transport is gone
+        return reset_connection(request)
 
     @staticmethod
     def _fault_reply(fault: _Fault | None) -> web.Response | None:
@@ -1000,29 +824,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"portal stand-in: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     print(f'portal stand-in listening on {portal.url} (agents: [portal] url = "{portal.url}")', flush=True)
-    requests_seen = accepted_seen = 0
-    try:
-        while True:
-            seen = (requests_seen, accepted_seen)
 
-            def more(p: PortalStandIn, seen: tuple[int, int] = seen) -> bool:
-                return len(p.requests) > seen[0] or len(p.messages) > seen[1]
+    def request_line(r: RecordedRequest) -> str:
+        status = r.status if r.status is not None else "reset"
+        return f"{r.method} {r.path} -> {status} ({r.body_bytes} bytes gzip)"
 
-            portal.wait_for(more, 1.0)
-            for r in portal.requests[requests_seen:]:
-                status = r.status if r.status is not None else "reset"
-                print(f"{r.method} {r.path} -> {status} ({r.body_bytes} bytes gzip)", flush=True)
-                requests_seen += 1
-            for a in portal.messages[accepted_seen:]:
-                if args.json:
-                    print(json.dumps(a.message.model_dump(mode="json", by_alias=True)), flush=True)
-                else:
-                    print("  " + _summary(a), flush=True)
-                accepted_seen += 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        portal.stop()
+    def message_line(a: Accepted) -> str:
+        if args.json:
+            return json.dumps(a.message.model_dump(mode="json", by_alias=True))
+        return "  " + _summary(a)
+
+    return follow(
+        portal,
+        [(lambda: portal.requests, request_line), (lambda: portal.messages, message_line)],
+        lambda line: print(line, flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from agent.cli.common import UsageError, revalidate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from datetime import datetime
 
     from agent.config import AgentConfig
     from agent.inventory import RoomsReport
@@ -124,9 +125,11 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
         raise UsageError(str(exc)) from None
 
 
-def make_outbox(store: Store, cfg: AgentConfig) -> Outbox:
-    """The outbox of ``store``. Of a read-only store, with the agent id the store keeps (the
-    outbox would otherwise assign one, a write): none yet is a :class:`UsageError`."""
+def make_outbox(store: Store, cfg: AgentConfig, output: str = "portal") -> Outbox:
+    """The queue of ``output`` (``portal``, ``glpi``, ``mqtt``) in ``store``, with the bound
+    and resend interval of its section. Of a read-only store, with the agent id the store
+    keeps (the outbox would otherwise assign one, a write): none yet is a
+    :class:`UsageError`."""
     from datetime import timedelta
 
     from agent.uploader.outbox import Outbox
@@ -134,14 +137,46 @@ def make_outbox(store: Store, cfg: AgentConfig) -> Outbox:
     agent_id = cfg.agent_id
     if agent_id is None and store.read_only:
         agent_id = stored_agent_id(store)
+    section = getattr(cfg.outputs, output, None) if output != "portal" else None
+    if section is not None:
+        max_mb, hours = section.outbox_max_mb, section.resend_hours
+    else:  # the portal's, or an output no longer configured whose queue is still shown
+        max_mb, hours = cfg.portal.outbox_max_mb, cfg.portal.snapshot_interval_hours
     return Outbox(
         store,
         agent_id=agent_id,
         version=__version__,
         hostname=os.uname().nodename,
-        max_bytes=int(cfg.portal.outbox_max_mb * 1024 * 1024),
-        snapshot_interval=timedelta(hours=cfg.portal.snapshot_interval_hours),
+        max_bytes=int(max_mb * 1024 * 1024),
+        snapshot_interval=timedelta(hours=hours),
+        output=output,
     )
+
+
+def queue_outputs(store: Store, cfg: AgentConfig, context: SnapshotContext, now: datetime) -> list[str]:
+    """After a stored scan: the portal's snapshot (queued whether or not a portal is
+    configured, as ever: ``roomsync push --portal-url`` may deliver it later), then what each
+    of ``[outputs.*]`` gets. A store failure raises; an output whose queueing failed
+    otherwise is one line of the list returned, and the others are queued."""
+    from agent.store import StoreError
+    from agent.uploader.outputs import GlpiOutput, MqttOutput
+    from agent.uploader.snapshot import queue_snapshot
+
+    queue_snapshot(make_outbox(store, cfg), store, context, now)
+    extra: list[GlpiOutput | MqttOutput] = []
+    if cfg.outputs.glpi is not None:
+        extra.append(GlpiOutput.from_config(cfg.outputs.glpi))
+    if cfg.outputs.mqtt is not None:
+        extra.append(MqttOutput.from_config(cfg.outputs.mqtt))
+    problems = []
+    for output in extra:
+        try:
+            output.queue(make_outbox(store, cfg, output.name), store, context, now)
+        except StoreError:
+            raise
+        except Exception as exc:  # one output's documents failing must not lose the others'
+            problems.append(f"{output.name}: nothing queued: {type(exc).__name__}: {exc}")
+    return problems
 
 
 def stored_agent_id(store: Store) -> str:

@@ -1,10 +1,11 @@
-"""The portal: ``roomsync push`` delivers the outbox, ``roomsync outbox`` shows it."""
+"""The outputs: ``roomsync push`` delivers the outbox, ``roomsync outbox`` shows it."""
 
 from __future__ import annotations
 
 import argparse
+import builtins
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.cli.common import (
@@ -24,9 +25,13 @@ from agent.cli.context import (
     portal_settings,
     snapshot_context,
 )
+from agent.uploader import GLPI, OUTPUTS, PORTAL
 
 if TYPE_CHECKING:
-    from agent.uploader.outbox import OutboxStats
+    from agent.config import AgentConfig
+    from agent.uploader.delivery import RunResult
+    from agent.uploader.outbox import Outbox, OutboxStats
+    from agent.uploader.outputs import Output
 
     from .common import Subparsers
 
@@ -48,17 +53,24 @@ def register(sub: Subparsers, parents: Parents) -> None:
     push = sub.add_parser(
         "push",
         parents=[parents.common, parents.state, parents.rooms, parents.portal],
-        help="deliver the outbox (snapshots and change events) to the portal",
-        description="Deliver everything the outbox holds to the licensing portal, oldest first, "
-        "retrying transient failures (network, 408, 429, 5xx) with backoff until "
-        "the deadline. Exit 0 only when the outbox is empty afterwards. The daemon "
-        "(roomsync run) delivers continuously; push is the one-shot form.",
+        help="deliver the outbox to the portal and every configured output",
+        description="Deliver everything the outbox holds to every configured output — the "
+        "licensing portal, [outputs.glpi], [outputs.mqtt] — each on its own and at once, "
+        "oldest first, retrying transient failures (network, 408, 429, 5xx, no PUBACK) with "
+        "backoff until the deadline. Exit 0 only when every queue delivered to is empty "
+        "afterwards. The daemon (roomsync run) delivers continuously; push is the one-shot form.",
     )
     push.add_argument(
         "--once",
         action="store_true",
         help="deliver what is pending and exit (what push always does; the flag "
         "is accepted for scripts that spell it out)",
+    )
+    push.add_argument(
+        "--target",
+        choices=OUTPUTS,
+        metavar="NAME",
+        help=f"deliver to this output only ({', '.join(OUTPUTS)}); by default to every one configured",
     )
     push.add_argument(
         "--deadline",
@@ -80,74 +92,143 @@ def register_outbox(sub: Subparsers, parents: Parents) -> None:
     outbox = sub.add_parser(
         "outbox",
         parents=[parents.common, parents.state],
-        help="show what waits for the portal (queued, parked, dropped) and the portal's state",
-        description="Show the outbox: queued and parked messages, events not yet queued, what "
-        "the bound dropped, and what the last delivery attempts said of the portal.",
+        help="show what waits for each output (queued, parked, dropped) and its state",
+        description="Show the outbox of every output (the portal, GLPI, MQTT): queued and "
+        "parked messages, events not yet queued, what the bound dropped, and what the last "
+        "delivery attempts said of each.",
     )
     outbox.add_argument("--json", action="store_true", help="print JSON")
     outbox.set_defaults(func=cmd_outbox)
 
 
+def _portal_given(args: argparse.Namespace, cfg: AgentConfig) -> bool:
+    return bool(cfg.portal.url or args.portal_url)
+
+
+def push_outputs(args: argparse.Namespace, cfg: AgentConfig) -> list[Output]:
+    """The outputs ``push`` delivers to: ``--target``'s, else every one configured (the
+    portal's flags configure the portal). None at all is a :class:`UsageError` — the
+    portal's, naming what to set."""
+    from agent.uploader.outputs import configured_outputs
+
+    wanted = args.target
+    portal = (
+        portal_settings(args, cfg)
+        if wanted in (None, PORTAL) and (wanted == PORTAL or _portal_given(args, cfg) or not _any_output(cfg))
+        else None
+    )
+    found = configured_outputs(cfg, portal)
+    if wanted is not None:
+        found = [o for o in found if o.name == wanted]
+        if not found:
+            raise UsageError(f"--target {wanted}: [outputs.{wanted}] is not in the configuration")
+    return found
+
+
+def _any_output(cfg: AgentConfig) -> bool:
+    return cfg.outputs.glpi is not None or cfg.outputs.mqtt is not None
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     cfg = load(args).config
     import asyncio
+    import os
     import time
     from datetime import UTC, datetime
 
     from agent.store import StoreError
-    from agent.uploader.delivery import Delivery, PortalError
-    from agent.uploader.snapshot import queue_snapshot
+    from agent.uploader.delivery import Delivery, OutputError
+    from agent.uploader.outputs import make_outbox
 
-    settings = portal_settings(args, cfg)
+    outputs = push_outputs(args, cfg)
     context = snapshot_context(cfg, configured_rooms(args, cfg))
     store = open_store(args, cfg)
     if store is None:
         return EXIT_OK  # nothing was ever stored: nothing to deliver
     deadline = time.monotonic() + args.deadline
+    results: dict[str, RunResult] = {}
+    stats: dict[str, OutboxStats] = {}
     with store:
         try:
-            outbox = make_outbox(store, cfg)
-            if args.retry_parked:
-                outbox.unpark()
-            now = datetime.now(UTC)
-            if outbox.snapshot_due(now):
-                queue_snapshot(outbox, store, context, now)
-            delivery = Delivery(
-                outbox,
-                settings,
-                user_agent=f"roomsync/{__version__}",
-                snapshot=lambda: queue_snapshot(outbox, store, context, datetime.now(UTC), force=True),
-            )
-            result = asyncio.run(delivery.run(deadline=deadline))
-            stats = outbox.stats()
-        except PortalError as exc:
+            deliveries = []
+            for output in outputs:
+                outbox = make_outbox(
+                    store, output, agent_id=cfg.agent_id, version=__version__, hostname=os.uname().nodename
+                )
+                if args.retry_parked:
+                    outbox.unpark()
+                now = datetime.now(UTC)
+                if output.name == GLPI or outbox.snapshot_due(now):
+                    output.queue(outbox, store, context, now)
+
+                def fresh(output: Output = output, outbox: Outbox = outbox) -> bool:
+                    return output.queue(outbox, store, context, datetime.now(UTC), force=True)
+
+                delivery = Delivery(
+                    outbox,
+                    output.transport(outbox.agent, user_agent=f"roomsync/{__version__}"),
+                    snapshot=fresh if output.name != GLPI else None,
+                )
+                deliveries.append((output, outbox, delivery))
+
+            async def deliver_all() -> list[RunResult]:
+                return await asyncio.gather(*(d.run(deadline=deadline) for _, _, d in deliveries))
+
+            for (output, outbox, _), result in zip(deliveries, asyncio.run(deliver_all()), strict=True):
+                results[output.name] = result
+                stats[output.name] = outbox.stats()
+        except OutputError as exc:
             raise UsageError(str(exc)) from None
         except StoreError as exc:
             print(f"roomsync: {exc}", file=sys.stderr)
             return EXIT_FAILED
+    empty = all(s.empty for s in stats.values())
     if args.json:
+        first = next(iter(results))
         print_json(
             {
-                "result": result.stopped_because,
-                "delivered": result.delivered,
-                "events_delivered": result.events_delivered,
-                "parked": result.parked,
-                "retries": result.retries,
-                "last_problem": result.last_problem,
-                "outbox": stats.to_dict(),
+                **_result_dict(results[first], stats[first]),
+                "result": next(
+                    (r.stopped_because for r in results.values() if r.stopped_because != "empty"), "empty"
+                ),
+                "delivered": sum(r.delivered for r in results.values()),
+                "events_delivered": sum(r.events_delivered for r in results.values()),
+                "parked": sum(r.parked for r in results.values()),
+                "retries": sum(r.retries for r in results.values()),
+                "last_problem": next((r.last_problem for r in results.values() if r.last_problem), None),
+                "outputs": {name: _result_dict(results[name], stats[name]) for name in results},
             }
         )
     else:
-        print(
-            f"delivered {result.delivered} message(s) ({result.events_delivered} event(s)) to "
-            f"{settings.host}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}"
-        )
-        print_outbox_summary(stats, result.stopped_because, result.last_problem)
-    return EXIT_OK if stats.empty else EXIT_FAILED
+        for output in outputs:
+            result = results[output.name]
+            print(
+                f"{output.name}: delivered {result.delivered} message(s) ({result.events_delivered} "
+                f"event(s)) to {output.where}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}"
+            )
+            print_outbox_summary(stats[output.name], result.stopped_because, result.last_problem, indent="  ")
+    return EXIT_OK if empty else EXIT_FAILED
 
 
-def print_outbox_summary(stats: OutboxStats, stopped: str | None = None, problem: str | None = None) -> None:
+def _result_dict(result: RunResult, stats: OutboxStats) -> dict[str, Any]:
+    return {
+        "result": result.stopped_because,
+        "delivered": result.delivered,
+        "events_delivered": result.events_delivered,
+        "parked": result.parked,
+        "retries": result.retries,
+        "last_problem": result.last_problem,
+        "outbox": stats.to_dict(),
+    }
+
+
+def print_outbox_summary(
+    stats: OutboxStats, stopped: str | None = None, problem: str | None = None, *, indent: str = ""
+) -> None:
     from agent.sanitize import printable
+
+    def print(text: str) -> None:  # every line of the summary, indented
+        builtins.print(indent + text)
 
     reasons = {
         "paused": "delivery paused",
@@ -164,59 +245,77 @@ def print_outbox_summary(stats: OutboxStats, stopped: str | None = None, problem
         )
     if stopped in reasons:
         print(f"{reasons[stopped]}: {printable(problem)}" if problem else reasons[stopped])
+    name = stats.output
+    section = "[portal]" if name == PORTAL else f"[outputs.{name}]"
     if stats.parked:
+        refused = "the portal (4xx)" if name == PORTAL else f"{name}"
         print(
-            "parked messages were refused by the portal (4xx); roomsync outbox shows why, "
+            f"parked messages were refused by {refused}; roomsync outbox shows why, "
             "roomsync push --retry-parked sends them again"
         )
-    if stats.dropped_events:
-        print(
-            f"the outbox bound dropped {stats.dropped_events} event(s) in {stats.dropped_messages} "
-            "message(s) ([portal] outbox_max_mb)"
-        )
-    portal = stats.portal
-    if portal.state not in ("ok", "unknown"):
-        print(f"portal {portal.state}" + (f": {printable(portal.reason)}" if portal.reason else ""))
+    if stats.dropped_messages:
+        what = f"{stats.dropped_events} event(s) in " if stats.dropped_events or name != GLPI else ""
+        print(f"the outbox bound dropped {what}{stats.dropped_messages} message(s) ({section} outbox_max_mb)")
+    state = stats.state
+    if state.state not in ("ok", "unknown"):
+        print(f"{name} {state.state}" + (f": {printable(state.reason)}" if state.reason else ""))
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.store import StoreError
+    from agent.uploader.outbox import queued_outputs
 
     store = open_store(args, cfg)
     if store is None:
         return EXIT_OK
     try:
         with store:
-            outbox = make_outbox(store, cfg)
-            stats, messages = outbox.stats(), outbox.messages()
+            configured = {PORTAL} | {name for name in OUTPUTS if getattr(cfg.outputs, name, None) is not None}
+            names = [n for n in OUTPUTS if n in configured or n in queued_outputs(store)]
+            outboxes = [make_outbox(store, cfg, name) for name in names]
+            shown = [(outbox, outbox.stats(), outbox.messages()) for outbox in outboxes]
     except StoreError as exc:
         raise UsageError(str(exc)) from None
+    agent_id = outboxes[0].agent.id
     if args.json:
+        portal_stats = shown[0][1]  # the portal's, first: the top level as it was before outputs
         print_json(
-            {**stats.to_dict(), "agent_id": outbox.agent.id, "messages": [m.to_dict() for m in messages]}
+            {
+                **portal_stats.to_dict(),
+                "agent_id": agent_id,
+                "outputs": {stats.output: stats.to_dict() for _, stats, _ in shown},
+                "messages": [m.to_dict() for _, _, messages in shown for m in messages],
+            }
         )
         return EXIT_OK
-    print(f"agent id {outbox.agent.id}")
-    print_outbox_summary(stats)
-    if messages:
+    print(f"agent id {agent_id}")
+    rows: list[list[str]] = []
+    for outbox, stats, messages in shown:
+        if len(shown) > 1:
+            note = "" if outbox.output in configured else " (not configured: its queue is kept)"
+            print(f"{outbox.output}{note}:")
+        print_outbox_summary(stats, indent="  " if len(shown) > 1 else "")
+        rows.extend(
+            [
+                m.output,
+                str(m.sequence),
+                m.kind,
+                str(m.events),
+                str(m.size),
+                m.state,
+                str(m.attempts),
+                m.created_at.isoformat(timespec="seconds"),
+                m.last_error or "-",
+            ]
+            for m in messages
+        )
+    if rows:
         print()
         print(
             table(
-                ["SEQ", "KIND", "EVENTS", "BYTES", "STATE", "ATTEMPTS", "QUEUED", "LAST ERROR"],
-                [
-                    [
-                        str(m.sequence),
-                        m.kind,
-                        str(m.events),
-                        str(m.size),
-                        m.state,
-                        str(m.attempts),
-                        m.created_at.isoformat(timespec="seconds"),
-                        m.last_error or "-",
-                    ]
-                    for m in messages
-                ],
+                ["OUTPUT", "SEQ", "KIND", "EVENTS", "BYTES", "STATE", "ATTEMPTS", "QUEUED", "LAST ERROR"],
+                rows,
             )
         )
     return EXIT_OK

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli.common import EXIT_FAILED, EXIT_OK, Parents, UsageError, load, print_json, seconds
-from agent.cli.context import config_room, make_outbox, room_map, snapshot_context
+from agent.cli.context import config_room, queue_outputs, room_map, snapshot_context
 from agent.cli.sources import SweepProgress, source_settings, usb_settings, wanted_sources
 from agent.cli.views import print_events, print_room_lines, print_scan_table
 
@@ -175,9 +175,8 @@ def store_scan(
                     ScanError("outbox", str(state_dir), f"{exc}; no snapshot queued (the change events are)")
                 )
             else:
-                from agent.uploader.snapshot import queue_snapshot
-
-                queue_snapshot(make_outbox(store, cfg), store, context, now)
+                for problem in queue_outputs(store, cfg, context, now):
+                    report.errors.append(ScanError("outbox", str(state_dir), problem))
             _record_identities(report, record.placed)
             return list(record.events)
     except StoreError as exc:

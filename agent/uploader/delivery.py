@@ -1,4 +1,10 @@
-"""Delivery: the outbox's messages to the portal, one at a time, in queue order.
+"""Delivery: an output's queue to its destination, one message at a time, in queue order.
+
+:class:`Delivery` is the loop every output shares — backoff, park, pause, deadline, stop,
+the outage snapshot; a :class:`Transport` sends one message and says what the reply means
+(:class:`PortalTransport` here, GLPI's and MQTT's in :mod:`agent.uploader.outputs`). The
+portal's contract follows; the other outputs map their replies onto the same outcomes
+(docs/glpi.md, docs/mqtt.md).
 
 What a reply means and how long to wait are the contract of ``docs/portal-api.md``
 ("Replies and what the agent does", "Backoff"); :func:`classify` and :func:`backoff_delay`
@@ -33,7 +39,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -51,9 +57,12 @@ __all__ = [
     "Attempt",
     "Delivery",
     "Outcome",
+    "OutputError",
     "PortalError",
     "PortalSettings",
+    "PortalTransport",
     "RunResult",
+    "Transport",
     "backoff_delay",
     "classify",
     "retry_after_seconds",
@@ -72,9 +81,13 @@ MAX_RETRY_AFTER_S = 1e9
 log = get_logger("roomsync.uploader")
 
 
-class PortalError(Exception):
-    """The portal settings cannot be used (no URL, token file unreadable, bad CA or client
-    certificate): delivery cannot start. The message never holds a secret."""
+class OutputError(Exception):
+    """An output's settings cannot be used (no URL, secret file unreadable, bad CA or client
+    certificate): its delivery cannot start. The message never holds a secret."""
+
+
+class PortalError(OutputError):
+    """The portal settings cannot be used."""
 
 
 class Outcome(StrEnum):
@@ -165,8 +178,21 @@ class PortalSettings:
         return urlsplit(self.url).netloc
 
 
-def ssl_context(settings: PortalSettings) -> ssl.SSLContext | None:
-    """The TLS context for an ``https://`` portal (``None`` for loopback ``http://``): the
+class TlsSettings(Protocol):
+    """What :func:`ssl_context` reads (the portal's and GLPI's settings)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def client_cert(self) -> Path | None: ...
+    @property
+    def client_key(self) -> Path | None: ...
+
+
+def ssl_context(settings: TlsSettings, what: str = "portal") -> ssl.SSLContext | None:
+    """The TLS context for an ``https://`` URL (``None`` for loopback ``http://``): the
     system's trust store or ``ca_file``, host name checked, the client certificate when set.
     Verification is never turned off."""
     if urlsplit(settings.url).scheme != "https":
@@ -174,14 +200,18 @@ def ssl_context(settings: PortalSettings) -> ssl.SSLContext | None:
     try:
         context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise PortalError(f"portal CA file {settings.ca_file}: {_reason(exc)}") from None
+        raise (PortalError if what == "portal" else OutputError)(
+            f"{what} CA file {settings.ca_file}: {_reason(exc)}"
+        ) from None
     if settings.client_cert is not None:
         try:
             context.load_cert_chain(
                 str(settings.client_cert), str(settings.client_key) if settings.client_key else None
             )
         except (OSError, ssl.SSLError) as exc:
-            raise PortalError(f"client certificate {settings.client_cert}: {_reason(exc)}") from None
+            raise (PortalError if what == "portal" else OutputError)(
+                f"client certificate {settings.client_cert}: {_reason(exc)}"
+            ) from None
     return context
 
 
@@ -235,14 +265,40 @@ class RunResult:
     attempts: list[Attempt] = field(default_factory=list)
 
 
+@runtime_checkable
+class Transport(Protocol):
+    """Sends one queued message of one output and says what the reply means.
+
+    :meth:`open` is called at the start of each :meth:`Delivery.run` (it reads the secret
+    then, so a changed token or password file is picked up) and raises :class:`OutputError`
+    when the settings cannot be used; :meth:`close` at its end, whatever happened."""
+
+    #: The output's name (``portal``, ``glpi``, ``mqtt``) and where it delivers (host[:port]),
+    #: for logs and errors; never a secret.
+    output: str
+    where: str
+    #: Seconds one attempt may take, and the longest wait between retries.
+    timeout: float
+    backoff_cap: float
+
+    async def open(self) -> None: ...
+
+    async def send(self, message: QueuedMessage, left: float | None) -> Attempt:
+        """Send ``message`` once, within ``left`` seconds when given (else ``timeout``)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Delivery:
-    """Delivers an :class:`Outbox` to a portal. ``snapshot`` queues a fresh snapshot (it is
-    called after an outage drains). ``rng``, ``clock``, ``sleep`` and ``now`` are for tests."""
+    """Delivers an :class:`Outbox` through a :class:`Transport` (a :class:`PortalSettings`
+    is the portal's). ``snapshot`` queues a fresh snapshot (it is called after an outage
+    drains). ``rng``, ``clock``, ``sleep`` and ``now`` are for tests."""
 
     def __init__(
         self,
         outbox: Outbox,
-        settings: PortalSettings,
+        target: PortalSettings | Transport,
         *,
         user_agent: str = "roomsync",
         snapshot: Callable[[], Any] | None = None,
@@ -252,74 +308,78 @@ class Delivery:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.outbox = outbox
-        self.settings = settings
-        self.user_agent = user_agent
+        # A bad CA or client certificate fails here, early.
+        self.transport: Transport = (
+            PortalTransport(target, user_agent=user_agent, clock=clock, now=now)
+            if isinstance(target, PortalSettings)
+            else target
+        )
         self.snapshot = snapshot
         self.rng = rng
         self.clock = clock
         self.sleep = sleep
         self.now = now
-        self._ssl = ssl_context(settings)  # a bad CA or client certificate fails here, early
 
     async def run(self, *, deadline: float | None = None, stop: asyncio.Event | None = None) -> RunResult:
         """Send the queue until it is empty, delivery pauses, ``deadline`` (a ``clock()``
         value) would pass before the next retry, or ``stop`` is set. The deadline bounds the
-        request in flight too: a request gets the portal ``timeout`` or what is left of the
+        request in flight too: a request gets the output's ``timeout`` or what is left of the
         deadline, whichever is shorter (the run's first request is always made, with the
-        portal ``timeout``, even when the deadline is already past)."""
-        token = _token(self.settings)
+        ``timeout``, even when the deadline is already past)."""
+        await self.transport.open()
+        try:
+            return await self._run(deadline, stop)
+        finally:
+            await self.transport.close()
+
+    async def _run(self, deadline: float | None, stop: asyncio.Event | None) -> RunResult:
         result = RunResult()
         failures = 0
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=connector, auto_decompress=True, trust_env=False
-        ) as session:
-            while True:
-                if stop is not None and stop.is_set():
-                    result.stopped_because = "stopped"
-                    return result
-                try:
-                    self.outbox.take_events(self.now())
-                    head = self.outbox.head()
-                    if head is None:
-                        if self.snapshot is not None and self.outbox.outage_noted():
-                            self.snapshot()  # the note is cleared only once it is queued
-                            self.outbox.take_outage()
-                            continue
-                        return result
-                    left = None if deadline is None else deadline - self.clock()
-                    if left is not None and left <= 0:
-                        if result.attempts:  # no time left even to send it
-                            result.stopped_because = "deadline"
-                            return result
-                        left = None  # a deadline already past allows one attempt (push --deadline 0)
-                    if not self.outbox.begin_attempt(head, self.now()):
+        while True:
+            if stop is not None and stop.is_set():
+                result.stopped_because = "stopped"
+                return result
+            try:
+                self.outbox.take_events(self.now())
+                head = self.outbox.head()
+                if head is None:
+                    if self.snapshot is not None and self.outbox.outage_noted():
+                        self.snapshot()  # the note is cleared only once it is queued
+                        self.outbox.take_outage()
                         continue
-                except StoreError as exc:
-                    result.stopped_because, result.last_problem = "error", str(exc)
                     return result
-                attempt = await self._send(session, token, head, left)
-                result.attempts.append(attempt)
-                try:
-                    stop_now = self._settle(head, attempt, result)
-                except StoreError as exc:
-                    result.stopped_because, result.last_problem = "error", str(exc)
-                    return result
-                if stop_now:
-                    return result
-                if attempt.outcome is Outcome.RETRY:
-                    failures += 1
-                    result.retries += 1
-                    delay = backoff_delay(failures, self.settings.backoff_cap, attempt.retry_after, self.rng)
-                    if deadline is not None and self.clock() + delay > deadline:
+                left = None if deadline is None else deadline - self.clock()
+                if left is not None and left <= 0:
+                    if result.attempts:  # no time left even to send it
                         result.stopped_because = "deadline"
                         return result
-                    if await self._wait(delay, stop):
-                        result.stopped_because = "stopped"
-                        return result
-                else:  # delivered or parked: the next head's retries count from 1 again
-                    failures = 0
+                    left = None  # a deadline already past allows one attempt (push --deadline 0)
+                if not self.outbox.begin_attempt(head, self.now()):
+                    continue
+            except StoreError as exc:
+                result.stopped_because, result.last_problem = "error", str(exc)
+                return result
+            attempt = await self.transport.send(head, left)
+            result.attempts.append(attempt)
+            try:
+                stop_now = self._settle(head, attempt, result)
+            except StoreError as exc:
+                result.stopped_because, result.last_problem = "error", str(exc)
+                return result
+            if stop_now:
+                return result
+            if attempt.outcome is Outcome.RETRY:
+                failures += 1
+                result.retries += 1
+                delay = backoff_delay(failures, self.transport.backoff_cap, attempt.retry_after, self.rng)
+                if deadline is not None and self.clock() + delay > deadline:
+                    result.stopped_because = "deadline"
+                    return result
+                if await self._wait(delay, stop):
+                    result.stopped_because = "stopped"
+                    return result
+            else:  # delivered or parked: the next head's retries count from 1 again
+                failures = 0
 
     async def _wait(self, delay: float, stop: asyncio.Event | None) -> bool:
         """Sleep ``delay`` seconds; True when ``stop`` was set meanwhile."""
@@ -334,8 +394,10 @@ class Delivery:
 
     def _settle(self, head: QueuedMessage, attempt: Attempt, result: RunResult) -> bool:
         """Record the attempt's outcome in the outbox; True when the run must stop (paused)."""
+        output = self.transport.output
         fields = {
-            "portal": self.settings.host,
+            "output": output,
+            output: self.transport.where,  # "portal": host, as the portal's log lines always said
             "key": head.key,
             "sequence": head.sequence,
             "kind": head.kind,
@@ -344,27 +406,73 @@ class Delivery:
         }
         now = self.now()
         if attempt.outcome is Outcome.DELIVERED:
-            self.outbox.delivered(head, now, attempt.status or 200)
+            self.outbox.delivered(head, now, attempt.status or attempt.detail or 200)
             result.delivered += 1
             result.events_delivered += head.events
-            log.debug("portal accepted message", **fields)
+            log.debug(f"{output} accepted message", **fields)
             return False
         result.last_problem = attempt.detail
         if attempt.outcome is Outcome.PARK:
             self.outbox.park(head, attempt.status or 0, attempt.detail)
             result.parked += 1
-            log.warning("portal refused message; parked", detail=attempt.detail, **fields)
+            log.warning(f"{output} refused message; parked", detail=attempt.detail, **fields)
             return False
         self.outbox.failed(head, attempt.status, attempt.detail)
         self.outbox.note_outage()
         if attempt.outcome is Outcome.PAUSE:
-            self.outbox.set_portal_state("unhealthy", attempt.detail, now)
-            log.error("portal delivery paused", detail=attempt.detail, **fields)
+            self.outbox.set_state("unhealthy", attempt.detail, now)
+            log.error(f"{output} delivery paused", detail=attempt.detail, **fields)
             result.stopped_because = "paused"
             return True
-        self.outbox.set_portal_state("retrying", attempt.detail, now)
-        log.warning("portal delivery failed; will retry", detail=attempt.detail, **fields)
+        self.outbox.set_state("retrying", attempt.detail, now)
+        log.warning(f"{output} delivery failed; will retry", detail=attempt.detail, **fields)
         return False
+
+
+class PortalTransport:
+    """The portal's side of :class:`Transport`: ``POST`` of the stored gzip body with the
+    bearer token and the message's ``Idempotency-Key`` (docs/portal-api.md)."""
+
+    output = "portal"
+
+    def __init__(
+        self,
+        settings: PortalSettings,
+        *,
+        user_agent: str = "roomsync",
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.where = settings.host
+        self.timeout = settings.timeout
+        self.backoff_cap = settings.backoff_cap
+        self.user_agent = user_agent
+        self.clock = clock
+        self.now = now
+        self._ssl = ssl_context(settings)  # a bad CA or client certificate fails here, early
+        self._session: aiohttp.ClientSession | None = None
+        self._token = ""
+
+    async def open(self) -> None:
+        self._token = _token(self.settings)
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            connector=connector,
+            auto_decompress=True,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._token = ""
+
+    async def send(self, message: QueuedMessage, left: float | None) -> Attempt:
+        assert self._session is not None, "open() first"
+        return await self._send(self._session, self._token, message, left)
 
     async def _send(
         self, session: aiohttp.ClientSession, token: str, message: QueuedMessage, left: float | None = None
@@ -402,11 +510,11 @@ class Delivery:
                 )
                 return Attempt(outcome, status, detail, after, self.clock() - started)
         except aiohttp.ClientSSLError as exc:
-            detail = f"TLS to {self.settings.host} failed: {_reason(getattr(exc, 'os_error', exc))}"
+            detail = f"TLS to {self.where} failed: {_reason(getattr(exc, 'os_error', exc))}"
         except TimeoutError:  # before OSError, which it is a kind of
-            detail = f"{self.settings.host} did not answer within {self.settings.timeout:g} s"
+            detail = f"{self.where} did not answer within {self.settings.timeout:g} s"
         except (aiohttp.ClientError, OSError) as exc:
-            detail = f"cannot reach {self.settings.host}: {type(exc).__name__}: {_short(str(exc))}"
+            detail = f"cannot reach {self.where}: {type(exc).__name__}: {_short(str(exc))}"
         return Attempt(Outcome.RETRY, None, detail, 0.0, self.clock() - started)
 
     @staticmethod

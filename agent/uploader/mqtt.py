@@ -1,9 +1,8 @@
 """Publishing to an MQTT broker (issue [14/16], part 3): one connection, MQTT 5, a message
 counted as delivered only once the broker acknowledged it (QoS 1: ``PUBACK``).
 
-This is the transport only. The topics the output will use (``<prefix>/inventory`` retained,
-``<prefix>/events``, ``<prefix>/status`` retained with a Last Will that says ``offline``) and
-the outbox queue that feeds it are planned with ``[outputs.mqtt]``, not built yet.
+This is the connection only; the output (its topics, payloads and queue) is
+:class:`agent.uploader.outputs.MqttTransport` and docs/mqtt.md.
 
 * ``mqtt://HOST[:1883]`` or ``mqtts://HOST[:8883]``. TLS is always verified: the system's
   trust store, or ``ca_file``; the host name is checked. There is no setting that turns
@@ -150,6 +149,12 @@ class MqttPublisher:
             self.close()
             raise MqttError(f"{where} closed the connection: {self._lost}")
         return self
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (it is never re-made: a lost one needs a new
+        publisher)."""
+        return self._lost is None and self._refusal is None and bool(self._client.is_connected())
 
     def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, retain: bool = False) -> None:
         """Publish with QoS 1 and return once the broker acknowledged it (``PUBACK``)."""

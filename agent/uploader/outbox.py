@@ -1,4 +1,12 @@
-"""The durable outbox: what waits for the portal, in the store (``outbox`` and ``meta``).
+"""The durable outbox: what waits for each output, in the store (``outbox`` and ``meta``).
+
+One queue per output (``portal``, ``glpi``, ``mqtt``: :data:`OUTPUTS`): an :class:`Outbox` is
+the queue of one, with its own sequences, event cursor, bound, counters and state, so that
+an output that is down never holds up another. The portal's is described below; MQTT's is
+the same queue (snapshots and events, published instead of posted). GLPI's holds *state*
+only: one document per unit (``item``: the unit's identity), queued by
+:meth:`Outbox.queue_documents` when its digest differs from the one last queued (or on the
+full-resend schedule), replacing a pending one of the same item; it takes no events.
 
 A message is written here — built, serialised and gzip-compressed, with its
 ``Idempotency-Key`` and ``sequence`` — before anything is sent, and leaves only when the
@@ -54,6 +62,7 @@ from pydantic import BaseModel
 from agent.gcpause import paused_gc
 from agent.model import as_utc
 from agent.store import Store, StoreError, utc_text
+from agent.uploader import GLPI, MQTT, OUTPUTS, PORTAL
 from agent.uploader.protocol import (
     GZIP_LEVEL,
     MAX_EVENTS_PER_MESSAGE,
@@ -71,19 +80,26 @@ from agent.uploader.protocol import (
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SNAPSHOT_INTERVAL",
+    "GLPI",
+    "MQTT",
+    "OUTPUTS",
+    "PORTAL",
     "Outbox",
     "OutboxStats",
     "PortalState",
     "QueuedMessage",
     "SnapshotBuilder",
+    "meta_key",
+    "queued_outputs",
 ]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SNAPSHOT_INTERVAL = timedelta(hours=24)
 
-Kind = Literal["inventory", "events"]
+
+Kind = Literal["inventory", "events", "glpi"]
 KIND_OF_SCHEMA: dict[str, Kind] = {SCHEMA_INVENTORY: "inventory", SCHEMA_EVENTS: "events"}
-SCHEMA_OF_KIND = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
+SCHEMA_OF_KIND: dict[str, str] = {kind: schema for schema, kind in KIND_OF_SCHEMA.items()}
 
 #: Builds a snapshot: (sequence, generated_at, dropped_events) → the message, or already its
 #: serialised bytes (what :func:`~agent.uploader.protocol.serialize` writes for it).
@@ -94,7 +110,7 @@ come."""
 
 _COLUMNS = (
     "id, kind, key, sequence, created_at, size, events, first_event, last_event, state, "
-    "attempts, last_attempt, last_status, last_error"
+    "attempts, last_attempt, last_status, last_error, output, item"
 )
 
 
@@ -116,11 +132,13 @@ class QueuedMessage:
     last_attempt: datetime | None
     last_status: int | None
     last_error: str | None
+    output: str = PORTAL
+    item: str | None = None
     body: bytes = b""
 
     @property
     def schema(self) -> str:
-        return SCHEMA_OF_KIND[self.kind]
+        return SCHEMA_OF_KIND.get(self.kind, self.kind)
 
     @classmethod
     def _of(cls, row: tuple[Any, ...], body: bytes = b"") -> QueuedMessage:
@@ -139,6 +157,8 @@ class QueuedMessage:
             last_attempt,
             last_status,
             last_error,
+            output,
+            item,
         ) = row
         return cls(
             int(id_),
@@ -155,13 +175,17 @@ class QueuedMessage:
             datetime.fromisoformat(last_attempt) if last_attempt else None,
             last_status,
             last_error,
+            output,
+            item,
             body,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "output": self.output,
             "kind": self.kind,
+            "item": self.item,
             "idempotency_key": self.key,
             "sequence": self.sequence,
             "created_at": self.created_at.isoformat(),
@@ -177,9 +201,11 @@ class QueuedMessage:
 
 @dataclass(frozen=True, slots=True)
 class PortalState:
-    """What the last delivery attempts said of the portal: ``unknown`` (never tried),
-    ``ok`` (the last attempt was accepted), ``retrying`` (transient failures: network, 5xx,
-    429…), ``unhealthy`` (delivery paused: the token was refused, or the URL redirects)."""
+    """What the last delivery attempts said of an output (the portal's, GLPI's, the
+    broker's): ``unknown`` (never tried), ``ok`` (the last attempt was accepted),
+    ``retrying`` (transient failures: network, 5xx, 429, no PUBACK…), ``unhealthy`` (delivery
+    paused: the token or password was refused, the URL redirects, the settings cannot be
+    used)."""
 
     state: Literal["unknown", "ok", "retrying", "unhealthy"] = "unknown"
     reason: str | None = None
@@ -216,13 +242,23 @@ class OutboxStats:
     dropped_messages: int
     last_snapshot: datetime | None
     portal: PortalState
+    output: str = PORTAL
 
     @property
     def empty(self) -> bool:
         return self.pending == 0 and self.parked == 0 and self.events_waiting == 0
 
+    @property
+    def state(self) -> PortalState:
+        """What the last delivery attempts said of the output (``portal`` is its old name)."""
+        return self.portal
+
     def to_dict(self) -> dict[str, Any]:
+        """The stats; the output's state is ``delivery`` (``portal`` too, for the portal's
+        queue: the name it had before there were other outputs)."""
+        state = {"portal": self.portal.to_dict()} if self.output == PORTAL else {}
         return {
+            "output": self.output,
             "pending": self.pending,
             "parked": self.parked,
             "bytes": self.bytes,
@@ -232,7 +268,8 @@ class OutboxStats:
             "dropped_events": self.dropped_events,
             "dropped_messages": self.dropped_messages,
             "last_snapshot": self.last_snapshot.isoformat() if self.last_snapshot else None,
-            "portal": self.portal.to_dict(),
+            **state,
+            "delivery": self.portal.to_dict(),
             "empty": self.empty,
         }
 
@@ -249,10 +286,14 @@ def _put(db: sqlite3.Connection, key: str, value: Any) -> None:
     )
 
 
-def _next_sequence(db: sqlite3.Connection) -> int:
-    sequence = int(_get(db, "sequence", 0)) + 1
-    _put(db, "sequence", sequence)
-    return sequence
+def meta_key(output: str, name: str) -> str:
+    """The ``meta`` key of an output's ``name`` (``events_cursor``, ``sequence``,
+    ``last_snapshot``, ``dropped_events``, ``dropped_messages``, ``outage``, ``state``): the
+    portal's keep the names they had before there were other outputs (its state is
+    ``portal``), another output's are suffixed ``:<output>``."""
+    if output == PORTAL:
+        return "portal" if name == "state" else name
+    return f"{name}:{output}"
 
 
 #: What changes on every scan without anything changing: the message's ``sequence`` and
@@ -308,15 +349,35 @@ class Outbox:
         hostname: str = "localhost",
         max_bytes: int = DEFAULT_MAX_BYTES,
         snapshot_interval: timedelta = DEFAULT_SNAPSHOT_INTERVAL,
+        output: str = PORTAL,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}")
         self.store = store
+        self.output = output
+        #: GLPI's queue holds documents (state) only; the portal's and MQTT's take events.
+        self.carries_events = output != GLPI
         self.max_bytes = max_bytes
         self.snapshot_interval = snapshot_interval
         self.agent = AgentInfo(
             id=agent_id or self._stored_agent_id(), version=version, hostname=hostname[:253] or "localhost"
         )
+
+    def _key(self, name: str) -> str:
+        return meta_key(self.output, name)
+
+    def _get(self, db: sqlite3.Connection, name: str, default: Any = None) -> Any:
+        return _get(db, self._key(name), default)
+
+    def _put(self, db: sqlite3.Connection, name: str, value: Any) -> None:
+        _put(db, self._key(name), value)
+
+    def _next_sequence(self, db: sqlite3.Connection) -> int:
+        sequence = int(self._get(db, "sequence", 0)) + 1
+        self._put(db, "sequence", sequence)
+        return sequence
 
     def _stored_agent_id(self) -> str:
         with self.store.transaction() as db:
@@ -334,12 +395,24 @@ class Outbox:
             return self._take_events(db, now)
 
     def _take_events(self, db: sqlite3.Connection, now: datetime) -> int:
-        cursor = int(_get(db, "events_cursor", 0))
-        rows = db.execute("SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (cursor,)).fetchall()
+        if not self.carries_events:
+            return 0
+        cursor = self._get(db, "events_cursor")
+        if cursor is None and self.output != PORTAL:
+            # An output configured later starts from now: its first snapshot says the state,
+            # the events before it stay the portal's (and the store's retention's).
+            latest = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            self._put(db, "events_cursor", int(latest))
+            return 0
+        rows = db.execute(
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq", (int(cursor or 0),)
+        ).fetchall()
         if not rows:
             return 0
         fresh = [(int(seq), self._event(data)) for seq, data in rows]
-        tail = db.execute(f"SELECT {_COLUMNS}, body FROM outbox ORDER BY id DESC LIMIT 1").fetchone()
+        tail = db.execute(
+            f"SELECT {_COLUMNS}, body FROM outbox WHERE output = ? ORDER BY id DESC LIMIT 1", (self.output,)
+        ).fetchone()
         carried: list[tuple[int, EventOut]] = []
         if tail is not None:
             last = QueuedMessage._of(tail[:-1])
@@ -355,7 +428,7 @@ class Outbox:
         batch = carried + fresh
         for start in range(0, len(batch), MAX_EVENTS_PER_MESSAGE):
             chunk = batch[start : start + MAX_EVENTS_PER_MESSAGE]
-            sequence = _next_sequence(db)
+            sequence = self._next_sequence(db)
             message = events_message(self.agent, sequence, now, [e for _, e in chunk])
             self._insert(
                 db,
@@ -367,7 +440,7 @@ class Outbox:
                 chunk[0][0],
                 chunk[-1][0],
             )
-        _put(db, "events_cursor", fresh[-1][0])
+        self._put(db, "events_cursor", fresh[-1][0])
         self._enforce_bound(db)
         return len(fresh)
 
@@ -408,10 +481,13 @@ class Outbox:
             # the newest events message (never sent) rather than start one behind the
             # snapshot: an outage of many scans stays a few messages.
             db.execute("SAVEPOINT replace_snapshot")
-            db.execute("DELETE FROM outbox WHERE kind = 'inventory' AND state = 'pending'")
+            db.execute(
+                "DELETE FROM outbox WHERE output = ? AND kind = 'inventory' AND state = 'pending'",
+                (self.output,),
+            )
             self._take_events(db, now)
-            dropped = int(_get(db, "dropped_events", 0))
-            sequence = int(_get(db, "sequence", 0)) + 1
+            dropped = int(self._get(db, "dropped_events", 0))
+            sequence = int(self._get(db, "sequence", 0)) + 1
             built = build(sequence, now, dropped)
             if isinstance(built, BaseModel):
                 built = serialize(built)
@@ -419,7 +495,7 @@ class Outbox:
             whole = isinstance(built, bytes | bytearray | memoryview)
             digest, body = digest_and_gzip([bytes(built)] if whole else built)  # type: ignore[arg-type,list-item]
             del built
-            last = _get(db, "last_snapshot")
+            last = self._get(db, "last_snapshot")
             if not force and last and last.get("digest") == digest:
                 queued_at = datetime.fromisoformat(last["at"])
                 if as_utc(now) - queued_at < self.snapshot_interval:
@@ -429,11 +505,56 @@ class Outbox:
                     self._take_events(db, now)
                     return False
             db.execute("RELEASE replace_snapshot")
-            _put(db, "sequence", sequence)
+            self._put(db, "sequence", sequence)
             self._insert(db, "inventory", sequence, now, body, 0, None, None)
-            _put(db, "last_snapshot", {"at": utc_text(now), "digest": digest, "sequence": sequence})
+            self._put(db, "last_snapshot", {"at": utc_text(now), "digest": digest, "sequence": sequence})
             self._enforce_bound(db)
         return True
+
+    def queue_documents(
+        self,
+        documents: Iterable[tuple[str, str, bytes]],
+        now: datetime,
+        *,
+        force: bool = False,
+    ) -> int:
+        """Queue the state documents (``item``, ``digest``, ``body`` as sent) whose digest
+        differs from the one last queued for their item — every one when ``force`` is given
+        or the full-resend interval has passed since the last full round. A document replaces
+        a pending one of its item (only the newest state is worth sending). Returns how many
+        were queued; one transaction."""
+        queued = 0
+        with self.store.transaction() as db:
+            last = self._get(db, "last_snapshot")
+            full = (
+                force
+                or not last
+                or as_utc(now) - datetime.fromisoformat(last["at"]) >= self.snapshot_interval
+            )
+            known = dict(
+                db.execute(
+                    "SELECT item, digest FROM output_items WHERE output = ?", (self.output,)
+                ).fetchall()
+            )
+            for item, digest, body in documents:
+                if not full and known.get(item) == digest:
+                    continue
+                db.execute(
+                    "DELETE FROM outbox WHERE output = ? AND item = ? AND state = 'pending'",
+                    (self.output, item),
+                )
+                self._insert(db, "glpi", self._next_sequence(db), now, body, 0, None, None, item=item)
+                db.execute(
+                    "INSERT INTO output_items (output, item, digest, queued_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(output, item) DO UPDATE SET digest = excluded.digest, "
+                    "queued_at = excluded.queued_at",
+                    (self.output, item, digest, utc_text(now)),
+                )
+                queued += 1
+            if full:
+                self._put(db, "last_snapshot", {"at": utc_text(now), "digest": None, "sequence": None})
+            self._enforce_bound(db)
+        return queued
 
     def snapshot_due(self, now: datetime) -> bool:
         """Whether the snapshot interval has passed since the last snapshot was queued (or
@@ -451,37 +572,63 @@ class Outbox:
         events: int,
         first: int | None,
         last: int | None,
+        *,
+        item: str | None = None,
     ) -> None:
         db.execute(
-            "INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, first_event, "
-            "last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            (kind, str(uuid.uuid4()), sequence, utc_text(now), body, len(body), events, first, last),
+            "INSERT INTO outbox (output, kind, item, key, sequence, created_at, body, size, events, "
+            "first_event, last_event, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (
+                self.output,
+                kind,
+                item,
+                str(uuid.uuid4()),
+                sequence,
+                utc_text(now),
+                body,
+                len(body),
+                events,
+                first,
+                last,
+            ),
         )
 
     def _enforce_bound(self, db: sqlite3.Connection) -> None:
-        total = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+        """Past ``max_bytes``, drop this output's oldest events messages — or, in GLPI's
+        queue, its oldest documents, whose items are then forgotten so that the next round
+        queues them again — whole, oldest first, and count them."""
+        total = int(
+            db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM outbox WHERE output = ?", (self.output,)
+            ).fetchone()[0]
+        )
         if total <= self.max_bytes:
             return
         dropped_events = dropped_messages = 0
-        for id_, size, events in db.execute(
-            "SELECT id, size, events FROM outbox WHERE kind = 'events' ORDER BY id"
+        droppable = "events" if self.carries_events else "glpi"
+        for id_, size, events, item in db.execute(
+            "SELECT id, size, events, item FROM outbox WHERE output = ? AND kind = ? ORDER BY id",
+            (self.output, droppable),
         ).fetchall():
             if total <= self.max_bytes:
                 break
             db.execute("DELETE FROM outbox WHERE id = ?", (id_,))
+            if item is not None:
+                db.execute("DELETE FROM output_items WHERE output = ? AND item = ?", (self.output, item))
             total -= int(size)
             dropped_events += int(events)
             dropped_messages += 1
         if dropped_messages:
-            _put(db, "dropped_events", int(_get(db, "dropped_events", 0)) + dropped_events)
-            _put(db, "dropped_messages", int(_get(db, "dropped_messages", 0)) + dropped_messages)
+            self._put(db, "dropped_events", int(self._get(db, "dropped_events", 0)) + dropped_events)
+            self._put(db, "dropped_messages", int(self._get(db, "dropped_messages", 0)) + dropped_messages)
 
     # ------------------------------------------------------------------ delivering
 
     def head(self) -> QueuedMessage | None:
         """The oldest pending message, with its body; ``None`` when nothing is pending."""
         rows = self.store.read(
-            f"SELECT {_COLUMNS}, body FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1"
+            f"SELECT {_COLUMNS}, body FROM outbox WHERE output = ? AND state = 'pending' ORDER BY id LIMIT 1",
+            (self.output,),
         )
         return QueuedMessage._of(rows[0][:-1], bytes(rows[0][-1])) if rows else None
 
@@ -496,11 +643,13 @@ class Outbox:
             )
             return cursor.rowcount == 1
 
-    def delivered(self, message: QueuedMessage, now: datetime, status: int) -> None:
-        """The portal accepted ``message``: it leaves the outbox, and the portal is ``ok``."""
+    def delivered(self, message: QueuedMessage, now: datetime, status: int | str) -> None:
+        """The output accepted ``message``: it leaves the outbox, and the output is ``ok``
+        (``status``: the HTTP status, or what the output said, as ``PUBACK``)."""
         with self.store.transaction() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (message.id,))
-            self._set_portal(db, "ok", f"HTTP {status}", now, success=True)
+            said = f"HTTP {status}" if isinstance(status, int) else status
+            self._set_portal(db, "ok", said, now, success=True)
 
     def failed(self, message: QueuedMessage, status: int | None, error: str) -> None:
         """Note why the last attempt of ``message`` failed (it stays where it is)."""
@@ -523,26 +672,31 @@ class Outbox:
         ahead of anything queued after them; returns how many."""
         with self.store.transaction() as db:
             if ids is None:
-                cursor = db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'parked'")
+                cursor = db.execute(
+                    "UPDATE outbox SET state = 'pending' WHERE output = ? AND state = 'parked'",
+                    (self.output,),
+                )
                 return int(cursor.rowcount)
             count = 0
             for id_ in ids:
                 count += db.execute(
-                    "UPDATE outbox SET state = 'pending' WHERE state = 'parked' AND id = ?", (id_,)
+                    "UPDATE outbox SET state = 'pending' WHERE output = ? AND state = 'parked' AND id = ?",
+                    (self.output, id_),
                 ).rowcount
             return count
 
     def set_portal_state(self, state: str, reason: str | None, now: datetime) -> None:
-        """Record what the last attempt said of the portal (``since`` moves only when the
+        """Record what the last attempt said of the output (``since`` moves only when the
         state changes)."""
         with self.store.transaction() as db:
             self._set_portal(db, state, reason, now)
 
-    @staticmethod
+    set_state = set_portal_state
+
     def _set_portal(
-        db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *, success: bool = False
+        self, db: sqlite3.Connection, state: str, reason: str | None, now: datetime, *, success: bool = False
     ) -> None:
-        previous = PortalState.from_dict(_get(db, "portal", {}))
+        previous = PortalState.from_dict(self._get(db, "state", {}))
         since = previous.since if previous.state == state and previous.since else as_utc(now)
         current = PortalState(
             state,  # type: ignore[arg-type]
@@ -550,13 +704,13 @@ class Outbox:
             since,
             as_utc(now) if success else previous.last_success,
         )
-        _put(db, "portal", current.to_dict())
+        self._put(db, "state", current.to_dict())
 
     def note_outage(self) -> None:
         """A delivery attempt failed for a reason not the message's: when the queue next
         drains, a fresh snapshot is due (:meth:`take_outage`)."""
         with self.store.transaction() as db:
-            _put(db, "outage", True)
+            self._put(db, "outage", True)
 
     def outage_noted(self) -> bool:
         """Whether an outage was noted and no snapshot has followed it yet."""
@@ -565,33 +719,41 @@ class Outbox:
     def take_outage(self) -> bool:
         """Whether an outage was noted since the last call; clears the note."""
         with self.store.transaction() as db:
-            outage = bool(_get(db, "outage", False))
+            outage = bool(self._get(db, "outage", False))
             if outage:
-                _put(db, "outage", False)
+                self._put(db, "outage", False)
             return outage
 
     # ------------------------------------------------------------------ reading
 
-    def _meta(self, key: str, default: Any = None) -> Any:
-        rows = self.store.read("SELECT value FROM meta WHERE key = ?", (key,))
+    def _meta(self, name: str, default: Any = None) -> Any:
+        rows = self.store.read("SELECT value FROM meta WHERE key = ?", (self._key(name),))
         return json.loads(rows[0][0]) if rows else default
 
     def messages(self, *, with_body: bool = False) -> list[QueuedMessage]:
         """Every queued message, in queue order (parked ones where they stand)."""
         body = ", body" if with_body else ""
-        rows = self.store.read(f"SELECT {_COLUMNS}{body} FROM outbox ORDER BY id")
+        rows = self.store.read(
+            f"SELECT {_COLUMNS}{body} FROM outbox WHERE output = ? ORDER BY id", (self.output,)
+        )
         return [QueuedMessage._of(r[:-1], bytes(r[-1])) if with_body else QueuedMessage._of(r) for r in rows]
 
     def portal_state(self) -> PortalState:
-        return PortalState.from_dict(self._meta("portal", {}))
+        return PortalState.from_dict(self._meta("state", {}))
 
     def stats(self) -> OutboxStats:
         pending, parked, size, events, oldest = self.store.read(
             "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'parked'), 0), "
-            "COALESCE(SUM(size), 0), COALESCE(SUM(events), 0), MIN(created_at) FROM outbox"
+            "COALESCE(SUM(size), 0), COALESCE(SUM(events), 0), MIN(created_at) FROM outbox WHERE output = ?",
+            (self.output,),
         )[0]
-        cursor = int(self._meta("events_cursor", 0))
-        waiting = int(self.store.read("SELECT COUNT(*) FROM events WHERE seq > ?", (cursor,))[0][0])
+        cursor = self._meta("events_cursor")
+        if not self.carries_events or (cursor is None and self.output != PORTAL):
+            waiting = 0  # none are this output's yet (:meth:`_take_events`)
+        else:
+            waiting = int(
+                self.store.read("SELECT COUNT(*) FROM events WHERE seq > ?", (int(cursor or 0),))[0][0]
+            )
         last = self._meta("last_snapshot")
         return OutboxStats(
             pending=int(pending),
@@ -604,6 +766,7 @@ class Outbox:
             dropped_messages=int(self._meta("dropped_messages", 0)),
             last_snapshot=datetime.fromisoformat(last["at"]) if last else None,
             portal=self.portal_state(),
+            output=self.output,
         )
 
     def next_sequence(self) -> int:
@@ -612,3 +775,10 @@ class Outbox:
 
     def dropped_events(self) -> int:
         return int(self._meta("dropped_events", 0))
+
+
+def queued_outputs(store: Store) -> list[str]:
+    """The outputs that have messages queued in ``store``, in :data:`OUTPUTS` order (an
+    output no longer configured may still have some)."""
+    found = {row[0] for row in store.read("SELECT DISTINCT output FROM outbox")}
+    return [name for name in OUTPUTS if name in found]

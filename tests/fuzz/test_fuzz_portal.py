@@ -4,7 +4,7 @@ reader (agent/uploader/protocol.py ``parse_message``).
 Replies: any status, reason phrase, ``Retry-After``, ``Date``, ``Location``, ``Content-Type``
 charset (base64, rot13 and idna are codecs Python knows but cannot decode text with) and body
 (problem JSON, an error page echoing the token, bytes, nesting bombs) — from the pure functions
-up to :meth:`Delivery._send` against a real HTTP server on loopback. Documented behaviour:
+up to :meth:`PortalTransport._send` against a real HTTP server on loopback. Documented behaviour:
 ``classify`` maps any status; ``retry_after_seconds`` returns seconds (≥ 0, finite), "0 when
 absent, unreadable or in the past"; a reply becomes an :class:`Attempt` — a network failure
 too — and its detail is capped and never holds the token.
@@ -35,9 +35,9 @@ from agent.sanitize import MASK
 from agent.uploader.delivery import (
     MAX_DETAIL_CHARS,
     Attempt,
-    Delivery,
     Outcome,
     PortalSettings,
+    PortalTransport,
     _problem_detail,
     classify,
     retry_after_seconds,
@@ -170,7 +170,7 @@ def test_reply_detail_never_echoes_the_token(
         body = _echoing(token, body, where)
     elif echo == "location":
         location = _echoing(token, location or "https://p/", where)
-    detail = Delivery._detail(status, reason, body, location, token)
+    detail = PortalTransport._detail(status, reason, body, location, token)
     assert token not in detail
     assert len(detail) <= DETAIL_MAX
     assert detail.startswith(f"HTTP {status}")
@@ -231,9 +231,9 @@ def replies(draw: st.DrawFn, token: str) -> dict[str, Any]:
     }
 
 
-def _delivery(port: int) -> Delivery:
+def _transport(port: int) -> PortalTransport:
     settings = PortalSettings(f"http://127.0.0.1:{port}", Path("/nonexistent/token"), timeout=5.0)
-    return Delivery(None, settings, now=lambda: NOW)  # type: ignore[arg-type]  # _send needs no outbox
+    return PortalTransport(settings, now=lambda: NOW)
 
 
 async def _send_once(reply: dict[str, Any], token: str) -> Attempt:
@@ -253,12 +253,12 @@ async def _send_once(reply: dict[str, Any], token: str) -> Attempt:
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        delivery = _delivery(runner.addresses[0][1])
+        transport = _transport(runner.addresses[0][1])
         message = SimpleNamespace(schema=SCHEMA_EVENTS, body=b"\x1f\x8b", key="k-1")
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=5.0), auto_decompress=True, trust_env=False
         ) as session:
-            return await delivery._send(session, token, message)  # type: ignore[arg-type]
+            return await transport._send(session, token, message)  # type: ignore[arg-type]
     finally:
         await runner.cleanup()
 
