@@ -135,6 +135,16 @@ class Mosquitto:
             self.proc.stderr.close()
         self.proc = None
 
+    def retained(self, topic: str, *, user: str = USER, password: str = PASSWORD, wait: float = 5) -> str:
+        """What a subscriber that comes now gets first on ``topic`` (its retained message),
+        read by ``mosquitto_sub`` as a client would; "" when nothing came within ``wait`` s."""
+        sub = require_mosquitto()[3]
+        command = [sub, "-h", LOOPBACK, "-p", str(self.port), "-u", user, "-P", password, "-t", topic]
+        got = subprocess.run(
+            [*command, "-C", "1", "-W", f"{wait:g}"], capture_output=True, text=True, timeout=wait + 15
+        )
+        return got.stdout.strip()
+
     def restart(self) -> None:
         """Stop, then start on the same ports with the same users (and nothing it held)."""
         self.stop()

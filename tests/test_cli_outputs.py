@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto, require_mosquitto
+from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto
 from tests.sysfs import add_device
 from tools.glpi_standin import GlpiStandIn
 
@@ -57,10 +57,8 @@ def site(tmp_path: Path, glpi: GlpiStandIn, broker: Mosquitto) -> Path:
 
 
 def retained(broker: Mosquitto, topic: str) -> Any:
-    sub = require_mosquitto()[3]
-    command = [sub, "-h", LOOPBACK, "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-t", topic]
-    got = subprocess.run([*command, "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=20)
-    return json.loads(got.stdout) if got.stdout.strip() else None
+    text = broker.retained(topic)
+    return json.loads(text) if text else None
 
 
 def outbox(site: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.uploader.mqtt import MqttError, MqttPublisher, MqttRefused, MqttTarget
-from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto, require_mosquitto
+from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto
 from tools.portal_standin import CertAuthority
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +29,7 @@ def target(broker: Mosquitto, *, tls: bool = False, ca: Path | None = None) -> M
 
 
 def retained(broker: Mosquitto, topic: str) -> str:
-    sub = require_mosquitto()[3]
-    command = [sub, "-h", LOOPBACK, "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-t", topic]
-    got = subprocess.run([*command, "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=20)
-    return got.stdout.strip()
+    return broker.retained(topic)
 
 
 def test_a_retained_message_is_delivered_and_a_later_subscriber_gets_it(broker: Mosquitto) -> None:

@@ -68,10 +68,8 @@ def deliver(outbox: Outbox, transport: Any, seconds: float = 8.0) -> RunResult:
 
 
 def retained(broker: Mosquitto, topic: str) -> Any:
-    sub = require_mosquitto()[3]
-    command = [sub, "-h", LOOPBACK, "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-t", topic]
-    got = subprocess.run([*command, "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=20)
-    return json.loads(got.stdout) if got.stdout.strip() else None
+    text = broker.retained(topic)
+    return json.loads(text) if text else None
 
 
 class Subscriber:

@@ -1,5 +1,5 @@
 """GLPI native inventory documents from roomsync's inventory (issue [14/16], part 2: the
-mapping only; the ``[outputs.glpi]`` delivery is planned, not built).
+mapping; ``[outputs.glpi]`` delivers them: :mod:`agent.uploader.outputs`).
 
 Pure: nothing here reads the clock, the store or the network. :func:`glpi_documents` turns
 the inventory's units, rooms and coverage verdicts into the JSON documents a GLPI server

@@ -34,7 +34,10 @@ the site agent's (docs/portal-api.md, "One unit seen by several agents"); ``room
 exits 0 and
 ``/v1/coverage`` agrees with the portal. Room D's bar received only the sign-in and the four
 documented reads, and its password shows nowhere the test can look (logs, outputs, portal
-messages, the state).
+messages, the state). The same agent delivers to two more outputs (issue [14/16]): the GLPI
+stand-in gets a valid document for every unit, carrying every serial of the portal's final
+view, and a real Mosquitto holds that inventory retained on ``roomsync/<agent_id>/inventory``
+with the agent's status ``online``.
 Expectations come from tests/e2e/site_spec.py, written from the rules, never from the agent.
 
 Everything listens on and talks to 127.0.0.0/8 only. Every peer and the daemon are stopped
@@ -51,6 +54,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -66,11 +70,15 @@ from tests.e2e import site_spec as site
 from tests.e2e.rally_room import GET_3E, RallyRoomAgent, rally_report
 from tests.e2e.site_spec import ROOM_A, ROOM_B, ROOM_C, ROOM_D, ROOM_E, Unit
 from tests.peers_mdns import Publisher
+from tests.peers_mqtt import PASSWORD as MQTT_PASSWORD
+from tests.peers_mqtt import USER as MQTT_USER
+from tests.peers_mqtt import Mosquitto
 from tests.peers_snmp import SnmpSim
 from tests.peers_ssh import keyscan, require_sshd, start_sshd, world_dir, write_known_hosts
 from tests.shared import shared_file
 from tests.sysfs import add_device
 from tests.umockdev_ioctl import HidFeature, IoctlTestbed
+from tools.glpi_standin import GlpiStandIn
 from tools.portal_standin import PortalStandIn
 
 pytestmark = pytest.mark.timeout(180)
@@ -183,6 +191,10 @@ class Site:
         ]
         stack.enter_context(Publisher(site.mdns_services(), workdir=work))
         self.portal = stack.enter_context(PortalStandIn(PORTAL_TOKEN))
+        # The other outputs (issue [14/16]): a GLPI (the stand-in: its transport rules and
+        # schema enforced) and a real Mosquitto.
+        self.glpi = stack.enter_context(GlpiStandIn())
+        self.broker = stack.enter_context(Mosquitto.start(work / "broker", users={MQTT_USER: MQTT_PASSWORD}))
         self.bar: CollabosDevice = site.appliance_bar(work / "collabos", COLLABOS_PASSWORD)
         stack.enter_context(CollabosStandIn(self.bar))
         self.peers_ready = time.monotonic()
@@ -204,25 +216,35 @@ class Site:
         site.write_atomically(self.room_map, site.room_map_text(ROOM_B))
         port = free_tcp_port()
         self.config = work / "agent.toml"
+        mqtt_password = work / "mqtt-password"
+        mqtt_password.write_text(MQTT_PASSWORD + "\n")
+        outputs = (
+            f'\n[outputs.glpi]\nurl = "{self.glpi.url}/front/inventory.php"\nbackoff_cap = 2\n'
+            f'\n[outputs.mqtt]\nurl = "mqtt://{LOOPBACK}:{self.broker.port}"\nusername = "{MQTT_USER}"\n'
+            f'password_file = "{mqtt_password}"\nbackoff_cap = 2\n'
+        )
         self.config.write_text(
-            site.agent_toml(
-                {
-                    "state": self.state,
-                    "room_map": self.room_map,
-                    "sysfs": self.host_sysfs,
-                    "known_hosts": known_hosts,
-                    "ssh_key": sshd.client_key,
-                    "pc_sysfs": pc_sysfs,
-                    "portal_token": token_file,
-                    "entitlements": entitlements,
-                    "collabos_password": self.password_file,
-                },
-                listen=f"{LOOPBACK}:{port}",
-                portal_url=self.portal.url,
-                snmp_ports=self.snmp_ports,
-                snmp_community=SNMP_COMMUNITY,
-                ssh_port=sshd.port,
-                collabos_address=self.bar.address,
+            outputs_after(
+                site.agent_toml(
+                    {
+                        "state": self.state,
+                        "room_map": self.room_map,
+                        "sysfs": self.host_sysfs,
+                        "known_hosts": known_hosts,
+                        "ssh_key": sshd.client_key,
+                        "pc_sysfs": pc_sysfs,
+                        "portal_token": token_file,
+                        "entitlements": entitlements,
+                        "collabos_password": self.password_file,
+                    },
+                    listen=f"{LOOPBACK}:{port}",
+                    portal_url=self.portal.url,
+                    snmp_ports=self.snmp_ports,
+                    snmp_community=SNMP_COMMUNITY,
+                    ssh_port=sshd.port,
+                    collabos_address=self.bar.address,
+                ),
+                outputs,
             )
         )
         notify = NotifySocket.make()
@@ -533,6 +555,7 @@ def test_the_site_end_to_end(running: Site) -> None:
     assert all(src["runs"] >= CYCLES and src["last_success"] for src in status["sources"]), status["sources"]
     coverage = d.get("/v1/coverage").json()
     check_api_coverage(coverage, final, s.entitlements)
+    check_other_outputs(s, final, d.status())
     # One unit, one verdict (coverage is per unit, not per channel).
     assert [v["serial"] for v in coverage["verdicts"]].count(site.RALLY_BAR) == 1, coverage["verdicts"]
 
@@ -787,6 +810,63 @@ def check_collabos_requests(bar: CollabosDevice, signins: int) -> None:
     assert [r.path for r in requests if r.had_password] == [SIGNIN] * signins, requests
     assert (bar.signins, bar.passwords_received) == (signins, signins)
     assert not [r for r in requests if r.status == 429], requests  # within the device's limits
+
+
+def outputs_after(toml: str, outputs: str) -> str:
+    """The site's agent.toml with the ``[outputs.*]`` tables (before ``[api]``, among the
+    top-level tables: TOML has no order, but a reader of the file expects them by the portal)."""
+    return toml.replace("\n[api]\n", outputs + "\n[api]\n", 1)
+
+
+def glpi_serials(document: dict[str, Any]) -> set[str]:
+    """Every serial a GLPI document carries: the unit's, its components', this host's USB units'."""
+    content = document["content"]
+    found = {content.get("network_device", {}).get("serial")}
+    found |= {c.get("serial") for c in content.get("network_components", [])}
+    found |= {u.get("serial") for u in content.get("usbdevices", [])}
+    return {serial for serial in found if serial}
+
+
+def check_other_outputs(s: Site, final: InventoryMessage, status: dict[str, Any]) -> None:
+    """GLPI got a valid document for every unit (the stand-in refuses any other) carrying every
+    serial of the portal's final view, and the MQTT broker holds the same inventory retained on
+    ``roomsync/<agent_id>/inventory``; both outputs are ``ok`` in ``/v1/status``."""
+    serials = {d.serial for p in final.places for d in p.devices if d.serial}
+    serials |= {d.serial for d in final.unassigned if d.serial}
+
+    def glpi_has_all() -> bool:
+        seen = set().union(*(glpi_serials(doc) for doc in s.glpi.documents)) if s.glpi.documents else set()
+        return serials <= seen
+
+    assert s.glpi.wait_for(lambda _g: glpi_has_all(), SETTLE_S), (
+        sorted(serials - set().union(*(glpi_serials(doc) for doc in s.glpi.documents))),
+        s.log_tail(),
+    )
+    assert {r.status for r in s.glpi.requests} == {200}, [(r.status, r.message) for r in s.glpi.requests]
+    # One GLPI-Agent-ID throughout: the agent id is not a UUID, so a version-5 UUID made of it.
+    [agent_uuid] = s.glpi.agent_ids
+    assert uuid.UUID(agent_uuid).version == 5
+
+    topic = f"roomsync/{site.SITE_AGENT}/inventory"
+
+    def mqtt_serials() -> set[str]:
+        text = s.broker.retained(topic, user=MQTT_USER, password=MQTT_PASSWORD)
+        held = InventoryMessage.model_validate_json(text) if text else None
+        if held is None:
+            return set()
+        found = {d.serial for p in held.places for d in p.devices if d.serial}
+        found |= {d.serial for d in held.unassigned if d.serial}
+        return found
+
+    deadline = time.monotonic() + SETTLE_S
+    while mqtt_serials() != serials and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert mqtt_serials() == serials, s.log_tail()
+    online = s.broker.retained(f"roomsync/{site.SITE_AGENT}/status", user=MQTT_USER, password=MQTT_PASSWORD)
+    assert json.loads(online)["state"] == "online"  # the daemon holds its connection
+    outputs = status["outputs"]
+    for name in ("glpi", "mqtt"):
+        assert outputs[name]["configured"] and outputs[name]["outbox"]["delivery"]["state"] == "ok", outputs
 
 
 def check_no_password(s: Site, texts: list[str]) -> None:
