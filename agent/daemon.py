@@ -67,7 +67,7 @@ from agent.scan import run_scan
 from agent.sdnotify import Notifier, watchdog_interval
 from agent.store import Retention, ScanRecord, Store, StoreError
 from agent.storethread import StoreThread
-from agent.uploader import PORTAL
+from agent.uploader import GLPI, PORTAL
 from agent.uploader.delivery import Delivery, OutputError, PortalSettings, Transport
 from agent.uploader.outbox import Outbox
 from agent.uploader.outputs import Output, PortalOutput, make_outbox
@@ -295,8 +295,8 @@ class Daemon:
         self._snapshot_lock = threading.Lock()
         self.store_error: str | None = "not opened yet"
         self.sources: dict[str, SourceStatus] = {}
-        #: Settings of an output that could not be used (counted in push failures).
-        self._settings_failures = 0
+        #: Failed attempts of every output and settings that could not be used, ever (a counter).
+        self._failures_total = 0
         self.first_scan_done = False
         self._stop = asyncio.Event()
         self._triggers: dict[str, asyncio.Event] = {}
@@ -371,6 +371,11 @@ class Daemon:
             task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_GRACE_S)
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in lanes:  # after the sources: a store write they started queues for the lanes
+            task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*lanes, return_exceptions=True), STOP_GRACE_S)
         with contextlib.suppress(TimeoutError):  # MQTT says offline itself
             await asyncio.wait_for(self._close_lanes(list(self._lanes.values())), STOP_GRACE_S)
         if self._api is not None:
@@ -675,13 +680,6 @@ class Daemon:
         with self._snapshot_lock:
             return self._queue_into(outbox, output, self.store, self.settings.snapshot, now, force=force)
 
-    def _queue_snapshot(self, now: datetime, *, force: bool = False) -> bool:
-        """The portal's snapshot (queued whether or not a portal is configured)."""
-        if self.outbox is None or self.store is None or self.settings.snapshot is None:
-            return False
-        with self._snapshot_lock:
-            return self._queue_into(self.outbox, None, self.store, self.settings.snapshot, now, force=force)
-
     def _hotplug_root(self) -> Path | None:
         """The sysfs tree to watch: the USB source's, while USB is scheduled."""
         return self.settings.sysfs_root if "usb" in self._source_tasks else None
@@ -712,8 +710,9 @@ class Daemon:
 
     @property
     def push_failures(self) -> int:
-        """Attempts of every output that did not deliver, and settings that could not be used."""
-        return self._settings_failures + sum(lane.failures for lane in self._lanes.values())
+        """Attempts of every output that did not deliver, and settings that could not be used
+        (a counter: never less, an output removed by a reload included)."""
+        return self._failures_total
 
     def output_failures(self) -> dict[str, int]:
         return {name: lane.failures for name, lane in self._lanes.items()}
@@ -771,9 +770,17 @@ class Daemon:
                 lane.restart.clear()
                 output = lane.output
                 outbox = self.outboxes.get(output.name)
-                paused = await self._deliver(lane, output, outbox) if outbox is not None else False
+                try:
+                    paused = await self._deliver(lane, output, outbox) if outbox is not None else False
+                except Exception as exc:  # a bug or the unforeseen: this output waits, the rest go on
+                    lane.problem = f"{type(exc).__name__}: {exc}"
+                    lane.failures += 1
+                    self._failures_total += 1
+                    log.exception(f"{output.name}.delivery.failed", output=output.name, error=lane.problem)
+                    await self._drop_transport(lane)
+                    paused = True
                 wait = output.backoff_cap if paused else DELIVERY_IDLE_S
-                await self._wait_for_work(lane, wait, watch=output.watch if paused else None)
+                await self._wait_for_work(lane, wait, watch=output.watch if paused else None, paused=paused)
         finally:
             if lane.closed:
                 await self._drop_transport(lane)
@@ -795,17 +802,29 @@ class Daemon:
             now = datetime.now(UTC)
             if outbox.snapshot_due(now):
                 self._queue_output(output, now)
-            if lane.transport is not None and getattr(lane.transport, "settings", None) is not output:
+            if lane.transport is not None and getattr(lane.transport, "settings", None) != output:
                 await self._drop_transport(lane)  # a reload changed the settings
+            transport = self._transport(lane, output, outbox)
+            ensure = getattr(transport, "ensure_connected", None)
+            if ensure is not None:  # MQTT: the status says online again without waiting for work
+                await transport.open()
+                problem = await ensure()
+                if problem is not None:
+                    log.warning(f"{name}.connect.failed", output=name, error=problem)
             delivery = Delivery(
                 outbox,
-                self._transport(lane, output, outbox),
-                snapshot=lambda: self._queue_output(output, datetime.now(UTC), force=True),
+                transport,
+                # After an outage a fresh snapshot is worth sending; GLPI's documents were all
+                # kept (nothing of them is lost in an outage): no full resend for a blip.
+                snapshot=(lambda: self._queue_output(output, datetime.now(UTC), force=True))
+                if output.name != GLPI
+                else None,
             )
             result = await delivery.run(stop=lane.restart)
         except OutputError as exc:
             lane.problem = str(exc)
-            self._settings_failures += 1
+            lane.failures += 1
+            self._failures_total += 1
             log.error(f"{name}.settings.unusable", output=name, error=str(exc))
             with contextlib.suppress(StoreError):
                 outbox.set_state("unhealthy", str(exc), datetime.now(UTC))
@@ -813,25 +832,31 @@ class Daemon:
         except StoreError as exc:
             self.store_error = str(exc)
             return False
-        lane.failures += sum(1 for a in result.attempts if a.outcome != "delivered")
+        failed = sum(1 for a in result.attempts if a.outcome != "delivered")
+        lane.failures += failed
+        self._failures_total += failed
         lane.problem = result.last_problem if result.stopped_because != "empty" else None
         return result.stopped_because == "paused"
 
-    async def _wait_for_work(self, lane: _Lane, seconds: float, watch: Path | None) -> None:
-        """Until woken (new work, reload, stop), ``seconds`` pass, or ``watch`` changes."""
+    async def _wait_for_work(
+        self, lane: _Lane, seconds: float, watch: Path | None, *, paused: bool = False
+    ) -> None:
+        """Until ``seconds`` pass, a reload or stop, or — not paused — new work; paused,
+        until ``watch`` (the secret file) changes, but not for new work: whatever stopped
+        the output (a refused password, a disabled inventory) is not fixed by a scan."""
         stamp = _mtime(watch)
         deadline = time.monotonic() + seconds
         while not self._stop.is_set() and not lane.restart.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if watch is None and lane.wake.is_set():
+            if not paused and lane.wake.is_set():
                 lane.wake.clear()
                 return
             # Paused: look at the secret file each second; else sleep until woken.
-            event = lane.wake if watch is None else lane.restart
+            event = lane.restart if paused else lane.wake
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, 1.0) if watch is not None else remaining)
+                await asyncio.wait_for(event.wait(), min(remaining, 1.0) if paused else remaining)
             if watch is not None and _mtime(watch) != stamp:
                 log.info(
                     f"{lane.output.name}.secret.changed"

@@ -236,6 +236,12 @@ MIGRATIONS: tuple[str, ...] = (
         first_event, last_event, state, attempts, last_attempt, last_status, last_error)
         SELECT id, 'portal', kind, key, sequence, created_at, body, size, events, first_event,
             last_event, state, attempts, last_attempt, last_status, last_error FROM outbox;
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_by_output', seq FROM sqlite_sequence
+        WHERE name = 'outbox'
+        AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_by_output');
+    UPDATE sqlite_sequence
+        SET seq = (SELECT MAX(seq) FROM sqlite_sequence WHERE name IN ('outbox', 'outbox_by_output'))
+        WHERE name = 'outbox_by_output';
     DROP TABLE outbox;
     ALTER TABLE outbox_by_output RENAME TO outbox;
     CREATE INDEX outbox_state ON outbox(output, state, id);

@@ -67,8 +67,15 @@ class Mosquitto:
 
     @classmethod
     def start(
-        cls, directory: Path, *, users: Mapping[str, str], tls: CertAuthority | None = None
+        cls,
+        directory: Path,
+        *,
+        users: Mapping[str, str],
+        tls: CertAuthority | None = None,
+        acl: str | None = None,
     ) -> Mosquitto:
+        """``acl``: the text of a Mosquitto ACL file (``user NAME`` / ``topic write T`` lines);
+        none by default (every user may publish anywhere)."""
         broker, passwd, _, _ = require_mosquitto()
         directory.mkdir(parents=True, exist_ok=True)
         passwords = directory / "passwords"
@@ -87,6 +94,9 @@ class Mosquitto:
             "log_type notice",
             f"listener {port} {LOOPBACK}",
         ]
+        if acl is not None:
+            (directory / "acl").write_text(acl)
+            lines.insert(3, f"acl_file {directory / 'acl'}")
         tls_port = ca = None
         if tls is not None:
             files = tls.server_tls()

@@ -89,7 +89,8 @@ def test_push_once_delivers_to_glpi_and_mqtt(site: Path, glpi: GlpiStandIn, brok
     # MQTT: a subscriber that comes later gets the retained inventory.
     inventory = retained(broker, f"roomsync/{AGENT}/inventory")
     assert {d["serial"] for p in inventory["places"] for d in p["devices"]} == SERIALS
-    assert retained(broker, f"roomsync/{AGENT}/status")["state"] == "offline"
+    # The status is the daemon's: a one-shot push (its own client id) leaves it alone.
+    assert retained(broker, f"roomsync/{AGENT}/status") is None
 
     after = outbox(site)
     assert after["outputs"]["glpi"]["delivery"]["state"] == "ok"
@@ -119,3 +120,39 @@ def test_one_output_down_holds_up_nothing_else_and_target_picks_one(
 
     refused = roomsync(site, "push", "--once", "--target", "portal")
     assert refused.returncode == 2 and "portal" in refused.stderr
+
+
+def test_an_output_whose_settings_fail_holds_up_nothing_else(
+    site: Path, glpi: GlpiStandIn, broker: Mosquitto
+) -> None:
+    config = site / "agent.toml"
+    missing = site / "no-such-password"
+    config.write_text(
+        config.read_text().replace(
+            "[outputs.glpi]\n", f'[outputs.glpi]\nusername = "roomsync"\npassword_file = "{missing}"\n'
+        )
+    )
+    pushed = roomsync(site, "push", "--once", "--json")
+    assert pushed.returncode == 1, pushed.stdout + pushed.stderr
+    result = json.loads(pushed.stdout)
+    assert result["outputs"]["glpi"]["result"] == "unusable"
+    assert "GLPI password file" in result["outputs"]["glpi"]["last_problem"]
+    assert result["outputs"]["mqtt"]["result"] == "empty" and result["outputs"]["mqtt"]["outbox"]["empty"]
+    assert glpi.documents == [] and "glpi:" in pushed.stderr
+    assert retained(broker, f"roomsync/{AGENT}/inventory") is not None
+    # Every output unusable: a usage error (exit 2), as the portal's settings always were.
+    only = roomsync(site, "push", "--once", "--target", "glpi")
+    assert only.returncode == 2 and "GLPI password file" in only.stderr
+
+
+def test_discard_drops_the_queue_of_an_output_taken_out_only(site: Path) -> None:
+    refused = roomsync(site, "outbox", "--discard", "mqtt")
+    assert refused.returncode == 2 and "still configured" in refused.stderr
+    config = site / "agent.toml"
+    text = config.read_text()
+    config.write_text(text[: text.index("[outputs.mqtt]")])
+    shown = roomsync(site, "outbox")
+    assert "mqtt (not configured: its queue is kept; --discard mqtt drops it):" in shown.stdout
+    dropped = roomsync(site, "outbox", "--discard", "mqtt")
+    assert dropped.returncode == 0 and "1 message(s)" in dropped.stdout, dropped.stdout + dropped.stderr
+    assert "mqtt" not in outbox(site)["outputs"]

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from agent.catalog import load_catalog
 from agent.log import configure
-from agent.model import Device, Room, Transport
+from agent.model import Room
 from agent.store import DB_NAME, Store
 from agent.uploader.delivery import (
     Delivery,
@@ -42,28 +42,13 @@ from agent.uploader.delivery import (
 from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import InventoryMessage
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
+from tests.usb_units import unit
 from tools.portal_standin import CertAuthority, PortalStandIn, RecordedRequest, TlsFiles, self_signed_tls
 
 TOKEN = f"tok-{secrets.token_hex(16)}"
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 EVENTS, INVENTORY = "/v1/events", "/v1/inventory"
 CONTEXT = SnapshotContext(load_catalog(), (Room("oslo-4-12", "Fjord"),))
-
-
-def unit(i: int, at: datetime, firmware: str = "1.0") -> Device:
-    return Device(
-        product="Rally Bar",
-        transport=Transport.USB,
-        address=f"1-{i}",
-        first_seen=at,
-        last_seen=at,
-        room="oslo-4-12",
-        serial=f"S{i:05d}",
-        serial_label_grade=True,
-        firmware=firmware,
-        sources=["usb"],
-        category="collabos-bar",
-    )
 
 
 class VirtualTime:

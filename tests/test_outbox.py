@@ -18,7 +18,7 @@ import pytest
 
 from agent.catalog import load_catalog
 from agent.events import ChangeEvent, EventType
-from agent.model import Device, Room, Transport
+from agent.model import Room
 from agent.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Retention, Store, StoreError
 from agent.uploader.delivery import Delivery, PortalSettings
 from agent.uploader.outbox import Outbox, QueuedMessage, content_digest
@@ -30,32 +30,12 @@ from agent.uploader.protocol import (
 )
 from agent.uploader.snapshot import SnapshotContext, build_snapshot
 from tests.small_disk import run_on_small_disk
+from tests.usb_units import scan, unit
 from tools.portal_standin import PortalStandIn
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = SnapshotContext(load_catalog(), (Room("oslo-4-12", "Fjord"),))
-
-
-def unit(i: int, at: datetime, *, firmware: str = "1.0", room: str | None = "oslo-4-12") -> Device:
-    return Device(
-        product="Rally Bar",
-        transport=Transport.USB,
-        address=f"1-{i}",
-        first_seen=at,
-        last_seen=at,
-        room=room,
-        serial=f"S{i:05d}",
-        serial_label_grade=True,
-        firmware=firmware,
-        sources=["usb"],
-        category="collabos-bar",
-    )
-
-
-def scan(store: Store, devices: list[Device], at: datetime, retention: Retention | None = None) -> int:
-    """Store one USB scan; returns how many change events it produced."""
-    return len(store.record_scan(devices, [], at, sources_run={"usb"}, retention=retention).events)
 
 
 def builder(store: Store, outbox: Outbox):

@@ -23,6 +23,7 @@ from agent.uploader.delivery import Delivery, RunResult
 from agent.uploader.glpi import GlpiHost, glpi_documents
 from agent.uploader.outbox import Outbox
 from agent.uploader.outputs import GlpiOutput, glpi_agent_uuid, make_outbox
+from agent.uploader.protocol import AgentInfo
 from agent.uploader.snapshot import SnapshotContext, verdicts_for
 from tests.test_glpi import CATALOG, NOW, ROOMS, TODAY, assert_carried, entitlements, site, site_readings
 from tools.glpi_standin import GlpiStandIn
@@ -211,3 +212,27 @@ def test_inventory_disabled_pauses_and_a_document_glpi_refuses_is_parked(
     result = deliver(outbox, out)
     assert result.parked == 1 and result.retries == 0
     assert "does not validate" in (result.last_problem or "")
+
+
+def test_the_password_is_masked_alone_and_as_basic_credentials_in_what_glpi_echoes(tmp_path: Path) -> None:
+    """An error page that echoes the request's headers shows ``Authorization: Basic …``: the
+    base64 credentials are masked as the password itself is, before the text is cut."""
+    import base64
+
+    secret = tmp_path / "pw"
+    secret.write_text(PASSWORD + "\n")
+    out = GlpiOutput(url="http://127.0.0.1:1/front/inventory.php", username="roomsync", password_file=secret)
+    transport = out.transport(AgentInfo(id=AGENT, version="t", hostname="h"), user_agent="t")
+    credentials = base64.b64encode(f"roomsync:{PASSWORD}".encode()).decode()
+    page = f"<html>Bad gateway. Your request: Authorization: Basic {credentials} pw={PASSWORD}</html>"
+
+    async def verdict() -> tuple[Any, str]:
+        await transport.open()  # reads the password
+        try:
+            return transport._verdict(502, f"Bad {PASSWORD}", "text/html", page)  # type: ignore[attr-defined, no-any-return]
+        finally:
+            await transport.close()
+
+    outcome, detail = asyncio.run(verdict())
+    assert str(outcome) == "retry" and detail.startswith("HTTP 502")
+    assert credentials not in detail and PASSWORD not in detail and "Basic ********" in detail

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +24,9 @@ from agent.store import Store
 from agent.uploader.delivery import Delivery, RunResult
 from agent.uploader.outbox import Outbox, QueuedMessage
 from agent.uploader.outputs import MqttOutput, MqttTransport, make_outbox
-from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto, require_mosquitto
-from tests.test_outbox import CONTEXT, T0, scan, unit
+from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto
+from tests.test_outbox import CONTEXT, T0
+from tests.usb_units import scan, unit
 from tools.portal_standin import CertAuthority
 
 AGENT = "a1b2c3d4-0000-4000-8000-000000000001"
@@ -73,31 +73,39 @@ def retained(broker: Mosquitto, topic: str) -> Any:
 
 
 class Subscriber:
-    """``mosquitto_sub`` on ``topic`` from now on, printing each message on a line."""
+    """A paho client subscribed to ``topic`` (QoS 1) — ready once the broker's ``SUBACK``
+    came back — that keeps every message it gets."""
 
     def __init__(self, broker: Mosquitto, topic: str) -> None:
-        sub = require_mosquitto()[3]
-        self.proc = subprocess.Popen(
-            [sub, "-h", LOOPBACK, "-p", str(broker.port), "-u", USER, "-P", PASSWORD, "-t", topic, "-q", "1"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(0.3)  # subscribed (a retained message would show anyway; these are not)
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
-    def lines(self, count: int, timeout: float = 10.0) -> list[str]:
-        assert self.proc.stdout is not None
-        got: list[str] = []
-        reader = threading.Thread(
-            target=lambda: got.extend(self.proc.stdout.readline() for _ in range(count))
-        )  # type: ignore[union-attr]
-        reader.daemon = True
-        reader.start()
-        reader.join(timeout)
-        return [line for line in got if line]
+        self.messages: list[bytes] = []
+        self._got = threading.Condition()
+        subscribed = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-subscriber", protocol=mqtt.MQTTv5)
+        client.username_pw_set(USER, PASSWORD)
+        client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = self._on_message
+        client.connect(LOOPBACK, broker.port)
+        client.loop_start()
+        self.client = client
+        assert subscribed.wait(10), "no SUBACK"
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._got:
+            self.messages.append(bytes(message.payload))
+            self._got.notify_all()
+
+    def lines(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        with self._got:
+            self._got.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def test_the_queue_is_published_the_inventory_retained_and_the_status_said(
@@ -120,8 +128,7 @@ def test_the_queue_is_published_the_inventory_retained_and_the_status_said(
     assert inventory["schema"] == "roomsync.inventory.v1" and inventory["agent"]["id"] == AGENT
     serials = {d["serial"] for place in inventory["places"] for d in place["devices"]}
     assert serials == {f"S{i:05d}" for i in range(3)}
-    status = retained(broker, f"{PREFIX}/status")  # a one-shot push leaves saying so
-    assert (status["state"], status["reason"], status["agent_id"]) == ("offline", "stopped", AGENT)
+    assert retained(broker, f"{PREFIX}/status") is None  # a one-shot push leaves the daemon's status alone
     assert retained(broker, f"{PREFIX}/events") is None  # events are not retained
 
 
@@ -283,7 +290,30 @@ def test_no_puback_or_a_drop_after_connack_is_retried_and_nothing_leaves(
 def test_the_daemon_default_names_come_from_the_agent_id(store: Store) -> None:
     out = MqttOutput(url="mqtt://127.0.0.1:1")
     outbox = make_outbox(store, out, agent_id="site+1/#", version="t", hostname="h")
-    transport = out.transport(outbox.agent, user_agent="t")
-    assert isinstance(transport, MqttTransport)
-    assert transport.prefix == "roomsync/site_1__" and transport._target.client_id == "roomsync-site_1__"
+    daemon = out.transport(outbox.agent, user_agent="t", persistent=True)
+    push = out.transport(outbox.agent, user_agent="t")
+    assert isinstance(daemon, MqttTransport) and isinstance(push, MqttTransport)
+    assert daemon.prefix == push.prefix == "roomsync/site_1__"
+    # A push never takes the daemon's connection over (a broker drops the older of two
+    # connections with one client id).
+    assert (daemon._target.client_id, push._target.client_id) == (
+        "roomsync-site_1__",
+        "roomsync-site_1__-push",
+    )
+    transport = daemon
     assert json.loads(transport.status("online"))["agent_id"] == "site+1/#"
+
+
+def test_a_puback_that_refuses_the_message_is_not_a_delivery(store: Store, tmp_path: Path) -> None:
+    """An ACL lets the agent publish under ``site/allowed`` only: the broker answers the
+    others' PUBLISH with a PUBACK "Not authorized" — the message stays, delivery pauses."""
+    acl = f"user {USER}\ntopic readwrite site/allowed/#\n"
+    with Mosquitto.start(tmp_path / "acl-broker", users={USER: PASSWORD}, acl=acl) as strict:
+        out = output(strict, tmp_path, topic_prefix="site/denied")
+        outbox = queue(store, out)
+        result = deliver(outbox, out.transport(outbox.agent, user_agent="t"))
+        assert (result.stopped_because, result.delivered) == ("paused", 0), result.attempts
+        assert len(outbox.messages()) == 2 and "Not authorized" in (result.last_problem or "")
+        assert outbox.stats().state.state == "unhealthy"
+        allowed = output(strict, tmp_path, topic_prefix="site/allowed")
+        assert deliver(outbox, allowed.transport(outbox.agent, user_agent="t")).delivered == 2

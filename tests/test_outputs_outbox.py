@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from agent.store import DB_NAME, MIGRATIONS, Retention, Store
-from agent.uploader.outbox import Outbox, queued_outputs
+from agent.uploader.outbox import Outbox, discard_output, queued_outputs
 from agent.uploader.protocol import EventsMessage, parse_message
-from tests.test_outbox import T0, builder, scan, unit
+from tests.test_outbox import T0, builder
+from tests.usb_units import scan, unit
 
 
 @pytest.fixture
@@ -43,7 +44,13 @@ def v5_store_with_a_queued_message(state: Path) -> None:
         "'2026-11-01T09:00:00.000000+00:00', ?, 3, 0, NULL, NULL, 'parked', 2, 'HTTP 400')",
         (b"abc",),
     )
-    db.execute("INSERT INTO meta (key, value) VALUES ('sequence', '7'), ('events_cursor', '0')")
+    # A message since delivered: its id is never to be given again.
+    db.execute(
+        "INSERT INTO outbox (kind, key, sequence, created_at, body, size, events, state) VALUES "
+        "('events', 'key-2', 8, '2026-11-01T09:00:00.000000+00:00', x'00', 1, 1, 'pending')"
+    )
+    db.execute("DELETE FROM outbox WHERE key = 'key-2'")
+    db.execute("INSERT INTO meta (key, value) VALUES ('sequence', '8'), ('events_cursor', '0')")
     db.execute("PRAGMA user_version = 5")
     db.commit()
     db.close()
@@ -64,8 +71,11 @@ def test_a_v5_queue_becomes_the_portals_and_sequences_go_on(tmp_path: Path) -> N
             b"abc",
         )
         assert mqtt.messages() == [] and queued_outputs(store) == ["portal"]
-        assert portal.next_sequence() == 8 and mqtt.next_sequence() == 1
+        assert portal.next_sequence() == 9 and mqtt.next_sequence() == 1
         assert portal.unpark() == 1 and portal.head() is not None and mqtt.head() is None
+        # Ids go on from the old table's counter (AUTOINCREMENT: never reused).
+        assert mqtt.queue_snapshot(builder(store, mqtt), T0)
+        assert [m.id for m in mqtt.messages()] == [3]
 
 
 def test_each_output_has_its_own_sequences_cursor_and_state(store: Store) -> None:
@@ -196,3 +206,40 @@ def test_glpi_documents_dropped_by_the_bound_are_queued_again_next_round(store: 
 def test_an_unknown_output_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="unknown output"):
         Outbox(store, output="smtp")
+
+
+def test_a_newer_glpi_document_replaces_a_parked_one_of_its_unit(store: Store) -> None:
+    glpi = Outbox(store, output="glpi")
+    glpi.queue_documents(docs(("bar-1", "v1"), ("host", "h")), T0)
+    first = glpi.head()
+    assert first is not None and first.item == "bar-1"
+    glpi.park(first, 500, "JSON does not validate")
+    glpi.queue_documents(docs(("bar-1", "v2"), ("host", "h")), T0 + timedelta(minutes=1))
+    queued = glpi.messages(with_body=True)
+    # v1 can never reach GLPI after v2 (push --retry-parked would have sent it).
+    assert [(m.item, m.state, zlib.decompress(m.body)) for m in queued] == [
+        ("host", "pending", b"h"),
+        ("bar-1", "pending", b"v2"),
+    ]
+    assert glpi.unpark() == 0
+
+
+def test_discarding_an_output_drops_its_queue_and_lets_events_be_pruned(store: Store) -> None:
+    retention = Retention(events_days=1)
+    portal, mqtt = Outbox(store), Outbox(store, output="mqtt")
+    mqtt.take_events(T0)
+    scan(store, [unit(i, T0) for i in range(4)], T0)
+    portal.take_events(T0)
+    for message in portal.messages():
+        portal.delivered(message, T0, 202)
+    mqtt.take_events(T0)  # queued for MQTT, never delivered: the output was taken out
+    later = T0 + timedelta(days=3)
+    scan(store, [unit(i, later) for i in range(4)], later, retention)
+    assert len(store.events(limit=None)) == 4  # held for the MQTT queue
+    with pytest.raises(ValueError, match="portal"):
+        discard_output(store, "portal")
+    assert discard_output(store, "mqtt") == 1
+    assert mqtt.messages() == [] and queued_outputs(store) == []
+    assert mqtt.stats().events_waiting == 0 and mqtt.next_sequence() == 1  # a fresh start
+    scan(store, [unit(i, later) for i in range(4)], later + timedelta(hours=1), retention)
+    assert store.events(limit=None) == []

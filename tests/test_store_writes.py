@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.model import Device, Room, SerialSource, Transport
-from agent.store import DB_NAME, Retention, Store
+from agent.store import DB_NAME, SCHEMA_VERSION, Retention, Store
 from tests.test_store import T0, bar, crash_scan, unit
 
 
@@ -189,7 +189,7 @@ def test_history_bytes_is_counted_for_a_store_migrated_from_v4(tmp_path: Path):
     db.execute("INSERT INTO history (scan_id, identity, data) VALUES (1, 'x', ?)", ("é" * 10,))
     db.close()
     with Store.open(tmp_path) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         assert store.read("SELECT value FROM meta WHERE key = 'history_bytes'") == [("20",)]
 
 

@@ -75,7 +75,7 @@ READ_ONLY_COMMANDS = frozenset({"inventory", "events", "outbox", "coverage", "ex
 
 def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
     """The store, or None when no scan was stored yet (a message says so); read-only for the
-    :data:`READ_ONLY_COMMANDS`."""
+    :data:`READ_ONLY_COMMANDS` (unless the arguments say ``writes``: ``outbox --discard``)."""
     from agent.config import resolve_state_dir
     from agent.store import DB_NAME, Store, StoreError
 
@@ -94,7 +94,10 @@ def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
         print(f"roomsync: no inventory stored in {state_dir} yet: run roomsync scan first", file=sys.stderr)
         return None
     try:
-        return Store.open(state_dir, read_only=getattr(args, "command", None) in READ_ONLY_COMMANDS)
+        read_only = getattr(args, "command", None) in READ_ONLY_COMMANDS and not getattr(
+            args, "writes", False
+        )
+        return Store.open(state_dir, read_only=read_only)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
 

@@ -98,6 +98,13 @@ def register_outbox(sub: Subparsers, parents: Parents) -> None:
         "delivery attempts said of each.",
     )
     outbox.add_argument("--json", action="store_true", help="print JSON")
+    outbox.add_argument(
+        "--discard",
+        choices=[name for name in OUTPUTS if name != PORTAL],
+        metavar="NAME",
+        help="drop the queue and state of an output taken out of the configuration (glpi, mqtt): "
+        "its cursor would otherwise keep change events from being pruned",
+    )
     outbox.set_defaults(func=cmd_outbox)
 
 
@@ -105,24 +112,31 @@ def _portal_given(args: argparse.Namespace, cfg: AgentConfig) -> bool:
     return bool(cfg.portal.url or args.portal_url)
 
 
-def push_outputs(args: argparse.Namespace, cfg: AgentConfig) -> list[Output]:
-    """The outputs ``push`` delivers to: ``--target``'s, else every one configured (the
-    portal's flags configure the portal). None at all is a :class:`UsageError` — the
-    portal's, naming what to set."""
+def push_outputs(args: argparse.Namespace, cfg: AgentConfig) -> tuple[list[Output], dict[str, str]]:
+    """The outputs ``push`` delivers to — ``--target``'s, else every one configured (the
+    portal's flags configure the portal) — and those whose settings cannot be used, with
+    why. The portal alone (or asked for by name) with unusable settings is a
+    :class:`UsageError`, naming what to set, as it always was; beside other outputs it is
+    one of the unusable ones, and the others are delivered to."""
     from agent.uploader.outputs import configured_outputs
 
     wanted = args.target
-    portal = (
-        portal_settings(args, cfg)
-        if wanted in (None, PORTAL) and (wanted == PORTAL or _portal_given(args, cfg) or not _any_output(cfg))
-        else None
-    )
+    unusable: dict[str, str] = {}
+    portal = None
+    if wanted in (None, PORTAL) and (wanted == PORTAL or _portal_given(args, cfg) or not _any_output(cfg)):
+        if wanted == PORTAL or not _any_output(cfg):
+            portal = portal_settings(args, cfg)
+        else:
+            try:
+                portal = portal_settings(args, cfg)
+            except UsageError as exc:
+                unusable[PORTAL] = str(exc)
     found = configured_outputs(cfg, portal)
     if wanted is not None:
         found = [o for o in found if o.name == wanted]
         if not found:
             raise UsageError(f"--target {wanted}: [outputs.{wanted}] is not in the configuration")
-    return found
+    return found, unusable
 
 
 def _any_output(cfg: AgentConfig) -> bool:
@@ -137,10 +151,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from agent.store import StoreError
-    from agent.uploader.delivery import Delivery, OutputError
+    from agent.uploader.delivery import Delivery, RunResult
     from agent.uploader.outputs import make_outbox
 
-    outputs = push_outputs(args, cfg)
+    outputs, unusable = push_outputs(args, cfg)
     context = snapshot_context(cfg, configured_rooms(args, cfg))
     store = open_store(args, cfg)
     if store is None:
@@ -151,66 +165,102 @@ def cmd_push(args: argparse.Namespace) -> int:
     with store:
         try:
             deliveries = []
+            outboxes = {}
             for output in outputs:
-                outbox = make_outbox(
+                # Each output on its own: one whose settings or documents fail is reported,
+                # and the others are delivered to all the same.
+                outbox = outboxes[output.name] = make_outbox(
                     store, output, agent_id=cfg.agent_id, version=__version__, hostname=os.uname().nodename
                 )
-                if args.retry_parked:
-                    outbox.unpark()
-                now = datetime.now(UTC)
-                if output.name == GLPI or outbox.snapshot_due(now):
-                    output.queue(outbox, store, context, now)
+                try:
+                    if args.retry_parked:
+                        outbox.unpark()
+                    now = datetime.now(UTC)
+                    if output.name == GLPI or outbox.snapshot_due(now):
+                        output.queue(outbox, store, context, now)
 
-                def fresh(output: Output = output, outbox: Outbox = outbox) -> bool:
-                    return output.queue(outbox, store, context, datetime.now(UTC), force=True)
+                    def fresh(output: Output = output, outbox: Outbox = outbox) -> bool:
+                        return output.queue(outbox, store, context, datetime.now(UTC), force=True)
 
-                delivery = Delivery(
-                    outbox,
-                    output.transport(outbox.agent, user_agent=f"roomsync/{__version__}"),
-                    snapshot=fresh if output.name != GLPI else None,
-                )
+                    delivery = Delivery(
+                        outbox,
+                        output.transport(outbox.agent, user_agent=f"roomsync/{__version__}"),
+                        snapshot=fresh if output.name != GLPI else None,
+                    )
+                except StoreError:
+                    raise
+                except Exception as exc:  # OutputError: its settings; anything else: its documents
+                    unusable[output.name] = _problem(exc)
+                    continue
                 deliveries.append((output, outbox, delivery))
 
-            async def deliver_all() -> list[RunResult]:
-                return await asyncio.gather(*(d.run(deadline=deadline) for _, _, d in deliveries))
+            async def deliver_all() -> list[RunResult | BaseException]:
+                runs = (d.run(deadline=deadline) for _, _, d in deliveries)
+                return await asyncio.gather(*runs, return_exceptions=True)
 
-            for (output, outbox, _), result in zip(deliveries, asyncio.run(deliver_all()), strict=True):
-                results[output.name] = result
-                stats[output.name] = outbox.stats()
-        except OutputError as exc:
-            raise UsageError(str(exc)) from None
+            for (output, _outbox, _), result in zip(deliveries, asyncio.run(deliver_all()), strict=True):
+                if isinstance(result, StoreError):
+                    raise result
+                if isinstance(result, BaseException):
+                    unusable[output.name] = _problem(result)
+                else:
+                    results[output.name] = result
+            stats = {name: outbox.stats() for name, outbox in outboxes.items()}
         except StoreError as exc:
             print(f"roomsync: {exc}", file=sys.stderr)
             return EXIT_FAILED
-    empty = all(s.empty for s in stats.values())
+    if not results:  # no output could be delivered to at all: the settings are the problem
+        raise UsageError("; ".join(f"{name}: {problem}" for name, problem in unusable.items()))
+    empty = not unusable and all(stats[name].empty for name in results)
+    shown = {name: _result_dict(result, stats[name]) for name, result in results.items()}
+    for name, problem in unusable.items():
+        shown[name] = {
+            **_result_dict(RunResult("unusable", last_problem=problem), None),
+            "outbox": (stats[name].to_dict() if name in stats else None),
+        }
+    # The configured order (the portal first), an unusable portal among them.
+    order = [name for name in OUTPUTS if name in shown]
     if args.json:
-        first = next(iter(results))
+        first = next(name for name in order if name in results)
+        runs = list(results.values())
         print_json(
             {
-                **_result_dict(results[first], stats[first]),
-                "result": next(
-                    (r.stopped_because for r in results.values() if r.stopped_because != "empty"), "empty"
+                **shown[first],
+                "result": next((shown[n]["result"] for n in order if shown[n]["result"] != "empty"), "empty"),
+                "delivered": sum(r.delivered for r in runs),
+                "events_delivered": sum(r.events_delivered for r in runs),
+                "parked": sum(r.parked for r in runs),
+                "retries": sum(r.retries for r in runs),
+                "last_problem": next(
+                    (shown[n]["last_problem"] for n in order if shown[n]["last_problem"]), None
                 ),
-                "delivered": sum(r.delivered for r in results.values()),
-                "events_delivered": sum(r.events_delivered for r in results.values()),
-                "parked": sum(r.parked for r in results.values()),
-                "retries": sum(r.retries for r in results.values()),
-                "last_problem": next((r.last_problem for r in results.values() if r.last_problem), None),
-                "outputs": {name: _result_dict(results[name], stats[name]) for name in results},
+                "outputs": {name: shown[name] for name in order},
             }
         )
     else:
-        for output in outputs:
-            result = results[output.name]
+        where = {o.name: o.where for o in outputs}
+        for name in order:
+            if name in unusable:
+                print(f"{name}: not delivered: {unusable[name]}")
+                continue
+            result = results[name]
             print(
-                f"{output.name}: delivered {result.delivered} message(s) ({result.events_delivered} "
-                f"event(s)) to {output.where}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}"
+                f"{name}: delivered {result.delivered} message(s) ({result.events_delivered} "
+                f"event(s)) to {where[name]}; {result.retries} retr{'y' if result.retries == 1 else 'ies'}"
             )
-            print_outbox_summary(stats[output.name], result.stopped_because, result.last_problem, indent="  ")
+            print_outbox_summary(stats[name], result.stopped_because, result.last_problem, indent="  ")
+    for name, problem in unusable.items():
+        print(f"roomsync: {name}: {problem}", file=sys.stderr)
     return EXIT_OK if empty else EXIT_FAILED
 
 
-def _result_dict(result: RunResult, stats: OutboxStats) -> dict[str, Any]:
+def _problem(exc: BaseException) -> str:
+    from agent.uploader.delivery import OutputError
+
+    return str(exc) if isinstance(exc, OutputError) else f"{type(exc).__name__}: {exc}"
+
+
+def _result_dict(result: RunResult, stats: OutboxStats | None) -> dict[str, Any]:
     return {
         "result": result.stopped_because,
         "delivered": result.delivered,
@@ -218,7 +268,7 @@ def _result_dict(result: RunResult, stats: OutboxStats) -> dict[str, Any]:
         "parked": result.parked,
         "retries": result.retries,
         "last_problem": result.last_problem,
-        "outbox": stats.to_dict(),
+        "outbox": stats.to_dict() if stats is not None else None,
     }
 
 
@@ -264,10 +314,25 @@ def print_outbox_summary(
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.store import StoreError
-    from agent.uploader.outbox import queued_outputs
+    from agent.uploader.outbox import discard_output, queued_outputs
 
+    if args.discard is not None:
+        if getattr(cfg.outputs, args.discard) is not None:
+            raise UsageError(
+                f"--discard {args.discard}: [outputs.{args.discard}] is still configured; take it out of "
+                "the configuration first (the daemon would queue for it again)"
+            )
+        args.writes = True
     store = open_store(args, cfg)
     if store is None:
+        return EXIT_OK
+    if args.discard is not None:
+        try:
+            with store:
+                dropped = discard_output(store, args.discard)
+        except StoreError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"discarded the {args.discard} queue: {dropped} message(s) and its state")
         return EXIT_OK
     try:
         with store:
@@ -284,8 +349,15 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             {
                 **portal_stats.to_dict(),
                 "agent_id": agent_id,
-                "outputs": {stats.output: stats.to_dict() for _, stats, _ in shown},
-                "messages": [m.to_dict() for _, _, messages in shown for m in messages],
+                "messages": [m.to_dict() for m in shown[0][2]],  # the portal's, as before outputs
+                "outputs": {
+                    stats.output: {
+                        **stats.to_dict(),
+                        "configured": stats.output in configured,
+                        "messages": [m.to_dict() for m in messages],
+                    }
+                    for _, stats, messages in shown
+                },
             }
         )
         return EXIT_OK
@@ -293,7 +365,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     rows: list[list[str]] = []
     for outbox, stats, messages in shown:
         if len(shown) > 1:
-            note = "" if outbox.output in configured else " (not configured: its queue is kept)"
+            note = (
+                ""
+                if outbox.output in configured
+                else f" (not configured: its queue is kept; --discard {outbox.output} drops it)"
+            )
             print(f"{outbox.output}{note}:")
         print_outbox_summary(stats, indent="  " if len(shown) > 1 else "")
         rows.extend(

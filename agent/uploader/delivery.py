@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_BACKOFF_CAP_S",
     "Attempt",
     "Delivery",
+    "HttpTransport",
     "Outcome",
     "OutputError",
     "PortalError",
@@ -429,7 +430,52 @@ class Delivery:
         return False
 
 
-class PortalTransport:
+class HttpTransport:
+    """What the HTTP outputs' transports share (the portal's, GLPI's): their settings'
+    ``timeout``, ``backoff_cap`` and TLS (verified, a bad CA or client certificate failing at
+    construction), one aiohttp session per delivery run (:meth:`_start`), and a secret read
+    at each :meth:`open` and forgotten at :meth:`close` (``_secret``)."""
+
+    output = ""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        where: str,
+        what: str,
+        user_agent: str = "roomsync",
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.where = where
+        self.timeout: float = settings.timeout
+        self.backoff_cap: float = settings.backoff_cap
+        self.user_agent = user_agent
+        self.clock = clock
+        self.now = now
+        self._ssl = ssl_context(settings, what)  # a bad CA or client certificate fails here, early
+        self._session: aiohttp.ClientSession | None = None
+        self._secret = ""
+
+    def _start(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=connector,
+            auto_decompress=True,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._secret = ""
+
+
+class PortalTransport(HttpTransport):
     """The portal's side of :class:`Transport`: ``POST`` of the stored gzip body with the
     bearer token and the message's ``Idempotency-Key`` (docs/portal-api.md)."""
 
@@ -443,36 +489,17 @@ class PortalTransport:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.settings = settings
-        self.where = settings.host
-        self.timeout = settings.timeout
-        self.backoff_cap = settings.backoff_cap
-        self.user_agent = user_agent
-        self.clock = clock
-        self.now = now
-        self._ssl = ssl_context(settings)  # a bad CA or client certificate fails here, early
-        self._session: aiohttp.ClientSession | None = None
-        self._token = ""
-
-    async def open(self) -> None:
-        self._token = _token(self.settings)
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-            connector=connector,
-            auto_decompress=True,
-            trust_env=False,
+        super().__init__(
+            settings, where=settings.host, what="portal", user_agent=user_agent, clock=clock, now=now
         )
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._token = ""
+    async def open(self) -> None:
+        self._secret = _token(self.settings)
+        self._start()
 
     async def send(self, message: QueuedMessage, left: float | None) -> Attempt:
         assert self._session is not None, "open() first"
-        return await self._send(self._session, self._token, message, left)
+        return await self._send(self._session, self._secret, message, left)
 
     async def _send(
         self, session: aiohttp.ClientSession, token: str, message: QueuedMessage, left: float | None = None

@@ -29,9 +29,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MqttError", "MqttPublisher", "MqttRefused", "MqttTarget"]
+__all__ = ["MqttError", "MqttPublisher", "MqttRefused", "MqttRejected", "MqttTarget"]
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+#: ``CONNACK`` reason codes that retrying with the same settings cannot help (MQTT 5,
+#: 3.2.2.2): unsupported protocol version, client id not valid, bad user name or password,
+#: not authorised, banned, bad authentication method. Any other refusal (server unavailable,
+#: busy, quota or connection rate exceeded…) is worth retrying.
+REFUSED_FOR_GOOD = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+#: ``PUBACK`` reason codes that say the message itself will never be taken (payload format
+#: invalid, packet too large); not authorised and a bad topic name are the settings'
+#: (:attr:`MqttRejected.settings`); the others (quota exceeded, unspecified…) may pass later.
+MESSAGE_REFUSED = frozenset({0x95, 0x99})
+SETTINGS_REFUSED = frozenset({0x87, 0x90})
 
 
 class MqttError(Exception):
@@ -39,8 +49,27 @@ class MqttError(Exception):
 
 
 class MqttRefused(MqttError):
-    """The broker refused the connection (``CONNACK`` with a failure reason): retrying with
-    the same settings cannot help."""
+    """The broker refused the connection for a reason retrying with the same settings cannot
+    help (:data:`REFUSED_FOR_GOOD`: bad user or password, not authorised…)."""
+
+
+class MqttRejected(MqttError):
+    """The broker answered a ``PUBLISH`` with a ``PUBACK`` that refuses it (a reason code of
+    0x80 or more): not delivered. ``code`` is that reason code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def message_refused(self) -> bool:
+        """Whether the message itself can never be taken (payload format, size)."""
+        return self.code in MESSAGE_REFUSED
+
+    @property
+    def settings(self) -> bool:
+        """Whether the settings are refused (not authorised to publish there, a bad topic)."""
+        return self.code in SETTINGS_REFUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +129,10 @@ class MqttPublisher:
         self.timeout = timeout
         self._connected = threading.Event()
         self._refusal: str | None = None
+        self._refusal_code = 0
         self._lost: str | None = None
+        #: PUBACKs that refused their message: reason (text, code) by message id.
+        self._refused: dict[int, tuple[str, int]] = {}
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=target.client_id,
@@ -118,20 +150,29 @@ class MqttPublisher:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.connect_timeout = timeout  # the TCP connect (and TLS handshake) too
         self._keepalive = keepalive
         self._client = client
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self._refusal = str(reason)
+            self._refusal, self._refusal_code = str(reason), int(reason.value)
         self._connected.set()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        # Called before paho marks the message published: the refusal is known by then.
+        if reason is not None and reason.is_failure:
+            self._refused[mid] = (str(reason), int(reason.value))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._lost = str(reason)
         self._connected.set()
 
-    def connect(self) -> MqttPublisher:
+    def connect(self, timeout: float | None = None) -> MqttPublisher:
+        """Connect and wait for ``CONNACK`` within ``timeout`` (else the publisher's)."""
         where = self.target.where
+        wait = self.timeout if timeout is None else min(self.timeout, timeout)
         try:
             self._client.connect(self.target.host, self.target.port, keepalive=self._keepalive)
         except ssl.SSLError as exc:
@@ -139,12 +180,13 @@ class MqttPublisher:
         except OSError as exc:
             raise MqttError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         self._client.loop_start()
-        if not self._connected.wait(self.timeout):
+        if not self._connected.wait(wait):
             self.close()
-            raise MqttError(f"{where}: no CONNACK within {self.timeout:g} s")
+            raise MqttError(f"{where}: no CONNACK within {wait:g} s")
         if self._refusal is not None:
             self.close()
-            raise MqttRefused(f"{where} refused the connection: {self._refusal}")
+            refused = MqttRefused if self._refusal_code in REFUSED_FOR_GOOD else MqttError
+            raise refused(f"{where} refused the connection: {self._refusal}")
         if self._lost is not None:
             self.close()
             raise MqttError(f"{where} closed the connection: {self._lost}")
@@ -156,17 +198,32 @@ class MqttPublisher:
         publisher)."""
         return self._lost is None and self._refusal is None and bool(self._client.is_connected())
 
-    def publish(self, topic: str, payload: bytes | str | dict[str, Any], *, retain: bool = False) -> None:
-        """Publish with QoS 1 and return once the broker acknowledged it (``PUBACK``)."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str | dict[str, Any],
+        *,
+        retain: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish with QoS 1 and return once the broker acknowledged it (``PUBACK``) within
+        ``timeout`` (else the publisher's); :class:`MqttRejected` when that ``PUBACK``
+        refused it."""
         if isinstance(payload, dict):
             payload = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        wait = self.timeout if timeout is None else min(self.timeout, timeout)
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         try:
-            info.wait_for_publish(self.timeout)
+            info.wait_for_publish(wait)
         except (RuntimeError, ValueError) as exc:  # not queued: the connection is gone
             raise MqttError(f"{self.target.where}: {topic}: not sent: {exc}") from None
         if not info.is_published():
-            raise MqttError(f"{self.target.where}: {topic}: no PUBACK within {self.timeout:g} s")
+            raise MqttError(f"{self.target.where}: {topic}: no PUBACK within {wait:g} s")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise MqttRejected(
+                f"{self.target.where}: {topic}: the broker refused it: {refused[0]}", refused[1]
+            )
 
     def close(self) -> None:
         """A clean goodbye (the broker then does not publish the will) and the loop stopped."""

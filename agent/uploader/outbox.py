@@ -6,7 +6,7 @@ an output that is down never holds up another. The portal's is described below; 
 the same queue (snapshots and events, published instead of posted). GLPI's holds *state*
 only: one document per unit (``item``: the unit's identity), queued by
 :meth:`Outbox.queue_documents` when its digest differs from the one last queued (or on the
-full-resend schedule), replacing a pending one of the same item; it takes no events.
+full-resend schedule), replacing a queued one of the same item; it takes no events.
 
 A message is written here — built, serialised and gzip-compressed, with its
 ``Idempotency-Key`` and ``sequence`` — before anything is sent, and leaves only when the
@@ -89,6 +89,7 @@ __all__ = [
     "PortalState",
     "QueuedMessage",
     "SnapshotBuilder",
+    "discard_output",
     "meta_key",
     "queued_outputs",
 ]
@@ -521,8 +522,8 @@ class Outbox:
         """Queue the state documents (``item``, ``digest``, ``body`` as sent) whose digest
         differs from the one last queued for their item — every one when ``force`` is given
         or the full-resend interval has passed since the last full round. A document replaces
-        a pending one of its item (only the newest state is worth sending). Returns how many
-        were queued; one transaction."""
+        any queued one of its item, pending or parked (only the newest state is worth
+        sending). Returns how many were queued; one transaction."""
         queued = 0
         with self.store.transaction() as db:
             last = self._get(db, "last_snapshot")
@@ -539,10 +540,9 @@ class Outbox:
             for item, digest, body in documents:
                 if not full and known.get(item) == digest:
                     continue
-                db.execute(
-                    "DELETE FROM outbox WHERE output = ? AND item = ? AND state = 'pending'",
-                    (self.output, item),
-                )
+                # Pending or parked: an older document of the unit must never reach GLPI after
+                # this one (a parked one sent again by --retry-parked would).
+                db.execute("DELETE FROM outbox WHERE output = ? AND item = ?", (self.output, item))
                 self._insert(db, "glpi", self._next_sequence(db), now, body, 0, None, None, item=item)
                 db.execute(
                     "INSERT INTO output_items (output, item, digest, queued_at) VALUES (?, ?, ?, ?) "
@@ -775,6 +775,20 @@ class Outbox:
 
     def dropped_events(self) -> int:
         return int(self._meta("dropped_events", 0))
+
+
+def discard_output(store: Store, output: str) -> int:
+    """Drop everything ``store`` keeps for ``output`` (not the portal): its queued messages,
+    the digests of its documents, its cursor, sequence, counters and state — for an output
+    taken out of the configuration, whose cursor would otherwise keep events from being
+    pruned. Returns how many messages went."""
+    if output not in OUTPUTS or output == PORTAL:
+        raise ValueError(f"only another output than the portal's can be discarded, not {output!r}")
+    with store.transaction() as db:
+        dropped = db.execute("DELETE FROM outbox WHERE output = ?", (output,)).rowcount
+        db.execute("DELETE FROM output_items WHERE output = ?", (output,))
+        db.execute("DELETE FROM meta WHERE key LIKE ? ESCAPE '\\'", (f"%:{output}",))
+    return int(dropped)
 
 
 def queued_outputs(store: Store) -> list[str]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import gzip
 import json
@@ -53,6 +54,7 @@ from agent.secretfile import SecretFileError, read_secret
 from agent.uploader.delivery import (
     MAX_REPLY_BYTES,
     Attempt,
+    HttpTransport,
     Outcome,
     OutputError,
     PortalSettings,
@@ -64,7 +66,6 @@ from agent.uploader.delivery import (
     _text,
     classify,
     retry_after_seconds,
-    ssl_context,
 )
 from agent.uploader.outbox import GLPI, MQTT, PORTAL, Outbox, QueuedMessage
 
@@ -156,6 +157,15 @@ def _megabytes(value: float) -> int:
     return int(value * 1024 * 1024)
 
 
+def _settings_of(cls: type, section: Any) -> dict[str, Any]:
+    """An output's settings from its configuration section: every setting of the same name,
+    the resend interval and the queue's bound in the units the outbox takes."""
+    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls) if hasattr(section, f.name)}
+    values["resend_interval"] = timedelta(hours=section.resend_hours)
+    values["max_bytes"] = _megabytes(section.outbox_max_mb)
+    return values
+
+
 # --------------------------------------------------------------------------- portal
 
 
@@ -231,19 +241,7 @@ class GlpiOutput:
 
     @classmethod
     def from_config(cls, section: GlpiOutputConfig) -> GlpiOutput:
-        return cls(
-            url=section.url,
-            ca_file=section.ca_file,
-            client_cert=section.client_cert,
-            client_key=section.client_key,
-            username=section.username,
-            password_file=section.password_file,
-            compression=section.compression,
-            timeout=section.timeout,
-            backoff_cap=section.backoff_cap,
-            resend_interval=timedelta(hours=section.resend_hours),
-            max_bytes=_megabytes(section.outbox_max_mb),
-        )
+        return cls(**_settings_of(cls, section))
 
     @property
     def where(self) -> str:
@@ -282,9 +280,9 @@ class GlpiOutput:
         return outbox.queue_documents(items, now, force=force) > 0
 
 
-class GlpiTransport:
+class GlpiTransport(HttpTransport):
     """``POST`` of one document to GLPI's inventory endpoint (see the module's docstring
-    for what each reply means)."""
+    for what each reply means); the basic-auth password is the transport's secret."""
 
     output = GLPI
 
@@ -297,38 +295,19 @@ class GlpiTransport:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.settings = settings
-        self.where = settings.where
-        self.timeout = settings.timeout
-        self.backoff_cap = settings.backoff_cap
+        super().__init__(
+            settings, where=settings.where, what="GLPI", user_agent=user_agent, clock=clock, now=now
+        )
         self.agent_uuid = agent_uuid
-        self.user_agent = user_agent
-        self.clock = clock
-        self.now = now
-        self._ssl = ssl_context(settings, "GLPI")
-        self._session: aiohttp.ClientSession | None = None
-        self._password = ""
 
     async def open(self) -> None:
-        self._password = ""
+        self._secret = ""
         if self.settings.username is not None and self.settings.password_file is not None:
             try:
-                self._password = read_secret(self.settings.password_file, "GLPI password")
+                self._secret = read_secret(self.settings.password_file, "GLPI password")
             except SecretFileError as exc:
                 raise OutputError(str(exc)) from None
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=1)
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=connector,
-            auto_decompress=True,
-            trust_env=False,
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._password = ""
+        self._start()
 
     def _headers(self) -> dict[str, str]:
         headers = {
@@ -338,7 +317,7 @@ class GlpiTransport:
             "User-Agent": self.user_agent,
         }
         if self.settings.username is not None:
-            pair = f"{self.settings.username}:{self._password}".encode()
+            pair = f"{self.settings.username}:{self._secret}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         return headers
 
@@ -392,11 +371,20 @@ class GlpiTransport:
             )
         return Attempt(Outcome.RETRY, None, detail, 0.0, self.clock() - started)
 
+    def _mask(self, text: str) -> str:
+        """``text`` without the password, alone or as the basic-auth credentials (an error
+        page may echo the request's headers)."""
+        if not self._secret:
+            return text
+        pair = f"{self.settings.username}:{self._secret}".encode()
+        for secret in (base64.b64encode(pair).decode("ascii"), self._secret):
+            text = text.replace(secret, MASK)
+        return text
+
     def _verdict(self, status: int, reason: str | None, content_type: str, body: str) -> tuple[Outcome, str]:
-        secret = self._password
-        shown = _short(reason.replace(secret, MASK) if secret and reason else reason or "")
-        text = f"HTTP {status} {shown}".rstrip()
-        said = _glpi_message(body, content_type, secret)
+        body = self._mask(body)  # before anything is cut from it: no part of a secret is left
+        text = f"HTTP {status} {_short(self._mask(reason or ''))}".rstrip()
+        said = _glpi_message(body, content_type)
         if 300 <= status < 400:
             return Outcome.PAUSE, f"{text}: the GLPI URL redirects; fix [outputs.glpi] url"
         if status == 401:
@@ -422,7 +410,7 @@ class GlpiTransport:
             return Outcome.DELIVERED, text
         if said is not None and said[1]:
             return outcome, f"{text}: {said[1]}"
-        return outcome, f"{text}: {_short(body.replace(secret, MASK) if secret else body)}".rstrip(": ")
+        return outcome, f"{text}: {_short(body)}".rstrip(": ")
 
 
 #: GLPI compresses its reply as the request was (errors too): the window bits by type.
@@ -447,7 +435,7 @@ def _inflated(body: bytes, content_type: str) -> bytes | None:
         return None
 
 
-def _glpi_message(body: str, content_type: str, secret: str) -> tuple[str, str] | None:
+def _glpi_message(body: str, content_type: str) -> tuple[str, str] | None:
     """(``status``, ``message``) of GLPI's JSON reply; ``None`` when the body is not one."""
     if "json" not in content_type and not body.lstrip().startswith("{"):
         return None
@@ -459,7 +447,7 @@ def _glpi_message(body: str, content_type: str, secret: str) -> tuple[str, str] 
         return None
     message = doc.get("message")
     text = message if isinstance(message, str) else ""
-    return doc["status"], _short(text.replace(secret, MASK) if secret else text)
+    return doc["status"], _short(text)
 
 
 # --------------------------------------------------------------------------- MQTT
@@ -491,19 +479,7 @@ class MqttOutput:
 
     @classmethod
     def from_config(cls, section: MqttOutputConfig) -> MqttOutput:
-        return cls(
-            url=section.url,
-            client_id=section.client_id,
-            username=section.username,
-            password_file=section.password_file,
-            ca_file=section.ca_file,
-            topic_prefix=section.topic_prefix,
-            keepalive=section.keepalive,
-            timeout=section.timeout,
-            backoff_cap=section.backoff_cap,
-            resend_interval=timedelta(hours=section.resend_hours),
-            max_bytes=_megabytes(section.outbox_max_mb),
-        )
+        return cls(**_settings_of(cls, section))
 
     @property
     def where(self) -> str:
@@ -535,11 +511,15 @@ MQTT_TOPICS = {"inventory": ("inventory", True), "events": ("events", False)}
 
 class MqttTransport:
     """Publishes the queue to the broker, one message at a time, each with QoS 1 (delivered
-    once ``PUBACK`` came back). The connection is made at the first send and, for the
-    daemon (``persistent``), kept between runs; the agent's status is published retained on
-    ``<prefix>/status`` when it connects (``online``) and when it leaves cleanly
-    (``offline``), and the broker publishes the Last Will (``offline``, ``reason`` ``connection
-    lost``) when the connection ends otherwise. paho's calls block: they run in a thread."""
+    once a ``PUBACK`` that does not refuse it came back). paho's calls block: they run in a
+    thread, one at a time.
+
+    The daemon's transport (``persistent``) keeps its connection between runs, as
+    ``<client_id>``, and says the agent's status retained on ``<prefix>/status``: ``online``
+    when it connects, ``offline`` (``reason`` ``stopped``) when the daemon stops, and the
+    broker says the Last Will (``offline``, ``connection lost``) when the connection ends
+    otherwise. A one-shot push (not ``persistent``) connects as ``<client_id>-push`` — never
+    taking the daemon's connection over — and leaves the status alone: it is the daemon's."""
 
     output = MQTT
 
@@ -565,6 +545,8 @@ class MqttTransport:
         self._publisher: MqttPublisher | None = None
         self._lock = asyncio.Lock()
         client_id = settings.client_id or mqtt_defaults(agent.id)[0]
+        if not persistent:
+            client_id = f"{client_id}-push"
         try:
             self._target = MqttTarget.of(
                 settings.url, client_id, username=settings.username, ca_file=settings.ca_file
@@ -579,8 +561,13 @@ class MqttTransport:
             except (OSError, ssl.SSLError) as exc:
                 raise OutputError(f"MQTT CA file {settings.ca_file}: {_reason(exc)}") from None
 
+    @property
+    def connected(self) -> bool:
+        return self._publisher is not None and self._publisher.connected
+
     def status(self, state: str, **extra: Any) -> bytes:
-        """The ``<prefix>/status`` payload."""
+        """The ``<prefix>/status`` payload (``at``: when it was made — for the Last Will,
+        when the connection was)."""
         doc = {
             "state": state,
             "agent_id": self.agent.id,
@@ -603,74 +590,109 @@ class MqttTransport:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Say ``offline`` and leave (the daemon stopping, or the end of a one-shot push)."""
-        publisher, self._publisher = self._publisher, None
-        if publisher is None:
-            return
-
+        """Leave: the daemon's transport says ``offline`` first (the daemon stopping, its
+        output removed or changed by a reload)."""
         from agent.uploader.mqtt import MqttError
 
-        def goodbye() -> None:
-            try:
-                publisher.publish(
-                    f"{self.prefix}/status", self.status("offline", reason="stopped"), retain=True
-                )
-            except MqttError:  # the connection is gone already: the broker says the will
-                pass
-            finally:
-                publisher.close()
+        async with self._lock:
+            publisher, self._publisher = self._publisher, None
+            if publisher is None:
+                return
 
-        await asyncio.to_thread(goodbye)
+            def goodbye() -> None:
+                try:
+                    if self.persistent:
+                        publisher.publish(
+                            f"{self.prefix}/status", self.status("offline", reason="stopped"), retain=True
+                        )
+                except MqttError:  # the connection is gone already: the broker says the will
+                    pass
+                finally:
+                    publisher.close()
 
-    def _connect(self) -> MqttPublisher:
+            await asyncio.to_thread(goodbye)
+
+    def _connect(self, timeout: float | None) -> MqttPublisher:
         from agent.uploader.mqtt import MqttPublisher
 
+        will = (f"{self.prefix}/status", self.status("offline", reason="connection lost"))
         publisher = MqttPublisher(
             self._target,
             password=self._password,
             timeout=self.timeout,
             keepalive=self.settings.keepalive,
-            will=(f"{self.prefix}/status", self.status("offline", reason="connection lost")),
+            will=will if self.persistent else None,
         )
-        publisher.connect()
-        try:
-            publisher.publish(f"{self.prefix}/status", self.status("online"), retain=True)
-        except Exception:
-            publisher.close()
-            raise
+        publisher.connect(timeout)
+        if self.persistent:
+            try:
+                publisher.publish(
+                    f"{self.prefix}/status", self.status("online"), retain=True, timeout=timeout
+                )
+            except Exception:
+                publisher.close()
+                raise
         return publisher
 
+    async def _ensure(self, left: float | None) -> MqttPublisher:
+        """The connection, made again when there is none or it was lost (under the lock)."""
+        if self._publisher is None or not self._publisher.connected:
+            if self._publisher is not None:
+                await asyncio.to_thread(self._publisher.close)
+                self._publisher = None
+            self._publisher = await asyncio.to_thread(self._connect, left)
+        return self._publisher
+
+    async def ensure_connected(self) -> str | None:
+        """The daemon, between runs: connect again if the connection was lost (so that the
+        status says ``online`` again without waiting for something to publish); what went
+        wrong, or ``None``."""
+        from agent.uploader.mqtt import MqttError
+
+        if not self.persistent:
+            return None
+        async with self._lock:
+            try:
+                await self._ensure(None)
+            except (MqttError, OSError, ValueError) as exc:
+                await self._drop()
+                return _masked(str(exc), self._password)
+        return None
+
     async def send(self, message: QueuedMessage, left: float | None) -> Attempt:
-        from agent.uploader.mqtt import MqttError, MqttRefused
+        from agent.uploader.mqtt import MqttError, MqttRefused, MqttRejected
 
         started = self.clock()
+
+        def attempt(outcome: Outcome, detail: str) -> Attempt:
+            return Attempt(outcome, None, _masked(detail, self._password), 0.0, self.clock() - started)
+
         topic, retain = MQTT_TOPICS.get(message.kind, (message.kind, False))
         try:
             payload = gzip.decompress(message.body)
         except (OSError, EOFError, zlib.error) as exc:
-            return Attempt(
-                Outcome.PARK, None, f"stored message unreadable: {exc}", 0.0, self.clock() - started
-            )
+            return attempt(Outcome.PARK, f"stored message unreadable: {exc}")
         async with self._lock:
             try:
-                if self._publisher is None or not self._publisher.connected:
-                    if self._publisher is not None:
-                        await asyncio.to_thread(self._publisher.close)
-                    self._publisher = None
-                    self._publisher = await asyncio.to_thread(self._connect)
-                publisher = self._publisher
-                await asyncio.to_thread(publisher.publish, f"{self.prefix}/{topic}", payload, retain=retain)
+                publisher = await self._ensure(left)
+                wait = None if left is None else max(left - (self.clock() - started), 0.1)
+                await asyncio.to_thread(
+                    publisher.publish, f"{self.prefix}/{topic}", payload, retain=retain, timeout=wait
+                )
             except MqttRefused as exc:
                 await self._drop()
-                return Attempt(
-                    Outcome.PAUSE, None, _masked(str(exc), self._password), 0.0, self.clock() - started
-                )
+                return attempt(Outcome.PAUSE, f"{exc}; check username and password_file")
+            except MqttRejected as exc:
+                if exc.settings:
+                    return attempt(Outcome.PAUSE, f"{exc}; check the broker's ACL for {self.prefix}/#")
+                return attempt(Outcome.PARK if exc.message_refused else Outcome.RETRY, str(exc))
             except MqttError as exc:
                 await self._drop()
-                return Attempt(
-                    Outcome.RETRY, None, _masked(str(exc), self._password), 0.0, self.clock() - started
-                )
-        return Attempt(Outcome.DELIVERED, None, "PUBACK", 0.0, self.clock() - started)
+                return attempt(Outcome.RETRY, str(exc))
+            except (OSError, ValueError) as exc:  # a CA file gone since the start, a socket error
+                await self._drop()
+                return attempt(Outcome.RETRY, f"{self.where}: cannot connect: {type(exc).__name__}: {exc}")
+        return attempt(Outcome.DELIVERED, "PUBACK")
 
     async def _drop(self) -> None:
         publisher, self._publisher = self._publisher, None

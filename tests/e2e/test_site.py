@@ -562,6 +562,11 @@ def test_the_site_end_to_end(running: Site) -> None:
     # 6. SIGTERM: a clean exit. Room D's password was sent to its bar's sign-in only.
     code, seconds = d.terminate()
     assert code == 0, s.log_tail()
+    # The daemon said goodbye to the broker: its retained status is offline, and why.
+    status_text = s.broker.retained(
+        f"roomsync/{site.SITE_AGENT}/status", user=MQTT_USER, password=MQTT_PASSWORD
+    )
+    assert (json.loads(status_text)["state"], json.loads(status_text)["reason"]) == ("offline", "stopped")
     check_collabos_requests(s.bar, signins=2)
     check_no_password(s, [json.dumps(status), json.dumps(coverage)])
     timings["SIGTERM to exit"] = seconds
