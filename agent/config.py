@@ -331,21 +331,8 @@ class PortalConfig(_Section):
     @field_validator("url")
     @classmethod
     def _https_or_loopback(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from urllib.parse import urlsplit
-
-        try:
-            parts = urlsplit(value)
-            host = parts.hostname or ""
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise ValueError(f"not a URL: {exc}") from None
-        if parts.username or parts.password:
-            raise ValueError("no credentials in the URL: the token goes in token_file")
-        if parts.scheme == "http" and not is_loopback_host(host):
-            raise ValueError("http:// is accepted only for a loopback address; use https://")
-        return value.rstrip("/")
+        checked = _https_url(value, credentials="the token goes in token_file")
+        return checked.rstrip("/") if checked is not None else None
 
     @model_validator(mode="after")
     def _client_pair(self) -> PortalConfig:
@@ -354,8 +341,9 @@ class PortalConfig(_Section):
         return self
 
 
-def _https_url(value: str | None, *, what: str) -> str | None:
-    """``https://`` (``http://`` only to a loopback address), no credentials in it."""
+def _https_url(value: str | None, *, credentials: str) -> str | None:
+    """``https://`` (``http://`` only to a loopback address), no credentials in it (where
+    they go instead: ``credentials``)."""
     if value is None:
         return None
     from urllib.parse import urlsplit
@@ -367,7 +355,7 @@ def _https_url(value: str | None, *, what: str) -> str | None:
     except ValueError as exc:
         raise ValueError(f"not a URL: {exc}") from None
     if parts.username or parts.password:
-        raise ValueError(f"no credentials in the URL: the {what} goes in its own setting")
+        raise ValueError(f"no credentials in the URL: {credentials}")
     if parts.scheme == "http" and not is_loopback_host(host):
         raise ValueError("http:// is accepted only for a loopback address; use https://")
     return value
@@ -416,7 +404,9 @@ class GlpiOutputConfig(_OutputConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _https_url(value, what="user and password") or value
+        return (
+            _https_url(value, credentials="the user and password go in username and password_file") or value
+        )
 
     @model_validator(mode="after")
     def _pairs(self) -> GlpiOutputConfig:

@@ -7,8 +7,6 @@ to one output; one output down holds up nothing else, and ``roomsync outbox`` sh
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,11 @@ import pytest
 
 from tests.peers_mqtt import LOOPBACK, PASSWORD, USER, Mosquitto
 from tests.sysfs import add_device
+from tests.test_cli_push import roomsync
 from tools.glpi_standin import GlpiStandIn
 
 SERIALS = {"2301SC0005E2", "2313FD1N08Z2"}
 AGENT = "7d1f3c52-9a0e-4b7c-8d21-5e6f7a8b9c0d"
-
-
-def roomsync(site: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--config", str(site / "agent.toml")],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
