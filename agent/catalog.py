@@ -86,6 +86,9 @@ class Product:
     key_device: bool = False
     select_supported: bool = False
     reseller_supported: bool = False
+    #: Room hardware Logitech supports itself (D2: the first contact for a warranty claim is
+    #: Logitech); any other product goes to the distributor (D1).
+    conference_system: bool = False
     extension_eligible: bool = False
     standard_warranty_years: int = 2
     warranty_source: str = "default"
@@ -590,6 +593,7 @@ _BOOL_KEYS = (
     "key_device",
     "select_supported",
     "reseller_supported",
+    "conference_system",
     "extension_eligible",
     "usb_release_is_firmware",
     "usb_serial_label_grade",

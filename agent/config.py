@@ -94,6 +94,9 @@ class RoomConfig(_Section):
     group: Text | None = None
     location: Text | None = None
     seat_count: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    #: The room's meeting platform: whom to call when a Tap bundle fails depends on it
+    #: (Teams: Logitech JumpStart; Zoom, Google Meet: Logitech Support). Unset: unknown.
+    platform: Literal["teams", "zoom", "google-meet"] | None = None
 
 
 #: Seconds between runs of a source in the daemon (``roomsync run``).
@@ -546,6 +549,37 @@ class SelectConfig(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class ContactConfig(_Section):
+    """One desk: a name, and a URL or a phone number (unset: the seeds' default for it)."""
+
+    #: The desk's name, as an administrator would ask for it.
+    name: Text | None = None
+    #: Where tickets are opened (a portal or a form); set with only ``phone``, the seeds'
+    #: URL is dropped.
+    url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2000)] | None = None
+    #: The desk's phone number.
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9][0-9 ()./-]{3,40}$")] | None = None
+
+
+class SupportConfig(_Section):
+    """Whom to call when a unit fails (``roomsync support``; agent/support.py). Each desk
+    left unset keeps the seeds' contact (domain.md: seeds 000, 003, 004)."""
+
+    #: The distributor Logitech products other than conference systems go back to by RMA
+    #: (D1; the seeds': Ingram Micro's returns portal, the Netherlands).
+    distributor: ContactConfig = ContactConfig()
+    #: The reseller whose service contracts (HEZO+, H1-H3) cover units (the seeds': myHEZO).
+    reseller: ContactConfig = ContactConfig()
+    #: The SELECT desk: the Logitech Service Portal (S12).
+    select: ContactConfig = ContactConfig()
+    #: Logitech JumpStart, for Tap bundles in Microsoft Teams rooms (D2).
+    jumpstart: ContactConfig = ContactConfig()
+    #: Logitech Support, for conference systems other than Tap bundles (D2).
+    logitech: ContactConfig = ContactConfig()
+    #: Logitech Support's Tap-bundle form, for Zoom and Google Meet rooms (D2, P2).
+    tap_bundles: ContactConfig = ContactConfig()
+
+
 class AgentConfig(_Section):
     """The whole configuration file."""
 
@@ -561,6 +595,7 @@ class AgentConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     api: ApiConfig = ApiConfig()
     select: SelectConfig = SelectConfig()
+    support: SupportConfig = SupportConfig()
     store: StoreConfig = StoreConfig()
     coverage: CoverageConfig = CoverageConfig()
 

@@ -159,6 +159,7 @@ def known_rooms(local_room: Room | None, room_map: RoomMap | None) -> list[Room]
                 group=local_room.group if local_room.group is not None else mapped.group,
                 location=local_room.location if local_room.location is not None else mapped.location,
                 seat_count=local_room.seat_count if local_room.seat_count is not None else mapped.seat_count,
+                platform=local_room.platform if local_room.platform is not None else mapped.platform,
             )
         )
     return list(found.values())

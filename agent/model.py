@@ -131,6 +131,9 @@ class Room:
     group: str | None = None
     location: str | None = None
     seat_count: int | None = None
+    #: The meeting platform: ``teams``, ``zoom``, ``google-meet`` (whom to call for a Tap
+    #: bundle depends on it: agent/support.py); ``None`` when not known.
+    platform: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +142,7 @@ class Room:
             "group": self.group,
             "location": self.location,
             "seat_count": self.seat_count,
+            "platform": self.platform,
         }
 
 

@@ -9,7 +9,8 @@ The file (for operators: ``docs/csv-formats.md``)
 -------------------------------------------------
 A CSV file in the dialect every operator CSV shares (:mod:`agent.csvtext`): a header row naming
 the columns ``match``, ``value``, ``room`` (required) and ``room_name``, ``group``, ``location``,
-``seat_count`` (optional); ``config/rooms.example.csv`` is a worked example. ``match`` says
+``seat_count``, ``platform`` (``teams``, ``zoom``, ``google-meet``) (optional);
+``config/rooms.example.csv`` is a worked example. ``match`` says
 what ``value`` is:
 
 * ``serial``: the unit's serial as the agent reads it, white space removed and letters
@@ -111,7 +112,19 @@ class MatchKind(StrEnum):
     CIDR = "cidr"
 
 
-COLUMNS: tuple[str, ...] = ("match", "value", "room", "room_name", "group", "location", "seat_count")
+COLUMNS: tuple[str, ...] = (
+    "match",
+    "value",
+    "room",
+    "room_name",
+    "group",
+    "location",
+    "seat_count",
+    "platform",
+)
+#: The meeting platforms a room's ``platform`` may name (whom to call for a Tap bundle
+#: depends on it: agent/support.py).
+PLATFORMS = ("teams", "zoom", "google-meet")
 _REQUIRED = ("match", "value", "room")
 _MATCH_HINTS = {
     "ip": "address",
@@ -336,6 +349,13 @@ def _parse_text(text: str) -> str:
     if len(text) > MAX_TEXT_LEN:
         raise _Bad(f"is longer than {MAX_TEXT_LEN} characters")
     return text
+
+
+def _parse_platform(text: str) -> str:
+    platform = text.strip().lower()
+    if platform not in PLATFORMS:
+        raise _Bad(f"{text!r} is not a platform ({', '.join(PLATFORMS)})")
+    return platform
 
 
 def _parse_seats(text: str) -> int:
@@ -578,6 +598,7 @@ class _Reader:
             "group": _Said(_parse_text),
             "location": _Said(_parse_text),
             "seat_count": _Said(_parse_seats),
+            "platform": _Said(_parse_platform),
         }
 
     def run(self, data: str | bytes | Path, max_bytes: int) -> RoomMap:
@@ -656,6 +677,7 @@ def _rooms(details: dict[str, dict[str, tuple[Any, int]]]) -> list[Room]:
             group=get(d, "group"),
             location=get(d, "location"),
             seat_count=get(d, "seat_count"),
+            platform=get(d, "platform"),
         )
         for room, d in details.items()
     ]

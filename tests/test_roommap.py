@@ -124,6 +124,8 @@ def test_values_are_normalised() -> None:
 def test_room_only_rows_describe_rooms_and_details_must_agree() -> None:
     room_map = parse_room_map("match,value,room,location,seat_count\n,,r1,Oslo,\nserial,S1,r1,Oslo,4\n")
     assert room_map.rooms["r1"] == Room("r1", location="Oslo", seat_count=4)
+    with_platform = parse_room_map("match,value,room,platform\nserial,S1,r1,Google-Meet\n")
+    assert with_platform.rooms["r1"] == Room("r1", platform="google-meet")
     assert problems("match,value,room,location\n,,r1,Oslo\nserial,S1,r1,Bergen\n") == [
         "rooms.csv:3: location: 'Bergen' differs from 'Oslo' given for room r1 on line 2"
     ]
@@ -192,6 +194,10 @@ def test_room_only_rows_describe_rooms_and_details_must_agree() -> None:
         (
             "match,value,room,seat_count\nserial,S1,r1,10001\n",
             "rooms.csv:2: seat_count: '10001' is too large",
+        ),
+        (
+            "match,value,room,platform\nserial,S1,r1,webex\n",
+            "rooms.csv:2: platform: 'webex' is not a platform (teams, zoom, google-meet)",
         ),
         (
             "match,value,room,room_name\nserial,S1,r1," + "x" * 201 + "\n",

@@ -70,7 +70,7 @@ def rooms_report(
 #: ``read_only``), so that a user who may read the state directory but not write it can run
 #: them, and so that they change nothing there — no migration, no agent id assigned. The others
 #: (``push``) open it to write.
-READ_ONLY_COMMANDS = frozenset({"inventory", "events", "outbox", "coverage", "export"})
+READ_ONLY_COMMANDS = frozenset({"inventory", "events", "outbox", "coverage", "support", "export"})
 
 
 def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
@@ -112,6 +112,22 @@ def stored_inventory(args: argparse.Namespace, cfg: AgentConfig) -> tuple[list[D
     try:
         with store:
             return store.devices(), store.rooms()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def stored_runs(args: argparse.Namespace, cfg: AgentConfig) -> dict[str, datetime]:
+    """When each source's latest stored run was (``Store.latest_runs``); empty when nothing
+    was stored yet."""
+    from agent.model import as_utc
+    from agent.store import StoreError
+
+    store = open_store(args, cfg)
+    if store is None:
+        return {}
+    try:
+        with store:
+            return {name: as_utc(at) for name, at in store.latest_runs().items()}
     except StoreError as exc:
         raise UsageError(str(exc)) from None
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, TypeAlias
 
 from agent.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     Parents,
     UsageError,
@@ -20,15 +22,19 @@ from agent.cli.common import (
     print_json_texts,
     print_table,
 )
-from agent.cli.context import rooms_report, stored_inventory
+from agent.cli.context import rooms_report, stored_inventory, stored_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import date
 
     from agent.config import AgentConfig
     from agent.coverage import CoverageUnit, Verdict
+    from agent.entitlements import Entitlements
     from agent.inventory import RoomsReport
-    from agent.uploader.snapshot import CoverageList
+    from agent.model import Device
+    from agent.support import Support
+    from agent.uploader.snapshot import CoverageList, SnapshotContext
 
     from .common import Subparsers
 
@@ -42,23 +48,7 @@ def register(sub: Subparsers, parents: Parents) -> None:
         "unit in the agent's state (what the scans stored), with the rule ids of "
         "domain.md behind each verdict. Most urgent first.",
     )
-    coverage.add_argument(
-        "--entitlements",
-        metavar="FILE",
-        help="purchase and contract records (CSV; config/entitlements.example.csv; "
-        "default: [coverage] entitlements)",
-    )
-    coverage.add_argument(
-        "--today",
-        metavar="YYYY-MM-DD",
-        help="evaluate as of this day (default: today in UTC, as the daemon's API)",
-    )
-    coverage.add_argument(
-        "--expiring-days",
-        type=int,
-        metavar="N",
-        help="'expiring_soon' when coverage ends within N days (default: [coverage] expiring_days, 90)",
-    )
+    _entitlement_flags(coverage)
     coverage.add_argument(
         "--summary",
         action="store_true",
@@ -68,27 +58,97 @@ def register(sub: Subparsers, parents: Parents) -> None:
     coverage.add_argument("--json", action="store_true", help="print JSON")
     coverage.set_defaults(func=cmd_coverage)
 
+    support = sub.add_parser(
+        "support",
+        parents=[parents.common, parents.state, parents.rooms],
+        help="when a unit fails: whom to call, which serial to quote, what the contract promises",
+        description="For the unit with SERIAL (as the scans stored it): the route (reseller, "
+        "logitech-select, logitech-jumpstart, logitech-support, distributor-rma), the serial the "
+        "ticket quotes, the desk, the priority and times the contract promises, the steps, with "
+        "the room, the system and the coverage behind them and the rule ids of domain.md.",
+    )
+    support.add_argument("serial", metavar="SERIAL", help="the unit's serial (case and spaces do not matter)")
+    _entitlement_flags(support, required=False)
+    support.add_argument("--json", action="store_true", help="print JSON")
+    support.set_defaults(func=cmd_support)
 
-def cmd_coverage(args: argparse.Namespace) -> int:
-    cfg = load(args).config
-    from agent.catalog import load_catalog
+
+def _entitlement_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--entitlements, --today, --expiring-days."""
+    parser.add_argument(
+        "--entitlements",
+        metavar="FILE",
+        help="purchase and contract records (CSV; config/entitlements.example.csv; "
+        "default: [coverage] entitlements)" + ("" if required else "; without one, coverage is unknown"),
+    )
+    parser.add_argument(
+        "--today",
+        metavar="YYYY-MM-DD",
+        help="evaluate as of this day (default: today in UTC, as the daemon's API)",
+    )
+    parser.add_argument(
+        "--expiring-days",
+        type=int,
+        metavar="N",
+        help="'expiring_soon' when coverage ends within N days (default: [coverage] expiring_days, 90)",
+    )
+
+
+def _entitlements(
+    args: argparse.Namespace, cfg: AgentConfig, *, required: bool = True
+) -> Entitlements | None:
+    """The records --entitlements or ``[coverage] entitlements`` names (``None`` when neither
+    does and they are not ``required``); checks --expiring-days."""
     from agent.entitlements import EntitlementsError, load_entitlements
-    from agent.uploader.snapshot import SnapshotContext, coverage_list
 
-    today = parse_day(args.today, "--today")
     if args.expiring_days is None:
         args.expiring_days = cfg.coverage.expiring_days
     if args.expiring_days < 0:
         raise UsageError("--expiring-days must be 0 or more")
     path = args.entitlements or cfg.coverage.entitlements
     if path is None:
+        if not required:
+            return None
         raise UsageError("no entitlements file: pass --entitlements FILE or set [coverage] entitlements")
     try:
-        entitlements = load_entitlements(path)
+        return load_entitlements(path)
     except EntitlementsError as exc:
         raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
     except OSError as exc:
         raise UsageError(f"--entitlements {path}: {exc.strerror or exc}") from None
+
+
+def _supports(
+    args: argparse.Namespace,
+    cfg: AgentConfig,
+    report: RoomsReport,
+    devices: list[Device],
+    context: SnapshotContext,
+    today: date,
+) -> dict[str, tuple[Device, Support]]:
+    """Support for every unit of the stored inventory (agent/support.py), by normalised serial."""
+    from agent.support import contacts_from, site_support
+    from agent.uploader.snapshot import seen_by_latest_runs, verdicts_for
+
+    runs = stored_runs(args, cfg) if devices else {}
+    return site_support(
+        report,
+        verdicts_for(devices, context, today),
+        context.entitlements,
+        catalog=context.catalog,
+        today=today,
+        seen=lambda device: seen_by_latest_runs(device, runs),
+        contacts=contacts_from(cfg.support),
+    )
+
+
+def cmd_coverage(args: argparse.Namespace) -> int:
+    cfg = load(args).config
+    from agent.catalog import load_catalog
+    from agent.uploader.snapshot import SnapshotContext, coverage_list
+
+    today = parse_day(args.today, "--today")
+    entitlements = _entitlements(args, cfg)
     devices, stored_rooms = stored_inventory(args, cfg)
     report = rooms_report(args, cfg, devices, stored_rooms)
     context = SnapshotContext(load_catalog(), entitlements=entitlements, expiring_days=args.expiring_days)
@@ -99,7 +159,8 @@ def cmd_coverage(args: argparse.Namespace) -> int:
     tickets = {r.room_id: r.ticket_serial for r in report.rooms}
     rows = _most_urgent_first(listed)
     if args.json:
-        print_json_texts(_json_texts(rows(), tickets))
+        supports = _supports(args, cfg, report, devices, context, today)
+        print_json_texts(_json_texts(rows(), tickets, supports))
         return EXIT_OK
     if not listed.units and not listed.rows.records:
         print("no units: the entitlements file is empty and no scan has been stored yet")
@@ -150,25 +211,38 @@ def _most_urgent_first(listed: CoverageList) -> Callable[[], Iterator[Row]]:
     return rows
 
 
-def _json_texts(rows: Iterable[Row], tickets: dict[str, str | None]) -> Iterator[str]:
+def _json_texts(
+    rows: Iterable[Row], tickets: dict[str, str | None], supports: Mapping[str, tuple[Device, Support]]
+) -> Iterator[str]:
     """Each row as ``coverage --json`` lists it: a verdict records share made into text once,
-    each one's serial put in."""
+    each one's serial put in. ``support`` is what to do when the unit fails (agent/support.py);
+    ``null`` for a record no scan found (its product and room are not known)."""
+    from agent.sanitize import normalize_serial
+
     shared: dict[int, str] = {}  # by the verdict's id: every one is kept by the groups
     for verdict, serial, unit in rows:
         if unit is not None:
             room = unit.room
+            found = supports.get(normalize_serial(serial)) if serial else None
             yield json_item(
                 {
                     **verdict.to_dict(),
                     "room": room,
                     "ticket_serial": tickets.get(room) if room else None,
                     "reason": verdict.reason,
+                    "support": found[1].to_dict() if found is not None else None,
                 }
             )
             continue
         text = shared.get(id(verdict))
         if text is None:
-            fields = {**verdict.to_dict(), "room": None, "ticket_serial": None, "reason": verdict.reason}
+            fields = {
+                **verdict.to_dict(),
+                "room": None,
+                "ticket_serial": None,
+                "reason": verdict.reason,
+                "support": None,
+            }
             text = shared[id(verdict)] = json_item({**fields, "serial": ""})[len(_SERIAL_HEAD) + 2 :]
         yield _SERIAL_HEAD + json.dumps(serial, ensure_ascii=False) + text
 
@@ -220,4 +294,79 @@ def _print_site_summary(
         print(f"  flags: {', '.join(site.flags)}")
     if report.unassigned:
         print(f"  {len(report.unassigned)} unit(s) in no room (a room map places LAN devices)")
+    return EXIT_OK
+
+
+def cmd_support(args: argparse.Namespace) -> int:
+    cfg = load(args).config
+    from agent.catalog import load_catalog
+    from agent.sanitize import normalize_serial
+    from agent.uploader.snapshot import SnapshotContext, verdicts_for
+
+    today = parse_day(args.today, "--today")
+    entitlements = _entitlements(args, cfg, required=False)
+    devices, stored_rooms = stored_inventory(args, cfg)
+    report = rooms_report(args, cfg, devices, stored_rooms)
+    context = SnapshotContext(load_catalog(), entitlements=entitlements, expiring_days=args.expiring_days)
+    key = normalize_serial(args.serial)
+    found = _supports(args, cfg, report, devices, context, today).get(key) if key else None
+    if found is None:
+        print(f"roomsync: no unit with serial {args.serial!r} in the stored inventory", file=sys.stderr)
+        return EXIT_FAILED
+    device, support = found
+    verdict = verdicts_for(devices, context, today).get(key)
+    room = report.room(device.room) if device.room else None
+    summary = next((r for r in report.rooms if room is not None and r.room_id == room.id), None)
+    system = next((s for s in (summary.systems if summary else ()) if device in s.devices), None)
+    if args.json:
+        print_json(
+            {
+                "serial": device.serial,
+                "product": device.product,
+                "identity": device.identity,
+                "today": today.isoformat(),
+                "room": room.to_dict() if room is not None else None,
+                "system": system.to_dict() if system is not None else None,
+                "coverage": {**verdict.to_dict(), "reason": verdict.reason} if verdict is not None else None,
+                "support": support.to_dict(),
+            }
+        )
+        return EXIT_OK
+    from agent.sanitize import printable
+
+    where = (
+        f"{room.name or room.id}" + (f" ({room.platform})" if room and room.platform else "")
+        if room
+        else "no room"
+    )
+    print(f"{device.product} {device.serial} — {where}" + (f", {system.name}" if system else ""))
+    if verdict is not None:
+        until = verdict.covered_until.isoformat() if verdict.covered_until else "-"
+        print(f"coverage: {verdict.status} until {until} ({printable(verdict.reason)})")
+    else:
+        print("coverage: unknown (no entitlements file: --entitlements or [coverage] entitlements)")
+    route = support.route or " or ".join(support.routes)
+    print(f"route: {route}; quote serial {support.ticket_serial or '(read it from the label)'}")
+    for contact in support.contacts:
+        print(f"  {contact.name}" + "".join(f", {v}" for v in (contact.url, contact.phone) if v))
+    promised = [
+        f"{label} {value}"
+        for label, value in (
+            ("priority", support.priority),
+            ("hours", support.hours),
+            ("first response", support.response),
+            ("updates every", support.updates),
+            ("replacement", support.replacement),
+            ("contract", support.contract),
+            ("room", support.room),
+        )
+        if value
+    ]
+    if promised:
+        print("; ".join(promised))
+    for step in support.steps:
+        print(f"- {step}")
+    if support.flags:
+        print(f"flags: {', '.join(support.flags)}")
+    print(f"rules: {', '.join(support.rules)}")
     return EXIT_OK
