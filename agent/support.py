@@ -16,10 +16,11 @@ Rules (the first that applies)
    prepaid waybill (H3).
 2. **logitech-select** (S2, S12, S6, S7, S15): the unit's room holds an active SELECT licence
    (a unit of the room has a SELECT layer covering today: a room licence covers every supported
-   product in its room, S2). English 24x7, first-response objective 1 h; the ticket names the
-   licensed room (S12). Replacement only while the unit is under 5 years from purchase (S7:
-   ``select-replacement-age``, ``purchase-date-unknown``) and the fault is not an exclusion (S6,
-   listed in ``steps``); country notes (S15).
+   product in its room, S2) and SELECT supports its product (catalog ``select_supported``; a
+   product the catalog does not know is not judged). English 24x7, first-response objective
+   1 h; the ticket names the licensed room (S12). Replacement only while the unit is under 5
+   years from purchase (S7: ``select-replacement-age``, ``purchase-date-unknown``) and the
+   fault is not an exclusion (S6, listed in ``steps``); country notes (S15).
 3. **A conference system** (D2): a product the catalog marks ``conference_system`` (the Rally
    and Rally Bar families, MeetUp, Tap, Scribe, Swytch, Sight…), or the room PC of a Tap
    bundle.
@@ -330,7 +331,7 @@ def support_for(
             contract=contract,
         )
 
-    if room_select:
+    if room_select and (product is None or product.select_supported):
         draft.rule("S2", "S12", "S6", "S7")
         serial = _quote(own, draft)
         room = room_name or device.room

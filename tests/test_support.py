@@ -250,3 +250,9 @@ def test_contacts_come_from_the_configuration() -> None:
         "url": None,
         "phone": "+47 22 00 00 00",
     }
+
+
+def test_a_select_room_does_not_take_a_product_select_does_not_support() -> None:
+    brio = unit("Brio", "9C7A2B10")
+    found = support(brio, bought("9C7A2B10"), room_select=True, room_name="Fjord")
+    assert found.route == "distributor-rma"  # S2: the licence covers supported products only
