@@ -42,6 +42,7 @@ READS: dict[str, list[str]] = {
     "events": ["events"],
     "outbox": ["outbox", "--json"],
     "coverage": ["coverage", "--json", "--entitlements", ENTITLEMENTS, "--today", "2026-12-01"],
+    "support": ["support", "2313FD1N08Z2", "--json", "--entitlements", ENTITLEMENTS, "--today", "2026-12-01"],
     "export-csv": ["export", "--format", "service-portal-csv"],
     "export-json": ["export", "--format", "json"],
 }
@@ -52,6 +53,7 @@ SHOWS = {
     "events": "device.added",
     "outbox": '"pending": 2',
     "coverage": '"room": "oslo-4-12"',
+    "support": '"route": "logitech-support"',
     "export-csv": "2313FD1N08Z2",
     "export-json": "2313FD1N08Z2",
 }
@@ -358,11 +360,11 @@ def test_without_an_agent_id_the_outbox_and_the_snapshot_say_so(place: Path) -> 
 
 @pytest.mark.parametrize("name", list(READS))
 def test_before_any_scan_a_read_only_command_creates_nothing(place: Path, name: str) -> None:
-    """As before: an empty answer (``export --format json``, which has no snapshot to give:
-    exit 1) and a line saying why — and no state directory left behind, even for a user who
-    may create it."""
+    """As before: an empty answer (``export --format json``, which has no snapshot to give, and
+    ``support``, which has no unit to answer for: exit 1) and a line saying why — and no state
+    directory left behind, even for a user who may create it."""
     done = roomsync(*READS[name], "--config", str(configure(place)))
-    assert done.returncode == (1 if name == "export-json" else 0), done.stderr
+    assert done.returncode == (1 if name in ("export-json", "support") else 0), done.stderr
     assert "no inventory stored" in done.stderr and "run roomsync scan first" in done.stderr
     assert not (place / "state").exists()
 
