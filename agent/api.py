@@ -12,10 +12,12 @@ for scripts, Prometheus metrics.
                        ``?after=IDENTITY``: one page of units in identity order, with
                        ``total`` and ``next`` (the ``after`` of the next page; null at the end)
 ``GET /v1/rooms``      room summaries: primary unit, ticket serial, flags
-``GET /v1/coverage``   coverage verdicts of every unit with a serial, then of every
-                       entitlement serial no scan found, in the file's order (``[coverage]``;
-                       as ``roomsync coverage``), with ``total``; sent as the records'
-                       verdicts are worked out (chunked; to HTTP/1.0, ended by the close);
+``GET /v1/coverage``   coverage verdicts of every unit with a serial, each with ``support``
+                       (whom to call when it fails: agent/support.py), then of every
+                       entitlement serial no scan found (``support`` null), in the file's
+                       order (``[coverage]``; as ``roomsync coverage``), with ``total``; sent
+                       as the records' verdicts are worked out (chunked; to HTTP/1.0, ended
+                       by the close);
                        ``?limit=N&after=SERIAL`` pages it as ``/v1/inventory`` (``next``:
                        the last serial of a page)
 ``GET /v1/events``     change events, ``?since=`` (RFC 3339 or a date) and ``?limit=``
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from agent.coverage import Verdict
     from agent.model import Room
     from agent.store import Store
+    from agent.support import Support
     from agent.uploader.delivery import PortalSettings
     from agent.uploader.outbox import Outbox
     from agent.uploader.snapshot import CoverageList, SnapshotContext
@@ -641,7 +644,7 @@ class ApiServer:
         (a file of millions of records is never held as one answer)."""
         yield answer.head(next=None)
         yield b",\n".join(answer.seen)
-        unseen = answer.listed.rows.texts(skip=answer.listed.keys)
+        unseen = map(_unsupported, answer.listed.rows.texts(skip=answer.listed.keys))
         first = not answer.seen
         count = COVERAGE_BATCH
         while count == COVERAGE_BATCH:
@@ -773,27 +776,54 @@ class _Coverage:
             room = limit - len(texts)
             rows = list(islice(self.listed.rows.shared(rows_from, skip=self.listed.keys), room + 1))
             more, rows = len(rows) > room, rows[:room]
-            texts += [_verdict_json(replace(verdict, serial=serial)) for serial, verdict in rows]
+            texts += [_verdict_json(replace(verdict, serial=serial), None) for serial, verdict in rows]
             serials += [serial for serial, _ in rows]
         last = serials[-1] if more and serials else None
         return self.head(next=last) + b",\n".join(texts) + b"\n]}\n"
 
 
-def _verdict_json(verdict: Verdict) -> bytes:
-    return json.dumps(verdict.to_dict(), ensure_ascii=False, default=str).encode()
+def _verdict_json(verdict: Verdict, support: Support | None) -> bytes:
+    """A verdict as ``/v1/coverage`` lists it, with ``support`` (null for a record no scan found)."""
+    fields = {**verdict.to_dict(), "support": support.to_dict() if support is not None else None}
+    return json.dumps(fields, ensure_ascii=False, default=str).encode()
+
+
+def _unsupported(text: bytes) -> bytes:
+    """A record's verdict as :meth:`agent.coverage.RowVerdicts.texts` encodes it (one JSON
+    object) with ``"support": null`` put in last, as :func:`_verdict_json` puts it."""
+    return text[:-1] + b', "support": null}'
 
 
 def _coverage_answer(today: date) -> Callable[[Store, Any], _Coverage]:
     def build(store: Store, settings: Any) -> _Coverage:
-        from agent.uploader.snapshot import coverage_list
+        from agent.support import site_support
+        from agent.uploader.snapshot import coverage_list, seen_by_latest_runs
 
-        listed = coverage_list(store.devices(), settings.snapshot, today)  # as roomsync coverage
+        context = settings.snapshot
+        devices, report = _summary(store, settings)
+        listed = coverage_list(devices, context, today)  # as roomsync coverage
         if listed is None:  # the settings changed under the request: as answered then
             raise StoreError("coverage is no longer evaluated (the settings were reloaded): ask again")
+        runs = store.latest_runs()
+        supports = site_support(
+            report,
+            devices,
+            {normalize_serial(u.serial): v for u, v in zip(listed.units, listed.verdicts, strict=True)},
+            context.entitlements,
+            catalog=context.catalog,
+            today=today,
+            seen=lambda device: seen_by_latest_runs(device, runs),
+            settings=context.support,
+        )
+
+        def support(serial: str | None) -> Support | None:
+            found = supports.get(normalize_serial(serial)) if serial else None
+            return found[1] if found is not None else None
+
         return _Coverage(
             listed,
             today.isoformat(),
-            [_verdict_json(v) for v in listed.verdicts],
+            [_verdict_json(v, support(u.serial)) for u, v in zip(listed.units, listed.verdicts, strict=True)],
             {normalize_serial(unit.serial): at for at, unit in enumerate(listed.units)},
             listed.total,
         )

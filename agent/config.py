@@ -61,6 +61,10 @@ PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 Text = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE.pattern)]
 
 
+#: A room's meeting platform (whom to call when a Tap bundle fails: agent/support.py).
+PlatformName = Literal["teams", "zoom", "google-meet"]
+
+
 @dataclass(frozen=True, slots=True)
 class _SecretName:
     """Marks a path (in ``Annotated``) that names a secret file: a bare name written in the
@@ -96,7 +100,7 @@ class RoomConfig(_Section):
     seat_count: Annotated[int, Field(ge=0, le=10_000)] | None = None
     #: The room's meeting platform: whom to call when a Tap bundle fails depends on it
     #: (Teams: Logitech JumpStart; Zoom, Google Meet: Logitech Support). Unset: unknown.
-    platform: Literal["teams", "zoom", "google-meet"] | None = None
+    platform: PlatformName | None = None
 
 
 #: Seconds between runs of a source in the daemon (``roomsync run``).
@@ -549,6 +553,12 @@ class SelectConfig(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def _documented_platforms() -> dict[str, PlatformName]:
+    """``[support] service_platforms``'s default: the ``serviceProvider`` whose platform is
+    documented (issue [15/16]: ``MTR``, a Microsoft Teams room)."""
+    return {"MTR": "teams"}
+
+
 class ContactConfig(_Section):
     """One desk: a name, and a URL or a phone number (unset: the seeds' default for it)."""
 
@@ -578,6 +588,29 @@ class SupportConfig(_Section):
     logitech: ContactConfig = ContactConfig()
     #: Logitech Support's Tap-bundle form, for Zoom and Google Meet rooms (D2, P2).
     tap_bundles: ContactConfig = ContactConfig()
+    #: A room's platform by the ``serviceProvider`` its CollabOS units report
+    #: (``GET /api/v1/device``), for rooms whose ``[room] platform`` / room-map ``platform`` is unset. Keys
+    #: are matched without regard to case; a provider not listed (``BYOD``…) leaves the
+    #: platform unknown. Setting this table (or one key of it from the environment) replaces
+    #: the default (``MTR`` is documented;
+    #: what Zoom and Google Meet bars report is not: add it as your units show it, in
+    #: ``roomsync inventory --json``'s ``attributes.service_provider``).
+    service_platforms: dict[
+        Annotated[
+            str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+        ],
+        PlatformName,
+    ] = Field(default_factory=_documented_platforms)
+
+    @field_validator("service_platforms")
+    @classmethod
+    def _one_platform_per_provider(cls, value: dict[str, PlatformName]) -> dict[str, PlatformName]:
+        seen: dict[str, str] = {}
+        for key in value:
+            other = seen.setdefault(key.upper(), key)
+            if other != key:
+                raise ValueError(f"{other!r} and {key!r} name one provider (case does not matter): keep one")
+        return value
 
 
 class AgentConfig(_Section):

@@ -61,6 +61,7 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
     evaluated)."""
     from agent.catalog import load_catalog
     from agent.entitlements import EntitlementsError, load_entitlements
+    from agent.support import support_settings_from
     from agent.uploader.snapshot import SnapshotContext
 
     entitlements = None
@@ -73,7 +74,13 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
             raise SettingsError(f"[coverage] entitlements {path} refused:\n  {problems}") from None
         except OSError as exc:
             raise SettingsError(f"[coverage] entitlements {path}: {exc.strerror or exc}") from None
-    return SnapshotContext(load_catalog(), tuple(rooms), entitlements, cfg.coverage.expiring_days)
+    return SnapshotContext(
+        load_catalog(),
+        tuple(rooms),
+        entitlements,
+        cfg.coverage.expiring_days,
+        support=support_settings_from(cfg.support),
+    )
 
 
 def daemon_sources(sources: SourcesConfig) -> list[str]:

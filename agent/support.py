@@ -3,7 +3,10 @@
 A pure function (:func:`support_for`) of the unit, its room (and the room's platform), the
 systems of its room, its coverage verdict, its entitlement record, whether its room holds an
 active SELECT licence, the catalog and the contacts; nothing here reads the clock, a file or
-the network. Every answer names the rule ids of ``domain.md`` it rests on.
+the network. Every answer names the rule ids of ``domain.md`` it rests on. :class:`SiteSupport`
+answers for every unit of a site a room at a time (the snapshot, ``/v1/coverage``,
+``roomsync coverage --json`` and ``roomsync support``); a room's platform is its configured
+one, else the one its CollabOS units report (``serviceProvider``, :func:`reported_platform`).
 
 Rules (the first that applies)
 ------------------------------
@@ -54,20 +57,25 @@ from agent.coverage import LayerKind, Status, Verdict, add_years
 from agent.entitlements import EntitlementRecord
 from agent.model import Device, HealthState
 from agent.sanitize import normalize_serial
-from agent.systems import RoomSummary, System, label_serial
+from agent.systems import RoomSummary, System, label_serial, units
 
 __all__ = [
     "COUNTRY_NOTES",
     "EXCLUSIONS",
+    "SERVICE_PLATFORMS",
     "Contact",
     "Contacts",
     "Platform",
     "Route",
+    "SiteSupport",
     "Support",
+    "SupportSettings",
     "contacts_from",
+    "reported_platform",
     "room_has_select",
     "site_support",
     "support_for",
+    "support_settings_from",
 ]
 
 
@@ -195,6 +203,9 @@ class Support:
     replacement: str | None = None
     contract: str | None = None
     room: str | None = None
+    #: The room's platform as the rules took it (``[room]``/room map, else its CollabOS
+    #: units' ``serviceProvider``); ``None`` when not known.
+    platform: str | None = None
     steps: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
@@ -217,6 +228,7 @@ class Support:
             "replacement": self.replacement,
             "contract": self.contract,
             "room": self.room,
+            "platform": self.platform,
             "steps": list(self.steps),
             "flags": list(self.flags),
             "rules": list(self.rules),
@@ -248,9 +260,7 @@ def _covering(verdict: Verdict | None, kind: LayerKind, today: date) -> bool:
     return verdict is not None and any(layer.kind is kind and layer.covers(today) for layer in verdict.layers)
 
 
-def _system_of(device: Device, summary: RoomSummary | None) -> System | None:
-    if summary is None:
-        return None
+def _system_of(device: Device, summary: RoomSummary) -> System | None:
     for system in summary.systems:
         if any(member.device.identity == device.identity for member in system.members):
             return system
@@ -287,6 +297,7 @@ def support_for(
     verdict: Verdict | None = None,
     record: EntitlementRecord | None = None,
     summary: RoomSummary | None = None,
+    system: System | None = None,
     platform: str | None = None,
     room_name: str | None = None,
     room_select: bool = False,
@@ -294,12 +305,14 @@ def support_for(
     contacts: Contacts | None = None,
 ) -> Support:
     """What to do when ``device`` fails (the rules are the module's docstring). ``summary`` is
-    its room's (:func:`agent.systems.summarize_room`), ``platform`` its room's, ``room_select``
+    its room's (:func:`agent.systems.summarize_room`: its system is looked up there), or
+    ``system`` the system it is a member of, when known; ``platform`` its room's, ``room_select``
     whether its room holds an active SELECT licence (:func:`room_has_select`), ``seen``
     whether the latest run of a source that reports it saw it."""
     desks = contacts or Contacts()
     draft = _Draft()
-    system = _system_of(device, summary)
+    if summary is not None:
+        system = _system_of(device, summary)
     own = label_serial(device)
     product = catalog.get(device.product)
 
@@ -318,6 +331,7 @@ def support_for(
         ]
         draft.steps.append("Send the failed unit back within 7 days with the prepaid waybill")
         return _done(
+            platform,
             Route.RESELLER,
             serial,
             (desks.reseller,),
@@ -352,6 +366,7 @@ def support_for(
             draft.rule("S15")
             draft.steps.append(COUNTRY_NOTES[country])
         return _done(
+            platform,
             Route.SELECT,
             serial,
             (desks.select,),
@@ -389,6 +404,7 @@ def support_for(
                 "NUC and Chromebox replacements are handled by Logitech Support, with a prepaid return label"
             )
         return _done(
+            platform,
             routes[0] if len(routes) == 1 else None,
             serial,
             desks_of,
@@ -406,7 +422,9 @@ def support_for(
             + (" (the system's primary unit)" if system is not None and system.primary is not device else ""),
             "Troubleshooting with the support agent comes before any replacement",
         ]
-        return _done(Route.SUPPORT, serial, (desks.support,), draft, verdict, response="1 business day")
+        return _done(
+            platform, Route.SUPPORT, serial, (desks.support,), draft, verdict, response="1 business day"
+        )
 
     draft.rule("D1")
     serial = _quote(own, draft)
@@ -416,10 +434,11 @@ def support_for(
         + f", quoting serial {serial or '(from the label)'}",
         "A credit note follows once the distributor has received the product",
     ]
-    return _done(Route.DISTRIBUTOR, serial, (desks.distributor,), draft, verdict)
+    return _done(platform, Route.DISTRIBUTOR, serial, (desks.distributor,), draft, verdict)
 
 
 def _done(
+    platform: str | None,
     route: Route | None,
     serial: str | None,
     contacts: tuple[Contact, ...],
@@ -443,61 +462,142 @@ def _done(
         steps=tuple(draft.steps),
         flags=tuple(sorted(draft.flags)),
         rules=tuple(draft.rules),
+        platform=platform,
         **facts,
     )
 
 
+#: ``[support] service_platforms``'s default: the ``serviceProvider`` values whose platform is
+#: documented (issue [15/16]: MTR is a Microsoft Teams room).
+SERVICE_PLATFORMS: Mapping[str, str] = {"MTR": str(Platform.TEAMS)}
+
+
+@dataclass(frozen=True, slots=True)
+class SupportSettings:
+    """What ``[support]`` says besides the rules: the desks, and the platform each CollabOS
+    ``serviceProvider`` stands for (keys upper-cased)."""
+
+    contacts: Contacts = field(default_factory=Contacts)
+    service_platforms: Mapping[str, str] = field(default_factory=lambda: dict(SERVICE_PLATFORMS))
+
+
+def support_settings_from(section: Any) -> SupportSettings:
+    """:class:`SupportSettings` of ``[support]`` (:class:`agent.config.SupportConfig`)."""
+    return SupportSettings(
+        contacts_from(section),
+        {key.upper(): str(value) for key, value in section.service_platforms.items()},
+    )
+
+
+def reported_platform(devices: Iterable[Device], service_platforms: Mapping[str, str]) -> str | None:
+    """The platform a room's units report: the one every unit with a known ``serviceProvider``
+    (CollabOS, ``attributes.service_provider``) stands for; ``None`` when none does, or when
+    they disagree (a room is not both)."""
+    found: set[str] = set()
+    for device in devices:
+        provider = device.attributes.get("service_provider")
+        if isinstance(provider, str):
+            platform = service_platforms.get(provider.strip().upper())
+            if platform is not None:
+                found.add(platform)
+    return found.pop() if len(found) == 1 else None
+
+
+class SiteSupport:
+    """Support for every unit of a site, peripherals and units without a serial included,
+    worked out a room at a time (:meth:`room`, :meth:`unassigned`): the snapshot asks for each
+    place as it writes it, so a site's answers are never all held at once. ``report`` is
+    :func:`agent.inventory.summarize_rooms`'s (rooms, their systems and platforms, and the
+    units in none); ``verdicts`` by normalised serial (:func:`agent.uploader.snapshot.
+    verdicts_for`); ``seen`` whether the latest run of a source that reports a unit saw it.
+    A room's platform is its configured one, else the one its CollabOS units report
+    (:func:`reported_platform`). Linear in the units: each room's systems are indexed once."""
+
+    def __init__(
+        self,
+        report: Any,
+        verdicts: Mapping[str, Verdict],
+        records: Mapping[str, EntitlementRecord] | None,
+        *,
+        catalog: Catalog,
+        today: date,
+        seen: Callable[[Device], bool] = lambda _device: True,
+        settings: SupportSettings | None = None,
+    ) -> None:
+        self.report = report
+        self.verdicts = verdicts
+        self.records = records
+        self.catalog = catalog
+        self.today = today
+        self.seen = seen
+        self.settings = settings or SupportSettings()
+
+    def room(self, summary: RoomSummary) -> list[tuple[Device, Support]]:
+        """Each unit of the room of ``summary`` (in :attr:`RoomSummary.devices`' order) and
+        its support."""
+        room = self.report.room(summary.room_id)
+        members = summary.devices
+        systems = {member.device.identity: system for system in summary.systems for member in system.members}
+        platform = room.platform or reported_platform(members, self.settings.service_platforms)
+        licensed = room_has_select(
+            (self.verdicts.get(normalize_serial(d.serial)) for d in members if d.serial), self.today
+        )
+        return [
+            (device, self._one(device, systems.get(device.identity), room, platform, licensed))
+            for device in members
+        ]
+
+    def unassigned(self) -> list[tuple[Device, Support]]:
+        """Each unit placed in no room, children after their parent, and its support."""
+        return [
+            (device, self._one(device, None, None, None, False)) for device in units(self.report.unassigned)
+        ]
+
+    def every(self) -> Iterator[tuple[Device, Support]]:
+        """Every unit of the site and its support: the rooms' (in the report's order), then
+        the units in none."""
+        for summary in self.report.rooms:
+            yield from self.room(summary)
+        yield from self.unassigned()
+
+    def _one(
+        self, device: Device, system: System | None, room: Any, platform: str | None, licensed: bool
+    ) -> Support:
+        key = normalize_serial(device.serial) if device.serial else None
+        return support_for(
+            device,
+            catalog=self.catalog,
+            today=self.today,
+            verdict=self.verdicts.get(key) if key is not None else None,
+            record=self.records.get(key) if self.records is not None and key is not None else None,
+            system=system,
+            platform=platform,
+            room_name=(room.name or room.id) if room is not None else None,
+            room_select=licensed,
+            seen=self.seen(device),
+            contacts=self.settings.contacts,
+        )
+
+
 def site_support(
     report: Any,
+    devices: Iterable[Device],
     verdicts: Mapping[str, Verdict],
     records: Mapping[str, EntitlementRecord] | None,
     *,
     catalog: Catalog,
     today: date,
     seen: Callable[[Device], bool] = lambda _device: True,
-    contacts: Contacts | None = None,
+    settings: SupportSettings | None = None,
 ) -> dict[str, tuple[Device, Support]]:
-    """Support for every unit of a site with a serial, peripherals included, by normalised
-    serial (the first unit to carry a serial wins, as coverage lists them). ``report`` is
-    :func:`agent.inventory.summarize_rooms`'s (rooms, their systems and platforms, and the
-    units in none); ``verdicts`` by normalised serial (:func:`agent.uploader.snapshot.
-    verdicts_for`); ``seen`` whether the latest run of a source that reports a unit saw it."""
+    """Support for the units with a serial, by normalised serial: for each serial, the unit
+    coverage lists (:func:`agent.coverage.coverage_units`: the first of ``devices``, each
+    followed by its children, to carry it), so a verdict and its ``support`` are the same
+    unit's. ``report`` is :func:`agent.inventory.summarize_rooms`'s of ``devices``."""
+    site = SiteSupport(report, verdicts, records, catalog=catalog, today=today, seen=seen, settings=settings)
+    helped = {id(device): (device, support) for device, support in site.every()}
     found: dict[str, tuple[Device, Support]] = {}
-
-    def add(device: Device, summary: RoomSummary | None, room_select: bool) -> None:
-        key = normalize_serial(device.serial) if device.serial else None
-        if key is None or key in found:
-            return
-        room = report.room(device.room) if device.room else None
-        found[key] = (
-            device,
-            support_for(
-                device,
-                catalog=catalog,
-                today=today,
-                verdict=verdicts.get(key),
-                record=records.get(key) if records is not None else None,
-                summary=summary,
-                platform=room.platform if room is not None else None,
-                room_name=(room.name or room.id) if room is not None else None,
-                room_select=room_select,
-                seen=seen(device),
-                contacts=contacts,
-            ),
-        )
-
-    def walk(device: Device) -> Iterator[Device]:
-        yield device
-        for child in device.children:
-            yield from walk(child)
-
-    for summary in report.rooms:
-        members = summary.devices
-        keyed = [normalize_serial(d.serial) for d in members if d.serial]
-        licensed = room_has_select((verdicts.get(k) for k in keyed), today)
-        for device in members:
-            add(device, summary, licensed)
-    for top in report.unassigned:
-        for device in walk(top):
-            add(device, None, False)
+    for device in units(devices):
+        if device.serial and id(device) in helped:
+            found.setdefault(normalize_serial(device.serial), helped[id(device)])
     return found

@@ -326,6 +326,7 @@ def test_coverage_streams_every_unit_and_its_pages_walk_them_once(tmp_path: Path
 
     from agent.coverage import evaluate_all
     from agent.entitlements import load_entitlements
+    from agent.support import support_for
     from agent.uploader.snapshot import SnapshotContext
 
     today = date(2026, 12, 2)
@@ -334,7 +335,22 @@ def test_coverage_streams_every_unit_and_its_pages_walk_them_once(tmp_path: Path
     settings = Settings(tmp_path, snapshot=SnapshotContext(CATALOG, entitlements=records, today=today))
     units = [("2313FD1N0001", "Rally Bar"), ("2313FD1N0002", "Rally Bar")]
     units += [(serial, None) for serial in records if serial != "2313FD1N0002"]
-    expected = [v.to_dict() for v in evaluate_all(units, records, CATALOG, today)]
+    verdicts = evaluate_all(units, records, CATALOG, today)
+    # A stored unit carries what to do when it fails: each bar stands alone in its room, so
+    # Logitech Support quoting its own serial (D2, P1); a record no scan found, null.
+    helped = [
+        support_for(device, catalog=CATALOG, today=today, verdict=verdict, record=records.get(device.serial))
+        for device, verdict in zip(
+            (bar("2313FD1N0001", "x"), bar("2313FD1N0002", "x")), verdicts, strict=False
+        )
+    ]
+    assert [(h.route, h.ticket_serial) for h in helped] == [
+        ("logitech-support", "2313FD1N0001"),
+        ("logitech-support", "2313FD1N0002"),
+    ]
+    expected = [
+        {**v.to_dict(), "support": helped[i].to_dict() if i < 2 else None} for i, v in enumerate(verdicts)
+    ]
     assert len(expected) - 2 > 3 * agent.api.COVERAGE_BATCH  # several batches
 
     async def scenario() -> None:

@@ -126,6 +126,9 @@ def test_coverage_json_carries_each_units_support_and_the_table_reads(site: Path
     assert text.returncode == 0, text.stderr
     assert f"route: logitech-jumpstart; quote serial {TEAMS_TAP}" in text.stdout
     assert "rules: D2, P2" in text.stdout
+    # The coverage layers behind it: the reseller contract, whether it covers today.
+    text = roomsync(site, "support", "2313FD1N08Z2")
+    assert "reseller 2025-06-01 .. 2028-05-31 (covers today; H1)" in text.stdout, text.stdout
 
 
 def test_an_unknown_serial_is_a_clear_failure(site: Path) -> None:

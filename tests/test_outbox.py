@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import sqlite3
 import time
@@ -555,7 +556,10 @@ def test_a_full_database_refuses_the_snapshot_keeps_the_queue_and_recovers(store
     scan(store, [unit(i, T0) for i in range(50)], T0)
     outbox.queue_snapshot(build, T0)
     t1 = T0 + timedelta(hours=1)
-    scan(store, [unit(i, t1, firmware="2.0") for i in range(50)], t1)
+    # Firmware strings gzip cannot shrink much: the new snapshot (~8 KB) needs pages of its own
+    # (else it may fit where the pending one it replaces was, and nothing is refused).
+    noise = ["".join(hashlib.sha512(f"{i}.{n}".encode()).hexdigest() for n in range(4)) for i in range(50)]
+    scan(store, [unit(i, t1, firmware=f"2.0+{noise[i]}") for i in range(50)], t1)
     before, sequence = snapshot_state(outbox), outbox.next_sequence()
     db = store._db  # this connection's limit: the test's stand-in for a full disk
     pages = db.execute("PRAGMA page_count").fetchone()[0]

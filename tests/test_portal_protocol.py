@@ -28,6 +28,7 @@ from agent.collectors.sync.device_info import DEVICE_STATES
 from agent.coverage import Status, Verdict
 from agent.inventory import RoomsReport, devices_from_observations, summarize_rooms
 from agent.model import Device, HealthIssue, HealthState, Room, SeenBy, SerialSource, Severity, Transport
+from agent.support import Contacts, support_for
 from agent.uploader import protocol
 from agent.uploader.outbox import body_digest, content_digest
 from agent.uploader.protocol import (
@@ -347,9 +348,9 @@ def test_device_out_carries_every_fact_sync_shows() -> None:
         SeenBy("usb", "usb", bar.address, "sync-interface", NOW, "sync-interface"),
         SeenBy("mdns", "mdns", "10.0.0.5", "mdns-txt", NOW - timedelta(minutes=3), "mdns-txt", missed=1),
     ]
-    out = device_out(
-        bar, verdict("2313FD1N08Z2", flags=("select-gap", "no-entitlement-record")), last_scan=NOW
-    )
+    covered = verdict("2313FD1N08Z2", flags=("select-gap", "no-entitlement-record"))
+    help_desk = support_for(bar, catalog=CATALOG, today=NOW.date(), verdict=covered)
+    out = device_out(bar, covered, last_scan=NOW, support=help_desk)
     assert wire_device(out) == {
         "identity": "serial:Rally Bar:2313FD1N08Z2",
         "identity_kind": "serial",
@@ -379,6 +380,25 @@ def test_device_out_carries_every_fact_sync_shows() -> None:
             "status": "in_warranty",
             "covered_until": "2026-06-30",
             "flags": ["no-entitlement-record", "select-gap"],
+        },
+        "support": {
+            # A Rally Bar standing alone (D2, P1): Logitech Support, its own serial.
+            "route": "logitech-support",
+            "routes": ["logitech-support"],
+            "ticket_serial": "2313FD1N08Z2",
+            "contact": Contacts().support.to_dict(),
+            "contacts": [Contacts().support.to_dict()],
+            "priority": None,
+            "hours": None,
+            "response": "1 business day",
+            "updates": None,
+            "replacement": None,
+            "contract": None,
+            "room": None,
+            "platform": None,
+            "steps": list(help_desk.steps),
+            "flags": [],
+            "rules": ["D2", "P1"],
         },
         "seen_by": [
             {
@@ -813,16 +833,18 @@ def test_a_fixed_snapshot_is_the_bytes_and_content_digest_older_versions_made() 
     """The place-by-place builder writes what the model-per-unit builder before it wrote, so
     the content digest a store kept from an older version (``last_snapshot``) still matches
     an unchanged inventory. The figures are those of the builder before it (sha256 of the
-    body, then its content digest), for this fixed site."""
+    body, then its content digest), for this fixed site — made again when each unit gained
+    ``support`` ([15/16]: ``null`` here, as this site is built without the support rules):
+    one full snapshot is sent after that upgrade, as the content did change."""
     report, verdicts = _fixed_site()
     expected = {
         None: (
-            "91217c380fb0cc606a9d679482d8d94e2193bfc0f984e722477a6d10fdc19caf",
-            "ba9e6ea055396d143657b70257300a25760dbfbfb4ae8d6dc7713f44f520ac74",
+            "213b00fc72630f74543ad87d0c879b4dc3074a26aa2a581f358b1813d96352d9",
+            "188b4ece87cc99ae6549f90019ed9302a46dbfa91159485db418f3195fd560ad",
         ),
         NOW + timedelta(minutes=5): (
-            "a7ae8aced873f1440883a50254f47f6c706c4093e8678ee05b50e38cc7557c3a",
-            "307a69098b26b8bf10afd06588d3f5375ee7987aba54bb8752990e87a78968c9",
+            "941d90f82765e725f25363314099b32ce9ea7bce262440313830f961d12d9e44",
+            "e5a9a6d631decde09d10bd268cd661db363e02dc0a19ba77df383d2ab6beac1f",
         ),
     }
     for last_scan, (body_sha, digest) in expected.items():

@@ -239,6 +239,9 @@ def describe_type(annotation: Any, constraints: Sequence[Any] = ()) -> str:
         [item] = get_args(inner)
         item_text = describe_type(item)
         text = f"list of {'IP addresses' if item_text == 'IP address' else item_text}"
+    elif get_origin(inner) is dict:
+        key, value = get_args(inner)
+        text = f"table: {describe_type(key)} → {describe_type(value)}"
     elif get_origin(inner) in (Union, types.UnionType):
         words = [describe_type(a) for a in get_args(inner)]
         text = "IP address" if set(words) == {"IPv4 address", "IPv6 address"} else " or ".join(words)
@@ -257,6 +260,8 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value), ensure_ascii=False)
 
 
@@ -444,6 +449,8 @@ def _plain(value: Any) -> Any:
         return value.get_secret_value()
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, bool | int | float | str) or value is None:
         return value
     return str(value)

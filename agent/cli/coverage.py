@@ -127,31 +127,38 @@ def _supports(
     today: date,
 ) -> dict[str, tuple[Device, Support]]:
     """Support for every unit of the stored inventory (agent/support.py), by normalised serial."""
-    from agent.support import contacts_from, site_support
+    from agent.support import site_support
     from agent.uploader.snapshot import seen_by_latest_runs, verdicts_for
 
     runs = stored_runs(args, cfg) if devices else {}
     return site_support(
         report,
+        devices,
         verdicts_for(devices, context, today),
         context.entitlements,
         catalog=context.catalog,
         today=today,
         seen=lambda device: seen_by_latest_runs(device, runs),
-        contacts=contacts_from(cfg.support),
+        settings=context.support,
     )
 
 
 def cmd_coverage(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.catalog import load_catalog
+    from agent.support import support_settings_from
     from agent.uploader.snapshot import SnapshotContext, coverage_list
 
     today = parse_day(args.today, "--today")
     entitlements = _entitlements(args, cfg)
     devices, stored_rooms = stored_inventory(args, cfg)
     report = rooms_report(args, cfg, devices, stored_rooms)
-    context = SnapshotContext(load_catalog(), entitlements=entitlements, expiring_days=args.expiring_days)
+    context = SnapshotContext(
+        load_catalog(),
+        entitlements=entitlements,
+        expiring_days=args.expiring_days,
+        support=support_settings_from(cfg.support),
+    )
     listed = coverage_list(devices, context, today)  # the units /v1/coverage lists too
     assert listed is not None  # records were given
     if args.summary:
@@ -301,13 +308,19 @@ def cmd_support(args: argparse.Namespace) -> int:
     cfg = load(args).config
     from agent.catalog import load_catalog
     from agent.sanitize import normalize_serial
+    from agent.support import support_settings_from
     from agent.uploader.snapshot import SnapshotContext, verdicts_for
 
     today = parse_day(args.today, "--today")
     entitlements = _entitlements(args, cfg, required=False)
     devices, stored_rooms = stored_inventory(args, cfg)
     report = rooms_report(args, cfg, devices, stored_rooms)
-    context = SnapshotContext(load_catalog(), entitlements=entitlements, expiring_days=args.expiring_days)
+    context = SnapshotContext(
+        load_catalog(),
+        entitlements=entitlements,
+        expiring_days=args.expiring_days,
+        support=support_settings_from(cfg.support),
+    )
     key = normalize_serial(args.serial)
     found = _supports(args, cfg, report, devices, context, today).get(key) if key else None
     if found is None:
@@ -335,7 +348,7 @@ def cmd_support(args: argparse.Namespace) -> int:
     from agent.sanitize import printable
 
     where = (
-        f"{room.name or room.id}" + (f" ({room.platform})" if room and room.platform else "")
+        f"{room.name or room.id}" + (f" ({support.platform})" if support.platform else "")
         if room
         else "no room"
     )
@@ -343,6 +356,10 @@ def cmd_support(args: argparse.Namespace) -> int:
     if verdict is not None:
         until = verdict.covered_until.isoformat() if verdict.covered_until else "-"
         print(f"coverage: {verdict.status} until {until} ({printable(verdict.reason)})")
+        for layer in verdict.layers:
+            now = "covers today" if layer.covers(today) else "not today"
+            rules = ", ".join(layer.rules)
+            print(f"  {layer.kind} {layer.start.isoformat()} .. {layer.until.isoformat()} ({now}; {rules})")
     else:
         print("coverage: unknown (no entitlements file: --entitlements or [coverage] entitlements)")
     route = support.route or " or ".join(support.routes)

@@ -54,7 +54,8 @@ from agent.model import (
     as_utc,
 )
 from agent.sanitize import normalize_serial
-from agent.systems import units
+from agent.support import SiteSupport, Support
+from agent.systems import RoomSummary, units
 
 __all__ = [
     "ENDPOINTS",
@@ -148,6 +149,44 @@ class CoverageOut(_Wire):
     flags: list[str] = Field(description="Why a layer is missing or uncertain (sorted).")
 
 
+SupportRoute = Literal[
+    "reseller", "logitech-select", "logitech-jumpstart", "logitech-support", "distributor-rma"
+]
+
+
+class ContactOut(_Wire):
+    """A desk: a name, and a URL or a phone number."""
+
+    name: str
+    url: str | None
+    phone: str | None
+
+
+class SupportOut(_Wire):
+    """What to do when the unit fails (docs/support.md: the rules, with the ids of domain.md)."""
+
+    route: SupportRoute | None = Field(description="The desk to call; null when two are candidates (routes).")
+    routes: list[SupportRoute] = Field(
+        description="The candidate routes: one, or two for a Tap bundle in a room of unknown platform."
+    )
+    ticket_serial: str | None = Field(description="The serial to quote; null: read it from the label.")
+    contact: ContactOut | None = Field(description="The desk of route; null when two are candidates.")
+    contacts: list[ContactOut] = Field(description="The desk of each of routes.")
+    priority: Literal["critical", "degraded", "request"] | None = Field(
+        description="A reseller contract's priority, by the unit's health (H2)."
+    )
+    hours: str | None = Field(description="When the desk answers (24x7, 8x5…).")
+    response: str | None = Field(description="First response within.")
+    updates: str | None = Field(description="Updates every.")
+    replacement: str | None = Field(description="Replacement within, when the contract says.")
+    contract: str | None = Field(description="The reseller contract number to quote (P3).")
+    room: str | None = Field(description="The licensed room a SELECT ticket names (S12).")
+    platform: str | None = Field(description="The room's meeting platform as the rules took it.")
+    steps: list[str] = Field(description="What an administrator does, in order.")
+    flags: list[str] = Field(description="not-covered, coverage-unknown, platform-unknown… (sorted).")
+    rules: list[str] = Field(description="The ids of the rules applied (domain.md).")
+
+
 class HealthIssueOut(_Wire):
     """One thing worth telling an operator about a unit."""
 
@@ -206,6 +245,13 @@ class DeviceOut(_Wire):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     coverage: CoverageOut | None = Field(description="null when no verdict is known.")
+    support: SupportOut | None = Field(
+        default=None,
+        description=(
+            "What to do when the unit fails (docs/support.md); null, or absent in a snapshot an "
+            "earlier agent queued, when not worked out."
+        ),
+    )
     seen_by: list[SeenByOut] = Field(
         default_factory=list,
         description=(
@@ -349,17 +395,21 @@ def device_out(
     last_scan: datetime | None = None,
     parent: str | None = None,
     seen: bool | None = None,
+    support: Support | None = None,
 ) -> DeviceOut:
     """The wire form of one unit (its children are not included: list them on their own
     with ``parent`` set). ``last_scan`` is when the latest scan ran: a unit last seen before
     it is ``Offline`` with health ``Unknown``; ``None`` counts the unit as seen. ``seen``,
-    when given, decides instead of ``last_scan``."""
+    when given, decides instead of ``last_scan``. ``support`` is what to do when it fails
+    (:func:`agent.support.support_for`)."""
     if seen is None:
         seen = last_scan is None or as_utc(device.last_seen) >= as_utc(last_scan)
-    return DeviceOut.model_validate(_device_fields(device, verdict, parent, seen))
+    return DeviceOut.model_validate(_device_fields(device, verdict, parent, seen, support))
 
 
-def _device_fields(device: Device, verdict: Verdict | None, parent: str | None, seen: bool) -> dict[str, Any]:
+def _device_fields(
+    device: Device, verdict: Verdict | None, parent: str | None, seen: bool, support: Support | None = None
+) -> dict[str, Any]:
     """The fields of :class:`DeviceOut` for ``device``, as plain values (Python types: the
     model validates them, strictly, once for a whole place)."""
     return {
@@ -388,6 +438,7 @@ def _device_fields(device: Device, verdict: Verdict | None, parent: str | None, 
         "first_seen": as_utc(device.first_seen),
         "last_seen": as_utc(device.last_seen),
         "coverage": _coverage_fields(verdict) if verdict is not None else None,
+        "support": support.to_dict() if support is not None else None,
         "seen_by": [
             {
                 "source": s.source,
@@ -427,11 +478,15 @@ def _devices_fields(
     verdicts: _Verdicts,
     last_scan: datetime | None,
     seen: Callable[[Device], bool] | None,
+    supports: Mapping[int, Support],
 ) -> list[dict[str, Any]]:
     scan = as_utc(last_scan) if last_scan is not None else None
     if seen is None:
         seen = lambda device: scan is None or as_utc(device.last_seen) >= scan  # noqa: E731
-    return [_device_fields(d, verdicts.of(d), parent, seen(d)) for d, parent in _with_parents(flat)]
+    return [
+        _device_fields(d, verdicts.of(d), parent, seen(d), supports.get(id(d)))
+        for d, parent in _with_parents(flat)
+    ]
 
 
 def _latest_seen(report: RoomsReport) -> datetime | None:
@@ -451,12 +506,23 @@ class _Inventory:
         verdicts: Mapping[str, Verdict] | None,
         last_scan: datetime | None,
         seen: Callable[[Device], bool] | None,
+        supports: SiteSupport | None,
     ) -> None:
         self.report = report
         self.index = _Verdicts(verdicts)
         self.seen = seen
+        self.supports = supports
         # With a ``seen`` rule no time decides: the report is not walked for one.
         self.scan = None if seen is not None else last_scan if last_scan is not None else _latest_seen(report)
+
+    @staticmethod
+    def _helped(supports: SiteSupport | None, summary: RoomSummary | None) -> dict[int, Support]:
+        """The support of each unit of a room (``None``: of the units in none), by the unit's
+        ``id``; empty without the support rules."""
+        if supports is None:
+            return {}
+        pairs = supports.room(summary) if summary is not None else supports.unassigned()
+        return {id(device): support for device, support in pairs}
 
     def places(self) -> Iterator[Place]:
         for summary in self.report.rooms:
@@ -473,13 +539,21 @@ class _Inventory:
                     "ticket_serial": summary.ticket_serial,
                     "ticket_product": summary.ticket_product,
                     "flags": sorted(summary.flags),
-                    "devices": _devices_fields(summary.devices, self.index, self.scan, self.seen),
+                    "devices": _devices_fields(
+                        summary.devices,
+                        self.index,
+                        self.scan,
+                        self.seen,
+                        self._helped(self.supports, summary),
+                    ),
                 }
             )
 
     def unassigned(self) -> Iterator[DeviceOut]:
         flat = list(units(self.report.unassigned))
-        for fields in _devices_fields(flat, self.index, self.scan, self.seen):
+        for fields in _devices_fields(
+            flat, self.index, self.scan, self.seen, self._helped(self.supports, None)
+        ):
             yield DeviceOut.model_validate(fields)
 
 
@@ -492,14 +566,17 @@ def inventory_message(
     *,
     last_scan: datetime | None = None,
     seen: Callable[[Device], bool] | None = None,
+    supports: SiteSupport | None = None,
     dropped_events: int = 0,
 ) -> InventoryMessage:
     """A ``roomsync.inventory.v1`` message: every room summary of ``report`` as a place,
     and its unassigned units. ``verdicts`` are keyed by serial. ``last_scan`` is when the
     latest scan ran (the store's ``last_scan()``); by default the latest ``last_seen`` in the
     report. ``seen`` replaces that rule where one time does not fit (sources on different
-    schedules: a unit counts as seen while its sources' latest runs reported it)."""
-    parts = _Inventory(report, verdicts, last_scan, seen)
+    schedules: a unit counts as seen while its sources' latest runs reported it). ``supports``
+    (:class:`agent.support.SiteSupport`) is what to do when each unit
+    fails, worked out a place at a time; without it every ``support`` is null."""
+    parts = _Inventory(report, verdicts, last_scan, seen, supports)
     return InventoryMessage(
         schema=SCHEMA_INVENTORY,
         agent=agent,
@@ -520,6 +597,7 @@ def inventory_body(
     *,
     last_scan: datetime | None = None,
     seen: Callable[[Device], bool] | None = None,
+    supports: SiteSupport | None = None,
     dropped_events: int = 0,
 ) -> bytes:
     """``serialize(inventory_message(...))`` — the same bytes — without ever holding the
@@ -533,6 +611,7 @@ def inventory_body(
             verdicts,
             last_scan=last_scan,
             seen=seen,
+            supports=supports,
             dropped_events=dropped_events,
         )
     )
@@ -547,6 +626,7 @@ def inventory_chunks(
     *,
     last_scan: datetime | None = None,
     seen: Callable[[Device], bool] | None = None,
+    supports: SiteSupport | None = None,
     dropped_events: int = 0,
 ) -> Iterator[bytes]:
     """The bytes of ``serialize(inventory_message(...))``, in pieces: the message's head, then
@@ -555,7 +635,7 @@ def inventory_chunks(
     made, serialised and let go in turn: with the pieces hashed and compressed as they come
     (:meth:`agent.uploader.outbox.Outbox.queue_snapshot`), the snapshot never costs its whole
     size in memory, let alone tens of MB of models."""
-    parts = _Inventory(report, verdicts, last_scan, seen)
+    parts = _Inventory(report, verdicts, last_scan, seen, supports)
     shell = serialize(
         InventoryMessage(
             schema=SCHEMA_INVENTORY,

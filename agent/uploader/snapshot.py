@@ -35,6 +35,7 @@ from agent.inventory import merge_rooms, summarize_rooms
 from agent.model import Device, Room, as_utc, utc_today
 from agent.sanitize import normalize_serial
 from agent.store import Store
+from agent.support import SiteSupport, SupportSettings
 from agent.uploader.outbox import Outbox
 from agent.uploader.protocol import AgentInfo, InventoryMessage, inventory_chunks, inventory_message
 
@@ -64,6 +65,8 @@ class SnapshotContext:
     rooms: tuple[Room, ...] = ()
     entitlements: Mapping[str, EntitlementRecord] | None = None
     expiring_days: int = DEFAULT_EXPIRING_DAYS
+    #: ``[support]``: the desks, and the platform of each CollabOS ``serviceProvider``.
+    support: SupportSettings = field(default_factory=SupportSettings)
     #: The day coverage is evaluated on; the snapshot's own day (UTC) when ``None``.
     today: date | None = field(default=None)
     #: Verdicts already worked out, for one day: a verdict depends only on the unit's serial
@@ -225,10 +228,25 @@ def _parts(store: Store, context: SnapshotContext, now: datetime, dropped_events
     report = summarize_rooms(devices, context.catalog, merge_rooms(store.rooms(), context.rooms))
     runs = {name: as_utc(at) for name, at in store.latest_runs().items()}
     today = context.today or utc_today(now)
+    verdicts = verdicts_for(devices, context, today)
+
+    def seen(device: Device) -> bool:
+        return seen_by_latest_runs(device, runs)
+
+    supports = SiteSupport(
+        report,
+        verdicts,
+        context.entitlements,
+        catalog=context.catalog,
+        today=today,
+        seen=seen,
+        settings=context.support,
+    )
     return {
         "report": report,
-        "verdicts": verdicts_for(devices, context, today),
-        "seen": lambda device: seen_by_latest_runs(device, runs),
+        "verdicts": verdicts,
+        "seen": seen,
+        "supports": supports,
         "dropped_events": dropped_events,
     }
 
