@@ -644,7 +644,7 @@ class ApiServer:
         (a file of millions of records is never held as one answer)."""
         yield answer.head(next=None)
         yield b",\n".join(answer.seen)
-        unseen = map(_unsupported, answer.listed.rows.texts(skip=answer.listed.keys))
+        unseen = map(_unsupported, answer.listed.rows.texts(skip=answer.listed.keys, seen=answer.listed.seen))
         first = not answer.seen
         count = COVERAGE_BATCH
         while count == COVERAGE_BATCH:
@@ -774,7 +774,11 @@ class _Coverage:
         more = seen_from + len(texts) < len(self.seen)
         if not more:  # the records no scan found, and one more: is there a next page?
             room = limit - len(texts)
-            rows = list(islice(self.listed.rows.shared(rows_from, skip=self.listed.keys), room + 1))
+            rows = list(
+                islice(
+                    self.listed.rows.shared(rows_from, skip=self.listed.keys, seen=self.listed.seen), room + 1
+                )
+            )
             more, rows = len(rows) > room, rows[:room]
             texts += [_verdict_json(replace(verdict, serial=serial), None) for serial, verdict in rows]
             serials += [serial for serial, _ in rows]
@@ -801,7 +805,7 @@ def _coverage_answer(today: date) -> Callable[[Store, Any], _Coverage]:
 
         context = settings.snapshot
         devices, report = _summary(store, settings)
-        listed = coverage_list(devices, context, today)  # as roomsync coverage
+        listed = coverage_list(devices, context, today, store.devices(removed=True))  # as roomsync coverage
         if listed is None:  # the settings changed under the request: as answered then
             raise StoreError("coverage is no longer evaluated (the settings were reloaded): ask again")
         runs = store.latest_runs()

@@ -36,6 +36,8 @@ LOGITECH_VID = 0x046D
 UNKNOWN_LOGITECH = "Unknown Logitech device"
 UNKNOWN_DEVICE = "Unknown device"
 
+#: W7: the ``kind`` of products sold separately (components) and of consumables.
+SEPARATE_KINDS = frozenset({"component", "consumable"})
 FAMILIES = frozenset(
     {
         "collabos-bar",
@@ -114,6 +116,12 @@ class Product:
     lan_descriptions: tuple[re.Pattern[str], ...] = field(default=(), compare=False)
     #: SNMP sysObjectID prefixes (dotted, no leading dot).
     snmp_object_ids: tuple[str, ...] = ()
+
+    @property
+    def sold_separately(self) -> bool:
+        """A component sold on its own or a consumable (``kind`` ``component`` /
+        ``consumable``): the B2B extended warranty excludes it (W7)."""
+        return self.kind in SEPARATE_KINDS
 
     @property
     def model(self) -> str | None:

@@ -27,6 +27,19 @@ Layers (only valid layers are listed; why a layer is missing is in ``flags``)
   - ``extension-ineligible-customer``: a consumer (W4);
   - ``extension-ineligible-country``: the country is not US, GB, EU or EFTA, *or is blank* (W5);
   - ``extension-ineligible-date``: bought on or before 2020-03-06 (W6: "after 6 March 2020").
+  - ``extension-excluded-component``: the product is a component sold separately or a
+    consumable (catalog ``kind`` ``component`` / ``consumable``): W7 excludes it, standard
+    warranty only (it replaces ``extension-ineligible-product`` for such a product). A
+    component of a primary unit's original box has no row of its own: covered with it (P1).
+
+  The product judged is the one a scan found, else the one the record's ``product`` names.
+* **W9** (a record that bought an extension): the serials on the extension's confirmation
+  must be checked within 30 days of buying it (``check_by`` = ``extension_purchased`` + 30
+  days). A serial no scan has ever found (the inventory, and the units that left it) is
+  ``extension-serial-unverified`` until ``check_by`` (also when ``check_by`` is not known) and
+  ``extension-serial-unverified-late`` after it; a found one is ``serial_verified`` with the
+  day it was ``first_seen``, and ``extension-serial-mismatch`` when the record's ``product``
+  is not the product found. These flags change no layer.
 
 * ``select`` (S4, S5, S7, S8): service start = the earlier of ``select_activation_date`` and
   ``select_order_date`` + 60 days (S4); the term runs ``select_term_years`` from the start (S5)
@@ -75,10 +88,11 @@ from typing import Any
 
 from agent.catalog import Catalog, Product
 from agent.entitlements import Customer, EntitlementRecord, Entitlements
-from agent.model import Device
+from agent.model import Device, as_utc
 from agent.sanitize import normalize_serial
 
 __all__ = [
+    "EXTENSION_CHECKS",
     "EXTENSION_COUNTRIES",
     "URGENCY",
     "CoverageUnit",
@@ -86,6 +100,7 @@ __all__ = [
     "Layer",
     "LayerKind",
     "RowVerdicts",
+    "Sighting",
     "Status",
     "Verdict",
     "add_days",
@@ -167,7 +182,20 @@ class Flag(StrEnum):
     REPLACED_UNIT_COVERAGE_UNKNOWN = "replaced-unit-coverage-unknown"
     REPLACEMENT_CYCLE = "replacement-cycle"
     REPLACEMENT_INCOMPLETE = "replacement-incomplete"
+    EXTENSION_EXCLUDED_COMPONENT = "extension-excluded-component"
+    EXTENSION_SERIAL_UNVERIFIED = "extension-serial-unverified"
+    EXTENSION_SERIAL_UNVERIFIED_LATE = "extension-serial-unverified-late"
+    EXTENSION_SERIAL_MISMATCH = "extension-serial-mismatch"
 
+
+#: The flags of the extension checks an administrator acts on (W7, W9), counted by
+#: ``roomsync coverage --summary``.
+EXTENSION_CHECKS: tuple[str, ...] = (
+    Flag.EXTENSION_EXCLUDED_COMPONENT,
+    Flag.EXTENSION_SERIAL_UNVERIFIED,
+    Flag.EXTENSION_SERIAL_UNVERIFIED_LATE,
+    Flag.EXTENSION_SERIAL_MISMATCH,
+)
 
 _RULES: dict[LayerKind, tuple[str, ...]] = {
     LayerKind.STANDARD: ("W1",),
@@ -252,6 +280,12 @@ class Verdict:
     layers: tuple[Layer, ...]
     flags: tuple[str, ...]  # sorted Flag values
     reason: str
+    #: W9, for a record that bought an extension (else ``None``): whether a scan has ever found
+    #: a unit with the serial, the day one was first seen, and the day the serials on the
+    #: extension's confirmation must be checked by (its purchase + 30 days).
+    serial_verified: bool | None = None
+    first_seen: date | None = None
+    check_by: date | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,6 +295,9 @@ class Verdict:
             "covered_until": self.covered_until.isoformat() if self.covered_until else None,
             "layers": [layer.to_dict() for layer in self.layers],
             "flags": list(self.flags),
+            "serial_verified": self.serial_verified,
+            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
+            "check_by": self.check_by.isoformat() if self.check_by else None,
         }
 
 
@@ -327,7 +364,16 @@ def _extension(
     if not extra:
         return
     ok = True
-    if product is not None and not product.extension_eligible:
+    if product is not None and product.sold_separately:
+        # W7: components sold separately and consumables are excluded (a component in its
+        # primary unit's original box is covered with that unit, P1, not by a row of its own).
+        asm.flag(
+            Flag.EXTENSION_EXCLUDED_COMPONENT,
+            f"{product.name} is a {product.kind} sold separately: the extension excludes it, "
+            "standard warranty only (W7)",
+        )
+        ok = False
+    elif product is not None and not product.extension_eligible:
         # W1/W2: the extension covers the products of schedule A only.
         asm.flag(
             Flag.EXTENSION_INELIGIBLE_PRODUCT,
@@ -468,6 +514,60 @@ def _replacement(record: EntitlementRecord, inherited: _Inherited, asm: _Assessm
     asm.add(LayerKind.REPLACEMENT, record.replacement_date, until)
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A unit a scan found with a serial (W9): its product, and the day it was first seen
+    (``None`` for a unit read through another, a bar's mic pod: the store keeps the first
+    sighting of the units it tracks, not of what is read through them)."""
+
+    first_seen: date | None
+    product: str
+
+
+@dataclass(frozen=True, slots=True)
+class _SerialCheck:
+    verified: bool | None = None
+    first_seen: date | None = None
+    check_by: date | None = None
+
+
+_NOT_ASKED = _SerialCheck()
+
+
+def _serial_check(
+    record: EntitlementRecord, seen: Sighting | None, today: date, asm: _Assessment
+) -> _SerialCheck:
+    """W9: the serials on an extension's confirmation must be checked within 30 days of buying
+    it. A serial a scan has found is verified (``first_seen``); one never found is flagged
+    until ``check_by`` and late after it; a found unit of another product than the row names
+    is a mismatch."""
+    if not record.extension_years:
+        return _NOT_ASKED
+    bought = record.extension_purchased
+    check_by = add_days(bought, EXTENSION_PURCHASE_DAYS) if bought is not None else None
+    if seen is None:
+        if check_by is not None and today > check_by:
+            asm.flag(
+                Flag.EXTENSION_SERIAL_UNVERIFIED_LATE,
+                "no scan has found the extension's serial; discrepancies were due by "
+                f"{check_by.isoformat()} (W9)",
+            )
+        else:
+            by = f" by {check_by.isoformat()}" if check_by is not None else ""
+            asm.flag(
+                Flag.EXTENSION_SERIAL_UNVERIFIED,
+                f"no scan has found the extension's serial yet: check it against the unit{by} (W9)",
+            )
+        return _SerialCheck(False, None, check_by)
+    if seen.product and record.product is not None and record.product.casefold() != seen.product.casefold():
+        asm.flag(
+            Flag.EXTENSION_SERIAL_MISMATCH,
+            f"the extension names a {record.product}, the unit found with its serial is a "
+            f"{seen.product} (W9)",
+        )
+    return _SerialCheck(True, seen.first_seen, check_by)
+
+
 def _assess(
     record: EntitlementRecord, product: Product | None, standard_years: int, inherited: _Inherited
 ) -> _Assessment:
@@ -513,23 +613,43 @@ class _Evaluator:
         return found
 
     def verdict(
-        self, serial: str | None, product_name: str | None, record: EntitlementRecord | None
+        self,
+        serial: str | None,
+        product_name: str | None,
+        record: EntitlementRecord | None,
+        seen: Sighting | None = None,
     ) -> Verdict:
+        """``product_name`` is the product a scan found (``None``: the record's own ``product``
+        is judged, when it names one); ``seen`` whether and when a scan found a unit with the
+        serial (W9)."""
+        if product_name is None and seen is not None:
+            product_name = seen.product  # a unit scans found once, no longer in the inventory
         if record is None:
             return self._no_record(serial, product_name)
-        product, years = self._product(product_name)
-        inherited = self._inherited(record, product_name, product, years)
+        # The product judged: the one found, unless the catalog cannot name it (an unknown or
+        # generic unit), then the one the record names.
+        found, _ = self._product(product_name)
+        named = found is not None and not found.generic
+        judged = product_name if named or record.product is None else record.product
+        product, years = self._product(judged)
+        inherited = self._inherited(record, judged, product, years)
         asm = _assess(record, product, years, inherited)
+        check = _serial_check(
+            record, seen if named or seen is None else replace(seen, product=""), self.today, asm
+        )
         covered_until = asm.covered_until
         status = self._status(covered_until, record.purchase_date is not None)
         return Verdict(
             serial,
-            product_name,
+            product_name if product_name is not None else record.product,
             status,
             covered_until,
             asm.ordered_layers(),
             asm.sorted_flags(),
             _reason(status, asm),
+            check.verified,
+            check.first_seen,
+            check.check_by,
         )
 
     def _no_record(self, serial: str | None, product_name: str | None) -> Verdict:
@@ -613,14 +733,16 @@ def evaluate(
     today: date,
     *,
     expiring_days: int = DEFAULT_EXPIRING_DAYS,
+    seen: Sighting | None = None,
 ) -> Verdict:
     """The coverage verdict of one unit on ``today``.
 
     ``record`` is the unit's entitlement record (``None`` when the import has none: status
     ``unknown``, flags ``no-entitlement-record`` and ``unknown-purchase-date``); ``records`` is
-    the whole import, used to follow replacements (W8, S11).
+    the whole import, used to follow replacements (W8, S11); ``seen`` when a scan found a unit
+    with the serial (W9: ``None``, never).
     """
-    return _Evaluator(records, catalog, today, expiring_days).verdict(serial, product, record)
+    return _Evaluator(records, catalog, today, expiring_days).verdict(serial, product, record, seen)
 
 
 def evaluate_all(
@@ -630,12 +752,23 @@ def evaluate_all(
     today: date,
     *,
     expiring_days: int = DEFAULT_EXPIRING_DAYS,
+    sightings: Mapping[str, Sighting] | None = None,
 ) -> list[Verdict]:
     """Verdicts for many ``(serial, product)`` units, in the order given; each unit's record is
-    ``records.get(serial)``. Replacement chains are resolved once for the whole run."""
+    ``records.get(serial)``, its sighting (W9) ``sightings.get(normalised serial)``.
+    Replacement chains are resolved once for the whole run."""
     evaluator = _Evaluator(records, catalog, today, expiring_days)
     get = records.get
-    return [evaluator.verdict(serial, product, get(serial) if serial else None) for serial, product in units]
+    found = sightings.get if sightings else lambda _key: None
+    return [
+        evaluator.verdict(
+            serial,
+            product,
+            get(serial) if serial else None,
+            found(normalize_serial(serial)) if serial else None,
+        )
+        for serial, product in units
+    ]
 
 
 # --------------------------------------------------------------------------- records as units
@@ -676,7 +809,7 @@ class RowVerdicts:
         self._by_shape: dict[Hashable, Verdict] = {}
         #: Each shape's verdict as JSON but its serial (:meth:`texts`).
         self._texts: dict[Hashable, bytes] = {}
-        self._counts: dict[Status, int] | None = None
+        self._counts: tuple[dict[Status, int], dict[tuple[str, ...], int]] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -694,29 +827,41 @@ class RowVerdicts:
             self._by_shape[shape] = verdict
         return verdict
 
-    def verdict(self, serial: str) -> Verdict | None:
-        """The verdict of ``serial``'s record as a unit of unknown product; ``None``
-        without a record."""
+    def verdict(self, serial: str, seen: Sighting | None = None) -> Verdict | None:
+        """The verdict of ``serial``'s record as a unit of unknown product (``seen``: a scan
+        found it once, W9); ``None`` without a record."""
         record = self.records.get(serial)
-        return None if record is None else self._evaluator.verdict(record.serial, None, record)
+        return None if record is None else self._evaluator.verdict(record.serial, None, record, seen)
 
-    def shared(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[tuple[str, Verdict]]:
+    def shared(
+        self, start: int = 0, *, skip: Collection[str] = (), seen: Mapping[str, Sighting] | None = None
+    ) -> Iterator[tuple[str, Verdict]]:
         """Each record's serial and verdict from position ``start`` on (the file's order), but
         of those whose key (normalised serial) is in ``skip``; records of one shape get the
-        same verdict object, which carries the serial of one of them."""
+        same verdict object, which carries the serial of one of them. A record whose key is
+        in ``seen`` (a unit scans found once, no longer in the inventory: W9) is worked out on
+        its own."""
         by_shape = self._by_shape
         for key, serial, shape in self.records.shapes(start):
             if key in skip:
                 continue
+            sighting = seen.get(key) if seen else None
+            if sighting is not None:
+                yield serial, self._evaluator.verdict(serial, None, self.records[key], sighting)
+                continue
             verdict = by_shape.get(shape) if shape is not None else None
             yield serial, verdict or self._verdict(key, shape)
 
-    def verdicts(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[Verdict]:
+    def verdicts(
+        self, start: int = 0, *, skip: Collection[str] = (), seen: Mapping[str, Sighting] | None = None
+    ) -> Iterator[Verdict]:
         """:meth:`shared`, each verdict with its record's serial."""
-        for serial, verdict in self.shared(start, skip=skip):
+        for serial, verdict in self.shared(start, skip=skip, seen=seen):
             yield verdict if verdict.serial == serial else replace(verdict, serial=serial)
 
-    def texts(self, start: int = 0, *, skip: Collection[str] = ()) -> Iterator[bytes]:
+    def texts(
+        self, start: int = 0, *, skip: Collection[str] = (), seen: Mapping[str, Sighting] | None = None
+    ) -> Iterator[bytes]:
         """:meth:`verdicts` as compact JSON (:meth:`Verdict.to_dict`): the verdict of a shape
         encoded once and kept for every later call (of at most :data:`MAX_SHAPES` shapes),
         each record's serial put in. (Not for two threads at once: the daemon's API thread
@@ -725,6 +870,10 @@ class RowVerdicts:
         by_shape = self._by_shape
         for key, serial, shape in self.records.shapes(start):
             if key in skip:
+                continue
+            sighting = seen.get(key) if seen else None
+            if sighting is not None:
+                yield _compact(self._evaluator.verdict(serial, None, self.records[key], sighting).to_dict())
                 continue
             rest = rests.get(shape) if shape is not None else None
             if rest is None:
@@ -737,12 +886,14 @@ class RowVerdicts:
             name = serial.encode() if serial.isascii() and serial.isalnum() else _compact(serial)[1:-1]
             yield b'{"serial": "' + name + b'", ' + rest
 
-    def groups(self, *, skip: Collection[str] = ()) -> list[tuple[Verdict, list[str]]]:
+    def groups(
+        self, *, skip: Collection[str] = (), seen: Mapping[str, Sighting] | None = None
+    ) -> list[tuple[Verdict, list[str]]]:
         """The records' serials (but of those whose key is in ``skip``), in the file's order,
         grouped by the verdict they share (:meth:`shared`): a list to sort without a verdict
         made for each record."""
         groups: dict[int, tuple[Verdict, list[str]]] = {}  # by id: each verdict is kept in it
-        for serial, verdict in self.shared(skip=skip):
+        for serial, verdict in self.shared(skip=skip, seen=seen):
             group = groups.get(id(verdict))
             if group is None:
                 group = groups[id(verdict)] = (verdict, [])
@@ -753,17 +904,52 @@ class RowVerdicts:
         """How many records have each status (every status listed), but of those whose key
         (normalised serial) is in ``skip``: the units a scan found, which have verdicts of
         their own."""
-        if self._counts is None:
-            counts = dict.fromkeys(URGENCY, 0)
-            for _, verdict in self.shared():
-                counts[verdict.status] += 1
-            self._counts = counts
-        counts = dict(self._counts)
+        counts = dict(self._tally()[0])
         for key in skip:
             found = self.verdict(key)
             if found is not None:
                 counts[found.status] -= 1
         return counts
+
+    def flag_counts(
+        self, *, skip: Collection[str] = (), seen: Mapping[str, Sighting] | None = None
+    ) -> dict[str, int]:
+        """How many records carry each flag, but of those in ``skip``, and with the records
+        in ``seen`` as :meth:`shared` gives them (verified, W9); worked out in the one pass
+        over the records that :meth:`counts` makes."""
+        tally: dict[str, int] = {}
+        for flags, count in self._tally()[1].items():
+            for flag in flags:
+                tally[flag] = tally.get(flag, 0) + count
+
+        def add(flags: Iterable[str], step: int) -> None:
+            for flag in flags:
+                tally[flag] = tally.get(flag, 0) + step
+
+        for key in skip:
+            found = self.verdict(key)
+            if found is not None:
+                add(found.flags, -1)
+        for key, sighting in (seen or {}).items():
+            if key in skip:
+                continue
+            plain, verified = self.verdict(key), self.verdict(key, sighting)
+            if plain is not None and verified is not None:
+                add(plain.flags, -1)
+                add(verified.flags, 1)
+        return {flag: count for flag, count in tally.items() if count}
+
+    def _tally(self) -> tuple[dict[Status, int], dict[tuple[str, ...], int]]:
+        """Records per status and per set of flags, over every record (one pass, kept)."""
+        if self._counts is None:
+            counts = dict.fromkeys(URGENCY, 0)
+            flag_sets: dict[tuple[str, ...], int] = {}
+            for _, verdict in self.shared():
+                counts[verdict.status] += 1
+                if verdict.flags:
+                    flag_sets[verdict.flags] = flag_sets.get(verdict.flags, 0) + 1
+            self._counts = (counts, flag_sets)
+        return self._counts
 
 
 # --------------------------------------------------------------------------- units
@@ -777,6 +963,14 @@ class CoverageUnit:
     serial: str
     product: str | None = None
     room: str | None = None
+    #: The day a scan first found it (UTC); ``None`` for an entitlement record no scan found
+    #: and for a unit read through another (:class:`Sighting`).
+    first_seen: date | None = None
+
+    @property
+    def sighting(self) -> Sighting | None:
+        """What W9 checks: a unit a scan found (one of the inventory has a product)."""
+        return Sighting(self.first_seen, self.product) if self.product is not None else None
 
 
 def coverage_units(devices: Iterable[Device]) -> list[CoverageUnit]:
@@ -794,14 +988,17 @@ def coverage_units(devices: Iterable[Device]) -> list[CoverageUnit]:
     """
     units: dict[str, CoverageUnit] = {}
 
-    def add(device: Device) -> None:
+    def add(device: Device, top: bool) -> None:
         if device.serial:
+            # A child's first_seen is when it was last read (agent/model.py facts_key).
+            first = as_utc(device.first_seen).date() if top else None
             units.setdefault(
-                normalize_serial(device.serial), CoverageUnit(device.serial, device.product, device.room)
+                normalize_serial(device.serial),
+                CoverageUnit(device.serial, device.product, device.room, first),
             )
         for child in device.children:
-            add(child)
+            add(child, False)
 
     for device in devices:
-        add(device)
+        add(device, True)
     return list(units.values())

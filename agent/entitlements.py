@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable, ItemsView, Iterable, Iterator, M
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+from functools import cache
 from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -84,6 +85,7 @@ COLUMNS: tuple[str, ...] = (
     "reseller_until",
     "replaced_serial",
     "replacement_date",
+    "product",
 )
 
 # ISO 3166-1 alpha-2: the 249 assigned codes.
@@ -132,6 +134,9 @@ class EntitlementRecord:
     reseller_until: date | None = None
     replaced_serial: str | None = None
     replacement_date: date | None = None
+    #: The product the row (an extension's confirmation) names: the catalog's name when the
+    #: catalog knows it (matched without regard to case or spacing), else as written (W7, W9).
+    product: str | None = None
     line: int | None = field(default=None, compare=False)
 
 
@@ -263,6 +268,7 @@ def record_shape(record: EntitlementRecord) -> Hashable | None:
         bool(record.reseller_contract),
         record.reseller_until,
         record.replacement_date,
+        record.product,
     )
 
 
@@ -338,6 +344,22 @@ def _parse_text(text: str) -> str:
     return text
 
 
+def _parse_product(text: str) -> str:
+    """A product name: the catalog's spelling when it knows the product (``rally bar`` is
+    ``Rally Bar``), else the text as written (a product the catalog does not list)."""
+    text = " ".join(_parse_text(text).split())
+    if not text:
+        raise _Bad("holds no product name")
+    return _catalog_names().get(text.casefold(), text)
+
+
+@cache
+def _catalog_names() -> dict[str, str]:
+    from agent.catalog import load_catalog
+
+    return {name.casefold(): name for name in load_catalog().products}
+
+
 def _parse_serial(text: str) -> str:
     return serial_cell(text, MAX_SERIAL_LEN)
 
@@ -358,6 +380,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "reseller_until": _parse_date,
     "replaced_serial": _parse_serial,
     "replacement_date": _parse_date,
+    "product": _parse_product,
 }
 assert set(_PARSERS) == set(COLUMNS)
 

@@ -89,7 +89,11 @@ def test_coverage_json_every_unit_most_urgent_first(site: Path):
     assert (scribe["status"], scribe["covered_until"]) == ("out_of_warranty", "2025-01-15")
     # only in the entitlements file: no product, no room; a consumer's extension adds nothing
     assert (tap["product"], tap["room"], tap["ticket_serial"]) == (None, None, None)
-    assert tap["status"] == "expiring_soon" and tap["flags"] == ["extension-ineligible-customer"]
+    assert tap["status"] == "expiring_soon"
+    # W9: no scan ever found its serial, and the 30 days to check the confirmation are over.
+    assert tap["flags"] == ["extension-ineligible-customer", "extension-serial-unverified-late"]
+    assert (tap["serial_verified"], tap["first_seen"]) == (False, None) and tap["check_by"]
+    assert bar["serial_verified"] is True and bar["first_seen"]
 
 
 def test_cli_and_api_give_the_same_units_and_verdicts(site: Path):

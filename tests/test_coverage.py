@@ -14,6 +14,7 @@ from agent.coverage import (
     URGENCY,
     Flag,
     LayerKind,
+    Sighting,
     Status,
     Verdict,
     add_days,
@@ -27,6 +28,8 @@ from agent.entitlements import Customer, EntitlementRecord, Entitlements, load_e
 
 REPO = Path(__file__).resolve().parents[1]
 D = date.fromisoformat
+#: When a scan first found the units these tests judge as found (W9).
+FOUND = D("2023-01-02")
 
 #: A small catalog of our own, so that these tests do not move when the shipped one grows.
 CATALOG: Catalog = parse_catalog(
@@ -79,6 +82,8 @@ def judge(
     records = Entitlements.of([*([record] if record else []), *others])
     day = today if isinstance(today, date) else D(today)
     serial = record.serial if record else "NONE1"
+    if product is not None:  # a unit a scan found (W9: its serial verified), unless said otherwise
+        kw.setdefault("seen", Sighting(FOUND, product))
     return evaluate(serial, product, record, records, CATALOG, day, **kw)
 
 
@@ -815,6 +820,10 @@ def test_to_dict_has_exactly_the_agreed_keys_and_is_json() -> None:
             },
         ],
         "flags": [],
+        # W9: the record bought an extension and a scan found the unit.
+        "serial_verified": True,
+        "first_seen": "2023-01-02",
+        "check_by": "2022-04-14",
     }
     assert v.reason == "SELECT product replacement until 2026-05-31 (S5)"
     assert judge(None).to_dict()["covered_until"] is None
@@ -891,10 +900,12 @@ def test_the_example_file_shows_every_layer_kind() -> None:
         ("2206MU0042C9", "MeetUp"),
         ("2402TP0099D4", "Tap"),
     ]
-    verdicts = evaluate_all(units, records, load_catalog(), D("2024-03-01"))
+    found = {serial: Sighting(D("2024-02-01"), product) for serial, product in units}  # all scanned
+    verdicts = evaluate_all(units, records, load_catalog(), D("2024-03-01"), sightings=found)
     kinds = {layer.kind for v in verdicts for layer in v.layers}
     assert kinds == set(LayerKind)
-    assert verdicts[2].flags == ("extension-bought-late",)
+    # The Tap's row names a Tap IP (W9: extension-serial-mismatch, tests/test_coverage_w7_w9.py).
+    assert verdicts[2].flags == ("extension-bought-late", "extension-serial-mismatch")
     assert [v.flags for v in verdicts if v.serial != "2104TP0007B3"] == [()] * 5
 
 

@@ -167,7 +167,17 @@ def test_verdicts_are_well_formed(records: Entitlements, product: str | None, to
         assert list(verdict.flags) == sorted(set(verdict.flags)) and set(verdict.flags) <= known_flags
         assert verdict.reason and "\n" not in verdict.reason
         data = json.loads(json.dumps(verdict.to_dict()))
-        assert set(data) == {"serial", "product", "status", "covered_until", "layers", "flags"}
+        assert set(data) == {
+            "serial",
+            "product",
+            "status",
+            "covered_until",
+            "layers",
+            "flags",
+            "serial_verified",
+            "first_seen",
+            "check_by",
+        }
         assert verdict == judge(record, records, product, today)  # pure: same input, same verdict
 
 

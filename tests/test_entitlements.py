@@ -52,7 +52,7 @@ def test_every_column_is_read_into_typed_fields(tmp_path: Path) -> None:
         tmp_path,
         FULL_HEADER + "\n"
         "2313FD1N08Z2,2022-03-15,no,consumer,1,2022-04-01,SEL-0001,2023-01-10,2023-02-01,3,"
-        "2023-02-03,HEZO-77,2025-03-14,OLD1,2023-05-05\n",
+        "2023-02-03,HEZO-77,2025-03-14,OLD1,2023-05-05,rally  BAR\n",
     )
     ents = load_entitlements(path)
     assert ents.source == str(path)
@@ -73,6 +73,7 @@ def test_every_column_is_read_into_typed_fields(tmp_path: Path) -> None:
         reseller_until=date(2025, 3, 14),
         replaced_serial="OLD1",
         replacement_date=date(2023, 5, 5),
+        product="Rally Bar",  # the catalog's spelling (W9 compares it with what a scan found)
     )
     assert ents["2313FD1N08Z2"].line == 2
 
@@ -191,7 +192,7 @@ def test_unknown_column(tmp_path: Path) -> None:
         f"{path}:1: colour: unknown column (known columns: serial, purchase_date, country, customer, "
         "extension_years, extension_purchased, select_contract, select_order_date, "
         "select_activation_date, select_term_years, select_registered, reseller_contract, "
-        "reseller_until, replaced_serial, replacement_date)",
+        "reseller_until, replaced_serial, replacement_date, product)",
     ]
 
 
@@ -244,7 +245,7 @@ def test_every_problem_is_reported_together_and_nothing_is_imported(tmp_path: Pa
         f"{path}:1: warranty: unknown column (known columns: serial, purchase_date, country, customer, "
         "extension_years, extension_purchased, select_contract, select_order_date, "
         "select_activation_date, select_term_years, select_registered, reseller_contract, "
-        "reseller_until, replaced_serial, replacement_date)",
+        "reseller_until, replaced_serial, replacement_date, product)",
         f"{path}:3: purchase_date: '2022-13-01' is not a real date (YYYY-MM-DD)",
         f"{path}:3: extension_years: '-1' is negative (expected a whole number of 0 or more)",
         f"{path}:4: serial: 'A1' is a duplicate: already on line 2",

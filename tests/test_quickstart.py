@@ -54,5 +54,9 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path) -> None:
     # coverage: one line per entitlement serial, with the rule ids behind each verdict
     assert re.search(r"\b2104TP0007B3\s+Tap\s+quickstart-room\s+.*\(W3\)", out), out
     assert "(H1)" in out and "(S5)" in out
+    # the extension checks of the example entitlements: a component (W7), a serial never found
+    # and one found as another product than its row names (W9)
+    assert "Rally Mic Pod is a component sold separately" in out and "(W7)" in out
+    assert "the extension names a Tap IP, the unit found with its serial is a Tap (W9)" in out
     # the daemon ran, and health saw it healthy
     assert re.search(r"^healthy: roomsync \S+, up \d+ s; usb ok$", out, re.M), out

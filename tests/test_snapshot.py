@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from agent.catalog import load_catalog
-from agent.coverage import evaluate_all
+from agent.coverage import Sighting, evaluate_all
 from agent.entitlements import load_entitlements
 from agent.model import Device, SerialSource, Transport
 from agent.uploader.snapshot import SnapshotContext, verdicts_for
@@ -44,7 +44,10 @@ def test_memoised_verdicts_equal_fresh_ones_and_a_new_day_is_evaluated_again() -
     context = SnapshotContext(catalog, entitlements=records)
 
     def fresh(day: date) -> dict[str, dict]:
-        found = evaluate_all([(d.serial, d.product) for d in devices], records, catalog, day)
+        scanned = {d.serial: Sighting(d.first_seen.date(), d.product) for d in devices if d.serial}  # W9
+        found = evaluate_all(
+            [(d.serial, d.product) for d in devices], records, catalog, day, sightings=scanned
+        )
         return {d.serial: v.to_dict() for d, v in zip(devices, found, strict=True) if d.serial}
 
     for day in (DAY, DAY, DAY + timedelta(days=400), DAY + timedelta(days=400), DAY):

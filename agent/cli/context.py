@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agent import __version__
 from agent.cli.common import UsageError, revalidate
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from datetime import datetime
 
     from agent.config import AgentConfig
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from agent.uploader.delivery import PortalSettings
     from agent.uploader.outbox import Outbox
     from agent.uploader.snapshot import SnapshotContext
+
+_T = TypeVar("_T")
 
 
 def room_map(args: argparse.Namespace, cfg: AgentConfig) -> RoomMap | None:
@@ -102,34 +104,46 @@ def open_store(args: argparse.Namespace, cfg: AgentConfig) -> Store | None:
         raise UsageError(str(exc)) from None
 
 
-def stored_inventory(args: argparse.Namespace, cfg: AgentConfig) -> tuple[list[Device], list[Room]]:
-    """(devices, rooms) from the store; empty, with a message, when nothing was stored yet."""
+def read_store(args: argparse.Namespace, cfg: AgentConfig, read: Callable[[Store], _T], empty: _T) -> _T:
+    """What ``read`` reads from the store; ``empty`` when nothing was stored yet. A store
+    that cannot be read is a :class:`UsageError` saying why."""
     from agent.store import StoreError
 
     store = open_store(args, cfg)
     if store is None:
-        return [], []
+        return empty
     try:
         with store:
-            return store.devices(), store.rooms()
+            return read(store)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
+
+
+def stored_inventory(args: argparse.Namespace, cfg: AgentConfig) -> tuple[list[Device], list[Room]]:
+    """(devices, rooms) from the store; empty, with a message, when nothing was stored yet."""
+    nothing: tuple[list[Device], list[Room]] = ([], [])
+    return read_store(args, cfg, lambda store: (store.devices(), store.rooms()), nothing)
+
+
+def stored_with_removed(
+    args: argparse.Namespace, cfg: AgentConfig
+) -> tuple[list[Device], list[Room], list[Device]]:
+    """:func:`stored_inventory` and, read with it, the units that left the inventory, as last
+    seen (W9: scans found them once)."""
+    nothing: tuple[list[Device], list[Room], list[Device]] = ([], [], [])
+    return read_store(
+        args, cfg, lambda store: (store.devices(), store.rooms(), store.devices(removed=True)), nothing
+    )
 
 
 def stored_runs(args: argparse.Namespace, cfg: AgentConfig) -> dict[str, datetime]:
     """When each source's latest stored run was (``Store.latest_runs``); empty when nothing
     was stored yet."""
     from agent.model import as_utc
-    from agent.store import StoreError
 
-    store = open_store(args, cfg)
-    if store is None:
-        return {}
-    try:
-        with store:
-            return {name: as_utc(at) for name, at in store.latest_runs().items()}
-    except StoreError as exc:
-        raise UsageError(str(exc)) from None
+    return read_store(
+        args, cfg, lambda store: {name: as_utc(at) for name, at in store.latest_runs().items()}, {}
+    )
 
 
 def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext:

@@ -22,7 +22,7 @@ from agent.cli.common import (
     print_json_texts,
     print_table,
 )
-from agent.cli.context import rooms_report, stored_inventory, stored_runs
+from agent.cli.context import rooms_report, stored_inventory, stored_runs, stored_with_removed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -151,7 +151,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
 
     today = parse_day(args.today, "--today")
     entitlements = _entitlements(args, cfg)
-    devices, stored_rooms = stored_inventory(args, cfg)
+    devices, stored_rooms, removed = stored_with_removed(args, cfg)  # one read: one scan's
     report = rooms_report(args, cfg, devices, stored_rooms)
     context = SnapshotContext(
         load_catalog(),
@@ -159,7 +159,7 @@ def cmd_coverage(args: argparse.Namespace) -> int:
         expiring_days=args.expiring_days,
         support=support_settings_from(cfg.support),
     )
-    listed = coverage_list(devices, context, today)  # the units /v1/coverage lists too
+    listed = coverage_list(devices, context, today, removed)  # the units /v1/coverage lists too
     assert listed is not None  # records were given
     if args.summary:
         return _print_site_summary(args, cfg, listed, report, today)
@@ -200,7 +200,7 @@ def _most_urgent_first(listed: CoverageList) -> Callable[[], Iterator[Row]]:
     from agent.coverage import urgency_key
 
     seen = sorted(zip(listed.verdicts, listed.units, strict=True), key=lambda pair: urgency_key(pair[0]))
-    groups = listed.rows.groups(skip=listed.keys)
+    groups = listed.rows.groups(skip=listed.keys, seen=listed.seen)
     for _, serials in groups:
         serials.sort()
 
@@ -283,10 +283,14 @@ def _print_site_summary(
         }
         for r in report.rooms
     ]
+    from agent.coverage import EXTENSION_CHECKS
+
+    checks = listed.flag_counts(EXTENSION_CHECKS)
     if args.json:
         print_json(
             {
                 **site.to_dict(),
+                "extension_checks": checks,
                 "today": today.isoformat(),
                 "room_summaries": rooms,
                 "unassigned": len(report.unassigned),
@@ -299,6 +303,11 @@ def _print_site_summary(
         print(f"  {note}")
     if site.flags:
         print(f"  flags: {', '.join(site.flags)}")
+    if any(checks.values()):
+        print(
+            "  extensions (W7, W9): "
+            + ", ".join(f"{flag} {count}" for flag, count in checks.items() if count)
+        )
     if report.unassigned:
         print(f"  {len(report.unassigned)} unit(s) in no room (a room map places LAN devices)")
     return EXIT_OK

@@ -13,7 +13,7 @@ the SNMP units ``Offline``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from agent.coverage import (
     URGENCY,
     CoverageUnit,
     RowVerdicts,
+    Sighting,
     Verdict,
     coverage_units,
     evaluate_all,
@@ -73,7 +74,7 @@ class SnapshotContext:
     #: and product, the records, the catalog and the day, all fixed for this context.
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def verdict_memo(self, today: date) -> dict[tuple[str, str | None], Verdict]:
+    def verdict_memo(self, today: date) -> dict[tuple[str, str | None, date | None], Verdict]:
         """The verdicts worked out for ``today`` (a new day starts an empty memo)."""
         return self._day(today)[1]
 
@@ -87,7 +88,9 @@ class SnapshotContext:
             kept.append(RowVerdicts(self.entitlements, self.catalog, today, expiring_days=self.expiring_days))
         return kept[0]
 
-    def _day(self, today: date) -> tuple[date, dict[tuple[str, str | None], Verdict], list[RowVerdicts]]:
+    def _day(
+        self, today: date
+    ) -> tuple[date, dict[tuple[str, str | None, date | None], Verdict], list[RowVerdicts]]:
         """What is remembered for ``today``: one entry, replaced whole on a new day (the API's
         thread and the daemon's may ask at once: neither sees half of another's)."""
         day = self._memo.get("day")
@@ -103,7 +106,7 @@ def unit_verdicts(units: Sequence[CoverageUnit], context: SnapshotContext, today
     if context.entitlements is None:
         return []
     memo = context.verdict_memo(today)
-    keys = [(normalize_serial(unit.serial), unit.product) for unit in units]
+    keys = [(normalize_serial(unit.serial), unit.product, unit.first_seen) for unit in units]
     missing = {key: unit for key, unit in zip(keys, units, strict=True) if key not in memo}
     if missing:
         found = evaluate_all(
@@ -112,6 +115,9 @@ def unit_verdicts(units: Sequence[CoverageUnit], context: SnapshotContext, today
             context.catalog,
             today,
             expiring_days=context.expiring_days,
+            sightings={
+                key[0]: sighting for key, unit in missing.items() if (sighting := unit.sighting) is not None
+            },
         )
         memo.update(zip(missing, found, strict=True))
     return [memo[key] for key in keys]
@@ -140,6 +146,9 @@ class CoverageList:
     #: The inventory's units' normalised serials: the records listed among them, not again.
     keys: frozenset[str]
     rows: RowVerdicts
+    #: Units scans found once that are no longer in the inventory, by normalised serial: a
+    #: record of theirs is verified (W9).
+    seen: Mapping[str, Sighting] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -157,20 +166,44 @@ class CoverageList:
             counts[status] += count
         return counts
 
+    def flag_counts(self, flags: Iterable[str]) -> dict[str, int]:
+        """How many listed units carry each of ``flags`` (every one listed, 0 included): the
+        inventory's units and every record no scan found."""
+        counts = dict.fromkeys(flags, 0)
+        rows = self.rows.flag_counts(skip=self.keys, seen=self.seen)
+        for flag in counts:
+            counts[flag] = rows.get(flag, 0) + sum(1 for verdict in self.verdicts if flag in verdict.flags)
+        return counts
 
-def coverage_list(devices: Iterable[Device], context: SnapshotContext, today: date) -> CoverageList | None:
+
+def coverage_list(
+    devices: Iterable[Device], context: SnapshotContext, today: date, removed: Iterable[Device] = ()
+) -> CoverageList | None:
     """:class:`CoverageList` for the inventory's ``devices`` on ``today``; ``None`` when
-    coverage is not evaluated (no entitlement records)."""
+    coverage is not evaluated (no entitlement records). ``removed`` are the units that left
+    the inventory (``Store.devices(removed=True)``): scans found them once (W9)."""
     rows = context.row_verdicts(today)
     if rows is None:
         return None
     units = coverage_units(devices)
+    keys = frozenset(normalize_serial(unit.serial) for unit in units)
     return CoverageList(
         units,
         unit_verdicts(units, context, today),
-        frozenset(normalize_serial(unit.serial) for unit in units),
+        keys,
         rows,
+        sightings(removed, skip=keys),
     )
+
+
+def sightings(devices: Iterable[Device], *, skip: Collection[str] = ()) -> dict[str, Sighting]:
+    """Each unit of ``devices`` (children too) with a serial, by normalised serial but those in
+    ``skip``: when a scan first found it and its product (W9)."""
+    return {
+        normalize_serial(unit.serial): sighting
+        for unit in coverage_units(devices)
+        if normalize_serial(unit.serial) not in skip and (sighting := unit.sighting) is not None
+    }
 
 
 def coverage_counts(devices: Iterable[Device], context: SnapshotContext, today: date) -> dict[str, int]:
