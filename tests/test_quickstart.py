@@ -58,5 +58,7 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path) -> None:
     # and one found as another product than its row names (W9)
     assert "Rally Mic Pod is a component sold separately" in out and "(W7)" in out
     assert "the extension names a Tap IP, the unit found with its serial is a Tap (W9)" in out
+    assert "no scan has found the extension's serial yet" in out  # extension-serial-unverified
+    assert "no scan has found the extension's serial; discrepancies were due by" in out  # -late
     # the daemon ran, and health saw it healthy
     assert re.search(r"^healthy: roomsync \S+, up \d+ s; usb ok$", out, re.M), out
