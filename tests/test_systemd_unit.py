@@ -100,7 +100,7 @@ def test_unit_has_the_required_directives() -> None:
     assert _one("Service", "NotifyAccess") == "main"
     assert _one("Service", "WatchdogSec") == "30s"
     assert _one("Service", "ExecStart") == f"{INSTALLED_EXEC} run"
-    assert _one("Service", "ExecReload") == "/bin/kill -s HUP $MAINPID"
+    assert _one("Service", "ExecReload") == "/bin/sh -c 'kill -s HUP \"$$MAINPID\"'"  # no procps needed
     assert _one("Service", "Restart") == "on-failure"
     assert "2" in _one("Service", "RestartPreventExitStatus").split()
     assert _one("Service", "TimeoutStopSec") == "15s"
