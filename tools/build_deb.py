@@ -45,6 +45,17 @@ PLATFORMS = {
 }
 #: ELF ``e_machine`` of each architecture (the package may hold no other machine's code).
 ELF_MACHINES = {"amd64": 0x3E, "arm64": 0xB7}
+#: Debian 12 packages only: Python, libusb, and the C library the wheels' extensions link.
+DEPENDS = "python3 (>= 3.11), libusb-1.0-0, libc6 (>= 2.17)"
+MAINTAINER = "roomsync maintainers <roomsync@users.noreply.github.com>"
+#: What lintian reports that is this package's design, each with why (lintian runs in CI).
+LINTIAN_OVERRIDES = """\
+# The agent and its Python libraries are one self-contained tree in /opt, as agents
+# installed this way are (Debian's python3 runs it; nothing in /usr/lib/python3).
+roomsync: dir-or-file-in-opt
+# The libraries' compiled extensions are the wheels PyPI publishes, as published.
+roomsync: unstripped-binary-or-object
+"""
 PREFIX = "/opt/roomsync"
 LIB = f"{PREFIX}/lib"
 UNIT = "roomsync-agent.service"
@@ -166,9 +177,10 @@ def stage(arch: str, root: Path, wheels: Path) -> None:
     install(root / "etc/roomsync/agent.toml", (REPO / "config/agent.example.toml").read_text())
     docs = root / "usr/share/doc/roomsync"
     install(docs / "copyright", COPYRIGHT)
+    install(root / "usr/share/lintian/overrides/roomsync", LINTIAN_OVERRIDES)
     changelog = (
         f"roomsync ({version()}) stable; urgency=medium\n\n  * Built from the repository.\n\n"
-        " -- roomsync <roomsync@localhost>  Thu, 01 Jan 2026 00:00:00 +0000\n"
+        f" -- {MAINTAINER}  Thu, 01 Jan 2026 00:00:00 +0000\n"
     )
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "changelog.Debian.gz").write_bytes(gzip.compress(changelog.encode(), mtime=0))
@@ -187,9 +199,9 @@ def control(root: Path, arch: str) -> None:
     install(
         meta / "control",
         f"Package: roomsync\nVersion: {version()}\nArchitecture: {arch}\n"
-        "Maintainer: roomsync <roomsync@localhost>\n"
+        f"Maintainer: {MAINTAINER}\n"
         f"Installed-Size: {max(1, size // 1024)}\n"
-        "Depends: python3 (>= 3.11), libusb-1.0-0\n"
+        f"Depends: {DEPENDS}\n"
         "Section: admin\nPriority: optional\n"
         "Homepage: https://example.invalid/roomsync\n"
         "Description: inventory agent for Logitech meeting-room hardware\n"
