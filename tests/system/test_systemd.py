@@ -33,7 +33,7 @@ import pytest
 from tests.shared import require
 from tools import build_deb
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a first debootstrap takes minutes
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("ROOMSYNC_NSPAWN_CACHE", "/var/tmp/roomsync-nspawn"))
@@ -41,38 +41,55 @@ MIRROR = os.environ.get("ROOMSYNC_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 #: What the root holds besides minbase: systemd as PID 1, and the package's dependencies.
 INCLUDE = ["systemd", "systemd-sysv", "dbus", "python3", "libusb-1.0-0", "util-linux"]
 UNIT = "roomsync-agent.service"
+#: Where Debian keeps the administrator's tools (debootstrap, chroot), whatever PATH says.
+SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 STORE = "/var/lib/roomsync/roomsync.db"
 
 
 def debian_root() -> Path:
     """A debootstrapped Debian 12 root, made once per machine (a copy is booted)."""
-    for tool in ("debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"):
-        require(shutil.which(tool), f"{tool} (Debian: debootstrap, systemd-container, util-linux, dpkg)")
-    require(os.geteuid() == 0, "root, to boot a container with systemd-nspawn")
-    key = hashlib.sha256(" ".join(["bookworm", MIRROR, *INCLUDE]).encode()).hexdigest()[:12]
-    root = CACHE / f"bookworm-{key}"
+    for tool in ("systemd-nspawn", "nsenter", "dpkg-deb"):
+        require(shutil.which(tool), f"{tool} (Debian: systemd-container, util-linux, dpkg)")
+    return debootstrapped("amd64", INCLUDE)
+
+
+def debootstrapped(arch: str, include: list[str]) -> Path:
+    """A Debian 12 root of ``arch`` (minbase and ``include``), made with debootstrap once per
+    machine and kept in :data:`CACHE` (a failed or interrupted one is cleared the next time,
+    its mounts first)."""
+    require(shutil.which("debootstrap", path=SBIN), "debootstrap (Debian: debootstrap)")
+    require(os.geteuid() == 0, "root, for debootstrap, systemd-nspawn and chroot")
+    key = hashlib.sha256(" ".join(["bookworm", arch, MIRROR, *include]).encode()).hexdigest()[:12]
+    root = CACHE / f"bookworm-{arch}-{key}"
     if (root / "usr/bin/python3").exists():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
-    partial = CACHE / f"partial-{key}-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    for stale in CACHE.glob(f"partial-{arch}-{key}-*"):
+        clear(stale)
+    partial = CACHE / f"partial-{arch}-{key}-{os.getpid()}"
     done = subprocess.run(
         [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(INCLUDE)}",
-            "bookworm",
-            str(partial),
-            MIRROR,
+            shutil.which("debootstrap", path=SBIN) or "debootstrap", f"--arch={arch}", "--variant=minbase",
+            f"--include={','.join(include)}", "bookworm", str(partial), MIRROR,
         ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
     assert done.returncode == 0, f"debootstrap failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     (partial / "etc/hostname").write_text("roomsync-test\n")
     partial.rename(root)
     return root
+
+
+def clear(tree: Path) -> None:
+    """Delete ``tree`` after unmounting what debootstrap left mounted in it (its /proc…);
+    a tree that still holds a mount is left alone rather than deleted through it."""
+    inside = str(tree.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(inside)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    if not any(m.startswith(inside) for m in mounts):
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 class Container:
