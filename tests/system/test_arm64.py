@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.shared import require
-from tests.system.test_systemd import SBIN, debootstrapped
+from tests.system.test_systemd import DROP, SBIN, debootstrapped
 from tools import build_deb
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a first debootstrap takes minutes
@@ -55,7 +55,7 @@ def test_the_arm64_package_runs_a_scan_on_arm64(tmp_path: Path) -> None:
         check=True,
     )
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    shutil.copytree(REPO / "config" / "quickstart", root / "root" / "quickstart")
+    shutil.copytree(REPO / "config" / "quickstart", root / DROP.lstrip("/") / "quickstart")
     assert "aarch64" in subprocess.run(
         [str(chroot), str(root), "/usr/bin/python3", "-c", "import platform; print(platform.machine())"],
         capture_output=True, text=True, check=True, timeout=120,
@@ -72,7 +72,7 @@ def test_the_arm64_package_runs_a_scan_on_arm64(tmp_path: Path) -> None:
 
     version = roomsync("--version")
     assert version.returncode == 0 and build_deb.version() in version.stdout, version.stderr[-2000:]
-    scan = roomsync("scan", "--config", "/root/quickstart/agent.toml", "--no-store")
+    scan = roomsync("scan", "--config", f"{DROP}/quickstart/agent.toml", "--no-store")
     assert scan.returncode == 0, scan.stderr[-3000:]
     for serial in QUICKSTART_SERIALS:
         assert serial in scan.stdout, scan.stdout

@@ -44,6 +44,8 @@ UNIT = "roomsync-agent.service"
 #: Where Debian keeps the administrator's tools (debootstrap, chroot), whatever PATH says.
 SBIN = "/usr/sbin:/usr/bin:/sbin:/bin"
 STORE = "/var/lib/roomsync/roomsync.db"
+#: Where files for the container are put, inside it (it exists only there).
+DROP = "/var/lib/roomsync-test"
 
 
 def debian_root() -> Path:
@@ -261,8 +263,8 @@ def agent_id(box: Container) -> str:
 
 def test_install_starts_after_ready_and_is_healthy(box: Container, packages: tuple[Path, Path]) -> None:
     previous, _ = packages
-    put(box, "/root/previous.deb", previous.read_bytes())
-    box.sh("dpkg -i /root/previous.deb")
+    put(box, f"{DROP}/previous.deb", previous.read_bytes())
+    box.sh(f"dpkg -i {DROP}/previous.deb")
     # dpkg's postinst ran `systemctl enable --now`: a Type=notify start returns after READY=1.
     assert box.show("ActiveState") == "active" and box.show("UnitFileState") == "enabled"
     assert box.show("Type") == "notify" and box.show("StatusText")  # READY=1 and STATUS= arrived
@@ -356,8 +358,8 @@ def test_an_upgrade_keeps_the_store_and_the_agent_id(box: Container, packages: t
     wait_for("an agent id", lambda: box.sh(f"test -s {STORE}", check=False).returncode == 0)
     wait_for("an agent id", lambda: bool(agent_id(box)))
     before, pid = agent_id(box), box.show("MainPID")
-    put(box, "/root/current.deb", current.read_bytes())
-    box.sh("dpkg -i /root/current.deb")
+    put(box, f"{DROP}/current.deb", current.read_bytes())
+    box.sh(f"dpkg -i {DROP}/current.deb")
     assert box.sh("dpkg-query -W -f='${Version}' roomsync").stdout == build_deb.version()
     assert box.show("MainPID") != pid and box.show("ActiveState") == "active"  # restarted
     assert agent_id(box) == before
