@@ -35,6 +35,7 @@ import tomllib
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -539,6 +540,16 @@ class CoverageConfig(_Section):
     entitlements: Path | None = None
     #: ``expiring_soon`` when coverage ends within this many days.
     expiring_days: Annotated[int, Field(ge=0, le=3650)] = 90
+    #: For an example or training file only (the quickstart's): the day its dates were
+    #: written as of. Each date in ``entitlements`` is read moved forward by the days from
+    #: then to today (UTC, when the file is read: at start and reload), so the example shows
+    #: the same statuses on any day. Leave unset for real records.
+    dates_relative_to: date | None = None
+
+    def date_shift(self, today: date) -> int:
+        """Days every entitlement date is moved by on ``today`` (0 unless
+        ``dates_relative_to`` is set)."""
+        return 0 if self.dates_relative_to is None else (today - self.dates_relative_to).days
 
 
 class SelectConfig(_Section):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -61,6 +62,7 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
     evaluated)."""
     from agent.catalog import load_catalog
     from agent.entitlements import EntitlementsError, load_entitlements
+    from agent.model import utc_today
     from agent.support import support_settings_from
     from agent.uploader.snapshot import SnapshotContext
 
@@ -68,7 +70,9 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
     path = cfg.coverage.entitlements
     if path is not None:
         try:
-            entitlements = load_entitlements(path)
+            entitlements = load_entitlements(
+                path, shift_days=cfg.coverage.date_shift(utc_today(datetime.now(UTC)))
+            )
         except EntitlementsError as exc:
             problems = "\n  ".join(exc.problems)
             raise SettingsError(f"[coverage] entitlements {path} refused:\n  {problems}") from None

@@ -34,7 +34,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, ItemsView, Iterable, Iterator, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from enum import StrEnum
 from functools import cache
 from itertools import accumulate, islice, repeat
@@ -272,19 +272,25 @@ def record_shape(record: EntitlementRecord) -> Hashable | None:
     )
 
 
-def load_entitlements(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> Entitlements:
+def load_entitlements(
+    path: str | Path, *, max_bytes: int = MAX_FILE_BYTES, shift_days: int = 0
+) -> Entitlements:
     """Read and check an entitlements CSV file; raise :class:`EntitlementsError` (every
     problem listed, nothing imported) when anything in it is wrong. The file is read a block
-    at a time: the import's memory is its records, packed, whatever the file's size."""
-    return _Import(str(path)).run(Path(path), max_bytes)
+    at a time: the import's memory is its records, packed, whatever the file's size.
+
+    ``shift_days`` moves every date of the file by that many days once it is checked (an
+    example file read relative to today: ``[coverage] dates_relative_to``); the checks see
+    the dates as written."""
+    return _Import(str(path)).run(Path(path), max_bytes, shift_days)
 
 
 def parse_entitlements(
-    data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES
+    data: str | bytes, name: str = "<file>", *, max_bytes: int = MAX_FILE_BYTES, shift_days: int = 0
 ) -> Entitlements:
     """Check and import entitlements CSV content (bytes as read from a file, or text).
-    ``name`` is used in messages."""
-    return _Import(name).run(data, max_bytes)
+    ``name`` is used in messages; ``shift_days`` as :func:`load_entitlements`'s."""
+    return _Import(name).run(data, max_bytes, shift_days)
 
 
 # --- cell parsers: each takes the stripped, non-empty cell text ---------------------------
@@ -440,6 +446,13 @@ class _Codes:
                 return None
         return codes
 
+    def shift(self, step: timedelta) -> None:
+        """Add ``step`` to every value (dates), in place. Only once the import is complete:
+        nothing codes a cell after it, and the caches for that are dropped."""
+        self.values[1:] = [value + step for value in self.values[1:]]
+        self._by_value.clear()
+        self._by_text.clear()
+
     def array(self, codes: Iterable[int]) -> array[int]:
         """``codes`` in as few bytes a code as the column's values need."""
         count = len(self.values)
@@ -504,6 +517,15 @@ class _Rows(Mapping[str, EntitlementRecord]):
         self._first_lines = array("I")  # the first line of each block
         self._first_rows = array("I")  # the index of each block's first row
         self._count = 0
+
+    def shift_dates(self, days: int) -> None:
+        """Move every date of the import by ``days``, once it is complete: a date column's
+        table of values is shared by its blocks, and a uniform move keeps every code (and so
+        every row's shape) as it was."""
+        step = timedelta(days=days)
+        for column, coded in self.coded.items():
+            if _PARSERS[column] is _parse_date:
+                coded.shift(step)
 
     # --- the serial index: every serial read, first line of each --------------------------------
 
@@ -670,7 +692,7 @@ class _Import:
         self.csv = CsvReader(name, LAYOUT, EntitlementsError)
         self.problem = self.csv.problem
 
-    def run(self, data: str | bytes | Path, max_bytes: int) -> Entitlements:
+    def run(self, data: str | bytes | Path, max_bytes: int, shift_days: int = 0) -> Entitlements:
         blocks = self.csv.blocks(data, max_bytes)
         self.store = _Rows((c for c in self.csv.columns if c is not None), self.csv.size)
         with paused_gc():  # blocks of short-lived cells and lists, none in a cycle
@@ -678,6 +700,8 @@ class _Import:
                 if not self.block(block):
                     self.rows(block)
         self.csv.refuse()
+        if shift_days:
+            self.store.shift_dates(shift_days)
         return Entitlements._normalised(self.store, self.name)
 
     def block(self, block: CsvBlock) -> bool:

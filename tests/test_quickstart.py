@@ -54,6 +54,9 @@ def test_the_readme_quickstart_works_as_written(tmp_path: Path) -> None:
     # coverage: one line per entitlement serial, with the rule ids behind each verdict
     assert re.search(r"\b2104TP0007B3\s+Tap\s+quickstart-room\s+.*\(W3\)", out), out
     assert "(H1)" in out and "(S5)" in out
+    # the example's dates are moved to today ([coverage] dates_relative_to): every status shows
+    for status in ("out_of_warranty", "expiring_soon", "unknown", "in_warranty"):
+        assert re.search(rf"^{status}\s+\S+\s+\w+", out, re.M), (status, out)
     # the extension checks of the example entitlements: a component (W7), a serial never found
     # and one found as another product than its row names (W9)
     assert "Rally Mic Pod is a component sold separately" in out and "(W7)" in out

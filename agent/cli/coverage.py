@@ -110,8 +110,17 @@ def _entitlements(
         if not required:
             return None
         raise UsageError("no entitlements file: pass --entitlements FILE or set [coverage] entitlements")
+    # The configured file's own dates setting; a file named on the command line is read as written.
+    shift = 0 if args.entitlements else cfg.coverage.date_shift(parse_day(None, "today"))
+    if shift:
+        print(
+            f"roomsync: note: {path} is an example dated {cfg.coverage.dates_relative_to}"
+            f" ([coverage] dates_relative_to): its dates are moved {abs(shift)} day(s)"
+            f" {'forward' if shift > 0 else 'back'}, to today",
+            file=sys.stderr,
+        )
     try:
-        return load_entitlements(path)
+        return load_entitlements(path, shift_days=shift)
     except EntitlementsError as exc:
         raise UsageError("entitlements refused, nothing imported:\n  " + "\n  ".join(exc.problems)) from None
     except OSError as exc:
