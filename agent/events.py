@@ -276,21 +276,52 @@ def sighting_of(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Tracked:
-    """A unit in the inventory: the device as last stored, and its sightings."""
+    """A unit in the inventory: its device, and its sightings.
 
-    device: Device
+    A unit a scan carries over unchanged (:func:`_diff_with_settled`) only has its times
+    moved: it keeps the device it had (``stored``) and the instant it was last seen (``at``),
+    and :attr:`device` is that device retimed, made when first asked for and then kept. A
+    site's unchanged re-scan so costs no copy of its units until something reads them; a
+    scan that finds them again retimes ``stored`` at its own instant (retiming twice is
+    retiming once at the later instant)."""
+
+    #: The unit's device; when ``at`` is set, with its times as they were before ``at``
+    #: (every fact but the times is the unit's).
+    stored: Device
     sightings: tuple[Sighting, ...] = field(default=())
     #: Every grouping key of its sightings (:func:`agent.identity.key_strings`): a scan
     #: leaves a unit alone when none of its readings shares one and none of its sources ran.
     #: Worked out when first needed, then carried along.
-    keys: frozenset[str] | None = field(default=None, compare=False)
+    keys: frozenset[str] | None = None
+    #: The instant :attr:`device` is retimed at, until it is made (``None``: ``stored`` is it).
+    at: datetime | None = None
 
     @classmethod
     def of(cls, device: Device) -> Tracked:
         """A unit known only from ``device`` (every sighting standing)."""
         return cls(device, sightings_of(device))
+
+    @property
+    def device(self) -> Device:
+        """The unit's device as last stored, made once when retimed. The store's threads may
+        ask at once: each gets an equal device (``at`` is read before ``stored`` and cleared
+        after it is replaced, so no reader takes the old times for new)."""
+        at = self.at
+        if at is None:
+            return self.stored
+        made = _retimed(self.stored, at, top=True)
+        object.__setattr__(self, "stored", made)
+        object.__setattr__(self, "at", None)
+        return made
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Tracked):
+            return NotImplemented
+        return self.sightings == other.sightings and self.device == other.device
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def missed(self) -> int:
@@ -491,7 +522,8 @@ def _settle(
         unit = previous.get(identity)
         if unit is None or len(found) != len(unit.sightings):
             continue
-        if as_utc(unit.device.first_seen) >= moment:  # the merge keeps the new offset on a tie
+        # (``stored``: a unit's first sighting is not retimed)
+        if as_utc(unit.stored.first_seen) >= moment:  # the merge keeps the new offset on a tie
             continue
         if not _settled_sightings(unit.sightings, found, owners):
             continue
@@ -585,7 +617,7 @@ def _diff_with_settled(
     for identity, found in settled.units.items():
         unit = previous[identity]
         inventory[identity] = Tracked(
-            _retimed(unit.device, at, top=True),
+            unit.stored,  # retimed at ``at`` when read (Tracked.device)
             tuple(
                 # As sighting_of makes it of the channel's new reading (replace() costs more).
                 Sighting(
@@ -604,6 +636,7 @@ def _diff_with_settled(
                 for s in unit.sightings
             ),
             unit.keys,
+            at,
         )
         for index in found.values():
             placed[index] = identity
@@ -887,7 +920,7 @@ class _Assembly:
 
 
 def _label_serial(unit: Tracked | None) -> str | None:
-    device = unit.device if unit is not None else None
+    device = unit.stored if unit is not None else None  # its facts: no need to retime it
     if device is None or not (device.serial and device.serial_label_grade):
         return None
     return normalize_serial(device.serial)

@@ -375,3 +375,47 @@ def test_texts_are_shared_while_decoding_and_the_memo_goes_with_it(tmp_path: Pat
         first = shared_text(text)
         assert shared_text("".join(["usb", "-x"])) is first
     assert shared_text("".join(["usb", "-x"])) is not first
+
+
+def test_units_carried_over_are_retimed_only_when_read_and_then_once(tmp_path: Path):
+    """An unchanged re-scan moves a carried unit's times without copying it (``Tracked.at``);
+    re-scans that nobody reads in between stack no copies, and the device read at last is the
+    one a full diff makes of the last scan, for every thread that asks at once."""
+    import threading
+
+    with Store.open(tmp_path / "open") as kept:
+        for k in range(5):
+            at = T0 + timedelta(minutes=5 * k)
+            kept.record_scan(site(12, at), [], at)  # nothing read between the scans
+            with Store.open(tmp_path / "each") as fresh:  # a store opened anew merges again
+                fresh.record_scan(site(12, at), [], at)
+                merged_again = fresh.tracked()
+            if k == 1:
+                first = {i: u.stored for i, u in kept.tracked().items() if u.at is not None}
+        carried = kept.tracked()
+        lazy = [u for u in carried.values() if u.at is not None]
+        assert lazy and all(u.at == at for u in lazy)
+        assert {i: u.stored for i, u in carried.items() if u.at is not None}.keys() == first.keys()
+        assert all(carried[i].stored is device for i, device in first.items())  # no copy stacked
+        before = {id(u): u.stored for u in lazy}
+        assert all(u.stored.last_seen < at for u in lazy)  # not copied yet: the old times
+        made: dict[int, list[dict]] = {id(u): [] for u in lazy}
+        start = threading.Barrier(4)
+
+        def read() -> None:
+            start.wait()
+            for u in lazy:
+                made[id(u)].append(u.device.to_dict())
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for identity, u in carried.items():
+            if id(u) in made:
+                assert u.at is None and u.stored is not before[id(u)]  # made once, then kept
+                assert u.device is u.device
+                expected = merged_again[identity].device.to_dict()
+                assert made[id(u)] == [expected] * 4
+        assert carried == merged_again
