@@ -544,7 +544,7 @@ class CoverageConfig(_Section):
     #: written as of. Each date in ``entitlements`` is read moved forward by the days from
     #: then to today (UTC, when the file is read: at start and reload), so the example shows
     #: the same statuses on any day. Leave unset for real records.
-    dates_relative_to: date | None = None
+    dates_relative_to: Annotated[date, Field(ge=date(1980, 1, 1), le=date(2199, 12, 31))] | None = None
 
     def date_shift(self, today: date) -> int:
         """Days every entitlement date is moved by on ``today`` (0 unless

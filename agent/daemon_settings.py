@@ -70,9 +70,17 @@ def snapshot_context(cfg: AgentConfig, rooms: Iterable[Room]) -> SnapshotContext
     path = cfg.coverage.entitlements
     if path is not None:
         try:
-            entitlements = load_entitlements(
-                path, shift_days=cfg.coverage.date_shift(utc_today(datetime.now(UTC)))
-            )
+            shift = cfg.coverage.date_shift(utc_today(datetime.now(UTC)))
+            entitlements = load_entitlements(path, shift_days=shift)
+            if shift:  # an example's dates: say so wherever coverage goes (a portal, GLPI, MQTT)
+                from agent.log import get_logger
+
+                get_logger("roomsync.coverage").warning(
+                    "entitlements.dates_moved",
+                    path=str(path),
+                    days=shift,
+                    dates_relative_to=str(cfg.coverage.dates_relative_to),
+                )
         except EntitlementsError as exc:
             problems = "\n  ".join(exc.problems)
             raise SettingsError(f"[coverage] entitlements {path} refused:\n  {problems}") from None

@@ -518,14 +518,23 @@ class _Rows(Mapping[str, EntitlementRecord]):
         self._first_rows = array("I")  # the index of each block's first row
         self._count = 0
 
-    def shift_dates(self, days: int) -> None:
+    def shift_dates(self, days: int) -> date | None:
         """Move every date of the import by ``days``, once it is complete: a date column's
         table of values is shared by its blocks, and a uniform move keeps every code (and so
-        every row's shape) as it was."""
+        every row's shape) as it was. A date the move would take out of the import's years is
+        returned (as written), and nothing is moved."""
         step = timedelta(days=days)
-        for column, coded in self.coded.items():
-            if _PARSERS[column] is _parse_date:
-                coded.shift(step)
+        columns = [coded for column, coded in self.coded.items() if _PARSERS[column] is _parse_date]
+        for coded in columns:
+            for day in coded.values[1:]:
+                try:
+                    if not MIN_YEAR <= (day + step).year <= MAX_YEAR:
+                        return day  # type: ignore[no-any-return]
+                except OverflowError:
+                    return day  # type: ignore[no-any-return]
+        for coded in columns:
+            coded.shift(step)
+        return None
 
     # --- the serial index: every serial read, first line of each --------------------------------
 
@@ -701,7 +710,14 @@ class _Import:
                     self.rows(block)
         self.csv.refuse()
         if shift_days:
-            self.store.shift_dates(shift_days)
+            moved = self.store.shift_dates(shift_days)
+            if moved is not None:
+                raise EntitlementsError(
+                    [
+                        f"{self.name}: moved {shift_days:+d} days (an example file's dates_relative_to),"
+                        f" {moved} leaves the years {MIN_YEAR}-{MAX_YEAR}"
+                    ]
+                )
         return Entitlements._normalised(self.store, self.name)
 
     def block(self, block: CsvBlock) -> bool:

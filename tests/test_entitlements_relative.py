@@ -120,3 +120,29 @@ def test_the_quickstart_shows_every_status_today(quickstart: Path) -> None:
     assert "example dated" not in named.stderr
     written = {row["serial"]: row for row in json.loads(named.stdout)}
     assert written["2301SC0005E2"]["covered_until"] == "2025-01-15"
+
+
+def test_a_move_out_of_the_imports_years_is_refused_not_a_crash(tmp_path: Path) -> None:
+    text = "serial,purchase_date\nA1,2190-06-01\nA2,2024-06-01\n"
+    with pytest.raises(
+        EntitlementsError, match=r"moved \+4000 days .* 2190-06-01 leaves the years 1980-2199"
+    ):
+        parse_entitlements(text, shift_days=4000)
+    with pytest.raises(EntitlementsError, match="leaves the years"):
+        parse_entitlements(text, shift_days=10**7)  # past what a date can hold: no OverflowError
+    with pytest.raises(Exception, match="dates_relative_to"):
+        CoverageConfig(dates_relative_to=date(9000, 1, 1))
+    with pytest.raises(Exception, match="dates_relative_to"):
+        CoverageConfig(dates_relative_to=date(1, 1, 1))
+
+
+def test_the_daemon_and_the_outputs_log_that_the_dates_are_moved(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agent.log import configure
+
+    configure(level="info", fmt="json")
+    snapshot_context(load_config(QUICKSTART).config, ())
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [moved] = [e for e in logged if e["event"] == "entitlements.dates_moved"]
+    assert moved["level"] == "warning" and moved["dates_relative_to"] == "2024-12-01" and moved["days"] > 0

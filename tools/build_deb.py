@@ -14,11 +14,14 @@ What the package holds (issue [16/16]):
   the udev rule ``/usr/lib/udev/rules.d/70-roomsync.rules``;
 * ``/etc/roomsync/agent.toml``, a conffile: ``config/agent.example.toml``;
 * maintainer scripts: ``postinst`` creates the user (systemd-sysusers), reloads udev and
-  systemd, enables and starts the service on install and restarts it on upgrade; ``prerm``
-  stops it on remove; ``postrm`` keeps ``/var/lib/roomsync`` and ``/etc/roomsync`` unless
-  purged. Each acts on systemd only where it runs (``/run/systemd/system``).
+  systemd, enables and starts the service on install and restarts it on upgrade (a service
+  the administrator disabled only if it runs; never enabled again); ``prerm`` stops it on
+  remove (a reinstall starts it again as it was); ``postrm`` keeps ``/var/lib/roomsync`` and
+  ``/etc/roomsync`` unless purged. Each acts on systemd only where it runs
+  (``/run/systemd/system``).
 
-It depends on Debian 12 packages only: ``python3 (>= 3.11)``, ``libusb-1.0-0``.
+It depends on Debian 12 packages only: ``python3 (>= 3.11)`` and ``(<< 3.12)`` (the wheels'
+extensions are CPython 3.11's), ``libusb-1.0-0``, ``libc6``.
 
 Nothing here runs as root or touches the system: the tree is staged in ``build/deb-<arch>``
 and packed by ``dpkg-deb --root-owner-group``.
@@ -46,7 +49,9 @@ PLATFORMS = {
 #: ELF ``e_machine`` of each architecture (the package may hold no other machine's code).
 ELF_MACHINES = {"amd64": 0x3E, "arm64": 0xB7}
 #: Debian 12 packages only: Python, libusb, and the C library the wheels' extensions link.
-DEPENDS = "python3 (>= 3.11), libusb-1.0-0, libc6 (>= 2.17)"
+#: The wheels' compiled extensions are CPython 3.11's: no other python3 can load them (Debian 13's
+#: is 3.13), so the package says so rather than install and fail to start.
+DEPENDS = "python3 (>= 3.11), python3 (<< 3.12), libusb-1.0-0, libc6 (>= 2.17)"
 MAINTAINER = "roomsync maintainers <roomsync@users.noreply.github.com>"
 #: What lintian reports that is this package's design, each with why (lintian runs in CI).
 LINTIAN_OVERRIDES = """\
@@ -73,6 +78,8 @@ sys.exit(main())
 
 POSTINST = f"""#!/bin/sh
 # roomsync postinst: the user, udev, systemd; enable and start on install, restart on upgrade.
+# An upgrade (or a reinstall after remove) keeps what the administrator chose: an enabled
+# service is restarted (started when it was stopped), a disabled one only if it runs.
 set -e
 if [ "$1" = configure ]; then
     if command -v systemd-sysusers >/dev/null 2>&1; then
@@ -92,8 +99,11 @@ if [ "$1" = configure ]; then
         if [ -z "$2" ]; then
             systemctl enable --now {UNIT}
         else
-            systemctl is-enabled --quiet {UNIT} || systemctl enable {UNIT}
-            systemctl restart {UNIT}
+            if systemctl is-enabled --quiet {UNIT}; then
+                systemctl restart {UNIT}
+            else
+                systemctl try-restart {UNIT}
+            fi
         fi
     elif [ -z "$2" ]; then
         # No running systemd (a chroot, an image being built): enabled for the next boot.
@@ -106,9 +116,10 @@ exit 0
 
 PRERM = f"""#!/bin/sh
 # roomsync prerm: stop the service before its files go (remove); an upgrade restarts it later.
+# Whether it is enabled stays as it was (purge forgets it), so a reinstall starts it again.
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now {UNIT} || true
+    systemctl stop {UNIT} || true
 fi
 find {LIB} -name __pycache__ -type d -prune -exec rm -rf {{}} + 2>/dev/null || true
 exit 0
@@ -118,12 +129,12 @@ POSTRM = f"""#!/bin/sh
 # roomsync postrm: the store (/var/lib/roomsync) and the configuration (/etc/roomsync) stay
 # unless purged.
 set -e
-if [ "$1" = remove ] || [ "$1" = purge ]; then
-    rm -f /etc/systemd/system/multi-user.target.wants/{UNIT}
-    [ -d /run/systemd/system ] && systemctl daemon-reload || true
-fi
 if [ "$1" = purge ]; then
+    rm -f /etc/systemd/system/multi-user.target.wants/{UNIT}
     rm -rf /var/lib/roomsync /etc/roomsync /var/lib/private/roomsync
+fi
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+    [ -d /run/systemd/system ] && systemctl daemon-reload || true
 fi
 exit 0
 """

@@ -9,7 +9,9 @@ portal token given as a credential in ``/etc/credstore`` is read (and its absenc
 unit with the agent's own error) -> the hardening leaves the state directory writable and the
 rest read-only -> logs reach the journal with their structured fields -> a hung daemon
 (SIGSTOP) is restarted by the watchdog -> an upgrade from the previous package keeps the store
-and the agent id -> remove keeps the state, purge deletes it.
+and the agent id -> an upgrade leaves a service the administrator disabled disabled and
+stopped -> remove keeps the state, a reinstall starts on it with the same agent id, purge
+deletes it.
 
 The Debian root is made once with ``debootstrap`` and kept between runs on one machine
 (``$ROOMSYNC_NSPAWN_CACHE``, default ``/var/tmp/roomsync-nspawn``); each run boots a copy.
@@ -370,10 +372,28 @@ def test_an_upgrade_keeps_the_store_and_the_agent_id(box: Container, packages: t
     )
 
 
-def test_remove_keeps_the_state_and_purge_deletes_it(box: Container) -> None:
+def test_an_upgrade_leaves_a_disabled_service_as_the_administrator_left_it(box: Container) -> None:
+    box.sh(f"systemctl disable --now {UNIT}")
+    box.sh(f"dpkg -i {DROP}/current.deb")  # configure with the installed version: an upgrade
+    assert (box.show("ActiveState"), box.show("UnitFileState")) == ("inactive", "disabled")
+    box.sh(f"systemctl enable --now {UNIT}")
+    box.sh(f"dpkg -i {DROP}/current.deb")  # enabled again: restarted
+    assert (box.show("ActiveState"), box.show("UnitFileState")) == ("active", "enabled")
+
+
+def test_remove_keeps_the_state_a_reinstall_runs_on_it_and_purge_deletes_it(box: Container) -> None:
+    before = agent_id(box)
     box.sh("dpkg -r roomsync")
     assert box.show("ActiveState") in ("inactive", "")
     assert box.sh(f"test -s {STORE} && test -f /etc/roomsync/agent.toml", check=False).returncode == 0
     assert box.sh("test -e /usr/bin/roomsync", check=False).returncode != 0
+    # Installed again, it starts as it was (enabled) on the same store: the same agent.
+    box.sh(f"dpkg -i {DROP}/current.deb")
+    assert (box.show("ActiveState"), box.show("UnitFileState")) == ("active", "enabled")
+    assert agent_id(box) == before
+    assert "reloaded-room" in (box.root / "etc/roomsync/agent.toml").read_text()
+    box.sh("dpkg -r roomsync")
     box.sh("dpkg -P roomsync")
     assert box.sh("test -e /var/lib/roomsync || test -e /etc/roomsync", check=False).returncode != 0
+    wants = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+    assert box.sh(f"test -e {wants} || test -L {wants}", check=False).returncode != 0  # forgotten
