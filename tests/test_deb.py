@@ -8,6 +8,7 @@ The wheels come from PyPI, as ``./scripts/bootstrap``'s do."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,17 @@ def test_lintian_finds_no_error(packages: dict[str, Path], arch: str) -> None:
     errors = [line for line in done.stdout.splitlines() if line.startswith("E:")]
     assert errors == [], "\n".join(errors[:20])
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_without_pip_build_deb_says_what_to_install(tmp_path: Path) -> None:
+    """An operator's plain Debian 12 has no pip: a clear line, exit 2, nothing built."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    done = subprocess.run(
+        [str(tmp_path / "venv/bin/python"), "-m", "tools.build_deb", "--out", str(tmp_path / "dist")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "has no pip" in done.stderr and "python3-pip" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "dist").exists()

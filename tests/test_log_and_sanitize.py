@@ -24,6 +24,7 @@ def test_json_lines_with_stable_keys_and_masked_secrets() -> None:
         token="abc123",
         token_file="/etc/roomsync/portal.token",
         headers={"Authorization": "Bearer abc123"},
+        hosts_list=[{"host": "10.1.2.3", "password": "abc123"}, ("x", {"auth_key": "abc123"})],
     )
     get_logger().debug("hidden.at.info")
     [line] = stream.getvalue().splitlines()
@@ -32,6 +33,7 @@ def test_json_lines_with_stable_keys_and_masked_secrets() -> None:
     assert event["community"] == event["token"] == "********"
     assert event["headers"]["Authorization"] == "********"
     assert event["token_file"] == "/etc/roomsync/portal.token"  # a path is not a secret
+    assert event["hosts_list"][0] == {"host": "10.1.2.3", "password": "********"}  # inside lists too
     assert "abc123" not in line
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -271,7 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("dpkg-deb") is None:
         print("build-deb: dpkg-deb is missing (Debian package dpkg)", file=sys.stderr)
         return 2
-    print(build(args.arch, args.out, args.work))
+    if importlib.util.find_spec("pip") is None:
+        print(
+            f"build-deb: {sys.executable} has no pip: run ./scripts/bootstrap (a .venv), or install"
+            " Debian's python3-pip",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(build(args.arch, args.out, args.work))
+    except subprocess.CalledProcessError as exc:  # pip's own words are above (no index reachable…)
+        command = " ".join(map(str, exc.cmd[:4]))
+        print(f"build-deb: {command} … failed (exit {exc.returncode}): nothing was built", file=sys.stderr)
+        return 1
     return 0
 
 

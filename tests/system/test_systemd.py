@@ -333,11 +333,23 @@ def test_hardening_leaves_only_the_state_directory_writable(box: Container) -> N
 
 
 def test_logs_reach_the_journal_with_their_fields(box: Container) -> None:
+    """Through journald's native protocol: MESSAGE the JSON line, each key a ROOMSYNC_ field,
+    the priority the level's (``journalctl -p``, field matches)."""
     entries = [e for e in box.journal() if str(e.get("MESSAGE", "")).startswith("{")]
     assert entries and all(e.get("_SYSTEMD_UNIT") == UNIT for e in entries)
     ready = [json.loads(e["MESSAGE"]) for e in entries if '"daemon.ready"' in e["MESSAGE"]]
     assert ready and {"event", "level", "timestamp", "listen", "state_dir"} <= set(ready[-1])
     assert ready[-1]["state_dir"] == "/var/lib/roomsync"
+    native = [e for e in entries if e.get("_TRANSPORT") == "journal"]
+    assert native and all(e.get("SYSLOG_IDENTIFIER") == "roomsync" for e in native)
+    [last] = [e for e in native if e.get("ROOMSYNC_EVENT") == "daemon.ready"][-1:]
+    assert (last["PRIORITY"], last["ROOMSYNC_STATE_DIR"]) == ("6", "/var/lib/roomsync")
+    assert json.loads(last["MESSAGE"])["event"] == "daemon.ready"
+    # the missing portal token (an error) earlier: found by priority and by field
+    errors = box.sh(f"journalctl -u {UNIT} -p err -o json --no-pager").stdout.splitlines()
+    assert any('"portal.settings.unusable"' in line for line in errors), errors[-5:]
+    matched = box.sh(f"journalctl -u {UNIT} ROOMSYNC_EVENT=portal.settings.unusable -o json --no-pager")
+    assert [json.loads(x)["PRIORITY"] for x in matched.stdout.splitlines()][:1] == ["3"]
 
 
 def test_a_hung_daemon_is_restarted_by_the_watchdog(box: Container) -> None:
