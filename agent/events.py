@@ -57,6 +57,7 @@ health; serial conflicts last, by serial.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -305,16 +306,40 @@ class Tracked:
 
     @property
     def device(self) -> Device:
-        """The unit's device as last stored, made once when retimed. The store's threads may
-        ask at once: each gets an equal device (``at`` is read before ``stored`` and cleared
-        after it is replaced, so no reader takes the old times for new)."""
+        """The unit's device as last stored, made once when retimed. The store's threads
+        (the writer, the loop's connection, the API's reader) may ask at once: the device is
+        made under one lock, ``stored`` replaced before ``at`` is cleared, and ``at`` read
+        first, so no reader takes the old times for new. Read it, never change it: the next
+        scan's unit may share it."""
         at = self.at
         if at is None:
             return self.stored
-        made = _retimed(self.stored, at, top=True)
-        object.__setattr__(self, "stored", made)
-        object.__setattr__(self, "at", None)
+        with _RETIMING:
+            if self.at is None:  # another thread made it meanwhile
+                return self.stored
+            made = _retimed(self.stored, at, top=True)
+            object.__setattr__(self, "stored", made)
+            object.__setattr__(self, "at", None)
         return made
+
+    def replaced(
+        self, *, sightings: tuple[Sighting, ...] | None = None, keys: frozenset[str] | None = None
+    ) -> Tracked:
+        """This unit with ``sightings`` or ``keys`` (those given) changed (``dataclasses.replace`` reads
+        ``stored`` before ``at``: while another thread makes the device, it could pair the old
+        times with no instant). Still retimed when read, as this one."""
+        at = self.at
+        if at is None:
+            stored = self.stored
+        else:
+            with _RETIMING:
+                stored, at = self.stored, self.at
+        return Tracked(
+            stored,
+            self.sightings if sightings is None else sightings,
+            self.keys if keys is None else keys,
+            at,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tracked):
@@ -646,6 +671,9 @@ def _diff_with_settled(
 
 
 _new_tuple = tuple.__new__
+#: Held while a carried-over unit's device is made (Tracked.device): once for all units, as
+#: making one takes microseconds.
+_RETIMING = threading.Lock()
 
 
 def _retimed(device: Device, at: datetime, *, top: bool) -> Device:
@@ -685,7 +713,7 @@ def _involved(
     involved = {}
     for identity, unit in previous.items():
         if unit.keys is None:
-            unit = replace(unit, keys=_unit_keys(unit))
+            unit = unit.replaced(keys=_unit_keys(unit))
         assert unit.keys is not None
         if not unit.keys.isdisjoint(wanted) or any(s.source in ran for s in unit.sightings):
             involved[identity] = unit
@@ -816,7 +844,7 @@ class _Assembly:
         unit_keys = frozenset().union(*(key_strings(keys_of[id(r)]) for r in kept))
         if not changed and len(units) == 1 and len(kept) == len(self.previous[units[0]].sightings):
             # No source of this scan touched the unit: it stays exactly as stored.
-            self.keep(units[0], replace(self.previous[units[0]], keys=unit_keys))
+            self.keep(units[0], self.previous[units[0]].replaced(keys=unit_keys))
             return units[0]
         merged = merge_group(kept, self.rules)
         identity = self._identity(units, merged)
@@ -895,7 +923,7 @@ class _Assembly:
     def _remove(self, identity: str, after: dict[str, Any] | None) -> ChangeEvent:
         """Take a stored unit out of the inventory; its ``device.removed``."""
         gone = self.previous[identity]
-        self.removed[identity] = replace(gone, sightings=())
+        self.removed[identity] = gone.replaced(sightings=())
         return _event(
             EventType.DEVICE_REMOVED, self.now, _no_id, gone.device, before=_summary(gone.device), after=after
         )

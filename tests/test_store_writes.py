@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -419,3 +420,46 @@ def test_units_carried_over_are_retimed_only_when_read_and_then_once(tmp_path: P
                 expected = merged_again[identity].device.to_dict()
                 assert made[id(u)] == [expected] * 4
         assert carried == merged_again
+
+
+def test_a_unit_being_retimed_makes_other_threads_wait_for_its_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one thread makes a carried-over unit's device, another reading it (or copying the
+    unit) waits and then takes that very device: neither pairs the old times with no instant."""
+    import threading
+
+    import agent.events as events
+
+    with Store.open(tmp_path) as store:
+        for k in range(3):
+            at = T0 + timedelta(minutes=5 * k)
+            store.record_scan(site(4, at), [], at)
+        unit_ = next(u for u in store.tracked().values() if u.at is not None)
+    retime, inside, go = events._retimed, threading.Event(), threading.Event()
+
+    def held(device: Device, when: datetime, *, top: bool) -> Device:
+        if top and not inside.is_set():  # the first thread in stays until told
+            inside.set()
+            assert go.wait(10)
+        return retime(device, when, top=top)
+
+    monkeypatch.setattr(events, "_retimed", held)
+    got: dict[str, object] = {}
+    first = threading.Thread(target=lambda: got.setdefault("first", unit_.device))
+    first.start()
+    assert inside.wait(10)
+    others = [
+        threading.Thread(target=lambda: got.setdefault("second", unit_.device)),
+        threading.Thread(target=lambda: got.setdefault("copy", unit_.replaced(keys=frozenset()))),
+    ]
+    for t in others:
+        t.start()
+    time.sleep(0.2)
+    assert set(got) == set(), got  # both wait for the device being made
+    go.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert got["second"] is got["first"] and unit_.at is None
+    copy = got["copy"]
+    assert isinstance(copy, events.Tracked) and copy.at is None and copy.stored is got["first"]
