@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from agent.catalog import Catalog
@@ -295,7 +296,7 @@ def support_for(
     catalog: Catalog,
     today: date,
     verdict: Verdict | None = None,
-    record: EntitlementRecord | None = None,
+    record: EntitlementRecord | Callable[[], EntitlementRecord | None] | None = None,
     summary: RoomSummary | None = None,
     system: System | None = None,
     platform: str | None = None,
@@ -308,8 +309,12 @@ def support_for(
     its room's (:func:`agent.systems.summarize_room`: its system is looked up there), or
     ``system`` the system it is a member of, when known; ``platform`` its room's, ``room_select``
     whether its room holds an active SELECT licence (:func:`room_has_select`), ``seen``
-    whether the latest run of a source that reports it saw it."""
+    whether the latest run of a source that reports it saw it. ``record`` (its entitlement
+    record) may be a function that looks it up: only the routes that quote it call it (a
+    site's snapshot asks for every unit's support, and a packed record is built on lookup)."""
     desks = contacts or Contacts()
+    if callable(record):
+        record = _looked_up(record, verdict, today, room_select)
     draft = _Draft()
     if summary is not None:
         system = _system_of(device, summary)
@@ -435,6 +440,14 @@ def support_for(
         "A credit note follows once the distributor has received the product",
     ]
     return _done(platform, Route.DISTRIBUTOR, serial, (desks.distributor,), draft, verdict)
+
+
+def _looked_up(
+    lookup: Callable[[], EntitlementRecord | None], verdict: Verdict | None, today: date, room_select: bool
+) -> EntitlementRecord | None:
+    """The record, for the routes that quote it: a reseller's contract (H1) and, in a SELECT
+    room, the purchase date and country (S7, S15); ``None`` for the others, which never read it."""
+    return lookup() if room_select or _covering(verdict, LayerKind.RESELLER, today) else None
 
 
 def _done(
@@ -569,7 +582,7 @@ class SiteSupport:
             catalog=self.catalog,
             today=self.today,
             verdict=self.verdicts.get(key) if key is not None else None,
-            record=self.records.get(key) if self.records is not None and key is not None else None,
+            record=partial(self.records.get, key) if self.records is not None and key is not None else None,
             system=system,
             platform=platform,
             room_name=(room.name or room.id) if room is not None else None,

@@ -263,8 +263,13 @@ def _parts(store: Store, context: SnapshotContext, now: datetime, dropped_events
     today = context.today or utc_today(now)
     verdicts = verdicts_for(devices, context, today)
 
+    answers: dict[int, bool] = {}  # asked twice a unit: for its fields and for its support
+
     def seen(device: Device) -> bool:
-        return seen_by_latest_runs(device, runs)
+        answer = answers.get(id(device))
+        if answer is None:
+            answer = answers[id(device)] = seen_by_latest_runs(device, runs)
+        return answer
 
     supports = SiteSupport(
         report,
