@@ -3,9 +3,11 @@ root (``debootstrap --arch=arm64``, kept between runs like the amd64 one) and ru
 Debian's ``qemu-user-static`` through binfmt_misc: ``roomsync --version``, and a ``roomsync
 scan`` of the README quickstart's captured USB tree, which finds its four units.
 
-The package's maintainer scripts are not run here (tests/system/test_systemd.py runs them under
-systemd as PID 1); this is about the code: Debian's arm64 ``python3`` importing every compiled
-dependency the package holds for arm64.
+The package is installed with ``dpkg -i`` inside the root, so its maintainer scripts run on
+arm64 too, as on an image being built (no systemd running: tests/system/test_systemd.py runs
+them under systemd as PID 1): the user made, the configuration readable by it alone, the
+libraries compiled by arm64's ``python3``, the service enabled for the next boot. Then Debian's
+arm64 ``python3`` imports every compiled dependency the package holds for arm64.
 """
 
 from __future__ import annotations
@@ -54,21 +56,27 @@ def test_the_arm64_package_runs_a_scan_on_arm64(tmp_path: Path) -> None:
         ["cp", "-a", "--reflink=auto", str(debootstrapped("arm64", ["python3", "libusb-1.0-0"])), str(root)],
         check=True,
     )
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     shutil.copytree(REPO / "config" / "quickstart", root / DROP.lstrip("/") / "quickstart")
-    assert "aarch64" in subprocess.run(
-        [str(chroot), str(root), "/usr/bin/python3", "-c", "import platform; print(platform.machine())"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+    shutil.copy(deb, root / DROP.lstrip("/") / "roomsync.deb")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+
+    def inside(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(chroot), str(root), *args], capture_output=True, text=True, timeout=timeout, env=env
+        )
+
+    assert "aarch64" in inside("/usr/bin/python3", "-c", "import platform; print(platform.machine())").stdout
+    installed = inside("dpkg", "-i", f"{DROP}/roomsync.deb", timeout=900)
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    assert inside("getent", "passwd", "roomsync").returncode == 0  # the user
+    assert inside("stat", "-c", "%G %a", "/etc/roomsync/agent.toml").stdout.split() == ["roomsync", "640"]
+    wants = root / f"etc/systemd/system/multi-user.target.wants/{build_deb.UNIT}"
+    assert wants.is_symlink() and os.readlink(wants) == f"/usr/lib/systemd/system/{build_deb.UNIT}"
+    compiled = list((root / "opt/roomsync/lib/agent/__pycache__").glob("*.cpython-311.pyc"))
+    assert compiled, "postinst compiled nothing"
 
     def roomsync(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(chroot), str(root), "/usr/bin/roomsync", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root"},
-        )
+        return inside("/usr/bin/roomsync", *args)
 
     version = roomsync("--version")
     assert version.returncode == 0 and build_deb.version() in version.stdout, version.stderr[-2000:]
