@@ -1,4 +1,4 @@
-"""The arm64 package runs on arm64 (issue [16/16], item 3): unpacked into a Debian 12 arm64
+"""The arm64 package runs on arm64 (issue [16/16], item 3): installed into a Debian 12 arm64
 root (``debootstrap --arch=arm64``, kept between runs like the amd64 one) and run there under
 Debian's ``qemu-user-static`` through binfmt_misc: ``roomsync --version``, and a ``roomsync
 scan`` of the README quickstart's captured USB tree, which finds its four units.
