@@ -3,15 +3,15 @@ PID 1 in ``systemd-nspawn --private-network`` (loopback only: the default config
 mDNS on every interface, which must never reach a real network), and, against the real
 service manager, in this order:
 
-install with ``dpkg -i`` (enabled and started: ``systemctl start`` has returned after
-READY=1) -> ``roomsync health`` exits 0 -> ``systemctl reload`` re-reads the configuration -> a
-portal token given as a credential in ``/etc/credstore`` is read (and its absence stops the
-unit with the agent's own error) -> the hardening leaves the state directory writable and the
-rest read-only -> logs reach the journal with their structured fields -> a hung daemon
-(SIGSTOP) is restarted by the watchdog -> an upgrade from the previous package keeps the store
-and the agent id -> an upgrade leaves a service the administrator disabled disabled and
-stopped -> remove keeps the state, a reinstall starts on it with the same agent id, purge
-deletes it.
+install of the first package shipped with ``dpkg -i`` (enabled and started: ``systemctl
+start`` has returned after READY=1) -> ``roomsync health`` exits 0 -> an upgrade to this
+checkout's package keeps the store, the agent id and an edited conffile -> ``systemctl reload``
+re-reads the configuration -> a portal token given as a credential in ``/etc/credstore`` is
+read (and its absence is reported as the agent's own error) -> the hardening leaves the state
+directory writable and the rest read-only -> logs reach the journal with their structured
+fields -> a hung daemon (SIGSTOP) is restarted by the watchdog -> an upgrade leaves a service
+the administrator disabled disabled and stopped -> remove keeps the state, a reinstall starts
+on it with the same agent id, purge deletes it.
 
 The Debian root is made once with ``debootstrap`` and kept between runs on one machine
 (``$ROOMSYNC_NSPAWN_CACHE``, default ``/var/tmp/roomsync-nspawn``); each run boots a copy.
@@ -22,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,19 +212,70 @@ def wait_for(what: str, check: object, timeout: float = 60) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _first_package(where: Path) -> Path | None:
+    """The package :data:`PREVIOUS_COMMIT`'s own ``tools/build_deb.py`` builds from that
+    commit's tree; ``None`` when the history does not hold it."""
+    if shutil.which("git") is None:
+        return None
+    known = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{PREVIOUS_COMMIT}^{{commit}}"], capture_output=True
+    )
+    if known.returncode != 0:
+        return None
+    source = where / "previous-src"
+    source.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", PREVIOUS_COMMIT], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.build_deb",
+            "--out",
+            str(where / "old"),
+            "--work",
+            str(where / "old-build"),
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    [old] = (where / "old").glob("roomsync_*_amd64.deb")
+    return old
+
+
+#: Whether the upgrade test upgrades from the first package shipped (the history held it).
+FIRST_PACKAGE = {"built": False}
+#: The first package this project shipped (its code, its maintainer scripts): what the
+#: upgrade test upgrades from, built from this checkout's history.
+PREVIOUS_COMMIT = "4488f6e3c25070bcec971902dcce5030af2f54e1"
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """This checkout's amd64 package, and the same as a "previous" version to upgrade from."""
+    """This checkout's amd64 package, and the first one shipped (:data:`PREVIOUS_COMMIT`),
+    built from the history by its own ``tools/build_deb.py`` and labelled an older version."""
     where = tmp_path_factory.mktemp("debs")
     current = build_deb.build("amd64", where / "dist", where / "build")
-    tree = where / "previous"
-    subprocess.run(["dpkg-deb", "-R", str(current), str(tree)], check=True)
-    control = tree / "DEBIAN" / "control"
-    control.write_text(
-        control.read_text().replace(
-            f"Version: {build_deb.version()}\n", f"Version: {build_deb.version()}~previous\n"
+    old = _first_package(where) or current
+    FIRST_PACKAGE["built"] = old is not current
+    if old is current:  # a checkout without the history: the upgrade's mechanics, at least
+        warnings.warn(
+            f"commit {PREVIOUS_COMMIT[:7]} is not in this checkout's history (a shallow clone?): "
+            "upgrading from this checkout's own package, labelled older",
+            stacklevel=1,
         )
-    )
+    tree = where / "previous"
+    subprocess.run(["dpkg-deb", "-R", str(old), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    # Older than this checkout's whatever the two versions say ("~" sorts before anything).
+    text, count = re.subn(r"(?m)^Version: (\S+)$", r"Version: \1~previous", control.read_text())
+    assert count == 1, text
+    control.write_text(text)
     previous = where / "dist" / "roomsync_previous_amd64.deb"
     subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-b", str(tree), str(previous)], check=True, capture_output=True
@@ -276,6 +330,31 @@ def test_install_starts_after_ready_and_is_healthy(box: Container, packages: tup
     wait_for("roomsync health to exit 0", lambda: box.sh("roomsync health", check=False).returncode == 0)
     assert box.sh("roomsync health").stdout.startswith("healthy: roomsync ")
     assert box.sh("id roomsync").stdout.startswith("uid=")  # sysusers made the user
+
+
+def test_an_upgrade_from_the_first_package_keeps_the_store_and_the_agent_id(
+    box: Container, packages: tuple[Path, Path]
+) -> None:
+    """From the first package shipped to this checkout's: its code and maintainer scripts then
+    these; the store, the agent id and an edit of the conffile kept. The tests after this one
+    run on this checkout's package."""
+    _, current = packages
+    wait_for("an agent id", lambda: box.sh(f"test -s {STORE}", check=False).returncode == 0)
+    wait_for("an agent id", lambda: bool(agent_id(box)))
+    before, pid = agent_id(box), box.show("MainPID")
+    config = box.root / "etc/roomsync/agent.toml"
+    config.write_text(config.read_text() + "# an administrator's edit, kept across the upgrade\n")
+    log_py = box.root / "opt/roomsync/lib/agent/log.py"
+    if FIRST_PACKAGE["built"]:
+        assert "JOURNAL_SOCKET" not in log_py.read_text()  # the first package's code (no native journal)
+    put(box, f"{DROP}/current.deb", current.read_bytes())
+    box.sh(f"dpkg -i --force-confold {DROP}/current.deb")
+    assert "JOURNAL_SOCKET" in log_py.read_text()  # this checkout's
+    assert box.sh("dpkg-query -W -f='${Version}' roomsync").stdout == build_deb.version()
+    assert box.show("MainPID") != pid and box.show("ActiveState") == "active"  # restarted
+    assert agent_id(box) == before
+    assert config.read_text().endswith("# an administrator's edit, kept across the upgrade\n")
+    wait_for("roomsync health to exit 0", lambda: box.sh("roomsync health", check=False).returncode == 0)
 
 
 def test_reload_rereads_the_configuration(box: Container) -> None:
@@ -365,23 +444,6 @@ def test_a_hung_daemon_is_restarted_by_the_watchdog(box: Container) -> None:
     assert int(box.show("NRestarts")) > restarts
     assert "Watchdog timeout" in box.sh(f"journalctl -u {UNIT} --no-pager").stdout
     box.sh(f"rm /etc/systemd/system/{UNIT}.d/fast-watchdog.conf && systemctl daemon-reload")
-
-
-def test_an_upgrade_keeps_the_store_and_the_agent_id(box: Container, packages: tuple[Path, Path]) -> None:
-    _, current = packages
-    wait_for("an agent id", lambda: box.sh(f"test -s {STORE}", check=False).returncode == 0)
-    wait_for("an agent id", lambda: bool(agent_id(box)))
-    before, pid = agent_id(box), box.show("MainPID")
-    put(box, f"{DROP}/current.deb", current.read_bytes())
-    box.sh(f"dpkg -i {DROP}/current.deb")
-    assert box.sh("dpkg-query -W -f='${Version}' roomsync").stdout == build_deb.version()
-    assert box.show("MainPID") != pid and box.show("ActiveState") == "active"  # restarted
-    assert agent_id(box) == before
-    assert "reloaded-room" in (box.root / "etc/roomsync/agent.toml").read_text()  # the conffile kept
-    # Its sources run again (the portal on port 9, which nothing serves, keeps it "degraded").
-    wait_for(
-        "the sources' first runs", lambda: "usb ok, mdns ok" in box.sh("roomsync health", check=False).stdout
-    )
 
 
 def test_an_upgrade_leaves_a_disabled_service_as_the_administrator_left_it(box: Container) -> None:
