@@ -134,7 +134,11 @@ def native_entry(message: str, event: Mapping[str, Any]) -> bytes | None:
         _field("PRIORITY", b"%d" % priority),
         _field("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER.encode("ascii")),
     ]
-    parts += [_field(journal_field_name(str(key)), _field_value(value)) for key, value in event.items()]
+    parts += [
+        _field(journal_field_name(str(key)), _field_value(value))
+        for key, value in event.items()
+        if key != "timestamp"  # journald stamps the entry itself; MESSAGE keeps the agent's
+    ]
     return b"".join(parts)
 
 
@@ -209,10 +213,33 @@ class _JournalLogger:
         except Exception:  # an entry that cannot be made: the line itself still goes out
             sent = False
         if not sent:
-            self._fallback.msg(line)
+            # To the journal's stream after all: its priority as the stream's "<N>" prefix,
+            # which journald takes off (SyslogLevelPrefix=): `journalctl -p` still finds it.
+            level = str(event.get("level")) if event else ""
+            self._fallback.msg(f"<{PRIORITIES.get(level, 6)}>{line}")
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+class _Printer(structlog.PrintLogger):
+    """structlog's PrintLogger, taking (and leaving) the event the journal's renderer passes:
+    a reload that switches the format swaps renderer and logger one after the other, and a
+    thread logging in between must not fail."""
+
+    def msg(self, message: str, event: Mapping[str, Any] | None = None) -> None:  # type: ignore[override]
+        super().msg(message)
+
+    log = debug = info = warn = warning = msg  # type: ignore[assignment]
+    fatal = failure = err = error = critical = exception = msg  # type: ignore[assignment]
+
+
+def journal_prefixed(text: str, priority: int = 3) -> str:
+    """``text`` (the CLI's own ``roomsync: …`` lines) with each line's syslog priority as the
+    journal's stream takes it, when stderr is the journal (3: an error); else as it is."""
+    if not stderr_is_journal():
+        return text
+    return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
 
 
 class _Stderr:
@@ -242,7 +269,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         mask_secrets,
     ]
-    logger_factory: Any = structlog.PrintLoggerFactory(file=out)
+    logger_factory: Any = _printer_factory(out)
     if json_lines and stream is None and stderr_is_journal():
         processors += [structlog.processors.format_exc_info, _JournalRenderer()]
         logger_factory = _journal_logger_factory(out)
@@ -258,8 +285,17 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
 
 
+def _printer_factory(out: Any) -> Any:
+    printer = _Printer(out)
+
+    def factory(*_args: Any) -> _Printer:
+        return printer
+
+    return factory
+
+
 def _journal_logger_factory(out: Any) -> Any:
-    fallback = structlog.PrintLogger(out)
+    fallback = _Printer(out)
 
     def factory(*_args: Any) -> _JournalLogger:
         return _JournalLogger(fallback)

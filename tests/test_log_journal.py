@@ -127,10 +127,20 @@ class Journal:
             self.server.settimeout(5)
         return False
 
-    def stderr_lines(self) -> list[str]:
+    def stderr_raw(self) -> list[str]:
         assert self._stderr is not None
         self._stderr.flush()
         return self.stderr_path.read_text(encoding="utf-8").splitlines()
+
+    def stderr_lines(self) -> list[str]:
+        """The lines that fell back to stderr, each without the ``<N>`` priority prefix the
+        journal's stream takes off (every one must have it)."""
+        lines = []
+        for raw in self.stderr_raw():
+            match = re.fullmatch(r"<([0-7])>(.*)", raw)
+            assert match, f"no priority prefix: {raw[:80]!r}"
+            lines.append(match[2])
+        return lines
 
 
 class FixedTime:
@@ -159,11 +169,11 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal
         stand_in.close()
 
 
-def reference_line(event: str, **kw: Any) -> str:
+def reference_line(event: str, level: str = "info", **kw: Any) -> str:
     """The line today's JSON logging writes for this event (same fixed timestamp)."""
     stream = io.StringIO()
     configure("debug", "json", stream)
-    get_logger().info(event, **kw)
+    getattr(get_logger(), level)(event, **kw)
     return stream.getvalue().rstrip("\n")
 
 
@@ -187,7 +197,8 @@ def test_fields_and_priority_per_level(journal: Journal) -> None:
     assert [e["ROOMSYNC_LEVEL"] for e in entries] == ["debug", "info", "warning", "error", "critical"]
     assert all(e["SYSLOG_IDENTIFIER"] == "roomsync" for e in entries)
     assert [e["ROOMSYNC_N"] for e in entries] == ["1", "2", "3", "4", "5"]
-    assert entries[0]["ROOMSYNC_TIMESTAMP"] == FIXED_TIME
+    assert "ROOMSYNC_TIMESTAMP" not in entries[0].fields  # journald stamps the entry itself
+    assert json.loads(entries[0]["MESSAGE"])["timestamp"] == FIXED_TIME  # the line keeps it
     assert journal.nothing_more() and journal.stderr_lines() == []
 
 
@@ -276,7 +287,12 @@ def test_no_socket_falls_back_to_stderr(journal: Journal, monkeypatch: pytest.Mo
     expected = reference_line("daemon.ready", listen="127.0.0.1:8765")
     journal.configure("info")
     get_logger().info("daemon.ready", listen="127.0.0.1:8765")  # must not raise
-    assert journal.stderr_lines() == [expected]
+    get_logger().error("store.write.failed", error="disk full")
+    assert journal.stderr_lines() == [
+        expected,
+        reference_line("store.write.failed", "error", error="disk full"),
+    ]
+    assert [line[:3] for line in journal.stderr_raw()] == ["<6>", "<3>"]  # `journalctl -p` finds them
     assert journal.nothing_more()
     assert log._JOURNAL.send(b"MESSAGE=x\n") is False  # a refusal, not an exception
 
@@ -305,15 +321,15 @@ def test_stderr_not_the_journal_stream_keeps_json_lines_on_stderr(
     monkeypatch.delenv("JOURNAL_STREAM")
     configure("info", "json")
     get_logger().info("usb.scan.done", devices=1)
-    assert journal.stderr_lines() == [expected] * 5
+    assert journal.stderr_raw() == [expected] * 5  # as ever: no prefix off the journal
     assert journal.nothing_more()
 
 
 def test_console_format_and_a_given_stream_are_not_sent(journal: Journal) -> None:
     journal.configure("info", "console")
     get_logger().info("usb.scan.done", devices=1)
-    [line] = journal.stderr_lines()
-    assert "usb.scan.done" in line and not line.startswith("{")
+    [line] = journal.stderr_raw()
+    assert "usb.scan.done" in line and not line.startswith(("{", "<"))
     stream = io.StringIO()
     configure("info", "auto", stream)
     get_logger().info("usb.scan.done", devices=2)
@@ -408,3 +424,31 @@ def test_one_socket_shared_by_threads(journal: Journal, monkeypatch: pytest.Monk
     assert len(received) + len(lines) == threads * per_thread
     assert seen == {(t, i) for t in range(threads) for i in range(per_thread)}
     assert len(opened) == 1
+
+
+def test_a_reload_that_switches_the_format_fails_no_thread_logging_in_between(journal: Journal) -> None:
+    """structlog swaps processors and logger factory one after the other: a logger made in
+    between pairs the journal's renderer with stderr's printer, or the reverse. Neither fails."""
+    journal.attach()
+    printer = log._Printer(sys.stderr)
+    printer.msg('{"event": "between"}', event={"event": "between", "level": "info"})
+    assert journal.stderr_raw() == ['{"event": "between"}']
+    log._JournalLogger(printer).msg('{"event": "other.way"}')  # a JSON line without its event
+    [entry] = journal.entries(1)
+    assert entry["MESSAGE"] == '{"event": "other.way"}' and entry["PRIORITY"] == "6"
+
+
+def test_the_clis_own_error_lines_carry_their_priority_to_the_journal(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.cli import main
+
+    journal.attach()
+    assert log.journal_prefixed("roomsync: a\n  b") == "<3>roomsync: a\n<3>  b"
+    bad = journal.path.with_name("bad.toml")
+    bad.write_text("[api]\nlisten = 7\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    lines = journal.stderr_raw()
+    assert lines and lines[0].startswith("<3>roomsync: ") and all(x.startswith("<3>") for x in lines), lines
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert log.journal_prefixed("roomsync: a") == "roomsync: a"  # not the journal: as it is

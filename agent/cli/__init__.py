@@ -110,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.freeze()
         return status
     except UsageError as exc:
-        print(f"roomsync: {exc}", file=sys.stderr)
+        from agent.log import journal_prefixed
+
+        print(journal_prefixed(f"roomsync: {exc}"), file=sys.stderr)  # under systemd: priority err
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("roomsync: interrupted", file=sys.stderr)

@@ -429,6 +429,18 @@ def test_logs_reach_the_journal_with_their_fields(box: Container) -> None:
     assert any('"portal.settings.unusable"' in line for line in errors), errors[-5:]
     matched = box.sh(f"journalctl -u {UNIT} ROOMSYNC_EVENT=portal.settings.unusable -o json --no-pager")
     assert [json.loads(x)["PRIORITY"] for x in matched.stdout.splitlines()][:1] == ["3"]
+    # The CLI's own error, before logging is set up (an invalid configuration): priority err too.
+    config = box.root / "etc/roomsync/agent.toml"
+    good = config.read_text()
+    config.write_text("no_such_key = 1\n" + good)
+    assert box.sh(f"systemctl restart {UNIT}", check=False).returncode != 0
+    wait_for(
+        "the refusal in the journal at priority err",
+        lambda: "roomsync: invalid configuration" in box.sh(f"journalctl -u {UNIT} -p err -o cat").stdout,
+    )
+    config.write_text(good)
+    box.sh(f"systemctl reset-failed {UNIT}; systemctl restart {UNIT}")
+    assert box.show("ActiveState") == "active"
 
 
 def test_a_hung_daemon_is_restarted_by_the_watchdog(box: Container) -> None:
