@@ -159,7 +159,7 @@ def test_https_verifies_with_the_test_ca_and_never_another(store: Store, tmp_pat
         other = CertAuthority(tmp_path / "other", name="another CA")
         bad = output(glpi, ca_file=other.path)
         outbox = queued(store, bad)
-        refused = deliver(outbox, bad, seconds=0.5)
+        refused = deliver(outbox, bad, seconds=3)  # time for one try on a loaded machine
         assert refused.delivered == 0 and "TLS" in (refused.last_problem or "")
         good = output(glpi, ca_file=ca.path)
         assert deliver(outbox, good).delivered == len(expected(store))
