@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -1057,3 +1057,68 @@ def test_event_out_room_defaults_and_types_are_the_documented_ones() -> None:
     for word in ("Online", "Offline", "InUse", "NoIssues", "Warning", "Error", "Unknown"):
         assert f"`{word}`" in text
     assert EventOut.model_fields["room"].is_required()
+
+
+# --- the streamed snapshot checks each place as the models do ---------------------------------
+
+
+def _place_fields() -> dict[str, Any]:
+    """The fields of the fixed site's first place with units, as the builder makes them."""
+    from agent.uploader.protocol import _Inventory
+
+    report, verdicts = _fixed_site()
+    return next(f for f in _Inventory(report, verdicts, NOW, None, None).place_fields() if f["devices"])
+
+
+def _broken(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    import copy
+
+    fields = copy.deepcopy(_place_fields())
+    change(fields)
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("a number for a text", lambda f: f["devices"][0].__setitem__("serial", 5)),
+        ("a key the model lacks", lambda f: f["devices"][0].__setitem__("colour", "red")),
+        ("a key missing", lambda f: f["devices"][0].pop("transport")),
+        ("a word not in a Literal", lambda f: f["devices"][0].__setitem__("status", "Sleeping")),
+        ("a time without its zone", lambda f: f["devices"][0].__setitem__("last_seen", datetime(2025, 1, 1))),
+        ("a negative count (ge=0)", lambda f: f.__setitem__("seat_count", -1)),
+        ("an empty room id (min_length)", lambda f: f.__setitem__("id", "")),
+        ("a text for a bool, strictly", lambda f: f["devices"][0].__setitem__("serial_label_grade", "yes")),
+        (
+            "a nested part wrong",
+            lambda f: f["devices"][0].__setitem__(
+                "health_issues", [{"code": "x", "severity": "apocalyptic", "message": "m"}]
+            ),
+        ),
+        (
+            "a support's route not a route",
+            lambda f: f["devices"][0].__setitem__("support", {"route": "x"}),
+        ),
+    ],
+)
+def test_a_place_the_models_refuse_the_streamed_snapshot_refuses(
+    what: str, change: Callable[[dict[str, Any]], None]
+) -> None:
+    from pydantic import ValidationError
+
+    from agent.uploader.protocol import Place, _checked_json, _place_adapter
+
+    good = _place_fields()
+    assert _checked_json(_place_adapter(), good) == serialize(Place.model_validate(good))
+    bad = _broken(change)
+    with pytest.raises(ValidationError):
+        Place.model_validate(bad)
+    with pytest.raises(ValidationError):
+        _checked_json(_place_adapter(), bad)
+
+
+def test_only_models_without_aliases_or_validators_are_mirrored() -> None:
+    from agent.uploader.protocol import _mirrored
+
+    with pytest.raises(TypeError, match="alias"):
+        _mirrored(InventoryMessage, {})
