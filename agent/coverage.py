@@ -987,18 +987,21 @@ def coverage_units(devices: Iterable[Device]) -> list[CoverageUnit]:
     unknown product (:class:`RowVerdicts`).
     """
     units: dict[str, CoverageUnit] = {}
-
-    def add(device: Device, top: bool) -> None:
-        if device.serial:
-            # A child's first_seen is when it was last read (agent/model.py facts_key).
-            first = as_utc(device.first_seen).date() if top else None
-            units.setdefault(
-                normalize_serial(device.serial),
-                CoverageUnit(device.serial, device.product, device.room, first),
-            )
-        for child in device.children:
-            add(child, False)
-
     for device in devices:
-        add(device, True)
+        _add_unit(units, device, True)
     return list(units.values())
+
+
+def _add_unit(units: dict[str, CoverageUnit], device: Device, top: bool) -> None:
+    """:func:`coverage_units`' step: ``device`` then its children. (A module function, not a
+    closure that calls itself: that is a reference cycle, and would hold every unit listed
+    until the cyclic collector runs.)"""
+    if device.serial:
+        # A child's first_seen is when it was last read (agent/model.py facts_key).
+        first = as_utc(device.first_seen).date() if top else None
+        units.setdefault(
+            normalize_serial(device.serial),
+            CoverageUnit(device.serial, device.product, device.room, first),
+        )
+    for child in device.children:
+        _add_unit(units, child, False)

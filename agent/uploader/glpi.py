@@ -439,26 +439,30 @@ def _components(
     never an ``ip`` together with a ``mac``: GLPI would take the unit for a switch stack or a
     wireless controller and make an asset of each component."""
     found: list[dict[str, Any]] = []
-
-    def add(devices: Sequence[Device], parent: int) -> None:
-        for device in devices:
-            index = len(found) + 1
-            found.append(
-                _facts(
-                    index=index,
-                    contained_index=parent,
-                    name=_text(device.product) or "Unknown device",
-                    model=_model(device),
-                    manufacturer=_text(device.vendor),
-                    serial=_text(device.serial),
-                    firmware=_text(device.firmware),
-                    description=_text(_own_text(device, verdicts), MAX_DESCRIPTION),
-                )
-            )
-            add(device.children, index)
-
-    add(children, parent)
+    _add_components(found, children, verdicts, parent)
     return found
+
+
+def _add_components(
+    found: list[dict[str, Any]], devices: Sequence[Device], verdicts: _Verdicts, parent: int
+) -> None:
+    """:func:`_components`' step (a module function: a closure that calls itself is a
+    reference cycle, held until the cyclic collector runs)."""
+    for device in devices:
+        index = len(found) + 1
+        found.append(
+            _facts(
+                index=index,
+                contained_index=parent,
+                name=_text(device.product) or "Unknown device",
+                model=_model(device),
+                manufacturer=_text(device.vendor),
+                serial=_text(device.serial),
+                firmware=_text(device.firmware),
+                description=_text(_own_text(device, verdicts), MAX_DESCRIPTION),
+            )
+        )
+        _add_components(found, device.children, verdicts, index)
 
 
 def _firmwares(device: Device) -> list[dict[str, Any]]:
