@@ -26,8 +26,10 @@ import socket
 import struct
 import sys
 import threading
+import traceback
 from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -240,6 +242,43 @@ def journal_prefixed(text: str, priority: int = 3) -> str:
     if not stderr_is_journal():
         return text
     return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
+#: syslog's ``crit``: what an exception nothing caught is reported at.
+_CRASH_PRIORITY = 2
+
+
+def install_crash_reports() -> None:
+    """When stderr is the journal, an exception nothing caught — in the main thread or any
+    other — is written as Python writes it, each line at priority ``crit``, so that
+    ``journalctl -p err`` shows a crash with its traceback (unprefixed, a traceback's lines
+    would land at the stream's default, ``info``). Elsewhere nothing changes. (A fatal error's
+    ``faulthandler`` dump is written by the interpreter itself and stays at ``info``.)"""
+    if not stderr_is_journal():
+        return
+    sys.excepthook = _report_crash
+    threading.excepthook = _report_thread_crash
+
+
+def _report_crash(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    text = "".join(traceback.format_exception(kind, value, tb)).rstrip("\n")
+    _write_crash(text)
+
+
+def _report_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # as threading's own hook: a thread may end that way
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    _write_crash(f"Exception in thread {name}:\n" + text.rstrip("\n"))
+
+
+def _write_crash(text: str) -> None:
+    try:
+        sys.stderr.write(journal_prefixed(text, _CRASH_PRIORITY) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # no stderr left to write to: nothing else would do better
+        pass
 
 
 class _Stderr:

@@ -452,3 +452,61 @@ def test_the_clis_own_error_lines_carry_their_priority_to_the_journal(
     assert lines and lines[0].startswith("<3>roomsync: ") and all(x.startswith("<3>") for x in lines), lines
     monkeypatch.delenv("JOURNAL_STREAM")
     assert log.journal_prefixed("roomsync: a") == "roomsync: a"  # not the journal: as it is
+
+
+#: A roomsync process whose command fails with an exception nothing catches (the main
+#: thread's, after a thread of its own failed the same way): main() as the console script
+#: runs it, with this process's own command line.
+_CRASHING = """
+import sys, threading
+import agent.cli.check_config as command
+
+def crash(args):
+    def worker():
+        raise RuntimeError("worker failed: a bug")
+    thread = threading.Thread(target=worker, name="roomsync-worker")
+    thread.start()
+    thread.join()
+    raise RuntimeError("command failed: a bug")
+
+command.cmd_check_config = crash
+from agent.cli import main
+sys.argv = ["roomsync", "check-config"]
+sys.exit(main())
+"""
+
+
+def _crash_output(tmp_path: Path, *, journal: bool) -> tuple[int, list[str]]:
+    """Run :data:`_CRASHING` with fd 2 a file; ``journal``: ``$JOURNAL_STREAM`` names it."""
+    import subprocess
+
+    path = tmp_path / "stderr.txt"
+    with open(path, "w", encoding="utf-8") as err:
+        st = os.fstat(err.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}" if journal else "0:0")
+        done = subprocess.run(
+            [sys.executable, "-c", _CRASHING], stderr=err, env=env, cwd=Path(__file__).resolve().parents[1]
+        )
+    return done.returncode, path.read_text(encoding="utf-8").splitlines()
+
+
+def test_a_crash_reaches_the_journal_at_priority_crit_with_its_traceback(tmp_path: Path) -> None:
+    """Under systemd an exception nothing caught (the main thread's, another thread's) is
+    Python's traceback with every line at priority crit (``<2>``): ``journalctl -p err`` shows
+    the crash. Where stderr is not the journal it is Python's own output, unprefixed."""
+    import agent.cli.check_config
+
+    assert callable(agent.cli.check_config.cmd_check_config)  # what the crashing process replaces
+    code, lines = _crash_output(tmp_path, journal=True)
+    assert code == 1, lines
+    assert lines and all(line.startswith("<2>") for line in lines), lines
+    text = "\n".join(line[3:] for line in lines)
+    assert "Exception in thread roomsync-worker:\nTraceback (most recent call last):" in text
+    assert "RuntimeError: worker failed: a bug" in text
+    assert text.count("Traceback (most recent call last):") == 2
+    assert lines[-1] == "<2>RuntimeError: command failed: a bug"
+
+    code, lines = _crash_output(tmp_path, journal=False)
+    assert code == 1 and lines[-1] == "RuntimeError: command failed: a bug", lines
+    assert not any(line.startswith("<") for line in lines)
+    assert "Exception in thread roomsync-worker:" in lines

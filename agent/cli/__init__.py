@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and "JOURNAL_STREAM" in os.environ:
+        # This process's own command line, under systemd: a crash reported as the journal
+        # wants (agent.log is not imported otherwise: it costs --help ~35 ms).
+        from agent.log import install_crash_reports
+
+        install_crash_reports()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
