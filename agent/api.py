@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.apilimits import ConnectionGate
+from agent.gcpause import paused_gc
 from agent.log import get_logger
 from agent.model import utc_today
 from agent.sanitize import normalize_serial
@@ -434,7 +435,9 @@ class ApiServer:
 
             def work(store: Store) -> tuple[int, Any]:
                 # The scan first: an answer newer than its key is only rebuilt once more.
-                return store.scan_generation(), build(store, settings)
+                generation = store.scan_generation()
+                with paused_gc():  # see agent/gcpause.py: the objects an answer is made of die young
+                    return generation, build(store, settings)
 
             future = asyncio.ensure_future(reader.call(work))
             self._building[key] = pending = (settings, day, future, generation)

@@ -9,6 +9,12 @@ connection on 127.0.0.1, after one first request (which builds the answer and th
 floor is ``/healthz`` asked the same way on the same connection in the same run: the HTTP
 round trip and the server's own work, with nothing to compute.
 
+Two rounds: right after the daemon is ready (its first scan running meanwhile: the inventory
+decoded by each connection, the scan's diff, its events queued, and the cyclic collector's
+walks of what they leave, all in the same second), then once that first scan is stored and
+the daemon has been idle for two seconds — a daemon holding a site between scans, which is
+what the target is for. Both are printed.
+
     .venv/bin/python bench/api_rooms.py [--units 5000] [--requests 300]
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import shutil
 import statistics
 import sys
@@ -63,6 +70,35 @@ def timed(conn: http.client.HTTPConnection, path: str, n: int) -> tuple[float, l
     return times[0], times[1:], size
 
 
+def wait_for_scan_after(conn: http.client.HTTPConnection, stored: datetime, timeout: float) -> None:
+    """Until the inventory's ``last_scan`` is later than ``stored`` (the daemon's first scan
+    is stored)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        conn.request("GET", "/v1/inventory?limit=1")
+        reply = conn.getresponse()
+        body = json.loads(reply.read())
+        if reply.status == 200 and body["last_scan"] and datetime.fromisoformat(body["last_scan"]) > stored:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the daemon stored no scan within {timeout:g} s")
+
+
+def report(title: str, results: dict[str, tuple[float, list[float], int]]) -> None:
+    floor = p99(results["/healthz"][1])
+    print(f"  {title}")
+    for path, (first, times, size) in results.items():
+        line = (
+            f"    {path:<14} first {first * 1000:7.1f} ms   "
+            f"median {statistics.median(times) * 1000:6.2f} ms   "
+            f"p99 {p99(times) * 1000:6.2f} ms   ({len(times)} requests, {size:,} bytes)"
+        )
+        if path != "/healthz":
+            line += f"   p99 / floor {p99(times) / floor:.1f}x"
+        print(line)
+    print(f"    floor: /healthz p99 {floor * 1000:.2f} ms on the same connection")
+
+
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 2 else values[0]
 
@@ -91,25 +127,20 @@ def main() -> None:
                 if not daemon.wait_until(lambda: daemon.get("/readyz").status == 200, 60.0):
                     raise RuntimeError(f"not ready: {daemon.log_text()[-2000:]}")
                 conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
-                results = {path: timed(conn, path, args.requests) for path in ("/healthz", "/v1/rooms")}
-                results["/v1/inventory"] = timed(conn, "/v1/inventory", max(20, args.requests // 10))
+                rounds = []
+                for _ in ("start", "steady"):
+                    if rounds:
+                        wait_for_scan_after(conn, T0, 60.0)
+                        time.sleep(2.0)
+                    results = {path: timed(conn, path, args.requests) for path in ("/healthz", "/v1/rooms")}
+                    results["/v1/inventory"] = timed(conn, "/v1/inventory", max(20, args.requests // 10))
+                    rounds.append(results)
                 conn.close()
             finally:
                 daemon.stop()
-        floor = p99(results["/healthz"][1])
         print(f"daemon API over a store of {stored} units, {args.requests} requests a path on one connection")
-        for path, (first, times, size) in results.items():
-            line = (
-                f"  {path:<14} first {first * 1000:7.1f} ms   "
-                f"median {statistics.median(times) * 1000:6.2f} ms   "
-                f"p99 {p99(times) * 1000:6.2f} ms   ({len(times)} requests, {size:,} bytes)"
-            )
-            if path != "/healthz":
-                line += f"   p99 / floor {p99(times) / floor:.1f}x"
-            if path == "/v1/rooms":
-                line += "   (target p99 <= 50 ms)"
-            print(line)
-        print(f"  floor: /healthz p99 {floor * 1000:.2f} ms on the same connection")
+        report("right after start (its first scan stored meanwhile):", rounds[0])
+        report("once that scan is stored and the daemon idle (target: /v1/rooms p99 <= 50 ms):", rounds[1])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

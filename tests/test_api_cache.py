@@ -441,3 +441,35 @@ def test_coverage_whole_to_http_1_0_and_a_bound_on_streams_at_once(
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_an_answer_is_built_with_the_cyclic_collector_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer is a burst of short-lived objects built in the reader: made with the cyclic
+    collector off (agent/gcpause.py), the objects it makes and drops are not promoted into
+    the old generation meanwhile, whose full collections would then stall the requests that
+    follow (bench/api_rooms.py's /v1/rooms p99). It is on again once the answer is made."""
+    import gc
+
+    states: list[bool] = []
+    summary = agent.api._summary
+
+    def watched(store: Store, settings: Any) -> Any:
+        states.append(gc.isenabled())
+        return summary(store, settings)
+
+    monkeypatch.setattr(agent.api, "_summary", watched)
+    store = stored(tmp_path, [bar("2313FD1N08Z2", "oslo-4-12")])
+
+    async def scenario() -> None:
+        async with serving(Daemon(store, Settings(tmp_path))) as (_, url):
+            for path in ("/v1/rooms", "/v1/inventory"):
+                status, _ = await get(url, path)
+                assert status == 200
+                assert gc.isenabled()
+
+    assert gc.isenabled()
+    asyncio.run(scenario())
+    store.close()
+    assert states == [False, False]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from typing import TYPE_CHECKING
 
 from agent.cli.common import Parents, UsageError, load, revalidate
@@ -107,4 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Daemon, run_until_stopped
 
     faulthandler.enable()  # a watchdog abort (SIGABRT) leaves every thread's stack in the journal
+    # What is alive now (modules, classes, schemas, the catalog: ~55,000 objects) lives as
+    # long as the process: out of the cyclic collector's sight, every full collection the
+    # daemon ever makes walks ~10 ms less (measured). The collection first: garbage is
+    # not frozen with it.
+    gc.collect()
+    gc.freeze()
     return run_until_stopped(Daemon(settings, reload=reload))
