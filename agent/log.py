@@ -277,7 +277,7 @@ def _write_crash(text: str) -> None:
     try:
         sys.stderr.write(journal_prefixed(text, _CRASH_PRIORITY) + "\n")
         sys.stderr.flush()
-    except (OSError, ValueError):  # no stderr left to write to: nothing else would do better
+    except (AttributeError, OSError, ValueError):  # no stderr left (None, closed): nothing better to do
         pass
 
 

@@ -71,15 +71,17 @@ def timed(conn: http.client.HTTPConnection, path: str, n: int) -> tuple[float, l
 
 
 def wait_for_scan_after(conn: http.client.HTTPConnection, stored: datetime, timeout: float) -> None:
-    """Until the inventory's ``last_scan`` is later than ``stored`` (the daemon's first scan
-    is stored)."""
+    """Until the inventory's ``last_scan`` is another than ``stored`` (the scan the state
+    directory was filled with): the daemon's first scan is stored."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         conn.request("GET", "/v1/inventory?limit=1")
         reply = conn.getresponse()
-        body = json.loads(reply.read())
-        if reply.status == 200 and body["last_scan"] and datetime.fromisoformat(body["last_scan"]) > stored:
-            return
+        body = reply.read()
+        if reply.status == 200:
+            last = json.loads(body)["last_scan"]
+            if last and datetime.fromisoformat(last) != stored:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"the daemon stored no scan within {timeout:g} s")
 

@@ -484,6 +484,8 @@ def _crash_output(tmp_path: Path, *, journal: bool) -> tuple[int, list[str]]:
     with open(path, "w", encoding="utf-8") as err:
         st = os.fstat(err.fileno())
         env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}" if journal else "0:0")
+        for noisy in ("PYTHONWARNINGS", "PYTHONDEVMODE", "PYTHONTRACEMALLOC"):  # no other stderr lines
+            env.pop(noisy, None)
         done = subprocess.run(
             [sys.executable, "-c", _CRASHING], stderr=err, env=env, cwd=Path(__file__).resolve().parents[1]
         )
